@@ -1,0 +1,26 @@
+# Two commands for a fresh machine (Python 3.11 needed; everything else is installed):
+#   make run    the main job on the bundled data
+#   make test   the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/tfrec prepare --split-date 2011-10-01 --out runs/data
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/pairs.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,237 @@
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfrec.config import EventsSchema, ItemsSchema
+from tfrec.data.events import read_events, read_items, read_online_retail
+from tfrec.data.vocab import OOV_INDEX, ItemVocabulary, build_vocabulary
+from tfrec.errors import InputError
+
+EVENTS = """
+    uid,sku,ts,kind
+    u1,a,2024-01-01 10:00:00,click
+    u1,b,2024-01-01 10:05:00,purchase
+    u2,a,2024-01-01 11:00:00,click
+"""
+
+
+def test_column_mapping_and_types(write):
+    path = write("events.csv", EVENTS)
+    schema = EventsSchema(user_col="uid", item_col="sku", time_col="ts", event_col="kind")
+    events, rejections = read_events(path, schema)
+    assert events["user"].tolist() == ["u1", "u1", "u2"]
+    assert events["item"].tolist() == ["a", "b", "a"]
+    assert events["event"].tolist() == ["click", "purchase", "click"]
+    assert events["time"].tolist() == [1704103200, 1704103500, 1704106800]
+    assert events["line"].tolist() == [2, 3, 4]
+    assert rejections.total == 0
+
+
+def test_gzip_and_parquet_read_the_same(write, tmp_path):
+    csv = write("events.csv", EVENTS)
+    schema = EventsSchema(user_col="uid", item_col="sku", time_col="ts", event_col="kind")
+    gz = tmp_path / "events.csv.gz"
+    gz.write_bytes(gzip.compress(csv.read_bytes()))
+    pq = tmp_path / "events.parquet"
+    frame = pd.read_csv(csv)
+    frame["ts"] = pd.to_datetime(frame["ts"])
+    frame.to_parquet(pq)
+    a, _ = read_events(csv, schema)
+    b, _ = read_events(gz, schema)
+    c, _ = read_events(pq, schema)
+    cols = ["user", "item", "time", "event"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    pd.testing.assert_frame_equal(a[cols], c[cols])
+
+
+def test_epoch_seconds_and_ids_that_look_like_numbers(write):
+    path = write("e.csv", """
+        user_id,item_id,timestamp
+        17850.0,00123,1700000000
+        17850.0,123,1700000060
+    """)
+    events, _ = read_events(path)
+    assert events["item"].tolist() == ["00123", "123"]  # ids stay exact text
+    assert events["time"].tolist() == [1700000000, 1700000060]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.csv: events file not found"):
+        read_events(tmp_path / "nope.csv")
+
+
+def test_missing_column_names_file_column_and_option(write):
+    path = write("e.csv", "user,item,timestamp\nu,a,2024-01-01\n")
+    with pytest.raises(InputError) as err:
+        read_events(path)
+    message = str(err.value)
+    assert "e.csv" in message and "'user_id'" in message and "--user-col" in message
+    assert "user, item, timestamp" in message
+
+
+def test_empty_table_and_empty_file(write):
+    with pytest.raises(InputError, match="header but no rows"):
+        read_events(write("h.csv", "user_id,item_id,timestamp\n"))
+    with pytest.raises(InputError, match="file is empty"):
+        read_events(write("z.csv", ""))
+
+
+BAD_TIME = """
+    user_id,item_id,timestamp
+    u1,a,2024-01-01 10:00:00
+    u1,b,2024-13-45 99:00:00
+    u2,c,2024-01-01 11:00:00
+"""
+
+
+def test_unparseable_timestamp_strict_names_file_line_column(write):
+    path = write("t.csv", BAD_TIME)
+    with pytest.raises(InputError) as err:
+        read_events(path, strict=True)
+    assert str(err.value).startswith(f"{path}, line 3, column 'timestamp': cannot parse "
+                                     "'2024-13-45 99:00:00'")
+
+
+def test_unparseable_timestamp_lenient_is_counted_and_kept_aside(write, tmp_path):
+    path = write("t.csv", BAD_TIME)
+    events, rejections = read_events(path)
+    assert events["item"].tolist() == ["a", "c"]
+    assert rejections.counts["events: unparseable timestamp"] == 1
+    assert "line 3" in rejections.examples["events: unparseable timestamp"]
+    assert rejections.rows_read[str(path)] == 3
+    out = tmp_path / "rejected.csv"
+    assert rejections.write(out) == 1
+    rejected = pd.read_csv(out)
+    assert rejected["_line"].tolist() == [3] and rejected["item_id"].tolist() == ["b"]
+
+
+def test_missing_ids_are_rejected_per_rule(write):
+    path = write("m.csv", """
+        user_id,item_id,timestamp
+        ,a,2024-01-01
+        u1,,2024-01-01
+        u1,b,
+        u1,c,2024-01-02
+    """)
+    events, rejections = read_events(path)
+    assert events["item"].tolist() == ["c"]
+    assert rejections.counts == {"events: missing user id": 1, "events: missing item id": 1,
+                                 "events: unparseable timestamp": 1}
+    assert rejections.total + len(events) == 4
+
+
+def test_malformed_line_lenient_counts_strict_fails(write):
+    path = write("bad.csv", """
+        user_id,item_id,timestamp
+        u1,a,2024-01-01
+        u1,b,2024-01-02,extra,fields
+        u1,c,2024-01-03
+    """)
+    events, rejections = read_events(path)
+    assert events["item"].tolist() == ["a", "c"]
+    assert events["line"].tolist() == [2, 4]
+    assert rejections.counts["events: malformed line"] == 1
+    assert "line 3" in rejections.examples["events: malformed line"]
+    with pytest.raises(InputError, match=r"bad\.csv, line 3: malformed CSV"):
+        read_events(path, strict=True)
+
+
+def test_every_row_rejected_is_an_error(write):
+    path = write("all.csv", "user_id,item_id,timestamp\nu1,a,never\n")
+    with pytest.raises(InputError, match="no usable events"):
+        read_events(path)
+
+
+ITEMS = """
+    item_id,text,market
+    a,red mug,uk
+    b,blue mug,fr
+    a,red mug,uk
+    c,green mug,uk
+"""
+
+
+def test_items_duplicate_with_same_text_merges(write):
+    items, rejections = read_items(write("items.csv", ITEMS), ItemsSchema(market_col="market"))
+    assert items["item"].tolist() == ["a", "b", "c"]
+    assert rejections.counts["items: repeated item id, same text (merged)"] == 1
+
+
+CONFLICT = """
+    item_id,text
+    a,red mug
+    b,blue mug
+    a,red cup
+"""
+
+
+def test_items_conflicting_text_strict_names_both_lines(write):
+    path = write("items.csv", CONFLICT)
+    with pytest.raises(InputError) as err:
+        read_items(path, strict=True)
+    assert str(err.value) == (f"{path}, line 4, column 'text': item 'a' has text 'red cup' "
+                              "here but 'red mug' at line 2")
+
+
+def test_items_conflicting_text_lenient_keeps_first_and_counts(write):
+    items, rejections = read_items(write("items.csv", CONFLICT))
+    assert dict(zip(items["item"], items["text"])) == {"a": "red mug", "b": "blue mug"}
+    assert rejections.counts["items: conflicting duplicate item id"] == 1
+
+
+def test_vocabulary_keeps_cold_items_aligned_with_text(write, tmp_path):
+    events, _ = read_events(write("e.csv", """
+        user_id,item_id,timestamp
+        u1,b,2024-01-01
+        u1,a,2024-01-02
+        u2,b,2024-01-03
+        u2,z,2024-01-04
+    """))
+    items, _ = read_items(write("items.csv", ITEMS), ItemsSchema(market_col="market"))
+    vocab = build_vocabulary(events, items)
+    assert vocab.ids.tolist() == ["[OOV]", "b", "a", "z", "c"]
+    assert vocab.counts.tolist() == [0, 2, 1, 1, 0]
+    assert vocab.text.tolist() == ["", "blue mug", "red mug", "", "green mug"]
+    assert [vocab.market_names[m] if m >= 0 else None for m in vocab.market] == [
+        None, "fr", "uk", None, "uk"]
+    assert (vocab.num_warm, vocab.num_cold) == (3, 1)
+    assert vocab.lookup(["a", "c", "unknown"]).tolist() == [2, 4, OOV_INDEX]
+    with pytest.raises(InputError, match="unknown item id 'nope'"):
+        vocab.index_of("nope")
+    vocab.save(tmp_path / "vocab.tsv")
+    loaded = ItemVocabulary.load(tmp_path / "vocab.tsv")
+    assert loaded.ids.tolist() == vocab.ids.tolist()
+    assert loaded.text.tolist() == vocab.text.tolist()
+    np.testing.assert_array_equal(loaded.counts, vocab.counts)
+
+
+def test_online_retail_reader_counts_on_bundled_data():
+    events, items, rejections = read_online_retail()
+    c = rejections.counts
+    assert rejections.rows_read and sum(rejections.rows_read.values()) == 541_909
+    assert c["online_retail: cancellation (invoice C...)"] == 9_288  # SOURCE.md: 9,288 C rows
+    # SOURCE.md: after cancellations, quantity <= 0 and missing customer, 397,924 lines remain.
+    after_three = 541_909 - (c["online_retail: missing invoice or stock code"]
+                             + c["online_retail: cancellation (invoice C...)"]
+                             + c["online_retail: quantity <= 0"]
+                             + c["online_retail: missing customer id"])
+    assert after_three == 397_924
+    assert len(events) == after_three - c["online_retail: missing description"] - c[
+        "online_retail: non-product stock code"]
+    assert len(events) + rejections.total == 541_909
+    # The cleaned catalogue: 3,659 product codes (5 digits + up to 2 letters).
+    assert len(items) == 3_659 == events["item"].nunique()
+    assert items["item"].str.fullmatch(r"\d{5}[A-Za-z]{0,2}").all()
+    assert events["session"].str.startswith("C").sum() == 0
+    assert events["user"].str.fullmatch(r"\d+").all()  # "17850.0" read as "17850"
+    heart = items.set_index("item").loc["85123A"]
+    assert heart["text"] == "WHITE HANGING HEART T-LIGHT HOLDER"
+    assert heart["market"] == "United Kingdom"
+
+
+def test_online_retail_layout_missing_column(write):
+    path = write("retail.csv", "InvoiceNo,StockCode\n1,2\n")
+    with pytest.raises(InputError, match="no column 'Description'"):
+        read_online_retail(path)

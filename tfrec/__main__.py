@@ -1,0 +1,5 @@
+import sys
+
+from tfrec.cli import main
+
+sys.exit(main())

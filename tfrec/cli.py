@@ -1,0 +1,160 @@
+"""The `tfrec` command line: argparse subcommands, each calling one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from tfrec.errors import InputError
+
+logger = logging.getLogger("tfrec")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    from tfrec.config import EventsSchema, ItemsSchema, PairConfig, SessionConfig
+
+    es, its, sc, pc = EventsSchema(), ItemsSchema(), SessionConfig(), PairConfig()
+    src = parser.add_argument_group("input (default: the bundled UCI Online Retail data)")
+    src.add_argument("--events", metavar="PATH",
+                     help="events table: CSV, CSV.gz or Parquet (user, item, time, "
+                          "optional event type and session id)")
+    src.add_argument("--items", metavar="PATH",
+                     help="items table: CSV, CSV.gz or Parquet (item id, text, optional market)")
+    src.add_argument("--online-retail", metavar="PATH", nargs="?", const="",
+                     help="read PATH in the UCI Online Retail layout (no PATH: the bundled copy)")
+    src.add_argument("--strict", action="store_true",
+                     help="fail on the first bad row instead of counting and dropping it")
+    cols = parser.add_argument_group("column names")
+    cols.add_argument("--user-col", default=es.user_col)
+    cols.add_argument("--item-col", default=es.item_col)
+    cols.add_argument("--time-col", default=es.time_col)
+    cols.add_argument("--event-col", default=es.event_col, help="event type column (optional)")
+    cols.add_argument("--session-col", default=es.session_col,
+                      help="session id column (optional)")
+    cols.add_argument("--time-format", default=es.time_format,
+                      help="strftime format of the time column (default: ISO 8601 text or "
+                           "epoch numbers)")
+    cols.add_argument("--time-unit", default=es.time_unit, choices=["s", "ms", "us", "ns"],
+                      help="unit of numeric epoch times")
+    cols.add_argument("--items-id-col", default=its.item_col)
+    cols.add_argument("--text-col", default=its.text_col)
+    cols.add_argument("--market-col", default=its.market_col,
+                      help="market / category column of the items table (optional)")
+    ses = parser.add_argument_group("sessions")
+    ses.add_argument("--session-gap-minutes", type=float, default=sc.gap_minutes)
+    ses.add_argument("--max-session-length", type=int, default=sc.max_length)
+    ses.add_argument("--conversion-types", default=",".join(sc.conversion_types),
+                     help="comma-separated event types that convert (global context)")
+    pairs = parser.add_argument_group("training pairs")
+    pairs.add_argument("--mode", choices=["window", "set"], default=pc.mode)
+    pairs.add_argument("--window", type=int, default=pc.window)
+    pairs.add_argument("--no-global-context", action="store_true")
+    pairs.add_argument("--subsample", type=float, default=pc.subsample,
+                       help="word2vec subsampling threshold (0: off)")
+    pairs.add_argument("--num-negatives", type=int, default=pc.num_negatives)
+    pairs.add_argument("--market-negatives", type=int, default=pc.market_negatives)
+    pairs.add_argument("--event-weight", action="append", default=[], metavar="TYPE=W",
+                       help="weight of an event type, e.g. purchase=3 (repeatable)")
+    pairs.add_argument("--batch-size", type=int, default=pc.batch_size)
+    pairs.add_argument("--seed", type=int, default=pc.seed)
+
+
+def _data_configs(args: argparse.Namespace):
+    from tfrec.config import EventsSchema, ItemsSchema, PairConfig, SessionConfig
+
+    weights = dict(PairConfig().event_weights)
+    for spec in args.event_weight:
+        name, sep, value = spec.partition("=")
+        try:
+            weights[name.strip().lower()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise InputError(f"--event-weight expects TYPE=NUMBER, got {spec!r}",
+                             key="event-weight")
+    events_schema = EventsSchema(args.user_col, args.item_col, args.time_col, args.event_col,
+                                 args.session_col, args.time_format, args.time_unit)
+    items_schema = ItemsSchema(args.items_id_col, args.text_col, args.market_col)
+    session_config = SessionConfig(
+        gap_minutes=args.session_gap_minutes, max_length=args.max_session_length,
+        conversion_types=tuple(t.strip().lower() for t in args.conversion_types.split(",")
+                               if t.strip()))
+    pair_config = PairConfig(
+        mode=args.mode, window=args.window, global_context=not args.no_global_context,
+        subsample=args.subsample, num_negatives=args.num_negatives,
+        market_negatives=args.market_negatives, event_weights=weights,
+        batch_size=args.batch_size, seed=args.seed)
+    return events_schema, items_schema, session_config, pair_config
+
+
+def _prepare_from_args(args: argparse.Namespace):
+    from tfrec.data.report import prepare
+
+    events_schema, items_schema, session_config, pair_config = _data_configs(args)
+    if args.events and args.online_retail is not None:
+        raise InputError("give either --events or --online-retail, not both", key="events")
+    layout = "events" if args.events else "online_retail"
+    path = args.events or (args.online_retail or None)
+    return prepare(path, args.items, layout, events_schema, items_schema, session_config,
+                   pair_config, strict=args.strict)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tfrec.data.report import data_report, format_report, write_outputs
+
+    data = _prepare_from_args(args)
+    report = data_report(data, split_date=args.split_date)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    if args.out:
+        for what, path in write_outputs(data, report, args.out).items():
+            print(f"wrote {what}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tfrec import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tfrec", description="Item embeddings from behaviour and text, served with ANN.")
+    parser.add_argument("--version", action="version", version=f"tfrec {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print results")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    prep = sub.add_parser(
+        "prepare", help="read and validate an events log, report sessions, items and pairs",
+        description="Read and validate an events log (default: the bundled UCI Online Retail "
+                    "data), sessionise it, build the skip-gram pair pipeline and print a "
+                    "report.")
+    _add_data_arguments(prep)
+    prep.add_argument("--out", metavar="DIR",
+                      help="also write vocab.tsv, report.json and rejected_rows.csv here")
+    prep.add_argument("--json", action="store_true", help="print the report as JSON")
+    prep.add_argument("--split-date", metavar="YYYY-MM-DD",
+                      help="also count events and items on each side of this date; items "
+                           "first seen after it are the cold-start items at that split")
+    prep.set_defaults(func=cmd_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    try:
+        return args.func(args)
+    except InputError as err:
+        print(f"tfrec: error: {err.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tfrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

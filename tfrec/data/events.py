@@ -1,0 +1,451 @@
+"""Reading and validating events and items tables.
+
+Inputs are CSV, gzipped CSV or Parquet. Every check is vectorised over the
+table. Problems with a whole file (missing file or column, no rows) always
+raise `InputError`. Problems with single rows (missing id, unparseable
+timestamp, a duplicate item with conflicting text, a malformed CSV line) are
+counted in a `Rejections` record and the rows kept aside (lenient mode, the
+default), or raise `InputError` at the first such row (``strict=True``). No
+row disappears without being counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfrec.config import EventsSchema, ItemsSchema
+from tfrec.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+# Canonical column names of the tables the rest of tfrec works on.
+EVENT_COLUMNS = ("user", "item", "time", "event", "session", "line")
+ITEM_COLUMNS = ("item", "text", "market", "line")
+
+
+@dataclasses.dataclass
+class Rejections:
+    """Rows left out of a table, counted by rule, with the rows themselves.
+
+    Attributes:
+      counts: rule -> number of rows it dropped, in the order rules ran.
+      rows_read: file -> data rows read from it (malformed lines included).
+      examples: rule -> message describing the first dropped row.
+      rows: the dropped rows (original columns plus `_file`, `_line`,
+        `_reason`), so they can be written out and nothing is lost.
+    """
+
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    rows_read: dict[str, int] = dataclasses.field(default_factory=dict)
+    examples: dict[str, str] = dataclasses.field(default_factory=dict)
+    rows: list[pd.DataFrame] = dataclasses.field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, rule: str, count: int, example: str | None = None,
+            rows: pd.DataFrame | None = None) -> None:
+        self.counts[rule] = self.counts.get(rule, 0) + int(count)
+        if count and example and rule not in self.examples:
+            self.examples[rule] = example
+        if rows is not None and len(rows):
+            self.rows.append(rows)
+
+    def merge(self, other: "Rejections") -> None:
+        for rule, count in other.counts.items():
+            self.add(rule, count, other.examples.get(rule))
+        self.rows_read.update(other.rows_read)
+        self.rows.extend(other.rows)
+
+    def write(self, path: str | Path) -> int:
+        """Writes every rejected row to a CSV file; returns how many."""
+        frame = (pd.concat(self.rows, ignore_index=True) if self.rows
+                 else pd.DataFrame(columns=["_file", "_line", "_reason"]))
+        frame.to_csv(path, index=False)
+        return len(frame)
+
+
+class _Table:
+    """A raw table as read from disk, with the source line of every row."""
+
+    def __init__(self, path: Path, frame: pd.DataFrame, lines: np.ndarray, is_csv: bool):
+        self.path = path
+        self.frame = frame
+        self.lines = lines
+        self.is_csv = is_csv
+
+    def where(self, position: int) -> dict:
+        """InputError location kwargs for the row at `position`."""
+        if self.is_csv:
+            return {"path": str(self.path), "line": int(self.lines[position])}
+        return {"path": f"{self.path} (row {int(self.lines[position])})"}
+
+    def require(self, column: str | None, option: str) -> None:
+        if column is not None and column not in self.frame.columns:
+            raise InputError(
+                f"no column '{column}' (columns are: {', '.join(map(str, self.frame.columns))}); "
+                f"name the right one with {option}", path=str(self.path), column=column)
+
+
+_NUMBER = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?")
+_BAD_LINE = re.compile(r"Skipping line (\d+): (.*)")
+
+
+def _read_table(path: str | Path, what: str, rejections: Rejections, strict: bool) -> _Table:
+    """Reads a CSV / CSV.gz / Parquet file with every column as text (ids stay exact)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} file not found", path=str(path))
+    if path.is_dir():
+        raise InputError(f"{what} path is a folder, expected a CSV or Parquet file",
+                         path=str(path))
+    name = path.name.lower()
+    bad: list[tuple[int, str]] = []
+    try:
+        if name.endswith(PARQUET_SUFFIXES):
+            frame = pd.read_parquet(path)
+            lines = np.arange(1, len(frame) + 1)
+            is_csv = False
+        else:
+            sep = "\t" if re.search(r"\.tsv(\.gz)?$", name) else ","
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                frame = pd.read_csv(path, dtype=str, sep=sep, skip_blank_lines=False,
+                                    on_bad_lines="error" if strict else "warn")
+            for warning in caught:
+                for match in _BAD_LINE.finditer(str(warning.message)):
+                    bad.append((int(match.group(1)), match.group(2)))
+            if bad:
+                rejections.add(f"{what}: malformed line", len(bad),
+                               f"{path}, line {bad[0][0]}: {bad[0][1]}",
+                               pd.DataFrame({"_file": str(path), "_line": [b[0] for b in bad],
+                                             "_reason": [b[1] for b in bad]}))
+            # Data rows sit on lines 2.. (line 1 is the header), minus skipped ones.
+            skipped = np.array(sorted(b[0] for b in bad), dtype=np.int64)
+            lines = np.setdiff1d(np.arange(2, len(frame) + 2 + len(skipped)), skipped)
+            blank = frame.isna().all(axis=1).to_numpy()
+            if blank.any():
+                frame, lines = frame[~blank].reset_index(drop=True), lines[~blank]
+            is_csv = True
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{what} file is empty (no header, no rows)", path=str(path)) from None
+    except pd.errors.ParserError as err:
+        detail = str(err).strip().splitlines()[-1]
+        match = re.search(r"line (\d+)", detail)
+        raise InputError(f"malformed CSV: {detail}", path=str(path),
+                         line=int(match.group(1)) if match else None) from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})",
+                         path=str(path)) from None
+    except (OSError, EOFError, zlib.error) as err:
+        raise InputError(f"cannot read {what} file: {err}", path=str(path)) from None
+    except Exception as err:  # pyarrow raises its own types for a broken Parquet file
+        if type(err).__module__.startswith("pyarrow"):
+            raise InputError(f"cannot read Parquet file: {err}", path=str(path)) from None
+        raise
+    if len(frame) == 0:
+        raise InputError(f"{what} table has a header but no rows", path=str(path))
+    rejections.rows_read[str(path)] = len(frame) + len(bad)
+    frame.columns = [str(c) for c in frame.columns]
+    return _Table(path, frame, np.asarray(lines, dtype=np.int64), is_csv)
+
+
+def _text(series: pd.Series) -> pd.Series:
+    """Column as stripped strings, empty and missing values as <NA>."""
+    if not (pd.api.types.is_string_dtype(series) or series.dtype == object):
+        if pd.api.types.is_float_dtype(series):
+            # Parquet ids stored as floats (e.g. 17850.0) read back as "17850".
+            whole = series.dropna()
+            if len(whole) and (whole == np.round(whole)).all():
+                series = series.astype("Int64")
+        series = series.astype("string")
+    series = series.astype("string").str.strip()
+    return series.mask(series == "")
+
+
+def _reject(table: _Table, bad: np.ndarray, rule: str, column: str, describe,
+            rejections: Rejections, strict: bool) -> None:
+    """Counts (or, when strict, raises on) the rows flagged in `bad`."""
+    if not bad.any():
+        rejections.add(rule, 0)
+        return
+    first = int(np.flatnonzero(bad)[0])
+    if strict:
+        raise InputError(describe(first), column=column, **table.where(first))
+    loc = table.where(first)
+    example = InputError(describe(first), column=column, **loc).message
+    rows = table.frame[bad].copy()
+    rows.insert(0, "_reason", rule)
+    rows.insert(0, "_line", table.lines[bad])
+    rows.insert(0, "_file", str(table.path))
+    rejections.add(rule, int(bad.sum()), example, rows)
+
+
+def parse_times(values: pd.Series, time_format: str | None = None,
+                time_unit: str = "s") -> np.ndarray:
+    """Parses a time column to int64 epoch seconds; unparseable values give INT64_MIN.
+
+    Accepts datetime columns, numbers (epoch time in `time_unit`) and text
+    (ISO-8601 or `time_format`). Time-zone aware values are converted to UTC.
+    """
+    nat = np.iinfo(np.int64).min
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:
+        text = values.astype("string").str.strip()
+        present = text.dropna()
+        # Epoch numbers or date text: the first value decides, so date text is
+        # not run through a full numeric parse first.
+        if (time_format is None and len(present)
+                and _NUMBER.fullmatch(str(present.iloc[0])) is not None):
+            parsed = pd.to_datetime(pd.to_numeric(text, errors="coerce"), unit=time_unit,
+                                    errors="coerce")
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parsed = pd.to_datetime(text, format=time_format, errors="coerce", utc=True)
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    out = parsed.astype("datetime64[s]").to_numpy().astype(np.int64)
+    out[parsed.isna().to_numpy()] = nat
+    return out
+
+
+def read_events(path: str | Path, schema: EventsSchema = EventsSchema(), strict: bool = False,
+                rejections: Rejections | None = None) -> tuple[pd.DataFrame, Rejections]:
+    """Reads an events table into tfrec's canonical events frame.
+
+    Args:
+      path: CSV, CSV.gz or Parquet file.
+      schema: which columns hold the user, item, time, event type, session id.
+      strict: raise on the first bad row instead of counting and dropping it.
+      rejections: record to add to (a new one by default).
+
+    Returns:
+      (events, rejections): events has columns user, item (str), time (int64
+      epoch seconds), event, session (str or <NA>) and line (source line).
+
+    Raises:
+      InputError: missing file or column, no rows, or (strict) a bad row.
+    """
+    rejections = Rejections() if rejections is None else rejections
+    table = _read_table(path, "events", rejections, strict)
+    table.require(schema.user_col, "--user-col")
+    table.require(schema.item_col, "--item-col")
+    table.require(schema.time_col, "--time-col")
+    table.require(schema.event_col, "--event-col")
+    table.require(schema.session_col, "--session-col")
+    frame = table.frame
+    user = _text(frame[schema.user_col])
+    item = _text(frame[schema.item_col])
+    raw_time = frame[schema.time_col]
+    time = parse_times(raw_time, schema.time_format, schema.time_unit)
+    n = len(frame)
+    event = (_text(frame[schema.event_col]).str.lower() if schema.event_col
+             else pd.Series(pd.NA, index=frame.index, dtype="string"))
+    session = (_text(frame[schema.session_col]) if schema.session_col
+               else pd.Series(pd.NA, index=frame.index, dtype="string"))
+
+    keep = np.ones(n, dtype=bool)
+    checks = [
+        ("events: missing user id", schema.user_col, user.isna().to_numpy(),
+         lambda i: "missing user id"),
+        ("events: missing item id", schema.item_col, item.isna().to_numpy(),
+         lambda i: "missing item id"),
+        ("events: unparseable timestamp", schema.time_col,
+         time == np.iinfo(np.int64).min,
+         lambda i: (f"cannot parse {raw_time.iloc[i]!r} as a timestamp"
+                    + (f" with format {schema.time_format!r}" if schema.time_format else "")
+                    + "; set --time-format" if pd.notna(raw_time.iloc[i])
+                    else "missing timestamp")),
+    ]
+    for rule, column, bad, describe in checks:
+        bad = bad & keep
+        _reject(table, bad, rule, column, describe, rejections, strict)
+        keep &= ~bad
+    events = pd.DataFrame({
+        "user": user[keep].to_numpy(dtype=object),
+        "item": item[keep].to_numpy(dtype=object),
+        "time": time[keep],
+        "event": event[keep].to_numpy(dtype=object),
+        "session": session[keep].to_numpy(dtype=object),
+        "line": table.lines[keep],
+    })
+    if len(events) == 0:
+        raise InputError("no usable events: every row was rejected "
+                         f"({_summary(rejections)})", path=str(table.path))
+    logger.info("read %d events from %s (%d rows rejected)", len(events), table.path,
+                int((~keep).sum()))
+    return events, rejections
+
+
+def read_items(path: str | Path, schema: ItemsSchema = ItemsSchema(), strict: bool = False,
+               rejections: Rejections | None = None) -> tuple[pd.DataFrame, Rejections]:
+    """Reads an items table (id, text, optional market) into the canonical items frame.
+
+    A repeated item id with the same text (and market) is merged; with a
+    different text it is a conflict: rejected (the first row wins) or, when
+    strict, an error naming both lines.
+
+    Returns:
+      (items, rejections): items has columns item, text, market (str / <NA>)
+      and line, one row per item id, in file order.
+    """
+    rejections = Rejections() if rejections is None else rejections
+    table = _read_table(path, "items", rejections, strict)
+    table.require(schema.item_col, "--items-id-col")
+    table.require(schema.text_col, "--text-col")
+    table.require(schema.market_col, "--market-col")
+    frame = table.frame
+    item = _text(frame[schema.item_col])
+    text = _text(frame[schema.text_col]).fillna("")
+    market = (_text(frame[schema.market_col]) if schema.market_col
+              else pd.Series(pd.NA, index=frame.index, dtype="string"))
+    missing = item.isna().to_numpy()
+    _reject(table, missing, "items: missing item id", schema.item_col,
+            lambda i: "missing item id", rejections, strict)
+    keep = ~missing
+
+    first_pos = pd.Series(np.arange(len(frame))).groupby(item.to_numpy()).transform("min")
+    first_pos = first_pos.to_numpy()
+    repeated = keep & (first_pos != np.arange(len(frame)))
+    if repeated.any():
+        same = ((text.to_numpy() == text.to_numpy()[first_pos])
+                & (market.fillna("").to_numpy() == market.fillna("").to_numpy()[first_pos]))
+        duplicate = repeated & same
+        conflict = repeated & ~same
+        rejections.add("items: repeated item id, same text (merged)", int(duplicate.sum()))
+        keep &= ~duplicate
+
+        def describe(i: int) -> str:
+            j = int(first_pos[i])
+            return (f"item {item.iloc[i]!r} has text {text.iloc[i]!r} here but "
+                    f"{text.iloc[j]!r} at line {int(table.lines[j])}"
+                    if text.iloc[i] != text.iloc[j] else
+                    f"item {item.iloc[i]!r} has market {market.iloc[i]!r} here but "
+                    f"{market.iloc[j]!r} at line {int(table.lines[j])}")
+
+        _reject(table, conflict, "items: conflicting duplicate item id", schema.text_col,
+                describe, rejections, strict)
+        keep &= ~conflict
+    items = pd.DataFrame({
+        "item": item[keep].to_numpy(dtype=object),
+        "text": text[keep].to_numpy(dtype=object),
+        "market": market[keep].to_numpy(dtype=object),
+        "line": table.lines[keep],
+    })
+    if len(items) == 0:
+        raise InputError("no usable items: every row was rejected", path=str(table.path))
+    return items, rejections
+
+
+def _summary(rejections: Rejections) -> str:
+    return "; ".join(f"{rule}: {count}" for rule, count in rejections.counts.items() if count)
+
+
+# UCI Online Retail ---------------------------------------------------------------------------
+
+ONLINE_RETAIL_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate",
+                         "CustomerID", "Country")
+PRODUCT_CODE = r"\d{5}[A-Za-z]{0,2}"
+
+
+def read_online_retail(path: str | Path | None = None, strict: bool = False
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, Rejections]:
+    """Reads the UCI Online Retail layout (the bundled default data).
+
+    Invoice = session, CustomerID = user, StockCode = item, Description = item
+    text (its most frequent description), Country = market (the item's most
+    frequent country). Every line is a purchase, so there is no event type
+    and no converted item. Rules, applied in this order, each counted:
+    missing ids (invoice, stock code, customer), cancellations (invoice
+    ``C...``), non-positive quantity, missing description, non-product stock
+    codes (anything but 5 digits plus up to 2 letters: POST, M, DOT, ...),
+    unparseable InvoiceDate. Dropping by rule is the layout's cleaning, not a
+    data error, so it happens in strict mode too.
+
+    Returns:
+      (events, items, rejections) in the canonical frames of `read_events`
+      and `read_items`.
+    """
+    if path is None:
+        from tfrec.datasets import online_retail_path
+        path = online_retail_path()
+    rejections = Rejections()
+    table = _read_table(path, "events", rejections, strict)
+    for column in ONLINE_RETAIL_COLUMNS:
+        table.require(column, "a file in the UCI Online Retail layout")
+    frame = table.frame
+    invoice = _text(frame["InvoiceNo"])
+    code = _text(frame["StockCode"])
+    customer = _text(frame["CustomerID"]).str.replace(r"\.0$", "", regex=True)
+    description = _text(frame["Description"])
+    quantity = pd.to_numeric(frame["Quantity"], errors="coerce")
+    country = _text(frame["Country"])
+    time = parse_times(frame["InvoiceDate"])
+
+    keep = np.ones(len(frame), dtype=bool)
+    rules = [
+        ("online_retail: missing invoice or stock code",
+         (invoice.isna() | code.isna()).to_numpy()),
+        ("online_retail: cancellation (invoice C...)",
+         invoice.str.startswith("C").fillna(False).to_numpy(dtype=bool)),
+        ("online_retail: quantity <= 0", ~(quantity > 0).fillna(False).to_numpy(dtype=bool)),
+        ("online_retail: missing customer id", customer.isna().to_numpy()),
+        ("online_retail: missing description", description.isna().to_numpy()),
+        ("online_retail: non-product stock code",
+         ~code.str.fullmatch(PRODUCT_CODE).fillna(False).to_numpy(dtype=bool)),
+    ]
+    for rule, bad in rules:
+        bad = bad & keep
+        rejections.add(rule, int(bad.sum()), None)
+        keep &= ~bad
+    _reject(table, (time == np.iinfo(np.int64).min) & keep, "events: unparseable timestamp",
+            "InvoiceDate",
+            lambda i: f"cannot parse {frame['InvoiceDate'].iloc[i]!r} as a timestamp",
+            rejections, strict)
+    keep &= time != np.iinfo(np.int64).min
+    if not keep.any():
+        raise InputError("no usable rows after cleaning", path=str(table.path))
+    code_k = code[keep].to_numpy(dtype=object)
+    events = pd.DataFrame({
+        "user": customer[keep].to_numpy(dtype=object),
+        "item": code_k,
+        "time": time[keep],
+        "event": pd.Series(pd.NA, index=range(int(keep.sum())), dtype="string").to_numpy(
+            dtype=object),
+        "session": invoice[keep].to_numpy(dtype=object),
+        "line": table.lines[keep],
+    })
+    items = pd.DataFrame({
+        "item": pd.unique(code_k),
+    })
+    items["text"] = _most_frequent(code_k, description[keep].to_numpy(dtype=object))
+    items["market"] = _most_frequent(code_k, country[keep].fillna("").to_numpy(dtype=object))
+    first_line = pd.Series(table.lines[keep]).groupby(code_k, sort=False).min()
+    items["line"] = first_line.reindex(items["item"]).to_numpy()
+    return events, items, rejections
+
+
+def _most_frequent(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For each distinct key (in first-appearance order), its most frequent value.
+
+    Ties go to the value seen first.
+    """
+    frame = pd.DataFrame({"key": keys, "value": values, "pos": np.arange(len(keys))})
+    stats = frame.groupby(["key", "value"], sort=False).agg(n=("pos", "size"),
+                                                           first=("pos", "min")).reset_index()
+    stats = stats.sort_values(["key", "n", "first"], ascending=[True, False, True])
+    best = stats.drop_duplicates("key").set_index("key")["value"]
+    return best.reindex(pd.unique(keys)).to_numpy(dtype=object)
