@@ -116,6 +116,40 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from tfrec.config import load_run_config
+    from tfrec.train import format_evaluation, train
+
+    config_path = args.config
+    if config_path is None:
+        config_path = Path(__file__).resolve().parent / "configs" / "online_retail.yaml"
+    overrides = list(args.set)
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    config = load_run_config(config_path, overrides)
+    run_dir = Path(args.run_dir)
+    if args.overwrite and not args.resume and run_dir.exists():
+        if not (run_dir / "config.json").exists() and any(run_dir.iterdir()):
+            raise InputError("refusing to overwrite a folder that is not a tfrec run",
+                             path=str(run_dir))
+        shutil.rmtree(run_dir)
+    result = train(config, run_dir, resume=args.resume,
+                   epochs=args.epochs if args.resume else None)
+    print(f"run folder: {result.run_dir}")
+    last = result.history[-1] if result.history else {}
+    print(f"trained {len(result.history)} epochs in {result.seconds:.0f}s"
+          + (f", final loss {last['loss']:.4f}" if "loss" in last else ""))
+    if result.evaluation:
+        k = config.train.eval_k
+        print(f"held-out next-item hit rate ({len(result.data.cases):,} cases, all "
+              f"{result.data.vocab.size - 1:,} catalogue items ranked):")
+        print(format_evaluation(result.evaluation, k))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tfrec import __version__
 
@@ -137,6 +171,26 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also count events and items on each side of this date; items "
                            "first seen after it are the cold-start items at that split")
     prep.set_defaults(func=cmd_prepare)
+
+    tr = sub.add_parser(
+        "train", help="train the hybrid model (behaviour + text) and evaluate it on held-out "
+                      "sessions",
+        description="Train the hybrid model from a YAML/JSON run config (default: the bundled "
+                    "Online Retail config) with Keras fit; write a run folder with the config, "
+                    "vocabularies, per-epoch checkpoints, TensorBoard logs and history; report "
+                    "the held-out next-item hit rate.")
+    tr.add_argument("--config", metavar="FILE",
+                    help="run config, YAML or JSON (sections data, model, train)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting, e.g. --set model.embedding_dim=32 (repeatable)")
+    tr.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
+    tr.add_argument("--run-dir", default="runs/train", metavar="DIR",
+                    help="run folder (default: runs/train)")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run in --run-dir from its last checkpoint")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace an existing run folder")
+    tr.set_defaults(func=cmd_train)
     return parser
 
 
@@ -151,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"tfrec: error: {err.message}", file=sys.stderr)
         return 2
+    except Exception as err:  # a diverged run is reported, not a crash
+        from tfrec.train import TrainingDiverged
+
+        if isinstance(err, TrainingDiverged):
+            print(f"tfrec: error: {err}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("tfrec: interrupted", file=sys.stderr)
         return 130

@@ -6,7 +6,12 @@ they are and reach Keras layers as ``Layer(**dataclasses.asdict(cfg))``.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import datetime
+import json
+import typing
+from pathlib import Path
 from typing import Any, Mapping
 
 from tfrec.errors import InputError
@@ -123,3 +128,311 @@ class PairConfig:
 def _positive(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise InputError(f"{name} must be a positive integer, got {value!r}", key=name)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """The text tower: tokeniser and Conv1D encoder.
+
+    Attributes:
+      sequence_length: tokens kept per item text (longer texts are cut).
+      max_tokens: size cap of the token vocabulary learned from item texts.
+      min_token_count: a token must occur in this many item texts to get an id.
+      token_dim: token embedding width.
+      filters: Conv1D filters per width.
+      widths: Conv1D kernel widths (one convolution per width, max-pooled).
+    """
+
+    sequence_length: int = 12
+    max_tokens: int = 20_000
+    min_token_count: int = 1
+    token_dim: int = 64
+    filters: int = 64
+    widths: tuple[int, ...] = (1, 2, 3)
+
+    def __post_init__(self):
+        for name in ("sequence_length", "max_tokens", "min_token_count", "token_dim", "filters"):
+            _positive(name, getattr(self, name))
+        if not self.widths or any(not isinstance(w, int) or w <= 0 for w in self.widths):
+            raise InputError(f"widths must be positive integers, got {self.widths!r}",
+                             key="widths")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The hybrid model.
+
+    Attributes:
+      embedding_dim: width of item, query and id embeddings.
+      use_ids: learn an id embedding per item seen in training (item2vec).
+      use_text: encode the item text (the cold-start path).
+      id_dropout: during training, hide an item's id embedding with this
+        probability so that the text path alone lands near the behaviour
+        space.
+      objective: "skipgram" (binary classification of pairs against sampled
+        negatives), "retrieval" (TFRS in-batch softmax of session -> next item,
+        with logQ correction) or "both" (the two losses summed).
+      temperature: logits are cosine / temperature.
+      retrieval_weight: weight of the retrieval loss when objective is "both".
+      text_alignment: weight of a loss pulling each warm item's text-only
+        embedding towards its full (id + text) embedding, held fixed: with
+        id-dropout, what puts cold items in the behaviour space.
+      history_length: items of a session the query tower looks at (the last N).
+      pooling: query tower pooling: "mean", "recency" or "attention".
+      recency_decay: weight ratio between consecutive history items (recency).
+    """
+
+    embedding_dim: int = 64
+    use_ids: bool = True
+    use_text: bool = True
+    id_dropout: float = 0.5
+    objective: str = "skipgram"
+    temperature: float = 0.1
+    retrieval_weight: float = 1.0
+    text_alignment: float = 1.0
+    history_length: int = 20
+    pooling: str = "mean"
+    recency_decay: float = 0.9
+    text: TextConfig = dataclasses.field(default_factory=TextConfig)
+
+    def __post_init__(self):
+        _positive("embedding_dim", self.embedding_dim)
+        _positive("history_length", self.history_length)
+        if not (self.use_ids or self.use_text):
+            raise InputError("use_ids and use_text cannot both be false", key="use_text")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise InputError(f"id_dropout must be in [0, 1), got {self.id_dropout!r}",
+                             key="id_dropout")
+        if self.objective not in ("skipgram", "retrieval", "both"):
+            raise InputError(f"objective must be 'skipgram', 'retrieval' or 'both', got "
+                             f"{self.objective!r}", key="objective")
+        if self.pooling not in ("mean", "recency", "attention"):
+            raise InputError(f"pooling must be 'mean', 'recency' or 'attention', got "
+                             f"{self.pooling!r}", key="pooling")
+        if self.text_alignment < 0:
+            raise InputError(f"text_alignment must be >= 0, got {self.text_alignment!r}",
+                             key="text_alignment")
+        if not self.temperature > 0:
+            raise InputError(f"temperature must be > 0, got {self.temperature!r}",
+                             key="temperature")
+        if not 0.0 < self.recency_decay <= 1.0:
+            raise InputError(f"recency_decay must be in (0, 1], got {self.recency_decay!r}",
+                             key="recency_decay")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it becomes training pairs.
+
+    Attributes:
+      layout: "online_retail" (UCI Online Retail file; `events` may be null
+        for the bundled copy) or "events" (an events table, plus optional
+        items table).
+      events: events file (CSV, CSV.gz or Parquet).
+      items: items file (id, text, optional market).
+      strict: fail on the first bad row instead of counting and dropping it.
+    """
+
+    layout: str = "online_retail"
+    events: str | None = None
+    items: str | None = None
+    strict: bool = False
+    events_schema: EventsSchema = dataclasses.field(default_factory=EventsSchema)
+    items_schema: ItemsSchema = dataclasses.field(default_factory=ItemsSchema)
+    sessions: SessionConfig = dataclasses.field(default_factory=SessionConfig)
+    pairs: PairConfig = dataclasses.field(default_factory=PairConfig)
+
+    def __post_init__(self):
+        if self.layout not in ("online_retail", "events"):
+            raise InputError(f"layout must be 'online_retail' or 'events', got {self.layout!r}",
+                             key="data.layout")
+        if self.layout == "events" and not self.events:
+            raise InputError("layout 'events' needs an events file", key="data.events")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training and the held-out evaluation.
+
+    Attributes:
+      epochs: passes over the training pairs.
+      learning_rate: optimizer step size.
+      optimizer: "adam", "adagrad" or "sgd".
+      steps_per_epoch: cap on steps per epoch (null: the whole epoch).
+      retrieval_batch_size: (history, next item) examples per retrieval batch.
+      split_date: train on events before this date (YYYY-MM-DD) and evaluate
+        on the sessions from it on.
+      split_fraction: without a split date, hold out this last share of the
+        time range (0: no held-out evaluation).
+      eval_k: K of the hit rate (HR@K) and NDCG@K.
+      eval_seed: seeds which item of each held-out session is hidden.
+      seed: seeds model initialisation.
+    """
+
+    epochs: int = 3
+    learning_rate: float = 0.005
+    optimizer: str = "adam"
+    steps_per_epoch: int | None = None
+    retrieval_batch_size: int = 1024
+    split_date: str | None = None
+    split_fraction: float = 0.1
+    eval_k: int = 10
+    eval_seed: int = 42
+    seed: int = 42
+
+    def __post_init__(self):
+        _positive("epochs", self.epochs)
+        _positive("retrieval_batch_size", self.retrieval_batch_size)
+        _positive("eval_k", self.eval_k)
+        if self.steps_per_epoch is not None:
+            _positive("steps_per_epoch", self.steps_per_epoch)
+        if not self.learning_rate > 0:
+            raise InputError(f"learning_rate must be > 0, got {self.learning_rate!r}",
+                             key="learning_rate")
+        if self.optimizer not in ("adam", "adagrad", "sgd"):
+            raise InputError(f"optimizer must be 'adam', 'adagrad' or 'sgd', got "
+                             f"{self.optimizer!r}", key="optimizer")
+        if not 0.0 <= self.split_fraction < 1.0:
+            raise InputError(f"split_fraction must be in [0, 1), got {self.split_fraction!r}",
+                             key="split_fraction")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs: data, model and training settings."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_dict(cls, data: Any, source: str | None = None, prefix: str = ""):
+    """Builds a config dataclass from plain data, checking every key and type.
+
+    Raises:
+      InputError: naming the file and the dotted key that is unknown, of the
+        wrong type or out of range.
+    """
+    if not isinstance(data, Mapping):
+        raise InputError(f"expected a mapping of settings, got {type(data).__name__}",
+                         path=source, key=prefix.rstrip(".") or None)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = [f for f in fields if f.startswith(str(key)[:3])]
+            hint = f" (did you mean {', '.join(close)}?)" if close else (
+                f" (known: {', '.join(fields)})")
+            raise InputError(f"unknown setting{hint}", path=source, key=dotted)
+        kwargs[key] = _coerce(hints[key], value, source, dotted)
+        default = fields[key].default_factory
+        if isinstance(kwargs[key], dict) and default is not dataclasses.MISSING:
+            # A mapping setting (e.g. event_weights) adds to its defaults.
+            kwargs[key] = {**default(), **kwargs[key]}
+    try:
+        return cls(**kwargs)
+    except InputError as err:
+        key = err.key if err.key and "." in err.key else f"{prefix}{err.key or ''}".rstrip(".")
+        raise InputError(err.reason, path=source, key=key or None) from None
+
+
+def _coerce(hint, value, source, key):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, source, key + ".")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, source, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _wrong_type(key, "a list", value, source)
+        return tuple(_coerce(args[0], v, source, key) for v in value)
+    if origin in (collections.abc.Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise _wrong_type(key, "a mapping", value, source)
+        return {str(k): _coerce(args[1], v, source, f"{key}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _wrong_type(key, "true or false", value, source)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _wrong_type(key, "an integer", value, source)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _wrong_type(key, "a number", value, source)
+        return float(value)
+    if hint is str:
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            return value.isoformat()  # YAML reads 2011-10-01 as a date
+        if not isinstance(value, str):
+            raise _wrong_type(key, "text", value, source)
+        return value
+    return value
+
+
+def _wrong_type(key, expected, value, source):
+    return InputError(f"expected {expected}, got {value!r} ({type(value).__name__})",
+                      path=source, key=key)
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Reads a YAML or JSON run config and applies `section.key=value` overrides.
+
+    Override values are parsed as YAML (``3``, ``0.1``, ``true``, ``[1, 2]``,
+    ``null``, or text).
+    """
+    import yaml
+
+    data: dict = {}
+    source = None
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise InputError("config file not found", path=source) from None
+        except IsADirectoryError:
+            raise InputError("config path is a folder, expected a YAML or JSON file",
+                             path=source) from None
+        try:
+            data = (json.loads(text) if source.endswith(".json") else yaml.safe_load(text)) or {}
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            line = getattr(err, "lineno", None) or getattr(
+                getattr(err, "problem_mark", None), "line", -1) + 1 or None
+            raise InputError(f"not valid {'JSON' if source.endswith('.json') else 'YAML'}: "
+                             f"{getattr(err, 'msg', None) or getattr(err, 'problem', err)}",
+                             path=source, line=line) from None
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set expects section.key=value, got {item!r}", key="set")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(f"cannot set {key!r}: {part!r} is not a section", key=key)
+        node[parts[-1]] = value
+    return from_dict(RunConfig, data, source)

@@ -15,7 +15,8 @@ import pandas as pd
 def generate_events(num_events: int, num_items: int, num_users: int | None = None,
                     num_clusters: int | None = None, mean_session_length: float = 8.0,
                     zipf: float = 1.05, conversion_rate: float = 0.1, seed: int = 0,
-                    start_time: int = 1_700_000_000) -> pd.DataFrame:
+                    start_time: int = 1_700_000_000, arrival_days: float = 30.0
+                    ) -> pd.DataFrame:
     """Returns a canonical events frame (user, item, time, event, session, line).
 
     Args:
@@ -29,6 +30,8 @@ def generate_events(num_events: int, num_items: int, num_users: int | None = Non
         (the others are "click" events only).
       seed: seeds everything.
       start_time: epoch seconds of the first event.
+      arrival_days: users start their first session at a uniform random time
+        in this many days after start_time.
 
     Sessions are separated by gaps of 1-48 hours, events inside a session by
     10 s - 10 min, so a 30-minute gap splits them back exactly.
@@ -70,7 +73,10 @@ def generate_events(num_events: int, num_items: int, num_users: int | None = Non
     group_start[1:] = user_sorted[1:] != user_sorted[:-1]
     base = np.maximum.accumulate(np.where(group_start, running, 0))
     session_start = np.empty(num_sessions, dtype=np.int64)
-    session_start[order] = start_time + running - base
+    # Users arrive at random times over the first `arrival_days`, so any time
+    # slice holds sessions of many users.
+    arrival = rng.integers(0, max(int(arrival_days * 86400), 1), num_users)
+    session_start[order] = start_time + arrival[user_sorted] + running - base
     time = session_start[session_of] + within
 
     converted = rng.random(num_sessions) < conversion_rate
@@ -98,3 +104,27 @@ def item_clusters(num_items: int, num_clusters: int | None = None, seed: int = 0
     clusters = np.empty(num_items, dtype=np.int64)
     clusters[item_perm] = np.arange(num_items) % num_clusters
     return clusters
+
+
+def generate_items(num_items: int, num_clusters: int | None = None, num_cold: int = 0,
+                   words_per_cluster: int = 8, cluster_words: int = 2, noise_words: int = 2,
+                   noise_vocabulary: int = 50, seed: int = 0) -> pd.DataFrame:
+    """An items table (item, text, market) for `generate_events` with the same args.
+
+    Each cluster has its own words; an item's text is `cluster_words` words of
+    its cluster plus `noise_words` words shared by all clusters, so text says
+    something about the cluster but not everything. The market is the
+    cluster. `num_cold` extra items "cold<k>" (round-robin over clusters) get
+    text the same way but never appear in the events: cold-start items.
+    """
+    rng = np.random.default_rng([seed, 2])
+    num_clusters = num_clusters or max(num_items // 50, 1)
+    clusters = np.concatenate([item_clusters(num_items, num_clusters, seed),
+                               np.arange(num_cold) % num_clusters])
+    ids = ([f"i{k}" for k in range(num_items)] + [f"cold{k}" for k in range(num_cold)])
+    own = rng.integers(0, words_per_cluster, (len(ids), cluster_words))
+    noise = rng.integers(0, noise_vocabulary, (len(ids), noise_words))
+    texts = [" ".join([f"c{c}w{w}" for w in own[i]] + [f"noise{w}" for w in noise[i]])
+             for i, c in enumerate(clusters)]
+    return pd.DataFrame({"item": ids, "text": texts, "market": [f"m{c}" for c in clusters],
+                         "cluster": clusters})

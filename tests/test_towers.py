@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from tfrec.config import ModelConfig, TextConfig
+from tfrec.data.synthetic import generate_events, generate_items
+from tfrec.data.vocab import build_vocabulary
+from tfrec.models import HybridModel, build_model
+from tfrec.towers import ItemEncoder, QueryTower, TextEncoder, TextTokenizer
+from tfrec.towers.tokenizer import build_token_vocabulary
+
+TEXTS = ["WHITE HANGING HEART T-LIGHT HOLDER", "red mug", "Crème brûlée dish, SET/3", "",
+         "unknownword mug"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    vocab = build_token_vocabulary(TEXTS[:3])
+    return TextTokenizer(vocab, sequence_length=6)
+
+
+def test_token_vocabulary_is_learned_with_the_tokeniser_ops():
+    vocab = build_token_vocabulary(TEXTS[:3] + ["red heart"])
+    assert vocab[:2] == ["heart", "red"]  # in two texts each; then alphabetical
+    assert {"t", "light", "crème", "brûlée", "set", "3"} <= set(vocab)
+    assert build_token_vocabulary(TEXTS, min_count=2) == ["mug"]
+    assert len(build_token_vocabulary(TEXTS, max_tokens=3)) == 3
+
+
+def test_tokeniser_ids(tokenizer):
+    ids = tokenizer(tf.constant(TEXTS)).numpy()
+    assert ids.shape == (5, 6) and ids.dtype == np.int32
+    vocab = tokenizer.vocabulary
+    assert ids[0].tolist() == [vocab.index(t) + 2 for t in
+                               ["white", "hanging", "heart", "t", "light", "holder"]]
+    assert ids[1].tolist() == [vocab.index("red") + 2, vocab.index("mug") + 2, 0, 0, 0, 0]
+    assert ids[3].tolist() == [0] * 6          # empty text: all padding
+    assert ids[4][0] == 1                      # unknown token -> 1
+
+
+def test_tokeniser_same_ids_direct_map_unbatched_and_batched(tokenizer):
+    direct = tokenizer(tf.constant(TEXTS)).numpy()
+    ds = tf.data.Dataset.from_tensor_slices(TEXTS)
+    unbatched = np.stack([x.numpy() for x in ds.map(lambda t: tokenizer(t[None])[0])])
+    batched = np.concatenate([x.numpy() for x in ds.batch(2).map(tokenizer)])
+    np.testing.assert_array_equal(direct, unbatched)
+    np.testing.assert_array_equal(direct, batched)
+
+
+def roundtrip(layer):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    return clone
+
+
+def test_get_config_round_trips(tokenizer):
+    clone = roundtrip(tokenizer)
+    np.testing.assert_array_equal(clone(tf.constant(TEXTS)), tokenizer(tf.constant(TEXTS)))
+
+    text = TextEncoder(vocabulary_size=20, output_dim=8, token_dim=4, filters=3, widths=(1, 2))
+    ids = tf.constant([[2, 3, 0], [4, 0, 0]])
+    out = text(ids)
+    clone = roundtrip(text)
+    clone(ids)
+    clone.set_weights(text.get_weights())
+    np.testing.assert_allclose(clone(ids), out, rtol=1e-6)
+
+    encoder = ItemEncoder(num_items=5, num_id_items=3, embedding_dim=8,
+                          text_vocabulary=tokenizer.vocabulary, sequence_length=6, token_dim=4,
+                          filters=3, widths=(1, 2), id_dropout=0.3)
+    encoder.set_item_texts(["", "red mug", "heart", "white mug", "set"])
+    out = encoder(tf.constant([1, 2, 4]))
+    clone = roundtrip(encoder)
+    clone(tf.constant([0]))
+    clone.set_weights(encoder.get_weights())
+    np.testing.assert_allclose(clone(tf.constant([1, 2, 4])), out, rtol=1e-6)
+
+    for pooling in ("mean", "recency", "attention"):
+        tower = QueryTower(encoder, history_length=4, pooling=pooling, recency_decay=0.5)
+        history = tf.constant([[0, 0, 1, 2], [0, 0, 0, 0]])
+        pooled = tower(history)
+        clone = roundtrip(tower)
+        clone(history)
+        clone.set_weights(tower.get_weights())
+        np.testing.assert_allclose(clone(history), pooled, rtol=1e-5, atol=1e-6)
+
+
+def test_model_get_config_round_trip():
+    events = generate_events(2000, 40, num_clusters=4, seed=1)
+    items = generate_items(40, num_clusters=4, num_cold=4, seed=1)
+    vocab = build_vocabulary(events, items)
+    model = build_model(ModelConfig(embedding_dim=8, objective="both", pooling="attention",
+                                    text=TextConfig(token_dim=4, filters=4)), vocab)
+    config = model.get_config()
+    clone = HybridModel.from_config(config)
+    assert clone.get_config() == config
+    assert clone.query_tower.item_encoder is clone.candidate_tower  # still one shared encoder
+    # Keras' own serialisation finds the registered class.
+    assert keras.utils.get_registered_object("tfrec>HybridModel") is HybridModel
+
+
+def test_item_encoder_fusion_and_cold_items():
+    encoder = ItemEncoder(num_items=4, num_id_items=2, embedding_dim=8,
+                          text_vocabulary=["red", "mug"], sequence_length=4, token_dim=4,
+                          filters=4, widths=(1,), id_dropout=0.5, seed=3)
+    encoder.set_item_texts(["", "red mug", "red", "mug"])
+    out = encoder(tf.constant([[1, 2], [3, 9]])).numpy()
+    assert out.shape == (2, 2, 8)
+    np.testing.assert_allclose(np.linalg.norm(out[:, :], axis=-1)[0], 1.0, rtol=1e-5)
+    # Item 2 has no id (cold): its embedding is its text path alone.
+    text_only = encoder.encode_text(tf.constant(["red"])).numpy()[0]
+    np.testing.assert_allclose(out[0, 1], text_only, rtol=1e-5, atol=1e-6)
+    # An index past the catalogue is unknown: no id, no text -> zero vector.
+    np.testing.assert_allclose(out[1, 1], 0.0, atol=1e-6)
+    # Id-dropout acts only in training: some warm occurrences lose their id.
+    batch = tf.constant([1] * 200)
+    trained = encoder(batch, training=True).numpy()
+    assert 40 < np.sum(np.abs(trained - out[0, 0]).sum(-1) > 1e-4) < 160
+    np.testing.assert_allclose(encoder(batch).numpy(), np.tile(out[0, 0], (200, 1)), rtol=1e-5)

@@ -1,0 +1,178 @@
+"""`tfrec train`: run folder, bad config, resume after a kill, NaN stop, README snippet."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfrec.cli import main
+from tfrec.config import load_run_config
+from tfrec.data.synthetic import generate_events, generate_items
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    events = generate_events(12_000, 120, num_users=1000, num_clusters=6, seed=3)
+    events["time"] = events["time"].astype("int64")
+    events[["user", "item", "time", "event"]].rename(
+        columns={"user": "user_id", "item": "item_id", "time": "timestamp"}).to_csv(
+        folder / "events.csv", index=False)
+    items = generate_items(120, 6, num_cold=6, seed=3)
+    items[["item", "text", "market"]].rename(columns={"item": "item_id"}).to_csv(
+        folder / "items.csv", index=False)
+    return folder
+
+
+def write_config(folder: Path, data_files: Path, **train) -> Path:
+    config = {
+        "data": {"layout": "events", "events": str(data_files / "events.csv"),
+                 "items": str(data_files / "items.csv"),
+                 "events_schema": {"event_col": "event"},
+                 "pairs": {"batch_size": 512}},
+        "model": {"embedding_dim": 16, "text": {"token_dim": 8, "filters": 8}},
+        "train": {"epochs": 2, "split_fraction": 0.15, "learning_rate": 0.01, **train},
+    }
+    path = folder / "run.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_train_writes_a_complete_run_folder(tmp_path, data_files, capsys):
+    config = write_config(tmp_path, data_files)
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--config", str(config), "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "held-out next-item hit rate" in out and "HR@10" in out
+    assert json.loads((run / "config.json").read_text())["model"]["embedding_dim"] == 16
+    assert (run / "vocab.tsv").read_text().startswith("item\tcount")
+    assert len((run / "text_vocab.txt").read_text().split()) > 10
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[1]["loss"] < history[0]["loss"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("ckpt-*.index")) == [
+        "ckpt-1.index", "ckpt-2.index"]
+    assert any((run / "logs").rglob("events.out.tfevents.*"))
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert set(evaluation) >= {"all", "warm", "cold"}
+    assert 0 <= evaluation["all"]["hr@10"] <= 1 and evaluation["all"]["cases"] > 20
+    # The same folder again without --resume is refused, not overwritten.
+    assert main(["-q", "train", "--config", str(config), "--run-dir", str(run)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["model.embeding_dim=8"], "setting 'model.embeding_dim': unknown setting"),
+    (["model.embedding_dim=0"], "setting 'model.embedding_dim': embedding_dim must be a "
+                                "positive integer, got 0"),
+    (["train.epochs=two"], "setting 'train.epochs': expected an integer, got 'two'"),
+    (["data.items_schema.text_col=title"], "items.csv, column 'title': no column 'title'"),
+    (["train.split_date=1990-01-01"], "no training events before the split"),
+    (["data.items=null"], "the text tower needs item text"),
+])
+def test_bad_config_exits_2_naming_the_key_or_file(tmp_path, data_files, capsys, overrides,
+                                                   expected):
+    config = write_config(tmp_path, data_files)
+    args = ["-q", "train", "--config", str(config), "--run-dir", str(tmp_path / "r")]
+    for item in overrides:
+        args += ["--set", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert "Traceback" not in err
+
+
+def test_bad_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  embedding_dim: [1,\n")
+    assert main(["-q", "train", "--config", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "bad.yaml" in capsys.readouterr().err
+    assert main(["-q", "train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_resume_after_a_kill_mid_epoch(tmp_path, data_files):
+    config = write_config(tmp_path, data_files, epochs=3)
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfrec", "-q", "train", "--config", str(config), "--run-dir",
+         str(run), "--set", "data.pairs.batch_size=64"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    first = run / "checkpoints" / "ckpt-1.index"
+    deadline = time.time() + 240
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert first.exists(), proc.stderr.read().decode() if proc.poll() is not None else "slow"
+    time.sleep(0.5)  # into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "checkpoints" / "ckpt-2.index").exists(), "epoch 2 finished too fast"
+    before = (run / "history.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in before] == [1]
+
+    assert main(["-q", "train", "--run-dir", str(run), "--resume"]) == 0
+    after = (run / "history.jsonl").read_text().splitlines()
+    assert after[0] == before[0]  # epoch 1 kept as it was, not retrained
+    assert [json.loads(x)["epoch"] for x in after] == [1, 2, 3]
+    assert (run / "checkpoints" / "ckpt-3.index").exists()
+    # Nothing left to do: resuming a finished run trains no further epoch.
+    assert main(["-q", "train", "--run-dir", str(run), "--resume"]) == 0
+    assert len((run / "history.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["-q", "train", "--run-dir", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+        tmp_path, data_files, monkeypatch):
+    import tensorflow as tf
+
+    from tfrec import train as train_lib
+
+    real = train_lib.make_dataset
+
+    def poisoned(data, objective, steps_per_epoch=None):
+        dataset = real(data, objective, steps_per_epoch)
+        state = {"batches": 0}
+
+        def poison(batch):
+            state["batches"] += 1
+            if state["batches"] == 3:  # in the second epoch: epoch 1 has 2 steps
+                batch = dict(batch, weight=batch["weight"] * float("nan"))
+            return batch
+
+        return tf.data.Dataset.from_generator(
+            lambda: (poison({k: v.numpy() for k, v in b.items()}) for b in dataset),
+            output_signature=dataset.element_spec)
+
+    monkeypatch.setattr(train_lib, "make_dataset", poisoned)
+    config = load_run_config(write_config(tmp_path, data_files, epochs=3, steps_per_epoch=2))
+    run = tmp_path / "run"
+    with pytest.raises(train_lib.TrainingDiverged) as err:
+        train_lib.train(config, run, verbose=0)
+    message = str(err.value)
+    assert "epoch 2, step 1" in message and "ckpt-1" in message
+    assert (run / "checkpoints" / "ckpt-1.index").exists()
+    assert not (run / "checkpoints" / "ckpt-2.index").exists()
+
+
+def test_readme_python_snippet_runs():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"### From Python\n.*?```python\n(.*?)```", readme, re.S)
+    assert block, "README has no Python snippet under 'From Python'"
+    namespace = {}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)
+    assert namespace["item_vectors"].shape == (3660, 32)
+    assert np.isfinite(namespace["metrics"]["loss"])

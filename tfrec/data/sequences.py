@@ -1,0 +1,94 @@
+"""(history, next item) examples for the two-tower retrieval objective."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from tfrec.data.sessions import Sessions
+from tfrec.data.vocab import ItemVocabulary
+from tfrec.errors import InputError
+
+
+def history_matrix(items: np.ndarray, session_of: np.ndarray, positions: np.ndarray,
+                   length: int) -> np.ndarray:
+    """[len(positions), length] the `length` events before each position in its session.
+
+    Most recent last, left-padded with 0 where the session has fewer events.
+    """
+    offsets = np.arange(-length, 0)
+    idx = positions[:, None] + offsets[None, :]
+    valid = idx >= 0
+    idx = np.where(valid, idx, 0)
+    valid &= session_of[idx] == session_of[positions][:, None]
+    return np.where(valid, items[idx], 0).astype(np.int32)
+
+
+def histories_from_lists(queries: list, length: int) -> np.ndarray:
+    """[n, length] the last `length` items of each list, left-padded with 0."""
+    out = np.zeros((len(queries), length), dtype=np.int32)
+    for row, query in enumerate(queries):
+        tail = list(query)[-length:]
+        if tail:
+            out[row, length - len(tail):] = tail
+    return out
+
+
+class NextItemPipeline:
+    """Batches of {history [B, N], next_item [B], candidate_probability [B]}.
+
+    Every event after the first of its session is an example: the query is
+    the session so far (its last N events), the candidate the event's item.
+    `candidate_probability` is the item's share of all examples, the
+    sampling probability the logQ correction of in-batch softmax needs.
+    Deterministic for a seed; each pass (Keras epoch) reshuffles.
+    """
+
+    def __init__(self, sessions: Sessions, vocab: ItemVocabulary, history_length: int,
+                 batch_size: int = 1024, seed: int = 42):
+        self.items = sessions.items
+        self.session_of = sessions.session_ids()
+        starts = sessions.row_splits[:-1]
+        first = np.zeros(sessions.num_events, dtype=bool)
+        first[starts[sessions.lengths > 0]] = True
+        self.positions = np.flatnonzero(~first)
+        if len(self.positions) == 0:
+            raise InputError("no session has two events: nothing to train retrieval on")
+        counts = np.bincount(self.items[self.positions], minlength=vocab.size)
+        self.probability = (counts / counts.sum()).astype(np.float32)
+        self.history_length = history_length
+        self.batch_size = batch_size
+        self.seed = seed
+        self._iterations = itertools.count()
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.positions)
+
+    def epoch(self, epoch: int):
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        order = self.positions[rng.permutation(len(self.positions))]
+        for start in range(0, len(order), self.batch_size):
+            pos = order[start:start + self.batch_size]
+            nxt = self.items[pos]
+            yield {"history": history_matrix(self.items, self.session_of, pos,
+                                             self.history_length),
+                   "next_item": nxt.astype(np.int32),
+                   "candidate_probability": self.probability[nxt]}
+
+    def as_dataset(self, repeat: bool = False, prefetch: int = 4):
+        import tensorflow as tf
+
+        signature = {"history": tf.TensorSpec([None, self.history_length], tf.int32),
+                     "next_item": tf.TensorSpec([None], tf.int32),
+                     "candidate_probability": tf.TensorSpec([None], tf.float32)}
+
+        def generate():
+            while True:
+                yield from self.epoch(next(self._iterations))
+                if not repeat:
+                    return
+
+        return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(
+            prefetch)

@@ -1,0 +1,1 @@
+"""Offline evaluation: held-out cases, ranking metrics."""

@@ -1,0 +1,53 @@
+"""Ranking metrics from the rank of the held-out item (0 = first)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def hit_rate(ranks: np.ndarray, k: int) -> float:
+    """Share of cases whose held-out item ranks in the top k."""
+    ranks = np.asarray(ranks)
+    return float((ranks < k).mean()) if len(ranks) else float("nan")
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    """NDCG@k with one relevant item: 1 / log2(rank + 2) inside the top k, else 0."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if not len(ranks):
+        return float("nan")
+    return float(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+
+
+def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray,
+                 targets: np.ndarray, exclude: list, valid: np.ndarray | None = None,
+                 chunk: int | None = None) -> np.ndarray:
+    """Rank of each target among all valid items by dot-product score.
+
+    Args:
+      query_embeddings: [n, d].
+      item_embeddings: [num_items, d].
+      targets: [n] item index of each case's held-out item.
+      exclude: n lists of item indices not to rank (the query's own items).
+      valid: [num_items] bool, items that may be recommended (default all).
+
+    Returns:
+      [n] int64 ranks: how many valid, non-excluded items score strictly
+      higher than the target.
+    """
+    n, num_items = len(targets), len(item_embeddings)
+    valid = np.ones(num_items, dtype=bool) if valid is None else np.asarray(valid, bool)
+    chunk = chunk or max(1, (1 << 24) // max(num_items, 1))
+    ranks = np.empty(n, dtype=np.int64)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        scores = query_embeddings[start:stop] @ item_embeddings.T
+        scores[:, ~valid] = -np.inf
+        rows = np.concatenate([np.full(len(e), i) for i, e in
+                               enumerate(exclude[start:stop])] + [np.zeros(0, int)])
+        cols = np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude[start:stop]]
+                              + [np.zeros(0, np.int64)])
+        scores[rows.astype(np.int64), cols] = -np.inf
+        own = scores[np.arange(stop - start), targets[start:stop]]
+        ranks[start:stop] = (scores > own[:, None]).sum(axis=1)
+    return ranks

@@ -1,0 +1,125 @@
+"""Held-out evaluation cases from a time split, and scoring a model on them.
+
+Protocol: train on events before the split, test on sessions from the split
+on. Each test session with at least two distinct items is a case: one of its
+items, chosen with a fixed seed, is held out; the query is the rest. All
+catalogue items are candidates (cold ones included: their text is known),
+except the query's own items. A target is *warm* if it has events in the
+training slice, *cold* otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from tfrec.config import SessionConfig
+from tfrec.data.sessions import sessionize
+from tfrec.data.vocab import OOV_INDEX, ItemVocabulary
+from tfrec.errors import InputError
+from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
+
+
+def split_events(events: pd.DataFrame, split_date: str | None = None,
+                 split_fraction: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame, int | None]:
+    """(train, test, cut) by date, or by the last `split_fraction` of the time range.
+
+    A session (session id, where the events have one) belongs wholly to the
+    side of its first event, so no test session leaks into training.
+    """
+    time = events["time"].to_numpy()
+    if split_date is not None:
+        try:
+            cut = int(pd.Timestamp(split_date).value // 10**9)
+        except (ValueError, TypeError):
+            raise InputError(f"cannot parse split date {split_date!r} (use YYYY-MM-DD)",
+                             key="train.split_date") from None
+    elif split_fraction > 0:
+        lo, hi = int(time.min()), int(time.max())
+        cut = int(hi - (hi - lo) * split_fraction)
+    else:
+        return events, events.iloc[:0], None
+    start = time
+    if events["session"].notna().any():
+        start = events.groupby("session", sort=False)["time"].transform("min").to_numpy()
+        start = np.where(events["session"].isna().to_numpy(), time, start)
+    train, test = events[start < cut], events[start >= cut]
+    if len(train) == 0:
+        raise InputError(f"no training events before the split ({split_date or cut})",
+                         key="train.split_date")
+    return train, test, cut
+
+
+@dataclasses.dataclass
+class Cases:
+    """Evaluation cases: queries (item index lists), held-out targets, cold flags."""
+
+    queries: list
+    targets: np.ndarray
+    cold: np.ndarray
+    unknown_targets: int = 0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def make_cases(test_events: pd.DataFrame, vocab: ItemVocabulary, seed: int = 42,
+               session_config: SessionConfig = SessionConfig()) -> Cases:
+    """One case per test session with >= 2 distinct items (see module doc).
+
+    Targets unknown to the catalogue (no text, no training events) cannot be
+    ranked by any model; they are counted in `unknown_targets`, not dropped
+    silently.
+    """
+    if len(test_events) == 0:
+        return Cases([], np.zeros(0, np.int32), np.zeros(0, bool))
+    # Whole sessions (no length cap): a case is the whole basket or visit.
+    config = dataclasses.replace(session_config, max_length=1 << 30, dedupe_consecutive=False)
+    ids = np.concatenate([vocab.ids, pd.unique(test_events["item"].to_numpy(dtype=object))])
+    # Sessionise over a vocabulary that knows every test item; unknown ones
+    # get indices past the catalogue.
+    extended = ItemVocabulary(ids=pd.unique(ids), text=np.zeros(0), market=np.zeros(0),
+                              market_names=[], counts=np.zeros(0))
+    sessions = sessionize(test_events, extended, config)
+    rng = np.random.default_rng(seed)
+    queries, targets = [], []
+    for a, b in zip(sessions.row_splits[:-1], sessions.row_splits[1:]):
+        distinct = list(dict.fromkeys(sessions.items[a:b].tolist()))
+        if len(distinct) < 2:
+            continue
+        held = int(rng.integers(len(distinct)))
+        targets.append(distinct[held])
+        queries.append([i for i in distinct[:held] + distinct[held + 1:] if i < vocab.size])
+    targets = np.asarray(targets, dtype=np.int64)
+    unknown = targets >= vocab.size
+    keep = ~unknown
+    cases_targets = targets[keep].astype(np.int32)
+    return Cases(queries=[q for q, k in zip(queries, keep) if k], targets=cases_targets,
+                 cold=vocab.counts[cases_targets] == 0, unknown_targets=int(unknown.sum()))
+
+
+def score_cases(ranks: np.ndarray, cases: Cases, k: int = 10) -> dict:
+    """HR@k and NDCG@k for all, warm and cold targets."""
+    out = {}
+    for name, mask in (("all", np.ones(len(cases), bool)), ("warm", ~cases.cold),
+                       ("cold", cases.cold)):
+        out[name] = {"cases": int(mask.sum()), f"hr@{k}": hit_rate(ranks[mask], k),
+                     f"ndcg@{k}": ndcg(ranks[mask], k)}
+    out["unknown_targets"] = cases.unknown_targets
+    return out
+
+
+def evaluate_model(model, cases: Cases, history_length: int, k: int = 10) -> dict:
+    """Ranks every case's target with the model's query and item embeddings."""
+    from tfrec.data.sequences import histories_from_lists
+
+    if len(cases) == 0:
+        raise InputError("no evaluation cases: no held-out session has two distinct items")
+    items = model.item_embeddings()
+    queries = model.query_embeddings(histories_from_lists(cases.queries, history_length))
+    valid = np.ones(len(items), dtype=bool)
+    valid[OOV_INDEX] = False
+    ranks = target_ranks(queries, items, cases.targets, cases.queries, valid)
+    return score_cases(ranks, cases, k)

@@ -1,0 +1,5 @@
+"""Models wiring the towers to TFRS tasks."""
+
+from tfrec.models.siamese import HybridModel, build_model
+
+__all__ = ["HybridModel", "build_model"]

@@ -1,0 +1,169 @@
+"""The hybrid model: a Siamese skip-gram head and a TFRS two-tower retrieval head.
+
+One ItemEncoder (id embedding + text) encodes both sides of every
+(target, context) pair and every retrieval candidate; the query tower pools
+the same item embeddings over a session. The model is a `tfrs.Model`: it
+only implements `compute_loss`, and Keras `fit` / `evaluate` do the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras as keras
+
+from tfrec.config import ModelConfig
+from tfrec.data.vocab import ItemVocabulary
+from tfrec.towers.item_tower import ItemEncoder
+from tfrec.towers.query_tower import QueryTower
+from tfrec.towers.tokenizer import build_token_vocabulary
+
+
+@keras.utils.register_keras_serializable(package="tfrec")
+class HybridModel(tfrs.Model):
+    """Item2vec + text, trained with skip-gram pairs and/or next-item retrieval.
+
+    Args:
+      item_encoder: the candidate tower, shared by both sides of a pair.
+      query_tower: the session tower (built on the same item encoder).
+      objective: "skipgram", "retrieval" or "both".
+      temperature: logits are cosine similarity / temperature.
+      retrieval_weight: weight of the retrieval loss in "both".
+      text_alignment: weight of the loss pulling each warm item's text-only
+        embedding towards its full embedding (the cold-start path).
+
+    Features (a dict per batch):
+      skipgram: target [B], context [B], negatives [B, K] int32, weight [B].
+      retrieval: history [B, N] int32, next_item [B] int32,
+        candidate_probability [B] float32 (for the logQ correction).
+    """
+
+    def __init__(self, item_encoder: ItemEncoder, query_tower: QueryTower,
+                 objective: str = "skipgram", temperature: float = 0.1,
+                 retrieval_weight: float = 1.0, text_alignment: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.candidate_tower = item_encoder
+        self.query_tower = query_tower
+        self.objective = objective
+        self.temperature = float(temperature)
+        self.retrieval_weight = float(retrieval_weight)
+        self.text_alignment = float(text_alignment)
+        self.logit_bias = self.add_weight(name="logit_bias", shape=(), initializer="zeros")
+        self.skipgram_task = tfrs.tasks.Ranking(
+            loss=keras.losses.BinaryCrossentropy(from_logits=True))
+        self.retrieval_task = tfrs.tasks.Retrieval(
+            temperature=self.temperature, remove_accidental_hits=True)
+
+    @property
+    def uses_skipgram(self) -> bool:
+        return self.objective in ("skipgram", "both")
+
+    @property
+    def uses_retrieval(self) -> bool:
+        return self.objective in ("retrieval", "both")
+
+    def compute_loss(self, features, training=False):
+        loss = tf.constant(0.0)
+        if self.uses_skipgram:
+            target, context = features["target"], features["context"]
+            negatives = features["negatives"]
+            batch, k = tf.shape(target)[0], tf.shape(negatives)[1]
+            # One encoder call for all three: each distinct item is encoded once.
+            ids = tf.concat([target, context, tf.reshape(negatives, [-1])], 0)
+            emb, alignment = self.candidate_tower.encode(ids, training=training)
+            if self.text_alignment > 0:
+                loss += self.text_alignment * alignment
+            t, c = emb[:batch], emb[batch:2 * batch]
+            n = tf.reshape(emb[2 * batch:], [batch, k, -1])
+            pos = tf.reduce_sum(t * c, -1, keepdims=True)
+            neg = tf.einsum("bd,bkd->bk", t, n)
+            logits = tf.concat([pos, neg], 1) / self.temperature + self.logit_bias
+            labels = tf.concat([tf.ones([batch, 1]), tf.zeros([batch, k])], 1)
+            loss += self.skipgram_task(labels=labels, predictions=logits,
+                                       sample_weight=features.get("weight"),
+                                       training=training)
+        if self.uses_retrieval:
+            query = self.query_tower(features["history"], training=training)
+            candidate, alignment = self.candidate_tower.encode(features["next_item"],
+                                                               training=training)
+            if self.text_alignment > 0 and not self.uses_skipgram:
+                loss += self.text_alignment * alignment
+            weight = self.retrieval_weight if self.objective == "both" else 1.0
+            loss += weight * self.retrieval_task(
+                query, candidate,
+                candidate_sampling_probability=features.get("candidate_probability"),
+                candidate_ids=features["next_item"], compute_metrics=not training)
+        return loss
+
+    def item_embeddings(self, item_index=None, batch_size: int = 65_536) -> np.ndarray:
+        """[n, dim] embeddings of the given item indices (default: the whole catalogue)."""
+        if item_index is None:
+            item_index = np.arange(self.candidate_tower.num_items, dtype=np.int32)
+        item_index = np.asarray(item_index, dtype=np.int32)
+        parts = [self.candidate_tower(tf.constant(item_index[i:i + batch_size])).numpy()
+                 for i in range(0, len(item_index), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.embedding_dim), np.float32)
+
+    def query_embeddings(self, history: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+        """[n, dim] query embeddings of [n, N] histories (0-padded on the left)."""
+        history = np.asarray(history, dtype=np.int32)
+        parts = [self.query_tower(tf.constant(history[i:i + batch_size])).numpy()
+                 for i in range(0, len(history), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.embedding_dim), np.float32)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.candidate_tower.embedding_dim
+
+    def get_config(self):
+        return {"item_encoder": keras.layers.serialize(self.candidate_tower),
+                "query_tower": keras.layers.serialize(self.query_tower),
+                "objective": self.objective, "temperature": self.temperature,
+                "retrieval_weight": self.retrieval_weight,
+                "text_alignment": self.text_alignment}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        encoder = keras.layers.deserialize(config.pop("item_encoder"))
+        query_config = dict(config.pop("query_tower"))
+        query_config = dict(query_config, config=dict(query_config["config"]))
+        query_config["config"]["item_encoder"] = encoder
+        tower = QueryTower(**{k: v for k, v in query_config["config"].items()})
+        return cls(encoder, tower, **config)
+
+
+def build_model(config: ModelConfig, vocab: ItemVocabulary, seed: int | None = 42) -> HybridModel:
+    """Builds the hybrid model for a catalogue.
+
+    Items seen in training (count > 0) get an id embedding; the vocabulary
+    orders them first, so they are indices 1..num_warm. The token vocabulary
+    is learned from all catalogue texts (cold items included: their text is
+    known, only their behaviour is not).
+    """
+    num_warm = int((vocab.counts[1:] > 0).sum())
+    if not np.all(vocab.counts[1:num_warm + 1] > 0):
+        raise ValueError("vocabulary is not ordered warm items first")
+    text = config.text
+    tokens = (build_token_vocabulary(vocab.text[1:], text.max_tokens, text.min_token_count)
+              if config.use_text else [])
+    encoder = ItemEncoder(
+        num_items=vocab.size, num_id_items=num_warm + 1, embedding_dim=config.embedding_dim,
+        use_ids=config.use_ids, use_text=config.use_text, id_dropout=config.id_dropout,
+        text_vocabulary=tokens, sequence_length=text.sequence_length,
+        token_dim=text.token_dim, filters=text.filters, widths=text.widths, seed=seed,
+        name="item_encoder")
+    encoder.set_item_texts(vocab.text)
+    tower = QueryTower(encoder, config.history_length, config.pooling, config.recency_decay,
+                       name="query_tower")
+    return HybridModel(encoder, tower, objective=config.objective,
+                       temperature=config.temperature,
+                       retrieval_weight=config.retrieval_weight,
+                       text_alignment=config.text_alignment)
+
+
+def model_config_dict(config: ModelConfig) -> dict:
+    return dataclasses.asdict(config)

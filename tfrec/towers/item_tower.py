@@ -1,0 +1,154 @@
+"""The item encoder shared by both sides of every pair (the Siamese tower)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tfrec.towers.text_tower import TextEncoder
+from tfrec.towers.tokenizer import TextTokenizer
+
+
+@keras.utils.register_keras_serializable(package="tfrec")
+class ItemEncoder(keras.layers.Layer):
+    """Item index (and/or raw text) -> one L2-normalised item embedding.
+
+    The embedding fuses an id embedding (item2vec behaviour) and a text
+    embedding (Conv1D over the tokenised item text) by summing them before
+    normalising. During training the id part of each occurrence is hidden
+    with probability `id_dropout`, so the text path alone must land near the
+    behaviour space; an item without an id (cold: unseen in training, or
+    unknown to the vocabulary) is always encoded from its text alone.
+
+    The token ids of every catalogue item's text are held in a
+    non-trainable weight, so training batches carry item indices only.
+
+    Args:
+      num_items: catalogue size, indices 0..num_items-1 (0 is the OOV bucket).
+      num_id_items: indices 1..num_id_items-1 have an id embedding (the
+        items seen in training: the vocabulary puts them first).
+      embedding_dim: output width.
+      use_ids: use the id embedding.
+      use_text: use the text path.
+      id_dropout: training-time probability of hiding an id.
+      text_vocabulary: token vocabulary of the tokeniser.
+      sequence_length, token_dim, filters, widths: text tower settings.
+
+    Call:
+      item_index: int tensor of any shape [...]  ->  [..., embedding_dim].
+    """
+
+    def __init__(self, num_items: int, num_id_items: int, embedding_dim: int = 64,
+                 use_ids: bool = True, use_text: bool = True, id_dropout: float = 0.5,
+                 text_vocabulary: list[str] | None = None, sequence_length: int = 12,
+                 token_dim: int = 64, filters: int = 64, widths: tuple[int, ...] = (1, 2, 3),
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_items = int(num_items)
+        self.num_id_items = int(num_id_items)
+        self.embedding_dim = int(embedding_dim)
+        self.use_ids = bool(use_ids)
+        self.use_text = bool(use_text)
+        self.id_dropout = float(id_dropout)
+        self.text_vocabulary = list(text_vocabulary or [])
+        self.sequence_length = int(sequence_length)
+        self.token_dim = int(token_dim)
+        self.filters = int(filters)
+        self.widths = tuple(int(w) for w in widths)
+        self.seed = seed
+        if self.use_ids:
+            self.id_embedding = keras.layers.Embedding(
+                self.num_id_items, self.embedding_dim, name="id_embedding",
+                embeddings_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed))
+        if self.use_text:
+            self.tokenizer = TextTokenizer(self.text_vocabulary, self.sequence_length,
+                                           name="tokenizer")
+            self.text_encoder = TextEncoder(self.tokenizer.vocabulary_size, self.embedding_dim,
+                                            self.token_dim, self.filters, self.widths,
+                                            name="text_encoder")
+            self.item_tokens = self.add_weight(
+                name="item_tokens", shape=(self.num_items, self.sequence_length),
+                dtype=tf.int32, initializer="zeros", trainable=False)
+
+    def set_item_texts(self, texts) -> None:
+        """Tokenises the catalogue texts ([num_items] strings) into `item_tokens`."""
+        if not self.use_text:
+            return
+        texts = np.asarray([t if isinstance(t, str) else "" for t in texts], dtype=object)
+        if len(texts) != self.num_items:
+            raise ValueError(f"expected {self.num_items} item texts, got {len(texts)}")
+        parts = [self.tokenizer(tf.constant(texts[i:i + 65_536].astype(str)))
+                 for i in range(0, len(texts), 65_536)]
+        self.item_tokens.assign(tf.concat(parts, 0))
+
+    def _has_id(self, index):
+        return tf.logical_and(index >= 1, index < self.num_id_items)
+
+    def _fuse(self, id_part, text_part, keep_id):
+        """keep_id: [n] bool; id_part/text_part: [n, d] or None."""
+        total = 0.0
+        if id_part is not None:
+            total = id_part * tf.cast(keep_id, id_part.dtype)[:, None]
+        if text_part is not None:
+            total = total + text_part
+        return tf.math.l2_normalize(total, axis=-1)
+
+    def call(self, item_index, training=False):
+        return self.encode(item_index, training=training)[0]
+
+    def encode(self, item_index, training=False):
+        """Embeddings of `item_index` and the text-alignment loss of its items.
+
+        Returns:
+          (embeddings [..., embedding_dim], alignment): alignment is the mean
+          cosine distance between the text-only embedding of each distinct
+          warm item of the batch and its full embedding (held fixed), i.e.
+          how far the cold-start path is from the behaviour space; 0 when
+          the model lacks ids or text.
+        """
+        item_index = tf.cast(item_index, tf.int32)
+        shape = tf.shape(item_index)
+        flat = tf.reshape(item_index, [-1])
+        # Encode each distinct item of the batch once: a batch of pairs with
+        # negatives holds far fewer distinct items than occurrences.
+        unique, position = tf.unique(flat)
+        unique_has_id = self._has_id(unique)
+        has_id = tf.gather(unique_has_id, position)
+        id_u = text_u = id_part = text_part = None
+        if self.use_ids:
+            id_u = self.id_embedding(tf.where(unique_has_id, unique, 0))
+            id_part = tf.gather(id_u, position)
+            if training and self.id_dropout > 0:
+                drop = tf.random.uniform(tf.shape(flat), seed=self.seed) < self.id_dropout
+                has_id = tf.logical_and(has_id, tf.logical_not(drop))
+        if self.use_text:
+            in_table = tf.logical_and(unique >= 0, unique < self.num_items)
+            tokens = tf.gather(self.item_tokens, tf.where(in_table, unique, 0))
+            tokens = tokens * tf.cast(in_table, tf.int32)[:, None]
+            text_u = self.text_encoder(tokens)
+            text_part = tf.gather(text_u, position)
+        fused = self._fuse(id_part, text_part, has_id)
+        alignment = tf.constant(0.0)
+        if self.use_ids and self.use_text:
+            full = tf.stop_gradient(self._fuse(id_u, text_u, unique_has_id))
+            text_only = tf.math.l2_normalize(text_u, axis=-1)
+            weight = tf.cast(unique_has_id, text_only.dtype)
+            distance = 1.0 - tf.reduce_sum(text_only * full, axis=-1)
+            alignment = tf.math.divide_no_nan(tf.reduce_sum(distance * weight),
+                                              tf.reduce_sum(weight))
+        return tf.reshape(fused, tf.concat([shape, [self.embedding_dim]], 0)), alignment
+
+    def encode_text(self, texts):
+        """[batch] strings -> [batch, embedding_dim]: the text path alone (new items)."""
+        if not self.use_text:
+            raise ValueError("this model has no text tower (use_text=False)")
+        return tf.math.l2_normalize(self.text_encoder(self.tokenizer(texts)), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "num_items": self.num_items,
+                "num_id_items": self.num_id_items, "embedding_dim": self.embedding_dim,
+                "use_ids": self.use_ids, "use_text": self.use_text,
+                "id_dropout": self.id_dropout, "text_vocabulary": self.text_vocabulary,
+                "sequence_length": self.sequence_length, "token_dim": self.token_dim,
+                "filters": self.filters, "widths": list(self.widths), "seed": self.seed}

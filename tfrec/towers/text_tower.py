@@ -1,0 +1,57 @@
+"""Conv1D text encoder: token ids -> a text embedding."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfrec.towers.tokenizer import PAD_ID
+
+
+@keras.utils.register_keras_serializable(package="tfrec")
+class TextEncoder(keras.layers.Layer):
+    """Token embeddings, one Conv1D per kernel width, masked max-pooling, dense projection.
+
+    Args:
+      vocabulary_size: token ids in use (padding and unknown included).
+      output_dim: width of the text embedding.
+      token_dim: token embedding width.
+      filters: Conv1D filters per width.
+      widths: kernel widths, e.g. (1, 2, 3) for unigram to trigram features.
+
+    Call:
+      token_ids: [batch, length] int32 (0 pads)  ->  [batch, output_dim] float32.
+      A text with no known token gives the projection of zeros (its bias).
+    """
+
+    def __init__(self, vocabulary_size: int, output_dim: int = 64, token_dim: int = 64,
+                 filters: int = 64, widths: tuple[int, ...] = (1, 2, 3), **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary_size = int(vocabulary_size)
+        self.output_dim = int(output_dim)
+        self.token_dim = int(token_dim)
+        self.filters = int(filters)
+        self.widths = tuple(int(w) for w in widths)
+        self.token_embedding = keras.layers.Embedding(self.vocabulary_size, self.token_dim,
+                                                      name="token_embedding")
+        self.convolutions = [
+            keras.layers.Conv1D(self.filters, w, padding="same", activation="relu",
+                                name=f"conv_{w}") for w in self.widths]
+        self.projection = keras.layers.Dense(self.output_dim, name="projection")
+
+    def call(self, token_ids):
+        mask = tf.not_equal(token_ids, PAD_ID)
+        x = self.token_embedding(token_ids)
+        x = x * tf.cast(mask, x.dtype)[..., None]
+        pooled = []
+        for conv in self.convolutions:
+            h = conv(x)
+            # ReLU outputs are >= 0, so zeroing padded steps leaves the max intact.
+            h = h * tf.cast(mask, h.dtype)[..., None]
+            pooled.append(tf.reduce_max(h, axis=1))
+        return self.projection(tf.concat(pooled, axis=-1))
+
+    def get_config(self):
+        return {**super().get_config(), "vocabulary_size": self.vocabulary_size,
+                "output_dim": self.output_dim, "token_dim": self.token_dim,
+                "filters": self.filters, "widths": list(self.widths)}

@@ -1,0 +1,82 @@
+"""Item-text tokeniser: tensorflow-text ops only, so serving needs no Python preprocessing."""
+
+from __future__ import annotations
+
+import collections
+from typing import Iterable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_text as tf_text
+import tf_keras as keras
+
+PAD_ID = 0
+OOV_ID = 1
+# Everything but letters and digits separates tokens ("T-LIGHT" -> "t", "light").
+_SEPARATORS = r"[^\pL\pN]+"
+
+
+def _normalise_and_split(texts: tf.Tensor) -> tf.RaggedTensor:
+    folded = tf_text.case_fold_utf8(texts)
+    spaced = tf.strings.regex_replace(folded, _SEPARATORS, " ")
+    return tf_text.WhitespaceTokenizer().tokenize(spaced)
+
+
+@keras.utils.register_keras_serializable(package="tfrec")
+class TextTokenizer(keras.layers.Layer):
+    """Strings -> padded token ids.
+
+    Text is case-folded (Unicode-aware), split on anything that is not a
+    letter or digit, and looked up in a fixed vocabulary: id 0 pads, id 1 is
+    an unknown token, known tokens start at 2.
+
+    Args:
+      vocabulary: the tokens, in id order from 2 (see build_token_vocabulary).
+      sequence_length: output width; longer texts are cut, shorter padded.
+
+    Call:
+      texts: [batch] tf.string  ->  [batch, sequence_length] int32 ids.
+    """
+
+    def __init__(self, vocabulary: list[str], sequence_length: int = 12, **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary = [str(t) for t in vocabulary]
+        self.sequence_length = int(sequence_length)
+        self._lookup = keras.layers.StringLookup(
+            vocabulary=self.vocabulary, mask_token="", num_oov_indices=1,
+            output_mode="int", name="token_lookup")
+
+    @property
+    def vocabulary_size(self) -> int:
+        """Ids in use, padding and unknown included."""
+        return len(self.vocabulary) + 2
+
+    def call(self, texts):
+        texts = tf.convert_to_tensor(texts, tf.string)
+        tokens = _normalise_and_split(texts)
+        ids = tf.ragged.map_flat_values(self._lookup, tokens)
+        ids = tf.cast(ids, tf.int32)
+        return ids.to_tensor(default_value=PAD_ID,
+                             shape=tf.concat([tf.shape(texts), [self.sequence_length]], 0))
+
+    def get_config(self):
+        return {**super().get_config(), "vocabulary": self.vocabulary,
+                "sequence_length": self.sequence_length}
+
+
+def build_token_vocabulary(texts: Iterable[str], max_tokens: int = 20_000,
+                           min_count: int = 1) -> list[str]:
+    """Learns the token vocabulary from item texts with the tokeniser's own ops.
+
+    Tokens are counted once per text, kept if in at least `min_count` texts,
+    ordered by count (ties alphabetically), at most `max_tokens`.
+    """
+    texts = np.asarray([t if isinstance(t, str) else "" for t in texts], dtype=object)
+    counts: collections.Counter = collections.Counter()
+    for start in range(0, len(texts), 65_536):
+        tokens = _normalise_and_split(tf.constant(texts[start:start + 65_536].astype(str)))
+        for row in tokens.to_list():
+            counts.update({t.decode("utf-8") for t in row})
+    ranked = sorted((t for t, n in counts.items() if n >= min_count and t),
+                    key=lambda t: (-counts[t], t))
+    return ranked[:max_tokens]
