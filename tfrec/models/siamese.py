@@ -43,7 +43,7 @@ class HybridModel(tfrs.Model):
 
     def __init__(self, item_encoder: ItemEncoder, query_tower: QueryTower,
                  objective: str = "skipgram", temperature: float = 0.1,
-                 retrieval_weight: float = 1.0, text_alignment: float = 1.0, **kwargs):
+                 retrieval_weight: float = 1.0, text_alignment: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.candidate_tower = item_encoder
         self.query_tower = query_tower
