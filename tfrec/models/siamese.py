@@ -51,7 +51,9 @@ class HybridModel(tfrs.Model):
         self.temperature = float(temperature)
         self.retrieval_weight = float(retrieval_weight)
         self.text_alignment = float(text_alignment)
-        self.logit_bias = self.add_weight(name="logit_bias", shape=(), initializer="zeros")
+        if self.uses_skipgram:
+            self.logit_bias = self.add_weight(name="logit_bias", shape=(),
+                                              initializer="zeros")
         self.skipgram_task = tfrs.tasks.Ranking(
             loss=keras.losses.BinaryCrossentropy(from_logits=True))
         self.retrieval_task = tfrs.tasks.Retrieval(
