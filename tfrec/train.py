@@ -25,6 +25,7 @@ import numpy as np
 
 from tfrec.config import RunConfig, from_dict
 from tfrec.errors import InputError
+from tfrec.utils import ensure_folder
 
 logger = logging.getLogger(__name__)
 
@@ -221,13 +222,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise InputError("run folder exists and is not empty; pass --resume to continue it "
                          "or choose another --run-dir", path=str(run_dir))
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise InputError("run folder path is a file", path=str(run_dir)) from None
-    except PermissionError:
-        raise InputError("cannot create the run folder (permission denied)",
-                         path=str(run_dir)) from None
+    ensure_folder(run_dir, "run folder")
 
     logger.info("preparing data")
     data = prepare_training_data(config)

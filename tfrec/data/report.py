@@ -16,6 +16,7 @@ from tfrec.data.pipeline import EpochStats, PairPipeline
 from tfrec.data.sessions import Sessions, sessionize
 from tfrec.data.vocab import ItemVocabulary, build_vocabulary
 from tfrec.errors import InputError
+from tfrec.utils import ensure_folder
 
 logger = logging.getLogger(__name__)
 
@@ -228,14 +229,7 @@ def write_outputs(data: PreparedData, report: dict, out_dir: str | Path) -> dict
     """Writes vocab.tsv, report.json and (if any) rejected_rows.csv into out_dir."""
     import json
 
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise InputError("output path exists and is not a folder", path=str(out)) from None
-    except PermissionError:
-        raise InputError("cannot create the output folder (permission denied)",
-                         path=str(out)) from None
+    out = ensure_folder(out_dir)
     written = {"vocabulary": str(out / "vocab.tsv"), "report": str(out / "report.json")}
     data.vocab.save(out / "vocab.tsv")
     (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
