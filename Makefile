@@ -16,6 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/tfrec prepare --split-date 2011-10-01 --out runs/data
 	$(VENV)/bin/tfrec train --run-dir runs/main --overwrite
+	$(VENV)/bin/tfrec export --run runs/main --model-dir saved_models/retail
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

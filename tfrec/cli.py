@@ -150,6 +150,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from tfrec.export import export
+    from tfrec.index import IndexConfig
+
+    index = IndexConfig(kind=args.index, max_k=args.max_k, num_leaves=args.leaves,
+                        num_leaves_to_search=args.leaves_to_search,
+                        num_reordering_candidates=args.reorder, recall_floor=args.recall_floor)
+    result = export(args.run, args.model_dir, index, version=args.version,
+                    serving_config_dir=None if args.no_serving_config else args.serving_config)
+    meta = result.metadata
+    recall_key = next(k for k in meta if k.startswith("recall@"))
+    print(f"exported version {result.version}: {result.path}")
+    print(f"  index {meta['index']} over {meta['items']:,} items "
+          f"{meta['index_parameters'] or ''}".rstrip())
+    print(f"  {recall_key} against brute force: {meta[recall_key]:.4f} "
+          f"({meta['recall_queries']:,} real queries); index built in "
+          f"{meta['index_build_seconds']:.2f}s; export took {meta['export_seconds']:.1f}s")
+    print(f"  signatures: {', '.join(meta['signatures'])}")
+    if not args.no_serving_config:
+        print(f"  serving config: {args.serving_config}/models.config")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tfrec import __version__
 
@@ -191,6 +214,31 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true",
                     help="replace an existing run folder")
     tr.set_defaults(func=cmd_train)
+
+    ex = sub.add_parser(
+        "export", help="export a trained run as a versioned SavedModel with a ScaNN index",
+        description="Write the run's model as the next version under --model-dir (TF Serving "
+                    "layout), with text preprocessing, towers, a retrieval index over every "
+                    "catalogue item, warm-up records, cached embeddings and a projector "
+                    "folder; update serving_config/models.config.")
+    ex.add_argument("--run", required=True, metavar="RUN_DIR", help="a tfrec train run folder")
+    ex.add_argument("--model-dir", required=True, metavar="DIR",
+                    help="the model's base path, e.g. saved_models/retail")
+    ex.add_argument("--index", choices=["scann", "brute_force"], default="scann",
+                    help="scann (approximate, needs ScaNN ops to serve) or brute_force "
+                         "(exact, loads in stock TF Serving)")
+    ex.add_argument("--version", type=int, help="version number (default: the next one)")
+    ex.add_argument("--max-k", type=int, default=100, help="the largest k a request may ask")
+    ex.add_argument("--leaves", type=int, help="ScaNN partitions (default ~sqrt(items))")
+    ex.add_argument("--leaves-to-search", type=int, help="ScaNN partitions searched")
+    ex.add_argument("--reorder", type=int, help="ScaNN candidates re-scored exactly")
+    ex.add_argument("--recall-floor", type=float, default=0.9,
+                    help="refuse a ScaNN index whose recall@10 is below this (default 0.9)")
+    ex.add_argument("--serving-config", default="serving_config", metavar="DIR",
+                    help="folder of models.config / batching.config to update")
+    ex.add_argument("--no-serving-config", action="store_true",
+                    help="do not touch the serving config")
+    ex.set_defaults(func=cmd_export)
     return parser
 
 

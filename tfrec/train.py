@@ -280,6 +280,37 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
     return TrainResult(run_dir, model, history, evaluation, time.perf_counter() - started, data)
 
 
+def load_run(run_dir: str | Path):
+    """Rebuilds a run's model from its folder and restores its last checkpoint.
+
+    Returns:
+      (config, vocab, model, checkpoint_path).
+
+    Raises:
+      InputError: not a run folder, or no finished epoch to restore.
+    """
+    import tensorflow as tf
+
+    from tfrec.data.vocab import ItemVocabulary
+    from tfrec.models import build_model
+
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise InputError("run path is a file, expected a run folder", path=str(run_dir))
+    config = read_run_config(run_dir)
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    if latest is None:
+        raise InputError("the run has no finished checkpoint yet (train at least one epoch)",
+                         path=str(run_dir / "checkpoints"))
+    vocab = ItemVocabulary.load(run_dir / "vocab.tsv")
+    tokens_path = run_dir / "text_vocab.txt"
+    tokens = tokens_path.read_text().splitlines() if tokens_path.exists() else None
+    model = build_model(config.model, vocab, seed=config.train.seed, text_vocabulary=tokens)
+    epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
+    tf.train.Checkpoint(model=model, epoch=epoch).restore(latest).expect_partial()
+    return config, vocab, model, latest
+
+
 def read_history(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "history.jsonl"
     if not path.exists():

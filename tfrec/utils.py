@@ -17,4 +17,6 @@ def ensure_folder(path: str | Path, what: str = "output folder") -> Path:
     except PermissionError:
         raise InputError(f"cannot create the {what} (permission denied)",
                          path=str(path)) from None
+    except OSError as err:
+        raise InputError(f"cannot create the {what}: {err.strerror}", path=str(path)) from None
     return path

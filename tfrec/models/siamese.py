@@ -138,20 +138,25 @@ class HybridModel(tfrs.Model):
         return cls(encoder, tower, **config)
 
 
-def build_model(config: ModelConfig, vocab: ItemVocabulary, seed: int | None = 42) -> HybridModel:
+def build_model(config: ModelConfig, vocab: ItemVocabulary, seed: int | None = 42,
+                text_vocabulary: list[str] | None = None) -> HybridModel:
     """Builds the hybrid model for a catalogue.
 
     Items seen in training (count > 0) get an id embedding; the vocabulary
     orders them first, so they are indices 1..num_warm. The token vocabulary
     is learned from all catalogue texts (cold items included: their text is
-    known, only their behaviour is not).
+    known, only their behaviour is not), unless `text_vocabulary` is given
+    (a saved run's, to rebuild its model).
     """
     num_warm = int((vocab.counts[1:] > 0).sum())
     if not np.all(vocab.counts[1:num_warm + 1] > 0):
         raise ValueError("vocabulary is not ordered warm items first")
     text = config.text
-    tokens = (build_token_vocabulary(vocab.text[1:], text.max_tokens, text.min_token_count)
-              if config.use_text else [])
+    if text_vocabulary is not None:
+        tokens = list(text_vocabulary)
+    else:
+        tokens = (build_token_vocabulary(vocab.text[1:], text.max_tokens, text.min_token_count)
+                  if config.use_text else [])
     encoder = ItemEncoder(
         num_items=vocab.size, num_id_items=num_warm + 1, embedding_dim=config.embedding_dim,
         use_ids=config.use_ids, use_text=config.use_text, id_dropout=config.id_dropout,

@@ -126,7 +126,7 @@ class ItemEncoder(keras.layers.Layer):
             in_table = tf.logical_and(unique >= 0, unique < self.num_items)
             tokens = tf.gather(self.item_tokens, tf.where(in_table, unique, 0))
             tokens = tokens * tf.cast(in_table, tf.int32)[:, None]
-            text_u = self.text_encoder(tokens)
+            text_u = self._encode_tokens(tokens)
             text_part = tf.gather(text_u, position)
         fused = self._fuse(id_part, text_part, has_id)
         alignment = tf.constant(0.0)
@@ -143,7 +143,13 @@ class ItemEncoder(keras.layers.Layer):
         """[batch] strings -> [batch, embedding_dim]: the text path alone (new items)."""
         if not self.use_text:
             raise ValueError("this model has no text tower (use_text=False)")
-        return tf.math.l2_normalize(self.text_encoder(self.tokenizer(texts)), axis=-1)
+        return tf.math.l2_normalize(self._encode_tokens(self.tokenizer(texts)), axis=-1)
+
+    def _encode_tokens(self, tokens):
+        """Text embeddings; an empty text gives zeros, not the projection bias."""
+        has_tokens = tf.reduce_any(tokens != 0, axis=-1)
+        encoded = self.text_encoder(tokens)
+        return encoded * tf.cast(has_tokens, encoded.dtype)[:, None]
 
     def get_config(self):
         return {**super().get_config(), "num_items": self.num_items,

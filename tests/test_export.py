@@ -1,0 +1,241 @@
+"""`tfrec export`: SavedModels with ScaNN / brute-force indexes, versions, warm-up, caches."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrec.cli import main
+from tfrec.config import load_run_config
+from tfrec.data.synthetic import generate_events, generate_items
+from tfrec.export import export, load_saved_model
+from tfrec.index import IndexConfig
+from tfrec.train import load_run, train
+
+SESSIONS = [["i1", "i2", "i3"], ["i10", "", ""], ["i5", "nope", "i7"]]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    events = generate_events(8_000, 150, num_users=800, num_clusters=6, seed=4)
+    events.rename(columns={"user": "user_id", "item": "item_id", "time": "timestamp"})[
+        ["user_id", "item_id", "timestamp", "event"]].to_csv(folder / "events.csv", index=False)
+    items = generate_items(150, 6, num_cold=5, seed=4)
+    items.rename(columns={"item": "item_id"})[["item_id", "text"]].to_csv(
+        folder / "items.csv", index=False)
+    config = load_run_config(None, [
+        "data.layout=events", f"data.events={folder / 'events.csv'}",
+        f"data.items={folder / 'items.csv'}", "data.events_schema.event_col=event",
+        "model.embedding_dim=16", "model.objective=retrieval", "model.text.token_dim=8",
+        "model.text.filters=8", "train.epochs=1", "train.split_fraction=0.15",
+        "train.retrieval_batch_size=128"])
+    train(config, folder / "run", verbose=0)
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    scann = export(run_dir, base / "shop", IndexConfig(kind="scann", max_k=20),
+                   serving_config_dir=base / "serving")
+    brute = export(run_dir, base / "shop", IndexConfig(kind="brute_force", max_k=20),
+                   serving_config_dir=base / "serving")
+    return base, scann, brute
+
+
+def ops_in(saved_model_dir: Path) -> set:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
+    graph = proto.meta_graphs[0].graph_def
+    ops = {n.op for n in graph.node}
+    for function in graph.library.function:
+        ops |= {n.op for n in function.node_def}
+    return ops
+
+
+def test_versions_and_layout(exported):
+    base, scann, brute = exported
+    assert (scann.version, brute.version) == (1, 2)
+    assert sorted(p.name for p in (base / "shop").iterdir()) == ["1", "2"]
+    extra = scann.path / "assets.extra"
+    assert (scann.path / "saved_model.pb").exists() and (scann.path / "variables").is_dir()
+    meta = json.loads((extra / "tfrec_metadata.json").read_text())
+    assert meta["index"] == "scann" and 0.9 <= meta["recall@10"] <= 1.0
+    assert meta["index_parameters"]["num_leaves"] >= 1 and meta["index_build_seconds"] > 0
+    ids = (extra / "embeddings" / "item_ids.txt").read_text().split()
+    vectors = np.load(extra / "embeddings" / "items.npy")
+    assert vectors.shape == (len(ids), 16) and len(ids) == 155  # cold items included
+    users = np.load(extra / "embeddings" / "users.npy")
+    assert users.shape[0] == len((extra / "embeddings" / "user_ids.txt").read_text().split())
+    assert (extra / "projector" / "projector_config.pbtxt").exists()
+    assert len((extra / "projector" / "metadata.tsv").read_text().splitlines()) == 156
+
+
+def test_serving_config_lists_the_model_once(exported):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    base, _, _ = exported
+    config = model_server_config_pb2.ModelServerConfig()
+    text_format.Parse((base / "serving" / "models.config").read_text(), config)
+    entries = config.model_config_list.config
+    assert [e.name for e in entries] == ["shop"]
+    assert entries[0].base_path == str((base / "shop").resolve())
+    assert "max_batch_size" in (base / "serving" / "batching.config").read_text()
+
+
+def test_scann_reloaded_in_a_fresh_process_matches_in_memory(exported):
+    _, scann, _ = exported
+    in_memory = scann.module.recommend(tf.constant(SESSIONS), tf.constant(5))
+    code = (
+        "import tfrec\n"
+        "import json, sys, tensorflow as tf\n"
+        "from tfrec.export import load_saved_model\n"
+        f"m = load_saved_model({str(scann.path)!r})\n"
+        f"out = m.signatures['serving_default'](item_ids=tf.constant({SESSIONS!r}), "
+        "k=tf.constant(5))\n"
+        "print(json.dumps(out['item_ids'].numpy().astype(str).tolist()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reloaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert reloaded == in_memory["item_ids"].numpy().astype(str).tolist()
+
+
+def test_brute_force_matches_a_numpy_oracle(exported):
+    _, _, brute = exported
+    model = load_saved_model(brute.path)
+    extra = brute.path / "assets.extra" / "embeddings"
+    ids = np.array((extra / "item_ids.txt").read_text().split())
+    items = np.load(extra / "items.npy")
+    out = model.signatures["serving_default"](item_ids=tf.constant(SESSIONS), k=tf.constant(7))
+    queries = model.signatures["embed_query"](item_ids=tf.constant(SESSIONS))["embeddings"]
+    scores = queries.numpy() @ items.T
+    for row, session in enumerate(SESSIONS):
+        scores[row, np.isin(ids, session)] = -np.inf  # the session's own items
+        expected = ids[np.argsort(-scores[row], kind="stable")[:7]]
+        assert out["item_ids"].numpy()[row].astype(str).tolist() == expected.tolist()
+        np.testing.assert_allclose(out["scores"].numpy()[row],
+                                   np.sort(scores[row])[::-1][:7], rtol=1e-5)
+        assert not set(session) & set(out["item_ids"].numpy()[row].astype(str))
+
+
+def test_brute_force_graph_has_no_scann_op(exported):
+    _, scann, brute = exported
+    assert not any(op.startswith("Scann") for op in ops_in(brute.path))
+    assert any(op.startswith("Scann") for op in ops_in(scann.path))  # the check can fail
+
+
+def test_embed_items_text_only_equals_in_memory_text_path(exported, run_dir):
+    _, scann, _ = exported
+    _, vocab, model, _ = load_run(run_dir)
+    texts = ["c0w1 c0w3 noise4 noise9", "c2w5"]
+    loaded = load_saved_model(scann.path)
+    out = loaded.signatures["embed_items"](item_ids=tf.constant(["brand-new", "other-new"]),
+                                           texts=tf.constant(texts))
+    assert out["known"].numpy().tolist() == [False, False]
+    expected = model.candidate_tower.encode_text(tf.constant(texts)).numpy()
+    np.testing.assert_allclose(out["embeddings"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    # A known id uses the model's item embedding, text ignored.
+    known = loaded.signatures["embed_items"](item_ids=tf.constant(["i1"]),
+                                             texts=tf.constant(["whatever"]))
+    np.testing.assert_allclose(known["embeddings"].numpy()[0],
+                               model.item_embeddings([vocab.index_of("i1")])[0], rtol=1e-5)
+
+
+def test_similar_items_exclude_the_item_and_flag_unknown(exported):
+    _, scann, _ = exported
+    loaded = load_saved_model(scann.path)
+    out = loaded.signatures["similar_items"](item_ids=tf.constant(["i3", "nope"]),
+                                             k=tf.constant(4))
+    assert out["item_ids"].shape == (2, 4)
+    assert b"i3" not in out["item_ids"].numpy()[0]
+    assert out["known"].numpy().tolist() == [True, False]
+
+
+def test_k_out_of_range_is_an_invalid_argument(exported):
+    _, scann, _ = exported
+    loaded = load_saved_model(scann.path)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="k must be at most 20"):
+        loaded.signatures["serving_default"](item_ids=tf.constant(SESSIONS), k=tf.constant(21))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="k must be at least 1"):
+        loaded.signatures["serving_default"](item_ids=tf.constant(SESSIONS), k=tf.constant(0))
+
+
+def test_warmup_records_parse_and_run(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    _, scann, _ = exported
+    loaded = load_saved_model(scann.path)
+    path = scann.path / "assets.extra" / "tf_serving_warmup_requests"
+    records = list(tf.data.TFRecordDataset(str(path)))
+    assert len(records) == scann.metadata["warmup_records"] >= 1
+    for record in records:
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        request = log.predict_log.request
+        assert request.model_spec.name == "shop"
+        assert request.model_spec.signature_name == "serving_default"
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        out = loaded.signatures["serving_default"](item_ids=tf.constant(inputs["item_ids"]),
+                                                   k=tf.constant(inputs["k"]))
+        assert out["item_ids"].shape[0] == inputs["item_ids"].shape[0]
+
+
+def test_killing_an_export_midway_leaves_no_version(run_dir, tmp_path):
+    model_dir = tmp_path / "shop"
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfrec", "-q", "export", "--run", str(run_dir), "--model-dir",
+         str(model_dir), "--no-serving-config"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if model_dir.exists() and any(model_dir.glob(".tmp-export-*")):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not [p for p in model_dir.iterdir() if p.name.isdigit()]
+    # The next export cleans the dead export's leftovers and writes version 1.
+    assert main(["-q", "export", "--run", str(run_dir), "--model-dir", str(model_dir),
+                 "--no-serving-config"]) == 0
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
+
+
+def test_bad_export_requests_exit_2(run_dir, tmp_path, capsys):
+    def run(*args):
+        code = main(["-q", "export", "--run", str(run_dir), "--no-serving-config", *args])
+        return code, capsys.readouterr().err
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    code, err = run("--model-dir", str(a_file))
+    assert code == 2 and "model dir is a file" in err
+    code, err = run("--model-dir", "/sys/tfrec-models")
+    assert code == 2 and "cannot create the model folder" in err
+    (tmp_path / "m" / "3").mkdir(parents=True)
+    code, err = run("--model-dir", str(tmp_path / "m"), "--version", "3")
+    assert code == 2 and "version 3 exists already" in err
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["3"]
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text((run_dir / "config.json").read_text())
+    assert main(["-q", "export", "--run", str(unfinished), "--model-dir",
+                 str(tmp_path / "m2")]) == 2
+    assert "no finished checkpoint" in capsys.readouterr().err
+    code, err = run("--model-dir", str(tmp_path / "m3"), "--leaves", "40",
+                    "--leaves-to-search", "1", "--reorder", "10", "--recall-floor", "1.0")
+    assert code == 2 and "under the floor" in err
+    assert not (tmp_path / "m3").exists() or not any((tmp_path / "m3").iterdir())
