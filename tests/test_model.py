@@ -136,3 +136,15 @@ def test_retrieval_objective_trains_the_query_tower(world):
     model, _ = fit(world, objective="retrieval", epochs=3)
     after = evaluate_model(model, cases, history_length=20)["all"]["hr@10"]
     assert after > 5 * 10 / (vocab.size - 1) and after > 3 * before, (before, after)
+
+
+def test_factorized_top_k_metrics_in_evaluate(world):
+    train, _, vocab, _ = world
+    model, _ = fit(world, objective="retrieval", epochs=1)
+    sessions = sessionize(train, vocab, SessionConfig())
+    dataset = NextItemPipeline(sessions, vocab, 20, batch_size=256, seed=3).as_dataset()
+    model.enable_topk_metrics(ks=(1, 10))
+    result = model.evaluate(dataset.take(5), return_dict=True, verbose=0)
+    top1 = result["factorized_top_k/top_1_categorical_accuracy"]
+    top10 = result["factorized_top_k/top_10_categorical_accuracy"]
+    assert 0 <= top1 <= top10 <= 1 and top10 > 10 / (vocab.size - 1)

@@ -85,12 +85,20 @@ def build_index(embeddings: np.ndarray, identifiers: np.ndarray, config: IndexCo
 
 
 def exact_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int) -> np.ndarray:
-    """[n, k] row indices of the k highest dot products (numpy oracle)."""
-    scores = queries @ embeddings.T
+    """[n, k] row indices of the k highest dot products (numpy oracle).
+
+    Queries go in chunks so the score matrix stays near 256 MB whatever the
+    catalogue size.
+    """
     k = min(k, embeddings.shape[0])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
-    return np.take_along_axis(top, order, axis=1)
+    chunk = max(1, (1 << 26) // max(embeddings.shape[0], 1))
+    out = []
+    for start in range(0, len(queries), chunk):
+        scores = queries[start:start + chunk] @ embeddings.T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+        out.append(np.take_along_axis(top, order, axis=1))
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
 def recall_at_k(index, queries: np.ndarray, embeddings: np.ndarray, identifiers: np.ndarray,

@@ -100,6 +100,22 @@ class HybridModel(tfrs.Model):
                 candidate_ids=features["next_item"], compute_metrics=not training)
         return loss
 
+    def enable_topk_metrics(self, ks: tuple[int, ...] = (1, 10, 50)) -> None:
+        """Adds TFRS `FactorizedTopK` metrics to the retrieval task for `evaluate`.
+
+        The metric ranks every catalogue item (exact search over the current
+        item embeddings), so call it after training, and again after further
+        training. Training steps never compute it (too slow per step).
+        """
+        candidates = tf.constant(self.item_embeddings()[1:])
+        ids = tf.range(1, self.candidate_tower.num_items, dtype=tf.int32)
+        index = tfrs.layers.factorized_top_k.BruteForce(k=max(ks)).index(candidates, ids)
+        # A list: the TFRS setter drops a bare metric object.
+        self.retrieval_task.factorized_metrics = [
+            tfrs.metrics.FactorizedTopK(candidates=index, ks=ks)]
+        if self.optimizer is not None:
+            self.compile(optimizer=self.optimizer)  # retrace evaluate with the metric
+
     def item_embeddings(self, item_index=None, batch_size: int = 65_536) -> np.ndarray:
         """[n, dim] embeddings of the given item indices (default: the whole catalogue)."""
         if item_index is None:
