@@ -173,6 +173,51 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tfrec.serving.server import ModelServer
+
+    server = ModelServer(args.model_config_file, port=args.port, host=args.host,
+                         poll_seconds=args.file_system_poll_wait_seconds,
+                         config_poll_seconds=args.model_config_file_poll_wait_seconds,
+                         max_batch=args.max_batch)
+    print(f"tfrec serve: gRPC on {server.address} (TF Serving API); Ctrl-C or SIGTERM stops",
+          flush=True)
+    server.serve_forever()
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import grpc
+
+    from tfrec.serving.client import RecommenderClient
+
+    items = [i.strip() for i in args.items.split(",") if i.strip()]
+    if not items:
+        raise InputError("--items needs at least one item id", key="items")
+    texts = {}
+    if args.run:
+        from pathlib import Path
+
+        from tfrec.data.vocab import ItemVocabulary
+
+        vocab = ItemVocabulary.load(Path(args.run) / "vocab.tsv")
+        texts = dict(zip(vocab.ids, vocab.text))
+    client = RecommenderClient(args.server, args.model, timeout=args.timeout)
+    try:
+        results = client.recommend([items], k=args.k)[0]
+    except grpc.RpcError as err:
+        print(f"tfrec: error: {args.server}: {err.code().name}: {err.details()}",
+              file=sys.stderr)
+        return 2 if err.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                                   grpc.StatusCode.NOT_FOUND) else 1
+    finally:
+        client.close()
+    print(f"session: {', '.join(f'{i} ({texts[i]})' if i in texts else i for i in items)}")
+    for rank, (item, score) in enumerate(results, 1):
+        print(f"{rank:>3}. {item:<12} {score:8.4f}  {texts.get(item, '')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tfrec import __version__
 
@@ -239,6 +284,34 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-serving-config", action="store_true",
                     help="do not touch the serving config")
     ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser(
+        "serve", help="serve exported models over TF Serving's gRPC API",
+        description="A model server for tfrec SavedModels (ScaNN and tensorflow-text ops "
+                    "included) that TF Serving gRPC clients can call: Predict, "
+                    "GetModelMetadata, GetModelStatus, HandleReloadConfigRequest.")
+    sv.add_argument("--model_config_file", required=True,
+                    help="TF Serving model_config_list text proto, e.g. "
+                         "serving_config/models.config")
+    sv.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default loopback only; 0.0.0.0 for all)")
+    sv.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                    help="how often base paths are polled for new versions")
+    sv.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
+                    help="re-read the model config this often (0: never)")
+    sv.add_argument("--max_batch", type=int, default=4096,
+                    help="largest batch one request may carry")
+    sv.set_defaults(func=cmd_serve)
+
+    rc = sub.add_parser("recommend", help="ask a running server for recommendations")
+    rc.add_argument("--server", default="localhost:8500", help="host:port of the gRPC server")
+    rc.add_argument("--model", required=True, help="model name")
+    rc.add_argument("--items", required=True, help="the session: comma-separated item ids")
+    rc.add_argument("-k", type=int, default=10, help="how many recommendations")
+    rc.add_argument("--run", metavar="RUN_DIR", help="a run folder, to print item texts")
+    rc.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    rc.set_defaults(func=cmd_recommend)
     return parser
 
 

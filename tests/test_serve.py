@@ -1,0 +1,246 @@
+"""`tfrec serve`: a real server process on a free loopback port, called over real gRPC."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrec.export import export, load_saved_model
+from tfrec.index import IndexConfig
+from tfrec.serving.client import RecommenderClient
+
+SESSIONS = [["i1", "i2", "i3"], ["i10", "", ""]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def versions(run_dir, tmp_path_factory):
+    """Two exported versions kept aside, to drop into a served base_path."""
+    store = tmp_path_factory.mktemp("store")
+    export(run_dir, store / "shop", IndexConfig(kind="brute_force", max_k=20))
+    export(run_dir, store / "shop", IndexConfig(kind="scann", max_k=20))
+    return store / "shop"
+
+
+class Server:
+    def __init__(self, base: Path, tmp: Path):
+        self.port = free_port()
+        config = tmp / "models.config"
+        config.write_text('model_config_list { config { name: "shop" base_path: "%s" '
+                          'model_platform: "tensorflow" } }\n' % base)
+        env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+        self.log = open(tmp / "server.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tfrec", "serve", "--model_config_file", str(config),
+             "--port", str(self.port), "--file_system_poll_wait_seconds", "0.2"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.target = f"127.0.0.1:{self.port}"
+        self.channel = grpc.insecure_channel(self.target)
+        grpc.channel_ready_future(self.channel).result(timeout=120)
+
+    def status(self):
+        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+        stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "shop"
+        response = stub.GetModelStatus(request, timeout=10)
+        names = get_model_status_pb2.ModelVersionStatus.State.Name
+        return {s.version: (names(s.state), s.status.error_message)
+                for s in response.model_version_status}
+
+    def wait_for(self, version: int, state: str = "AVAILABLE", timeout: float = 120):
+        deadline = time.time() + timeout
+        seen = []
+        while time.time() < deadline:
+            try:
+                current = self.status().get(version, (None, ""))[0]
+            except grpc.RpcError:
+                current = None
+            if current and (not seen or seen[-1] != current):
+                seen.append(current)
+            if current == state:
+                return seen
+            time.sleep(0.02)
+        raise AssertionError(f"version {version} never reached {state}; saw {seen}")
+
+    def stop(self):
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        self.log.close()
+
+
+@pytest.fixture
+def server(versions, tmp_path):
+    base = tmp_path / "shop"
+    base.mkdir()
+    shutil.copytree(versions / "1", base / "1")
+    srv = Server(base, tmp_path)
+    srv.base, srv.versions = base, versions
+    srv.wait_for(1)
+    yield srv
+    srv.stop()
+
+
+def predict_request(sessions, k=5, signature="serving_default", version=None):
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "shop"
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(np.array(sessions, dtype=bytes)))
+    request.inputs["k"].CopyFrom(tf.make_tensor_proto(np.int32(k)))
+    return request
+
+
+def stub_of(server):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    return prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
+
+
+def test_predict_matches_the_saved_model_in_process(server):
+    response = stub_of(server).Predict(predict_request(SESSIONS), timeout=30)
+    local = load_saved_model(server.base / "1").signatures["serving_default"](
+        item_ids=tf.constant(SESSIONS), k=tf.constant(5))
+    ids = tf.make_ndarray(response.outputs["item_ids"])
+    np.testing.assert_array_equal(ids, local["item_ids"].numpy())
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"]),
+                               local["scores"].numpy(), rtol=1e-5)
+    assert response.model_spec.version.value == 1
+    # The client class gives the same, and output_filter trims the outputs.
+    client = RecommenderClient(server.target, "shop")
+    assert [i for i, _ in client.recommend([SESSIONS[0]], k=5)[0]] == ids[0].astype(
+        str).tolist()
+    client.close()
+    request = predict_request(SESSIONS)
+    request.output_filter.append("item_ids")
+    assert set(stub_of(server).Predict(request, timeout=30).outputs) == {"item_ids"}
+
+
+def test_metadata_lists_the_signatures(server):
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = "shop"
+    request.metadata_field.append("signature_def")
+    response = stub_of(server).GetModelMetadata(request, timeout=30)
+    defs = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(defs)
+    assert {"serving_default", "similar_items", "embed_items", "embed_query"} <= set(
+        defs.signature_def)
+    assert set(defs.signature_def["serving_default"].inputs) == {"item_ids", "k"}
+
+
+def test_new_version_is_picked_up_with_zero_failed_calls_and_corrupt_one_ignored(server):
+    stub = stub_of(server)
+    failures, served, stop = [], set(), threading.Event()
+
+    def call_forever():
+        while not stop.is_set():
+            try:
+                served.add(stub.Predict(predict_request(SESSIONS), timeout=30)
+                           .model_spec.version.value)
+            except grpc.RpcError as err:
+                failures.append(err.code())
+
+    caller = threading.Thread(target=call_forever)
+    caller.start()
+    try:
+        shutil.copytree(server.versions / "2", server.base / ".incoming")
+        os.rename(server.base / ".incoming", server.base / "2")
+        seen = server.wait_for(2)
+        assert seen[0] == "LOADING" or seen == ["AVAILABLE"]
+        deadline = time.time() + 30
+        while 2 not in served and time.time() < deadline:
+            time.sleep(0.05)
+        # A corrupt version 3: reported, and version 2 keeps serving.
+        (server.base / "3").mkdir()
+        (server.base / "3" / "saved_model.pb").write_bytes(b"not a saved model")
+        state, error = None, ""
+        deadline = time.time() + 60
+        while state != "END" and time.time() < deadline:
+            state, error = server.status().get(3, (None, ""))
+            time.sleep(0.05)
+        assert state == "END" and error
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        caller.join()
+    assert failures == []
+    assert served >= {1, 2}
+    assert server.status()[2][0] == "AVAILABLE"
+    response = stub.Predict(predict_request(SESSIONS), timeout=30)
+    assert response.model_spec.version.value == 2
+
+
+def test_status_goes_loading_then_available(server):
+    shutil.copytree(server.versions / "2", server.base / ".incoming")
+    os.rename(server.base / ".incoming", server.base / "2")
+    seen = server.wait_for(2)
+    assert seen == ["LOADING", "AVAILABLE"], seen
+
+
+@pytest.mark.parametrize("change, code", [
+    (lambda r: r.model_spec.__setattr__("name", "nope"), grpc.StatusCode.NOT_FOUND),
+    (lambda r: r.model_spec.version.__setattr__("value", 9), grpc.StatusCode.NOT_FOUND),
+    (lambda r: r.model_spec.__setattr__("signature_name", "nope"),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    (lambda r: r.inputs["items"].CopyFrom(r.inputs["item_ids"]),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    (lambda r: r.inputs["k"].CopyFrom(tf.make_tensor_proto(np.float32(5))),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    (lambda r: r.inputs["k"].CopyFrom(tf.make_tensor_proto(np.int32(100000))),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    (lambda r: r.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(np.array(
+        [[[b"i1"]]]))), grpc.StatusCode.INVALID_ARGUMENT),
+    (lambda r: r.output_filter.append("nope"), grpc.StatusCode.INVALID_ARGUMENT),
+])
+def test_bad_requests_get_their_status_code_and_the_server_keeps_answering(
+        server, change, code):
+    request = predict_request(SESSIONS)
+    change(request)
+    with pytest.raises(grpc.RpcError) as err:
+        stub_of(server).Predict(request, timeout=30)
+    assert err.value.code() == code, err.value.details()
+    assert stub_of(server).Predict(predict_request(SESSIONS), timeout=30).outputs
+
+
+def test_unsupported_rpcs_are_unimplemented(server):
+    from tensorflow_serving.apis import classification_pb2
+
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "shop"
+    with pytest.raises(grpc.RpcError) as err:
+        stub_of(server).Classify(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_sigterm_lets_calls_in_flight_finish(server):
+    stub = stub_of(server)
+    big = [["i1", "i2", "i3"]] * 4000
+    futures = [stub.Predict.future(predict_request(big, k=20), timeout=60) for _ in range(6)]
+    time.sleep(0.2)
+    server.proc.send_signal(signal.SIGTERM)
+    results = [f.result() for f in futures]  # raises if any call was dropped
+    assert all(tf.make_ndarray(r.outputs["item_ids"]).shape == (4000, 20) for r in results)
+    assert server.proc.wait(timeout=60) == 0

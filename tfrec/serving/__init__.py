@@ -1,0 +1,1 @@
+"""Serving: a TF Serving-compatible gRPC model server and a client."""

@@ -1,0 +1,69 @@
+"""A client for tfrec models behind TF Serving's gRPC API (tfrec serve or TF Serving).
+
+Written as a TF Serving user would write it: `PredictionServiceStub`,
+`PredictRequest`, `tf.make_tensor_proto`, a timeout.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+
+class RecommenderClient:
+    """Calls the signatures of an exported tfrec model.
+
+    Args:
+      target: "host:port" of the gRPC endpoint.
+      model: the model name in the server's models.config.
+      timeout: seconds per call.
+      version: serve a specific version instead of the newest.
+    """
+
+    def __init__(self, target: str, model: str, timeout: float = 10.0,
+                 version: int | None = None):
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.channel = grpc.insecure_channel(target)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model = model
+        self.timeout = timeout
+        self.version = version
+
+    def _predict(self, signature: str, inputs: dict) -> dict:
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model
+        request.model_spec.signature_name = signature
+        if self.version is not None:
+            request.model_spec.version.value = self.version
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        response = self.stub.Predict(request, timeout=self.timeout)
+        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+    def recommend(self, sessions: list[list[str]], k: int = 10) -> list[list[tuple[str, float]]]:
+        """Top-k (item id, score) for each session, its own items excluded."""
+        width = max(len(s) for s in sessions)
+        batch = np.array([[str(i) for i in s] + [""] * (width - len(s)) for s in sessions],
+                         dtype=object).astype(bytes)
+        out = self._predict("serving_default", {"item_ids": batch, "k": np.int32(k)})
+        return [[(i.decode(), float(sc)) for i, sc in zip(ids, scores)]
+                for ids, scores in zip(out["item_ids"], out["scores"])]
+
+    def similar_items(self, item_ids: list[str], k: int = 10):
+        out = self._predict("similar_items", {"item_ids": np.array(item_ids, dtype=bytes),
+                                              "k": np.int32(k)})
+        return [[(i.decode(), float(sc)) for i, sc in zip(ids, scores)] if known else None
+                for ids, scores, known in zip(out["item_ids"], out["scores"], out["known"])]
+
+    def embed_items(self, item_ids: list[str], texts: list[str] | None = None) -> np.ndarray:
+        texts = texts or [""] * len(item_ids)
+        out = self._predict("embed_items", {"item_ids": np.array(item_ids, dtype=bytes),
+                                            "texts": np.array(texts, dtype=bytes)})
+        return out["embeddings"]
+
+    def close(self) -> None:
+        self.channel.close()
