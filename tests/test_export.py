@@ -143,6 +143,14 @@ def test_similar_items_exclude_the_item_and_flag_unknown(exported):
     assert out["known"].numpy().tolist() == [True, False]
 
 
+def test_item_texts_signature(exported, run_dir):
+    _, vocab, _, _ = load_run(run_dir)
+    loaded = load_saved_model(exported[1].path)
+    out = loaded.signatures["item_texts"](item_ids=tf.constant(["i1", "cold0", "nope"]))
+    assert out["texts"].numpy().astype(str).tolist() == [
+        vocab.text[vocab.index_of("i1")], vocab.text[vocab.index_of("cold0")], ""]
+
+
 def test_k_out_of_range_is_an_invalid_argument(exported):
     _, scann, _ = exported
     loaded = load_saved_model(scann.path)

@@ -38,8 +38,9 @@ def versions(run_dir, tmp_path_factory):
 
 
 class Server:
-    def __init__(self, base: Path, tmp: Path):
+    def __init__(self, base: Path, tmp: Path, *extra: str):
         self.port = free_port()
+        self.rest_port = free_port()
         config = tmp / "models.config"
         config.write_text('model_config_list { config { name: "shop" base_path: "%s" '
                           'model_platform: "tensorflow" } }\n' % base)
@@ -47,7 +48,8 @@ class Server:
         self.log = open(tmp / "server.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tfrec", "serve", "--model_config_file", str(config),
-             "--port", str(self.port), "--file_system_poll_wait_seconds", "0.2"],
+             "--port", str(self.port), "--file_system_poll_wait_seconds", "0.2",
+             "--rest_api_port", str(self.rest_port), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.target = f"127.0.0.1:{self.port}"
         self.channel = grpc.insecure_channel(self.target)
@@ -87,14 +89,28 @@ class Server:
         self.log.close()
 
 
-@pytest.fixture
-def server(versions, tmp_path):
+def start_server(versions, tmp_path, *extra):
     base = tmp_path / "shop"
     base.mkdir()
     shutil.copytree(versions / "1", base / "1")
-    srv = Server(base, tmp_path)
+    srv = Server(base, tmp_path, *extra)
     srv.base, srv.versions = base, versions
     srv.wait_for(1)
+    return srv
+
+
+@pytest.fixture
+def server(versions, tmp_path):
+    """A server of its own, for tests that change versions or stop it."""
+    srv = start_server(versions, tmp_path)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def shared(versions, tmp_path_factory):
+    """One server for the read-only tests, with batching on."""
+    srv = start_server(versions, tmp_path_factory.mktemp("shared"), "--enable_batching")
     yield srv
     srv.stop()
 
@@ -118,7 +134,8 @@ def stub_of(server):
     return prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
 
 
-def test_predict_matches_the_saved_model_in_process(server):
+def test_predict_matches_the_saved_model_in_process(shared):
+    server = shared
     response = stub_of(server).Predict(predict_request(SESSIONS), timeout=30)
     local = load_saved_model(server.base / "1").signatures["serving_default"](
         item_ids=tf.constant(SESSIONS), k=tf.constant(5))
@@ -137,7 +154,8 @@ def test_predict_matches_the_saved_model_in_process(server):
     assert set(stub_of(server).Predict(request, timeout=30).outputs) == {"item_ids"}
 
 
-def test_metadata_lists_the_signatures(server):
+def test_metadata_lists_the_signatures(shared):
+    server = shared
     from tensorflow_serving.apis import get_model_metadata_pb2
 
     request = get_model_metadata_pb2.GetModelMetadataRequest()
@@ -216,7 +234,8 @@ def test_status_goes_loading_then_available(server):
     (lambda r: r.output_filter.append("nope"), grpc.StatusCode.INVALID_ARGUMENT),
 ])
 def test_bad_requests_get_their_status_code_and_the_server_keeps_answering(
-        server, change, code):
+        shared, change, code):
+    server = shared
     request = predict_request(SESSIONS)
     change(request)
     with pytest.raises(grpc.RpcError) as err:
@@ -225,7 +244,8 @@ def test_bad_requests_get_their_status_code_and_the_server_keeps_answering(
     assert stub_of(server).Predict(predict_request(SESSIONS), timeout=30).outputs
 
 
-def test_unsupported_rpcs_are_unimplemented(server):
+def test_unsupported_rpcs_are_unimplemented(shared):
+    server = shared
     from tensorflow_serving.apis import classification_pb2
 
     request = classification_pb2.ClassificationRequest()
@@ -244,3 +264,65 @@ def test_sigterm_lets_calls_in_flight_finish(server):
     results = [f.result() for f in futures]  # raises if any call was dropped
     assert all(tf.make_ndarray(r.outputs["item_ids"]).shape == (4000, 20) for r in results)
     assert server.proc.wait(timeout=60) == 0
+
+
+def rest(server, path, body=None):
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}{path}", data=data,
+                                     method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_rest_predict_equals_grpc_predict(shared):
+    grpc_out = stub_of(shared).Predict(predict_request(SESSIONS, k=4), timeout=30)
+    grpc_ids = tf.make_ndarray(grpc_out.outputs["item_ids"]).astype(str).tolist()
+    code, columnar = rest(shared, "/v1/models/shop:predict",
+                          {"inputs": {"item_ids": [["i1", "i2", "i3"], ["i10"]], "k": 4}})
+    assert code == 200 and columnar["outputs"]["item_ids"] == grpc_ids
+    np.testing.assert_allclose(columnar["outputs"]["scores"],
+                               tf.make_ndarray(grpc_out.outputs["scores"]), rtol=1e-5)
+    code, rows = rest(shared, "/v1/models/shop/versions/1:predict",
+                      {"instances": [{"item_ids": s, "k": 4} for s in SESSIONS]})
+    assert code == 200 and [p["item_ids"] for p in rows["predictions"]] == grpc_ids
+    code, status = rest(shared, "/v1/models/shop")
+    assert code == 200 and status["model_version_status"][0]["state"] == "AVAILABLE"
+    code, meta = rest(shared, "/v1/models/shop/metadata")
+    assert code == 200 and "serving_default" in meta["metadata"]["signature_def"][
+        "signature_def"]
+    assert rest(shared, "/v1/models/nope:predict", {"inputs": {}})[0] == 404
+    code, err = rest(shared, "/v1/models/shop:predict", {"inputs": {"item_ids": [["i1"]]}})
+    assert code == 400 and "missing input" in err["error"]
+    assert rest(shared, "/v1/models/shop:predict", {"rows": 1})[0] == 400
+
+
+def test_batched_server_gives_each_caller_its_own_rows(shared):
+    stub = stub_of(shared)
+    sessions = [[f"i{i}", f"i{i + 1}"] for i in range(1, 40)]
+    futures = [stub.Predict.future(predict_request([s], k=3), timeout=30) for s in sessions]
+    got = [tf.make_ndarray(f.result().outputs["item_ids"])[0].astype(str).tolist()
+           for f in futures]
+    local = load_saved_model(shared.base / "1").signatures["serving_default"](
+        item_ids=tf.constant(sessions), k=tf.constant(3))["item_ids"].numpy().astype(str)
+    assert got == local.tolist()
+
+
+def test_recommend_command_prints_items_with_text(shared, capsys):
+    from tfrec.cli import main
+
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--items", "i1,i2", "-k", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("session: i1 (") and len(out) == 4
+    rank, item, score, *text = out[1].split()
+    assert rank == "1." and float(score) > 0 and text  # the item's catalogue text
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "nope",
+                 "--items", "i1"]) == 2
+    assert "NOT_FOUND" in capsys.readouterr().err

@@ -174,14 +174,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from tfrec.serving.batching import BatchingParameters, Batcher, read_batching_parameters
     from tfrec.serving.server import ModelServer
 
+    batcher = None
+    if args.enable_batching:
+        params = (read_batching_parameters(args.batching_parameters_file)
+                  if args.batching_parameters_file else BatchingParameters())
+        batcher = Batcher(params)
+    elif args.batching_parameters_file:
+        raise InputError("--batching_parameters_file needs --enable_batching",
+                         key="batching_parameters_file")
     server = ModelServer(args.model_config_file, port=args.port, host=args.host,
                          poll_seconds=args.file_system_poll_wait_seconds,
                          config_poll_seconds=args.model_config_file_poll_wait_seconds,
-                         max_batch=args.max_batch)
-    print(f"tfrec serve: gRPC on {server.address} (TF Serving API); Ctrl-C or SIGTERM stops",
-          flush=True)
+                         max_batch=args.max_batch, rest_port=args.rest_api_port,
+                         batcher=batcher)
+    rest = f", REST on port {server.rest.port}" if server.rest else ""
+    print(f"tfrec serve: gRPC on {server.address}{rest} (TF Serving API)"
+          f"{', batching on' if batcher else ''}; Ctrl-C or SIGTERM stops", flush=True)
     server.serve_forever()
     return 0
 
@@ -194,17 +205,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     items = [i.strip() for i in args.items.split(",") if i.strip()]
     if not items:
         raise InputError("--items needs at least one item id", key="items")
-    texts = {}
-    if args.run:
-        from pathlib import Path
-
-        from tfrec.data.vocab import ItemVocabulary
-
-        vocab = ItemVocabulary.load(Path(args.run) / "vocab.tsv")
-        texts = dict(zip(vocab.ids, vocab.text))
     client = RecommenderClient(args.server, args.model, timeout=args.timeout)
     try:
         results = client.recommend([items], k=args.k)[0]
+        shown = items + [item for item, _ in results]
+        texts = dict(zip(shown, client.item_texts(shown)))
     except grpc.RpcError as err:
         print(f"tfrec: error: {args.server}: {err.code().name}: {err.details()}",
               file=sys.stderr)
@@ -212,7 +217,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                    grpc.StatusCode.NOT_FOUND) else 1
     finally:
         client.close()
-    print(f"session: {', '.join(f'{i} ({texts[i]})' if i in texts else i for i in items)}")
+    print(f"session: {', '.join(f'{i} ({texts[i]})' if texts.get(i) else i for i in items)}")
     for rank, (item, score) in enumerate(results, 1):
         print(f"{rank:>3}. {item:<12} {score:8.4f}  {texts.get(item, '')}")
     return 0
@@ -302,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-read the model config this often (0: never)")
     sv.add_argument("--max_batch", type=int, default=4096,
                     help="largest batch one request may carry")
+    sv.add_argument("--rest_api_port", type=int,
+                    help="also serve TF Serving's REST API on this port")
+    sv.add_argument("--enable_batching", action="store_true",
+                    help="merge concurrent requests into one model call")
+    sv.add_argument("--batching_parameters_file",
+                    help="TF Serving batching parameters, e.g. serving_config/batching.config")
     sv.set_defaults(func=cmd_serve)
 
     rc = sub.add_parser("recommend", help="ask a running server for recommendations")
@@ -309,7 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--model", required=True, help="model name")
     rc.add_argument("--items", required=True, help="the session: comma-separated item ids")
     rc.add_argument("-k", type=int, default=10, help="how many recommendations")
-    rc.add_argument("--run", metavar="RUN_DIR", help="a run folder, to print item texts")
     rc.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     rc.set_defaults(func=cmd_recommend)
     return parser

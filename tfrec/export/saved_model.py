@@ -54,10 +54,12 @@ class RecommenderModule(tf.Module):
         embeddings [batch, dim], known [batch] bool. A known id uses the
         model's item embedding; an unknown one is embedded from its text.
       embed_query: item_ids [batch, length] string  ->  embeddings [batch, dim].
+      item_texts: item_ids [batch] string  ->  texts [batch] string ("" unknown).
     Unknown ids in a session are skipped (they carry no behaviour).
     """
 
-    def __init__(self, model, item_ids: np.ndarray, index, max_k: int):
+    def __init__(self, model, item_ids: np.ndarray, index, max_k: int,
+                 item_texts: np.ndarray | None = None):
         super().__init__(name="tfrec")
         self.encoder = model.candidate_tower
         self.query_tower = model.query_tower
@@ -69,6 +71,10 @@ class RecommenderModule(tf.Module):
         self.id_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 keys, tf.range(1, len(item_ids), dtype=tf.int32)), default_value=0)
+        texts = np.asarray(item_texts[1:] if item_texts is not None
+                           else [""] * (len(item_ids) - 1), dtype=object).astype(str)
+        self.text_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, tf.constant(texts)), default_value="")
 
     def _history(self, item_ids):
         """[batch, length] string ids -> [batch, N] left-padded indices of the last N known."""
@@ -135,9 +141,14 @@ class RecommenderModule(tf.Module):
     def embed_query(self, item_ids):
         return {"embeddings": self.query_tower(self._history(item_ids))}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids")])
+    def item_texts(self, item_ids):
+        return {"texts": self.text_table.lookup(item_ids)}
+
     def signatures(self) -> dict:
         return {"serving_default": self.recommend, "similar_items": self.similar_items,
-                "embed_items": self.embed_items, "embed_query": self.embed_query}
+                "embed_items": self.embed_items, "embed_query": self.embed_query,
+                "item_texts": self.item_texts}
 
 
 @dataclasses.dataclass
@@ -286,7 +297,7 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
             "search more leaves (--leaves-to-search), reorder more candidates "
             "(--reorder), or lower --recall-floor", key="recall-floor")
 
-    module = RecommenderModule(model, item_ids, index, index_config.max_k)
+    module = RecommenderModule(model, item_ids, index, index_config.max_k, vocab.text)
     tmp = model_dir / f"{TMP_PREFIX}{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

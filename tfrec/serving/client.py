@@ -65,5 +65,10 @@ class RecommenderClient:
                                             "texts": np.array(texts, dtype=bytes)})
         return out["embeddings"]
 
+    def item_texts(self, item_ids: list[str]) -> list[str]:
+        """The catalogue text of each item ("" for an unknown id)."""
+        out = self._predict("item_texts", {"item_ids": np.array(item_ids, dtype=bytes)})
+        return [t.decode("utf-8") for t in out["texts"]]
+
     def close(self) -> None:
         self.channel.close()

@@ -169,23 +169,25 @@ class ModelManager:
     # -- lookups --------------------------------------------------------------------------
     def resolve(self, spec) -> tuple[str, Version]:
         """The version a ModelSpec asks for (default: the newest available)."""
-        name = spec.name
+        choice = spec.WhichOneof("version_choice")
+        return self.find(spec.name, spec.version.value if choice == "version" else None,
+                         spec.version_label if choice == "version_label" else None)
+
+    def find(self, name: str, number: int | None = None,
+             label: str | None = None) -> tuple[str, Version]:
         with self._lock:
             if name not in self.versions:
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
                                    f"Servable not found for request: Latest({name})")
             served = self.versions[name]
-            choice = spec.WhichOneof("version_choice")
-            if choice == "version":
-                number = spec.version.value
+            if number is not None:
                 version = served.get(number)
                 if version is None or version.state != AVAILABLE:
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
                                        f"Servable not found for request: "
                                        f"Specific({name}, {number})")
                 return name, version
-            if choice == "version_label":
-                label = spec.version_label
+            if label is not None:
                 number = self.entries[name].labels.get(label)
                 if number is None or number not in served or served[number].state != AVAILABLE:
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
@@ -211,32 +213,44 @@ class ModelManager:
             return versions
 
 
-def _tensor_inputs(request, function, max_batch: int):
-    """Request TensorProtos -> tensors checked against the signature."""
+def check_inputs(arrays: dict, function, max_batch: int, cast: bool = False) -> dict:
+    """Named numpy inputs -> tensors, checked against the signature's TensorSpecs.
+
+    With `cast` (JSON input, whose numbers have no width), integers and floats
+    are converted to the signature's width; otherwise dtypes must match, as in
+    TF Serving's gRPC API.
+
+    Raises:
+      ServingError(INVALID_ARGUMENT): an unknown or missing name, a wrong
+        dtype or shape, or a batch over the limit.
+    """
     import tensorflow as tf
 
     _, specs = function.structured_input_signature
-    unknown = sorted(set(request.inputs) - set(specs))
+    unknown = sorted(set(arrays) - set(specs))
     if unknown:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input name(s) {', '.join(unknown)} not in the signature; "
                            f"expected: {', '.join(sorted(specs))}")
-    missing = sorted(set(specs) - set(request.inputs))
+    missing = sorted(set(specs) - set(arrays))
     if missing:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"missing input(s): {', '.join(missing)}")
     tensors = {}
     for name, spec in specs.items():
-        proto = request.inputs[name]
-        if tf.dtypes.as_dtype(proto.dtype) != spec.dtype:
+        value = np.asarray(arrays[name])
+        expected = spec.dtype
+        if cast and ((expected.is_integer and value.dtype.kind in "iu")
+                     or (expected.is_floating and value.dtype.kind in "iuf")):
+            value = value.astype(expected.as_numpy_dtype)
+        kind = "string" if value.dtype.kind in "OSU" else value.dtype.name
+        compatible = (
+            (expected == tf.string and value.dtype.kind in "OSU")
+            or (expected.is_integer and value.dtype.kind in "iu" and kind == expected.name)
+            or (expected.is_floating and value.dtype.kind == "f" and kind == expected.name))
+        if not compatible:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r}: expects dtype {spec.dtype.name}, got "
-                               f"{tf.dtypes.as_dtype(proto.dtype).name}")
-        try:
-            value = tf.make_ndarray(proto)
-        except Exception as err:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r}: malformed tensor: {err}") from None
+                               f"input {name!r}: expects dtype {expected.name}, got {kind}")
         if not spec.shape.is_compatible_with(value.shape):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input {name!r}: expects shape {spec.shape}, got "
@@ -245,16 +259,56 @@ def _tensor_inputs(request, function, max_batch: int):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input {name!r}: batch of {value.shape[0]} is over the limit "
                                f"of {max_batch}")
-        tensors[name] = tf.constant(value, dtype=spec.dtype)
+        if expected == tf.string and value.dtype.kind == "U":
+            value = np.char.encode(value, "utf-8")
+        tensors[name] = tf.constant(value, dtype=expected)
     return tensors
+
+
+class Predictor:
+    """Runs a signature of a served version on named numpy inputs (gRPC and REST share it)."""
+
+    def __init__(self, manager: ModelManager, max_batch: int = 4096, batcher=None):
+        self.manager = manager
+        self.max_batch = max_batch
+        self.batcher = batcher
+
+    def run(self, name: str, version: int | None, label: str | None, signature: str,
+            arrays: dict, output_filter=(), cast: bool = False) -> tuple[str, int, str, dict]:
+        import tensorflow as tf
+
+        name, served = self.manager.find(name, version, label)
+        signature = signature or "serving_default"
+        function = served.model.signatures.get(signature)
+        if function is None:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Serving signature name: \"{signature}\" not found in "
+                               f"signature def (have: "
+                               f"{', '.join(sorted(served.model.signatures))})")
+        tensors = check_inputs(arrays, function, self.max_batch, cast)
+        try:
+            if self.batcher is not None:
+                outputs = self.batcher.call((name, served.number, signature), function, tensors)
+            else:
+                outputs = {k: v.numpy() for k, v in function(**tensors).items()}
+        except tf.errors.InvalidArgumentError as err:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               _first_line(err.message)) from None
+        unknown = [o for o in output_filter if o not in outputs]
+        if unknown:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"output_filter names unknown output(s): {', '.join(unknown)}")
+        if output_filter:
+            outputs = {k: v for k, v in outputs.items() if k in output_filter}
+        return name, served.number, signature, outputs
 
 
 class PredictionServicer:
     """tensorflow.serving.PredictionService over a ModelManager."""
 
-    def __init__(self, manager: ModelManager, max_batch: int = 4096):
-        self.manager = manager
-        self.max_batch = max_batch
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.manager = predictor.manager
 
     def _fail(self, context, err: ServingError):
         context.abort(err.code, err.message)
@@ -264,33 +318,25 @@ class PredictionServicer:
         from tensorflow_serving.apis import predict_pb2
 
         try:
-            name, version = self.manager.resolve(request.model_spec)
-            signature = request.model_spec.signature_name or "serving_default"
-            function = version.model.signatures.get(signature)
-            if function is None:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"Serving signature name: \"{signature}\" not found in "
-                                   f"signature def (have: "
-                                   f"{', '.join(sorted(version.model.signatures))})")
-            tensors = _tensor_inputs(request, function, self.max_batch)
-            wanted = list(request.output_filter)
-            try:
-                outputs = function(**tensors)
-            except tf.errors.InvalidArgumentError as err:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   _first_line(err.message)) from None
-            unknown = [o for o in wanted if o not in outputs]
-            if unknown:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"output_filter names unknown output(s): "
-                                   f"{', '.join(unknown)}")
+            arrays = {}
+            for key, proto in request.inputs.items():
+                try:
+                    arrays[key] = tf.make_ndarray(proto)
+                except Exception as err:
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"input {key!r}: malformed tensor: {err}") from None
+            spec = request.model_spec
+            choice = spec.WhichOneof("version_choice")
+            name, number, signature, outputs = self.predictor.run(
+                spec.name, spec.version.value if choice == "version" else None,
+                spec.version_label if choice == "version_label" else None,
+                spec.signature_name, arrays, list(request.output_filter))
             response = predict_pb2.PredictResponse()
             response.model_spec.name = name
-            response.model_spec.version.value = version.number
+            response.model_spec.version.value = number
             response.model_spec.signature_name = signature
             for key, value in outputs.items():
-                if not wanted or key in wanted:
-                    response.outputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+                response.outputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
             return response
         except ServingError as err:
             self._fail(context, err)
@@ -386,7 +432,8 @@ class ModelServer:
 
     def __init__(self, model_config_file: str | Path, port: int = 8500, host: str = "127.0.0.1",
                  poll_seconds: float = 1.0, config_poll_seconds: float = 0.0,
-                 max_batch: int = 4096, max_message_mb: int = 64, workers: int = 8):
+                 max_batch: int = 4096, max_message_mb: int = 64, workers: int = 8,
+                 rest_port: int | None = None, batcher=None):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self.config_file = Path(model_config_file)
@@ -397,8 +444,9 @@ class ModelServer:
                    ("grpc.max_send_message_length", max_message_mb * 2**20)]
         self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(workers),
                                   options=options)
+        self.predictor = Predictor(self.manager, max_batch, batcher)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.manager, max_batch), self.server)
+            PredictionServicer(self.predictor), self.server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.manager, Path.cwd()), self.server)
         self.address = f"{host}:{port}"
@@ -407,10 +455,24 @@ class ModelServer:
             from tfrec.errors import InputError
 
             raise InputError(f"cannot listen on {self.address} (in use?)", key="port")
+        self.rest = None
+        if rest_port is not None:
+            from tfrec.serving.rest import RestServer
+
+            try:
+                self.rest = RestServer(self.predictor, host, rest_port)
+            except OSError as err:
+                from tfrec.errors import InputError
+
+                raise InputError(f"cannot listen on {host}:{rest_port}: {err.strerror}",
+                                 key="rest_api_port") from None
         self._stopped = threading.Event()
 
     def start(self) -> None:
         self.server.start()
+        if self.rest is not None:
+            self.rest.start()
+            logger.info("REST API on %s:%d", self.address.rsplit(":", 1)[0], self.rest.port)
         self.manager.start()
         if self.config_poll_seconds > 0:
             threading.Thread(target=self._watch_config, daemon=True).start()
@@ -431,6 +493,8 @@ class ModelServer:
         """Stops accepting calls; calls in flight get `grace` seconds to finish."""
         self._stopped.set()
         self.manager.stop()
+        if self.rest is not None:
+            self.rest.stop()
         self.server.stop(grace).wait()
 
     def serve_forever(self) -> None:
