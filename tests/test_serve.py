@@ -43,7 +43,8 @@ class Server:
         self.rest_port = free_port()
         config = tmp / "models.config"
         config.write_text('model_config_list { config { name: "shop" base_path: "%s" '
-                          'model_platform: "tensorflow" } }\n' % base)
+                          'model_platform: "tensorflow" '
+                          'version_labels { key: "stable" value: 1 } } }\n' % base)
         env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
         self.log = open(tmp / "server.log", "w")
         self.proc = subprocess.Popen(
@@ -211,16 +212,38 @@ def test_new_version_is_picked_up_with_zero_failed_calls_and_corrupt_one_ignored
     assert response.model_spec.version.value == 2
 
 
-def test_status_goes_loading_then_available(server):
+def test_status_goes_loading_then_available_and_config_reloads(server):
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    # The stable label names version 1 while it is served.
+    request = predict_request(SESSIONS)
+    request.model_spec.version_label = "stable"
+    assert stub_of(server).Predict(request, timeout=30).model_spec.version.value == 1
     shutil.copytree(server.versions / "2", server.base / ".incoming")
     os.rename(server.base / ".incoming", server.base / "2")
     seen = server.wait_for(2)
     assert seen == ["LOADING", "AVAILABLE"], seen
+    # The policy (latest 1) then unloads version 1, and its label with it.
+    server.wait_for(1, "END")
+    with pytest.raises(grpc.RpcError) as err:
+        stub_of(server).Predict(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # HandleReloadConfigRequest: a second model on the same versions.
+    reload = model_management_pb2.ReloadConfigRequest()
+    for name in ("shop", "shop2"):
+        entry = reload.config.model_config_list.config.add()
+        entry.name, entry.base_path, entry.model_platform = name, str(server.base), "tensorflow"
+    model_service_pb2_grpc.ModelServiceStub(server.channel).HandleReloadConfigRequest(
+        reload, timeout=120)
+    request = predict_request(SESSIONS)
+    request.model_spec.name = "shop2"
+    assert stub_of(server).Predict(request, timeout=30).model_spec.version.value == 2
 
 
 @pytest.mark.parametrize("change, code", [
     (lambda r: r.model_spec.__setattr__("name", "nope"), grpc.StatusCode.NOT_FOUND),
     (lambda r: r.model_spec.version.__setattr__("value", 9), grpc.StatusCode.NOT_FOUND),
+    (lambda r: r.model_spec.__setattr__("version_label", "canary"), grpc.StatusCode.NOT_FOUND),
     (lambda r: r.model_spec.__setattr__("signature_name", "nope"),
      grpc.StatusCode.INVALID_ARGUMENT),
     (lambda r: r.inputs["items"].CopyFrom(r.inputs["item_ids"]),

@@ -1,0 +1,221 @@
+"""Serving latency and throughput: `tfrec serve` over gRPC beside the in-process call.
+
+    python bench/serve.py --saved-model saved_models/retail/1   # + a generated 1M-item model
+    python bench/serve.py --saved-model saved_models/retail/1 --items 0   # bundled model only
+
+For each model it prints requests/s and p50/p99 latency of single-session
+requests (k = 10) from concurrent gRPC clients (a plain PredictionServiceStub
+each) against a real `tfrec serve` process, with and without server-side
+batching, beside the same SavedModel signature called in-process (one caller,
+and the same number of concurrent callers). Clients and server share this
+machine's cores, as they would on a 2-core host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import tfrec  # noqa: E402,F401
+import grpc  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfrec.export.saved_model import load_saved_model  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sessions_from(model_dir: Path, count: int, seed: int = 0) -> list[list[str]]:
+    ids = (model_dir / "assets.extra" / "embeddings" / "item_ids.txt").read_text().split()
+    rng = np.random.default_rng(seed)
+    return [[ids[i] for i in rng.integers(0, len(ids), 3)] for _ in range(count)]
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    ms = np.asarray(latencies) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def run_callers(call, sessions, concurrency: int, seconds: float) -> dict:
+    latencies, lock, stop = [], threading.Lock(), threading.Event()
+    errors = []
+
+    def worker(offset):
+        n = offset
+        local = []
+        while not stop.is_set():
+            session = sessions[n % len(sessions)]
+            t = time.perf_counter()
+            try:
+                call(session)
+            except Exception as err:  # counted, not hidden
+                errors.append(err)
+            local.append(time.perf_counter() - t)
+            n += concurrency
+        with lock:
+            latencies.extend(local)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    p50, p99 = percentiles(latencies)
+    return {"rps": len(latencies) / elapsed, "p50": p50, "p99": p99, "errors": len(errors)}
+
+
+def in_process(model_dir: Path, sessions, concurrency: int, seconds: float) -> dict:
+    function = load_saved_model(model_dir).signatures["serving_default"]
+    k = tf.constant(10)
+
+    def call(session):
+        function(item_ids=tf.constant([session]), k=k)
+
+    call(sessions[0])
+    return run_callers(call, sessions, concurrency, seconds)
+
+
+def over_grpc(model_dir: Path, sessions, concurrency: int, seconds: float,
+              batching: bool, workdir: Path) -> dict:
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    base = workdir / "base"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    os.symlink(model_dir.resolve(), base / "1")
+    config = workdir / "models.config"
+    config.write_text('model_config_list { config { name: "m" base_path: "%s" } }\n' % base)
+    port = free_port()
+    args = [sys.executable, "-m", "tfrec", "-q", "serve", "--model_config_file", str(config),
+            "--port", str(port)]
+    if batching:
+        params = workdir / "batching.config"
+        params.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 1000 }\n"
+                          "pad_variable_length_inputs: true\n")
+        args += ["--enable_batching", "--batching_parameters_file", str(params)]
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=env)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=300)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        k = tf.make_tensor_proto(np.int32(10))
+
+        def call(session):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "m"
+            request.inputs["item_ids"].CopyFrom(
+                tf.make_tensor_proto(np.array([session], dtype=bytes)))
+            request.inputs["k"].CopyFrom(k)
+            stub.Predict(request, timeout=30)
+
+        deadline = time.time() + 600
+        while True:  # until the version is loaded and answers
+            try:
+                call(sessions[0])
+                break
+            except grpc.RpcError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        return run_callers(call, sessions, concurrency, seconds)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+
+
+def generated_model(items: int, workdir: Path) -> Path:
+    """A 1M-item ScaNN SavedModel built as bench/export.py builds it."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from export import _Model, catalogue  # noqa: E402
+
+    from tfrec.export.saved_model import RecommenderModule
+    from tfrec.index.ann import IndexConfig, build_index
+
+    vectors, _ = catalogue(items, 64)
+    ids = np.concatenate([["[OOV]"], np.char.add("i", np.arange(items).astype(str))])
+    model = _Model(vectors)
+    index = build_index(vectors, ids[1:], IndexConfig(kind="scann", max_k=100))
+    module = RecommenderModule(model, ids, index, 100)
+    module.recommend(tf.constant([[ids[1]]]), tf.constant(1))
+    path = workdir / "generated" / "1"
+    tf.saved_model.save(module, str(path), signatures=module.signatures(),
+                        options=tf.saved_model.SaveOptions(namespace_whitelist=["TFText",
+                                                                                "Scann"]))
+    (path / "assets.extra" / "embeddings").mkdir(parents=True)
+    (path / "assets.extra" / "embeddings" / "item_ids.txt").write_text("\n".join(ids[1:]))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--saved-model", required=True, help="an exported version folder")
+    parser.add_argument("--items", type=int, default=1_000_000,
+                        help="also a generated catalogue of this many items (0: skip)")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="tfrec-bench-serve-"))
+    models = [("bundled", Path(args.saved_model))]
+    try:
+        if args.items:
+            print(f"building a {args.items:,}-item ScaNN model ...", file=sys.stderr, flush=True)
+            models.append((f"generated {args.items / 1e6:g}M", generated_model(args.items,
+                                                                                workdir)))
+        head = (f"{'model':<16}{'path':<26}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}"
+                f"{'errors':>8}")
+        rows = []
+        for label, path in models:
+            sessions = sessions_from(path, 2000)
+            for name, result in [
+                ("in-process, 1 caller", in_process(path, sessions, 1, args.seconds)),
+                (f"in-process, {args.concurrency} callers",
+                 in_process(path, sessions, args.concurrency, args.seconds)),
+                (f"gRPC, {args.concurrency} clients",
+                 over_grpc(path, sessions, args.concurrency, args.seconds, False, workdir)),
+                (f"gRPC+batching, {args.concurrency}",
+                 over_grpc(path, sessions, args.concurrency, args.seconds, True, workdir)),
+            ]:
+                rows.append((label, name, result))
+                print(f"  done: {label}, {name}", file=sys.stderr, flush=True)
+        print(f"single-session requests, k = 10, {args.seconds:g} s each, "
+              f"{os.cpu_count()} cores")
+        print(head)
+        print("-" * len(head))
+        for label, name, r in rows:
+            print(f"{label:<16}{name:<26}{r['rps']:>12,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
+                  f"{r['errors']:>8}")
+        for label, _ in models:
+            mine = {name: r for lab, name, r in rows if lab == label}
+            inproc = mine[f"in-process, {args.concurrency} callers"]
+            served = mine[f"gRPC, {args.concurrency} clients"]
+            print(f"{label}: server p50 is {served['p50'] / inproc['p50']:.2f}x the in-process "
+                  f"p50 at the same concurrency; p99 {served['p99']:.2f} ms")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
