@@ -1,13 +1,12 @@
 """Training on generated sessions with planted item clusters."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import tf_keras as keras
 
 from tfrec.config import ModelConfig, PairConfig, SessionConfig, TextConfig
 from tfrec.data.pipeline import PairPipeline
-from tfrec.data.sequences import NextItemPipeline, histories_from_lists
+from tfrec.data.sequences import NextItemPipeline
 from tfrec.data.sessions import sessionize
 from tfrec.data.synthetic import generate_events, generate_items
 from tfrec.data.vocab import build_vocabulary
@@ -91,40 +90,6 @@ def test_text_only_cold_item_is_retrieved_among_its_cluster(trained, world):
     warm = np.arange(1, vocab.num_warm + 1)
     purity = neighbour_purity(model, world, cold, warm)
     assert purity > 4 / NUM_CLUSTERS
-
-
-def cold_hit_rate(model, world, k=10):
-    """HR@k of each cold item for held-out queries from its own cluster.
-
-    Every text-only cold item is the target of every test query whose items
-    come from its cluster, ranked against the whole catalogue (warm items
-    included) minus the query's own items.
-    """
-    _, test, vocab, cluster = world
-    cases = make_cases(test, vocab, seed=0)
-    emb = model.item_embeddings()
-    queries = model.query_embeddings(histories_from_lists(cases.queries, 20))
-    query_cluster = np.array([np.bincount(cluster[q].astype(int)).argmax()
-                              for q in cases.queries])
-    scores = queries @ emb.T
-    scores[:, 0] = -np.inf
-    for row, own in enumerate(cases.queries):
-        scores[row, own] = -np.inf
-    hits = []
-    for item in np.flatnonzero(vocab.counts == 0)[1:]:
-        rows = scores[query_cluster == cluster[item]]
-        hits.append(((rows > rows[:, [item]]).sum(1) < k).mean())
-    return float(np.mean(hits))
-
-
-def test_id_dropout_helps_cold_items(world, trained):
-    # Two seeds each way: the effect is large, single runs are noisy.
-    on = [cold_hit_rate(trained[0], world), cold_hit_rate(fit(world, seed=2)[0], world)]
-    off = [cold_hit_rate(fit(world, id_dropout=0.0, seed=s)[0], world) for s in (1, 2)]
-    # Cold items are encoded from text alone; id-dropout trains that path on
-    # behaviour directly, so (with the text-alignment loss on, as in `fit`)
-    # cold items are found more often with it.
-    assert np.mean(on) > np.mean(off) + 0.05, (on, off)
 
 
 def test_retrieval_objective_trains_the_query_tower(world):

@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from tfrec.config import RunConfig, from_dict
 from tfrec.errors import InputError

@@ -8,8 +8,6 @@ only implements `compute_loss`, and Keras `fit` / `evaluate` do the rest.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -187,6 +185,3 @@ def build_model(config: ModelConfig, vocab: ItemVocabulary, seed: int | None = 4
                        retrieval_weight=config.retrieval_weight,
                        text_alignment=config.text_alignment)
 
-
-def model_config_dict(config: ModelConfig) -> dict:
-    return dataclasses.asdict(config)

@@ -22,7 +22,13 @@ from tfrec.errors import InputError
 
 @dataclasses.dataclass(frozen=True)
 class BatchingParameters:
-    """TF Serving's batching parameters (the ones this server acts on)."""
+    """TF Serving's batching parameters.
+
+    This server acts on max_batch_size, batch_timeout_micros and
+    pad_variable_length_inputs; num_batch_threads and max_enqueued_batches
+    are read and kept for compatibility (each batch runs on the thread of the
+    request that opened it, and the gRPC worker pool bounds the queue).
+    """
 
     max_batch_size: int = 256
     batch_timeout_micros: int = 2000

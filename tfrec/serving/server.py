@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import signal
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -512,12 +511,3 @@ class ModelServer:
             pass
         self.stop()
 
-
-def wait_until_available(manager: ModelManager, name: str, timeout: float = 60.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with manager._lock:  # noqa: SLF001
-            if any(v.state == AVAILABLE for v in manager.versions.get(name, {}).values()):
-                return True
-        time.sleep(0.05)
-    return False
