@@ -50,15 +50,9 @@ def load_data(config: RunConfig):
     from tfrec.data import events as events_lib
 
     data = config.data
-    if data.layout == "online_retail":
-        events, items, rejections = events_lib.read_online_retail(data.events, strict=data.strict)
-    else:
-        events, rejections = events_lib.read_events(data.events, data.events_schema,
-                                                    strict=data.strict)
-        items = None
-        if data.items:
-            items, _ = events_lib.read_items(data.items, data.items_schema, strict=data.strict,
-                                             rejections=rejections)
+    events, items, rejections, _ = events_lib.read_tables(
+        data.layout, data.events, data.items, data.events_schema, data.items_schema,
+        data.strict)
     return events, items, rejections
 
 

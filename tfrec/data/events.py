@@ -350,6 +350,46 @@ def read_items(path: str | Path, schema: ItemsSchema = ItemsSchema(), strict: bo
     return items, rejections
 
 
+def read_tables(layout: str = "events", events_path: str | Path | None = None,
+                items_path: str | Path | None = None,
+                events_schema: EventsSchema = EventsSchema(),
+                items_schema: ItemsSchema = ItemsSchema(), strict: bool = False
+                ) -> tuple[pd.DataFrame, pd.DataFrame | None, Rejections, str]:
+    """Reads a log in either layout.
+
+    Args:
+      layout: "events" (an events table, columns from `events_schema`, plus
+        an optional items table) or "online_retail" (the UCI Online Retail
+        layout, items derived from it; no path reads the bundled copy).
+
+    Returns:
+      (events, items or None, rejections, a description of the source).
+    """
+    if layout == "online_retail":
+        if items_path is not None:
+            raise InputError("an items table cannot be combined with the Online Retail "
+                             "layout, which carries its own item text", key="items")
+        if events_path is None:
+            from tfrec.datasets import online_retail_path
+            events_path = online_retail_path()
+        logger.info("reading %s (UCI Online Retail layout)", events_path)
+        events, items, rejections = read_online_retail(events_path, strict=strict)
+        return events, items, rejections, f"{events_path} (UCI Online Retail layout)"
+    if layout != "events":
+        raise InputError(f"unknown layout {layout!r} (use 'events' or 'online_retail')",
+                         key="layout")
+    if events_path is None:
+        raise InputError("no events file given", key="events")
+    logger.info("reading %s", events_path)
+    events, rejections = read_events(events_path, events_schema, strict=strict)
+    items = None
+    if items_path is not None:
+        logger.info("reading %s", items_path)
+        items, _ = read_items(items_path, items_schema, strict=strict, rejections=rejections)
+    return events, items, rejections, str(events_path) + (f" + {items_path}" if items_path
+                                                          else "")
+
+
 def _summary(rejections: Rejections) -> str:
     return "; ".join(f"{rule}: {count}" for rule, count in rejections.counts.items() if count)
 

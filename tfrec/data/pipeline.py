@@ -98,10 +98,13 @@ class PairPipeline:
             keep |= part.is_conversion
         window = self.config.window if self.config.mode == "window" else None
         pairs = skipgram_pairs(part, window, self.config.global_context, keep)
+        # Only counted, so counted before the shuffle rather than shuffled along.
+        global_pairs = int((pairs.pop("kind") == KIND_GLOBAL).sum())
         order = _shuffle_order(rng, len(pairs["target"]))
         pairs = {k: v[order] for k, v in pairs.items()}
         pairs["negatives"] = self._negatives(rng, pairs["target"], pairs["context"])
         pairs["kept_events"] = np.int64(part.num_events if keep is None else keep.sum())
+        pairs["global_pairs"] = np.int64(global_pairs)
         return pairs
 
     def _negatives(self, rng: np.random.Generator, target: np.ndarray,
@@ -140,10 +143,10 @@ class PairPipeline:
         chunks = [int(c) for c in rng.permutation(self.num_chunks)]
         for chunk, pairs in zip(chunks, self._generate(epoch, chunks)):
             kept = int(pairs.pop("kept_events"))
-            kind = pairs.pop("kind")
+            global_pairs = int(pairs.pop("global_pairs"))
             if stats is not None:
-                stats.pairs += len(kind)
-                stats.global_pairs += int((kind == KIND_GLOBAL).sum())
+                stats.pairs += len(pairs["target"])
+                stats.global_pairs += global_pairs
                 stats.kept_events += kept
                 stats.events += int(self.sessions.row_splits[self.chunk_bounds[chunk + 1]]
                                     - self.sessions.row_splits[self.chunk_bounds[chunk]])

@@ -15,7 +15,6 @@ from tfrec.data import events as events_lib
 from tfrec.data.pipeline import EpochStats, PairPipeline
 from tfrec.data.sessions import Sessions, sessionize
 from tfrec.data.vocab import ItemVocabulary, build_vocabulary
-from tfrec.errors import InputError
 from tfrec.utils import ensure_folder
 
 logger = logging.getLogger(__name__)
@@ -51,30 +50,8 @@ def prepare(events_path: str | Path | None = None, items_path: str | Path | None
       strict: fail on the first bad row instead of counting and dropping it.
     """
     started = time.perf_counter()
-    if layout == "online_retail":
-        if items_path is not None:
-            raise InputError("--items cannot be combined with the Online Retail layout, "
-                             "which carries its own item text", key="items")
-        if events_path is None:
-            from tfrec.datasets import online_retail_path
-            events_path = online_retail_path()
-        logger.info("reading %s (UCI Online Retail layout)", events_path)
-        events, items, rejections = events_lib.read_online_retail(events_path, strict=strict)
-        source = f"{events_path} (UCI Online Retail layout)"
-    elif layout == "events":
-        if events_path is None:
-            raise InputError("no events file given", key="events")
-        logger.info("reading %s", events_path)
-        events, rejections = events_lib.read_events(events_path, events_schema, strict=strict)
-        items = None
-        if items_path is not None:
-            logger.info("reading %s", items_path)
-            items, _ = events_lib.read_items(items_path, items_schema, strict=strict,
-                                             rejections=rejections)
-        source = str(events_path) + (f" + {items_path}" if items_path else "")
-    else:
-        raise InputError(f"unknown layout {layout!r} (use 'events' or 'online_retail')",
-                         key="layout")
+    events, items, rejections, source = events_lib.read_tables(
+        layout, events_path, items_path, events_schema, items_schema, strict)
     logger.info("read %d events in %.1fs; building vocabulary and sessions", len(events),
                 time.perf_counter() - started)
     vocab = build_vocabulary(events, items)
@@ -92,11 +69,9 @@ def split_counts(data: PreparedData, split_date: str) -> dict:
     Items first seen on or after the split date are the ones a model trained
     on the earlier events has never seen: cold-start items at that split.
     """
-    try:
-        cut = int(pd.Timestamp(split_date).value // 10**9)
-    except (ValueError, TypeError):
-        raise InputError(f"cannot parse split date {split_date!r} (use YYYY-MM-DD)",
-                         key="split-date") from None
+    from tfrec.evaluate.protocol import parse_split_date  # protocol imports tfrec.data
+
+    cut = parse_split_date(split_date, "split-date")
     time = data.events["time"].to_numpy()
     first_seen = data.events.groupby("item", sort=False)["time"].min()
     starts = data.sessions.start_time

@@ -22,6 +22,15 @@ from tfrec.errors import InputError
 from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
 
 
+def parse_split_date(value: str, key: str = "train.split_date") -> int:
+    """YYYY-MM-DD (or any pandas timestamp text) -> epoch seconds."""
+    try:
+        return int(pd.Timestamp(value).value // 10**9)
+    except (ValueError, TypeError):
+        raise InputError(f"cannot parse split date {value!r} (use YYYY-MM-DD)",
+                         key=key) from None
+
+
 def split_events(events: pd.DataFrame, split_date: str | None = None,
                  split_fraction: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame, int | None]:
     """(train, test, cut) by date, or by the last `split_fraction` of the time range.
@@ -31,11 +40,7 @@ def split_events(events: pd.DataFrame, split_date: str | None = None,
     """
     time = events["time"].to_numpy()
     if split_date is not None:
-        try:
-            cut = int(pd.Timestamp(split_date).value // 10**9)
-        except (ValueError, TypeError):
-            raise InputError(f"cannot parse split date {split_date!r} (use YYYY-MM-DD)",
-                             key="train.split_date") from None
+        cut = parse_split_date(split_date)
     elif split_fraction > 0:
         lo, hi = int(time.min()), int(time.max())
         cut = int(hi - (hi - lo) * split_fraction)
