@@ -149,3 +149,33 @@ def test_dataset_feeds_keras_fit(corpus):
     history = model.fit(ds.take(40), epochs=2, verbose=0)
     losses = history.history["loss"]
     assert len(losses) == 2 and losses[1] < losses[0]
+
+
+def test_retrieval_queries_previous_and_whole_session():
+    from tfrec.data.sequences import NextItemPipeline, context_matrix, history_matrix
+
+    items = np.array([1, 2, 3, 4, 5])
+    session_of = np.array([0, 0, 0, 1, 1])
+    positions = np.array([1, 3])
+    # The 4 events before each position, most recent last.
+    assert history_matrix(items, session_of, positions, 4).tolist() == [[0, 0, 0, 1],
+                                                                          [0, 0, 0, 0]]
+    # Two before and two after, the position itself left out, within the session only.
+    assert context_matrix(items, session_of, positions, 4).tolist() == [[0, 1, 3, 0],
+                                                                          [0, 0, 5, 0]]
+    events = pd.DataFrame({"user": ["a"] * 3 + ["b"] * 2 + ["c"],
+                           "item": ["x", "y", "z", "x", "y", "z"],
+                           "time": [0, 60, 120, 0, 60, 0], "session": None, "event": None,
+                           "line": range(6)})
+    vocab = build_vocabulary(events)
+    sessions = sessionize(events, vocab, SessionConfig())
+    nxt = NextItemPipeline(sessions, vocab, 4, context="previous")
+    whole = NextItemPipeline(sessions, vocab, 4, context="session")
+    # previous: every event but the first of its session; session: every event of a
+    # session of two or more (the lone event of user c is in neither).
+    assert (nxt.num_examples, whole.num_examples) == (3, 5)
+    batch = next(whole.epoch(0))
+    for history, target in zip(batch["history"], batch["next_item"]):
+        assert target not in history and (history > 0).sum() >= 1
+    with pytest.raises(InputError, match="retrieval context"):
+        NextItemPipeline(sessions, vocab, 4, context="future")

@@ -173,6 +173,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tfrec.evaluate.runner import evaluate_run, format_report, parse_baselines
+
+    report = evaluate_run(args.run, args.out, parse_baselines(args.baselines), k=args.k,
+                          gensim_epochs=args.gensim_epochs)
+    print(format_report(report))
+    out = args.out or f"{args.run}/evaluation"
+    print(f"report: {out}/report.html, {out}/report.json")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from tfrec.serving.batching import BatchingParameters, Batcher, read_batching_parameters
     from tfrec.serving.server import ModelServer
@@ -264,6 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true",
                     help="replace an existing run folder")
     tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser(
+        "evaluate", help="rank held-out cases with the model and the baselines; write a report",
+        description="Evaluate a trained run on its held-out cases (the run's data, split and "
+                    "seed) beside the baselines (popularity, gensim item2vec, TF-IDF text, "
+                    "tfrec with the text tower off, with the id tower off); print the table "
+                    "and write report.json and a self-contained report.html with plots.")
+    ev.add_argument("--run", required=True, metavar="RUN_DIR", help="a tfrec train run folder")
+    ev.add_argument("--out", metavar="DIR", help="report folder (default RUN_DIR/evaluation)")
+    ev.add_argument("--baselines", default="all", metavar="LIST",
+                    help="'all' (default), 'none' or a comma-separated subset of popularity, "
+                         "item2vec_gensim, tfidf_text, tfrec_text_off, tfrec_id_off (the "
+                         "tfrec variants are trained once under RUN_DIR/baselines/ and reused)")
+    ev.add_argument("-k", type=int, help="K of HR@K and NDCG@K (default: the run's eval_k)")
+    ev.add_argument("--gensim-epochs", type=int, default=10,
+                    help="passes of the gensim item2vec baseline (default 10)")
+    ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser(
         "export", help="export a trained run as a versioned SavedModel with a ScaNN index",

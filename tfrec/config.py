@@ -179,6 +179,10 @@ class ModelConfig:
         embedding towards its full (id + text) embedding, held fixed. Off by
         default: on the bundled data it lowered the cold-item hit rate (see
         the README).
+      retrieval_context: what the query of a retrieval example is: "previous"
+        (the session's events before the target: next-item prediction) or
+        "session" (the other events of the target's session: leave one out,
+        for baskets and visits whose order carries no meaning).
       history_length: items of a session the query tower looks at (the last N).
       pooling: query tower pooling: "mean", "recency" or "attention".
       recency_decay: weight ratio between consecutive history items (recency).
@@ -192,6 +196,7 @@ class ModelConfig:
     temperature: float = 0.1
     retrieval_weight: float = 1.0
     text_alignment: float = 0.0
+    retrieval_context: str = "previous"
     history_length: int = 20
     pooling: str = "mean"
     recency_decay: float = 0.9
@@ -208,6 +213,9 @@ class ModelConfig:
         if self.objective not in ("skipgram", "retrieval", "both"):
             raise InputError(f"objective must be 'skipgram', 'retrieval' or 'both', got "
                              f"{self.objective!r}", key="objective")
+        if self.retrieval_context not in ("previous", "session"):
+            raise InputError(f"retrieval_context must be 'previous' or 'session', got "
+                             f"{self.retrieval_context!r}", key="retrieval_context")
         if self.pooling not in ("mean", "recency", "attention"):
             raise InputError(f"pooling must be 'mean', 'recency' or 'attention', got "
                              f"{self.pooling!r}", key="pooling")

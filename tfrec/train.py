@@ -68,6 +68,7 @@ class TrainingData:
     rejections: object
     train_events: int
     test_events: int
+    test_slice: object = None
 
 
 def prepare_training_data(config: RunConfig) -> TrainingData:
@@ -91,10 +92,11 @@ def prepare_training_data(config: RunConfig) -> TrainingData:
     next_items = None
     if config.model.objective in ("retrieval", "both"):
         next_items = NextItemPipeline(sessions, vocab, config.model.history_length,
-                                      config.train.retrieval_batch_size, config.data.pairs.seed)
+                                      config.train.retrieval_batch_size, config.data.pairs.seed,
+                                      config.model.retrieval_context)
     cases = make_cases(test_events, vocab, config.train.eval_seed, config.data.sessions)
     return TrainingData(vocab, sessions, pairs, next_items, cases, rejections,
-                        len(train_events), len(test_events))
+                        len(train_events), len(test_events), test_events)
 
 
 def make_dataset(data: TrainingData, objective: str, steps_per_epoch: int | None = None):

@@ -25,6 +25,24 @@ def history_matrix(items: np.ndarray, session_of: np.ndarray, positions: np.ndar
     return np.where(valid, items[idx], 0).astype(np.int32)
 
 
+def context_matrix(items: np.ndarray, session_of: np.ndarray, positions: np.ndarray,
+                   length: int) -> np.ndarray:
+    """[len(positions), length] the other events of each position's session.
+
+    The `length - length // 2` events before the position then the
+    `length // 2` after it (the position itself left out), 0 where the
+    session has none: leave-one-out queries for baskets, whose order means
+    nothing.
+    """
+    after = length // 2
+    offsets = np.concatenate([np.arange(after - length, 0), np.arange(1, after + 1)])
+    idx = positions[:, None] + offsets[None, :]
+    valid = (idx >= 0) & (idx < len(items))
+    idx = np.where(valid, idx, 0)
+    valid &= session_of[idx] == session_of[positions][:, None]
+    return np.where(valid, items[idx], 0).astype(np.int32)
+
+
 def histories_from_lists(queries: list, length: int) -> np.ndarray:
     """[n, length] the last `length` items of each list, left-padded with 0."""
     out = np.zeros((len(queries), length), dtype=np.int32)
@@ -38,21 +56,33 @@ def histories_from_lists(queries: list, length: int) -> np.ndarray:
 class NextItemPipeline:
     """Batches of {history [B, N], next_item [B], candidate_probability [B]}.
 
-    Every event after the first of its session is an example: the query is
-    the session so far (its last N events), the candidate the event's item.
+    With `context="previous"` every event after the first of its session is
+    an example: the query is the session so far (its last N events), the
+    candidate the event's item (next-item prediction). With
+    `context="session"` every event of a session of two or more events is an
+    example and the query is the rest of the session around it (leave one
+    out: what a basket-completion or "more like this visit" query looks like).
     `candidate_probability` is the item's share of all examples, the
     sampling probability the logQ correction of in-batch softmax needs.
     Deterministic for a seed; each pass (Keras epoch) reshuffles.
     """
 
     def __init__(self, sessions: Sessions, vocab: ItemVocabulary, history_length: int,
-                 batch_size: int = 1024, seed: int = 42):
+                 batch_size: int = 1024, seed: int = 42, context: str = "previous"):
+        if context not in ("previous", "session"):
+            raise InputError(f"retrieval context must be 'previous' or 'session', got "
+                             f"{context!r}", key="model.retrieval_context")
         self.items = sessions.items
         self.session_of = sessions.session_ids()
         starts = sessions.row_splits[:-1]
-        first = np.zeros(sessions.num_events, dtype=bool)
-        first[starts[sessions.lengths > 0]] = True
-        self.positions = np.flatnonzero(~first)
+        if context == "previous":
+            first = np.zeros(sessions.num_events, dtype=bool)
+            first[starts[sessions.lengths > 0]] = True
+            self.positions = np.flatnonzero(~first)
+            self._query = history_matrix
+        else:
+            self.positions = np.flatnonzero(np.repeat(sessions.lengths >= 2, sessions.lengths))
+            self._query = context_matrix
         if len(self.positions) == 0:
             raise InputError("no session has two events: nothing to train retrieval on")
         counts = np.bincount(self.items[self.positions], minlength=vocab.size)
@@ -72,8 +102,8 @@ class NextItemPipeline:
         for start in range(0, len(order), self.batch_size):
             pos = order[start:start + self.batch_size]
             nxt = self.items[pos]
-            yield {"history": history_matrix(self.items, self.session_of, pos,
-                                             self.history_length),
+            yield {"history": self._query(self.items, self.session_of, pos,
+                                          self.history_length),
                    "next_item": nxt.astype(np.int32),
                    "candidate_probability": self.probability[nxt]}
 

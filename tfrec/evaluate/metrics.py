@@ -19,35 +19,51 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
     return float(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
 
 
-def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray,
-                 targets: np.ndarray, exclude: list, valid: np.ndarray | None = None,
-                 chunk: int | None = None) -> np.ndarray:
+def target_ranks(query_embeddings, item_embeddings, targets: np.ndarray, exclude: list,
+                 valid: np.ndarray | None = None, chunk: int | None = None,
+                 tie_seed: int | None = 0) -> np.ndarray:
     """Rank of each target among all valid items by dot-product score.
 
     Args:
-      query_embeddings: [n, d].
-      item_embeddings: [num_items, d].
+      query_embeddings: [n, d] (numpy, or a scipy sparse matrix).
+      item_embeddings: [num_items, d] (numpy, or a scipy sparse matrix).
       targets: [n] item index of each case's held-out item.
       exclude: n lists of item indices not to rank (the query's own items).
       valid: [num_items] bool, items that may be recommended (default all).
+      tie_seed: items scoring exactly as much as the target are put in a
+        random order fixed by this seed, and those before the target count
+        against it (an unbiased tie-break: a method scoring everything
+        equally gets chance-level ranks). None counts no tie against it.
 
     Returns:
-      [n] int64 ranks: how many valid, non-excluded items score strictly
-      higher than the target.
+      [n] int64 ranks (0 = first): how many valid, non-excluded items come
+      before the target.
     """
-    n, num_items = len(targets), len(item_embeddings)
+    n, num_items = len(targets), item_embeddings.shape[0]
+    if query_embeddings.shape[0] != n or len(exclude) != n:
+        raise ValueError(f"{query_embeddings.shape[0]} queries and {len(exclude)} exclusion "
+                         f"lists for {n} targets")
     valid = np.ones(num_items, dtype=bool) if valid is None else np.asarray(valid, bool)
     chunk = chunk or max(1, (1 << 24) // max(num_items, 1))
+    priority = (None if tie_seed is None
+                else np.random.default_rng(tie_seed).permutation(num_items))
     ranks = np.empty(n, dtype=np.int64)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         scores = query_embeddings[start:stop] @ item_embeddings.T
+        scores = np.asarray(scores.toarray() if hasattr(scores, "toarray") else scores,
+                            dtype=np.float64)
         scores[:, ~valid] = -np.inf
         rows = np.concatenate([np.full(len(e), i) for i, e in
                                enumerate(exclude[start:stop])] + [np.zeros(0, int)])
         cols = np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude[start:stop]]
                               + [np.zeros(0, np.int64)])
         scores[rows.astype(np.int64), cols] = -np.inf
-        own = scores[np.arange(stop - start), targets[start:stop]]
-        ranks[start:stop] = (scores > own[:, None]).sum(axis=1)
+        target = targets[start:stop]
+        own = scores[np.arange(stop - start), target]
+        before = (scores > own[:, None]).sum(axis=1)
+        if priority is not None:
+            tied = (scores == own[:, None]) & (priority[None, :] < priority[target][:, None])
+            before += tied.sum(axis=1)
+        ranks[start:stop] = before
     return ranks

@@ -1,0 +1,252 @@
+"""tfrec evaluate: metrics, the split, the baselines and the report."""
+
+import base64
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfrec import cli
+from tfrec.config import SessionConfig
+from tfrec.data.vocab import build_vocabulary
+from tfrec.evaluate import baselines
+from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
+from tfrec.evaluate.protocol import make_cases, split_events
+from tfrec.evaluate.runner import check_bar, evaluate_run, format_report, parse_baselines
+from tfrec.errors import InputError
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def test_hit_rate_and_ndcg_by_hand():
+    ranks = np.array([0, 1, 9, 10, 40])
+    assert hit_rate(ranks, 10) == pytest.approx(3 / 5)
+    assert hit_rate(ranks, 1) == pytest.approx(1 / 5)
+    # 1/log2(2) + 1/log2(3) + 1/log2(11), the two outside the top 10 count 0.
+    assert ndcg(ranks, 10) == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(11)) / 5)
+    assert math.isnan(hit_rate(np.array([]), 10))
+
+
+def test_target_ranks_by_hand():
+    items = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [-1.0, 0.0]])
+    queries = np.array([[1.0, 0.0], [1.0, 0.0]])
+    valid = np.array([False, True, True, True, True])
+    # Scores for the query: 1.0, 0.0, 0.7, -1.0 (items 1..4).
+    ranks = target_ranks(queries, items, np.array([2, 2]), [[], [1]], valid)
+    # Target 2 (score 0): items 1 and 3 score higher; with item 1 excluded only item 3.
+    assert ranks.tolist() == [2, 1]
+
+
+def test_ties_are_broken_at_random_not_in_the_targets_favour():
+    items = np.ones((1001, 1))
+    queries = np.ones((500, 1))
+    targets = np.random.default_rng(0).integers(1, 1001, 500)
+    valid = np.ones(1001, bool)
+    valid[0] = False
+    ranks = target_ranks(queries, items, targets, [[]] * 500, valid)
+    # Everything ties: ranks are uniform on 0..999, not all 0.
+    assert 350 < ranks.mean() < 650
+    assert hit_rate(ranks, 10) < 0.05
+    optimistic = target_ranks(queries, items, targets, [[]] * 500, valid, tie_seed=None)
+    assert optimistic.max() == 0
+
+
+# ----------------------------------------------------------------------------- the split
+
+def retail_events():
+    """Two customers, baskets on both sides of 2011-10-01, one basket spanning midnight."""
+    rows = [
+        ("u1", "A", "2011-09-01 10:00", "s1"), ("u1", "B", "2011-09-01 10:00", "s1"),
+        ("u1", "C", "2011-09-30 23:50", "s2"), ("u1", "D", "2011-10-01 00:05", "s2"),
+        ("u2", "A", "2011-10-02 09:00", "s3"), ("u2", "E", "2011-10-02 09:00", "s3"),
+        ("u2", "B", "2011-10-02 09:00", "s3"), ("u1", "B", "2011-10-05 12:00", "s4"),
+        ("u1", "F", "2011-10-05 12:00", "s4"),
+    ]
+    frame = pd.DataFrame(rows, columns=["user", "item", "time", "session"])
+    frame["time"] = pd.to_datetime(frame["time"]).astype("datetime64[s]").astype("int64")
+    frame["event"] = pd.NA
+    frame["line"] = np.arange(2, len(frame) + 2)
+    return frame
+
+
+def test_split_never_puts_a_test_session_in_training():
+    events = retail_events()
+    train, test, cut = split_events(events, "2011-10-01")
+    # s2 starts before the cut, so its event after midnight stays in training.
+    assert set(train["session"]) == {"s1", "s2"}
+    assert set(test["session"]) == {"s3", "s4"}
+    assert not set(train["session"]) & set(test["session"])
+    assert len(train) + len(test) == len(events)
+    assert test.groupby("session")["time"].min().min() >= cut
+
+
+def test_cases_come_from_test_sessions_only_and_mark_cold_targets():
+    events = retail_events()
+    train, test, _ = split_events(events, "2011-10-01")
+    items = pd.DataFrame({"item": list("ABCDEF"), "text": ["a", "b", "c", "d", "e", "f"],
+                          "market": None})
+    vocab = build_vocabulary(train, items)
+    cases = make_cases(test, vocab, seed=1, session_config=SessionConfig())
+    assert len(cases) == 2
+    test_items = set(vocab.lookup(test["item"]))
+    for query, target in zip(cases.queries, cases.targets):
+        assert target in test_items and set(query) <= test_items and target not in query
+    # E and F were never sold before the split: cold.
+    expected_cold = [vocab.ids[t] in ("E", "F") for t in cases.targets]
+    assert cases.cold.tolist() == expected_cold
+
+
+# ----------------------------------------------------------------------------- baselines
+
+@pytest.fixture
+def tiny():
+    """Items 1-4 'red' things bought together, 5-8 'blue' ones; item 9 is cold."""
+    from tfrec.data.sessions import sessionize
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(300):
+        group = list("ABCD") if s % 2 else list("EFGH")
+        for item in rng.choice(group, 3, replace=False):
+            rows.append((f"u{s % 40}", item, 1_000_000 + s * 7200, None))
+    events = pd.DataFrame(rows, columns=["user", "item", "time", "session"])
+    events["event"] = pd.NA
+    events["line"] = np.arange(len(events))
+    items = pd.DataFrame({"item": list("ABCDEFGHI"),
+                          "text": ["red cup", "red mug", "red plate", "red bowl", "blue cup",
+                                   "blue mug", "blue plate", "blue bowl", "red jug"],
+                          "market": None})
+    vocab = build_vocabulary(events, items)
+    sessions = sessionize(events, vocab, SessionConfig())
+    return vocab, sessions
+
+
+def ranks_for(emb, vocab, query_ids, target_ids):
+    queries = [[vocab.index_of(i) for i in q] for q in query_ids]
+    targets = np.array([vocab.index_of(t) for t in target_ids])
+    valid = np.ones(vocab.size, bool)
+    valid[0] = False
+    return target_ranks(emb.queries, emb.items, targets, queries, valid)
+
+
+def test_popularity_ranks_by_training_count(tiny):
+    vocab, _ = tiny
+    emb = baselines.popularity(vocab, [[vocab.index_of("A")]])
+    top = int(np.argmax(emb.items[:, 0]))
+    assert vocab.counts[top] == vocab.counts.max()
+    assert emb.items[vocab.index_of("I"), 0] == 0  # cold: no events
+
+
+def test_tfidf_finds_the_item_with_shared_words(tiny):
+    vocab, _ = tiny
+    queries = [["A", "B", "C"], ["E", "F", "G"], ["A", "B", "C"]]
+    emb = baselines.tfidf(vocab, [[vocab.index_of(i) for i in q] for q in queries])
+    ranks = ranks_for(emb, vocab, queries, ["D", "H", "I"])
+    # "red bowl" after three red things; "blue bowl" after three blue ones.
+    assert ranks[:2].tolist() == [0, 0]
+    # The cold "red jug" shares "red": only "red bowl" ranks above it, no blue item.
+    assert ranks[2] == 1
+
+
+def test_gensim_item2vec_learns_co_bought_items(tiny):
+    vocab, sessions = tiny
+    queries = [["A", "B"], ["E", "F"]] * 2
+    emb = baselines.item2vec_gensim(sessions, vocab, [[vocab.index_of(i) for i in q]
+                                                      for q in queries], dim=8, epochs=20,
+                                    sample=0.0, workers=1)
+    # The other two items of the group come first (ranks 0 and 1), not the other group.
+    assert ranks_for(emb, vocab, queries, ["C", "G", "D", "H"]).max() <= 1
+    assert not emb.items[vocab.index_of("I")].any()  # cold item: no vector
+
+
+def test_parse_baselines_rejects_unknown_names():
+    assert parse_baselines("none") == ()
+    assert parse_baselines("popularity,tfidf_text") == ("popularity", "tfidf_text")
+    with pytest.raises(InputError, match="unknown baseline.*word2vec"):
+        parse_baselines("popularity,word2vec")
+
+
+def test_check_bar_compares_the_right_groups():
+    def method(a, w, c):
+        return {"all": {"hr@10": a}, "warm": {"hr@10": w}, "cold": {"hr@10": c}}
+
+    methods = {"tfrec": method(0.25, 0.24, 0.2), "tfidf_text": method(0.2, 0.19, 0.21),
+               "item2vec_gensim": method(0.18, 0.23, 0.0)}
+    checks = {c["check"]: c["met"] for c in check_bar(methods, 10, {"cold": 0.18})}
+    assert checks == {"beats every baseline on all cases": True,
+                      "matches or beats the best text-only method on cold targets": False,
+                      "matches or beats item2vec on warm targets": True,
+                      "HR@10 on cold targets >= 0.18": True}
+
+
+# ----------------------------------------------------------------------------- the report
+
+@pytest.fixture(scope="module")
+def report(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluation")
+    result = evaluate_run(run_dir, out, ("popularity", "tfidf_text", "item2vec_gensim",
+                                         "tfrec_id_off"), gensim_epochs=3)
+    return out, result
+
+
+def test_report_has_every_method_on_the_same_cases(report):
+    _, result = report
+    assert set(result["methods"]) == {"tfrec", "popularity", "tfidf_text", "item2vec_gensim",
+                                      "tfrec_id_off"}
+    cases = result["protocol"]["cases"]
+    for m in result["methods"].values():
+        assert m["all"]["cases"] == cases
+        assert m["warm"]["cases"] + m["cold"]["cases"] == cases
+        curve = m["all"]["hr_curve"]
+        assert len(curve) == 50 and curve == sorted(curve)
+        assert curve[9] == pytest.approx(m["all"]["hr@10"])
+    # The trained model is far above popularity on clustered data.
+    assert result["methods"]["tfrec"]["all"]["hr@10"] > result["methods"]["popularity"]["all"][
+        "hr@10"]
+    assert 0.5 < result["index_recall"]["recall"]["10"] <= 1.0
+
+
+def test_report_files_and_html_plots_exist(report):
+    out, result = report
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["methods"].keys() == result["methods"].keys()
+    page = (out / "report.html").read_text()
+    referenced = re.findall(r'data-file="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    assert {f for f, _ in referenced} == set(on_disk["plots"])
+    assert {"plots/hr_at_k.png", "plots/warm_cold.png", "plots/index_recall.png",
+            "plots/embedding_map.png"} <= set(on_disk["plots"])
+    for name, data in referenced:
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and base64.b64decode(data) == png
+    for label in ("popularity", "text only (TF-IDF)", "item2vec (gensim)"):
+        assert label in page
+
+
+def test_conversion_rank_where_the_data_has_conversions(report):
+    _, result = report
+    conversion = result["conversion"]
+    # The generated sessions end in a purchase a third of the time.
+    assert conversion["available"] and conversion["sessions"] > 10
+    assert len(conversion["share_in_top_k"]) == 50
+
+
+def test_evaluate_cli_prints_the_table(run_dir, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert cli.main(["-q", "evaluate", "--run", str(run_dir), "--out", str(out),
+                     "--baselines", "popularity"]) == 0
+    printed = capsys.readouterr().out
+    assert "tfrec (full model)" in printed and "popularity" in printed
+    assert "index recall@10" in printed and (out / "report.html").exists()
+    assert format_report(json.loads((out / "report.json").read_text())) in printed
+
+
+def test_evaluate_cli_bad_input(run_dir, tmp_path, capsys):
+    assert cli.main(["evaluate", "--run", str(tmp_path), "--baselines", "none"]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--run", str(run_dir), "--baselines", "gensim"]) == 2
+    assert "unknown baseline" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--run", str(run_dir), "-k", "500"]) == 2
+    assert "k must be" in capsys.readouterr().err

@@ -1,0 +1,191 @@
+"""report.json, plots (PNG, matplotlib) and a self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tfrec.utils import ensure_folder
+
+PLOTS = ("hr_at_k.png", "warm_cold.png", "index_recall.png", "embedding_map.png")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_hr_curves(report: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    ks = np.arange(1, len(next(iter(report["methods"].values()))["all"]["hr_curve"]) + 1)
+    for ax, group in zip(axes, ("all", "warm", "cold")):
+        for name, m in report["methods"].items():
+            ax.plot(ks, m[group]["hr_curve"], label=m["label"],
+                    linewidth=2.5 if name == "tfrec" else 1.3)
+        ax.set_title(f"{group} targets ({next(iter(report['methods'].values()))[group]['cases']:,}"
+                     " cases)")
+        ax.set_xlabel("K")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("HR@K")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_warm_cold(report: dict, path: Path) -> None:
+    plt = _pyplot()
+    k = report["k"]
+    names = list(report["methods"])
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    width = 0.8 / 3
+    x = np.arange(len(names))
+    for i, group in enumerate(("all", "warm", "cold")):
+        values = [report["methods"][n][group][f"hr@{k}"] for n in names]
+        bars = ax.bar(x + (i - 1) * width, values, width, label=group)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    for check in report.get("checks", []):
+        if "target" in check:
+            ax.axhline(check["target"], color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(x, [report["methods"][n]["label"] for n in names], rotation=15, fontsize=8)
+    ax.set_ylabel(f"HR@{k}")
+    ax.set_title(f"HR@{k}: all, warm and cold targets (dotted: the bar)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_index_recall(report: dict, path: Path) -> None:
+    plt = _pyplot()
+    recall = report["index_recall"]["recall"]
+    ks = [int(k) for k in recall]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ks, [recall[str(k)] for k in ks], marker="o")
+    ax.set_ylim(min(0.8, min(recall.values()) - 0.02), 1.005)
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k")
+    ax.set_ylabel("recall@k vs exact search")
+    ax.set_title(f"ScaNN index recall ({report['index_recall']['queries']:,} case queries)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_embedding_map(points: np.ndarray, codes: np.ndarray, names: list[str],
+                       cold: np.ndarray, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    other = codes < 0
+    ax.scatter(points[other, 0], points[other, 1], s=3, c="lightgrey", label="other")
+    cmap = plt.get_cmap("tab10")
+    for i, name in enumerate(names):
+        mask = codes == i
+        ax.scatter(points[mask & ~cold, 0], points[mask & ~cold, 1], s=6, color=cmap(i % 10),
+                   label=name)
+        ax.scatter(points[mask & cold, 0], points[mask & cold, 1], s=30, color=cmap(i % 10),
+                   marker="x")
+    ax.set_title("item embeddings, first two principal components (x: cold items)")
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_conversion(report: dict, path: Path) -> None:
+    plt = _pyplot()
+    share = report["conversion"]["share_in_top_k"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(np.arange(1, len(share) + 1), share)
+    ax.set_xlabel("K")
+    ax.set_ylabel("share of sessions")
+    ax.set_title("converted item in the top K given the session's other items")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: str | Path, item_embeddings: np.ndarray,
+                 codes: np.ndarray, names: list[str], cold: np.ndarray) -> Path:
+    """Writes report.json, plots/*.png and report.html; returns the HTML path."""
+    from tfrec.evaluate.runner import pca_2d
+
+    out_dir = ensure_folder(out_dir, "report folder")
+    plots = ensure_folder(out_dir / "plots", "plots folder")
+    plot_hr_curves(report, plots / "hr_at_k.png")
+    plot_warm_cold(report, plots / "warm_cold.png")
+    plot_index_recall(report, plots / "index_recall.png")
+    plot_embedding_map(pca_2d(item_embeddings), codes, names, cold, plots / "embedding_map.png")
+    files = list(PLOTS)
+    if report["conversion"].get("available"):
+        plot_conversion(report, plots / "conversion_rank.png")
+        files.append("conversion_rank.png")
+    report = {**report, "plots": [f"plots/{f}" for f in files]}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    page = out_dir / "report.html"
+    page.write_text(render_html(report, out_dir))
+    return page
+
+
+def _img(out_dir: Path, relative: str, alt: str) -> str:
+    data = base64.b64encode((out_dir / relative).read_bytes()).decode()
+    return (f'<figure><img alt="{html.escape(alt)}" data-file="{html.escape(relative)}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption>'
+            "</figure>")
+
+
+def render_html(report: dict, out_dir: Path) -> str:
+    from tfrec.evaluate.runner import LABELS, format_report
+
+    k = report["k"]
+    p = report["protocol"]
+    rows = []
+    for m in report["methods"].values():
+        cells = "".join(f"<td>{m[g][f'hr@{k}']:.4f}</td>" for g in ("all", "warm", "cold"))
+        cells += "".join(f"<td>{m[g][f'ndcg@{k}']:.4f}</td>" for g in ("all", "warm", "cold"))
+        rows.append(f"<tr><th>{html.escape(m['label'])}</th>{cells}<td>{m['seconds']:.0f}s</td>"
+                    "</tr>")
+    checks = "".join(
+        f"<li class=\"{'met' if c['met'] else 'missed'}\">{'met' if c['met'] else 'NOT met'}: "
+        f"{html.escape(c['check'])}: {c['model']:.4f} vs "
+        + (f"{c['baseline']:.4f} ({html.escape(LABELS.get(c['best_baseline'], ''))})"
+           if "baseline" in c else f"{c['target']}") + "</li>"
+        for c in report["checks"])
+    figures = "".join(_img(out_dir, rel, title) for rel, title in zip(report["plots"], (
+        f"HR@K, K = 1..{len(next(iter(report['methods'].values()))['all']['hr_curve'])}, "
+        "per method", f"HR@{k} on warm and cold targets", "index recall against exact search",
+        "2-D map of item embeddings by text category", "converted-item rank")))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tfrec evaluation</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1200px; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: 4px 10px; border-bottom: 1px solid #ddd; }}
+td {{ text-align: right; font-family: monospace; }} th {{ text-align: left; }}
+.met {{ color: #176117; }} .missed {{ color: #a11; }}
+figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
+pre {{ background: #f6f6f6; padding: 1em; }}
+</style></head><body>
+<h1>tfrec evaluation</h1>
+<p>Run <code>{html.escape(report['run'])}</code> ({html.escape(Path(report['checkpoint']).name)}).
+{p['cases']:,} held-out cases ({p['warm_cases']:,} warm, {p['cold_cases']:,} cold targets),
+{p['candidates']:,} candidate items; split {html.escape(str(p['split_date'] or p['split_fraction']))},
+seed {p['eval_seed']}.</p>
+<table><tr><th>method</th><th>HR@{k}</th><th>warm</th><th>cold</th><th>NDCG@{k}</th>
+<th>warm</th><th>cold</th><th>time</th></tr>{''.join(rows)}</table>
+<h2>Checks</h2><ul>{checks}</ul>
+<h2>Plots</h2>{figures}
+<h2>As printed</h2><pre>{html.escape(format_report(report))}</pre>
+</body></html>
+"""

@@ -1,0 +1,372 @@
+"""`tfrec evaluate`: the model and the baselines on the same held-out cases.
+
+The protocol is the run's own (its config's data, split and seed; see
+`protocol`): every method ranks the whole catalogue for every case, the
+query's own items excluded, and is scored on all, warm and cold targets.
+The report folder gets `report.json`, `report.html` (self-contained, plots
+embedded) and the plots as PNG files under `plots/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tfrec.errors import InputError
+from tfrec.evaluate import baselines as baselines_lib
+from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
+
+logger = logging.getLogger(__name__)
+
+MODEL = "tfrec"
+BASELINES = ("popularity", "item2vec_gensim", "tfidf_text", "tfrec_text_off", "tfrec_id_off")
+LABELS = {
+    "popularity": "popularity",
+    "item2vec_gensim": "item2vec (gensim)",
+    "tfidf_text": "text only (TF-IDF)",
+    "tfrec_text_off": "tfrec, text tower off",
+    "tfrec_id_off": "tfrec, id tower off",
+    MODEL: "tfrec (full model)",
+}
+TEXT_ONLY = ("tfidf_text", "tfrec_id_off")
+# The bar on the default protocol (bundled Online Retail, split 2011-10-01).
+DEFAULT_TARGETS = {"all": 0.24, "warm": 0.22, "cold": 0.18}
+MAX_K = 50
+
+
+@dataclasses.dataclass
+class MethodResult:
+    name: str
+    ranks: np.ndarray
+    seconds: float
+    note: str = ""
+
+
+def parse_baselines(text: str | None) -> tuple[str, ...]:
+    """'all' (default), 'none' or a comma-separated subset of BASELINES."""
+    if text is None or text == "all":
+        return BASELINES
+    if text == "none":
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise InputError(f"unknown baseline(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(BASELINES)}, 'all' or 'none'", key="baselines")
+    return names
+
+
+def scores_of(ranks: np.ndarray, cold: np.ndarray, k: int) -> dict:
+    """HR@k / NDCG@k for all, warm and cold targets, and HR@1..MAX_K curves."""
+    out = {}
+    for group, mask in (("all", np.ones(len(ranks), bool)), ("warm", ~cold), ("cold", cold)):
+        r = ranks[mask]
+        out[group] = {"cases": int(mask.sum()), f"hr@{k}": hit_rate(r, k),
+                      f"ndcg@{k}": ndcg(r, k),
+                      "hr_curve": [hit_rate(r, kk) for kk in range(1, MAX_K + 1)]}
+    return out
+
+
+class Step:
+    """Numbered progress lines: '[3/8] item2vec (gensim) ... done in 12.3s'."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.done = 0
+
+    def __call__(self, text: str):
+        self.done += 1
+        logger.info("[%d/%d] %s", self.done, self.total, text)
+        return time.perf_counter()
+
+
+def _variant_run(run_dir: Path, config, name: str, overrides: dict, progress):
+    """Trains (or reuses) the run's config with one tower off, under run/baselines/."""
+    from tfrec.train import load_run, train
+
+    folder = run_dir / "baselines" / name
+    model_config = dataclasses.replace(config.model, **overrides)
+    variant = dataclasses.replace(config, model=model_config)
+    if (folder / "checkpoints").exists():
+        try:
+            saved = json.loads((folder / "config.json").read_text())
+            if saved == json.loads(json.dumps(variant.to_dict())):
+                progress(f"{LABELS[name]}: reusing {folder}")
+                return load_run(folder)[2]
+        except (OSError, ValueError, InputError):
+            pass
+        import shutil
+
+        shutil.rmtree(folder)
+    progress(f"{LABELS[name]}: training ({config.train.epochs} epochs) in {folder}")
+    return train(variant, folder, verbose=0).model
+
+
+def _model_ranks(model, cases, history_length: int, valid: np.ndarray):
+    from tfrec.data.sequences import histories_from_lists
+
+    items = model.item_embeddings()
+    queries = model.query_embeddings(histories_from_lists(cases.queries, history_length))
+    return target_ranks(queries, items, cases.targets, cases.queries, valid), items, queries
+
+
+def index_recall(items: np.ndarray, queries: np.ndarray, ks=(1, 5, 10, 20, 50)) -> dict:
+    """ScaNN (the export's settings) against exact search on the case queries."""
+    from tfrec.index.ann import IndexConfig, build_index, exact_top_k, scann_parameters
+
+    embeddings, ids = items[1:], np.arange(1, len(items)).astype(str)
+    config = IndexConfig(kind="scann", max_k=max(ks))
+    started = time.perf_counter()
+    index = build_index(embeddings, ids, config)
+    build = time.perf_counter() - started
+    kmax = min(max(ks), len(embeddings))
+    import tensorflow as tf
+
+    _, found = index(tf.constant(queries, tf.float32), k=kmax)
+    found = found.numpy().astype(str)
+    exact = ids[exact_top_k(queries, embeddings, kmax)]
+    recall = {}
+    for k in ks:
+        k = min(k, kmax)
+        hits = [len(set(a[:k]) & set(b[:k])) for a, b in zip(found, exact)]
+        recall[str(k)] = float(np.mean(hits) / k)
+    return {"index": "scann", "parameters": scann_parameters(len(embeddings), config),
+            "queries": int(len(queries)), "build_seconds": round(build, 3), "recall": recall}
+
+
+def conversion_ranks(test_events, vocab, model, history_length: int, session_config,
+                     valid: np.ndarray) -> dict:
+    """Airbnb's measure: rank of each test session's converted item given its other items."""
+    from tfrec.data.sequences import histories_from_lists
+    from tfrec.data.sessions import sessionize
+
+    if len(test_events) == 0:
+        return {"available": False, "reason": "no test events"}
+    known = test_events[vocab.lookup(test_events["item"].to_numpy(dtype=object)) > 0]
+    if len(known) == 0:
+        return {"available": False, "reason": "no test event is on a catalogue item"}
+    config = dataclasses.replace(session_config, max_length=1 << 30)
+    sessions = sessionize(known, vocab, config)
+    queries, targets = [], []
+    for s, (a, b) in enumerate(zip(sessions.row_splits[:-1], sessions.row_splits[1:])):
+        target = int(sessions.converted[s])
+        if target <= 0:
+            continue
+        query = list(dict.fromkeys(i for i in sessions.items[a:b].tolist() if i != target))
+        if query:
+            queries.append(query)
+            targets.append(target)
+    if not targets:
+        return {"available": False,
+                "reason": "the test sessions have no conversion event "
+                          f"(types {', '.join(session_config.conversion_types)}) after other "
+                          "items"}
+    items = model.item_embeddings()
+    q = model.query_embeddings(histories_from_lists(queries, history_length))
+    ranks = target_ranks(q, items, np.asarray(targets), queries, valid)
+    return {"available": True, "sessions": len(targets),
+            "mean_rank": float(ranks.mean()), "median_rank": float(np.median(ranks)),
+            "share_in_top_k": [hit_rate(ranks, k) for k in range(1, MAX_K + 1)]}
+
+
+def categories_of(vocab, top: int = 8) -> tuple[np.ndarray, list[str]]:
+    """Item -> category index for the map: the last word of the item's text.
+
+    Product titles end in their head noun (".. T-LIGHT HOLDER", ".. LUNCH
+    BAG"), which is the text's category; the `top` most common ones get a
+    colour, the rest are "other". Items without text fall back to their
+    market.
+    """
+    heads = [(baselines_lib.tokenize(t) or [""])[-1] for t in vocab.text]
+    markets = np.asarray(vocab.market_names + [""], dtype=object)[vocab.market]
+    labels = np.asarray([h if h else str(m) for h, m in zip(heads, markets)], dtype=object)
+    labels[0] = ""
+    values, counts = np.unique(labels[labels != ""], return_counts=True)
+    names = [str(v) for v in values[np.argsort(-counts, kind="stable")][:top]]
+    index = {n: i for i, n in enumerate(names)}
+    return np.asarray([index.get(str(v), -1) for v in labels]), names
+
+
+def pca_2d(embeddings: np.ndarray) -> np.ndarray:
+    centred = embeddings - embeddings.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T
+
+
+def check_bar(methods: dict, k: int, targets: dict | None) -> list[dict]:
+    """The claims the full model must meet, each with the figures behind it."""
+    key = f"hr@{k}"
+    full = methods[MODEL]
+    others = {n: m for n, m in methods.items() if n != MODEL}
+    checks = []
+    if others:
+        best = max(others, key=lambda n: others[n]["all"][key])
+        checks.append({"check": "beats every baseline on all cases",
+                       "model": full["all"][key], "best_baseline": best,
+                       "baseline": others[best]["all"][key],
+                       "met": full["all"][key] > others[best]["all"][key]})
+    text_only = [n for n in TEXT_ONLY if n in others]
+    if text_only:
+        best = max(text_only, key=lambda n: others[n]["cold"][key])
+        checks.append({"check": "matches or beats the best text-only method on cold targets",
+                       "model": full["cold"][key], "best_baseline": best,
+                       "baseline": others[best]["cold"][key],
+                       "met": full["cold"][key] >= others[best]["cold"][key]})
+    if "item2vec_gensim" in others:
+        checks.append({"check": "matches or beats item2vec on warm targets",
+                       "model": full["warm"][key], "best_baseline": "item2vec_gensim",
+                       "baseline": others["item2vec_gensim"]["warm"][key],
+                       "met": full["warm"][key] >= others["item2vec_gensim"]["warm"][key]})
+    for group, target in (targets or {}).items():
+        checks.append({"check": f"HR@{k} on {group} targets >= {target}",
+                       "model": full[group][key], "target": target,
+                       "met": full[group][key] >= target})
+    return checks
+
+
+def evaluate_run(run_dir: str | Path, out_dir: str | Path | None = None,
+                 baselines: tuple[str, ...] = BASELINES, k: int | None = None,
+                 targets: dict | None = None, gensim_epochs: int = 10) -> dict:
+    """Evaluates a run and the baselines; writes report.json, report.html and plots.
+
+    Args:
+      run_dir: a `tfrec train` run folder.
+      out_dir: report folder (default RUN_DIR/evaluation).
+      baselines: which of BASELINES to run beside the model.
+      k: the K of HR@K / NDCG@K in the table (default: the run's eval_k).
+      targets: HR@k per group the model must reach (default: the bar for the
+        bundled protocol when the run uses it, else none).
+      gensim_epochs: passes of the gensim item2vec baseline.
+
+    Returns:
+      The report (as written to report.json).
+    """
+    from tfrec.train import load_run, prepare_training_data
+
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    config, run_vocab, model, checkpoint = load_run(run_dir)
+    k = k or config.train.eval_k
+    if k < 1 or k > MAX_K:
+        raise InputError(f"k must be between 1 and {MAX_K}, got {k}", key="k")
+    if targets is None and _default_protocol(config):
+        targets = DEFAULT_TARGETS
+    out_dir = Path(out_dir) if out_dir else run_dir / "evaluation"
+    step = Step(4 + len(baselines))
+
+    step("preparing the held-out cases (the run's data and split)")
+    data = prepare_training_data(config)
+    if list(data.vocab.ids) != list(run_vocab.ids):
+        raise InputError("the run's data has changed since training (its item vocabulary "
+                         "differs from vocab.tsv); retrain or point the config at the "
+                         "original data", path=str(run_dir / "vocab.tsv"))
+    cases = data.cases
+    if len(cases) == 0:
+        raise InputError("no evaluation cases: no held-out session has two distinct items "
+                         "(set train.split_date or train.split_fraction)")
+    vocab = data.vocab
+    valid = np.ones(vocab.size, dtype=bool)
+    valid[0] = False
+    results: dict[str, MethodResult] = {}
+
+    t0 = step(f"{LABELS[MODEL]}: ranking {len(cases):,} cases over {vocab.size - 1:,} items")
+    ranks, item_emb, query_emb = _model_ranks(model, cases, config.model.history_length, valid)
+    results[MODEL] = MethodResult(MODEL, ranks, time.perf_counter() - t0,
+                                  f"checkpoint {Path(checkpoint).name}")
+
+    for name in baselines:
+        t0 = time.perf_counter()
+        if name == "popularity":
+            step(LABELS[name])
+            emb = baselines_lib.popularity(vocab, cases.queries)
+        elif name == "tfidf_text":
+            step(LABELS[name])
+            emb = baselines_lib.tfidf(vocab, cases.queries)
+        elif name == "item2vec_gensim":
+            step(f"{LABELS[name]}: Word2Vec skip-gram, {gensim_epochs} epochs, "
+                 f"dim {config.model.embedding_dim}")
+            emb = baselines_lib.item2vec_gensim(data.sessions, vocab, cases.queries,
+                                                dim=config.model.embedding_dim,
+                                                epochs=gensim_epochs, seed=config.train.seed)
+        else:
+            overrides = {"use_text": False} if name == "tfrec_text_off" else {"use_ids": False}
+            variant = _variant_run(run_dir, config, name, overrides, step)
+            r, _, _ = _model_ranks(variant, cases, config.model.history_length, valid)
+            results[name] = MethodResult(name, r, time.perf_counter() - t0)
+            continue
+        r = target_ranks(emb.queries, emb.items, cases.targets, cases.queries, valid)
+        results[name] = MethodResult(name, r, time.perf_counter() - t0)
+
+    step("index recall: ScaNN (export settings) against exact search")
+    recall = index_recall(item_emb, query_emb)
+    conversion = conversion_ranks(data.test_slice, vocab, model, config.model.history_length,
+                                  config.data.sessions, valid)
+
+    methods = {name: {"label": LABELS[name], "seconds": round(res.seconds, 1),
+                      **({"note": res.note} if res.note else {}),
+                      **scores_of(res.ranks, cases.cold, k)}
+               for name, res in results.items()}
+    report = {
+        "run": str(run_dir.resolve()), "checkpoint": checkpoint, "k": k,
+        "protocol": {"data": config.data.layout, "events": config.data.events or "bundled",
+                     "split_date": config.train.split_date,
+                     "split_fraction": None if config.train.split_date else
+                     config.train.split_fraction,
+                     "eval_seed": config.train.eval_seed, "cases": len(cases),
+                     "warm_cases": int((~cases.cold).sum()), "cold_cases": int(cases.cold.sum()),
+                     "unknown_targets": cases.unknown_targets,
+                     "candidates": int(vocab.size - 1), "train_events": data.train_events,
+                     "test_events": data.test_events},
+        "methods": methods,
+        "index_recall": recall,
+        "conversion": conversion,
+        "checks": check_bar(methods, k, targets),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    step(f"writing the report to {out_dir}")
+    from tfrec.evaluate import report as report_lib
+
+    codes, names = categories_of(vocab)
+    report_lib.write_report(report, out_dir, item_emb[1:], codes[1:], names,
+                            cold=vocab.counts[1:] == 0)
+    return report
+
+
+def _default_protocol(config) -> bool:
+    return (config.data.layout == "online_retail" and config.data.events is None
+            and config.train.split_date == "2011-10-01" and config.train.eval_seed == 42)
+
+
+def format_report(report: dict) -> str:
+    """The table `tfrec evaluate` prints."""
+    k = report["k"]
+    p = report["protocol"]
+    lines = [f"{p['cases']:,} cases ({p['warm_cases']:,} warm, {p['cold_cases']:,} cold "
+             f"targets), {p['candidates']:,} candidate items",
+             f"{'method':<24}{'HR@' + str(k):>8}{'warm':>8}{'cold':>8}"
+             f"{'NDCG@' + str(k):>9}{'warm':>8}{'cold':>8}{'time':>8}"]
+    hr, nd = f"hr@{k}", f"ndcg@{k}"
+    for name, m in report["methods"].items():
+        lines.append(f"{m['label']:<24}" + "".join(f"{m[g][hr]:>8.4f}" for g in
+                                                   ("all", "warm", "cold"))
+                     + f"{m['all'][nd]:>9.4f}" + "".join(f"{m[g][nd]:>8.4f}" for g in
+                                                          ("warm", "cold"))
+                     + f"{m['seconds']:>7.0f}s")
+    r = report["index_recall"]
+    lines.append(f"index recall@10 (ScaNN vs exact, {r['queries']:,} case queries): "
+                 f"{r['recall']['10']:.4f}")
+    conv = report["conversion"]
+    lines.append("converted-item rank: " + (
+        f"{conv['sessions']:,} sessions, median rank {conv['median_rank']:.0f}"
+        if conv["available"] else f"n/a ({conv['reason']})"))
+    for c in report["checks"]:
+        against = (f"{c['baseline']:.4f} ({LABELS.get(c['best_baseline'], c['best_baseline'])})"
+                   if "baseline" in c else f"{c['target']}")
+        lines.append(f"  [{'met' if c['met'] else 'NOT met'}] {c['check']}: "
+                     f"{c['model']:.4f} vs {against}")
+    return "\n".join(lines)
