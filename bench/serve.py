@@ -97,7 +97,7 @@ def in_process(model_dir: Path, sessions, concurrency: int, seconds: float) -> d
 
 
 def over_grpc(model_dir: Path, sessions, concurrency: int, seconds: float,
-              batching: bool, workdir: Path) -> dict:
+              batching: bool, workdir: Path, extra: tuple[str, ...] = ()) -> dict:
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     base = workdir / "base"
@@ -108,7 +108,7 @@ def over_grpc(model_dir: Path, sessions, concurrency: int, seconds: float,
     config.write_text('model_config_list { config { name: "m" base_path: "%s" } }\n' % base)
     port = free_port()
     args = [sys.executable, "-m", "tfrec", "-q", "serve", "--model_config_file", str(config),
-            "--port", str(port)]
+            "--port", str(port), *extra]
     if batching:
         params = workdir / "batching.config"
         params.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 1000 }\n"
@@ -144,6 +144,10 @@ def over_grpc(model_dir: Path, sessions, concurrency: int, seconds: float,
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
+
+
+# TF Serving's thread flags: one op at a time, one thread per op.
+ONE_THREAD = ("--tensorflow_intra_op_parallelism", "1", "--tensorflow_inter_op_parallelism", "1")
 
 
 def generated_model(items: int, workdir: Path) -> Path:
@@ -195,6 +199,9 @@ def main() -> None:
                  in_process(path, sessions, args.concurrency, args.seconds)),
                 (f"gRPC, {args.concurrency} clients",
                  over_grpc(path, sessions, args.concurrency, args.seconds, False, workdir)),
+                (f"gRPC, {args.concurrency}, 1 TF thread",
+                 over_grpc(path, sessions, args.concurrency, args.seconds, False, workdir,
+                           ONE_THREAD)),
                 (f"gRPC+batching, {args.concurrency}",
                  over_grpc(path, sessions, args.concurrency, args.seconds, True, workdir)),
             ]:
@@ -210,9 +217,11 @@ def main() -> None:
         for label, _ in models:
             mine = {name: r for lab, name, r in rows if lab == label}
             inproc = mine[f"in-process, {args.concurrency} callers"]
-            served = mine[f"gRPC, {args.concurrency} clients"]
-            print(f"{label}: server p50 is {served['p50'] / inproc['p50']:.2f}x the in-process "
-                  f"p50 at the same concurrency; p99 {served['p99']:.2f} ms")
+            for name in (f"gRPC, {args.concurrency} clients",
+                         f"gRPC, {args.concurrency}, 1 TF thread"):
+                served = mine[name]
+                print(f"{label}, {name}: server p50 is {served['p50'] / inproc['p50']:.2f}x the "
+                      f"in-process p50 at the same concurrency; p99 {served['p99']:.2f} ms")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

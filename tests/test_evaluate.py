@@ -211,7 +211,9 @@ def test_report_has_every_method_on_the_same_cases(report):
 
 def test_report_files_and_html_plots_exist(report):
     out, result = report
-    on_disk = json.loads((out / "report.json").read_text())
+    text = (out / "report.json").read_text()
+    assert "NaN" not in text  # strict JSON: groups without cases are null
+    on_disk = json.loads(text)
     assert on_disk["methods"].keys() == result["methods"].keys()
     page = (out / "report.html").read_text()
     referenced = re.findall(r'data-file="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
@@ -250,3 +252,29 @@ def test_evaluate_cli_bad_input(run_dir, tmp_path, capsys):
     assert "unknown baseline" in capsys.readouterr().err
     assert cli.main(["evaluate", "--run", str(run_dir), "-k", "500"]) == 2
     assert "k must be" in capsys.readouterr().err
+
+
+def test_evaluate_an_exported_version_matches_its_run(run_dir, report, tmp_path, capsys):
+    from tfrec.export import export
+    from tfrec.index import IndexConfig
+
+    version = export(run_dir, tmp_path / "models" / "shop", IndexConfig(kind="scann", max_k=20, recall_floor=0.0),
+                     serving_config_dir=None)
+    out = tmp_path / "ev"
+    # The run comes from the export's metadata.
+    assert cli.main(["-q", "evaluate", "--saved-model", str(version.path), "--out", str(out),
+                     "--baselines", "none"]) == 0
+    assert "the export's index" in capsys.readouterr().out
+    exported = json.loads((out / "report.json").read_text())
+    from_run = report[1]["methods"]["tfrec"]
+    # Same embeddings (cached in the export), same queries (its embed_query signature).
+    for group in ("all", "warm", "cold"):
+        if from_run[group]["cases"] == 0:
+            assert exported["methods"]["tfrec"][group]["hr@10"] is None
+            continue
+        assert exported["methods"]["tfrec"][group]["hr@10"] == pytest.approx(
+            from_run[group]["hr@10"], abs=0.01)
+    assert exported["index_recall"]["index"] == "export"
+    assert 0.5 < exported["index_recall"]["recall"]["10"] <= 1.0
+    assert cli.main(["evaluate", "--saved-model", str(tmp_path)]) == 2
+    assert "tfrec: error:" in capsys.readouterr().err

@@ -176,10 +176,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tfrec.evaluate.runner import evaluate_run, format_report, parse_baselines
 
+    if args.run is None and args.saved_model is None:
+        raise InputError("give --run RUN_DIR or --saved-model VERSION_DIR")
     report = evaluate_run(args.run, args.out, parse_baselines(args.baselines), k=args.k,
-                          gensim_epochs=args.gensim_epochs)
+                          gensim_epochs=args.gensim_epochs, saved_model=args.saved_model)
     print(format_report(report))
-    out = args.out or f"{args.run}/evaluation"
+    out = args.out or f"{report['run']}/evaluation"
     print(f"report: {out}/report.html, {out}/report.json")
     return 0
 
@@ -188,6 +190,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tfrec.serving.batching import BatchingParameters, Batcher, read_batching_parameters
     from tfrec.serving.server import ModelServer
 
+    import tensorflow as tf
+
+    # TF Serving's flags of the same names; set before the first model loads.
+    if args.tensorflow_intra_op_parallelism < 0 or args.tensorflow_inter_op_parallelism < 0:
+        raise InputError("thread counts must be >= 0 (0: TensorFlow chooses)",
+                         key="tensorflow_intra_op_parallelism")
+    tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+    tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
     batcher = None
     if args.enable_batching:
         params = (read_batching_parameters(args.batching_parameters_file)
@@ -282,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "seed) beside the baselines (popularity, gensim item2vec, TF-IDF text, "
                     "tfrec with the text tower off, with the id tower off); print the table "
                     "and write report.json and a self-contained report.html with plots.")
-    ev.add_argument("--run", required=True, metavar="RUN_DIR", help="a tfrec train run folder")
+    ev.add_argument("--run", metavar="RUN_DIR", help="a tfrec train run folder")
+    ev.add_argument("--saved-model", metavar="VERSION_DIR",
+                    help="evaluate this exported version (e.g. saved_models/retail/1) instead "
+                         "of the run's checkpoint: its embeddings, query signature and index; "
+                         "the run (default: the one it was exported from) defines the cases")
     ev.add_argument("--out", metavar="DIR", help="report folder (default RUN_DIR/evaluation)")
     ev.add_argument("--baselines", default="all", metavar="LIST",
                     help="'all' (default), 'none' or a comma-separated subset of popularity, "
@@ -341,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="merge concurrent requests into one model call")
     sv.add_argument("--batching_parameters_file",
                     help="TF Serving batching parameters, e.g. serving_config/batching.config")
+    sv.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                    help="threads one TensorFlow op may use (0: TensorFlow chooses, one per "
+                         "core)")
+    sv.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                    help="TensorFlow ops run at once (0: TensorFlow chooses); 1 or 2 lowers "
+                         "latency on a small host shared with clients")
     sv.set_defaults(func=cmd_serve)
 
     rc = sub.add_parser("recommend", help="ask a running server for recommendations")

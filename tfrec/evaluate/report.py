@@ -29,6 +29,8 @@ def plot_hr_curves(report: dict, path: Path) -> None:
     ks = np.arange(1, len(next(iter(report["methods"].values()))["all"]["hr_curve"]) + 1)
     for ax, group in zip(axes, ("all", "warm", "cold")):
         for name, m in report["methods"].items():
+            if not m[group]["hr_curve"]:
+                continue
             ax.plot(ks, m[group]["hr_curve"], label=m["label"],
                     linewidth=2.5 if name == "tfrec" else 1.3)
         ax.set_title(f"{group} targets ({next(iter(report['methods'].values()))[group]['cases']:,}"
@@ -50,7 +52,8 @@ def plot_warm_cold(report: dict, path: Path) -> None:
     width = 0.8 / 3
     x = np.arange(len(names))
     for i, group in enumerate(("all", "warm", "cold")):
-        values = [report["methods"][n][group][f"hr@{k}"] for n in names]
+        values = [np.nan if report["methods"][n][group][f"hr@{k}"] is None
+                  else report["methods"][n][group][f"hr@{k}"] for n in names]
         bars = ax.bar(x + (i - 1) * width, values, width, label=group)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     for check in report.get("checks", []):
@@ -139,6 +142,10 @@ def write_report(report: dict, out_dir: str | Path, item_embeddings: np.ndarray,
     return page
 
 
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _img(out_dir: Path, relative: str, alt: str) -> str:
     data = base64.b64encode((out_dir / relative).read_bytes()).decode()
     return (f'<figure><img alt="{html.escape(alt)}" data-file="{html.escape(relative)}" '
@@ -153,8 +160,8 @@ def render_html(report: dict, out_dir: Path) -> str:
     p = report["protocol"]
     rows = []
     for m in report["methods"].values():
-        cells = "".join(f"<td>{m[g][f'hr@{k}']:.4f}</td>" for g in ("all", "warm", "cold"))
-        cells += "".join(f"<td>{m[g][f'ndcg@{k}']:.4f}</td>" for g in ("all", "warm", "cold"))
+        cells = "".join(f"<td>{_num(m[g][f'{metric}@{k}'])}</td>" for metric in ("hr", "ndcg")
+                        for g in ("all", "warm", "cold"))
         rows.append(f"<tr><th>{html.escape(m['label'])}</th>{cells}<td>{m['seconds']:.0f}s</td>"
                     "</tr>")
     checks = "".join(

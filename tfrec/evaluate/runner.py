@@ -66,6 +66,9 @@ def scores_of(ranks: np.ndarray, cold: np.ndarray, k: int) -> dict:
     out = {}
     for group, mask in (("all", np.ones(len(ranks), bool)), ("warm", ~cold), ("cold", cold)):
         r = ranks[mask]
+        if not len(r):  # no such targets: not applicable (null in JSON), not NaN
+            out[group] = {"cases": 0, f"hr@{k}": None, f"ndcg@{k}": None, "hr_curve": []}
+            continue
         out[group] = {"cases": int(mask.sum()), f"hr@{k}": hit_rate(r, k),
                       f"ndcg@{k}": ndcg(r, k),
                       "hr_curve": [hit_rate(r, kk) for kk in range(1, MAX_K + 1)]}
@@ -105,6 +108,66 @@ def _variant_run(run_dir: Path, config, name: str, overrides: dict, progress):
         shutil.rmtree(folder)
     progress(f"{LABELS[name]}: training ({config.train.epochs} epochs) in {folder}")
     return train(variant, folder, verbose=0).model
+
+
+class ExportedModel:
+    """An exported version scored like a trained model: its cached item
+    embeddings, its `embed_query` signature, and its own index for recall."""
+
+    def __init__(self, path: Path, vocab):
+        from tfrec.export.saved_model import load_saved_model
+
+        self.path = Path(path)
+        self.vocab = vocab
+        self.module = load_saved_model(self.path)
+        folder = self.path / "assets.extra" / "embeddings"
+        try:
+            vectors = np.load(folder / "items.npy")
+            ids = (folder / "item_ids.txt").read_text().splitlines()
+        except OSError as err:
+            raise InputError(f"the export has no cached item embeddings ({err.strerror})",
+                             path=str(folder)) from None
+        index = vocab.lookup(np.asarray(ids, dtype=object))
+        if (index == 0).any() or len(ids) != vocab.size - 1:
+            raise InputError("the export's items differ from the run's vocabulary (exported "
+                             "from another run?)", path=str(folder / "item_ids.txt"))
+        self.items = np.zeros((vocab.size, vectors.shape[1]), np.float32)
+        self.items[index] = vectors
+
+    def item_embeddings(self) -> np.ndarray:
+        return self.items
+
+    def _ids(self, history: np.ndarray):
+        import tensorflow as tf
+
+        names = np.where(history > 0, self.vocab.ids[history], "").astype(object)
+        return tf.constant(names.astype(str))
+
+    def query_embeddings(self, history: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        function = self.module.signatures["embed_query"]
+        return np.concatenate([function(item_ids=self._ids(history[i:i + batch_size]))[
+            "embeddings"].numpy() for i in range(0, len(history), batch_size)])
+
+    def index_recall(self, history: np.ndarray, queries: np.ndarray, k: int = 10) -> dict:
+        """The exported serving_default top-k against exact top-k (query items excluded)."""
+        import tensorflow as tf
+
+        function = self.module.signatures["serving_default"]
+        found = np.concatenate([function(item_ids=self._ids(history[i:i + 1024]),
+                                         k=tf.constant(k))["item_ids"].numpy().astype(str)
+                                for i in range(0, len(history), 1024)])
+        exact = []
+        for i in range(0, len(history), 1024):
+            scores = queries[i:i + 1024] @ self.items.T
+            rows = np.arange(len(scores))[:, None].repeat(history.shape[1], 1)
+            scores[rows, history[i:i + 1024]] = -np.inf  # the query's items (and pad 0)
+            scores[:, 0] = -np.inf
+            top = np.argpartition(-scores, k, axis=1)[:, :k]
+            exact.append(self.vocab.ids[top].astype(str))
+        exact = np.concatenate(exact)
+        hits = [len(set(a) & set(b)) for a, b in zip(found, exact)]
+        return {"index": "export", "path": str(self.path), "queries": int(len(history)),
+                "recall": {str(k): float(np.mean(hits) / k)}}
 
 
 def _model_ranks(model, cases, history_length: int, valid: np.ndarray):
@@ -204,6 +267,10 @@ def check_bar(methods: dict, k: int, targets: dict | None) -> list[dict]:
     full = methods[MODEL]
     others = {n: m for n, m in methods.items() if n != MODEL}
     checks = []
+
+    def has(group):  # a group without cases has nothing to check
+        return full[group][key] is not None
+
     if others:
         best = max(others, key=lambda n: others[n]["all"][key])
         checks.append({"check": "beats every baseline on all cases",
@@ -211,31 +278,38 @@ def check_bar(methods: dict, k: int, targets: dict | None) -> list[dict]:
                        "baseline": others[best]["all"][key],
                        "met": full["all"][key] > others[best]["all"][key]})
     text_only = [n for n in TEXT_ONLY if n in others]
-    if text_only:
+    if text_only and has("cold"):
         best = max(text_only, key=lambda n: others[n]["cold"][key])
         checks.append({"check": "matches or beats the best text-only method on cold targets",
                        "model": full["cold"][key], "best_baseline": best,
                        "baseline": others[best]["cold"][key],
                        "met": full["cold"][key] >= others[best]["cold"][key]})
-    if "item2vec_gensim" in others:
+    if "item2vec_gensim" in others and has("warm"):
         checks.append({"check": "matches or beats item2vec on warm targets",
                        "model": full["warm"][key], "best_baseline": "item2vec_gensim",
                        "baseline": others["item2vec_gensim"]["warm"][key],
                        "met": full["warm"][key] >= others["item2vec_gensim"]["warm"][key]})
     for group, target in (targets or {}).items():
+        if not has(group):
+            continue
         checks.append({"check": f"HR@{k} on {group} targets >= {target}",
                        "model": full[group][key], "target": target,
                        "met": full[group][key] >= target})
     return checks
 
 
-def evaluate_run(run_dir: str | Path, out_dir: str | Path | None = None,
+def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                  baselines: tuple[str, ...] = BASELINES, k: int | None = None,
-                 targets: dict | None = None, gensim_epochs: int = 10) -> dict:
+                 targets: dict | None = None, gensim_epochs: int = 10,
+                 saved_model: str | Path | None = None) -> dict:
     """Evaluates a run and the baselines; writes report.json, report.html and plots.
 
     Args:
-      run_dir: a `tfrec train` run folder.
+      run_dir: a `tfrec train` run folder (with `saved_model`, default: the
+        run the export names in its metadata).
+      saved_model: evaluate this exported version (its cached item
+        embeddings, query signature and index) instead of the run's
+        checkpoint; the run still defines the data, split and cases.
       out_dir: report folder (default RUN_DIR/evaluation).
       baselines: which of BASELINES to run beside the model.
       k: the K of HR@K / NDCG@K in the table (default: the run's eval_k).
@@ -248,8 +322,12 @@ def evaluate_run(run_dir: str | Path, out_dir: str | Path | None = None,
     """
     from tfrec.train import load_run, prepare_training_data
 
-    run_dir = Path(run_dir)
     started = time.perf_counter()
+    if saved_model is not None and run_dir is None:
+        run_dir = _run_of_export(Path(saved_model))
+    if run_dir is None:
+        raise InputError("give a run folder (--run) or an exported version (--saved-model)")
+    run_dir = Path(run_dir)
     config, run_vocab, model, checkpoint = load_run(run_dir)
     k = k or config.train.eval_k
     if k < 1 or k > MAX_K:
@@ -274,10 +352,16 @@ def evaluate_run(run_dir: str | Path, out_dir: str | Path | None = None,
     valid[0] = False
     results: dict[str, MethodResult] = {}
 
-    t0 = step(f"{LABELS[MODEL]}: ranking {len(cases):,} cases over {vocab.size - 1:,} items")
+    exported = None
+    if saved_model is not None:
+        exported = ExportedModel(Path(saved_model), vocab)
+        model, checkpoint = exported, str(Path(saved_model).resolve())
+    t0 = step(f"{LABELS[MODEL]}: ranking {len(cases):,} cases over {vocab.size - 1:,} items"
+              + (f" (export {saved_model})" if exported else ""))
     ranks, item_emb, query_emb = _model_ranks(model, cases, config.model.history_length, valid)
     results[MODEL] = MethodResult(MODEL, ranks, time.perf_counter() - t0,
-                                  f"checkpoint {Path(checkpoint).name}")
+                                  f"export {saved_model}" if exported
+                                  else f"checkpoint {Path(checkpoint).name}")
 
     for name in baselines:
         t0 = time.perf_counter()
@@ -302,8 +386,15 @@ def evaluate_run(run_dir: str | Path, out_dir: str | Path | None = None,
         r = target_ranks(emb.queries, emb.items, cases.targets, cases.queries, valid)
         results[name] = MethodResult(name, r, time.perf_counter() - t0)
 
-    step("index recall: ScaNN (export settings) against exact search")
-    recall = index_recall(item_emb, query_emb)
+    if exported is not None:
+        from tfrec.data.sequences import histories_from_lists
+
+        step("index recall: the export's serving_default against exact search")
+        recall = exported.index_recall(
+            histories_from_lists(cases.queries, config.model.history_length), query_emb)
+    else:
+        step("index recall: ScaNN (export settings) against exact search")
+        recall = index_recall(item_emb, query_emb)
     conversion = conversion_ranks(data.test_slice, vocab, model, config.model.history_length,
                                   config.data.sessions, valid)
 
@@ -337,6 +428,20 @@ def evaluate_run(run_dir: str | Path, out_dir: str | Path | None = None,
     return report
 
 
+def _run_of_export(path: Path) -> Path:
+    from tfrec.export.saved_model import METADATA_FILE
+
+    meta = path / "assets.extra" / METADATA_FILE
+    try:
+        run = json.loads(meta.read_text())["run"]
+    except (OSError, ValueError, KeyError):
+        raise InputError("cannot find the export's run in its metadata; pass --run too",
+                         path=str(meta)) from None
+    if not Path(run).is_dir():
+        raise InputError(f"the export's run folder {run} is gone; pass --run", path=str(meta))
+    return Path(run)
+
+
 def _default_protocol(config) -> bool:
     return (config.data.layout == "online_retail" and config.data.events is None
             and config.train.split_date == "2011-10-01" and config.train.eval_seed == 42)
@@ -351,14 +456,18 @@ def format_report(report: dict) -> str:
              f"{'method':<24}{'HR@' + str(k):>8}{'warm':>8}{'cold':>8}"
              f"{'NDCG@' + str(k):>9}{'warm':>8}{'cold':>8}{'time':>8}"]
     hr, nd = f"hr@{k}", f"ndcg@{k}"
+    def cell(value, width):
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.4f}"
+
     for name, m in report["methods"].items():
-        lines.append(f"{m['label']:<24}" + "".join(f"{m[g][hr]:>8.4f}" for g in
+        lines.append(f"{m['label']:<24}" + "".join(cell(m[g][hr], 8) for g in
                                                    ("all", "warm", "cold"))
-                     + f"{m['all'][nd]:>9.4f}" + "".join(f"{m[g][nd]:>8.4f}" for g in
-                                                          ("warm", "cold"))
+                     + cell(m["all"][nd], 9) + "".join(cell(m[g][nd], 8) for g in
+                                                       ("warm", "cold"))
                      + f"{m['seconds']:>7.0f}s")
     r = report["index_recall"]
-    lines.append(f"index recall@10 (ScaNN vs exact, {r['queries']:,} case queries): "
+    kind = "the export's index" if r["index"] == "export" else "ScaNN"
+    lines.append(f"index recall@10 ({kind} vs exact, {r['queries']:,} case queries): "
                  f"{r['recall']['10']:.4f}")
     conv = report["conversion"]
     lines.append("converted-item rank: " + (
