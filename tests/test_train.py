@@ -143,8 +143,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
     real = train_lib.make_dataset
 
-    def poisoned(data, objective, steps_per_epoch=None):
-        dataset = real(data, objective, steps_per_epoch)
+    def poisoned(data, objective, steps_per_epoch=None, **shard):
+        dataset = real(data, objective, steps_per_epoch, **shard)
         state = {"batches": 0}
 
         def poison(batch):
@@ -176,3 +176,29 @@ def test_readme_python_snippet_runs():
     exec(compile(block.group(1), "README.md", "exec"), namespace)
     assert namespace["item_vectors"].shape == (3660, 32)
     assert np.isfinite(namespace["metrics"]["loss"])
+
+
+def test_a_shorter_epoch_does_not_end_training(tmp_path, data_files, monkeypatch):
+    # Subsampling makes epochs differ in length; Keras would hold every epoch
+    # to the first one's step count and stop at the first shorter one.
+    import itertools
+
+    import tensorflow as tf
+
+    from tfrec import train as train_lib
+
+    real = train_lib.make_dataset
+
+    def shrinking(data, objective, steps_per_epoch=None, **shard):
+        dataset = real(data, objective, steps_per_epoch, **shard)
+        passes = itertools.count()
+
+        def generate():
+            yield from itertools.islice(dataset.as_numpy_iterator(), 4 - next(passes))
+
+        return tf.data.Dataset.from_generator(generate, output_signature=dataset.element_spec)
+
+    monkeypatch.setattr(train_lib, "make_dataset", shrinking)
+    config = load_run_config(write_config(tmp_path, data_files, epochs=3))
+    result = train_lib.train(config, tmp_path / "run", verbose=0)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]

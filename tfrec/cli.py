@@ -117,7 +117,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import shutil
     from pathlib import Path
 
     from tfrec.config import load_run_config
@@ -129,15 +128,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
+    if args.strategy is not None:
+        overrides.append(f"train.strategy={args.strategy}")
     config = load_run_config(config_path, overrides)
-    run_dir = Path(args.run_dir)
-    if args.overwrite and not args.resume and run_dir.exists():
-        if not (run_dir / "config.json").exists() and any(run_dir.iterdir()):
-            raise InputError("refusing to overwrite a folder that is not a tfrec run",
-                             path=str(run_dir))
-        shutil.rmtree(run_dir)
-    result = train(config, run_dir, resume=args.resume,
-                   epochs=args.epochs if args.resume else None)
+    result = train(config, Path(args.run_dir), resume=args.resume,
+                   epochs=args.epochs if args.resume else None,
+                   strategy=args.strategy if args.resume else None, overwrite=args.overwrite)
+    worker = result.worker
+    if not worker.is_chief:
+        print(f"worker {worker.index} of {worker.count} ({worker.task_type} "
+              f"{worker.task_index}): {len(result.history)} epochs trained here in "
+              f"{result.seconds:.0f}s; the chief writes the run folder {result.run_dir}")
+        return 0
     print(f"run folder: {result.run_dir}")
     last = result.history[-1] if result.history else {}
     print(f"trained {len(result.history)} epochs in {result.seconds:.0f}s"
@@ -278,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a setting, e.g. --set model.embedding_dim=32 (repeatable)")
     tr.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
+    tr.add_argument("--strategy", metavar="NAME",
+                    help="shorthand for --set train.strategy=NAME: default (no tf.distribute "
+                         "strategy), mirrored (the local devices) or multi_worker (one process "
+                         "per worker, the cluster from the TF_CONFIG environment variable)")
     tr.add_argument("--run-dir", default="runs/train", metavar="DIR",
                     help="run folder (default: runs/train)")
     tr.add_argument("--resume", action="store_true",
@@ -385,10 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"tfrec: error: {err.message}", file=sys.stderr)
         return 2
-    except Exception as err:  # a diverged run is reported, not a crash
-        from tfrec.train import TrainingDiverged
+    except Exception as err:  # a diverged run or a lost worker is reported, not a crash
+        from tfrec.train import TrainingDiverged, WorkerLost
 
-        if isinstance(err, TrainingDiverged):
+        if isinstance(err, (TrainingDiverged, WorkerLost)):
             print(f"tfrec: error: {err}", file=sys.stderr)
             return 1
         raise

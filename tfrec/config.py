@@ -268,7 +268,9 @@ class TrainConfig:
       epochs: passes over the training pairs.
       learning_rate: optimizer step size.
       optimizer: "adam", "adagrad" or "sgd".
-      steps_per_epoch: cap on steps per epoch (null: the whole epoch).
+      steps_per_epoch: cap on steps per epoch (null: the whole epoch); per
+        worker under multi_worker, rounded up to a multiple of the number of
+        workers.
       retrieval_batch_size: (history, next item) examples per retrieval batch.
       split_date: train on events before this date (YYYY-MM-DD) and evaluate
         on the sessions from it on.
@@ -277,6 +279,10 @@ class TrainConfig:
       eval_k: K of the hit rate (HR@K) and NDCG@K.
       eval_seed: seeds which item of each held-out session is hidden.
       seed: seeds model initialisation.
+      strategy: "default" (no tf.distribute strategy), "mirrored"
+        (MirroredStrategy over the local devices) or "multi_worker"
+        (MultiWorkerMirroredStrategy; the cluster comes from the TF_CONFIG
+        environment variable). See `tfrec.distribute`.
     """
 
     epochs: int = 3
@@ -289,6 +295,7 @@ class TrainConfig:
     eval_k: int = 10
     eval_seed: int = 42
     seed: int = 42
+    strategy: str = "default"
 
     def __post_init__(self):
         _positive("epochs", self.epochs)
@@ -305,6 +312,9 @@ class TrainConfig:
         if not 0.0 <= self.split_fraction < 1.0:
             raise InputError(f"split_fraction must be in [0, 1), got {self.split_fraction!r}",
                              key="split_fraction")
+        if self.strategy not in ("default", "mirrored", "multi_worker"):
+            raise InputError(f"strategy must be 'default', 'mirrored' or 'multi_worker', got "
+                             f"{self.strategy!r}", key="strategy")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,10 @@ A run folder holds:
   logs/              TensorBoard
   history.jsonl      one line of metrics per finished epoch
   eval.json          held-out hit rate after training
+
+Under `train.strategy: multi_worker` only the chief writes the run folder;
+the other workers write their (collective) checkpoint saves to a temporary
+folder that they delete, and skip the held-out evaluation.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ import itertools
 import json
 import logging
 import math
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 
+from tfrec import distribute
 from tfrec.config import RunConfig, from_dict
 from tfrec.errors import InputError
 from tfrec.utils import ensure_folder
@@ -35,14 +42,26 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped, last good checkpoint kept."""
 
 
+class WorkerLost(RuntimeError):
+    """Multi-worker training stopped: another worker died or became unreachable."""
+
+
 @dataclasses.dataclass
 class TrainResult:
+    """What `train` returns.
+
+    Attributes:
+      worker: this process's place in the cluster (one process, the chief,
+        unless `train.strategy` is multi_worker).
+    """
+
     run_dir: Path
     model: object
     history: list[dict]
     evaluation: dict | None
     seconds: float
     data: object
+    worker: distribute.Worker = dataclasses.field(default_factory=distribute.Worker)
 
 
 def load_data(config: RunConfig):
@@ -99,23 +118,45 @@ def prepare_training_data(config: RunConfig) -> TrainingData:
                         len(train_events), len(test_events), test_events)
 
 
-def make_dataset(data: TrainingData, objective: str, steps_per_epoch: int | None = None):
-    """The tf.data.Dataset Keras fits on, for the chosen objective."""
+def make_dataset(data: TrainingData, objective: str, steps_per_epoch: int | None = None,
+                 num_shards: int = 1, shard_index: int = 0):
+    """The tf.data.Dataset Keras fits on, for the chosen objective.
+
+    One pass over it is one epoch (each pass is the pipelines' next epoch).
+
+    Args:
+      data: the training pipelines.
+      objective: "skipgram", "retrieval" or "both".
+      steps_per_epoch: cap on the steps of an epoch (per worker).
+      num_shards: workers of a multi-worker cluster (n). Each keeps its own
+        batches, n per dataset element, which tf.distribute splits back into
+        one batch per step (see `tfrec.data.shard`); a cap is then rounded up
+        to a multiple of n.
+      shard_index: this worker, 0..n-1.
+
+    Returns:
+      The dataset, with tf.data auto-sharding off (the pipelines shard).
+    """
     import tensorflow as tf
 
+    shard = {"num_shards": num_shards, "shard_index": shard_index}
     if objective == "skipgram":
-        dataset = data.pairs.as_dataset()
+        dataset = data.pairs.as_dataset(**shard)
     elif objective == "retrieval":
-        dataset = data.next_items.as_dataset()
+        dataset = data.next_items.as_dataset(**shard)
     else:
         # One step sees a batch of pairs and a batch of retrieval examples;
         # the pair stream sets the length of an epoch.
-        dataset = tf.data.Dataset.zip((data.pairs.as_dataset(),
-                                       data.next_items.as_dataset(repeat=True)))
+        dataset = tf.data.Dataset.zip((data.pairs.as_dataset(**shard),
+                                       data.next_items.as_dataset(repeat=True, **shard)))
         dataset = dataset.map(lambda a, b: {**a, **b})
     if steps_per_epoch:
-        dataset = dataset.take(steps_per_epoch)
-    return dataset
+        dataset = dataset.take(math.ceil(steps_per_epoch / num_shards))
+    options = tf.data.Options()
+    # Generators cannot be sharded by file, and sharding by element would split
+    # the stacked batches across workers: the pipelines shard themselves.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options)
 
 
 def _optimizer(config: RunConfig):
@@ -127,8 +168,25 @@ def _optimizer(config: RunConfig):
             "sgd": lambda: keras.optimizers.SGD(lr)}[config.train.optimizer]()
 
 
-def _callbacks(run_dir: Path, manager, epoch_var, history_path: Path):
+def _callbacks(run_dir: Path, manager, epoch_var, history_path: Path, history: list[dict],
+               epochs: int, chief: bool = True):
+    """(guard, callbacks): NaN guard, per-epoch checkpoint + history line, progress, TensorBoard.
+
+    Every worker saves (a checkpoint save is a collective operation under a
+    multi-worker strategy); only the chief writes history and TensorBoard
+    logs. `history` collects this session's lines on every worker; `epochs`
+    is the run's total, for the progress display.
+    """
     import tf_keras as keras
+
+    class Progress(keras.callbacks.ProgbarLogger):
+        """Keras progress that counts the run's epochs (`fit` runs one at a time)."""
+
+        def __init__(self):
+            super().__init__(count_mode="steps")
+
+        def set_params(self, params):
+            super().set_params({**params, "epochs": epochs})
 
     class Guard(keras.callbacks.Callback):
         """Stops at the first non-finite loss and remembers where."""
@@ -159,13 +217,18 @@ def _callbacks(run_dir: Path, manager, epoch_var, history_path: Path):
             path = manager.save(checkpoint_number=epoch + 1)
             line = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
                     "checkpoint": path, "time": time.time()}
+            history.append(line)
+            if not chief:
+                return
             with history_path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
             logger.info("epoch %d saved to %s", epoch + 1, path)
 
+    if not chief:
+        return guard, [guard, Save(), Progress()]
     tensorboard = keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"),
                                               update_freq="epoch", profile_batch=0)
-    return guard, [guard, Save(), tensorboard]
+    return guard, [guard, Save(), Progress(), tensorboard]
 
 
 def _write_run_files(run_dir: Path, config: RunConfig, data: TrainingData, model) -> None:
@@ -183,8 +246,21 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
-          verbose: int | None = None, epochs: int | None = None) -> TrainResult:
+          verbose: int | None = None, epochs: int | None = None,
+          strategy: str | None = None, overwrite: bool = False) -> TrainResult:
     """Trains the hybrid model; with `resume`, continues the run in run_dir.
+
+    Under `train.strategy` "mirrored" or "multi_worker" the model and its
+    optimizer are built in the strategy's scope and Keras `fit` trains them
+    data-parallel. A multi_worker run starts one process per worker, each
+    with the same config and run folder and its own TF_CONFIG; it must call
+    this before TensorFlow runs any op in the process (the strategy is
+    created first thing, and returns once every worker has started). Each
+    worker trains on its own batches, `pairs.batch_size` /
+    `retrieval_batch_size` of them per step, so the global batch is the
+    number of workers times that. Only the chief writes the run folder
+    (which the workers resuming a run read, so put it on a shared file
+    system).
 
     Args:
       config: the run config (ignored when resuming: the run's own is used).
@@ -193,31 +269,70 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
       verbose: Keras progress (default: a bar on a terminal, a line per epoch
         otherwise).
       epochs: with `resume`, a new total number of epochs (to train longer).
+      strategy: with `resume`, another `train.strategy` to continue under
+        (a checkpoint restores under any strategy).
+      overwrite: without `resume`, replace an existing run folder (the
+        chief's job under multi_worker).
+
+    Returns:
+      The run folder, the trained model, the history, the held-out
+      evaluation (None on workers other than the chief) and this process's
+      place in the cluster.
 
     Raises:
-      InputError: bad data or config, a run folder that exists without
-        `resume`, or `resume` without a checkpoint.
+      InputError: bad data or config, a missing or malformed TF_CONFIG for
+        multi_worker, a run folder that exists without `resume` or
+        `overwrite` (or that is not a run, with `overwrite`), or `resume`
+        without a checkpoint.
       TrainingDiverged: the loss became NaN/inf (the last good checkpoint is
         kept and named in the message).
+      WorkerLost: under multi_worker, another worker died or became
+        unreachable (the last checkpoint is named in the message).
+      RuntimeError: multi_worker asked for after TensorFlow has run an op in
+        this process.
     """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    # Everything before the strategy is plain Python, the same on every
+    # worker, so a bad setting stops all workers alike before any waits for
+    # the others.
+    if resume:
+        config = read_run_config(run_dir)
+        logger.info("resuming with the run's saved config (%s)", run_dir / CONFIG_FILE)
+        changes = {}
+        if epochs is not None:
+            changes["epochs"] = epochs
+        if strategy is not None:
+            changes["strategy"] = strategy
+        if changes:
+            config = dataclasses.replace(
+                config, train=from_dict(type(config.train),
+                                        {**dataclasses.asdict(config.train), **changes},
+                                        prefix="train."))
+    worker = distribute.cluster_worker(config.train.strategy)
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise InputError("run folder exists and is not empty; pass --resume to continue it, "
+                             "--overwrite to replace it, or choose another --run-dir",
+                             path=str(run_dir))
+        if worker.is_chief:  # the others leave the folder to the chief
+            if not (run_dir / CONFIG_FILE).exists():
+                raise InputError("refusing to overwrite a folder that is not a tfrec run",
+                                 path=str(run_dir))
+            shutil.rmtree(run_dir)
+    if worker.is_chief:
+        ensure_folder(run_dir, "run folder")
+        if resume and (epochs is not None or strategy is not None):
+            (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    tf_strategy = distribute.create_strategy(config.train.strategy)
+    if worker.count > 1:
+        logger.info("worker %d of %d (%s %d)%s", worker.index, worker.count, worker.task_type,
+                    worker.task_index, ", the chief" if worker.is_chief else "")
+
     import tensorflow as tf
 
     from tfrec.evaluate.protocol import evaluate_model
     from tfrec.models import build_model
-
-    started = time.perf_counter()
-    run_dir = Path(run_dir)
-    if resume:
-        config = read_run_config(run_dir)
-        logger.info("resuming with the run's saved config (%s)", run_dir / CONFIG_FILE)
-        if epochs is not None:
-            config = dataclasses.replace(
-                config, train=dataclasses.replace(config.train, epochs=epochs))
-            (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise InputError("run folder exists and is not empty; pass --resume to continue it "
-                         "or choose another --run-dir", path=str(run_dir))
-    ensure_folder(run_dir, "run folder")
 
     logger.info("preparing data")
     data = prepare_training_data(config)
@@ -225,45 +340,86 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
                 "%d held-out cases", data.train_events, data.sessions.num_sessions,
                 data.vocab.size - 1, data.vocab.num_warm, data.vocab.num_cold, len(data.cases))
     tf.random.set_seed(config.train.seed)
-    model = build_model(config.model, data.vocab, seed=config.train.seed)
-    model.compile(optimizer=_optimizer(config))
+    with tf_strategy.scope():
+        model = build_model(config.model, data.vocab, seed=config.train.seed)
+        model.compile(optimizer=_optimizer(config))
 
     epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch_var)
-    manager = tf.train.CheckpointManager(checkpoint, str(run_dir / "checkpoints"),
-                                         max_to_keep=3)
-    history_path = run_dir / "history.jsonl"
-    initial_epoch = 0
-    if resume:
-        if manager.latest_checkpoint is None:
-            raise InputError("nothing to resume: the run has no finished epoch yet",
-                             path=str(run_dir / "checkpoints"))
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-        initial_epoch = int(epoch_var.numpy())
-        logger.info("resumed from %s (epoch %d done)", manager.latest_checkpoint, initial_epoch)
-        _truncate_history(history_path, initial_epoch)
-    else:
-        _write_run_files(run_dir, config, data, model)
+    checkpoint_dir = run_dir / "checkpoints"
+    # Every worker saves (a collective operation); the others into a folder
+    # of their own that they delete at the end.
+    write_dir = checkpoint_dir if worker.is_chief else Path(
+        tempfile.mkdtemp(prefix=f"tfrec-worker{worker.index}-checkpoints-"))
+    try:
+        manager = tf.train.CheckpointManager(checkpoint, str(write_dir), max_to_keep=3)
+        history_path = run_dir / "history.jsonl"
+        initial_epoch = 0
+        if resume:
+            latest = tf.train.latest_checkpoint(str(checkpoint_dir))
+            if latest is None:
+                raise InputError("nothing to resume: the run has no finished epoch yet",
+                                 path=str(checkpoint_dir))
+            checkpoint.restore(latest).expect_partial()
+            initial_epoch = int(epoch_var.numpy())
+            logger.info("resumed from %s (epoch %d done)", latest, initial_epoch)
+            if worker.is_chief:
+                _truncate_history(history_path, initial_epoch)
+        elif worker.is_chief:
+            _write_run_files(run_dir, config, data, model)
 
-    # The data pipelines continue from the resumed epoch: the same batches as
-    # an uninterrupted run.
-    data.pairs._iterations = itertools.count(initial_epoch)
-    if data.next_items is not None:
-        data.next_items._iterations = itertools.count(initial_epoch)
-    dataset = make_dataset(data, config.model.objective, config.train.steps_per_epoch)
-    guard, callbacks = _callbacks(run_dir, manager, epoch_var, history_path)
-    if verbose is None:
-        verbose = 1 if sys.stderr.isatty() else 2
-    if initial_epoch < config.train.epochs:
-        model.fit(dataset, epochs=config.train.epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=verbose)
+        # The data pipelines continue from the resumed epoch: the same batches
+        # as an uninterrupted run.
+        data.pairs._iterations = itertools.count(initial_epoch)
+        if data.next_items is not None:
+            data.next_items._iterations = itertools.count(initial_epoch)
+        dataset = make_dataset(data, config.model.objective, config.train.steps_per_epoch,
+                               num_shards=worker.count, shard_index=worker.index)
+        session_history: list[dict] = []
+        guard, callbacks = _callbacks(run_dir, manager, epoch_var, history_path,
+                                      session_history, config.train.epochs,
+                                      chief=worker.is_chief)
+        if verbose is None:
+            verbose = 1 if sys.stderr.isatty() else 2
+        for epoch in range(initial_epoch, config.train.epochs):
+            # One `fit` per epoch: over several epochs Keras holds every epoch
+            # of a dataset of unknown length to the first one's step count, but
+            # the pipelines' epochs differ in length (subsampling), so a shorter
+            # epoch would end training early and a longer one would be cut.
+            try:
+                model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks,
+                          verbose=verbose)
+            except (tf.errors.UnavailableError, tf.errors.AbortedError,
+                    tf.errors.DeadlineExceededError) as err:
+                if worker.count == 1:
+                    raise
+                kept = (tf.train.latest_checkpoint(str(checkpoint_dir))
+                        or "none (no epoch had finished)")
+                lines = [line.strip() for line in (err.message or "").splitlines()
+                         if line.strip()]
+                # The runtime's own words, e.g. "Collective ops is aborted by: ...".
+                reason = next((line for line in lines if "aborted" in line),
+                              lines[0] if lines else type(err).__name__)
+                raise WorkerLost(
+                    f"epoch {epoch + 1} stopped: another worker of the cluster died or became "
+                    f"unreachable ({reason}). Last checkpoint: {kept}. Restart every worker "
+                    "with --resume.") from None
+            if guard.bad_step is not None:
+                break
+    finally:
+        if not worker.is_chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
     if guard.bad_step is not None:
         epoch, step = guard.bad_step
-        kept = manager.latest_checkpoint or "none (no epoch had finished)"
+        kept = (tf.train.latest_checkpoint(str(checkpoint_dir))
+                or "none (no epoch had finished)")
         raise TrainingDiverged(
             f"loss became NaN/inf at epoch {epoch}, step {step}; training stopped. "
             f"Last good checkpoint kept: {kept}. Lower train.learning_rate or check the "
             "event weights.")
+    if not worker.is_chief:
+        return TrainResult(run_dir, model, session_history, None,
+                           time.perf_counter() - started, data, worker)
     history = read_history(run_dir)
     evaluation = None
     if len(data.cases):
@@ -272,7 +428,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
                                     config.train.eval_k)
         evaluation["train_seconds"] = round(time.perf_counter() - started, 1)
         (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-    return TrainResult(run_dir, model, history, evaluation, time.perf_counter() - started, data)
+    return TrainResult(run_dir, model, history, evaluation, time.perf_counter() - started,
+                       data, worker)
 
 
 def load_run(run_dir: str | Path):

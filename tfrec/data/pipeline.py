@@ -23,6 +23,7 @@ import numpy as np
 from tfrec.config import PairConfig
 from tfrec.data.negatives import MarketSampler, UnigramSampler
 from tfrec.data.sessions import Sessions
+from tfrec.data.shard import check_shard, worker_batches
 from tfrec.data.skipgram import KIND_GLOBAL, keep_probabilities, skipgram_pairs
 from tfrec.data.vocab import ItemVocabulary
 from tfrec.errors import InputError
@@ -191,14 +192,25 @@ class PairPipeline:
         batches = list(self.epoch(epoch))
         return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]} if batches else {}
 
-    def as_dataset(self, prefetch: int = 4):
+    def as_dataset(self, prefetch: int = 4, num_shards: int = 1, shard_index: int = 0):
         """A `tf.data.Dataset` of batches for Keras `fit`.
 
         Each pass over the dataset (each Keras epoch) is the next epoch of
         the pipeline: fresh subsampling, shuffle and negatives, all
         determined by the seed and the number of passes so far.
+
+        Args:
+          prefetch: batches prepared ahead.
+          num_shards: workers training on the stream together (n). With
+            n > 1 every worker generates the whole epoch and keeps its own
+            full batches (`tfrec.data.shard.shard_batches`), n of them
+            concatenated per element ([n * batch_size]), which
+            `tf.distribute` splits back into one batch per step.
+          shard_index: this worker, 0..n-1.
         """
         import tensorflow as tf
+
+        check_shard(num_shards, shard_index)
 
         k = self.num_negatives_total
         signature = {
@@ -209,7 +221,13 @@ class PairPipeline:
         }
 
         def generate():
-            yield from self.epoch_blocks(next(self._iterations))
+            epoch = next(self._iterations)
+            if num_shards == 1:
+                yield from self.epoch_blocks(epoch)
+                return
+            for element in worker_batches(self.epoch(epoch), num_shards, shard_index,
+                                          self.config.batch_size):
+                yield {k: v[None] for k, v in element.items()}
 
         blocks = tf.data.Dataset.from_generator(generate, output_signature=signature)
         return blocks.unbatch().prefetch(prefetch)

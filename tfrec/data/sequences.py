@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 
 from tfrec.data.sessions import Sessions
+from tfrec.data.shard import check_shard, worker_batches
 from tfrec.data.vocab import ItemVocabulary
 from tfrec.errors import InputError
 
@@ -107,18 +108,33 @@ class NextItemPipeline:
                    "next_item": nxt.astype(np.int32),
                    "candidate_probability": self.probability[nxt]}
 
-    def as_dataset(self, repeat: bool = False, prefetch: int = 4):
+    def as_dataset(self, repeat: bool = False, prefetch: int = 4, num_shards: int = 1,
+                   shard_index: int = 0):
+        """A `tf.data.Dataset` of batches; each pass is the next epoch.
+
+        Args:
+          repeat: one endless stream of epochs instead of one epoch per pass.
+          prefetch: batches prepared ahead.
+          num_shards: workers training on the stream together (n); with
+            n > 1 each worker keeps its own full batches, n of them
+            concatenated per element (see `PairPipeline.as_dataset`).
+          shard_index: this worker, 0..n-1.
+        """
         import tensorflow as tf
 
+        check_shard(num_shards, shard_index)
         signature = {"history": tf.TensorSpec([None, self.history_length], tf.int32),
                      "next_item": tf.TensorSpec([None], tf.int32),
                      "candidate_probability": tf.TensorSpec([None], tf.float32)}
 
-        def generate():
+        def batches():
             while True:
                 yield from self.epoch(next(self._iterations))
                 if not repeat:
                     return
+
+        def generate():
+            yield from worker_batches(batches(), num_shards, shard_index, self.batch_size)
 
         return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(
             prefetch)

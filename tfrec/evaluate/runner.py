@@ -94,7 +94,11 @@ def _variant_run(run_dir: Path, config, name: str, overrides: dict, progress):
 
     folder = run_dir / "baselines" / name
     model_config = dataclasses.replace(config.model, **overrides)
-    variant = dataclasses.replace(config, model=model_config)
+    train_config = config.train
+    if train_config.strategy == "multi_worker":
+        # A variant trains here, in this one process, not on the run's cluster.
+        train_config = dataclasses.replace(train_config, strategy="default")
+    variant = dataclasses.replace(config, model=model_config, train=train_config)
     if (folder / "checkpoints").exists():
         try:
             saved = json.loads((folder / "config.json").read_text())

@@ -52,8 +52,12 @@ class HybridModel(tfrs.Model):
         if self.uses_skipgram:
             self.logit_bias = self.add_weight(name="logit_bias", shape=(),
                                               initializer="zeros")
+        # SUM, weighted by 1 / global batch below: Keras refuses the default
+        # (AUTO) reduction of a loss called in a train step under a
+        # tf.distribute strategy.
         self.skipgram_task = tfrs.tasks.Ranking(
-            loss=keras.losses.BinaryCrossentropy(from_logits=True))
+            loss=keras.losses.BinaryCrossentropy(
+                from_logits=True, reduction=keras.losses.Reduction.SUM))
         self.retrieval_task = tfrs.tasks.Retrieval(
             temperature=self.temperature, remove_accidental_hits=True)
 
@@ -66,6 +70,15 @@ class HybridModel(tfrs.Model):
         return self.objective in ("retrieval", "both")
 
     def compute_loss(self, features, training=False):
+        """The loss of one replica's batch.
+
+        Under a tf.distribute strategy, the gradients of the replicas are
+        summed, so the batch-mean losses (skip-gram, text alignment) are
+        divided by the number of replicas: the sum is then the mean over the
+        global batch. The retrieval loss is a sum over the batch already.
+        Without a strategy (one replica) nothing changes.
+        """
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         loss = tf.constant(0.0)
         if self.uses_skipgram:
             target, context = features["target"], features["context"]
@@ -75,22 +88,24 @@ class HybridModel(tfrs.Model):
             ids = tf.concat([target, context, tf.reshape(negatives, [-1])], 0)
             emb, alignment = self.candidate_tower.encode(ids, training=training)
             if self.text_alignment > 0:
-                loss += self.text_alignment * alignment
+                loss += self.text_alignment * alignment / replicas
             t, c = emb[:batch], emb[batch:2 * batch]
             n = tf.reshape(emb[2 * batch:], [batch, k, -1])
             pos = tf.reduce_sum(t * c, -1, keepdims=True)
             neg = tf.einsum("bd,bkd->bk", t, n)
             logits = tf.concat([pos, neg], 1) / self.temperature + self.logit_bias
             labels = tf.concat([tf.ones([batch, 1]), tf.zeros([batch, k])], 1)
+            scale = 1.0 / (tf.cast(batch, tf.float32) * replicas)
+            weight = features.get("weight")
+            weight = tf.fill([batch], scale) if weight is None else weight * scale
             loss += self.skipgram_task(labels=labels, predictions=logits,
-                                       sample_weight=features.get("weight"),
-                                       training=training)
+                                       sample_weight=weight, training=training)
         if self.uses_retrieval:
             query = self.query_tower(features["history"], training=training)
             candidate, alignment = self.candidate_tower.encode(features["next_item"],
                                                                training=training)
             if self.text_alignment > 0 and not self.uses_skipgram:
-                loss += self.text_alignment * alignment
+                loss += self.text_alignment * alignment / replicas
             weight = self.retrieval_weight if self.objective == "both" else 1.0
             loss += weight * self.retrieval_task(
                 query, candidate,
