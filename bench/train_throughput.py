@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=65_536)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--cases", type=int, default=5_000)
+    parser.add_argument("--split-fraction", type=float, default=0.3,
+                        help="hold out sessions starting in this last share of the time range")
     parser.add_argument("--hybrid-steps", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="skip the hybrid model")
     args = parser.parse_args()
@@ -90,7 +92,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     events = generate_events(int(args.events), args.items, seed=7)
-    train, test, _ = split_events(events, split_fraction=0.05)
+    train, test, _ = split_events(events, split_fraction=args.split_fraction)
     items = generate_items(args.items, seed=7)
     vocab = build_vocabulary(train, items)
     sessions = sessionize(train, vocab, SessionConfig())

@@ -119,3 +119,23 @@ def test_item_encoder_fusion_and_cold_items():
     trained = encoder(batch, training=True).numpy()
     assert 40 < np.sum(np.abs(trained - out[0, 0]).sum(-1) > 1e-4) < 160
     np.testing.assert_allclose(encoder(batch).numpy(), np.tile(out[0, 0], (200, 1)), rtol=1e-5)
+
+
+def test_concat_fusion_gives_each_path_its_half():
+    vocab = build_token_vocabulary(TEXTS)
+    encoder = ItemEncoder(num_items=5, num_id_items=3, embedding_dim=8, text_vocabulary=vocab,
+                          sequence_length=6, token_dim=4, filters=4, fusion="concat", seed=0)
+    encoder.set_item_texts(TEXTS)
+    emb = encoder(tf.constant([1, 2, 3, 4])).numpy()
+    assert (encoder.id_dim, encoder.text_dim) == (4, 4) and emb.shape == (4, 8)
+    # Item 3 has neither id nor text: nothing to embed, zeros.
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), [1, 1, 0, 1], rtol=1e-5)
+    # Item 4 has no id: the id half is zero, the text half carries it.
+    assert not emb[3, :4].any() and emb[3, 4:].any()
+    # Warm items: both halves in use; and the text path alone matches encode_text.
+    assert emb[:2, :4].any() and emb[:2, 4:].any()
+    np.testing.assert_allclose(encoder.encode_text(tf.constant(TEXTS[3:5])).numpy()[1],
+                               emb[3], rtol=1e-5, atol=1e-6)
+    assert roundtrip(encoder).fusion == "concat"
+    with pytest.raises(ValueError, match="fusion"):
+        ItemEncoder(num_items=5, num_id_items=3, fusion="product")

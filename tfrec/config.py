@@ -166,6 +166,9 @@ class ModelConfig:
       embedding_dim: width of item, query and id embeddings.
       use_ids: learn an id embedding per item seen in training (item2vec).
       use_text: encode the item text (the cold-start path).
+      fusion: how the id and text embeddings make one item embedding: "sum"
+        (added in one shared space) or "concat" (each its own half of
+        embedding_dim, so scores are a behaviour part plus a text part).
       id_dropout: during training, hide an item's id embedding with this
         probability so that the text path alone must serve as the item's
         embedding. Off by default: on the bundled data it lowered the cold-item
@@ -191,6 +194,7 @@ class ModelConfig:
     embedding_dim: int = 64
     use_ids: bool = True
     use_text: bool = True
+    fusion: str = "sum"
     id_dropout: float = 0.0
     objective: str = "skipgram"
     temperature: float = 0.1
@@ -213,6 +217,9 @@ class ModelConfig:
         if self.objective not in ("skipgram", "retrieval", "both"):
             raise InputError(f"objective must be 'skipgram', 'retrieval' or 'both', got "
                              f"{self.objective!r}", key="objective")
+        if self.fusion not in ("sum", "concat"):
+            raise InputError(f"fusion must be 'sum' or 'concat', got {self.fusion!r}",
+                             key="fusion")
         if self.retrieval_context not in ("previous", "session"):
             raise InputError(f"retrieval_context must be 'previous' or 'session', got "
                              f"{self.retrieval_context!r}", key="retrieval_context")

@@ -15,8 +15,11 @@ class ItemEncoder(keras.layers.Layer):
     """Item index (and/or raw text) -> one L2-normalised item embedding.
 
     The embedding fuses an id embedding (item2vec behaviour) and a text
-    embedding (Conv1D over the tokenised item text) by summing them before
-    normalising. During training the id part of each occurrence is hidden
+    embedding (Conv1D over the tokenised item text) before normalising:
+    `fusion="sum"` adds them in one shared space; `fusion="concat"` gives
+    each its own half of the width and concatenates them, so a dot product
+    is a behaviour score plus a text score and neither path has to share its
+    directions with the other. During training the id part of each occurrence is hidden
     with probability `id_dropout`, so the text path alone must land near the
     behaviour space; an item without an id (cold: unseen in training, or
     unknown to the vocabulary) is always encoded from its text alone.
@@ -32,6 +35,7 @@ class ItemEncoder(keras.layers.Layer):
       use_ids: use the id embedding.
       use_text: use the text path.
       id_dropout: training-time probability of hiding an id.
+      fusion: "sum" or "concat" (see above).
       text_vocabulary: token vocabulary of the tokeniser.
       sequence_length, token_dim, filters, widths: text tower settings.
 
@@ -43,7 +47,7 @@ class ItemEncoder(keras.layers.Layer):
                  use_ids: bool = True, use_text: bool = True, id_dropout: float = 0.5,
                  text_vocabulary: list[str] | None = None, sequence_length: int = 12,
                  token_dim: int = 64, filters: int = 64, widths: tuple[int, ...] = (1, 2, 3),
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, fusion: str = "sum", **kwargs):
         super().__init__(**kwargs)
         self.num_items = int(num_items)
         self.num_id_items = int(num_id_items)
@@ -57,14 +61,21 @@ class ItemEncoder(keras.layers.Layer):
         self.filters = int(filters)
         self.widths = tuple(int(w) for w in widths)
         self.seed = seed
+        if fusion not in ("sum", "concat"):
+            raise ValueError(f"fusion must be 'sum' or 'concat', got {fusion!r}")
+        self.fusion = fusion
+        # Widths of the two parts: each the whole width, or halves when concatenated.
+        split = fusion == "concat" and self.use_ids and self.use_text
+        self.id_dim = self.embedding_dim // 2 if split else self.embedding_dim
+        self.text_dim = self.embedding_dim - self.id_dim if split else self.embedding_dim
         if self.use_ids:
             self.id_embedding = keras.layers.Embedding(
-                self.num_id_items, self.embedding_dim, name="id_embedding",
+                self.num_id_items, self.id_dim, name="id_embedding",
                 embeddings_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed))
         if self.use_text:
             self.tokenizer = TextTokenizer(self.text_vocabulary, self.sequence_length,
                                            name="tokenizer")
-            self.text_encoder = TextEncoder(self.tokenizer.vocabulary_size, self.embedding_dim,
+            self.text_encoder = TextEncoder(self.tokenizer.vocabulary_size, self.text_dim,
                                             self.token_dim, self.filters, self.widths,
                                             name="text_encoder")
             self.item_tokens = self.add_weight(
@@ -86,13 +97,23 @@ class ItemEncoder(keras.layers.Layer):
         return tf.logical_and(index >= 1, index < self.num_id_items)
 
     def _fuse(self, id_part, text_part, keep_id):
-        """keep_id: [n] bool; id_part/text_part: [n, d] or None."""
-        total = 0.0
+        """keep_id: [n] bool; id_part [n, id_dim] / text_part [n, text_dim] or None."""
         if id_part is not None:
-            total = id_part * tf.cast(keep_id, id_part.dtype)[:, None]
-        if text_part is not None:
-            total = total + text_part
+            id_part = id_part * tf.cast(keep_id, id_part.dtype)[:, None]
+        if id_part is None or text_part is None:
+            total = id_part if text_part is None else text_part
+        elif self.fusion == "concat":
+            total = tf.concat([id_part, text_part], axis=-1)
+        else:
+            total = id_part + text_part
         return tf.math.l2_normalize(total, axis=-1)
+
+    def _text_only(self, text_part):
+        """The full-width embedding of an item known by its text alone."""
+        if self.fusion == "concat" and self.use_ids:
+            text_part = tf.concat([tf.zeros([tf.shape(text_part)[0], self.id_dim],
+                                            text_part.dtype), text_part], axis=-1)
+        return tf.math.l2_normalize(text_part, axis=-1)
 
     def call(self, item_index, training=False):
         return self.encode(item_index, training=training)[0]
@@ -114,25 +135,28 @@ class ItemEncoder(keras.layers.Layer):
         # negatives holds far fewer distinct items than occurrences.
         unique, position = tf.unique(flat)
         unique_has_id = self._has_id(unique)
-        has_id = tf.gather(unique_has_id, position)
-        id_u = text_u = id_part = text_part = None
+        id_u = text_u = None
         if self.use_ids:
             id_u = self.id_embedding(tf.where(unique_has_id, unique, 0))
-            id_part = tf.gather(id_u, position)
-            if training and self.id_dropout > 0:
-                drop = tf.random.uniform(tf.shape(flat), seed=self.seed) < self.id_dropout
-                has_id = tf.logical_and(has_id, tf.logical_not(drop))
         if self.use_text:
             in_table = tf.logical_and(unique >= 0, unique < self.num_items)
             tokens = tf.gather(self.item_tokens, tf.where(in_table, unique, 0))
             tokens = tokens * tf.cast(in_table, tf.int32)[:, None]
             text_u = self._encode_tokens(tokens)
-            text_part = tf.gather(text_u, position)
-        fused = self._fuse(id_part, text_part, has_id)
+        if training and self.use_ids and self.id_dropout > 0:
+            # Each occurrence hides its id independently: fuse per occurrence.
+            drop = tf.random.uniform(tf.shape(flat), seed=self.seed) < self.id_dropout
+            has_id = tf.logical_and(tf.gather(unique_has_id, position), tf.logical_not(drop))
+            fused = self._fuse(tf.gather(id_u, position),
+                               None if text_u is None else tf.gather(text_u, position), has_id)
+        else:
+            # Fuse and normalise each distinct item once, then gather: a batch
+            # of pairs with negatives repeats items many times over.
+            fused = tf.gather(self._fuse(id_u, text_u, unique_has_id), position)
         alignment = tf.constant(0.0)
         if self.use_ids and self.use_text:
             full = tf.stop_gradient(self._fuse(id_u, text_u, unique_has_id))
-            text_only = tf.math.l2_normalize(text_u, axis=-1)
+            text_only = self._text_only(text_u)
             weight = tf.cast(unique_has_id, text_only.dtype)
             distance = 1.0 - tf.reduce_sum(text_only * full, axis=-1)
             alignment = tf.math.divide_no_nan(tf.reduce_sum(distance * weight),
@@ -143,7 +167,7 @@ class ItemEncoder(keras.layers.Layer):
         """[batch] strings -> [batch, embedding_dim]: the text path alone (new items)."""
         if not self.use_text:
             raise ValueError("this model has no text tower (use_text=False)")
-        return tf.math.l2_normalize(self._encode_tokens(self.tokenizer(texts)), axis=-1)
+        return self._text_only(self._encode_tokens(self.tokenizer(texts)))
 
     def _encode_tokens(self, tokens):
         """Text embeddings; an empty text gives zeros, not the projection bias."""
@@ -157,4 +181,5 @@ class ItemEncoder(keras.layers.Layer):
                 "use_ids": self.use_ids, "use_text": self.use_text,
                 "id_dropout": self.id_dropout, "text_vocabulary": self.text_vocabulary,
                 "sequence_length": self.sequence_length, "token_dim": self.token_dim,
-                "filters": self.filters, "widths": list(self.widths), "seed": self.seed}
+                "filters": self.filters, "widths": list(self.widths), "seed": self.seed,
+                "fusion": self.fusion}
