@@ -146,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           + (f", final loss {last['loss']:.4f}" if "loss" in last else ""))
     if result.evaluation:
         k = config.train.eval_k
-        print(f"held-out next-item hit rate ({len(result.data.cases):,} cases, all "
+        print(f"held-out hit rate ({len(result.data.cases):,} cases, all "
               f"{result.data.vocab.size - 1:,} catalogue items ranked):")
         print(format_evaluation(result.evaluation, k))
     return 0
@@ -181,7 +181,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.run is None and args.saved_model is None:
         raise InputError("give --run RUN_DIR or --saved-model VERSION_DIR")
     report = evaluate_run(args.run, args.out, parse_baselines(args.baselines), k=args.k,
-                          gensim_epochs=args.gensim_epochs, saved_model=args.saved_model)
+                          gensim_epochs=args.gensim_epochs, gensim_dim=args.gensim_dim,
+                          saved_model=args.saved_model)
     print(format_report(report))
     out = args.out or f"{report['run']}/evaluation"
     print(f"report: {out}/report.html, {out}/report.json")
@@ -274,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the hybrid model from a YAML/JSON run config (default: the bundled "
                     "Online Retail config) with Keras fit; write a run folder with the config, "
                     "vocabularies, per-epoch checkpoints, TensorBoard logs and history; report "
-                    "the held-out next-item hit rate.")
+                    "the held-out hit rate.")
     tr.add_argument("--config", metavar="FILE",
                     help="run config, YAML or JSON (sections data, model, train)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-k", type=int, help="K of HR@K and NDCG@K (default: the run's eval_k)")
     ev.add_argument("--gensim-epochs", type=int, default=10,
                     help="passes of the gensim item2vec baseline (default 10)")
+    ev.add_argument("--gensim-dim", type=int, default=64,
+                    help="vector size of the gensim item2vec baseline (default 64, its best "
+                         "on the bundled data)")
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser(
