@@ -93,3 +93,13 @@ def test_batcher_keeps_different_k_apart_and_reports_errors():
     np.testing.assert_array_equal(out["y"], [3, 6])
     with pytest.raises(ValueError, match="bad k"):
         batcher.call("m", model, {"x": tf.constant([1]), "k": tf.constant(-1)})
+
+
+def test_serve_thread_flags_are_checked(tmp_path, capsys):
+    from tfrec import cli
+
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list { config { name: "m" base_path: "/nowhere" } }\n')
+    assert cli.main(["serve", "--model_config_file", str(config),
+                     "--tensorflow_intra_op_parallelism", "-1"]) == 2
+    assert "thread counts must be >= 0" in capsys.readouterr().err
