@@ -23,6 +23,12 @@ def _pyplot():
     return plt
 
 
+def _save(figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    _pyplot().close(figure)
+
+
 def plot_hr_curves(report: dict, path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
@@ -39,9 +45,7 @@ def plot_hr_curves(report: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("HR@K")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_warm_cold(report: dict, path: Path) -> None:
@@ -63,9 +67,7 @@ def plot_warm_cold(report: dict, path: Path) -> None:
     ax.set_ylabel(f"HR@{k}")
     ax.set_title(f"HR@{k}: all, warm and cold targets (dotted: the bar)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_index_recall(report: dict, path: Path) -> None:
@@ -81,9 +83,7 @@ def plot_index_recall(report: dict, path: Path) -> None:
     ax.set_ylabel("recall@k vs exact search")
     ax.set_title(f"ScaNN index recall ({report['index_recall']['queries']:,} case queries)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_embedding_map(points: np.ndarray, codes: np.ndarray, names: list[str],
@@ -101,9 +101,7 @@ def plot_embedding_map(points: np.ndarray, codes: np.ndarray, names: list[str],
                    marker="x")
     ax.set_title("item embeddings, first two principal components (x: cold items)")
     ax.legend(fontsize=7, markerscale=2, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_conversion(report: dict, path: Path) -> None:
@@ -115,9 +113,7 @@ def plot_conversion(report: dict, path: Path) -> None:
     ax.set_ylabel("share of sessions")
     ax.set_title("converted item in the top K given the session's other items")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_report(report: dict, out_dir: str | Path, item_embeddings: np.ndarray,
