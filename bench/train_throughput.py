@@ -65,10 +65,8 @@ def fit_tfrec(sessions, vocab, args, use_text: bool, steps: int | None):
     # One warm-up step so tracing is not counted.
     model.fit(pairs.as_dataset().take(1), epochs=1, verbose=0)
     started = time.perf_counter()
-    history = model.fit(dataset, epochs=epochs, verbose=0)
-    seconds = time.perf_counter() - started
-    steps_done = len(history.history["loss"]) and (steps or None)
-    return model, seconds, steps_done, pairs
+    model.fit(dataset, epochs=epochs, verbose=0)
+    return model, time.perf_counter() - started, pairs
 
 
 def main() -> None:
@@ -118,16 +116,15 @@ def main() -> None:
 
     from tfrec.data.sequences import histories_from_lists
 
-    model, seconds, _, pairs = fit_tfrec(sessions, vocab, args, use_text=False, steps=None)
+    model, seconds, pairs = fit_tfrec(sessions, vocab, args, use_text=False, steps=None)
     queries = model.query_embeddings(histories_from_lists(cases.queries, 20))
     rows.append(("tfrec behaviour tower", tokens * args.epochs / seconds, seconds,
                  hr_at_10(model.item_embeddings(), queries, cases)))
     print(f"  tfrec behaviour tower done in {seconds:.1f}s", flush=True)
 
     if not args.quick:
-        per_epoch = pairs.epoch  # noqa: F841  (pairs per batch are fixed: batch size)
-        model, seconds, steps, _ = fit_tfrec(sessions, vocab, args, use_text=True,
-                                             steps=args.hybrid_steps)
+        model, seconds, _ = fit_tfrec(sessions, vocab, args, use_text=True,
+                                      steps=args.hybrid_steps)
         # Tokens that many steps cover: the share of an epoch's pairs they hold.
         pairs_total = pairs_per_epoch(pairs)
         covered = tokens * min(1.0, args.hybrid_steps * args.batch / pairs_total)
@@ -142,10 +139,7 @@ def main() -> None:
 
 
 def pairs_per_epoch(pairs: PairPipeline) -> int:
-    total = 0
-    for batch in pairs.epoch(0):
-        total += len(batch["target"])
-    return total
+    return sum(block["target"].size for block in pairs.epoch_blocks(0))
 
 
 if __name__ == "__main__":

@@ -12,18 +12,23 @@ from tfrec.data.vocab import ItemVocabulary
 from tfrec.errors import InputError
 
 
+def _session_window(items: np.ndarray, session_of: np.ndarray, positions: np.ndarray,
+                    offsets: np.ndarray) -> np.ndarray:
+    """[len(positions), len(offsets)] items at position + offset, 0 outside the session."""
+    idx = positions[:, None] + offsets[None, :]
+    valid = (idx >= 0) & (idx < len(items))
+    idx = np.where(valid, idx, 0)
+    valid &= session_of[idx] == session_of[positions][:, None]
+    return np.where(valid, items[idx], 0).astype(np.int32)
+
+
 def history_matrix(items: np.ndarray, session_of: np.ndarray, positions: np.ndarray,
                    length: int) -> np.ndarray:
     """[len(positions), length] the `length` events before each position in its session.
 
     Most recent last, left-padded with 0 where the session has fewer events.
     """
-    offsets = np.arange(-length, 0)
-    idx = positions[:, None] + offsets[None, :]
-    valid = idx >= 0
-    idx = np.where(valid, idx, 0)
-    valid &= session_of[idx] == session_of[positions][:, None]
-    return np.where(valid, items[idx], 0).astype(np.int32)
+    return _session_window(items, session_of, positions, np.arange(-length, 0))
 
 
 def context_matrix(items: np.ndarray, session_of: np.ndarray, positions: np.ndarray,
@@ -37,11 +42,7 @@ def context_matrix(items: np.ndarray, session_of: np.ndarray, positions: np.ndar
     """
     after = length // 2
     offsets = np.concatenate([np.arange(after - length, 0), np.arange(1, after + 1)])
-    idx = positions[:, None] + offsets[None, :]
-    valid = (idx >= 0) & (idx < len(items))
-    idx = np.where(valid, idx, 0)
-    valid &= session_of[idx] == session_of[positions][:, None]
-    return np.where(valid, items[idx], 0).astype(np.int32)
+    return _session_window(items, session_of, positions, offsets)
 
 
 def histories_from_lists(queries: list, length: int) -> np.ndarray:

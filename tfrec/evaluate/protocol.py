@@ -116,15 +116,32 @@ def score_cases(ranks: np.ndarray, cases: Cases, k: int = 10) -> dict:
     return out
 
 
-def evaluate_model(model, cases: Cases, history_length: int, k: int = 10) -> dict:
-    """Ranks every case's target with the model's query and item embeddings."""
+def rank_targets(model, queries: list, targets: np.ndarray, history_length: int,
+                 items: np.ndarray | None = None):
+    """Ranks of `targets` over the catalogue, each query's own items excluded.
+
+    Args:
+      model: anything with `item_embeddings()` and `query_embeddings(history)`.
+      queries: item index lists; the query tower sees the last history_length.
+      targets: [n] item indices.
+      items: the model's item embeddings, if already computed.
+
+    Returns:
+      (ranks [n], item embeddings, query embeddings).
+    """
     from tfrec.data.sequences import histories_from_lists
 
-    if len(cases) == 0:
-        raise InputError("no evaluation cases: no held-out session has two distinct items")
-    items = model.item_embeddings()
-    queries = model.query_embeddings(histories_from_lists(cases.queries, history_length))
+    items = model.item_embeddings() if items is None else items
+    query_embeddings = model.query_embeddings(histories_from_lists(queries, history_length))
     valid = np.ones(len(items), dtype=bool)
     valid[OOV_INDEX] = False
-    ranks = target_ranks(queries, items, cases.targets, cases.queries, valid)
+    ranks = target_ranks(query_embeddings, items, np.asarray(targets), queries, valid)
+    return ranks, items, query_embeddings
+
+
+def evaluate_model(model, cases: Cases, history_length: int, k: int = 10) -> dict:
+    """Ranks every case's target with the model's query and item embeddings."""
+    if len(cases) == 0:
+        raise InputError("no evaluation cases: no held-out session has two distinct items")
+    ranks, _, _ = rank_targets(model, cases.queries, cases.targets, history_length)
     return score_cases(ranks, cases, k)

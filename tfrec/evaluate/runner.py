@@ -19,7 +19,8 @@ import numpy as np
 
 from tfrec.errors import InputError
 from tfrec.evaluate import baselines as baselines_lib
-from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
+from tfrec.evaluate.metrics import hit_rate, target_ranks
+from tfrec.evaluate.protocol import rank_targets, score_cases
 
 logger = logging.getLogger(__name__)
 
@@ -61,22 +62,22 @@ def parse_baselines(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def scores_of(ranks: np.ndarray, cold: np.ndarray, k: int) -> dict:
-    """HR@k / NDCG@k for all, warm and cold targets, and HR@1..MAX_K curves."""
-    out = {}
-    for group, mask in (("all", np.ones(len(ranks), bool)), ("warm", ~cold), ("cold", cold)):
-        r = ranks[mask]
-        if not len(r):  # no such targets: not applicable (null in JSON), not NaN
-            out[group] = {"cases": 0, f"hr@{k}": None, f"ndcg@{k}": None, "hr_curve": []}
-            continue
-        out[group] = {"cases": int(mask.sum()), f"hr@{k}": hit_rate(r, k),
-                      f"ndcg@{k}": ndcg(r, k),
-                      "hr_curve": [hit_rate(r, kk) for kk in range(1, MAX_K + 1)]}
+def scores_of(ranks: np.ndarray, cases, k: int) -> dict:
+    """`protocol.score_cases` per group plus HR@1..MAX_K curves; a group
+    without cases is null (strict JSON), not NaN."""
+    out = score_cases(ranks, cases, k)
+    out.pop("unknown_targets")
+    for group, mask in (("all", np.ones(len(ranks), bool)), ("warm", ~cases.cold),
+                        ("cold", cases.cold)):
+        if not mask.any():
+            out[group].update({f"hr@{k}": None, f"ndcg@{k}": None, "hr_curve": []})
+        else:
+            out[group]["hr_curve"] = [hit_rate(ranks[mask], kk) for kk in range(1, MAX_K + 1)]
     return out
 
 
 class Step:
-    """Numbered progress lines: '[3/8] item2vec (gensim) ... done in 12.3s'."""
+    """Numbered progress lines ('[3/9] popularity'); a call returns the time."""
 
     def __init__(self, total: int):
         self.total = total
@@ -174,42 +175,24 @@ class ExportedModel:
                 "recall": {str(k): float(np.mean(hits) / k)}}
 
 
-def _model_ranks(model, cases, history_length: int, valid: np.ndarray):
-    from tfrec.data.sequences import histories_from_lists
-
-    items = model.item_embeddings()
-    queries = model.query_embeddings(histories_from_lists(cases.queries, history_length))
-    return target_ranks(queries, items, cases.targets, cases.queries, valid), items, queries
-
-
 def index_recall(items: np.ndarray, queries: np.ndarray, ks=(1, 5, 10, 20, 50)) -> dict:
     """ScaNN (the export's settings) against exact search on the case queries."""
-    from tfrec.index.ann import IndexConfig, build_index, exact_top_k, scann_parameters
+    from tfrec.index.ann import IndexConfig, build_index, recall_at_ks, scann_parameters
 
     embeddings, ids = items[1:], np.arange(1, len(items)).astype(str)
     config = IndexConfig(kind="scann", max_k=max(ks))
     started = time.perf_counter()
     index = build_index(embeddings, ids, config)
     build = time.perf_counter() - started
-    kmax = min(max(ks), len(embeddings))
-    import tensorflow as tf
-
-    _, found = index(tf.constant(queries, tf.float32), k=kmax)
-    found = found.numpy().astype(str)
-    exact = ids[exact_top_k(queries, embeddings, kmax)]
-    recall = {}
-    for k in ks:
-        k = min(k, kmax)
-        hits = [len(set(a[:k]) & set(b[:k])) for a, b in zip(found, exact)]
-        recall[str(k)] = float(np.mean(hits) / k)
+    recall = recall_at_ks(index, queries, embeddings, ids, ks)
     return {"index": "scann", "parameters": scann_parameters(len(embeddings), config),
-            "queries": int(len(queries)), "build_seconds": round(build, 3), "recall": recall}
+            "queries": int(len(queries)), "build_seconds": round(build, 3),
+            "recall": {str(k): v for k, v in recall.items()}}
 
 
 def conversion_ranks(test_events, vocab, model, history_length: int, session_config,
-                     valid: np.ndarray) -> dict:
+                     items: np.ndarray) -> dict:
     """Airbnb's measure: rank of each test session's converted item given its other items."""
-    from tfrec.data.sequences import histories_from_lists
     from tfrec.data.sessions import sessionize
 
     if len(test_events) == 0:
@@ -233,9 +216,7 @@ def conversion_ranks(test_events, vocab, model, history_length: int, session_con
                 "reason": "the test sessions have no conversion event "
                           f"(types {', '.join(session_config.conversion_types)}) after other "
                           "items"}
-    items = model.item_embeddings()
-    q = model.query_embeddings(histories_from_lists(queries, history_length))
-    ranks = target_ranks(q, items, np.asarray(targets), queries, valid)
+    ranks, _, _ = rank_targets(model, queries, targets, history_length, items)
     return {"available": True, "sessions": len(targets),
             "mean_rank": float(ranks.mean()), "median_rank": float(np.median(ranks)),
             "share_in_top_k": [hit_rate(ranks, k) for k in range(1, MAX_K + 1)]}
@@ -364,7 +345,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         model, checkpoint = exported, str(Path(saved_model).resolve())
     t0 = step(f"{LABELS[MODEL]}: ranking {len(cases):,} cases over {vocab.size - 1:,} items"
               + (f" (export {saved_model})" if exported else ""))
-    ranks, item_emb, query_emb = _model_ranks(model, cases, config.model.history_length, valid)
+    ranks, item_emb, query_emb = rank_targets(model, cases.queries, cases.targets,
+                                              config.model.history_length)
     results[MODEL] = MethodResult(MODEL, ranks, time.perf_counter() - t0,
                                   f"export {saved_model}" if exported
                                   else f"checkpoint {Path(checkpoint).name}")
@@ -386,7 +368,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         else:
             overrides = {"use_text": False} if name == "tfrec_text_off" else {"use_ids": False}
             variant = _variant_run(run_dir, config, name, overrides, step)
-            r, _, _ = _model_ranks(variant, cases, config.model.history_length, valid)
+            r, _, _ = rank_targets(variant, cases.queries, cases.targets,
+                                   config.model.history_length)
             results[name] = MethodResult(name, r, time.perf_counter() - t0)
             continue
         r = target_ranks(emb.queries, emb.items, cases.targets, cases.queries, valid)
@@ -402,11 +385,11 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         step("index recall: ScaNN (export settings) against exact search")
         recall = index_recall(item_emb, query_emb)
     conversion = conversion_ranks(data.test_slice, vocab, model, config.model.history_length,
-                                  config.data.sessions, valid)
+                                  config.data.sessions, item_emb)
 
     methods = {name: {"label": LABELS[name], "seconds": round(res.seconds, 1),
                       **({"note": res.note} if res.note else {}),
-                      **scores_of(res.ranks, cases.cold, k)}
+                      **scores_of(res.ranks, cases, k)}
                for name, res in results.items()}
     report = {
         "run": str(run_dir.resolve()), "checkpoint": checkpoint, "k": k,

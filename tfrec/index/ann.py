@@ -101,14 +101,27 @@ def exact_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int) -> np.ndarr
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
+def recall_at_ks(index, queries: np.ndarray, embeddings: np.ndarray, identifiers: np.ndarray,
+                 ks) -> dict[int, float]:
+    """k -> share of the exact top-k ids the index also returns, averaged over queries.
+
+    One index call and one exact search at the largest k serve every k.
+    """
+    kmax = min(max(ks), len(embeddings))
+    if len(queries) == 0:
+        return {k: float("nan") for k in ks}
+    _, found = index(tf.constant(queries, tf.float32), k=kmax)
+    found = found.numpy().astype(str)
+    exact = np.asarray(identifiers).astype(str)[exact_top_k(queries, embeddings, kmax)]
+    out = {}
+    for k in ks:
+        k_eff = min(k, kmax)
+        hits = [len(set(a[:k_eff]) & set(b[:k_eff])) for a, b in zip(found, exact)]
+        out[k] = float(np.mean(hits) / k_eff)
+    return out
+
+
 def recall_at_k(index, queries: np.ndarray, embeddings: np.ndarray, identifiers: np.ndarray,
                 k: int) -> float:
     """Share of the exact top-k ids the index also returns, averaged over queries."""
-    if len(queries) == 0:
-        return float("nan")
-    k = min(k, len(embeddings))
-    _, found = index(tf.constant(queries, tf.float32), k=k)
-    found = found.numpy().astype(str)
-    exact = np.asarray(identifiers).astype(str)[exact_top_k(queries, embeddings, k)]
-    hits = [len(set(a) & set(b)) for a, b in zip(found, exact)]
-    return float(np.mean(hits) / k)
+    return recall_at_ks(index, queries, embeddings, identifiers, (k,))[k]
