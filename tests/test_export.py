@@ -226,3 +226,25 @@ def test_bad_export_requests_exit_2(run_dir, tmp_path, capsys):
                     "--leaves-to-search", "1", "--reorder", "10", "--recall-floor", "1.0")
     assert code == 2 and "under the floor" in err
     assert not (tmp_path / "m3").exists() or not any((tmp_path / "m3").iterdir())
+
+
+def test_index_searches_more_leaves_until_recall_meets_the_floor():
+    from tfrec.index.ann import build_index_for_recall, scann_parameters
+
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(3000, 16)).astype(np.float32)
+    ids = np.array([f"i{n}" for n in range(len(items))])
+    queries = rng.normal(size=(200, 16)).astype(np.float32)
+    default = IndexConfig(kind="scann", max_k=10, num_leaves=60, recall_floor=0.99)
+    start = scann_parameters(len(items), default)["num_leaves_to_search"]
+    messages = []
+    _, used, recall, seconds = build_index_for_recall(items, ids, default, queries, 10,
+                                                       log=messages.append)
+    # Either the floor was reached or every leaf is searched; either way it widened.
+    assert used.num_leaves_to_search > start and messages and seconds > 0
+    assert recall >= 0.99 or used.num_leaves_to_search == 60
+    # A search breadth the user chose is kept, and the caller gets the low recall to refuse.
+    fixed = IndexConfig(kind="scann", max_k=10, num_leaves=60, num_leaves_to_search=1,
+                        recall_floor=0.99)
+    _, used, recall, _ = build_index_for_recall(items, ids, fixed, queries, 10)
+    assert used.num_leaves_to_search == 1 and recall < 0.99

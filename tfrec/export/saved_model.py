@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.errors import InputError
-from tfrec.index.ann import IndexConfig, build_index, recall_at_k, scann_parameters
+from tfrec.index.ann import IndexConfig, build_index_for_recall, scann_parameters
 from tfrec.utils import ensure_folder
 
 logger = logging.getLogger(__name__)
@@ -276,9 +276,6 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
     logger.info("embedding %d catalogue items", vocab.size - 1)
     embeddings = model.item_embeddings()
     item_ids = vocab.ids.astype(str)
-    t = time.perf_counter()
-    index = build_index(embeddings[1:], item_ids[1:], index_config)
-    build_seconds = time.perf_counter() - t
 
     logger.info("re-reading the training data for real query sessions")
     data = prepare_training_data(config)
@@ -288,7 +285,8 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
     queries = model.query_embeddings(histories_from_lists(sessions[:recall_queries],
                                                           model.query_tower.history_length))
     k = min(10, index_config.max_k)
-    recall = recall_at_k(index, queries, embeddings[1:], item_ids[1:], k)
+    index, index_config, recall, build_seconds = build_index_for_recall(
+        embeddings[1:], item_ids[1:], index_config, queries, k, log=logger.info)
     logger.info("index recall@%d against brute force on %d real queries: %.4f", k, len(queries),
                 recall)
     if index_config.kind == "scann" and recall < index_config.recall_floor:

@@ -84,6 +84,39 @@ def build_index(embeddings: np.ndarray, identifiers: np.ndarray, config: IndexCo
     return layer.index(candidates, ids)
 
 
+def build_index_for_recall(embeddings: np.ndarray, identifiers: np.ndarray, config: IndexConfig,
+                           queries: np.ndarray, k: int, log=None):
+    """Builds the index and measures its recall@k on `queries`.
+
+    A ScaNN index whose recall is under `config.recall_floor` is rebuilt
+    searching twice as many leaves, up to all of them, unless the caller set
+    `num_leaves_to_search` (then its choice stands and the caller decides).
+
+    Returns:
+      (index, config actually used, recall@k, seconds spent building).
+    """
+    import time
+
+    seconds = 0.0
+    may_widen = config.num_leaves_to_search is None
+    while True:
+        started = time.perf_counter()
+        index = build_index(embeddings, identifiers, config)
+        seconds += time.perf_counter() - started
+        recall = recall_at_k(index, queries, embeddings, identifiers, k)
+        if config.kind != "scann" or recall >= config.recall_floor or not len(queries):
+            return index, config, recall, seconds
+        params = scann_parameters(len(embeddings), config)
+        if not may_widen or params["num_leaves_to_search"] >= params["num_leaves"]:
+            return index, config, recall, seconds
+        wider = min(params["num_leaves"], 2 * params["num_leaves_to_search"])
+        if log is not None:
+            log(f"recall@{k} {recall:.3f} is under the floor {config.recall_floor}; "
+                f"searching {wider} of {params['num_leaves']} leaves instead of "
+                f"{params['num_leaves_to_search']}")
+        config = dataclasses.replace(config, num_leaves_to_search=wider)
+
+
 def exact_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int) -> np.ndarray:
     """[n, k] row indices of the k highest dot products (numpy oracle).
 
