@@ -40,6 +40,20 @@ def test_target_ranks_by_hand():
     assert ranks.tolist() == [2, 1]
 
 
+def test_target_ranks_with_a_stand_in_target_embedding():
+    items = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [-1.0, 0.0]])
+    queries = np.array([[1.0, 0.0], [1.0, 0.0]])
+    valid = np.array([False, True, True, True, True])
+    # Target 2 scored as [0.8, 0] (0.8) instead of its own row (0.0): only item 1
+    # (1.0) is above it; its own row no longer competes. Target 1 scored as [0, 1]
+    # (0.0): item 3 (0.7) is above, item 2 (0.0) ties and is not counted
+    # without tie_seed, and its own row no longer competes either.
+    stand_in = np.array([[0.8, 0.0], [0.0, 1.0]])
+    ranks = target_ranks(queries, items, np.array([2, 1]), [[], []], valid, tie_seed=None,
+                         target_embeddings=stand_in)
+    assert ranks.tolist() == [1, 1]
+
+
 def test_ties_are_broken_at_random_not_in_the_targets_favour():
     items = np.ones((1001, 1))
     queries = np.ones((500, 1))
@@ -209,6 +223,39 @@ def test_report_has_every_method_on_the_same_cases(report):
     assert 0.5 < result["index_recall"]["recall"]["10"] <= 1.0
 
 
+def test_cold_start_figures(report, run_dir):
+    from tfrec.train import load_run
+
+    _, result = report
+    cs = result["cold_start"]
+    assert cs["available"] and cs["warm_cases"] == result["methods"]["tfrec"]["warm"]["cases"]
+    # The warm targets scored as usual are the table's warm figures.
+    assert cs["warm"]["hr@10"] == pytest.approx(result["methods"]["tfrec"]["warm"]["hr@10"])
+    assert 0.0 <= cs["warm_as_new"]["hr@10"] <= 1.0
+    vocab = load_run(run_dir)[1]
+    cold_items = int((vocab.counts[1:] == 0).sum())
+    assert cold_items > 0
+    assert cs["cold_share"]["catalogue"] == pytest.approx(cold_items / (vocab.size - 1))
+    assert cs["cold_share"]["targets"] == pytest.approx(
+        result["protocol"]["cold_cases"] / result["protocol"]["cases"])
+    assert 0.0 <= cs["cold_share"]["top_k_slots"] <= 1.0
+    assert "cold start: warm targets scored by their text alone" in format_report(result)
+
+
+def test_cold_start_needs_a_text_tower():
+    from tfrec.evaluate.runner import cold_start_figures
+
+    class IdsOnly:
+        class candidate_tower:
+            use_text = False
+
+    class Vocab:
+        text = np.array(["", "red cup"], dtype=object)
+
+    figures = cold_start_figures(IdsOnly(), Vocab(), None, None, None, None, 10)
+    assert figures == {"available": False, "reason": "the model has no text tower"}
+
+
 def test_report_files_and_html_plots_exist(report):
     out, result = report
     text = (out / "report.json").read_text()
@@ -267,6 +314,9 @@ def test_evaluate_an_exported_version_matches_its_run(run_dir, report, tmp_path,
     assert "the export's index" in capsys.readouterr().out
     exported = json.loads((out / "report.json").read_text())
     from_run = report[1]["methods"]["tfrec"]
+    # The export's embed_items signature gives the same text-only embeddings.
+    assert exported["cold_start"]["warm_as_new"]["hr@10"] == pytest.approx(
+        report[1]["cold_start"]["warm_as_new"]["hr@10"], abs=0.01)
     # Same embeddings (cached in the export), same queries (its embed_query signature).
     for group in ("all", "warm", "cold"):
         if from_run[group]["cases"] == 0:

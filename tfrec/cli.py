@@ -332,10 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--version", type=int, help="version number (default: the next one)")
     ex.add_argument("--max-k", type=int, default=100, help="the largest k a request may ask")
     ex.add_argument("--leaves", type=int, help="ScaNN partitions (default ~sqrt(items))")
-    ex.add_argument("--leaves-to-search", type=int, help="ScaNN partitions searched")
+    ex.add_argument("--leaves-to-search", type=int, help="ScaNN partitions searched (default: a tenth, "
+                    "widened automatically until --recall-floor is met)")
     ex.add_argument("--reorder", type=int, help="ScaNN candidates re-scored exactly")
     ex.add_argument("--recall-floor", type=float, default=0.9,
-                    help="refuse a ScaNN index whose recall@10 is below this (default 0.9)")
+                    help="least ScaNN recall@10 against brute force (default 0.9): the "
+                         "search widens to reach it, or the export is refused")
     ex.add_argument("--serving-config", default="serving_config", metavar="DIR",
                     help="folder of models.config / batching.config to update")
     ex.add_argument("--no-serving-config", action="store_true",

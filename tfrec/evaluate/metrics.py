@@ -21,7 +21,7 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
 
 def target_ranks(query_embeddings, item_embeddings, targets: np.ndarray, exclude: list,
                  valid: np.ndarray | None = None, chunk: int | None = None,
-                 tie_seed: int | None = 0) -> np.ndarray:
+                 tie_seed: int | None = 0, target_embeddings=None) -> np.ndarray:
     """Rank of each target among all valid items by dot-product score.
 
     Args:
@@ -34,6 +34,9 @@ def target_ranks(query_embeddings, item_embeddings, targets: np.ndarray, exclude
         random order fixed by this seed, and those before the target count
         against it (an unbiased tie-break: a method scoring everything
         equally gets chance-level ranks). None counts no tie against it.
+      target_embeddings: [n, d] dense, optional: score each case's target
+        with this row instead of its own item embedding (e.g. its text-only
+        embedding: the target as if it were a brand-new item).
 
     Returns:
       [n] int64 ranks (0 = first): how many valid, non-excluded items come
@@ -60,7 +63,13 @@ def target_ranks(query_embeddings, item_embeddings, targets: np.ndarray, exclude
                               + [np.zeros(0, np.int64)])
         scores[rows.astype(np.int64), cols] = -np.inf
         target = targets[start:stop]
-        own = scores[np.arange(stop - start), target]
+        if target_embeddings is None:
+            own = scores[np.arange(stop - start), target]
+        else:
+            own = np.sum(np.asarray(query_embeddings[start:stop], np.float64)
+                         * np.asarray(target_embeddings[start:stop], np.float64), axis=1)
+            own = np.where(valid[target], own, -np.inf)
+            scores[np.arange(stop - start), target] = -np.inf
         before = (scores > own[:, None]).sum(axis=1)
         if priority is not None:
             tied = (scores == own[:, None]) & (priority[None, :] < priority[target][:, None])

@@ -149,6 +149,19 @@ def _img(out_dir: Path, relative: str, alt: str) -> str:
             "</figure>")
 
 
+def _cold_start_html(report: dict) -> str:
+    cs = report.get("cold_start") or {}
+    if not cs.get("available"):
+        return ""
+    k, share = report["k"], cs["cold_share"]
+    return (f"<h2>Cold start</h2><p>The {cs['warm_cases']:,} warm targets scored by their text "
+            f"alone, as if each were a brand-new item: HR@{k} {_num(cs['warm_as_new'][f'hr@{k}'])}"
+            f" (scored by their full embedding: {_num(cs['warm'][f'hr@{k}'])}). Cold items hold "
+            f"{share['top_k_slots']:.1%} of the model's top-{k} slots; they are "
+            f"{share['targets']:.1%} of the targets and {share['catalogue']:.1%} of the "
+            "catalogue.</p>")
+
+
 def render_html(report: dict, out_dir: Path) -> str:
     from tfrec.evaluate.runner import LABELS, format_report
 
@@ -188,6 +201,7 @@ seed {p['eval_seed']}.</p>
 <table><tr><th>method</th><th>HR@{k}</th><th>warm</th><th>cold</th><th>NDCG@{k}</th>
 <th>warm</th><th>cold</th><th>time</th></tr>{''.join(rows)}</table>
 <h2>Checks</h2><ul>{checks}</ul>
+{_cold_start_html(report)}
 <h2>Plots</h2>{figures}
 <h2>As printed</h2><pre>{html.escape(format_report(report))}</pre>
 </body></html>

@@ -19,7 +19,7 @@ import numpy as np
 
 from tfrec.errors import InputError
 from tfrec.evaluate import baselines as baselines_lib
-from tfrec.evaluate.metrics import hit_rate, target_ranks
+from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
 from tfrec.evaluate.protocol import rank_targets, score_cases
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,18 @@ class ExportedModel:
     def item_embeddings(self) -> np.ndarray:
         return self.items
 
+    def text_embeddings(self, texts: np.ndarray, batch_size: int = 4096) -> np.ndarray | None:
+        """The export's `embed_items` for unknown ids: each text as a brand-new item."""
+        import tensorflow as tf
+
+        function = self.module.signatures["embed_items"]
+        texts = np.asarray(texts).astype(str)
+        out = [function(item_ids=tf.constant([""] * len(texts[i:i + batch_size])),
+                        texts=tf.constant(texts[i:i + batch_size]))["embeddings"].numpy()
+               for i in range(0, len(texts), batch_size)]
+        vectors = np.concatenate(out) if out else np.zeros((0, self.items.shape[1]), np.float32)
+        return vectors if np.abs(vectors).sum() > 0 else None  # no text tower: all zeros
+
     def _ids(self, history: np.ndarray):
         import tensorflow as tf
 
@@ -173,6 +185,67 @@ class ExportedModel:
         hits = [len(set(a) & set(b)) for a, b in zip(found, exact)]
         return {"index": "export", "path": str(self.path), "queries": int(len(history)),
                 "recall": {str(k): float(np.mean(hits) / k)}}
+
+
+def text_embeddings(model, texts: np.ndarray, batch_size: int = 65_536) -> np.ndarray | None:
+    """Each text embedded by the model's text path alone (None without a text tower)."""
+    import tensorflow as tf
+
+    if hasattr(model, "text_embeddings"):
+        return model.text_embeddings(texts)
+    encoder = model.candidate_tower
+    if not encoder.use_text:
+        return None
+    texts = np.asarray(texts).astype(str)
+    return np.concatenate([encoder.encode_text(tf.constant(texts[i:i + batch_size])).numpy()
+                           for i in range(0, len(texts), batch_size)])
+
+
+def cold_start_figures(model, vocab, cases, item_emb: np.ndarray, query_emb: np.ndarray,
+                       valid: np.ndarray, k: int) -> dict:
+    """How the model treats items it knows only by their text.
+
+    - simulated cold start: HR@k / NDCG@k of the warm targets scored with
+      their text-only embedding in place of their full one (every warm
+      target as if it were a brand-new item), beside the same targets scored
+      normally;
+    - top-k slot shares: the share of the model's top-k slots that go to cold
+      items, beside the cold items' share of the catalogue and of the targets
+      (far above the targets' share means cold items are ranked by a bias,
+      crowding out warm ones).
+    """
+    text = text_embeddings(model, vocab.text)
+    out = {"available": text is not None}
+    if text is None:
+        return {**out, "reason": "the model has no text tower"}
+    warm = ~cases.cold
+    targets = cases.targets[warm]
+    queries = [q for q, w in zip(cases.queries, warm) if w]
+    as_new = target_ranks(query_emb[warm], item_emb, targets, queries, valid,
+                          target_embeddings=text[targets])
+    as_is = target_ranks(query_emb[warm], item_emb, targets, queries, valid)
+    cold_item = np.zeros(len(item_emb), dtype=bool)
+    cold_item[1:] = vocab.counts[1:] == 0
+    slots = top_k_items(query_emb, item_emb, cases.queries, valid, k)
+    return {**out, "warm_cases": int(warm.sum()),
+            "warm": {f"hr@{k}": hit_rate(as_is, k), f"ndcg@{k}": ndcg(as_is, k)},
+            "warm_as_new": {f"hr@{k}": hit_rate(as_new, k), f"ndcg@{k}": ndcg(as_new, k)},
+            "cold_share": {"top_k_slots": float(cold_item[slots].mean()),
+                           "targets": float(cases.cold.mean()),
+                           "catalogue": float(cold_item[valid].mean())}}
+
+
+def top_k_items(query_emb: np.ndarray, item_emb: np.ndarray, exclude: list, valid: np.ndarray,
+                k: int, chunk: int = 1024) -> np.ndarray:
+    """[n, k] the k best valid items of each query, its own items excluded (unordered)."""
+    out = []
+    for start in range(0, len(query_emb), chunk):
+        scores = query_emb[start:start + chunk] @ item_emb.T
+        scores[:, ~valid] = -np.inf
+        for row, own in enumerate(exclude[start:start + chunk]):
+            scores[row, own] = -np.inf
+        out.append(np.argpartition(-scores, k - 1, axis=1)[:, :k])
+    return np.concatenate(out)
 
 
 def index_recall(items: np.ndarray, queries: np.ndarray, ks=(1, 5, 10, 20, 50)) -> dict:
@@ -322,7 +395,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     if targets is None and _default_protocol(config):
         targets = DEFAULT_TARGETS
     out_dir = Path(out_dir) if out_dir else run_dir / "evaluation"
-    step = Step(4 + len(baselines))
+    step = Step(5 + len(baselines))
 
     step("preparing the held-out cases (the run's data and split)")
     data = prepare_training_data(config)
@@ -386,6 +459,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         recall = index_recall(item_emb, query_emb)
     conversion = conversion_ranks(data.test_slice, vocab, model, config.model.history_length,
                                   config.data.sessions, item_emb)
+    step("cold start: warm targets as if new, and the cold items' share of the top slots")
+    cold_start = cold_start_figures(model, vocab, cases, item_emb, query_emb, valid, k)
 
     methods = {name: {"label": LABELS[name], "seconds": round(res.seconds, 1),
                       **({"note": res.note} if res.note else {}),
@@ -405,6 +480,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         "methods": methods,
         "index_recall": recall,
         "conversion": conversion,
+        "cold_start": cold_start,
         "checks": check_bar(methods, k, targets),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -462,6 +538,16 @@ def format_report(report: dict) -> str:
     lines.append("converted-item rank: " + (
         f"{conv['sessions']:,} sessions, median rank {conv['median_rank']:.0f}"
         if conv["available"] else f"n/a ({conv['reason']})"))
+    cs = report.get("cold_start", {})
+    if cs.get("available"):
+        share = cs["cold_share"]
+        lines.append(f"cold start: warm targets scored by their text alone HR@{k} "
+                     f"{cs['warm_as_new'][hr]:.4f} (by their full embedding "
+                     f"{cs['warm'][hr]:.4f}); cold items hold {share['top_k_slots']:.1%} of the "
+                     f"top-{k} slots ({share['targets']:.1%} of targets, "
+                     f"{share['catalogue']:.1%} of the catalogue)")
+    elif cs:
+        lines.append(f"cold start: n/a ({cs['reason']})")
     for c in report["checks"]:
         against = (f"{c['baseline']:.4f} ({LABELS.get(c['best_baseline'], c['best_baseline'])})"
                    if "baseline" in c else f"{c['target']}")
