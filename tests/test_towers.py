@@ -119,6 +119,11 @@ def test_item_encoder_fusion_and_cold_items():
     trained = encoder(batch, training=True).numpy()
     assert 40 < np.sum(np.abs(trained - out[0, 0]).sum(-1) > 1e-4) < 160
     np.testing.assert_allclose(encoder(batch).numpy(), np.tile(out[0, 0], (200, 1)), rtol=1e-5)
+    # Without a text path nothing could stand in for a hidden id: no dropout.
+    ids_only = ItemEncoder(num_items=4, num_id_items=2, embedding_dim=8, use_text=False,
+                           id_dropout=0.5, seed=3)
+    np.testing.assert_allclose(ids_only(batch, training=True).numpy(), ids_only(batch).numpy(),
+                               rtol=1e-6)
 
 
 def test_concat_fusion_gives_each_path_its_half():

@@ -439,7 +439,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                                                 dim=gensim_dim,
                                                 epochs=gensim_epochs, seed=config.train.seed)
         else:
-            overrides = {"use_text": False} if name == "tfrec_text_off" else {"use_ids": False}
+            overrides = ({"use_text": False, "id_dropout": 0.0} if name == "tfrec_text_off"
+                         else {"use_ids": False, "id_dropout": 0.0})
             variant = _variant_run(run_dir, config, name, overrides, step)
             r, _, _ = rank_targets(variant, cases.queries, cases.targets,
                                    config.model.history_length)

@@ -34,7 +34,8 @@ class ItemEncoder(keras.layers.Layer):
       embedding_dim: output width.
       use_ids: use the id embedding.
       use_text: use the text path.
-      id_dropout: training-time probability of hiding an id.
+      id_dropout: training-time probability of hiding an id (only with
+        use_text: without a text path there is nothing to stand in for it).
       fusion: "sum" or "concat" (see above).
       text_vocabulary: token vocabulary of the tokeniser.
       sequence_length, token_dim, filters, widths: text tower settings.
@@ -143,7 +144,7 @@ class ItemEncoder(keras.layers.Layer):
             tokens = tf.gather(self.item_tokens, tf.where(in_table, unique, 0))
             tokens = tokens * tf.cast(in_table, tf.int32)[:, None]
             text_u = self._encode_tokens(tokens)
-        if training and self.use_ids and self.id_dropout > 0:
+        if training and self.use_ids and self.use_text and self.id_dropout > 0:
             # Each occurrence hides its id independently: fuse per occurrence.
             drop = tf.random.uniform(tf.shape(flat), seed=self.seed) < self.id_dropout
             has_id = tf.logical_and(tf.gather(unique_has_id, position), tf.logical_not(drop))
