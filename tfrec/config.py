@@ -171,8 +171,8 @@ class ModelConfig:
         embedding_dim, so scores are a behaviour part plus a text part).
       id_dropout: during training, hide an item's id embedding with this
         probability so that the text path alone must serve as the item's
-        embedding. Off by default: on the bundled data it lowered the cold-item
-        hit rate (see the README).
+        embedding, as it must for a new item (only with use_text). 0.1 in the
+        bundled config; see the README for what it changes.
       objective: "skipgram" (binary classification of pairs against sampled
         negatives), "retrieval" (TFRS in-batch softmax of session -> next item,
         with logQ correction) or "both" (the two losses summed).
