@@ -142,5 +142,14 @@ def test_concat_fusion_gives_each_path_its_half():
     np.testing.assert_allclose(encoder.encode_text(tf.constant(TEXTS[3:5])).numpy()[1],
                                emb[3], rtol=1e-5, atol=1e-6)
     assert roundtrip(encoder).fusion == "concat"
+    # text_share sets the text part's width; the id part gets the rest.
+    narrow = ItemEncoder(num_items=5, num_id_items=3, embedding_dim=8, text_vocabulary=vocab,
+                         sequence_length=6, token_dim=4, filters=4, fusion="concat",
+                         text_share=0.25, seed=0)
+    narrow.set_item_texts(TEXTS)
+    assert (narrow.id_dim, narrow.text_dim) == (6, 2)
+    assert narrow.id_embedding.output_dim == 6
+    assert not narrow(tf.constant([4])).numpy()[0, :6].any()
+    assert roundtrip(narrow).text_share == 0.25
     with pytest.raises(ValueError, match="fusion"):
         ItemEncoder(num_items=5, num_id_items=3, fusion="product")

@@ -167,8 +167,10 @@ class ModelConfig:
       use_ids: learn an id embedding per item seen in training (item2vec).
       use_text: encode the item text (the cold-start path).
       fusion: how the id and text embeddings make one item embedding: "sum"
-        (added in one shared space) or "concat" (each its own half of
+        (added in one shared space) or "concat" (each its own part of
         embedding_dim, so scores are a behaviour part plus a text part).
+      text_share: with "concat", the share of embedding_dim given to the
+        text part (the id part gets the rest).
       id_dropout: during training, hide an item's id embedding with this
         probability so that the text path alone must serve as the item's
         embedding, as it must for a new item (only with use_text). 0.1 in the
@@ -195,6 +197,7 @@ class ModelConfig:
     use_ids: bool = True
     use_text: bool = True
     fusion: str = "sum"
+    text_share: float = 0.5
     id_dropout: float = 0.0
     objective: str = "skipgram"
     temperature: float = 0.1
@@ -220,6 +223,13 @@ class ModelConfig:
         if self.fusion not in ("sum", "concat"):
             raise InputError(f"fusion must be 'sum' or 'concat', got {self.fusion!r}",
                              key="fusion")
+        if not 0.0 < self.text_share < 1.0:
+            raise InputError(f"text_share must be in (0, 1), got {self.text_share!r}",
+                             key="text_share")
+        if self.fusion == "concat" and self.use_ids and self.use_text and not (
+                1 <= int(self.embedding_dim * (1.0 - self.text_share)) < self.embedding_dim):
+            raise InputError(f"text_share {self.text_share} of embedding_dim "
+                             f"{self.embedding_dim} leaves one part no width", key="text_share")
         if self.retrieval_context not in ("previous", "session"):
             raise InputError(f"retrieval_context must be 'previous' or 'session', got "
                              f"{self.retrieval_context!r}", key="retrieval_context")

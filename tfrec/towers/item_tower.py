@@ -17,7 +17,8 @@ class ItemEncoder(keras.layers.Layer):
     The embedding fuses an id embedding (item2vec behaviour) and a text
     embedding (Conv1D over the tokenised item text) before normalising:
     `fusion="sum"` adds them in one shared space; `fusion="concat"` gives
-    each its own half of the width and concatenates them, so a dot product
+    each its own part of the width (`text_share` of it to the text, the rest to
+    the id) and concatenates them, so a dot product
     is a behaviour score plus a text score and neither path has to share its
     directions with the other. During training the id part of each occurrence is hidden
     with probability `id_dropout`, so the text path alone must land near the
@@ -37,6 +38,7 @@ class ItemEncoder(keras.layers.Layer):
       id_dropout: training-time probability of hiding an id (only with
         use_text: without a text path there is nothing to stand in for it).
       fusion: "sum" or "concat" (see above).
+      text_share: with "concat", the text part's share of the width.
       text_vocabulary: token vocabulary of the tokeniser.
       sequence_length, token_dim, filters, widths: text tower settings.
 
@@ -48,7 +50,8 @@ class ItemEncoder(keras.layers.Layer):
                  use_ids: bool = True, use_text: bool = True, id_dropout: float = 0.5,
                  text_vocabulary: list[str] | None = None, sequence_length: int = 12,
                  token_dim: int = 64, filters: int = 64, widths: tuple[int, ...] = (1, 2, 3),
-                 seed: int | None = None, fusion: str = "sum", **kwargs):
+                 seed: int | None = None, fusion: str = "sum", text_share: float = 0.5,
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_items = int(num_items)
         self.num_id_items = int(num_id_items)
@@ -65,10 +68,13 @@ class ItemEncoder(keras.layers.Layer):
         if fusion not in ("sum", "concat"):
             raise ValueError(f"fusion must be 'sum' or 'concat', got {fusion!r}")
         self.fusion = fusion
-        # Widths of the two parts: each the whole width, or halves when concatenated.
+        self.text_share = float(text_share)
+        # Widths of the two parts: each the whole width, or shares of it when concatenated.
         split = fusion == "concat" and self.use_ids and self.use_text
-        self.id_dim = self.embedding_dim // 2 if split else self.embedding_dim
-        self.text_dim = self.embedding_dim - self.id_dim if split else self.embedding_dim
+        id_dim = min(max(int(self.embedding_dim * (1.0 - self.text_share)), 1),
+                     self.embedding_dim - 1)
+        self.id_dim = id_dim if split else self.embedding_dim
+        self.text_dim = self.embedding_dim - id_dim if split else self.embedding_dim
         if self.use_ids:
             self.id_embedding = keras.layers.Embedding(
                 self.num_id_items, self.id_dim, name="id_embedding",
@@ -183,4 +189,4 @@ class ItemEncoder(keras.layers.Layer):
                 "id_dropout": self.id_dropout, "text_vocabulary": self.text_vocabulary,
                 "sequence_length": self.sequence_length, "token_dim": self.token_dim,
                 "filters": self.filters, "widths": list(self.widths), "seed": self.seed,
-                "fusion": self.fusion}
+                "fusion": self.fusion, "text_share": self.text_share}
