@@ -114,11 +114,20 @@ def test_item_encoder_fusion_and_cold_items():
     np.testing.assert_allclose(out[0, 1], text_only, rtol=1e-5, atol=1e-6)
     # An index past the catalogue is unknown: no id, no text -> zero vector.
     np.testing.assert_allclose(out[1, 1], 0.0, atol=1e-6)
-    # Id-dropout acts only in training: some warm occurrences lose their id.
-    batch = tf.constant([1] * 200)
-    trained = encoder(batch, training=True).numpy()
-    assert 40 < np.sum(np.abs(trained - out[0, 0]).sum(-1) > 1e-4) < 160
-    np.testing.assert_allclose(encoder(batch).numpy(), np.tile(out[0, 0], (200, 1)), rtol=1e-5)
+    # Id-dropout acts only in training: in about half the calls the warm item
+    # loses its id, at every place it occurs in that call.
+    batch = tf.constant([1] * 20)
+    dropped = 0
+    for _ in range(100):
+        trained = encoder(batch, training=True).numpy()
+        changed = np.abs(trained - out[0, 0]).sum(-1) > 1e-4
+        assert changed.all() or not changed.any()
+        if changed.any():
+            dropped += 1
+            np.testing.assert_allclose(trained[0], encoder.encode_text(
+                tf.constant(["red mug"])).numpy()[0], rtol=1e-5, atol=1e-6)
+    assert 25 < dropped < 75
+    np.testing.assert_allclose(encoder(batch).numpy(), np.tile(out[0, 0], (20, 1)), rtol=1e-5)
     # Without a text path nothing could stand in for a hidden id: no dropout.
     ids_only = ItemEncoder(num_items=4, num_id_items=2, embedding_dim=8, use_text=False,
                            id_dropout=0.5, seed=3)

@@ -20,9 +20,9 @@ class ItemEncoder(keras.layers.Layer):
     each its own part of the width (`text_share` of it to the text, the rest to
     the id) and concatenates them, so a dot product
     is a behaviour score plus a text score and neither path has to share its
-    directions with the other. During training the id part of each occurrence is hidden
-    with probability `id_dropout`, so the text path alone must land near the
-    behaviour space; an item without an id (cold: unseen in training, or
+    directions with the other. During training the id part of each distinct
+    item of a batch is hidden with probability `id_dropout`, so the text path
+    alone must land near the behaviour space; an item without an id (cold: unseen in training, or
     unknown to the vocabulary) is always encoded from its text alone.
 
     The token ids of every catalogue item's text are held in a
@@ -150,16 +150,16 @@ class ItemEncoder(keras.layers.Layer):
             tokens = tf.gather(self.item_tokens, tf.where(in_table, unique, 0))
             tokens = tokens * tf.cast(in_table, tf.int32)[:, None]
             text_u = self._encode_tokens(tokens)
+        keep_id = unique_has_id
         if training and self.use_ids and self.use_text and self.id_dropout > 0:
-            # Each occurrence hides its id independently: fuse per occurrence.
-            drop = tf.random.uniform(tf.shape(flat), seed=self.seed) < self.id_dropout
-            has_id = tf.logical_and(tf.gather(unique_has_id, position), tf.logical_not(drop))
-            fused = self._fuse(tf.gather(id_u, position),
-                               None if text_u is None else tf.gather(text_u, position), has_id)
-        else:
-            # Fuse and normalise each distinct item once, then gather: a batch
-            # of pairs with negatives repeats items many times over.
-            fused = tf.gather(self._fuse(id_u, text_u, unique_has_id), position)
+            # Each distinct item of this call hides its id with probability
+            # id_dropout, at every place it occurs in the call (e.g. in all the
+            # histories of a batch); a separate call draws again.
+            drop = tf.random.uniform(tf.shape(unique), seed=self.seed) < self.id_dropout
+            keep_id = tf.logical_and(unique_has_id, tf.logical_not(drop))
+        # Fuse and normalise each distinct item once, then gather: a batch of
+        # pairs with negatives, or of histories, repeats items many times over.
+        fused = tf.gather(self._fuse(id_u, text_u, keep_id), position)
         alignment = tf.constant(0.0)
         if self.use_ids and self.use_text:
             full = tf.stop_gradient(self._fuse(id_u, text_u, unique_has_id))
