@@ -162,3 +162,18 @@ def test_concat_fusion_gives_each_path_its_half():
     assert roundtrip(narrow).text_share == 0.25
     with pytest.raises(ValueError, match="fusion"):
         ItemEncoder(num_items=5, num_id_items=3, fusion="product")
+
+
+def test_text_encoder_mean_tokens_joins_the_projection_and_ignores_padding():
+    encoder = TextEncoder(vocabulary_size=6, output_dim=4, token_dim=3, filters=2, widths=(1,),
+                          mean_tokens=True)
+    short = encoder(tf.constant([[2, 3]])).numpy()
+    padded = encoder(tf.constant([[2, 3, 0, 0, 0]])).numpy()
+    np.testing.assert_allclose(short, padded, rtol=1e-5, atol=1e-6)
+    assert encoder.projection.kernel.shape == (2 + 3, 4)
+    # Unigram max-pooling cannot see a repeated token; the mean can.
+    max_only = TextEncoder(vocabulary_size=6, output_dim=4, token_dim=3, filters=2, widths=(1,))
+    np.testing.assert_allclose(max_only(tf.constant([[2, 3, 3]])).numpy(),
+                               max_only(tf.constant([[2, 3]])).numpy(), rtol=1e-5, atol=1e-6)
+    assert np.abs(encoder(tf.constant([[2, 3, 3]])).numpy() - short).max() > 1e-6
+    assert roundtrip(encoder).mean_tokens is True

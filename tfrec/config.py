@@ -141,6 +141,8 @@ class TextConfig:
       token_dim: token embedding width.
       filters: Conv1D filters per width.
       widths: Conv1D kernel widths (one convolution per width, max-pooled).
+      mean_tokens: also feed the mean of the token embeddings (a learned bag
+        of words) to the projection.
     """
 
     sequence_length: int = 12
@@ -149,6 +151,7 @@ class TextConfig:
     token_dim: int = 64
     filters: int = 64
     widths: tuple[int, ...] = (1, 2, 3)
+    mean_tokens: bool = False
 
     def __post_init__(self):
         for name in ("sequence_length", "max_tokens", "min_token_count", "token_dim", "filters"):

@@ -191,6 +191,7 @@ def build_model(config: ModelConfig, vocab: ItemVocabulary, seed: int | None = 4
         use_ids=config.use_ids, use_text=config.use_text, id_dropout=config.id_dropout,
         text_vocabulary=tokens, sequence_length=text.sequence_length,
         token_dim=text.token_dim, filters=text.filters, widths=text.widths, seed=seed,
+        mean_tokens=text.mean_tokens,
         fusion=config.fusion, text_share=config.text_share, name="item_encoder")
     encoder.set_item_texts(vocab.text)
     tower = QueryTower(encoder, config.history_length, config.pooling, config.recency_decay,

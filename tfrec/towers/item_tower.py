@@ -40,7 +40,7 @@ class ItemEncoder(keras.layers.Layer):
       fusion: "sum" or "concat" (see above).
       text_share: with "concat", the text part's share of the width.
       text_vocabulary: token vocabulary of the tokeniser.
-      sequence_length, token_dim, filters, widths: text tower settings.
+      sequence_length, token_dim, filters, widths, mean_tokens: text tower settings.
 
     Call:
       item_index: int tensor of any shape [...]  ->  [..., embedding_dim].
@@ -51,7 +51,7 @@ class ItemEncoder(keras.layers.Layer):
                  text_vocabulary: list[str] | None = None, sequence_length: int = 12,
                  token_dim: int = 64, filters: int = 64, widths: tuple[int, ...] = (1, 2, 3),
                  seed: int | None = None, fusion: str = "sum", text_share: float = 0.5,
-                 **kwargs):
+                 mean_tokens: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.num_items = int(num_items)
         self.num_id_items = int(num_id_items)
@@ -64,6 +64,7 @@ class ItemEncoder(keras.layers.Layer):
         self.token_dim = int(token_dim)
         self.filters = int(filters)
         self.widths = tuple(int(w) for w in widths)
+        self.mean_tokens = bool(mean_tokens)
         self.seed = seed
         if fusion not in ("sum", "concat"):
             raise ValueError(f"fusion must be 'sum' or 'concat', got {fusion!r}")
@@ -84,6 +85,7 @@ class ItemEncoder(keras.layers.Layer):
                                            name="tokenizer")
             self.text_encoder = TextEncoder(self.tokenizer.vocabulary_size, self.text_dim,
                                             self.token_dim, self.filters, self.widths,
+                                            mean_tokens=self.mean_tokens,
                                             name="text_encoder")
             self.item_tokens = self.add_weight(
                 name="item_tokens", shape=(self.num_items, self.sequence_length),
@@ -189,4 +191,5 @@ class ItemEncoder(keras.layers.Layer):
                 "id_dropout": self.id_dropout, "text_vocabulary": self.text_vocabulary,
                 "sequence_length": self.sequence_length, "token_dim": self.token_dim,
                 "filters": self.filters, "widths": list(self.widths), "seed": self.seed,
+                "mean_tokens": self.mean_tokens,
                 "fusion": self.fusion, "text_share": self.text_share}

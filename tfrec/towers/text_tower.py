@@ -12,12 +12,17 @@ from tfrec.towers.tokenizer import PAD_ID
 class TextEncoder(keras.layers.Layer):
     """Token embeddings, one Conv1D per kernel width, masked max-pooling, dense projection.
 
+    With `mean_tokens`, the masked mean of the token embeddings (a learned
+    bag of words, like an averaged word-vector baseline) joins the pooled
+    convolution features before the projection.
+
     Args:
       vocabulary_size: token ids in use (padding and unknown included).
       output_dim: width of the text embedding.
       token_dim: token embedding width.
       filters: Conv1D filters per width.
       widths: kernel widths, e.g. (1, 2, 3) for unigram to trigram features.
+      mean_tokens: also feed the mean token embedding to the projection.
 
     Call:
       token_ids: [batch, length] int32 (0 pads)  ->  [batch, output_dim] float32.
@@ -25,13 +30,15 @@ class TextEncoder(keras.layers.Layer):
     """
 
     def __init__(self, vocabulary_size: int, output_dim: int = 64, token_dim: int = 64,
-                 filters: int = 64, widths: tuple[int, ...] = (1, 2, 3), **kwargs):
+                 filters: int = 64, widths: tuple[int, ...] = (1, 2, 3),
+                 mean_tokens: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.vocabulary_size = int(vocabulary_size)
         self.output_dim = int(output_dim)
         self.token_dim = int(token_dim)
         self.filters = int(filters)
         self.widths = tuple(int(w) for w in widths)
+        self.mean_tokens = bool(mean_tokens)
         self.token_embedding = keras.layers.Embedding(self.vocabulary_size, self.token_dim,
                                                       name="token_embedding")
         self.convolutions = [
@@ -49,9 +56,13 @@ class TextEncoder(keras.layers.Layer):
             # ReLU outputs are >= 0, so zeroing padded steps leaves the max intact.
             h = h * tf.cast(mask, h.dtype)[..., None]
             pooled.append(tf.reduce_max(h, axis=1))
+        if self.mean_tokens:
+            count = tf.reduce_sum(tf.cast(mask, x.dtype), axis=1, keepdims=True)
+            pooled.append(tf.math.divide_no_nan(tf.reduce_sum(x, axis=1), count))
         return self.projection(tf.concat(pooled, axis=-1))
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size,
                 "output_dim": self.output_dim, "token_dim": self.token_dim,
-                "filters": self.filters, "widths": list(self.widths)}
+                "filters": self.filters, "widths": list(self.widths),
+                "mean_tokens": self.mean_tokens}
