@@ -272,6 +272,9 @@ def test_report_files_and_html_plots_exist(report):
         assert png.startswith(b"\x89PNG") and base64.b64decode(data) == png
     for label in ("popularity", "text only (TF-IDF)", "item2vec (gensim)"):
         assert label in page
+    cold_start = on_disk["cold_start"]
+    assert "<h2>Cold start</h2>" in page
+    assert f"{cold_start['cold_share']['top_k_slots']:.1%} of the model's top-10 slots" in page
 
 
 def test_conversion_rank_where_the_data_has_conversions(report):
