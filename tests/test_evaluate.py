@@ -252,7 +252,7 @@ def test_cold_start_needs_a_text_tower():
     class Vocab:
         text = np.array(["", "red cup"], dtype=object)
 
-    figures = cold_start_figures(IdsOnly(), Vocab(), None, None, None, None, 10)
+    figures = cold_start_figures(IdsOnly(), Vocab(), None, None, None, None, None, 10)
     assert figures == {"available": False, "reason": "the model has no text tower"}
 
 

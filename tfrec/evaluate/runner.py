@@ -173,15 +173,10 @@ class ExportedModel:
         found = np.concatenate([function(item_ids=self._ids(history[i:i + 1024]),
                                          k=tf.constant(k))["item_ids"].numpy().astype(str)
                                 for i in range(0, len(history), 1024)])
-        exact = []
-        for i in range(0, len(history), 1024):
-            scores = queries[i:i + 1024] @ self.items.T
-            rows = np.arange(len(scores))[:, None].repeat(history.shape[1], 1)
-            scores[rows, history[i:i + 1024]] = -np.inf  # the query's items (and pad 0)
-            scores[:, 0] = -np.inf
-            top = np.argpartition(-scores, k, axis=1)[:, :k]
-            exact.append(self.vocab.ids[top].astype(str))
-        exact = np.concatenate(exact)
+        valid = np.ones(len(self.items), dtype=bool)
+        valid[0] = False
+        top = top_k_items(queries, self.items, list(history), valid, k)  # query items excluded
+        exact = self.vocab.ids[top].astype(str)
         hits = [len(set(a) & set(b)) for a, b in zip(found, exact)]
         return {"index": "export", "path": str(self.path), "queries": int(len(history)),
                 "recall": {str(k): float(np.mean(hits) / k)}}
@@ -201,14 +196,14 @@ def text_embeddings(model, texts: np.ndarray, batch_size: int = 65_536) -> np.nd
                            for i in range(0, len(texts), batch_size)])
 
 
-def cold_start_figures(model, vocab, cases, item_emb: np.ndarray, query_emb: np.ndarray,
-                       valid: np.ndarray, k: int) -> dict:
+def cold_start_figures(model, vocab, cases, ranks: np.ndarray, item_emb: np.ndarray,
+                       query_emb: np.ndarray, valid: np.ndarray, k: int) -> dict:
     """How the model treats items it knows only by their text.
 
     - simulated cold start: HR@k / NDCG@k of the warm targets scored with
       their text-only embedding in place of their full one (every warm
       target as if it were a brand-new item), beside the same targets scored
-      normally;
+      normally (`ranks`: the model's ranks of every case);
     - top-k slot shares: the share of the model's top-k slots that go to cold
       items, beside the cold items' share of the catalogue and of the targets
       (far above the targets' share means cold items are ranked by a bias,
@@ -223,7 +218,7 @@ def cold_start_figures(model, vocab, cases, item_emb: np.ndarray, query_emb: np.
     queries = [q for q, w in zip(cases.queries, warm) if w]
     as_new = target_ranks(query_emb[warm], item_emb, targets, queries, valid,
                           target_embeddings=text[targets])
-    as_is = target_ranks(query_emb[warm], item_emb, targets, queries, valid)
+    as_is = ranks[warm]
     cold_item = np.zeros(len(item_emb), dtype=bool)
     cold_item[1:] = vocab.counts[1:] == 0
     slots = top_k_items(query_emb, item_emb, cases.queries, valid, k)
@@ -461,7 +456,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     conversion = conversion_ranks(data.test_slice, vocab, model, config.model.history_length,
                                   config.data.sessions, item_emb)
     step("cold start: warm targets as if new, and the cold items' share of the top slots")
-    cold_start = cold_start_figures(model, vocab, cases, item_emb, query_emb, valid, k)
+    cold_start = cold_start_figures(model, vocab, cases, ranks, item_emb, query_emb,
+                                    valid, k)
 
     methods = {name: {"label": LABELS[name], "seconds": round(res.seconds, 1),
                       **({"note": res.note} if res.note else {}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -95,8 +96,6 @@ def build_index_for_recall(embeddings: np.ndarray, identifiers: np.ndarray, conf
     Returns:
       (index, config actually used, recall@k, seconds spent building).
     """
-    import time
-
     seconds = 0.0
     may_widen = config.num_leaves_to_search is None
     while True:
