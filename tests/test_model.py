@@ -169,15 +169,17 @@ def cold_start_figures(model, world, k=10):
 
 
 def test_id_dropout_puts_the_text_path_in_the_behaviour_space(world):
-    # Measured on these generated clusters, retrieval objective, seeds 1-4
-    # (off vs id_dropout 0.5): text-only/full cosine 0.80-0.81 vs 0.83-0.87;
-    # warm cluster-mates outscoring a cold item 0.09-0.19 vs 0.40-0.46; a warm
-    # target's HR@10 with its text-only embedding 0.98-1.0 vs 0.78-0.81, with
-    # its full one 0.77-0.78 vs 0.77-0.81; cold-item HR@10 0.78-0.94 vs 0.38-0.48.
+    # Measured on these generated clusters, retrieval objective, seeds 1-8
+    # (off vs id_dropout 0.5): text-only/full cosine 0.80-0.82 vs 0.82-0.87 (on
+    # above off by 0.019-0.065); warm cluster-mates outscoring a cold item
+    # 0.08-0.23 vs 0.43-0.51; a warm target's HR@10 with its text-only
+    # embedding minus with its full one +0.17 to +0.22 vs -0.05 to +0.02;
+    # cold-item HR@10 0.74-0.95 vs 0.31-0.42. Another machine gave 0.21 and
+    # 0.42 mates above and a -0.063 gap with dropout: the bounds leave room.
     # Without id-dropout the text path is never trained to stand alone and a
-    # text-only item outranks nine in ten of its cluster-mates: cold items win
-    # top-10 places by a bias, not by fitting behaviour. With it, a text-only
-    # item ranks like a typical mate and scores as its full embedding would.
+    # text-only item outranks most of its cluster-mates: cold items win top-10
+    # places by a bias, not by fitting behaviour. With it, a text-only item
+    # ranks like a typical mate and scores about as its full embedding would.
     train, _, vocab, _ = world
     sessions = sessionize(train, vocab, SessionConfig())
 
@@ -193,14 +195,15 @@ def test_id_dropout_puts_the_text_path_in_the_behaviour_space(world):
         return cold_start_figures(model, world)
 
     off, on = fit_retrieval(0.0), fit_retrieval(0.5)
-    figures = (off, on)
-    assert on["alignment"] > off["alignment"] + 0.01, figures
+    figures = f"off {off}, on {on}"  # a str: pytest would cut a dict's repr short
+    assert on["alignment"] > off["alignment"], figures
     # Off: text-only items are over-ranked (they beat their own full embedding).
-    assert off["mates_above"] < 0.25, figures
-    assert off["text_only_hr"] > off["warm_hr"] + 0.15, figures
+    assert off["mates_above"] < 0.35, figures
+    assert off["text_only_hr"] > off["warm_hr"] + 0.12, figures
     # On: a text-only item ranks like its cluster-mates, still inside its cluster.
     assert 0.3 < on["mates_above"] < 0.7, figures
-    assert abs(on["text_only_hr"] - on["warm_hr"]) < 0.06, figures
+    assert on["mates_above"] > off["mates_above"] + 0.15, figures
+    assert abs(on["text_only_hr"] - on["warm_hr"]) < 0.1, figures
     assert on["cold_auc"] > 0.95 and off["cold_auc"] > 0.95, figures
     # So the cold items' top-10 hit rate falls: the bias was what put them there.
     assert on["cold_hr"] < off["cold_hr"] - 0.2, figures
