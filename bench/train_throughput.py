@@ -46,15 +46,14 @@ def hr_at_10(items: np.ndarray, queries: np.ndarray, cases) -> float:
     return hit_rate(ranks, 10)
 
 
-def fit_tfrec(sessions, vocab, args, use_text: bool, steps: int | None):
-    import tf_keras as keras
-
+def fit_tfrec(sessions, vocab, args, use_text: bool, steps: int | None, optimizer: str):
     from tfrec.models import build_model
+    from tfrec.optimizers import build_optimizer
 
     config = ModelConfig(embedding_dim=args.dim, use_text=use_text, objective="skipgram",
                          text=TextConfig(token_dim=32, filters=32))
     model = build_model(config, vocab, seed=1)
-    model.compile(optimizer=keras.optimizers.Adam(args.lr))
+    model.compile(optimizer=build_optimizer(optimizer, args.lr))
     pairs = PairPipeline(sessions, vocab, PairConfig(
         window=args.window, num_negatives=args.negatives, subsample=args.subsample,
         batch_size=args.batch, global_context=False, seed=1))
@@ -80,6 +79,8 @@ def main() -> None:
     parser.add_argument("--subsample", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=65_536)
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--optimizers", default="adam,lazy_adam",
+                        help="comma-separated train.optimizer values, one tfrec row each")
     parser.add_argument("--cases", type=int, default=5_000)
     parser.add_argument("--split-fraction", type=float, default=0.3,
                         help="hold out sessions starting in this last share of the time range")
@@ -116,19 +117,22 @@ def main() -> None:
 
     from tfrec.data.sequences import histories_from_lists
 
-    model, seconds, pairs = fit_tfrec(sessions, vocab, args, use_text=False, steps=None)
-    queries = model.query_embeddings(histories_from_lists(cases.queries, 20))
-    rows.append(("tfrec behaviour tower", tokens * args.epochs / seconds, seconds,
-                 hr_at_10(model.item_embeddings(), queries, cases)))
-    print(f"  tfrec behaviour tower done in {seconds:.1f}s", flush=True)
+    for optimizer in args.optimizers.split(","):
+        model, seconds, pairs = fit_tfrec(sessions, vocab, args, use_text=False, steps=None,
+                                          optimizer=optimizer)
+        queries = model.query_embeddings(histories_from_lists(cases.queries, 20))
+        rows.append((f"tfrec behaviour tower, {optimizer}", tokens * args.epochs / seconds,
+                     seconds, hr_at_10(model.item_embeddings(), queries, cases)))
+        print(f"  tfrec behaviour tower ({optimizer}) done in {seconds:.1f}s", flush=True)
 
     if not args.quick:
+        optimizer = args.optimizers.split(",")[-1]
         model, seconds, _ = fit_tfrec(sessions, vocab, args, use_text=True,
-                                      steps=args.hybrid_steps)
+                                      steps=args.hybrid_steps, optimizer=optimizer)
         # Tokens that many steps cover: the share of an epoch's pairs they hold.
         pairs_total = pairs_per_epoch(pairs)
         covered = tokens * min(1.0, args.hybrid_steps * args.batch / pairs_total)
-        rows.append((f"tfrec hybrid (id + text), {args.hybrid_steps} steps",
+        rows.append((f"tfrec hybrid, {optimizer}, {args.hybrid_steps} steps",
                      covered / seconds, seconds, float("nan")))
 
     base = rows[0][1]

@@ -280,6 +280,9 @@ class DataConfig:
             raise InputError("layout 'events' needs an events file", key="data.events")
 
 
+OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Training and the held-out evaluation.
@@ -287,7 +290,9 @@ class TrainConfig:
     Attributes:
       epochs: passes over the training pairs.
       learning_rate: optimizer step size.
-      optimizer: "adam", "adagrad" or "sgd".
+      optimizer: "adam", "lazy_adam" (Adam that updates only the embedding
+        rows a step touches: the step cost stops growing with the catalogue),
+        "adagrad" or "sgd".
       steps_per_epoch: cap on steps per epoch (null: the whole epoch); per
         worker under multi_worker, rounded up to a multiple of the number of
         workers.
@@ -326,8 +331,8 @@ class TrainConfig:
         if not self.learning_rate > 0:
             raise InputError(f"learning_rate must be > 0, got {self.learning_rate!r}",
                              key="learning_rate")
-        if self.optimizer not in ("adam", "adagrad", "sgd"):
-            raise InputError(f"optimizer must be 'adam', 'adagrad' or 'sgd', got "
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}, got "
                              f"{self.optimizer!r}", key="optimizer")
         if not 0.0 <= self.split_fraction < 1.0:
             raise InputError(f"split_fraction must be in [0, 1), got {self.split_fraction!r}",

@@ -160,12 +160,9 @@ def make_dataset(data: TrainingData, objective: str, steps_per_epoch: int | None
 
 
 def _optimizer(config: RunConfig):
-    import tf_keras as keras
+    from tfrec.optimizers import build_optimizer
 
-    lr = config.train.learning_rate
-    return {"adam": lambda: keras.optimizers.Adam(lr),
-            "adagrad": lambda: keras.optimizers.Adagrad(lr),
-            "sgd": lambda: keras.optimizers.SGD(lr)}[config.train.optimizer]()
+    return build_optimizer(config.train.optimizer, config.train.learning_rate)
 
 
 def _callbacks(run_dir: Path, manager, epoch_var, history_path: Path, history: list[dict],
