@@ -9,6 +9,11 @@ each) against a real `tfrec serve` process, with and without server-side
 batching, beside the same SavedModel signature called in-process (one caller,
 and the same number of concurrent callers). Clients and server share this
 machine's cores, as they would on a 2-core host.
+
+A "gRPC floor" row runs the same clients against a Python gRPC server that
+answers every Predict with a stored copy of the model's response (no model,
+no input conversion): the cost of the transport and the Python gRPC stack on
+both sides, which no server written in Python can go under.
 """
 
 from __future__ import annotations
@@ -146,6 +151,64 @@ def over_grpc(model_dir: Path, sessions, concurrency: int, seconds: float,
         server.wait(timeout=120)
 
 
+def echo_server(port: int, response_file: str, workers: int) -> None:
+    """A PredictionService that answers every call with the stored response."""
+    import concurrent.futures
+
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    response = predict_pb2.PredictResponse.FromString(Path(response_file).read_bytes())
+
+    class Echo(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            return response
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(workers))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Echo(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(1))
+    server.wait_for_termination()
+
+
+def over_grpc_floor(model_dir: Path, sessions, concurrency: int, seconds: float,
+                    workdir: Path) -> dict:
+    """The gRPC clients against `echo_server` holding this model's real response."""
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    function = load_saved_model(model_dir).signatures["serving_default"]
+    outputs = function(item_ids=tf.constant([sessions[0]]), k=tf.constant(10))
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = "m"
+    for key, value in outputs.items():
+        response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
+    response_file = workdir / "response.pb"
+    response_file.write_bytes(response.SerializeToString())
+    port = free_port()
+    server = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--echo-server",
+                               str(port), str(response_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=120)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        k = tf.make_tensor_proto(np.int32(10))
+
+        def call(session):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "m"
+            request.inputs["item_ids"].CopyFrom(
+                tf.make_tensor_proto(np.array([session], dtype=bytes)))
+            request.inputs["k"].CopyFrom(k)
+            stub.Predict(request, timeout=30)
+
+        call(sessions[0])
+        return run_callers(call, sessions, concurrency, seconds)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+
+
 # TF Serving's thread flags: one op at a time, one thread per op.
 ONE_THREAD = ("--tensorflow_intra_op_parallelism", "1", "--tensorflow_inter_op_parallelism", "1")
 
@@ -174,6 +237,9 @@ def generated_model(items: int, workdir: Path) -> Path:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--echo-server"]:
+        echo_server(int(sys.argv[2]), sys.argv[3], workers=8)  # as tfrec serve
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--saved-model", required=True, help="an exported version folder")
     parser.add_argument("--items", type=int, default=1_000_000,
@@ -204,6 +270,8 @@ def main() -> None:
                            ONE_THREAD)),
                 (f"gRPC+batching, {args.concurrency}",
                  over_grpc(path, sessions, args.concurrency, args.seconds, True, workdir)),
+                (f"gRPC floor, {args.concurrency}",
+                 over_grpc_floor(path, sessions, args.concurrency, args.seconds, workdir)),
             ]:
                 rows.append((label, name, result))
                 print(f"  done: {label}, {name}", file=sys.stderr, flush=True)
@@ -217,11 +285,14 @@ def main() -> None:
         for label, _ in models:
             mine = {name: r for lab, name, r in rows if lab == label}
             inproc = mine[f"in-process, {args.concurrency} callers"]
+            floor = mine[f"gRPC floor, {args.concurrency}"]
             for name in (f"gRPC, {args.concurrency} clients",
                          f"gRPC, {args.concurrency}, 1 TF thread"):
                 served = mine[name]
                 print(f"{label}, {name}: server p50 is {served['p50'] / inproc['p50']:.2f}x the "
-                      f"in-process p50 at the same concurrency; p99 {served['p99']:.2f} ms")
+                      f"in-process p50 at the same concurrency; p99 {served['p99']:.2f} ms; "
+                      f"above the gRPC floor: {served['p50'] - floor['p50']:.2f} ms at p50 "
+                      f"(model call in-process: {inproc['p50']:.2f} ms)")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

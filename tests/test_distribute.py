@@ -118,7 +118,8 @@ def data_files(tmp_path_factory):
     return folder
 
 
-def write_config(folder: Path, data_files: Path, strategy: str, objective: str = "both") -> Path:
+def write_config(folder: Path, data_files: Path, strategy: str, objective: str = "both",
+                 optimizer: str = "adam") -> Path:
     """A tiny run; both objectives by default (so both tasks run under the strategy)."""
     config = {
         "data": {"layout": "events", "events": str(data_files / "events.csv"),
@@ -127,7 +128,7 @@ def write_config(folder: Path, data_files: Path, strategy: str, objective: str =
         "model": {"embedding_dim": 16, "objective": objective,
                   "text": {"token_dim": 8, "filters": 8}},
         "train": {"epochs": 1, "steps_per_epoch": STEPS, "split_fraction": 0.15,
-                  "retrieval_batch_size": BATCH, "strategy": strategy},
+                  "retrieval_batch_size": BATCH, "strategy": strategy, "optimizer": optimizer},
     }
     path = folder / "run.json"
     path.write_text(json.dumps(config))
@@ -153,13 +154,17 @@ def test_bad_strategy_exits_2_naming_the_setting(tmp_path, data_files, capsys, m
     assert not run.exists()  # refused before anything was written
 
 
-def test_mirrored_trains_on_one_cpu_and_writes_a_run_folder(tmp_path, data_files):
+@pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
+def test_mirrored_trains_on_one_cpu_and_writes_a_run_folder(tmp_path, data_files, optimizer):
     import tensorflow as tf
 
     from tfrec.train import load_run, train
 
-    config = load_run_config(write_config(tmp_path, data_files, "mirrored"))
+    config = load_run_config(write_config(tmp_path, data_files, "mirrored",
+                                          optimizer=optimizer))
     result = train(config, tmp_path / "run", verbose=0)
+    assert type(result.model.optimizer).__name__ == {"adam": "Adam",
+                                                     "lazy_adam": "LazyAdam"}[optimizer]
     strategy = result.model.distribute_strategy
     assert isinstance(strategy, tf.distribute.MirroredStrategy)
     assert strategy.num_replicas_in_sync == 1

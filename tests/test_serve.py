@@ -255,6 +255,8 @@ def test_status_goes_loading_then_available_and_config_reloads(server):
     (lambda r: r.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(np.array(
         [[[b"i1"]]]))), grpc.StatusCode.INVALID_ARGUMENT),
     (lambda r: r.output_filter.append("nope"), grpc.StatusCode.INVALID_ARGUMENT),
+    (lambda r: r.inputs["k"].__setattr__("tensor_content", b"\0\0"),  # 2 bytes for an int32
+     grpc.StatusCode.INVALID_ARGUMENT),
 ])
 def test_bad_requests_get_their_status_code_and_the_server_keeps_answering(
         shared, change, code):

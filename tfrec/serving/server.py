@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 
 from tfrec.serving.config import ModelEntry, parse_model_config, read_model_config
+from tfrec.serving.tensors import MalformedTensor, to_ndarray, to_proto
 
 logger = logging.getLogger(__name__)
 
@@ -313,15 +314,14 @@ class PredictionServicer:
         context.abort(err.code, err.message)
 
     def Predict(self, request, context):
-        import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
         try:
             arrays = {}
             for key, proto in request.inputs.items():
                 try:
-                    arrays[key] = tf.make_ndarray(proto)
-                except Exception as err:
+                    arrays[key] = to_ndarray(proto)
+                except MalformedTensor as err:
                     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                        f"input {key!r}: malformed tensor: {err}") from None
             spec = request.model_spec
@@ -335,7 +335,7 @@ class PredictionServicer:
             response.model_spec.version.value = number
             response.model_spec.signature_name = signature
             for key, value in outputs.items():
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+                response.outputs[key].CopyFrom(to_proto(value))
             return response
         except ServingError as err:
             self._fail(context, err)
