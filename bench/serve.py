@@ -10,7 +10,9 @@ batching, beside the same SavedModel signature called in-process (one caller,
 and the same number of concurrent callers). Clients and server share this
 machine's cores, as they would on a 2-core host.
 
-A "gRPC floor" row runs the same clients against a Python gRPC server that
+A "handler, no gRPC" row calls `tfrec serve`'s Predict handler in-process
+(request proto in, response proto out, the client's request building
+included, as in the gRPC rows). A "gRPC floor" row runs the same clients against a Python gRPC server that
 answers every Predict with a stored copy of the model's response (no model,
 no input conversion): the cost of the transport and the Python gRPC stack on
 both sides, which no server written in Python can go under.
@@ -96,6 +98,34 @@ def in_process(model_dir: Path, sessions, concurrency: int, seconds: float) -> d
 
     def call(session):
         function(item_ids=tf.constant([session]), k=k)
+
+    call(sessions[0])
+    return run_callers(call, sessions, concurrency, seconds)
+
+
+def handler_only(model_dir: Path, sessions, concurrency: int, seconds: float,
+                 workdir: Path) -> dict:
+    """`tfrec serve`'s Predict handler called in-process: the server's own work, no gRPC."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from tfrec.serving.config import ModelEntry
+    from tfrec.serving.server import ModelManager, PredictionServicer, Predictor
+
+    base = workdir / "handler-base"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    os.symlink(model_dir.resolve(), base / "1")
+    manager = ModelManager([ModelEntry("m", base)])
+    manager.sync()
+    servicer = PredictionServicer(Predictor(manager))
+    k = tf.make_tensor_proto(np.int32(10))
+
+    def call(session):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "m"
+        request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(np.array([session], dtype=bytes)))
+        request.inputs["k"].CopyFrom(k)
+        servicer.Predict(request, None)
 
     call(sessions[0])
     return run_callers(call, sessions, concurrency, seconds)
@@ -263,6 +293,8 @@ def main() -> None:
                 ("in-process, 1 caller", in_process(path, sessions, 1, args.seconds)),
                 (f"in-process, {args.concurrency} callers",
                  in_process(path, sessions, args.concurrency, args.seconds)),
+                (f"handler, no gRPC, {args.concurrency}",
+                 handler_only(path, sessions, args.concurrency, args.seconds, workdir)),
                 (f"gRPC, {args.concurrency} clients",
                  over_grpc(path, sessions, args.concurrency, args.seconds, False, workdir)),
                 (f"gRPC, {args.concurrency}, 1 TF thread",
