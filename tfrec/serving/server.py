@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 
 from tfrec.serving.config import ModelEntry, parse_model_config, read_model_config
-from tfrec.serving.tensors import MalformedTensor, to_ndarray, to_proto
+from tfrec.serving.tensors import to_ndarray, to_proto
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ class PredictionServicer:
             for key, proto in request.inputs.items():
                 try:
                     arrays[key] = to_ndarray(proto)
-                except MalformedTensor as err:
+                except Exception as err:  # MalformedTensor, or anything a bad proto raises
                     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                        f"input {key!r}: malformed tensor: {err}") from None
             spec = request.model_spec
