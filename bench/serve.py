@@ -103,11 +103,23 @@ def in_process(model_dir: Path, sessions, concurrency: int, seconds: float) -> d
     return run_callers(call, sessions, concurrency, seconds)
 
 
+K_PROTO = tf.make_tensor_proto(np.int32(10))
+
+
+def predict_request(session):
+    """A PredictRequest for one session, k = 10, built as a TF Serving client builds it."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(np.array([session], dtype=bytes)))
+    request.inputs["k"].CopyFrom(K_PROTO)
+    return request
+
+
 def handler_only(model_dir: Path, sessions, concurrency: int, seconds: float,
                  workdir: Path) -> dict:
     """`tfrec serve`'s Predict handler called in-process: the server's own work, no gRPC."""
-    from tensorflow_serving.apis import predict_pb2
-
     from tfrec.serving.config import ModelEntry
     from tfrec.serving.server import ModelManager, PredictionServicer, Predictor
 
@@ -118,14 +130,8 @@ def handler_only(model_dir: Path, sessions, concurrency: int, seconds: float,
     manager = ModelManager([ModelEntry("m", base)])
     manager.sync()
     servicer = PredictionServicer(Predictor(manager))
-    k = tf.make_tensor_proto(np.int32(10))
-
     def call(session):
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "m"
-        request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(np.array([session], dtype=bytes)))
-        request.inputs["k"].CopyFrom(k)
-        servicer.Predict(request, None)
+        servicer.Predict(predict_request(session), None)
 
     call(sessions[0])
     return run_callers(call, sessions, concurrency, seconds)
@@ -133,7 +139,7 @@ def handler_only(model_dir: Path, sessions, concurrency: int, seconds: float,
 
 def over_grpc(model_dir: Path, sessions, concurrency: int, seconds: float,
               batching: bool, workdir: Path, extra: tuple[str, ...] = ()) -> dict:
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     base = workdir / "base"
     shutil.rmtree(base, ignore_errors=True)
@@ -156,15 +162,8 @@ def over_grpc(model_dir: Path, sessions, concurrency: int, seconds: float,
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=300)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        k = tf.make_tensor_proto(np.int32(10))
-
         def call(session):
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = "m"
-            request.inputs["item_ids"].CopyFrom(
-                tf.make_tensor_proto(np.array([session], dtype=bytes)))
-            request.inputs["k"].CopyFrom(k)
-            stub.Predict(request, timeout=30)
+            stub.Predict(predict_request(session), timeout=30)
 
         deadline = time.time() + 600
         while True:  # until the version is loaded and answers
@@ -222,15 +221,8 @@ def over_grpc_floor(model_dir: Path, sessions, concurrency: int, seconds: float,
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=120)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        k = tf.make_tensor_proto(np.int32(10))
-
         def call(session):
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = "m"
-            request.inputs["item_ids"].CopyFrom(
-                tf.make_tensor_proto(np.array([session], dtype=bytes)))
-            request.inputs["k"].CopyFrom(k)
-            stub.Predict(request, timeout=30)
+            stub.Predict(predict_request(session), timeout=30)
 
         call(sessions[0])
         return run_callers(call, sessions, concurrency, seconds)
