@@ -9,7 +9,7 @@ It also turns on TensorFlow's pooling (BFC) allocator for CPU memory unless
 ``TF_CPU_ALLOCATOR_USE_BFC`` is already set: a skip-gram step builds tensors
 of a hundred MB and more, and with the default allocator each one is fresh
 memory the kernel must fault in page by page; pooled, they reuse the last
-step's pages (training steps 1.8x faster; peak memory up to a quarter
+step's pages (training steps 1.5-1.8x faster; peak memory up to a quarter
 higher). Set ``TF_CPU_ALLOCATOR_USE_BFC=false`` before importing tfrec to
 keep TensorFlow's default. It takes effect if set before TensorFlow's first
 operation in the process.
