@@ -137,10 +137,40 @@ def handler_only(model_dir: Path, sessions, concurrency: int, seconds: float,
     return run_callers(call, sessions, concurrency, seconds)
 
 
-def over_grpc(model_dir: Path, sessions, concurrency: int, seconds: float,
-              batching: bool, workdir: Path, extra: tuple[str, ...] = ()) -> dict:
+def clients_against(server: subprocess.Popen, port: int, sessions, concurrency: int,
+                    seconds: float, ready_seconds: float) -> dict:
+    """Plain PredictionServiceStub clients against a server process, which is then stopped.
+
+    Waits (up to `ready_seconds`) until the server answers a Predict, then runs
+    the timed callers; SIGTERM stops the server whatever happens.
+    """
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=ready_seconds)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def call(session):
+            stub.Predict(predict_request(session), timeout=30)
+
+        deadline = time.time() + ready_seconds
+        while True:  # until a version is loaded and answers
+            try:
+                call(sessions[0])
+                break
+            except grpc.RpcError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        return run_callers(call, sessions, concurrency, seconds)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+
+
+def over_grpc(model_dir: Path, sessions, concurrency: int, seconds: float,
+              batching: bool, workdir: Path, extra: tuple[str, ...] = ()) -> dict:
     base = workdir / "base"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -158,26 +188,7 @@ def over_grpc(model_dir: Path, sessions, concurrency: int, seconds: float,
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env=env)
-    try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        grpc.channel_ready_future(channel).result(timeout=300)
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        def call(session):
-            stub.Predict(predict_request(session), timeout=30)
-
-        deadline = time.time() + 600
-        while True:  # until the version is loaded and answers
-            try:
-                call(sessions[0])
-                break
-            except grpc.RpcError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
-        return run_callers(call, sessions, concurrency, seconds)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=120)
+    return clients_against(server, port, sessions, concurrency, seconds, ready_seconds=600)
 
 
 def echo_server(port: int, response_file: str, workers: int) -> None:
@@ -203,7 +214,7 @@ def echo_server(port: int, response_file: str, workers: int) -> None:
 def over_grpc_floor(model_dir: Path, sessions, concurrency: int, seconds: float,
                     workdir: Path) -> dict:
     """The gRPC clients against `echo_server` holding this model's real response."""
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import predict_pb2
 
     function = load_saved_model(model_dir).signatures["serving_default"]
     outputs = function(item_ids=tf.constant([sessions[0]]), k=tf.constant(10))
@@ -217,18 +228,7 @@ def over_grpc_floor(model_dir: Path, sessions, concurrency: int, seconds: float,
     server = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--echo-server",
                                str(port), str(response_file)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        grpc.channel_ready_future(channel).result(timeout=120)
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        def call(session):
-            stub.Predict(predict_request(session), timeout=30)
-
-        call(sessions[0])
-        return run_callers(call, sessions, concurrency, seconds)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+    return clients_against(server, port, sessions, concurrency, seconds, ready_seconds=120)
 
 
 # TF Serving's thread flags: one op at a time, one thread per op.

@@ -65,6 +65,8 @@ def child(args) -> None:
             self.seconds.append(time.perf_counter() - self.started)
 
     for name in args.optimizers.split(","):
+        # Not tfrec.optimizers.build_optimizer: this script also runs on checkouts from
+        # before that module existed, to time the step as it was.
         if name == "lazy_adam":
             from tfrec.optimizers import LazyAdam
             optimizer = LazyAdam(0.01)

@@ -22,8 +22,9 @@ class ItemEncoder(keras.layers.Layer):
     is a behaviour score plus a text score and neither path has to share its
     directions with the other. During training the id part of each distinct
     item of a batch is hidden with probability `id_dropout`, so the text path
-    alone must land near the behaviour space; an item without an id (cold: unseen in training, or
-    unknown to the vocabulary) is always encoded from its text alone.
+    alone must land near the behaviour space; an item without an id (cold:
+    unseen in training, or unknown to the vocabulary) is always encoded from
+    its text alone.
 
     The token ids of every catalogue item's text are held in a
     non-trainable weight, so training batches carry item indices only.
