@@ -196,20 +196,56 @@ def test_check_bar_compares_the_right_groups():
                       "HR@10 on cold targets >= 0.18": True}
 
 
+def test_check_bar_against_ease_the_text_off_variant_and_cold_hr_at_50():
+    def method(a, w, c, warm_ndcg=0.1, cold_at_50=None):
+        curve = lambda at_10, at_50: [at_10] * 10 + [at_50] * 40  # noqa: E731
+        return {"all": {"hr@10": a, "ndcg@10": 0.1, "hr_curve": curve(a, a)},
+                "warm": {"hr@10": w, "ndcg@10": warm_ndcg, "hr_curve": curve(w, w)},
+                "cold": {"hr@10": c, "ndcg@10": 0.1,
+                         "hr_curve": curve(c, c if cold_at_50 is None else cold_at_50)}}
+
+    methods = {"tfrec": method(0.30, 0.31, 0.22, warm_ndcg=0.18, cold_at_50=0.40),
+               "ease": method(0.31, 0.33, 0.0, warm_ndcg=0.17),
+               "itemknn": method(0.26, 0.28, 0.0),
+               "tfidf_text": method(0.18, 0.18, 0.21, cold_at_50=0.45),
+               "tfrec_text_off": method(0.25, 0.27, 0.0)}
+    checks = {c["check"]: (c["met"], c["metric"], c.get("best_baseline"))
+              for c in check_bar(methods, 10, None)}
+    assert checks == {
+        # EASE is in "every baseline", and is ahead here.
+        "beats every baseline on all cases": (False, "hr@10", "ease"),
+        "matches or beats the best text-only method on cold targets": (True, "hr@10",
+                                                                       "tfidf_text"),
+        "matches or beats the best text-only method on cold targets (HR@50)": (
+            False, "hr@50", "tfidf_text"),
+        "matches or beats EASE on warm targets": (False, "hr@10", "ease"),
+        "matches or beats EASE on warm targets (NDCG@10)": (True, "ndcg@10", "ease"),
+        "matches or beats its own text-off variant on warm targets": (True, "hr@10",
+                                                                      "tfrec_text_off")}
+    # A baseline that was not run (skipped above the catalogue limit) is not checked.
+    del methods["ease"]
+    names = {c["check"] for c in check_bar(methods, 10, None)}
+    assert not any("EASE" in n for n in names)
+    assert "beats every baseline on all cases" in names
+    # At k = 50 the HR@50 cold check would repeat the HR@k one.
+    assert not any("(HR@50)" in c["check"] for c in check_bar(methods, 50, None))
+
+
 # ----------------------------------------------------------------------------- the report
 
 @pytest.fixture(scope="module")
 def report(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluation")
     result = evaluate_run(run_dir, out, ("popularity", "tfidf_text", "item2vec_gensim",
-                                         "tfrec_id_off"), gensim_epochs=3)
+                                         "ease", "itemknn", "tfrec_id_off"), gensim_epochs=3)
     return out, result
 
 
 def test_report_has_every_method_on_the_same_cases(report):
     _, result = report
     assert set(result["methods"]) == {"tfrec", "popularity", "tfidf_text", "item2vec_gensim",
-                                      "tfrec_id_off"}
+                                      "ease", "itemknn", "tfrec_id_off"}
+    assert result["skipped"] == {}
     cases = result["protocol"]["cases"]
     for m in result["methods"].values():
         assert m["all"]["cases"] == cases
@@ -270,11 +306,58 @@ def test_report_files_and_html_plots_exist(report):
     for name, data in referenced:
         png = (out / name).read_bytes()
         assert png.startswith(b"\x89PNG") and base64.b64decode(data) == png
-    for label in ("popularity", "text only (TF-IDF)", "item2vec (gensim)"):
+    for label in ("popularity", "text only (TF-IDF)", "item2vec (gensim)", "EASE",
+                  "ItemKNN (cosine)"):
         assert label in page
     cold_start = on_disk["cold_start"]
     assert "<h2>Cold start</h2>" in page
     assert f"{cold_start['cold_share']['top_k_slots']:.1%} of the model's top-10 slots" in page
+
+
+def test_report_lists_ease_and_itemknn_with_their_tuning(report):
+    out, result = report
+    on_disk = json.loads((out / "report.json").read_text())
+    for name, parameter in (("ease", "lambda"), ("itemknn", "neighbours")):
+        method = on_disk["methods"][name]
+        tuning = method["tuning"]
+        assert tuning["parameter"] == parameter and tuning["validation_cases"] > 0
+        grid = baselines.EASE_LAMBDAS if name == "ease" else baselines.KNN_NEIGHBOURS
+        assert list(tuning["hr@10"]) == [str("all" if v == 0 else v) for v in grid]
+        assert tuning["hr@10"][str(tuning["chosen"])] == max(tuning["hr@10"].values())
+        # Items without training events score 0: no cold target is found.
+        assert method["cold"]["cases"] == 0 or method["cold"]["hr@10"] < 0.1
+    # Clustered sessions: the item-item methods find the basket's group.
+    assert on_disk["methods"]["ease"]["warm"]["hr@10"] > on_disk["methods"]["popularity"][
+        "warm"]["hr@10"]
+    checks = {c["check"] for c in on_disk["checks"]}
+    assert {"matches or beats EASE on warm targets",
+            "matches or beats EASE on warm targets (NDCG@10)"} <= checks
+    page = (out / "report.html").read_text()
+    assert "<h2>Baseline settings</h2>" in page and "matches or beats EASE" in page
+    printed = format_report(result)
+    assert f"EASE: lambda {on_disk['methods']['ease']['tuning']['chosen']} chosen on" in printed
+
+
+def test_item_item_baselines_skipped_above_the_catalogue_limit(run_dir, tmp_path, caplog,
+                                                               capsys):
+    out = tmp_path / "ev"
+    with caplog.at_level("INFO", logger="tfrec.evaluate.runner"):
+        result = evaluate_run(run_dir, out, ("ease", "itemknn", "tfidf_text"),
+                              max_item_item_catalogue=100)
+    message = (f"skipped: catalogue of {result['protocol']['candidates']:,} items is above the "
+               "100-item limit of the item-item baselines")
+    assert set(result["methods"]) == {"tfrec", "tfidf_text"}
+    assert result["skipped"] == {"ease": {"label": "EASE", "reason": message},
+                                 "itemknn": {"label": "ItemKNN (cosine)", "reason": message}}
+    assert f"EASE: {message}" in caplog.text
+    assert json.loads((out / "report.json").read_text())["skipped"] == result["skipped"]
+    assert message in format_report(result)
+    assert "EASE</th><td colspan=\"7\" class=\"skipped\">" + message in (
+        out / "report.html").read_text()
+    assert not any("EASE" in c["check"] for c in result["checks"])
+    assert cli.main(["-q", "evaluate", "--run", str(run_dir), "--out", str(tmp_path / "cli"),
+                     "--baselines", "ease", "--max-item-item-catalogue", "100"]) == 0
+    assert f"EASE                    {message}" in capsys.readouterr().out
 
 
 def test_conversion_rank_where_the_data_has_conversions(report):

@@ -182,7 +182,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise InputError("give --run RUN_DIR or --saved-model VERSION_DIR")
     report = evaluate_run(args.run, args.out, parse_baselines(args.baselines), k=args.k,
                           gensim_epochs=args.gensim_epochs, gensim_dim=args.gensim_dim,
-                          saved_model=args.saved_model)
+                          saved_model=args.saved_model,
+                          **({} if args.max_item_item_catalogue is None else
+                             {"max_item_item_catalogue": args.max_item_item_catalogue}))
     print(format_report(report))
     out = args.out or f"{report['run']}/evaluation"
     print(f"report: {out}/report.html, {out}/report.json")
@@ -297,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="rank held-out cases with the model and the baselines; write a report",
         description="Evaluate a trained run on its held-out cases (the run's data, split and "
                     "seed) beside the baselines (popularity, gensim item2vec, TF-IDF text, "
-                    "tfrec with the text tower off, with the id tower off); print the table "
+                    "EASE, cosine ItemKNN, tfrec with the text tower off, with the id tower "
+                    "off); print the table "
                     "and write report.json and a self-contained report.html with plots.")
     ev.add_argument("--run", metavar="RUN_DIR", help="a tfrec train run folder")
     ev.add_argument("--saved-model", metavar="VERSION_DIR",
@@ -307,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", metavar="DIR", help="report folder (default RUN_DIR/evaluation)")
     ev.add_argument("--baselines", default="all", metavar="LIST",
                     help="'all' (default), 'none' or a comma-separated subset of popularity, "
-                         "item2vec_gensim, tfidf_text, tfrec_text_off, tfrec_id_off (the "
+                         "item2vec_gensim, tfidf_text, ease, itemknn, tfrec_text_off, "
+                         "tfrec_id_off (the "
                          "tfrec variants are trained once under RUN_DIR/baselines/ and reused)")
     ev.add_argument("-k", type=int, help="K of HR@K and NDCG@K (default: the run's eval_k)")
     ev.add_argument("--gensim-epochs", type=int, default=10,
@@ -315,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gensim-dim", type=int, default=64,
                     help="vector size of the gensim item2vec baseline (default 64, its best "
                          "on the bundled data)")
+    ev.add_argument("--max-item-item-catalogue", type=int, metavar="N",
+                    help="run EASE and ItemKNN (an N x N matrix each, ~N^3 time) up to N "
+                         "catalogue items, skip them above (default 20,000)")
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser(

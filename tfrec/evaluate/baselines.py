@@ -13,6 +13,14 @@ many items equally gets no credit for the tie).
   Needs the optional `gensim` package (`pip install tfrec[baselines]`).
 - `tfidf_text`: TF-IDF over the item texts, cosine between the mean of the
   query items' vectors and each item's.
+- `ease`: EASE (Steck 2019), the closed-form item-item model on the
+  training baskets x items binary matrix; λ chosen on a validation slice of
+  the training sessions (never on the test cases). See `item_item`.
+- `itemknn`: cosine similarity between the item columns of the same
+  matrix, each item's top-N neighbours kept (N chosen the same way).
+
+EASE and ItemKNN need dense n x n matrices (float64 while fitting): up to
+`MAX_ITEM_ITEM_CATALOGUE` items. Items without training events score 0.
 """
 
 from __future__ import annotations
@@ -25,19 +33,38 @@ import time
 import numpy as np
 
 from tfrec.errors import InputError
+from tfrec.evaluate import item_item
+from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
 
 logger = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"[0-9a-z]+")
 
+# A fit holds a few n x n float64 arrays and costs ~n^3 flops: measured on 2
+# cores, 0.5 s at 3,500 items, 10 s at 10,000 (so ~80 s at 20,000, and the
+# grid below is 13 fits).
+MAX_ITEM_ITEM_CATALOGUE = 20_000
+# EASE's λ: a 1-2-5 log grid.
+EASE_LAMBDAS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+# ItemKNN's neighbours per item; 0 keeps every one.
+KNN_NEIGHBOURS = (3, 5, 10, 20, 50, 100, 200, 0)
+# The validation slice: this share of the training sessions with >= 2 items,
+# at most this many.
+VALIDATION_SHARE = 0.1
+VALIDATION_MAX_CASES = 5_000
+
 
 @dataclasses.dataclass
 class Embeddings:
-    """A method's item vectors [num_items, d] and case query vectors [n, d]."""
+    """A method's item vectors [num_items, d] and case query vectors [n, d].
+
+    `tuning`: how a method's setting was chosen (see `tune`), if it has one.
+    """
 
     items: np.ndarray
     queries: np.ndarray
     seconds: float = 0.0
+    tuning: dict | None = None
 
 
 def mean_of_rows(vectors: np.ndarray, queries: list) -> np.ndarray:
@@ -131,3 +158,116 @@ def item2vec_gensim(sessions, vocab, queries: list, dim: int = 64, window: int |
         items[int(key)] = model.wv.vectors[row]
     items /= np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-12)
     return Embeddings(items, mean_of_rows(items, queries), time.perf_counter() - started)
+
+
+def item_item_skip_reason(num_items: int, limit: int = MAX_ITEM_ITEM_CATALOGUE) -> str | None:
+    """Why EASE / ItemKNN do not run on a catalogue of `num_items` (None: they do)."""
+    if num_items <= limit:
+        return None
+    return (f"skipped: catalogue of {num_items:,} items is above the {limit:,}-item limit of "
+            "the item-item baselines")
+
+
+def tune(fit, grid: tuple, baskets, k: int = 10, seed: int = 42,
+         name: str = "setting") -> dict:
+    """Chooses a setting of an item-item method by HR@k on a validation slice.
+
+    The slice is held out of the training baskets (see
+    `item_item.validation_slice`); the test cases are never seen. Ties in
+    HR@k go to the better NDCG@k, then to the first value of the grid.
+
+    Args:
+      fit: (gram, value) -> weights [a, a], e.g. `item_item.ease_weights`.
+      grid: the values to try.
+      baskets: [num_sessions, num_items] binary training matrix.
+
+    Returns:
+      {"parameter", "chosen", "validation_cases", "fit_sessions",
+      "hr@k": {value: HR}, "ndcg@k": {value: NDCG}, "seconds"}; a value 0
+      of `neighbours` is shown as "all".
+    """
+    started = time.perf_counter()
+    num_items = baskets.shape[1]
+    held = item_item.validation_slice(baskets, VALIDATION_SHARE, VALIDATION_MAX_CASES, seed)
+    if not len(held):
+        raise InputError(f"no training session has two distinct items: no validation cases "
+                         f"to choose the {name} on")
+    valid = np.ones(num_items, dtype=bool)
+    valid[0] = False
+    active, gram = item_item.active_gram(held.fit)
+    hr, nd = {}, {}
+    for value in grid:
+        t0 = time.perf_counter()
+        items, queries = item_item.item_item_scorer(active, fit(gram, value), held.queries,
+                                                    num_items)
+        ranks = target_ranks(queries, items, held.targets, held.queries, valid)
+        hr[value], nd[value] = hit_rate(ranks, k), ndcg(ranks, k)
+        logger.info("  %s %s: validation HR@%d %.4f, NDCG@%d %.4f (%.1f s)", name,
+                    _label(value), k, hr[value], k, nd[value], time.perf_counter() - t0)
+    chosen = max(grid, key=lambda v: (hr[v], nd[v], -grid.index(v)))
+    return {"parameter": name, "chosen": _label(chosen), "validation_cases": len(held),
+            "fit_sessions": int(held.fit.shape[0]),
+            f"hr@{k}": {str(_label(v)): hr[v] for v in grid},
+            f"ndcg@{k}": {str(_label(v)): nd[v] for v in grid},
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _label(value):
+    return "all" if value == 0 else value
+
+
+def _item_item(fit, setting, grid, name: str, sessions, vocab, queries: list, k: int,
+               seed: int, max_items: int) -> Embeddings:
+    reason = item_item_skip_reason(vocab.size - 1, max_items)
+    if reason:
+        raise InputError(reason.replace("skipped: ", f"{name}: ", 1))
+    started = time.perf_counter()
+    baskets = item_item.basket_matrix(sessions, vocab.size)
+    tuning = None
+    if setting is None:
+        tuning = tune(fit, tuple(grid), baskets, k, seed, name)
+        setting = 0 if tuning["chosen"] == "all" else tuning["chosen"]
+    active, gram = item_item.active_gram(baskets)
+    items, query_matrix = item_item.item_item_scorer(active, fit(gram, setting), queries,
+                                                     vocab.size)
+    return Embeddings(items, query_matrix, time.perf_counter() - started, tuning)
+
+
+def ease(sessions, vocab, queries: list, lam: float | None = None, k: int = 10,
+         seed: int = 42, lambdas: tuple = EASE_LAMBDAS,
+         max_items: int = MAX_ITEM_ITEM_CATALOGUE) -> Embeddings:
+    """EASE on the training baskets; a query's scores are x_query @ B.
+
+    Args:
+      sessions: the training `Sessions` (a row per session; its distinct items).
+      vocab: the `ItemVocabulary` (the catalogue: cold items score 0).
+      queries: item index lists, one per case.
+      lam: the L2 weight λ; None chooses it from `lambdas` by HR@k on a
+        validation slice of the training sessions (`tune`), then refits on
+        every training session with it.
+      seed: the validation slice's draw.
+      max_items: refuse (InputError) above this many catalogue items.
+
+    Returns:
+      Embeddings: items [num_items, a] (row j: column j of B over the a items
+      with training events), queries [len(queries), a] sparse multi-hot;
+      `tuning` holds the validation figures (None when `lam` is given).
+    """
+    return _item_item(item_item.ease_weights, lam, lambdas, "lambda", sessions, vocab,
+                      queries, k, seed, max_items)
+
+
+def itemknn(sessions, vocab, queries: list, neighbours: int | None = None, k: int = 10,
+            seed: int = 42, grid: tuple = KNN_NEIGHBOURS,
+            max_items: int = MAX_ITEM_ITEM_CATALOGUE) -> Embeddings:
+    """Cosine ItemKNN on the training baskets; a query's scores are x_query @ S.
+
+    Args:
+      neighbours: how many neighbours each item keeps (0: all); None
+        chooses it from `grid` on the validation slice, as `ease` does λ.
+
+    Returns:
+      Embeddings as `ease`'s, S in place of B.
+    """
+    return _item_item(item_item.cosine_weights, neighbours, grid, "neighbours", sessions,
+                      vocab, queries, k, seed, max_items)

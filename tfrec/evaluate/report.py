@@ -52,7 +52,7 @@ def plot_warm_cold(report: dict, path: Path) -> None:
     plt = _pyplot()
     k = report["k"]
     names = list(report["methods"])
-    fig, ax = plt.subplots(figsize=(10, 4.2))
+    fig, ax = plt.subplots(figsize=(max(10, 1.5 * len(names)), 4.2))
     width = 0.8 / 3
     x = np.arange(len(names))
     for i, group in enumerate(("all", "warm", "cold")):
@@ -162,6 +162,28 @@ def _cold_start_html(report: dict) -> str:
             "catalogue.</p>")
 
 
+def _tuning_html(report: dict) -> str:
+    """Each tuned baseline's validation HR@k per value of its setting."""
+    k = report["k"]
+    parts = []
+    for m in report["methods"].values():
+        t = m.get("tuning")
+        if not t:
+            continue
+        values = "".join(f"<th>{html.escape(str(v))}</th>" for v in t[f"hr@{k}"])
+        hrs = "".join(("<td class=\"chosen\">" if str(v) == str(t["chosen"]) else "<td>")
+                      + f"{_num(hr)}</td>" for v, hr in t[f"hr@{k}"].items())
+        parts.append(f"<h3>{html.escape(m['label'])}: {html.escape(t['parameter'])} "
+                     f"{html.escape(str(t['chosen']))}</h3><p>Chosen by HR@{k} on "
+                     f"{t['validation_cases']:,} validation cases: training sessions left out "
+                     f"of a fit on the other {t['fit_sessions']:,}, one item of each hidden and "
+                     "asked for from the rest; then refitted on every training session. The "
+                     "test cases play no part.</p>"
+                     f"<table><tr><th>{html.escape(t['parameter'])}</th>{values}</tr>"
+                     f"<tr><th>HR@{k}</th>{hrs}</tr></table>")
+    return "<h2>Baseline settings</h2>" + "".join(parts) if parts else ""
+
+
 def render_html(report: dict, out_dir: Path) -> str:
     from tfrec.evaluate.runner import LABELS, format_report
 
@@ -173,6 +195,9 @@ def render_html(report: dict, out_dir: Path) -> str:
                         for g in ("all", "warm", "cold"))
         rows.append(f"<tr><th>{html.escape(m['label'])}</th>{cells}<td>{m['seconds']:.0f}s</td>"
                     "</tr>")
+    for skip in report.get("skipped", {}).values():
+        rows.append(f"<tr><th>{html.escape(skip['label'])}</th><td colspan=\"7\" "
+                    f"class=\"skipped\">{html.escape(skip['reason'])}</td></tr>")
     checks = "".join(
         f"<li class=\"{'met' if c['met'] else 'missed'}\">{'met' if c['met'] else 'NOT met'}: "
         f"{html.escape(c['check'])}: {c['model']:.4f} vs "
@@ -190,6 +215,8 @@ body {{ font-family: sans-serif; margin: 2em; max-width: 1200px; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: 4px 10px; border-bottom: 1px solid #ddd; }}
 td {{ text-align: right; font-family: monospace; }} th {{ text-align: left; }}
 .met {{ color: #176117; }} .missed {{ color: #a11; }}
+td.skipped {{ text-align: left; font-family: sans-serif; color: #666; }}
+td.chosen {{ font-weight: bold; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
 pre {{ background: #f6f6f6; padding: 1em; }}
 </style></head><body>
@@ -202,6 +229,7 @@ seed {p['eval_seed']}.</p>
 <th>warm</th><th>cold</th><th>time</th></tr>{''.join(rows)}</table>
 <h2>Checks</h2><ul>{checks}</ul>
 {_cold_start_html(report)}
+{_tuning_html(report)}
 <h2>Plots</h2>{figures}
 <h2>As printed</h2><pre>{html.escape(format_report(report))}</pre>
 </body></html>
