@@ -1,5 +1,6 @@
 # Two commands for a fresh machine (Python 3.11 needed; everything else is installed):
-#   make run    the main job on the bundled data
+#   make run    the main job on UCI Online Retail, read from the data folder
+#               (../shared/data, or TFREC_DATA=DIR make run; see README, Data)
 #   make test   the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv

@@ -43,3 +43,27 @@ def run_dir(tmp_path_factory):
         "train.retrieval_batch_size=128"])
     train(config, folder / "run", verbose=0)
     return folder / "run"
+
+
+@pytest.fixture
+def online_retail_file():
+    """The UCI Online Retail file from the data folder; skips (saying how to get it) if absent."""
+    from tfrec.datasets import online_retail_path
+    from tfrec.errors import InputError
+
+    try:
+        return online_retail_path()
+    except InputError as err:
+        pytest.skip(err.message)
+
+
+@pytest.fixture
+def goodbooks_dir():
+    """The goodbooks-10k folder from the data folder; skips (saying how to get it) if absent."""
+    from tfrec.datasets import goodbooks_folder
+    from tfrec.errors import InputError
+
+    try:
+        return goodbooks_folder()
+    except InputError as err:
+        pytest.skip(err.message)

@@ -207,8 +207,8 @@ def test_vocabulary_keeps_cold_items_aligned_with_text(write, tmp_path):
     np.testing.assert_array_equal(loaded.counts, vocab.counts)
 
 
-def test_online_retail_reader_counts_on_bundled_data():
-    events, items, rejections = read_online_retail()
+def test_online_retail_reader_counts_on_the_real_file(online_retail_file):
+    events, items, rejections = read_online_retail(online_retail_file)
     c = rejections.counts
     assert rejections.rows_read and sum(rejections.rows_read.values()) == 541_909
     assert c["online_retail: cancellation (invoice C...)"] == 9_288  # SOURCE.md: 9,288 C rows

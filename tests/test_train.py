@@ -171,7 +171,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert not (run / "checkpoints" / "ckpt-2.index").exists()
 
 
-def test_readme_python_snippet_runs():
+def test_readme_python_snippet_runs(online_retail_file):
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"### From Python\n.*?```python\n(.*?)```", readme, re.S)
     assert block, "README has no Python snippet under 'From Python'"

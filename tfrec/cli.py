@@ -16,14 +16,22 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     from tfrec.config import EventsSchema, ItemsSchema, PairConfig, SessionConfig
 
     es, its, sc, pc = EventsSchema(), ItemsSchema(), SessionConfig(), PairConfig()
-    src = parser.add_argument_group("input (default: the bundled UCI Online Retail data)")
+    src = parser.add_argument_group(
+        "input (default: UCI Online Retail from the data folder, see --data-dir)")
     src.add_argument("--events", metavar="PATH",
                      help="events table: CSV, CSV.gz or Parquet (user, item, time, "
                           "optional event type and session id)")
     src.add_argument("--items", metavar="PATH",
                      help="items table: CSV, CSV.gz or Parquet (item id, text, optional market)")
     src.add_argument("--online-retail", metavar="PATH", nargs="?", const="",
-                     help="read PATH in the UCI Online Retail layout (no PATH: the bundled copy)")
+                     help="read PATH in the UCI Online Retail layout (no PATH: "
+                          "online_retail/online_retail.csv.gz in the data folder)")
+    src.add_argument("--goodbooks", metavar="FOLDER", nargs="?", const="",
+                     help="read FOLDER in the goodbooks-10k layout (books, ratings and "
+                          "to_read .csv.gz; no FOLDER: goodbooks_10k/ in the data folder)")
+    src.add_argument("--no-to-read", action="store_true",
+                     help="with --goodbooks: the ratings only, not the to-read shelves")
+    _add_data_dir_argument(src)
     src.add_argument("--strict", action="store_true",
                      help="fail on the first bad row instead of counting and dropping it")
     cols = parser.add_argument_group("column names")
@@ -61,6 +69,14 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     pairs.add_argument("--seed", type=int, default=pc.seed)
 
 
+def _add_data_dir_argument(parser) -> None:
+    from tfrec.datasets import DATA_ENV
+
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="the data folder holding online_retail/ and goodbooks_10k/ "
+                             f"(default: ${DATA_ENV}, else ../shared/data)")
+
+
 def _data_configs(args: argparse.Namespace):
     from tfrec.config import EventsSchema, ItemsSchema, PairConfig, SessionConfig
 
@@ -93,12 +109,17 @@ def _prepare_from_args(args: argparse.Namespace):
     from tfrec.data.report import prepare
 
     events_schema, items_schema, session_config, pair_config = _data_configs(args)
-    if args.events and args.online_retail is not None:
-        raise InputError("give either --events or --online-retail, not both", key="events")
-    layout = "events" if args.events else "online_retail"
-    path = args.events or (args.online_retail or None)
+    given = [flag for flag, value in (("--events", args.events),
+                                      ("--online-retail", args.online_retail),
+                                      ("--goodbooks", args.goodbooks)) if value is not None]
+    if len(given) > 1:
+        raise InputError(f"give one of {', '.join(given)}, not several", key="events")
+    layout = ("events" if args.events else "goodbooks" if args.goodbooks is not None
+              else "online_retail")
+    path = args.events or args.online_retail or args.goodbooks or None
     return prepare(path, args.items, layout, events_schema, items_schema, session_config,
-                   pair_config, strict=args.strict)
+                   pair_config, strict=args.strict, data_dir=args.data_dir,
+                   goodbooks_to_read=not args.no_to_read)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -126,6 +147,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config_path is None:
         config_path = Path(__file__).resolve().parent / "configs" / "online_retail.yaml"
     overrides = list(args.set)
+    if args.data_dir is not None:
+        # Absolute, so that the run's config finds the data from any folder.
+        overrides.append(f"data.data_dir={json.dumps(str(Path(args.data_dir).resolve()))}")
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
     if args.strategy is not None:
@@ -180,6 +204,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.run is None and args.saved_model is None:
         raise InputError("give --run RUN_DIR or --saved-model VERSION_DIR")
+    if args.data_dir is not None:
+        import os
+
+        from tfrec.datasets import DATA_ENV
+
+        # The run's config defines the data; the folder is where to find it.
+        os.environ[DATA_ENV] = str(args.data_dir)
     report = evaluate_run(args.run, args.out, parse_baselines(args.baselines), k=args.k,
                           gensim_epochs=args.gensim_epochs, gensim_dim=args.gensim_dim,
                           saved_model=args.saved_model,
@@ -259,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     prep = sub.add_parser(
         "prepare", help="read and validate an events log, report sessions, items and pairs",
-        description="Read and validate an events log (default: the bundled UCI Online Retail "
-                    "data), sessionise it, build the skip-gram pair pipeline and print a "
+        description="Read and validate an events log (default: UCI Online Retail from the "
+                    "data folder), sessionise it, build the skip-gram pair pipeline and print a "
                     "report.")
     _add_data_arguments(prep)
     prep.add_argument("--out", metavar="DIR",
@@ -274,10 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser(
         "train", help="train the hybrid model (behaviour + text) and evaluate it on held-out "
                       "sessions",
-        description="Train the hybrid model from a YAML/JSON run config (default: the bundled "
-                    "Online Retail config) with Keras fit; write a run folder with the config, "
-                    "vocabularies, per-epoch checkpoints, TensorBoard logs and history; report "
-                    "the held-out hit rate.")
+        description="Train the hybrid model from a YAML/JSON run config (default: "
+                    "tfrec/configs/online_retail.yaml) with Keras fit; write a run folder with "
+                    "the config, vocabularies, per-epoch checkpoints, TensorBoard logs and "
+                    "history; report the held-out hit rate.")
     tr.add_argument("--config", metavar="FILE",
                     help="run config, YAML or JSON (sections data, model, train)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -287,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="shorthand for --set train.strategy=NAME: default (no tf.distribute "
                          "strategy), mirrored (the local devices) or multi_worker (one process "
                          "per worker, the cluster from the TF_CONFIG environment variable)")
+    _add_data_dir_argument(tr)
     tr.add_argument("--run-dir", default="runs/train", metavar="DIR",
                     help="run folder (default: runs/train)")
     tr.add_argument("--resume", action="store_true",
@@ -308,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "of the run's checkpoint: its embeddings, query signature and index; "
                          "the run (default: the one it was exported from) defines the cases")
     ev.add_argument("--out", metavar="DIR", help="report folder (default RUN_DIR/evaluation)")
+    ev.add_argument("--data-dir", metavar="DIR",
+                    help="the data folder to read the run's data set from, when the run's "
+                         "config names no data.data_dir (default: $TFREC_DATA, else "
+                         "../shared/data)")
     ev.add_argument("--baselines", default="all", metavar="LIST",
                     help="'all' (default), 'none' or a comma-separated subset of popularity, "
                          "item2vec_gensim, tfidf_text, ease, itemknn, tfrec_text_off, "
@@ -318,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="passes of the gensim item2vec baseline (default 10)")
     ev.add_argument("--gensim-dim", type=int, default=64,
                     help="vector size of the gensim item2vec baseline (default 64, its best "
-                         "on the bundled data)")
+                         "on Online Retail)")
     ev.add_argument("--max-item-item-catalogue", type=int, metavar="N",
                     help="run EASE and ItemKNN (an N x N matrix each, ~N^3 time) up to N "
                          "catalogue items, skip them above (default 20,000)")

@@ -250,22 +250,35 @@ class ModelConfig:
                              key="recency_decay")
 
 
+LAYOUTS = ("online_retail", "goodbooks", "events")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the data comes from and how it becomes training pairs.
 
     Attributes:
-      layout: "online_retail" (UCI Online Retail file; `events` may be null
-        for the bundled copy) or "events" (an events table, plus optional
-        items table).
-      events: events file (CSV, CSV.gz or Parquet).
+      layout: "online_retail" (UCI Online Retail file), "goodbooks"
+        (goodbooks-10k: books, ratings and to-read shelves; see
+        `tfrec.datasets.goodbooks`) or "events" (an events table, plus
+        optional items table).
+      events: events file (CSV, CSV.gz or Parquet); with layout
+        "online_retail" the Online Retail file, with "goodbooks" the
+        goodbooks-10k folder; null for those two: the data folder's copy.
       items: items file (id, text, optional market).
+      data_dir: the data folder holding the public data sets
+        (online_retail/, goodbooks_10k/); null: $TFREC_DATA, else
+        ../shared/data (see `tfrec.datasets`).
+      goodbooks_to_read: with layout "goodbooks", also read the to-read
+        shelves (as "to_read" events), not only the ratings.
       strict: fail on the first bad row instead of counting and dropping it.
     """
 
     layout: str = "online_retail"
     events: str | None = None
     items: str | None = None
+    data_dir: str | None = None
+    goodbooks_to_read: bool = True
     strict: bool = False
     events_schema: EventsSchema = dataclasses.field(default_factory=EventsSchema)
     items_schema: ItemsSchema = dataclasses.field(default_factory=ItemsSchema)
@@ -273,14 +286,15 @@ class DataConfig:
     pairs: PairConfig = dataclasses.field(default_factory=PairConfig)
 
     def __post_init__(self):
-        if self.layout not in ("online_retail", "events"):
-            raise InputError(f"layout must be 'online_retail' or 'events', got {self.layout!r}",
-                             key="data.layout")
+        if self.layout not in LAYOUTS:
+            raise InputError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got "
+                             f"{self.layout!r}", key="data.layout")
         if self.layout == "events" and not self.events:
             raise InputError("layout 'events' needs an events file", key="data.events")
 
 
 OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
+SPLITS = ("time", "user")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,12 +311,24 @@ class TrainConfig:
         worker under multi_worker, rounded up to a multiple of the number of
         workers.
       retrieval_batch_size: (history, next item) examples per retrieval batch.
-      split_date: train on events before this date (YYYY-MM-DD) and evaluate
-        on the sessions from it on.
+      split_by: how the held-out cases are made: "time" (train before
+        `split_date` or the last `split_fraction` of the time range, one case
+        per later session) or "user" (a share `holdout_users` of the users
+        never trains; one case per kept-out user: one of their items hidden,
+        the rest the query), for data without meaningful time.
+      split_date: with split_by "time", train on events before this date
+        (YYYY-MM-DD) and evaluate on the sessions from it on.
       split_fraction: without a split date, hold out this last share of the
         time range (0: no held-out evaluation).
+      holdout_users: with split_by "user", the share of users kept out of
+        training (chosen with `eval_seed`).
+      cold_items: share of the catalogue hidden from training entirely (no
+        event of theirs trains; they stay in the catalogue with their text),
+        chosen with `eval_seed`: cold-start targets on purpose. Needs an
+        items table (the hidden items' text).
       eval_k: K of the hit rate (HR@K) and NDCG@K.
-      eval_seed: seeds which item of each held-out session is hidden.
+      eval_seed: seeds which item of each held-out session (or user) is
+        hidden, and which users and items the user split keeps out.
       seed: seeds model initialisation.
       strategy: "default" (no tf.distribute strategy), "mirrored"
         (MirroredStrategy over the local devices) or "multi_worker"
@@ -315,8 +341,11 @@ class TrainConfig:
     optimizer: str = "adam"
     steps_per_epoch: int | None = None
     retrieval_batch_size: int = 1024
+    split_by: str = "time"
     split_date: str | None = None
     split_fraction: float = 0.1
+    holdout_users: float = 0.1
+    cold_items: float = 0.0
     eval_k: int = 10
     eval_seed: int = 42
     seed: int = 42
@@ -337,6 +366,15 @@ class TrainConfig:
         if not 0.0 <= self.split_fraction < 1.0:
             raise InputError(f"split_fraction must be in [0, 1), got {self.split_fraction!r}",
                              key="split_fraction")
+        if self.split_by not in SPLITS:
+            raise InputError(f"split_by must be one of {', '.join(map(repr, SPLITS))}, got "
+                             f"{self.split_by!r}", key="split_by")
+        if not 0.0 < self.holdout_users < 1.0:
+            raise InputError(f"holdout_users must be in (0, 1), got {self.holdout_users!r}",
+                             key="holdout_users")
+        if not 0.0 <= self.cold_items < 1.0:
+            raise InputError(f"cold_items must be in [0, 1), got {self.cold_items!r}",
+                             key="cold_items")
         if self.strategy not in ("default", "mirrored", "multi_worker"):
             raise InputError(f"strategy must be 'default', 'mirrored' or 'multi_worker', got "
                              f"{self.strategy!r}", key="strategy")

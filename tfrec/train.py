@@ -71,7 +71,7 @@ def load_data(config: RunConfig):
     data = config.data
     events, items, rejections, _ = events_lib.read_tables(
         data.layout, data.events, data.items, data.events_schema, data.items_schema,
-        data.strict)
+        data.strict, data.data_dir, data.goodbooks_to_read)
     return events, items, rejections
 
 
@@ -88,19 +88,21 @@ class TrainingData:
     train_events: int
     test_events: int
     test_slice: object = None
+    split: object = None
 
 
 def prepare_training_data(config: RunConfig) -> TrainingData:
-    """Splits by time, builds the vocabulary from the training slice, makes the pipelines."""
+    """Splits (by time or by user, see `train.split_by`), builds the vocabulary
+    from the training slice, makes the pipelines and the held-out cases."""
     from tfrec.data.pipeline import PairPipeline
     from tfrec.data.sequences import NextItemPipeline
     from tfrec.data.sessions import sessionize
     from tfrec.data.vocab import build_vocabulary
-    from tfrec.evaluate.protocol import make_cases, split_events
+    from tfrec.evaluate.protocol import make_cases, split_for_training
 
     events, items, rejections = load_data(config)
-    train_events, test_events, _ = split_events(events, config.train.split_date,
-                                                config.train.split_fraction)
+    split = split_for_training(events, items, config.train)
+    train_events, test_events = split.train, split.test
     if config.model.use_text and items is None:
         raise InputError("the text tower needs item text: give an items table "
                          "(data.items) or set model.use_text: false", key="data.items")
@@ -113,9 +115,10 @@ def prepare_training_data(config: RunConfig) -> TrainingData:
         next_items = NextItemPipeline(sessions, vocab, config.model.history_length,
                                       config.train.retrieval_batch_size, config.data.pairs.seed,
                                       config.model.retrieval_context)
-    cases = make_cases(test_events, vocab, config.train.eval_seed, config.data.sessions)
+    cases = make_cases(test_events, vocab, config.train.eval_seed, config.data.sessions,
+                       per_user=split.per_user)
     return TrainingData(vocab, sessions, pairs, next_items, cases, rejections,
-                        len(train_events), len(test_events), test_events)
+                        len(train_events), len(test_events), test_events, split)
 
 
 def make_dataset(data: TrainingData, objective: str, steps_per_epoch: int | None = None,
@@ -334,8 +337,13 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
     logger.info("preparing data")
     data = prepare_training_data(config)
     logger.info("training slice: %d events, %d sessions, %d items (%d warm, %d cold); "
-                "%d held-out cases", data.train_events, data.sessions.num_sessions,
-                data.vocab.size - 1, data.vocab.num_warm, data.vocab.num_cold, len(data.cases))
+                "%d held-out cases (%d cold targets)", data.train_events,
+                data.sessions.num_sessions, data.vocab.size - 1, data.vocab.num_warm,
+                data.vocab.num_cold, len(data.cases), int(data.cases.cold.sum()))
+    if data.split.per_user or len(data.split.hidden_items):
+        logger.info("held out: %d users (%d events), %d items hidden from training",
+                    len(data.split.kept_out_users), data.test_events,
+                    len(data.split.hidden_items))
     tf.random.set_seed(config.train.seed)
     with tf_strategy.scope():
         model = build_model(config.model, data.vocab, seed=config.train.seed)

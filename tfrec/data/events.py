@@ -133,7 +133,9 @@ def _read_table(path: str | Path, what: str, rejections: Rejections, strict: boo
                                              "_reason": [b[1] for b in bad]}))
             # Data rows sit on lines 2.. (line 1 is the header), minus skipped ones.
             skipped = np.array(sorted(b[0] for b in bad), dtype=np.int64)
-            lines = np.setdiff1d(np.arange(2, len(frame) + 2 + len(skipped)), skipped)
+            lines = np.arange(2, len(frame) + 2 + len(skipped))
+            if len(skipped):
+                lines = np.setdiff1d(lines, skipped)
             blank = frame.isna().all(axis=1).to_numpy()
             if blank.any():
                 frame, lines = frame[~blank].reset_index(drop=True), lines[~blank]
@@ -353,31 +355,49 @@ def read_items(path: str | Path, schema: ItemsSchema = ItemsSchema(), strict: bo
 def read_tables(layout: str = "events", events_path: str | Path | None = None,
                 items_path: str | Path | None = None,
                 events_schema: EventsSchema = EventsSchema(),
-                items_schema: ItemsSchema = ItemsSchema(), strict: bool = False
+                items_schema: ItemsSchema = ItemsSchema(), strict: bool = False,
+                data_dir: str | Path | None = None, goodbooks_to_read: bool = True
                 ) -> tuple[pd.DataFrame, pd.DataFrame | None, Rejections, str]:
-    """Reads a log in either layout.
+    """Reads a log in any layout.
 
     Args:
       layout: "events" (an events table, columns from `events_schema`, plus
-        an optional items table) or "online_retail" (the UCI Online Retail
-        layout, items derived from it; no path reads the bundled copy).
+        an optional items table), "online_retail" (the UCI Online Retail
+        layout, items derived from it) or "goodbooks" (a goodbooks-10k
+        folder: books, ratings, to-read shelves).
+      events_path: the events file; for "online_retail" the Online Retail
+        file and for "goodbooks" the goodbooks-10k folder, None: the data
+        folder's copy (see `tfrec.datasets`).
+      data_dir: the data folder (default: $TFREC_DATA, then ../shared/data).
+      goodbooks_to_read: with "goodbooks", read the to-read shelves too.
 
     Returns:
       (events, items or None, rejections, a description of the source).
     """
-    if layout == "online_retail":
+    if layout in ("online_retail", "goodbooks"):
         if items_path is not None:
-            raise InputError("an items table cannot be combined with the Online Retail "
-                             "layout, which carries its own item text", key="items")
+            raise InputError(f"an items table cannot be combined with the {layout} layout, "
+                             "which carries its own item text", key="items")
+    if layout == "online_retail":
         if events_path is None:
             from tfrec.datasets import online_retail_path
-            events_path = online_retail_path()
+            events_path = online_retail_path(data_dir)
         logger.info("reading %s (UCI Online Retail layout)", events_path)
         events, items, rejections = read_online_retail(events_path, strict=strict)
         return events, items, rejections, f"{events_path} (UCI Online Retail layout)"
+    if layout == "goodbooks":
+        from tfrec.datasets import goodbooks_folder
+        from tfrec.datasets.goodbooks import read_goodbooks
+
+        folder = events_path or goodbooks_folder(data_dir, to_read=goodbooks_to_read)
+        logger.info("reading %s (goodbooks-10k layout)", folder)
+        events, items, rejections = read_goodbooks(folder, to_read=goodbooks_to_read,
+                                                   strict=strict)
+        shelves = "ratings + to-read shelves" if goodbooks_to_read else "ratings only"
+        return events, items, rejections, f"{folder} (goodbooks-10k layout, {shelves})"
     if layout != "events":
-        raise InputError(f"unknown layout {layout!r} (use 'events' or 'online_retail')",
-                         key="layout")
+        raise InputError(f"unknown layout {layout!r} (use 'events', 'online_retail' or "
+                         "'goodbooks')", key="layout")
     if events_path is None:
         raise InputError("no events file given", key="events")
     logger.info("reading %s", events_path)
@@ -403,7 +423,7 @@ PRODUCT_CODE = r"\d{5}[A-Za-z]{0,2}"
 
 def read_online_retail(path: str | Path | None = None, strict: bool = False
                        ) -> tuple[pd.DataFrame, pd.DataFrame, Rejections]:
-    """Reads the UCI Online Retail layout (the bundled default data).
+    """Reads the UCI Online Retail layout (the default data; None: the data folder's copy).
 
     Invoice = session, CustomerID = user, StockCode = item, Description = item
     text (its most frequent description), Country = market (the item's most

@@ -38,20 +38,26 @@ def prepare(events_path: str | Path | None = None, items_path: str | Path | None
             items_schema: ItemsSchema = ItemsSchema(),
             session_config: SessionConfig = SessionConfig(),
             pair_config: PairConfig = PairConfig(), strict: bool = False,
-            workers: int | None = None) -> PreparedData:
+            workers: int | None = None, data_dir: str | Path | None = None,
+            goodbooks_to_read: bool = True) -> PreparedData:
     """Reads, validates and sessionises a log and builds its pair pipeline.
 
     Args:
-      events_path: events file; None with layout "online_retail" reads the
-        bundled UCI Online Retail data.
+      events_path: events file (the goodbooks-10k folder with layout
+        "goodbooks"); None with layout "online_retail" or "goodbooks" reads
+        the data folder's copy (see `tfrec.datasets`).
       items_path: optional items table (id, text, market).
-      layout: "events" (generic table, columns from `events_schema`) or
-        "online_retail" (UCI Online Retail layout, items derived from it).
+      layout: "events" (generic table, columns from `events_schema`),
+        "online_retail" (UCI Online Retail layout, items derived from it) or
+        "goodbooks" (goodbooks-10k: books, ratings, to-read shelves).
       strict: fail on the first bad row instead of counting and dropping it.
+      data_dir: the data folder (default: $TFREC_DATA, then ../shared/data).
+      goodbooks_to_read: with layout "goodbooks", read the to-read shelves too.
     """
     started = time.perf_counter()
     events, items, rejections, source = events_lib.read_tables(
-        layout, events_path, items_path, events_schema, items_schema, strict)
+        layout, events_path, items_path, events_schema, items_schema, strict, data_dir,
+        goodbooks_to_read)
     logger.info("read %d events in %.1fs; building vocabulary and sessions", len(events),
                 time.perf_counter() - started)
     vocab = build_vocabulary(events, items)
