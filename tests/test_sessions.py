@@ -100,3 +100,26 @@ def test_bad_settings_name_the_key(config, key):
     events = frame([("u", "a", 0)])
     with pytest.raises(InputError, match=key):
         session_items(events, **config)
+
+
+def test_session_order_decides_the_auto_retrieval_context():
+    from tfrec.data.sessions import resolve_retrieval_context, session_order
+
+    # Baskets: every line of an invoice shares one timestamp.
+    baskets = frame([("u", "a", 0, None, "i1"), ("u", "b", 0, None, "i1"),
+                     ("u", "c", 0, None, "i1"), ("v", "a", 60, None, "i2"),
+                     ("v", "c", 60, None, "i2"), ("w", "b", 90, None, "i3")])
+    _, sessions = session_items(baskets)
+    assert sessions.stats["multi_event_sessions"] == 2
+    assert sessions.stats["unordered_sessions"] == 2
+    assert session_order(sessions) == "unordered"
+    assert resolve_retrieval_context("auto", sessions) == "session"
+    # Clicks: events a minute apart within a visit; one basket-like visit of three.
+    clicks = frame([("u", "a", 0), ("u", "b", 60), ("u", "c", 120), ("v", "a", 0),
+                    ("v", "b", 30), ("w", "a", 5), ("w", "b", 5), ("w", "c", 5)])
+    _, sessions = session_items(clicks)
+    assert (sessions.stats["multi_event_sessions"], sessions.stats["unordered_sessions"]) == (3, 1)
+    assert session_order(sessions) == "ordered"
+    assert resolve_retrieval_context("auto", sessions) == "previous"
+    # A setting the user made is kept as it is.
+    assert resolve_retrieval_context("session", sessions) == "session"

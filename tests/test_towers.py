@@ -172,8 +172,81 @@ def test_text_encoder_mean_tokens_joins_the_projection_and_ignores_padding():
     np.testing.assert_allclose(short, padded, rtol=1e-5, atol=1e-6)
     assert encoder.projection.kernel.shape == (2 + 3, 4)
     # Unigram max-pooling cannot see a repeated token; the mean can.
-    max_only = TextEncoder(vocabulary_size=6, output_dim=4, token_dim=3, filters=2, widths=(1,))
+    max_only = TextEncoder(vocabulary_size=6, output_dim=4, token_dim=3, filters=2, widths=(1,),
+                           mean_tokens=False)
     np.testing.assert_allclose(max_only(tf.constant([[2, 3, 3]])).numpy(),
                                max_only(tf.constant([[2, 3]])).numpy(), rtol=1e-5, atol=1e-6)
     assert np.abs(encoder(tf.constant([[2, 3, 3]])).numpy() - short).max() > 1e-6
     assert roundtrip(encoder).mean_tokens is True
+
+
+def test_char_ngrams_share_buckets_across_word_forms_and_round_trip():
+    from tfrec.towers.tokenizer import CharNgramHasher
+
+    hasher = CharNgramHasher(widths=(3,), num_buckets=1 << 20, max_ngrams=16)
+    ids = hasher(tf.constant(["hearts", "heart", "mug", ""])).numpy()
+    assert ids.shape == (4, 16) and ids.dtype == np.int32
+    # "<hearts>" has 6 trigrams, "<heart>" 5; they share "<he", "hea", "ear", "art".
+    assert (ids[0] > 0).sum() == 6 and (ids[1] > 0).sum() == 5
+    assert len(set(ids[0][ids[0] > 0]) & set(ids[1][ids[1] > 0])) == 4
+    assert not set(ids[2][ids[2] > 0]) & set(ids[1][ids[1] > 0])
+    assert not ids[3].any()  # empty text: padding only
+    assert ids.max() < (1 << 20)
+    clone = roundtrip(hasher)
+    np.testing.assert_array_equal(clone(tf.constant(["hearts"])).numpy(), ids[:1])
+    # Cut at max_ngrams.
+    assert (CharNgramHasher((3, 4), 1000, 4)(tf.constant(["holder"])).numpy() > 0).sum() == 4
+
+
+def test_item_encoder_with_char_ngrams_embeds_unseen_words_by_their_subwords():
+    vocab = build_token_vocabulary(TEXTS)
+    encoder = ItemEncoder(num_items=5, num_id_items=3, embedding_dim=8, text_vocabulary=vocab,
+                          sequence_length=6, token_dim=4, filters=4, char_ngrams=(3, 4),
+                          ngram_buckets=997, max_ngrams=32, seed=0)
+    encoder.set_item_texts(TEXTS)
+    assert encoder.item_ngrams.shape == (5, 32)
+    emb = encoder(tf.constant([1, 3, 4])).numpy()
+    # The stored n-grams and the raw-text path agree (what serving a new item uses).
+    np.testing.assert_allclose(encoder.encode_text(tf.constant(TEXTS[3:5])).numpy()[1],
+                               emb[2], rtol=1e-5, atol=1e-6)
+    # A word unknown to the token vocabulary still reaches the encoder by its n-grams.
+    by_token = ItemEncoder(num_items=5, num_id_items=3, embedding_dim=8, text_vocabulary=vocab,
+                           sequence_length=6, token_dim=4, filters=4, seed=0)
+    by_token.set_item_texts(TEXTS)
+    a, b = (e.encode_text(tf.constant(["zebras", "quokka"])).numpy()
+            for e in (encoder, by_token))
+    assert np.abs(a[0] - a[1]).max() > 1e-4      # told apart by their n-grams
+    np.testing.assert_allclose(b[0], b[1], atol=1e-6)  # both just "unknown token"
+    clone = roundtrip(encoder)
+    clone(tf.constant([0]))
+    clone.set_weights(encoder.get_weights())
+    np.testing.assert_allclose(clone(tf.constant([1, 3, 4])).numpy(), emb, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_query_tower_mlp_and_separate_query_items_round_trip():
+    events = generate_events(2000, 40, num_clusters=4, seed=1)
+    items = generate_items(40, num_clusters=4, num_cold=4, seed=1)
+    vocab = build_vocabulary(events, items)
+    model = build_model(ModelConfig(embedding_dim=8, objective="retrieval",
+                                    query_items="separate", query_layers=(16,),
+                                    negatives="catalogue",
+                                    text=TextConfig(token_dim=4, filters=4)), vocab)
+    # Two item spaces: the query tower's encoder is not the candidate tower.
+    assert model.query_tower.item_encoder is not model.candidate_tower
+    config = model.get_config()
+    clone = HybridModel.from_config(config)
+    history = tf.constant([[0, 1, 2], [3, 4, 5]])
+    query = model.query_tower(history).numpy()
+    np.testing.assert_allclose(np.linalg.norm(query, axis=1), 1.0, rtol=1e-5)
+    assert clone.get_config() == config
+    assert clone.query_tower.item_encoder is not clone.candidate_tower
+    assert clone.negatives == "catalogue" and clone.query_tower.hidden_layers == (16,)
+    clone.query_tower(history)
+    clone.candidate_tower(tf.constant([1]))
+    model.candidate_tower(tf.constant([1]))
+    for a, b in ((clone.query_tower, model.query_tower),
+                 (clone.candidate_tower, model.candidate_tower)):
+        a.set_weights(b.get_weights())
+    np.testing.assert_allclose(clone.query_tower(history).numpy(), query, rtol=1e-5,
+                               atol=1e-6)

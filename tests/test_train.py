@@ -109,7 +109,9 @@ def test_resume_after_a_kill_mid_epoch(tmp_path, data_files):
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tfrec", "-q", "train", "--config", str(config), "--run-dir",
-         str(run), "--set", "data.pairs.batch_size=64"],
+         str(run), "--set", "data.pairs.batch_size=64",
+         # Small skip-gram batches: an epoch long enough to be killed in.
+         "--set", "model.objective=skipgram"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     first = run / "checkpoints" / "ckpt-1.index"
     deadline = time.time() + 240
@@ -153,7 +155,10 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         def poison(batch):
             state["batches"] += 1
             if state["batches"] == 3:  # in the second epoch: epoch 1 has 2 steps
-                batch = dict(batch, weight=batch["weight"] * float("nan"))
+                # The float feature of either objective: pair weights (skip-gram)
+                # or the candidates' sampling probabilities (retrieval, the default).
+                key = "weight" if "weight" in batch else "candidate_probability"
+                batch = dict(batch, **{key: batch[key] * float("nan")})
             return batch
 
         return tf.data.Dataset.from_generator(
@@ -205,3 +210,41 @@ def test_a_shorter_epoch_does_not_end_training(tmp_path, data_files, monkeypatch
     config = load_run_config(write_config(tmp_path, data_files, epochs=3))
     result = train_lib.train(config, tmp_path / "run", verbose=0)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
+
+
+def test_a_config_naming_only_the_data_trains_with_the_documented_defaults(tmp_path,
+                                                                            data_files):
+    """The library defaults are the measured settings the README documents."""
+    from tfrec.config import ModelConfig, TextConfig
+    from tfrec.towers import ItemEncoder, QueryTower
+    from tfrec.train import train
+
+    config = load_run_config(None, [
+        "data.layout=events", f"data.events={data_files / 'events.csv'}",
+        f"data.items={data_files / 'items.csv'}", "data.events_schema.event_col=event"])
+    assert config.model == ModelConfig() and config.model.text == TextConfig()
+    documented = dict(objective="retrieval", embedding_dim=256, fusion="concat",
+                      text_share=0.5, id_dropout=0.1, temperature=0.09,
+                      retrieval_context="auto", history_length=50, pooling="mean",
+                      query_items="shared", negatives="in_batch", text_gate=True)
+    assert {k: getattr(config.model, k) for k in documented} == documented
+    assert config.model.text.mean_tokens is True
+    # The layers' own defaults agree with the config.
+    encoder = ItemEncoder(num_items=3, num_id_items=2, text_vocabulary=["a"])
+    assert (encoder.embedding_dim, encoder.id_dropout, encoder.fusion, encoder.mean_tokens) == (
+        256, 0.1, "concat", True)
+    assert QueryTower(encoder).history_length == 50
+    # And a run trains with them: one short epoch, the resolved model settings kept.
+    config = load_run_config(None, [
+        "data.layout=events", f"data.events={data_files / 'events.csv'}",
+        f"data.items={data_files / 'items.csv'}", "data.events_schema.event_col=event",
+        "train.epochs=1", "train.steps_per_epoch=3", "train.split_fraction=0.15"])
+    result = train(config, tmp_path / "run", verbose=0)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert {k: saved[k] for k in documented} == documented
+    model = result.model
+    assert model.objective == "retrieval" and model.embedding_dim == 256
+    assert model.candidate_tower.fusion == "concat" and model.query_tower.history_length == 50
+    # Generated clicks are a minute or more apart: the auto context is next-item.
+    assert result.data.retrieval_context == "previous"
+    assert result.evaluation["all"]["cases"] > 0

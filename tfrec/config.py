@@ -125,6 +125,12 @@ class PairConfig:
                                  key="event_weights")
 
 
+def _one_of(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}, got "
+                         f"{value!r}", key=name)
+
+
 def _positive(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise InputError(f"{name} must be a positive integer, got {value!r}", key=name)
@@ -143,6 +149,12 @@ class TextConfig:
       widths: Conv1D kernel widths (one convolution per width, max-pooled).
       mean_tokens: also feed the mean of the token embeddings (a learned bag
         of words) to the projection.
+      char_ngrams: widths of hashed character n-grams of each word whose
+        mean embedding also joins the features (subwords: a new item's
+        unseen or misspelt word still shares n-grams with known ones); empty:
+        none.
+      ngram_buckets: hash buckets of the character n-grams.
+      max_ngrams: character n-grams kept per item text.
     """
 
     sequence_length: int = 12
@@ -151,14 +163,26 @@ class TextConfig:
     token_dim: int = 64
     filters: int = 64
     widths: tuple[int, ...] = (1, 2, 3)
-    mean_tokens: bool = False
+    mean_tokens: bool = True
+    char_ngrams: tuple[int, ...] = ()
+    ngram_buckets: int = 50_000
+    max_ngrams: int = 128
 
     def __post_init__(self):
-        for name in ("sequence_length", "max_tokens", "min_token_count", "token_dim", "filters"):
+        if any(not isinstance(w, int) or w <= 0 for w in self.char_ngrams):
+            raise InputError(f"char_ngrams must be positive integers, got {self.char_ngrams!r}",
+                             key="char_ngrams")
+        for name in ("sequence_length", "max_tokens", "min_token_count", "token_dim", "filters",
+                     "ngram_buckets", "max_ngrams"):
             _positive(name, getattr(self, name))
         if not self.widths or any(not isinstance(w, int) or w <= 0 for w in self.widths):
             raise InputError(f"widths must be positive integers, got {self.widths!r}",
                              key="widths")
+
+
+QUERY_ITEMS = ("shared", "separate")
+RETRIEVAL_CONTEXTS = ("auto", "previous", "session")
+NEGATIVES = ("in_batch", "catalogue", "sampled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,11 +200,17 @@ class ModelConfig:
         text part (the id part gets the rest).
       id_dropout: during training, hide an item's id embedding with this
         probability so that the text path alone must serve as the item's
-        embedding, as it must for a new item (only with use_text). 0.1 in the
-        bundled config; see the README for what it changes.
+        embedding, as it must for a new item (only with use_text); see the
+        README for what it changes.
+      text_gate: learn a weight in (0, 1) per warm item on its text part
+        (how much its text counts beside its behaviour).
+      normalize: L2-normalise item and query embeddings, so scores are
+        cosines / temperature; false scores raw dot products (an item's length
+        then carries how strongly it is predicted, as an EASE weight does).
       objective: "skipgram" (binary classification of pairs against sampled
-        negatives), "retrieval" (TFRS in-batch softmax of session -> next item,
-        with logQ correction) or "both" (the two losses summed).
+        negatives: item2vec with Airbnb's global context), "retrieval" (TFRS
+        softmax of session -> held-out item) or "both" (the two losses, each a
+        mean over its batch, summed with `retrieval_weight`).
       temperature: logits are cosine / temperature.
       retrieval_weight: weight of the retrieval loss when objective is "both".
       text_alignment: weight of a loss pulling each warm item's text-only
@@ -188,28 +218,52 @@ class ModelConfig:
         default: on the bundled data it lowered the cold-item hit rate (see
         the README).
       retrieval_context: what the query of a retrieval example is: "previous"
-        (the session's events before the target: next-item prediction) or
+        (the session's events before the target: next-item prediction),
         "session" (the other events of the target's session: leave one out,
-        for baskets and visits whose order carries no meaning).
+        for baskets and visits whose order carries no meaning) or "auto"
+        (chosen from the data: "session" when most sessions of two or more
+        events have a single timestamp, as baskets and data without time
+        do, else "previous"; the data report and the training log say which).
       history_length: items of a session the query tower looks at (the last N).
       pooling: query tower pooling: "mean", "recency" or "attention".
       recency_decay: weight ratio between consecutive history items (recency).
+      query_items: "shared" (the query tower pools the candidate tower's item
+        embeddings: one Siamese item space, every score symmetric) or
+        "separate" (the query tower has an item encoder of its own, like
+        word2vec's input and output vectors: "bought with" need not be
+        symmetric, and substitutes need not look like complements).
+      history_dropout: during training, hide each item of a query's history
+        with this probability (a denoising query).
+      query_layers: widths of a ReLU MLP over the pooled history (residual;
+        empty: the pooled history is the query).
+      negatives: the retrieval softmax's negatives: "in_batch" (the batch's
+        other candidates, logQ-corrected), "catalogue" (every warm item, an
+        exact softmax) or "sampled" (`num_sampled` warm items drawn uniformly
+        per batch).
+      num_sampled: negatives per batch with negatives "sampled".
     """
 
-    embedding_dim: int = 64
+    embedding_dim: int = 256
     use_ids: bool = True
     use_text: bool = True
-    fusion: str = "sum"
+    fusion: str = "concat"
     text_share: float = 0.5
-    id_dropout: float = 0.0
-    objective: str = "skipgram"
-    temperature: float = 0.1
+    id_dropout: float = 0.1
+    normalize: bool = True
+    text_gate: bool = True
+    objective: str = "retrieval"
+    temperature: float = 0.09
     retrieval_weight: float = 1.0
     text_alignment: float = 0.0
-    retrieval_context: str = "previous"
-    history_length: int = 20
+    retrieval_context: str = "auto"
+    history_length: int = 50
     pooling: str = "mean"
     recency_decay: float = 0.9
+    query_items: str = "shared"
+    query_layers: tuple[int, ...] = ()
+    history_dropout: float = 0.0
+    negatives: str = "in_batch"
+    num_sampled: int = 8192
     text: TextConfig = dataclasses.field(default_factory=TextConfig)
 
     def __post_init__(self):
@@ -233,8 +287,8 @@ class ModelConfig:
                 1 <= int(self.embedding_dim * (1.0 - self.text_share)) < self.embedding_dim):
             raise InputError(f"text_share {self.text_share} of embedding_dim "
                              f"{self.embedding_dim} leaves one part no width", key="text_share")
-        if self.retrieval_context not in ("previous", "session"):
-            raise InputError(f"retrieval_context must be 'previous' or 'session', got "
+        if self.retrieval_context not in RETRIEVAL_CONTEXTS:
+            raise InputError(f"retrieval_context must be 'auto', 'previous' or 'session', got "
                              f"{self.retrieval_context!r}", key="retrieval_context")
         if self.pooling not in ("mean", "recency", "attention"):
             raise InputError(f"pooling must be 'mean', 'recency' or 'attention', got "
@@ -245,6 +299,15 @@ class ModelConfig:
         if not self.temperature > 0:
             raise InputError(f"temperature must be > 0, got {self.temperature!r}",
                              key="temperature")
+        _one_of("query_items", self.query_items, QUERY_ITEMS)
+        if not 0.0 <= self.history_dropout < 1.0:
+            raise InputError(f"history_dropout must be in [0, 1), got {self.history_dropout!r}",
+                             key="history_dropout")
+        _one_of("negatives", self.negatives, NEGATIVES)
+        _positive("num_sampled", self.num_sampled)
+        if any(not isinstance(w, int) or w <= 0 for w in self.query_layers):
+            raise InputError(f"query_layers must be positive integers, got "
+                             f"{self.query_layers!r}", key="query_layers")
         if not 0.0 < self.recency_decay <= 1.0:
             raise InputError(f"recency_decay must be in (0, 1], got {self.recency_decay!r}",
                              key="recency_decay")
@@ -360,15 +423,11 @@ class TrainConfig:
         if not self.learning_rate > 0:
             raise InputError(f"learning_rate must be > 0, got {self.learning_rate!r}",
                              key="learning_rate")
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}, got "
-                             f"{self.optimizer!r}", key="optimizer")
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
         if not 0.0 <= self.split_fraction < 1.0:
             raise InputError(f"split_fraction must be in [0, 1), got {self.split_fraction!r}",
                              key="split_fraction")
-        if self.split_by not in SPLITS:
-            raise InputError(f"split_by must be one of {', '.join(map(repr, SPLITS))}, got "
-                             f"{self.split_by!r}", key="split_by")
+        _one_of("split_by", self.split_by, SPLITS)
         if not 0.0 < self.holdout_users < 1.0:
             raise InputError(f"holdout_users must be in (0, 1), got {self.holdout_users!r}",
                              key="holdout_users")

@@ -89,6 +89,7 @@ class TrainingData:
     test_events: int
     test_slice: object = None
     split: object = None
+    retrieval_context: str = "previous"  # model.retrieval_context, "auto" resolved
 
 
 def prepare_training_data(config: RunConfig) -> TrainingData:
@@ -96,7 +97,7 @@ def prepare_training_data(config: RunConfig) -> TrainingData:
     from the training slice, makes the pipelines and the held-out cases."""
     from tfrec.data.pipeline import PairPipeline
     from tfrec.data.sequences import NextItemPipeline
-    from tfrec.data.sessions import sessionize
+    from tfrec.data.sessions import resolve_retrieval_context, sessionize
     from tfrec.data.vocab import build_vocabulary
     from tfrec.evaluate.protocol import make_cases, split_for_training
 
@@ -111,14 +112,19 @@ def prepare_training_data(config: RunConfig) -> TrainingData:
                           config.data.pairs.event_weights, config.data.pairs.default_event_weight)
     pairs = PairPipeline(sessions, vocab, config.data.pairs)
     next_items = None
+    context = resolve_retrieval_context(config.model.retrieval_context, sessions)
     if config.model.objective in ("retrieval", "both"):
+        if config.model.retrieval_context == "auto":
+            logger.info("retrieval context: %s (auto: %d of %d sessions of 2+ events have one "
+                        "timestamp)", context, sessions.stats["unordered_sessions"],
+                        sessions.stats["multi_event_sessions"])
         next_items = NextItemPipeline(sessions, vocab, config.model.history_length,
                                       config.train.retrieval_batch_size, config.data.pairs.seed,
-                                      config.model.retrieval_context)
+                                      context)
     cases = make_cases(test_events, vocab, config.train.eval_seed, config.data.sessions,
                        per_user=split.per_user)
     return TrainingData(vocab, sessions, pairs, next_items, cases, rejections,
-                        len(train_events), len(test_events), test_events, split)
+                        len(train_events), len(test_events), test_events, split, context)
 
 
 def make_dataset(data: TrainingData, objective: str, steps_per_epoch: int | None = None,

@@ -13,7 +13,7 @@ import pandas as pd
 from tfrec.config import EventsSchema, ItemsSchema, PairConfig, SessionConfig
 from tfrec.data import events as events_lib
 from tfrec.data.pipeline import EpochStats, PairPipeline
-from tfrec.data.sessions import Sessions, sessionize
+from tfrec.data.sessions import Sessions, resolve_retrieval_context, session_order, sessionize
 from tfrec.data.vocab import ItemVocabulary, build_vocabulary
 from tfrec.utils import ensure_folder
 
@@ -126,6 +126,12 @@ def data_report(data: PreparedData, epoch: int = 0, split_date: str | None = Non
         "session_length": {"median": stats["length_median"], "mean": round(stats["length_mean"], 2),
                            "max": stats["length_max"]},
         "single_event_sessions": stats["single_event_sessions"],
+        # What `model.retrieval_context: auto` (the default) derives from the data.
+        "session_order": {"multi_event_sessions": stats["multi_event_sessions"],
+                          "one_timestamp": stats["unordered_sessions"],
+                          "order": session_order(data.sessions),
+                          "retrieval_context": resolve_retrieval_context("auto",
+                                                                         data.sessions)},
         "merged_repeats": stats["merged_repeats"],
         "conversions": stats["conversions"],
         "converted_sessions": stats["converted_sessions"],
@@ -176,6 +182,11 @@ def format_report(report: dict) -> str:
             f"-> {n(report['session_pieces'])} pieces in all")
     row("  single-event sessions", n(report["single_event_sessions"]))
     row("  repeats merged", n(report["merged_repeats"]), "same item back to back")
+    order = report.get("session_order")
+    if order:
+        row("  one timestamp", n(order["one_timestamp"]),
+            f"of {n(order['multi_event_sessions'])} sessions of 2+ events: {order['order']}, "
+            f"so retrieval_context auto -> {order['retrieval_context']}")
     row("converted sessions", n(report["converted_sessions"]),
         f"{n(report['conversions'])} conversion events" if report["conversions"]
         else "no conversion events: no global context")

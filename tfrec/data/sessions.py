@@ -170,6 +170,14 @@ def sessionize(events: pd.DataFrame, vocab: ItemVocabulary,
     lengths = np.diff(np.append(starts, len(items)))
     position = np.arange(len(items)) - np.repeat(starts, lengths)
     piece_start = new | (position % config.max_length == 0)
+    # Sessions of 2+ events whose events all share one timestamp (a basket,
+    # or data without time): their order carries no meaning.
+    multi = lengths >= 2
+    same_time = np.logical_and.reduceat(
+        np.append(time_s[1:] == time_s[:-1], True) | np.isin(
+            np.arange(len(items)), starts + lengths - 1), starts)
+    stats["multi_event_sessions"] = int(multi.sum())
+    stats["unordered_sessions"] = int((same_time & multi).sum())
     stats["capped_sessions"] = int((lengths > config.max_length).sum())
     stats["length_median"] = float(np.median(lengths))
     stats["length_mean"] = float(lengths.mean())
@@ -189,3 +197,22 @@ def sessionize(events: pd.DataFrame, vocab: ItemVocabulary,
         user_ids=np.asarray(user_ids, dtype=object),
         stats=stats,
     )
+
+
+def session_order(sessions: Sessions) -> str:
+    """"unordered" if most sessions of 2+ events have one timestamp, else "ordered".
+
+    Baskets (an invoice's lines) and data without time (a reader's shelf)
+    have no order within a session: a query there is the rest of the session
+    (leave one out). Click streams have one: the query is what came before.
+    """
+    multi = sessions.stats.get("multi_event_sessions", 0)
+    unordered = sessions.stats.get("unordered_sessions", 0)
+    return "unordered" if multi and unordered * 2 >= multi else "ordered"
+
+
+def resolve_retrieval_context(context: str, sessions: Sessions) -> str:
+    """`model.retrieval_context` with "auto" resolved from the data (see `session_order`)."""
+    if context != "auto":
+        return context
+    return "session" if session_order(sessions) == "unordered" else "previous"

@@ -116,6 +116,17 @@ def plot_conversion(report: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def _split_text(p: dict) -> str:
+    """How the cases were made, in words."""
+    if p.get("split_by") == "user":
+        text = f"by user ({p['holdout_users']:.0%} of users held out)"
+    else:
+        text = str(p.get("split_date") or p.get("split_fraction"))
+    if p.get("cold_items"):
+        text += f", {p['cold_items']:.0%} of items hidden from training"
+    return text
+
+
 def write_report(report: dict, out_dir: str | Path, item_embeddings: np.ndarray,
                  codes: np.ndarray, names: list[str], cold: np.ndarray) -> Path:
     """Writes report.json, plots/*.png and report.html; returns the HTML path."""
@@ -223,7 +234,7 @@ pre {{ background: #f6f6f6; padding: 1em; }}
 <h1>tfrec evaluation</h1>
 <p>Run <code>{html.escape(report['run'])}</code> ({html.escape(Path(report['checkpoint']).name)}).
 {p['cases']:,} held-out cases ({p['warm_cases']:,} warm, {p['cold_cases']:,} cold targets),
-{p['candidates']:,} candidate items; split {html.escape(str(p['split_date'] or p['split_fraction']))},
+{p['candidates']:,} candidate items; split {html.escape(_split_text(p))},
 seed {p['eval_seed']}.</p>
 <table><tr><th>method</th><th>HR@{k}</th><th>warm</th><th>cold</th><th>NDCG@{k}</th>
 <th>warm</th><th>cold</th><th>time</th></tr>{''.join(rows)}</table>

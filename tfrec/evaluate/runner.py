@@ -503,10 +503,16 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                for name, res in results.items()}
     report = {
         "run": str(run_dir.resolve()), "checkpoint": checkpoint, "k": k,
-        "protocol": {"data": config.data.layout, "events": config.data.events or "bundled",
+        "protocol": {"data": config.data.layout,
+                     "events": config.data.events or "data folder",
+                     "split_by": config.train.split_by,
                      "split_date": config.train.split_date,
                      "split_fraction": None if config.train.split_date else
                      config.train.split_fraction,
+                     "holdout_users": config.train.holdout_users
+                     if config.train.split_by == "user" else None,
+                     "cold_items": config.train.cold_items,
+                     "retrieval_context": data.retrieval_context,
                      "eval_seed": config.train.eval_seed, "cases": len(cases),
                      "warm_cases": int((~cases.cold).sum()), "cold_cases": int(cases.cold.sum()),
                      "unknown_targets": cases.unknown_targets,

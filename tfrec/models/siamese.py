@@ -13,11 +13,17 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from tfrec.config import ModelConfig
+from tfrec.config import NEGATIVES, ModelConfig
 from tfrec.data.vocab import ItemVocabulary
 from tfrec.towers.item_tower import ItemEncoder
 from tfrec.towers.query_tower import QueryTower
 from tfrec.towers.tokenizer import build_token_vocabulary
+
+# How the retrieval softmax gets its negatives: the other candidates of the
+# batch (with logQ correction), every warm item of the catalogue, or a
+# uniform sample of `num_sampled` warm items shared by the batch.
+RETRIEVAL_NEGATIVES = NEGATIVES
+_MODEL = ModelConfig()  # layer defaults are the config's
 
 
 @keras.utils.register_keras_serializable(package="tfrec")
@@ -40,15 +46,22 @@ class HybridModel(tfrs.Model):
     """
 
     def __init__(self, item_encoder: ItemEncoder, query_tower: QueryTower,
-                 objective: str = "skipgram", temperature: float = 0.1,
-                 retrieval_weight: float = 1.0, text_alignment: float = 0.0, **kwargs):
+                 objective: str = _MODEL.objective, temperature: float = _MODEL.temperature,
+                 retrieval_weight: float = _MODEL.retrieval_weight,
+                 text_alignment: float = _MODEL.text_alignment,
+                 negatives: str = _MODEL.negatives, num_sampled: int = _MODEL.num_sampled,
+                 **kwargs):
         super().__init__(**kwargs)
+        if negatives not in RETRIEVAL_NEGATIVES:
+            raise ValueError(f"negatives must be one of {RETRIEVAL_NEGATIVES}, got {negatives!r}")
         self.candidate_tower = item_encoder
         self.query_tower = query_tower
         self.objective = objective
         self.temperature = float(temperature)
         self.retrieval_weight = float(retrieval_weight)
         self.text_alignment = float(text_alignment)
+        self.negatives = negatives
+        self.num_sampled = int(num_sampled)
         if self.uses_skipgram:
             self.logit_bias = self.add_weight(name="logit_bias", shape=(),
                                               initializer="zeros")
@@ -105,16 +118,54 @@ class HybridModel(tfrs.Model):
                                        sample_weight=weight, training=training)
         if self.uses_retrieval:
             query = self.query_tower(features["history"], training=training)
-            candidate, alignment = self.candidate_tower.encode(features["next_item"],
-                                                               training=training)
+            next_item = features["next_item"]
+            weight = self.retrieval_weight if self.objective == "both" else 1.0
+            if self.negatives == "in_batch":
+                candidate, alignment = self.candidate_tower.encode(next_item, training=training)
+                # TFRS sums over the batch; divided by it, the loss is a batch
+                # mean like the skip-gram one, so "both" weighs the two alike.
+                scale = 1.0 / tf.cast(tf.shape(next_item)[0] * replicas, tf.float32)
+                retrieval = scale * self.retrieval_task(
+                    query, candidate,
+                    candidate_sampling_probability=features.get("candidate_probability"),
+                    candidate_ids=next_item, compute_metrics=not training)
+            else:
+                retrieval, alignment = self._softmax_loss(query, next_item, training)
+                retrieval = retrieval / replicas
             if self.text_alignment > 0 and not self.uses_skipgram:
                 loss += self.text_alignment * alignment / replicas
-            weight = self.retrieval_weight if self.objective == "both" else 1.0
-            loss += weight * self.retrieval_task(
-                query, candidate,
-                candidate_sampling_probability=features.get("candidate_probability"),
-                candidate_ids=features["next_item"], compute_metrics=not training)
+            loss += weight * retrieval
         return loss
+
+    def _softmax_loss(self, query, next_item, training):
+        """Mean cross-entropy of each next item against warm-item negatives.
+
+        "catalogue": the softmax runs over every warm item (indices
+        1..num_id_items-1, the items training can have as targets; cold items
+        never are, so they are not pushed away from every query). "sampled":
+        over the positive and `num_sampled` warm items drawn uniformly, shared
+        by the batch (uniform proposal: the logQ correction is a constant and
+        cancels), accidental hits masked.
+        """
+        num_warm = self.candidate_tower.num_id_items - 1
+        next_item = tf.cast(next_item, tf.int32)
+        if self.negatives == "catalogue":
+            catalogue = tf.range(1, num_warm + 1, dtype=tf.int32)
+            candidates, alignment = self.candidate_tower.encode(catalogue, training=training)
+            logits = tf.matmul(query, candidates, transpose_b=True) / self.temperature
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(next_item - 1, logits)
+            return tf.reduce_mean(losses), alignment
+        sampled = tf.random.uniform([self.num_sampled], 1, num_warm + 1, dtype=tf.int32)
+        ids = tf.concat([next_item, sampled], 0)
+        emb, alignment = self.candidate_tower.encode(ids, training=training)
+        positive, negative = tf.split(emb, [tf.shape(next_item)[0], self.num_sampled])
+        pos = tf.reduce_sum(query * positive, -1, keepdims=True)
+        neg = tf.matmul(query, negative, transpose_b=True)
+        neg = tf.where(sampled[None, :] == next_item[:, None], -1e9, neg * 1.0)
+        logits = tf.concat([pos, neg], 1) / self.temperature
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            tf.zeros_like(next_item), logits)
+        return tf.reduce_mean(losses), alignment
 
     def enable_topk_metrics(self, ks: tuple[int, ...] = (1, 10, 50)) -> None:
         """Adds TFRS `FactorizedTopK` metrics to the retrieval task for `evaluate`.
@@ -157,7 +208,9 @@ class HybridModel(tfrs.Model):
                 "query_tower": keras.layers.serialize(self.query_tower),
                 "objective": self.objective, "temperature": self.temperature,
                 "retrieval_weight": self.retrieval_weight,
-                "text_alignment": self.text_alignment}
+                "text_alignment": self.text_alignment, "negatives": self.negatives,
+                "num_sampled": self.num_sampled,
+                "shared_items": self.query_tower.item_encoder is self.candidate_tower}
 
     @classmethod
     def from_config(cls, config):
@@ -165,7 +218,8 @@ class HybridModel(tfrs.Model):
         encoder = keras.layers.deserialize(config.pop("item_encoder"))
         query_config = dict(config.pop("query_tower"))
         query_config = dict(query_config, config=dict(query_config["config"]))
-        query_config["config"]["item_encoder"] = encoder
+        if config.pop("shared_items", True):
+            query_config["config"]["item_encoder"] = encoder
         tower = QueryTower(**{k: v for k, v in query_config["config"].items()})
         return cls(encoder, tower, **config)
 
@@ -189,18 +243,29 @@ def build_model(config: ModelConfig, vocab: ItemVocabulary, seed: int | None = 4
     else:
         tokens = (build_token_vocabulary(vocab.text[1:], text.max_tokens, text.min_token_count)
                   if config.use_text else [])
-    encoder = ItemEncoder(
-        num_items=vocab.size, num_id_items=num_warm + 1, embedding_dim=config.embedding_dim,
-        use_ids=config.use_ids, use_text=config.use_text, id_dropout=config.id_dropout,
-        text_vocabulary=tokens, sequence_length=text.sequence_length,
-        token_dim=text.token_dim, filters=text.filters, widths=text.widths, seed=seed,
-        mean_tokens=text.mean_tokens,
-        fusion=config.fusion, text_share=config.text_share, name="item_encoder")
-    encoder.set_item_texts(vocab.text)
-    tower = QueryTower(encoder, config.history_length, config.pooling, config.recency_decay,
-                       name="query_tower")
+
+    def item_encoder(name, seed=seed):
+        encoder = ItemEncoder(
+            num_items=vocab.size, num_id_items=num_warm + 1,
+            embedding_dim=config.embedding_dim, use_ids=config.use_ids,
+            use_text=config.use_text, id_dropout=config.id_dropout, text_vocabulary=tokens,
+            sequence_length=text.sequence_length, token_dim=text.token_dim,
+            filters=text.filters, widths=text.widths, seed=seed, mean_tokens=text.mean_tokens,
+            char_ngrams=text.char_ngrams, ngram_buckets=text.ngram_buckets,
+            max_ngrams=text.max_ngrams, normalize=config.normalize,
+            text_gate=config.text_gate, fusion=config.fusion,
+            text_share=config.text_share, name=name)
+        encoder.set_item_texts(vocab.text)
+        return encoder
+
+    encoder = item_encoder("item_encoder")
+    query_items = (encoder if config.query_items == "shared"
+                   else item_encoder("query_items", None if seed is None else seed + 1))
+    tower = QueryTower(query_items, config.history_length, config.pooling, config.recency_decay,
+                       hidden_layers=config.query_layers,
+                       history_dropout=config.history_dropout, seed=seed, name="query_tower")
     return HybridModel(encoder, tower, objective=config.objective,
                        temperature=config.temperature,
                        retrieval_weight=config.retrieval_weight,
-                       text_alignment=config.text_alignment)
-
+                       text_alignment=config.text_alignment, negatives=config.negatives,
+                       num_sampled=config.num_sampled)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
+from tfrec.config import ModelConfig
 from tfrec.towers.item_tower import ItemEncoder
+
+_MODEL = ModelConfig()  # layer defaults are the config's
 
 PAD_ITEM = 0
 
@@ -25,14 +28,25 @@ class QueryTower(keras.layers.Layer):
         back in time); "attention" (learned: softmax over a content score plus
         a per-position bias).
       recency_decay: see pooling.
+      history_dropout: during training, hide each history item with this
+        probability (a denoising query, as in Mult-DAE: the query must
+        stand up to a basket it sees only part of); a history the draw would
+        empty is kept whole.
+      hidden_layers: widths of a ReLU MLP applied to the pooled history, its
+        output (projected back to the embedding width) added to it: a
+        non-linear query over the session (empty: the pooled mean itself).
 
     Call:
       history: [batch, N] int32 item indices, most recent last, left-padded
         with 0  ->  [batch, embedding_dim] float32 (zeros for an empty history).
     """
 
-    def __init__(self, item_encoder: ItemEncoder, history_length: int = 10,
-                 pooling: str = "mean", recency_decay: float = 0.9, **kwargs):
+    def __init__(self, item_encoder: ItemEncoder,
+                 history_length: int = _MODEL.history_length, pooling: str = _MODEL.pooling,
+                 recency_decay: float = _MODEL.recency_decay,
+                 hidden_layers: tuple[int, ...] = _MODEL.query_layers,
+                 history_dropout: float = _MODEL.history_dropout, seed: int | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         if isinstance(item_encoder, dict):
             item_encoder = keras.layers.deserialize(item_encoder)
@@ -40,6 +54,16 @@ class QueryTower(keras.layers.Layer):
         self.history_length = int(history_length)
         self.pooling = pooling
         self.recency_decay = float(recency_decay)
+        self.hidden_layers = tuple(int(w) for w in hidden_layers)
+        self.history_dropout = float(history_dropout)
+        self.seed = seed
+        self.mlp = None
+        if self.hidden_layers:
+            self.mlp = keras.Sequential(
+                [keras.layers.Dense(w, activation="relu", name=f"hidden_{i}")
+                 for i, w in enumerate(self.hidden_layers)]
+                + [keras.layers.Dense(item_encoder.embedding_dim, name="projection")],
+                name="mlp")
         if pooling == "attention":
             self.attention_query = self.add_weight(
                 name="attention_query", shape=(item_encoder.embedding_dim,),
@@ -51,6 +75,13 @@ class QueryTower(keras.layers.Layer):
         history = tf.cast(history, tf.int32)[:, -self.history_length:]
         length = tf.shape(history)[1]
         mask = tf.not_equal(history, PAD_ITEM)
+        if training and self.history_dropout > 0:
+            keep = tf.random.uniform(tf.shape(history), seed=self.seed) >= self.history_dropout
+            # A history the draw would empty is kept whole.
+            none_left = tf.logical_not(tf.reduce_any(tf.logical_and(keep, mask), -1))
+            keep = tf.logical_or(keep, none_left[:, None])
+            mask = tf.logical_and(mask, keep)
+            history = tf.where(mask, history, PAD_ITEM)
         items = self.item_encoder(history, training=training)
         maskf = tf.cast(mask, items.dtype)
         if self.pooling == "attention":
@@ -63,10 +94,18 @@ class QueryTower(keras.layers.Layer):
             decay = 1.0 if self.pooling == "mean" else self.recency_decay
             weights = maskf * tf.pow(tf.constant(decay, items.dtype), steps_back)[None, :]
         pooled = tf.einsum("bn,bnd->bd", weights, items)
+        # A weighted mean (the final normalisation makes this matter only to the MLP).
+        pooled = tf.math.divide_no_nan(pooled, tf.reduce_sum(weights, -1, keepdims=True))
+        if self.mlp is not None:
+            pooled += self.mlp(pooled, training=training)
+        if not self.item_encoder.normalize:
+            return pooled
         return tf.math.l2_normalize(pooled, axis=-1)
 
     def get_config(self):
         return {**super().get_config(),
                 "item_encoder": keras.layers.serialize(self.item_encoder),
                 "history_length": self.history_length, "pooling": self.pooling,
-                "recency_decay": self.recency_decay}
+                "recency_decay": self.recency_decay,
+                "hidden_layers": list(self.hidden_layers),
+                "history_dropout": self.history_dropout, "seed": self.seed}

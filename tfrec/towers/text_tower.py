@@ -5,7 +5,10 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
+from tfrec.config import TextConfig
 from tfrec.towers.tokenizer import PAD_ID
+
+_TEXT = TextConfig()  # layer defaults are the config's
 
 
 @keras.utils.register_keras_serializable(package="tfrec")
@@ -23,15 +26,19 @@ class TextEncoder(keras.layers.Layer):
       filters: Conv1D filters per width.
       widths: kernel widths, e.g. (1, 2, 3) for unigram to trigram features.
       mean_tokens: also feed the mean token embedding to the projection.
+      ngram_buckets: with > 0, hashed character n-grams (see
+        `tokenizer.CharNgramHasher`) get an embedding of their own whose
+        masked mean joins the features (subword evidence for unseen words).
 
     Call:
       token_ids: [batch, length] int32 (0 pads)  ->  [batch, output_dim] float32.
       A text with no known token gives the projection of zeros (its bias).
     """
 
-    def __init__(self, vocabulary_size: int, output_dim: int = 64, token_dim: int = 64,
-                 filters: int = 64, widths: tuple[int, ...] = (1, 2, 3),
-                 mean_tokens: bool = False, **kwargs):
+    def __init__(self, vocabulary_size: int, output_dim: int = 64,
+                 token_dim: int = _TEXT.token_dim, filters: int = _TEXT.filters,
+                 widths: tuple[int, ...] = _TEXT.widths, mean_tokens: bool = _TEXT.mean_tokens,
+                 ngram_buckets: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.vocabulary_size = int(vocabulary_size)
         self.output_dim = int(output_dim)
@@ -39,6 +46,10 @@ class TextEncoder(keras.layers.Layer):
         self.filters = int(filters)
         self.widths = tuple(int(w) for w in widths)
         self.mean_tokens = bool(mean_tokens)
+        self.ngram_buckets = int(ngram_buckets)
+        if self.ngram_buckets:
+            self.ngram_embedding = keras.layers.Embedding(self.ngram_buckets, self.token_dim,
+                                                          name="ngram_embedding")
         self.token_embedding = keras.layers.Embedding(self.vocabulary_size, self.token_dim,
                                                       name="token_embedding")
         self.convolutions = [
@@ -46,7 +57,7 @@ class TextEncoder(keras.layers.Layer):
                                 name=f"conv_{w}") for w in self.widths]
         self.projection = keras.layers.Dense(self.output_dim, name="projection")
 
-    def call(self, token_ids):
+    def call(self, token_ids, ngram_ids=None):
         mask = tf.not_equal(token_ids, PAD_ID)
         x = self.token_embedding(token_ids)
         x = x * tf.cast(mask, x.dtype)[..., None]
@@ -59,10 +70,17 @@ class TextEncoder(keras.layers.Layer):
         if self.mean_tokens:
             count = tf.reduce_sum(tf.cast(mask, x.dtype), axis=1, keepdims=True)
             pooled.append(tf.math.divide_no_nan(tf.reduce_sum(x, axis=1), count))
+        if self.ngram_buckets:
+            if ngram_ids is None:
+                raise ValueError("this text encoder needs the character n-gram ids")
+            nmask = tf.cast(tf.not_equal(ngram_ids, PAD_ID), x.dtype)[..., None]
+            grams = self.ngram_embedding(ngram_ids) * nmask
+            pooled.append(tf.math.divide_no_nan(tf.reduce_sum(grams, axis=1),
+                                                tf.reduce_sum(nmask, axis=1)))
         return self.projection(tf.concat(pooled, axis=-1))
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size,
                 "output_dim": self.output_dim, "token_dim": self.token_dim,
                 "filters": self.filters, "widths": list(self.widths),
-                "mean_tokens": self.mean_tokens}
+                "mean_tokens": self.mean_tokens, "ngram_buckets": self.ngram_buckets}

@@ -80,3 +80,48 @@ def build_token_vocabulary(texts: Iterable[str], max_tokens: int = 20_000,
     ranked = sorted((t for t, n in counts.items() if n >= min_count and t),
                     key=lambda t: (-counts[t], t))
     return ranked[:max_tokens]
+
+
+@keras.utils.register_keras_serializable(package="tfrec")
+class CharNgramHasher(keras.layers.Layer):
+    """Strings -> hashed character n-grams of their words (fastText-style subwords).
+
+    Each token of the text (as the word tokeniser splits it) is wrapped in
+    boundary marks ("<mug>") and cut into character n-grams of every width in
+    `widths`; each n-gram is hashed into one of `num_buckets` - 1 buckets
+    (ids 1..num_buckets-1; 0 pads). No vocabulary: a new item's unseen word
+    still shares n-grams with known ones ("heart" and "hearts"), which is what
+    TF-IDF over character n-grams exploits on new items.
+
+    Args:
+      widths: n-gram widths, e.g. (3, 4).
+      num_buckets: hash buckets, padding included.
+      max_ngrams: output width; n-grams past it are cut.
+
+    Call:
+      texts: [batch] tf.string  ->  [batch, max_ngrams] int32 bucket ids.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (3, 4), num_buckets: int = 50_000,
+                 max_ngrams: int = 96, **kwargs):
+        super().__init__(**kwargs)
+        self.widths = tuple(int(w) for w in widths)
+        self.num_buckets = int(num_buckets)
+        self.max_ngrams = int(max_ngrams)
+
+    def call(self, texts):
+        texts = tf.convert_to_tensor(texts, tf.string)
+        words = _normalise_and_split(texts)  # [batch, (words)]
+        marked = tf.strings.join(["<", words, ">"])
+        chars = tf.strings.unicode_split(marked, "UTF-8")  # [batch, (words), (chars)]
+        grams = [tf.strings.ngrams(chars, w, separator="") for w in self.widths]
+        grams = tf.concat(grams, axis=2).merge_dims(1, 2)  # [batch, (ngrams)]
+        ids = tf.ragged.map_flat_values(
+            lambda g: tf.strings.to_hash_bucket_fast(g, self.num_buckets - 1) + 1, grams)
+        ids = tf.cast(ids, tf.int32)
+        return ids.to_tensor(default_value=PAD_ID,
+                             shape=tf.concat([tf.shape(texts), [self.max_ngrams]], 0))
+
+    def get_config(self):
+        return {**super().get_config(), "widths": list(self.widths),
+                "num_buckets": self.num_buckets, "max_ngrams": self.max_ngrams}
