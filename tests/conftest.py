@@ -45,25 +45,27 @@ def run_dir(tmp_path_factory):
     return folder / "run"
 
 
-@pytest.fixture
-def online_retail_file():
-    """The UCI Online Retail file from the data folder; skips (saying how to get it) if absent."""
-    from tfrec.datasets import online_retail_path
+def _from_data_folder(find):
+    """find() from the data folder; skips, saying how to get the data, when it is absent."""
     from tfrec.errors import InputError
 
     try:
-        return online_retail_path()
+        return find()
     except InputError as err:
         pytest.skip(err.message)
+
+
+@pytest.fixture
+def online_retail_file():
+    """The UCI Online Retail file from the data folder (skipped if absent)."""
+    from tfrec.datasets import online_retail_path
+
+    return _from_data_folder(online_retail_path)
 
 
 @pytest.fixture
 def goodbooks_dir():
-    """The goodbooks-10k folder from the data folder; skips (saying how to get it) if absent."""
+    """The goodbooks-10k folder from the data folder (skipped if absent)."""
     from tfrec.datasets import goodbooks_folder
-    from tfrec.errors import InputError
 
-    try:
-        return goodbooks_folder()
-    except InputError as err:
-        pytest.skip(err.message)
+    return _from_data_folder(goodbooks_folder)

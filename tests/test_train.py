@@ -212,8 +212,8 @@ def test_a_shorter_epoch_does_not_end_training(tmp_path, data_files, monkeypatch
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
 
 
-def test_a_config_naming_only_the_data_trains_with_the_documented_defaults(tmp_path,
-                                                                            data_files):
+def test_a_config_naming_only_the_data_trains_with_the_documented_defaults(
+        tmp_path, data_files):
     """The library defaults are the measured settings the README documents."""
     from tfrec.config import ModelConfig, TextConfig
     from tfrec.towers import ItemEncoder, QueryTower

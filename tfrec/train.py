@@ -498,4 +498,3 @@ def format_evaluation(evaluation: dict, k: int) -> str:
         rows.append(f"  ({evaluation['unknown_targets']} cases skipped: target unknown to the "
                     "catalogue)")
     return "\n".join(rows)
-

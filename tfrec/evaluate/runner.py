@@ -572,6 +572,7 @@ def format_report(report: dict) -> str:
              f"{'method':<24}{'HR@' + str(k):>8}{'warm':>8}{'cold':>8}"
              f"{'NDCG@' + str(k):>9}{'warm':>8}{'cold':>8}{'time':>8}"]
     hr, nd = f"hr@{k}", f"ndcg@{k}"
+
     def cell(value, width):
         return f"{'-':>{width}}" if value is None else f"{value:>{width}.4f}"
 
