@@ -69,3 +69,16 @@ def goodbooks_dir():
     from tfrec.datasets import goodbooks_folder
 
     return _from_data_folder(goodbooks_folder)
+
+
+@pytest.fixture(scope="session")
+def versions(run_dir, tmp_path_factory):
+    """Two exported versions (brute force, then ScaNN) kept aside, to drop into a served
+    base_path."""
+    from tfrec.export import export
+    from tfrec.index import IndexConfig
+
+    store = tmp_path_factory.mktemp("store")
+    export(run_dir, store / "shop", IndexConfig(kind="brute_force", max_k=20))
+    export(run_dir, store / "shop", IndexConfig(kind="scann", max_k=20))
+    return store / "shop"

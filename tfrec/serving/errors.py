@@ -1,0 +1,39 @@
+"""The server's error type and readable messages from TensorFlow's errors."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+
+
+class ServingError(Exception):
+    """An RPC failure with its gRPC status code (REST maps it to an HTTP status)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_ASSERTION = re.compile(r"assertion failed: \[(?P<message>[^\]]*)\]")
+
+
+def tensorflow_message(message: str) -> str:
+    """The part of a TensorFlow error a caller can act on.
+
+    A failed `tf.debugging.assert_*` inside a SavedModel reads "Graph execution
+    error: ... Detected at node assert_less_equal/Assert/Assert ... assertion
+    failed: [k must be at most 100 ...] [Condition x <= y ...]": the message
+    given to the assertion is returned. Otherwise the first line that is not
+    TensorFlow's framing (stack traces, node names) is.
+    """
+    found = _ASSERTION.search(message)
+    if found:
+        return found["message"].strip()
+    framing = ("Graph execution error", "Detected at node", "<stack traces", "[[{{node",
+               "defined at (most recent call last)")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if not any(f in line for f in framing)
+              and not line.startswith("File ")]
+    return (useful or ["the model failed on this input"])[0]
