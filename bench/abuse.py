@@ -1,0 +1,738 @@
+"""Soak/abuse bench: good gRPC traffic with and without hostile traffic beside it.
+
+    python bench/abuse.py                          # saved_models/retail if present, else generated
+    python bench/abuse.py --seconds 10 --json abuse.json
+    python bench/abuse.py --model-dir saved_models/retail --seconds 20
+    python bench/abuse.py --generated              # always build a small model from generated data
+
+It starts a real `tfrec serve` process on free loopback ports (gRPC and REST)
+serving the newest version in `--model-dir` (a folder of integer version
+folders, as `make run` writes to saved_models/retail). With `--generated` (the
+default when saved_models/retail is absent) it first trains a small model on
+generated sessions and exports it (brute-force index) to a temporary folder.
+
+Phase A (baseline): `--clients` threads (default 4) send good Predict requests
+(serving_default, one session of 1-20 real item ids, k = 10) for `--seconds`.
+Phase B: the same good clients for the same time while `--hostile-threads`
+threads (default 2) replay hostile requests over and over (huge declared tensor
+shapes, k out of range, wrong dtypes, unknown names, a 5,000-id session, and
+malformed HTTP over raw sockets: oversize/negative/non-numeric Content-Length,
+chunked bodies carrying a second request, stalled bodies, nested and ragged
+JSON, 100k-deep JSON, unknown labels/versions), with 50 idle REST connections
+held open for the whole phase.
+
+It prints, as markdown tables: the good requests' count, errors, p50 and p99
+for both phases; the server's RSS (VmRSS from /proc) at start, after A and
+after B; each hostile case's outcomes (gRPC status code, or HTTP status codes
+and whether the server closed the connection); and PASS/FAIL against:
+p99 under hostile traffic at most 2x the baseline p99, RSS growth at most
+200 MB, no good-request errors, and the server alive and answering after B.
+The server is then stopped with SIGTERM and its exit code reported. The exit
+status is non-zero if any criterion fails. Everything is bounded: about
+2 x seconds plus startup (and model building with --generated); every client
+call and socket has a short timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import tfrec  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import grpc  # noqa: E402
+from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: E402
+from tensorflow_serving.apis import (  # noqa: E402
+    get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = REPO / "saved_models" / "retail"
+GOOD_TIMEOUT = 5.0      # s, one good Predict
+HOSTILE_TIMEOUT = 3.0   # s, one hostile gRPC call or raw HTTP exchange
+STALL_SECONDS = 2.0     # s, the client holds a stalled body this long, then closes
+IDLE_CONNECTIONS = 50
+P99_RATIO_LIMIT = 2.0
+RSS_GROWTH_LIMIT_MB = 200.0
+
+
+# ---------------------------------------------------------------- model and server
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_generated_model(work: Path) -> Path:
+    """A small trained and exported model from generated data (as tests/conftest.py's run_dir)."""
+    from tfrec.config import load_run_config
+    from tfrec.data.synthetic import generate_events, generate_items
+    from tfrec.export import export
+    from tfrec.index import IndexConfig
+    from tfrec.train import train
+
+    data = work / "data"
+    data.mkdir(parents=True)
+    events = generate_events(8_000, 150, num_users=800, num_clusters=6, seed=4)
+    events.rename(columns={"user": "user_id", "item": "item_id", "time": "timestamp"})[
+        ["user_id", "item_id", "timestamp", "event"]].to_csv(data / "events.csv", index=False)
+    items = generate_items(150, 6, num_cold=5, seed=4)
+    items.rename(columns={"item": "item_id"})[["item_id", "text"]].to_csv(
+        data / "items.csv", index=False)
+    config = load_run_config(None, [
+        "data.layout=events", f"data.events={data / 'events.csv'}",
+        f"data.items={data / 'items.csv'}", "data.events_schema.event_col=event",
+        "model.embedding_dim=16", "model.objective=retrieval", "model.text.token_dim=8",
+        "model.text.filters=8", "train.epochs=1", "train.split_fraction=0.15",
+        "train.retrieval_batch_size=128"])
+    train(config, work / "run", verbose=0)
+    model_dir = work / "generated"
+    export(work / "run", model_dir, IndexConfig(kind="brute_force", max_k=100))
+    return model_dir
+
+
+def latest_version(model_dir: Path) -> Path:
+    versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+                      key=lambda p: int(p.name))
+    if not versions:
+        raise SystemExit(f"abuse.py: no integer version folders in {model_dir}")
+    return versions[-1]
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class Server:
+    """`python -m tfrec serve` on free loopback ports, its output in a log file."""
+
+    def __init__(self, model_dir: Path, name: str, work: Path, startup_timeout: float):
+        self.name = name
+        self.port, self.rest_port = free_port(), free_port()
+        config = work / "models.config"
+        config.write_text('model_config_list { config { name: "%s" base_path: "%s" '
+                          'model_platform: "tensorflow" } }\n' % (name, model_dir.resolve()))
+        env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+        self.log_path = work / "server.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tfrec", "serve", "--model_config_file", str(config),
+             "--port", str(self.port), "--rest_api_port", str(self.rest_port)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        self.target = f"127.0.0.1:{self.port}"
+        self.channel = grpc.insecure_channel(self.target)
+        try:
+            self._wait_available(startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_available(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.name
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"abuse.py: the server exited ({self.proc.returncode}) "
+                                 f"during startup:\n{self.log_tail()}")
+            try:
+                response = stub.GetModelStatus(request, timeout=2)
+                names = get_model_status_pb2.ModelVersionStatus.State.Name
+                if any(names(s.state) == "AVAILABLE" for s in response.model_version_status):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"abuse.py: no AVAILABLE version after {timeout:.0f} s:\n"
+                         f"{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        self.log.flush()
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss(self, field: str = "VmRSS") -> float | None:
+        return rss_mb(self.proc.pid, field)
+
+    def stop(self, timeout: float = 30.0) -> tuple[int | None, str]:
+        """SIGTERM, wait; SIGKILL after `timeout`. (exit code, how it ended)."""
+        self.channel.close()
+        how = "exited before SIGTERM"
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+                how = "SIGTERM"
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                how = f"SIGKILL (no exit {timeout:.0f} s after SIGTERM)"
+        self.log.close()
+        return self.proc.returncode, how
+
+
+# ---------------------------------------------------------------- requests
+
+def string_tensor(values, shape) -> tensor_pb2.TensorProto:
+    """A DT_STRING TensorProto with the given (declared) shape and values, unchecked."""
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
+    for size in shape:
+        proto.tensor_shape.dim.add().size = size
+    proto.string_val.extend(v.encode() if isinstance(v, str) else v for v in values)
+    return proto
+
+
+def int_tensor(values, shape, dtype=types_pb2.DT_INT32) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    for size in shape:
+        proto.tensor_shape.dim.add().size = size
+    if dtype == types_pb2.DT_INT64:
+        proto.int64_val.extend(values)
+    else:
+        proto.int_val.extend(values)
+    return proto
+
+
+def predict_request(item_ids: tensor_pb2.TensorProto, k: int = 10, model: str = "",
+                    signature: str = "serving_default", version: int | None = None):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["item_ids"].CopyFrom(item_ids)
+    request.inputs["k"].CopyFrom(int_tensor([k], []))
+    return request
+
+
+def session_request(ids: list[str], model: str, k: int = 10):
+    return predict_request(string_tensor(ids, [1, len(ids)]), k, model)
+
+
+# ---------------------------------------------------------------- raw HTTP
+
+def _responses(buffer: bytes, bodies: list | None = None) -> tuple[list[int], bool]:
+    """(status codes of the complete responses in buffer, is the last one incomplete?);
+    their bodies are appended to `bodies` if given."""
+    codes = []
+    while buffer:
+        head_end = buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return codes, True
+        head = buffer[:head_end].decode("latin-1").split("\r\n")
+        try:
+            code = int(head[0].split()[1])
+        except (IndexError, ValueError):
+            return codes, True
+        length = 0
+        for line in head[1:]:
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    pass
+        if len(buffer) < head_end + 4 + length:
+            return codes, True
+        codes.append(code)
+        if bodies is not None:
+            bodies.append(buffer[head_end + 4:head_end + 4 + length])
+        buffer = buffer[head_end + 4 + length:]
+    return codes, False
+
+
+def http_exchange(port: int, data: bytes, wait: float = HOSTILE_TIMEOUT,
+                  linger: float = 0.3) -> tuple[str, str]:
+    """Send raw bytes to 127.0.0.1:port; read responses for up to `wait` s.
+
+    After the first complete response, waits `linger` s more for further
+    responses or the server closing. Returns an outcome such as "400 open",
+    "400+400 closed", "none held" (no response, the client gave up after
+    `wait` s) or "none closed" (the server closed without answering), and the
+    first response's body (cut short) as a detail.
+    """
+    buffer = b""
+    end = "held"
+    sock = None
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=2.0)
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            end = "reset"
+        deadline = time.monotonic() + wait
+        while end == "held":
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                end = "reset"
+                break
+            if not chunk:
+                end = "closed"
+                break
+            buffer += chunk
+            codes, partial = _responses(buffer)
+            if codes and not partial:
+                deadline = min(deadline, time.monotonic() + linger)
+    except ConnectionRefusedError:
+        return "refused", ""
+    except OSError as err:
+        return f"error {type(err).__name__}", str(err)
+    finally:
+        if sock is not None:
+            sock.close()
+    bodies = []
+    codes, _ = _responses(buffer, bodies)
+    if end == "held" and codes:
+        end = "open"
+    detail = bodies[0].decode("utf-8", "replace") if bodies else ""
+    return f"{'+'.join(map(str, codes)) or 'none'} {end}", detail
+
+
+def post(path: str, body: bytes, extra_headers: str = "", content_length=None) -> bytes:
+    length = len(body) if content_length is None else content_length
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n{extra_headers}\r\n")
+    return head.encode() + body
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+
+
+# ---------------------------------------------------------------- hostile cases
+
+def hostile_cases(model: str, version: int, ids: list[str], rng: random.Random):
+    """[(name, callable(grpc_stub, rest_port) -> (outcome, detail))], in replay order."""
+    cases = []
+
+    def grpc_case(name, request):
+        def run(stub, _port):
+            try:
+                response = stub.Predict(request, timeout=HOSTILE_TIMEOUT)
+                return "OK", ", ".join(f"{k} {[d.size for d in v.tensor_shape.dim]}"
+                                       for k, v in sorted(response.outputs.items()))
+            except grpc.RpcError as err:
+                return err.code().name, err.details() or ""
+        cases.append((name, run))
+
+    def http_case(name, data, **kwargs):
+        cases.append((name, lambda _stub, port: http_exchange(port, data, **kwargs)))
+
+    one = [ids[0]]
+    for size in (5_000_000, 1_000_000, 2**40):
+        grpc_case(f"grpc item_ids shape [1, {size:_}], 1 value",
+                  predict_request(string_tensor(one, [1, size]), 10, model))
+    for k in (10**6, 0, -1):
+        grpc_case(f"grpc k = {k:_}", session_request(ids[:3], model, k))
+    grpc_case("grpc empty batch, shape [0, 3]",
+              predict_request(string_tensor([], [0, 3]), 10, model))
+    grpc_case("grpc int64 item_ids",
+              predict_request(int_tensor([1, 2, 3], [1, 3], types_pb2.DT_INT64), 10, model))
+    grpc_case("grpc unknown signature",
+              predict_request(string_tensor(ids[:3], [1, 3]), 10, model, signature="nope"))
+    grpc_case("grpc unknown model",
+              predict_request(string_tensor(ids[:3], [1, 3]), 10, "no_such_model"))
+    grpc_case("grpc unknown version",
+              predict_request(string_tensor(ids[:3], [1, 3]), 10, model, version=987654))
+    wide = [rng.choice(ids) for _ in range(5000)]
+    grpc_case("grpc session of 5,000 real ids", session_request(wide, model))
+
+    predict = f"/v1/models/{model}:predict"
+    three = json.dumps(ids[:3])
+    http_case('rest "k": 4294967301 (2**32 + 5)', post(predict, (
+        '{"instances": [{"item_ids": %s, "k": 4294967301}]}' % three).encode()))
+    http_case("rest Content-Length 64 MB + 1, small body",
+              post(predict, b'{"instances": []}', content_length=64 * 2**20 + 1))
+    smuggled = (f"GET /v1/models/{model}/versions/{version} HTTP/1.1\r\n"
+                f"Host: 127.0.0.1\r\n\r\n").encode()
+    chunk = b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    http_case("rest chunked body holding a 2nd request",
+              f"POST {predict} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              f"Transfer-Encoding: chunked\r\n\r\n".encode() + chunk, linger=1.0)
+    te_cl = b"0\r\n\r\n" + smuggled
+    http_case("rest chunked + Content-Length (CL.TE)",
+              post(predict, te_cl, "Transfer-Encoding: chunked\r\n"), linger=1.0)
+    http_case("rest Content-Length: -1", post(predict, b'{"instances": []}',
+                                              content_length=-1))
+    http_case("rest Content-Length: abc", post(predict, b'{"instances": []}',
+                                               content_length="abc"))
+    body = ('{"instances": [{"item_ids": %s, "k": 5}]}' % three).encode()
+    http_case(f"rest body short of Content-Length (held {STALL_SECONDS:.0f} s)",
+              post(predict, body[:10], content_length=len(body)), wait=STALL_SECONDS)
+    http_case("rest nested object item_ids",
+              post(predict, b'{"instances": [{"item_ids": {"a": 1}, "k": 5}]}'))
+    http_case("rest ragged numeric lists",
+              post(predict, b'{"inputs": {"item_ids": [[1, 2], [3, [4, 5]]], "k": 5}}'))
+    depth = 100_000
+    http_case(f"rest {depth:_}-deep JSON [[[...]]]",
+              post(predict, b"[" * depth + b"]" * depth))
+    http_case("rest GET labels/canary", get(f"/v1/models/{model}/labels/canary"))
+    http_case("rest GET versions/0", get(f"/v1/models/{model}/versions/0"))
+    return cases
+
+
+class Tally:
+    """case -> Counter of outcomes, the longest call and each outcome's first detail
+    (error message or response body), shared by the hostile threads."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.outcomes = collections.defaultdict(collections.Counter)
+        self.slowest = collections.defaultdict(float)
+        self.details = collections.defaultdict(dict)
+        self.order = []
+
+    def add(self, case: str, outcome: str, detail: str, seconds: float) -> None:
+        with self.lock:
+            if case not in self.outcomes:
+                self.order.append(case)
+            self.outcomes[case][outcome] += 1
+            self.details[case].setdefault(outcome, " ".join(detail.split())[:160])
+            self.slowest[case] = max(self.slowest[case], seconds)
+
+
+def hostile_worker(cases, offset: int, target: str, rest_port: int, stop: threading.Event,
+                   tally: Tally) -> None:
+    channel = grpc.insecure_channel(target)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    try:
+        i = offset
+        while not stop.is_set():
+            name, run = cases[i % len(cases)]
+            i += 1
+            start = time.perf_counter()
+            try:
+                outcome, detail = run(stub, rest_port)
+            except Exception as err:  # a bench bug or an unexpected client error: record it
+                outcome, detail = f"client {type(err).__name__}", str(err)
+            tally.add(name, outcome, detail, time.perf_counter() - start)
+    finally:
+        channel.close()
+
+
+def idle_connections(port: int, count: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(count):
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=2.0))
+        except OSError:
+            pass
+    return socks
+
+
+def idle_outcomes(socks: list[socket.socket]) -> collections.Counter:
+    """Whether the server kept each idle connection open to the end of the phase."""
+    outcomes = collections.Counter()
+    for sock in socks:
+        try:
+            sock.setblocking(False)
+            data = sock.recv(65536)
+            codes, _ = _responses(data)
+            outcomes["closed by server" if not data else
+                     f"{'+'.join(map(str, codes)) or 'data'} from server"] += 1
+        except BlockingIOError:
+            outcomes["open at end"] += 1
+        except ConnectionResetError:
+            outcomes["reset by server"] += 1
+        except OSError as err:
+            outcomes[f"error {type(err).__name__}"] += 1
+        finally:
+            sock.close()
+    return outcomes
+
+
+# ---------------------------------------------------------------- good clients
+
+def good_worker(target: str, model: str, ids: list[str], seed: int, stop: threading.Event,
+                latencies: list, errors: collections.Counter, lock: threading.Lock) -> None:
+    rng = random.Random(seed)
+    channel = grpc.insecure_channel(target)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    mine, bad = [], collections.Counter()
+    try:
+        while not stop.is_set():
+            request = session_request([rng.choice(ids) for _ in range(rng.randint(1, 20))],
+                                      model)
+            start = time.perf_counter()
+            try:
+                response = stub.Predict(request, timeout=GOOD_TIMEOUT)
+                if not response.outputs:
+                    bad["no outputs"] += 1
+                    continue
+                mine.append(time.perf_counter() - start)
+            except grpc.RpcError as err:
+                bad[err.code().name] += 1
+    finally:
+        channel.close()
+        with lock:
+            latencies.extend(mine)
+            errors.update(bad)
+
+
+def run_phase(server: Server, ids: list[str], seconds: float, clients: int,
+              hostile=None, hostile_threads: int = 0, seed: int = 0) -> dict:
+    stop = threading.Event()
+    latencies, errors, lock = [], collections.Counter(), threading.Lock()
+    threads = [threading.Thread(target=good_worker, daemon=True,
+                                args=(server.target, server.name, ids, seed + i, stop,
+                                      latencies, errors, lock)) for i in range(clients)]
+    tally, socks = Tally(), []
+    if hostile:
+        socks = idle_connections(server.rest_port, IDLE_CONNECTIONS)
+        step = max(1, len(hostile) // max(1, hostile_threads))
+        threads += [threading.Thread(target=hostile_worker, daemon=True,
+                                     args=(hostile, i * step, server.target, server.rest_port,
+                                           stop, tally))
+                    for i in range(hostile_threads)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    stop.wait(seconds)
+    stop.set()
+    join_deadline = time.monotonic() + max(GOOD_TIMEOUT, HOSTILE_TIMEOUT) + 5
+    stuck = 0
+    for t in threads:
+        t.join(max(0.0, join_deadline - time.monotonic()))
+        stuck += t.is_alive()
+    elapsed = time.perf_counter() - start
+    result = summarize(latencies, errors, elapsed)
+    result["stuck_threads"] = stuck
+    if hostile:
+        idle = idle_outcomes(socks)
+        tally.order.append(f"rest {IDLE_CONNECTIONS} idle connections, held for the phase")
+        tally.outcomes[tally.order[-1]] = idle
+        tally.slowest[tally.order[-1]] = time.perf_counter() - start
+        result["hostile"] = [{"case": c, "calls": sum(tally.outcomes[c].values()),
+                              "slowest_s": round(tally.slowest[c], 2),
+                              "outcomes": dict(tally.outcomes[c].most_common()),
+                              "details": tally.details.get(c, {})}
+                             for c in tally.order]
+    return result
+
+
+def summarize(latencies: list, errors: collections.Counter, elapsed: float) -> dict:
+    ms = np.asarray(latencies) * 1000
+    return {"requests": int(len(ms) + sum(errors.values())), "ok": int(len(ms)),
+            "errors": int(sum(errors.values())), "error_codes": dict(errors),
+            "seconds": round(elapsed, 2),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+            "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+            "max_ms": round(float(ms.max()), 2) if len(ms) else None}
+
+
+def final_check(server: Server, ids: list[str]) -> str:
+    """'answering' if the server is alive and answers a good Predict within 10 s."""
+    if not server.alive():
+        return f"exited ({server.proc.returncode})"
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
+    try:
+        stub.Predict(session_request(ids[:3], server.name), timeout=10)
+        return "answering"
+    except grpc.RpcError as err:
+        return f"alive, Predict {err.code().name}"
+
+
+# ---------------------------------------------------------------- report
+
+def table(header: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in header]] + [["-" if c is None else str(c) for c in r]
+                                          for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in cells[1:]])
+
+
+def fmt(value, digits=1):
+    return None if value is None else f"{value:,.{digits}f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="folder of integer version folders (default saved_models/retail "
+                             "if it exists, else --generated)")
+    parser.add_argument("--generated", action="store_true",
+                        help="train and export a small model from generated data")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    parser.add_argument("--clients", type=int, default=4, help="good client threads")
+    parser.add_argument("--hostile-threads", type=int, default=2)
+    parser.add_argument("--startup-timeout", type=float, default=180.0)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON "
+                                                       "('-' for stdout)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work folder (server log, generated model)")
+    args = parser.parse_args(argv)
+
+    t0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="tfrec-abuse-"))
+    server = None
+    try:
+        if args.model_dir is None and not args.generated:
+            if DEFAULT_MODEL_DIR.is_dir() and any(p.name.isdigit()
+                                                  for p in DEFAULT_MODEL_DIR.iterdir()):
+                args.model_dir = DEFAULT_MODEL_DIR
+            else:
+                args.generated = True
+        if args.generated:
+            print(f"model: generated (saved_models/retail absent or --generated); building "
+                  f"in {work} ...", flush=True)
+            tb = time.perf_counter()
+            model_dir = build_generated_model(work)
+            print(f"model: built in {time.perf_counter() - tb:.0f} s", flush=True)
+        else:
+            model_dir = args.model_dir
+        version_dir = latest_version(model_dir)
+        ids = [line.strip() for line in (version_dir / "assets.extra" / "embeddings" /
+                                         "item_ids.txt").read_text().splitlines()
+               if line.strip()]
+        name = "generated" if args.generated else model_dir.resolve().name
+        print(f"model: {model_dir} version {version_dir.name} ({len(ids):,} item ids), "
+              f"served as {name!r}", flush=True)
+
+        ts = time.perf_counter()
+        server = Server(model_dir, name, work, args.startup_timeout)
+        startup = time.perf_counter() - ts
+        print(f"server: pid {server.proc.pid}, gRPC {server.port}, REST {server.rest_port}, "
+              f"AVAILABLE after {startup:.1f} s", flush=True)
+        warm = run_phase(server, ids, 1.0, 1)
+        rss = {"start": server.rss()}
+        print(f"phase A: {args.clients} good clients, {args.seconds:.0f} s ...", flush=True)
+        phase_a = run_phase(server, ids, args.seconds, args.clients, seed=1)
+        rss["after_a"] = server.rss()
+        cases = hostile_cases(name, int(version_dir.name), ids, random.Random(0))
+        print(f"phase B: {args.clients} good clients + {args.hostile_threads} hostile threads "
+              f"({len(cases)} cases) + {IDLE_CONNECTIONS} idle connections, "
+              f"{args.seconds:.0f} s ...", flush=True)
+        phase_b = run_phase(server, ids, args.seconds, args.clients, cases,
+                            args.hostile_threads, seed=101)
+        rss["after_b"] = server.rss()
+        rss["peak"] = server.rss("VmHWM")
+        state = final_check(server, ids)
+        exit_code, how = server.stop()
+        server = None
+    finally:
+        if server is not None:
+            server.stop()
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    ratio = (phase_b["p99_ms"] / phase_a["p99_ms"]
+             if phase_a["p99_ms"] and phase_b["p99_ms"] else None)
+    growth = (rss["after_b"] - rss["start"]
+              if rss["after_b"] is not None and rss["start"] is not None else None)
+    errors = phase_a["errors"] + phase_b["errors"]
+    criteria = [
+        ("good p99, B / A", ratio, f"<= {P99_RATIO_LIMIT:g}",
+         ratio is not None and ratio <= P99_RATIO_LIMIT),
+        ("server RSS growth, MB", growth, f"<= {RSS_GROWTH_LIMIT_MB:g}",
+         growth is not None and growth <= RSS_GROWTH_LIMIT_MB),
+        ("good-request errors", errors, "0", errors == 0),
+        ("server after B", state, "answering", state == "answering"),
+    ]
+    passed = all(c[3] for c in criteria)
+
+    print()
+    print("Good requests (gRPC Predict, serving_default, 1-20 real ids, k = 10)")
+    print()
+    rows = []
+    for label, phase in (("A baseline", phase_a), ("B hostile", phase_b)):
+        errs = ", ".join(f"{k} {v}" for k, v in phase["error_codes"].items())
+        rows.append([label, f"{phase['requests']:,}", phase["errors"] if not errs
+                     else f"{phase['errors']} ({errs})",
+                     f"{phase['ok'] / phase['seconds']:,.0f}", fmt(phase["p50_ms"]),
+                     fmt(phase["p99_ms"]), fmt(phase["max_ms"])])
+    print(table(["phase", "requests", "errors", "ok/s", "p50 ms", "p99 ms", "max ms"], rows))
+    print()
+    print(f"p99 B / A: {fmt(ratio, 2)}")
+    print()
+    print("Server memory, MB")
+    print()
+    print(table(["start", "after A", "after B", "peak (VmHWM)"],
+                [[fmt(rss["start"]), fmt(rss["after_a"]), fmt(rss["after_b"]),
+                  fmt(rss["peak"])]]))
+    print()
+    print(f"Hostile cases ({args.hostile_threads} threads, replayed in a loop during B; gRPC: "
+          f"status code; REST: HTTP codes and whether the server closed the connection; "
+          f"'none held' = no answer, client gave up)")
+    print()
+    print(table(["case", "calls", "slowest s", "outcomes"],
+                [[h["case"], h["calls"], f"{h['slowest_s']:.2f}",
+                  "; ".join(f"{o} x{n}" for o, n in h["outcomes"].items())]
+                 for h in phase_b["hostile"]]))
+    print()
+    print("First message per case and outcome (gRPC details, HTTP body, or OK output shapes)")
+    print()
+    print(table(["case", "outcome", "message"],
+                [[h["case"], o, (m[:100] + "...") if len(m) > 100 else m]
+                 for h in phase_b["hostile"] for o, m in h["details"].items()]))
+    print()
+    print(table(["criterion", "value", "limit", "result"],
+                [[c[0], fmt(c[1], 2) if isinstance(c[1], float) else c[1], c[2],
+                  "PASS" if c[3] else "FAIL"] for c in criteria]))
+    print()
+    total = time.perf_counter() - t0
+    print(f"server stopped by {how}, exit code {exit_code}; threads still running after "
+          f"the phases: {phase_a['stuck_threads'] + phase_b['stuck_threads']}; "
+          f"total {total:.0f} s")
+    print(f"overall: {'PASS' if passed else 'FAIL'}")
+
+    if args.json:
+        figures = {"model_dir": str(model_dir), "generated": args.generated,
+                   "version": int(version_dir.name), "seconds": args.seconds,
+                   "clients": args.clients, "hostile_threads": args.hostile_threads,
+                   "startup_s": round(startup, 2), "warmup": warm,
+                   "phase_a": phase_a, "phase_b": phase_b, "p99_ratio": ratio,
+                   "rss_mb": rss, "rss_growth_mb": growth, "server_after_b": state,
+                   "server_exit_code": exit_code, "server_stopped_by": how,
+                   "criteria": {c[0]: {"value": round(c[1], 2) if isinstance(c[1], float)
+                                       else c[1], "limit": c[2], "pass": c[3]}
+                                for c in criteria},
+                   "pass": passed, "total_s": round(total, 1)}
+        text = json.dumps(figures, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
