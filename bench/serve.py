@@ -121,7 +121,16 @@ def handler_only(model_dir: Path, sessions, concurrency: int, seconds: float,
                  workdir: Path) -> dict:
     """`tfrec serve`'s Predict handler called in-process: the server's own work, no gRPC."""
     from tfrec.serving.config import ModelEntry
-    from tfrec.serving.server import ModelManager, PredictionServicer, Predictor
+    from tfrec.serving.grpc_api import PredictionServicer
+    from tfrec.serving.predict import Predictor
+    from tfrec.serving.versions import ModelManager
+
+    class Context:  # what the handler asks of a gRPC context
+        def is_active(self):
+            return True
+
+        def abort(self, code, message):
+            raise RuntimeError(f"{code}: {message}")
 
     base = workdir / "handler-base"
     shutil.rmtree(base, ignore_errors=True)
@@ -130,8 +139,10 @@ def handler_only(model_dir: Path, sessions, concurrency: int, seconds: float,
     manager = ModelManager([ModelEntry("m", base)])
     manager.sync()
     servicer = PredictionServicer(Predictor(manager))
+    context = Context()
+
     def call(session):
-        servicer.Predict(predict_request(session), None)
+        servicer.Predict(predict_request(session), context)
 
     call(sessions[0])
     return run_callers(call, sessions, concurrency, seconds)

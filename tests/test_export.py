@@ -223,7 +223,8 @@ def test_bad_export_requests_exit_2(run_dir, tmp_path, capsys):
                  str(tmp_path / "m2")]) == 2
     assert "no finished checkpoint" in capsys.readouterr().err
     code, err = run("--model-dir", str(tmp_path / "m3"), "--leaves", "40",
-                    "--leaves-to-search", "1", "--reorder", "10", "--recall-floor", "1.0")
+                    "--leaves-to-search", "1", "--reorder", "10", "--max-k", "5",
+                    "--max-session-items", "5", "--recall-floor", "1.0")
     assert code == 2 and "under the floor" in err
     assert not (tmp_path / "m3").exists() or not any((tmp_path / "m3").iterdir())
 
@@ -248,3 +249,96 @@ def test_index_searches_more_leaves_until_recall_meets_the_floor():
                         recall_floor=0.99)
     _, used, recall, _ = build_index_for_recall(items, ids, fixed, queries, 10)
     assert used.num_leaves_to_search == 1 and recall < 0.99
+
+
+def test_a_scann_index_that_returns_few_candidates_never_returns_the_session(run_dir):
+    """ScaNN returns at most num_reordering_candidates: a wide session may not fill k."""
+    import tensorflow_recommenders as tfrs
+
+    from tfrec.export.saved_model import RecommenderModule
+
+    _, vocab, model, _ = load_run(run_dir)
+    embeddings = model.item_embeddings()[1:]
+    ids = vocab.ids[1:].astype(str)
+    index = tfrs.layers.factorized_top_k.ScaNN(
+        k=10, num_leaves=4, num_leaves_to_search=4, num_reordering_candidates=10).index(
+        tf.constant(embeddings), tf.constant(ids))
+    module = RecommenderModule(model, vocab.ids, index, 10, vocab.text, vocab.counts)
+    sessions = [list(ids[start:start + 30]) for start in range(0, 120, 30)]
+    out = module.recommend(tf.constant(sessions), tf.constant(10))
+    for session, got, scores in zip(sessions, out["item_ids"].numpy().astype(str),
+                                    out["scores"].numpy()):
+        assert not set(got) & set(session)
+        assert all((i == "") == np.isinf(s) for i, s in zip(got, scores))
+
+
+def test_the_index_must_return_enough_candidates_to_drop_a_session():
+    from tfrec.errors import InputError
+
+    with pytest.raises(InputError, match="at least max_k \\+ max_session_items = 600"):
+        IndexConfig(kind="scann", max_k=100, num_reordering_candidates=300)
+    assert IndexConfig(kind="scann", max_k=100, max_session_items=200,
+                       num_reordering_candidates=300).max_session_items == 200
+
+
+def test_sessions_with_no_known_item_get_the_popular_items_flagged(exported, run_dir):
+    _, vocab, _, _ = load_run(run_dir)
+    loaded = load_saved_model(exported[1].path)
+    out = loaded.signatures["serving_default"](
+        item_ids=tf.constant([["nope", ""], ["", ""], ["i1", "i2"]]), k=tf.constant(5))
+    assert out["fallback"].numpy().tolist() == [True, True, False]
+    top = np.argsort(-vocab.counts[1:], kind="stable")[:5] + 1
+    popular = vocab.ids[top].astype(str).tolist()
+    got = out["item_ids"].numpy().astype(str)
+    assert got[0].tolist() == popular and got[1].tolist() == popular
+    np.testing.assert_allclose(out["scores"].numpy()[0],
+                               vocab.counts[top] / vocab.counts[1:].sum(), rtol=1e-5)
+    assert got[2].tolist() != popular
+    similar = loaded.signatures["similar_items"](item_ids=tf.constant(["nope"]),
+                                                 k=tf.constant(5))
+    assert similar["item_ids"].numpy().astype(str)[0].tolist() == popular
+
+
+def test_sessions_wider_than_the_export_allows_are_refused(exported):
+    loaded = load_saved_model(exported[1].path)
+    assert exported[1].metadata["max_session_items"] == 500
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at most 500 items"):
+        loaded.signatures["serving_default"](item_ids=tf.constant([["i1"] * 501]),
+                                             k=tf.constant(5))
+
+
+def test_export_refuses_data_that_is_not_the_trained_vocabulary(run_dir, tmp_path):
+    import pandas as pd
+
+    from tfrec.errors import InputError
+
+    config = json.loads((run_dir / "config.json").read_text())
+    events = pd.read_csv(config["data"]["events"])
+    extra = events.sample(400, random_state=0).assign(item_id="brand-new")
+    events_path = tmp_path / "events.csv"
+    pd.concat([events, extra]).to_csv(events_path, index=False)
+    copy = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(run_dir, copy)
+    config["data"]["events"] = str(events_path)
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="vocabulary differs from vocab.tsv"):
+        export(copy, tmp_path / "shop", IndexConfig(kind="brute_force", max_k=20))
+    assert not (tmp_path / "shop" / "1").exists()
+
+
+def test_a_live_exports_temporary_folder_is_kept(tmp_path, monkeypatch):
+    from tfrec.export import saved_model
+
+    live = tmp_path / f"{saved_model.TMP_PREFIX}3-4242"
+    dead = tmp_path / f"{saved_model.TMP_PREFIX}4-4343"
+    live.mkdir()
+    dead.mkdir()
+
+    def kill(pid, signal):
+        raise PermissionError() if pid == 4242 else ProcessLookupError()
+
+    monkeypatch.setattr(saved_model.os, "kill", kill)
+    saved_model._clean_stale_temporaries(tmp_path)
+    assert live.exists() and not dead.exists()

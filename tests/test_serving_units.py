@@ -103,3 +103,208 @@ def test_serve_thread_flags_are_checked(tmp_path, capsys):
     assert cli.main(["serve", "--model_config_file", str(config),
                      "--tensorflow_intra_op_parallelism", "-1"]) == 2
     assert "thread counts must be >= 0" in capsys.readouterr().err
+
+
+# -- the version manager, with a fake loader (no TensorFlow model) -------------------------
+class FakeLoader:
+    """Loads a version folder unless it holds a file named BROKEN; counts the loads."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds = seconds
+        self.calls = []
+        self.lock = threading.Lock()
+
+    def __call__(self, name, number, path):
+        from tfrec.serving.versions import Loaded
+
+        with self.lock:
+            self.calls.append(number)
+        time.sleep(self.seconds)
+        if (path / "BROKEN").exists() or not (path / "saved_model.pb").exists():
+            raise ValueError(f"cannot load {path.name}")
+        return Loaded(name, number, path, model=object(), signature_defs={}, metadata={})
+
+
+def manager_over(tmp_path, versions, loader, **entry):
+    from tfrec.serving.config import ModelEntry
+    from tfrec.serving.versions import ModelManager
+
+    base = tmp_path / "m"
+    for number in versions:
+        (base / str(number)).mkdir(parents=True)
+        (base / str(number) / "saved_model.pb").write_text("x")
+    return ModelManager([ModelEntry("m", base, **entry)], loader=loader), base
+
+
+def test_a_call_keeps_its_model_when_the_version_is_unloaded(tmp_path):
+    import shutil
+
+    manager, base = manager_over(tmp_path, [1], FakeLoader())
+    manager.sync()
+    held = manager.find("m")
+    (base / "2").mkdir()
+    (base / "2" / "saved_model.pb").write_text("x")
+    manager.sync()
+    assert manager.find("m").number == 2
+    assert held.number == 1 and held.model is not None  # the call in flight still has it
+    assert [v.state for v in manager.status("m")] == ["END", "AVAILABLE"]
+    shutil.rmtree(base / "2")
+    manager.sync()  # the newest deleted: the policy is re-applied, version 1 serves again
+    assert manager.find("m").number == 1
+
+
+def test_concurrent_syncs_load_a_version_once(tmp_path):
+    loader = FakeLoader(seconds=0.3)
+    manager, _ = manager_over(tmp_path, [1, 2], loader, policy="all")
+    threads = [threading.Thread(target=manager.sync) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(loader.calls) == [1, 2]
+    assert [v.state for v in manager.status("m")] == ["AVAILABLE", "AVAILABLE"]
+
+
+def test_a_failed_version_is_retried_when_its_files_change(tmp_path):
+    loader = FakeLoader()
+    manager, base = manager_over(tmp_path, [1], loader)
+    (base / "1" / "saved_model.pb").unlink()  # the folder came before its files
+    manager.sync()
+    (state, error), = [(v.state, v.error) for v in manager.status("m")]
+    assert state == "END" and "retried when its files change" in error
+    manager.sync()
+    assert loader.calls == [1]  # unchanged files: not retried before the back-off
+    (base / "1" / "saved_model.pb").write_text("x")
+    manager.sync()
+    assert loader.calls == [1, 1] and manager.find("m").number == 1
+
+
+def test_a_failed_version_is_retried_after_the_back_off(tmp_path, monkeypatch):
+    from tfrec.serving import versions
+
+    loader = FakeLoader()
+    manager, base = manager_over(tmp_path, [1], loader)
+    (base / "1" / "BROKEN").write_text("")
+    manager.sync()
+    clock = time.monotonic() + versions.RETRY_FIRST_SECONDS + 1
+    monkeypatch.setattr(versions.time, "monotonic", lambda: clock)
+    manager.sync()
+    assert loader.calls == [1, 1]
+    assert "load attempt 2" in manager.status("m")[0].error
+
+
+def test_reload_to_a_missing_path_and_back_serves_again(tmp_path):
+    import dataclasses
+
+    manager, base = manager_over(tmp_path, [1], FakeLoader())
+    manager.sync()
+    entry = manager.entries["m"]
+    manager.reload([dataclasses.replace(entry, base_path=tmp_path / "missing")])
+    with pytest.raises(Exception, match="Servable not found"):
+        manager.find("m")
+    manager.reload([entry])
+    assert manager.find("m").number == 1
+
+
+def test_an_old_version_serves_until_the_new_one_loads(tmp_path):
+    manager, base = manager_over(tmp_path, [1], FakeLoader())
+    manager.sync()
+    (base / "2").mkdir()  # never completes
+    manager.sync()
+    assert manager.find("m").number == 1
+    assert [v.state for v in manager.status("m")] == ["AVAILABLE", "END"]
+
+
+def test_status_of_an_unknown_label_or_version_is_not_found(tmp_path):
+    from tfrec.serving.errors import ServingError
+
+    manager, _ = manager_over(tmp_path, [1], FakeLoader(), labels={"stable": 1})
+    manager.sync()
+    assert [v.number for v in manager.status("m", label="stable")] == [1]
+    for number, label in ((0, None), (7, None), (None, "canary")):
+        with pytest.raises(ServingError) as err:
+            manager.status("m", number, label)
+        assert err.value.code.name == "NOT_FOUND"
+
+
+# -- request checks ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def signature(tmp_path_factory):
+    """A saved and loaded signature: named inputs, as the server sees them."""
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids"),
+                                      tf.TensorSpec([], tf.int32, name="k")])
+        def f(self, item_ids, k):
+            return {"n": tf.shape(item_ids)[0] + k}
+
+    path = str(tmp_path_factory.mktemp("signature"))
+    module = Module()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.f})
+    return tf.saved_model.load(path).signatures["serving_default"]
+
+
+@pytest.mark.parametrize("arrays, cast, message", [
+    ({"item_ids": np.array([[b"a"]] * 3, dtype=object), "k": np.int32(5)}, False, None),
+    ({"item_ids": np.zeros((0, 2), dtype=object), "k": np.int32(5)}, False,
+     "input 'item_ids': the batch is empty"),
+    ({"item_ids": np.array([[b"a"]]), "k": np.int64(4294967301)}, True,
+     "input 'k': 4294967301 is out of range for int32"),
+    ({"item_ids": np.array([[b"a"]]), "k": np.int32(21)}, False,
+     "input 'k': must be between 1 and 20 (the index's max_k), got 21"),
+    ({"item_ids": np.array([[b"a"] * 31]), "k": np.int32(5)}, False,
+     "sessions of 31 items are over the limit of 30"),
+    ({"item_ids": np.array([[b"a"] * 30] * 40), "k": np.int32(5)}, False,
+     "over the limit of 1,000 values per request"),
+    ({"item_ids": np.array([[{"a": 1}]], dtype=object), "k": np.int32(5)}, True,
+     "input 'item_ids': expects strings"),
+])
+def test_check_inputs_names_the_input_and_the_rule(signature, arrays, cast, message):
+    from tfrec.serving.errors import ServingError
+    from tfrec.serving.predict import RequestLimits, check_inputs
+    from tfrec.serving.versions import Loaded
+
+    served = Loaded("m", 1, None, None, {}, {"max_k": 20, "max_session_items": 30})
+    limits = RequestLimits(max_batch=100, max_elements=1_000)
+    if message is None:
+        assert set(check_inputs(arrays, signature, limits, served, cast)) == {"item_ids", "k"}
+        return
+    with pytest.raises(ServingError) as err:
+        check_inputs(arrays, signature, limits, served, cast)
+    assert err.value.code.name == "INVALID_ARGUMENT" and message in err.value.message
+
+
+def test_a_cancelled_call_is_not_computed(signature):
+    from tfrec.serving.errors import ServingError
+    from tfrec.serving.predict import Predictor
+    from tfrec.serving.versions import Loaded
+
+    calls = []
+
+    class Model:
+        signatures = {"serving_default": signature}
+
+    class Manager:
+        def find(self, name, number, label):
+            return Loaded("m", 1, None, Model(), {}, {})
+
+    class Batcher:
+        def call(self, key, function, tensors):
+            calls.append(key)
+
+    predictor = Predictor(Manager(), batcher=Batcher())
+    arrays = {"item_ids": np.array([[b"a"]], dtype=object), "k": np.int32(1)}
+    with pytest.raises(ServingError) as err:
+        predictor.run("m", None, None, "", arrays, is_active=lambda: False)
+    assert err.value.code.name == "CANCELLED" and not calls
+
+
+def test_tensorflow_assertions_read_as_their_message():
+    from tfrec.serving.errors import tensorflow_message
+
+    raw = ("Graph execution error:\n\nDetected at node assert_less_equal/Assert/Assert defined "
+           "at (most recent call last):\n<stack traces unavailable>\nassertion failed: "
+           "[k must be at most 20 (the index's max_k)] [Condition x <= y did not hold]\n"
+           "\t [[{{node assert_less_equal/Assert/Assert}}]] [Op:__inference_signature_wrapper]")
+    assert tensorflow_message(raw) == "k must be at most 20 (the index's max_k)"
+    assert tensorflow_message("Graph execution error:\n\n") == "the model failed on this input"

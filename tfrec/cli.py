@@ -182,7 +182,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     index = IndexConfig(kind=args.index, max_k=args.max_k, num_leaves=args.leaves,
                         num_leaves_to_search=args.leaves_to_search,
-                        num_reordering_candidates=args.reorder, recall_floor=args.recall_floor)
+                        num_reordering_candidates=args.reorder, recall_floor=args.recall_floor,
+                        max_session_items=args.max_session_items)
     result = export(args.run, args.model_dir, index, version=args.version,
                     serving_config_dir=None if args.no_serving_config else args.serving_config)
     meta = result.metadata
@@ -224,6 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from tfrec.serving.batching import BatchingParameters, Batcher, read_batching_parameters
+    from tfrec.serving.predict import RequestLimits
     from tfrec.serving.server import ModelServer
 
     import tensorflow as tf
@@ -242,11 +244,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif args.batching_parameters_file:
         raise InputError("--batching_parameters_file needs --enable_batching",
                          key="batching_parameters_file")
+    for flag in ("max_batch", "max_request_elements", "rest_api_max_connections"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag} must be at least 1, got {getattr(args, flag)}", key=flag)
+    if args.rest_api_timeout_seconds <= 0:
+        raise InputError("--rest_api_timeout_seconds must be > 0", key="rest_api_timeout_seconds")
     server = ModelServer(args.model_config_file, port=args.port, host=args.host,
                          poll_seconds=args.file_system_poll_wait_seconds,
                          config_poll_seconds=args.model_config_file_poll_wait_seconds,
-                         max_batch=args.max_batch, rest_port=args.rest_api_port,
-                         batcher=batcher)
+                         limits=RequestLimits(args.max_batch, args.max_request_elements),
+                         rest_port=args.rest_api_port,
+                         rest_timeout=args.rest_api_timeout_seconds,
+                         rest_max_connections=args.rest_api_max_connections,
+                         grace=args.grace_period_seconds, batcher=batcher)
     rest = f", REST on port {server.rest.port}" if server.rest else ""
     print(f"tfrec serve: gRPC on {server.address}{rest} (TF Serving API)"
           f"{', batching on' if batcher else ''}; Ctrl-C or SIGTERM stops", flush=True)
@@ -377,7 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--leaves", type=int, help="ScaNN partitions (default ~sqrt(items))")
     ex.add_argument("--leaves-to-search", type=int, help="ScaNN partitions searched (default: a tenth, "
                     "widened automatically until --recall-floor is met)")
-    ex.add_argument("--reorder", type=int, help="ScaNN candidates re-scored exactly")
+    ex.add_argument("--reorder", type=int,
+                    help="ScaNN candidates re-scored exactly (default max(200, 4 x max-k, "
+                         "max-k + max-session-items); at least max-k + max-session-items)")
+    ex.add_argument("--max-session-items", type=int, default=500,
+                    help="the widest session a request may send (its items are all excluded "
+                         "from the results)")
     ex.add_argument("--recall-floor", type=float, default=0.9,
                     help="least ScaNN recall@10 against brute force (default 0.9): the "
                          "search widens to reach it, or the export is refused")
@@ -404,8 +419,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-read the model config this often (0: never)")
     sv.add_argument("--max_batch", type=int, default=4096,
                     help="largest batch one request may carry")
+    sv.add_argument("--max_request_elements", type=int, default=1_000_000,
+                    help="most values one request may hold, all inputs together, counted "
+                         "from the declared shapes before anything is allocated")
     sv.add_argument("--rest_api_port", type=int,
                     help="also serve TF Serving's REST API on this port")
+    sv.add_argument("--rest_api_timeout_seconds", type=float, default=10.0,
+                    help="seconds a REST client may take to send a request (idle "
+                         "keep-alive connections close after it)")
+    sv.add_argument("--rest_api_max_connections", type=int, default=256,
+                    help="open REST connections at once; more are answered 503")
+    sv.add_argument("--grace_period_seconds", type=float, default=10.0,
+                    help="on SIGTERM/SIGINT, seconds calls in flight (gRPC and REST) get to "
+                         "finish")
     sv.add_argument("--enable_batching", action="store_true",
                     help="merge concurrent requests into one model call")
     sv.add_argument("--batching_parameters_file",

@@ -443,6 +443,24 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
                        data, worker)
 
 
+def check_run_data(data_vocab, run_vocab, run_dir: str | Path) -> None:
+    """Refuses data whose item vocabulary is not the one the run trained on.
+
+    Item indices are positions in the vocabulary: with other data, every
+    lookup (queries, cached user embeddings, cases) would name other items.
+
+    Raises:
+      InputError: the vocabularies differ.
+    """
+    if list(data_vocab.ids) != list(run_vocab.ids):
+        changed = len(set(map(str, data_vocab.ids)) ^ set(map(str, run_vocab.ids)))
+        raise InputError(
+            "the run's data has changed since training: its item vocabulary differs from "
+            f"vocab.tsv ({data_vocab.size - 1:,} items now, {run_vocab.size - 1:,} trained; "
+            f"{changed:,} ids in one but not the other); retrain, or point the config at the "
+            "original data", path=str(Path(run_dir) / "vocab.tsv"))
+
+
 def load_run(run_dir: str | Path):
     """Rebuilds a run's model from its folder and restores its last checkpoint.
 

@@ -400,7 +400,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     Returns:
       The report (as written to report.json).
     """
-    from tfrec.train import load_run, prepare_training_data
+    from tfrec.train import check_run_data, load_run, prepare_training_data
 
     started = time.perf_counter()
     if saved_model is not None and run_dir is None:
@@ -419,10 +419,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
 
     step("preparing the held-out cases (the run's data and split)")
     data = prepare_training_data(config)
-    if list(data.vocab.ids) != list(run_vocab.ids):
-        raise InputError("the run's data has changed since training (its item vocabulary "
-                         "differs from vocab.tsv); retrain or point the config at the "
-                         "original data", path=str(run_dir / "vocab.tsv"))
+    check_run_data(data.vocab, run_vocab, run_dir)
     cases = data.cases
     if len(cases) == 0:
         raise InputError("no evaluation cases: no held-out session has two distinct items "

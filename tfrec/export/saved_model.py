@@ -46,10 +46,14 @@ class RecommenderModule(tf.Module):
 
     Signatures (named inputs -> named outputs):
       serving_default: item_ids [batch, length] string (sessions, padded with
-        ""), k [] int32  ->  item_ids [batch, k] string, scores [batch, k]
-        float32; the sessions' own items are never recommended.
+        "", length at most max_session_items), k [] int32  ->  item_ids
+        [batch, k] string, scores [batch, k] float32, fallback [batch] bool;
+        the sessions' own items are never recommended. A session with no
+        known item gets the most popular items (scores: their share of the
+        training events) and fallback true.
       similar_items: item_ids [batch] string, k  ->  item_ids, scores (the
-        item itself excluded), known [batch] bool.
+        item itself excluded), known [batch] bool (an unknown item gets the
+        most popular items).
       embed_items: item_ids [batch] string, texts [batch] string  ->
         embeddings [batch, dim], known [batch] bool. A known id uses the
         model's item embedding; an unknown one is embedded from its text.
@@ -59,8 +63,10 @@ class RecommenderModule(tf.Module):
     """
 
     def __init__(self, model, item_ids: np.ndarray, index, max_k: int,
-                 item_texts: np.ndarray | None = None):
+                 item_texts: np.ndarray | None = None, item_counts: np.ndarray | None = None,
+                 max_session_items: int = 500):
         super().__init__(name="tfrec")
+        self.max_session_items = int(max_session_items)
         self.encoder = model.candidate_tower
         self.query_tower = model.query_tower
         self.index = index
@@ -75,6 +81,14 @@ class RecommenderModule(tf.Module):
                            else [""] * (len(item_ids) - 1), dtype=object).astype(str)
         self.text_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(keys, tf.constant(texts)), default_value="")
+        # The answer for a query with no known item: the most popular items, with their
+        # share of the training events as scores, flagged by the `fallback` output.
+        counts = np.asarray(item_counts[1:] if item_counts is not None
+                            else np.zeros(len(item_ids) - 1), dtype=np.float64)
+        top = np.argsort(-counts, kind="stable")[:self.max_k]
+        share = counts[top] / max(counts.sum(), 1.0)
+        self.popular_ids = tf.constant(np.asarray(item_ids[1:]).astype(str)[top])
+        self.popular_scores = tf.constant(share.astype(np.float32))
 
     def _history(self, item_ids):
         """[batch, length] string ids -> [batch, N] left-padded indices of the last N known."""
@@ -101,20 +115,42 @@ class RecommenderModule(tf.Module):
         return tf.minimum(k, self.num_items - 1)
 
     def _top_k_excluding(self, queries, exclude, k):
-        """Top k of the index for each query, minus the ids in `exclude` [batch, m]."""
+        """Top k of the index for each query, never one of the ids in `exclude` [batch, m].
+
+        Rows whose `exclude` holds no known id (an unknown or empty query)
+        get the most popular items instead, flagged in `fallback`. A slot
+        left when fewer than k items remain is "" with score -inf.
+        """
         k = self._check_k(k)
-        extra = tf.shape(exclude)[1]
-        # Fetch enough to still have k after dropping the excluded ids.
+        known = self.id_table.lookup(exclude) > 0
+        # Fetch enough to still have k after dropping the excluded ids. The export checks
+        # that the index can return max_k + max_session_items (ScaNN's reordering).
+        extra = tf.reduce_max(tf.concat([tf.reduce_sum(tf.cast(known, tf.int32), axis=1), [0]], 0))
         fetch = tf.minimum(k + extra, self.num_items - 1)
         scores, ids = self.index(queries, k=fetch)
         clash = tf.reduce_any(tf.equal(ids[:, :, None], exclude[:, None, :]), axis=-1)
         scores = tf.where(clash, tf.fill(tf.shape(scores), float("-inf")), scores)
-        top_scores, position = tf.math.top_k(scores, k=tf.minimum(k, fetch))
-        return {"item_ids": tf.gather(ids, position, batch_dims=1), "scores": top_scores}
+        top_scores, position = tf.math.top_k(scores, k=tf.minimum(k, tf.shape(scores)[1]))
+        top_ids = tf.gather(ids, position, batch_dims=1)
+        top_ids = tf.where(tf.math.is_inf(top_scores), tf.fill(tf.shape(top_ids), ""), top_ids)
+        fallback = tf.logical_not(tf.reduce_any(known, axis=1))
+        n = tf.shape(top_ids)[1]
+        popular_ids = tf.broadcast_to(self.popular_ids[None, :n], tf.shape(top_ids))
+        popular_scores = tf.broadcast_to(self.popular_scores[None, :n], tf.shape(top_scores))
+        return {"item_ids": tf.where(fallback[:, None], popular_ids, top_ids),
+                "scores": tf.where(fallback[:, None], popular_scores, top_scores),
+                "fallback": fallback}
+
+    def _check_session_width(self, item_ids):
+        tf.debugging.assert_less_equal(
+            tf.shape(item_ids)[1], self.max_session_items,
+            message=f"sessions may hold at most {self.max_session_items} items (the export's "
+                    "max_session_items)")
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids"),
                                   tf.TensorSpec([], tf.int32, name="k")])
     def recommend(self, item_ids, k):
+        self._check_session_width(item_ids)
         queries = self.query_tower(self._history(item_ids))
         return self._top_k_excluding(queries, item_ids, k)
 
@@ -123,7 +159,7 @@ class RecommenderModule(tf.Module):
     def similar_items(self, item_ids, k):
         index = self.id_table.lookup(item_ids)
         out = self._top_k_excluding(self.encoder(index), item_ids[:, None], k)
-        return {**out, "known": index > 0}
+        return {"item_ids": out["item_ids"], "scores": out["scores"], "known": index > 0}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids"),
                                   tf.TensorSpec([None], tf.string, name="texts")])
@@ -139,6 +175,7 @@ class RecommenderModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")])
     def embed_query(self, item_ids):
+        self._check_session_width(item_ids)
         return {"embeddings": self.query_tower(self._history(item_ids))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids")])
@@ -174,7 +211,9 @@ def _clean_stale_temporaries(model_dir: Path) -> None:
             try:
                 os.kill(int(pid), 0)
                 alive = True
-            except (ProcessLookupError, PermissionError):
+            except PermissionError:  # it exists, owned by another user
+                alive = True
+            except ProcessLookupError:
                 alive = False
         if not alive:
             shutil.rmtree(path, ignore_errors=True)
@@ -251,7 +290,7 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
       InputError: no finished checkpoint, a model dir that is a file, an
         unwritable location, an existing version, or recall under the floor.
     """
-    from tfrec.train import load_run, prepare_training_data
+    from tfrec.train import check_run_data, load_run, prepare_training_data
 
     started = time.perf_counter()
     model_dir = Path(model_dir)
@@ -279,6 +318,7 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
 
     logger.info("re-reading the training data for real query sessions")
     data = prepare_training_data(config)
+    check_run_data(data.vocab, vocab, run_dir)
     sessions = sample_sessions(data, max(recall_queries, warmup_sessions))
     from tfrec.data.sequences import histories_from_lists
 
@@ -295,7 +335,8 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
             "search more leaves (--leaves-to-search), reorder more candidates "
             "(--reorder), or lower --recall-floor", key="recall-floor")
 
-    module = RecommenderModule(model, item_ids, index, index_config.max_k, vocab.text)
+    module = RecommenderModule(model, item_ids, index, index_config.max_k, vocab.text,
+                               vocab.counts, index_config.max_session_items)
     tmp = model_dir / f"{TMP_PREFIX}{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -322,7 +363,9 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
             "checkpoint": checkpoint, "index": index_config.kind,
             "index_parameters": (scann_parameters(len(embeddings) - 1, index_config)
                                  if index_config.kind == "scann" else {}),
-            "max_k": index_config.max_k, "items": int(vocab.size - 1),
+            "max_k": index_config.max_k, "max_session_items": index_config.max_session_items,
+            "history_length": int(model.query_tower.history_length),
+            "items": int(vocab.size - 1),
             "embedding_dim": int(model.embedding_dim), "users": int(len(user_ids)),
             f"recall@{k}": recall, "recall_queries": int(len(queries)),
             "index_build_seconds": round(build_seconds, 3),

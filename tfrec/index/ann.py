@@ -24,7 +24,13 @@ class IndexConfig:
       num_leaves_to_search: partitions searched per query (default a tenth,
         at least 1 ... all of them for tiny catalogues).
       num_reordering_candidates: candidates re-scored exactly after the
-        quantised search (default max(200, 4 * max_k)).
+        quantised search (default max(200, 4 * max_k, max_k +
+        max_session_items)). ScaNN returns at most this many, and a request
+        fetches k plus the session's items to drop them, so it may not be
+        under max_k + max_session_items.
+      max_session_items: the widest session a request may send (the model
+        reads its last history_length items and excludes all of them from
+        the results).
       recall_floor: export refuses an index whose recall@k against brute
         force, on real queries, is below this.
     """
@@ -35,6 +41,7 @@ class IndexConfig:
     num_leaves_to_search: int | None = None
     num_reordering_candidates: int | None = None
     recall_floor: float = 0.9
+    max_session_items: int = 500
 
     def __post_init__(self):
         if self.kind not in ("scann", "brute_force"):
@@ -43,6 +50,18 @@ class IndexConfig:
         if not isinstance(self.max_k, int) or self.max_k < 1:
             raise InputError(f"max_k must be a positive integer, got {self.max_k!r}",
                              key="max-k")
+        if not isinstance(self.max_session_items, int) or self.max_session_items < 1:
+            raise InputError("max_session_items must be a positive integer, got "
+                             f"{self.max_session_items!r}", key="max-session-items")
+        needed = self.max_k + self.max_session_items
+        if (self.kind == "scann" and self.num_reordering_candidates is not None
+                and isinstance(self.num_reordering_candidates, int)
+                and self.num_reordering_candidates < needed):
+            raise InputError(
+                f"num_reordering_candidates ({self.num_reordering_candidates}) must be at least "
+                f"max_k + max_session_items = {needed}: ScaNN returns at most that many, and a "
+                "request fetches k plus its session's items so it can drop them; raise "
+                "--reorder or lower --max-k / --max-session-items", key="reorder")
         for name in ("num_leaves", "num_leaves_to_search", "num_reordering_candidates"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -59,7 +78,8 @@ def scann_parameters(num_items: int, config: IndexConfig) -> dict:
     leaves = max(1, min(leaves, num_items))
     default_search = max(1, leaves // 10) if leaves >= 100 else max(1, leaves // 3)
     search = min(config.num_leaves_to_search or default_search, leaves)
-    reorder = config.num_reordering_candidates or max(200, 4 * config.max_k)
+    reorder = config.num_reordering_candidates or max(200, 4 * config.max_k,
+                                                      config.max_k + config.max_session_items)
     return {"num_leaves": leaves, "num_leaves_to_search": search,
             "num_reordering_candidates": min(reorder, num_items)}
 

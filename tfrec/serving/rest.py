@@ -11,7 +11,7 @@ import threading
 import grpc
 import numpy as np
 
-from tfrec.serving.server import ServingError
+from tfrec.serving.errors import ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _ragged_to_array(values):
 class RestServer:
     """A threaded HTTP server for status, metadata and predict."""
 
-    def __init__(self, predictor, host: str, port: int):
+    def __init__(self, predictor, host: str, port: int, **_options):
         self.predictor = predictor
         handler = self._handler()
         self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
@@ -95,7 +95,7 @@ class RestServer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10.0) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -134,7 +134,8 @@ class RestServer:
                     if verb == "/metadata":
                         from google.protobuf import json_format
 
-                        name, served = manager.find(name, version, label)
+                        served = manager.find(name, version, label)
+                        name = served.name
                         defs = {k: json_format.MessageToDict(v)
                                 for k, v in served.signature_defs.items()}
                         self._send(200, {"model_spec": {"name": name,

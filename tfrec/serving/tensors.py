@@ -10,6 +10,8 @@ the results are the same.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
@@ -27,12 +29,27 @@ class MalformedTensor(ValueError):
     """A TensorProto whose values do not fit its shape or dtype."""
 
 
-def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """The numpy array a TensorProto holds (strings as an object array of bytes)."""
+def declared_shape(proto: tensor_pb2.TensorProto) -> list[int]:
+    """The shape a TensorProto declares, read before any value is allocated.
+
+    Raises:
+      MalformedTensor: an unknown rank or a negative dimension.
+    """
     shape = [d.size for d in proto.tensor_shape.dim]
     if any(size < 0 for size in shape) or proto.tensor_shape.unknown_rank:
         raise MalformedTensor(f"shape {shape} is not fully defined")
-    count = int(np.prod(shape, dtype=np.int64))
+    return shape
+
+
+def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """The numpy array a TensorProto holds (strings as an object array of bytes).
+
+    A proto with fewer values than its shape is filled out with its last
+    value, as TensorFlow does: bound the declared size (`declared_shape`)
+    before calling this on untrusted input.
+    """
+    shape = declared_shape(proto)
+    count = math.prod(shape)
     if proto.dtype == types_pb2.DT_STRING and len(proto.string_val) == count:
         values = np.empty(count, dtype=object)
         values[:] = list(proto.string_val)

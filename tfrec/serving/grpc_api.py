@@ -1,0 +1,138 @@
+"""TF Serving's gRPC services (PredictionService, ModelService) over the version manager."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from google.protobuf import text_format
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_management_pb2, predict_pb2)
+
+from tfrec.errors import InputError
+from tfrec.serving.config import parse_model_config
+from tfrec.serving.errors import ServingError
+from tfrec.serving.predict import Predictor, check_elements, declared_size, invalid
+from tfrec.serving.tensors import MalformedTensor, declared_shape, to_ndarray, to_proto
+from tfrec.serving.versions import AVAILABLE, END, LOADING, UNLOADING, ModelManager
+
+_STATES = {LOADING: get_model_status_pb2.ModelVersionStatus.LOADING,
+           AVAILABLE: get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+           UNLOADING: get_model_status_pb2.ModelVersionStatus.UNLOADING,
+           END: get_model_status_pb2.ModelVersionStatus.END}
+
+
+def _version_choice(spec) -> tuple[int | None, str | None]:
+    choice = spec.WhichOneof("version_choice")
+    return (spec.version.value if choice == "version" else None,
+            spec.version_label if choice == "version_label" else None)
+
+
+class PredictionServicer:
+    """tensorflow.serving.PredictionService over a Predictor."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.manager = predictor.manager
+
+    def _arrays(self, request) -> dict:
+        """The request's inputs as numpy arrays, their declared sizes bounded first."""
+        shapes = {}
+        for key, proto in request.inputs.items():
+            try:
+                shapes[key] = declared_shape(proto)
+            except MalformedTensor as err:
+                raise invalid(f"input {key!r}: malformed tensor: {err}") from None
+        check_elements({k: declared_size(s) for k, s in shapes.items()}, self.predictor.limits)
+        arrays = {}
+        for key, proto in request.inputs.items():
+            try:
+                arrays[key] = to_ndarray(proto)
+            except Exception as err:  # MalformedTensor, or anything a bad proto raises
+                raise invalid(f"input {key!r}: malformed tensor: {err}") from None
+        return arrays
+
+    def Predict(self, request, context):
+        try:
+            arrays = self._arrays(request)
+            spec = request.model_spec
+            number, label = _version_choice(spec)
+            name, number, signature, outputs = self.predictor.run(
+                spec.name, number, label, spec.signature_name, arrays,
+                list(request.output_filter), is_active=context.is_active)
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = name
+            response.model_spec.version.value = number
+            response.model_spec.signature_name = signature
+            for key, value in outputs.items():
+                response.outputs[key].CopyFrom(to_proto(value))
+            return response
+        except ServingError as err:
+            context.abort(err.code, err.message)
+
+    def GetModelMetadata(self, request, context):
+        try:
+            fields = set(request.metadata_field)
+            if fields - {"signature_def"}:
+                raise invalid("Metadata field(s) not supported: "
+                              f"{', '.join(sorted(fields - {'signature_def'}))}")
+            if not fields:
+                raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+            served = self.manager.resolve(request.model_spec)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = served.name
+            response.model_spec.version.value = served.number
+            defs = get_model_metadata_pb2.SignatureDefMap()
+            for key, value in served.signature_defs.items():
+                defs.signature_def[key].CopyFrom(value)
+            response.metadata["signature_def"].Pack(defs)
+            return response
+        except ServingError as err:
+            context.abort(err.code, err.message)
+
+    def Classify(self, request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not supported by tfrec serve")
+
+    def Regress(self, request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported by tfrec serve")
+
+    def MultiInference(self, request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      "MultiInference is not supported by tfrec serve")
+
+
+class ModelServicer:
+    """tensorflow.serving.ModelService over a ModelManager.
+
+    HandleReloadConfigRequest, as in TF Serving, can point the server at any
+    SavedModel the process can read: expose the port only to operators.
+    """
+
+    def __init__(self, manager: ModelManager, base_dir: Path | None = None):
+        self.manager = manager
+        self.base_dir = base_dir
+
+    def GetModelStatus(self, request, context):
+        try:
+            spec = request.model_spec
+            number, label = _version_choice(spec)
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for version in self.manager.status(spec.name, number or None, label):
+                status = response.model_version_status.add()
+                status.version = version.number
+                status.state = _STATES[version.state]
+                if version.error:
+                    status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+                    status.status.error_message = version.error
+            return response
+        except ServingError as err:
+            context.abort(err.code, err.message)
+
+    def HandleReloadConfigRequest(self, request, context):
+        try:
+            text = text_format.MessageToString(request.config)
+            entries = parse_model_config(text, "ReloadConfigRequest", self.base_dir)
+        except InputError as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.message)
+        self.manager.reload(entries)
+        return model_management_pb2.ReloadConfigResponse()

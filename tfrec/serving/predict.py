@@ -1,0 +1,182 @@
+"""Checking a request against the signature and the server's limits, and running it.
+
+gRPC and REST share the `Predictor`. Every rejection is INVALID_ARGUMENT and
+names the input and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import grpc
+import numpy as np
+import tensorflow as tf
+
+from tfrec.serving.errors import ServingError, tensorflow_message
+from tfrec.serving.versions import Loaded, ModelManager
+
+# The REST (JSON) integers and floats are cast to the signature's width after a range check.
+_RANGES = {tf.int32: np.iinfo(np.int32), tf.int64: np.iinfo(np.int64)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask of the server.
+
+    Attributes:
+      max_batch: rows per request.
+      max_elements: values in one request, all inputs together, counted from
+        the declared shapes before anything is allocated.
+    """
+
+    max_batch: int = 4096
+    max_elements: int = 1_000_000
+
+
+def invalid(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def check_elements(counts: dict, limits: RequestLimits) -> None:
+    """Rejects a request whose inputs, together, hold more than `max_elements` values."""
+    total = sum(counts.values())
+    if total > limits.max_elements:
+        name, largest = max(counts.items(), key=lambda kv: kv[1])
+        raise invalid(f"input {name!r}: {largest:,} values (request total {total:,}) is over "
+                      f"the limit of {limits.max_elements:,} values per request "
+                      "(tfrec serve --max_request_elements)")
+
+
+def _cast(name: str, value: np.ndarray, expected: tf.DType) -> np.ndarray:
+    """JSON numbers -> the signature's dtype, refusing values that do not fit."""
+    if expected.is_integer and value.dtype.kind in "iu":
+        bounds = _RANGES.get(expected, np.iinfo(expected.as_numpy_dtype))
+        if value.size and (value.min() < bounds.min or value.max() > bounds.max):
+            bad = value.max() if value.max() > bounds.max else value.min()
+            raise invalid(f"input {name!r}: {bad} is out of range for {expected.name} "
+                          f"([{bounds.min}, {bounds.max}])")
+        return value.astype(expected.as_numpy_dtype)
+    if expected.is_floating and value.dtype.kind in "iuf":
+        return value.astype(expected.as_numpy_dtype)
+    return value
+
+
+def check_inputs(arrays: dict, function, limits: RequestLimits, served: Loaded | None = None,
+                 cast: bool = False) -> dict:
+    """Named numpy inputs -> tensors, checked against the signature and the limits.
+
+    With `cast` (JSON input, whose numbers have no width), integers and floats
+    are converted to the signature's width when they fit; otherwise dtypes
+    must match, as in TF Serving's gRPC API. The export's own limits (max_k,
+    max_session_items, from its metadata) are checked here too, so the
+    caller reads the rule rather than a TensorFlow assertion.
+
+    Raises:
+      ServingError(INVALID_ARGUMENT): an unknown or missing name, a wrong
+        dtype or shape, an empty or oversized batch, too many values, a k
+        out of range or a session over the width the model reads.
+    """
+    _, specs = function.structured_input_signature
+    unknown = sorted(set(arrays) - set(specs))
+    if unknown:
+        raise invalid(f"input name(s) {', '.join(unknown)} not in the signature; "
+                      f"expected: {', '.join(sorted(specs))}")
+    missing = sorted(set(specs) - set(arrays))
+    if missing:
+        raise invalid(f"missing input(s): {', '.join(missing)}")
+    check_elements({name: int(np.size(arrays[name])) for name in specs}, limits)
+    metadata = served.metadata if served is not None else {}
+    tensors = {}
+    for name, spec in specs.items():
+        value = np.asarray(arrays[name])
+        expected = spec.dtype
+        if cast:
+            value = _cast(name, value, expected)
+        kind = "string" if value.dtype.kind in "OSU" else value.dtype.name
+        compatible = (
+            (expected == tf.string and value.dtype.kind in "OSU")
+            or (expected.is_integer and value.dtype.kind in "iu" and kind == expected.name)
+            or (expected.is_floating and value.dtype.kind == "f" and kind == expected.name))
+        if not compatible:
+            raise invalid(f"input {name!r}: expects dtype {expected.name}, got {kind}")
+        if expected == tf.string and value.dtype.kind == "O" and not all(
+                isinstance(v, (bytes, str)) for v in value.reshape(-1).tolist()):
+            raise invalid(f"input {name!r}: expects strings, got other values")
+        if not spec.shape.is_compatible_with(value.shape):
+            raise invalid(f"input {name!r}: expects shape {spec.shape}, got {list(value.shape)}")
+        if value.ndim and value.shape[0] == 0:
+            raise invalid(f"input {name!r}: the batch is empty; send at least one row")
+        if value.ndim and value.shape[0] > limits.max_batch:
+            raise invalid(f"input {name!r}: batch of {value.shape[0]} is over the limit of "
+                          f"{limits.max_batch} (tfrec serve --max_batch)")
+        if name == "k" and value.ndim == 0 and "max_k" in metadata:
+            k, max_k = int(value), int(metadata["max_k"])
+            if not 1 <= k <= max_k:
+                raise invalid(f"input 'k': must be between 1 and {max_k} (the index's max_k), "
+                              f"got {k}")
+        width = metadata.get("max_session_items")
+        if width and value.ndim == 2 and expected == tf.string and value.shape[1] > width:
+            raise invalid(f"input {name!r}: sessions of {value.shape[1]} items are over the "
+                          f"limit of {width} (the export's max_session_items); send the most "
+                          f"recent {width}")
+        if expected == tf.string and value.dtype.kind == "U":
+            value = np.char.encode(value, "utf-8")
+        tensors[name] = tf.constant(value, dtype=expected)
+    return tensors
+
+
+class Predictor:
+    """Runs a signature of a served version on named numpy inputs (gRPC and REST share it)."""
+
+    def __init__(self, manager: ModelManager, limits: RequestLimits = RequestLimits(),
+                 batcher=None):
+        self.manager = manager
+        self.limits = limits
+        self.batcher = batcher
+
+    @property
+    def max_batch(self) -> int:
+        return self.limits.max_batch
+
+    def run(self, name: str, version: int | None, label: str | None, signature: str,
+            arrays: dict, output_filter=(), cast: bool = False,
+            is_active=None) -> tuple[str, int, str, dict]:
+        """(model name, version, signature, outputs) of one call.
+
+        `is_active` (e.g. a gRPC context's) is asked before the model runs: a
+        call its client gave up on is not computed.
+
+        Raises:
+          ServingError: NOT_FOUND (model, version, label), INVALID_ARGUMENT
+            (inputs), CANCELLED (the client left).
+        """
+        served = self.manager.find(name, version, label)
+        signature = signature or "serving_default"
+        function = served.model.signatures.get(signature)
+        if function is None:
+            raise invalid(f"Serving signature name: \"{signature}\" not found in signature def "
+                          f"(have: {', '.join(sorted(served.model.signatures))})")
+        tensors = check_inputs(arrays, function, self.limits, served, cast)
+        unknown = [o for o in output_filter if o not in function.structured_outputs]
+        if unknown:
+            raise invalid(f"output_filter names unknown output(s): {', '.join(unknown)}; "
+                          f"the signature has: {', '.join(sorted(function.structured_outputs))}")
+        if is_active is not None and not is_active():
+            raise ServingError(grpc.StatusCode.CANCELLED, "the client cancelled the call")
+        try:
+            if self.batcher is not None:
+                outputs = self.batcher.call((served.name, served.number, signature), function,
+                                            tensors)
+            else:
+                outputs = {k: v.numpy() for k, v in function(**tensors).items()}
+        except tf.errors.InvalidArgumentError as err:
+            raise invalid(tensorflow_message(err.message)) from None
+        if output_filter:
+            outputs = {k: v for k, v in outputs.items() if k in output_filter}
+        return served.name, served.number, signature, outputs
+
+
+def declared_size(shape: list[int]) -> int:
+    """Values a shape declares (Python integers: no overflow for absurd shapes)."""
+    return math.prod(shape) if shape else 1

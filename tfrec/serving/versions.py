@@ -1,0 +1,337 @@
+"""The version manager: which versions of which models are loaded and served.
+
+Each model's `base_path` is polled. Its version policy (latest N, all,
+specific) is applied to the version folders on disk on every pass, as TF
+Serving does: a wanted version that is not loaded is loaded (again, if it was
+unloaded before), and a served version the policy no longer wants is unloaded
+once a wanted one is available, so a model is never left without a version
+while one on disk can serve. A version that fails to load is reported (state
+END with its error) and retried when its files change, or after a back-off.
+
+A call holds the `Loaded` version it was given for its whole life: unloading
+only drops the manager's reference, so calls in flight finish on the model
+they started with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from tfrec.serving.config import ModelEntry
+from tfrec.serving.errors import ServingError
+
+logger = logging.getLogger(__name__)
+
+LOADING, AVAILABLE, UNLOADING, END = "LOADING", "AVAILABLE", "UNLOADING", "END"
+METADATA = Path("assets.extra") / "tfrec_metadata.json"
+WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
+RETRY_FIRST_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """A loaded version: the model and what requests are checked against.
+
+    Attributes:
+      name: model name.
+      number: version number.
+      path: the version folder it was loaded from.
+      model: the loaded SavedModel.
+      signature_defs: signature name -> SignatureDef proto.
+      metadata: the export's `tfrec_metadata.json` ({} if absent), e.g. max_k
+        and max_session_items.
+    """
+
+    name: str
+    number: int
+    path: Path
+    model: object
+    signature_defs: object
+    metadata: dict
+
+
+@dataclasses.dataclass
+class Version:
+    """One version's state as GetModelStatus reports it."""
+
+    number: int
+    path: Path
+    state: str = LOADING
+    error: str = ""
+    loaded: Loaded | None = None
+
+
+@dataclasses.dataclass
+class _Failure:
+    """A failed load: retried when the folder's files change or at `retry_at`."""
+
+    fingerprint: tuple
+    attempts: int
+    retry_at: float
+    error: str
+
+
+def _signature_defs(path: Path):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    return proto.meta_graphs[0].signature_def
+
+
+def fingerprint(path: Path) -> tuple:
+    """(relative path, size, mtime) of every file under `path`, sorted."""
+    if not path.is_dir():
+        return ()
+    found = []
+    for file in path.rglob("*"):
+        try:
+            stat = file.stat()
+        except OSError:  # removed while we looked
+            continue
+        found.append((str(file.relative_to(path)), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(found))
+
+
+def _versions_on_disk(base: Path) -> list[int]:
+    try:
+        return [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()]
+    except OSError:  # missing, not a folder, or unreadable: nothing to serve
+        return []
+
+
+class ModelManager:
+    """Loads, serves and unloads versions of the configured models."""
+
+    def __init__(self, entries: list[ModelEntry], poll_seconds: float = 1.0, loader=None):
+        self._lock = threading.RLock()  # guards entries, versions, _failures
+        self._model_locks: dict[str, threading.Lock] = {}
+        self.entries = {e.name: e for e in entries}
+        self.versions: dict[str, dict[int, Version]] = {e.name: {} for e in entries}
+        self._failures: dict[Path, _Failure] = {}
+        self.poll_seconds = poll_seconds
+        self._loader = loader or _load_version
+        self._stop = threading.Event()
+        self._thread = None
+
+    # -- loading --------------------------------------------------------------------------
+    def sync(self) -> None:
+        """One pass over every model (see `sync_model`)."""
+        with self._lock:
+            names = list(self.entries)
+        for name in names:
+            self.sync_model(name)
+
+    def sync_model(self, name: str) -> None:
+        """Applies the model's policy to its folder: loads wanted versions, unloads the rest.
+
+        One pass per model at a time (the poller, the config watcher and the
+        reload RPC may all call it), so a version is never loaded twice.
+        """
+        with self._lock:
+            lock = self._model_locks.setdefault(name, threading.Lock())
+        with lock:
+            with self._lock:
+                entry = self.entries.get(name)
+            if entry is None:
+                return
+            on_disk = _versions_on_disk(entry.base_path)
+            wanted = entry.wanted(on_disk)
+            for number in wanted:
+                path = entry.base_path / str(number)
+                if self._should_load(name, number, path):
+                    self._load(name, number, path)
+            self._unload_unwanted(name, on_disk, wanted, entry)
+
+    def _should_load(self, name: str, number: int, path: Path) -> bool:
+        with self._lock:
+            if name not in self.entries:
+                return False
+            known = self.versions[name].get(number)
+            if known is not None and known.state == AVAILABLE and known.path == path:
+                return False
+            failure = self._failures.get(path)
+        if failure is None:
+            return True
+        if time.monotonic() >= failure.retry_at:
+            return True
+        return fingerprint(path) != failure.fingerprint
+
+    def _load(self, name: str, number: int, path: Path) -> None:
+        with self._lock:
+            served = self.versions[name]
+            previous = served.get(number)
+            replacing = previous is not None and previous.state == AVAILABLE
+            if not replacing:
+                served[number] = Version(number, path)
+            failure = self._failures.get(path)
+        before = fingerprint(path)
+        logger.info("loading %s version %d from %s", name, number, path)
+        try:
+            loaded = self._loader(name, number, path)
+        except Exception as err:  # a broken version must not take the server down
+            attempts = failure.attempts + 1 if failure else 1
+            wait = min(RETRY_FIRST_SECONDS * 2 ** (attempts - 1), RETRY_MAX_SECONDS)
+            message = f"{type(err).__name__}: {err}"[:2000]
+            with self._lock:
+                self._failures[path] = _Failure(before, attempts, time.monotonic() + wait,
+                                                message)
+                if not replacing and name in self.versions:
+                    self.versions[name][number] = Version(
+                        number, path, END,
+                        f"{message} (load attempt {attempts}; retried when its files change "
+                        f"or in {wait:.0f} s)")
+            logger.warning("%s version %d failed to load (attempt %d, retry when its files "
+                           "change or in %.0f s): %s", name, number, attempts, wait, message)
+            return
+        with self._lock:
+            self._failures.pop(path, None)
+            if name in self.versions:
+                self.versions[name][number] = Version(number, path, AVAILABLE, "", loaded)
+        logger.info("%s version %d is AVAILABLE", name, number)
+
+    def _unload_unwanted(self, name: str, on_disk: list[int], wanted: list[int],
+                         entry: ModelEntry) -> None:
+        with self._lock:
+            served = self.versions.get(name)
+            if served is None:
+                return
+            ready = any(served.get(n) is not None and served[n].state == AVAILABLE
+                        and served[n].path == entry.base_path / str(n) for n in wanted)
+            for number, version in list(served.items()):
+                if number in wanted and version.path == entry.base_path / str(number):
+                    continue
+                if version.state == AVAILABLE:
+                    # Keep serving until a wanted version is available (or none is wanted).
+                    if ready or not wanted:
+                        served[number] = Version(number, version.path, END)
+                        logger.info("unloaded %s version %d", name, number)
+                elif number not in on_disk:
+                    del served[number]  # gone from disk: nothing left to report
+
+    def start(self) -> None:
+        """Loads in the background: versions are LOADING until ready, then AVAILABLE."""
+        self._thread = threading.Thread(target=self._poll, daemon=True, name="version-poller")
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while True:
+            try:
+                self.sync()
+            except Exception:  # keep polling whatever one pass met
+                logger.exception("version poll failed")
+            if self._stop.wait(self.poll_seconds):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reload(self, entries: list[ModelEntry]) -> None:
+        """Replaces the model list (HandleReloadConfigRequest) and applies it."""
+        with self._lock:
+            names = {e.name for e in entries}
+            for name in list(self.entries):
+                if name not in names:
+                    del self.entries[name]
+                    del self.versions[name]
+            for entry in entries:
+                self.entries[entry.name] = entry
+                self.versions.setdefault(entry.name, {})
+        self.sync()
+
+    # -- lookups --------------------------------------------------------------------------
+    def resolve(self, spec) -> Loaded:
+        """The version a ModelSpec asks for (default: the newest available)."""
+        choice = spec.WhichOneof("version_choice")
+        return self.find(spec.name, spec.version.value if choice == "version" else None,
+                         spec.version_label if choice == "version_label" else None)
+
+    def find(self, name: str, number: int | None = None, label: str | None = None) -> Loaded:
+        """The loaded version a call should use; the caller keeps it for the call's life.
+
+        Raises:
+          ServingError(NOT_FOUND): an unknown model, version or label, or
+            nothing available.
+        """
+        with self._lock:
+            if name not in self.versions:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Servable not found for request: Latest({name})")
+            served = self.versions[name]
+            if label is not None:
+                number = self.entries[name].labels.get(label)
+                if number is None:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Unrecognized servable version label: {label}")
+            if number is not None:
+                version = served.get(number)
+                if version is None or version.state != AVAILABLE:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Servable not found for request: "
+                                       f"Specific({name}, {number})")
+                return version.loaded
+            available = [v for v in served.values() if v.state == AVAILABLE]
+            if not available:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Servable not found for request: Latest({name})")
+            return max(available, key=lambda v: v.number).loaded
+
+    def status(self, name: str, number: int | None = None,
+               label: str | None = None) -> list[Version]:
+        """Copies of the model's version states (one version, if asked for by number/label).
+
+        Raises:
+          ServingError(NOT_FOUND): an unknown model, version or label.
+        """
+        with self._lock:
+            if name not in self.versions:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Could not find any versions of model {name}")
+            if label is not None:
+                number = self.entries[name].labels.get(label)
+                if number is None:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Unrecognized servable version label: {label}")
+            versions = sorted(self.versions[name].values(), key=lambda v: v.number)
+            if number is not None:
+                versions = [v for v in versions if v.number == number]
+                if not versions:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Could not find version {number} of model {name}")
+            return [dataclasses.replace(v, loaded=None) for v in versions]
+
+
+def _load_version(name: str, number: int, path: Path) -> Loaded:
+    """Loads a version folder, reads its signatures and metadata, replays its warm-up."""
+    from tfrec.export.saved_model import load_saved_model
+
+    model = load_saved_model(path)
+    defs = _signature_defs(path)
+    metadata = {}
+    if (path / METADATA).exists():
+        metadata = json.loads((path / METADATA).read_text())
+    _warm_up(model, path)
+    return Loaded(name, number, path, model, defs, metadata)
+
+
+def _warm_up(model, path: Path) -> None:
+    """Replays the version's warm-up Predict requests before it is marked AVAILABLE."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    warmup = path / WARMUP
+    if not warmup.exists():
+        return
+    for record in tf.data.TFRecordDataset(str(warmup)):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        request = log.predict_log.request
+        function = model.signatures[request.model_spec.signature_name or "serving_default"]
+        function(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
