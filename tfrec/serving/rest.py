@@ -1,12 +1,35 @@
-"""TF Serving's REST API (`/v1/models/...`) over the same Predictor as gRPC."""
+"""TF Serving's REST API (`/v1/models/...`) over the same Predictor as gRPC.
+
+A hardened `http.server`: every request is read in full (Content-Length only;
+chunked bodies are refused) before anything is parsed, and any error response
+closes the connection, so a body that was not read is never taken for a
+request. Reads time out (`read_timeout`, also the idle keep-alive limit), the
+number of open connections is capped (`max_connections`; over it a connection
+gets 503 from the accepting thread, which never blocks on it), bodies over
+`max_body_bytes` get 413 unread, and `stop(grace)` lets requests in flight
+finish while answering new ones with 503.
+
+JSON inputs become numpy arrays without narrowing: integers are int64 (an
+integer outside int64 is refused), any float makes the input float64, strings
+are UTF-8 bytes, and lists of string lists of different lengths are padded
+with "" (no item). Anything else (objects, null, booleans, ragged numbers,
+mixed types, lists nested more than `_MAX_DEPTH` deep) is a 400 naming the input.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.server
 import json
 import logging
 import re
+import reprlib
+import socket
+import socketserver
+import sys
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -16,175 +39,628 @@ from tfrec.serving.errors import ServingError
 logger = logging.getLogger(__name__)
 
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
-                   r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-                   r"(?P<verb>:predict|/metadata)?/?$")
-_HTTP = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400,
-         grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.FAILED_PRECONDITION: 400}
-_MAX_BODY = 64 * 2**20
+                   r"(?:/versions/(?P<version>[0-9]{1,18})|/labels/(?P<label>[^/:]+))?"
+                   r"(?P<verb>:predict|:classify|:regress|/metadata)?/?$")
+# gRPC status -> HTTP status (google.rpc's mapping; CANCELLED is 503 here because a
+# call is only cancelled by this server when it is shutting down: the client may retry).
+_HTTP = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
+         grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
+         grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.NOT_FOUND: 404,
+         grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.ABORTED: 409,
+         grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNIMPLEMENTED: 501,
+         grpc.StatusCode.CANCELLED: 503, grpc.StatusCode.UNAVAILABLE: 503,
+         grpc.StatusCode.DEADLINE_EXCEEDED: 504}
+_MAX_DEPTH = 32  # lists inside one input
+_INT64 = np.iinfo(np.int64)
+_KNOWN_METHODS = {"HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+_LINGER_SECONDS = 2.0  # reading what a client still sends after we close, so it sees our answer
+_LINGER_BYTES = 1 << 20
+
+
+def _invalid(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _short(value, limit: int = 40) -> str:
+    if isinstance(value, int) and value.bit_length() > 200:
+        return f"an integer of ~{int(value.bit_length() * 0.30103)} digits"
+    text = reprlib.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _jsonable(value):
     value = np.asarray(value)
     if value.dtype.kind in "OS":
         if value.ndim == 0:
-            return value.item().decode("utf-8", "replace")
+            item = value.item()
+            return item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
         return [_jsonable(v) for v in value]
     return value.tolist()
 
 
+# ---------------------------------------------------------------------------- JSON -> arrays
+
+def _parse_json(raw: bytes):
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        name = _deep_input_name(raw)
+        where = f"input {name!r}: " if name else ""
+        raise _invalid(f"{where}the JSON nests deeper than the parser allows; an input may "
+                       f"nest at most {_MAX_DEPTH} lists") from None
+    except UnicodeDecodeError:
+        raise _invalid("the body is not UTF-8 JSON") from None
+    except ValueError as err:  # JSONDecodeError, or an integer literal of > 4300 digits
+        raise _invalid(f"malformed JSON: {err}") from None
+
+
+_DEEP_SCAN_BYTES = 8 << 20
+_KEY = re.compile(rb'"((?:[^"\\]|\\.){1,200})"\s*:')
+
+
+def _deep_input_name(raw: bytes) -> str | None:
+    """Best effort, for the message only: the input whose value nests too deep."""
+    try:
+        data = np.frombuffer(raw, dtype=np.uint8)[:_DEEP_SCAN_BYTES]
+        step = (np.isin(data, (ord("["), ord("{"))).astype(np.int32)
+                - np.isin(data, (ord("]"), ord("}"))).astype(np.int32))
+        depth = np.cumsum(step)
+        over = np.flatnonzero(depth > _MAX_DEPTH + 3)
+        if not over.size:
+            return None
+        name = None
+        for found in _KEY.finditer(raw, 0, int(over[0])):
+            level = depth[found.start()]  # 1: "instances"/"inputs"; 2: columnar; 3: rows
+            if level in (2, 3):
+                name = found.group(1).decode("utf-8", "replace")
+        return name
+    except Exception:
+        return None
+
+
 def _arrays_from_json(body: dict) -> tuple[dict, bool]:
     """(named arrays, row format?) from a predict body ("instances" or "inputs")."""
+    if "instances" in body and "inputs" in body:
+        raise _invalid("the body has both 'instances' (row format) and 'inputs' (columnar); "
+                       "send one")
     if "instances" in body:
         instances = body["instances"]
         if not isinstance(instances, list) or not instances:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "'instances' must be a non-empty list")
-        if not all(isinstance(i, dict) for i in instances):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "each instance must be an object of named inputs")
+            raise _invalid("'instances' must be a non-empty list of objects of named inputs")
+        for i, instance in enumerate(instances):
+            if not isinstance(instance, dict):
+                raise _invalid(f"instance {i}: each instance must be an object of named "
+                               f"inputs, got {type(instance).__name__}")
         names = set(instances[0])
-        if any(set(i) != names for i in instances):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "every instance must name the same inputs")
+        if not names:
+            raise _invalid("instance 0 names no inputs")
+        for i, instance in enumerate(instances):
+            if set(instance) != names:
+                raise _invalid(f"instance {i} names {sorted(instance)}, instance 0 names "
+                               f"{sorted(names)}: every instance must name the same inputs")
         arrays = {}
-        for name in names:
+        for name in instances[0]:
             values = [i[name] for i in instances]
-            if all(np.ndim(v) == 0 for v in values) and len({json.dumps(v) for v in values}) == 1:
-                arrays[name] = np.asarray(values[0])  # a scalar input such as k
+            if (not any(isinstance(v, (list, dict)) for v in values)
+                    and len({(type(v), v) for v in values}) == 1):
+                arrays[name] = _to_array(name, values[0])  # a scalar input such as k
             else:
-                arrays[name] = _ragged_to_array(values)
+                arrays[name] = _to_array(name, values)
         return arrays, True
     if "inputs" in body:
         inputs = body["inputs"]
         if not isinstance(inputs, dict):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "'inputs' must be an object of named inputs")
-        return {k: _ragged_to_array(v) if isinstance(v, list) else np.asarray(v)
-                for k, v in inputs.items()}, False
-    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                       "the body needs 'instances' (row format) or 'inputs' (columnar)")
+            raise _invalid("'inputs' must be an object of named inputs")
+        return {name: _to_array(name, value) for name, value in inputs.items()}, False
+    raise _invalid("the body needs 'instances' (row format) or 'inputs' (columnar)")
 
 
-def _ragged_to_array(values):
-    """Lists of string lists of different lengths are padded with "" (no item)."""
-    if values and all(isinstance(v, list) for v in values) and all(
-            isinstance(x, str) for v in values for x in v):
-        width = max(len(v) for v in values)
-        values = [v + [""] * (width - len(v)) for v in values]
-    array = np.asarray(values)
-    if array.dtype.kind == "U":
-        array = np.char.encode(array, "utf-8").astype(object)
-    elif array.dtype.kind == "i":
-        array = array.astype(np.int32)
-    elif array.dtype.kind == "f":
-        array = array.astype(np.float32)
-    return array
+def _is_text(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, dict) and set(value) == {"b64"})
+
+
+def _to_array(name: str, value) -> np.ndarray:
+    """One input's JSON value -> a numpy array (see the module docstring for the rules)."""
+    if (isinstance(value, list) and value and all(isinstance(v, list) for v in value)
+            and all(_is_text(x) for v in value for x in v)):
+        width = max(len(v) for v in value)
+        value = [v + [""] * (width - len(v)) for v in value]  # lists of strings: padded
+    leaves: list = []
+    shape = _shape(name, value, 0, leaves)
+    return _leaves_to_array(name, leaves, shape)
+
+
+def _shape(name: str, value, depth: int, leaves: list) -> tuple:
+    if not isinstance(value, list):
+        leaves.append(value)
+        return ()
+    if depth >= _MAX_DEPTH:
+        raise _invalid(f"input {name!r}: lists nested more than {_MAX_DEPTH} deep")
+    nested = [isinstance(v, list) for v in value]
+    if not any(nested):
+        leaves.extend(value)
+        return (len(value),)
+    if not all(nested):
+        raise _invalid(f"input {name!r}: a list holds both values and lists; an input must be "
+                       "a rectangular array (lists of the same depth and length)")
+    shapes = [_shape(name, v, depth + 1, leaves) for v in value]
+    for other in shapes[1:]:
+        if other != shapes[0]:
+            raise _invalid(f"input {name!r}: ragged lists (shapes {list(shapes[0])} and "
+                           f"{list(other)} side by side); an input must be a rectangular "
+                           "array, only lists of strings of different lengths are padded")
+    return (len(value),) + shapes[0]
+
+
+def _leaves_to_array(name: str, leaves: list, shape: tuple) -> np.ndarray:
+    if not leaves:
+        return np.zeros(shape, dtype=np.float64)
+    kinds = {type(x) for x in leaves}
+    if dict in kinds:
+        leaves = [_b64(name, x) if isinstance(x, dict) else x for x in leaves]
+        kinds = {type(x) for x in leaves}
+    if kinds <= {str, bytes}:
+        try:
+            data = [x.encode("utf-8") if isinstance(x, str) else x for x in leaves]
+        except UnicodeEncodeError:
+            raise _invalid(f"input {name!r}: a string holds an unpaired surrogate (\\ud800 to "
+                           "\\udfff escape); strings must be valid Unicode") from None
+        array = np.empty(len(data), dtype=object)
+        array[:] = data
+        return array.reshape(shape)
+    if kinds <= {int, float}:
+        if int in kinds:
+            ints = [x for x in leaves if type(x) is int] if float in kinds else leaves
+            low, high = min(ints), max(ints)
+            if low < _INT64.min or high > _INT64.max:
+                bad = high if high > _INT64.max else low
+                raise _invalid(f"input {name!r}: {_short(bad)} is out of range for a 64-bit "
+                               f"integer ([{_INT64.min}, {_INT64.max}])")
+        dtype = np.float64 if float in kinds else np.int64
+        return np.array(leaves, dtype=dtype).reshape(shape)
+    if bool in kinds:
+        raise _invalid(f"input {name!r}: true/false is not accepted; values must be numbers "
+                       "or strings")
+    if type(None) in kinds:
+        raise _invalid(f"input {name!r}: null is not a value; values must be numbers or "
+                       "strings")
+    if kinds & {str, bytes} and kinds & {int, float}:
+        raise _invalid(f"input {name!r}: mixes strings and numbers; all values of an input "
+                       "must have one type")
+    raise _invalid(f"input {name!r}: values must be numbers or strings")
+
+
+def _b64(name: str, value: dict) -> bytes:
+    if set(value) != {"b64"} or not isinstance(value["b64"], str):
+        raise _invalid(f"input {name!r}: an object ({_short(value)}) is not a value; values "
+                       'must be numbers, strings or {"b64": "<base64 string>"}')
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise _invalid(f"input {name!r}: {_short(value['b64'])} is not valid base64") from None
+
+
+def _predictions(outputs: dict, rows: bool) -> dict:
+    outputs = {k: np.asarray(v) for k, v in outputs.items()}
+    if not rows:
+        return {"outputs": {k: _jsonable(v) for k, v in outputs.items()}}
+    sizes = {k: (v.shape[0] if v.ndim else None) for k, v in outputs.items()}
+    if len(set(sizes.values())) > 1 or None in sizes.values():
+        raise _invalid(f"the outputs have no common batch size ({sizes}) to split into "
+                       "'predictions'; ask with the columnar 'inputs' format")
+    n = next(iter(sizes.values()), 0)
+    return {"predictions": [{k: _jsonable(v[i]) for k, v in outputs.items()}
+                            for i in range(n)]}
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+class _Reply(Exception):
+    """An HTTP answer other than 200 (a status and a JSON error body)."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def _refuse(sock: socket.socket, message: str) -> None:
+    """503 and close, from the accepting thread: never blocks."""
+    data = json.dumps({"error": message}).encode("utf-8")
+    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+    try:
+        sock.setblocking(False)
+        sock.send(head.encode("ascii") + data)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(65536)  # whatever already arrived, so that closing does not reset the answer
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class _HTTPServer(socketserver.TCPServer):
+    """Accepts connections; each gets a thread, up to `max_connections` of them."""
+
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address, predictor, read_timeout: float, max_connections: int,
+                 max_body_bytes: int):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.predictor = predictor
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self.max_body_bytes = max_body_bytes
+        self.cond = threading.Condition()
+        self.connections: dict = {}  # socket -> its thread
+        self.busy: set = set()  # sockets with a request being read, run or answered
+        self.stopping = False  # no new connections or requests
+        self.closing = False  # grace over: every connection is being closed
+        self.refused, self.refusal_logged = 0, -1e9
+        super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address):
+        with self.cond:
+            if self.stopping:
+                refusal = "the server is shutting down"
+            elif len(self.connections) >= self.max_connections:
+                refusal = (f"too many connections (limit {self.max_connections}); "
+                           "retry later")
+            else:
+                refusal = None
+                thread = threading.Thread(target=self._serve, args=(request, client_address),
+                                          name=f"rest-{client_address[1]}", daemon=True)
+                self.connections[request] = thread
+        if refusal is not None:
+            self.refused += 1
+            if time.monotonic() - self.refusal_logged > 10:  # at most one warning per 10 s
+                self.refusal_logged = time.monotonic()
+                logger.warning("REST: refused %d connection(s) (latest from %s): %s",
+                               self.refused, client_address[0], refusal)
+                self.refused = 0
+            _refuse(request, refusal)
+            return
+        try:
+            thread.start()
+        except BaseException:
+            with self.cond:
+                self.connections.pop(request, None)
+            raise
+
+    def shutdown_request(self, request):  # only after a failed thread start; must not block
+        try:
+            request.close()
+        except OSError:
+            pass
+
+    def _serve(self, request, client_address):
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self._linger(request)
+            with self.cond:
+                self.connections.pop(request, None)
+                self.busy.discard(request)
+                self.cond.notify_all()
+            try:
+                request.close()
+            except OSError:
+                pass
+
+    def _linger(self, sock: socket.socket) -> None:
+        """Half-closes, then drains what the client still sends (for a while), so the
+        kernel does not reset the connection before the client has read our answer."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + min(self.read_timeout, _LINGER_SECONDS)
+            drained = 0
+            while drained < _LINGER_BYTES:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                sock.settimeout(remaining)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass
+
+    def handle_error(self, request, client_address):
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            logger.debug("REST connection from %s: %s", client_address, err)
+        else:
+            logger.exception("REST connection from %s failed", client_address)
+
+    def begin(self, sock) -> bool:
+        """A request started arriving on `sock`; False: the server is closing."""
+        with self.cond:
+            if self.closing:
+                return False
+            self.busy.add(sock)
+            return True
+
+    def end(self, sock) -> None:
+        with self.cond:
+            self.busy.discard(sock)
+            self.cond.notify_all()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """One connection: requests one after another (keep-alive) until an error or close."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "tfrec"
+    sys_version = ""
+
+    def setup(self):
+        self.timeout = self.server.read_timeout  # every socket read and write
+        super().setup()
+
+    def version_string(self):
+        return self.server_version
+
+    def log_message(self, fmt, *args):
+        logger.debug("rest: %s " + fmt, self.client_address[0], *args)
+
+    def handle_expect_100(self):
+        return True  # "100 Continue" is sent only once the body is known to be acceptable
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (bad request line, headers too long...) as JSON."""
+        if message is None:
+            message = self.responses.get(code, ("error",))[0]
+        self._send(code, {"error": message})
+
+    def _send(self, code: int, payload: dict, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        if code >= 400 or self.server.stopping:
+            self.close_connection = True
+        self._responded = True
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        elif self.request_version == "HTTP/1.0":
+            self.send_header("Connection", "keep-alive")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def handle_one_request(self):
+        self.command, self.requestline, self.request_version = "", "", "HTTP/1.1"
+        self._responded = False
+        try:
+            line = self.rfile.readline(65537)
+        except OSError:  # idle past the read timeout, or the client went away
+            self.close_connection = True
+            return
+        if not line:
+            self.close_connection = True
+            return
+        if not self.server.begin(self.connection):
+            self.close_connection = True
+            return
+        try:
+            self._request(line)
+        except TimeoutError:
+            self.close_connection = True
+            if not self._responded:
+                try:
+                    self._send(408, {"error": "the request did not arrive within the read "
+                                              f"timeout ({self.server.read_timeout:g} s)"})
+                except OSError:
+                    pass
+        except OSError as err:
+            logger.debug("REST connection from %s: %s", self.client_address[0], err)
+            self.close_connection = True
+        finally:
+            self.server.end(self.connection)
+
+    def _request(self, line: bytes) -> None:
+        self.raw_requestline = line
+        if len(line) > 65536:
+            self.send_error(414, "request line over 65536 bytes")
+            return
+        if not self.parse_request():  # it answered (400, 431, 505...), or a blank line
+            return
+        if self.request_version == "HTTP/0.9":
+            self.close_connection = True
+            return
+        if self.server.stopping:
+            self._send(503, {"error": "the server is shutting down"}, {"Retry-After": "1"})
+            return
+        if self.command not in ("GET", "POST"):
+            if self.command in _KNOWN_METHODS:
+                self._send(405, {"error": f"method {self.command} is not allowed; the REST "
+                                          "API takes GET (status, metadata) and POST "
+                                          "(:predict)"}, {"Allow": "GET, POST"})
+            else:
+                self._send(501, {"error": f"unsupported method {self.command[:20]!r}"})
+            return
+        body = self._read_body()
+        if body is None:
+            return
+        try:
+            payload = self._dispatch(body)
+        except _Reply as reply:
+            self._send(reply.status, {"error": reply.message}, reply.headers)
+        except ServingError as err:
+            self._send(_HTTP.get(err.code, 500), {"error": err.message})
+        except Exception as err:  # keep serving
+            logger.exception("REST %s %s failed", self.command, self.path[:200])
+            self._send(500, {"error": f"{type(err).__name__}: {err}"})
+        else:
+            self._send(200, payload)
+
+    def _read_body(self) -> bytes | None:
+        """The whole body, or None once an error was answered (the connection then closes)."""
+        if self.headers.get_all("Transfer-Encoding"):
+            self._send(411, {"error": "Transfer-Encoding (chunked bodies) is not supported: "
+                                      "send the body with a Content-Length header"})
+            return None
+        declared = self.headers.get_all("Content-Length")
+        if not declared:
+            if self.command == "POST":
+                self._send(411, {"error": "POST needs a Content-Length header"})
+                return None
+            return b""
+        values = {v.strip() for header in declared for v in header.split(",")}
+        value = values.pop() if len(values) == 1 else None
+        if value is None or not re.fullmatch(r"[0-9]{1,19}", value):
+            self._send(400, {"error": f"malformed Content-Length {', '.join(declared)[:40]!r}: "
+                                      "it must be one non-negative integer"})
+            return None
+        length = int(value)
+        if length > self.server.max_body_bytes:
+            self._send(413, {"error": f"the request body ({length} bytes) is over the limit "
+                                      f"of {self.server.max_body_bytes} bytes"})
+            return None
+        if (length and self.headers.get("Expect", "").lower() == "100-continue"
+                and self.request_version != "HTTP/1.0"):
+            self.send_response_only(100)
+            self.end_headers()
+        chunks, remaining = [], length
+        while remaining:
+            chunk = self.rfile.read(min(remaining, 1 << 20))  # TimeoutError: 408
+            if not chunk:
+                self._send(400, {"error": f"the body ended after {length - remaining} of the "
+                                          f"{length} bytes of its Content-Length"})
+                return None
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def _dispatch(self, body: bytes) -> dict:
+        path = self.path.split("?", 1)[0]
+        match = _PATH.match(path)
+        if not match:
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"Malformed request: {self.command} {path[:200]}")
+        name, label, verb = match["name"], match["label"], match["verb"]
+        version = int(match["version"]) if match["version"] else None
+        if verb in (":classify", ":regress"):
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                               f"{verb[1:]} is not served; use :predict")
+        if verb == ":predict":
+            if self.command != "POST":
+                raise _Reply(405, "predict takes POST", {"Allow": "POST"})
+            return self._predict(name, version, label, body)
+        if self.command != "GET":
+            raise _Reply(405, "status and metadata take GET; only :predict takes POST",
+                         {"Allow": "GET"})
+        manager = self.server.predictor.manager
+        if verb == "/metadata":
+            from google.protobuf import json_format
+
+            served = manager.find(name, version, label)
+            defs = {k: json_format.MessageToDict(v) for k, v in served.signature_defs.items()}
+            return {"model_spec": {"name": served.name, "signature_name": "",
+                                   "version": str(served.number)},
+                    "metadata": {"signature_def": {"signature_def": defs}}}
+        versions = manager.status(name, version, label)
+        return {"model_version_status": [
+            {"version": str(v.number), "state": v.state,
+             "status": {"error_code": "UNKNOWN" if v.error else "OK",
+                        "error_message": v.error or ""}} for v in versions]}
+
+    def _predict(self, name, version, label, raw: bytes) -> dict:
+        if not raw.strip():
+            raise _invalid("the request body is empty; send a JSON object with 'instances' "
+                           "(row format) or 'inputs' (columnar)")
+        body = _parse_json(raw)
+        if not isinstance(body, dict):
+            raise _invalid("the body must be a JSON object with 'instances' or 'inputs'")
+        signature = body.get("signature_name", "")
+        if not isinstance(signature, str):
+            raise _invalid("'signature_name' must be a string")
+        try:
+            arrays, rows = _arrays_from_json(body)
+        except RecursionError:
+            raise _invalid(f"an input nests more than {_MAX_DEPTH} lists deep") from None
+        _, _, _, outputs = self.server.predictor.run(name, version, label, signature, arrays,
+                                                     cast=True)
+        return _predictions(outputs, rows)
 
 
 class RestServer:
-    """A threaded HTTP server for status, metadata and predict."""
+    """The REST API on `host:port` (0: any free port, see `.port`).
 
-    def __init__(self, predictor, host: str, port: int, **_options):
+    Args:
+      predictor: runs predict calls (`.run`) and has the version manager (`.manager`).
+      read_timeout: seconds a socket read or write may wait: a request (line,
+        headers, each part of the body) that does not arrive in time gets 408,
+        and an idle keep-alive connection is closed after it.
+      max_connections: open connections at once; over it a new connection gets
+        503 and is closed.
+      max_body_bytes: the largest request body (413 over it).
+    """
+
+    def __init__(self, predictor, host: str, port: int, *, read_timeout: float = 10.0,
+                 max_connections: int = 256, max_body_bytes: int = 64 * 2**20):
+        if not read_timeout > 0:
+            raise ValueError(f"read_timeout must be > 0 seconds, got {read_timeout}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        if max_body_bytes < 0:
+            raise ValueError(f"max_body_bytes must be >= 0, got {max_body_bytes}")
         self.predictor = predictor
-        handler = self._handler()
-        self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _HTTPServer((host, port), predictor, read_timeout, max_connections,
+                                 max_body_bytes)
         self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.1}, daemon=True,
+                                        name="rest-accept")
+        self._lock = threading.Lock()
+        self._started = self._stopped = False
 
     def start(self) -> None:
+        with self._lock:
+            if self._started or self._stopped:
+                return
+            self._started = True
         self._thread.start()
 
     def stop(self, grace: float = 10.0) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def _handler(self):
-        predictor = self.predictor
-        manager = predictor.manager
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, fmt, *args):
-                logger.debug("rest: " + fmt, *args)
-
-            def _send(self, code: int, payload: dict):
-                data = json.dumps(payload).encode("utf-8")
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _route(self):
-                match = _PATH.match(self.path.split("?")[0])
-                if not match:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Malformed request: {self.command} {self.path}")
-                version = int(match["version"]) if match["version"] else None
-                return match["name"], version, match["label"], match["verb"]
-
-            def do_GET(self):
+        """Stops accepting; requests in flight get `grace` seconds to finish, then every
+        connection is closed. A request arriving meanwhile gets 503 (and a close)."""
+        deadline = time.monotonic() + max(grace, 0.0)
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            started = self._started
+        httpd = self.httpd
+        with httpd.cond:
+            httpd.stopping = True
+        if started:
+            httpd.shutdown()  # the accepting loop ends
+        httpd.server_close()  # new connections are refused
+        with httpd.cond:
+            while httpd.busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                httpd.cond.wait(remaining)
+            httpd.closing = True
+            if httpd.busy:
+                logger.warning("REST: %d request(s) still running after the %g s grace "
+                               "period; closing their connections", len(httpd.busy), grace)
+            for sock in httpd.connections:
                 try:
-                    name, version, label, verb = self._route()
-                    if verb == ":predict":
-                        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                           "predict needs POST")
-                    if verb == "/metadata":
-                        from google.protobuf import json_format
-
-                        served = manager.find(name, version, label)
-                        name = served.name
-                        defs = {k: json_format.MessageToDict(v)
-                                for k, v in served.signature_defs.items()}
-                        self._send(200, {"model_spec": {"name": name,
-                                                        "version": str(served.number)},
-                                         "metadata": {"signature_def": {
-                                             "signature_def": defs}}})
-                        return
-                    versions = manager.status(name, version)
-                    self._send(200, {"model_version_status": [
-                        {"version": str(v.number), "state": v.state,
-                         "status": {"error_code": "UNKNOWN" if v.error else "OK",
-                                    "error_message": v.error}} for v in versions]})
-                except ServingError as err:
-                    self._send(_HTTP.get(err.code, 500), {"error": err.message})
-
-            def do_POST(self):
-                try:
-                    name, version, label, verb = self._route()
-                    if verb != ":predict":
-                        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                           "only :predict takes POST")
-                    length = int(self.headers.get("Content-Length") or 0)
-                    if length > _MAX_BODY:
-                        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                           f"request body over {_MAX_BODY} bytes")
-                    try:
-                        body = json.loads(self.rfile.read(length) or b"{}")
-                    except json.JSONDecodeError as err:
-                        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                           f"malformed JSON: {err}") from None
-                    if not isinstance(body, dict):
-                        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                           "the body must be a JSON object")
-                    arrays, rows = _arrays_from_json(body)
-                    _, _, _, outputs = predictor.run(name, version, label,
-                                                     body.get("signature_name", ""), arrays,
-                                                     cast=True)
-                    if rows:
-                        n = next(iter(outputs.values())).shape[0]
-                        predictions = [{k: _jsonable(v[i]) for k, v in outputs.items()}
-                                       for i in range(n)]
-                        self._send(200, {"predictions": predictions})
-                    else:
-                        self._send(200, {"outputs": {k: _jsonable(v)
-                                                     for k, v in outputs.items()}})
-                except ServingError as err:
-                    self._send(_HTTP.get(err.code, 500), {"error": err.message})
-                except Exception as err:  # keep serving
-                    logger.exception("REST predict failed")
-                    self._send(500, {"error": f"{type(err).__name__}: {err}"})
-
-        return Handler
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            threads = list(httpd.connections.values())
+        join_until = time.monotonic() + 1.0
+        for thread in threads:
+            thread.join(max(0.0, join_until - time.monotonic()))
