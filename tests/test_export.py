@@ -240,7 +240,7 @@ def test_index_searches_more_leaves_until_recall_meets_the_floor():
     start = scann_parameters(len(items), default)["num_leaves_to_search"]
     messages = []
     _, used, recall, seconds = build_index_for_recall(items, ids, default, queries, 10,
-                                                       log=messages.append)
+                                                      log=messages.append)
     # Either the floor was reached or every leaf is searched; either way it widened.
     assert used.num_leaves_to_search > start and messages and seconds > 0
     assert recall >= 0.99 or used.num_leaves_to_search == 60

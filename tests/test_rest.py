@@ -418,3 +418,24 @@ def test_methods_and_connection_close(make):
                      + request("GET", "/v1/models/shop"))
         responses = read_until_closed(sock)
     assert [r[0] for r in responses] == [200] and responses[0][1]["connection"] == "close"
+
+
+def test_a_client_trickling_bytes_is_cut_off_at_the_request_deadline(make):
+    server, predictor = make(read_timeout=0.3)
+    with connect(server) as sock:
+        start = time.monotonic()
+        sock.sendall(b"POST /v1/models/shop:predict HTTP/1.1\r\nHost: test\r\n"
+                     b"Content-Length: 100\r\n\r\n")
+        closed = False
+        for _ in range(40):  # one byte every 0.2 s: every read completes within its timeout
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.2)
+        if not closed:
+            read_until_closed(sock)
+        took = time.monotonic() - start
+    assert took < 0.3 * 6 + 3.0  # not the 8 s the trickle would take
+    assert predictor.calls == []

@@ -1,10 +1,13 @@
 """`tfrec serve`: a real server process on a free loopback port, called over real gRPC."""
 
 import os
+import subprocess
+import sys
 import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -251,3 +254,149 @@ def test_recommend_command_prints_items_with_text(shared, capsys):
     assert main(["-q", "recommend", "--server", shared.target, "--model", "nope",
                  "--items", "i1"]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--items", "nope", "-k", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "the most popular items" in out[1] and len(out) == 5
+
+
+# -- hostile input and operator mistakes -----------------------------------------------------
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def declared(shape, values=(b"i1",)):
+    """An item_ids TensorProto declaring `shape` but carrying only `values`."""
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
+    for size in shape:
+        proto.tensor_shape.dim.add().size = size
+    proto.string_val.extend(values)
+    return proto
+
+
+@pytest.mark.parametrize("shape, message", [
+    ([1, 5_000_000], "5,000,000 values (request total 5,000,001) is over the limit of "
+                     "1,000,000 values per request"),
+    ([1, 2**40], "is over the limit of 1,000,000 values per request"),
+    ([0, 3], "input 'item_ids': the batch is empty"),
+    ([1, 600], "sessions of 600 items are over the limit of 500 (the export's "
+               "max_session_items)"),
+])
+def test_declared_shapes_are_bounded_before_anything_is_allocated(shared, shape, message):
+    before = rss_mb(shared.proc.pid)
+    request = predict_request(SESSIONS)
+    request.inputs["item_ids"].CopyFrom(declared(shape, () if 0 in shape else (b"i1",)))
+    started = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as err:
+        stub_of(shared).Predict(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+    assert time.perf_counter() - started < 2.0
+    assert rss_mb(shared.proc.pid) - before < 50
+    assert stub_of(shared).Predict(predict_request(SESSIONS), timeout=30).outputs
+
+
+def test_k_out_of_range_names_the_input_and_the_rule(shared, capsys):
+    from tfrec.cli import main
+
+    for k in (21, 0):
+        with pytest.raises(grpc.RpcError) as err:
+            stub_of(shared).Predict(predict_request(SESSIONS, k=k), timeout=30)
+        assert err.value.details() == (f"input 'k': must be between 1 and 20 (the index's "
+                                       f"max_k), got {k}")
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--items", "i1", "-k", "500"]) == 2
+    assert "input 'k': must be between 1 and 20" in capsys.readouterr().err
+
+
+def test_unknown_sessions_get_popular_items_flagged_over_grpc(shared):
+    response = stub_of(shared).Predict(predict_request([["nope", ""], ["i1", "i2"]], k=3),
+                                       timeout=30)
+    assert tf.make_ndarray(response.outputs["fallback"]).tolist() == [True, False]
+    ids = tf.make_ndarray(response.outputs["item_ids"]).astype(str)
+    assert "" not in ids[0] and ids[0].tolist() != ids[1].tolist()
+
+
+def test_deleting_the_newest_version_serves_the_previous_one(server):
+    shutil.copytree(server.versions / "2", server.base / "2")
+    server.wait_for(2)
+    assert server.status()[1][0] == "END"
+    shutil.rmtree(server.base / "2")
+    server.wait_for(1)
+    response = stub_of(server).Predict(predict_request(SESSIONS), timeout=30)
+    assert response.model_spec.version.value == 1
+
+
+def test_pointing_a_model_away_and_back_by_reload_serves_again(server, tmp_path):
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    stub = model_service_pb2_grpc.ModelServiceStub(server.channel)
+
+    def point_at(base):
+        request = model_management_pb2.ReloadConfigRequest()
+        model = request.config.model_config_list.config.add()
+        model.name, model.base_path, model.model_platform = "shop", str(base), "tensorflow"
+        stub.HandleReloadConfigRequest(request, timeout=120)
+
+    point_at(tmp_path / "missing")
+    with pytest.raises(grpc.RpcError) as err:
+        stub_of(server).Predict(predict_request(SESSIONS), timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    point_at(server.base)
+    server.wait_for(1)
+    assert stub_of(server).Predict(predict_request(SESSIONS), timeout=30).outputs
+
+
+def test_a_version_copied_file_by_file_is_loaded_when_complete(server):
+    target = server.base / "2"
+    target.mkdir()  # `cp -r` makes the folder before the files
+    deadline = time.time() + 60
+    while time.time() < deadline and server.status().get(2, ("",))[0] != "END":
+        time.sleep(0.05)
+    state, error = server.status()[2]
+    assert state == "END" and "retried when its files change" in error
+    for path in sorted((server.versions / "2").iterdir()):
+        copy = shutil.copytree if path.is_dir() else shutil.copy2
+        copy(path, target / path.name)
+    server.wait_for(2)
+    response = stub_of(server).Predict(predict_request(SESSIONS), timeout=30)
+    assert response.model_spec.version.value == 2
+
+
+def test_a_second_server_on_the_same_port_refuses_to_start(shared, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list { config { name: "x" base_path: "%s" } }\n'
+                      % shared.base)
+    second = subprocess.run(
+        [sys.executable, "-m", "tfrec", "serve", "--model_config_file", str(config),
+         "--port", str(shared.port)], capture_output=True, text=True, env=env, timeout=120)
+    assert second.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{shared.port}: the port is in use" in second.stderr
+    assert stub_of(shared).Predict(predict_request(SESSIONS), timeout=30).outputs
+
+
+def test_sigterm_lets_grpc_and_rest_calls_in_flight_finish_within_the_grace(versions, tmp_path):
+    batching = tmp_path / "batching.config"
+    batching.write_text("max_batch_size { value: 4096 }\nbatch_timeout_micros { value: 2000000 }\n")
+    srv = start_server(versions, tmp_path, "--enable_batching", "--batching_parameters_file",
+                       str(batching), "--grace_period_seconds", "30")
+    try:
+        rest_result = {}
+        thread = threading.Thread(target=lambda: rest_result.update(code=rest(
+            srv, "/v1/models/shop:predict", {"inputs": {"item_ids": [["i1"]], "k": 3}})[0]))
+        thread.start()
+        future = stub_of(srv).Predict.future(predict_request(SESSIONS, k=3), timeout=60)
+        time.sleep(0.5)  # both calls are held in the batch queue for 2 s
+        srv.proc.send_signal(signal.SIGTERM)
+        assert future.result().outputs
+        thread.join(60)
+        assert rest_result == {"code": 200}
+        assert srv.proc.wait(timeout=60) == 0
+    finally:
+        srv.stop()

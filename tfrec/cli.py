@@ -274,7 +274,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raise InputError("--items needs at least one item id", key="items")
     client = RecommenderClient(args.server, args.model, timeout=args.timeout)
     try:
-        results = client.recommend([items], k=args.k)[0]
+        results, fallback = client.recommend_with_fallback([items], k=args.k)
+        results, fallback = results[0], fallback[0]
         shown = items + [item for item, _ in results]
         texts = dict(zip(shown, client.item_texts(shown)))
     except grpc.RpcError as err:
@@ -285,6 +286,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     finally:
         client.close()
     print(f"session: {', '.join(f'{i} ({texts[i]})' if texts.get(i) else i for i in items)}")
+    if fallback:
+        print("  (no item of the session is known to the model: the most popular items, "
+              "scored by their share of the training events)")
     for rank, (item, score) in enumerate(results, 1):
         print(f"{rank:>3}. {item:<12} {score:8.4f}  {texts.get(item, '')}")
     return 0

@@ -46,12 +46,19 @@ class RecommenderClient:
 
     def recommend(self, sessions: list[list[str]], k: int = 10) -> list[list[tuple[str, float]]]:
         """Top-k (item id, score) for each session, its own items excluded."""
+        return self.recommend_with_fallback(sessions, k)[0]
+
+    def recommend_with_fallback(self, sessions: list[list[str]], k: int = 10):
+        """(top-k (item id, score) per session, per session: were they the popular-items
+        fallback, because no item of the session was known?)."""
         width = max(len(s) for s in sessions)
         batch = np.array([[str(i) for i in s] + [""] * (width - len(s)) for s in sessions],
                          dtype=object).astype(bytes)
         out = self._predict("serving_default", {"item_ids": batch, "k": np.int32(k)})
-        return [[(i.decode(), float(sc)) for i, sc in zip(ids, scores)]
-                for ids, scores in zip(out["item_ids"], out["scores"])]
+        results = [[(i.decode(), float(sc)) for i, sc in zip(ids, scores) if i]
+                   for ids, scores in zip(out["item_ids"], out["scores"])]
+        fallback = out.get("fallback", np.zeros(len(sessions), dtype=bool))
+        return results, [bool(f) for f in fallback]
 
     def similar_items(self, item_ids: list[str], k: int = 10):
         out = self._predict("similar_items", {"item_ids": np.array(item_ids, dtype=bytes),

@@ -55,6 +55,7 @@ _INT64 = np.iinfo(np.int64)
 _KNOWN_METHODS = {"HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 _LINGER_SECONDS = 2.0  # reading what a client still sends after we close, so it sees our answer
 _LINGER_BYTES = 1 << 20
+_REQUEST_TIMEOUTS = 6  # a whole request (line, headers, body) gets this many read timeouts
 
 
 def _invalid(message: str) -> ServingError:
@@ -300,7 +301,31 @@ class _HTTPServer(socketserver.TCPServer):
         self.stopping = False  # no new connections or requests
         self.closing = False  # grace over: every connection is being closed
         self.refused, self.refusal_logged = 0, -1e9
+        # Socket -> when its request must have arrived in full: a client trickling a byte
+        # now and then passes every read timeout, so a reaper cuts it off.
+        self.deadlines: dict = {}
         super().__init__(address, _Handler)
+
+    def reap(self, stop: threading.Event) -> None:
+        """Closes connections whose request has not arrived in full by its deadline."""
+        while not stop.wait(min(self.read_timeout, 0.5)):
+            now = time.monotonic()
+            with self.cond:
+                late = [sock for sock, deadline in self.deadlines.items() if deadline < now]
+                for sock in late:
+                    del self.deadlines[sock]
+            for sock in late:
+                logger.debug("REST: a request took over %g s to arrive; closing it",
+                             self.read_timeout * _REQUEST_TIMEOUTS)
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def arrived(self, sock) -> None:
+        """The request on `sock` has arrived in full (or failed): no deadline any more."""
+        with self.cond:
+            self.deadlines.pop(sock, None)
 
     def process_request(self, request, client_address):
         with self.cond:
@@ -384,11 +409,13 @@ class _HTTPServer(socketserver.TCPServer):
             if self.closing:
                 return False
             self.busy.add(sock)
+            self.deadlines[sock] = time.monotonic() + self.read_timeout * _REQUEST_TIMEOUTS
             return True
 
     def end(self, sock) -> None:
         with self.cond:
             self.busy.discard(sock)
+            self.deadlines.pop(sock, None)
             self.cond.notify_all()
 
 
@@ -488,6 +515,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(501, {"error": f"unsupported method {self.command[:20]!r}"})
             return
         body = self._read_body()
+        self.server.arrived(self.connection)
         if body is None:
             return
         try:
@@ -599,7 +627,8 @@ class RestServer:
       predictor: runs predict calls (`.run`) and has the version manager (`.manager`).
       read_timeout: seconds a socket read or write may wait: a request (line,
         headers, each part of the body) that does not arrive in time gets 408,
-        and an idle keep-alive connection is closed after it.
+        and an idle keep-alive connection is closed after it. A whole request
+        must arrive within 6 times this (a client trickling bytes is cut off).
       max_connections: open connections at once; over it a new connection gets
         503 and is closed.
       max_body_bytes: the largest request body (413 over it).
@@ -620,6 +649,9 @@ class RestServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever,
                                         kwargs={"poll_interval": 0.1}, daemon=True,
                                         name="rest-accept")
+        self._reaper_stop = threading.Event()
+        self._reaper = threading.Thread(target=self.httpd.reap, args=(self._reaper_stop,),
+                                        daemon=True, name="rest-reaper")
         self._lock = threading.Lock()
         self._started = self._stopped = False
 
@@ -629,6 +661,7 @@ class RestServer:
                 return
             self._started = True
         self._thread.start()
+        self._reaper.start()
 
     def stop(self, grace: float = 10.0) -> None:
         """Stops accepting; requests in flight get `grace` seconds to finish, then every
@@ -640,6 +673,7 @@ class RestServer:
             self._stopped = True
             started = self._started
         httpd = self.httpd
+        self._reaper_stop.set()
         with httpd.cond:
             httpd.stopping = True
         if started:
