@@ -400,3 +400,41 @@ def test_sigterm_lets_grpc_and_rest_calls_in_flight_finish_within_the_grace(vers
         assert srv.proc.wait(timeout=60) == 0
     finally:
         srv.stop()
+
+
+def raw_http(server, data: bytes) -> list[bytes]:
+    """Status lines of every response the server sends before it closes the connection."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as sock:
+        sock.sendall(data)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    return [line for line in received.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+
+
+def test_rest_rejections_against_the_real_server(shared):
+    code, err = rest(shared, "/v1/models/shop:predict",
+                     {"inputs": {"item_ids": [["i1"]], "k": 4294967301}})
+    assert code == 400 and "input 'k': 4294967301 is out of range for int32" in err["error"]
+    assert rest(shared, "/v1/models/shop/labels/canary")[0] == 404
+    assert rest(shared, "/v1/models/shop/versions/0")[0] == 404
+    assert rest(shared, "/v1/models/shop/labels/stable")[0] == 200
+    code, err = rest(shared, "/v1/models/shop:predict",
+                     {"inputs": {"item_ids": [["i1"]], "k": {"a": 1}}})
+    assert code == 400 and "'k'" in err["error"]
+    smuggled = (b"GET /v1/models/shop HTTP/1.1\r\nHost: x\r\n\r\n")
+    chunked = (b"POST /v1/models/shop:predict HTTP/1.1\r\nHost: x\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(smuggled) + smuggled
+               + b"\r\n0\r\n\r\n")
+    assert raw_http(shared, chunked) == [b"HTTP/1.1 411 Length Required"]
+    bad_length = b"POST /v1/models/shop:predict HTTP/1.1\r\nContent-Length: abc\r\n\r\n"
+    assert raw_http(shared, bad_length + smuggled) == [b"HTTP/1.1 400 Bad Request"]
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert raw_http(shared, b"POST /v1/models/shop:predict HTTP/1.1\r\nContent-Length: %d\r\n"
+                    b"\r\n" % len(deep) + deep) == [b"HTTP/1.1 400 Bad Request"]
+    assert stub_of(shared).Predict(predict_request(SESSIONS), timeout=30).outputs
