@@ -76,14 +76,15 @@ def folder_mb(path: Path) -> float:
 
 
 def measure(kind: str, vectors: np.ndarray, ids: np.ndarray, model: _Model,
-            sessions: np.ndarray, queries: np.ndarray, workdir: Path) -> dict:
-    config = IndexConfig(kind=kind, max_k=100)
+            sessions: np.ndarray, queries: np.ndarray, workdir: Path,
+            config: IndexConfig | None = None, label: str | None = None) -> dict:
+    config = config or IndexConfig(kind=kind, max_k=100)
     t = time.perf_counter()
     index = build_index(vectors, ids[1:], config)
     build = time.perf_counter() - t
     recall = recall_at_k(index, queries, vectors, ids[1:], 10)
     module = RecommenderModule(model, ids, index, config.max_k)
-    path = workdir / kind
+    path = workdir / (label or kind)
     t = time.perf_counter()
     module.recommend(tf.constant([[ids[1]]]), tf.constant(1))
     namespaces = ["TFText"] + (["Scann"] if kind == "scann" else [])
@@ -104,7 +105,7 @@ def measure(kind: str, vectors: np.ndarray, ids: np.ndarray, model: _Model,
         served(item_ids=batch[calls % 256:calls % 256 + 1], k=tf.constant(10))
         calls += 1
     single = calls / (time.perf_counter() - t)
-    return {"index": kind, "build_s": build, "save_s": save, "size_mb": folder_mb(path),
+    return {"index": label or kind, "build_s": build, "save_s": save, "size_mb": folder_mb(path),
             "recall": recall, "qps_batched": batched, "qps_single": single,
             "params": scann_parameters(len(vectors), config) if kind == "scann" else {},
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -140,6 +141,9 @@ def main() -> None:
                              "top-k in this process (no second export: for catalogues too big "
                              "to hold two exports in memory)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON here")
+    parser.add_argument("--compare-reorder", type=int, metavar="N",
+                        help="also a ScaNN row re-scoring N candidates (sessions of up to "
+                             "N - 100 items), beside the default")
     args = parser.parse_args()
     t = time.perf_counter()
     vectors, assignment = catalogue(args.items, args.dim)
@@ -155,6 +159,14 @@ def main() -> None:
     try:
         rows.append(measure("scann", vectors, ids, model, sessions, queries, workdir))
         print("  done: scann", file=sys.stderr, flush=True)
+        if args.compare_reorder:
+            other = IndexConfig(kind="scann", max_k=100,
+                                num_reordering_candidates=args.compare_reorder,
+                                max_session_items=args.compare_reorder - 100)
+            rows.append(measure("scann", vectors, ids, model, sessions, queries, workdir, other,
+                                f"scann_r{args.compare_reorder}"))
+            rows[-1]["params"] = scann_parameters(len(vectors), other)
+            print(f"  done: scann reorder {args.compare_reorder}", file=sys.stderr, flush=True)
         if args.brute_force == "export":
             rows.append(measure("brute_force", vectors, ids, model, sessions, queries, workdir))
         else:
@@ -170,7 +182,9 @@ def main() -> None:
         print(f"{r['index']:<13}{r['build_s']:>9.1f}{r['save_s']:>9.1f}{r['size_mb']:>9.0f}"
               f"{r['recall']:>11.4f}{r['qps_batched']:>13,.0f}{r['qps_single']:>12,.0f}"
               f"{r['peak_rss_mb']:>13,.0f}")
-    scann, brute = rows
+    scann, brute = rows[0], rows[-1]
+    for r in rows[1:-1]:
+        print(f"{r['index']} {r['params']}")
     if args.json:
         import json
 
