@@ -13,7 +13,7 @@ logger = logging.getLogger("tfrec")
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    from tfrec.config import EventsSchema, ItemsSchema, PairConfig, SessionConfig
+    from tfrec.config import PAIR_MODES, EventsSchema, ItemsSchema, PairConfig, SessionConfig
 
     es, its, sc, pc = EventsSchema(), ItemsSchema(), SessionConfig(), PairConfig()
     src = parser.add_argument_group(
@@ -56,7 +56,7 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     ses.add_argument("--conversion-types", default=",".join(sc.conversion_types),
                      help="comma-separated event types that convert (global context)")
     pairs = parser.add_argument_group("training pairs")
-    pairs.add_argument("--mode", choices=["window", "set"], default=pc.mode)
+    pairs.add_argument("--mode", choices=PAIR_MODES, default=pc.mode)
     pairs.add_argument("--window", type=int, default=pc.window)
     pairs.add_argument("--no-global-context", action="store_true")
     pairs.add_argument("--subsample", type=float, default=pc.subsample,
@@ -296,6 +296,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from tfrec import __version__
+    from tfrec.config import INDEX_KINDS
 
     parser = argparse.ArgumentParser(
         prog="tfrec", description="Item embeddings from behaviour and text, served with ANN.")
@@ -383,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--run", required=True, metavar="RUN_DIR", help="a tfrec train run folder")
     ex.add_argument("--model-dir", required=True, metavar="DIR",
                     help="the model's base path, e.g. saved_models/retail")
-    ex.add_argument("--index", choices=["scann", "brute_force"], default="scann",
+    ex.add_argument("--index", choices=INDEX_KINDS, default="scann",
                     help="scann (approximate, needs ScaNN ops to serve) or brute_force "
                          "(exact, loads in stock TF Serving)")
     ex.add_argument("--version", type=int, help="version number (default: the next one)")

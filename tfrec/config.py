@@ -1,7 +1,9 @@
 """Configuration dataclasses, one per stage of the pipeline.
 
 All are frozen and hold only primitives, so they serialise to JSON/YAML as
-they are and reach Keras layers as ``Layer(**dataclasses.asdict(cfg))``.
+they are. Layers take their config object itself (``ItemEncoder(num_items,
+num_id_items, model_config)``) and echo it in ``get_config`` as a plain dict,
+so a setting and its default are defined once, here.
 """
 
 from __future__ import annotations
@@ -12,9 +14,42 @@ import datetime
 import json
 import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from tfrec.errors import InputError
+
+# The allowed values of every setting that names a choice, each defined once:
+# the type of its config field, checked in the config's __post_init__, and
+# imported by the layers, the pipelines and the command line.
+PairMode = Literal["window", "set"]
+Fusion = Literal["sum", "concat"]
+Objective = Literal["skipgram", "retrieval", "both"]
+# What a retrieval query is made of; "auto" is resolved from the data to one
+# of the session contexts before training.
+SessionContext = Literal["previous", "session"]
+RetrievalContext = Literal["auto", SessionContext]
+Pooling = Literal["mean", "recency", "attention"]
+QueryItems = Literal["shared", "separate"]
+Negatives = Literal["in_batch", "catalogue", "sampled"]
+Layout = Literal["online_retail", "goodbooks", "events"]
+Optimizer = Literal["adam", "lazy_adam", "adagrad", "sgd"]
+SplitBy = Literal["time", "user"]
+Strategy = Literal["default", "mirrored", "multi_worker"]
+IndexKind = Literal["scann", "brute_force"]
+
+PAIR_MODES: tuple[str, ...] = typing.get_args(PairMode)
+FUSIONS: tuple[str, ...] = typing.get_args(Fusion)
+OBJECTIVES: tuple[str, ...] = typing.get_args(Objective)
+SESSION_CONTEXTS: tuple[str, ...] = typing.get_args(SessionContext)
+RETRIEVAL_CONTEXTS: tuple[str, ...] = typing.get_args(RetrievalContext)
+POOLINGS: tuple[str, ...] = typing.get_args(Pooling)
+QUERY_ITEMS: tuple[str, ...] = typing.get_args(QueryItems)
+NEGATIVES: tuple[str, ...] = typing.get_args(Negatives)
+LAYOUTS: tuple[str, ...] = typing.get_args(Layout)
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
+SPLITS: tuple[str, ...] = typing.get_args(SplitBy)
+STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
+INDEX_KINDS: tuple[str, ...] = typing.get_args(IndexKind)
 
 DEFAULT_CONVERSION_TYPES = ("purchase", "book", "booking", "apply", "conversion", "order")
 
@@ -92,7 +127,7 @@ class PairConfig:
       seed: seeds every random choice; the same seed gives the same batches.
     """
 
-    mode: str = "window"
+    mode: PairMode = "window"
     window: int = 5
     global_context: bool = True
     subsample: float = 1e-3
@@ -108,8 +143,7 @@ class PairConfig:
     seed: int = 42
 
     def __post_init__(self):
-        if self.mode not in ("window", "set"):
-            raise InputError(f"mode must be 'window' or 'set', got {self.mode!r}", key="mode")
+        _either("mode", self.mode, PAIR_MODES)
         _positive("window", self.window)
         _positive("batch_size", self.batch_size)
         _positive("chunk_events", self.chunk_events)
@@ -129,6 +163,18 @@ def _one_of(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}, got "
                          f"{value!r}", key=name)
+
+
+def _either(name: str, value: Any, allowed: tuple) -> None:
+    """Like `_one_of`, worded "'a', 'b' or 'c'"."""
+    if value not in allowed:
+        raise InputError(f"{name} must be {choices_text(allowed)}, got {value!r}", key=name)
+
+
+def choices_text(allowed: tuple) -> str:
+    """The allowed values in words: "'a', 'b' or 'c'"."""
+    quoted = [f"'{a}'" for a in allowed]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 def _positive(name: str, value: Any) -> None:
@@ -178,11 +224,6 @@ class TextConfig:
         if not self.widths or any(not isinstance(w, int) or w <= 0 for w in self.widths):
             raise InputError(f"widths must be positive integers, got {self.widths!r}",
                              key="widths")
-
-
-QUERY_ITEMS = ("shared", "separate")
-RETRIEVAL_CONTEXTS = ("auto", "previous", "session")
-NEGATIVES = ("in_batch", "catalogue", "sampled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,23 +287,23 @@ class ModelConfig:
     embedding_dim: int = 256
     use_ids: bool = True
     use_text: bool = True
-    fusion: str = "concat"
+    fusion: Fusion = "concat"
     text_share: float = 0.5
     id_dropout: float = 0.1
     normalize: bool = True
     text_gate: bool = True
-    objective: str = "retrieval"
+    objective: Objective = "retrieval"
     temperature: float = 0.09
     retrieval_weight: float = 1.0
     text_alignment: float = 0.0
-    retrieval_context: str = "auto"
+    retrieval_context: RetrievalContext = "auto"
     history_length: int = 50
-    pooling: str = "mean"
+    pooling: Pooling = "mean"
     recency_decay: float = 0.9
-    query_items: str = "shared"
+    query_items: QueryItems = "shared"
     query_layers: tuple[int, ...] = ()
     history_dropout: float = 0.0
-    negatives: str = "in_batch"
+    negatives: Negatives = "in_batch"
     num_sampled: int = 8192
     text: TextConfig = dataclasses.field(default_factory=TextConfig)
 
@@ -274,12 +315,8 @@ class ModelConfig:
         if not 0.0 <= self.id_dropout < 1.0:
             raise InputError(f"id_dropout must be in [0, 1), got {self.id_dropout!r}",
                              key="id_dropout")
-        if self.objective not in ("skipgram", "retrieval", "both"):
-            raise InputError(f"objective must be 'skipgram', 'retrieval' or 'both', got "
-                             f"{self.objective!r}", key="objective")
-        if self.fusion not in ("sum", "concat"):
-            raise InputError(f"fusion must be 'sum' or 'concat', got {self.fusion!r}",
-                             key="fusion")
+        _either("objective", self.objective, OBJECTIVES)
+        _either("fusion", self.fusion, FUSIONS)
         if not 0.0 < self.text_share < 1.0:
             raise InputError(f"text_share must be in (0, 1), got {self.text_share!r}",
                              key="text_share")
@@ -287,12 +324,8 @@ class ModelConfig:
                 1 <= int(self.embedding_dim * (1.0 - self.text_share)) < self.embedding_dim):
             raise InputError(f"text_share {self.text_share} of embedding_dim "
                              f"{self.embedding_dim} leaves one part no width", key="text_share")
-        if self.retrieval_context not in RETRIEVAL_CONTEXTS:
-            raise InputError(f"retrieval_context must be 'auto', 'previous' or 'session', got "
-                             f"{self.retrieval_context!r}", key="retrieval_context")
-        if self.pooling not in ("mean", "recency", "attention"):
-            raise InputError(f"pooling must be 'mean', 'recency' or 'attention', got "
-                             f"{self.pooling!r}", key="pooling")
+        _either("retrieval_context", self.retrieval_context, RETRIEVAL_CONTEXTS)
+        _either("pooling", self.pooling, POOLINGS)
         if self.text_alignment < 0:
             raise InputError(f"text_alignment must be >= 0, got {self.text_alignment!r}",
                              key="text_alignment")
@@ -311,9 +344,6 @@ class ModelConfig:
         if not 0.0 < self.recency_decay <= 1.0:
             raise InputError(f"recency_decay must be in (0, 1], got {self.recency_decay!r}",
                              key="recency_decay")
-
-
-LAYOUTS = ("online_retail", "goodbooks", "events")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,7 +367,7 @@ class DataConfig:
       strict: fail on the first bad row instead of counting and dropping it.
     """
 
-    layout: str = "online_retail"
+    layout: Layout = "online_retail"
     events: str | None = None
     items: str | None = None
     data_dir: str | None = None
@@ -354,10 +384,6 @@ class DataConfig:
                              f"{self.layout!r}", key="data.layout")
         if self.layout == "events" and not self.events:
             raise InputError("layout 'events' needs an events file", key="data.events")
-
-
-OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
-SPLITS = ("time", "user")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,10 +427,10 @@ class TrainConfig:
 
     epochs: int = 3
     learning_rate: float = 0.005
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     steps_per_epoch: int | None = None
     retrieval_batch_size: int = 1024
-    split_by: str = "time"
+    split_by: SplitBy = "time"
     split_date: str | None = None
     split_fraction: float = 0.1
     holdout_users: float = 0.1
@@ -412,7 +438,7 @@ class TrainConfig:
     eval_k: int = 10
     eval_seed: int = 42
     seed: int = 42
-    strategy: str = "default"
+    strategy: Strategy = "default"
 
     def __post_init__(self):
         _positive("epochs", self.epochs)
@@ -434,9 +460,7 @@ class TrainConfig:
         if not 0.0 <= self.cold_items < 1.0:
             raise InputError(f"cold_items must be in [0, 1), got {self.cold_items!r}",
                              key="cold_items")
-        if self.strategy not in ("default", "mirrored", "multi_worker"):
-            raise InputError(f"strategy must be 'default', 'mirrored' or 'multi_worker', got "
-                             f"{self.strategy!r}", key="strategy")
+        _either("strategy", self.strategy, STRATEGIES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,9 +23,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from tfrec.config import STRATEGIES, choices_text
 from tfrec.errors import InputError
-
-STRATEGIES = ("default", "mirrored", "multi_worker")
 
 _TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                       '"task": {"type": "worker", "index": 0}}\'')
@@ -71,7 +70,7 @@ def cluster_worker(strategy: str, environ: Mapping[str, str] | None = None) -> W
       InputError: TF_CONFIG is missing or malformed for multi_worker.
     """
     if strategy not in STRATEGIES:
-        raise InputError(f"strategy must be {_choices()}, got {strategy!r}",
+        raise InputError(f"strategy must be {choices_text(STRATEGIES)}, got {strategy!r}",
                          key="train.strategy")
     if strategy != "multi_worker":
         return Worker()
@@ -171,10 +170,6 @@ def create_strategy(strategy: str):
             "train.strategy 'multi_worker' must be set up before TensorFlow runs any op in "
             "this process: run `tfrec train` (or call tfrec.train.train) in a fresh process"
         ) from err
-
-
-def _choices() -> str:
-    return ", ".join(f"'{s}'" for s in STRATEGIES[:-1]) + f" or '{STRATEGIES[-1]}'"
 
 
 def _is_address(address: str) -> bool:

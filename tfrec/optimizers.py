@@ -12,6 +12,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
+from tfrec.config import OPTIMIZERS, Optimizer
+
 
 @keras.utils.register_keras_serializable(package="tfrec")
 class LazyAdam(keras.optimizers.Adam):
@@ -60,10 +62,10 @@ class LazyAdam(keras.optimizers.Adam):
                                               rows))
 
 
-def build_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    """The optimizer `train.optimizer` names: adam, lazy_adam, adagrad or sgd."""
+def build_optimizer(name: Optimizer, learning_rate: float) -> keras.optimizers.Optimizer:
+    """The optimizer `train.optimizer` names (one of `config.OPTIMIZERS`)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
     builders = {"adam": keras.optimizers.Adam, "lazy_adam": LazyAdam,
                 "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD}
-    if name not in builders:
-        raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(builders)}")
     return builders[name](learning_rate)

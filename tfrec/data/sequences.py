@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 
+from tfrec.config import SESSION_CONTEXTS, SessionContext, choices_text
 from tfrec.data.sessions import Sessions
 from tfrec.data.shard import check_shard, worker_batches
 from tfrec.data.vocab import ItemVocabulary
@@ -70,10 +71,11 @@ class NextItemPipeline:
     """
 
     def __init__(self, sessions: Sessions, vocab: ItemVocabulary, history_length: int,
-                 batch_size: int = 1024, seed: int = 42, context: str = "previous"):
-        if context not in ("previous", "session"):
-            raise InputError(f"retrieval context must be 'previous' or 'session', got "
-                             f"{context!r}", key="model.retrieval_context")
+                 batch_size: int = 1024, seed: int = 42,
+                 context: SessionContext = "previous"):
+        if context not in SESSION_CONTEXTS:
+            raise InputError(f"retrieval context must be {choices_text(SESSION_CONTEXTS)}, "
+                             f"got {context!r}", key="model.retrieval_context")
         self.items = sessions.items
         self.session_of = sessions.session_ids()
         starts = sessions.row_splits[:-1]

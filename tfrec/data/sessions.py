@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from tfrec.config import SessionConfig
+from tfrec.config import RetrievalContext, SessionConfig, SessionContext
 from tfrec.data.vocab import ItemVocabulary
 from tfrec.errors import InputError
 
@@ -211,7 +211,7 @@ def session_order(sessions: Sessions) -> str:
     return "unordered" if multi and unordered * 2 >= multi else "ordered"
 
 
-def resolve_retrieval_context(context: str, sessions: Sessions) -> str:
+def resolve_retrieval_context(context: RetrievalContext, sessions: Sessions) -> SessionContext:
     """`model.retrieval_context` with "auto" resolved from the data (see `session_order`)."""
     if context != "auto":
         return context

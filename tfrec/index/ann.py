@@ -9,6 +9,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tfrec.config import INDEX_KINDS, IndexKind, choices_text
 from tfrec.errors import InputError
 
 
@@ -35,7 +36,7 @@ class IndexConfig:
         force, on real queries, is below this.
     """
 
-    kind: str = "scann"
+    kind: IndexKind = "scann"
     max_k: int = 100
     num_leaves: int | None = None
     num_leaves_to_search: int | None = None
@@ -44,8 +45,8 @@ class IndexConfig:
     max_session_items: int = 500
 
     def __post_init__(self):
-        if self.kind not in ("scann", "brute_force"):
-            raise InputError(f"index must be 'scann' or 'brute_force', got {self.kind!r}",
+        if self.kind not in INDEX_KINDS:
+            raise InputError(f"index must be {choices_text(INDEX_KINDS)}, got {self.kind!r}",
                              key="index")
         if not isinstance(self.max_k, int) or self.max_k < 1:
             raise InputError(f"max_k must be a positive integer, got {self.max_k!r}",
