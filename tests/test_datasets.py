@@ -15,7 +15,7 @@ from tfrec.data.sessions import sessionize
 from tfrec.data.vocab import build_vocabulary
 from tfrec.datasets.goodbooks import read_goodbooks
 from tfrec.errors import InputError
-from tfrec.evaluate.protocol import make_cases, split_for_training
+from tfrec.data.split import make_cases, split_for_training
 
 # The real column names (books.csv has more columns; the reader needs these).
 BOOKS = """

@@ -11,10 +11,10 @@ import pytest
 
 from tfrec import cli
 from tfrec.config import SessionConfig
+from tfrec.data.split import make_cases, split_events
 from tfrec.data.vocab import build_vocabulary
 from tfrec.evaluate import baselines
 from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
-from tfrec.evaluate.protocol import make_cases, split_events
 from tfrec.evaluate.runner import check_bar, evaluate_run, format_report, parse_baselines
 from tfrec.errors import InputError
 

@@ -9,9 +9,10 @@ from tfrec.config import ModelConfig, PairConfig, SessionConfig, TextConfig
 from tfrec.data.pipeline import PairPipeline
 from tfrec.data.sequences import NextItemPipeline
 from tfrec.data.sessions import sessionize
+from tfrec.data.split import make_cases, split_events
 from tfrec.data.synthetic import generate_events, generate_items
 from tfrec.data.vocab import build_vocabulary
-from tfrec.evaluate.protocol import evaluate_model, make_cases, split_events
+from tfrec.evaluate.protocol import evaluate_model
 from tfrec.models import build_model
 
 NUM_ITEMS, NUM_CLUSTERS, NUM_COLD = 240, 8, 16

@@ -99,7 +99,7 @@ def prepare_training_data(config: RunConfig) -> TrainingData:
     from tfrec.data.sequences import NextItemPipeline
     from tfrec.data.sessions import resolve_retrieval_context, sessionize
     from tfrec.data.vocab import build_vocabulary
-    from tfrec.evaluate.protocol import make_cases, split_for_training
+    from tfrec.data.split import make_cases, split_for_training
 
     events, items, rejections = load_data(config)
     split = split_for_training(events, items, config.train)

@@ -14,6 +14,7 @@ from tfrec.config import EventsSchema, ItemsSchema, PairConfig, SessionConfig
 from tfrec.data import events as events_lib
 from tfrec.data.pipeline import EpochStats, PairPipeline
 from tfrec.data.sessions import Sessions, resolve_retrieval_context, session_order, sessionize
+from tfrec.data.split import parse_split_date
 from tfrec.data.vocab import ItemVocabulary, build_vocabulary
 from tfrec.utils import ensure_folder
 
@@ -75,8 +76,6 @@ def split_counts(data: PreparedData, split_date: str) -> dict:
     Items first seen on or after the split date are the ones a model trained
     on the earlier events has never seen: cold-start items at that split.
     """
-    from tfrec.evaluate.protocol import parse_split_date  # protocol imports tfrec.data
-
     cut = parse_split_date(split_date, "split-date")
     time = data.events["time"].to_numpy()
     first_seen = data.events.groupby("item", sort=False)["time"].min()

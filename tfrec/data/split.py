@@ -1,0 +1,193 @@
+"""The split of a run's events into a training slice and held-out cases.
+
+Time split: train on events before the split, test on sessions from the
+split on. Each test session with at least two distinct items is a case: one
+of its items, chosen with a fixed seed, is held out; the query is the rest.
+
+User split (data without meaningful time): a seeded share of the users is
+kept out of training; each kept-out user with at least two distinct items
+is one case, made the same way from all of that user's items.
+
+Either split may also hide a seeded share of the catalogue from training
+entirely (`cold_items`): those items keep their text and stay candidates.
+
+A target is *warm* if it has events in the training slice, *cold* otherwise.
+Training, evaluation and the data report all split through this module, so
+they agree on what is trained on and what is held out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from tfrec.config import SessionConfig, TrainConfig
+from tfrec.data.sessions import sessionize
+from tfrec.data.vocab import ItemVocabulary
+from tfrec.errors import InputError
+
+
+def parse_split_date(value: str, key: str = "train.split_date") -> int:
+    """YYYY-MM-DD (or any pandas timestamp text) -> epoch seconds."""
+    try:
+        return int(pd.Timestamp(value).value // 10**9)
+    except (ValueError, TypeError):
+        raise InputError(f"cannot parse split date {value!r} (use YYYY-MM-DD)",
+                         key=key) from None
+
+
+def split_events(events: pd.DataFrame, split_date: str | None = None,
+                 split_fraction: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame, int | None]:
+    """(train, test, cut) by date, or by the last `split_fraction` of the time range.
+
+    A session (session id, where the events have one) belongs wholly to the
+    side of its first event, so no test session leaks into training.
+    """
+    time = events["time"].to_numpy()
+    if split_date is not None:
+        cut = parse_split_date(split_date)
+    elif split_fraction > 0:
+        lo, hi = int(time.min()), int(time.max())
+        cut = int(hi - (hi - lo) * split_fraction)
+    else:
+        return events, events.iloc[:0], None
+    start = time
+    if events["session"].notna().any():
+        start = events.groupby("session", sort=False)["time"].transform("min").to_numpy()
+        start = np.where(events["session"].isna().to_numpy(), time, start)
+    train, test = events[start < cut], events[start >= cut]
+    if len(train) == 0:
+        raise InputError(f"no training events before the split ({split_date or cut})",
+                         key="train.split_date")
+    return train, test, cut
+
+
+def split_by_user(events: pd.DataFrame, holdout_users: float, seed: int = 42
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """(train, test, kept-out user ids): every event of a kept-out user is in test.
+
+    `holdout_users` of the users (at least one, never all) are drawn with
+    `seed` from the sorted user ids, so the choice does not depend on row
+    order.
+    """
+    users = np.sort(pd.unique(events["user"].to_numpy(dtype=object)))
+    if len(users) < 2:
+        raise InputError("the user split needs at least two users", key="train.split_by")
+    count = min(len(users) - 1, max(1, int(round(len(users) * holdout_users))))
+    rng = np.random.default_rng([seed, 1])
+    kept_out = users[np.sort(rng.choice(len(users), size=count, replace=False))]
+    out = events["user"].isin(kept_out).to_numpy()
+    return events[~out], events[out], kept_out
+
+
+def hide_items(catalogue: np.ndarray, share: float, seed: int = 42) -> np.ndarray:
+    """A seeded `share` of the catalogue's item ids (sorted first: row order does not matter)."""
+    ids = np.sort(pd.unique(np.asarray(catalogue, dtype=object)))
+    count = int(round(len(ids) * share))
+    if count == 0:
+        return ids[:0]
+    rng = np.random.default_rng([seed, 2])
+    return ids[np.sort(rng.choice(len(ids), size=count, replace=False))]
+
+
+@dataclasses.dataclass
+class Split:
+    """The training slice and the held-out events of a run's protocol.
+
+    Attributes:
+      train: events that train the model.
+      test: events the cases come from (session by session for the time
+        split, user by user for the user split).
+      per_user: cases are made per user (the user split), not per session.
+      cut: the time split's cut (epoch seconds), None otherwise.
+      kept_out_users: the user split's kept-out user ids.
+      hidden_items: item ids hidden from training (`cold_items`).
+    """
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    per_user: bool = False
+    cut: int | None = None
+    kept_out_users: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, object))
+    hidden_items: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, object))
+
+
+def split_for_training(events: pd.DataFrame, items: pd.DataFrame | None,
+                       train_config: TrainConfig) -> Split:
+    """The split a `TrainConfig` asks for (split_by, dates or users, cold_items).
+
+    Raises:
+      InputError: no training events left, or cold_items without item text.
+    """
+    c = train_config
+    if c.split_by == "user":
+        train, test, kept_out = split_by_user(events, c.holdout_users, c.eval_seed)
+        split = Split(train, test, per_user=True, kept_out_users=kept_out)
+    else:
+        train, test, cut = split_events(events, c.split_date, c.split_fraction)
+        split = Split(train, test, cut=cut)
+    if c.cold_items > 0:
+        if items is None:
+            raise InputError("hiding items from training needs their text: give an items "
+                             "table (data.items) or set train.cold_items: 0",
+                             key="train.cold_items")
+        split.hidden_items = hide_items(items["item"].to_numpy(dtype=object), c.cold_items,
+                                        c.eval_seed)
+        split.train = split.train[~split.train["item"].isin(split.hidden_items).to_numpy()]
+    if len(split.train) == 0:
+        raise InputError("no training events left after the split", key="train.split_by")
+    return split
+
+
+@dataclasses.dataclass
+class Cases:
+    """Evaluation cases: queries (item index lists), held-out targets, cold flags."""
+
+    queries: list
+    targets: np.ndarray
+    cold: np.ndarray
+    unknown_targets: int = 0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def make_cases(test_events: pd.DataFrame, vocab: ItemVocabulary, seed: int = 42,
+               session_config: SessionConfig = SessionConfig(), per_user: bool = False
+               ) -> Cases:
+    """One case per test session (per user, with `per_user`) with >= 2 distinct items.
+
+    See the module doc. Targets unknown to the catalogue (no text, no
+    training events) cannot be ranked by any model; they are counted in
+    `unknown_targets`, not dropped silently.
+    """
+    if len(test_events) == 0:
+        return Cases([], np.zeros(0, np.int32), np.zeros(0, bool))
+    if per_user:
+        # All of a user's events are one session: one session id, one time.
+        test_events = test_events.assign(session=test_events["user"], time=0)
+    # Whole sessions (no length cap): a case is the whole basket or visit.
+    config = dataclasses.replace(session_config, max_length=1 << 30, dedupe_consecutive=False)
+    ids = np.concatenate([vocab.ids, pd.unique(test_events["item"].to_numpy(dtype=object))])
+    # Sessionise over a vocabulary that knows every test item; unknown ones
+    # get indices past the catalogue.
+    extended = ItemVocabulary(ids=pd.unique(ids), text=np.zeros(0), market=np.zeros(0),
+                              market_names=[], counts=np.zeros(0))
+    sessions = sessionize(test_events, extended, config)
+    rng = np.random.default_rng(seed)
+    queries, targets = [], []
+    for a, b in zip(sessions.row_splits[:-1], sessions.row_splits[1:]):
+        distinct = list(dict.fromkeys(sessions.items[a:b].tolist()))
+        if len(distinct) < 2:
+            continue
+        held = int(rng.integers(len(distinct)))
+        targets.append(distinct[held])
+        queries.append([i for i in distinct[:held] + distinct[held + 1:] if i < vocab.size])
+    targets = np.asarray(targets, dtype=np.int64)
+    unknown = targets >= vocab.size
+    keep = ~unknown
+    cases_targets = targets[keep].astype(np.int32)
+    return Cases(queries=[q for q, k in zip(queries, keep) if k], targets=cases_targets,
+                 cold=vocab.counts[cases_targets] == 0, unknown_targets=int(unknown.sum()))
