@@ -342,3 +342,18 @@ def test_a_live_exports_temporary_folder_is_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(saved_model.os, "kill", kill)
     saved_model._clean_stale_temporaries(tmp_path)
     assert live.exists() and not dead.exists()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_native_logs_are_quiet_unless_verbose(run_dir, tmp_path, verbose):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL", "TFREC_VERBOSE")}
+    flags = ["--verbose"] if verbose else []
+    done = subprocess.run(
+        [sys.executable, "-m", "tfrec", "-q", *flags, "export", "--run", str(run_dir),
+         "--model-dir", str(tmp_path / "shop"), "--no-serving-config"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    native = [line for line in done.stderr.splitlines()
+              if "cuInit" in line or "partition" in line.lower() or "oneDNN" in line]
+    assert bool(native) == verbose, done.stderr[-2000:]

@@ -123,3 +123,17 @@ def test_session_order_decides_the_auto_retrieval_context():
     assert resolve_retrieval_context("auto", sessions) == "previous"
     # A setting the user made is kept as it is.
     assert resolve_retrieval_context("session", sessions) == "session"
+
+
+def test_a_declared_conversion_type_weighs_as_a_conversion():
+    from tfrec.config import load_run_config
+
+    config = load_run_config(None, ["data.sessions.conversion_types=[like, Apply]",
+                                    "data.pairs.event_weights.apply=2"])
+    weights = config.data.pairs.event_weights
+    assert weights["like"] == config.data.pairs.conversion_weight == 3.0  # not listed
+    assert weights["apply"] == 2.0  # listed: the user's weight stands
+    assert weights["click"] == 1.0
+    config = load_run_config(None, ["data.sessions.conversion_types=[like]",
+                                    "data.pairs.conversion_weight=5"])
+    assert config.data.pairs.event_weights["like"] == 5.0

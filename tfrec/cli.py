@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from tfrec.errors import InputError
+from tfrec.utils import VERBOSE_ENV
 
 logger = logging.getLogger("tfrec")
 
@@ -302,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tfrec", description="Item embeddings from behaviour and text, served with ANN.")
     parser.add_argument("--version", action="version", version=f"tfrec {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print results")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show TensorFlow's and ScaNN's own log lines (hidden by "
+                             "default: device probing, index-building chatter)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     prep = sub.add_parser(
         "prepare", help="read and validate an events log, report sessions, items and pairs",
@@ -390,8 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--version", type=int, help="version number (default: the next one)")
     ex.add_argument("--max-k", type=int, default=100, help="the largest k a request may ask")
     ex.add_argument("--leaves", type=int, help="ScaNN partitions (default ~sqrt(items))")
-    ex.add_argument("--leaves-to-search", type=int, help="ScaNN partitions searched (default: a tenth, "
-                    "widened automatically until --recall-floor is met)")
+    ex.add_argument("--leaves-to-search", type=int,
+                    help="ScaNN partitions searched (default: a tenth, widened automatically "
+                         "until --recall-floor is met)")
     ex.add_argument("--reorder", type=int,
                     help="ScaNN candidates re-scored exactly (default max(200, 4 x max-k, "
                          "max-k + max-session-items); at least max-k + max-session-items)")
@@ -459,13 +465,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_native_logging(verbose: bool) -> None:
+    """Quiet (the default): TensorFlow's C++ log and Python warnings, and ScaNN's index
+    building log, are hidden; verbose: all of them are shown."""
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        os.environ[VERBOSE_ENV] = "1"
+    elif os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "2":  # tfrec's default, not the user's
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    level = logging.INFO if verbose else logging.ERROR
+    for name in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(name).setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # tfrec's own progress at INFO; other libraries (absl, TensorFlow) only warn.
+    # tfrec's own progress at INFO; other libraries (absl, TensorFlow) only errors, unless
+    # --verbose. The native logs (TensorFlow's C++ and ScaNN's) follow the environment,
+    # read when TensorFlow is first imported: the commands import it after this point.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    set_native_logging(args.verbose)
     try:
         return args.func(args)
     except InputError as err:

@@ -117,7 +117,11 @@ class PairConfig:
         own market/category (same distribution restricted to that market).
       negative_power: exponent of the unigram distribution (0.75 in word2vec).
       event_weights: event type -> weight; a pair weighs the larger of its two
-        events' weights. Types not listed weigh `default_event_weight`.
+        events' weights. A conversion type (`data.sessions.conversion_types`)
+        not listed weighs `conversion_weight`; any other type not listed
+        weighs `default_event_weight`.
+      conversion_weight: weight of a conversion type `event_weights` does not
+        list (so a custom conversion type weighs as a conversion).
       batch_size: pairs per batch of the tf.data pipeline.
       chunk_events: events per chunk: pairs are generated, shuffled and batched
         one chunk at a time, so memory does not grow with the corpus. Small
@@ -138,6 +142,7 @@ class PairConfig:
         default_factory=lambda: {"click": 1.0, "view": 1.0, "purchase": 3.0, "book": 3.0,
                                  "booking": 3.0, "apply": 3.0, "conversion": 3.0, "order": 3.0})
     default_event_weight: float = 1.0
+    conversion_weight: float = 3.0
     batch_size: int = 4096
     chunk_events: int = 65_536
     seed: int = 42
@@ -153,6 +158,9 @@ class PairConfig:
                                  key=name)
         if self.subsample < 0:
             raise InputError(f"subsample must be >= 0, got {self.subsample!r}", key="subsample")
+        if not self.conversion_weight >= 0:
+            raise InputError(f"conversion_weight must be >= 0, got {self.conversion_weight!r}",
+                             key="data.pairs.conversion_weight")
         for key, value in self.event_weights.items():
             if not value >= 0:
                 raise InputError(f"event weight of {key!r} must be >= 0, got {value!r}",
@@ -384,6 +392,14 @@ class DataConfig:
                              f"{self.layout!r}", key="data.layout")
         if self.layout == "events" and not self.events:
             raise InputError("layout 'events' needs an events file", key="data.events")
+        # A declared conversion type weighs as a conversion unless event_weights says otherwise.
+        listed = {str(t).lower() for t in self.pairs.event_weights}
+        missing = {t.lower(): self.pairs.conversion_weight for t in self.sessions.conversion_types
+                   if t.lower() not in listed}
+        if missing:
+            weights = {**self.pairs.event_weights, **missing}
+            object.__setattr__(self, "pairs",
+                               dataclasses.replace(self.pairs, event_weights=weights))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 from tfrec.errors import InputError
@@ -20,3 +23,28 @@ def ensure_folder(path: str | Path, what: str = "output folder") -> Path:
     except OSError as err:
         raise InputError(f"cannot create the {what}: {err.strerror}", path=str(path)) from None
     return path
+
+
+VERBOSE_ENV = "TFREC_VERBOSE"  # "1": native libraries may log to stderr (tfrec --verbose)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hides what native code (ScaNN's index building) writes to stderr, unless
+    TFREC_VERBOSE=1. Python's own stderr is flushed first and restored after."""
+    if os.environ.get(VERBOSE_ENV) == "1":
+        yield
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

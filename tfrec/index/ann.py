@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tfrec.config import INDEX_KINDS, IndexKind, choices_text
 from tfrec.errors import InputError
+from tfrec.utils import quiet_native_stderr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +104,8 @@ def build_index(embeddings: np.ndarray, identifiers: np.ndarray, config: IndexCo
 
     params = scann_parameters(len(embeddings), config)
     layer = tfrs.layers.factorized_top_k.ScaNN(k=k, name="scann", **params)
-    return layer.index(candidates, ids)
+    with quiet_native_stderr():  # ScaNN logs its tree training (absl, C++) to stderr
+        return layer.index(candidates, ids)
 
 
 def build_index_for_recall(embeddings: np.ndarray, identifiers: np.ndarray, config: IndexConfig,
