@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tfrec  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
+from tfrec.config import ModelConfig  # noqa: E402
 from tfrec.export.saved_model import RecommenderModule, load_saved_model  # noqa: E402
 from tfrec.index.ann import IndexConfig, build_index, recall_at_k, scann_parameters  # noqa: E402
 from tfrec.towers.item_tower import ItemEncoder  # noqa: E402
@@ -43,12 +44,12 @@ class _Model:
 
     def __init__(self, vectors: np.ndarray):
         n, dim = vectors.shape
-        self.candidate_tower = ItemEncoder(num_items=n + 1, num_id_items=n + 1,
-                                           embedding_dim=dim, use_text=False)
+        config = ModelConfig(embedding_dim=dim, use_text=False, history_length=5)
+        self.candidate_tower = ItemEncoder(n + 1, n + 1, config)
         self.candidate_tower(tf.constant([0]))
         self.candidate_tower.id_embedding.set_weights(
             [np.vstack([np.zeros((1, dim), np.float32), vectors])])
-        self.query_tower = QueryTower(self.candidate_tower, history_length=5)
+        self.query_tower = QueryTower(self.candidate_tower, config)
 
 
 def catalogue(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
