@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tfrec import cli
-from tfrec.config import SessionConfig
+from tfrec.config import ModelConfig, SessionConfig
 from tfrec.data.split import make_cases, split_events
 from tfrec.data.vocab import build_vocabulary
 from tfrec.evaluate import baselines
@@ -283,7 +283,7 @@ def test_cold_start_needs_a_text_tower():
 
     class IdsOnly:
         class candidate_tower:
-            use_text = False
+            config = ModelConfig(use_text=False, use_ids=True)
 
     class Vocab:
         text = np.array(["", "red cup"], dtype=object)

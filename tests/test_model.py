@@ -239,8 +239,9 @@ def test_retrieval_variants_learn_the_clusters(world, options):
 def test_history_dropout_hides_items_only_in_training_and_never_empties_a_history():
     from tfrec.towers import ItemEncoder, QueryTower
 
-    encoder = ItemEncoder(num_items=6, num_id_items=6, embedding_dim=4, use_text=False, seed=0)
-    tower = QueryTower(encoder, history_length=3, history_dropout=0.9, seed=0)
+    config = ModelConfig(embedding_dim=4, use_text=False, history_length=3, history_dropout=0.9)
+    encoder = ItemEncoder(num_items=6, num_id_items=6, config=config, seed=0)
+    tower = QueryTower(encoder, config, seed=0)
     history = tf.constant([[1, 2, 3], [0, 0, 4]] * 50)
     np.testing.assert_allclose(tower(history).numpy(), tower(history).numpy())
     trained = tower(history, training=True).numpy()

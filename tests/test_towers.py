@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -59,7 +61,8 @@ def test_get_config_round_trips(tokenizer):
     clone = roundtrip(tokenizer)
     np.testing.assert_array_equal(clone(tf.constant(TEXTS)), tokenizer(tf.constant(TEXTS)))
 
-    text = TextEncoder(vocabulary_size=20, output_dim=8, token_dim=4, filters=3, widths=(1, 2))
+    text = TextEncoder(vocabulary_size=20, output_dim=8,
+                       config=TextConfig(token_dim=4, filters=3, widths=(1, 2)))
     ids = tf.constant([[2, 3, 0], [4, 0, 0]])
     out = text(ids)
     clone = roundtrip(text)
@@ -67,9 +70,10 @@ def test_get_config_round_trips(tokenizer):
     clone.set_weights(text.get_weights())
     np.testing.assert_allclose(clone(ids), out, rtol=1e-6)
 
-    encoder = ItemEncoder(num_items=5, num_id_items=3, embedding_dim=8,
-                          text_vocabulary=tokenizer.vocabulary, sequence_length=6, token_dim=4,
-                          filters=3, widths=(1, 2), id_dropout=0.3)
+    encoder = ItemEncoder(num_items=5, num_id_items=3, config=ModelConfig(
+        embedding_dim=8, id_dropout=0.3,
+        text=TextConfig(sequence_length=6, token_dim=4, filters=3, widths=(1, 2))),
+        text_vocabulary=tokenizer.vocabulary)
     encoder.set_item_texts(["", "red mug", "heart", "white mug", "set"])
     out = encoder(tf.constant([1, 2, 4]))
     clone = roundtrip(encoder)
@@ -78,7 +82,8 @@ def test_get_config_round_trips(tokenizer):
     np.testing.assert_allclose(clone(tf.constant([1, 2, 4])), out, rtol=1e-6)
 
     for pooling in ("mean", "recency", "attention"):
-        tower = QueryTower(encoder, history_length=4, pooling=pooling, recency_decay=0.5)
+        tower = QueryTower(encoder, dataclasses.replace(
+            encoder.config, history_length=4, pooling=pooling, recency_decay=0.5))
         history = tf.constant([[0, 0, 1, 2], [0, 0, 0, 0]])
         pooled = tower(history)
         clone = roundtrip(tower)
@@ -102,9 +107,10 @@ def test_model_get_config_round_trip():
 
 
 def test_item_encoder_fusion_and_cold_items():
-    encoder = ItemEncoder(num_items=4, num_id_items=2, embedding_dim=8,
-                          text_vocabulary=["red", "mug"], sequence_length=4, token_dim=4,
-                          filters=4, widths=(1,), id_dropout=0.5, seed=3)
+    encoder = ItemEncoder(num_items=4, num_id_items=2, config=ModelConfig(
+        embedding_dim=8, id_dropout=0.5,
+        text=TextConfig(sequence_length=4, token_dim=4, filters=4, widths=(1,))),
+        text_vocabulary=["red", "mug"], seed=3)
     encoder.set_item_texts(["", "red mug", "red", "mug"])
     out = encoder(tf.constant([[1, 2], [3, 9]])).numpy()
     assert out.shape == (2, 2, 8)
@@ -129,16 +135,18 @@ def test_item_encoder_fusion_and_cold_items():
     assert 25 < dropped < 75
     np.testing.assert_allclose(encoder(batch).numpy(), np.tile(out[0, 0], (20, 1)), rtol=1e-5)
     # Without a text path nothing could stand in for a hidden id: no dropout.
-    ids_only = ItemEncoder(num_items=4, num_id_items=2, embedding_dim=8, use_text=False,
-                           id_dropout=0.5, seed=3)
+    ids_only = ItemEncoder(num_items=4, num_id_items=2, config=ModelConfig(
+        embedding_dim=8, use_text=False, id_dropout=0.5), seed=3)
     np.testing.assert_allclose(ids_only(batch, training=True).numpy(), ids_only(batch).numpy(),
                                rtol=1e-6)
 
 
 def test_concat_fusion_gives_each_path_its_half():
     vocab = build_token_vocabulary(TEXTS)
-    encoder = ItemEncoder(num_items=5, num_id_items=3, embedding_dim=8, text_vocabulary=vocab,
-                          sequence_length=6, token_dim=4, filters=4, fusion="concat", seed=0)
+    encoder = ItemEncoder(num_items=5, num_id_items=3, config=ModelConfig(
+        embedding_dim=8, fusion="concat", text=TextConfig(sequence_length=6, token_dim=4,
+                                                         filters=4)),
+        text_vocabulary=vocab, seed=0)
     encoder.set_item_texts(TEXTS)
     emb = encoder(tf.constant([1, 2, 3, 4])).numpy()
     assert (encoder.id_dim, encoder.text_dim) == (4, 4) and emb.shape == (4, 8)
@@ -150,34 +158,33 @@ def test_concat_fusion_gives_each_path_its_half():
     assert emb[:2, :4].any() and emb[:2, 4:].any()
     np.testing.assert_allclose(encoder.encode_text(tf.constant(TEXTS[3:5])).numpy()[1],
                                emb[3], rtol=1e-5, atol=1e-6)
-    assert roundtrip(encoder).fusion == "concat"
+    assert roundtrip(encoder).config.fusion == "concat"
     # text_share sets the text part's width; the id part gets the rest.
-    narrow = ItemEncoder(num_items=5, num_id_items=3, embedding_dim=8, text_vocabulary=vocab,
-                         sequence_length=6, token_dim=4, filters=4, fusion="concat",
-                         text_share=0.25, seed=0)
+    narrow = ItemEncoder(num_items=5, num_id_items=3, config=dataclasses.replace(
+        encoder.config, text_share=0.25), text_vocabulary=vocab, seed=0)
     narrow.set_item_texts(TEXTS)
     assert (narrow.id_dim, narrow.text_dim) == (6, 2)
     assert narrow.id_embedding.output_dim == 6
     assert not narrow(tf.constant([4])).numpy()[0, :6].any()
-    assert roundtrip(narrow).text_share == 0.25
+    assert roundtrip(narrow).config.text_share == 0.25
     with pytest.raises(ValueError, match="fusion"):
-        ItemEncoder(num_items=5, num_id_items=3, fusion="product")
+        ItemEncoder(num_items=5, num_id_items=3, config={"fusion": "product"})
 
 
 def test_text_encoder_mean_tokens_joins_the_projection_and_ignores_padding():
-    encoder = TextEncoder(vocabulary_size=6, output_dim=4, token_dim=3, filters=2, widths=(1,),
-                          mean_tokens=True)
+    encoder = TextEncoder(vocabulary_size=6, output_dim=4, config=TextConfig(
+        token_dim=3, filters=2, widths=(1,), mean_tokens=True))
     short = encoder(tf.constant([[2, 3]])).numpy()
     padded = encoder(tf.constant([[2, 3, 0, 0, 0]])).numpy()
     np.testing.assert_allclose(short, padded, rtol=1e-5, atol=1e-6)
     assert encoder.projection.kernel.shape == (2 + 3, 4)
     # Unigram max-pooling cannot see a repeated token; the mean can.
-    max_only = TextEncoder(vocabulary_size=6, output_dim=4, token_dim=3, filters=2, widths=(1,),
-                           mean_tokens=False)
+    max_only = TextEncoder(vocabulary_size=6, output_dim=4, config=dataclasses.replace(
+        encoder.config, mean_tokens=False))
     np.testing.assert_allclose(max_only(tf.constant([[2, 3, 3]])).numpy(),
                                max_only(tf.constant([[2, 3]])).numpy(), rtol=1e-5, atol=1e-6)
     assert np.abs(encoder(tf.constant([[2, 3, 3]])).numpy() - short).max() > 1e-6
-    assert roundtrip(encoder).mean_tokens is True
+    assert roundtrip(encoder).config.mean_tokens is True
 
 
 def test_char_ngrams_share_buckets_across_word_forms_and_round_trip():
@@ -200,9 +207,11 @@ def test_char_ngrams_share_buckets_across_word_forms_and_round_trip():
 
 def test_item_encoder_with_char_ngrams_embeds_unseen_words_by_their_subwords():
     vocab = build_token_vocabulary(TEXTS)
-    encoder = ItemEncoder(num_items=5, num_id_items=3, embedding_dim=8, text_vocabulary=vocab,
-                          sequence_length=6, token_dim=4, filters=4, char_ngrams=(3, 4),
-                          ngram_buckets=997, max_ngrams=32, seed=0)
+    text = TextConfig(sequence_length=6, token_dim=4, filters=4)
+    encoder = ItemEncoder(num_items=5, num_id_items=3, config=ModelConfig(
+        embedding_dim=8, text=dataclasses.replace(text, char_ngrams=(3, 4), ngram_buckets=997,
+                                                  max_ngrams=32)),
+        text_vocabulary=vocab, seed=0)
     encoder.set_item_texts(TEXTS)
     assert encoder.item_ngrams.shape == (5, 32)
     emb = encoder(tf.constant([1, 3, 4])).numpy()
@@ -210,8 +219,9 @@ def test_item_encoder_with_char_ngrams_embeds_unseen_words_by_their_subwords():
     np.testing.assert_allclose(encoder.encode_text(tf.constant(TEXTS[3:5])).numpy()[1],
                                emb[2], rtol=1e-5, atol=1e-6)
     # A word unknown to the token vocabulary still reaches the encoder by its n-grams.
-    by_token = ItemEncoder(num_items=5, num_id_items=3, embedding_dim=8, text_vocabulary=vocab,
-                           sequence_length=6, token_dim=4, filters=4, seed=0)
+    by_token = ItemEncoder(num_items=5, num_id_items=3,
+                           config=ModelConfig(embedding_dim=8, text=text),
+                           text_vocabulary=vocab, seed=0)
     by_token.set_item_texts(TEXTS)
     a, b = (e.encode_text(tf.constant(["zebras", "quokka"])).numpy()
             for e in (encoder, by_token))
@@ -241,7 +251,7 @@ def test_query_tower_mlp_and_separate_query_items_round_trip():
     np.testing.assert_allclose(np.linalg.norm(query, axis=1), 1.0, rtol=1e-5)
     assert clone.get_config() == config
     assert clone.query_tower.item_encoder is not clone.candidate_tower
-    assert clone.negatives == "catalogue" and clone.query_tower.hidden_layers == (16,)
+    assert clone.config.negatives == "catalogue" and clone.query_tower.config.query_layers == (16,)
     clone.query_tower(history)
     clone.candidate_tower(tf.constant([1]))
     model.candidate_tower(tf.constant([1]))

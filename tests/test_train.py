@@ -231,8 +231,8 @@ def test_a_config_naming_only_the_data_trains_with_the_documented_defaults(
     assert config.model.text.mean_tokens is True
     # The layers' own defaults agree with the config.
     encoder = ItemEncoder(num_items=3, num_id_items=2, text_vocabulary=["a"])
-    assert (encoder.embedding_dim, encoder.id_dropout, encoder.fusion, encoder.mean_tokens) == (
-        256, 0.1, "concat", True)
+    assert (encoder.embedding_dim, encoder.config.id_dropout, encoder.config.fusion,
+            encoder.text_encoder.config.mean_tokens) == (256, 0.1, "concat", True)
     assert QueryTower(encoder).history_length == 50
     # And a run trains with them: one short epoch, the resolved model settings kept.
     config = load_run_config(None, [
@@ -243,8 +243,9 @@ def test_a_config_naming_only_the_data_trains_with_the_documented_defaults(
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert {k: saved[k] for k in documented} == documented
     model = result.model
-    assert model.objective == "retrieval" and model.embedding_dim == 256
-    assert model.candidate_tower.fusion == "concat" and model.query_tower.history_length == 50
+    assert model.config.objective == "retrieval" and model.embedding_dim == 256
+    assert (model.candidate_tower.config.fusion == "concat"
+            and model.query_tower.history_length == 50)
     # Generated clicks are a minute or more apart: the auto context is next-item.
     assert result.data.retrieval_context == "previous"
     assert result.evaluation["all"]["cases"] > 0

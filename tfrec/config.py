@@ -491,6 +491,30 @@ class RunConfig:
         return _plain(dataclasses.asdict(self))
 
 
+ConfigT = typing.TypeVar("ConfigT")
+
+
+def as_config(cls: type[ConfigT], value: ConfigT | Mapping | None) -> ConfigT:
+    """`value` as a `cls` config: itself, the defaults (None), or built from a mapping.
+
+    Layers take their config this way, so `from_config` can hand them the
+    plain dict their `get_config` wrote (see `config_dict`).
+
+    Raises:
+      InputError: a mapping with an unknown key or a bad value.
+    """
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    return from_dict(cls, value)
+
+
+def config_dict(config: Any) -> dict:
+    """A config dataclass as plain JSON data (tuples as lists), for a layer's `get_config`."""
+    return _plain(dataclasses.asdict(config))
+
+
 def _plain(value):
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}

@@ -166,7 +166,7 @@ class RecommenderModule(tf.Module):
     def embed_items(self, item_ids, texts):
         index = self.id_table.lookup(item_ids)
         by_id = self.encoder(index)
-        if self.encoder.use_text:
+        if self.encoder.config.use_text:
             by_text = self.encoder.encode_text(texts)
         else:
             by_text = tf.zeros_like(by_id)

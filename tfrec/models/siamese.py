@@ -8,22 +8,18 @@ only implements `compute_loss`, and Keras `fit` / `evaluate` do the rest.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from tfrec.config import NEGATIVES, ModelConfig
+from tfrec.config import ModelConfig, as_config, config_dict
 from tfrec.data.vocab import ItemVocabulary
 from tfrec.towers.item_tower import ItemEncoder
 from tfrec.towers.query_tower import QueryTower
 from tfrec.towers.tokenizer import build_token_vocabulary
-
-# How the retrieval softmax gets its negatives: the other candidates of the
-# batch (with logQ correction), every warm item of the catalogue, or a
-# uniform sample of `num_sampled` warm items shared by the batch.
-RETRIEVAL_NEGATIVES = NEGATIVES
-_MODEL = ModelConfig()  # layer defaults are the config's
 
 
 @keras.utils.register_keras_serializable(package="tfrec")
@@ -32,12 +28,18 @@ class HybridModel(tfrs.Model):
 
     Args:
       item_encoder: the candidate tower, shared by both sides of a pair.
-      query_tower: the session tower (built on the same item encoder).
-      objective: "skipgram", "retrieval" or "both".
-      temperature: logits are cosine similarity / temperature.
-      retrieval_weight: weight of the retrieval loss in "both".
-      text_alignment: weight of the loss pulling each warm item's text-only
-        embedding towards its full embedding (the cold-start path).
+      query_tower: the session tower (built on the same item encoder, or on
+        one of its own with `query_items: separate`).
+      config: the model settings (`ModelConfig`, or its dict; default: the
+        item encoder's). The model reads `objective` ("skipgram",
+        "retrieval" or "both"), `temperature` (logits are cosine similarity /
+        temperature), `retrieval_weight` (of the retrieval loss in "both"),
+        `text_alignment` (weight of the loss pulling each warm item's
+        text-only embedding towards its full embedding: the cold-start
+        path), `negatives` (how the retrieval softmax gets its negatives:
+        the other candidates of the batch, with logQ correction; every warm
+        item of the catalogue; or a uniform sample of `num_sampled` warm
+        items shared by the batch) and `num_sampled`.
 
     Features (a dict per batch):
       skipgram: target [B], context [B], negatives [B, K] int32, weight [B].
@@ -46,22 +48,12 @@ class HybridModel(tfrs.Model):
     """
 
     def __init__(self, item_encoder: ItemEncoder, query_tower: QueryTower,
-                 objective: str = _MODEL.objective, temperature: float = _MODEL.temperature,
-                 retrieval_weight: float = _MODEL.retrieval_weight,
-                 text_alignment: float = _MODEL.text_alignment,
-                 negatives: str = _MODEL.negatives, num_sampled: int = _MODEL.num_sampled,
-                 **kwargs):
+                 config: ModelConfig | Mapping | None = None, **kwargs):
         super().__init__(**kwargs)
-        if negatives not in RETRIEVAL_NEGATIVES:
-            raise ValueError(f"negatives must be one of {RETRIEVAL_NEGATIVES}, got {negatives!r}")
         self.candidate_tower = item_encoder
         self.query_tower = query_tower
-        self.objective = objective
-        self.temperature = float(temperature)
-        self.retrieval_weight = float(retrieval_weight)
-        self.text_alignment = float(text_alignment)
-        self.negatives = negatives
-        self.num_sampled = int(num_sampled)
+        self.config = as_config(ModelConfig,
+                                item_encoder.config if config is None else config)
         if self.uses_skipgram:
             self.logit_bias = self.add_weight(name="logit_bias", shape=(),
                                               initializer="zeros")
@@ -72,15 +64,15 @@ class HybridModel(tfrs.Model):
             loss=keras.losses.BinaryCrossentropy(
                 from_logits=True, reduction=keras.losses.Reduction.SUM))
         self.retrieval_task = tfrs.tasks.Retrieval(
-            temperature=self.temperature, remove_accidental_hits=True)
+            temperature=self.config.temperature, remove_accidental_hits=True)
 
     @property
     def uses_skipgram(self) -> bool:
-        return self.objective in ("skipgram", "both")
+        return self.config.objective in ("skipgram", "both")
 
     @property
     def uses_retrieval(self) -> bool:
-        return self.objective in ("retrieval", "both")
+        return self.config.objective in ("retrieval", "both")
 
     def compute_loss(self, features, training=False):
         """The loss of one replica's batch.
@@ -91,6 +83,7 @@ class HybridModel(tfrs.Model):
         global batch. The retrieval loss is a sum over the batch already.
         Without a strategy (one replica) nothing changes.
         """
+        config = self.config
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         loss = tf.constant(0.0)
         if self.uses_skipgram:
@@ -100,8 +93,8 @@ class HybridModel(tfrs.Model):
             # One encoder call for all three: each distinct item is encoded once.
             ids = tf.concat([target, context, tf.reshape(negatives, [-1])], 0)
             emb, alignment = self.candidate_tower.encode(ids, training=training)
-            if self.text_alignment > 0:
-                loss += self.text_alignment * alignment / replicas
+            if config.text_alignment > 0:
+                loss += config.text_alignment * alignment / replicas
             # Split, not sliced: the gradient of a slice is a zero-filled copy of
             # the whole [batch * (k + 2), dim] tensor, three of them summed; the
             # gradient of a split is one concat (this halved the backward pass).
@@ -109,7 +102,7 @@ class HybridModel(tfrs.Model):
             n = tf.reshape(n, [batch, k, -1])
             pos = tf.reduce_sum(t * c, -1, keepdims=True)
             neg = tf.einsum("bd,bkd->bk", t, n)
-            logits = tf.concat([pos, neg], 1) / self.temperature + self.logit_bias
+            logits = tf.concat([pos, neg], 1) / config.temperature + self.logit_bias
             labels = tf.concat([tf.ones([batch, 1]), tf.zeros([batch, k])], 1)
             scale = 1.0 / (tf.cast(batch, tf.float32) * replicas)
             weight = features.get("weight")
@@ -119,8 +112,8 @@ class HybridModel(tfrs.Model):
         if self.uses_retrieval:
             query = self.query_tower(features["history"], training=training)
             next_item = features["next_item"]
-            weight = self.retrieval_weight if self.objective == "both" else 1.0
-            if self.negatives == "in_batch":
+            weight = config.retrieval_weight if config.objective == "both" else 1.0
+            if config.negatives == "in_batch":
                 candidate, alignment = self.candidate_tower.encode(next_item, training=training)
                 # TFRS sums over the batch; divided by it, the loss is a batch
                 # mean like the skip-gram one, so "both" weighs the two alike.
@@ -132,8 +125,8 @@ class HybridModel(tfrs.Model):
             else:
                 retrieval, alignment = self._softmax_loss(query, next_item, training)
                 retrieval = retrieval / replicas
-            if self.text_alignment > 0 and not self.uses_skipgram:
-                loss += self.text_alignment * alignment / replicas
+            if config.text_alignment > 0 and not self.uses_skipgram:
+                loss += config.text_alignment * alignment / replicas
             loss += weight * retrieval
         return loss
 
@@ -147,22 +140,23 @@ class HybridModel(tfrs.Model):
         by the batch (uniform proposal: the logQ correction is a constant and
         cancels), accidental hits masked.
         """
+        config = self.config
         num_warm = self.candidate_tower.num_id_items - 1
         next_item = tf.cast(next_item, tf.int32)
-        if self.negatives == "catalogue":
+        if config.negatives == "catalogue":
             catalogue = tf.range(1, num_warm + 1, dtype=tf.int32)
             candidates, alignment = self.candidate_tower.encode(catalogue, training=training)
-            logits = tf.matmul(query, candidates, transpose_b=True) / self.temperature
+            logits = tf.matmul(query, candidates, transpose_b=True) / config.temperature
             losses = tf.nn.sparse_softmax_cross_entropy_with_logits(next_item - 1, logits)
             return tf.reduce_mean(losses), alignment
-        sampled = tf.random.uniform([self.num_sampled], 1, num_warm + 1, dtype=tf.int32)
+        sampled = tf.random.uniform([config.num_sampled], 1, num_warm + 1, dtype=tf.int32)
         ids = tf.concat([next_item, sampled], 0)
         emb, alignment = self.candidate_tower.encode(ids, training=training)
-        positive, negative = tf.split(emb, [tf.shape(next_item)[0], self.num_sampled])
+        positive, negative = tf.split(emb, [tf.shape(next_item)[0], config.num_sampled])
         pos = tf.reduce_sum(query * positive, -1, keepdims=True)
         neg = tf.matmul(query, negative, transpose_b=True)
         neg = tf.where(sampled[None, :] == next_item[:, None], -1e9, neg * 1.0)
-        logits = tf.concat([pos, neg], 1) / self.temperature
+        logits = tf.concat([pos, neg], 1) / config.temperature
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
             tf.zeros_like(next_item), logits)
         return tf.reduce_mean(losses), alignment
@@ -206,10 +200,7 @@ class HybridModel(tfrs.Model):
     def get_config(self):
         return {"item_encoder": keras.layers.serialize(self.candidate_tower),
                 "query_tower": keras.layers.serialize(self.query_tower),
-                "objective": self.objective, "temperature": self.temperature,
-                "retrieval_weight": self.retrieval_weight,
-                "text_alignment": self.text_alignment, "negatives": self.negatives,
-                "num_sampled": self.num_sampled,
+                "config": config_dict(self.config),
                 "shared_items": self.query_tower.item_encoder is self.candidate_tower}
 
     @classmethod
@@ -220,7 +211,7 @@ class HybridModel(tfrs.Model):
         query_config = dict(query_config, config=dict(query_config["config"]))
         if config.pop("shared_items", True):
             query_config["config"]["item_encoder"] = encoder
-        tower = QueryTower(**{k: v for k, v in query_config["config"].items()})
+        tower = QueryTower.from_config(query_config["config"])
         return cls(encoder, tower, **config)
 
 
@@ -245,27 +236,13 @@ def build_model(config: ModelConfig, vocab: ItemVocabulary, seed: int | None = 4
                   if config.use_text else [])
 
     def item_encoder(name, seed=seed):
-        encoder = ItemEncoder(
-            num_items=vocab.size, num_id_items=num_warm + 1,
-            embedding_dim=config.embedding_dim, use_ids=config.use_ids,
-            use_text=config.use_text, id_dropout=config.id_dropout, text_vocabulary=tokens,
-            sequence_length=text.sequence_length, token_dim=text.token_dim,
-            filters=text.filters, widths=text.widths, seed=seed, mean_tokens=text.mean_tokens,
-            char_ngrams=text.char_ngrams, ngram_buckets=text.ngram_buckets,
-            max_ngrams=text.max_ngrams, normalize=config.normalize,
-            text_gate=config.text_gate, fusion=config.fusion,
-            text_share=config.text_share, name=name)
+        encoder = ItemEncoder(vocab.size, num_warm + 1, config, text_vocabulary=tokens,
+                              seed=seed, name=name)
         encoder.set_item_texts(vocab.text)
         return encoder
 
     encoder = item_encoder("item_encoder")
     query_items = (encoder if config.query_items == "shared"
                    else item_encoder("query_items", None if seed is None else seed + 1))
-    tower = QueryTower(query_items, config.history_length, config.pooling, config.recency_decay,
-                       hidden_layers=config.query_layers,
-                       history_dropout=config.history_dropout, seed=seed, name="query_tower")
-    return HybridModel(encoder, tower, objective=config.objective,
-                       temperature=config.temperature,
-                       retrieval_weight=config.retrieval_weight,
-                       text_alignment=config.text_alignment, negatives=config.negatives,
-                       num_sampled=config.num_sampled)
+    tower = QueryTower(query_items, config, seed=seed, name="query_tower")
+    return HybridModel(encoder, tower, config)

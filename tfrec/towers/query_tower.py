@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec.config import ModelConfig
+from tfrec.config import ModelConfig, as_config, config_dict
 from tfrec.towers.item_tower import ItemEncoder
-
-_MODEL = ModelConfig()  # layer defaults are the config's
 
 PAD_ITEM = 0
 
@@ -22,19 +22,21 @@ class QueryTower(keras.layers.Layer):
     same index as nearest items of an item.
 
     Args:
-      item_encoder: the shared ItemEncoder (both towers use the same one).
-      history_length: N, items looked at (the last N).
-      pooling: "mean"; "recency" (weights decay by `recency_decay` per step
-        back in time); "attention" (learned: softmax over a content score plus
-        a per-position bias).
-      recency_decay: see pooling.
-      history_dropout: during training, hide each history item with this
-        probability (a denoising query, as in Mult-DAE: the query must
-        stand up to a basket it sees only part of); a history the draw would
-        empty is kept whole.
-      hidden_layers: widths of a ReLU MLP applied to the pooled history, its
-        output (projected back to the embedding width) added to it: a
-        non-linear query over the session (empty: the pooled mean itself).
+      item_encoder: the ItemEncoder whose embeddings are pooled (with
+        `query_items: shared`, the candidates' own one).
+      config: the model settings (`ModelConfig`, or its dict; default: the
+        item encoder's). This layer reads `history_length` (N, items looked
+        at: the last N); `pooling`: "mean", "recency" (weights decay by
+        `recency_decay` per step back in time) or "attention" (learned:
+        softmax over a content score plus a per-position bias);
+        `history_dropout` (during training, hide each history item with this
+        probability: a denoising query, as in Mult-DAE, must stand up to a
+        basket it sees only part of; a history the draw would empty is kept
+        whole); `query_layers` (widths of a ReLU MLP applied to the pooled
+        history, its output, projected back to the embedding width, added to
+        it: a non-linear query over the session; empty: the pooled mean
+        itself). Whether the query is normalised follows the item encoder.
+      seed: seeds the history dropout.
 
     Call:
       history: [batch, N] int32 item indices, most recent last, left-padded
@@ -42,41 +44,41 @@ class QueryTower(keras.layers.Layer):
     """
 
     def __init__(self, item_encoder: ItemEncoder,
-                 history_length: int = _MODEL.history_length, pooling: str = _MODEL.pooling,
-                 recency_decay: float = _MODEL.recency_decay,
-                 hidden_layers: tuple[int, ...] = _MODEL.query_layers,
-                 history_dropout: float = _MODEL.history_dropout, seed: int | None = None,
+                 config: ModelConfig | Mapping | None = None, seed: int | None = None,
                  **kwargs):
         super().__init__(**kwargs)
         if isinstance(item_encoder, dict):
             item_encoder = keras.layers.deserialize(item_encoder)
         self.item_encoder = item_encoder
-        self.history_length = int(history_length)
-        self.pooling = pooling
-        self.recency_decay = float(recency_decay)
-        self.hidden_layers = tuple(int(w) for w in hidden_layers)
-        self.history_dropout = float(history_dropout)
+        self.config = config = as_config(
+            ModelConfig, item_encoder.config if config is None else config)
         self.seed = seed
         self.mlp = None
-        if self.hidden_layers:
+        if config.query_layers:
             self.mlp = keras.Sequential(
                 [keras.layers.Dense(w, activation="relu", name=f"hidden_{i}")
-                 for i, w in enumerate(self.hidden_layers)]
+                 for i, w in enumerate(config.query_layers)]
                 + [keras.layers.Dense(item_encoder.embedding_dim, name="projection")],
                 name="mlp")
-        if pooling == "attention":
+        if config.pooling == "attention":
             self.attention_query = self.add_weight(
                 name="attention_query", shape=(item_encoder.embedding_dim,),
                 initializer="zeros")
             self.position_bias = self.add_weight(
-                name="position_bias", shape=(self.history_length,), initializer="zeros")
+                name="position_bias", shape=(config.history_length,), initializer="zeros")
+
+    @property
+    def history_length(self) -> int:
+        """N: the query looks at the last N items of a history."""
+        return self.config.history_length
 
     def call(self, history, training=False):
-        history = tf.cast(history, tf.int32)[:, -self.history_length:]
+        config = self.config
+        history = tf.cast(history, tf.int32)[:, -config.history_length:]
         length = tf.shape(history)[1]
         mask = tf.not_equal(history, PAD_ITEM)
-        if training and self.history_dropout > 0:
-            keep = tf.random.uniform(tf.shape(history), seed=self.seed) >= self.history_dropout
+        if training and config.history_dropout > 0:
+            keep = tf.random.uniform(tf.shape(history), seed=self.seed) >= config.history_dropout
             # A history the draw would empty is kept whole.
             none_left = tf.logical_not(tf.reduce_any(tf.logical_and(keep, mask), -1))
             keep = tf.logical_or(keep, none_left[:, None])
@@ -84,28 +86,25 @@ class QueryTower(keras.layers.Layer):
             history = tf.where(mask, history, PAD_ITEM)
         items = self.item_encoder(history, training=training)
         maskf = tf.cast(mask, items.dtype)
-        if self.pooling == "attention":
+        if config.pooling == "attention":
             score = tf.einsum("bnd,d->bn", items, self.attention_query)
             score += self.position_bias[-length:][None, :]
             score = tf.where(mask, score, tf.fill(tf.shape(score), -1e9))
             weights = tf.nn.softmax(score, axis=-1) * maskf
         else:
             steps_back = tf.cast(tf.range(length - 1, -1, -1), items.dtype)
-            decay = 1.0 if self.pooling == "mean" else self.recency_decay
+            decay = 1.0 if config.pooling == "mean" else config.recency_decay
             weights = maskf * tf.pow(tf.constant(decay, items.dtype), steps_back)[None, :]
         pooled = tf.einsum("bn,bnd->bd", weights, items)
         # A weighted mean (the final normalisation makes this matter only to the MLP).
         pooled = tf.math.divide_no_nan(pooled, tf.reduce_sum(weights, -1, keepdims=True))
         if self.mlp is not None:
             pooled += self.mlp(pooled, training=training)
-        if not self.item_encoder.normalize:
+        if not self.item_encoder.config.normalize:
             return pooled
         return tf.math.l2_normalize(pooled, axis=-1)
 
     def get_config(self):
         return {**super().get_config(),
                 "item_encoder": keras.layers.serialize(self.item_encoder),
-                "history_length": self.history_length, "pooling": self.pooling,
-                "recency_decay": self.recency_decay,
-                "hidden_layers": list(self.hidden_layers),
-                "history_dropout": self.history_dropout, "seed": self.seed}
+                "config": config_dict(self.config), "seed": self.seed}

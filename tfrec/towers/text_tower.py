@@ -5,10 +5,10 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec.config import TextConfig
-from tfrec.towers.tokenizer import PAD_ID
+from typing import Mapping
 
-_TEXT = TextConfig()  # layer defaults are the config's
+from tfrec.config import TextConfig, as_config, config_dict
+from tfrec.towers.tokenizer import PAD_ID
 
 
 @keras.utils.register_keras_serializable(package="tfrec")
@@ -22,39 +22,34 @@ class TextEncoder(keras.layers.Layer):
     Args:
       vocabulary_size: token ids in use (padding and unknown included).
       output_dim: width of the text embedding.
-      token_dim: token embedding width.
-      filters: Conv1D filters per width.
-      widths: kernel widths, e.g. (1, 2, 3) for unigram to trigram features.
-      mean_tokens: also feed the mean token embedding to the projection.
-      ngram_buckets: with > 0, hashed character n-grams (see
-        `tokenizer.CharNgramHasher`) get an embedding of their own whose
-        masked mean joins the features (subword evidence for unseen words).
+      config: the text settings (`TextConfig`, or its dict; default: the
+        defaults): `token_dim`, `filters`, `widths` (kernel widths, e.g.
+        (1, 2, 3) for unigram to trigram features), `mean_tokens`; with
+        `char_ngrams`, hashed character n-grams (see
+        `tokenizer.CharNgramHasher`, `ngram_buckets` of them) get an
+        embedding of their own whose masked mean joins the features
+        (subword evidence for unseen words).
 
     Call:
       token_ids: [batch, length] int32 (0 pads)  ->  [batch, output_dim] float32.
       A text with no known token gives the projection of zeros (its bias).
     """
 
-    def __init__(self, vocabulary_size: int, output_dim: int = 64,
-                 token_dim: int = _TEXT.token_dim, filters: int = _TEXT.filters,
-                 widths: tuple[int, ...] = _TEXT.widths, mean_tokens: bool = _TEXT.mean_tokens,
-                 ngram_buckets: int = 0, **kwargs):
+    def __init__(self, vocabulary_size: int, output_dim: int,
+                 config: TextConfig | Mapping | None = None, **kwargs):
         super().__init__(**kwargs)
         self.vocabulary_size = int(vocabulary_size)
         self.output_dim = int(output_dim)
-        self.token_dim = int(token_dim)
-        self.filters = int(filters)
-        self.widths = tuple(int(w) for w in widths)
-        self.mean_tokens = bool(mean_tokens)
-        self.ngram_buckets = int(ngram_buckets)
-        if self.ngram_buckets:
-            self.ngram_embedding = keras.layers.Embedding(self.ngram_buckets, self.token_dim,
+        self.config = as_config(TextConfig, config)
+        token_dim = self.config.token_dim
+        if self.config.char_ngrams:
+            self.ngram_embedding = keras.layers.Embedding(self.config.ngram_buckets, token_dim,
                                                           name="ngram_embedding")
-        self.token_embedding = keras.layers.Embedding(self.vocabulary_size, self.token_dim,
+        self.token_embedding = keras.layers.Embedding(self.vocabulary_size, token_dim,
                                                       name="token_embedding")
         self.convolutions = [
-            keras.layers.Conv1D(self.filters, w, padding="same", activation="relu",
-                                name=f"conv_{w}") for w in self.widths]
+            keras.layers.Conv1D(self.config.filters, w, padding="same", activation="relu",
+                                name=f"conv_{w}") for w in self.config.widths]
         self.projection = keras.layers.Dense(self.output_dim, name="projection")
 
     def call(self, token_ids, ngram_ids=None):
@@ -67,10 +62,10 @@ class TextEncoder(keras.layers.Layer):
             # ReLU outputs are >= 0, so zeroing padded steps leaves the max intact.
             h = h * tf.cast(mask, h.dtype)[..., None]
             pooled.append(tf.reduce_max(h, axis=1))
-        if self.mean_tokens:
+        if self.config.mean_tokens:
             count = tf.reduce_sum(tf.cast(mask, x.dtype), axis=1, keepdims=True)
             pooled.append(tf.math.divide_no_nan(tf.reduce_sum(x, axis=1), count))
-        if self.ngram_buckets:
+        if self.config.char_ngrams:
             if ngram_ids is None:
                 raise ValueError("this text encoder needs the character n-gram ids")
             nmask = tf.cast(tf.not_equal(ngram_ids, PAD_ID), x.dtype)[..., None]
@@ -81,6 +76,4 @@ class TextEncoder(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size,
-                "output_dim": self.output_dim, "token_dim": self.token_dim,
-                "filters": self.filters, "widths": list(self.widths),
-                "mean_tokens": self.mean_tokens, "ngram_buckets": self.ngram_buckets}
+                "output_dim": self.output_dim, "config": config_dict(self.config)}
