@@ -80,11 +80,11 @@ def free_port() -> int:
 
 def build_generated_model(work: Path) -> Path:
     """A small trained and exported model from generated data (as tests/conftest.py's run_dir)."""
-    from tfrec.config import load_run_config
     from tfrec.data.synthetic import generate_events, generate_items
     from tfrec.export import export
     from tfrec.index import IndexConfig
-    from tfrec.train import train
+    from tfrec.run import load_run_config
+    from tfrec.training import train
 
     data = work / "data"
     data.mkdir(parents=True)

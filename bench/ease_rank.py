@@ -24,10 +24,9 @@ import time
 import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 
-from tfrec.config import load_run_config
 from tfrec.evaluate import item_item
 from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
-from tfrec.train import prepare_training_data
+from tfrec.run import load_run_config, prepare_training_data
 
 
 def main(argv=None) -> int:

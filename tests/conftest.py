@@ -24,9 +24,9 @@ def write(tmp_path):
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     """A small trained run (generated clustered sessions, retrieval, one epoch)."""
-    from tfrec.config import load_run_config
     from tfrec.data.synthetic import generate_events, generate_items
-    from tfrec.train import train
+    from tfrec.run import load_run_config
+    from tfrec.training import train
 
     folder = tmp_path_factory.mktemp("run")
     events = generate_events(8_000, 150, num_users=800, num_clusters=6, seed=4)

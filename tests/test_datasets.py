@@ -10,12 +10,13 @@ import pytest
 
 from tfrec import datasets
 from tfrec.cli import main
-from tfrec.config import SessionConfig, TrainConfig, load_run_config
+from tfrec.config import SessionConfig, TrainConfig
 from tfrec.data.sessions import sessionize
+from tfrec.data.split import make_cases, split_for_training
 from tfrec.data.vocab import build_vocabulary
 from tfrec.datasets.goodbooks import read_goodbooks
 from tfrec.errors import InputError
-from tfrec.data.split import make_cases, split_for_training
+from tfrec.run import load_run_config
 
 # The real column names (books.csv has more columns; the reader needs these).
 BOOKS = """
@@ -261,7 +262,7 @@ def test_cold_items_never_train_and_stay_in_the_catalogue():
 
 
 def test_prepare_training_data_on_goodbooks_keeps_users_and_items_out(goodbooks):
-    from tfrec.train import prepare_training_data
+    from tfrec.run import prepare_training_data
 
     config = goodbooks_config(goodbooks, holdout_users=0.25, cold_items=0.34,
                               eval_seed=5)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from tfrec.cli import main
-from tfrec.config import load_run_config
 from tfrec.data.shard import shard_batches, stack_batches, worker_batches
 from tfrec.data.synthetic import generate_events, generate_items
 from tfrec.distribute import Worker, cluster_worker, parse_tf_config
+from tfrec.run import load_run_config
 from tfrec.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,8 @@ def test_bad_strategy_exits_2_naming_the_setting(tmp_path, data_files, capsys, m
 def test_mirrored_trains_on_one_cpu_and_writes_a_run_folder(tmp_path, data_files, optimizer):
     import tensorflow as tf
 
-    from tfrec.train import load_run, train
+    from tfrec.run import load_run
+    from tfrec.training import train
 
     config = load_run_config(write_config(tmp_path, data_files, "mirrored",
                                           optimizer=optimizer))
@@ -190,9 +191,8 @@ SCALING = textwrap.dedent('''
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-    from tfrec.config import load_run_config
     from tfrec.models import build_model
-    from tfrec.train import prepare_training_data
+    from tfrec.run import load_run_config, prepare_training_data
 
     config = load_run_config(sys.argv[1])
     data = prepare_training_data(config)
@@ -244,8 +244,8 @@ DRIVER = textwrap.dedent('''
     import tensorflow as tf  # imported only: the strategy must come before any op
 
     from tfrec import distribute
-    from tfrec.config import load_run_config
-    from tfrec.train import train
+    from tfrec.run import load_run_config
+    from tfrec.training import train
 
     config_path, run_dir, out = sys.argv[1:4]
     directories, steps = [], []
@@ -349,7 +349,7 @@ def run_workers(tmp_path: Path, config: Path, run: Path, timeout: float = 240,
 
 def expected_steps(config_path: Path) -> list[list]:
     """Each worker's batches computed here: targets and next items, batches i, i+2, ..."""
-    from tfrec.train import prepare_training_data
+    from tfrec.run import prepare_training_data
 
     data = prepare_training_data(load_run_config(config_path))
     pairs = [b["target"].tolist() for b in data.pairs.epoch(0) if len(b["target"]) == BATCH]
@@ -359,7 +359,7 @@ def expected_steps(config_path: Path) -> list[list]:
 
 
 def test_two_workers_train_one_model_on_their_own_batches(tmp_path, data_files):
-    from tfrec.train import load_run
+    from tfrec.run import load_run
 
     config = write_config(tmp_path, data_files, "multi_worker")
     run = tmp_path / "run"
@@ -400,7 +400,7 @@ def test_two_workers_train_one_model_on_their_own_batches(tmp_path, data_files):
 
 def test_evaluate_trains_the_variants_of_a_multi_worker_run_in_one_process(tmp_path, data_files,
                                                                            monkeypatch):
-    import tfrec.train
+    import tfrec.training
     from tfrec.evaluate.runner import _variant_run
 
     trained = []
@@ -409,7 +409,7 @@ def test_evaluate_trains_the_variants_of_a_multi_worker_run_in_one_process(tmp_p
         trained.append(config)
         return type("Result", (), {"model": "model"})()
 
-    monkeypatch.setattr(tfrec.train, "train", fake_train)
+    monkeypatch.setattr(tfrec.training, "train", fake_train)
     config = load_run_config(write_config(tmp_path, data_files, "multi_worker"))
     assert _variant_run(tmp_path, config, "tfrec_text_off", {"use_text": False},
                         lambda text: None) == "model"

@@ -260,7 +260,7 @@ def test_report_has_every_method_on_the_same_cases(report):
 
 
 def test_cold_start_figures(report, run_dir):
-    from tfrec.train import load_run
+    from tfrec.run import load_run
 
     _, result = report
     cs = result["cold_start"]

@@ -15,7 +15,7 @@ import tensorflow as tf
 from tfrec.cli import main
 from tfrec.export import export, load_saved_model
 from tfrec.index import IndexConfig
-from tfrec.train import load_run
+from tfrec.run import load_run
 
 SESSIONS = [["i1", "i2", "i3"], ["i10", "", ""], ["i5", "nope", "i7"]]
 

@@ -71,7 +71,7 @@ def test_lazy_adam_is_adam_on_dense_gradients_and_round_trips_its_config():
 
 def test_train_config_builds_lazy_adam():
     from tfrec.config import RunConfig, TrainConfig
-    from tfrec.train import _optimizer
+    from tfrec.training import _optimizer
 
     optimizer = _optimizer(RunConfig(train=TrainConfig(optimizer="lazy_adam", learning_rate=0.02)))
     assert isinstance(optimizer, LazyAdam)

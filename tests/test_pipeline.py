@@ -179,3 +179,21 @@ def test_retrieval_queries_previous_and_whole_session():
         assert target not in history and (history > 0).sum() >= 1
     with pytest.raises(InputError, match="retrieval context"):
         NextItemPipeline(sessions, vocab, 4, context="future")
+
+
+def test_set_epoch_starts_the_dataset_at_that_epoch(corpus):
+    """A resumed run continues the pipelines where an uninterrupted run would be."""
+    from tfrec.data.sequences import NextItemPipeline
+
+    sessions, vocab = corpus
+    pairs = pipeline(corpus)
+    nxt = NextItemPipeline(sessions, vocab, 4, batch_size=512, seed=42)
+    for p in (pairs, nxt):
+        p.set_epoch(2)
+        dataset = p.as_dataset()
+        for epoch in (2, 3):  # each pass the next epoch, counted from the one set
+            first = next(iter(dataset.take(1)))
+            expected = next(p.epoch(epoch))
+            key = "target" if p is pairs else "next_item"
+            np.testing.assert_array_equal(first[key].numpy(), expected[key])
+        assert not np.array_equal(next(p.epoch(0))[key], expected[key])

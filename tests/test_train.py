@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tfrec.cli import main
-from tfrec.config import load_run_config
 from tfrec.data.synthetic import generate_events, generate_items
+from tfrec.run import load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         tmp_path, data_files, monkeypatch):
     import tensorflow as tf
 
-    from tfrec import train as train_lib
+    from tfrec import training as train_lib
 
     real = train_lib.make_dataset
 
@@ -193,7 +193,7 @@ def test_a_shorter_epoch_does_not_end_training(tmp_path, data_files, monkeypatch
 
     import tensorflow as tf
 
-    from tfrec import train as train_lib
+    from tfrec import training as train_lib
 
     real = train_lib.make_dataset
 
@@ -217,7 +217,7 @@ def test_a_config_naming_only_the_data_trains_with_the_documented_defaults(
     """The library defaults are the measured settings the README documents."""
     from tfrec.config import ModelConfig, TextConfig
     from tfrec.towers import ItemEncoder, QueryTower
-    from tfrec.train import train
+    from tfrec.training import train
 
     config = load_run_config(None, [
         "data.layout=events", f"data.events={data_files / 'events.csv'}",

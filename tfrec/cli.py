@@ -142,21 +142,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tfrec.config import load_run_config
-    from tfrec.train import format_evaluation, train
+    from tfrec.run import command_config
+    from tfrec.training import format_evaluation, train
 
-    config_path = args.config
-    if config_path is None:
-        config_path = Path(__file__).resolve().parent / "configs" / "online_retail.yaml"
     overrides = list(args.set)
-    if args.data_dir is not None:
-        # Absolute, so that the run's config finds the data from any folder.
-        overrides.append(f"data.data_dir={json.dumps(str(Path(args.data_dir).resolve()))}")
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
     if args.strategy is not None:
         overrides.append(f"train.strategy={args.strategy}")
-    config = load_run_config(config_path, overrides)
+    config = command_config(args.config, overrides, args.data_dir)
     result = train(config, Path(args.run_dir), resume=args.resume,
                    epochs=args.epochs if args.resume else None,
                    strategy=args.strategy if args.resume else None, overwrite=args.overwrite)
@@ -494,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tfrec: error: {err.message}", file=sys.stderr)
         return 2
     except Exception as err:  # a diverged run or a lost worker is reported, not a crash
-        from tfrec.train import TrainingDiverged, WorkerLost
+        from tfrec.training import TrainingDiverged, WorkerLost
 
         if isinstance(err, (TrainingDiverged, WorkerLost)):
             print(f"tfrec: error: {err}", file=sys.stderr)

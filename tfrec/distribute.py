@@ -138,7 +138,7 @@ def create_strategy(strategy: str):
     """The `tf.distribute.Strategy` named by `train.strategy`.
 
     multi_worker must be created before TensorFlow runs any op in the process
-    (it configures the runtime's collective ops): `tfrec.train.train` creates
+    (it configures the runtime's collective ops): `tfrec.training.train` creates
     it first thing; a program of your own must do the same. It returns once
     every worker of the cluster has started.
 
@@ -168,7 +168,7 @@ def create_strategy(strategy: str):
             raise
         raise RuntimeError(
             "train.strategy 'multi_worker' must be set up before TensorFlow runs any op in "
-            "this process: run `tfrec train` (or call tfrec.train.train) in a fresh process"
+            "this process: run `tfrec train` (or call tfrec.training.train) in a fresh process"
         ) from err
 
 

@@ -81,6 +81,11 @@ class PairPipeline:
         self._iterations = itertools.count()
         self.workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The next pass over `as_dataset` generates `epoch` (0-based), the passes after
+        it the epochs after it: a resumed run gets the batches an uninterrupted run would."""
+        self._iterations = itertools.count(epoch)
+
     @property
     def num_chunks(self) -> int:
         return len(self.chunk_bounds) - 1
@@ -197,7 +202,8 @@ class PairPipeline:
 
         Each pass over the dataset (each Keras epoch) is the next epoch of
         the pipeline: fresh subsampling, shuffle and negatives, all
-        determined by the seed and the number of passes so far.
+        determined by the seed and the number of passes so far (counted
+        from `set_epoch`, 0 by default).
 
         Args:
           prefetch: batches prepared ahead.

@@ -96,6 +96,11 @@ class NextItemPipeline:
         self.seed = seed
         self._iterations = itertools.count()
 
+    def set_epoch(self, epoch: int) -> None:
+        """The next pass over `as_dataset` generates `epoch` (0-based), the passes after
+        it the epochs after it: a resumed run gets the batches an uninterrupted run would."""
+        self._iterations = itertools.count(epoch)
+
     @property
     def num_examples(self) -> int:
         return len(self.positions)

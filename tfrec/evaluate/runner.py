@@ -97,7 +97,8 @@ class Step:
 
 def _variant_run(run_dir: Path, config, name: str, overrides: dict, progress):
     """Trains (or reuses) the run's config with one tower off, under run/baselines/."""
-    from tfrec.train import load_run, train
+    from tfrec.run import load_run
+    from tfrec.training import train
 
     folder = run_dir / "baselines" / name
     model_config = dataclasses.replace(config.model, **overrides)
@@ -400,7 +401,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     Returns:
       The report (as written to report.json).
     """
-    from tfrec.train import check_run_data, load_run, prepare_training_data
+    from tfrec.run import check_run_data, load_run, prepare_training_data
 
     started = time.perf_counter()
     if saved_model is not None and run_dir is None:

@@ -290,7 +290,7 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
       InputError: no finished checkpoint, a model dir that is a file, an
         unwritable location, an existing version, or recall under the floor.
     """
-    from tfrec.train import check_run_data, load_run, prepare_training_data
+    from tfrec.run import check_run_data, load_run, prepare_training_data
 
     started = time.perf_counter()
     model_dir = Path(model_dir)

@@ -1,0 +1,272 @@
+"""Runs: the run config file, the run folder, and the data a run trains on.
+
+Training, evaluation, export and the data report all read runs through
+this module, so none of them needs the training loop to do it.
+
+A run folder holds:
+  config.json        the resolved run config
+  vocab.tsv          item vocabulary (index order, counts from the training slice)
+  text_vocab.txt     token vocabulary of the text tower
+  checkpoints/       tf.train.CheckpointManager, one checkpoint per finished epoch
+  logs/              TensorBoard
+  history.jsonl      one line of metrics per finished epoch
+  eval.json          held-out hit rate after training
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import tensorflow as tf
+import yaml
+
+from tfrec.config import RunConfig, from_dict
+from tfrec.data.events import Rejections, read_tables
+from tfrec.data.pipeline import PairPipeline
+from tfrec.data.sequences import NextItemPipeline
+from tfrec.data.sessions import Sessions, resolve_retrieval_context, sessionize
+from tfrec.data.split import Cases, Split, make_cases, split_for_training
+from tfrec.data.vocab import ItemVocabulary, build_vocabulary
+from tfrec.errors import InputError
+from tfrec.models import build_model
+
+logger = logging.getLogger(__name__)
+
+# The config `tfrec train` and `tfrec prepare` use when given none.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "online_retail.yaml"
+
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.tsv"
+TEXT_VOCAB_FILE = "text_vocab.txt"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+HISTORY_FILE = "history.jsonl"
+EVAL_FILE = "eval.json"
+
+
+# The run config file -----------------------------------------------------------------------
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Reads a YAML or JSON run config and applies `section.key=value` overrides.
+
+    Override values are parsed as YAML (``3``, ``0.1``, ``true``, ``[1, 2]``,
+    ``null``, or text).
+    """
+    data: dict = {}
+    source = None
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise InputError("config file not found", path=source) from None
+        except IsADirectoryError:
+            raise InputError("config path is a folder, expected a YAML or JSON file",
+                             path=source) from None
+        try:
+            data = (json.loads(text) if source.endswith(".json") else yaml.safe_load(text)) or {}
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            line = getattr(err, "lineno", None) or getattr(
+                getattr(err, "problem_mark", None), "line", -1) + 1 or None
+            raise InputError(f"not valid {'JSON' if source.endswith('.json') else 'YAML'}: "
+                             f"{getattr(err, 'msg', None) or getattr(err, 'problem', err)}",
+                             path=source, line=line) from None
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set expects section.key=value, got {item!r}", key="set")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(f"cannot set {key!r}: {part!r} is not a section", key=key)
+        node[parts[-1]] = value
+    return from_dict(RunConfig, data, source)
+
+
+def command_config(path: str | Path | None = None, overrides: list[str] = (),
+                   data_dir: str | Path | None = None) -> RunConfig:
+    """The run config a command is given: `path` (default `DEFAULT_CONFIG`), then
+    `overrides`, then `data_dir` as `data.data_dir` (made absolute, so that a run's
+    saved config finds the data from any folder)."""
+    overrides = list(overrides)
+    if data_dir is not None:
+        overrides.append(f"data.data_dir={json.dumps(str(Path(data_dir).resolve()))}")
+    return load_run_config(DEFAULT_CONFIG if path is None else path, overrides)
+
+
+# The run folder ----------------------------------------------------------------------------
+
+def is_run(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / CONFIG_FILE).exists()
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The config a run was trained with (its config.json)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise InputError("not a run folder (no config.json)", path=str(run_dir))
+    return from_dict(RunConfig, json.loads(path.read_text()), str(path))
+
+
+def write_run_config(run_dir: str | Path, config: RunConfig) -> None:
+    (Path(run_dir) / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def write_run_files(run_dir: str | Path, config: RunConfig, vocab: ItemVocabulary,
+                    text_vocabulary: list[str]) -> None:
+    """config.json, vocab.tsv and text_vocab.txt: what `load_run` rebuilds the model from."""
+    run_dir = Path(run_dir)
+    write_run_config(run_dir, config)
+    vocab.save(run_dir / VOCAB_FILE)
+    (run_dir / TEXT_VOCAB_FILE).write_text("".join(t + "\n" for t in text_vocabulary))
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    """The run's history.jsonl: one dict of metrics per finished epoch."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_history(run_dir: str | Path, epochs: int) -> None:
+    """Drops history lines past the restored epoch (an epoch killed after its line)."""
+    path = Path(run_dir) / HISTORY_FILE
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines()
+                 if line.strip() and json.loads(line)["epoch"] <= epochs]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def latest_checkpoint(run_dir: str | Path) -> str | None:
+    return tf.train.latest_checkpoint(str(Path(run_dir) / CHECKPOINTS))
+
+
+def load_run(run_dir: str | Path):
+    """Rebuilds a run's model from its folder and restores its last checkpoint.
+
+    Returns:
+      (config, vocab, model, checkpoint_path).
+
+    Raises:
+      InputError: not a run folder, or no finished epoch to restore.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise InputError("run path is a file, expected a run folder", path=str(run_dir))
+    config = read_run_config(run_dir)
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise InputError("the run has no finished checkpoint yet (train at least one epoch)",
+                         path=str(run_dir / CHECKPOINTS))
+    vocab = ItemVocabulary.load(run_dir / VOCAB_FILE)
+    tokens_path = run_dir / TEXT_VOCAB_FILE
+    tokens = tokens_path.read_text().splitlines() if tokens_path.exists() else None
+    model = build_model(config.model, vocab, seed=config.train.seed, text_vocabulary=tokens)
+    epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
+    tf.train.Checkpoint(model=model, epoch=epoch).restore(latest).expect_partial()
+    return config, vocab, model, latest
+
+
+def check_run_data(data_vocab: ItemVocabulary, run_vocab: ItemVocabulary,
+                   run_dir: str | Path) -> None:
+    """Refuses data whose item vocabulary is not the one the run trained on.
+
+    Item indices are positions in the vocabulary: with other data, every
+    lookup (queries, cached user embeddings, cases) would name other items.
+
+    Raises:
+      InputError: the vocabularies differ.
+    """
+    if list(data_vocab.ids) != list(run_vocab.ids):
+        changed = len(set(map(str, data_vocab.ids)) ^ set(map(str, run_vocab.ids)))
+        raise InputError(
+            "the run's data has changed since training: its item vocabulary differs from "
+            f"vocab.tsv ({data_vocab.size - 1:,} items now, {run_vocab.size - 1:,} trained; "
+            f"{changed:,} ids in one but not the other); retrain, or point the config at the "
+            "original data", path=str(Path(run_dir) / VOCAB_FILE))
+
+
+# The data a run trains on ------------------------------------------------------------------
+
+def read_data(config: RunConfig):
+    """(events, items or None, rejections, a description of the source) of the config."""
+    data = config.data
+    return read_tables(data.layout, data.events, data.items, data.events_schema,
+                       data.items_schema, data.strict, data.data_dir, data.goodbooks_to_read)
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """The training slice as model inputs, and the held-out cases.
+
+    Attributes:
+      vocab: the item vocabulary (warm items: those with training events).
+      sessions: the training slice, sessionised.
+      pairs: the skip-gram pair pipeline over the training slice.
+      next_items: the retrieval pipeline (None unless the objective trains it).
+      cases: the held-out cases.
+      rejections: rows left out while reading.
+      train_events, test_events: events on each side of the split.
+      test_slice: the held-out events.
+      split: the split itself.
+      retrieval_context: `model.retrieval_context`, "auto" resolved.
+      events: every event read (both sides of the split).
+      items: the items table, if any.
+      source: where the data came from, in words.
+    """
+
+    vocab: ItemVocabulary
+    sessions: Sessions
+    pairs: PairPipeline
+    next_items: NextItemPipeline | None
+    cases: Cases
+    rejections: Rejections
+    train_events: int
+    test_events: int
+    test_slice: pd.DataFrame | None = None
+    split: Split | None = None
+    retrieval_context: str = "previous"
+    events: pd.DataFrame | None = None
+    items: pd.DataFrame | None = None
+    source: str = ""
+
+
+def prepare_training_data(config: RunConfig) -> TrainingData:
+    """Splits (by time or by user, see `train.split_by`), builds the vocabulary
+    from the training slice, makes the pipelines and the held-out cases."""
+    events, items, rejections, source = read_data(config)
+    split = split_for_training(events, items, config.train)
+    train_events, test_events = split.train, split.test
+    if config.model.use_text and items is None:
+        raise InputError("the text tower needs item text: give an items table "
+                         "(data.items) or set model.use_text: false", key="data.items")
+    vocab = build_vocabulary(train_events, items)
+    sessions = sessionize(train_events, vocab, config.data.sessions,
+                          config.data.pairs.event_weights, config.data.pairs.default_event_weight)
+    pairs = PairPipeline(sessions, vocab, config.data.pairs)
+    next_items = None
+    context = resolve_retrieval_context(config.model.retrieval_context, sessions)
+    if config.model.objective in ("retrieval", "both"):
+        if config.model.retrieval_context == "auto":
+            logger.info("retrieval context: %s (auto: %d of %d sessions of 2+ events have one "
+                        "timestamp)", context, sessions.stats["unordered_sessions"],
+                        sessions.stats["multi_event_sessions"])
+        next_items = NextItemPipeline(sessions, vocab, config.model.history_length,
+                                      config.train.retrieval_batch_size, config.data.pairs.seed,
+                                      context)
+    cases = make_cases(test_events, vocab, config.train.eval_seed, config.data.sessions,
+                       per_user=split.per_user)
+    return TrainingData(vocab, sessions, pairs, next_items, cases, rejections,
+                        len(train_events), len(test_events), test_events, split, context,
+                        events, items, source)
