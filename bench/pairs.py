@@ -136,7 +136,7 @@ def child(size: int, items: int, config: PairConfig, baseline_seconds: float,
     from tfrec.data.synthetic import generate_events
 
     if size == 0:
-        from tfrec.data.events import read_online_retail
+        from tfrec.datasets.online_retail import read_online_retail
         events, _, _ = read_online_retail()
         label = "bundled Online Retail"
     else:

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from tfrec.config import EventsSchema, ItemsSchema
-from tfrec.data.events import read_events, read_items, read_online_retail
+from tfrec.data.events import read_events, read_items
+from tfrec.datasets.online_retail import read_online_retail
 from tfrec.data.vocab import OOV_INDEX, ItemVocabulary, build_vocabulary
 from tfrec.errors import InputError
 

@@ -25,12 +25,13 @@ import tensorflow as tf
 import yaml
 
 from tfrec.config import RunConfig, from_dict
-from tfrec.data.events import Rejections, read_tables
+from tfrec.data.events import Rejections
 from tfrec.data.pipeline import PairPipeline
 from tfrec.data.sequences import NextItemPipeline
 from tfrec.data.sessions import Sessions, resolve_retrieval_context, sessionize
 from tfrec.data.split import Cases, Split, make_cases, split_for_training
 from tfrec.data.vocab import ItemVocabulary, build_vocabulary
+from tfrec.datasets.layouts import read_tables
 from tfrec.errors import InputError
 from tfrec.models import build_model
 

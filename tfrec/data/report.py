@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 
 from tfrec.config import EventsSchema, ItemsSchema, PairConfig, SessionConfig
-from tfrec.data import events as events_lib
+from tfrec.data.events import Rejections
 from tfrec.data.pipeline import EpochStats, PairPipeline
 from tfrec.data.sessions import Sessions, resolve_retrieval_context, session_order, sessionize
 from tfrec.data.split import parse_split_date
 from tfrec.data.vocab import ItemVocabulary, build_vocabulary
+from tfrec.datasets.layouts import read_tables
 from tfrec.utils import ensure_folder
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class PreparedData:
 
     events: pd.DataFrame
     items: pd.DataFrame | None
-    rejections: events_lib.Rejections
+    rejections: Rejections
     vocab: ItemVocabulary
     sessions: Sessions
     pipeline: PairPipeline
@@ -56,7 +57,7 @@ def prepare(events_path: str | Path | None = None, items_path: str | Path | None
       goodbooks_to_read: with layout "goodbooks", read the to-read shelves too.
     """
     started = time.perf_counter()
-    events, items, rejections, source = events_lib.read_tables(
+    events, items, rejections, source = read_tables(
         layout, events_path, items_path, events_schema, items_schema, strict, data_dir,
         goodbooks_to_read)
     logger.info("read %d events in %.1fs; building vocabulary and sessions", len(events),

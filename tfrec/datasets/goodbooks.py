@@ -54,7 +54,7 @@ def read_goodbooks(folder: str | Path, to_read: bool = True, strict: bool = Fals
       seed: seeds the order of each reader's events (see the module doc).
 
     Returns:
-      (events, items, rejections) as `tfrec.data.events.read_online_retail`
+      (events, items, rejections) as `tfrec.datasets.online_retail.read_online_retail`
       returns them: events has user, item, time (0), event, session (the
       user) and line (the line in ratings.csv or to_read.csv, as `event`
       tells); items has item, text, market and line.
