@@ -81,7 +81,7 @@ def free_port() -> int:
 def build_generated_model(work: Path) -> Path:
     """A small trained and exported model from generated data (as tests/conftest.py's run_dir)."""
     from tfrec.data.synthetic import generate_events, generate_items
-    from tfrec.export import export
+    from tfrec.exporter import export
     from tfrec.index import IndexConfig
     from tfrec.run import load_run_config
     from tfrec.training import train

@@ -40,7 +40,7 @@ import tfrec  # noqa: E402,F401
 import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfrec.export.saved_model import load_saved_model  # noqa: E402
+from tfrec.exporter.saved_model import load_saved_model  # noqa: E402
 
 
 def free_port() -> int:
@@ -251,7 +251,7 @@ def generated_model(items: int, workdir: Path) -> Path:
     sys.path.insert(0, os.path.dirname(__file__))
     from export import _Model, catalogue  # noqa: E402
 
-    from tfrec.export.saved_model import RecommenderModule
+    from tfrec.exporter.saved_model import RecommenderModule
     from tfrec.index.ann import IndexConfig, build_index
 
     vectors, _ = catalogue(items, 64)

@@ -75,7 +75,7 @@ def goodbooks_dir():
 def versions(run_dir, tmp_path_factory):
     """Two exported versions (brute force, then ScaNN) kept aside, to drop into a served
     base_path."""
-    from tfrec.export import export
+    from tfrec.exporter import export
     from tfrec.index import IndexConfig
 
     store = tmp_path_factory.mktemp("store")

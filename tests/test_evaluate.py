@@ -282,7 +282,7 @@ def test_cold_start_needs_a_text_tower():
     from tfrec.evaluate.runner import cold_start_figures
 
     class IdsOnly:
-        class candidate_tower:
+        class item_encoder:
             config = ModelConfig(use_text=False, use_ids=True)
 
     class Vocab:
@@ -388,7 +388,7 @@ def test_evaluate_cli_bad_input(run_dir, tmp_path, capsys):
 
 
 def test_evaluate_an_exported_version_matches_its_run(run_dir, report, tmp_path, capsys):
-    from tfrec.export import export
+    from tfrec.exporter import export
     from tfrec.index import IndexConfig
 
     version = export(run_dir, tmp_path / "models" / "shop", IndexConfig(kind="scann", max_k=20, recall_floor=0.0),

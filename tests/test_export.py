@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tfrec.cli import main
-from tfrec.export import export, load_saved_model
+from tfrec.exporter import export, load_saved_model
 from tfrec.index import IndexConfig
 from tfrec.run import load_run
 
@@ -79,7 +79,7 @@ def test_scann_reloaded_in_a_fresh_process_matches_in_memory(exported):
     code = (
         "import tfrec\n"
         "import json, sys, tensorflow as tf\n"
-        "from tfrec.export import load_saved_model\n"
+        "from tfrec.exporter import load_saved_model\n"
         f"m = load_saved_model({str(scann.path)!r})\n"
         f"out = m.signatures['serving_default'](item_ids=tf.constant({SESSIONS!r}), "
         "k=tf.constant(5))\n"
@@ -124,7 +124,7 @@ def test_embed_items_text_only_equals_in_memory_text_path(exported, run_dir):
     out = loaded.signatures["embed_items"](item_ids=tf.constant(["brand-new", "other-new"]),
                                            texts=tf.constant(texts))
     assert out["known"].numpy().tolist() == [False, False]
-    expected = model.candidate_tower.encode_text(tf.constant(texts)).numpy()
+    expected = model.item_encoder.encode_text(tf.constant(texts)).numpy()
     np.testing.assert_allclose(out["embeddings"].numpy(), expected, rtol=1e-5, atol=1e-6)
     # A known id uses the model's item embedding, text ignored.
     known = loaded.signatures["embed_items"](item_ids=tf.constant(["i1"]),
@@ -255,7 +255,7 @@ def test_a_scann_index_that_returns_few_candidates_never_returns_the_session(run
     """ScaNN returns at most num_reordering_candidates: a wide session may not fill k."""
     import tensorflow_recommenders as tfrs
 
-    from tfrec.export.saved_model import RecommenderModule
+    from tfrec.exporter.saved_model import RecommenderModule
 
     _, vocab, model, _ = load_run(run_dir)
     embeddings = model.item_embeddings()[1:]
@@ -329,7 +329,7 @@ def test_export_refuses_data_that_is_not_the_trained_vocabulary(run_dir, tmp_pat
 
 
 def test_a_live_exports_temporary_folder_is_kept(tmp_path, monkeypatch):
-    from tfrec.export import saved_model
+    from tfrec.exporter import saved_model
 
     live = tmp_path / f"{saved_model.TMP_PREFIX}3-4242"
     dead = tmp_path / f"{saved_model.TMP_PREFIX}4-4343"

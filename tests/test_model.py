@@ -141,7 +141,7 @@ def cold_start_figures(model, world, k=10):
 
     _, test, vocab, cluster = world
     emb = model.item_embeddings()
-    text = model.candidate_tower.encode_text(tf.constant(vocab.text.astype(str))).numpy()
+    text = model.item_encoder.encode_text(tf.constant(vocab.text.astype(str))).numpy()
     warm = np.arange(1, vocab.num_warm + 1)
     cold = np.flatnonzero(vocab.counts == 0)[1:]
     cases = make_cases(test, vocab, seed=0)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrec.export import load_saved_model
+from tfrec.exporter import load_saved_model
 from tfrec.serving.client import RecommenderClient
 
 from serving_helpers import predict_request, start_server, stub_of

@@ -101,7 +101,7 @@ def test_model_get_config_round_trip():
     config = model.get_config()
     clone = HybridModel.from_config(config)
     assert clone.get_config() == config
-    assert clone.query_tower.item_encoder is clone.candidate_tower  # still one shared encoder
+    assert clone.query_tower.item_encoder is clone.item_encoder  # still one shared encoder
     # Keras' own serialisation finds the registered class.
     assert keras.utils.get_registered_object("tfrec>HybridModel") is HybridModel
 
@@ -243,20 +243,20 @@ def test_query_tower_mlp_and_separate_query_items_round_trip():
                                     negatives="catalogue",
                                     text=TextConfig(token_dim=4, filters=4)), vocab)
     # Two item spaces: the query tower's encoder is not the candidate tower.
-    assert model.query_tower.item_encoder is not model.candidate_tower
+    assert model.query_tower.item_encoder is not model.item_encoder
     config = model.get_config()
     clone = HybridModel.from_config(config)
     history = tf.constant([[0, 1, 2], [3, 4, 5]])
     query = model.query_tower(history).numpy()
     np.testing.assert_allclose(np.linalg.norm(query, axis=1), 1.0, rtol=1e-5)
     assert clone.get_config() == config
-    assert clone.query_tower.item_encoder is not clone.candidate_tower
+    assert clone.query_tower.item_encoder is not clone.item_encoder
     assert clone.config.negatives == "catalogue" and clone.query_tower.config.query_layers == (16,)
     clone.query_tower(history)
-    clone.candidate_tower(tf.constant([1]))
-    model.candidate_tower(tf.constant([1]))
+    clone.item_encoder(tf.constant([1]))
+    model.item_encoder(tf.constant([1]))
     for a, b in ((clone.query_tower, model.query_tower),
-                 (clone.candidate_tower, model.candidate_tower)):
+                 (clone.item_encoder, model.item_encoder)):
         a.set_weights(b.get_weights())
     np.testing.assert_allclose(clone.query_tower(history).numpy(), query, rtol=1e-5,
                                atol=1e-6)

@@ -244,7 +244,7 @@ def test_a_config_naming_only_the_data_trains_with_the_documented_defaults(
     assert {k: saved[k] for k in documented} == documented
     model = result.model
     assert model.config.objective == "retrieval" and model.embedding_dim == 256
-    assert (model.candidate_tower.config.fusion == "concat"
+    assert (model.item_encoder.config.fusion == "concat"
             and model.query_tower.history_length == 50)
     # Generated clicks are a minute or more apart: the auto context is next-item.
     assert result.data.retrieval_context == "previous"

@@ -173,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tfrec.export import export
+    from tfrec.exporter import export
     from tfrec.index import IndexConfig
 
     index = IndexConfig(kind=args.index, max_k=args.max_k, num_leaves=args.leaves,

@@ -294,7 +294,7 @@ def fit(model, data: TrainingData, config: RunConfig, run_dir: Path,
                 truncate_history(run_dir, initial_epoch)
         elif worker.is_chief:
             write_run_files(run_dir, config, data.vocab,
-                            getattr(model.candidate_tower, "text_vocabulary", []))
+                            getattr(model.item_encoder, "text_vocabulary", []))
 
         # The pipelines continue from the resumed epoch: the same batches as an
         # uninterrupted run.

@@ -127,7 +127,7 @@ class ExportedModel:
     embeddings, its `embed_query` signature, and its own index for recall."""
 
     def __init__(self, path: Path, vocab):
-        from tfrec.export.saved_model import load_saved_model
+        from tfrec.exporter.saved_model import load_saved_model
 
         self.path = Path(path)
         self.vocab = vocab
@@ -195,7 +195,7 @@ def text_embeddings(model, texts: np.ndarray, batch_size: int = 65_536) -> np.nd
 
     if hasattr(model, "text_embeddings"):
         return model.text_embeddings(texts)
-    encoder = model.candidate_tower
+    encoder = model.item_encoder
     if not encoder.config.use_text:
         return None
     texts = np.asarray(texts).astype(str)
@@ -535,7 +535,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
 
 
 def _run_of_export(path: Path) -> Path:
-    from tfrec.export.saved_model import METADATA_FILE
+    from tfrec.exporter.saved_model import METADATA_FILE
 
     meta = path / "assets.extra" / METADATA_FILE
     try:

@@ -1,5 +1,5 @@
 """Models wiring the towers to TFRS tasks."""
 
-from tfrec.models.siamese import HybridModel, build_model
+from tfrec.models.hybrid import HybridModel, build_model
 
 __all__ = ["HybridModel", "build_model"]

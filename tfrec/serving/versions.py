@@ -311,7 +311,7 @@ class ModelManager:
 
 def _load_version(name: str, number: int, path: Path) -> Loaded:
     """Loads a version folder, reads its signatures and metadata, replays its warm-up."""
-    from tfrec.export.saved_model import load_saved_model
+    from tfrec.exporter.saved_model import load_saved_model
 
     model = load_saved_model(path)
     defs = _signature_defs(path)

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfrec.config import ModelConfig, as_config, config_dict
-from tfrec.towers.item_tower import ItemEncoder
+from tfrec.towers.item_encoder import ItemEncoder
 
 PAD_ITEM = 0
 

@@ -67,7 +67,7 @@ class RecommenderModule(tf.Module):
                  max_session_items: int = 500):
         super().__init__(name="tfrec")
         self.max_session_items = int(max_session_items)
-        self.encoder = model.candidate_tower
+        self.item_encoder = model.item_encoder
         self.query_tower = model.query_tower
         self.index = index
         self.max_k = int(max_k)
@@ -158,16 +158,16 @@ class RecommenderModule(tf.Module):
                                   tf.TensorSpec([], tf.int32, name="k")])
     def similar_items(self, item_ids, k):
         index = self.id_table.lookup(item_ids)
-        out = self._top_k_excluding(self.encoder(index), item_ids[:, None], k)
+        out = self._top_k_excluding(self.item_encoder(index), item_ids[:, None], k)
         return {"item_ids": out["item_ids"], "scores": out["scores"], "known": index > 0}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids"),
                                   tf.TensorSpec([None], tf.string, name="texts")])
     def embed_items(self, item_ids, texts):
         index = self.id_table.lookup(item_ids)
-        by_id = self.encoder(index)
-        if self.encoder.config.use_text:
-            by_text = self.encoder.encode_text(texts)
+        by_id = self.item_encoder(index)
+        if self.item_encoder.config.use_text:
+            by_text = self.item_encoder.encode_text(texts)
         else:
             by_text = tf.zeros_like(by_id)
         known = index > 0

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfrec.config import ModelConfig, as_config, config_dict
-from tfrec.towers.text_tower import TextEncoder
+from tfrec.towers.text_encoder import TextEncoder
 from tfrec.towers.tokenizer import CharNgramHasher, TextTokenizer
 
 

@@ -17,7 +17,7 @@ import tf_keras as keras
 
 from tfrec.config import ModelConfig, as_config, config_dict
 from tfrec.data.vocab import ItemVocabulary
-from tfrec.towers.item_tower import ItemEncoder
+from tfrec.towers.item_encoder import ItemEncoder
 from tfrec.towers.query_tower import QueryTower
 from tfrec.towers.tokenizer import build_token_vocabulary
 
@@ -50,7 +50,10 @@ class HybridModel(tfrs.Model):
     def __init__(self, item_encoder: ItemEncoder, query_tower: QueryTower,
                  config: ModelConfig | Mapping | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.candidate_tower = item_encoder
+        self.item_encoder = item_encoder
+        # Checkpoints written before the rename name it "candidate_tower": keep
+        # that path too, so earlier runs still restore.
+        self._track_trackable(item_encoder, name="candidate_tower")
         self.query_tower = query_tower
         self.config = as_config(ModelConfig,
                                 item_encoder.config if config is None else config)
@@ -92,7 +95,7 @@ class HybridModel(tfrs.Model):
             batch, k = tf.shape(target)[0], tf.shape(negatives)[1]
             # One encoder call for all three: each distinct item is encoded once.
             ids = tf.concat([target, context, tf.reshape(negatives, [-1])], 0)
-            emb, alignment = self.candidate_tower.encode(ids, training=training)
+            emb, alignment = self.item_encoder.encode(ids, training=training)
             if config.text_alignment > 0:
                 loss += config.text_alignment * alignment / replicas
             # Split, not sliced: the gradient of a slice is a zero-filled copy of
@@ -114,7 +117,7 @@ class HybridModel(tfrs.Model):
             next_item = features["next_item"]
             weight = config.retrieval_weight if config.objective == "both" else 1.0
             if config.negatives == "in_batch":
-                candidate, alignment = self.candidate_tower.encode(next_item, training=training)
+                candidate, alignment = self.item_encoder.encode(next_item, training=training)
                 # TFRS sums over the batch; divided by it, the loss is a batch
                 # mean like the skip-gram one, so "both" weighs the two alike.
                 scale = 1.0 / tf.cast(tf.shape(next_item)[0] * replicas, tf.float32)
@@ -141,17 +144,17 @@ class HybridModel(tfrs.Model):
         cancels), accidental hits masked.
         """
         config = self.config
-        num_warm = self.candidate_tower.num_id_items - 1
+        num_warm = self.item_encoder.num_id_items - 1
         next_item = tf.cast(next_item, tf.int32)
         if config.negatives == "catalogue":
             catalogue = tf.range(1, num_warm + 1, dtype=tf.int32)
-            candidates, alignment = self.candidate_tower.encode(catalogue, training=training)
+            candidates, alignment = self.item_encoder.encode(catalogue, training=training)
             logits = tf.matmul(query, candidates, transpose_b=True) / config.temperature
             losses = tf.nn.sparse_softmax_cross_entropy_with_logits(next_item - 1, logits)
             return tf.reduce_mean(losses), alignment
         sampled = tf.random.uniform([config.num_sampled], 1, num_warm + 1, dtype=tf.int32)
         ids = tf.concat([next_item, sampled], 0)
-        emb, alignment = self.candidate_tower.encode(ids, training=training)
+        emb, alignment = self.item_encoder.encode(ids, training=training)
         positive, negative = tf.split(emb, [tf.shape(next_item)[0], config.num_sampled])
         pos = tf.reduce_sum(query * positive, -1, keepdims=True)
         neg = tf.matmul(query, negative, transpose_b=True)
@@ -169,7 +172,7 @@ class HybridModel(tfrs.Model):
         training. Training steps never compute it (too slow per step).
         """
         candidates = tf.constant(self.item_embeddings()[1:])
-        ids = tf.range(1, self.candidate_tower.num_items, dtype=tf.int32)
+        ids = tf.range(1, self.item_encoder.num_items, dtype=tf.int32)
         index = tfrs.layers.factorized_top_k.BruteForce(k=max(ks)).index(candidates, ids)
         # A list: the TFRS setter drops a bare metric object.
         self.retrieval_task.factorized_metrics = [
@@ -180,9 +183,9 @@ class HybridModel(tfrs.Model):
     def item_embeddings(self, item_index=None, batch_size: int = 65_536) -> np.ndarray:
         """[n, dim] embeddings of the given item indices (default: the whole catalogue)."""
         if item_index is None:
-            item_index = np.arange(self.candidate_tower.num_items, dtype=np.int32)
+            item_index = np.arange(self.item_encoder.num_items, dtype=np.int32)
         item_index = np.asarray(item_index, dtype=np.int32)
-        parts = [self.candidate_tower(tf.constant(item_index[i:i + batch_size])).numpy()
+        parts = [self.item_encoder(tf.constant(item_index[i:i + batch_size])).numpy()
                  for i in range(0, len(item_index), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.embedding_dim), np.float32)
 
@@ -195,13 +198,13 @@ class HybridModel(tfrs.Model):
 
     @property
     def embedding_dim(self) -> int:
-        return self.candidate_tower.embedding_dim
+        return self.item_encoder.embedding_dim
 
     def get_config(self):
-        return {"item_encoder": keras.layers.serialize(self.candidate_tower),
+        return {"item_encoder": keras.layers.serialize(self.item_encoder),
                 "query_tower": keras.layers.serialize(self.query_tower),
                 "config": config_dict(self.config),
-                "shared_items": self.query_tower.item_encoder is self.candidate_tower}
+                "shared_items": self.query_tower.item_encoder is self.item_encoder}
 
     @classmethod
     def from_config(cls, config):
@@ -235,14 +238,14 @@ def build_model(config: ModelConfig, vocab: ItemVocabulary, seed: int | None = 4
         tokens = (build_token_vocabulary(vocab.text[1:], text.max_tokens, text.min_token_count)
                   if config.use_text else [])
 
-    def item_encoder(name, seed=seed):
+    def make_item_encoder(name, seed=seed):
         encoder = ItemEncoder(vocab.size, num_warm + 1, config, text_vocabulary=tokens,
                               seed=seed, name=name)
         encoder.set_item_texts(vocab.text)
         return encoder
 
-    encoder = item_encoder("item_encoder")
+    encoder = make_item_encoder("item_encoder")
     query_items = (encoder if config.query_items == "shared"
-                   else item_encoder("query_items", None if seed is None else seed + 1))
+                   else make_item_encoder("query_items", None if seed is None else seed + 1))
     tower = QueryTower(query_items, config, seed=seed, name="query_tower")
     return HybridModel(encoder, tower, config)
