@@ -24,6 +24,22 @@ ITEMS = """
 """
 
 
+def prepare_args(write, events=EVENTS, items=None, *sets):
+    """`tfrec prepare` arguments: a run config naming the events (and items) table, no
+    held-out split, window 1, no subsampling; then `--set` for each of `sets`."""
+    config = {"data": {"layout": "events", "events": str(write("events.csv", events)),
+                       "events_schema": {"event_col": "event"},
+                       "pairs": {"window": 1, "subsample": 0.0}},
+              "model": {"use_text": items is not None},
+              "train": {"split_fraction": 0.0}}
+    if items is not None:
+        config["data"]["items"] = str(write("items.csv", items))
+    args = ["--config", str(write("run.json", json.dumps(config)))]
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
 def run_cli(*args):
     env = dict(os.environ)
     env.pop("TF_USE_LEGACY_KERAS", None)
@@ -32,12 +48,9 @@ def run_cli(*args):
 
 
 def test_prepare_reports_sessions_pairs_and_cold_items(write, tmp_path, capsys):
-    events = write("events.csv", EVENTS)
-    items = write("items.csv", ITEMS)
     out = tmp_path / "out"
-    code = main(["-q", "prepare", "--events", str(events), "--items", str(items),
-                 "--event-col", "event", "--window", "1", "--subsample", "0",
-                 "--out", str(out), "--json"])
+    code = main(["-q", "prepare", *prepare_args(write, EVENTS, ITEMS), "--out", str(out),
+                 "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out.split("\nwrote ")[0])
     assert report["events"] == 5 and report["users"] == 2 and report["sessions"] == 2
@@ -50,28 +63,66 @@ def test_prepare_reports_sessions_pairs_and_cold_items(write, tmp_path, capsys):
 
 
 def test_prepare_text_report(write, capsys):
-    events = write("events.csv", EVENTS)
-    assert main(["-q", "prepare", "--events", str(events)]) == 0
+    assert main(["-q", "prepare", *prepare_args(write)]) == 0
     text = capsys.readouterr().out
     assert "pairs per epoch" in text and "sessions" in text and "cold" in text
+
+
+def test_prepare_reads_the_run_config_as_train_does(write, capsys):
+    """The report describes what `tfrec train` with the same config will do."""
+    args = prepare_args(write, EVENTS, None, "data.pairs.batch_size=3",
+                        "train.retrieval_batch_size=2", "model.objective=both")
+    assert main(["-q", "prepare", *args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pair_config"]["batch_size"] == 3 and report["pair_config"]["window"] == 1
+    assert report["objective"] == "both" and report["retrieval_batch_size"] == 2
+    # 8 pairs in batches of 3; retrieval: every event but the first of its session.
+    assert (report["batches_per_epoch"], report["retrieval_examples_per_epoch"],
+            report["retrieval_batches_per_epoch"]) == (3, 3, 2)
+    assert report["steps_per_epoch"] == 3  # the pair stream sets the epoch under "both"
+    # With no config, the bundled one (the one `tfrec train` uses) is read.
+    from tfrec.run import DEFAULT_CONFIG, command_config, load_run_config
+
+    assert command_config() == load_run_config(DEFAULT_CONFIG)
+
+
+def test_prepare_counts_the_training_slice_of_a_split(write, capsys):
+    # u1's session (a, b, c, purchase of c) is before 10:30, u2's (a, b) after.
+    args = prepare_args(write, EVENTS, None, "data.pairs.batch_size=3",
+                        "train.split_date='2024-01-01 10:30'", "model.objective=skipgram")
+    assert main(["-q", "prepare", *args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["events"] == 5 and report["sessions"] == 2  # the data as read
+    assert report["training_events"] == 3 and report["training_sessions"] == 1
+    # window 1 in u1's session: a-b, b-c both ways (4); global: a->c, b->c (2).
+    assert report["pairs_per_epoch"] == 6 and report["global_context_pairs"] == 2
+    assert report["batches_per_epoch"] == 2 and report["steps_per_epoch"] == 2
+    assert (report["split"]["events_before"], report["split"]["events_after"]) == (3, 2)
+    # The events and items files are counted apart.
+    items = write("items.csv", ITEMS)
+    args += ["--set", f"data.items={items}"]
+    assert main(["-q", "prepare", *args, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows_read"]
+    assert rows == {str(items.parent / "events.csv"): 5, str(items): 4}
 
 
 @pytest.mark.parametrize("content, args, expected", [
     (None, [], "events file not found"),
     ("user_id,item_id\nu,a\n", [], "no column 'timestamp'"),
     ("user_id,item_id,timestamp\n", [], "header but no rows"),
-    ("user_id,item_id,timestamp\nu,a,2024-01-01\nu,b,soon\n", ["--strict"],
+    ("user_id,item_id,timestamp\nu,a,2024-01-01\nu,b,soon\n", ["data.strict=true"],
      "line 3, column 'timestamp': cannot parse 'soon'"),
-    ("user_id,item_id,timestamp\nu,a,2024-01-01\n", ["--window", "0"],
-     "setting 'window': window must be a positive integer"),
-    ("user_id,item_id,timestamp\nu,a,2024-01-01\n", ["--event-weight", "purchase"],
-     "--event-weight expects TYPE=NUMBER"),
+    ("user_id,item_id,timestamp\nu,a,2024-01-01\n", ["data.pairs.window=0"],
+     "window must be a positive integer"),
+    ("user_id,item_id,timestamp\nu,a,2024-01-01\n", ["data.pairs.event_weights"],
+     "--set expects section.key=value"),
 ])
 def test_bad_input_exits_2_with_one_message_and_no_traceback(tmp_path, content, args, expected):
     path = tmp_path / "events.csv"
     if content is not None:
         path.write_text(content)
-    result = run_cli("prepare", "--events", str(path), *args)
+    sets = ["data.layout=events", f"data.events={path}", "model.use_text=false", *args]
+    result = run_cli("prepare", *[arg for item in sets for arg in ("--set", item)])
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
@@ -79,9 +130,9 @@ def test_bad_input_exits_2_with_one_message_and_no_traceback(tmp_path, content, 
 
 
 def test_conflicting_item_text_strict_exits_2(write):
-    events = write("events.csv", EVENTS)
-    items = write("items.csv", "item_id,text\na,red mug\na,red cup\n")
-    result = run_cli("prepare", "--events", str(events), "--items", str(items), "--strict")
+    args = prepare_args(write, EVENTS, "item_id,text\na,red mug\na,red cup\n",
+                        "data.strict=true")
+    result = run_cli("prepare", *args)
     assert result.returncode == 2
     assert "line 3, column 'text': item 'a' has text 'red cup' here but 'red mug' at line 2" in (
         result.stderr)
@@ -89,9 +140,9 @@ def test_conflicting_item_text_strict_exits_2(write):
 
 
 def test_lenient_mode_reports_rejected_rows_and_writes_them(write, tmp_path, capsys):
-    events = write("events.csv", EVENTS + "    u3,d,not a time,click\n")
     out = tmp_path / "out"
-    assert main(["-q", "prepare", "--events", str(events), "--out", str(out)]) == 0
+    args = prepare_args(write, EVENTS + "    u3,d,not a time,click\n")
+    assert main(["-q", "prepare", *args, "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "events: unparseable timestamp" in text and "line 7" in text
     assert "not a time" in (out / "rejected_rows.csv").read_text()
@@ -100,4 +151,4 @@ def test_lenient_mode_reports_rejected_rows_and_writes_them(write, tmp_path, cap
 def test_unknown_subcommand_and_help():
     assert run_cli("nonsense").returncode == 2
     result = run_cli("prepare", "--help")
-    assert result.returncode == 0 and "--session-gap-minutes" in result.stdout
+    assert result.returncode == 0 and "--config" in result.stdout and "--set" in result.stdout

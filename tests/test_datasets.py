@@ -138,13 +138,15 @@ def test_cli_without_data_exits_2_with_the_message(tmp_path, capsys):
 
 
 def test_prepare_reads_a_goodbooks_folder(goodbooks, capsys):
-    assert main(["-q", "prepare", "--goodbooks", str(goodbooks), "--json"]) == 0
+    config = ["--config", "tfrec/configs/goodbooks.yaml"]
+    assert main(["-q", "prepare", *config, "--set", f"data.events={goodbooks}", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["events"], report["users"], report["sessions"], report["items"]) == (
         15, 4, 4, 6)
     assert report["rows_dropped"]["goodbooks: rating 1-2 (a negative signal, not an interest)"] == 2
-    assert main(["-q", "prepare", "--data-dir", str(goodbooks.parent), "--goodbooks",
-                 "--no-to-read", "--json"]) == 0
+    assert report["held_out_users"] == 1  # the bundled config's user split
+    assert main(["-q", "prepare", *config, "--data-dir", str(goodbooks.parent),
+                 "--set", "data.goodbooks_to_read=false", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["events"] == 9
 
 

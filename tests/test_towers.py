@@ -260,3 +260,21 @@ def test_query_tower_mlp_and_separate_query_items_round_trip():
         a.set_weights(b.get_weights())
     np.testing.assert_allclose(clone.query_tower(history).numpy(), query, rtol=1e-5,
                                atol=1e-6)
+
+
+def test_a_checkpoint_naming_the_item_encoder_candidate_tower_still_restores(tmp_path):
+    events = generate_events(2000, 40, num_clusters=4, seed=1)
+    items = generate_items(40, num_clusters=4, num_cold=4, seed=1)
+    vocab = build_vocabulary(events, items)
+    config = ModelConfig(embedding_dim=8, query_items="separate",
+                         text=TextConfig(token_dim=4, filters=4))
+    model = build_model(config, vocab, seed=1)
+    expected = model.item_embeddings()
+    # Runs trained before the rename saved the item encoder as "candidate_tower".
+    old = tf.train.Checkpoint(model=tf.train.Checkpoint(candidate_tower=model.item_encoder,
+                                                        query_tower=model.query_tower))
+    path = old.write(str(tmp_path / "old"))
+    fresh = build_model(config, vocab, seed=2)
+    assert np.abs(fresh.item_embeddings() - expected).max() > 1e-3
+    tf.train.Checkpoint(model=fresh).read(path).assert_existing_objects_matched()
+    np.testing.assert_allclose(fresh.item_embeddings(), expected, rtol=1e-5, atol=1e-6)

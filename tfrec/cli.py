@@ -14,61 +14,15 @@ from tfrec.utils import VERBOSE_ENV
 logger = logging.getLogger("tfrec")
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    from tfrec.config import PAIR_MODES, EventsSchema, ItemsSchema, PairConfig, SessionConfig
-
-    es, its, sc, pc = EventsSchema(), ItemsSchema(), SessionConfig(), PairConfig()
-    src = parser.add_argument_group(
-        "input (default: UCI Online Retail from the data folder, see --data-dir)")
-    src.add_argument("--events", metavar="PATH",
-                     help="events table: CSV, CSV.gz or Parquet (user, item, time, "
-                          "optional event type and session id)")
-    src.add_argument("--items", metavar="PATH",
-                     help="items table: CSV, CSV.gz or Parquet (item id, text, optional market)")
-    src.add_argument("--online-retail", metavar="PATH", nargs="?", const="",
-                     help="read PATH in the UCI Online Retail layout (no PATH: "
-                          "online_retail/online_retail.csv.gz in the data folder)")
-    src.add_argument("--goodbooks", metavar="FOLDER", nargs="?", const="",
-                     help="read FOLDER in the goodbooks-10k layout (books, ratings and "
-                          "to_read .csv.gz; no FOLDER: goodbooks_10k/ in the data folder)")
-    src.add_argument("--no-to-read", action="store_true",
-                     help="with --goodbooks: the ratings only, not the to-read shelves")
-    _add_data_dir_argument(src)
-    src.add_argument("--strict", action="store_true",
-                     help="fail on the first bad row instead of counting and dropping it")
-    cols = parser.add_argument_group("column names")
-    cols.add_argument("--user-col", default=es.user_col)
-    cols.add_argument("--item-col", default=es.item_col)
-    cols.add_argument("--time-col", default=es.time_col)
-    cols.add_argument("--event-col", default=es.event_col, help="event type column (optional)")
-    cols.add_argument("--session-col", default=es.session_col,
-                      help="session id column (optional)")
-    cols.add_argument("--time-format", default=es.time_format,
-                      help="strftime format of the time column (default: ISO 8601 text or "
-                           "epoch numbers)")
-    cols.add_argument("--time-unit", default=es.time_unit, choices=["s", "ms", "us", "ns"],
-                      help="unit of numeric epoch times")
-    cols.add_argument("--items-id-col", default=its.item_col)
-    cols.add_argument("--text-col", default=its.text_col)
-    cols.add_argument("--market-col", default=its.market_col,
-                      help="market / category column of the items table (optional)")
-    ses = parser.add_argument_group("sessions")
-    ses.add_argument("--session-gap-minutes", type=float, default=sc.gap_minutes)
-    ses.add_argument("--max-session-length", type=int, default=sc.max_length)
-    ses.add_argument("--conversion-types", default=",".join(sc.conversion_types),
-                     help="comma-separated event types that convert (global context)")
-    pairs = parser.add_argument_group("training pairs")
-    pairs.add_argument("--mode", choices=PAIR_MODES, default=pc.mode)
-    pairs.add_argument("--window", type=int, default=pc.window)
-    pairs.add_argument("--no-global-context", action="store_true")
-    pairs.add_argument("--subsample", type=float, default=pc.subsample,
-                       help="word2vec subsampling threshold (0: off)")
-    pairs.add_argument("--num-negatives", type=int, default=pc.num_negatives)
-    pairs.add_argument("--market-negatives", type=int, default=pc.market_negatives)
-    pairs.add_argument("--event-weight", action="append", default=[], metavar="TYPE=W",
-                       help="weight of an event type, e.g. purchase=3 (repeatable)")
-    pairs.add_argument("--batch-size", type=int, default=pc.batch_size)
-    pairs.add_argument("--seed", type=int, default=pc.seed)
+def _add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config, --set and --data-dir: the run config, as `tfrec.run.command_config` reads it."""
+    parser.add_argument("--config", metavar="FILE",
+                        help="run config, YAML or JSON (sections data, model, train; default: "
+                             "tfrec/configs/online_retail.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set model.embedding_dim=32 "
+                             "(repeatable)")
+    _add_data_dir_argument(parser)
 
 
 def _add_data_dir_argument(parser) -> None:
@@ -79,56 +33,13 @@ def _add_data_dir_argument(parser) -> None:
                              f"(default: ${DATA_ENV}, else ../shared/data)")
 
 
-def _data_configs(args: argparse.Namespace):
-    from tfrec.config import EventsSchema, ItemsSchema, PairConfig, SessionConfig
-
-    weights = dict(PairConfig().event_weights)
-    for spec in args.event_weight:
-        name, sep, value = spec.partition("=")
-        try:
-            weights[name.strip().lower()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise InputError(f"--event-weight expects TYPE=NUMBER, got {spec!r}",
-                             key="event-weight")
-    events_schema = EventsSchema(args.user_col, args.item_col, args.time_col, args.event_col,
-                                 args.session_col, args.time_format, args.time_unit)
-    items_schema = ItemsSchema(args.items_id_col, args.text_col, args.market_col)
-    session_config = SessionConfig(
-        gap_minutes=args.session_gap_minutes, max_length=args.max_session_length,
-        conversion_types=tuple(t.strip().lower() for t in args.conversion_types.split(",")
-                               if t.strip()))
-    pair_config = PairConfig(
-        mode=args.mode, window=args.window, global_context=not args.no_global_context,
-        subsample=args.subsample, num_negatives=args.num_negatives,
-        market_negatives=args.market_negatives, event_weights=weights,
-        batch_size=args.batch_size, seed=args.seed)
-    return events_schema, items_schema, session_config, pair_config
-
-
-def _prepare_from_args(args: argparse.Namespace):
-    from tfrec.data.report import prepare
-
-    events_schema, items_schema, session_config, pair_config = _data_configs(args)
-    given = [flag for flag, value in (("--events", args.events),
-                                      ("--online-retail", args.online_retail),
-                                      ("--goodbooks", args.goodbooks)) if value is not None]
-    if len(given) > 1:
-        raise InputError(f"give one of {', '.join(given)}, not several", key="events")
-    layout = ("events" if args.events else "goodbooks" if args.goodbooks is not None
-              else "online_retail")
-    path = args.events or args.online_retail or args.goodbooks or None
-    return prepare(path, args.items, layout, events_schema, items_schema, session_config,
-                   pair_config, strict=args.strict, data_dir=args.data_dir,
-                   goodbooks_to_read=not args.no_to_read)
-
-
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tfrec.data.report import data_report, format_report, write_outputs
+    from tfrec.run import command_config, prepare_training_data
 
-    data = _prepare_from_args(args)
-    report = data_report(data, split_date=args.split_date)
+    config = command_config(args.config, args.set, args.data_dir)
+    data = prepare_training_data(config)
+    report = data_report(data, config)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -303,17 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: device probing, index-building chatter)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     prep = sub.add_parser(
-        "prepare", help="read and validate an events log, report sessions, items and pairs",
-        description="Read and validate an events log (default: UCI Online Retail from the "
-                    "data folder), sessionise it, build the skip-gram pair pipeline and print a "
-                    "report.")
-    _add_data_arguments(prep)
+        "prepare", help="read and validate a run's data, report sessions, items, pairs and "
+                        "batches",
+        description="Read and validate the data a run config names (the same config as "
+                    "`tfrec train`, default: UCI Online Retail from the data folder), split "
+                    "it as training will, sessionise it, build the training pipelines and "
+                    "print a report of the data and of one epoch of training.")
+    _add_run_config_arguments(prep)
     prep.add_argument("--out", metavar="DIR",
                       help="also write vocab.tsv, report.json and rejected_rows.csv here")
     prep.add_argument("--json", action="store_true", help="print the report as JSON")
-    prep.add_argument("--split-date", metavar="YYYY-MM-DD",
-                      help="also count events and items on each side of this date; items "
-                           "first seen after it are the cold-start items at that split")
     prep.set_defaults(func=cmd_prepare)
 
     tr = sub.add_parser(
@@ -323,16 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "tfrec/configs/online_retail.yaml) with Keras fit; write a run folder with "
                     "the config, vocabularies, per-epoch checkpoints, TensorBoard logs and "
                     "history; report the held-out hit rate.")
-    tr.add_argument("--config", metavar="FILE",
-                    help="run config, YAML or JSON (sections data, model, train)")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a setting, e.g. --set model.embedding_dim=32 (repeatable)")
+    _add_run_config_arguments(tr)
     tr.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
     tr.add_argument("--strategy", metavar="NAME",
                     help="shorthand for --set train.strategy=NAME: default (no tf.distribute "
                          "strategy), mirrored (the local devices) or multi_worker (one process "
                          "per worker, the cluster from the TF_CONFIG environment variable)")
-    _add_data_dir_argument(tr)
     tr.add_argument("--run-dir", default="runs/train", metavar="DIR",
                     help="run folder (default: runs/train)")
     tr.add_argument("--resume", action="store_true",

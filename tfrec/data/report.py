@@ -1,23 +1,32 @@
-"""The data report: what the pipeline made of an events log, in numbers."""
+"""The data report: what the pipeline makes of a run's data, in numbers.
+
+`tfrec prepare` reads the same run config as `tfrec train` and reports on
+the data that training will read, split and batch (`data_report`).
+`prepare` builds the data layer's pieces over a whole log, for a notebook.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from tfrec.config import EventsSchema, ItemsSchema, PairConfig, SessionConfig
+from tfrec.config import EventsSchema, ItemsSchema, PairConfig, RunConfig, SessionConfig
 from tfrec.data.events import Rejections
 from tfrec.data.pipeline import EpochStats, PairPipeline
 from tfrec.data.sessions import Sessions, resolve_retrieval_context, session_order, sessionize
-from tfrec.data.split import parse_split_date
 from tfrec.data.vocab import ItemVocabulary, build_vocabulary
 from tfrec.datasets.layouts import read_tables
 from tfrec.utils import ensure_folder
+
+if TYPE_CHECKING:  # the run layer sits on the data layer; only its type is named here
+    from tfrec.run import TrainingData
 
 logger = logging.getLogger(__name__)
 
@@ -71,18 +80,18 @@ def prepare(events_path: str | Path | None = None, items_path: str | Path | None
     return PreparedData(events, items, rejections, vocab, sessions, pipeline, source)
 
 
-def split_counts(data: PreparedData, split_date: str) -> dict:
-    """Events, sessions and items on each side of a time split.
+def split_counts(events: pd.DataFrame, sessions: Sessions, cut: int, split_date: str) -> dict:
+    """Events, sessions and items on each side of a time split at `cut` (epoch seconds).
 
     Items first seen on or after the split date are the ones a model trained
     on the earlier events has never seen: cold-start items at that split.
     """
-    cut = parse_split_date(split_date, "split-date")
-    time = data.events["time"].to_numpy()
-    first_seen = data.events.groupby("item", sort=False)["time"].min()
-    starts = data.sessions.start_time
+    time = events["time"].to_numpy()
+    first_seen = events.groupby("item", sort=False)["time"].min()
+    starts = sessions.start_time
     return {
-        "split_date": str(pd.Timestamp(split_date).date()),
+        "split_date": str(pd.Timestamp(split_date).date()) if split_date
+        else str(pd.Timestamp(cut, unit="s").date()),
         "events_before": int((time < cut).sum()),
         "events_after": int((time >= cut).sum()),
         "sessions_before": int((starts < cut).sum()),
@@ -92,29 +101,43 @@ def split_counts(data: PreparedData, split_date: str) -> dict:
     }
 
 
-def data_report(data: PreparedData, epoch: int = 0, split_date: str | None = None) -> dict:
-    """Counts for the report; runs one epoch of the pair pipeline to count pairs.
+def data_report(data: TrainingData, config: RunConfig, epoch: int = 0) -> dict:
+    """Counts for the report of a run's data (`tfrec.run.prepare_training_data`).
+
+    The data as read (events, users, sessions, items) is counted over every
+    event; what an epoch trains on (pairs, batches, retrieval examples) over
+    the training slice of the run's split, by running one epoch of the pair
+    pipeline.
 
     Args:
-      data: the prepared data.
+      data: the run's training data.
+      config: the run config it was prepared from.
       epoch: which epoch of the pipeline to count.
-      split_date: optional YYYY-MM-DD; adds counts on each side of it, with
-        the items first seen after it (cold-start items at that split).
     """
     rej = data.rejections
-    stats = dict(data.sessions.stats)
+    vocab = build_vocabulary(data.events, data.items)
+    sessions = sessionize(data.events, vocab, config.data.sessions,
+                          config.data.pairs.event_weights,
+                          config.data.pairs.default_event_weight)
+    stats = dict(sessions.stats)
     epoch_stats = EpochStats()
     started = time.perf_counter()
-    logger.info("counting the pairs of one epoch")
-    for _ in data.pipeline.epoch(epoch, epoch_stats):
+    logger.info("counting the pairs of one epoch of the training slice")
+    for _ in data.pairs.epoch(epoch, epoch_stats):
         pass
     seconds = time.perf_counter() - started
-    cfg = data.pipeline.config
-    vocab = data.vocab
-    events_with_text = int((vocab.text[1:] != "").sum())
+    cfg = data.pairs.config
+    objective = config.model.objective
+    retrieval_examples = data.next_items.num_examples if data.next_items is not None else 0
+    retrieval_batches = -(-retrieval_examples // config.train.retrieval_batch_size)
+    # What one epoch of `fit` runs: the pair stream sets its length unless the
+    # objective is retrieval alone (`tfrec.training.make_dataset`).
+    steps = retrieval_batches if objective == "retrieval" else epoch_stats.batches
+    if config.train.steps_per_epoch:
+        steps = min(steps, config.train.steps_per_epoch)
     report = {
         "source": data.source,
-        "rows_read": int(sum(rej.rows_read.values())),
+        "rows_read": {path: int(n) for path, n in rej.rows_read.items()},
         "rows_dropped": {rule: int(n) for rule, n in rej.counts.items()},
         "rows_dropped_total": int(rej.total),
         "drop_examples": dict(rej.examples),
@@ -129,21 +152,29 @@ def data_report(data: PreparedData, epoch: int = 0, split_date: str | None = Non
         # What `model.retrieval_context: auto` (the default) derives from the data.
         "session_order": {"multi_event_sessions": stats["multi_event_sessions"],
                           "one_timestamp": stats["unordered_sessions"],
-                          "order": session_order(data.sessions),
-                          "retrieval_context": resolve_retrieval_context("auto",
-                                                                         data.sessions)},
+                          "order": session_order(sessions),
+                          "retrieval_context": resolve_retrieval_context("auto", sessions)},
         "merged_repeats": stats["merged_repeats"],
         "conversions": stats["conversions"],
         "converted_sessions": stats["converted_sessions"],
         "items": vocab.size - 1,
         "warm_items": vocab.num_warm,
         "cold_items": vocab.num_cold,
-        "items_with_text": events_with_text,
+        "items_with_text": int((vocab.text[1:] != "").sum()),
         "markets": len(vocab.market_names),
+        # The training slice, as one epoch of training sees it.
+        "objective": objective,
+        "training_events": data.train_events,
+        "training_sessions": data.sessions.num_sessions,
         "pairs_per_epoch": epoch_stats.pairs,
         "global_context_pairs": epoch_stats.global_pairs,
         "events_kept_by_subsampling": epoch_stats.kept_events,
         "batches_per_epoch": epoch_stats.batches,
+        "retrieval_examples_per_epoch": retrieval_examples,
+        "retrieval_batches_per_epoch": retrieval_batches,
+        "retrieval_batch_size": config.train.retrieval_batch_size,
+        "retrieval_context": data.retrieval_context,
+        "steps_per_epoch": steps,
         "pairs_per_second": round(epoch_stats.pairs / max(seconds, 1e-9)),
         "pair_config": {"mode": cfg.mode, "window": cfg.window, "subsample": cfg.subsample,
                         "num_negatives": cfg.num_negatives,
@@ -151,8 +182,14 @@ def data_report(data: PreparedData, epoch: int = 0, split_date: str | None = Non
                         "negative_power": cfg.negative_power, "batch_size": cfg.batch_size,
                         "global_context": cfg.global_context, "seed": cfg.seed},
     }
-    if split_date is not None:
-        report["split"] = split_counts(data, split_date)
+    split = data.split
+    if split.cut is not None:
+        report["split"] = split_counts(data.events, sessions, split.cut,
+                                       config.train.split_date)
+    if split.per_user:
+        report["held_out_users"] = len(split.kept_out_users)
+    if len(split.hidden_items):
+        report["hidden_items"] = len(split.hidden_items)
     return report
 
 
@@ -165,7 +202,8 @@ def format_report(report: dict) -> str:
     def row(label, value, note=""):
         lines.append(f"  {label:<28}{value:>12}" + (f"   {note}" if note else ""))
 
-    row("rows read", n(report["rows_read"]))
+    for path, count in report["rows_read"].items():
+        row("rows read", n(count), path)
     row("rows dropped", n(report["rows_dropped_total"]))
     for rule, count in report["rows_dropped"].items():
         if count:
@@ -193,18 +231,36 @@ def format_report(report: dict) -> str:
     row("items", n(report["items"]),
         f"warm {n(report['warm_items'])}, cold {n(report['cold_items'])} (text, no events); "
         f"{n(report['items_with_text'])} with text, {n(report['markets'])} markets")
+    objective = report["objective"]
+    lines.append(f"  training slice ({objective} objective):")
+    row("  events", n(report["training_events"]),
+        "every event" if report["training_events"] == report["events"]
+        else "before the split" if "split" in report else "the rest held out")
+    row("  sessions", n(report["training_sessions"]), "session pieces")
+    pairs_note = "" if objective in ("skipgram", "both") else " (not trained on)"
     shape = (f"window {cfg['window']} each side" if cfg["mode"] == "window"
              else "set mode (whole session)")
-    row("pairs per epoch", n(report["pairs_per_epoch"]),
-        f"{shape}; {n(report['global_context_pairs'])} global-context")
+    row("  pairs per epoch", n(report["pairs_per_epoch"]),
+        f"{shape}; {n(report['global_context_pairs'])} global-context{pairs_note}")
     if cfg["subsample"]:
-        share = report["events_kept_by_subsampling"] / max(report["events"], 1)
-        row("  subsampling", f"{share:.1%}", f"of events kept (t = {cfg['subsample']:g})")
-    row("negatives per pair", n(cfg["num_negatives"] + cfg["market_negatives"]),
+        share = report["events_kept_by_subsampling"] / max(report["training_events"], 1)
+        row("    subsampling", f"{share:.1%}", f"of events kept (t = {cfg['subsample']:g})")
+    row("  negatives per pair", n(cfg["num_negatives"] + cfg["market_negatives"]),
         f"{cfg['num_negatives']} unigram^{cfg['negative_power']:g}, "
         f"{cfg['market_negatives']} from the centre's market")
-    row("batches per epoch", n(report["batches_per_epoch"]), f"batch size {n(cfg['batch_size'])}")
+    row("  batches per epoch", n(report["batches_per_epoch"]),
+        f"of pairs, batch size {n(cfg['batch_size'])}{pairs_note}")
+    if objective in ("retrieval", "both"):
+        row("  retrieval examples", n(report["retrieval_examples_per_epoch"]),
+            f"per epoch, context {report['retrieval_context']}")
+        row("  retrieval batches", n(report["retrieval_batches_per_epoch"]),
+            f"per epoch, batch size {n(report['retrieval_batch_size'])}")
+    row("  steps per epoch", n(report["steps_per_epoch"]), "what one epoch of training runs")
     row("pipeline speed", n(report["pairs_per_second"]), "pairs/s with negatives")
+    if "held_out_users" in report:
+        row("users held out", n(report["held_out_users"]), "the user split's cases")
+    if "hidden_items" in report:
+        row("items hidden", n(report["hidden_items"]), "from training (train.cold_items)")
     if "split" in report:
         sp = report["split"]
         lines.append(f"  time split at {sp['split_date']}:")
@@ -217,10 +273,9 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(data: PreparedData, report: dict, out_dir: str | Path) -> dict[str, str]:
-    """Writes vocab.tsv, report.json and (if any) rejected_rows.csv into out_dir."""
-    import json
-
+def write_outputs(data: TrainingData, report: dict, out_dir: str | Path) -> dict[str, str]:
+    """Writes vocab.tsv (the run's vocabulary, as `tfrec train` writes it), report.json and
+    (if any) rejected_rows.csv into out_dir."""
     out = ensure_folder(out_dir)
     written = {"vocabulary": str(out / "vocab.tsv"), "report": str(out / "report.json")}
     data.vocab.save(out / "vocab.tsv")
