@@ -1,5 +1,12 @@
 """tfrec: item embeddings from user behaviour and item text, served with ANN search.
 
+The public API is the names in ``tfrec.__all__``, one ``import tfrec`` away:
+settings (``tfrec.RunConfig``, ``tfrec.load_run_config`` ...), the layers and
+model (``tfrec.ItemEncoder``, ``tfrec.HybridModel``, ``tfrec.build_model``
+...) and the workflows (``tfrec.train``, ``tfrec.export``,
+``tfrec.load_saved_model``). They are imported on first use, so
+``import tfrec`` itself does not import TensorFlow.
+
 Importing tfrec sets ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported
 anywhere (TensorFlow Recommenders needs Keras 2, i.e. ``tf_keras``), then checks
 that the installed TensorFlow / tf-keras / tensorflow-text / TFRS / scann
@@ -36,6 +43,65 @@ if os.environ.get("TFREC_SKIP_STACK_CHECK") != "1":
 
 __version__ = "0.1.0"
 
+import importlib  # noqa: E402
+import typing  # noqa: E402
+
 from tfrec.errors import InputError  # noqa: E402
 
-__all__ = ["InputError", "__version__"]
+# The public API: name -> the module that defines it. Imported on first use
+# (PEP 562), so `import tfrec` stays cheap (no TensorFlow) and still sets the
+# environment above before anything imports TensorFlow.
+_LAZY = {
+    # Settings.
+    "RunConfig": "tfrec.config",
+    "DataConfig": "tfrec.config",
+    "PairConfig": "tfrec.config",
+    "ModelConfig": "tfrec.config",
+    "TextConfig": "tfrec.config",
+    "TrainConfig": "tfrec.config",
+    "IndexConfig": "tfrec.index.ann",
+    "load_run_config": "tfrec.run",
+    # Data of a run: split, vocabulary, pipelines, held-out cases.
+    "prepare_training_data": "tfrec.run",
+    # Layers and model.
+    "TextEncoder": "tfrec.towers.text_encoder",
+    "ItemEncoder": "tfrec.towers.item_encoder",
+    "QueryTower": "tfrec.towers.query_tower",
+    "HybridModel": "tfrec.models.hybrid",
+    "build_model": "tfrec.models.hybrid",
+    "build_optimizer": "tfrec.optimizers",
+    # Workflows.
+    "train": "tfrec.training",
+    "load_run": "tfrec.run",
+    "export": "tfrec.exporter.saved_model",
+    "load_saved_model": "tfrec.exporter.saved_model",
+}
+
+__all__ = ["InputError", "__version__", *_LAZY]
+
+if typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
+    from tfrec.config import (  # noqa: F401
+        DataConfig, ModelConfig, PairConfig, RunConfig, TextConfig, TrainConfig)
+    from tfrec.exporter.saved_model import export, load_saved_model  # noqa: F401
+    from tfrec.index.ann import IndexConfig  # noqa: F401
+    from tfrec.models.hybrid import HybridModel, build_model  # noqa: F401
+    from tfrec.optimizers import build_optimizer  # noqa: F401
+    from tfrec.run import load_run, load_run_config, prepare_training_data  # noqa: F401
+    from tfrec.towers.item_encoder import ItemEncoder  # noqa: F401
+    from tfrec.towers.query_tower import QueryTower  # noqa: F401
+    from tfrec.towers.text_encoder import TextEncoder  # noqa: F401
+    from tfrec.training import train  # noqa: F401
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        # Not a public name: Python then looks for a submodule (`from tfrec import cli`).
+        raise AttributeError(f"module 'tfrec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,52 @@
+"""The top-level API: `import tfrec` is cheap, and every public name resolves."""
+
+import subprocess
+import sys
+
+import pytest
+
+import tfrec
+
+
+def _python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_import_tfrec_does_not_import_tensorflow():
+    assert _python("import tfrec, sys; print('tensorflow' in sys.modules)") == "False"
+
+
+def test_a_public_name_imports_its_module_on_first_use():
+    out = _python("import tfrec, sys; print(tfrec.HybridModel); "
+                  "print('tensorflow' in sys.modules)")
+    assert out.splitlines() == ["<class 'tfrec.models.hybrid.HybridModel'>", "True"]
+
+
+def test_every_public_name_resolves():
+    from tfrec.exporter import saved_model
+    from tfrec.models import hybrid
+    from tfrec.towers import item_encoder, query_tower, text_encoder
+
+    for name in tfrec.__all__:
+        assert getattr(tfrec, name) is not None, name
+    assert set(tfrec.__all__) <= set(dir(tfrec))
+    # The same objects as their modules', not copies.
+    assert tfrec.HybridModel is hybrid.HybridModel and tfrec.build_model is hybrid.build_model
+    assert tfrec.ItemEncoder is item_encoder.ItemEncoder
+    assert tfrec.TextEncoder is text_encoder.TextEncoder
+    assert tfrec.QueryTower is query_tower.QueryTower
+    assert tfrec.export is saved_model.export
+    assert tfrec.load_saved_model is saved_model.load_saved_model
+    assert callable(tfrec.train) and callable(tfrec.load_run_config)
+    assert tfrec.__version__
+
+
+def test_unknown_names_are_attribute_errors_and_submodules_still_import():
+    with pytest.raises(AttributeError, match="no_such_name"):
+        tfrec.no_such_name  # noqa: B018
+    from tfrec import cli  # a submodule, not a public name
+
+    assert callable(cli.main)
