@@ -68,7 +68,8 @@ def test_missing_column_names_file_column_and_option(write):
     with pytest.raises(InputError) as err:
         read_events(path)
     message = str(err.value)
-    assert "e.csv" in message and "'user_id'" in message and "--user-col" in message
+    assert "e.csv" in message and "'user_id'" in message
+    assert "set data.events_schema.user_col to the right one" in message
     assert "user, item, timestamp" in message
 
 

@@ -91,11 +91,15 @@ class _Table:
             return {"path": str(self.path), "line": int(self.lines[position])}
         return {"path": f"{self.path} (row {int(self.lines[position])})"}
 
-    def require(self, column: str | None, option: str) -> None:
+    def require(self, column: str | None, setting: str) -> None:
+        """Fails unless the table has `column`; `setting` is the config key naming the
+        column (the error names it), or words saying what the table should be."""
         if column is not None and column not in self.frame.columns:
+            key = setting if "." in setting and " " not in setting else None
+            fix = f"set {setting} to the right one" if key else f"expected {setting}"
             raise InputError(
                 f"no column '{column}' (columns are: {', '.join(map(str, self.frame.columns))}); "
-                f"name the right one with {option}", path=str(self.path), column=column)
+                f"{fix}", path=str(self.path), column=column, key=key)
 
 
 _NUMBER = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?")
@@ -243,11 +247,11 @@ def read_events(path: str | Path, schema: EventsSchema = EventsSchema(), strict:
     """
     rejections = Rejections() if rejections is None else rejections
     table = _read_table(path, "events", rejections, strict)
-    table.require(schema.user_col, "--user-col")
-    table.require(schema.item_col, "--item-col")
-    table.require(schema.time_col, "--time-col")
-    table.require(schema.event_col, "--event-col")
-    table.require(schema.session_col, "--session-col")
+    table.require(schema.user_col, "data.events_schema.user_col")
+    table.require(schema.item_col, "data.events_schema.item_col")
+    table.require(schema.time_col, "data.events_schema.time_col")
+    table.require(schema.event_col, "data.events_schema.event_col")
+    table.require(schema.session_col, "data.events_schema.session_col")
     frame = table.frame
     user = _text(frame[schema.user_col])
     item = _text(frame[schema.item_col])
@@ -269,7 +273,7 @@ def read_events(path: str | Path, schema: EventsSchema = EventsSchema(), strict:
          time == np.iinfo(np.int64).min,
          lambda i: (f"cannot parse {raw_time.iloc[i]!r} as a timestamp"
                     + (f" with format {schema.time_format!r}" if schema.time_format else "")
-                    + "; set --time-format" if pd.notna(raw_time.iloc[i])
+                    + "; set data.events_schema.time_format" if pd.notna(raw_time.iloc[i])
                     else "missing timestamp")),
     ]
     for rule, column, bad, describe in checks:
@@ -306,9 +310,9 @@ def read_items(path: str | Path, schema: ItemsSchema = ItemsSchema(), strict: bo
     """
     rejections = Rejections() if rejections is None else rejections
     table = _read_table(path, "items", rejections, strict)
-    table.require(schema.item_col, "--items-id-col")
-    table.require(schema.text_col, "--text-col")
-    table.require(schema.market_col, "--market-col")
+    table.require(schema.item_col, "data.items_schema.item_col")
+    table.require(schema.text_col, "data.items_schema.text_col")
+    table.require(schema.market_col, "data.items_schema.market_col")
     frame = table.frame
     item = _text(frame[schema.item_col])
     text = _text(frame[schema.text_col]).fillna("")
