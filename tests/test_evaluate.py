@@ -15,7 +15,9 @@ from tfrec.data.split import make_cases, split_events
 from tfrec.data.vocab import build_vocabulary
 from tfrec.evaluate import baselines
 from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
-from tfrec.evaluate.runner import check_bar, evaluate_run, format_report, parse_baselines
+from tfrec.evaluate.bar import MIN_CASES, check_bar
+from tfrec.evaluate.runner import evaluate_run, parse_baselines
+from tfrec.evaluate.table import format_report
 from tfrec.errors import InputError
 
 
@@ -231,6 +233,34 @@ def test_check_bar_against_ease_the_text_off_variant_and_cold_hr_at_50():
     assert not any("(HR@50)" in c["check"] for c in check_bar(methods, 50, None))
 
 
+def test_a_check_over_too_few_cases_is_neither_met_nor_missed():
+    def method(cold, cases):
+        return {"all": {"hr@10": 0.3, "cases": 100}, "warm": {"hr@10": 0.3, "cases": 100 - cases},
+                "cold": {"hr@10": cold, "cases": cases}}
+
+    # 0.0000 against 0.0000 over 10 cold cases used to print "[met]".
+    methods = {"tfrec": method(0.0, 10), "tfidf_text": method(0.0, 10)}
+    checks = {c["check"]: c for c in check_bar(methods, 10, {"cold": 0.0, "all": 0.2})}
+    cold = checks["matches or beats the best text-only method on cold targets"]
+    assert cold["met"] is None and cold["cases"] == 10
+    assert checks["HR@10 on cold targets >= 0.0"]["met"] is None
+    assert checks["HR@10 on all targets >= 0.2"]["met"] is True  # 100 cases: judged
+    report = {"k": 10, "protocol": {"cases": 100, "warm_cases": 90, "cold_cases": 10,
+                                    "candidates": 50},
+              "methods": {}, "index_recall": {"index": "scann", "queries": 1,
+                                              "recall": {"10": 1.0}},
+              "conversion": {"available": False, "reason": "none"},
+              "checks": list(checks.values())}
+    text = format_report(report)
+    assert ("[too few cases (10)] matches or beats the best text-only method on cold targets"
+            in text)
+    assert "[met] HR@10 on all targets >= 0.2" in text
+    # At the minimum the check is judged again.
+    methods = {"tfrec": method(0.0, MIN_CASES), "tfidf_text": method(0.0, MIN_CASES)}
+    checks = {c["check"]: c["met"] for c in check_bar(methods, 10, None)}
+    assert checks["matches or beats the best text-only method on cold targets"] is True
+
+
 # ----------------------------------------------------------------------------- the report
 
 @pytest.fixture(scope="module")
@@ -279,7 +309,7 @@ def test_cold_start_figures(report, run_dir):
 
 
 def test_cold_start_needs_a_text_tower():
-    from tfrec.evaluate.runner import cold_start_figures
+    from tfrec.evaluate.analyses import cold_start_figures
 
     class IdsOnly:
         class item_encoder:

@@ -108,7 +108,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tfrec.evaluate.runner import evaluate_run, format_report, parse_baselines
+    from tfrec.evaluate.runner import evaluate_run, parse_baselines
+    from tfrec.evaluate.table import format_report
 
     if args.run is None and args.saved_model is None:
         raise InputError("give --run RUN_DIR or --saved-model VERSION_DIR")

@@ -24,7 +24,7 @@ from pathlib import Path
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec import distribute
+import tfrec.distribute as distribute
 from tfrec.config import RunConfig, from_dict
 from tfrec.errors import InputError
 from tfrec.evaluate.protocol import evaluate_model

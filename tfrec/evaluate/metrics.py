@@ -76,3 +76,16 @@ def target_ranks(query_embeddings, item_embeddings, targets: np.ndarray, exclude
             before += tied.sum(axis=1)
         ranks[start:stop] = before
     return ranks
+
+
+def top_k_items(query_emb: np.ndarray, item_emb: np.ndarray, exclude: list, valid: np.ndarray,
+                k: int, chunk: int = 1024) -> np.ndarray:
+    """[n, k] the k best valid items of each query, its own items excluded (unordered)."""
+    out = []
+    for start in range(0, len(query_emb), chunk):
+        scores = query_emb[start:start + chunk] @ item_emb.T
+        scores[:, ~valid] = -np.inf
+        for row, own in enumerate(exclude[start:start + chunk]):
+            scores[row, own] = -np.inf
+        out.append(np.argpartition(-scores, k - 1, axis=1)[:, :k])
+    return np.concatenate(out)

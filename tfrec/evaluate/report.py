@@ -9,6 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tfrec.evaluate.analyses import pca_2d
+from tfrec.evaluate.bar import verdict
+from tfrec.evaluate.methods import LABELS
+from tfrec.evaluate.table import format_report
 from tfrec.utils import ensure_folder
 
 PLOTS = ("hr_at_k.png", "warm_cold.png", "index_recall.png", "embedding_map.png")
@@ -130,8 +134,6 @@ def _split_text(p: dict) -> str:
 def write_report(report: dict, out_dir: str | Path, item_embeddings: np.ndarray,
                  codes: np.ndarray, names: list[str], cold: np.ndarray) -> Path:
     """Writes report.json, plots/*.png and report.html; returns the HTML path."""
-    from tfrec.evaluate.runner import pca_2d
-
     out_dir = ensure_folder(out_dir, "report folder")
     plots = ensure_folder(out_dir / "plots", "plots folder")
     plot_hr_curves(report, plots / "hr_at_k.png")
@@ -195,9 +197,11 @@ def _tuning_html(report: dict) -> str:
     return "<h2>Baseline settings</h2>" + "".join(parts) if parts else ""
 
 
-def render_html(report: dict, out_dir: Path) -> str:
-    from tfrec.evaluate.runner import LABELS, format_report
+def _check_class(check: dict) -> str:
+    return "unsure" if check["met"] is None else "met" if check["met"] else "missed"
 
+
+def render_html(report: dict, out_dir: Path) -> str:
     k = report["k"]
     p = report["protocol"]
     rows = []
@@ -210,7 +214,7 @@ def render_html(report: dict, out_dir: Path) -> str:
         rows.append(f"<tr><th>{html.escape(skip['label'])}</th><td colspan=\"7\" "
                     f"class=\"skipped\">{html.escape(skip['reason'])}</td></tr>")
     checks = "".join(
-        f"<li class=\"{'met' if c['met'] else 'missed'}\">{'met' if c['met'] else 'NOT met'}: "
+        f"<li class=\"{_check_class(c)}\">{html.escape(verdict(c))}: "
         f"{html.escape(c['check'])}: {c['model']:.4f} vs "
         + (f"{c['baseline']:.4f} ({html.escape(LABELS.get(c['best_baseline'], ''))})"
            if "baseline" in c else f"{c['target']}") + "</li>"
@@ -225,7 +229,7 @@ def render_html(report: dict, out_dir: Path) -> str:
 body {{ font-family: sans-serif; margin: 2em; max-width: 1200px; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: 4px 10px; border-bottom: 1px solid #ddd; }}
 td {{ text-align: right; font-family: monospace; }} th {{ text-align: left; }}
-.met {{ color: #176117; }} .missed {{ color: #a11; }}
+.met {{ color: #176117; }} .missed {{ color: #a11; }} .unsure {{ color: #666; }}
 td.skipped {{ text-align: left; font-family: sans-serif; color: #666; }}
 td.chosen {{ font-weight: bold; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}

@@ -1,0 +1,136 @@
+"""What `tfrec evaluate` measures beside the ranking table: cold start, index recall,
+the converted item's rank, and the map of the item embeddings."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec.data.sessions import sessionize
+from tfrec.evaluate import baselines as baselines_lib
+from tfrec.evaluate.exported import ExportedModel
+from tfrec.evaluate.methods import MAX_K
+from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks, top_k_items
+from tfrec.evaluate.protocol import rank_targets
+from tfrec.index.ann import IndexConfig, build_index, recall_at_ks, scann_parameters
+
+
+def text_embeddings(model, texts: np.ndarray, batch_size: int = 65_536) -> np.ndarray | None:
+    """Each text embedded by the model's text path alone (None without a text tower).
+
+    Args:
+      model: a trained model (its item encoder's text path) or an `ExportedModel`
+        (its `embed_items` signature).
+    """
+    if isinstance(model, ExportedModel):
+        return model.text_embeddings(texts)
+    encoder = model.item_encoder
+    if not encoder.config.use_text:
+        return None
+    texts = np.asarray(texts).astype(str)
+    return np.concatenate([encoder.encode_text(tf.constant(texts[i:i + batch_size])).numpy()
+                           for i in range(0, len(texts), batch_size)])
+
+
+def cold_start_figures(model, vocab, cases, ranks: np.ndarray, item_emb: np.ndarray,
+                       query_emb: np.ndarray, valid: np.ndarray, k: int) -> dict:
+    """How the model treats items it knows only by their text.
+
+    - simulated cold start: HR@k / NDCG@k of the warm targets scored with
+      their text-only embedding in place of their full one (every warm
+      target as if it were a brand-new item), beside the same targets scored
+      normally (`ranks`: the model's ranks of every case);
+    - top-k slot shares: the share of the model's top-k slots that go to cold
+      items, beside the cold items' share of the catalogue and of the targets
+      (far above the targets' share means cold items are ranked by a bias,
+      crowding out warm ones).
+    """
+    text = text_embeddings(model, vocab.text)
+    out = {"available": text is not None}
+    if text is None:
+        return {**out, "reason": "the model has no text tower"}
+    warm = ~cases.cold
+    targets = cases.targets[warm]
+    queries = [q for q, w in zip(cases.queries, warm) if w]
+    as_new = target_ranks(query_emb[warm], item_emb, targets, queries, valid,
+                          target_embeddings=text[targets])
+    as_is = ranks[warm]
+    cold_item = np.zeros(len(item_emb), dtype=bool)
+    cold_item[1:] = vocab.counts[1:] == 0
+    slots = top_k_items(query_emb, item_emb, cases.queries, valid, k)
+    return {**out, "warm_cases": int(warm.sum()),
+            "warm": {f"hr@{k}": hit_rate(as_is, k), f"ndcg@{k}": ndcg(as_is, k)},
+            "warm_as_new": {f"hr@{k}": hit_rate(as_new, k), f"ndcg@{k}": ndcg(as_new, k)},
+            "cold_share": {"top_k_slots": float(cold_item[slots].mean()),
+                           "targets": float(cases.cold.mean()),
+                           "catalogue": float(cold_item[valid].mean())}}
+
+
+def index_recall(items: np.ndarray, queries: np.ndarray, ks=(1, 5, 10, 20, 50)) -> dict:
+    """ScaNN (the export's settings) against exact search on the case queries."""
+    embeddings, ids = items[1:], np.arange(1, len(items)).astype(str)
+    config = IndexConfig(kind="scann", max_k=max(ks))
+    started = time.perf_counter()
+    index = build_index(embeddings, ids, config)
+    build = time.perf_counter() - started
+    recall = recall_at_ks(index, queries, embeddings, ids, ks)
+    return {"index": "scann", "parameters": scann_parameters(len(embeddings), config),
+            "queries": int(len(queries)), "build_seconds": round(build, 3),
+            "recall": {str(k): v for k, v in recall.items()}}
+
+
+def conversion_ranks(test_events, vocab, model, history_length: int, session_config,
+                     items: np.ndarray) -> dict:
+    """Airbnb's measure: rank of each test session's converted item given its other items."""
+    if len(test_events) == 0:
+        return {"available": False, "reason": "no test events"}
+    known = test_events[vocab.lookup(test_events["item"].to_numpy(dtype=object)) > 0]
+    if len(known) == 0:
+        return {"available": False, "reason": "no test event is on a catalogue item"}
+    config = dataclasses.replace(session_config, max_length=1 << 30)
+    sessions = sessionize(known, vocab, config)
+    queries, targets = [], []
+    for s, (a, b) in enumerate(zip(sessions.row_splits[:-1], sessions.row_splits[1:])):
+        target = int(sessions.converted[s])
+        if target <= 0:
+            continue
+        query = list(dict.fromkeys(i for i in sessions.items[a:b].tolist() if i != target))
+        if query:
+            queries.append(query)
+            targets.append(target)
+    if not targets:
+        return {"available": False,
+                "reason": "the test sessions have no conversion event "
+                          f"(types {', '.join(session_config.conversion_types)}) after other "
+                          "items"}
+    ranks, _, _ = rank_targets(model, queries, targets, history_length, items)
+    return {"available": True, "sessions": len(targets),
+            "mean_rank": float(ranks.mean()), "median_rank": float(np.median(ranks)),
+            "share_in_top_k": [hit_rate(ranks, k) for k in range(1, MAX_K + 1)]}
+
+
+def categories_of(vocab, top: int = 8) -> tuple[np.ndarray, list[str]]:
+    """Item -> category index for the map: the last word of the item's text.
+
+    Product titles end in their head noun (".. T-LIGHT HOLDER", ".. LUNCH
+    BAG"), which is the text's category; the `top` most common ones get a
+    colour, the rest are "other". Items without text fall back to their
+    market.
+    """
+    heads = [(baselines_lib.tokenize(t) or [""])[-1] for t in vocab.text]
+    markets = np.asarray(vocab.market_names + [""], dtype=object)[vocab.market]
+    labels = np.asarray([h if h else str(m) for h, m in zip(heads, markets)], dtype=object)
+    labels[0] = ""
+    values, counts = np.unique(labels[labels != ""], return_counts=True)
+    names = [str(v) for v in values[np.argsort(-counts, kind="stable")][:top]]
+    index = {n: i for i, n in enumerate(names)}
+    return np.asarray([index.get(str(v), -1) for v in labels]), names
+
+
+def pca_2d(embeddings: np.ndarray) -> np.ndarray:
+    centred = embeddings - embeddings.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T

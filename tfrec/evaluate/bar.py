@@ -1,0 +1,80 @@
+"""The bar: the claims the full model must meet, each with the figures behind it."""
+
+from __future__ import annotations
+
+from tfrec.evaluate.methods import MAX_K, MODEL, TEXT_ONLY
+
+# The bar on the default protocol (bundled Online Retail, split 2011-10-01).
+DEFAULT_TARGETS = {"all": 0.24, "warm": 0.22, "cold": 0.18}
+# A check over fewer cases than this says "too few cases" instead of met or not:
+# below it one case moves a hit rate by more than the margins the bar is about
+# (on 10 cold cases, 0.0000 against 0.0000 would read as met).
+MIN_CASES = 30
+
+
+def metric_value(method: dict, group: str, metric: str) -> float | None:
+    """A method's figure ("hr@10", "ndcg@10"; another HR@K from its hr_curve), or None."""
+    entry = method[group]
+    if metric in entry:
+        return entry[metric]
+    curve = entry.get("hr_curve") or []
+    at = int(metric.split("@")[1]) if metric.startswith("hr@") else 0
+    return curve[at - 1] if 0 < at <= len(curve) else None
+
+
+def check_bar(methods: dict, k: int, targets: dict | None) -> list[dict]:
+    """The claims the full model must meet, each with the figures behind it.
+
+    A claim against a method that was not run (or a group without cases) is
+    left out. A claim on a group of fewer than `MIN_CASES` cases is neither
+    met nor missed: its "met" is None and "cases" says how many there were.
+    """
+    hr, nd = f"hr@{k}", f"ndcg@{k}"
+    full = methods[MODEL]
+    others = {n: m for n, m in methods.items() if n != MODEL}
+    checks = []
+
+    def compare(check, group, metric, names, strict=False):
+        model = metric_value(full, group, metric)
+        names = [n for n in names if n in others
+                 and metric_value(others[n], group, metric) is not None]
+        if model is None or not names:
+            return
+        best = max(names, key=lambda n: metric_value(others[n], group, metric))
+        baseline = metric_value(others[best], group, metric)
+        checks.append(_judged(full, group, {
+            "check": check, "metric": metric, "model": model, "best_baseline": best,
+            "baseline": baseline, "met": model > baseline if strict else model >= baseline}))
+
+    compare("beats every baseline on all cases", "all", hr, list(others), strict=True)
+    compare("matches or beats the best text-only method on cold targets", "cold", hr, TEXT_ONLY)
+    if k != MAX_K:
+        compare(f"matches or beats the best text-only method on cold targets (HR@{MAX_K})",
+                "cold", f"hr@{MAX_K}", TEXT_ONLY)
+    compare("matches or beats EASE on warm targets", "warm", hr, ["ease"])
+    compare(f"matches or beats EASE on warm targets (NDCG@{k})", "warm", nd, ["ease"])
+    compare("matches or beats its own text-off variant on warm targets", "warm", hr,
+            ["tfrec_text_off"])
+    compare("matches or beats item2vec on warm targets", "warm", hr, ["item2vec_gensim"])
+    for group, target in (targets or {}).items():
+        if full[group][hr] is None:  # a group without cases has nothing to check
+            continue
+        checks.append(_judged(full, group, {
+            "check": f"HR@{k} on {group} targets >= {target}", "metric": hr,
+            "model": full[group][hr], "target": target, "met": full[group][hr] >= target}))
+    return checks
+
+
+def _judged(full: dict, group: str, check: dict) -> dict:
+    """The check, undecided (met None) when the model's group has too few cases."""
+    cases = full[group].get("cases")
+    if cases is not None and cases < MIN_CASES:
+        return {**check, "met": None, "cases": cases}
+    return check
+
+
+def verdict(check: dict) -> str:
+    """'met', 'NOT met' or 'too few cases (n)'."""
+    if check["met"] is None:
+        return f"too few cases ({check['cases']})"
+    return "met" if check["met"] else "NOT met"

@@ -1,0 +1,85 @@
+"""An exported version scored like a trained model (`tfrec evaluate --saved-model`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec.errors import InputError
+from tfrec.evaluate.metrics import top_k_items
+from tfrec.exporter.saved_model import METADATA_FILE, load_saved_model
+
+
+class ExportedModel:
+    """An exported version scored like a trained model: its cached item
+    embeddings, its `embed_query` signature, and its own index for recall."""
+
+    def __init__(self, path: Path, vocab):
+        self.path = Path(path)
+        self.vocab = vocab
+        self.module = load_saved_model(self.path)
+        folder = self.path / "assets.extra" / "embeddings"
+        try:
+            vectors = np.load(folder / "items.npy")
+            ids = (folder / "item_ids.txt").read_text().splitlines()
+        except OSError as err:
+            raise InputError(f"the export has no cached item embeddings ({err.strerror})",
+                             path=str(folder)) from None
+        index = vocab.lookup(np.asarray(ids, dtype=object))
+        if (index == 0).any() or len(ids) != vocab.size - 1:
+            raise InputError("the export's items differ from the run's vocabulary (exported "
+                             "from another run?)", path=str(folder / "item_ids.txt"))
+        self.items = np.zeros((vocab.size, vectors.shape[1]), np.float32)
+        self.items[index] = vectors
+
+    def item_embeddings(self) -> np.ndarray:
+        return self.items
+
+    def text_embeddings(self, texts: np.ndarray, batch_size: int = 4096) -> np.ndarray | None:
+        """The export's `embed_items` for unknown ids: each text as a brand-new item."""
+        function = self.module.signatures["embed_items"]
+        texts = np.asarray(texts).astype(str)
+        out = [function(item_ids=tf.constant([""] * len(texts[i:i + batch_size])),
+                        texts=tf.constant(texts[i:i + batch_size]))["embeddings"].numpy()
+               for i in range(0, len(texts), batch_size)]
+        vectors = np.concatenate(out) if out else np.zeros((0, self.items.shape[1]), np.float32)
+        return vectors if np.abs(vectors).sum() > 0 else None  # no text tower: all zeros
+
+    def _ids(self, history: np.ndarray):
+        names = np.where(history > 0, self.vocab.ids[history], "").astype(object)
+        return tf.constant(names.astype(str))
+
+    def query_embeddings(self, history: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        function = self.module.signatures["embed_query"]
+        return np.concatenate([function(item_ids=self._ids(history[i:i + batch_size]))[
+            "embeddings"].numpy() for i in range(0, len(history), batch_size)])
+
+    def index_recall(self, history: np.ndarray, queries: np.ndarray, k: int = 10) -> dict:
+        """The exported serving_default top-k against exact top-k (query items excluded)."""
+        function = self.module.signatures["serving_default"]
+        found = np.concatenate([function(item_ids=self._ids(history[i:i + 1024]),
+                                         k=tf.constant(k))["item_ids"].numpy().astype(str)
+                                for i in range(0, len(history), 1024)])
+        valid = np.ones(len(self.items), dtype=bool)
+        valid[0] = False
+        top = top_k_items(queries, self.items, list(history), valid, k)  # query items excluded
+        exact = self.vocab.ids[top].astype(str)
+        hits = [len(set(a) & set(b)) for a, b in zip(found, exact)]
+        return {"index": "export", "path": str(self.path), "queries": int(len(history)),
+                "recall": {str(k): float(np.mean(hits) / k)}}
+
+
+def run_of_export(path: Path) -> Path:
+    """The run folder an exported version names in its metadata."""
+    meta = path / "assets.extra" / METADATA_FILE
+    try:
+        run = json.loads(meta.read_text())["run"]
+    except (OSError, ValueError, KeyError):
+        raise InputError("cannot find the export's run in its metadata; pass --run too",
+                         path=str(meta)) from None
+    if not Path(run).is_dir():
+        raise InputError(f"the export's run folder {run} is gone; pass --run", path=str(meta))
+    return Path(run)

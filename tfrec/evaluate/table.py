@@ -1,0 +1,64 @@
+"""The table `tfrec evaluate` prints."""
+
+from __future__ import annotations
+
+from tfrec.evaluate.bar import verdict
+from tfrec.evaluate.methods import LABELS
+
+
+def tuning_line(label: str, tuning: dict, k: int) -> str:
+    """'EASE: lambda 20 chosen on 1,324 validation cases ... (HR@10 by lambda: 1 0.3761, ...)'."""
+    grid = ", ".join(f"{value} {hr:.4f}" for value, hr in tuning[f"hr@{k}"].items())
+    return (f"{label}: {tuning['parameter']} {tuning['chosen']} chosen on "
+            f"{tuning['validation_cases']:,} validation cases held out of the training "
+            f"sessions (HR@{k} by {tuning['parameter']}: {grid})")
+
+
+def format_report(report: dict) -> str:
+    """The table `tfrec evaluate` prints."""
+    k = report["k"]
+    p = report["protocol"]
+    lines = [f"{p['cases']:,} cases ({p['warm_cases']:,} warm, {p['cold_cases']:,} cold "
+             f"targets), {p['candidates']:,} candidate items",
+             f"{'method':<24}{'HR@' + str(k):>8}{'warm':>8}{'cold':>8}"
+             f"{'NDCG@' + str(k):>9}{'warm':>8}{'cold':>8}{'time':>8}"]
+    hr, nd = f"hr@{k}", f"ndcg@{k}"
+
+    def cell(value, width):
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.4f}"
+
+    for name, m in report["methods"].items():
+        lines.append(f"{m['label']:<24}" + "".join(cell(m[g][hr], 8) for g in
+                                                   ("all", "warm", "cold"))
+                     + cell(m["all"][nd], 9) + "".join(cell(m[g][nd], 8) for g in
+                                                       ("warm", "cold"))
+                     + f"{m['seconds']:>7.0f}s")
+    for skip in report.get("skipped", {}).values():
+        lines.append(f"{skip['label']:<24}{skip['reason']}")
+    for m in report["methods"].values():
+        if "tuning" in m:
+            lines.append(tuning_line(m["label"], m["tuning"], k))
+    r = report["index_recall"]
+    kind = "the export's index" if r["index"] == "export" else "ScaNN"
+    lines.append(f"index recall@10 ({kind} vs exact, {r['queries']:,} case queries): "
+                 f"{r['recall']['10']:.4f}")
+    conv = report["conversion"]
+    lines.append("converted-item rank: " + (
+        f"{conv['sessions']:,} sessions, median rank {conv['median_rank']:.0f}"
+        if conv["available"] else f"n/a ({conv['reason']})"))
+    cs = report.get("cold_start", {})
+    if cs.get("available"):
+        share = cs["cold_share"]
+        lines.append(f"cold start: warm targets scored by their text alone HR@{k} "
+                     f"{cs['warm_as_new'][hr]:.4f} (by their full embedding "
+                     f"{cs['warm'][hr]:.4f}); cold items hold {share['top_k_slots']:.1%} of the "
+                     f"top-{k} slots ({share['targets']:.1%} of targets, "
+                     f"{share['catalogue']:.1%} of the catalogue)")
+    elif cs:
+        lines.append(f"cold start: n/a ({cs['reason']})")
+    for c in report["checks"]:
+        against = (f"{c['baseline']:.4f} ({LABELS.get(c['best_baseline'], c['best_baseline'])})"
+                   if "baseline" in c else f"{c['target']}")
+        lines.append(f"  [{verdict(c)}] {c['check']}: "
+                     f"{c['model']:.4f} vs {against}")
+    return "\n".join(lines)
