@@ -126,7 +126,7 @@ def test_session_order_decides_the_auto_retrieval_context():
 
 
 def test_a_declared_conversion_type_weighs_as_a_conversion():
-    from tfrec.config import load_run_config
+    from tfrec.run import load_run_config
 
     config = load_run_config(None, ["data.sessions.conversion_types=[like, Apply]",
                                     "data.pairs.event_weights.apply=2"])

@@ -11,9 +11,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import datetime
-import json
 import typing
-from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from tfrec.errors import InputError
@@ -597,48 +595,3 @@ def _coerce(hint, value, source, key):
 def _wrong_type(key, expected, value, source):
     return InputError(f"expected {expected}, got {value!r} ({type(value).__name__})",
                       path=source, key=key)
-
-
-def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Reads a YAML or JSON run config and applies `section.key=value` overrides.
-
-    Override values are parsed as YAML (``3``, ``0.1``, ``true``, ``[1, 2]``,
-    ``null``, or text).
-    """
-    import yaml
-
-    data: dict = {}
-    source = None
-    if path is not None:
-        source = str(path)
-        try:
-            text = Path(path).read_text()
-        except FileNotFoundError:
-            raise InputError("config file not found", path=source) from None
-        except IsADirectoryError:
-            raise InputError("config path is a folder, expected a YAML or JSON file",
-                             path=source) from None
-        try:
-            data = (json.loads(text) if source.endswith(".json") else yaml.safe_load(text)) or {}
-        except (json.JSONDecodeError, yaml.YAMLError) as err:
-            line = getattr(err, "lineno", None) or getattr(
-                getattr(err, "problem_mark", None), "line", -1) + 1 or None
-            raise InputError(f"not valid {'JSON' if source.endswith('.json') else 'YAML'}: "
-                             f"{getattr(err, 'msg', None) or getattr(err, 'problem', err)}",
-                             path=source, line=line) from None
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--set expects section.key=value, got {item!r}", key="set")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise InputError(f"cannot set {key!r}: {part!r} is not a section", key=key)
-        node[parts[-1]] = value
-    return from_dict(RunConfig, data, source)
