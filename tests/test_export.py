@@ -168,15 +168,17 @@ def test_warmup_records_parse_and_run(exported):
     path = scann.path / "assets.extra" / "tf_serving_warmup_requests"
     records = list(tf.data.TFRecordDataset(str(path)))
     assert len(records) == scann.metadata["warmup_records"] >= 1
+    signatures = []
     for record in records:
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         request = log.predict_log.request
         assert request.model_spec.name == "shop"
-        assert request.model_spec.signature_name == "serving_default"
-        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-        out = loaded.signatures["serving_default"](item_ids=tf.constant(inputs["item_ids"]),
-                                                   k=tf.constant(inputs["k"]))
-        assert out["item_ids"].shape[0] == inputs["item_ids"].shape[0]
+        signatures.append(request.model_spec.signature_name)
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        out = loaded.signatures[signatures[-1]](**inputs)
+        first = inputs.get("item_ids", inputs.get("user_ids"))
+        assert out["item_ids"].shape[0] == first.shape[0]
+    assert set(signatures) == {"serving_default", "recommend_for_user"}
 
 
 def test_killing_an_export_midway_leaves_no_version(run_dir, tmp_path):
@@ -357,3 +359,85 @@ def test_native_logs_are_quiet_unless_verbose(run_dir, tmp_path, verbose):
     native = [line for line in done.stderr.splitlines()
               if "cuInit" in line or "partition" in line.lower() or "oneDNN" in line]
     assert bool(native) == verbose, done.stderr[-2000:]
+
+
+def _user_cache(version_dir: Path):
+    extra = version_dir / "assets.extra" / "embeddings"
+    return ((extra / "user_ids.txt").read_text().split(), np.load(extra / "users.npy"),
+            np.load(extra / "user_histories.npy"),
+            np.array((extra / "item_ids.txt").read_text().split()), np.load(extra / "items.npy"))
+
+
+def _exact_user_top_k(users, histories, ids, items, vocab_ids, k):
+    """The numpy oracle: each user's k best items by dot product, its own items excluded."""
+    scores = users @ items.T
+    for row, history in enumerate(histories):
+        scores[row, np.isin(ids, vocab_ids[history[history > 0]])] = -np.inf
+    return ids[np.argsort(-scores, axis=1, kind="stable")[:, :k]], scores
+
+
+def test_recommend_for_user_is_the_exact_top_k_of_the_cached_embedding(exported, run_dir):
+    _, _, brute = exported
+    _, vocab, _, _ = load_run(run_dir)
+    user_ids, users, histories, ids, items = _user_cache(brute.path)
+    assert histories.dtype == np.int32
+    assert histories.shape == (len(user_ids), brute.metadata["history_length"])
+    loaded = load_saved_model(brute.path)
+    pick = np.random.RandomState(42).permutation(len(user_ids))[:50]
+    out = loaded.signatures["recommend_for_user"](
+        user_ids=tf.constant([user_ids[i] for i in pick]), k=tf.constant(10))
+    assert out["known"].numpy().all()
+    expected, scores = _exact_user_top_k(users[pick], histories[pick], ids, items,
+                                         vocab.ids.astype(str), 10)
+    got = out["item_ids"].numpy().astype(str)
+    assert got.tolist() == expected.tolist()
+    np.testing.assert_allclose(out["scores"].numpy(), -np.sort(-scores, axis=1)[:, :10],
+                               rtol=1e-5, atol=1e-6)
+    for row, i in enumerate(pick):  # the items the embedding was built from never come back
+        own = set(vocab.ids[histories[i][histories[i] > 0]].astype(str))
+        assert own and not own & set(got[row])
+
+
+def test_recommend_for_user_over_scann_matches_exact_search_up_to_its_recall(exported, run_dir):
+    _, scann, _ = exported
+    _, vocab, _, _ = load_run(run_dir)
+    user_ids, users, histories, ids, items = _user_cache(scann.path)
+    loaded = load_saved_model(scann.path)
+    out = loaded.signatures["recommend_for_user"](user_ids=tf.constant(user_ids),
+                                                  k=tf.constant(10))
+    expected, _ = _exact_user_top_k(users, histories, ids, items, vocab.ids.astype(str), 10)
+    got = out["item_ids"].numpy().astype(str)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, expected)])
+    assert recall >= scann.metadata["recall@10"] - 0.05
+    for row, history in enumerate(histories):
+        assert not set(vocab.ids[history[history > 0]].astype(str)) & set(got[row])
+
+
+def test_unknown_and_empty_users_get_the_popular_items_and_known_false(exported, run_dir):
+    _, vocab, _, _ = load_run(run_dir)
+    _, scann, _ = exported
+    user_ids = _user_cache(scann.path)[0]
+    loaded = load_saved_model(scann.path)
+    out = loaded.signatures["recommend_for_user"](
+        user_ids=tf.constant(["no such user", "", user_ids[0]]), k=tf.constant(5))
+    assert out["known"].numpy().tolist() == [False, False, True]
+    top = np.argsort(-vocab.counts[1:], kind="stable")[:5] + 1
+    popular = vocab.ids[top].astype(str).tolist()
+    got = out["item_ids"].numpy().astype(str)
+    assert got[0].tolist() == popular and got[1].tolist() == popular
+    np.testing.assert_allclose(out["scores"].numpy()[0],
+                               vocab.counts[top] / vocab.counts[1:].sum(), rtol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="k must be at most 20"):
+        loaded.signatures["recommend_for_user"](user_ids=tf.constant([user_ids[0]]),
+                                                k=tf.constant(21))
+
+
+def test_metadata_says_when_and_from_what_the_users_were_computed(exported):
+    _, scann, _ = exported
+    meta = json.loads((scann.path / "assets.extra" / "tfrec_metadata.json").read_text())
+    assert "recommend_for_user" in meta["signatures"]
+    computed = meta["users_computed_at"]
+    assert computed.endswith("+00:00") and computed[:4].isdigit()
+    data = meta["users_data"]
+    assert data["train_events"] > 0 and data["sessions"] > 0 and data["source"]
+    assert data["first_session_start"] <= data["last_session_start"]

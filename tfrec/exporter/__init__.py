@@ -1,5 +1,6 @@
 """Exporting trained runs as TF Serving SavedModels."""
 
-from tfrec.exporter.saved_model import ExportResult, RecommenderModule, export, load_saved_model
+from tfrec.exporter.saved_model import (ExportResult, RecommenderModule, UserCache, export,
+                                        load_saved_model)
 
-__all__ = ["ExportResult", "RecommenderModule", "export", "load_saved_model"]
+__all__ = ["ExportResult", "RecommenderModule", "UserCache", "export", "load_saved_model"]

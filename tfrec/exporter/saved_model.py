@@ -8,7 +8,9 @@ Layout (TF Serving's): ``<model_dir>/<version>/`` holds ``saved_model.pb``,
   assets.extra/embeddings/items.npy         [items, dim] float32 item embeddings, and
   assets.extra/embeddings/item_ids.txt      their ids, one per line, same order
   assets.extra/embeddings/users.npy         [users, dim] query embeddings of known users
-  assets.extra/embeddings/user_ids.txt      (their last history_length training items)
+  assets.extra/embeddings/user_ids.txt      (their last history_length training items),
+  assets.extra/embeddings/user_histories.npy  and those items: [users, history_length] int32
+                                            vocabulary indices, 0-padded on the left
   assets.extra/projector/                   TensorBoard projector: vectors, metadata, config
 
 A version is written into a hidden temporary folder next to the versions and
@@ -59,12 +61,17 @@ class RecommenderModule(tf.Module):
         model's item embedding; an unknown one is embedded from its text.
       embed_query: item_ids [batch, length] string  ->  embeddings [batch, dim].
       item_texts: item_ids [batch] string  ->  texts [batch] string ("" unknown).
+      recommend_for_user: user_ids [batch] string, k [] int32  ->  item_ids
+        [batch, k] string, scores [batch, k] float32, known [batch] bool: the
+        top k for the user's cached embedding (`UserCache`, computed at
+        export), never one of the items it was built from. An unknown or
+        empty user id gets the most popular items and known false.
     Unknown ids in a session are skipped (they carry no behaviour).
     """
 
     def __init__(self, model, item_ids: np.ndarray, index, max_k: int,
                  item_texts: np.ndarray | None = None, item_counts: np.ndarray | None = None,
-                 max_session_items: int = 500):
+                 max_session_items: int = 500, users: "UserCache | None" = None):
         super().__init__(name="tfrec")
         self.max_session_items = int(max_session_items)
         self.item_encoder = model.item_encoder
@@ -89,6 +96,23 @@ class RecommenderModule(tf.Module):
         share = counts[top] / max(counts.sum(), 1.0)
         self.popular_ids = tf.constant(np.asarray(item_ids[1:]).astype(str)[top])
         self.popular_scores = tf.constant(share.astype(np.float32))
+        users = users if users is not None else UserCache.empty(
+            self.history_length, int(model.embedding_dim))
+        self.num_users = len(users.ids)
+        # Row 0 stands for "no such user" so that a lookup never gathers out of range; the
+        # empty id is a key of it so that the table is never empty (a table may not be).
+        self.user_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(np.concatenate([[""], np.asarray(users.ids).astype(str)]), tf.string),
+                tf.range(0, self.num_users + 1, dtype=tf.int32)), default_value=0)
+        dim = int(model.embedding_dim)
+        self.user_embeddings = tf.Variable(
+            np.vstack([np.zeros((1, dim), np.float32), users.embeddings.astype(np.float32)]),
+            trainable=False, name="user_embeddings")
+        self.user_histories = tf.Variable(
+            np.vstack([np.zeros((1, self.history_length), np.int32),
+                       users.histories.astype(np.int32)]),
+            trainable=False, name="user_histories")
 
     def _history(self, item_ids):
         """[batch, length] string ids -> [batch, N] left-padded indices of the last N known."""
@@ -123,17 +147,37 @@ class RecommenderModule(tf.Module):
         """
         k = self._check_k(k)
         known = self.id_table.lookup(exclude) > 0
-        # Fetch enough to still have k after dropping the excluded ids. The export checks
-        # that the index can return max_k + max_session_items (ScaNN's reordering).
-        extra = tf.reduce_max(tf.concat([tf.reduce_sum(tf.cast(known, tf.int32), axis=1), [0]], 0))
-        fetch = tf.minimum(k + extra, self.num_items - 1)
-        scores, ids = self.index(queries, k=fetch)
+        scores, ids = self._search(queries, k, known)
         clash = tf.reduce_any(tf.equal(ids[:, :, None], exclude[:, None, :]), axis=-1)
+        return self._top_k_of(scores, ids, clash, k, tf.logical_not(tf.reduce_any(known, 1)))
+
+    def _top_k_excluding_indices(self, queries, exclude, k, fallback):
+        """`_top_k_excluding` with `exclude` as [batch, m] vocabulary indices (0: none)
+        and the rows answered by the popular items given as `fallback` [batch] bool."""
+        k = self._check_k(k)
+        known = exclude > 0
+        scores, ids = self._search(queries, k, known)
+        found = self.id_table.lookup(ids)
+        clash = tf.reduce_any(tf.logical_and(tf.equal(found[:, :, None], exclude[:, None, :]),
+                                             known[:, None, :]), axis=-1)
+        return self._top_k_of(scores, ids, clash, k, fallback)
+
+    def _search(self, queries, k, excluded):
+        """(scores, ids) [batch, k + the most excluded items of a row]: one index call that
+        fetches enough to still have k after dropping each row's `excluded` [batch, m]."""
+        # The export checks that the index can return max_k + max_session_items (ScaNN's
+        # reordering) and that a user's history is no longer than max_session_items.
+        extra = tf.reduce_max(tf.concat([tf.reduce_sum(tf.cast(excluded, tf.int32), axis=1),
+                                         [0]], 0))
+        return self.index(queries, k=tf.minimum(k + extra, self.num_items - 1))
+
+    def _top_k_of(self, scores, ids, clash, k, fallback):
+        """The k best of (scores, ids) without the `clash` [batch, fetched] ones; the
+        `fallback` [batch] rows get the popular items."""
         scores = tf.where(clash, tf.fill(tf.shape(scores), float("-inf")), scores)
         top_scores, position = tf.math.top_k(scores, k=tf.minimum(k, tf.shape(scores)[1]))
         top_ids = tf.gather(ids, position, batch_dims=1)
         top_ids = tf.where(tf.math.is_inf(top_scores), tf.fill(tf.shape(top_ids), ""), top_ids)
-        fallback = tf.logical_not(tf.reduce_any(known, axis=1))
         n = tf.shape(top_ids)[1]
         popular_ids = tf.broadcast_to(self.popular_ids[None, :n], tf.shape(top_ids))
         popular_scores = tf.broadcast_to(self.popular_scores[None, :n], tf.shape(top_scores))
@@ -182,10 +226,42 @@ class RecommenderModule(tf.Module):
     def item_texts(self, item_ids):
         return {"texts": self.text_table.lookup(item_ids)}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_ids"),
+                                  tf.TensorSpec([], tf.int32, name="k")])
+    def recommend_for_user(self, user_ids, k):
+        row = self.user_table.lookup(user_ids)
+        known = row > 0
+        queries = tf.gather(self.user_embeddings, row)
+        history = tf.gather(self.user_histories, row)
+        out = self._top_k_excluding_indices(queries, history, k, tf.logical_not(known))
+        return {"item_ids": out["item_ids"], "scores": out["scores"], "known": known}
+
     def signatures(self) -> dict:
         return {"serving_default": self.recommend, "similar_items": self.similar_items,
                 "embed_items": self.embed_items, "embed_query": self.embed_query,
-                "item_texts": self.item_texts}
+                "item_texts": self.item_texts, "recommend_for_user": self.recommend_for_user}
+
+
+@dataclasses.dataclass
+class UserCache:
+    """The known users' query embeddings, computed once at export.
+
+    Attributes:
+      ids: [users] user ids (str).
+      embeddings: [users, dim] float32 query embeddings of their histories.
+      histories: [users, history_length] int32 vocabulary indices of the
+        items each embedding was built from (0-padded on the left); served
+        recommendations never include them.
+    """
+
+    ids: np.ndarray
+    embeddings: np.ndarray
+    histories: np.ndarray
+
+    @classmethod
+    def empty(cls, history_length: int, dim: int) -> "UserCache":
+        return cls(np.zeros(0, dtype=object), np.zeros((0, dim), np.float32),
+                   np.zeros((0, history_length), np.int32))
 
 
 @dataclasses.dataclass
@@ -244,10 +320,39 @@ def user_histories(sessions, length: int) -> tuple[np.ndarray, np.ndarray]:
     return sessions.user_ids[users], histories_from_lists([lists[u] for u in users], length)
 
 
-def _write_warmup(path: Path, model_name: str, sessions: list[list[str]], k: int) -> int:
+def users_metadata(data, users: UserCache) -> dict:
+    """When the cached user embeddings were computed, and from which data."""
+    import datetime
+
+    times = data.sessions.start_time
+    period = ([datetime.datetime.fromtimestamp(int(t), datetime.timezone.utc).isoformat()
+               for t in (times.min(), times.max())] if len(times) else [])
+    return {"users_computed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
+            "users_data": {"source": data.source, "train_events": int(data.train_events),
+                           "sessions": int(data.sessions.num_sessions),
+                           "first_session_start": period[0] if period else None,
+                           "last_session_start": period[1] if period else None}}
+
+
+def _write_warmup(path: Path, model_name: str, sessions: list[list[str]], k: int,
+                  user_ids: list[str] = ()) -> int:
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+    def record(signature: str, inputs: dict) -> bytes:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = signature
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        return prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString()
+
     with tf.io.TFRecordWriter(str(path)) as writer:
+        if len(user_ids):
+            writer.write(record("recommend_for_user", {
+                "user_ids": np.array(list(user_ids), dtype=object).astype(bytes),
+                "k": np.int32(k)}))
         for start in range(0, len(sessions), 8):
             rows = sessions[start:start + 8]
             width = max(len(r) for r in rows)
@@ -260,7 +365,7 @@ def _write_warmup(path: Path, model_name: str, sessions: list[list[str]], k: int
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
-    return (len(sessions) + 7) // 8
+    return (len(sessions) + 7) // 8 + (1 if len(user_ids) else 0)
 
 
 def _write_projector(folder: Path, embeddings: np.ndarray, ids: np.ndarray, texts: np.ndarray,
@@ -309,7 +414,8 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
                          "(leave --version out to write the next one)",
                          path=str(model_dir / str(version)))
     elif version < 1:
-        raise InputError(f"version must be a positive integer, got {version}", key="version")
+        raise InputError(f"version must be a positive integer, got {version}",
+                         key="export.version")
     model_name = model_dir.resolve().name
 
     logger.info("embedding %d catalogue items", vocab.size - 1)
@@ -333,10 +439,21 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
         raise InputError(
             f"ScaNN recall@{k} is {recall:.3f}, under the floor {index_config.recall_floor}; "
             "search more leaves (--leaves-to-search), reorder more candidates "
-            "(--reorder), or lower --recall-floor", key="recall-floor")
+            "(--reorder), or lower --recall-floor", key="index.recall_floor")
 
+    history_length = int(model.query_tower.history_length)
+    if history_length > index_config.max_session_items:
+        raise InputError(
+            f"max_session_items ({index_config.max_session_items}) is under the model's "
+            f"history_length ({history_length}): a user's recommendations exclude the "
+            "history_length items of its cached embedding, and the index must return enough "
+            "to drop them", key="index.max_session_items")
+    logger.info("computing the cached user embeddings")
+    user_ids, histories = user_histories(data.sessions, history_length)
+    users = UserCache(user_ids, model.query_embeddings(histories), histories)
+    users_meta = users_metadata(data, users)
     module = RecommenderModule(model, item_ids, index, index_config.max_k, vocab.text,
-                               vocab.counts, index_config.max_session_items)
+                               vocab.counts, index_config.max_session_items, users)
     tmp = model_dir / f"{TMP_PREFIX}{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -350,14 +467,15 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
         (extra / "embeddings").mkdir(parents=True)
         np.save(extra / "embeddings" / "items.npy", embeddings[1:].astype(np.float32))
         (extra / "embeddings" / "item_ids.txt").write_text("\n".join(item_ids[1:]) + "\n")
-        user_ids, histories = user_histories(data.sessions, model.query_tower.history_length)
-        np.save(extra / "embeddings" / "users.npy", model.query_embeddings(histories))
+        np.save(extra / "embeddings" / "users.npy", users.embeddings)
+        np.save(extra / "embeddings" / "user_histories.npy", users.histories)
         (extra / "embeddings" / "user_ids.txt").write_text(
-            "".join(f"{u}\n" for u in user_ids))
+            "".join(f"{u}\n" for u in users.ids))
         projected = _write_projector(extra / "projector", embeddings[1:], item_ids[1:],
                                      vocab.text[1:], vocab.counts[1:])
         warm_sessions = [[str(item_ids[i]) for i in s] for s in sessions[:warmup_sessions]]
-        records = _write_warmup(extra / WARMUP_FILE, model_name, warm_sessions, k)
+        records = _write_warmup(extra / WARMUP_FILE, model_name, warm_sessions, k,
+                                [str(u) for u in users.ids[:8]])
         metadata = {
             "model": model_name, "version": version, "run": str(Path(run_dir).resolve()),
             "checkpoint": checkpoint, "index": index_config.kind,
@@ -366,7 +484,8 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
             "max_k": index_config.max_k, "max_session_items": index_config.max_session_items,
             "history_length": int(model.query_tower.history_length),
             "items": int(vocab.size - 1),
-            "embedding_dim": int(model.embedding_dim), "users": int(len(user_ids)),
+            "embedding_dim": int(model.embedding_dim), "users": int(len(users.ids)),
+            **users_meta,
             f"recall@{k}": recall, "recall_queries": int(len(queries)),
             "index_build_seconds": round(build_seconds, 3),
             "warmup_records": records, "projector_items": projected,

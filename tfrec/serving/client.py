@@ -60,6 +60,17 @@ class RecommenderClient:
         fallback = out.get("fallback", np.zeros(len(sessions), dtype=bool))
         return results, [bool(f) for f in fallback]
 
+    def recommend_for_user(self, user_ids: list[str], k: int = 10
+                           ) -> list[tuple[list[tuple[str, float]], bool]]:
+        """Per user: (top-k (item id, score) from the user's cached embedding, its own
+        items excluded; is the user known?). An unknown or empty user id gets the most
+        popular items (scored by their share of the training events) and known False."""
+        out = self._predict("recommend_for_user",
+                            {"user_ids": np.array([str(u) for u in user_ids], dtype=object)
+                             .astype(bytes), "k": np.int32(k)})
+        return [([(i.decode(), float(sc)) for i, sc in zip(ids, scores) if i], bool(known))
+                for ids, scores, known in zip(out["item_ids"], out["scores"], out["known"])]
+
     def similar_items(self, item_ids: list[str], k: int = 10):
         out = self._predict("similar_items", {"item_ids": np.array(item_ids, dtype=bytes),
                                               "k": np.int32(k)})
