@@ -143,10 +143,10 @@ def test_item_encoder_fusion_and_cold_items():
 
 def test_concat_fusion_gives_each_path_its_half():
     vocab = build_token_vocabulary(TEXTS)
-    encoder = ItemEncoder(num_items=5, num_id_items=3, config=ModelConfig(
-        embedding_dim=8, fusion="concat", text=TextConfig(sequence_length=6, token_dim=4,
-                                                         filters=4)),
-        text_vocabulary=vocab, seed=0)
+    config = ModelConfig(embedding_dim=8, fusion="concat",
+                         text=TextConfig(sequence_length=6, token_dim=4, filters=4))
+    encoder = ItemEncoder(num_items=5, num_id_items=3, config=config, text_vocabulary=vocab,
+                          seed=0)
     encoder.set_item_texts(TEXTS)
     emb = encoder(tf.constant([1, 2, 3, 4])).numpy()
     assert (encoder.id_dim, encoder.text_dim) == (4, 4) and emb.shape == (4, 8)
@@ -208,10 +208,11 @@ def test_char_ngrams_share_buckets_across_word_forms_and_round_trip():
 def test_item_encoder_with_char_ngrams_embeds_unseen_words_by_their_subwords():
     vocab = build_token_vocabulary(TEXTS)
     text = TextConfig(sequence_length=6, token_dim=4, filters=4)
-    encoder = ItemEncoder(num_items=5, num_id_items=3, config=ModelConfig(
-        embedding_dim=8, text=dataclasses.replace(text, char_ngrams=(3, 4), ngram_buckets=997,
-                                                  max_ngrams=32)),
-        text_vocabulary=vocab, seed=0)
+    with_ngrams = dataclasses.replace(text, char_ngrams=(3, 4), ngram_buckets=997,
+                                      max_ngrams=32)
+    encoder = ItemEncoder(num_items=5, num_id_items=3,
+                          config=ModelConfig(embedding_dim=8, text=with_ngrams),
+                          text_vocabulary=vocab, seed=0)
     encoder.set_item_texts(TEXTS)
     assert encoder.item_ngrams.shape == (5, 32)
     emb = encoder(tf.constant([1, 3, 4])).numpy()
