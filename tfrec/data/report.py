@@ -2,14 +2,12 @@
 
 `tfrec prepare` reads the same run config as `tfrec train` and reports on
 the data that training will read, split and batch (`data_report`).
-`prepare` builds the data layer's pieces over a whole log, for a notebook.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,67 +15,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tfrec.config import EventsSchema, ItemsSchema, PairConfig, RunConfig, SessionConfig
-from tfrec.data.events import Rejections
-from tfrec.data.pipeline import EpochStats, PairPipeline
+from tfrec.config import RunConfig
+from tfrec.data.pipeline import EpochStats
 from tfrec.data.sessions import Sessions, resolve_retrieval_context, session_order, sessionize
-from tfrec.data.vocab import ItemVocabulary, build_vocabulary
-from tfrec.datasets.layouts import read_tables
+from tfrec.data.vocab import build_vocabulary
 from tfrec.utils import ensure_folder
 
 if TYPE_CHECKING:  # the run layer sits on the data layer; only its type is named here
     from tfrec.run import TrainingData
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class PreparedData:
-    """Everything the data layer builds from the raw tables."""
-
-    events: pd.DataFrame
-    items: pd.DataFrame | None
-    rejections: Rejections
-    vocab: ItemVocabulary
-    sessions: Sessions
-    pipeline: PairPipeline
-    source: str
-
-
-def prepare(events_path: str | Path | None = None, items_path: str | Path | None = None,
-            layout: str = "events", events_schema: EventsSchema = EventsSchema(),
-            items_schema: ItemsSchema = ItemsSchema(),
-            session_config: SessionConfig = SessionConfig(),
-            pair_config: PairConfig = PairConfig(), strict: bool = False,
-            workers: int | None = None, data_dir: str | Path | None = None,
-            goodbooks_to_read: bool = True) -> PreparedData:
-    """Reads, validates and sessionises a log and builds its pair pipeline.
-
-    Args:
-      events_path: events file (the goodbooks-10k folder with layout
-        "goodbooks"); None with layout "online_retail" or "goodbooks" reads
-        the data folder's copy (see `tfrec.datasets`).
-      items_path: optional items table (id, text, market).
-      layout: "events" (generic table, columns from `events_schema`),
-        "online_retail" (UCI Online Retail layout, items derived from it) or
-        "goodbooks" (goodbooks-10k: books, ratings, to-read shelves).
-      strict: fail on the first bad row instead of counting and dropping it.
-      data_dir: the data folder (default: $TFREC_DATA, then ../shared/data).
-      goodbooks_to_read: with layout "goodbooks", read the to-read shelves too.
-    """
-    started = time.perf_counter()
-    events, items, rejections, source = read_tables(
-        layout, events_path, items_path, events_schema, items_schema, strict, data_dir,
-        goodbooks_to_read)
-    logger.info("read %d events in %.1fs; building vocabulary and sessions", len(events),
-                time.perf_counter() - started)
-    vocab = build_vocabulary(events, items)
-    sessions = sessionize(events, vocab, session_config, pair_config.event_weights,
-                          pair_config.default_event_weight)
-    pipeline = PairPipeline(sessions, vocab, pair_config, workers=workers)
-    logger.info("%d sessions, %d items ready in %.1fs", sessions.num_sessions, vocab.size - 1,
-                time.perf_counter() - started)
-    return PreparedData(events, items, rejections, vocab, sessions, pipeline, source)
 
 
 def split_counts(events: pd.DataFrame, sessions: Sessions, cut: int, split_date: str) -> dict:
