@@ -152,3 +152,20 @@ def test_unknown_subcommand_and_help():
     assert run_cli("nonsense").returncode == 2
     result = run_cli("prepare", "--help")
     assert result.returncode == 0 and "--config" in result.stdout and "--set" in result.stdout
+
+
+def test_errors_name_the_setting_with_its_flag_or_how_to_set_it():
+    from tfrec.cli import error_message
+    from tfrec.errors import InputError
+    from tfrec.index import IndexConfig
+
+    with pytest.raises(InputError) as err:
+        IndexConfig(max_k=100, num_reordering_candidates=300)
+    text = error_message(err.value)
+    assert text.startswith("setting 'index.num_reordering_candidates' (--reorder): ")
+    assert "lower index.max_k (--max-k) / index.max_session_items (--max-session-items)" in text
+    assert "--reorder" not in err.value.message  # the library names settings, not flags
+    assert error_message(InputError("must be positive", key="data.pairs.window")).endswith(
+        "(set it in the run config, or with --set data.pairs.window=VALUE)")
+    assert error_message(InputError("bad", key="train.strategy")) == (
+        "setting 'train.strategy' (--strategy): bad")

@@ -141,12 +141,13 @@ def test_bad_strategy_exits_2_naming_the_setting(tmp_path, data_files, capsys, m
     args = ["-q", "train", "--config", str(config), "--run-dir", str(run)]
     assert main(args + ["--strategy", "bogus"]) == 2
     err = capsys.readouterr().err
-    assert ("setting 'train.strategy': strategy must be 'default', 'mirrored' or "
+    assert ("setting 'train.strategy' (--strategy): strategy must be 'default', 'mirrored' or "
             "'multi_worker', got 'bogus'") in err, err
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert main(args + ["--strategy", "multi_worker"]) == 2
     err = capsys.readouterr().err
-    assert "setting 'train.strategy': multi_worker needs the TF_CONFIG environment" in err
+    assert ("setting 'train.strategy' (--strategy): multi_worker needs the TF_CONFIG "
+            "environment") in err
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1"]}}')
     assert main(args + ["--strategy", "multi_worker"]) == 2
     assert 'TF_CONFIG (for train.strategy \'multi_worker\'): needs "task"' in (

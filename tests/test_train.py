@@ -74,8 +74,9 @@ def test_train_writes_a_complete_run_folder(tmp_path, data_files, capsys):
     (["model.embeding_dim=8"], "setting 'model.embeding_dim': unknown setting"),
     (["model.embedding_dim=0"], "setting 'model.embedding_dim': embedding_dim must be a "
                                 "positive integer, got 0"),
-    (["train.epochs=two"], "setting 'train.epochs': expected an integer, got 'two'"),
-    (["data.items_schema.text_col=title"], "items.csv, column 'title': no column 'title'"),
+    (["train.epochs=two"], "setting 'train.epochs' (--epochs): expected an integer, got 'two'"),
+    (["data.items_schema.text_col=title"], "items.csv, column 'title', setting "
+                                           "'data.items_schema.text_col': no column 'title'"),
     (["train.split_date=1990-01-01"], "no training events before the split"),
     (["data.items=null"], "the text tower needs item text"),
     (["model.fusion=concat", "model.text_share=1.5"], "text_share must be in (0, 1), got 1.5"),

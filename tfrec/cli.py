@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 
 from tfrec.errors import InputError
@@ -84,22 +85,47 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tfrec.exporter import export
+    from tfrec.exporter import CatalogueUpdate, export, update_catalogue
     from tfrec.index import IndexConfig
 
-    index = IndexConfig(kind=args.index, max_k=args.max_k, num_leaves=args.leaves,
-                        num_leaves_to_search=args.leaves_to_search,
-                        num_reordering_candidates=args.reorder, recall_floor=args.recall_floor,
-                        max_session_items=args.max_session_items)
-    result = export(args.run, args.model_dir, index, version=args.version,
-                    serving_config_dir=None if args.no_serving_config else args.serving_config)
+    # Index flags left out: IndexConfig's defaults, or the previous version's for an update.
+    given = {name: value for name, value in (
+        ("kind", args.index), ("max_k", args.max_k), ("num_leaves", args.leaves),
+        ("num_leaves_to_search", args.leaves_to_search),
+        ("num_reordering_candidates", args.reorder), ("recall_floor", args.recall_floor),
+        ("max_session_items", args.max_session_items)) if value is not None}
+    serving = None if args.no_serving_config else args.serving_config
+    updating = args.add_items is not None or args.drop_items is not None
+    if updating:
+        result = update_catalogue(args.model_dir, CatalogueUpdate(args.add_items, args.drop_items),
+                                  from_version=args.from_version, run_dir=args.run,
+                                  index_settings=given, version=args.version,
+                                  serving_config_dir=serving)
+    else:
+        if args.from_version is not None:
+            raise InputError("--from-version goes with --add-items or --drop-items",
+                             key="export.from_version")
+        if args.run is None:
+            raise InputError("give --run RUN_DIR (or --add-items / --drop-items to change the "
+                             "catalogue of an exported version)", key="export.run")
+        result = export(args.run, args.model_dir, IndexConfig(**given), version=args.version,
+                        serving_config_dir=serving)
     meta = result.metadata
     recall_key = next(k for k in meta if k.startswith("recall@"))
     print(f"exported version {result.version}: {result.path}")
+    if updating:
+        change = meta["catalogue_update"]
+        print(f"  from version {change['from_version']} without training: "
+              f"{change['added']:,} items added, {change['dropped']:,} dropped"
+              + (f", {change['restored']:,} restored" if change["restored"] else "")
+              + (f", {change['already_there']:,} already there" if change["already_there"]
+                 else "")
+              + f"; {meta['added_items']:,} items the model never saw are served")
     print(f"  index {meta['index']} over {meta['items']:,} items "
           f"{meta['index_parameters'] or ''}".rstrip())
     print(f"  {recall_key} against brute force: {meta[recall_key]:.4f} "
-          f"({meta['recall_queries']:,} real queries); index built in "
+          f"({meta['recall_queries']:,} real queries{' (cached users)' if updating else ''}); "
+          "index built in "
           f"{meta['index_build_seconds']:.2f}s; export took {meta['export_seconds']:.1f}s")
     print(f"  signatures: {', '.join(meta['signatures'])}")
     if not args.no_serving_config:
@@ -173,17 +199,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    if args.all_users:
+        return cmd_recommend_all_users(args)
     import grpc
 
     from tfrec.serving.client import RecommenderClient
 
-    items = [i.strip() for i in args.items.split(",") if i.strip()]
-    if not items:
-        raise InputError("--items needs at least one item id", key="items")
+    if args.model is None:
+        raise InputError("asking a server needs --model (the served model's name)",
+                         key="model")
+    if args.user is not None:
+        user, items = args.user.strip(), []
+        if not user:
+            raise InputError("--user needs a user id", key="user")
+    else:
+        items = [i.strip() for i in args.items.split(",") if i.strip()]
+        if not items:
+            raise InputError("--items needs at least one item id", key="items")
     client = RecommenderClient(args.server, args.model, timeout=args.timeout)
     try:
-        results, fallback = client.recommend_with_fallback([items], k=args.k)
-        results, fallback = results[0], fallback[0]
+        if args.user is not None:
+            [(results, known)] = client.recommend_for_user([user], k=args.k)
+            fallback = not known
+        else:
+            results, fallback = client.recommend_with_fallback([items], k=args.k)
+            results, fallback = results[0], fallback[0]
         shown = items + [item for item, _ in results]
         texts = dict(zip(shown, client.item_texts(shown)))
     except grpc.RpcError as err:
@@ -193,12 +233,41 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                    grpc.StatusCode.NOT_FOUND) else 1
     finally:
         client.close()
-    print(f"session: {', '.join(f'{i} ({texts[i]})' if texts.get(i) else i for i in items)}")
-    if fallback:
-        print("  (no item of the session is known to the model: the most popular items, "
-              "scored by their share of the training events)")
+    if args.user is not None:
+        print(f"user: {user}")
+        if fallback:
+            print("  (unknown user: the export has no cached embedding for it; the most "
+                  "popular items, scored by their share of the training events)")
+    else:
+        print("session: "
+              f"{', '.join(f'{i} ({texts[i]})' if texts.get(i) else i for i in items)}")
+        if fallback:
+            print("  (no item of the session is known to the model: the most popular items, "
+                  "scored by their share of the training events)")
     for rank, (item, score) in enumerate(results, 1):
         print(f"{rank:>3}. {item:<12} {score:8.4f}  {texts.get(item, '')}")
+    return 0
+
+
+def cmd_recommend_all_users(args: argparse.Namespace) -> int:
+    from tfrec.batch import recommend_all_users
+
+    missing = [flag for flag, value in (("--model-dir", args.model_dir), ("--out", args.out))
+               if value is None]
+    if missing:
+        raise InputError(f"--all-users needs {' and '.join(missing)}", key="all_users")
+    summary = recommend_all_users(
+        args.model_dir, args.out, k=args.k, version=args.version, progress=not args.quiet,
+        overwrite=args.overwrite,
+        **({} if args.batch_size is None else {"batch_size": args.batch_size}))
+    size = summary.path.stat().st_size / 2**20
+    print(f"wrote {summary.path}: {summary.users:,} users x top {summary.k} from "
+          f"{summary.version_dir}, {summary.rows:,} rows in {summary.row_groups:,} row groups "
+          f"({size:.1f} MB)")
+    print(f"  {summary.users_per_second:,.0f} users/s ({summary.recommend_seconds:.1f}s "
+          f"recommending, {summary.seconds:.1f}s in all)"
+          + (f"; {summary.fallback_users:,} users unknown to the model (popular items)"
+             if summary.fallback_users else ""))
     return 0
 
 
@@ -287,14 +356,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "layout), with text preprocessing, towers, a retrieval index over every "
                     "catalogue item, warm-up records, cached embeddings and a projector "
                     "folder; update serving_config/models.config.")
-    ex.add_argument("--run", required=True, metavar="RUN_DIR", help="a tfrec train run folder")
+    ex.add_argument("--run", metavar="RUN_DIR",
+                    help="a tfrec train run folder (with --add-items/--drop-items: default "
+                         "the run the version was exported from)")
     ex.add_argument("--model-dir", required=True, metavar="DIR",
                     help="the model's base path, e.g. saved_models/retail")
-    ex.add_argument("--index", choices=INDEX_KINDS, default="scann",
-                    help="scann (approximate, needs ScaNN ops to serve) or brute_force "
-                         "(exact, loads in stock TF Serving)")
+    ex.add_argument("--add-items", metavar="ITEMS",
+                    help="build the next version from the newest (or --from-version) without "
+                         "training: these items (CSV/Parquet in the run's items layout: id, "
+                         "text, optional market) embedded by the text tower alone and added "
+                         "to the index; an id already there with the same text is left as it "
+                         "is, with another text it is an error")
+    ex.add_argument("--drop-items", metavar="IDS",
+                    help="build the next version without these items (a file of item ids, "
+                         "one a line): never recommended again")
+    ex.add_argument("--from-version", type=int, metavar="N",
+                    help="with --add-items/--drop-items: start from version N (default: the "
+                         "newest)")
+    ex.add_argument("--index", choices=INDEX_KINDS,
+                    help="scann (default; approximate, needs ScaNN ops to serve) or "
+                         "brute_force (exact, loads in stock TF Serving); --add-items / "
+                         "--drop-items keep the previous version's --index, --max-k, "
+                         "--max-session-items and --recall-floor unless given")
     ex.add_argument("--version", type=int, help="version number (default: the next one)")
-    ex.add_argument("--max-k", type=int, default=100, help="the largest k a request may ask")
+    ex.add_argument("--max-k", type=int,
+                    help="the largest k a request may ask (default 100)")
     ex.add_argument("--leaves", type=int, help="ScaNN partitions (default ~sqrt(items))")
     ex.add_argument("--leaves-to-search", type=int,
                     help="ScaNN partitions searched (default: a tenth, widened automatically "
@@ -302,10 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--reorder", type=int,
                     help="ScaNN candidates re-scored exactly (default max(200, 4 x max-k, "
                          "max-k + max-session-items); at least max-k + max-session-items)")
-    ex.add_argument("--max-session-items", type=int, default=500,
+    ex.add_argument("--max-session-items", type=int,
                     help="the widest session a request may send (its items are all excluded "
-                         "from the results)")
-    ex.add_argument("--recall-floor", type=float, default=0.9,
+                         "from the results; default 500, at least the model's "
+                         "history_length)")
+    ex.add_argument("--recall-floor", type=float,
                     help="least ScaNN recall@10 against brute force (default 0.9): the "
                          "search widens to reach it, or the export is refused")
     ex.add_argument("--serving-config", default="serving_config", metavar="DIR",
@@ -356,14 +443,89 @@ def build_parser() -> argparse.ArgumentParser:
                          "latency on a small host shared with clients")
     sv.set_defaults(func=cmd_serve)
 
-    rc = sub.add_parser("recommend", help="ask a running server for recommendations")
+    rc = sub.add_parser(
+        "recommend", help="ask a running server for recommendations, or write every known "
+                          "user's to Parquet",
+        description="--items (a session) asks a running server (--server, --model); "
+                    "--all-users loads an export in this process and writes every known "
+                    "user's top k, their own items excluded, to a Parquet file (--model-dir, "
+                    "--out).")
+    mode = rc.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--items", help="the session: comma-separated item ids (server call)")
+    mode.add_argument("--user", metavar="USER_ID",
+                      help="a user of the export (server call, signature recommend_for_user): "
+                           "the top k for the user's cached embedding, the items it was built "
+                           "from excluded; an unknown user gets the most popular items")
+    mode.add_argument("--all-users", action="store_true",
+                      help="every user of the export's user list: rows user_id, rank, "
+                           "item_id, score, written to --out (in-process, no server)")
     rc.add_argument("--server", default="localhost:8500", help="host:port of the gRPC server")
-    rc.add_argument("--model", required=True, help="model name")
-    rc.add_argument("--items", required=True, help="the session: comma-separated item ids")
-    rc.add_argument("-k", type=int, default=10, help="how many recommendations")
+    rc.add_argument("--model", help="model name (server calls)")
+    rc.add_argument("-k", type=int, default=10, help="how many recommendations (per user)")
     rc.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    rc.add_argument("--model-dir", metavar="DIR",
+                    help="--all-users: the model's base path, e.g. saved_models/retail")
+    rc.add_argument("--version", type=int,
+                    help="--all-users: the exported version (default: the newest)")
+    rc.add_argument("--out", metavar="FILE",
+                    help="--all-users: the Parquet file to write (written to a temporary "
+                         "file beside it and renamed when complete)")
+    rc.add_argument("--overwrite", action="store_true",
+                    help="--all-users: replace an existing --out file")
+    rc.add_argument("--batch-size", type=int, metavar="N",
+                    help="--all-users: users per model call and per Parquet row group "
+                         "(default 1000)")
     rc.set_defaults(func=cmd_recommend)
     return parser
+
+
+# Library settings (the `key` of an InputError) that a command takes as a flag. The
+# run settings (data.*, model.*, train.*) are set in the run config or with --set KEY=VALUE.
+FLAGS = {
+    "train.epochs": "--epochs",
+    "train.strategy": "--strategy",
+    "data.data_dir": "--data-dir",
+    "index.kind": "--index",
+    "index.max_k": "--max-k",
+    "index.num_leaves": "--leaves",
+    "index.num_leaves_to_search": "--leaves-to-search",
+    "index.num_reordering_candidates": "--reorder",
+    "index.recall_floor": "--recall-floor",
+    "index.max_session_items": "--max-session-items",
+    "export.version": "--version",
+    "export.run": "--run",
+    "export.add_items": "--add-items",
+    "export.drop_items": "--drop-items",
+    "export.from_version": "--from-version",
+    "evaluate.k": "-k",
+    "evaluate.baselines": "--baselines",
+    "recommend.model_dir": "--model-dir",
+    "recommend.version": "--version",
+    "recommend.k": "-k",
+    "recommend.out": "--out",
+    "recommend.overwrite": "--overwrite",
+    "recommend.batch_size": "--batch-size",
+    "port": "--port",
+    "rest_port": "--rest_api_port",
+    "grace": "--grace_period_seconds",
+}
+_RUN_SECTIONS = ("data.", "model.", "train.")
+
+
+def error_message(err: InputError) -> str:
+    """The error as the command line reads it: each setting named with its flag, or how
+    to set it."""
+    message = err.message
+    for key, flag in FLAGS.items():
+        quoted = f"'{key}'"
+        message = message.replace(quoted, f"{quoted} ({flag})")
+        if "." in key and not key.startswith(_RUN_SECTIONS):  # a library setting, anywhere
+            message = re.sub(rf"(?<![\w.']){re.escape(key)}(?![\w.'])", f"{key} ({flag})",
+                             message)
+    if (err.key and err.key.startswith(_RUN_SECTIONS) and err.key not in FLAGS
+            and "--set" not in message):
+        message += f" (set it in the run config, or with --set {err.key}=VALUE)"
+    return message
 
 
 def set_native_logging(verbose: bool) -> None:
@@ -392,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except InputError as err:
-        print(f"tfrec: error: {err.message}", file=sys.stderr)
+        print(f"tfrec: error: {error_message(err)}", file=sys.stderr)
         return 2
     except Exception as err:  # a diverged run or a lost worker is reported, not a crash
         from tfrec.training import TrainingDiverged, WorkerLost

@@ -48,13 +48,13 @@ class IndexConfig:
     def __post_init__(self):
         if self.kind not in INDEX_KINDS:
             raise InputError(f"index must be {choices_text(INDEX_KINDS)}, got {self.kind!r}",
-                             key="index")
+                             key="index.kind")
         if not isinstance(self.max_k, int) or self.max_k < 1:
             raise InputError(f"max_k must be a positive integer, got {self.max_k!r}",
-                             key="max-k")
+                             key="index.max_k")
         if not isinstance(self.max_session_items, int) or self.max_session_items < 1:
             raise InputError("max_session_items must be a positive integer, got "
-                             f"{self.max_session_items!r}", key="max-session-items")
+                             f"{self.max_session_items!r}", key="index.max_session_items")
         needed = self.max_k + self.max_session_items
         if (self.kind == "scann" and self.num_reordering_candidates is not None
                 and isinstance(self.num_reordering_candidates, int)
@@ -63,15 +63,16 @@ class IndexConfig:
                 f"num_reordering_candidates ({self.num_reordering_candidates}) must be at least "
                 f"max_k + max_session_items = {needed}: ScaNN returns at most that many, and a "
                 "request fetches k plus its session's items so it can drop them; raise "
-                "--reorder or lower --max-k / --max-session-items", key="reorder")
+                "index.num_reordering_candidates or lower index.max_k / "
+                "index.max_session_items", key="index.num_reordering_candidates")
         for name in ("num_leaves", "num_leaves_to_search", "num_reordering_candidates"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InputError(f"{name} must be a positive integer, got {value!r}",
-                                 key=name.replace("_", "-"))
+                                 key=f"index.{name}")
         if not 0.0 <= self.recall_floor <= 1.0:
             raise InputError(f"recall floor must be in [0, 1], got {self.recall_floor!r}",
-                             key="recall-floor")
+                             key="index.recall_floor")
 
 
 def scann_parameters(num_items: int, config: IndexConfig) -> dict:

@@ -66,7 +66,7 @@ class ModelServer:
                  rest_max_connections: int = 256, grace: float = GRACE_SECONDS, batcher=None):
         if grace < 0:
             raise InputError(f"the grace period must be >= 0 seconds, got {grace}",
-                             key="grace_period_seconds")
+                             key="grace")
         self.config_file = Path(model_config_file)
         self.manager = ModelManager(read_model_config(self.config_file), poll_seconds)
         self.config_poll_seconds = config_poll_seconds
@@ -99,7 +99,7 @@ class ModelServer:
             except OSError as err:
                 self.server.stop(0)
                 raise InputError(f"cannot listen on {host}:{rest_port}: {err.strerror}",
-                                 key="rest_api_port") from None
+                                 key="rest_port") from None
         self._stopped = threading.Event()
 
     def start(self) -> None:
