@@ -7,7 +7,9 @@ import math
 import time
 
 import numpy as np
+import scann  # noqa: F401  (registers the Scann ops)
 import tensorflow as tf
+import tensorflow_recommenders as tfrs
 
 from tfrec.config import INDEX_KINDS, IndexKind, choices_text
 from tfrec.errors import InputError
@@ -93,16 +95,12 @@ def build_index(embeddings: np.ndarray, identifiers: np.ndarray, config: IndexCo
     Its default k is max_k; the export's signatures ask for k plus the
     number of ids they exclude.
     """
-    import tensorflow_recommenders as tfrs
-
     candidates = tf.constant(np.asarray(embeddings, dtype=np.float32))
     ids = tf.constant(np.asarray(identifiers).astype(str))
     k = min(config.max_k, len(embeddings))
     if config.kind == "brute_force":
         return tfrs.layers.factorized_top_k.BruteForce(k=k, name="brute_force").index(
             candidates, ids)
-    import scann  # noqa: F401  (registers the Scann ops)
-
     params = scann_parameters(len(embeddings), config)
     layer = tfrs.layers.factorized_top_k.ScaNN(k=k, name="scann", **params)
     with quiet_native_stderr():  # ScaNN logs its tree training (absl, C++) to stderr

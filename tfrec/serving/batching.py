@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from tfrec.errors import InputError
 
@@ -118,8 +119,6 @@ class Batcher:
         return item.result
 
     def _execute(self, function, batch: _Batch) -> None:
-        import tensorflow as tf
-
         try:
             merged = {}
             for name, first in batch.items[0].arrays.items():

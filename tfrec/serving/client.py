@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 
 class RecommenderClient:
@@ -22,8 +24,6 @@ class RecommenderClient:
 
     def __init__(self, target: str, model: str, timeout: float = 10.0,
                  version: int | None = None):
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
-
         self.channel = grpc.insecure_channel(target)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model = model
@@ -31,9 +31,6 @@ class RecommenderClient:
         self.version = version
 
     def _predict(self, signature: str, inputs: dict) -> dict:
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
-
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model
         request.model_spec.signature_name = signature

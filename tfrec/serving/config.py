@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
 from tfrec.errors import InputError
 
 
@@ -46,9 +49,6 @@ def parse_model_config(text: str, source: str | None = None,
       InputError: the text is not a ModelServerConfig with a model_config_list,
         a model has no name or base_path, or a name repeats.
     """
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
     config = model_server_config_pb2.ModelServerConfig()
     try:
         text_format.Parse(text, config)

@@ -33,6 +33,7 @@ import time
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
 from tfrec.serving.errors import ServingError
 
@@ -588,8 +589,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                          {"Allow": "GET"})
         manager = self.server.predictor.manager
         if verb == "/metadata":
-            from google.protobuf import json_format
-
             served = manager.find(name, version, label)
             defs = {k: json_format.MessageToDict(v) for k, v in served.signature_defs.items()}
             return {"model_spec": {"name": served.name, "signature_name": "",

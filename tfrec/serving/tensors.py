@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 # dtype enum -> (little-endian numpy dtype, the repeated field listing values one by one)
@@ -67,8 +68,6 @@ def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
         values = getattr(proto, field)
         if len(values) == count:
             return np.asarray(values, dtype=dtype.newbyteorder("=")).reshape(shape)
-    import tensorflow as tf
-
     try:
         return tf.make_ndarray(proto)
     except Exception as err:  # TensorFlow raises several types for bad protos
@@ -95,6 +94,4 @@ def to_proto(value) -> tensor_pb2.TensorProto:
                 proto.tensor_shape.dim.add().size = size
             proto.string_val.extend(flat)
             return proto
-    import tensorflow as tf
-
     return tf.make_tensor_proto(array)

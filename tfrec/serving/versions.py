@@ -23,6 +23,11 @@ import time
 from pathlib import Path
 
 import grpc
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+
+from tfrec.exporter.saved_model import load_saved_model
 
 from tfrec.serving.config import ModelEntry
 from tfrec.serving.errors import ServingError
@@ -80,8 +85,6 @@ class _Failure:
 
 
 def _signature_defs(path: Path):
-    from tensorflow.core.protobuf import saved_model_pb2
-
     proto = saved_model_pb2.SavedModel()
     proto.ParseFromString((path / "saved_model.pb").read_bytes())
     return proto.meta_graphs[0].signature_def
@@ -311,8 +314,6 @@ class ModelManager:
 
 def _load_version(name: str, number: int, path: Path) -> Loaded:
     """Loads a version folder, reads its signatures and metadata, replays its warm-up."""
-    from tfrec.exporter.saved_model import load_saved_model
-
     model = load_saved_model(path)
     defs = _signature_defs(path)
     metadata = {}
@@ -324,9 +325,6 @@ def _load_version(name: str, number: int, path: Path) -> Loaded:
 
 def _warm_up(model, path: Path) -> None:
     """Replays the version's warm-up Predict requests before it is marked AVAILABLE."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import prediction_log_pb2
-
     warmup = path / WARMUP
     if not warmup.exists():
         return
