@@ -225,9 +225,11 @@ def test_bad_export_requests_exit_2(run_dir, tmp_path, capsys):
                  str(tmp_path / "m2")]) == 2
     assert "no finished checkpoint" in capsys.readouterr().err
     code, err = run("--model-dir", str(tmp_path / "m3"), "--leaves", "40",
-                    "--leaves-to-search", "1", "--reorder", "10", "--max-k", "5",
-                    "--max-session-items", "5", "--recall-floor", "1.0")
+                    "--leaves-to-search", "1", "--reorder", "55", "--max-k", "5",
+                    "--max-session-items", "50", "--recall-floor", "1.0")
     assert code == 2 and "under the floor" in err
+    code, err = run("--model-dir", str(tmp_path / "m3"), "--max-session-items", "20")
+    assert code == 2 and "max_session_items (20) is under the model's history_length (50)" in err
     assert not (tmp_path / "m3").exists() or not any((tmp_path / "m3").iterdir())
 
 

@@ -5,8 +5,10 @@ Layout (TF Serving's): ``<model_dir>/<version>/`` holds ``saved_model.pb``,
 
   assets.extra/tf_serving_warmup_requests   PredictionLog records (real sessions)
   assets.extra/tfrec_metadata.json          index kind, parameters, recall@k, build time
-  assets.extra/embeddings/items.npy         [items, dim] float32 item embeddings, and
-  assets.extra/embeddings/item_ids.txt      their ids, one per line, same order
+  assets.extra/embeddings/items.npy         [items, dim] float32 embeddings of the index rows,
+  assets.extra/embeddings/item_ids.txt      their ids, one per line, same order, and
+  assets.extra/embeddings/added_items.csv   item_id, text of rows the model never saw
+                                            (see catalogue.py)
   assets.extra/embeddings/users.npy         [users, dim] query embeddings of known users
   assets.extra/embeddings/user_ids.txt      (their last history_length training items),
   assets.extra/embeddings/user_histories.npy  and those items: [users, history_length] int32
@@ -32,6 +34,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.errors import InputError
+from tfrec.exporter.catalogue import Catalogue
+from tfrec.exporter.module import RecommenderModule, UserCache
 from tfrec.index.ann import IndexConfig, build_index_for_recall, scann_parameters
 from tfrec.utils import ensure_folder
 
@@ -41,227 +45,6 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "tfrec_metadata.json"
 TMP_PREFIX = ".tmp-export-"
 PROJECTOR_LIMIT = 20_000
-
-
-class RecommenderModule(tf.Module):
-    """What the SavedModel serves: text preprocessing, towers and the index.
-
-    Signatures (named inputs -> named outputs):
-      serving_default: item_ids [batch, length] string (sessions, padded with
-        "", length at most max_session_items), k [] int32  ->  item_ids
-        [batch, k] string, scores [batch, k] float32, fallback [batch] bool;
-        the sessions' own items are never recommended. A session with no
-        known item gets the most popular items (scores: their share of the
-        training events) and fallback true.
-      similar_items: item_ids [batch] string, k  ->  item_ids, scores (the
-        item itself excluded), known [batch] bool (an unknown item gets the
-        most popular items).
-      embed_items: item_ids [batch] string, texts [batch] string  ->
-        embeddings [batch, dim], known [batch] bool. A known id uses the
-        model's item embedding; an unknown one is embedded from its text.
-      embed_query: item_ids [batch, length] string  ->  embeddings [batch, dim].
-      item_texts: item_ids [batch] string  ->  texts [batch] string ("" unknown).
-      recommend_for_user: user_ids [batch] string, k [] int32  ->  item_ids
-        [batch, k] string, scores [batch, k] float32, known [batch] bool: the
-        top k for the user's cached embedding (`UserCache`, computed at
-        export), never one of the items it was built from. An unknown or
-        empty user id gets the most popular items and known false.
-    Unknown ids in a session are skipped (they carry no behaviour).
-    """
-
-    def __init__(self, model, item_ids: np.ndarray, index, max_k: int,
-                 item_texts: np.ndarray | None = None, item_counts: np.ndarray | None = None,
-                 max_session_items: int = 500, users: "UserCache | None" = None):
-        super().__init__(name="tfrec")
-        self.max_session_items = int(max_session_items)
-        self.item_encoder = model.item_encoder
-        self.query_tower = model.query_tower
-        self.index = index
-        self.max_k = int(max_k)
-        self.history_length = int(model.query_tower.history_length)
-        self.num_items = int(len(item_ids))
-        keys = tf.constant(np.asarray(item_ids[1:]).astype(str))
-        self.id_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                keys, tf.range(1, len(item_ids), dtype=tf.int32)), default_value=0)
-        texts = np.asarray(item_texts[1:] if item_texts is not None
-                           else [""] * (len(item_ids) - 1), dtype=object).astype(str)
-        self.text_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(keys, tf.constant(texts)), default_value="")
-        # The answer for a query with no known item: the most popular items, with their
-        # share of the training events as scores, flagged by the `fallback` output.
-        counts = np.asarray(item_counts[1:] if item_counts is not None
-                            else np.zeros(len(item_ids) - 1), dtype=np.float64)
-        top = np.argsort(-counts, kind="stable")[:self.max_k]
-        share = counts[top] / max(counts.sum(), 1.0)
-        self.popular_ids = tf.constant(np.asarray(item_ids[1:]).astype(str)[top])
-        self.popular_scores = tf.constant(share.astype(np.float32))
-        users = users if users is not None else UserCache.empty(
-            self.history_length, int(model.embedding_dim))
-        self.num_users = len(users.ids)
-        # Row 0 stands for "no such user" so that a lookup never gathers out of range; the
-        # empty id is a key of it so that the table is never empty (a table may not be).
-        self.user_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(np.concatenate([[""], np.asarray(users.ids).astype(str)]), tf.string),
-                tf.range(0, self.num_users + 1, dtype=tf.int32)), default_value=0)
-        dim = int(model.embedding_dim)
-        self.user_embeddings = tf.Variable(
-            np.vstack([np.zeros((1, dim), np.float32), users.embeddings.astype(np.float32)]),
-            trainable=False, name="user_embeddings")
-        self.user_histories = tf.Variable(
-            np.vstack([np.zeros((1, self.history_length), np.int32),
-                       users.histories.astype(np.int32)]),
-            trainable=False, name="user_histories")
-
-    def _history(self, item_ids):
-        """[batch, length] string ids -> [batch, N] left-padded indices of the last N known."""
-        index = self.id_table.lookup(item_ids)
-        known = tf.ragged.boolean_mask(index, index > 0)
-        lengths = tf.minimum(known.row_lengths(), self.history_length)
-        n = self.history_length
-        # Right-aligned copy of the last `lengths` known items of each row.
-        total = known.row_lengths()
-        cols = tf.range(n, dtype=tf.int64)[None, :]
-        source = total[:, None] - n + cols
-        valid = source >= (total - lengths)[:, None]
-        padded = known.to_tensor(default_value=0)
-        width = tf.shape(padded, out_type=tf.int64)[1]
-        source = tf.clip_by_value(source, 0, tf.maximum(width - 1, 0))
-        gathered = tf.gather(tf.pad(padded, [[0, 0], [0, 1]]), source, batch_dims=1)
-        return tf.where(valid, gathered, tf.zeros_like(gathered))
-
-    def _check_k(self, k):
-        k = tf.convert_to_tensor(k, tf.int32)
-        tf.debugging.assert_greater(k, 0, message="k must be at least 1")
-        tf.debugging.assert_less_equal(
-            k, self.max_k, message=f"k must be at most {self.max_k} (the index's max_k)")
-        return tf.minimum(k, self.num_items - 1)
-
-    def _top_k_excluding(self, queries, exclude, k):
-        """Top k of the index for each query, never one of the ids in `exclude` [batch, m].
-
-        Rows whose `exclude` holds no known id (an unknown or empty query)
-        get the most popular items instead, flagged in `fallback`. A slot
-        left when fewer than k items remain is "" with score -inf.
-        """
-        k = self._check_k(k)
-        known = self.id_table.lookup(exclude) > 0
-        scores, ids = self._search(queries, k, known)
-        clash = tf.reduce_any(tf.equal(ids[:, :, None], exclude[:, None, :]), axis=-1)
-        return self._top_k_of(scores, ids, clash, k, tf.logical_not(tf.reduce_any(known, 1)))
-
-    def _top_k_excluding_indices(self, queries, exclude, k, fallback):
-        """`_top_k_excluding` with `exclude` as [batch, m] vocabulary indices (0: none)
-        and the rows answered by the popular items given as `fallback` [batch] bool."""
-        k = self._check_k(k)
-        known = exclude > 0
-        scores, ids = self._search(queries, k, known)
-        found = self.id_table.lookup(ids)
-        clash = tf.reduce_any(tf.logical_and(tf.equal(found[:, :, None], exclude[:, None, :]),
-                                             known[:, None, :]), axis=-1)
-        return self._top_k_of(scores, ids, clash, k, fallback)
-
-    def _search(self, queries, k, excluded):
-        """(scores, ids) [batch, k + the most excluded items of a row]: one index call that
-        fetches enough to still have k after dropping each row's `excluded` [batch, m]."""
-        # The export checks that the index can return max_k + max_session_items (ScaNN's
-        # reordering) and that a user's history is no longer than max_session_items.
-        extra = tf.reduce_max(tf.concat([tf.reduce_sum(tf.cast(excluded, tf.int32), axis=1),
-                                         [0]], 0))
-        return self.index(queries, k=tf.minimum(k + extra, self.num_items - 1))
-
-    def _top_k_of(self, scores, ids, clash, k, fallback):
-        """The k best of (scores, ids) without the `clash` [batch, fetched] ones; the
-        `fallback` [batch] rows get the popular items."""
-        scores = tf.where(clash, tf.fill(tf.shape(scores), float("-inf")), scores)
-        top_scores, position = tf.math.top_k(scores, k=tf.minimum(k, tf.shape(scores)[1]))
-        top_ids = tf.gather(ids, position, batch_dims=1)
-        top_ids = tf.where(tf.math.is_inf(top_scores), tf.fill(tf.shape(top_ids), ""), top_ids)
-        n = tf.shape(top_ids)[1]
-        popular_ids = tf.broadcast_to(self.popular_ids[None, :n], tf.shape(top_ids))
-        popular_scores = tf.broadcast_to(self.popular_scores[None, :n], tf.shape(top_scores))
-        return {"item_ids": tf.where(fallback[:, None], popular_ids, top_ids),
-                "scores": tf.where(fallback[:, None], popular_scores, top_scores),
-                "fallback": fallback}
-
-    def _check_session_width(self, item_ids):
-        tf.debugging.assert_less_equal(
-            tf.shape(item_ids)[1], self.max_session_items,
-            message=f"sessions may hold at most {self.max_session_items} items (the export's "
-                    "max_session_items)")
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids"),
-                                  tf.TensorSpec([], tf.int32, name="k")])
-    def recommend(self, item_ids, k):
-        self._check_session_width(item_ids)
-        queries = self.query_tower(self._history(item_ids))
-        return self._top_k_excluding(queries, item_ids, k)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids"),
-                                  tf.TensorSpec([], tf.int32, name="k")])
-    def similar_items(self, item_ids, k):
-        index = self.id_table.lookup(item_ids)
-        out = self._top_k_excluding(self.item_encoder(index), item_ids[:, None], k)
-        return {"item_ids": out["item_ids"], "scores": out["scores"], "known": index > 0}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids"),
-                                  tf.TensorSpec([None], tf.string, name="texts")])
-    def embed_items(self, item_ids, texts):
-        index = self.id_table.lookup(item_ids)
-        by_id = self.item_encoder(index)
-        if self.item_encoder.config.use_text:
-            by_text = self.item_encoder.encode_text(texts)
-        else:
-            by_text = tf.zeros_like(by_id)
-        known = index > 0
-        return {"embeddings": tf.where(known[:, None], by_id, by_text), "known": known}
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")])
-    def embed_query(self, item_ids):
-        self._check_session_width(item_ids)
-        return {"embeddings": self.query_tower(self._history(item_ids))}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids")])
-    def item_texts(self, item_ids):
-        return {"texts": self.text_table.lookup(item_ids)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_ids"),
-                                  tf.TensorSpec([], tf.int32, name="k")])
-    def recommend_for_user(self, user_ids, k):
-        row = self.user_table.lookup(user_ids)
-        known = row > 0
-        queries = tf.gather(self.user_embeddings, row)
-        history = tf.gather(self.user_histories, row)
-        out = self._top_k_excluding_indices(queries, history, k, tf.logical_not(known))
-        return {"item_ids": out["item_ids"], "scores": out["scores"], "known": known}
-
-    def signatures(self) -> dict:
-        return {"serving_default": self.recommend, "similar_items": self.similar_items,
-                "embed_items": self.embed_items, "embed_query": self.embed_query,
-                "item_texts": self.item_texts, "recommend_for_user": self.recommend_for_user}
-
-
-@dataclasses.dataclass
-class UserCache:
-    """The known users' query embeddings, computed once at export.
-
-    Attributes:
-      ids: [users] user ids (str).
-      embeddings: [users, dim] float32 query embeddings of their histories.
-      histories: [users, history_length] int32 vocabulary indices of the
-        items each embedding was built from (0-padded on the left); served
-        recommendations never include them.
-    """
-
-    ids: np.ndarray
-    embeddings: np.ndarray
-    histories: np.ndarray
-
-    @classmethod
-    def empty(cls, history_length: int, dim: int) -> "UserCache":
-        return cls(np.zeros(0, dtype=object), np.zeros((0, dim), np.float32),
-                   np.zeros((0, history_length), np.int32))
 
 
 @dataclasses.dataclass
@@ -320,7 +103,7 @@ def user_histories(sessions, length: int) -> tuple[np.ndarray, np.ndarray]:
     return sessions.user_ids[users], histories_from_lists([lists[u] for u in users], length)
 
 
-def users_metadata(data, users: UserCache) -> dict:
+def users_metadata(data) -> dict:
     """When the cached user embeddings were computed, and from which data."""
     import datetime
 
@@ -386,22 +169,16 @@ def _write_projector(folder: Path, embeddings: np.ndarray, ids: np.ndarray, text
     return n
 
 
-def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig = IndexConfig(),
-           version: int | None = None, serving_config_dir: str | Path | None = None,
-           warmup_sessions: int = 32, recall_queries: int = 1000) -> ExportResult:
-    """Exports the run's model as `model_dir/<version>/`.
+def prepare_version(model_dir: str | Path, version: int | None) -> tuple[Path, int]:
+    """(model_dir, the version to write: `version`, or the next one).
 
     Raises:
-      InputError: no finished checkpoint, a model dir that is a file, an
-        unwritable location, an existing version, or recall under the floor.
+      InputError: a model dir that is a file or not writable, an existing or
+        non-positive version.
     """
-    from tfrec.run import check_run_data, load_run, prepare_training_data
-
-    started = time.perf_counter()
     model_dir = Path(model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise InputError("model dir is a file, expected a folder", path=str(model_dir))
-    config, vocab, model, checkpoint = load_run(run_dir)
     ensure_folder(model_dir, "model folder")
     if not os.access(model_dir, os.W_OK):
         raise InputError("model folder is not writable", path=str(model_dir))
@@ -416,85 +193,126 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
     elif version < 1:
         raise InputError(f"version must be a positive integer, got {version}",
                          key="export.version")
-    model_name = model_dir.resolve().name
+    return model_dir, version
 
-    logger.info("embedding %d catalogue items", vocab.size - 1)
-    embeddings = model.item_embeddings()
-    item_ids = vocab.ids.astype(str)
 
-    logger.info("re-reading the training data for real query sessions")
-    data = prepare_training_data(config)
-    check_run_data(data.vocab, vocab, run_dir)
-    sessions = sample_sessions(data, max(recall_queries, warmup_sessions))
-    from tfrec.data.sequences import histories_from_lists
+def check_history_fits(history_length: int, index_config: IndexConfig) -> None:
+    """A user's recommendations exclude the history_length items of its cached embedding:
+    the index must return enough candidates to drop them (as a session's).
 
-    queries = model.query_embeddings(histories_from_lists(sessions[:recall_queries],
-                                                          model.query_tower.history_length))
-    k = min(10, index_config.max_k)
-    index, index_config, recall, build_seconds = build_index_for_recall(
-        embeddings[1:], item_ids[1:], index_config, queries, k, log=logger.info)
-    logger.info("index recall@%d against brute force on %d real queries: %.4f", k, len(queries),
-                recall)
-    if index_config.kind == "scann" and recall < index_config.recall_floor:
-        raise InputError(
-            f"ScaNN recall@{k} is {recall:.3f}, under the floor {index_config.recall_floor}; "
-            "search more leaves (--leaves-to-search), reorder more candidates "
-            "(--reorder), or lower --recall-floor", key="index.recall_floor")
-
-    history_length = int(model.query_tower.history_length)
+    Raises:
+      InputError: max_session_items is under history_length.
+    """
     if history_length > index_config.max_session_items:
         raise InputError(
             f"max_session_items ({index_config.max_session_items}) is under the model's "
             f"history_length ({history_length}): a user's recommendations exclude the "
             "history_length items of its cached embedding, and the index must return enough "
             "to drop them", key="index.max_session_items")
-    logger.info("computing the cached user embeddings")
-    user_ids, histories = user_histories(data.sessions, history_length)
-    users = UserCache(user_ids, model.query_embeddings(histories), histories)
-    users_meta = users_metadata(data, users)
-    module = RecommenderModule(model, item_ids, index, index_config.max_k, vocab.text,
-                               vocab.counts, index_config.max_session_items, users)
-    tmp = model_dir / f"{TMP_PREFIX}{version}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        namespaces = ["TFText"] + (["Scann"] if index_config.kind == "scann" else [])
-        options = tf.saved_model.SaveOptions(namespace_whitelist=namespaces)
-        # Call every signature once so the index and towers are traced before saving.
-        probe = tf.constant([[item_ids[1], ""]])
-        module.recommend(probe, tf.constant(1))
-        tf.saved_model.save(module, str(tmp), signatures=module.signatures(), options=options)
-        extra = tmp / "assets.extra"
-        (extra / "embeddings").mkdir(parents=True)
-        np.save(extra / "embeddings" / "items.npy", embeddings[1:].astype(np.float32))
-        (extra / "embeddings" / "item_ids.txt").write_text("\n".join(item_ids[1:]) + "\n")
-        np.save(extra / "embeddings" / "users.npy", users.embeddings)
-        np.save(extra / "embeddings" / "user_histories.npy", users.histories)
-        (extra / "embeddings" / "user_ids.txt").write_text(
-            "".join(f"{u}\n" for u in users.ids))
-        projected = _write_projector(extra / "projector", embeddings[1:], item_ids[1:],
-                                     vocab.text[1:], vocab.counts[1:])
-        warm_sessions = [[str(item_ids[i]) for i in s] for s in sessions[:warmup_sessions]]
-        records = _write_warmup(extra / WARMUP_FILE, model_name, warm_sessions, k,
-                                [str(u) for u in users.ids[:8]])
-        metadata = {
-            "model": model_name, "version": version, "run": str(Path(run_dir).resolve()),
-            "checkpoint": checkpoint, "index": index_config.kind,
-            "index_parameters": (scann_parameters(len(embeddings) - 1, index_config)
+
+
+def build_checked_index(catalogue: Catalogue, index_config: IndexConfig, queries: np.ndarray,
+                        k: int):
+    """The index over the catalogue, its recall@k against exact search measured on
+    `queries` [n, dim] (ScaNN widened up to the floor).
+
+    Returns:
+      (index, the config used, recall@k, seconds spent building).
+
+    Raises:
+      InputError: ScaNN recall under `index_config.recall_floor`.
+    """
+    index, index_config, recall, build_seconds = build_index_for_recall(
+        catalogue.embeddings, catalogue.ids, index_config, queries, k, log=logger.info)
+    logger.info("index recall@%d against brute force on %d queries: %.4f", k, len(queries),
+                recall)
+    if index_config.kind == "scann" and recall < index_config.recall_floor:
+        raise InputError(
+            f"ScaNN recall@{k} is {recall:.3f}, under the floor {index_config.recall_floor}; "
+            "search more leaves (--leaves-to-search), reorder more candidates "
+            "(--reorder), or lower --recall-floor", key="index.recall_floor")
+    return index, index_config, recall, build_seconds
+
+
+def index_metadata(catalogue: Catalogue, index_config: IndexConfig, recall: float, k: int,
+                   queries: int, build_seconds: float) -> dict:
+    """The index's part of tfrec_metadata.json."""
+    return {"index": index_config.kind,
+            "index_parameters": (scann_parameters(len(catalogue), index_config)
                                  if index_config.kind == "scann" else {}),
             "max_k": index_config.max_k, "max_session_items": index_config.max_session_items,
-            "history_length": int(model.query_tower.history_length),
-            "items": int(vocab.size - 1),
-            "embedding_dim": int(model.embedding_dim), "users": int(len(users.ids)),
-            **users_meta,
-            f"recall@{k}": recall, "recall_queries": int(len(queries)),
-            "index_build_seconds": round(build_seconds, 3),
-            "warmup_records": records, "projector_items": projected,
-            "signatures": sorted(module.signatures()),
-            "export_seconds": round(time.perf_counter() - started, 1),
-        }
+            "recall_floor": index_config.recall_floor, "items": len(catalogue),
+            f"recall@{k}": recall, "recall_queries": int(queries),
+            "index_build_seconds": round(build_seconds, 3)}
+
+
+@dataclasses.dataclass
+class VersionContents:
+    """Everything one version holds besides the model's own files.
+
+    Attributes:
+      module: what the SavedModel serves.
+      catalogue: its index rows (with their embeddings).
+      vocab_ids: the model's item vocabulary (OOV first).
+      users: the cached user embeddings.
+      warm_sessions: real sessions (item ids) for the warm-up records.
+      metadata: tfrec_metadata.json; write_version adds the version, file
+        counts and the time taken.
+    """
+
+    module: RecommenderModule
+    catalogue: Catalogue
+    vocab_ids: np.ndarray
+    users: UserCache
+    warm_sessions: list[list[str]]
+    metadata: dict
+
+
+def write_version(model_dir: Path, version: int, contents: VersionContents,
+                  started: float | None = None,
+                  serving_config_dir: str | Path | None = None) -> ExportResult:
+    """Writes `model_dir/<version>/` whole or not at all: into a temporary folder beside
+    the versions, renamed into place when complete.
+
+    Raises:
+      InputError: the version appeared meanwhile (another export wrote it).
+    """
+    started = time.perf_counter() if started is None else started
+    module, catalogue, users = contents.module, contents.catalogue, contents.users
+    model_name = model_dir.resolve().name
+    k = min(10, module.max_k)
+    tmp = model_dir / f"{TMP_PREFIX}{version}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    final = model_dir / str(version)
+    try:
+        namespaces = ["TFText"] + (["Scann"] if contents.metadata["index"] == "scann" else [])
+        options = tf.saved_model.SaveOptions(namespace_whitelist=namespaces)
+        # Call a signature once so the index and towers are traced before saving.
+        module.recommend(tf.constant([[str(catalogue.ids[0]), ""]]), tf.constant(1))
+        tf.saved_model.save(module, str(tmp), signatures=module.signatures(), options=options)
+        extra = tmp / "assets.extra"
+        catalogue.write(extra / "embeddings", contents.vocab_ids)
+        np.save(extra / "embeddings" / "users.npy", users.embeddings.astype(np.float32))
+        np.save(extra / "embeddings" / "user_histories.npy", users.histories.astype(np.int32))
+        (extra / "embeddings" / "user_ids.txt").write_text(
+            "".join(f"{u}\n" for u in users.ids))
+        projected = _write_projector(extra / "projector", catalogue.embeddings, catalogue.ids,
+                                     catalogue.texts, catalogue.counts)
+        records = _write_warmup(extra / WARMUP_FILE, model_name, contents.warm_sessions, k,
+                                [str(u) for u in users.ids[:8]])
+        metadata = {"model": model_name, "version": version, **contents.metadata,
+                    "users": int(len(users.ids)), "added_items": module.num_added,
+                    "dropped_items": module.num_dropped, "warmup_records": records,
+                    "projector_items": projected, "signatures": sorted(module.signatures())}
+        metadata["export_seconds"] = round(time.perf_counter() - started, 1)
         (extra / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        final = model_dir / str(version)
-        os.rename(tmp, final)  # atomic on one file system: all or nothing
+        try:
+            os.rename(tmp, final)  # atomic on one file system: all or nothing
+        except OSError:
+            if final.exists():
+                raise InputError(f"version {version} was written by another export meanwhile; "
+                                 "run again", path=str(final)) from None
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -502,6 +320,58 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
         write_serving_config(serving_config_dir, model_name, model_dir)
     logger.info("exported %s in %.1fs", final, time.perf_counter() - started)
     return ExportResult(final, version, metadata, module)
+
+
+def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig = IndexConfig(),
+           version: int | None = None, serving_config_dir: str | Path | None = None,
+           warmup_sessions: int = 32, recall_queries: int = 1000) -> ExportResult:
+    """Exports the run's model as `model_dir/<version>/`.
+
+    Raises:
+      InputError: no finished checkpoint, a model dir that is a file, an
+        unwritable location, an existing version, or recall under the floor.
+    """
+    from tfrec.data.sequences import histories_from_lists
+    from tfrec.run import check_run_data, load_run, prepare_training_data
+
+    started = time.perf_counter()
+    model_dir = Path(model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise InputError("model dir is a file, expected a folder", path=str(model_dir))
+    config, vocab, model, checkpoint = load_run(run_dir)
+    model_dir, version = prepare_version(model_dir, version)
+    history_length = int(model.query_tower.history_length)
+    check_history_fits(history_length, index_config)
+
+    logger.info("embedding %d catalogue items", vocab.size - 1)
+    catalogue = Catalogue.from_vocabulary(vocab, model.item_embeddings())
+    item_ids = vocab.ids.astype(str)
+
+    logger.info("re-reading the training data for real query sessions")
+    data = prepare_training_data(config)
+    check_run_data(data.vocab, vocab, run_dir)
+    sessions = sample_sessions(data, max(recall_queries, warmup_sessions))
+    queries = model.query_embeddings(histories_from_lists(sessions[:recall_queries],
+                                                          history_length))
+    k = min(10, index_config.max_k)
+    index, index_config, recall, build_seconds = build_checked_index(
+        catalogue, index_config, queries, k)
+
+    logger.info("computing the cached user embeddings")
+    user_ids, histories = user_histories(data.sessions, history_length)
+    users = UserCache(user_ids, model.query_embeddings(histories), histories)
+    module = RecommenderModule(model, item_ids, index, index_config.max_k, vocab.text,
+                               vocab.counts, index_config.max_session_items, users)
+    metadata = {
+        "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint,
+        **index_metadata(catalogue, index_config, recall, k, len(queries), build_seconds),
+        "history_length": history_length, "embedding_dim": int(model.embedding_dim),
+        **users_metadata(data),
+    }
+    warm = [[str(item_ids[i]) for i in s] for s in sessions[:warmup_sessions]]
+    return write_version(model_dir, version,
+                         VersionContents(module, catalogue, item_ids, users, warm, metadata),
+                         started, serving_config_dir)
 
 
 BATCHING_CONFIG = """\

@@ -1,0 +1,250 @@
+"""`tfrec export --add-items / --drop-items`: next versions with a changed catalogue, no
+training."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrec.cli import main
+from tfrec.errors import InputError
+from tfrec.exporter import CatalogueUpdate, export, load_saved_model, update_catalogue
+from tfrec.index import IndexConfig
+from tfrec.run import load_run
+
+NEW = ["new-a", "new-b", "new-c"]
+
+
+def files_of(model_dir: Path) -> dict:
+    return {str(p.relative_to(model_dir)): p.stat().st_mtime_ns
+            for p in model_dir.rglob("*") if p.is_file()}
+
+
+def embeddings_of(version_dir: Path):
+    folder = version_dir / "assets.extra" / "embeddings"
+    return np.array((folder / "item_ids.txt").read_text().split()), np.load(folder / "items.npy")
+
+
+@pytest.fixture(scope="module")
+def vocab(run_dir):
+    return load_run(run_dir)[1]
+
+
+@pytest.fixture(scope="module")
+def versions(run_dir, vocab, tmp_path_factory):
+    """shop/1: a brute-force export; 2: three new items (texts of warm items of three
+    clusters) added; 3: the most popular item, one other and new-b dropped."""
+    base = tmp_path_factory.mktemp("catalogue")
+    first = export(run_dir, base / "shop", IndexConfig(kind="brute_force", max_k=20))
+    warm = [vocab.index_of(i) for i in ("i1", "i40", "i90")]
+    items = base / "new.csv"
+    items.write_text("item_id,text\n" + "".join(
+        f"{n},\"{vocab.text[w]}\"\n" for n, w in zip(NEW, warm)))
+    added = update_catalogue(base / "shop", CatalogueUpdate(add_items=items))
+    popular = str(vocab.ids[np.argmax(vocab.counts[1:]) + 1])
+    dropped = [popular, "i7", "new-b"]
+    ids = base / "drop.txt"
+    ids.write_text("\n".join(dropped) + "\n")
+    after = update_catalogue(base / "shop", CatalogueUpdate(drop_items=ids))
+    return base, first, added, after, dropped
+
+
+def test_added_items_are_appended_and_known_items_keep_their_embeddings(versions, vocab):
+    _, first, added, _, _ = versions
+    ids1, vectors1 = embeddings_of(first.path)
+    ids2, vectors2 = embeddings_of(added.path)
+    assert ids2.tolist() == ids1.tolist() + NEW
+    np.testing.assert_array_equal(vectors2[:len(ids1)], vectors1)
+    # The text tower alone: what version 1's embed_items answers for an unknown id.
+    texts = [vocab.text[vocab.index_of(i)] for i in ("i1", "i40", "i90")]
+    old = load_saved_model(first.path).signatures["embed_items"](
+        item_ids=tf.constant(NEW), texts=tf.constant(texts))
+    assert not old["known"].numpy().any()
+    np.testing.assert_allclose(vectors2[len(ids1):], old["embeddings"].numpy(), atol=1e-6)
+    meta = added.metadata
+    assert meta["index"] == "brute_force" and meta["max_k"] == 20 and meta["items"] == 158
+    assert meta["catalogue_update"]["from_version"] == 1 and meta["added_items"] == 3
+    assert meta["recall@10"] == 1.0 and meta["users_computed_at"] == \
+        first.metadata["users_computed_at"]
+    served = load_saved_model(added.path).signatures
+    out = served["embed_items"](item_ids=tf.constant(NEW), texts=tf.constant(["", "", ""]))
+    assert out["known"].numpy().all()
+    np.testing.assert_allclose(out["embeddings"].numpy(), vectors2[len(ids1):], atol=1e-6)
+    assert served["item_texts"](item_ids=tf.constant(NEW))["texts"].numpy().astype(
+        str).tolist() == texts
+
+
+def test_an_added_item_is_similar_to_its_nearest_warm_neighbours(versions, vocab):
+    _, _, added, _, _ = versions
+    ids, vectors = embeddings_of(added.path)
+    served = load_saved_model(added.path).signatures["similar_items"]
+    warm = np.flatnonzero(vocab.counts[vocab.lookup(ids)] > 0)
+    for name in NEW:
+        row = ids.tolist().index(name)
+        scores = vectors @ vectors[row]
+        scores[row] = -np.inf
+        out = served(item_ids=tf.constant([name]), k=tf.constant(5))
+        assert out["known"].numpy()[0]
+        expected = ids[np.argsort(-scores)[:5]].tolist()
+        assert out["item_ids"].numpy()[0].astype(str).tolist() == expected
+        nearest = warm[np.argsort(-scores[warm])[:3]]
+        for w in nearest:  # each neighbour finds it at its exact rank (brute force)
+            theirs = vectors @ vectors[w]
+            theirs[w] = -np.inf
+            rank = int((theirs > theirs[row]).sum()) + 1
+            assert rank <= 20
+            found = served(item_ids=tf.constant([ids[w]]), k=tf.constant(rank))
+            assert name in found["item_ids"].numpy()[0].astype(str).tolist()
+
+
+def test_sessions_can_be_recommended_added_items_exactly(versions):
+    _, _, added, _, _ = versions
+    ids, vectors = embeddings_of(added.path)
+    served = load_saved_model(added.path).signatures
+    sessions = [["i1", "i2", "new-a"], ["i40", "i41", ""], ["i90", "new-c", ""]]
+    out = served["serving_default"](item_ids=tf.constant(sessions), k=tf.constant(20))
+    queries = served["embed_query"](item_ids=tf.constant(sessions))["embeddings"].numpy()
+    scores = queries @ vectors.T
+    for row, session in enumerate(sessions):
+        scores[row, np.isin(ids, session)] = -np.inf
+        expected = ids[np.argsort(-scores[row], kind="stable")[:20]]
+        assert out["item_ids"].numpy()[row].astype(str).tolist() == expected.tolist()
+    assert set(NEW) & set(out["item_ids"].numpy().astype(str).ravel())
+
+
+def test_a_dropped_item_never_comes_back(versions, vocab):
+    _, _, _, after, dropped = versions
+    ids, _ = embeddings_of(after.path)
+    assert not set(dropped) & set(ids) and len(ids) == 155
+    assert after.metadata["dropped_items"] == 2 and after.metadata["added_items"] == 2
+    served = load_saved_model(after.path).signatures
+    users = (after.path / "assets.extra" / "embeddings" / "user_ids.txt").read_text().split()
+    seen = set()
+    for start in range(0, len(users), 200):
+        out = served["recommend_for_user"](user_ids=tf.constant(users[start:start + 200]),
+                                           k=tf.constant(20))
+        seen |= set(out["item_ids"].numpy().astype(str).ravel())
+    out = served["recommend_for_user"](user_ids=tf.constant(["nobody"]), k=tf.constant(20))
+    seen |= set(out["item_ids"].numpy().astype(str).ravel())
+    everything = vocab.ids[1:].astype(str).tolist() + NEW + ["nope"]
+    for start in range(0, len(everything), 50):
+        batch = everything[start:start + 50]
+        out = served["similar_items"](item_ids=tf.constant(batch), k=tf.constant(20))
+        seen |= set(out["item_ids"].numpy().astype(str).ravel())
+        out = served["serving_default"](item_ids=tf.constant([[i] for i in batch]),
+                                        k=tf.constant(20))
+        seen |= set(out["item_ids"].numpy().astype(str).ravel())
+    out = served["serving_default"](item_ids=tf.constant([["nope"]]), k=tf.constant(20))
+    assert out["fallback"].numpy()[0]
+    popular = out["item_ids"].numpy().astype(str)[0].tolist()
+    assert popular[0] == str(vocab.ids[np.argsort(-vocab.counts[1:], kind="stable")[1] + 1])
+    seen |= set(popular)
+    assert not set(dropped) & seen and "new-a" in seen
+    out = served["similar_items"](item_ids=tf.constant(dropped), k=tf.constant(3))
+    assert not out["known"].numpy().any()
+    assert served["item_texts"](item_ids=tf.constant(dropped))["texts"].numpy().tolist() == \
+        [b""] * 3
+
+
+def test_a_dropped_vocabulary_item_comes_back_with_its_trained_embedding(
+        versions, vocab, tmp_path):
+    _, first, _, after, _ = versions
+    items = tmp_path / "back.csv"
+    items.write_text(f"item_id,text\ni7,\"{vocab.text[vocab.index_of('i7')]}\"\n")
+    model_dir = tmp_path / "shop"
+    model_dir.mkdir()
+    (model_dir / "3").symlink_to(after.path)
+    back = update_catalogue(model_dir, CatalogueUpdate(add_items=items))
+    ids1, vectors1 = embeddings_of(first.path)
+    ids, vectors = embeddings_of(back.path)
+    assert ids[-1] == "i7" and back.metadata["catalogue_update"]["restored"] == 1
+    np.testing.assert_allclose(vectors[-1], vectors1[ids1.tolist().index("i7")], atol=1e-6)
+    assert back.metadata["dropped_items"] == 1  # the popular item is still out
+
+
+def test_a_scann_update_rebuilds_and_checks_the_index(run_dir, tmp_path, vocab):
+    first = export(run_dir, tmp_path / "shop", IndexConfig(kind="scann", max_k=20))
+    items = tmp_path / "new.tsv"
+    items.write_text("item_id\ttext\n" + "".join(
+        f"n{i}\t{vocab.text[i + 1]} new\n" for i in range(30)))
+    result = update_catalogue(tmp_path / "shop", CatalogueUpdate(add_items=items),
+                              index_settings={"recall_floor": 0.8})
+    meta = result.metadata
+    assert meta["index"] == "scann" and meta["items"] == 185 and meta["recall@10"] >= 0.8
+    assert meta["recall_floor"] == 0.8 and first.metadata["recall_floor"] == 0.9
+    assert meta["index_parameters"]["num_leaves"] >= 1
+    assert meta["recall_queries"] == min(1000, first.metadata["users"])
+
+
+def test_command_line_add_and_drop(versions, tmp_path, capsys):
+    base, _, _, after, _ = versions
+    model_dir = tmp_path / "shop"
+    model_dir.mkdir()
+    (model_dir / "3").symlink_to(after.path)
+    items = tmp_path / "more.csv"
+    items.write_text("item_id,text,market\nnew-d,blue lamp,UK\nnew-a,x,UK\n")
+    assert main(["-q", "export", "--model-dir", str(model_dir), "--add-items", str(items),
+                 "--no-serving-config"]) == 2
+    err = capsys.readouterr().err
+    assert "new-a" in err and "another text" in err and "(--add-items)" in err
+    items.write_text("item_id,text,market\nnew-d,blue lamp,UK\n")
+    drop = tmp_path / "drop.txt"
+    drop.write_text("new-c\n")
+    assert main(["-q", "export", "--model-dir", str(model_dir), "--add-items", str(items),
+                 "--drop-items", str(drop), "--from-version", "3", "--no-serving-config"]) == 0
+    out = capsys.readouterr().out
+    assert "exported version 4" in out and "1 items added, 1 dropped" in out
+    ids, _ = embeddings_of(model_dir / "4")
+    assert "new-d" in ids and "new-c" not in ids
+    assert json.loads((model_dir / "4" / "assets.extra" / "tfrec_metadata.json").read_text()
+                      )["index"] == "brute_force"
+
+
+@pytest.mark.parametrize("setup, message, flag", [
+    ("item_id,name\nx1,lamp\n", "no text column 'text'", "--add-items"),
+    ("item_id,text\ni1,something else\n", "in the catalogue already with another text",
+     "--add-items"),
+    ("item_id,text\nx1,lamp\nx1,chair\n", "has text 'chair' here but 'lamp' at line 2", None),
+    ("drop:nope\n", "not in the catalogue (first: 'nope')", "--drop-items"),
+    ("both", "both added and dropped", "--add-items"),
+    ("drop:", "names no item id", "--drop-items"),
+    ("missing", "items file not found", "--add-items"),
+    ("version", "no version 9", "--from-version"),
+    ("nothing", "give items to add or ids to drop", None),
+])
+def test_bad_input_is_refused_and_nothing_is_written(versions, tmp_path, capsys, setup,
+                                                     message, flag):
+    base, _, _, after, _ = versions
+    model_dir = tmp_path / "shop"
+    model_dir.mkdir()
+    (model_dir / "3").symlink_to(after.path)
+    items, drop = tmp_path / "items.csv", tmp_path / "drop.txt"
+    args = []
+    if setup.startswith("drop:"):
+        drop.write_text(setup[5:])
+        args = ["--drop-items", str(drop)]
+    elif setup == "both":
+        items.write_text("item_id,text\nzz,lamp\n")
+        drop.write_text("zz\n")
+        args = ["--add-items", str(items), "--drop-items", str(drop)]
+    elif setup == "missing":
+        args = ["--add-items", str(tmp_path / "absent.csv")]
+    elif setup == "version":
+        drop.write_text("i1\n")
+        args = ["--drop-items", str(drop), "--from-version", "9"]
+    elif setup != "nothing":
+        items.write_text(setup)
+        args = ["--add-items", str(items)]
+    before = files_of(model_dir.resolve() / "3")
+    if setup == "nothing":
+        with pytest.raises(InputError, match=message):
+            update_catalogue(model_dir, CatalogueUpdate())
+    else:
+        assert main(["-q", "export", "--model-dir", str(model_dir), "--no-serving-config",
+                     *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and (flag is None or f"({flag})" in err), err
+    assert sorted(p.name for p in model_dir.iterdir()) == ["3"]
+    assert files_of(model_dir.resolve() / "3") == before

@@ -1,0 +1,122 @@
+"""Online prediction against a real `tfrec serve`: per-user recommendations from the cached
+embeddings (gRPC, REST, client, `tfrec recommend --user`) and catalogue updates."""
+
+import json
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrec.cli import main
+from tfrec.exporter import load_saved_model
+from tfrec.serving.client import RecommenderClient
+
+from serving_helpers import start_server
+
+
+@pytest.fixture(scope="module")
+def shared(versions, tmp_path_factory):
+    srv = start_server(versions, tmp_path_factory.mktemp("online"))
+    yield srv
+    srv.stop()
+
+
+def rest(server, path, body):
+    request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}{path}",
+                                     data=json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_recommend_for_user_over_grpc_rest_client_and_command(shared, capsys):
+    users = (shared.base / "1" / "assets.extra" / "embeddings" / "user_ids.txt"
+             ).read_text().split()[:3]
+    asked = users + ["no such user"]
+    local = load_saved_model(shared.base / "1").signatures["recommend_for_user"](
+        user_ids=tf.constant(asked), k=tf.constant(4))
+    client = RecommenderClient(shared.target, "shop", timeout=30)
+    try:
+        served = client.recommend_for_user(asked, k=4)
+        with pytest.raises(grpc.RpcError) as err:
+            client.recommend_for_user(users, k=21)
+    finally:
+        client.close()
+    assert err.value.details() == ("input 'k': must be between 1 and 20 (the index's max_k), "
+                                   "got 21")
+    assert [known for _, known in served] == [True, True, True, False]
+    assert [[i for i, _ in recs] for recs, _ in served] == \
+        local["item_ids"].numpy().astype(str).tolist()
+    code, out = rest(shared, "/v1/models/shop:predict",
+                     {"signature_name": "recommend_for_user",
+                      "inputs": {"user_ids": asked, "k": 4}})
+    assert code == 200 and out["outputs"]["known"] == [True, True, True, False]
+    assert out["outputs"]["item_ids"] == local["item_ids"].numpy().astype(str).tolist()
+    np.testing.assert_allclose(out["outputs"]["scores"], local["scores"].numpy(), rtol=1e-5)
+    client = RecommenderClient(shared.target, "shop", timeout=30)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            client.recommend_for_user([], k=4)
+    finally:
+        client.close()
+    assert "input 'user_ids': the batch is empty" in err.value.details()
+
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--user", users[0], "-k", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"user: {users[0]}" and len(out) == 4
+    assert out[1].split()[1] == served[0][0][0][0]
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--user", "no such user", "-k", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "unknown user" in out[1] and "most popular items" in out[1] and len(out) == 5
+
+
+def test_an_added_items_version_is_picked_up_with_no_failed_call(versions, tmp_path):
+    import threading
+    import time
+
+    from tfrec.exporter import CatalogueUpdate, update_catalogue
+
+    from serving_helpers import predict_request, stub_of
+
+    srv = start_server(versions, tmp_path)
+    stub = stub_of(srv)
+    failures, served, stop = [], set(), threading.Event()
+
+    def call_forever():
+        while not stop.is_set():
+            try:
+                served.add(stub.Predict(predict_request([["i1", "i2"]]), timeout=30)
+                           .model_spec.version.value)
+            except grpc.RpcError as err:
+                failures.append(err.code())
+
+    caller = threading.Thread(target=call_forever)
+    caller.start()
+    try:
+        items = tmp_path / "new.csv"
+        items.write_text("item_id,text\nnew-lamp,a small blue lamp\n")
+        update_catalogue(srv.base, CatalogueUpdate(add_items=items))
+        srv.wait_for(2)
+        deadline = time.time() + 30
+        while 2 not in served and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        caller.join()
+    try:
+        assert failures == [] and served >= {1, 2}
+        client = RecommenderClient(srv.target, "shop", timeout=30)
+        try:
+            assert client.item_texts(["new-lamp"]) == ["a small blue lamp"]
+            assert client.similar_items(["new-lamp"], k=3)[0] is not None
+        finally:
+            client.close()
+    finally:
+        srv.stop()

@@ -1,0 +1,224 @@
+"""`tfrec export --add-items / --drop-items`: the next version from an earlier one, no training.
+
+The model, its vocabulary and the cached users stay as they were; the
+catalogue changes (see `catalogue.py` for the rules), the index is rebuilt
+over it and checked against exact search, and the version is written by the
+same `write_version` as a full export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec.errors import InputError
+from tfrec.exporter.catalogue import (EMBEDDINGS, Catalogue, next_catalogue, read_drop_ids,
+                                      read_new_items)
+from tfrec.exporter.module import RecommenderModule, UserCache
+from tfrec.exporter.saved_model import (METADATA_FILE, ExportResult, VersionContents,
+                                        build_checked_index, check_history_fits,
+                                        existing_versions, index_metadata, prepare_version,
+                                        write_version)
+from tfrec.index.ann import IndexConfig
+
+logger = logging.getLogger(__name__)
+
+# Index settings a version records and the next one inherits unless told otherwise.
+INHERITED = ("kind", "max_k", "max_session_items", "recall_floor")
+
+
+def previous_version(model_dir: Path, from_version: int | None) -> Path:
+    """The version folder to start from: `from_version`, or the newest.
+
+    Raises:
+      InputError: no version, or not that one.
+    """
+    versions = existing_versions(model_dir)
+    if not versions:
+        raise InputError("no exported version to start from (export the run first)",
+                         path=str(model_dir), key="export.from_version")
+    if from_version is None:
+        return model_dir / str(versions[-1])
+    if from_version not in versions:
+        raise InputError(f"no version {from_version} (versions: "
+                         f"{', '.join(map(str, versions))})", path=str(model_dir),
+                         key="export.from_version")
+    return model_dir / str(from_version)
+
+
+def read_metadata(version_dir: Path) -> dict:
+    path = version_dir / "assets.extra" / METADATA_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read the version's metadata: {err}", path=str(path)) from None
+
+
+def load_version_model(metadata: dict, version_dir: Path, run_dir: str | Path | None = None):
+    """(config, vocab, model) of the run a version was exported from, at the checkpoint
+    it was exported from (a run trained on since is not the model of the version).
+
+    Raises:
+      InputError: the run or its checkpoint is gone.
+    """
+    from tfrec.run import load_run
+
+    run_dir = Path(run_dir or metadata.get("run", ""))
+    if not str(run_dir) or not run_dir.is_dir():
+        raise InputError(f"the run the version was exported from ({run_dir}) is not there; "
+                         "give --run RUN_DIR", path=str(version_dir), key="export.run")
+    config, vocab, model, latest = load_run(run_dir)
+    recorded = metadata.get("checkpoint")
+    if recorded and Path(recorded).name != Path(latest).name:
+        path = run_dir / Path(latest).parent.name / Path(recorded).name
+        if not Path(f"{path}.index").exists():
+            raise InputError(f"the version was exported from checkpoint {recorded}, which "
+                             "the run no longer has", path=str(run_dir), key="export.run")
+        epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
+        tf.train.Checkpoint(model=model, epoch=epoch).restore(str(path)).expect_partial()
+    return config, vocab, model
+
+
+def read_users(version_dir: Path, dim: int, history_length: int) -> UserCache:
+    """The version's cached users (none if it has no user_histories.npy: an export older
+    than recommend_for_user)."""
+    folder = version_dir / EMBEDDINGS
+    if not (folder / "user_histories.npy").exists():
+        logger.warning("%s has no user_histories.npy (an older export): the next version "
+                       "serves no user; export the run again to cache them", version_dir)
+        return UserCache.empty(history_length, dim)
+    return UserCache(np.array((folder / "user_ids.txt").read_text().splitlines(), dtype=object),
+                     np.load(folder / "users.npy"), np.load(folder / "user_histories.npy"))
+
+
+def item_embedder(model, vocab):
+    """(ids [n], texts [n]) -> [n, dim]: a vocabulary id's trained embedding, any other
+    id's text alone through the text tower (what `embed_items` serves for it)."""
+
+    def embed(ids, texts):
+        index = vocab.lookup(ids)
+        out = np.zeros((len(ids), model.embedding_dim), np.float32)
+        known = index > 0
+        if known.any():
+            out[known] = model.item_embeddings(index[known])
+        if (~known).any():
+            if not model.item_encoder.config.use_text:
+                raise InputError("the model has no text tower (model.use_text is false): "
+                                 "new items cannot be embedded without retraining",
+                                 key="export.add_items")
+            new = np.flatnonzero(~known)
+            for start in range(0, len(new), 8192):
+                rows = new[start:start + 8192]
+                out[rows] = model.item_encoder.encode_text(
+                    tf.constant(np.asarray(texts)[rows].astype(str))).numpy()
+        return out
+
+    return embed
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogueUpdate:
+    """What to change: files of items to add (id, text[, market], the run's items layout)
+    and of ids to drop (one a line)."""
+
+    add_items: str | Path | None = None
+    drop_items: str | Path | None = None
+
+
+def update_catalogue(model_dir: str | Path, update: CatalogueUpdate,
+                     from_version: int | None = None, run_dir: str | Path | None = None,
+                     index_settings: dict | None = None, version: int | None = None,
+                     serving_config_dir: str | Path | None = None,
+                     recall_queries: int = 1000) -> ExportResult:
+    """Writes the next version of `model_dir` from `from_version` (default the newest)
+    with items added and/or dropped, without retraining.
+
+    Args:
+      model_dir: the model's base path.
+      update: the items to add and to drop.
+      from_version: the version to start from.
+      run_dir: the run it was exported from (default: the one its metadata names).
+      index_settings: IndexConfig fields to change (default: the previous
+        version's kind, max_k, max_session_items and recall floor; the ScaNN
+        tree sized for the new catalogue).
+      version: the version to write (default: the next one).
+      serving_config_dir: update models.config there.
+      recall_queries: cached user embeddings the recall is measured on.
+
+    Raises:
+      InputError: nothing to do, a bad items or ids file (see
+        `catalogue.next_catalogue`), a missing version or run, recall under
+        the floor. Nothing is written then.
+    """
+    started = time.perf_counter()
+    if update.add_items is None and update.drop_items is None:
+        raise InputError("give items to add or ids to drop", key="export.add_items")
+    model_dir = Path(model_dir)
+    source = previous_version(model_dir, from_version)
+    metadata = read_metadata(source)
+    config, vocab, model = load_version_model(metadata, source, run_dir)
+    new_items = (read_new_items(update.add_items, config.data.items_schema)
+                 if update.add_items is not None else None)
+    drop_ids = read_drop_ids(update.drop_items) if update.drop_items is not None else []
+    settings = {name: metadata[key] for name, key in zip(INHERITED, ("index", *INHERITED[1:]))
+                if key in metadata}
+    index_config = IndexConfig(**{**settings, **(index_settings or {})})
+    history_length = int(model.query_tower.history_length)
+    check_history_fits(history_length, index_config)
+    model_dir, version = prepare_version(model_dir, version)
+
+    previous = Catalogue.read(source, vocab)
+    catalogue, change = next_catalogue(
+        previous, vocab, new_items, drop_ids, item_embedder(model, vocab),
+        items_path=None if update.add_items is None else str(update.add_items),
+        drop_path=None if update.drop_items is None else str(update.drop_items))
+    logger.info("catalogue of version %s: %d items; %d added, %d restored, %d already there, "
+                "%d dropped: %d items", source.name, len(previous), len(change.added),
+                len(change.restored), len(change.unchanged), len(change.dropped),
+                len(catalogue))
+    users = read_users(source, int(model.embedding_dim), history_length)
+    queries = _recall_queries(users, catalogue, recall_queries)
+    k = min(10, index_config.max_k)
+    index, index_config, recall, build_seconds = build_checked_index(
+        catalogue, index_config, queries, k)
+    module = RecommenderModule(model, vocab.ids, index, index_config.max_k,
+                               max_session_items=index_config.max_session_items, users=users,
+                               catalogue=catalogue)
+    kept = {key: value for key, value in metadata.items()
+            if key.startswith("users") or key in ("run", "checkpoint", "history_length",
+                                                  "embedding_dim")}
+    kept["recall_queries_from"] = "cached user embeddings" if len(users.ids) else "items"
+    new_metadata = {
+        **kept, **index_metadata(catalogue, index_config, recall, k, len(queries),
+                                 build_seconds),
+        "catalogue_update": {
+            "from_version": int(source.name),
+            "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
+            "add_items": None if update.add_items is None else str(update.add_items),
+            "drop_items": None if update.drop_items is None else str(update.drop_items),
+            "added": len(change.added), "restored": len(change.restored),
+            "already_there": len(change.unchanged), "dropped": len(change.dropped)},
+    }
+    item_ids = vocab.ids.astype(str)
+    warm = [[str(item_ids[i]) for i in h[h > 0]] for h in users.histories[:32]]
+    return write_version(model_dir, version,
+                         VersionContents(module, catalogue, item_ids, users,
+                                         [w for w in warm if w], new_metadata),
+                         started, serving_config_dir)
+
+
+def _recall_queries(users: UserCache, catalogue: Catalogue, limit: int,
+                    seed: int = 0) -> np.ndarray:
+    """Real queries for the recall check: cached user embeddings (items' own embeddings
+    when the version has no users)."""
+    pool = users.embeddings if len(users.ids) else catalogue.embeddings
+    pick = np.random.default_rng(seed).permutation(len(pool))[:limit]
+    return np.asarray(pool[np.sort(pick)], np.float32)
