@@ -1,0 +1,381 @@
+"""Every known user's recommendations in one job, streamed to Parquet.
+
+    tfrec recommend --all-users --model-dir saved_models/retail -k 100 --out recs.parquet
+
+The job loads one exported version in-process and calls its
+``recommend_for_user`` signature (user ids [batch] string, k [] int32 ->
+item_ids [batch, k] string, scores [batch, k] float32, known [batch] bool) on
+the users listed in ``<version>/assets.extra/embeddings/user_ids.txt``, one
+chunk of users at a time. The user embeddings live inside the SavedModel and
+the signature excludes each user's own items, so this module only feeds ids
+and writes rows.
+
+Output rows, one per (user, recommended item): ``user_id`` string, ``rank``
+int32 (1 = best), ``item_id`` string, ``score`` float32 (`SCHEMA`). Each chunk
+of users is one Parquet row group; memory holds one chunk's results at a time.
+Slots the signature leaves empty (``""``, score -inf: a catalogue with fewer
+than k items left after the exclusions) are not written, so such a user has
+fewer than k rows.
+
+The output is written to a hidden temporary file next to it and renamed into
+place when complete: an interrupted or failed job leaves no output and removes
+its temporary (one killed outright leaves it, and the next job in that folder
+removes it).
+
+Pieces for other runners of the same job (a Beam ``DoFn``, say):
+`version_folder` (which version), `check_k` (k against the export's max_k),
+`count_users` and `user_id_batches` (the known users, streamed),
+`load_user_recommender` (the signature, loaded once) and `recommend_batch`
+(a chunk of user ids -> a ``pyarrow.Table`` of rows, `SCHEMA`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tfrec.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE = "recommend_for_user"
+USER_IDS_PATH = Path("assets.extra") / "embeddings" / "user_ids.txt"
+METADATA_PATH = Path("assets.extra") / "tfrec_metadata.json"
+TMP_MARK = ".tmp-recs-"
+SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()),
+                    ("item_id", pa.string()), ("score", pa.float32())])
+DEFAULT_BATCH_SIZE = 1000
+
+
+@dataclasses.dataclass
+class BatchSummary:
+    """What `recommend_all_users` wrote.
+
+    Attributes:
+      path: the Parquet file.
+      version_dir: the exported version that answered.
+      k: recommendations asked per user.
+      users: users written (every line of user_ids.txt).
+      rows: rows written (users x k, less empty slots).
+      row_groups: Parquet row groups (one per chunk of users).
+      fallback_users: users the signature did not know (answered with the most
+        popular items); 0 for an export's own user list.
+      seconds: wall time of the whole job, loading included.
+      recommend_seconds: time spent computing and writing rows.
+    """
+
+    path: Path
+    version_dir: Path
+    k: int
+    users: int
+    rows: int
+    row_groups: int
+    fallback_users: int
+    seconds: float
+    recommend_seconds: float
+
+    @property
+    def users_per_second(self) -> float:
+        return self.users / self.recommend_seconds if self.recommend_seconds > 0 else 0.0
+
+
+def version_folder(model_dir: str | Path, version: int | None = None) -> Path:
+    """The exported version `model_dir/<version>/`; the newest one by default.
+
+    Raises:
+      InputError: no such folder, no versions in it, or no such version.
+    """
+    from tfrec.exporter.saved_model import existing_versions
+
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise InputError("no such model folder", path=str(model_dir), key="recommend.model_dir")
+    if not model_dir.is_dir():
+        raise InputError("model folder is a file, expected a folder of versions",
+                         path=str(model_dir), key="recommend.model_dir")
+    versions = existing_versions(model_dir)
+    if not versions:
+        raise InputError("no exported versions in this model folder (numbered subfolders, as "
+                         "tfrec export writes them)", path=str(model_dir),
+                         key="recommend.model_dir")
+    if version is None:
+        version = versions[-1]
+    elif version not in versions:
+        raise InputError(f"version {version} does not exist; versions here: "
+                         f"{', '.join(map(str, versions))}", path=str(model_dir),
+                         key="recommend.version")
+    return model_dir / str(version)
+
+
+def read_metadata(version_dir: str | Path) -> dict:
+    path = Path(version_dir) / METADATA_PATH
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("no tfrec metadata: not a tfrec export", path=str(path)) from None
+    except (ValueError, OSError) as err:
+        raise InputError(f"cannot read the export's metadata: {err}", path=str(path)) from None
+
+
+def check_k(version_dir: str | Path, k: int) -> int:
+    """k, checked against 1 and the export's max_k (the most its index returns).
+
+    Raises:
+      InputError: k under 1 or above max_k.
+    """
+    max_k = int(read_metadata(version_dir)["max_k"])
+    if not 1 <= k <= max_k:
+        raise InputError(f"k must be between 1 and {max_k} (the index's max_k in "
+                         f"{Path(version_dir) / METADATA_PATH}), got {k}", key="recommend.k")
+    return int(k)
+
+
+def _user_ids_path(version_dir: str | Path) -> Path:
+    path = Path(version_dir) / USER_IDS_PATH
+    if not path.is_file():
+        raise InputError("no user list in this export (tfrec export writes one per version)",
+                         path=str(path))
+    return path
+
+
+def count_users(version_dir: str | Path) -> int:
+    """How many users `user_id_batches` yields: the lines of user_ids.txt."""
+    count, last = 0, b"\n"
+    with _user_ids_path(version_dir).open("rb") as f:
+        while block := f.read(1 << 20):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
+def user_id_batches(version_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZE,
+                    ) -> Iterator[list[str]]:
+    """The export's known user ids, in file order, `batch_size` at a time (the file is
+    streamed, never read whole)."""
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}",
+                         key="recommend.batch_size")
+    batch: list[str] = []
+    with _user_ids_path(version_dir).open(encoding="utf-8") as f:
+        for line in f:
+            batch.append(line.rstrip("\n"))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def load_user_recommender(version_dir: str | Path) -> Callable:
+    """The version's `recommend_for_user` signature, loaded in this process (ScaNN and
+    tensorflow-text ops registered first). Load once, call per batch.
+
+    Raises:
+      InputError: not a SavedModel, or one exported without the signature.
+    """
+    from tfrec.exporter.saved_model import load_saved_model
+
+    model = load_saved_model(version_dir)
+    if SIGNATURE not in model.signatures:
+        raise InputError(f"this export has no {SIGNATURE} signature (it has "
+                         f"{', '.join(sorted(model.signatures))}): export the run again with "
+                         "this tfrec", path=str(version_dir))
+    signature = model.signatures[SIGNATURE]
+    signature._tfrec_model = model  # the signature's variables live as long as the model
+    return signature
+
+
+def recommend_batch(signature: Callable, user_ids: Sequence[str], k: int) -> pa.Table:
+    """One chunk of users -> their rows (`SCHEMA`), ranked 1..k per user in input order.
+
+    Args:
+      signature: `load_user_recommender`'s result.
+      user_ids: [batch] user ids.
+      k: recommendations per user (checked by the signature: 1 to max_k).
+
+    Returns:
+      A table of user_id, rank, item_id, score; empty slots ("" / -inf) left out.
+      Its `fallback_users` metadata entry counts the users answered as unknown.
+    """
+    import tensorflow as tf
+
+    if not len(user_ids):
+        return SCHEMA.empty_table()
+    out = signature(user_ids=tf.constant(list(user_ids), tf.string),
+                    k=tf.constant(k, tf.int32))
+    items = out["item_ids"].numpy()
+    scores = out["scores"].numpy().astype(np.float32, copy=False)
+    batch, width = items.shape
+    keep = (items != b"").ravel()
+    users = np.repeat(np.arange(batch), width)[keep]
+    table = pa.table({
+        "user_id": pa.array(list(user_ids), pa.string()).take(pa.array(users)),
+        "rank": pa.array(np.tile(np.arange(1, width + 1, dtype=np.int32), batch)[keep]),
+        "item_id": pa.array(items.ravel()[keep], pa.binary()).cast(pa.string()),
+        "score": pa.array(scores.ravel()[keep]),
+    }, schema=SCHEMA)
+    fallback = int(batch - np.count_nonzero(out["known"].numpy()))
+    return table.replace_schema_metadata({"fallback_users": str(fallback)})
+
+
+class ProgressLine:
+    """A one-line progress display on a stream: redrawn in place on a terminal (at most
+    every `every` s), a line every 30 s otherwise (a log file). Call it with (done,
+    total) as work advances, `finish(done)` at the end."""
+
+    def __init__(self, total: int, what: str = "users", stream=None, every: float = 0.5):
+        self.total, self.what = total, what
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = every if self.tty else 30.0
+        self.started = self.shown = time.perf_counter()
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
+        if time.perf_counter() - self.shown >= self.every:
+            self._show(done, final=False)
+
+    def finish(self, done: int) -> None:
+        self._show(done, final=True)
+
+    def _show(self, done: int, final: bool) -> None:
+        now = self.shown = time.perf_counter()
+        elapsed = max(now - self.started, 1e-9)
+        rate = done / elapsed
+        share = done / self.total if self.total else 1.0
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        line = (f"{done:,}/{self.total:,} {self.what} ({share:.0%}), {rate:,.0f} "
+                f"{self.what}/s, " + (f"{elapsed:.1f}s" if final else f"ETA {eta:.0f}s"))
+        if self.tty:
+            self.stream.write(f"\r{line}\x1b[K" + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.is_dir():
+        raise InputError("the output is a folder, expected a file path", path=str(out),
+                         key="recommend.out")
+    if out.exists() and not overwrite:
+        raise InputError("the output exists; choose another path, or replace it with "
+                         "recommend.overwrite", path=str(out), key="recommend.out")
+
+
+def _clean_stale_temporaries(folder: Path, name: str) -> None:
+    """Removes the temporaries of jobs on `name` whose process is gone (killed outright)."""
+    for path in folder.glob(f".{name}{TMP_MARK}*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt meanwhile, so a terminated job cleans up as an
+    interrupted one does (main thread only: signal handlers live there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def recommend_all_users(model_dir: str | Path, out: str | Path, k: int = 100,
+                        version: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                        progress: bool | Callable[[int, int], None] = True,
+                        overwrite: bool = False) -> BatchSummary:
+    """Writes every known user's top-k (the export's user list) to a Parquet file.
+
+    Args:
+      model_dir: the model's base path (numbered versions below it).
+      out: the Parquet file to write (`SCHEMA`, one row group per chunk of users).
+      k: recommendations per user, 1 to the export's max_k.
+      version: the version to use (default: the newest).
+      batch_size: users per signature call and per row group.
+      progress: True: a progress line on stderr; a callable: called with (users
+        done, users in all) after each chunk; False: nothing.
+      overwrite: replace an existing output (it stays as it was until the new
+        one is complete).
+
+    Returns:
+      A `BatchSummary`.
+
+    Raises:
+      InputError: a missing model folder or version, k out of range, an
+        existing output (without `overwrite`), an export without the signature.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    _check_out(out, overwrite)
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}",
+                         key="recommend.batch_size")
+    version_dir = version_folder(model_dir, version)
+    k = check_k(version_dir, k)
+    total = count_users(version_dir)
+    from tfrec.utils import ensure_folder
+
+    ensure_folder(out.parent if str(out.parent) else Path("."), "output folder")
+    _clean_stale_temporaries(out.parent, out.name)
+    logger.info("loading %s", version_dir)
+    signature = load_user_recommender(version_dir)
+    line = ProgressLine(total) if progress is True else None
+    report = line or progress or None
+    tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
+    users = rows = groups = fallback = 0
+    t = time.perf_counter()
+    try:
+        with _sigterm_as_interrupt(), pq.ParquetWriter(str(tmp), SCHEMA) as writer:
+            for batch in user_id_batches(version_dir, batch_size):
+                table = recommend_batch(signature, batch, k)
+                fallback += int(table.schema.metadata[b"fallback_users"])
+                if len(table):
+                    writer.write_table(table.replace_schema_metadata(None),
+                                       row_group_size=len(table))
+                    groups += 1
+                users += len(batch)
+                rows += len(table)
+                if report:
+                    report(users, total)
+        seconds = time.perf_counter() - t
+        if out.exists() and not overwrite:  # appeared while the job ran
+            _check_out(out, overwrite)
+        os.replace(tmp, out)  # atomic on one file system: the whole file or none
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if line:
+        line.finish(users)
+    if fallback:
+        logger.warning("%d of %d users were unknown to the model (answered with the most "
+                       "popular items)", fallback, users)
+    return BatchSummary(out, version_dir, k, users, rows, groups, fallback,
+                        time.perf_counter() - started, seconds)
