@@ -17,6 +17,7 @@ import tensorflow as tf
 from tfrec import batch
 from tfrec.cli import main
 from tfrec.errors import InputError
+from tfrec.progress import ProgressLine
 
 ITEMS, USERS, DIM, MAX_K = 40, 57, 8, 20
 
@@ -156,7 +157,7 @@ class TestStandIn:
                                   batch_size=20, progress=lambda d, t: seen.append((d, t)))
         assert seen == [(20, USERS), (40, USERS), (USERS, USERS)]
         stream = io.StringIO()
-        line = batch.ProgressLine(100, stream=stream)
+        line = ProgressLine(100, "users", stream=stream)
         line(10, 100)  # not a terminal: at most a line every 30 s
         line(50, 100)
         line.finish(100)

@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tfrec.errors import InputError
+from tfrec.progress import ProgressLine
 
 logger = logging.getLogger(__name__)
 
@@ -231,42 +231,6 @@ def recommend_batch(signature: Callable, user_ids: Sequence[str], k: int) -> pa.
     return table.replace_schema_metadata({"fallback_users": str(fallback)})
 
 
-class ProgressLine:
-    """A one-line progress display on a stream: redrawn in place on a terminal (at most
-    every `every` s), a line every 30 s otherwise (a log file). Call it with (done,
-    total) as work advances, `finish(done)` at the end."""
-
-    def __init__(self, total: int, what: str = "users", stream=None, every: float = 0.5):
-        self.total, self.what = total, what
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.every = every if self.tty else 30.0
-        self.started = self.shown = time.perf_counter()
-
-    def __call__(self, done: int, total: int | None = None) -> None:
-        if total is not None:
-            self.total = total
-        if time.perf_counter() - self.shown >= self.every:
-            self._show(done, final=False)
-
-    def finish(self, done: int) -> None:
-        self._show(done, final=True)
-
-    def _show(self, done: int, final: bool) -> None:
-        now = self.shown = time.perf_counter()
-        elapsed = max(now - self.started, 1e-9)
-        rate = done / elapsed
-        share = done / self.total if self.total else 1.0
-        eta = (self.total - done) / rate if rate > 0 else 0.0
-        line = (f"{done:,}/{self.total:,} {self.what} ({share:.0%}), {rate:,.0f} "
-                f"{self.what}/s, " + (f"{elapsed:.1f}s" if final else f"ETA {eta:.0f}s"))
-        if self.tty:
-            self.stream.write(f"\r{line}\x1b[K" + ("\n" if final else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.is_dir():
         raise InputError("the output is a folder, expected a file path", path=str(out),
@@ -347,7 +311,7 @@ def recommend_all_users(model_dir: str | Path, out: str | Path, k: int = 100,
     _clean_stale_temporaries(out.parent, out.name)
     logger.info("loading %s", version_dir)
     signature = load_user_recommender(version_dir)
-    line = ProgressLine(total) if progress is True else None
+    line = ProgressLine(total, "users") if progress is True else None
     report = line or progress or None
     tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
     users = rows = groups = fallback = 0
