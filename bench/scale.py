@@ -113,7 +113,8 @@ def main() -> None:
     parser.add_argument("--events", type=float, nargs="*", default=[1e6, 3e6, 1e7])
     parser.add_argument("--items", type=float, nargs="*", default=[1e5, 1e6, 5e6])
     parser.add_argument("--steps", type=int, default=30, help="training steps timed per size")
-    parser.add_argument("--optimizer", choices=["adam", "lazy_adam", "adagrad", "sgd"], default="adam",
+    parser.add_argument("--optimizer", choices=["adam", "lazy_adam", "adagrad", "sgd"],
+                        default="adam",
                         help="optimizer of the timed training steps (default adam)")
     parser.add_argument("--child-events", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -12,8 +12,8 @@ machine's cores, as they would on a 2-core host.
 
 A "handler, no gRPC" row calls `tfrec serve`'s Predict handler in-process
 (request proto in, response proto out, the client's request building
-included, as in the gRPC rows). A "gRPC floor" row runs the same clients against a Python gRPC server that
-answers every Predict with a stored copy of the model's response (no model,
+included, as in the gRPC rows). A "gRPC floor" row runs the same clients against a
+Python gRPC server that answers every Predict with a stored copy of the model's response (no model,
 no input conversion): the cost of the transport and the Python gRPC stack on
 both sides, which no server written in Python can go under.
 """
@@ -285,8 +285,8 @@ def main() -> None:
     try:
         if args.items:
             print(f"building a {args.items:,}-item ScaNN model ...", file=sys.stderr, flush=True)
-            models.append((f"generated {args.items / 1e6:g}M", generated_model(args.items,
-                                                                                workdir)))
+            models.append((f"generated {args.items / 1e6:g}M",
+                           generated_model(args.items, workdir)))
         head = (f"{'model':<16}{'path':<26}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}"
                 f"{'errors':>8}")
         rows = []

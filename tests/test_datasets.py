@@ -22,7 +22,7 @@ from tfrec.run import load_run_config
 BOOKS = """
     book_id,goodreads_book_id,authors,original_title,title,language_code
     1,2767052,Suzanne Collins,The Hunger Games,"The Hunger Games (The Hunger Games, #1)",eng
-    2,3,"J.K. Rowling, Mary GrandPré",,"Harry Potter and the Sorcerer's Stone (Harry Potter, #1)",eng
+    2,3,"J.K. Rowling, Mary GrandPré",,"Harry Potter and the Stone (Harry Potter, #1)",eng
     3,41865,Stephenie Meyer,Twilight,"Twilight (Twilight, #1)",en-US
     4,2657,Harper Lee,To Kill a Mockingbird,To Kill a Mockingbird,
     5,4671,F. Scott Fitzgerald,The Great Gatsby,The Great Gatsby,eng
@@ -107,8 +107,8 @@ def test_an_explicit_or_env_folder_is_not_second_guessed(tmp_path, monkeypatch):
     (datasets.goodbooks_folder, "goodbooks_10k/ratings.csv.gz",
      "github.com/zygmuntz/goodbooks-10k"),
 ])
-def test_missing_file_message_says_what_where_from_and_how_to_point(tmp_path, monkeypatch,
-                                                                     find, file, source):
+def test_missing_file_message_says_what_where_from_and_how_to_point(
+        tmp_path, monkeypatch, find, file, source):
     monkeypatch.setenv(datasets.DATA_ENV, str(tmp_path))
     with pytest.raises(InputError) as caught:
         find()
@@ -288,8 +288,8 @@ def test_split_settings_are_checked():
         TrainConfig(holdout_users=1.0)
     config = load_run_config("tfrec/configs/goodbooks.yaml")
     assert (config.data.layout, config.train.split_by, config.train.holdout_users,
-            config.train.cold_items, config.train.eval_seed) == ("goodbooks", "user", 0.1,
-                                                                  0.05, 42)
+            config.train.cold_items, config.train.eval_seed) == (
+                "goodbooks", "user", 0.1, 0.05, 42)
 
 
 # ------------------------------------------------------------------------------ real files

@@ -51,8 +51,8 @@ def test_every_worker_gets_as_many_batches_and_together_they_cover_the_groups(fu
 def test_stacking_concatenates_n_batches_and_drops_the_incomplete_group():
     stacked = list(stack_batches(iter(batches([BATCH] * 5)), 2))
     assert len(stacked) == 2
-    np.testing.assert_array_equal(stacked[1]["x"], np.concatenate([np.arange(BATCH) + 200,
-                                                                    np.arange(BATCH) + 300]))
+    np.testing.assert_array_equal(
+        stacked[1]["x"], np.concatenate([np.arange(BATCH) + 200, np.arange(BATCH) + 300]))
     assert stacked[0]["y"].shape == (2 * BATCH, 2)
 
 

@@ -421,7 +421,8 @@ def test_evaluate_an_exported_version_matches_its_run(run_dir, report, tmp_path,
     from tfrec.exporter import export
     from tfrec.index import IndexConfig
 
-    version = export(run_dir, tmp_path / "models" / "shop", IndexConfig(kind="scann", max_k=20, recall_floor=0.0),
+    version = export(run_dir, tmp_path / "models" / "shop",
+                     IndexConfig(kind="scann", max_k=20, recall_floor=0.0),
                      serving_config_dir=None)
     out = tmp_path / "ev"
     # The run comes from the export's metadata.

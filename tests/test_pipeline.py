@@ -43,7 +43,10 @@ def test_an_epoch_holds_every_pair_exactly_once(corpus):
     p = pipeline(corpus, subsample=0.0)
     got = p.all_pairs(0)
     expected = skipgram_pairs(sessions, window=5, global_context=True)
-    as_counter = lambda d: collections.Counter(zip(d["target"].tolist(), d["context"].tolist()))
+
+    def as_counter(d):
+        return collections.Counter(zip(d["target"].tolist(), d["context"].tolist()))
+
     assert as_counter(got) == as_counter(expected)
     # ... but shuffled, not in generation order.
     assert not np.array_equal(got["target"], expected["target"])
@@ -96,7 +99,10 @@ def test_subsampling_drops_frequent_items_more(corpus):
     full = pipeline(corpus, subsample=0.0).all_pairs(0)
     sub = pipeline(corpus, subsample=1e-3).all_pairs(0)
     top = 1  # the most frequent item has index 1
-    share = lambda d: (d["target"] == top).mean()
+
+    def share(d):
+        return (d["target"] == top).mean()
+
     assert len(sub["target"]) < len(full["target"])
     assert share(sub) < share(full)
 
@@ -158,11 +164,11 @@ def test_retrieval_queries_previous_and_whole_session():
     session_of = np.array([0, 0, 0, 1, 1])
     positions = np.array([1, 3])
     # The 4 events before each position, most recent last.
-    assert history_matrix(items, session_of, positions, 4).tolist() == [[0, 0, 0, 1],
-                                                                          [0, 0, 0, 0]]
+    assert history_matrix(items, session_of, positions, 4).tolist() == [
+        [0, 0, 0, 1], [0, 0, 0, 0]]
     # Two before and two after, the position itself left out, within the session only.
-    assert context_matrix(items, session_of, positions, 4).tolist() == [[0, 1, 3, 0],
-                                                                          [0, 0, 5, 0]]
+    assert context_matrix(items, session_of, positions, 4).tolist() == [
+        [0, 1, 3, 0], [0, 0, 5, 0]]
     events = pd.DataFrame({"user": ["a"] * 3 + ["b"] * 2 + ["c"],
                            "item": ["x", "y", "z", "x", "y", "z"],
                            "time": [0, 60, 120, 0, 60, 0], "session": None, "event": None,

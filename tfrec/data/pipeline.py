@@ -238,6 +238,7 @@ class PairPipeline:
         blocks = tf.data.Dataset.from_generator(generate, output_signature=signature)
         return blocks.unbatch().prefetch(prefetch)
 
+
 def _redraw(negatives: np.ndarray, context: np.ndarray, resample) -> np.ndarray:
     """Redraws negatives equal to their pair's context (word2vec skips those).
 

@@ -90,4 +90,3 @@ def skipgram_pairs(sessions: Sessions, window: int | None, global_context: bool 
             "context": context[distinct].astype(np.int32),
             "weight": weight[distinct].astype(np.float32),
             "kind": kind[distinct]}
-

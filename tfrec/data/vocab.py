@@ -121,4 +121,3 @@ def build_vocabulary(events: pd.DataFrame, items: pd.DataFrame | None = None) ->
         market_names=[str(n) for n in names],
         counts=np.concatenate([[0], frame["count"].to_numpy(dtype=np.int64)]),
     )
-

@@ -227,7 +227,8 @@ def render_html(report: dict, out_dir: Path) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>tfrec evaluation</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; max-width: 1200px; }}
-table {{ border-collapse: collapse; }} td, th {{ padding: 4px 10px; border-bottom: 1px solid #ddd; }}
+table {{ border-collapse: collapse; }}
+td, th {{ padding: 4px 10px; border-bottom: 1px solid #ddd; }}
 td {{ text-align: right; font-family: monospace; }} th {{ text-align: left; }}
 .met {{ color: #176117; }} .missed {{ color: #a11; }} .unsure {{ color: #666; }}
 td.skipped {{ text-align: left; font-family: sans-serif; color: #666; }}
