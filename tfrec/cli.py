@@ -124,7 +124,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"  index {meta['index']} over {meta['items']:,} items "
           f"{meta['index_parameters'] or ''}".rstrip())
     print(f"  {recall_key} against brute force: {meta[recall_key]:.4f} "
-          f"({meta['recall_queries']:,} real queries{' (cached users)' if updating else ''}); "
+          f"({meta['recall_queries']:,} {'cached users' if updating else 'real queries'}); "
           "index built in "
           f"{meta['index_build_seconds']:.2f}s; export took {meta['export_seconds']:.1f}s")
     print(f"  signatures: {', '.join(meta['signatures'])}")
@@ -201,6 +201,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     if args.all_users:
         return cmd_recommend_all_users(args)
+    if args.runner is not None:
+        raise InputError("--runner is for --all-users (a Beam pipeline)", key="recommend.runner")
     import grpc
 
     from tfrec.serving.client import RecommenderClient
@@ -256,6 +258,8 @@ def cmd_recommend_all_users(args: argparse.Namespace) -> int:
                if value is None]
     if missing:
         raise InputError(f"--all-users needs {' and '.join(missing)}", key="all_users")
+    if args.runner is not None:
+        return cmd_recommend_all_users_on_beam(args)
     summary = recommend_all_users(
         args.model_dir, args.out, k=args.k, version=args.version, progress=not args.quiet,
         overwrite=args.overwrite,
@@ -268,6 +272,28 @@ def cmd_recommend_all_users(args: argparse.Namespace) -> int:
           f"recommending, {summary.seconds:.1f}s in all)"
           + (f"; {summary.fallback_users:,} users unknown to the model (popular items)"
              if summary.fallback_users else ""))
+    return 0
+
+
+def cmd_recommend_all_users_on_beam(args: argparse.Namespace) -> int:
+    if args.overwrite:
+        raise InputError("a Beam pipeline never replaces output shards: remove them or "
+                         "choose another --out prefix", key="recommend.overwrite")
+    try:
+        from tfrec.pipelines.beam_recommend import run
+    except ImportError as err:
+        raise InputError(str(err), key="recommend.runner") from None
+    summary = run(args.model_dir, args.out, k=args.k, version=args.version,
+                  pipeline_args=[f"--runner={args.runner}", *args.pipeline_args],
+                  **({} if args.batch_size is None else {"batch_size": args.batch_size}))
+    counts = ("" if summary.users is None else
+              f": {summary.users:,} users x top {summary.k}, {summary.rows:,} rows")
+    print(f"pipeline {summary.state} in {summary.seconds:.1f}s{counts} from "
+          f"{summary.version_dir}"
+          + (f"; {summary.fallback_users:,} users unknown to the model (popular items)"
+             if summary.fallback_users else ""))
+    for shard in summary.shards:
+        print(f"  {shard}")
     return 0
 
 
@@ -475,6 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--batch-size", type=int, metavar="N",
                     help="--all-users: users per model call and per Parquet row group "
                          "(default 1000)")
+    rc.add_argument("--runner", metavar="RUNNER",
+                    help="--all-users as an Apache Beam pipeline on this runner "
+                         "(DirectRunner, DataflowRunner, FlinkRunner, ...; pip install "
+                         "'tfrec[beam]'): --out is then the prefix of Parquet shards, and the "
+                         "arguments tfrec does not know are Beam pipeline options")
     rc.set_defaults(func=cmd_recommend)
     return parser
 
@@ -505,6 +536,7 @@ FLAGS = {
     "recommend.out": "--out",
     "recommend.overwrite": "--overwrite",
     "recommend.batch_size": "--batch-size",
+    "recommend.runner": "--runner",
     "port": "--port",
     "rest_port": "--rest_api_port",
     "grace": "--grace_period_seconds",
@@ -543,7 +575,10 @@ def set_native_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, pipeline_args = parser.parse_known_args(argv)
+    if pipeline_args and getattr(args, "runner", None) is None:  # only Beam takes more
+        parser.error(f"unrecognized arguments: {' '.join(pipeline_args)}")
+    args.pipeline_args = pipeline_args
     # tfrec's own progress at INFO; other libraries (absl, TensorFlow) only errors, unless
     # --verbose. The native logs (TensorFlow's C++ and ScaNN's) follow the environment,
     # read when TensorFlow is first imported: the commands import it after this point.
