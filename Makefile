@@ -1,12 +1,12 @@
 # Two commands for a fresh machine (Python 3.11 needed; everything else is installed):
 #   make run    the main job on UCI Online Retail, read from the data folder
 #               (../shared/data, or TFREC_DATA=DIR make run; see README, Data)
-#   make test   the test suite
+#   make test   the linter (flake8), then the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,11 @@ run: $(STAMP)
 	$(VENV)/bin/tfrec train --run-dir runs/main --overwrite
 	$(VENV)/bin/tfrec export --run runs/main --model-dir saved_models/retail
 
-test: $(STAMP)
+test: lint
 	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/python -m flake8 tfrec tests bench
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/pairs.py
