@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from tfrec.errors import InputError
 from tfrec.progress import ProgressLine
+from tfrec.utils import ensure_folder
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ def recommend_batch(signature: Callable, user_ids: Sequence[str], k: int) -> pa.
     import tensorflow as tf
 
     if not len(user_ids):
-        return SCHEMA.empty_table()
+        return SCHEMA.empty_table().replace_schema_metadata({"fallback_users": "0"})
     out = signature(user_ids=tf.constant(list(user_ids), tf.string),
                     k=tf.constant(k, tf.int32))
     items = out["item_ids"].numpy()
@@ -305,8 +306,6 @@ def recommend_all_users(model_dir: str | Path, out: str | Path, k: int = 100,
     version_dir = version_folder(model_dir, version)
     k = check_k(version_dir, k)
     total = count_users(version_dir)
-    from tfrec.utils import ensure_folder
-
     ensure_folder(out.parent if str(out.parent) else Path("."), "output folder")
     _clean_stale_temporaries(out.parent, out.name)
     logger.info("loading %s", version_dir)
@@ -335,6 +334,8 @@ def recommend_all_users(model_dir: str | Path, out: str | Path, k: int = 100,
         os.replace(tmp, out)  # atomic on one file system: the whole file or none
     except BaseException:
         tmp.unlink(missing_ok=True)
+        if line and line.tty:  # end the half-drawn line before the error is printed
+            line.stream.write("\n")
         raise
     if line:
         line.finish(users)
