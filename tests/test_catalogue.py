@@ -207,6 +207,8 @@ def test_command_line_add_and_drop(versions, tmp_path, capsys):
     ("item_id,text\ni1,something else\n", "in the catalogue already with another text",
      "--add-items"),
     ("item_id,text\nx1,lamp\nx1,chair\n", "has text 'chair' here but 'lamp' at line 2", None),
+    ("item_id,text\nx1,lamp\nx2,\n", "1 new item(s) have no text (first: 'x2' (line 3))",
+     "--add-items"),
     ("drop:nope\n", "not in the catalogue (first: 'nope')", "--drop-items"),
     ("both", "both added and dropped", "--add-items"),
     ("drop:", "names no item id", "--drop-items"),

@@ -13,10 +13,11 @@ Rules: an added id that is new is embedded from its text by the text tower
 alone (what `embed_items` returns for an unknown id); an id the catalogue
 already holds with the same text is left as it is (adding a file twice
 changes nothing); with a different text it is an error (a known item keeps
-its embedding: change an item's text by dropping it in one version and adding
-it in the next). An id of the model's vocabulary that an earlier version
-dropped comes back with its trained embedding. A dropped id must be in the
-catalogue.
+its embedding: change an added item's text by dropping it in one version and
+adding it in the next; a trained item's text changes by retraining). An id of
+the model's vocabulary that an earlier version dropped comes back with its
+trained embedding (and must come with its trained text). A dropped id must be
+in the catalogue.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class Catalogue:
                 raise InputError(f"the version has no catalogue file {name}",
                                  path=str(folder / name))
         ids = np.array((folder / "item_ids.txt").read_text().splitlines(), dtype=object)
-        embeddings = np.load(folder / "items.npy")
+        # Mapped, not read: the next catalogue copies the rows it keeps once.
+        embeddings = np.load(folder / "items.npy", mmap_mode="r")
         if len(embeddings) != len(ids):
             raise InputError(f"items.npy has {len(embeddings):,} rows but item_ids.txt "
                              f"{len(ids):,} ids", path=str(folder))
@@ -122,14 +124,17 @@ def read_new_items(path: str | Path, schema) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise InputError("items file not found", path=str(path), key="export.add_items")
-    frame = pd.read_csv(path, dtype=str, nrows=0) if path.suffix.lower() == ".csv" else None
-    if frame is not None and schema.text_col not in frame.columns:
+    try:
+        items, _ = read_items(path, schema, strict=True)
+    except InputError as err:
+        if err.column != schema.text_col or not err.reason.startswith("no column"):
+            raise
+        columns = err.reason.split("(columns are: ", 1)[-1].split(")", 1)[0]
         raise InputError(
-            f"no text column '{schema.text_col}' (columns are: {', '.join(frame.columns)}): "
-            "new items are embedded from their text; name it as in the run's items table "
-            "(data.items_schema.text_col)", path=str(path), key="export.add_items")
-    items, _ = read_items(path, schema, strict=True)
-    return items[["item", "text"]].reset_index(drop=True)
+            f"no text column '{schema.text_col}' (columns are: {columns}): new items are "
+            "embedded from their text; name it as in the run's items table "
+            "(data.items_schema.text_col)", path=str(path), key="export.add_items") from None
+    return items[["item", "text", "line"]].reset_index(drop=True)
 
 
 def read_drop_ids(path: str | Path) -> list[str]:
@@ -205,8 +210,9 @@ def next_catalogue(previous: Catalogue, vocab, new_items: pd.DataFrame | None = 
         raise InputError(
             f"{int(changed.sum()):,} id(s) are in the catalogue already with another text "
             f"(first: {new_ids[i]!r}: {texts[i]!r}, was {previous.texts[position[i]]!r}); "
-            "a known item keeps its embedding: drop it in one version and add it in the next "
-            "to change it", path=items_path, key="export.add_items")
+            "a known item keeps its embedding (an added item can be dropped in one version "
+            "and added with its new text in the next; a trained item's text changes by "
+            "retraining)", path=items_path, key="export.add_items")
     restored = ~present & (vocab.lookup(new_ids) > 0)
     vocab_texts = np.asarray(vocab.text, dtype=object)[vocab.lookup(new_ids)].astype(str)
     renamed = restored & (vocab_texts != texts)
@@ -226,15 +232,25 @@ def next_catalogue(previous: Catalogue, vocab, new_items: pd.DataFrame | None = 
     fresh = ~present
     fresh_ids, fresh_texts = new_ids[fresh], texts[fresh]
     in_vocab = vocab.lookup(fresh_ids) > 0
+    blank = ~in_vocab & (np.char.strip(fresh_texts.astype(str)) == "")
+    if blank.any():
+        i = int(np.flatnonzero(blank)[0])
+        line = (f" (line {int(new_items['line'].to_numpy()[fresh][i])})"
+                if "line" in new_items else "")
+        raise InputError(f"{int(blank.sum()):,} new item(s) have no text (first: "
+                         f"{fresh_ids[i]!r}{line}): a new item is embedded from its text",
+                         path=items_path, key="export.add_items")
     if len(fresh_ids) and embed is None:
         raise ValueError("new items need an embed function")
     fresh_embeddings = (embed(fresh_ids, fresh_texts) if len(fresh_ids)
                         else np.zeros((0, previous.embeddings.shape[1]), np.float32))
     counts = np.where(in_vocab, np.asarray(vocab.counts)[vocab.lookup(fresh_ids)], 0)
+    # One copy of the kept rows (the previous ones may be a memory map of items.npy).
+    kept = previous.embeddings if keep.all() else np.asarray(previous.embeddings)[keep]
     catalogue = Catalogue(
         np.concatenate([ids[keep], fresh_ids]).astype(str),
-        np.concatenate([np.asarray(previous.embeddings, np.float32)[keep],
-                        np.asarray(fresh_embeddings, np.float32)]),
+        np.concatenate([kept, np.asarray(fresh_embeddings, np.float32)]).astype(
+            np.float32, copy=False),
         np.concatenate([np.asarray(previous.texts, dtype=object)[keep],
                         fresh_texts.astype(object)]),
         np.concatenate([np.asarray(previous.counts)[keep], counts]))

@@ -167,6 +167,21 @@ def update_catalogue(model_dir: str | Path, update: CatalogueUpdate,
     new_items = (read_new_items(update.add_items, config.data.items_schema)
                  if update.add_items is not None else None)
     drop_ids = read_drop_ids(update.drop_items) if update.drop_items is not None else []
+    return write_updated_version(model_dir, source, metadata, model, vocab, new_items,
+                                 drop_ids, update, index_settings, version, serving_config_dir,
+                                 recall_queries, started)
+
+
+def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, vocab,
+                          new_items, drop_ids: list[str], update: CatalogueUpdate,
+                          index_settings: dict | None = None, version: int | None = None,
+                          serving_config_dir: str | Path | None = None,
+                          recall_queries: int = 1000,
+                          started: float | None = None) -> ExportResult:
+    """`update_catalogue` once the inputs are read: the version `source` (its `metadata`)
+    of the model (`model`, its `vocab`) with `new_items` (item, text) added and `drop_ids`
+    dropped, written as `version` (default: the next one) of `model_dir`."""
+    started = time.perf_counter() if started is None else started
     settings = {name: metadata[key] for name, key in zip(INHERITED, ("index", *INHERITED[1:]))
                 if key in metadata}
     index_config = IndexConfig(**{**settings, **(index_settings or {})})
@@ -183,6 +198,7 @@ def update_catalogue(model_dir: str | Path, update: CatalogueUpdate,
                 "%d dropped: %d items", source.name, len(previous), len(change.added),
                 len(change.restored), len(change.unchanged), len(change.dropped),
                 len(catalogue))
+    del previous
     users = read_users(source, int(model.embedding_dim), history_length)
     queries = _recall_queries(users, catalogue, recall_queries)
     k = min(10, index_config.max_k)
@@ -207,7 +223,7 @@ def update_catalogue(model_dir: str | Path, update: CatalogueUpdate,
             "added": len(change.added), "restored": len(change.restored),
             "already_there": len(change.unchanged), "dropped": len(change.dropped)},
     }
-    item_ids = vocab.ids.astype(str)
+    item_ids = np.asarray(vocab.ids).astype(str)
     warm = [[str(item_ids[i]) for i in h[h > 0]] for h in users.histories[:32]]
     return write_version(model_dir, version,
                          VersionContents(module, catalogue, item_ids, users,
