@@ -250,3 +250,22 @@ def test_bad_input_is_refused_and_nothing_is_written(versions, tmp_path, capsys,
         assert message in err and (flag is None or f"({flag})" in err), err
     assert sorted(p.name for p in model_dir.iterdir()) == ["3"]
     assert files_of(model_dir.resolve() / "3") == before
+
+
+def test_the_run_and_checkpoint_of_the_version_must_still_be_there(versions, tmp_path):
+    import shutil
+
+    _, first, _, _, _ = versions
+    model_dir = tmp_path / "shop"
+    shutil.copytree(first.path, model_dir / "1")
+    drop = tmp_path / "drop.txt"
+    drop.write_text("i1\n")
+    path = model_dir / "1" / "assets.extra" / "tfrec_metadata.json"
+    meta = json.loads(path.read_text())
+    for change, message in (({"checkpoint": "elsewhere/ckpt-999"}, "no longer has"),
+                            ({"run": str(tmp_path / "gone")}, "is not there; give --run")):
+        path.write_text(json.dumps({**meta, **change}))
+        with pytest.raises(InputError, match=message) as err:
+            update_catalogue(model_dir, CatalogueUpdate(drop_items=drop))
+        assert err.value.key == "export.run"
+        assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
