@@ -187,10 +187,14 @@ class RecommenderModule(tf.Module):
 
     def _check_k(self, k):
         k = tf.convert_to_tensor(k, tf.int32)
-        tf.debugging.assert_greater(k, 0, message="k must be at least 1")
-        tf.debugging.assert_less_equal(
-            k, self.max_k, message=f"k must be at most {self.max_k} (the index's max_k)")
-        return tf.minimum(k, self.num_items)
+        checks = [tf.debugging.assert_greater(k, 0, message="k must be at least 1"),
+                  tf.debugging.assert_less_equal(
+                      k, self.max_k,
+                      message=f"k must be at most {self.max_k} (the index's max_k)")]
+        # Before anything that uses k: a k out of range fails with this message, never with
+        # the error of an op that happened to run first.
+        with tf.control_dependencies([c for c in checks if c is not None]):
+            return tf.minimum(tf.identity(k), self.num_items)
 
     def _top_k_excluding(self, queries, exclude, k, fallback=None):
         """Top k of the index for each query, never one of the ids in `exclude` [batch, m].
