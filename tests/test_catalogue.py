@@ -263,7 +263,7 @@ def test_the_run_and_checkpoint_of_the_version_must_still_be_there(versions, tmp
     path = model_dir / "1" / "assets.extra" / "tfrec_metadata.json"
     meta = json.loads(path.read_text())
     for change, message in (({"checkpoint": "elsewhere/ckpt-999"}, "no longer has"),
-                            ({"run": str(tmp_path / "gone")}, "is not there; give --run")):
+                            ({"run": str(tmp_path / "gone")}, "is not there; give export.run")):
         path.write_text(json.dumps({**meta, **change}))
         with pytest.raises(InputError, match=message) as err:
             update_catalogue(model_dir, CatalogueUpdate(drop_items=drop))

@@ -67,7 +67,8 @@ def test_train_writes_a_complete_run_folder(tmp_path, data_files, capsys):
     assert 0 <= evaluation["all"]["hr@10"] <= 1 and evaluation["all"]["cases"] > 20
     # The same folder again without --resume is refused, not overwritten.
     assert main(["-q", "train", "--config", str(config), "--run-dir", str(run)]) == 2
-    assert "pass --resume" in capsys.readouterr().err
+    assert ("resume it with training.resume (--resume), replace it with training.overwrite "
+            "(--overwrite)") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("overrides, expected", [

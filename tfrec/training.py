@@ -216,9 +216,9 @@ def prepare_run_folder(run_dir: Path, config: RunConfig, worker: distribute.Work
     config.json rewritten."""
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            raise InputError("run folder exists and is not empty; pass --resume to continue it, "
-                             "--overwrite to replace it, or choose another --run-dir",
-                             path=str(run_dir))
+            raise InputError("run folder exists and is not empty; resume it with training.resume, "
+                             "replace it with training.overwrite, or choose another "
+                             "training.run_dir", path=str(run_dir), key="training.run_dir")
         if worker.is_chief:
             if not is_run(run_dir):
                 raise InputError("refusing to overwrite a folder that is not a tfrec run",

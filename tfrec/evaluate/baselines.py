@@ -142,7 +142,7 @@ def item2vec_gensim(sessions, vocab, queries: list, dim: int = 64, window: int |
     """
     if not gensim_available():
         raise InputError("the item2vec_gensim baseline needs gensim: "
-                         "pip install 'tfrec[baselines]' (or leave it out with --baselines)")
+                         "pip install 'tfrec[baselines]' (or leave it out of evaluate.baselines)")
     from gensim.models import Word2Vec
 
     started = time.perf_counter()

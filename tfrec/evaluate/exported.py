@@ -78,8 +78,9 @@ def run_of_export(path: Path) -> Path:
     try:
         run = json.loads(meta.read_text())["run"]
     except (OSError, ValueError, KeyError):
-        raise InputError("cannot find the export's run in its metadata; pass --run too",
+        raise InputError("cannot find the export's run in its metadata; give evaluate.run_dir too",
                          path=str(meta)) from None
     if not Path(run).is_dir():
-        raise InputError(f"the export's run folder {run} is gone; pass --run", path=str(meta))
+        raise InputError(f"the export's run folder {run} is gone; give evaluate.run_dir",
+                         path=str(meta), key="evaluate.run_dir")
     return Path(run)

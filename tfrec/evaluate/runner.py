@@ -142,7 +142,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     if saved_model is not None and run_dir is None:
         run_dir = run_of_export(Path(saved_model))
     if run_dir is None:
-        raise InputError("give a run folder (--run) or an exported version (--saved-model)")
+        raise InputError("give a run folder with evaluate.run_dir or an exported version "
+                         "with evaluate.saved_model", key="evaluate.run_dir")
     run_dir = Path(run_dir)
     config, run_vocab, model, checkpoint = load_run(run_dir)
     k = k or config.train.eval_k

@@ -188,8 +188,8 @@ def prepare_version(model_dir: str | Path, version: int | None) -> tuple[Path, i
         version = (versions[-1] + 1) if versions else 1
     elif version in versions:
         raise InputError(f"version {version} exists already; versions are never overwritten "
-                         "(leave --version out to write the next one)",
-                         path=str(model_dir / str(version)))
+                         "(leave export.version unset to write the next one)",
+                         path=str(model_dir / str(version)), key="export.version")
     elif version < 1:
         raise InputError(f"version must be a positive integer, got {version}",
                          key="export.version")
@@ -229,8 +229,9 @@ def build_checked_index(catalogue: Catalogue, index_config: IndexConfig, queries
     if index_config.kind == "scann" and recall < index_config.recall_floor:
         raise InputError(
             f"ScaNN recall@{k} is {recall:.3f}, under the floor {index_config.recall_floor}; "
-            "search more leaves (--leaves-to-search), reorder more candidates "
-            "(--reorder), or lower --recall-floor", key="index.recall_floor")
+            "search more leaves with index.num_leaves_to_search, reorder more candidates "
+            "with index.num_reordering_candidates, or lower index.recall_floor",
+            key="index.recall_floor")
     return index, index_config, recall, build_seconds
 
 

@@ -73,7 +73,7 @@ def load_version_model(metadata: dict, version_dir: Path, run_dir: str | Path | 
     run_dir = Path(run_dir or metadata.get("run", ""))
     if not str(run_dir) or not run_dir.is_dir():
         raise InputError(f"the run the version was exported from ({run_dir}) is not there; "
-                         "give --run RUN_DIR", path=str(version_dir), key="export.run")
+                         "give export.run", path=str(version_dir), key="export.run")
     config, vocab, model, latest = load_run(run_dir)
     recorded = metadata.get("checkpoint")
     if recorded and Path(recorded).name != Path(latest).name:
