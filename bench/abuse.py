@@ -80,7 +80,7 @@ def free_port() -> int:
 
 def build_generated_model(work: Path) -> Path:
     """A small trained and exported model from generated data (as tests/conftest.py's run_dir)."""
-    from tfrec.data.synthetic import generate_events, generate_items
+    from tfrec.data.synthetic import event_files_settings, write_event_files
     from tfrec.exporter import export
     from tfrec.index import IndexConfig
     from tfrec.run import load_run_config
@@ -88,18 +88,12 @@ def build_generated_model(work: Path) -> Path:
 
     data = work / "data"
     data.mkdir(parents=True)
-    events = generate_events(8_000, 150, num_users=800, num_clusters=6, seed=4)
-    events.rename(columns={"user": "user_id", "item": "item_id", "time": "timestamp"})[
-        ["user_id", "item_id", "timestamp", "event"]].to_csv(data / "events.csv", index=False)
-    items = generate_items(150, 6, num_cold=5, seed=4)
-    items.rename(columns={"item": "item_id"})[["item_id", "text"]].to_csv(
-        data / "items.csv", index=False)
+    files = write_event_files(data, 8_000, 150, num_users=800, num_clusters=6, num_cold=5,
+                              seed=4)
     config = load_run_config(None, [
-        "data.layout=events", f"data.events={data / 'events.csv'}",
-        f"data.items={data / 'items.csv'}", "data.events_schema.event_col=event",
-        "model.embedding_dim=16", "model.objective=retrieval", "model.text.token_dim=8",
-        "model.text.filters=8", "train.epochs=1", "train.split_fraction=0.15",
-        "train.retrieval_batch_size=128"])
+        *event_files_settings(*files), "model.embedding_dim=16", "model.objective=retrieval",
+        "model.text.token_dim=8", "model.text.filters=8", "train.epochs=1",
+        "train.split_fraction=0.15", "train.retrieval_batch_size=128"])
     train(config, work / "run", verbose=0)
     model_dir = work / "generated"
     export(work / "run", model_dir, IndexConfig(kind="brute_force", max_k=100))

@@ -24,23 +24,17 @@ def write(tmp_path):
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     """A small trained run (generated clustered sessions, retrieval, one epoch)."""
-    from tfrec.data.synthetic import generate_events, generate_items
+    from tfrec.data.synthetic import event_files_settings, write_event_files
     from tfrec.run import load_run_config
     from tfrec.training import train
 
     folder = tmp_path_factory.mktemp("run")
-    events = generate_events(8_000, 150, num_users=800, num_clusters=6, seed=4)
-    events.rename(columns={"user": "user_id", "item": "item_id", "time": "timestamp"})[
-        ["user_id", "item_id", "timestamp", "event"]].to_csv(folder / "events.csv", index=False)
-    items = generate_items(150, 6, num_cold=5, seed=4)
-    items.rename(columns={"item": "item_id"})[["item_id", "text"]].to_csv(
-        folder / "items.csv", index=False)
+    files = write_event_files(folder, 8_000, 150, num_users=800, num_clusters=6, num_cold=5,
+                              seed=4)
     config = load_run_config(None, [
-        "data.layout=events", f"data.events={folder / 'events.csv'}",
-        f"data.items={folder / 'items.csv'}", "data.events_schema.event_col=event",
-        "model.embedding_dim=16", "model.objective=retrieval", "model.text.token_dim=8",
-        "model.text.filters=8", "train.epochs=1", "train.split_fraction=0.15",
-        "train.retrieval_batch_size=128"])
+        *event_files_settings(*files), "model.embedding_dim=16", "model.objective=retrieval",
+        "model.text.token_dim=8", "model.text.filters=8", "train.epochs=1",
+        "train.split_fraction=0.15", "train.retrieval_batch_size=128"])
     train(config, folder / "run", verbose=0)
     return folder / "run"
 

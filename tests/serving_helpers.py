@@ -100,3 +100,38 @@ def stub_of(server):
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     return prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
+
+
+class Caller:
+    """Calls Predict in a loop on its own thread while the `with` block runs; records the
+    versions that answered (`served`) and the status code of every failed call."""
+
+    def __init__(self, server, sessions):
+        import threading
+
+        self.stub = stub_of(server)
+        self.sessions = sessions
+        self.failures, self.served = [], set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._call_forever)
+
+    def _call_forever(self):
+        while not self._stop.is_set():
+            try:
+                self.served.add(self.stub.Predict(predict_request(self.sessions), timeout=30)
+                                .model_spec.version.value)
+            except grpc.RpcError as err:
+                self.failures.append(err.code())
+
+    def wait_until_served(self, version: int, timeout: float = 30) -> None:
+        deadline = time.time() + timeout
+        while version not in self.served and time.time() < deadline:
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()

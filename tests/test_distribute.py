@@ -17,7 +17,7 @@ import pytest
 
 from tfrec.cli import main
 from tfrec.data.shard import shard_batches, stack_batches, worker_batches
-from tfrec.data.synthetic import generate_events, generate_items
+from tfrec.data.synthetic import write_event_files
 from tfrec.distribute import Worker, cluster_worker, parse_tf_config
 from tfrec.run import load_run_config
 from tfrec.errors import InputError
@@ -109,12 +109,7 @@ def test_bad_tf_config_is_a_clear_error(value, expected):
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
-    events = generate_events(3000, 80, num_users=300, num_clusters=4, seed=4)
-    events.rename(columns={"user": "user_id", "item": "item_id", "time": "timestamp"})[
-        ["user_id", "item_id", "timestamp", "event"]].to_csv(folder / "events.csv", index=False)
-    items = generate_items(80, 4, num_cold=3, seed=4)
-    items.rename(columns={"item": "item_id"})[["item_id", "text"]].to_csv(
-        folder / "items.csv", index=False)
+    write_event_files(folder, 3000, 80, num_users=300, num_clusters=4, num_cold=3, seed=4)
     return folder
 
 

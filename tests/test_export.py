@@ -285,19 +285,26 @@ def test_the_index_must_return_enough_candidates_to_drop_a_session():
                        num_reordering_candidates=300).max_session_items == 200
 
 
+def assert_popular_items(out, rows, vocab, k) -> list:
+    """The given rows of a signature's output are the k most popular training items, scored
+    by their share of the training events; returns those ids."""
+    top = np.argsort(-vocab.counts[1:], kind="stable")[:k] + 1
+    popular = vocab.ids[top].astype(str).tolist()
+    for row in rows:
+        assert out["item_ids"].numpy().astype(str)[row].tolist() == popular
+        np.testing.assert_allclose(out["scores"].numpy()[row],
+                                   vocab.counts[top] / vocab.counts[1:].sum(), rtol=1e-5)
+    return popular
+
+
 def test_sessions_with_no_known_item_get_the_popular_items_flagged(exported, run_dir):
     _, vocab, _, _ = load_run(run_dir)
     loaded = load_saved_model(exported[1].path)
     out = loaded.signatures["serving_default"](
         item_ids=tf.constant([["nope", ""], ["", ""], ["i1", "i2"]]), k=tf.constant(5))
     assert out["fallback"].numpy().tolist() == [True, True, False]
-    top = np.argsort(-vocab.counts[1:], kind="stable")[:5] + 1
-    popular = vocab.ids[top].astype(str).tolist()
-    got = out["item_ids"].numpy().astype(str)
-    assert got[0].tolist() == popular and got[1].tolist() == popular
-    np.testing.assert_allclose(out["scores"].numpy()[0],
-                               vocab.counts[top] / vocab.counts[1:].sum(), rtol=1e-5)
-    assert got[2].tolist() != popular
+    popular = assert_popular_items(out, [0, 1], vocab, 5)
+    assert out["item_ids"].numpy().astype(str)[2].tolist() != popular
     similar = loaded.signatures["similar_items"](item_ids=tf.constant(["nope"]),
                                                  k=tf.constant(5))
     assert similar["item_ids"].numpy().astype(str)[0].tolist() == popular
@@ -423,12 +430,7 @@ def test_unknown_and_empty_users_get_the_popular_items_and_known_false(exported,
     out = loaded.signatures["recommend_for_user"](
         user_ids=tf.constant(["no such user", "", user_ids[0]]), k=tf.constant(5))
     assert out["known"].numpy().tolist() == [False, False, True]
-    top = np.argsort(-vocab.counts[1:], kind="stable")[:5] + 1
-    popular = vocab.ids[top].astype(str).tolist()
-    got = out["item_ids"].numpy().astype(str)
-    assert got[0].tolist() == popular and got[1].tolist() == popular
-    np.testing.assert_allclose(out["scores"].numpy()[0],
-                               vocab.counts[top] / vocab.counts[1:].sum(), rtol=1e-5)
+    assert_popular_items(out, [0, 1], vocab, 5)
     with pytest.raises(tf.errors.InvalidArgumentError, match="k must be at most 20"):
         loaded.signatures["recommend_for_user"](user_ids=tf.constant([user_ids[0]]),
                                                 k=tf.constant(21))

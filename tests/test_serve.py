@@ -17,7 +17,7 @@ import tensorflow as tf
 from tfrec.exporter import load_saved_model
 from tfrec.serving.client import RecommenderClient
 
-from serving_helpers import predict_request, start_server, stub_of
+from serving_helpers import Caller, predict_request, start_server, stub_of
 
 SESSIONS = [["i1", "i2", "i3"], ["i10", "", ""]]
 
@@ -74,27 +74,12 @@ def test_metadata_lists_the_signatures(shared):
 
 
 def test_new_version_is_picked_up_with_zero_failed_calls_and_corrupt_one_ignored(server):
-    stub = stub_of(server)
-    failures, served, stop = [], set(), threading.Event()
-
-    def call_forever():
-        while not stop.is_set():
-            try:
-                served.add(stub.Predict(predict_request(SESSIONS), timeout=30)
-                           .model_spec.version.value)
-            except grpc.RpcError as err:
-                failures.append(err.code())
-
-    caller = threading.Thread(target=call_forever)
-    caller.start()
-    try:
+    with Caller(server, SESSIONS) as caller:
         shutil.copytree(server.versions / "2", server.base / ".incoming")
         os.rename(server.base / ".incoming", server.base / "2")
         seen = server.wait_for(2)
         assert seen[0] == "LOADING" or seen == ["AVAILABLE"]
-        deadline = time.time() + 30
-        while 2 not in served and time.time() < deadline:
-            time.sleep(0.05)
+        caller.wait_until_served(2)
         # A corrupt version 3: reported, and version 2 keeps serving.
         (server.base / "3").mkdir()
         (server.base / "3" / "saved_model.pb").write_bytes(b"not a saved model")
@@ -105,13 +90,10 @@ def test_new_version_is_picked_up_with_zero_failed_calls_and_corrupt_one_ignored
             time.sleep(0.05)
         assert state == "END" and error
         time.sleep(0.5)
-    finally:
-        stop.set()
-        caller.join()
-    assert failures == []
-    assert served >= {1, 2}
+    assert caller.failures == []
+    assert caller.served >= {1, 2}
     assert server.status()[2][0] == "AVAILABLE"
-    response = stub.Predict(predict_request(SESSIONS), timeout=30)
+    response = stub_of(server).Predict(predict_request(SESSIONS), timeout=30)
     assert response.model_spec.version.value == 2
 
 

@@ -14,7 +14,7 @@ from tfrec.cli import main
 from tfrec.exporter import load_saved_model
 from tfrec.serving.client import RecommenderClient
 
-from serving_helpers import start_server
+from serving_helpers import Caller, start_server
 
 
 @pytest.fixture(scope="module")
@@ -78,40 +78,17 @@ def test_recommend_for_user_over_grpc_rest_client_and_command(shared, capsys):
 
 
 def test_an_added_items_version_is_picked_up_with_no_failed_call(versions, tmp_path):
-    import threading
-    import time
-
     from tfrec.exporter import CatalogueUpdate, update_catalogue
 
-    from serving_helpers import predict_request, stub_of
-
     srv = start_server(versions, tmp_path)
-    stub = stub_of(srv)
-    failures, served, stop = [], set(), threading.Event()
-
-    def call_forever():
-        while not stop.is_set():
-            try:
-                served.add(stub.Predict(predict_request([["i1", "i2"]]), timeout=30)
-                           .model_spec.version.value)
-            except grpc.RpcError as err:
-                failures.append(err.code())
-
-    caller = threading.Thread(target=call_forever)
-    caller.start()
     try:
-        items = tmp_path / "new.csv"
-        items.write_text("item_id,text\nnew-lamp,a small blue lamp\n")
-        update_catalogue(srv.base, CatalogueUpdate(add_items=items))
-        srv.wait_for(2)
-        deadline = time.time() + 30
-        while 2 not in served and time.time() < deadline:
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        caller.join()
-    try:
-        assert failures == [] and served >= {1, 2}
+        with Caller(srv, [["i1", "i2"]]) as caller:
+            items = tmp_path / "new.csv"
+            items.write_text("item_id,text\nnew-lamp,a small blue lamp\n")
+            update_catalogue(srv.base, CatalogueUpdate(add_items=items))
+            srv.wait_for(2)
+            caller.wait_until_served(2)
+        assert caller.failures == [] and caller.served >= {1, 2}
         client = RecommenderClient(srv.target, "shop", timeout=30)
         try:
             assert client.item_texts(["new-lamp"]) == ["a small blue lamp"]

@@ -128,3 +128,34 @@ def generate_items(num_items: int, num_clusters: int | None = None, num_cold: in
              for i, c in enumerate(clusters)]
     return pd.DataFrame({"item": ids, "text": texts, "market": [f"m{c}" for c in clusters],
                          "cluster": clusters})
+
+
+def write_event_files(folder, num_events: int, num_items: int, num_users: int | None = None,
+                      num_clusters: int | None = None, num_cold: int = 0,
+                      seed: int = 0) -> tuple:
+    """Generated events and items written as CSV files in the "events" layout.
+
+    Columns: events.csv user_id, item_id, timestamp, event; items.csv
+    item_id, text (`num_cold` items have text but no events).
+
+    Returns:
+      (events path, items path) inside `folder`.
+    """
+    from pathlib import Path
+
+    folder = Path(folder)
+    events = generate_events(num_events, num_items, num_users=num_users,
+                             num_clusters=num_clusters, seed=seed)
+    events_path, items_path = folder / "events.csv", folder / "items.csv"
+    events.rename(columns={"user": "user_id", "item": "item_id", "time": "timestamp"})[
+        ["user_id", "item_id", "timestamp", "event"]].to_csv(events_path, index=False)
+    items = generate_items(num_items, num_clusters, num_cold=num_cold, seed=seed)
+    items = items.rename(columns={"item": "item_id"})[["item_id", "text"]]
+    items.to_csv(items_path, index=False)
+    return events_path, items_path
+
+
+def event_files_settings(events_path, items_path) -> list[str]:
+    """The run settings (`--set` overrides) that read `write_event_files`' files."""
+    return ["data.layout=events", f"data.events={events_path}", f"data.items={items_path}",
+            "data.events_schema.event_col=event"]
