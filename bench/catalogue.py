@@ -97,19 +97,18 @@ class _Model:
         import tensorflow as tf
 
         from tfrec.config import ModelConfig, TextConfig
-        from tfrec.towers.item_encoder import ItemEncoder
-        from tfrec.towers.query_tower import QueryTower
+        from tfrec.models import build_item_encoder, build_query_tower
 
         n, dim = vectors.shape
         config = ModelConfig(embedding_dim=dim, use_text=True, fusion="sum", text_gate=False,
                              history_length=history_length,
                              text=TextConfig(token_dim=32, filters=32))
-        self.item_encoder = ItemEncoder(n + 1, n + 1, config,
-                                        text_vocabulary=[f"w{i}" for i in range(WORDS)], seed=0)
+        self.item_encoder = build_item_encoder(
+            config, n + 1, n + 1, text_vocabulary=[f"w{i}" for i in range(WORDS)], seed=0)
         self.item_encoder(tf.constant([0]))
         self.item_encoder.id_embedding.set_weights(
             [np.vstack([np.zeros((1, dim), np.float32), vectors])])
-        self.query_tower = QueryTower(self.item_encoder, config)
+        self.query_tower = build_query_tower(config, self.item_encoder)
         self.embedding_dim = dim
 
     def item_embeddings(self, item_index=None, batch_size: int = 65_536) -> np.ndarray:

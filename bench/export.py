@@ -35,8 +35,7 @@ import tensorflow as tf  # noqa: E402
 from tfrec.config import ModelConfig  # noqa: E402
 from tfrec.exporter.saved_model import RecommenderModule, load_saved_model  # noqa: E402
 from tfrec.index.ann import IndexConfig, build_index, recall_at_k, scann_parameters  # noqa: E402
-from tfrec.towers.item_encoder import ItemEncoder  # noqa: E402
-from tfrec.towers.query_tower import QueryTower  # noqa: E402
+from tfrec.models import build_item_encoder, build_query_tower  # noqa: E402
 
 
 class _Model:
@@ -45,11 +44,11 @@ class _Model:
     def __init__(self, vectors: np.ndarray):
         n, dim = vectors.shape
         config = ModelConfig(embedding_dim=dim, use_text=False, history_length=5)
-        self.item_encoder = ItemEncoder(n + 1, n + 1, config)
+        self.item_encoder = build_item_encoder(config, n + 1, n + 1)
         self.item_encoder(tf.constant([0]))
         self.item_encoder.id_embedding.set_weights(
             [np.vstack([np.zeros((1, dim), np.float32), vectors])])
-        self.query_tower = QueryTower(self.item_encoder, config)
+        self.query_tower = build_query_tower(config, self.item_encoder)
 
 
 def catalogue(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -27,14 +27,14 @@ def test_a_public_name_imports_its_module_on_first_use():
 
 def test_every_public_name_resolves():
     from tfrec.exporter import saved_model
-    from tfrec.models import hybrid
+    from tfrec.models import builder, hybrid
     from tfrec.towers import item_encoder, query_tower, text_encoder
 
     for name in tfrec.__all__:
         assert getattr(tfrec, name) is not None, name
     assert set(tfrec.__all__) <= set(dir(tfrec))
     # The same objects as their modules', not copies.
-    assert tfrec.HybridModel is hybrid.HybridModel and tfrec.build_model is hybrid.build_model
+    assert tfrec.HybridModel is hybrid.HybridModel and tfrec.build_model is builder.build_model
     assert tfrec.ItemEncoder is item_encoder.ItemEncoder
     assert tfrec.TextEncoder is text_encoder.TextEncoder
     assert tfrec.QueryTower is query_tower.QueryTower

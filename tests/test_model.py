@@ -102,7 +102,7 @@ def test_retrieval_objective_trains_the_query_tower(world):
     _, test, vocab, _ = world
     cases = make_cases(test, vocab, seed=0)
     untrained = build_model(ModelConfig(embedding_dim=32, objective="retrieval",
-                                        text=TEXT, **PINNED), vocab)
+                                        text=TEXT, **PINNED), vocab, seed=1)
     before = evaluate_model(untrained, cases, history_length=20)["all"]["hr@10"]
     model, _ = fit(world, objective="retrieval", epochs=3)
     after = evaluate_model(model, cases, history_length=20)["all"]["hr@10"]
@@ -118,7 +118,7 @@ def test_factorized_top_k_metrics_in_evaluate(world):
     result = model.evaluate(dataset.take(5), return_dict=True, verbose=0)
     top1 = result["factorized_top_k/top_1_categorical_accuracy"]
     top10 = result["factorized_top_k/top_10_categorical_accuracy"]
-    assert 0 <= top1 <= top10 <= 1 and top10 > 10 / (vocab.size - 1)
+    assert top1 <= top10 and top10 > 5 * 10 / (vocab.size - 1), result
 
 
 def cold_start_figures(model, world, k=10):
@@ -217,6 +217,7 @@ def test_id_dropout_puts_the_text_path_in_the_behaviour_space(world):
 @pytest.mark.parametrize("options", [
     {"negatives": "catalogue"},
     {"negatives": "sampled", "num_sampled": 64},
+    {"negatives": "mixed", "num_sampled": 64},
     {"query_items": "separate", "query_layers": (32,), "history_dropout": 0.2},
     {"normalize": False, "temperature": 1.0},
 ])
@@ -237,11 +238,11 @@ def test_retrieval_variants_learn_the_clusters(world, options):
 
 
 def test_history_dropout_hides_items_only_in_training_and_never_empties_a_history():
-    from tfrec.towers import ItemEncoder, QueryTower
+    from tfrec.models import build_item_encoder, build_query_tower
 
     config = ModelConfig(embedding_dim=4, use_text=False, history_length=3, history_dropout=0.9)
-    encoder = ItemEncoder(num_items=6, num_id_items=6, config=config, seed=0)
-    tower = QueryTower(encoder, config, seed=0)
+    encoder = build_item_encoder(config, num_items=6, num_id_items=6, seed=0)
+    tower = build_query_tower(config, encoder, seed=0)
     history = tf.constant([[1, 2, 3], [0, 0, 4]] * 50)
     np.testing.assert_allclose(tower(history).numpy(), tower(history).numpy())
     trained = tower(history, training=True).numpy()

@@ -1,5 +1,3 @@
-import dataclasses
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,26 +6,60 @@ import tf_keras as keras
 from tfrec.config import ModelConfig, TextConfig
 from tfrec.data.synthetic import generate_events, generate_items
 from tfrec.data.vocab import build_vocabulary
-from tfrec.models import HybridModel, build_model
+from tfrec.models import HybridModel, build_item_encoder, build_model
+from tfrec.tasks import CatalogueSampler
 from tfrec.towers import ItemEncoder, QueryTower, TextEncoder, TextTokenizer
-from tfrec.towers.tokenizer import build_token_vocabulary
+from tfrec.towers.tokenizer import CharNgramHasher, build_token_vocabulary
 
 TEXTS = ["WHITE HANGING HEART T-LIGHT HOLDER", "red mug", "Crème brûlée dish, SET/3", "",
          "unknownword mug"]
 
 
+def vocabulary(texts, max_tokens=100, min_count=1):
+    return build_token_vocabulary(texts, max_tokens=max_tokens, min_count=min_count)
+
+
+def text_encoder(vocabulary_size, output_dim, token_dim=4, filters=4, widths=(1, 2, 3),
+                 mean_tokens=True, ngram_buckets=None):
+    return TextEncoder(vocabulary_size, output_dim, token_dim=token_dim, filters=filters,
+                       widths=widths, mean_tokens=mean_tokens, ngram_buckets=ngram_buckets)
+
+
+def item_encoder(num_items, num_id_items, vocab=(), embedding_dim=8, use_ids=True,
+                 use_text=True, fusion="sum", text_share=0.5, id_dropout=0.0, text_gate=False,
+                 normalize=True, sequence_length=6, widths=(1, 2), hasher=None, seed=0):
+    """An item encoder built from its own arguments (as `build_item_encoder` does)."""
+    tokenizer = text = None
+    if use_text:
+        tokenizer = TextTokenizer(list(vocab), sequence_length)
+        _, text_dim = ItemEncoder.part_widths(embedding_dim, use_ids, use_text, fusion,
+                                              text_share)
+        text = text_encoder(tokenizer.vocabulary_size, text_dim, widths=widths,
+                            ngram_buckets=None if hasher is None else hasher.num_buckets)
+    return ItemEncoder(num_items, num_id_items, embedding_dim=embedding_dim, use_ids=use_ids,
+                       use_text=use_text, fusion=fusion, text_share=text_share,
+                       id_dropout=id_dropout, text_gate=text_gate, normalize=normalize,
+                       tokenizer=tokenizer, text_encoder=text, hasher=hasher, seed=seed)
+
+
+def query_tower(encoder, history_length=4, pooling="mean", recency_decay=0.5,
+                history_dropout=0.0, query_layers=(), seed=0):
+    return QueryTower(encoder, history_length=history_length, pooling=pooling,
+                      recency_decay=recency_decay, history_dropout=history_dropout,
+                      query_layers=query_layers, seed=seed)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
-    vocab = build_token_vocabulary(TEXTS[:3])
-    return TextTokenizer(vocab, sequence_length=6)
+    return TextTokenizer(vocabulary(TEXTS[:3]), sequence_length=6)
 
 
 def test_token_vocabulary_is_learned_with_the_tokeniser_ops():
-    vocab = build_token_vocabulary(TEXTS[:3] + ["red heart"])
+    vocab = vocabulary(TEXTS[:3] + ["red heart"])
     assert vocab[:2] == ["heart", "red"]  # in two texts each; then alphabetical
     assert {"t", "light", "crème", "brûlée", "set", "3"} <= set(vocab)
-    assert build_token_vocabulary(TEXTS, min_count=2) == ["mug"]
-    assert len(build_token_vocabulary(TEXTS, max_tokens=3)) == 3
+    assert vocabulary(TEXTS, min_count=2) == ["mug"]
+    assert len(vocabulary(TEXTS, max_tokens=3)) == 3
 
 
 def test_tokeniser_ids(tokenizer):
@@ -61,8 +93,10 @@ def test_get_config_round_trips(tokenizer):
     clone = roundtrip(tokenizer)
     np.testing.assert_array_equal(clone(tf.constant(TEXTS)), tokenizer(tf.constant(TEXTS)))
 
-    text = TextEncoder(vocabulary_size=20, output_dim=8,
-                       config=TextConfig(token_dim=4, filters=3, widths=(1, 2)))
+    text = text_encoder(vocabulary_size=20, output_dim=8, token_dim=4, filters=3, widths=(1, 2))
+    assert set(text.get_config()) - set(keras.layers.Layer().get_config()) == {
+        "vocabulary_size", "output_dim", "token_dim", "filters", "widths", "mean_tokens",
+        "ngram_buckets"}
     ids = tf.constant([[2, 3, 0], [4, 0, 0]])
     out = text(ids)
     clone = roundtrip(text)
@@ -70,26 +104,44 @@ def test_get_config_round_trips(tokenizer):
     clone.set_weights(text.get_weights())
     np.testing.assert_allclose(clone(ids), out, rtol=1e-6)
 
-    encoder = ItemEncoder(num_items=5, num_id_items=3, config=ModelConfig(
-        embedding_dim=8, id_dropout=0.3,
-        text=TextConfig(sequence_length=6, token_dim=4, filters=3, widths=(1, 2))),
-        text_vocabulary=tokenizer.vocabulary)
+    encoder = item_encoder(5, 3, tokenizer.vocabulary, id_dropout=0.3, text_gate=True)
     encoder.set_item_texts(["", "red mug", "heart", "white mug", "set"])
     out = encoder(tf.constant([1, 2, 4]))
     clone = roundtrip(encoder)
+    assert isinstance(clone.text_encoder, TextEncoder) and clone.text_encoder is not text
+    assert clone.tokenizer.vocabulary == tokenizer.vocabulary and clone.text_gate
     clone(tf.constant([0]))
     clone.set_weights(encoder.get_weights())
     np.testing.assert_allclose(clone(tf.constant([1, 2, 4])), out, rtol=1e-6)
 
     for pooling in ("mean", "recency", "attention"):
-        tower = QueryTower(encoder, dataclasses.replace(
-            encoder.config, history_length=4, pooling=pooling, recency_decay=0.5))
+        tower = query_tower(encoder, pooling=pooling, query_layers=(6,))
         history = tf.constant([[0, 0, 1, 2], [0, 0, 0, 0]])
         pooled = tower(history)
         clone = roundtrip(tower)
+        assert (clone.pooling, clone.recency_decay, clone.query_layers) == (pooling, 0.5, (6,))
         clone(history)
         clone.set_weights(tower.get_weights())
         np.testing.assert_allclose(clone(history), pooled, rtol=1e-5, atol=1e-6)
+
+
+def test_the_builder_passes_every_setting_to_the_layers():
+    config = ModelConfig(embedding_dim=12, fusion="concat", text_share=0.25, id_dropout=0.2,
+                         normalize=False, text_gate=False, history_length=7, pooling="recency",
+                         recency_decay=0.7, history_dropout=0.1, query_layers=(5,),
+                         text=TextConfig(sequence_length=5, token_dim=3, filters=2,
+                                         widths=(2,), mean_tokens=False, char_ngrams=(3,),
+                                         ngram_buckets=101, max_ngrams=9))
+    encoder = build_item_encoder(config, 6, 4, ["red", "mug"], seed=3)
+    assert (encoder.embedding_dim, encoder.fusion, encoder.text_share, encoder.id_dropout,
+            encoder.normalize, encoder.text_gate, encoder.seed) == (
+        12, "concat", 0.25, 0.2, False, False, 3)
+    assert (encoder.id_dim, encoder.text_dim) == (9, 3)
+    assert (encoder.tokenizer.sequence_length, encoder.hasher.max_ngrams,
+            encoder.hasher.num_buckets, encoder.hasher.widths) == (5, 9, 101, (3,))
+    text = encoder.text_encoder
+    assert (text.output_dim, text.token_dim, text.filters, text.widths, text.mean_tokens,
+            text.ngram_buckets) == (3, 3, 2, (2,), False, 101)
 
 
 def test_model_get_config_round_trip():
@@ -97,20 +149,23 @@ def test_model_get_config_round_trip():
     items = generate_items(40, num_clusters=4, num_cold=4, seed=1)
     vocab = build_vocabulary(events, items)
     model = build_model(ModelConfig(embedding_dim=8, objective="both", pooling="attention",
+                                    negatives="sampled", num_sampled=7,
                                     text=TextConfig(token_dim=4, filters=4)), vocab)
     config = model.get_config()
+    # The shared item encoder is written once, by the model.
+    assert config["query_tower"]["config"]["item_encoder"] is None
     clone = HybridModel.from_config(config)
     assert clone.get_config() == config
     assert clone.query_tower.item_encoder is clone.item_encoder  # still one shared encoder
+    assert [type(t).__name__ for t in clone.tasks] == ["SkipGramTask", "RetrievalTask"]
+    assert clone.tasks[1].sampler.num_sampled == 7 and clone.streams == ("pairs", "next_items")
     # Keras' own serialisation finds the registered class.
     assert keras.utils.get_registered_object("tfrec>HybridModel") is HybridModel
 
 
 def test_item_encoder_fusion_and_cold_items():
-    encoder = ItemEncoder(num_items=4, num_id_items=2, config=ModelConfig(
-        embedding_dim=8, id_dropout=0.5,
-        text=TextConfig(sequence_length=4, token_dim=4, filters=4, widths=(1,))),
-        text_vocabulary=["red", "mug"], seed=3)
+    encoder = item_encoder(4, 2, ["red", "mug"], id_dropout=0.5, sequence_length=4, widths=(1,),
+                           seed=3)
     encoder.set_item_texts(["", "red mug", "red", "mug"])
     out = encoder(tf.constant([[1, 2], [3, 9]])).numpy()
     assert out.shape == (2, 2, 8)
@@ -135,18 +190,14 @@ def test_item_encoder_fusion_and_cold_items():
     assert 25 < dropped < 75
     np.testing.assert_allclose(encoder(batch).numpy(), np.tile(out[0, 0], (20, 1)), rtol=1e-5)
     # Without a text path nothing could stand in for a hidden id: no dropout.
-    ids_only = ItemEncoder(num_items=4, num_id_items=2, config=ModelConfig(
-        embedding_dim=8, use_text=False, id_dropout=0.5), seed=3)
+    ids_only = item_encoder(4, 2, use_text=False, id_dropout=0.5, seed=3)
     np.testing.assert_allclose(ids_only(batch, training=True).numpy(), ids_only(batch).numpy(),
                                rtol=1e-6)
 
 
 def test_concat_fusion_gives_each_path_its_half():
-    vocab = build_token_vocabulary(TEXTS)
-    config = ModelConfig(embedding_dim=8, fusion="concat",
-                         text=TextConfig(sequence_length=6, token_dim=4, filters=4))
-    encoder = ItemEncoder(num_items=5, num_id_items=3, config=config, text_vocabulary=vocab,
-                          seed=0)
+    vocab = vocabulary(TEXTS)
+    encoder = item_encoder(5, 3, vocab, fusion="concat", widths=(1, 2, 3))
     encoder.set_item_texts(TEXTS)
     emb = encoder(tf.constant([1, 2, 3, 4])).numpy()
     assert (encoder.id_dim, encoder.text_dim) == (4, 4) and emb.shape == (4, 8)
@@ -158,38 +209,40 @@ def test_concat_fusion_gives_each_path_its_half():
     assert emb[:2, :4].any() and emb[:2, 4:].any()
     np.testing.assert_allclose(encoder.encode_text(tf.constant(TEXTS[3:5])).numpy()[1],
                                emb[3], rtol=1e-5, atol=1e-6)
-    assert roundtrip(encoder).config.fusion == "concat"
+    assert roundtrip(encoder).fusion == "concat"
     # text_share sets the text part's width; the id part gets the rest.
-    narrow = ItemEncoder(num_items=5, num_id_items=3, config=dataclasses.replace(
-        encoder.config, text_share=0.25), text_vocabulary=vocab, seed=0)
+    narrow = item_encoder(5, 3, vocab, fusion="concat", text_share=0.25)
     narrow.set_item_texts(TEXTS)
     assert (narrow.id_dim, narrow.text_dim) == (6, 2)
     assert narrow.id_embedding.output_dim == 6
     assert not narrow(tf.constant([4])).numpy()[0, :6].any()
-    assert roundtrip(narrow).config.text_share == 0.25
+    assert roundtrip(narrow).text_share == 0.25
     with pytest.raises(ValueError, match="fusion"):
-        ItemEncoder(num_items=5, num_id_items=3, config={"fusion": "product"})
+        item_encoder(5, 3, vocab, fusion="product")
+    # The text encoder must be as wide as the text part.
+    with pytest.raises(ValueError, match="output_dim"):
+        ItemEncoder(5, 3, embedding_dim=8, use_ids=True, use_text=True, fusion="concat",
+                    text_share=0.5, id_dropout=0.0, text_gate=False, normalize=True,
+                    tokenizer=TextTokenizer(vocab, 6), text_encoder=text_encoder(20, 8))
 
 
 def test_text_encoder_mean_tokens_joins_the_projection_and_ignores_padding():
-    encoder = TextEncoder(vocabulary_size=6, output_dim=4, config=TextConfig(
-        token_dim=3, filters=2, widths=(1,), mean_tokens=True))
+    encoder = text_encoder(vocabulary_size=6, output_dim=4, token_dim=3, filters=2, widths=(1,),
+                           mean_tokens=True)
     short = encoder(tf.constant([[2, 3]])).numpy()
     padded = encoder(tf.constant([[2, 3, 0, 0, 0]])).numpy()
     np.testing.assert_allclose(short, padded, rtol=1e-5, atol=1e-6)
     assert encoder.projection.kernel.shape == (2 + 3, 4)
     # Unigram max-pooling cannot see a repeated token; the mean can.
-    max_only = TextEncoder(vocabulary_size=6, output_dim=4, config=dataclasses.replace(
-        encoder.config, mean_tokens=False))
+    max_only = text_encoder(vocabulary_size=6, output_dim=4, token_dim=3, filters=2,
+                            widths=(1,), mean_tokens=False)
     np.testing.assert_allclose(max_only(tf.constant([[2, 3, 3]])).numpy(),
                                max_only(tf.constant([[2, 3]])).numpy(), rtol=1e-5, atol=1e-6)
     assert np.abs(encoder(tf.constant([[2, 3, 3]])).numpy() - short).max() > 1e-6
-    assert roundtrip(encoder).config.mean_tokens is True
+    assert roundtrip(encoder).mean_tokens is True
 
 
 def test_char_ngrams_share_buckets_across_word_forms_and_round_trip():
-    from tfrec.towers.tokenizer import CharNgramHasher
-
     hasher = CharNgramHasher(widths=(3,), num_buckets=1 << 20, max_ngrams=16)
     ids = hasher(tf.constant(["hearts", "heart", "mug", ""])).numpy()
     assert ids.shape == (4, 16) and ids.dtype == np.int32
@@ -206,13 +259,9 @@ def test_char_ngrams_share_buckets_across_word_forms_and_round_trip():
 
 
 def test_item_encoder_with_char_ngrams_embeds_unseen_words_by_their_subwords():
-    vocab = build_token_vocabulary(TEXTS)
-    text = TextConfig(sequence_length=6, token_dim=4, filters=4)
-    with_ngrams = dataclasses.replace(text, char_ngrams=(3, 4), ngram_buckets=997,
-                                      max_ngrams=32)
-    encoder = ItemEncoder(num_items=5, num_id_items=3,
-                          config=ModelConfig(embedding_dim=8, text=with_ngrams),
-                          text_vocabulary=vocab, seed=0)
+    vocab = vocabulary(TEXTS)
+    encoder = item_encoder(5, 3, vocab, fusion="concat", text_gate=True, widths=(1, 2, 3),
+                           hasher=CharNgramHasher((3, 4), 997, 32))
     encoder.set_item_texts(TEXTS)
     assert encoder.item_ngrams.shape == (5, 32)
     emb = encoder(tf.constant([1, 3, 4])).numpy()
@@ -220,9 +269,7 @@ def test_item_encoder_with_char_ngrams_embeds_unseen_words_by_their_subwords():
     np.testing.assert_allclose(encoder.encode_text(tf.constant(TEXTS[3:5])).numpy()[1],
                                emb[2], rtol=1e-5, atol=1e-6)
     # A word unknown to the token vocabulary still reaches the encoder by its n-grams.
-    by_token = ItemEncoder(num_items=5, num_id_items=3,
-                           config=ModelConfig(embedding_dim=8, text=text),
-                           text_vocabulary=vocab, seed=0)
+    by_token = item_encoder(5, 3, vocab, fusion="concat", text_gate=True, widths=(1, 2, 3))
     by_token.set_item_texts(TEXTS)
     a, b = (e.encode_text(tf.constant(["zebras", "quokka"])).numpy()
             for e in (encoder, by_token))
@@ -252,7 +299,8 @@ def test_query_tower_mlp_and_separate_query_items_round_trip():
     np.testing.assert_allclose(np.linalg.norm(query, axis=1), 1.0, rtol=1e-5)
     assert clone.get_config() == config
     assert clone.query_tower.item_encoder is not clone.item_encoder
-    assert clone.config.negatives == "catalogue" and clone.query_tower.config.query_layers == (16,)
+    assert isinstance(clone.tasks[0].sampler, CatalogueSampler)
+    assert clone.query_tower.query_layers == (16,)
     clone.query_tower(history)
     clone.item_encoder(tf.constant([1]))
     model.item_encoder(tf.constant([1]))
@@ -279,3 +327,22 @@ def test_a_checkpoint_naming_the_item_encoder_candidate_tower_still_restores(tmp
     assert np.abs(fresh.item_embeddings() - expected).max() > 1e-3
     tf.train.Checkpoint(model=fresh).read(path).assert_existing_objects_matched()
     np.testing.assert_allclose(fresh.item_embeddings(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_holding_the_logit_bias_at_the_model_level_still_restores(tmp_path):
+    events = generate_events(2000, 40, num_clusters=4, seed=1)
+    items = generate_items(40, num_clusters=4, num_cold=4, seed=1)
+    vocab = build_vocabulary(events, items)
+    config = ModelConfig(embedding_dim=8, objective="both", use_text=False)
+    model = build_model(config, vocab, seed=1)
+    expected = model.item_embeddings()
+    model.tasks[0].logit_bias.assign(0.75)
+    # Runs trained before tasks were layers saved the bias as the model's "logit_bias".
+    old = tf.train.Checkpoint(model=tf.train.Checkpoint(
+        item_encoder=model.item_encoder, query_tower=model.query_tower,
+        logit_bias=model.tasks[0].logit_bias))
+    path = old.write(str(tmp_path / "old"))
+    fresh = build_model(config, vocab, seed=2)
+    tf.train.Checkpoint(model=fresh).read(path).assert_existing_objects_matched()
+    assert float(fresh.tasks[0].logit_bias.numpy()) == 0.75
+    np.testing.assert_allclose(fresh.item_embeddings(), expected, rtol=1e-6)

@@ -1,9 +1,10 @@
 """tfrec: item embeddings from user behaviour and item text, served with ANN search.
 
 The public API is the names in ``tfrec.__all__``, one ``import tfrec`` away:
-settings (``tfrec.RunConfig``, ``tfrec.load_run_config`` ...), the layers and
-model (``tfrec.ItemEncoder``, ``tfrec.HybridModel``, ``tfrec.build_model``
-...) and the workflows (``tfrec.train``, ``tfrec.export``,
+settings (``tfrec.RunConfig``, ``tfrec.load_run_config`` ...), the layers,
+tasks, samplers and model (``tfrec.ItemEncoder``, ``tfrec.RetrievalTask``,
+``tfrec.InBatchSampler``, ``tfrec.HybridModel``, ``tfrec.build_model`` ...)
+and the workflows (``tfrec.train``, ``tfrec.export``,
 ``tfrec.load_saved_model``). They are imported on first use, so
 ``import tfrec`` itself does not import TensorFlow.
 
@@ -68,7 +69,14 @@ _LAZY = {
     "ItemEncoder": "tfrec.towers.item_encoder",
     "QueryTower": "tfrec.towers.query_tower",
     "HybridModel": "tfrec.models.hybrid",
-    "build_model": "tfrec.models.hybrid",
+    "build_model": "tfrec.models.builder",
+    # Losses and the retrieval task's negative samplers.
+    "SkipGramTask": "tfrec.tasks.skipgram",
+    "RetrievalTask": "tfrec.tasks.retrieval",
+    "InBatchSampler": "tfrec.tasks.samplers",
+    "CatalogueSampler": "tfrec.tasks.samplers",
+    "UniformSampler": "tfrec.tasks.samplers",
+    "MixedSampler": "tfrec.tasks.samplers",
     "build_optimizer": "tfrec.optimizers",
     # Workflows.
     "train": "tfrec.training",
@@ -84,9 +92,14 @@ if typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
         DataConfig, ModelConfig, PairConfig, RunConfig, TextConfig, TrainConfig)
     from tfrec.exporter.saved_model import export, load_saved_model  # noqa: F401
     from tfrec.index.ann import IndexConfig  # noqa: F401
-    from tfrec.models.hybrid import HybridModel, build_model  # noqa: F401
+    from tfrec.models.builder import build_model  # noqa: F401
+    from tfrec.models.hybrid import HybridModel  # noqa: F401
     from tfrec.optimizers import build_optimizer  # noqa: F401
     from tfrec.run import load_run, load_run_config, prepare_training_data  # noqa: F401
+    from tfrec.tasks.retrieval import RetrievalTask  # noqa: F401
+    from tfrec.tasks.samplers import (  # noqa: F401
+        CatalogueSampler, InBatchSampler, MixedSampler, UniformSampler)
+    from tfrec.tasks.skipgram import SkipGramTask  # noqa: F401
     from tfrec.towers.item_encoder import ItemEncoder  # noqa: F401
     from tfrec.towers.query_tower import QueryTower  # noqa: F401
     from tfrec.towers.text_encoder import TextEncoder  # noqa: F401

@@ -28,7 +28,6 @@ SessionContext = Literal["previous", "session"]
 RetrievalContext = Literal["auto", SessionContext]
 Pooling = Literal["mean", "recency", "attention"]
 QueryItems = Literal["shared", "separate"]
-Negatives = Literal["in_batch", "catalogue", "sampled"]
 Layout = Literal["online_retail", "goodbooks", "events"]
 Optimizer = Literal["adam", "lazy_adam", "adagrad", "sgd"]
 SplitBy = Literal["time", "user"]
@@ -42,7 +41,6 @@ SESSION_CONTEXTS: tuple[str, ...] = typing.get_args(SessionContext)
 RETRIEVAL_CONTEXTS: tuple[str, ...] = typing.get_args(RetrievalContext)
 POOLINGS: tuple[str, ...] = typing.get_args(Pooling)
 QUERY_ITEMS: tuple[str, ...] = typing.get_args(QueryItems)
-NEGATIVES: tuple[str, ...] = typing.get_args(Negatives)
 LAYOUTS: tuple[str, ...] = typing.get_args(Layout)
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 SPLITS: tuple[str, ...] = typing.get_args(SplitBy)
@@ -283,11 +281,9 @@ class ModelConfig:
         with this probability (a denoising query).
       query_layers: widths of a ReLU MLP over the pooled history (residual;
         empty: the pooled history is the query).
-      negatives: the retrieval softmax's negatives: "in_batch" (the batch's
-        other candidates, logQ-corrected), "catalogue" (every warm item, an
-        exact softmax) or "sampled" (`num_sampled` warm items drawn uniformly
-        per batch).
-      num_sampled: negatives per batch with negatives "sampled".
+      negatives: the retrieval softmax's negative sampler, a name of the
+        registry `tfrec.tasks.samplers.SAMPLERS` (checked when the model is built).
+      num_sampled: negatives per batch of a sampler that draws them.
     """
 
     embedding_dim: int = 256
@@ -309,7 +305,7 @@ class ModelConfig:
     query_items: QueryItems = "shared"
     query_layers: tuple[int, ...] = ()
     history_dropout: float = 0.0
-    negatives: Negatives = "in_batch"
+    negatives: str = "in_batch"
     num_sampled: int = 8192
     text: TextConfig = dataclasses.field(default_factory=TextConfig)
 
@@ -342,7 +338,6 @@ class ModelConfig:
         if not 0.0 <= self.history_dropout < 1.0:
             raise InputError(f"history_dropout must be in [0, 1), got {self.history_dropout!r}",
                              key="history_dropout")
-        _one_of("negatives", self.negatives, NEGATIVES)
         _positive("num_sampled", self.num_sampled)
         if any(not isinstance(w, int) or w <= 0 for w in self.query_layers):
             raise InputError(f"query_layers must be positive integers, got "

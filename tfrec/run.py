@@ -33,7 +33,7 @@ from tfrec.data.split import Cases, Split, make_cases, split_for_training
 from tfrec.data.vocab import ItemVocabulary, build_vocabulary
 from tfrec.datasets.layouts import read_tables
 from tfrec.errors import InputError
-from tfrec.models import build_model
+from tfrec.models import build_model, required_streams
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class TrainingData:
       vocab: the item vocabulary (warm items: those with training events).
       sessions: the training slice, sessionised.
       pairs: the skip-gram pair pipeline over the training slice.
-      next_items: the retrieval pipeline (None unless the objective trains it).
+      next_items: the retrieval pipeline (None unless a task of the model reads it).
       cases: the held-out cases.
       rejections: rows left out while reading.
       train_events, test_events: events on each side of the split.
@@ -258,7 +258,7 @@ def prepare_training_data(config: RunConfig) -> TrainingData:
     pairs = PairPipeline(sessions, vocab, config.data.pairs)
     next_items = None
     context = resolve_retrieval_context(config.model.retrieval_context, sessions)
-    if config.model.objective in ("retrieval", "both"):
+    if "next_items" in required_streams(config.model):
         if config.model.retrieval_context == "auto":
             logger.info("retrieval context: %s (auto: %d of %d sessions of 2+ events have one "
                         "timestamp)", context, sessions.stats["unordered_sessions"],

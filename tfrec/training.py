@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -66,15 +67,18 @@ class TrainResult:
     worker: distribute.Worker = dataclasses.field(default_factory=distribute.Worker)
 
 
-def make_dataset(data: TrainingData, objective: str, steps_per_epoch: int | None = None,
+def make_dataset(data: TrainingData, streams: Sequence[str], steps_per_epoch: int | None = None,
                  num_shards: int = 1, shard_index: int = 0):
-    """The tf.data.Dataset Keras fits on, for the chosen objective.
+    """The tf.data.Dataset Keras fits on: the model's training streams, zipped.
 
     One pass over it is one epoch (each pass is the pipelines' next epoch).
 
     Args:
       data: the training pipelines.
-      objective: "skipgram", "retrieval" or "both".
+      streams: the streams the model's tasks read (`HybridModel.streams`,
+        `tfrec.models.required_streams`): "pairs" and/or "next_items".
+        One step sees a batch of each; the first sets the length of an
+        epoch, the others repeat.
       steps_per_epoch: cap on the steps of an epoch (per worker).
       num_shards: workers of a multi-worker cluster (n). Each keeps its own
         batches, n per dataset element, which tf.distribute splits back into
@@ -86,16 +90,12 @@ def make_dataset(data: TrainingData, objective: str, steps_per_epoch: int | None
       The dataset, with tf.data auto-sharding off (the pipelines shard).
     """
     shard = {"num_shards": num_shards, "shard_index": shard_index}
-    if objective == "skipgram":
-        dataset = data.pairs.as_dataset(**shard)
-    elif objective == "retrieval":
-        dataset = data.next_items.as_dataset(**shard)
-    else:
-        # One step sees a batch of pairs and a batch of retrieval examples;
-        # the pair stream sets the length of an epoch.
-        dataset = tf.data.Dataset.zip((data.pairs.as_dataset(**shard),
-                                       data.next_items.as_dataset(repeat=True, **shard)))
-        dataset = dataset.map(lambda a, b: {**a, **b})
+    datasets = [getattr(data, stream).as_dataset(**shard, **({"repeat": True} if i else {}))
+                for i, stream in enumerate(streams)]
+    dataset = datasets[0]
+    if len(datasets) > 1:
+        dataset = tf.data.Dataset.zip(tuple(datasets)).map(
+            lambda *parts: {k: v for part in parts for k, v in part.items()})
     if steps_per_epoch:
         dataset = dataset.take(math.ceil(steps_per_epoch / num_shards))
     options = tf.data.Options()
@@ -301,7 +301,7 @@ def fit(model, data: TrainingData, config: RunConfig, run_dir: Path,
         data.pairs.set_epoch(initial_epoch)
         if data.next_items is not None:
             data.next_items.set_epoch(initial_epoch)
-        dataset = make_dataset(data, config.model.objective, config.train.steps_per_epoch,
+        dataset = make_dataset(data, model.streams, config.train.steps_per_epoch,
                                num_shards=worker.count, shard_index=worker.index)
         history: list[dict] = []
         guard, callbacks = build_callbacks(run_dir, manager, epoch_var, history,

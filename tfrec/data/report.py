@@ -74,12 +74,14 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0) -> dict:
         pass
     seconds = time.perf_counter() - started
     cfg = data.pairs.config
-    objective = config.model.objective
+    from tfrec.models import required_streams
+
+    streams = list(required_streams(config.model))
     retrieval_examples = data.next_items.num_examples if data.next_items is not None else 0
     retrieval_batches = -(-retrieval_examples // config.train.retrieval_batch_size)
-    # What one epoch of `fit` runs: the pair stream sets its length unless the
-    # objective is retrieval alone (`tfrec.training.make_dataset`).
-    steps = retrieval_batches if objective == "retrieval" else epoch_stats.batches
+    # What one epoch of `fit` runs: the tasks' first stream sets its length
+    # (`tfrec.training.make_dataset`).
+    steps = retrieval_batches if streams[0] == "next_items" else epoch_stats.batches
     if config.train.steps_per_epoch:
         steps = min(steps, config.train.steps_per_epoch)
     report = {
@@ -110,7 +112,8 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0) -> dict:
         "items_with_text": int((vocab.text[1:] != "").sum()),
         "markets": len(vocab.market_names),
         # The training slice, as one epoch of training sees it.
-        "objective": objective,
+        "objective": config.model.objective,
+        "streams": streams,
         "training_events": data.train_events,
         "training_sessions": data.sessions.num_sessions,
         "pairs_per_epoch": epoch_stats.pairs,
@@ -184,7 +187,7 @@ def format_report(report: dict) -> str:
         "every event" if report["training_events"] == report["events"]
         else "before the split" if "split" in report else "the rest held out")
     row("  sessions", n(report["training_sessions"]), "session pieces")
-    pairs_note = "" if objective in ("skipgram", "both") else " (not trained on)"
+    pairs_note = "" if "pairs" in report["streams"] else " (not trained on)"
     shape = (f"window {cfg['window']} each side" if cfg["mode"] == "window"
              else "set mode (whole session)")
     row("  pairs per epoch", n(report["pairs_per_epoch"]),
@@ -197,7 +200,7 @@ def format_report(report: dict) -> str:
         f"{cfg['market_negatives']} from the centre's market")
     row("  batches per epoch", n(report["batches_per_epoch"]),
         f"of pairs, batch size {n(cfg['batch_size'])}{pairs_note}")
-    if objective in ("retrieval", "both"):
+    if "next_items" in report["streams"]:
         row("  retrieval examples", n(report["retrieval_examples_per_epoch"]),
             f"per epoch, context {report['retrieval_context']}")
         row("  retrieval batches", n(report["retrieval_batches_per_epoch"]),

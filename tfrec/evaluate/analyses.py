@@ -28,7 +28,7 @@ def text_embeddings(model, texts: np.ndarray, batch_size: int = 65_536) -> np.nd
     if isinstance(model, ExportedModel):
         return model.text_embeddings(texts)
     encoder = model.item_encoder
-    if not encoder.config.use_text:
+    if not encoder.use_text:
         return None
     texts = np.asarray(texts).astype(str)
     return np.concatenate([encoder.encode_text(tf.constant(texts[i:i + batch_size])).numpy()

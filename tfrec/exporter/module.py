@@ -269,7 +269,7 @@ class RecommenderModule(tf.Module):
                                   tf.TensorSpec([None], tf.string, name="texts")])
     def embed_items(self, item_ids, texts):
         by_id, known = self._item_embeddings(item_ids)
-        if self.item_encoder.config.use_text:
+        if self.item_encoder.use_text:
             by_text = self.item_encoder.encode_text(texts)
         else:
             by_text = tf.zeros_like(by_id)

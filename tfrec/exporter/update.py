@@ -109,7 +109,7 @@ def item_embedder(model, vocab):
         if known.any():
             out[known] = model.item_embeddings(index[known])
         if (~known).any():
-            if not model.item_encoder.config.use_text:
+            if not model.item_encoder.use_text:
                 raise InputError("the model has no text tower (model.use_text is false): "
                                  "new items cannot be embedded without retraining",
                                  key="export.add_items")

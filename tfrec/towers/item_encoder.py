@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec.config import ModelConfig, as_config, config_dict
+from tfrec.config import FUSIONS
 from tfrec.towers.text_encoder import TextEncoder
 from tfrec.towers.tokenizer import CharNgramHasher, TextTokenizer
+
+
+def _layer(value):
+    """A sub-layer, or None, from itself or its `keras.layers.serialize` dict."""
+    return keras.layers.deserialize(value) if isinstance(value, dict) else value
 
 
 @keras.utils.register_keras_serializable(package="tfrec")
@@ -36,74 +39,100 @@ class ItemEncoder(keras.layers.Layer):
       num_items: catalogue size, indices 0..num_items-1 (0 is the OOV bucket).
       num_id_items: indices 1..num_id_items-1 have an id embedding (the
         items seen in training: the vocabulary puts them first).
-      config: the model settings (`ModelConfig`, or its dict; default: the
-        defaults). This layer reads `embedding_dim` (output width),
-        `use_ids`, `use_text`, `id_dropout` (training-time probability of
-        hiding an id; only with use_text: without a text path there is
-        nothing to stand in for it), `fusion` and `text_share` (see above),
-        `text_gate` (a learned weight in (0, 1) per warm item on its text
-        part, so an item whose behaviour says more than its text can turn
-        the text down; a cold item, or one whose id is dropped, is its text
-        alone), `normalize` (L2-normalise: cosine scores; False keeps the
-        length, so an item's norm can carry how strongly it is predicted)
-        and `text` (the tokeniser, the hashed character n-grams of
-        `tokenizer.CharNgramHasher` and the `TextEncoder`).
-      text_vocabulary: token vocabulary of the tokeniser.
+      embedding_dim: output width.
+      use_ids: learn an id embedding per warm item.
+      use_text: encode the item text (needs `tokenizer` and `text_encoder`).
+      fusion: "sum" or "concat" (see above).
+      text_share: with "concat", the share of the width given to the text part.
+      id_dropout: training-time probability of hiding an id (only with
+        use_text: without a text path there is nothing to stand in for it).
+      text_gate: a learned weight in (0, 1) per warm item on its text part,
+        so an item whose behaviour says more than its text can turn the text
+        down (a cold item, or one whose id is dropped, is its text alone).
+      normalize: L2-normalise (cosine scores); False keeps the length, so an
+        item's norm can carry how strongly it is predicted.
+      tokenizer: the `TextTokenizer` of item texts (with use_text).
+      text_encoder: the `TextEncoder`, of output width `part_widths(...)[1]`
+        (with use_text).
+      hasher: the `CharNgramHasher` of item texts, when the text encoder
+        embeds character n-grams; None otherwise.
       seed: seeds the id embedding's initialisation and the id dropout.
 
     Call:
       item_index: int tensor of any shape [...]  ->  [..., embedding_dim].
     """
 
-    def __init__(self, num_items: int, num_id_items: int,
-                 config: ModelConfig | Mapping | None = None,
-                 text_vocabulary: list[str] | None = None, seed: int | None = None, **kwargs):
+    def __init__(self, num_items: int, num_id_items: int, *, embedding_dim: int, use_ids: bool,
+                 use_text: bool, fusion: str, text_share: float, id_dropout: float,
+                 text_gate: bool, normalize: bool, tokenizer: TextTokenizer | dict | None = None,
+                 text_encoder: TextEncoder | dict | None = None,
+                 hasher: CharNgramHasher | dict | None = None, seed: int | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.num_items = int(num_items)
         self.num_id_items = int(num_id_items)
-        self.config = config = as_config(ModelConfig, config)
-        self.text_vocabulary = list(text_vocabulary or [])
+        self._embedding_dim = int(embedding_dim)
+        self.use_ids = bool(use_ids)
+        self.use_text = bool(use_text)
+        self.fusion = fusion
+        self.text_share = float(text_share)
+        self.id_dropout = float(id_dropout)
+        self.text_gate = bool(text_gate)
+        self.normalize = bool(normalize)
         self.seed = seed
-        # Widths of the two parts: each the whole width, or shares of it when concatenated.
-        dim = config.embedding_dim
-        split = config.fusion == "concat" and config.use_ids and config.use_text
-        id_dim = min(max(int(dim * (1.0 - config.text_share)), 1), dim - 1)
-        self.id_dim = id_dim if split else dim
-        self.text_dim = dim - id_dim if split else dim
-        if config.use_ids:
+        self.id_dim, self.text_dim = self.part_widths(
+            self._embedding_dim, self.use_ids, self.use_text, fusion, self.text_share)
+        if self.use_ids:
             self.id_embedding = keras.layers.Embedding(
                 self.num_id_items, self.id_dim, name="id_embedding",
                 embeddings_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed))
-        if config.use_ids and config.use_text and config.text_gate:
+        if self.use_ids and self.use_text and self.text_gate:
             # Per warm item, a learned weight in (0, 1) on its text part.
             self.gate_embedding = keras.layers.Embedding(
                 self.num_id_items, 1, name="text_gate",
                 embeddings_initializer=keras.initializers.Constant(2.0))
-        if config.use_text:
-            text = config.text
-            self.tokenizer = TextTokenizer(self.text_vocabulary, text.sequence_length,
-                                           name="tokenizer")
-            self.hasher = None
-            if text.char_ngrams:
-                self.hasher = CharNgramHasher(text.char_ngrams, text.ngram_buckets,
-                                              text.max_ngrams, name="ngram_hasher")
-            self.text_encoder = TextEncoder(self.tokenizer.vocabulary_size, self.text_dim, text,
-                                            name="text_encoder")
+        self.tokenizer = self.hasher = self.text_encoder = None
+        if self.use_text:
+            if tokenizer is None or text_encoder is None:
+                raise ValueError("use_text needs a tokenizer and a text_encoder")
+            self.tokenizer = _layer(tokenizer)
+            self.hasher = _layer(hasher)
+            self.text_encoder = _layer(text_encoder)
+            if self.text_encoder.output_dim != self.text_dim:
+                raise ValueError(f"the text encoder's output_dim is "
+                                 f"{self.text_encoder.output_dim}, the text part is "
+                                 f"{self.text_dim} wide")
             self.item_tokens = self.add_weight(
-                name="item_tokens", shape=(self.num_items, text.sequence_length),
+                name="item_tokens", shape=(self.num_items, self.tokenizer.sequence_length),
                 dtype=tf.int32, initializer="zeros", trainable=False)
             if self.hasher is not None:
                 self.item_ngrams = self.add_weight(
-                    name="item_ngrams", shape=(self.num_items, text.max_ngrams),
+                    name="item_ngrams", shape=(self.num_items, self.hasher.max_ngrams),
                     dtype=tf.int32, initializer="zeros", trainable=False)
+
+    @staticmethod
+    def part_widths(embedding_dim: int, use_ids: bool, use_text: bool, fusion: str,
+                    text_share: float) -> tuple[int, int]:
+        """(id part, text part) widths: each the whole width, or shares of it when
+        concatenated."""
+        split = fusion == "concat" and use_ids and use_text
+        id_dim = min(max(int(embedding_dim * (1.0 - text_share)), 1), embedding_dim - 1)
+        return (id_dim, embedding_dim - id_dim) if split else (embedding_dim, embedding_dim)
+
+    @property
+    def text_vocabulary(self) -> list[str]:
+        """The tokeniser's vocabulary (empty without a text path)."""
+        return [] if self.tokenizer is None else list(self.tokenizer.vocabulary)
 
     @property
     def embedding_dim(self) -> int:
-        return self.config.embedding_dim
+        return self._embedding_dim
 
     def set_item_texts(self, texts) -> None:
         """Tokenises the catalogue texts ([num_items] strings) into `item_tokens`."""
-        if not self.config.use_text:
+        if not self.use_text:
             return
         texts = np.asarray([t if isinstance(t, str) else "" for t in texts], dtype=object)
         if len(texts) != self.num_items:
@@ -123,18 +152,18 @@ class ItemEncoder(keras.layers.Layer):
             id_part = id_part * tf.cast(keep_id, id_part.dtype)[:, None]
         if id_part is None or text_part is None:
             total = id_part if text_part is None else text_part
-        elif self.config.fusion == "concat":
+        elif self.fusion == "concat":
             total = tf.concat([id_part, text_part], axis=-1)
         else:
             total = id_part + text_part
         return self._norm(total)
 
     def _norm(self, x):
-        return tf.math.l2_normalize(x, axis=-1) if self.config.normalize else x
+        return tf.math.l2_normalize(x, axis=-1) if self.normalize else x
 
     def _text_only(self, text_part):
         """The full-width embedding of an item known by its text alone."""
-        if self.config.fusion == "concat" and self.config.use_ids:
+        if self.fusion == "concat" and self.use_ids:
             text_part = tf.concat([tf.zeros([tf.shape(text_part)[0], self.id_dim],
                                             text_part.dtype), text_part], axis=-1)
         return self._norm(text_part)
@@ -152,8 +181,7 @@ class ItemEncoder(keras.layers.Layer):
           how far the cold-start path is from the behaviour space; 0 when
           the model lacks ids or text.
         """
-        config = self.config
-        use_both = config.use_ids and config.use_text
+        use_both = self.use_ids and self.use_text
         item_index = tf.cast(item_index, tf.int32)
         shape = tf.shape(item_index)
         flat = tf.reshape(item_index, [-1])
@@ -162,9 +190,9 @@ class ItemEncoder(keras.layers.Layer):
         unique, position = tf.unique(flat)
         unique_has_id = self._has_id(unique)
         id_u = text_u = None
-        if config.use_ids:
+        if self.use_ids:
             id_u = self.id_embedding(tf.where(unique_has_id, unique, 0))
-        if config.use_text:
+        if self.use_text:
             in_table = tf.logical_and(unique >= 0, unique < self.num_items)
             row = tf.where(in_table, unique, 0)
             tokens = tf.gather(self.item_tokens, row) * tf.cast(in_table, tf.int32)[:, None]
@@ -173,14 +201,14 @@ class ItemEncoder(keras.layers.Layer):
                 ngrams = tf.gather(self.item_ngrams, row) * tf.cast(in_table, tf.int32)[:, None]
             text_u = self._encode_tokens(tokens, ngrams)
         keep_id = unique_has_id
-        if training and use_both and config.id_dropout > 0:
+        if training and use_both and self.id_dropout > 0:
             # Each distinct item of this call hides its id with probability
             # id_dropout, at every place it occurs in the call (e.g. in all the
             # histories of a batch); a separate call draws again.
-            drop = tf.random.uniform(tf.shape(unique), seed=self.seed) < config.id_dropout
+            drop = tf.random.uniform(tf.shape(unique), seed=self.seed) < self.id_dropout
             keep_id = tf.logical_and(unique_has_id, tf.logical_not(drop))
         gated = text_u
-        if use_both and config.text_gate:
+        if use_both and self.text_gate:
             # An item with its id weighs its text part by its own gate; an item
             # known by its text alone (cold, or id dropped) is its text.
             gate = tf.sigmoid(self.gate_embedding(tf.where(keep_id, unique, 0)))
@@ -196,11 +224,11 @@ class ItemEncoder(keras.layers.Layer):
             distance = 1.0 - tf.reduce_sum(text_only * full, axis=-1)
             alignment = tf.math.divide_no_nan(tf.reduce_sum(distance * weight),
                                               tf.reduce_sum(weight))
-        return tf.reshape(fused, tf.concat([shape, [config.embedding_dim]], 0)), alignment
+        return tf.reshape(fused, tf.concat([shape, [self.embedding_dim]], 0)), alignment
 
     def encode_text(self, texts):
         """[batch] strings -> [batch, embedding_dim]: the text path alone (new items)."""
-        if not self.config.use_text:
+        if not self.use_text:
             raise ValueError("this model has no text tower (use_text=False)")
         ngrams = self.hasher(texts) if self.hasher is not None else None
         return self._text_only(self._encode_tokens(self.tokenizer(texts), ngrams))
@@ -215,5 +243,14 @@ class ItemEncoder(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_items": self.num_items,
-                "num_id_items": self.num_id_items, "config": config_dict(self.config),
-                "text_vocabulary": self.text_vocabulary, "seed": self.seed}
+                "num_id_items": self.num_id_items, "embedding_dim": self.embedding_dim,
+                "use_ids": self.use_ids, "use_text": self.use_text, "fusion": self.fusion,
+                "text_share": self.text_share, "id_dropout": self.id_dropout,
+                "text_gate": self.text_gate, "normalize": self.normalize,
+                "tokenizer": _serialize(self.tokenizer),
+                "text_encoder": _serialize(self.text_encoder),
+                "hasher": _serialize(self.hasher), "seed": self.seed}
+
+
+def _serialize(layer):
+    return None if layer is None else keras.layers.serialize(layer)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Sequence
 
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec.config import ModelConfig, as_config, config_dict
+from tfrec.config import POOLINGS
 from tfrec.towers.item_encoder import ItemEncoder
 
 PAD_ITEM = 0
@@ -23,19 +23,20 @@ class QueryTower(keras.layers.Layer):
 
     Args:
       item_encoder: the ItemEncoder whose embeddings are pooled (with
-        `query_items: shared`, the candidates' own one).
-      config: the model settings (`ModelConfig`, or its dict; default: the
-        item encoder's). This layer reads `history_length` (N, items looked
-        at: the last N); `pooling`: "mean", "recency" (weights decay by
-        `recency_decay` per step back in time) or "attention" (learned:
-        softmax over a content score plus a per-position bias);
-        `history_dropout` (during training, hide each history item with this
+        `query_items: shared`, the candidates' own one). Whether the query is
+        normalised follows it.
+      history_length: N, items looked at: the last N of a history.
+      pooling: "mean", "recency" (weights decay by `recency_decay` per step
+        back in time) or "attention" (learned: softmax over a content score
+        plus a per-position bias).
+      recency_decay: weight ratio between consecutive history items (recency).
+      history_dropout: during training, hide each history item with this
         probability: a denoising query, as in Mult-DAE, must stand up to a
         basket it sees only part of; a history the draw would empty is kept
-        whole); `query_layers` (widths of a ReLU MLP applied to the pooled
-        history, its output, projected back to the embedding width, added to
-        it: a non-linear query over the session; empty: the pooled mean
-        itself). Whether the query is normalised follows the item encoder.
+        whole.
+      query_layers: widths of a ReLU MLP applied to the pooled history, its
+        output, projected back to the embedding width, added to it (a
+        non-linear query over the session); empty: the pooled mean itself.
       seed: seeds the history dropout.
 
     Call:
@@ -43,42 +44,46 @@ class QueryTower(keras.layers.Layer):
         with 0  ->  [batch, embedding_dim] float32 (zeros for an empty history).
     """
 
-    def __init__(self, item_encoder: ItemEncoder,
-                 config: ModelConfig | Mapping | None = None, seed: int | None = None,
-                 **kwargs):
+    def __init__(self, item_encoder: ItemEncoder | dict, *, history_length: int, pooling: str,
+                 recency_decay: float, history_dropout: float, query_layers: Sequence[int],
+                 seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(item_encoder, dict):
             item_encoder = keras.layers.deserialize(item_encoder)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.item_encoder = item_encoder
-        self.config = config = as_config(
-            ModelConfig, item_encoder.config if config is None else config)
+        self._history_length = int(history_length)
+        self.pooling = pooling
+        self.recency_decay = float(recency_decay)
+        self.history_dropout = float(history_dropout)
+        self.query_layers = tuple(int(w) for w in query_layers)
         self.seed = seed
         self.mlp = None
-        if config.query_layers:
+        if self.query_layers:
             self.mlp = keras.Sequential(
                 [keras.layers.Dense(w, activation="relu", name=f"hidden_{i}")
-                 for i, w in enumerate(config.query_layers)]
+                 for i, w in enumerate(self.query_layers)]
                 + [keras.layers.Dense(item_encoder.embedding_dim, name="projection")],
                 name="mlp")
-        if config.pooling == "attention":
+        if pooling == "attention":
             self.attention_query = self.add_weight(
                 name="attention_query", shape=(item_encoder.embedding_dim,),
                 initializer="zeros")
             self.position_bias = self.add_weight(
-                name="position_bias", shape=(config.history_length,), initializer="zeros")
+                name="position_bias", shape=(self.history_length,), initializer="zeros")
 
     @property
     def history_length(self) -> int:
         """N: the query looks at the last N items of a history."""
-        return self.config.history_length
+        return self._history_length
 
     def call(self, history, training=False):
-        config = self.config
-        history = tf.cast(history, tf.int32)[:, -config.history_length:]
+        history = tf.cast(history, tf.int32)[:, -self.history_length:]
         length = tf.shape(history)[1]
         mask = tf.not_equal(history, PAD_ITEM)
-        if training and config.history_dropout > 0:
-            keep = tf.random.uniform(tf.shape(history), seed=self.seed) >= config.history_dropout
+        if training and self.history_dropout > 0:
+            keep = tf.random.uniform(tf.shape(history), seed=self.seed) >= self.history_dropout
             # A history the draw would empty is kept whole.
             none_left = tf.logical_not(tf.reduce_any(tf.logical_and(keep, mask), -1))
             keep = tf.logical_or(keep, none_left[:, None])
@@ -86,25 +91,27 @@ class QueryTower(keras.layers.Layer):
             history = tf.where(mask, history, PAD_ITEM)
         items = self.item_encoder(history, training=training)
         maskf = tf.cast(mask, items.dtype)
-        if config.pooling == "attention":
+        if self.pooling == "attention":
             score = tf.einsum("bnd,d->bn", items, self.attention_query)
             score += self.position_bias[-length:][None, :]
             score = tf.where(mask, score, tf.fill(tf.shape(score), -1e9))
             weights = tf.nn.softmax(score, axis=-1) * maskf
         else:
             steps_back = tf.cast(tf.range(length - 1, -1, -1), items.dtype)
-            decay = 1.0 if config.pooling == "mean" else config.recency_decay
+            decay = 1.0 if self.pooling == "mean" else self.recency_decay
             weights = maskf * tf.pow(tf.constant(decay, items.dtype), steps_back)[None, :]
         pooled = tf.einsum("bn,bnd->bd", weights, items)
         # A weighted mean (the final normalisation makes this matter only to the MLP).
         pooled = tf.math.divide_no_nan(pooled, tf.reduce_sum(weights, -1, keepdims=True))
         if self.mlp is not None:
             pooled += self.mlp(pooled, training=training)
-        if not self.item_encoder.config.normalize:
+        if not self.item_encoder.normalize:
             return pooled
         return tf.math.l2_normalize(pooled, axis=-1)
 
     def get_config(self):
         return {**super().get_config(),
                 "item_encoder": keras.layers.serialize(self.item_encoder),
-                "config": config_dict(self.config), "seed": self.seed}
+                "history_length": self.history_length, "pooling": self.pooling,
+                "recency_decay": self.recency_decay, "history_dropout": self.history_dropout,
+                "query_layers": list(self.query_layers), "seed": self.seed}

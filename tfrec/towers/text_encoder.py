@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import tensorflow as tf
 import tf_keras as keras
 
-from typing import Mapping
-
-from tfrec.config import TextConfig, as_config, config_dict
 from tfrec.towers.tokenizer import PAD_ID
 
 
@@ -22,34 +21,39 @@ class TextEncoder(keras.layers.Layer):
     Args:
       vocabulary_size: token ids in use (padding and unknown included).
       output_dim: width of the text embedding.
-      config: the text settings (`TextConfig`, or its dict; default: the
-        defaults): `token_dim`, `filters`, `widths` (kernel widths, e.g.
-        (1, 2, 3) for unigram to trigram features), `mean_tokens`; with
-        `char_ngrams`, hashed character n-grams (see
-        `tokenizer.CharNgramHasher`, `ngram_buckets` of them) get an
-        embedding of their own whose masked mean joins the features
-        (subword evidence for unseen words).
+      token_dim: token embedding width.
+      filters: Conv1D filters per kernel width.
+      widths: kernel widths, e.g. (1, 2, 3) for unigram to trigram features.
+      mean_tokens: also feed the masked mean of the token embeddings.
+      ngram_buckets: hash buckets of the character n-grams (see
+        `tokenizer.CharNgramHasher`) whose own embedding's masked mean joins
+        the features (subword evidence for unseen words); None: no n-grams.
 
     Call:
-      token_ids: [batch, length] int32 (0 pads)  ->  [batch, output_dim] float32.
+      token_ids: [batch, length] int32 (0 pads), ngram_ids: [batch, max_ngrams]
+      int32 (with ngram_buckets)  ->  [batch, output_dim] float32.
       A text with no known token gives the projection of zeros (its bias).
     """
 
-    def __init__(self, vocabulary_size: int, output_dim: int,
-                 config: TextConfig | Mapping | None = None, **kwargs):
+    def __init__(self, vocabulary_size: int, output_dim: int, *, token_dim: int, filters: int,
+                 widths: Sequence[int], mean_tokens: bool, ngram_buckets: int | None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.vocabulary_size = int(vocabulary_size)
         self.output_dim = int(output_dim)
-        self.config = as_config(TextConfig, config)
-        token_dim = self.config.token_dim
-        if self.config.char_ngrams:
-            self.ngram_embedding = keras.layers.Embedding(self.config.ngram_buckets, token_dim,
+        self.token_dim = int(token_dim)
+        self.filters = int(filters)
+        self.widths = tuple(int(w) for w in widths)
+        self.mean_tokens = bool(mean_tokens)
+        self.ngram_buckets = None if ngram_buckets is None else int(ngram_buckets)
+        if self.ngram_buckets is not None:
+            self.ngram_embedding = keras.layers.Embedding(self.ngram_buckets, self.token_dim,
                                                           name="ngram_embedding")
-        self.token_embedding = keras.layers.Embedding(self.vocabulary_size, token_dim,
+        self.token_embedding = keras.layers.Embedding(self.vocabulary_size, self.token_dim,
                                                       name="token_embedding")
         self.convolutions = [
-            keras.layers.Conv1D(self.config.filters, w, padding="same", activation="relu",
-                                name=f"conv_{w}") for w in self.config.widths]
+            keras.layers.Conv1D(self.filters, w, padding="same", activation="relu",
+                                name=f"conv_{w}") for w in self.widths]
         self.projection = keras.layers.Dense(self.output_dim, name="projection")
 
     def call(self, token_ids, ngram_ids=None):
@@ -62,10 +66,10 @@ class TextEncoder(keras.layers.Layer):
             # ReLU outputs are >= 0, so zeroing padded steps leaves the max intact.
             h = h * tf.cast(mask, h.dtype)[..., None]
             pooled.append(tf.reduce_max(h, axis=1))
-        if self.config.mean_tokens:
+        if self.mean_tokens:
             count = tf.reduce_sum(tf.cast(mask, x.dtype), axis=1, keepdims=True)
             pooled.append(tf.math.divide_no_nan(tf.reduce_sum(x, axis=1), count))
-        if self.config.char_ngrams:
+        if self.ngram_buckets is not None:
             if ngram_ids is None:
                 raise ValueError("this text encoder needs the character n-gram ids")
             nmask = tf.cast(tf.not_equal(ngram_ids, PAD_ID), x.dtype)[..., None]
@@ -76,4 +80,6 @@ class TextEncoder(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size,
-                "output_dim": self.output_dim, "config": config_dict(self.config)}
+                "output_dim": self.output_dim, "token_dim": self.token_dim,
+                "filters": self.filters, "widths": list(self.widths),
+                "mean_tokens": self.mean_tokens, "ngram_buckets": self.ngram_buckets}

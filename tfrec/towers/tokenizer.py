@@ -38,7 +38,7 @@ class TextTokenizer(keras.layers.Layer):
       texts: [batch] tf.string  ->  [batch, sequence_length] int32 ids.
     """
 
-    def __init__(self, vocabulary: list[str], sequence_length: int = 12, **kwargs):
+    def __init__(self, vocabulary: list[str], sequence_length: int, **kwargs):
         super().__init__(**kwargs)
         self.vocabulary = [str(t) for t in vocabulary]
         self.sequence_length = int(sequence_length)
@@ -64,8 +64,8 @@ class TextTokenizer(keras.layers.Layer):
                 "sequence_length": self.sequence_length}
 
 
-def build_token_vocabulary(texts: Iterable[str], max_tokens: int = 20_000,
-                           min_count: int = 1) -> list[str]:
+def build_token_vocabulary(texts: Iterable[str], max_tokens: int,
+                           min_count: int) -> list[str]:
     """Learns the token vocabulary from item texts with the tokeniser's own ops.
 
     Tokens are counted once per text, kept if in at least `min_count` texts,
@@ -102,8 +102,7 @@ class CharNgramHasher(keras.layers.Layer):
       texts: [batch] tf.string  ->  [batch, max_ngrams] int32 bucket ids.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (3, 4), num_buckets: int = 50_000,
-                 max_ngrams: int = 96, **kwargs):
+    def __init__(self, widths: tuple[int, ...], num_buckets: int, max_ngrams: int, **kwargs):
         super().__init__(**kwargs)
         self.widths = tuple(int(w) for w in widths)
         self.num_buckets = int(num_buckets)

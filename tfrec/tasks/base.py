@@ -1,0 +1,48 @@
+"""What every task (a loss layer of the hybrid model) declares and returns."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import tensorflow as tf
+import tf_keras as keras
+
+# The training streams a task can consume (`tfrec.run.TrainingData` attributes):
+# skip-gram pairs with their negatives, and (history, next item) examples.
+PAIRS = "pairs"
+NEXT_ITEMS = "next_items"
+STREAMS = (PAIRS, NEXT_ITEMS)
+
+
+class Task(keras.layers.Layer):
+    """A loss over one training stream, computed with the model's towers.
+
+    Subclasses set `stream` (which stream of `STREAMS` feeds them) and
+    `feature_names` (the features of a batch they read), and implement
+    `call(features, item_encoder, query_tower, training)` returning
+    `(loss, alignment)`: the loss of this replica's batch, scaled so that the
+    replicas' sum is the global batch's mean, and the item encoder's
+    text-alignment loss of the items the task encoded.
+
+    Args:
+      weight: the task's weight in the model's loss.
+    """
+
+    stream: ClassVar[str] = ""
+    feature_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, weight: float, **kwargs):
+        super().__init__(**kwargs)
+        self.weight = float(weight)
+
+    def checkpoint_aliases(self) -> dict[str, tf.Variable]:
+        """Variables that checkpoints written before tasks existed name at the model's level."""
+        return {}
+
+    def get_config(self):
+        return {**super().get_config(), "weight": self.weight}
+
+
+def replicas() -> int:
+    """Replicas whose gradients are summed (1 without a tf.distribute strategy)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
