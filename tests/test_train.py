@@ -182,12 +182,21 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_readme_python_snippet_runs(online_retail_file):
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"### From Python\n.*?```python\n(.*?)```", readme, re.S)
-    assert block, "README has no Python snippet under 'From Python'"
+    section = re.search(r"### From Python\n(.*?)\n## ", readme, re.S)
+    assert section, "README has no 'From Python' section"
+    blocks = re.findall(r"```python\n(.*?)```", section.group(1), re.S)
+    assert len(blocks) == 3, "expected: build_model, the composable model, the commands"
     namespace = {}
-    exec(compile(block.group(1), "README.md", "exec"), namespace)
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
     assert namespace["item_vectors"].shape == (3660, 32)
     assert np.isfinite(namespace["metrics"]["loss"])
+    assert namespace["model"].streams == ("pairs",)
+    # The model composed by hand, on the same data: both tasks, mixed negatives.
+    exec(compile(blocks[1], "README.md", "exec"), namespace)
+    model = namespace["model"]
+    assert model.streams == ("pairs", "next_items")
+    assert type(model.tasks[1].sampler).__name__ == "MixedSampler"
+    assert np.isfinite(model.history.history["loss"]).all()
 
 
 def test_a_shorter_epoch_does_not_end_training(tmp_path, data_files, monkeypatch):
