@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tfrec import cli
-from tfrec.config import ModelConfig, SessionConfig
+from tfrec.config import SessionConfig
 from tfrec.data.split import make_cases, split_events
 from tfrec.data.vocab import build_vocabulary
 from tfrec.evaluate import baselines
@@ -297,14 +297,17 @@ def test_cold_start_figures(report, run_dir):
     assert cs["available"] and cs["warm_cases"] == result["methods"]["tfrec"]["warm"]["cases"]
     # The warm targets scored as usual are the table's warm figures.
     assert cs["warm"]["hr@10"] == pytest.approx(result["methods"]["tfrec"]["warm"]["hr@10"])
-    assert 0.0 <= cs["warm_as_new"]["hr@10"] <= 1.0
+    # The generated item texts name their cluster: a warm target scored by its
+    # text alone still beats popularity (measured: 0.82 against 0.25).
+    assert cs["warm_as_new"]["hr@10"] > result["methods"]["popularity"]["all"]["hr@10"]
     vocab = load_run(run_dir)[1]
     cold_items = int((vocab.counts[1:] == 0).sum())
     assert cold_items > 0
     assert cs["cold_share"]["catalogue"] == pytest.approx(cold_items / (vocab.size - 1))
     assert cs["cold_share"]["targets"] == pytest.approx(
         result["protocol"]["cold_cases"] / result["protocol"]["cases"])
-    assert 0.0 <= cs["cold_share"]["top_k_slots"] <= 1.0
+    # Cold items reach the top k by their text, without crowding it (measured: 0.065).
+    assert 0.0 < cs["cold_share"]["top_k_slots"] < 0.5
     assert "cold start: warm targets scored by their text alone" in format_report(result)
 
 
@@ -313,7 +316,7 @@ def test_cold_start_needs_a_text_tower():
 
     class IdsOnly:
         class item_encoder:
-            config = ModelConfig(use_text=False, use_ids=True)
+            use_text = False
 
     class Vocab:
         text = np.array(["", "red cup"], dtype=object)
