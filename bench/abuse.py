@@ -60,6 +60,8 @@ from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: E402
 from tensorflow_serving.apis import (  # noqa: E402
     get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
+from tfrec.exporter.layout import ModelFolder, VersionFolder  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO / "saved_models" / "retail"
 GOOD_TIMEOUT = 5.0      # s, one good Predict
@@ -101,11 +103,10 @@ def build_generated_model(work: Path) -> Path:
 
 
 def latest_version(model_dir: Path) -> Path:
-    versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-                      key=lambda p: int(p.name))
+    versions = ModelFolder(model_dir).versions()
     if not versions:
         raise SystemExit(f"abuse.py: no integer version folders in {model_dir}")
-    return versions[-1]
+    return ModelFolder(model_dir).version(versions[-1]).path
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
@@ -598,8 +599,7 @@ def main(argv=None) -> int:
     server = None
     try:
         if args.model_dir is None and not args.generated:
-            if DEFAULT_MODEL_DIR.is_dir() and any(p.name.isdigit()
-                                                  for p in DEFAULT_MODEL_DIR.iterdir()):
+            if ModelFolder(DEFAULT_MODEL_DIR).versions():
                 args.model_dir = DEFAULT_MODEL_DIR
             else:
                 args.generated = True
@@ -612,9 +612,8 @@ def main(argv=None) -> int:
         else:
             model_dir = args.model_dir
         version_dir = latest_version(model_dir)
-        ids = [line.strip() for line in (version_dir / "assets.extra" / "embeddings" /
-                                         "item_ids.txt").read_text().splitlines()
-               if line.strip()]
+        ids = [line.strip() for line in VersionFolder(version_dir).item_ids.read_text()
+               .splitlines() if line.strip()]
         name = "generated" if args.generated else model_dir.resolve().name
         print(f"model: {model_dir} version {version_dir.name} ({len(ids):,} item ids), "
               f"served as {name!r}", flush=True)

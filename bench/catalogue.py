@@ -53,10 +53,12 @@ def peak_mb() -> float:
 def retail_items(version_dir: Path, count: int, out: Path, seed: int = 0) -> None:
     import pandas as pd
 
-    ids = (version_dir / "assets.extra" / "embeddings" / "item_ids.txt").read_text().split()
+    from tfrec.exporter.layout import VersionFolder
     from tfrec.run import load_run
 
-    meta = json.loads((version_dir / "assets.extra" / "tfrec_metadata.json").read_text())
+    version = VersionFolder(version_dir)
+    ids = version.item_ids.read_text().split()
+    meta = version.read_metadata()
     vocab = load_run(meta["run"])[1]
     texts = [str(t) for t in vocab.text[vocab.lookup(ids)] if str(t).strip()]
     rng = np.random.default_rng(seed)
@@ -178,8 +180,8 @@ def step_generated_full(work: Path, args) -> dict:
 def step_generated_add(work: Path, args) -> dict:
     import pandas as pd
 
-    from tfrec.exporter import CatalogueUpdate
-    from tfrec.exporter.update import read_metadata, write_updated_version
+    from tfrec.exporter import CatalogueUpdate, VersionFolder
+    from tfrec.exporter.update import write_updated_version
 
     model, vocab, _ = generated(args)
     rng = np.random.default_rng(4)
@@ -188,8 +190,9 @@ def step_generated_add(work: Path, args) -> dict:
                         "text": [" ".join(f"w{w}" for w in row) for row in words]})
     source = work / "generated" / "1"
     started = time.perf_counter()
-    result = write_updated_version(work / "generated", source, read_metadata(source), model,
-                                   vocab, new, [], CatalogueUpdate(add_items="generated"))
+    metadata = VersionFolder(source).read_metadata()
+    result = write_updated_version(work / "generated", source, metadata, model, vocab, new, [],
+                                   CatalogueUpdate(add_items="generated"))
     return {"seconds": time.perf_counter() - started, "items": result.metadata["items"],
             "recall": result.metadata["recall@10"], "peak_mb": peak_mb()}
 

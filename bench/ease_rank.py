@@ -25,7 +25,7 @@ import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 
 from tfrec.evaluate import item_item
-from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
+from tfrec.metrics import hit_rate, ndcg, target_ranks
 from tfrec.run import load_run_config, prepare_training_data
 
 

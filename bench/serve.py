@@ -40,6 +40,7 @@ import tfrec  # noqa: E402,F401
 import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tfrec.exporter.layout import VersionFolder  # noqa: E402
 from tfrec.exporter.saved_model import load_saved_model  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def free_port() -> int:
 
 
 def sessions_from(model_dir: Path, count: int, seed: int = 0) -> list[list[str]]:
-    ids = (model_dir / "assets.extra" / "embeddings" / "item_ids.txt").read_text().split()
+    ids = VersionFolder(model_dir).item_ids.read_text().split()
     rng = np.random.default_rng(seed)
     return [[ids[i] for i in rng.integers(0, len(ids), 3)] for _ in range(count)]
 
@@ -264,8 +265,8 @@ def generated_model(items: int, workdir: Path) -> Path:
     tf.saved_model.save(module, str(path), signatures=module.signatures(),
                         options=tf.saved_model.SaveOptions(namespace_whitelist=["TFText",
                                                                                 "Scann"]))
-    (path / "assets.extra" / "embeddings").mkdir(parents=True)
-    (path / "assets.extra" / "embeddings" / "item_ids.txt").write_text("\n".join(ids[1:]))
+    VersionFolder(path).embeddings.mkdir(parents=True)
+    VersionFolder(path).item_ids.write_text("\n".join(ids[1:]))
     return path
 
 

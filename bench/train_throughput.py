@@ -35,7 +35,7 @@ from tfrec.data.sessions import sessionize  # noqa: E402
 from tfrec.data.synthetic import generate_events, generate_items  # noqa: E402
 from tfrec.data.vocab import build_vocabulary  # noqa: E402
 from tfrec.evaluate import baselines  # noqa: E402
-from tfrec.evaluate.metrics import hit_rate, target_ranks  # noqa: E402
+from tfrec.metrics import hit_rate, target_ranks  # noqa: E402
 from tfrec.data.split import make_cases, split_events  # noqa: E402
 
 

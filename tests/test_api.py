@@ -30,8 +30,9 @@ def test_every_public_name_resolves():
     from tfrec.models import builder, hybrid
     from tfrec.towers import item_encoder, query_tower, text_encoder
 
-    for name in tfrec.__all__:
-        assert getattr(tfrec, name) is not None, name
+    for name in set(tfrec.__all__) - {"__version__"}:
+        value = getattr(tfrec, name)
+        assert value.__name__ == name and value.__module__.startswith("tfrec."), name
     assert set(tfrec.__all__) <= set(dir(tfrec))
     # The same objects as their modules', not copies.
     assert tfrec.HybridModel is hybrid.HybridModel and tfrec.build_model is builder.build_model
@@ -42,6 +43,14 @@ def test_every_public_name_resolves():
     assert tfrec.load_saved_model is saved_model.load_saved_model
     assert callable(tfrec.train) and callable(tfrec.load_run_config)
     assert tfrec.__version__
+
+
+def test_the_exporter_names_import_on_first_use():
+    out = _python("import sys, tfrec.exporter as e; print('tensorflow' in sys.modules); "
+                  "print(e.VersionFolder.__module__, e.export.__module__); "
+                  "print('tensorflow' in sys.modules)")
+    assert out.splitlines() == ["False", "tfrec.exporter.layout tfrec.exporter.saved_model",
+                                "True"]
 
 
 def test_unknown_names_are_attribute_errors_and_submodules_still_import():

@@ -7,7 +7,7 @@ from tfrec.data.sessions import Sessions
 from tfrec.data.vocab import OOV_TOKEN, ItemVocabulary
 from tfrec.errors import InputError
 from tfrec.evaluate import baselines, item_item
-from tfrec.evaluate.metrics import target_ranks
+from tfrec.metrics import target_ranks
 
 
 def sessions_of(lists):

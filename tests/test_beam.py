@@ -1,4 +1,4 @@
-"""The all-users batch job as an Apache Beam pipeline (DirectRunner) against the local job."""
+"""The all-users job as an Apache Beam pipeline (DirectRunner) against the local job."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tfrec import batch
+from tfrec import all_users
 from tfrec.cli import main
 from tfrec.errors import InputError
-from tfrec.pipelines import beam_recommend
+from tfrec.beam import all_users as beam_all_users
+from tfrec.exporter.layout import VersionFolder
 
 K = 10
 
@@ -37,11 +38,11 @@ def read_sorted(paths) -> pa.Table:
 
 
 def test_beam_pipeline_equals_local_job_row_for_row(shop, tmp_path):
-    local = batch.recommend_all_users(shop, tmp_path / "local.parquet", k=K, batch_size=64,
-                                      progress=False)
+    local = all_users.recommend_all_users(shop, tmp_path / "local.parquet", k=K, batch_size=64,
+                                          progress=False)
     # Other batch sizes than the local job's, two worker threads: the rows must not depend
     # on how the users were grouped.
-    summary = beam_recommend.run(shop, str(tmp_path / "beam" / "recs"), k=K, batch_size=50,
+    summary = beam_all_users.run(shop, str(tmp_path / "beam" / "recs"), k=K, batch_size=50,
                                  pipeline_args=["--runner=DirectRunner",
                                                 "--direct_num_workers=2"])
 
@@ -49,34 +50,35 @@ def test_beam_pipeline_equals_local_job_row_for_row(shop, tmp_path):
     assert all(s.endswith(".parquet") and "-of-" in s for s in summary.shards)
     beam_rows = read_sorted(summary.shards)
     local_rows = read_sorted([local.path])
-    assert beam_rows.schema.remove_metadata() == batch.SCHEMA
+    assert beam_rows.schema.remove_metadata() == all_users.SCHEMA
     assert local.users > 100 and beam_rows.num_rows == local.rows == local.users * K
     assert beam_rows.equals(local_rows)
     assert (summary.users, summary.rows, summary.fallback_users) == (local.users, local.rows, 0)
 
 
 def test_beam_pipeline_users_file_flags_unknown_users(shop, tmp_path):
-    known = (batch.version_folder(shop) / batch.USER_IDS_PATH).read_text().split()[:3]
+    known = VersionFolder(all_users.version_folder(shop)).user_ids.read_text().split()[:3]
     users = tmp_path / "users.txt"
     users.write_text("\n".join(known + ["nobody"]) + "\n")
-    summary = beam_recommend.run(shop, str(tmp_path / "recs"), k=5, users=str(users))
+    summary = beam_all_users.run(shop, str(tmp_path / "recs"), k=5, users=str(users))
 
     rows = read_sorted(summary.shards)
     assert sorted(set(rows["user_id"].to_pylist())) == sorted(known + ["nobody"])
     assert (summary.users, summary.fallback_users) == (4, 1)
-    signature = batch.load_user_recommender(batch.version_folder(shop))
-    assert rows.equals(by_user_and_rank(batch.recommend_batch(signature, known + ["nobody"], 5)))
+    signature = all_users.load_user_recommender(all_users.version_folder(shop))
+    local = all_users.recommend_batch(signature, known + ["nobody"], 5)
+    assert rows.equals(by_user_and_rank(local))
 
 
 def test_beam_pipeline_refuses_bad_input_before_running(shop, tmp_path):
     (tmp_path / "recs-00000-of-00001.parquet").write_bytes(b"earlier output")
     with pytest.raises(InputError, match="output shards exist already"):
-        beam_recommend.run(shop, str(tmp_path / "recs"), k=K)
+        beam_all_users.run(shop, str(tmp_path / "recs"), k=K)
     assert (tmp_path / "recs-00000-of-00001.parquet").read_bytes() == b"earlier output"
     with pytest.raises(InputError, match="no such users file"):
-        beam_recommend.run(shop, str(tmp_path / "x"), k=K, users=str(tmp_path / "missing.txt"))
+        beam_all_users.run(shop, str(tmp_path / "x"), k=K, users=str(tmp_path / "missing.txt"))
     with pytest.raises(InputError, match="version 7 does not exist"):
-        beam_recommend.run(shop, str(tmp_path / "x"), k=K, version=7)
+        beam_all_users.run(shop, str(tmp_path / "x"), k=K, version=7)
     assert not list(tmp_path.glob("x*"))
 
 

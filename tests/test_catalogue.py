@@ -2,6 +2,7 @@
 training."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,8 @@ def test_added_items_are_appended_and_known_items_keep_their_embeddings(versions
     assert not old["known"].numpy().any()
     np.testing.assert_allclose(vectors2[len(ids1):], old["embeddings"].numpy(), atol=1e-6)
     meta = added.metadata
-    assert meta["index"] == "brute_force" and meta["max_k"] == 20 and meta["items"] == 158
+    assert meta["index_kind"] == "brute_force" and meta["max_k"] == 20
+    assert meta["items"] == first.metadata["items"] + len(NEW) == vocab.size - 1 + len(NEW)
     assert meta["catalogue_update"]["from_version"] == 1 and meta["added_items"] == 3
     assert meta["recall@10"] == 1.0 and meta["users_computed_at"] == \
         first.metadata["users_computed_at"]
@@ -172,9 +174,13 @@ def test_a_scann_update_rebuilds_and_checks_the_index(run_dir, tmp_path, vocab):
     result = update_catalogue(tmp_path / "shop", CatalogueUpdate(add_items=items),
                               index_settings={"recall_floor": 0.8})
     meta = result.metadata
-    assert meta["index"] == "scann" and meta["items"] == 185 and meta["recall@10"] >= 0.8
+    assert meta["index_kind"] == "scann" and meta["recall@10"] >= 0.8
+    assert meta["items"] == first.metadata["items"] + 30 == vocab.size - 1 + 30
     assert meta["recall_floor"] == 0.8 and first.metadata["recall_floor"] == 0.9
-    assert meta["index_parameters"]["num_leaves"] >= 1
+    # The tree is sized for the new catalogue (sqrt(items) leaves), not inherited.
+    assert meta["index_parameters"]["num_leaves"] == round(math.sqrt(meta["items"]))
+    assert first.metadata["index_parameters"]["num_leaves"] == round(
+        math.sqrt(first.metadata["items"]))
     assert meta["recall_queries"] == min(1000, first.metadata["users"])
 
 
@@ -199,7 +205,25 @@ def test_command_line_add_and_drop(versions, tmp_path, capsys):
     ids, _ = embeddings_of(model_dir / "4")
     assert "new-d" in ids and "new-c" not in ids
     assert json.loads((model_dir / "4" / "assets.extra" / "tfrec_metadata.json").read_text()
-                      )["index"] == "brute_force"
+                      )["index_kind"] == "brute_force"
+
+
+def test_an_update_of_an_older_export_reads_its_index_key(versions, tmp_path):
+    """Exports before `index_kind` recorded the kind as "index": the next version keeps it."""
+    import shutil
+
+    _, first, _, _, _ = versions
+    model_dir = tmp_path / "shop"
+    shutil.copytree(first.path, model_dir / "1")
+    path = model_dir / "1" / "assets.extra" / "tfrec_metadata.json"
+    meta = json.loads(path.read_text())
+    meta["index"] = meta.pop("index_kind")
+    path.write_text(json.dumps(meta))
+    drop = tmp_path / "drop.txt"
+    drop.write_text("i1\n")
+    assert IndexConfig().kind != "brute_force"
+    result = update_catalogue(model_dir, CatalogueUpdate(drop_items=drop))
+    assert result.metadata["index_kind"] == "brute_force" and "index" not in result.metadata
 
 
 @pytest.mark.parametrize("setup, message, flag", [

@@ -397,7 +397,7 @@ def test_two_workers_train_one_model_on_their_own_batches(tmp_path, data_files):
 def test_evaluate_trains_the_variants_of_a_multi_worker_run_in_one_process(tmp_path, data_files,
                                                                            monkeypatch):
     import tfrec.training
-    from tfrec.evaluate.runner import _variant_run
+    from tfrec.evaluate.methods import EvaluationRun, TextOff
 
     trained = []
 
@@ -407,6 +407,5 @@ def test_evaluate_trains_the_variants_of_a_multi_worker_run_in_one_process(tmp_p
 
     monkeypatch.setattr(tfrec.training, "train", fake_train)
     config = load_run_config(write_config(tmp_path, data_files, "multi_worker"))
-    assert _variant_run(tmp_path, config, "tfrec_text_off", {"use_text": False},
-                        lambda text: None) == "model"
+    assert TextOff().fit(EvaluationRun(tmp_path, config, None, 10)).model == "model"
     assert trained[0].train.strategy == "default" and not trained[0].model.use_text

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tfrec.cli import main
+from tfrec.errors import InputError
 from tfrec.exporter import export, load_saved_model
 from tfrec.index import IndexConfig
 from tfrec.run import load_run
@@ -42,22 +43,25 @@ def ops_in(saved_model_dir: Path) -> set:
     return ops
 
 
-def test_versions_and_layout(exported):
+def test_versions_and_layout(exported, run_dir):
     base, scann, brute = exported
+    vocab = load_run(run_dir)[1]
     assert (scann.version, brute.version) == (1, 2)
     assert sorted(p.name for p in (base / "shop").iterdir()) == ["1", "2"]
     extra = scann.path / "assets.extra"
     assert (scann.path / "saved_model.pb").exists() and (scann.path / "variables").is_dir()
     meta = json.loads((extra / "tfrec_metadata.json").read_text())
-    assert meta["index"] == "scann" and 0.9 <= meta["recall@10"] <= 1.0
-    assert meta["index_parameters"]["num_leaves"] >= 1 and meta["index_build_seconds"] > 0
+    assert meta["index_kind"] == "scann" and meta["recall@10"] >= 0.9
+    assert meta["index_parameters"]["num_leaves"] == round(np.sqrt(meta["items"]))
+    assert meta["index_build_seconds"] > 0
     ids = (extra / "embeddings" / "item_ids.txt").read_text().split()
     vectors = np.load(extra / "embeddings" / "items.npy")
-    assert vectors.shape == (len(ids), 16) and len(ids) == 155  # cold items included
+    # Every vocabulary item, cold ones included, the OOV row not.
+    assert vectors.shape == (len(ids), 16) and ids == [str(i) for i in vocab.ids[1:]]
     users = np.load(extra / "embeddings" / "users.npy")
     assert users.shape[0] == len((extra / "embeddings" / "user_ids.txt").read_text().split())
     assert (extra / "projector" / "projector_config.pbtxt").exists()
-    assert len((extra / "projector" / "metadata.tsv").read_text().splitlines()) == 156
+    assert len((extra / "projector" / "metadata.tsv").read_text().splitlines()) == len(ids) + 1
 
 
 def test_serving_config_lists_the_model_once(exported):
@@ -277,7 +281,6 @@ def test_a_scann_index_that_returns_few_candidates_never_returns_the_session(run
 
 
 def test_the_index_must_return_enough_candidates_to_drop_a_session():
-    from tfrec.errors import InputError
 
     with pytest.raises(InputError, match="at least max_k \\+ max_session_items = 600"):
         IndexConfig(kind="scann", max_k=100, num_reordering_candidates=300)
@@ -321,8 +324,6 @@ def test_sessions_wider_than_the_export_allows_are_refused(exported):
 def test_export_refuses_data_that_is_not_the_trained_vocabulary(run_dir, tmp_path):
     import pandas as pd
 
-    from tfrec.errors import InputError
-
     config = json.loads((run_dir / "config.json").read_text())
     events = pd.read_csv(config["data"]["events"])
     extra = events.sample(400, random_state=0).assign(item_id="brand-new")
@@ -340,18 +341,18 @@ def test_export_refuses_data_that_is_not_the_trained_vocabulary(run_dir, tmp_pat
 
 
 def test_a_live_exports_temporary_folder_is_kept(tmp_path, monkeypatch):
-    from tfrec.exporter import saved_model
+    from tfrec.exporter import layout
 
-    live = tmp_path / f"{saved_model.TMP_PREFIX}3-4242"
-    dead = tmp_path / f"{saved_model.TMP_PREFIX}4-4343"
+    live = tmp_path / f"{layout.TMP_PREFIX}3-4242"
+    dead = tmp_path / f"{layout.TMP_PREFIX}4-4343"
     live.mkdir()
     dead.mkdir()
 
     def kill(pid, signal):
         raise PermissionError() if pid == 4242 else ProcessLookupError()
 
-    monkeypatch.setattr(saved_model.os, "kill", kill)
-    saved_model._clean_stale_temporaries(tmp_path)
+    monkeypatch.setattr(layout.os, "kill", kill)
+    assert layout.ModelFolder(tmp_path).clean_stale_temporaries() == [dead]
     assert live.exists() and not dead.exists()
 
 
@@ -445,3 +446,45 @@ def test_metadata_says_when_and_from_what_the_users_were_computed(exported):
     data = meta["users_data"]
     assert data["train_events"] > 0 and data["sessions"] > 0 and data["source"]
     assert data["first_session_start"] <= data["last_session_start"]
+
+
+def test_version_folder_reads_the_index_kind_of_older_exports(tmp_path):
+    from tfrec.exporter.layout import VersionFolder
+
+    version = VersionFolder(tmp_path / "3")
+    assert version.read_metadata(missing_ok=True) == {}
+    with pytest.raises(InputError, match="not a tfrec export"):
+        version.read_metadata()
+    version.write_metadata({"index": "brute_force", "max_k": 20})
+    assert version.read_metadata() == {"index_kind": "brute_force", "max_k": 20}
+    version.write_metadata({"index_kind": "scann", "max_k": 20})
+    assert version.read_metadata()["index_kind"] == "scann"
+    version.metadata.write_text("{not json")
+    with pytest.raises(InputError, match="cannot read the export's metadata"):
+        version.read_metadata(missing_ok=True)
+
+
+def test_model_folder_lists_versions_and_writes_one_whole_or_not_at_all(tmp_path):
+    from tfrec.exporter.layout import TMP_PREFIX, ModelFolder
+
+    folder = ModelFolder(tmp_path / "shop")
+    assert folder.versions() == []
+    with folder.writing(2) as version:
+        version.item_ids.parent.mkdir(parents=True)
+        version.item_ids.write_text("a\n")
+        assert folder.versions() == []  # not there until complete
+    (folder.path / "10").mkdir()
+    (folder.path / "7").write_text("a file, not a version")
+    (folder.path / f"{TMP_PREFIX}11-1").mkdir()
+    assert folder.versions() == [2, 10]
+    assert folder.version(2).item_ids.read_text() == "a\n"
+    with pytest.raises(RuntimeError, match="half written"):
+        with folder.writing(3) as version:
+            version.path.mkdir()
+            raise RuntimeError("half written")
+    with pytest.raises(InputError, match="version 2 was written by another export"):
+        with folder.writing(2) as version:
+            version.path.mkdir()
+            (version.path / "x").write_text("")
+    assert sorted(p.name for p in folder.path.iterdir()) == [
+        f"{TMP_PREFIX}11-1", "10", "2", "7"]

@@ -12,7 +12,7 @@ from tfrec.data.sessions import sessionize
 from tfrec.data.split import make_cases, split_events
 from tfrec.data.synthetic import generate_events, generate_items
 from tfrec.data.vocab import build_vocabulary
-from tfrec.evaluate.protocol import evaluate_model
+from tfrec.metrics import evaluate_model
 from tfrec.models import build_model
 
 NUM_ITEMS, NUM_CLUSTERS, NUM_COLD = 240, 8, 16

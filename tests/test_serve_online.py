@@ -85,15 +85,25 @@ def test_an_added_items_version_is_picked_up_with_no_failed_call(versions, tmp_p
         with Caller(srv, [["i1", "i2"]]) as caller:
             items = tmp_path / "new.csv"
             items.write_text("item_id,text\nnew-lamp,a small blue lamp\n")
-            update_catalogue(srv.base, CatalogueUpdate(add_items=items))
+            added = update_catalogue(srv.base, CatalogueUpdate(add_items=items))
             srv.wait_for(2)
             caller.wait_until_served(2)
         assert caller.failures == [] and caller.served >= {1, 2}
         client = RecommenderClient(srv.target, "shop", timeout=30)
         try:
             assert client.item_texts(["new-lamp"]) == ["a small blue lamp"]
-            assert client.similar_items(["new-lamp"], k=3)[0] is not None
+            neighbours = client.similar_items(["new-lamp"], k=3)[0]
         finally:
             client.close()
     finally:
         srv.stop()
+    # The served neighbours of the new item score as its cached embedding says.
+    folder = added.path / "assets.extra" / "embeddings"
+    ids = (folder / "item_ids.txt").read_text().split()
+    vectors = np.load(folder / "items.npy")
+    lamp = vectors[ids.index("new-lamp")]
+    assert len(neighbours) == 3 and "new-lamp" not in [i for i, _ in neighbours]
+    np.testing.assert_allclose([score for _, score in neighbours],
+                               [vectors[ids.index(i)] @ lamp for i, _ in neighbours],
+                               rtol=1e-4, atol=1e-5)
+    assert [s for _, s in neighbours] == sorted((s for _, s in neighbours), reverse=True)

@@ -121,7 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
               + (f", {change['already_there']:,} already there" if change["already_there"]
                  else "")
               + f"; {meta['added_items']:,} items the model never saw are served")
-    print(f"  index {meta['index']} over {meta['items']:,} items "
+    print(f"  index {meta['index_kind']} over {meta['items']:,} items "
           f"{meta['index_parameters'] or ''}".rstrip())
     print(f"  {recall_key} against brute force: {meta[recall_key]:.4f} "
           f"({meta['recall_queries']:,} {'cached users' if updating else 'real queries'}); "
@@ -252,7 +252,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend_all_users(args: argparse.Namespace) -> int:
-    from tfrec.batch import recommend_all_users
+    from tfrec.all_users import recommend_all_users
 
     missing = [flag for flag, value in (("--model-dir", args.model_dir), ("--out", args.out))
                if value is None]
@@ -280,7 +280,7 @@ def cmd_recommend_all_users_on_beam(args: argparse.Namespace) -> int:
         raise InputError("a Beam pipeline never replaces output shards: remove them or "
                          "choose another --out prefix", key="recommend.overwrite")
     try:
-        from tfrec.pipelines.beam_recommend import run
+        from tfrec.beam.all_users import run
     except ImportError as err:
         raise InputError(str(err), key="recommend.runner") from None
     summary = run(args.model_dir, args.out, k=args.k, version=args.version,

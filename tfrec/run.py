@@ -1,16 +1,8 @@
-"""Runs: the run config file, the run folder, and the data a run trains on.
+"""Runs: the run config file, loading a run, and the data a run trains on.
 
 Training, evaluation, export and the data report all read runs through
-this module, so none of them needs the training loop to do it.
-
-A run folder holds:
-  config.json        the resolved run config
-  vocab.tsv          item vocabulary (index order, counts from the training slice)
-  text_vocab.txt     token vocabulary of the text tower
-  checkpoints/       tf.train.CheckpointManager, one checkpoint per finished epoch
-  logs/              TensorBoard
-  history.jsonl      one line of metrics per finished epoch
-  eval.json          held-out hit rate after training
+this module, so none of them needs the training loop to do it. The run
+folder's files are `tfrec.run_folder.RunFolder`'s.
 """
 
 from __future__ import annotations
@@ -34,19 +26,12 @@ from tfrec.data.vocab import ItemVocabulary, build_vocabulary
 from tfrec.datasets.layouts import read_tables
 from tfrec.errors import InputError
 from tfrec.models import build_model, required_streams
+from tfrec.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
 # The config `tfrec train` and `tfrec prepare` use when given none.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "online_retail.yaml"
-
-CONFIG_FILE = "config.json"
-VOCAB_FILE = "vocab.tsv"
-TEXT_VOCAB_FILE = "text_vocab.txt"
-CHECKPOINTS = "checkpoints"
-LOGS = "logs"
-HISTORY_FILE = "history.jsonl"
-EVAL_FILE = "eval.json"
 
 
 # The run config file -----------------------------------------------------------------------
@@ -105,52 +90,10 @@ def command_config(path: str | Path | None = None, overrides: list[str] = (),
     return load_run_config(DEFAULT_CONFIG if path is None else path, overrides)
 
 
-# The run folder ----------------------------------------------------------------------------
-
-def is_run(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / CONFIG_FILE).exists()
-
-
-def read_run_config(run_dir: str | Path) -> RunConfig:
-    """The config a run was trained with (its config.json)."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.exists():
-        raise InputError("not a run folder (no config.json)", path=str(run_dir))
-    return from_dict(RunConfig, json.loads(path.read_text()), str(path))
-
-
-def write_run_config(run_dir: str | Path, config: RunConfig) -> None:
-    (Path(run_dir) / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-
-
-def write_run_files(run_dir: str | Path, config: RunConfig, vocab: ItemVocabulary,
-                    text_vocabulary: list[str]) -> None:
-    """config.json, vocab.tsv and text_vocab.txt: what `load_run` rebuilds the model from."""
-    run_dir = Path(run_dir)
-    write_run_config(run_dir, config)
-    vocab.save(run_dir / VOCAB_FILE)
-    (run_dir / TEXT_VOCAB_FILE).write_text("".join(t + "\n" for t in text_vocabulary))
-
-
-def read_history(run_dir: str | Path) -> list[dict]:
-    """The run's history.jsonl: one dict of metrics per finished epoch."""
-    path = Path(run_dir) / HISTORY_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def truncate_history(run_dir: str | Path, epochs: int) -> None:
-    """Drops history lines past the restored epoch (an epoch killed after its line)."""
-    path = Path(run_dir) / HISTORY_FILE
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines()
-                 if line.strip() and json.loads(line)["epoch"] <= epochs]
-        path.write_text("".join(line + "\n" for line in lines))
-
+# Loading a run -----------------------------------------------------------------------------
 
 def latest_checkpoint(run_dir: str | Path) -> str | None:
-    return tf.train.latest_checkpoint(str(Path(run_dir) / CHECKPOINTS))
+    return tf.train.latest_checkpoint(str(RunFolder(run_dir).checkpoints))
 
 
 def load_run(run_dir: str | Path):
@@ -165,14 +108,14 @@ def load_run(run_dir: str | Path):
     run_dir = Path(run_dir)
     if run_dir.is_file():
         raise InputError("run path is a file, expected a run folder", path=str(run_dir))
-    config = read_run_config(run_dir)
+    folder = RunFolder(run_dir)
+    config = folder.read_config()
     latest = latest_checkpoint(run_dir)
     if latest is None:
         raise InputError("the run has no finished checkpoint yet (train at least one epoch)",
-                         path=str(run_dir / CHECKPOINTS))
-    vocab = ItemVocabulary.load(run_dir / VOCAB_FILE)
-    tokens_path = run_dir / TEXT_VOCAB_FILE
-    tokens = tokens_path.read_text().splitlines() if tokens_path.exists() else None
+                         path=str(folder.checkpoints))
+    vocab = ItemVocabulary.load(folder.vocab_file)
+    tokens = folder.read_text_vocabulary()
     model = build_model(config.model, vocab, seed=config.train.seed, text_vocabulary=tokens)
     epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
     tf.train.Checkpoint(model=model, epoch=epoch).restore(latest).expect_partial()
@@ -190,12 +133,13 @@ def check_run_data(data_vocab: ItemVocabulary, run_vocab: ItemVocabulary,
       InputError: the vocabularies differ.
     """
     if list(data_vocab.ids) != list(run_vocab.ids):
+        path = RunFolder(run_dir).vocab_file
         changed = len(set(map(str, data_vocab.ids)) ^ set(map(str, run_vocab.ids)))
         raise InputError(
             "the run's data has changed since training: its item vocabulary differs from "
-            f"vocab.tsv ({data_vocab.size - 1:,} items now, {run_vocab.size - 1:,} trained; "
+            f"{path.name} ({data_vocab.size - 1:,} items now, {run_vocab.size - 1:,} trained; "
             f"{changed:,} ids in one but not the other); retrain, or point the config at the "
-            "original data", path=str(Path(run_dir) / VOCAB_FILE))
+            "original data", path=str(path))
 
 
 # The data a run trains on ------------------------------------------------------------------

@@ -28,12 +28,11 @@ import tf_keras as keras
 import tfrec.distribute as distribute
 from tfrec.config import RunConfig, from_dict
 from tfrec.errors import InputError
-from tfrec.evaluate.protocol import evaluate_model
+from tfrec.metrics import evaluate_model
 from tfrec.models import build_model
 from tfrec.optimizers import build_optimizer
-from tfrec.run import (CHECKPOINTS, CONFIG_FILE, EVAL_FILE, HISTORY_FILE, LOGS, TrainingData,
-                       is_run, prepare_training_data, read_history, read_run_config,
-                       truncate_history, write_run_config, write_run_files)
+from tfrec.run import TrainingData, prepare_training_data
+from tfrec.run_folder import RunFolder
 from tfrec.utils import ensure_folder
 
 logger = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """A checkpoint and a history line per finished epoch (never after a non-finite loss).
 
     Every worker saves (a checkpoint save is a collective operation under a
-    multi-worker strategy); only the chief appends the line to history.jsonl.
+    multi-worker strategy); only the chief appends the line to the run's history.
     `history` collects this session's lines on every worker.
     """
 
@@ -179,9 +178,10 @@ def build_callbacks(run_dir: Path, manager, epoch_var, history: list[dict], epoc
     and (on the chief) TensorBoard. `epochs` is the run's total, for the progress."""
     guard = NonFiniteLossGuard()
     callbacks = [guard, EpochCheckpoint(manager, epoch_var, guard, history,
-                                        run_dir / HISTORY_FILE, chief), RunProgress(epochs)]
+                                        RunFolder(run_dir).history_file, chief),
+                 RunProgress(epochs)]
     if chief:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / LOGS),
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(RunFolder(run_dir).logs),
                                                      update_freq="epoch", profile_batch=0))
     return guard, callbacks
 
@@ -194,8 +194,8 @@ def resolve_config(config: RunConfig, run_dir: Path, resume: bool, epochs: int |
     `epochs` / `strategy` applied."""
     if not resume:
         return config
-    config = read_run_config(run_dir)
-    logger.info("resuming with the run's saved config (%s)", run_dir / CONFIG_FILE)
+    config = RunFolder(run_dir).read_config()
+    logger.info("resuming with the run's saved config (%s)", RunFolder(run_dir).config_file)
     changes = {}
     if epochs is not None:
         changes["epochs"] = epochs
@@ -213,21 +213,21 @@ def prepare_run_folder(run_dir: Path, config: RunConfig, worker: distribute.Work
                        resume: bool, overwrite: bool, config_changed: bool) -> None:
     """Checks, clears (`overwrite`) and creates the run folder; the chief's job only
     (the others leave the folder to it). A resumed run with changed settings gets its
-    config.json rewritten."""
+    saved config rewritten."""
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise InputError("run folder exists and is not empty; resume it with training.resume, "
                              "replace it with training.overwrite, or choose another "
                              "training.run_dir", path=str(run_dir), key="training.run_dir")
         if worker.is_chief:
-            if not is_run(run_dir):
+            if not RunFolder(run_dir).is_run():
                 raise InputError("refusing to overwrite a folder that is not a tfrec run",
                                  path=str(run_dir))
             shutil.rmtree(run_dir)
     if worker.is_chief:
         ensure_folder(run_dir, "run folder")
         if resume and config_changed:
-            write_run_config(run_dir, config)
+            RunFolder(run_dir).write_config(config)
 
 
 def log_data(data: TrainingData) -> None:
@@ -274,7 +274,7 @@ def fit(model, data: TrainingData, config: RunConfig, run_dir: Path,
     """
     epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch_var)
-    checkpoint_dir = run_dir / CHECKPOINTS
+    checkpoint_dir = RunFolder(run_dir).checkpoints
     # Every worker saves (a collective operation); the others into a folder
     # of their own that they delete at the end.
     write_dir = checkpoint_dir if worker.is_chief else Path(
@@ -291,10 +291,10 @@ def fit(model, data: TrainingData, config: RunConfig, run_dir: Path,
             initial_epoch = int(epoch_var.numpy())
             logger.info("resumed from %s (epoch %d done)", latest, initial_epoch)
             if worker.is_chief:
-                truncate_history(run_dir, initial_epoch)
+                RunFolder(run_dir).truncate_history(initial_epoch)
         elif worker.is_chief:
-            write_run_files(run_dir, config, data.vocab,
-                            getattr(model.item_encoder, "text_vocabulary", []))
+            RunFolder(run_dir).write_files(config, data.vocab,
+                                           getattr(model.item_encoder, "text_vocabulary", []))
 
         # The pipelines continue from the resumed epoch: the same batches as an
         # uninterrupted run.
@@ -410,8 +410,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
         evaluation = evaluate_model(model, data.cases, config.model.history_length,
                                     config.train.eval_k)
         evaluation["train_seconds"] = round(time.perf_counter() - started, 1)
-        (run_dir / EVAL_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
-    return TrainResult(run_dir, model, read_history(run_dir), evaluation,
+        RunFolder(run_dir).write_eval(evaluation)
+    return TrainResult(run_dir, model, RunFolder(run_dir).read_history(), evaluation,
                        time.perf_counter() - started, data, worker)
 
 

@@ -19,6 +19,7 @@ from tfrec.config import RunConfig
 from tfrec.data.pipeline import EpochStats
 from tfrec.data.sessions import Sessions, resolve_retrieval_context, session_order, sessionize
 from tfrec.data.vocab import build_vocabulary
+from tfrec.run_folder import ReportFolder
 from tfrec.utils import ensure_folder
 
 if TYPE_CHECKING:  # the run layer sits on the data layer; only its type is named here
@@ -224,15 +225,15 @@ def format_report(report: dict) -> str:
 
 
 def write_outputs(data: TrainingData, report: dict, out_dir: str | Path) -> dict[str, str]:
-    """Writes vocab.tsv (the run's vocabulary, as `tfrec train` writes it), report.json and
-    (if any) rejected_rows.csv into out_dir."""
-    out = ensure_folder(out_dir)
-    written = {"vocabulary": str(out / "vocab.tsv"), "report": str(out / "report.json")}
-    data.vocab.save(out / "vocab.tsv")
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    """Writes the vocabulary (the run's, as `tfrec train` writes it), the report and (if
+    any) the rejected rows into out_dir (a `ReportFolder`)."""
+    out = ReportFolder(ensure_folder(out_dir))
+    written = {"vocabulary": str(out.vocab_file), "report": str(out.json_file)}
+    data.vocab.save(out.vocab_file)
+    out.json_file.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     if data.rejections.rows:
-        data.rejections.write(out / "rejected_rows.csv")
-        written["rejected rows"] = str(out / "rejected_rows.csv")
+        data.rejections.write(out.rejected_rows_file)
+        written["rejected rows"] = str(out.rejected_rows_file)
     return written
 
 

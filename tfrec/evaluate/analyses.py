@@ -13,9 +13,8 @@ from tfrec.data.sessions import sessionize
 from tfrec.evaluate import baselines as baselines_lib
 from tfrec.evaluate.exported import ExportedModel
 from tfrec.evaluate.methods import MAX_K
-from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks, top_k_items
-from tfrec.evaluate.protocol import rank_targets
 from tfrec.index.ann import IndexConfig, build_index, recall_at_ks, scann_parameters
+from tfrec.metrics import hit_rate, ndcg, rank_targets, target_ranks, top_k_items
 
 
 def text_embeddings(model, texts: np.ndarray, batch_size: int = 65_536) -> np.ndarray | None:

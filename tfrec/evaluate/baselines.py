@@ -34,7 +34,7 @@ import numpy as np
 
 from tfrec.errors import InputError
 from tfrec.evaluate import item_item
-from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
+from tfrec.metrics import hit_rate, ndcg, target_ranks
 
 logger = logging.getLogger(__name__)
 

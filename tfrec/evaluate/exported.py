@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from tfrec.errors import InputError
-from tfrec.evaluate.metrics import top_k_items
-from tfrec.exporter.saved_model import METADATA_FILE, load_saved_model
+from tfrec.exporter.layout import VersionFolder
+from tfrec.exporter.saved_model import load_saved_model
+from tfrec.metrics import top_k_items
 
 
 class ExportedModel:
@@ -21,17 +21,17 @@ class ExportedModel:
         self.path = Path(path)
         self.vocab = vocab
         self.module = load_saved_model(self.path)
-        folder = self.path / "assets.extra" / "embeddings"
+        folder = VersionFolder(self.path)
         try:
-            vectors = np.load(folder / "items.npy")
-            ids = (folder / "item_ids.txt").read_text().splitlines()
+            vectors = np.load(folder.items)
+            ids = folder.item_ids.read_text().splitlines()
         except OSError as err:
             raise InputError(f"the export has no cached item embeddings ({err.strerror})",
-                             path=str(folder)) from None
+                             path=str(folder.embeddings)) from None
         index = vocab.lookup(np.asarray(ids, dtype=object))
         if (index == 0).any() or len(ids) != vocab.size - 1:
             raise InputError("the export's items differ from the run's vocabulary (exported "
-                             "from another run?)", path=str(folder / "item_ids.txt"))
+                             "from another run?)", path=str(folder.item_ids))
         self.items = np.zeros((vocab.size, vectors.shape[1]), np.float32)
         self.items[index] = vectors
 
@@ -74,10 +74,10 @@ class ExportedModel:
 
 def run_of_export(path: Path) -> Path:
     """The run folder an exported version names in its metadata."""
-    meta = path / "assets.extra" / METADATA_FILE
+    meta = VersionFolder(path).metadata
     try:
-        run = json.loads(meta.read_text())["run"]
-    except (OSError, ValueError, KeyError):
+        run = VersionFolder(path).read_metadata()["run"]
+    except (InputError, KeyError):
         raise InputError("cannot find the export's run in its metadata; give evaluate.run_dir too",
                          path=str(meta)) from None
     if not Path(run).is_dir():

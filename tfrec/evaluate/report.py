@@ -1,4 +1,4 @@
-"""report.json, plots (PNG, matplotlib) and a self-contained report.html."""
+"""The evaluation report: JSON, plots (PNG, matplotlib) and a self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 
 from tfrec.evaluate.analyses import pca_2d
 from tfrec.evaluate.bar import verdict
-from tfrec.evaluate.methods import LABELS
+from tfrec.evaluate.methods import label_of
 from tfrec.evaluate.table import format_report
+from tfrec.run_folder import ReportFolder
 from tfrec.utils import ensure_folder
 
 PLOTS = ("hr_at_k.png", "warm_cold.png", "index_recall.png", "embedding_map.png")
@@ -133,9 +134,11 @@ def _split_text(p: dict) -> str:
 
 def write_report(report: dict, out_dir: str | Path, item_embeddings: np.ndarray,
                  codes: np.ndarray, names: list[str], cold: np.ndarray) -> Path:
-    """Writes report.json, plots/*.png and report.html; returns the HTML path."""
-    out_dir = ensure_folder(out_dir, "report folder")
-    plots = ensure_folder(out_dir / "plots", "plots folder")
+    """Writes the report (JSON), its plots (PNG) and its page (HTML) into `out_dir` (a
+    `ReportFolder`); returns the page's path."""
+    folder = ReportFolder(ensure_folder(out_dir, "report folder"))
+    out_dir = folder.path
+    plots = ensure_folder(folder.plots, "plots folder")
     plot_hr_curves(report, plots / "hr_at_k.png")
     plot_warm_cold(report, plots / "warm_cold.png")
     plot_index_recall(report, plots / "index_recall.png")
@@ -144,11 +147,10 @@ def write_report(report: dict, out_dir: str | Path, item_embeddings: np.ndarray,
     if report["conversion"].get("available"):
         plot_conversion(report, plots / "conversion_rank.png")
         files.append("conversion_rank.png")
-    report = {**report, "plots": [f"plots/{f}" for f in files]}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    page = out_dir / "report.html"
-    page.write_text(render_html(report, out_dir))
-    return page
+    report = {**report, "plots": [f"{plots.name}/{f}" for f in files]}
+    folder.json_file.write_text(json.dumps(report, indent=2) + "\n")
+    folder.html_file.write_text(render_html(report, out_dir))
+    return folder.html_file
 
 
 def _num(value) -> str:
@@ -216,7 +218,7 @@ def render_html(report: dict, out_dir: Path) -> str:
     checks = "".join(
         f"<li class=\"{_check_class(c)}\">{html.escape(verdict(c))}: "
         f"{html.escape(c['check'])}: {c['model']:.4f} vs "
-        + (f"{c['baseline']:.4f} ({html.escape(LABELS.get(c['best_baseline'], ''))})"
+        + (f"{c['baseline']:.4f} ({html.escape(label_of(c['best_baseline']))})"
            if "baseline" in c else f"{c['target']}") + "</li>"
         for c in report["checks"])
     figures = "".join(_img(out_dir, rel, title) for rel, title in zip(report["plots"], (

@@ -3,39 +3,35 @@
 The protocol is the run's own (its config's data, split and seed; see
 `protocol`): every method ranks the whole catalogue for every case, the
 query's own items excluded, and is scored on all, warm and cold targets.
-The report folder gets `report.json`, `report.html` (self-contained, plots
-embedded) and the plots as PNG files under `plots/`.
+The report folder (`tfrec.run_folder.ReportFolder`) gets the report as JSON, a
+self-contained HTML page (plots embedded) and the plots as PNG files.
+The baselines are the objects of `methods.REGISTRY`: each is fit on the run's
+data and ranks the same cases.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-import tfrec.training as training
 from tfrec.data.sequences import histories_from_lists
 from tfrec.errors import InputError
-from tfrec.evaluate import baselines as baselines_lib
 from tfrec.evaluate.analyses import (categories_of, cold_start_figures, conversion_ranks,
                                      index_recall)
-from tfrec.evaluate.bar import DEFAULT_TARGETS, check_bar
+from tfrec.evaluate.bar import check_bar
 from tfrec.evaluate.exported import ExportedModel, run_of_export
-from tfrec.evaluate.methods import BASELINES, LABELS, MAX_K, MODEL
-from tfrec.evaluate.metrics import hit_rate, target_ranks
-from tfrec.evaluate.protocol import rank_targets, score_cases
+from tfrec.evaluate.methods import (MAX_K, MODEL, REGISTRY, BaselineSettings, EvaluationRun,
+                                    baseline_names, label_of)
 from tfrec.evaluate.report import write_report
+from tfrec.metrics import hit_rate, rank_targets, score_cases
 from tfrec.run import check_run_data, load_run, prepare_training_data
+from tfrec.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
-
-# Item-item baselines: an n x n matrix, so only up to a catalogue size.
-ITEM_ITEM = {"ease": baselines_lib.ease, "itemknn": baselines_lib.itemknn}
 
 
 @dataclasses.dataclass
@@ -48,16 +44,16 @@ class MethodResult:
 
 
 def parse_baselines(text: str | None) -> tuple[str, ...]:
-    """'all' (default), 'none' or a comma-separated subset of BASELINES."""
+    """'all' (default), 'none' or a comma-separated subset of the registered baselines."""
     if text is None or text == "all":
-        return BASELINES
+        return baseline_names()
     if text == "none":
         return ()
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in BASELINES]
+    unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise InputError(f"unknown baseline(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(BASELINES)}, 'all' or 'none'", key="baselines")
+                         f"{', '.join(baseline_names())}, 'all' or 'none'", key="baselines")
     return names
 
 
@@ -88,34 +84,13 @@ class Step:
         return time.perf_counter()
 
 
-def _variant_run(run_dir: Path, config, name: str, overrides: dict, progress):
-    """Trains (or reuses) the run's config with one tower off, under run/baselines/."""
-    folder = run_dir / "baselines" / name
-    model_config = dataclasses.replace(config.model, **overrides)
-    train_config = config.train
-    if train_config.strategy == "multi_worker":
-        # A variant trains here, in this one process, not on the run's cluster.
-        train_config = dataclasses.replace(train_config, strategy="default")
-    variant = dataclasses.replace(config, model=model_config, train=train_config)
-    if (folder / "checkpoints").exists():
-        try:
-            saved = json.loads((folder / "config.json").read_text())
-            if saved == json.loads(json.dumps(variant.to_dict())):
-                progress(f"{LABELS[name]}: reusing {folder}")
-                return load_run(folder)[2]
-        except (OSError, ValueError, InputError):
-            pass
-        shutil.rmtree(folder)
-    progress(f"{LABELS[name]}: training ({config.train.epochs} epochs) in {folder}")
-    return training.train(variant, folder, verbose=0).model
-
-
 def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
-                 baselines: tuple[str, ...] = BASELINES, k: int | None = None,
+                 baselines: tuple[str, ...] | None = None, k: int | None = None,
                  targets: dict | None = None, gensim_epochs: int = 10,
                  gensim_dim: int = 64, saved_model: str | Path | None = None,
-                 max_item_item_catalogue: int = baselines_lib.MAX_ITEM_ITEM_CATALOGUE) -> dict:
-    """Evaluates a run and the baselines; writes report.json, report.html and plots.
+                 max_item_item_catalogue: int = BaselineSettings.max_item_item_catalogue
+                 ) -> dict:
+    """Evaluates a run and the baselines; writes the report, its page and its plots.
 
     Args:
       run_dir: a `tfrec train` run folder (with `saved_model`, default: the
@@ -124,10 +99,11 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         embeddings, query signature and index) instead of the run's
         checkpoint; the run still defines the data, split and cases.
       out_dir: report folder (default RUN_DIR/evaluation).
-      baselines: which of BASELINES to run beside the model.
+      baselines: the registered baselines to run beside the model (`methods.REGISTRY`;
+        default: all of them).
       k: the K of HR@K / NDCG@K in the table (default: the run's eval_k).
-      targets: HR@k per group the model must reach (default: the bar for the
-        bundled protocol when the run uses it, else none).
+      targets: HR@k per group ("all", "warm", "cold") the model must reach
+        (default: none; the other checks compare the model with the baselines).
       gensim_epochs: passes of the gensim item2vec baseline.
       gensim_dim: its vector size (64 by default: on the bundled data it
         scored HR@10 0.160 at 64, 0.119 at 128 and 0.085 at 256).
@@ -136,7 +112,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         reason in the log, the table and the report.
 
     Returns:
-      The report (as written to report.json).
+      The report (as written to the report folder).
     """
     started = time.perf_counter()
     if saved_model is not None and run_dir is None:
@@ -149,9 +125,12 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     k = k or config.train.eval_k
     if k < 1 or k > MAX_K:
         raise InputError(f"k must be between 1 and {MAX_K}, got {k}", key="k")
-    if targets is None and _default_protocol(config):
-        targets = DEFAULT_TARGETS
-    out_dir = Path(out_dir) if out_dir else run_dir / "evaluation"
+    baselines = baseline_names() if baselines is None else tuple(baselines)
+    unknown = [name for name in baselines if name not in REGISTRY]
+    if unknown:
+        raise InputError(f"unknown baseline(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(baseline_names())}", key="evaluate.baselines")
+    out_dir = Path(out_dir) if out_dir else RunFolder(run_dir).evaluation.path
     step = Step(5 + len(baselines))
 
     step("preparing the held-out cases (the run's data and split)")
@@ -171,7 +150,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     if saved_model is not None:
         exported = ExportedModel(Path(saved_model), vocab)
         model, checkpoint = exported, str(Path(saved_model).resolve())
-    t0 = step(f"{LABELS[MODEL]}: ranking {len(cases):,} cases over {vocab.size - 1:,} items"
+    t0 = step(f"{label_of(MODEL)}: ranking {len(cases):,} cases over {vocab.size - 1:,} items"
               + (f" (export {saved_model})" if exported else ""))
     ranks, item_emb, query_emb = rank_targets(model, cases.queries, cases.targets,
                                               config.model.history_length)
@@ -179,41 +158,20 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                                   f"export {saved_model}" if exported
                                   else f"checkpoint {Path(checkpoint).name}")
 
+    run = EvaluationRun(run_dir, config, data, k,
+                        BaselineSettings(gensim_epochs, gensim_dim, max_item_item_catalogue),
+                        step)
     for name in baselines:
-        t0 = time.perf_counter()
-        if name == "popularity":
-            step(LABELS[name])
-            emb = baselines_lib.popularity(vocab, cases.queries)
-        elif name == "tfidf_text":
-            step(LABELS[name])
-            emb = baselines_lib.tfidf(vocab, cases.queries)
-        elif name == "item2vec_gensim":
-            step(f"{LABELS[name]}: Word2Vec skip-gram, {gensim_epochs} epochs, "
-                 f"dim {gensim_dim}")
-            emb = baselines_lib.item2vec_gensim(data.sessions, vocab, cases.queries,
-                                                dim=gensim_dim,
-                                                epochs=gensim_epochs, seed=config.train.seed)
-        elif name in ITEM_ITEM:
-            reason = baselines_lib.item_item_skip_reason(vocab.size - 1,
-                                                         max_item_item_catalogue)
-            if reason:
-                step(f"{LABELS[name]}: {reason}")
-                skipped[name] = reason
-                continue
-            step(f"{LABELS[name]}: choosing its setting on a validation slice of the training "
-                 "sessions, then fitting on all of them")
-            emb = ITEM_ITEM[name](data.sessions, vocab, cases.queries, k=k,
-                                  seed=config.train.seed, max_items=max_item_item_catalogue)
-        else:
-            overrides = ({"use_text": False, "id_dropout": 0.0} if name == "tfrec_text_off"
-                         else {"use_ids": False, "id_dropout": 0.0})
-            variant = _variant_run(run_dir, config, name, overrides, step)
-            r, _, _ = rank_targets(variant, cases.queries, cases.targets,
-                                   config.model.history_length)
-            results[name] = MethodResult(name, r, time.perf_counter() - t0)
+        baseline = REGISTRY[name]
+        reason = baseline.skip_reason(run)
+        if reason:
+            step(f"{baseline.label}: {reason}")
+            skipped[name] = reason
             continue
-        r = target_ranks(emb.queries, emb.items, cases.targets, cases.queries, valid)
-        results[name] = MethodResult(name, r, time.perf_counter() - t0, tuning=emb.tuning)
+        t0 = step(baseline.describe(run))
+        fitted = baseline.fit(run)
+        results[name] = MethodResult(name, baseline.rank(fitted, run),
+                                     time.perf_counter() - t0, tuning=fitted.tuning)
 
     if exported is not None:
         step("index recall: the export's serving_default against exact search")
@@ -228,7 +186,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     cold_start = cold_start_figures(model, vocab, cases, ranks, item_emb, query_emb,
                                     valid, k)
 
-    methods = {name: {"label": LABELS[name], "seconds": round(res.seconds, 1),
+    methods = {name: {"label": label_of(name), "seconds": round(res.seconds, 1),
                       **({"note": res.note} if res.note else {}),
                       **({"tuning": res.tuning} if res.tuning else {}),
                       **scores_of(res.ranks, cases, k)}
@@ -251,7 +209,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                      "candidates": int(vocab.size - 1), "train_events": data.train_events,
                      "test_events": data.test_events},
         "methods": methods,
-        "skipped": {name: {"label": LABELS[name], "reason": reason}
+        "skipped": {name: {"label": label_of(name), "reason": reason}
                     for name, reason in skipped.items()},
         "index_recall": recall,
         "conversion": conversion,
@@ -263,8 +221,3 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     codes, names = categories_of(vocab)
     write_report(report, out_dir, item_emb[1:], codes[1:], names, cold=vocab.counts[1:] == 0)
     return report
-
-
-def _default_protocol(config) -> bool:
-    return (config.data.layout == "online_retail" and config.data.events is None
-            and config.train.split_date == "2011-10-01" and config.train.eval_seed == 42)

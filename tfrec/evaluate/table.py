@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tfrec.evaluate.bar import verdict
-from tfrec.evaluate.methods import LABELS
+from tfrec.evaluate.methods import label_of
 
 
 def tuning_line(label: str, tuning: dict, k: int) -> str:
@@ -57,7 +57,7 @@ def format_report(report: dict) -> str:
     elif cs:
         lines.append(f"cold start: n/a ({cs['reason']})")
     for c in report["checks"]:
-        against = (f"{c['baseline']:.4f} ({LABELS.get(c['best_baseline'], c['best_baseline'])})"
+        against = (f"{c['baseline']:.4f} ({label_of(c['best_baseline'])})"
                    if "baseline" in c else f"{c['target']}")
         lines.append(f"  [{verdict(c)}] {c['check']}: "
                      f"{c['model']:.4f} vs {against}")

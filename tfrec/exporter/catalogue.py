@@ -2,12 +2,9 @@
 
 A full export's catalogue is the model's vocabulary. `tfrec export --add-items
 / --drop-items` derives the next version's catalogue from the previous one's
-files, without retraining:
-
-  assets.extra/embeddings/items.npy         [items, dim] float32, index row order
-  assets.extra/embeddings/item_ids.txt      their ids, one per line
-  assets.extra/embeddings/added_items.csv   item_id, text of the rows the model's
-                                            vocabulary lacks (added items)
+files, without retraining: the embeddings of the index rows ([items, dim] float32,
+index row order), their ids, and the id and text of the rows the model's
+vocabulary lacks (added items); `tfrec.exporter.layout.VersionFolder` names them.
 
 Rules: an added id that is new is embedded from its text by the text tower
 alone (what `embed_items` returns for an unknown id); an id the catalogue
@@ -29,9 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tfrec.errors import InputError
-
-EMBEDDINGS = Path("assets.extra") / "embeddings"
-ADDED_FILE = "added_items.csv"
+from tfrec.exporter.layout import VersionFolder
 
 
 @dataclasses.dataclass
@@ -63,24 +58,25 @@ class Catalogue:
     @classmethod
     def read(cls, version_dir: str | Path, vocab) -> "Catalogue":
         """The catalogue of an exported version; texts and counts of vocabulary items come
-        from `vocab` (the run's), those of added items from added_items.csv.
+        from `vocab` (the run's), those of added items from the version's added-items file.
 
         Raises:
           InputError: a file is missing or the files disagree.
         """
-        folder = Path(version_dir) / EMBEDDINGS
-        for name in ("items.npy", "item_ids.txt"):
-            if not (folder / name).exists():
-                raise InputError(f"the version has no catalogue file {name}",
-                                 path=str(folder / name))
-        ids = np.array((folder / "item_ids.txt").read_text().splitlines(), dtype=object)
+        folder = VersionFolder(version_dir)
+        for path in (folder.items, folder.item_ids):
+            if not path.exists():
+                raise InputError(f"the version has no catalogue file {path.name}",
+                                 path=str(path))
+        ids = np.array(folder.item_ids.read_text().splitlines(), dtype=object)
         # Mapped, not read: the next catalogue copies the rows it keeps once.
-        embeddings = np.load(folder / "items.npy", mmap_mode="r")
+        embeddings = np.load(folder.items, mmap_mode="r")
         if len(embeddings) != len(ids):
-            raise InputError(f"items.npy has {len(embeddings):,} rows but item_ids.txt "
-                             f"{len(ids):,} ids", path=str(folder))
-        added = (pd.read_csv(folder / ADDED_FILE, dtype=str, keep_default_na=False)
-                 if (folder / ADDED_FILE).exists()
+            raise InputError(f"{folder.items.name} has {len(embeddings):,} rows but "
+                             f"{folder.item_ids.name} {len(ids):,} ids",
+                             path=str(folder.embeddings))
+        added = (pd.read_csv(folder.added_items, dtype=str, keep_default_na=False)
+                 if folder.added_items.exists()
                  else pd.DataFrame({"item_id": [], "text": []}))
         position = vocab.lookup(ids)
         texts = np.asarray(vocab.text, dtype=object)[position]
@@ -92,21 +88,21 @@ class Catalogue:
             missing = [ids[i] for i in unknown if ids[i] not in by_id]
             if missing:
                 raise InputError(f"{len(missing):,} catalogue ids are neither in the run's "
-                                 f"vocabulary nor in {ADDED_FILE} (first: {missing[0]!r}); "
-                                 "was the version exported from another run?",
-                                 path=str(folder))
+                                 f"vocabulary nor in {folder.added_items.name} (first: "
+                                 f"{missing[0]!r}); was the version exported from another "
+                                 "run?", path=str(folder.embeddings))
             texts[unknown] = [by_id[ids[i]] for i in unknown]
         return cls(ids.astype(str), embeddings, texts, counts)
 
-    def write(self, folder: str | Path, vocab_ids) -> None:
-        """items.npy, item_ids.txt and added_items.csv (the rows `vocab_ids` lacks)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "items.npy", np.asarray(self.embeddings, np.float32))
-        (folder / "item_ids.txt").write_text("".join(f"{i}\n" for i in self.ids))
+    def write(self, folder: VersionFolder, vocab_ids) -> None:
+        """The catalogue's files in `folder`: the embeddings, the ids and the added rows
+        (those `vocab_ids` lacks) with their texts."""
+        folder.embeddings.mkdir(parents=True, exist_ok=True)
+        np.save(folder.items, np.asarray(self.embeddings, np.float32))
+        folder.item_ids.write_text("".join(f"{i}\n" for i in self.ids))
         added = pd.Index(np.asarray(vocab_ids).astype(str)).get_indexer(self.ids) < 0
         pd.DataFrame({"item_id": self.ids[added], "text": self.texts[added]}).to_csv(
-            folder / ADDED_FILE, index=False)
+            folder.added_items, index=False)
 
 
 def read_new_items(path: str | Path, schema) -> pd.DataFrame:
@@ -245,7 +241,7 @@ def next_catalogue(previous: Catalogue, vocab, new_items: pd.DataFrame | None = 
     fresh_embeddings = (embed(fresh_ids, fresh_texts) if len(fresh_ids)
                         else np.zeros((0, previous.embeddings.shape[1]), np.float32))
     counts = np.where(in_vocab, np.asarray(vocab.counts)[vocab.lookup(fresh_ids)], 0)
-    # One copy of the kept rows (the previous ones may be a memory map of items.npy).
+    # One copy of the kept rows (the previous ones may be a memory map of the items file).
     kept = previous.embeddings if keep.all() else np.asarray(previous.embeddings)[keep]
     catalogue = Catalogue(
         np.concatenate([ids[keep], fresh_ids]).astype(str),

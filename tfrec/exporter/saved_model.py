@@ -1,19 +1,8 @@
 """`tfrec export`: a versioned SavedModel with an embedded retrieval index.
 
-Layout (TF Serving's): ``<model_dir>/<version>/`` holds ``saved_model.pb``,
-``variables/``, ``assets/`` and ``assets.extra/``:
-
-  assets.extra/tf_serving_warmup_requests   PredictionLog records (real sessions)
-  assets.extra/tfrec_metadata.json          index kind, parameters, recall@k, build time
-  assets.extra/embeddings/items.npy         [items, dim] float32 embeddings of the index rows,
-  assets.extra/embeddings/item_ids.txt      their ids, one per line, same order, and
-  assets.extra/embeddings/added_items.csv   item_id, text of rows the model never saw
-                                            (see catalogue.py)
-  assets.extra/embeddings/users.npy         [users, dim] query embeddings of known users
-  assets.extra/embeddings/user_ids.txt      (their last history_length training items),
-  assets.extra/embeddings/user_histories.npy  and those items: [users, history_length] int32
-                                            vocabulary indices, 0-padded on the left
-  assets.extra/projector/                   TensorBoard projector: vectors, metadata, config
+Layout (TF Serving's): ``<model_dir>/<version>/`` holds the SavedModel and, in
+its extra assets, the warm-up records, the metadata, the catalogue's and the cached
+users' embeddings and a TensorBoard projector (every file: `tfrec.exporter.layout`).
 
 A version is written into a hidden temporary folder next to the versions and
 renamed into place only when complete, so a server polling `model_dir` never
@@ -23,10 +12,8 @@ sees half a model and an interrupted export leaves no version folder.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -35,15 +22,13 @@ import tensorflow as tf
 
 from tfrec.errors import InputError
 from tfrec.exporter.catalogue import Catalogue
+from tfrec.exporter.layout import INDEX_KIND, ModelFolder
 from tfrec.exporter.module import RecommenderModule, UserCache
 from tfrec.index.ann import IndexConfig, build_index_for_recall, scann_parameters
 from tfrec.utils import ensure_folder
 
 logger = logging.getLogger(__name__)
 
-WARMUP_FILE = "tf_serving_warmup_requests"
-METADATA_FILE = "tfrec_metadata.json"
-TMP_PREFIX = ".tmp-export-"
 PROJECTOR_LIMIT = 20_000
 
 
@@ -53,29 +38,6 @@ class ExportResult:
     version: int
     metadata: dict
     module: RecommenderModule | None = None
-
-
-def existing_versions(model_dir: Path) -> list[int]:
-    if not model_dir.exists():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def _clean_stale_temporaries(model_dir: Path) -> None:
-    """Removes temporary folders of exports whose process is gone."""
-    for path in model_dir.glob(TMP_PREFIX + "*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        alive = False
-        if pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-                alive = True
-            except PermissionError:  # it exists, owned by another user
-                alive = True
-            except ProcessLookupError:
-                alive = False
-        if not alive:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def sample_sessions(data, limit: int, seed: int = 0) -> list[list[int]]:
@@ -182,8 +144,9 @@ def prepare_version(model_dir: str | Path, version: int | None) -> tuple[Path, i
     ensure_folder(model_dir, "model folder")
     if not os.access(model_dir, os.W_OK):
         raise InputError("model folder is not writable", path=str(model_dir))
-    _clean_stale_temporaries(model_dir)
-    versions = existing_versions(model_dir)
+    folder = ModelFolder(model_dir)
+    folder.clean_stale_temporaries()
+    versions = folder.versions()
     if version is None:
         version = (versions[-1] + 1) if versions else 1
     elif version in versions:
@@ -237,8 +200,8 @@ def build_checked_index(catalogue: Catalogue, index_config: IndexConfig, queries
 
 def index_metadata(catalogue: Catalogue, index_config: IndexConfig, recall: float, k: int,
                    queries: int, build_seconds: float) -> dict:
-    """The index's part of tfrec_metadata.json."""
-    return {"index": index_config.kind,
+    """The index's part of the version's metadata."""
+    return {INDEX_KIND: index_config.kind,
             "index_parameters": (scann_parameters(len(catalogue), index_config)
                                  if index_config.kind == "scann" else {}),
             "max_k": index_config.max_k, "max_session_items": index_config.max_session_items,
@@ -257,7 +220,7 @@ class VersionContents:
       vocab_ids: the model's item vocabulary (OOV first).
       users: the cached user embeddings.
       warm_sessions: real sessions (item ids) for the warm-up records.
-      metadata: tfrec_metadata.json; write_version adds the version, file
+      metadata: the version's metadata; write_version adds the version, file
         counts and the time taken.
     """
 
@@ -282,41 +245,28 @@ def write_version(model_dir: Path, version: int, contents: VersionContents,
     module, catalogue, users = contents.module, contents.catalogue, contents.users
     model_name = model_dir.resolve().name
     k = min(10, module.max_k)
-    tmp = model_dir / f"{TMP_PREFIX}{version}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    final = model_dir / str(version)
-    try:
-        namespaces = ["TFText"] + (["Scann"] if contents.metadata["index"] == "scann" else [])
-        options = tf.saved_model.SaveOptions(namespace_whitelist=namespaces)
-        # Call a signature once so the index and towers are traced before saving.
-        module.recommend(tf.constant([[str(catalogue.ids[0]), ""]]), tf.constant(1))
-        tf.saved_model.save(module, str(tmp), signatures=module.signatures(), options=options)
-        extra = tmp / "assets.extra"
-        catalogue.write(extra / "embeddings", contents.vocab_ids)
-        np.save(extra / "embeddings" / "users.npy", users.embeddings.astype(np.float32))
-        np.save(extra / "embeddings" / "user_histories.npy", users.histories.astype(np.int32))
-        (extra / "embeddings" / "user_ids.txt").write_text(
-            "".join(f"{u}\n" for u in users.ids))
-        projected = _write_projector(extra / "projector", catalogue.embeddings, catalogue.ids,
+    namespaces = ["TFText"] + (["Scann"] if contents.metadata[INDEX_KIND] == "scann" else [])
+    options = tf.saved_model.SaveOptions(namespace_whitelist=namespaces)
+    # Call a signature once so the index and towers are traced before saving.
+    module.recommend(tf.constant([[str(catalogue.ids[0]), ""]]), tf.constant(1))
+    with ModelFolder(model_dir).writing(version) as folder:
+        tf.saved_model.save(module, str(folder.path), signatures=module.signatures(),
+                            options=options)
+        catalogue.write(folder, contents.vocab_ids)
+        np.save(folder.users, users.embeddings.astype(np.float32))
+        np.save(folder.user_histories, users.histories.astype(np.int32))
+        folder.user_ids.write_text("".join(f"{u}\n" for u in users.ids))
+        projected = _write_projector(folder.projector, catalogue.embeddings, catalogue.ids,
                                      catalogue.texts, catalogue.counts)
-        records = _write_warmup(extra / WARMUP_FILE, model_name, contents.warm_sessions, k,
+        records = _write_warmup(folder.warmup, model_name, contents.warm_sessions, k,
                                 [str(u) for u in users.ids[:8]])
         metadata = {"model": model_name, "version": version, **contents.metadata,
                     "users": int(len(users.ids)), "added_items": module.num_added,
                     "dropped_items": module.num_dropped, "warmup_records": records,
                     "projector_items": projected, "signatures": sorted(module.signatures())}
         metadata["export_seconds"] = round(time.perf_counter() - started, 1)
-        (extra / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        try:
-            os.rename(tmp, final)  # atomic on one file system: all or nothing
-        except OSError:
-            if final.exists():
-                raise InputError(f"version {version} was written by another export meanwhile; "
-                                 "run again", path=str(final)) from None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        folder.write_metadata(metadata)
+    final = model_dir / str(version)
     if serving_config_dir is not None:
         write_serving_config(serving_config_dir, model_name, model_dir)
     logger.info("exported %s in %.1fs", final, time.perf_counter() - started)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import time
 from pathlib import Path
@@ -19,12 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.errors import InputError
-from tfrec.exporter.catalogue import (EMBEDDINGS, Catalogue, next_catalogue, read_drop_ids,
-                                      read_new_items)
+from tfrec.exporter.catalogue import Catalogue, next_catalogue, read_drop_ids, read_new_items
+from tfrec.exporter.layout import INDEX_KIND, ModelFolder, VersionFolder
 from tfrec.exporter.module import RecommenderModule, UserCache
-from tfrec.exporter.saved_model import (METADATA_FILE, ExportResult, VersionContents,
-                                        build_checked_index, check_history_fits,
-                                        existing_versions, index_metadata, prepare_version,
+from tfrec.exporter.saved_model import (ExportResult, VersionContents, build_checked_index,
+                                        check_history_fits, index_metadata, prepare_version,
                                         write_version)
 from tfrec.index.ann import IndexConfig
 
@@ -40,7 +38,7 @@ def previous_version(model_dir: Path, from_version: int | None) -> Path:
     Raises:
       InputError: no version, or not that one.
     """
-    versions = existing_versions(model_dir)
+    versions = ModelFolder(model_dir).versions()
     if not versions:
         raise InputError("no exported version to start from (export the run first)",
                          path=str(model_dir), key="export.from_version")
@@ -51,14 +49,6 @@ def previous_version(model_dir: Path, from_version: int | None) -> Path:
                          f"{', '.join(map(str, versions))})", path=str(model_dir),
                          key="export.from_version")
     return model_dir / str(from_version)
-
-
-def read_metadata(version_dir: Path) -> dict:
-    path = version_dir / "assets.extra" / METADATA_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read the version's metadata: {err}", path=str(path)) from None
 
 
 def load_version_model(metadata: dict, version_dir: Path, run_dir: str | Path | None = None):
@@ -87,15 +77,16 @@ def load_version_model(metadata: dict, version_dir: Path, run_dir: str | Path | 
 
 
 def read_users(version_dir: Path, dim: int, history_length: int) -> UserCache:
-    """The version's cached users (none if it has no user_histories.npy: an export older
-    than recommend_for_user)."""
-    folder = version_dir / EMBEDDINGS
-    if not (folder / "user_histories.npy").exists():
-        logger.warning("%s has no user_histories.npy (an older export): the next version "
-                       "serves no user; export the run again to cache them", version_dir)
+    """The version's cached users (none if it has no user histories: an export older than
+    recommend_for_user)."""
+    folder = VersionFolder(version_dir)
+    if not folder.user_histories.exists():
+        logger.warning("%s has no %s (an older export): the next version serves no user; "
+                       "export the run again to cache them", version_dir,
+                       folder.user_histories.name)
         return UserCache.empty(history_length, dim)
-    return UserCache(np.array((folder / "user_ids.txt").read_text().splitlines(), dtype=object),
-                     np.load(folder / "users.npy"), np.load(folder / "user_histories.npy"))
+    return UserCache(np.array(folder.user_ids.read_text().splitlines(), dtype=object),
+                     np.load(folder.users), np.load(folder.user_histories))
 
 
 def item_embedder(model, vocab):
@@ -162,7 +153,7 @@ def update_catalogue(model_dir: str | Path, update: CatalogueUpdate,
         raise InputError("give items to add or ids to drop", key="export.add_items")
     model_dir = Path(model_dir)
     source = previous_version(model_dir, from_version)
-    metadata = read_metadata(source)
+    metadata = VersionFolder(source).read_metadata()
     config, vocab, model = load_version_model(metadata, source, run_dir)
     new_items = (read_new_items(update.add_items, config.data.items_schema)
                  if update.add_items is not None else None)
@@ -182,7 +173,7 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
     of the model (`model`, its `vocab`) with `new_items` (item, text) added and `drop_ids`
     dropped, written as `version` (default: the next one) of `model_dir`."""
     started = time.perf_counter() if started is None else started
-    settings = {name: metadata[key] for name, key in zip(INHERITED, ("index", *INHERITED[1:]))
+    settings = {name: metadata[key] for name, key in zip(INHERITED, (INDEX_KIND, *INHERITED[1:]))
                 if key in metadata}
     index_config = IndexConfig(**{**settings, **(index_settings or {})})
     history_length = int(model.query_tower.history_length)

@@ -16,7 +16,6 @@ they started with.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import threading
 import time
@@ -27,16 +26,14 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from tfrec.exporter.layout import ModelFolder, VersionFolder
 from tfrec.exporter.saved_model import load_saved_model
-
 from tfrec.serving.config import ModelEntry
 from tfrec.serving.errors import ServingError
 
 logger = logging.getLogger(__name__)
 
 LOADING, AVAILABLE, UNLOADING, END = "LOADING", "AVAILABLE", "UNLOADING", "END"
-METADATA = Path("assets.extra") / "tfrec_metadata.json"
-WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
 
@@ -51,7 +48,7 @@ class Loaded:
       path: the version folder it was loaded from.
       model: the loaded SavedModel.
       signature_defs: signature name -> SignatureDef proto.
-      metadata: the export's `tfrec_metadata.json` ({} if absent), e.g. max_k
+      metadata: the export's metadata ({} if absent), e.g. max_k
         and max_session_items.
     """
 
@@ -106,7 +103,7 @@ def fingerprint(path: Path) -> tuple:
 
 def _versions_on_disk(base: Path) -> list[int]:
     try:
-        return [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()]
+        return ModelFolder(base).versions()
     except OSError:  # missing, not a folder, or unreadable: nothing to serve
         return []
 
@@ -316,16 +313,14 @@ def _load_version(name: str, number: int, path: Path) -> Loaded:
     """Loads a version folder, reads its signatures and metadata, replays its warm-up."""
     model = load_saved_model(path)
     defs = _signature_defs(path)
-    metadata = {}
-    if (path / METADATA).exists():
-        metadata = json.loads((path / METADATA).read_text())
+    metadata = VersionFolder(path).read_metadata(missing_ok=True)
     _warm_up(model, path)
     return Loaded(name, number, path, model, defs, metadata)
 
 
 def _warm_up(model, path: Path) -> None:
     """Replays the version's warm-up Predict requests before it is marked AVAILABLE."""
-    warmup = path / WARMUP
+    warmup = VersionFolder(path).warmup
     if not warmup.exists():
         return
     for record in tf.data.TFRecordDataset(str(warmup)):

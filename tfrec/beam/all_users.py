@@ -3,14 +3,14 @@
     tfrec recommend --all-users --model-dir saved_models/retail -k 100 --out recs/part \\
         --runner DirectRunner [--version N] [Beam pipeline options]
 
-The same job as `tfrec recommend --all-users` (`tfrec.batch`), on Beam:
+The same job as `tfrec recommend --all-users` (`tfrec.all_users`), on Beam:
 
-    user ids (ReadFromText: the version's assets.extra/embeddings/user_ids.txt,
+    user ids (ReadFromText: the version's user ids file (its known users),
               or another file of ids, one a line: `run(users=...)`)
       -> BatchElements (batch_size users per model call)
       -> ParDo(RecommendForUsers): the SavedModel's recommend_for_user signature,
               loaded once per worker process (`setup`, shared by its threads),
-              one call per batch -> a pyarrow table of rows (`tfrec.batch.SCHEMA`)
+              one call per batch -> a pyarrow table of rows (`tfrec.all_users.SCHEMA`)
       -> WriteToParquetBatched: Parquet shards PREFIX-SSSSS-of-NNNNN.parquet
 
 Rows and their order within a user are the local job's (user_id, rank,
@@ -49,9 +49,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
-from tfrec.batch import (DEFAULT_BATCH_SIZE, SCHEMA, USER_IDS_PATH, check_k,
-                         load_user_recommender, recommend_batch, version_folder)
+from tfrec.all_users import (DEFAULT_BATCH_SIZE, SCHEMA, check_k, load_user_recommender,
+                             recommend_batch, version_folder)
 from tfrec.errors import InputError
+from tfrec.exporter.layout import VersionFolder
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class _Loaded:
 
 
 class RecommendForUsers(beam.DoFn):
-    """A batch of user ids -> their rows (`tfrec.batch.SCHEMA`), one pyarrow table.
+    """A batch of user ids -> their rows (`tfrec.all_users.SCHEMA`), one pyarrow table.
 
     The version is loaded in `setup`, once per worker process: the threads of a
     process share it (`apache_beam.utils.shared.Shared`).
@@ -93,7 +94,7 @@ class RecommendForUsers(beam.DoFn):
 
 
 class RecommendAllUsers(beam.PTransform):
-    """PCollection of user ids (str) -> PCollection of row tables (`tfrec.batch.SCHEMA`)."""
+    """PCollection of user ids (str) -> PCollection of row tables (`tfrec.all_users.SCHEMA`)."""
 
     def __init__(self, version_dir: str | Path, k: int, batch_size: int = DEFAULT_BATCH_SIZE):
         super().__init__()
@@ -162,7 +163,7 @@ def build(pipeline: beam.Pipeline, version_dir: str | Path, out: str, k: int,
     Returns:
       The write's result (a PCollection of the written file names).
     """
-    source = users if users is not None else str(Path(version_dir) / USER_IDS_PATH)
+    source = users if users is not None else str(VersionFolder(version_dir).user_ids)
     return (pipeline
             | "ReadUsers" >> beam.io.ReadFromText(source)
             | "RecommendAllUsers" >> RecommendAllUsers(version_dir, k, batch_size)

@@ -1,15 +1,15 @@
 """Every user's top-k in one job (`tfrec recommend --all-users`): users/s and memory.
 
-    python bench/batch_recs.py                        # 1M users x 1M items, 60 s of the job
-    python bench/batch_recs.py --seconds 0            # the whole job (about 10x longer)
-    python bench/batch_recs.py --users 100000 --items 100000 --seconds 0   # quicker, whole
+    python bench/all_users.py                        # 1M users x 1M items, 60 s of the job
+    python bench/all_users.py --seconds 0            # the whole job (about 10x longer)
+    python bench/all_users.py --users 100000 --items 100000 --seconds 0   # quicker, whole
 
 Builds a generated catalogue (as bench/export.py: items around sqrt(N)
 cluster centres, dimension 64) and generated users (each a history of five
 items of one cluster, embedded by the query tower), exports an id-only tfrec
 model with the users cached in it (`RecommenderModule` with a `UserCache`,
 ScaNN index, max_k 100, as `tfrec export` writes it), then runs
-`tfrec.batch.recommend_all_users` on it in a fresh process, so the figures
+`tfrec.all_users.recommend_all_users` on it in a fresh process, so the figures
 are the job's own: users/s, the process's memory after loading the model
 and at its peak, and the Parquet bytes per user. With `--seconds S` (default
 60) the job is stopped after S seconds of recommending and the time for all
@@ -64,7 +64,7 @@ def run_job(model_dir: Path, out: Path, k: int, seconds: float, batch_size: int,
     then the signature one user at a time for `single_seconds`."""
     import tensorflow as tf
 
-    from tfrec import batch
+    from tfrec import all_users
 
     started = time.perf_counter()
     marks: list = []
@@ -73,7 +73,7 @@ def run_job(model_dir: Path, out: Path, k: int, seconds: float, batch_size: int,
         now = time.perf_counter()
         if not marks:
             marks.append((0, now, memory_mb()["rss_mb"], 0))  # first chunk done
-        tmp = out.parent / f".{out.name}{batch.TMP_MARK}{os.getpid()}"
+        tmp = out.parent / f".{out.name}{all_users.TMP_MARK}{os.getpid()}"
         size = tmp.stat().st_size if tmp.exists() else 0
         marks.append((done, now, memory_mb()["rss_mb"], size))
         if seconds and now - marks[0][1] >= seconds and done < total:
@@ -81,20 +81,20 @@ def run_job(model_dir: Path, out: Path, k: int, seconds: float, batch_size: int,
 
     loaded = None
     try:
-        summary = batch.recommend_all_users(model_dir, out, k=k, batch_size=batch_size,
-                                            progress=progress)
+        summary = all_users.recommend_all_users(model_dir, out, k=k, batch_size=batch_size,
+                                                progress=progress)
         whole = True
         size = summary.path.stat().st_size
     except _TimeUp:
         whole, size = False, marks[-1][3]
-    total = batch.count_users(model_dir / "1")
+    total = all_users.count_users(model_dir / "1")
     # The rate from the end of the first chunk (tracing, warm-up) to the last one.
     (d0, t0, rss0, _), (d1, t1, rss1, _) = marks[1], marks[-1]
     rate = (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
     peak = memory_mb()["peak_mb"]
-    signature = batch.load_user_recommender(model_dir / "1")
+    signature = all_users.load_user_recommender(model_dir / "1")
     loaded = memory_mb()
-    users = [u for chunk, _ in zip(batch.user_id_batches(model_dir / "1", 256), range(1))
+    users = [u for chunk, _ in zip(all_users.user_id_batches(model_dir / "1", 256), range(1))
              for u in chunk]
     signature(user_ids=tf.constant(users[:1]), k=tf.constant(k))
     t, calls = time.perf_counter(), 0
@@ -115,8 +115,7 @@ def build_export(folder: Path, items: int, users: int, dim: int, k: int) -> dict
     import tensorflow as tf
 
     from export import _Model, catalogue, sessions_of
-    from tfrec.batch import METADATA_PATH, USER_IDS_PATH
-    from tfrec.exporter import RecommenderModule, UserCache
+    from tfrec.exporter import RecommenderModule, UserCache, VersionFolder
     from tfrec.index.ann import IndexConfig, build_index
 
     t = time.perf_counter()
@@ -141,10 +140,9 @@ def build_export(folder: Path, items: int, users: int, dim: int, k: int) -> dict
     tf.saved_model.save(module, str(path), signatures=module.signatures(),
                         options=tf.saved_model.SaveOptions(
                             namespace_whitelist=["TFText", "Scann"]))
-    (path / USER_IDS_PATH).parent.mkdir(parents=True)
-    (path / METADATA_PATH).write_text(json.dumps({"max_k": k, "index": "scann",
-                                                  "items": items, "users": users}))
-    with (path / USER_IDS_PATH).open("w") as f:
+    version = VersionFolder(path)
+    version.write_metadata({"max_k": k, "index_kind": "scann", "items": items, "users": users})
+    with version.user_ids.open("w") as f:
         f.writelines(f"{u}\n" for u in user_ids)
     save = time.perf_counter() - t
     return {"vectors": vectors, "embeddings": embeddings, "histories": histories,

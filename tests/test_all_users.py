@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from tfrec import batch
+from tfrec import all_users
 from tfrec.cli import main
 from tfrec.errors import InputError
 from tfrec.progress import ProgressLine
@@ -101,8 +101,8 @@ def rows_by_user(path: Path) -> dict:
 class TestStandIn:
     def test_every_user_ranked_and_exact(self, stand_in, tmp_path):
         base, module = stand_in
-        summary = batch.recommend_all_users(base, tmp_path / "recs.parquet", k=10, version=1,
-                                            batch_size=10, progress=False)
+        summary = all_users.recommend_all_users(base, tmp_path / "recs.parquet", k=10, version=1,
+                                                batch_size=10, progress=False)
         assert (summary.users, summary.k, summary.fallback_users) == (USERS, 10, 0)
         assert summary.version_dir == base / "1"
         got = rows_by_user(summary.path)
@@ -117,12 +117,12 @@ class TestStandIn:
         # One row group per chunk of 10 users.
         meta = pq.ParquetFile(summary.path).metadata
         assert meta.num_row_groups == summary.row_groups == 6
-        assert pq.read_schema(summary.path).equals(batch.SCHEMA, check_metadata=False)
+        assert pq.read_schema(summary.path).equals(all_users.SCHEMA, check_metadata=False)
 
     def test_own_items_excluded_and_short_lists(self, stand_in, tmp_path):
         base, module = stand_in
-        summary = batch.recommend_all_users(base, tmp_path / "r.parquet", k=MAX_K, version=1,
-                                            progress=False)
+        summary = all_users.recommend_all_users(base, tmp_path / "r.parquet", k=MAX_K, version=1,
+                                                progress=False)
         got = rows_by_user(summary.path)
         index = {item: i for i, item in enumerate(module.item_ids)}
         for u, user in enumerate(module.user_ids):
@@ -131,30 +131,30 @@ class TestStandIn:
 
     def test_newest_version_by_default_and_unknown_users_counted(self, stand_in, tmp_path):
         base, _ = stand_in
-        summary = batch.recommend_all_users(base, tmp_path / "r.parquet", k=3, progress=False)
+        summary = all_users.recommend_all_users(base, tmp_path / "r.parquet", k=3, progress=False)
         assert summary.version_dir == base / "3"
         assert (summary.users, summary.fallback_users, summary.rows) == (3, 1, 9)
         assert list(rows_by_user(summary.path)) == ["u1", "ghost", "u2"]
 
     def test_recommend_batch_matches_the_job(self, stand_in, tmp_path):
         base, _ = stand_in
-        signature = batch.load_user_recommender(base / "1")
-        chunks = list(batch.user_id_batches(base / "1", 25))
+        signature = all_users.load_user_recommender(base / "1")
+        chunks = list(all_users.user_id_batches(base / "1", 25))
         assert [len(c) for c in chunks] == [25, 25, 7]
-        assert batch.count_users(base / "1") == USERS
-        table = batch.recommend_batch(signature, chunks[1], 5)
-        whole = pq.read_table(batch.recommend_all_users(
+        assert all_users.count_users(base / "1") == USERS
+        table = all_users.recommend_batch(signature, chunks[1], 5)
+        whole = pq.read_table(all_users.recommend_all_users(
             base, tmp_path / "r.parquet", k=5, version=1, progress=False).path)
         assert table.replace_schema_metadata(None).equals(whole.slice(125, 125))
-        assert batch.recommend_batch(signature, [], 5).num_rows == 0
+        assert all_users.recommend_batch(signature, [], 5).num_rows == 0
 
     def test_progress_callback_and_line(self, stand_in, tmp_path):
         import io
 
         base, _ = stand_in
         seen = []
-        batch.recommend_all_users(base, tmp_path / "r.parquet", k=2, version=1,
-                                  batch_size=20, progress=lambda d, t: seen.append((d, t)))
+        all_users.recommend_all_users(base, tmp_path / "r.parquet", k=2, version=1,
+                                      batch_size=20, progress=lambda d, t: seen.append((d, t)))
         assert seen == [(20, USERS), (40, USERS), (USERS, USERS)]
         stream = io.StringIO()
         line = ProgressLine(100, "users", stream=stream)
@@ -170,7 +170,7 @@ class TestBadInput:
         base, _ = stand_in
         for k in (MAX_K + 1, 0):
             with pytest.raises(InputError, match=rf"k must be between 1 and {MAX_K}") as err:
-                batch.recommend_all_users(base, tmp_path / "r.parquet", k=k, progress=False)
+                all_users.recommend_all_users(base, tmp_path / "r.parquet", k=k, progress=False)
             assert err.value.key == "recommend.k"
         assert list(tmp_path.iterdir()) == []
 
@@ -179,26 +179,26 @@ class TestBadInput:
         out = tmp_path / "recs.parquet"
         out.write_text("earlier output")
         with pytest.raises(InputError, match="the output exists") as err:
-            batch.recommend_all_users(base, out, k=2, progress=False)
+            all_users.recommend_all_users(base, out, k=2, progress=False)
         assert err.value.key == "recommend.out" and err.value.path == str(out)
         assert out.read_text() == "earlier output"
-        summary = batch.recommend_all_users(base, out, k=2, progress=False, overwrite=True)
+        summary = all_users.recommend_all_users(base, out, k=2, progress=False, overwrite=True)
         assert summary.rows == 6 and pq.read_table(out).num_rows == 6
         with pytest.raises(InputError, match="is a folder"):
-            batch.recommend_all_users(base, tmp_path, k=2, progress=False, overwrite=True)
+            all_users.recommend_all_users(base, tmp_path, k=2, progress=False, overwrite=True)
 
     def test_model_dir_and_versions(self, stand_in, tmp_path):
         base, _ = stand_in
         out = tmp_path / "r.parquet"
         with pytest.raises(InputError, match="no such model folder") as err:
-            batch.recommend_all_users(tmp_path / "nope", out, k=2)
+            all_users.recommend_all_users(tmp_path / "nope", out, k=2)
         assert err.value.key == "recommend.model_dir"
         (tmp_path / "empty").mkdir()
         with pytest.raises(InputError, match="no exported versions"):
-            batch.recommend_all_users(tmp_path / "empty", out, k=2)
+            all_users.recommend_all_users(tmp_path / "empty", out, k=2)
         with pytest.raises(InputError, match="version 2 does not exist; versions here: 1, 3"
                            ) as err:
-            batch.recommend_all_users(base, out, k=2, version=2)
+            all_users.recommend_all_users(base, out, k=2, version=2)
         assert err.value.key == "recommend.version"
         assert not out.exists()
 
@@ -213,8 +213,8 @@ class TestBadInput:
         (extra.parent / "tfrec_metadata.json").write_text('{"max_k": 10}')
         (extra / "user_ids.txt").write_text("u1\n")
         with pytest.raises(InputError, match="no recommend_for_user signature"):
-            batch.recommend_all_users(tmp_path / "old", tmp_path / "r.parquet", k=2,
-                                      progress=False)
+            all_users.recommend_all_users(tmp_path / "old", tmp_path / "r.parquet", k=2,
+                                          progress=False)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
 
     def test_failure_mid_job_leaves_nothing(self, stand_in, tmp_path, monkeypatch):
@@ -222,7 +222,7 @@ class TestBadInput:
         out = tmp_path / "recs.parquet"
         out.write_text("earlier output")
         calls = []
-        real = batch.recommend_batch
+        real = all_users.recommend_batch
 
         def failing(signature, user_ids, k):
             calls.append(len(user_ids))
@@ -230,10 +230,10 @@ class TestBadInput:
                 raise KeyboardInterrupt
             return real(signature, user_ids, k)
 
-        monkeypatch.setattr(batch, "recommend_batch", failing)
+        monkeypatch.setattr(all_users, "recommend_batch", failing)
         with pytest.raises(KeyboardInterrupt):
-            batch.recommend_all_users(base, out, k=2, version=1, batch_size=10,
-                                      progress=False, overwrite=True)
+            all_users.recommend_all_users(base, out, k=2, version=1, batch_size=10,
+                                          progress=False, overwrite=True)
         assert calls == [10, 10, 10]
         assert [p.name for p in tmp_path.iterdir()] == ["recs.parquet"]
         assert out.read_text() == "earlier output"  # the earlier output stays as it was
@@ -246,14 +246,14 @@ class TestBadInput:
         script = textwrap.dedent(f"""
             import sys, time
             import tfrec
-            from tfrec import batch
-            real = batch.recommend_batch
+            from tfrec import all_users
+            real = all_users.recommend_batch
             def slow(*args):
                 print("chunk", flush=True)
                 time.sleep(0.5)
                 return real(*args)
-            batch.recommend_batch = slow
-            batch.recommend_all_users({str(base)!r}, {str(out)!r}, k=2, version=1,
+            all_users.recommend_batch = slow
+            all_users.recommend_all_users({str(base)!r}, {str(out)!r}, k=2, version=1,
                                       batch_size=5, progress=False)
         """)
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -267,8 +267,8 @@ class TestBadInput:
             if sig == signal.SIGTERM:
                 assert left == []
             else:
-                assert left == [f".recs.parquet{batch.TMP_MARK}{proc.pid}"]
-        batch.recommend_all_users(base, out, k=2, version=1, progress=False)
+                assert left == [f".recs.parquet{all_users.TMP_MARK}{proc.pid}"]
+        all_users.recommend_all_users(base, out, k=2, version=1, progress=False)
         assert [p.name for p in tmp_path.iterdir()] == ["recs.parquet"]
 
 
@@ -328,8 +328,8 @@ class TestRealExport:
     def test_every_user_k_ranked_rows_equal_to_the_signature(self, shop, tmp_path):
         from tfrec.exporter import load_saved_model
 
-        summary = batch.recommend_all_users(shop, tmp_path / "recs.parquet", k=10,
-                                            batch_size=64, progress=False)
+        summary = all_users.recommend_all_users(shop, tmp_path / "recs.parquet", k=10,
+                                                batch_size=64, progress=False)
         embeddings = shop / "1" / "assets.extra" / "embeddings"
         user_ids = (embeddings / "user_ids.txt").read_text().splitlines()
         assert summary.users == len(user_ids) > 100 and summary.fallback_users == 0
@@ -357,7 +357,7 @@ class TestRealExport:
         scores = users @ items.T
         for row, history in enumerate(histories):
             scores[row, history[history > 0] - 1] = -np.inf  # vocabulary index i: row i - 1
-        got = rows_by_user(batch.recommend_all_users(
+        got = rows_by_user(all_users.recommend_all_users(
             shop, tmp_path / "r.parquet", k=20, progress=False).path)
         column = {item: i for i, item in enumerate(item_ids)}
         for row, user in enumerate(user_ids):

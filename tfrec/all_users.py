@@ -5,7 +5,7 @@
 The job loads one exported version in-process and calls its
 ``recommend_for_user`` signature (user ids [batch] string, k [] int32 ->
 item_ids [batch, k] string, scores [batch, k] float32, known [batch] bool) on
-the users listed in ``<version>/assets.extra/embeddings/user_ids.txt``, one
+the users listed in the version's user ids file (its known users), one
 chunk of users at a time. The user embeddings live inside the SavedModel and
 the signature excludes each user's own items, so this module only feeds ids
 and writes rows.
@@ -20,7 +20,7 @@ fewer than k rows.
 The output is written to a hidden temporary file next to it and renamed into
 place when complete: an interrupted or failed job leaves no output and removes
 its temporary (one killed outright leaves it, and the next job in that folder
-removes it).
+removes it, as an export removes an unfinished version's: `tfrec.exporter.layout`).
 
 Pieces for other runners of the same job (a Beam ``DoFn``, say):
 `version_folder` (which version), `check_k` (k against the export's max_k),
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -47,14 +46,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tfrec.errors import InputError
+from tfrec.exporter.layout import (ModelFolder, VersionFolder, remove_stale_temporaries,
+                                   temporary_path)
 from tfrec.progress import ProgressLine
 from tfrec.utils import ensure_folder
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE = "recommend_for_user"
-USER_IDS_PATH = Path("assets.extra") / "embeddings" / "user_ids.txt"
-METADATA_PATH = Path("assets.extra") / "tfrec_metadata.json"
 TMP_MARK = ".tmp-recs-"
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()),
                     ("item_id", pa.string()), ("score", pa.float32())])
@@ -62,14 +61,14 @@ DEFAULT_BATCH_SIZE = 1000
 
 
 @dataclasses.dataclass
-class BatchSummary:
+class AllUsersSummary:
     """What `recommend_all_users` wrote.
 
     Attributes:
       path: the Parquet file.
       version_dir: the exported version that answered.
       k: recommendations asked per user.
-      users: users written (every line of user_ids.txt).
+      users: users written (every known user of the export).
       rows: rows written (users x k, less empty slots).
       row_groups: Parquet row groups (one per chunk of users).
       fallback_users: users the signature did not know (answered with the most
@@ -99,15 +98,13 @@ def version_folder(model_dir: str | Path, version: int | None = None) -> Path:
     Raises:
       InputError: no such folder, no versions in it, or no such version.
     """
-    from tfrec.exporter.saved_model import existing_versions
-
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise InputError("no such model folder", path=str(model_dir), key="recommend.model_dir")
     if not model_dir.is_dir():
         raise InputError("model folder is a file, expected a folder of versions",
                          path=str(model_dir), key="recommend.model_dir")
-    versions = existing_versions(model_dir)
+    versions = ModelFolder(model_dir).versions()
     if not versions:
         raise InputError("no exported versions in this model folder (numbered subfolders, as "
                          "tfrec export writes them)", path=str(model_dir),
@@ -121,31 +118,22 @@ def version_folder(model_dir: str | Path, version: int | None = None) -> Path:
     return model_dir / str(version)
 
 
-def read_metadata(version_dir: str | Path) -> dict:
-    path = Path(version_dir) / METADATA_PATH
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("no tfrec metadata: not a tfrec export", path=str(path)) from None
-    except (ValueError, OSError) as err:
-        raise InputError(f"cannot read the export's metadata: {err}", path=str(path)) from None
-
-
 def check_k(version_dir: str | Path, k: int) -> int:
     """k, checked against 1 and the export's max_k (the most its index returns).
 
     Raises:
       InputError: k under 1 or above max_k.
     """
-    max_k = int(read_metadata(version_dir)["max_k"])
+    folder = VersionFolder(version_dir)
+    max_k = int(folder.read_metadata()["max_k"])
     if not 1 <= k <= max_k:
         raise InputError(f"k must be between 1 and {max_k} (the index's max_k in "
-                         f"{Path(version_dir) / METADATA_PATH}), got {k}", key="recommend.k")
+                         f"{folder.metadata}), got {k}", key="recommend.k")
     return int(k)
 
 
 def _user_ids_path(version_dir: str | Path) -> Path:
-    path = Path(version_dir) / USER_IDS_PATH
+    path = VersionFolder(version_dir).user_ids
     if not path.is_file():
         raise InputError("no user list in this export (tfrec export writes one per version)",
                          path=str(path))
@@ -153,7 +141,7 @@ def _user_ids_path(version_dir: str | Path) -> Path:
 
 
 def count_users(version_dir: str | Path) -> int:
-    """How many users `user_id_batches` yields: the lines of user_ids.txt."""
+    """How many users `user_id_batches` yields: the lines of the user ids file."""
     count, last = 0, b"\n"
     with _user_ids_path(version_dir).open("rb") as f:
         while block := f.read(1 << 20):
@@ -241,20 +229,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
                          "recommend.overwrite", path=str(out), key="recommend.out")
 
 
-def _clean_stale_temporaries(folder: Path, name: str) -> None:
-    """Removes the temporaries of jobs on `name` whose process is gone (killed outright)."""
-    for path in folder.glob(f".{name}{TMP_MARK}*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            path.unlink(missing_ok=True)
-        except PermissionError:  # alive, another user's
-            pass
-
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """SIGTERM raises KeyboardInterrupt meanwhile, so a terminated job cleans up as an
@@ -276,7 +250,7 @@ def _sigterm_as_interrupt():
 def recommend_all_users(model_dir: str | Path, out: str | Path, k: int = 100,
                         version: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                         progress: bool | Callable[[int, int], None] = True,
-                        overwrite: bool = False) -> BatchSummary:
+                        overwrite: bool = False) -> AllUsersSummary:
     """Writes every known user's top-k (the export's user list) to a Parquet file.
 
     Args:
@@ -291,7 +265,7 @@ def recommend_all_users(model_dir: str | Path, out: str | Path, k: int = 100,
         one is complete).
 
     Returns:
-      A `BatchSummary`.
+      A `AllUsersSummary`.
 
     Raises:
       InputError: a missing model folder or version, k out of range, an
@@ -307,12 +281,12 @@ def recommend_all_users(model_dir: str | Path, out: str | Path, k: int = 100,
     k = check_k(version_dir, k)
     total = count_users(version_dir)
     ensure_folder(out.parent if str(out.parent) else Path("."), "output folder")
-    _clean_stale_temporaries(out.parent, out.name)
+    remove_stale_temporaries(out.parent, f".{out.name}{TMP_MARK}*")
     logger.info("loading %s", version_dir)
     signature = load_user_recommender(version_dir)
     line = ProgressLine(total, "users") if progress is True else None
     report = line or progress or None
-    tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
+    tmp = temporary_path(out, TMP_MARK)
     users = rows = groups = fallback = 0
     t = time.perf_counter()
     try:
@@ -342,5 +316,5 @@ def recommend_all_users(model_dir: str | Path, out: str | Path, k: int = 100,
     if fallback:
         logger.warning("%d of %d users were unknown to the model (answered with the most "
                        "popular items)", fallback, users)
-    return BatchSummary(out, version_dir, k, users, rows, groups, fallback,
-                        time.perf_counter() - started, seconds)
+    return AllUsersSummary(out, version_dir, k, users, rows, groups, fallback,
+                           time.perf_counter() - started, seconds)

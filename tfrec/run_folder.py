@@ -1,0 +1,155 @@
+"""The run folder and the report folder: the one place that spells their files.
+
+A run folder (what `tfrec train` writes, `--run`) holds::
+
+  config.json        the resolved run config
+  vocab.tsv          item vocabulary (index order, counts from the training slice)
+  text_vocab.txt     token vocabulary of the text tower
+  checkpoints/       tf.train.CheckpointManager, one checkpoint per finished epoch
+  logs/              TensorBoard
+  history.jsonl      one line of metrics per finished epoch
+  eval.json          held-out hit rate after training
+  evaluation/        `tfrec evaluate`'s report folder (by default)
+  baselines/<name>/  the run folders of the model's variants `tfrec evaluate` trains
+
+A report folder (`tfrec evaluate --out`, `tfrec prepare --out`) holds
+report.json, report.html, plots/, and for the data report the vocabulary
+(vocab.tsv, as training writes it) and rejected_rows.csv.
+
+No TensorFlow here: the checkpoints are read by `tfrec.run.load_run`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tfrec.config import RunConfig, from_dict
+from tfrec.errors import InputError
+
+VOCAB_FILE = "vocab.tsv"
+
+
+class ReportFolder:
+    """A report's folder: report.json, report.html, plots/ (and a data report's
+    vocabulary and rejected rows)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"ReportFolder({str(self.path)!r})"
+
+    @property
+    def json_file(self) -> Path:
+        return self.path / "report.json"
+
+    @property
+    def html_file(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def vocab_file(self) -> Path:
+        return self.path / VOCAB_FILE
+
+    @property
+    def rejected_rows_file(self) -> Path:
+        return self.path / "rejected_rows.csv"
+
+
+class RunFolder:
+    """A run folder: where each of its files lives, and reading and writing them."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def vocab_file(self) -> Path:
+        return self.path / VOCAB_FILE
+
+    @property
+    def text_vocab_file(self) -> Path:
+        return self.path / "text_vocab.txt"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / "history.jsonl"
+
+    @property
+    def eval_file(self) -> Path:
+        """The held-out scores training writes after its last epoch."""
+        return self.path / "eval.json"
+
+    @property
+    def evaluation(self) -> ReportFolder:
+        """`tfrec evaluate`'s report folder unless it is given another."""
+        return ReportFolder(self.path / "evaluation")
+
+    def variant(self, name: str) -> "RunFolder":
+        """The run folder of a variant of this run (`tfrec evaluate` trains them)."""
+        return RunFolder(self.path / "baselines" / name)
+
+    def is_run(self) -> bool:
+        return self.config_file.exists()
+
+    def read_config(self) -> RunConfig:
+        """The config the run was trained with.
+
+        Raises:
+          InputError: not a run folder.
+        """
+        path = self.config_file
+        if not path.exists():
+            raise InputError(f"not a run folder (no {path.name})", path=str(self.path))
+        return from_dict(RunConfig, json.loads(path.read_text()), str(path))
+
+    def write_config(self, config: RunConfig) -> None:
+        self.config_file.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    def write_files(self, config: RunConfig, vocab, text_vocabulary: list[str]) -> None:
+        """The config, the item vocabulary and the token vocabulary: what
+        `tfrec.run.load_run` rebuilds the model from."""
+        self.write_config(config)
+        vocab.save(self.vocab_file)
+        self.text_vocab_file.write_text("".join(t + "\n" for t in text_vocabulary))
+
+    def read_text_vocabulary(self) -> list[str] | None:
+        """The text tower's tokens (None if the run has none)."""
+        path = self.text_vocab_file
+        return path.read_text().splitlines() if path.exists() else None
+
+    def read_history(self) -> list[dict]:
+        """One dict of metrics per finished epoch."""
+        if not self.history_file.exists():
+            return []
+        return [json.loads(line) for line in self.history_file.read_text().splitlines()
+                if line.strip()]
+
+    def truncate_history(self, epochs: int) -> None:
+        """Drops history lines past the restored epoch (an epoch killed after its line)."""
+        if self.history_file.exists():
+            lines = [line for line in self.history_file.read_text().splitlines()
+                     if line.strip() and json.loads(line)["epoch"] <= epochs]
+            self.history_file.write_text("".join(line + "\n" for line in lines))
+
+    def write_eval(self, evaluation: dict) -> None:
+        self.eval_file.write_text(json.dumps(evaluation, indent=2) + "\n")
