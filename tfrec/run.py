@@ -169,6 +169,8 @@ class TrainingData:
       events: every event read (both sides of the split).
       items: the items table, if any.
       source: where the data came from, in words.
+      streams: the training streams the model's tasks read, in order
+        (`tfrec.models.required_streams`: "pairs" and/or "next_items").
     """
 
     vocab: ItemVocabulary
@@ -185,6 +187,7 @@ class TrainingData:
     events: pd.DataFrame | None = None
     items: pd.DataFrame | None = None
     source: str = ""
+    streams: tuple[str, ...] = ()
 
 
 def prepare_training_data(config: RunConfig) -> TrainingData:
@@ -202,7 +205,8 @@ def prepare_training_data(config: RunConfig) -> TrainingData:
     pairs = PairPipeline(sessions, vocab, config.data.pairs)
     next_items = None
     context = resolve_retrieval_context(config.model.retrieval_context, sessions)
-    if "next_items" in required_streams(config.model):
+    streams = tuple(required_streams(config.model))
+    if "next_items" in streams:
         if config.model.retrieval_context == "auto":
             logger.info("retrieval context: %s (auto: %d of %d sessions of 2+ events have one "
                         "timestamp)", context, sessions.stats["unordered_sessions"],
@@ -214,4 +218,4 @@ def prepare_training_data(config: RunConfig) -> TrainingData:
                        per_user=split.per_user)
     return TrainingData(vocab, sessions, pairs, next_items, cases, rejections,
                         len(train_events), len(test_events), test_events, split, context,
-                        events, items, source)
+                        events, items, source, streams)

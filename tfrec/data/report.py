@@ -75,9 +75,7 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0) -> dict:
         pass
     seconds = time.perf_counter() - started
     cfg = data.pairs.config
-    from tfrec.models import required_streams
-
-    streams = list(required_streams(config.model))
+    streams = list(data.streams)
     retrieval_examples = data.next_items.num_examples if data.next_items is not None else 0
     retrieval_batches = -(-retrieval_examples // config.train.retrieval_batch_size)
     # What one epoch of `fit` runs: the tasks' first stream sets its length
