@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tfrec.config import RecommendSettings
 from tfrec.errors import InputError
 from tfrec.progress import ProgressLine
 from tfrec.utils import ensure_folder
@@ -58,7 +59,7 @@ METADATA_PATH = Path("assets.extra") / "tfrec_metadata.json"
 TMP_MARK = ".tmp-recs-"
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()),
                     ("item_id", pa.string()), ("score", pa.float32())])
-DEFAULT_BATCH_SIZE = 1000
+DEFAULT_BATCH_SIZE = RecommendSettings.batch_size
 
 
 @dataclasses.dataclass

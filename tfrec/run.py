@@ -105,6 +105,15 @@ def command_config(path: str | Path | None = None, overrides: list[str] = (),
     return load_run_config(DEFAULT_CONFIG if path is None else path, overrides)
 
 
+def with_data_dir(config: RunConfig, data_dir: str | Path | None) -> RunConfig:
+    """`config` reading its data set from `data_dir` (made absolute) when it names no
+    `data.data_dir` of its own: a saved run's config finds the data where it is now."""
+    if data_dir is None or config.data.data_dir is not None:
+        return config
+    data = dataclasses.replace(config.data, data_dir=str(Path(data_dir).resolve()))
+    return dataclasses.replace(config, data=data)
+
+
 # The run folder ----------------------------------------------------------------------------
 
 def is_run(run_dir: str | Path) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 
 import tfrec.training as training
 from tfrec.data.sequences import histories_from_lists
+from tfrec.config import EvaluateSettings
 from tfrec.errors import InputError
 from tfrec.evaluate import baselines as baselines_lib
 from tfrec.evaluate.analyses import (categories_of, cold_start_figures, conversion_ranks,
@@ -30,7 +31,7 @@ from tfrec.evaluate.methods import BASELINES, LABELS, MAX_K, MODEL
 from tfrec.evaluate.metrics import hit_rate, target_ranks
 from tfrec.evaluate.protocol import rank_targets, score_cases
 from tfrec.evaluate.report import write_report
-from tfrec.run import check_run_data, load_run, prepare_training_data
+from tfrec.run import check_run_data, load_run, prepare_training_data, with_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def parse_baselines(text: str | None) -> tuple[str, ...]:
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise InputError(f"unknown baseline(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(BASELINES)}, 'all' or 'none'", key="baselines")
+                         f"{', '.join(BASELINES)}, 'all' or 'none'", key="evaluate.baselines")
     return names
 
 
@@ -112,9 +113,12 @@ def _variant_run(run_dir: Path, config, name: str, overrides: dict, progress):
 
 def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                  baselines: tuple[str, ...] = BASELINES, k: int | None = None,
-                 targets: dict | None = None, gensim_epochs: int = 10,
-                 gensim_dim: int = 64, saved_model: str | Path | None = None,
-                 max_item_item_catalogue: int = baselines_lib.MAX_ITEM_ITEM_CATALOGUE) -> dict:
+                 targets: dict | None = None,
+                 gensim_epochs: int = EvaluateSettings.gensim_epochs,
+                 gensim_dim: int = EvaluateSettings.gensim_dim,
+                 saved_model: str | Path | None = None,
+                 max_item_item_catalogue: int = baselines_lib.MAX_ITEM_ITEM_CATALOGUE,
+                 data_dir: str | Path | None = None) -> dict:
     """Evaluates a run and the baselines; writes report.json, report.html and plots.
 
     Args:
@@ -134,6 +138,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
       max_item_item_catalogue: EASE and ItemKNN run up to this many catalogue
         items (an n x n matrix each); above it they are skipped, with the
         reason in the log, the table and the report.
+      data_dir: the data folder to read the run's data set from, when the
+        run's config names no `data.data_dir`.
 
     Returns:
       The report (as written to report.json).
@@ -146,9 +152,10 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                          "with evaluate.saved_model", key="evaluate.run_dir")
     run_dir = Path(run_dir)
     config, run_vocab, model, checkpoint = load_run(run_dir)
+    config = with_data_dir(config, data_dir)
     k = k or config.train.eval_k
     if k < 1 or k > MAX_K:
-        raise InputError(f"k must be between 1 and {MAX_K}, got {k}", key="k")
+        raise InputError(f"k must be between 1 and {MAX_K}, got {k}", key="evaluate.k")
     if targets is None and _default_protocol(config):
         targets = DEFAULT_TARGETS
     out_dir = Path(out_dir) if out_dir else run_dir / "evaluation"
