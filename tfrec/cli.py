@@ -47,7 +47,10 @@ def command_settings(command: str) -> list[Setting]:
 
 def _flag_help(setting: Setting) -> str:
     text = setting.help
-    if not setting.required and setting.default not in (None, False, ()):
+    if setting.key.startswith(tuple(f"{s}." for s in RUN_SECTIONS)):
+        # the default is the run config's (the file's, else the schema's)
+        text += f" (sets {setting.key} of the run config)"
+    elif not setting.required and setting.default not in (None, False, ()):
         shown = json.dumps(setting.default) if isinstance(setting.default, bool) else (
             setting.default)
         text += f" (default: {shown})"
@@ -383,6 +386,9 @@ def error_message(err: InputError) -> str:
     """The error as the command line reads it: each setting named with its flag, or how
     to set it."""
     message = err.message
+    setting = setting_of(err.key) if err.key else None
+    if setting is not None and setting.how_to_set and "--set" not in message:
+        message += f" ({setting.how_to_set})"
     run_prefixes = tuple(f"{s}." for s in RUN_SECTIONS)
     for setting in settings():
         if not setting.flag:
@@ -392,9 +398,6 @@ def error_message(err: InputError) -> str:
         if not setting.key.startswith(run_prefixes):  # a command's setting, anywhere
             message = re.sub(rf"(?<![\w.']){re.escape(setting.key)}(?![\w.'])",
                              f"{setting.key} ({setting.flag})", message)
-    setting = setting_of(err.key) if err.key else None
-    if setting is not None and setting.how_to_set and "--set" not in message:
-        message += f" ({setting.how_to_set})"
     return message
 
 
@@ -414,7 +417,7 @@ def set_native_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, pipeline_args = parser.parse_known_args(argv)
-    if pipeline_args and getattr(args, "runner", None) is None:  # only Beam takes more
+    if pipeline_args and getattr(args, "recommend.runner", None) is None:  # only Beam takes more
         parser.error(f"unrecognized arguments: {' '.join(pipeline_args)}")
     args.pipeline_args = pipeline_args
     # tfrec's own progress at INFO; other libraries (absl, TensorFlow) only errors, unless

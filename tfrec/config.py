@@ -871,7 +871,7 @@ HOW_TO_SET = {
     "data": "set it in the run config, or with --set {key}=VALUE",
     "model": "set it in the run config, or with --set {key}=VALUE",
     "train": "set it in the run config, or with --set {key}=VALUE",
-    "serve.batching": "set it in the batching parameters file (serve.batching_parameters_file)",
+    "serve.batching": "set it in the batching parameters file, serve.batching_parameters_file",
 }
 
 
@@ -973,7 +973,8 @@ def allowed_text(cls: type, name: str) -> str:
         text = field.metadata["check"].text
     else:
         text = _type_problem(_strip_optional(hint), object()) or ""
-    return f"{text} or null" if _optional(hint) and text else text
+    optional = _optional(hint) and not field.metadata["required"]
+    return f"{text} or null" if optional and text else text
 
 
 # Reading settings from plain data --------------------------------------------------------------

@@ -130,8 +130,9 @@ def gensim_available() -> bool:
     return True
 
 
-def item2vec_gensim(sessions, vocab, queries: list, dim: int = 64, window: int | None = None,
-                    negatives: int = 5, epochs: int = 10, sample: float = 1e-3,
+def item2vec_gensim(sessions, vocab, queries: list, dim: int = EvaluateSettings.gensim_dim,
+                    window: int | None = None, negatives: int = 5,
+                    epochs: int = EvaluateSettings.gensim_epochs, sample: float = 1e-3,
                     workers: int = 2, seed: int = 42) -> Embeddings:
     """gensim Word2Vec skip-gram over the training sessions (a basket is a sentence).
 

@@ -133,8 +133,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
       targets: HR@k per group the model must reach (default: the bar for the
         bundled protocol when the run uses it, else none).
       gensim_epochs: passes of the gensim item2vec baseline.
-      gensim_dim: its vector size (64 by default: on the bundled data it
-        scored HR@10 0.160 at 64, 0.119 at 128 and 0.085 at 256).
+      gensim_dim: its vector size (the default is the best measured: on the
+        bundled data it scored HR@10 0.160 at 64, 0.119 at 128 and 0.085 at 256).
       max_item_item_catalogue: EASE and ItemKNN run up to this many catalogue
         items (an n x n matrix each); above it they are skipped, with the
         reason in the log, the table and the report.
