@@ -208,3 +208,16 @@ def test_the_schema_imports_no_tensorflow():
                             timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_the_library_names_only_keys_of_the_schema():
+    # every literal key an InputError names (key="...", or a key= default) is a setting
+    keys = {s.key for s in config.settings()}
+    found = {}
+    for path in (ROOT / "tfrec").rglob("*.py"):
+        text = path.read_text()
+        for literal in (re.findall(r"""\bkey(?::\s*str)?\s*=\s*["']([^"']+)["']""", text)
+                        + re.findall(r"""require\([^,]+, "(\w+\.[\w.]+)"\)""", text)):
+            found.setdefault(literal, path.name)
+    assert len(found) > 25
+    assert {key: where for key, where in found.items() if key not in keys} == {}

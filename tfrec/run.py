@@ -79,7 +79,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"--set expects section.key=value, got {item!r}", key="set")
+            raise InputError(f"--set expects section.key=value, got {item!r}")
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
