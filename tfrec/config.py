@@ -797,7 +797,8 @@ class RecommendSettings(Settings):
     all_users: bool = setting(False, "every user of the export's user list: rows user_id, "
                                      "rank, item_id, score, written to `out` (in this process, "
                                      "no server)", group="what", flag="--all-users")
-    server: str = setting("localhost:8500", "host:port of the gRPC server", flag="--server")
+    server: str = setting(f"localhost:{ServeConfig.port}", "host:port of the gRPC server",
+                          flag="--server")
     model: str | None = setting(None, "the served model's name (server calls)", flag="--model")
     k: int = setting(10, "how many recommendations (per user)", check=POSITIVE, flag="-k")
     timeout: float = setting(10.0, "seconds per server call", check=above(0), flag="--timeout")
@@ -1107,7 +1108,7 @@ def settings_reference() -> str:
         rows = [s for s in settings(prefix) if s.owner is cls]
         if not rows:
             continue
-        title = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        title = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
         lines += ["", f"**`{prefix}`**: {title}", "",
                   "| key | default | allowed | flag | what it does |", "|---|---|---|---|---|"]
         for s in rows:
