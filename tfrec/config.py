@@ -411,9 +411,10 @@ class EvaluateSettings(Settings):
               "the cases", flag="--saved-model")
     out: str | None = setting(None, "report folder (null: RUN_DIR/evaluation)", flag="--out")
     baselines: str = setting(
-        "all", "'all', 'none' or a comma-separated subset of popularity, item2vec_gensim, "
-               "tfidf_text, ease, itemknn, tfrec_text_off, tfrec_id_off (the tfrec variants "
-               "are trained once under RUN_DIR/baselines/ and reused)", flag="--baselines")
+        "all", "'all', 'none' or a comma-separated subset of the baselines (the table under "
+               "Evaluation in the README: popularity, item2vec_gensim, ...; the tfrec "
+               "variants are trained once under RUN_DIR/baselines/ and reused)",
+        checked_by="`tfrec.evaluate.runner.parse_baselines`", flag="--baselines")
     k: int | None = setting(None, "K of HR@K and NDCG@K (null: the run's train.eval_k)",
                             check=POSITIVE, flag="-k")
     gensim_epochs: int = setting(10, "passes of the gensim item2vec baseline", check=POSITIVE,
