@@ -308,7 +308,8 @@ class TestCommand:
         assert "not allowed with" in capsys.readouterr().err
         for missing in (["--model-dir", str(base)], ["--out", str(tmp_path / "r.parquet")]):
             assert main(["recommend", "--all-users"] + missing) == 2
-            assert "--all-users needs" in capsys.readouterr().err
+            assert "setting 'recommend.all_users' (--all-users): all_users needs" in (
+                capsys.readouterr().err)
         with pytest.raises(SystemExit):
             main(["recommend", "--model", "shop"])  # no mode
 

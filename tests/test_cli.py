@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,18 @@ def test_errors_name_the_setting_with_its_flag_or_how_to_set_it():
         "(set it in the run config, or with --set data.pairs.window=VALUE)")
     assert error_message(InputError("bad", key="train.strategy")) == (
         "setting 'train.strategy' (--strategy): bad")
+
+
+def test_evaluate_data_dir_goes_through_the_config(tmp_path, monkeypatch, capsys):
+    from tfrec.config import RunConfig
+    from tfrec.datasets import DATA_ENV
+    from tfrec.run import with_data_dir
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    assert main(["evaluate", "--run", str(tmp_path), "--data-dir", "elsewhere"]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert DATA_ENV not in os.environ
+    config = with_data_dir(RunConfig(), "elsewhere")
+    assert config.data.data_dir == str(Path("elsewhere").resolve())
+    named = with_data_dir(config, "other")  # a config naming its own folder keeps it
+    assert named.data.data_dir == str(Path("elsewhere").resolve())

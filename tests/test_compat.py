@@ -1,10 +1,15 @@
+import configparser
 import os
 import subprocess
 import sys
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
 from tfrec import _compat
+
+SETUP_CFG = Path(__file__).resolve().parent.parent / "setup.cfg"
 
 
 def run_python(code):
@@ -14,18 +19,48 @@ def run_python(code):
                           env=env, timeout=300)
 
 
+def setup_cfg_pins():
+    parser = configparser.ConfigParser()
+    parser.read(SETUP_CFG)
+    lines = parser.get("options", "install_requires").splitlines()
+    return _compat.parse_pins([line.split("#")[0] for line in lines])
+
+
 def test_wrong_versions_are_named():
-    required = {"tensorflow": ("1.15", "why not"), "no-such-package-xyz": ("1.0", "needed")}
+    required = {"tensorflow": ("1.15.*", "why not"), "no-such-package-xyz": ("1.0", "needed")}
     with pytest.raises(_compat.IncompatibleStackError) as err:
         _compat.check_stack(required)
     message = str(err.value)
-    assert "tensorflow: 2.20" in message and "need 1.15.*" in message
-    assert "no-such-package-xyz: not installed" in message
+    assert f"tensorflow: {metadata.version('tensorflow')} installed" in message
+    assert "need tensorflow==1.15.* (why not)" in message
+    assert "no-such-package-xyz: not installed, need no-such-package-xyz==1.0" in message
     assert "pip install" in message
 
 
+def test_pins_parsed_from_requirement_strings():
+    pins = _compat.parse_pins(["tensorflow==2.20.*", "scann[tf]==1.4.2", "grpcio",
+                               "numpy<2.5,>=2", 'apache-beam==2.77.*; extra == "beam"',
+                               "TF_Keras==2.20.*"])
+    assert pins == {"tensorflow": "2.20.*", "scann": "1.4.2", "tf-keras": "2.20.*"}
+    assert _compat.matches("2.20.0", "2.20.*") and _compat.matches("2.20", "2.20.*")
+    assert not _compat.matches("2.21.0", "2.20.*") and not _compat.matches("2.200.1", "2.20.*")
+    assert _compat.matches("0.7.7", "0.7.7") and not _compat.matches("0.7.70", "0.7.7")
+
+
+def test_the_checked_pins_are_setup_cfgs():
+    # setup.cfg owns the versions; the check reads them from the installed metadata.
+    checked = {dist: pin for dist, (pin, _) in _compat.pinned_stack().items()}
+    assert set(checked) == set(_compat.STACK)
+    expected = setup_cfg_pins()
+    assert checked == {dist: expected[dist] for dist in _compat.STACK}
+    source = Path(_compat.__file__).read_text()
+    assert not any(pin in source for pin in checked.values())
+
+
 def test_installed_stack_passes():
-    _compat.check_stack()
+    for dist, (pin, _) in _compat.pinned_stack().items():
+        assert _compat.matches(metadata.version(dist), pin), dist
+    _compat.check_stack()  # raises on a mismatch
 
 
 def test_import_sets_legacy_keras_before_tensorflow():

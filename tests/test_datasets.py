@@ -282,7 +282,8 @@ def test_prepare_training_data_on_goodbooks_keeps_users_and_items_out(goodbooks)
 
 
 def test_split_settings_are_checked():
-    with pytest.raises(InputError, match="split_by must be one of 'time', 'user'"):
+    with pytest.raises(InputError,
+                       match="setting 'train.split_by': split_by must be 'time' or 'user'"):
         TrainConfig(split_by="users")
     with pytest.raises(InputError, match="holdout_users must be in"):
         TrainConfig(holdout_users=1.0)

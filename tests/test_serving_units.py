@@ -102,7 +102,9 @@ def test_serve_thread_flags_are_checked(tmp_path, capsys):
     config.write_text('model_config_list { config { name: "m" base_path: "/nowhere" } }\n')
     assert cli.main(["serve", "--model_config_file", str(config),
                      "--tensorflow_intra_op_parallelism", "-1"]) == 2
-    assert "thread counts must be >= 0" in capsys.readouterr().err
+    assert ("setting 'serve.tensorflow_intra_op_parallelism' (--tensorflow_intra_op_parallelism)"
+            ": tensorflow_intra_op_parallelism must be an integer >= 0, got -1"
+            in capsys.readouterr().err)
 
 
 # -- the version manager, with a fake loader (no TensorFlow model) -------------------------

@@ -85,7 +85,7 @@ def test_tfrec_has_no_import_cycles():
 LAYERS = {
     # settings, errors and small helpers
     "tfrec.errors": 0, "tfrec.config": 0, "tfrec.utils": 0, "tfrec.progress": 0,
-    "tfrec._compat": 0,
+    "tfrec._compat": 0, "tfrec.schema": 0,
     # the data layer; the run and report folders' files; optimizers and strategies
     "tfrec.data": 1, "tfrec.run_folder": 1, "tfrec.optimizers": 1, "tfrec.distribute": 1,
     # the public data sets' layouts (read through the data layer)

@@ -83,7 +83,7 @@ def test_train_writes_a_complete_run_folder(tmp_path, data_files, capsys):
     (["train.split_date=1990-01-01"], "no training events before the split"),
     (["data.items=null"], "the text tower needs item text"),
     (["model.fusion=concat", "model.text_share=1.5"], "text_share must be in (0, 1), got 1.5"),
-    (["train.optimizer=lazyadam"], "optimizer must be one of 'adam', 'lazy_adam', 'adagrad', "
+    (["train.optimizer=lazyadam"], "optimizer must be 'adam', 'lazy_adam', 'adagrad' or "
                                    "'sgd', got 'lazyadam'"),
 ])
 def test_bad_config_exits_2_naming_the_key_or_file(tmp_path, data_files, capsys, overrides,

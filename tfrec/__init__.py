@@ -60,7 +60,7 @@ _LAZY = {
     "ModelConfig": "tfrec.config",
     "TextConfig": "tfrec.config",
     "TrainConfig": "tfrec.config",
-    "IndexConfig": "tfrec.index.ann",
+    "IndexConfig": "tfrec.config",
     "load_run_config": "tfrec.run",
     # Data of a run: split, vocabulary, pipelines, held-out cases.
     "prepare_training_data": "tfrec.run",
@@ -89,9 +89,8 @@ __all__ = ["InputError", "__version__", *_LAZY]
 
 if typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from tfrec.config import (  # noqa: F401
-        DataConfig, ModelConfig, PairConfig, RunConfig, TextConfig, TrainConfig)
+        DataConfig, IndexConfig, ModelConfig, PairConfig, RunConfig, TextConfig, TrainConfig)
     from tfrec.exporter.saved_model import export, load_saved_model  # noqa: F401
-    from tfrec.index.ann import IndexConfig  # noqa: F401
     from tfrec.models.builder import build_model  # noqa: F401
     from tfrec.models.hybrid import HybridModel  # noqa: F401
     from tfrec.optimizers import build_optimizer  # noqa: F401

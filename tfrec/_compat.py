@@ -5,30 +5,86 @@ TensorFlow import. TensorFlow Recommenders needs Keras 2 (``tf_keras``), and
 the ScaNN ops are compiled against one TensorFlow release: a mismatch fails
 late and obscurely (``Op type not registered``, Keras 3 errors deep in TFRS),
 so it is caught here with a message that says what to install.
+
+The versions themselves are pinned once, in ``setup.cfg``
+(``install_requires``); this module reads them from the installed tfrec
+distribution's metadata (or, in a source tree that was never installed, from
+``setup.cfg`` itself).
 """
 
 from __future__ import annotations
 
+import configparser
+import re
 from importlib import metadata
+from pathlib import Path
 
-# distribution name -> (required "major.minor" prefix or exact version, why)
-REQUIRED = {
-    "tensorflow": ("2.20", "the stack is pinned to TensorFlow 2.20"),
-    "tf-keras": ("2.20", "TensorFlow Recommenders needs Keras 2 matching TensorFlow"),
-    "tensorflow-text": ("2.20", "tensorflow-text ops are built for one TensorFlow release"),
-    "tensorflow-recommenders": ("0.7.7", "tested with TFRS 0.7.7"),
-    "scann": ("1.4.2", "scann 1.4.2 is the release built for TensorFlow 2.20"),
+# The packages whose pinned version is checked, and why a mismatch matters.
+STACK = {
+    "tensorflow": "the stack is pinned to one TensorFlow release",
+    "tf-keras": "TensorFlow Recommenders needs Keras 2 matching TensorFlow",
+    "tensorflow-text": "tensorflow-text ops are built for one TensorFlow release",
+    "tensorflow-recommenders": "the TFRS release tfrec is tested with",
+    "scann": "the ScaNN release built for the pinned TensorFlow release",
 }
 
 INSTALL_HINT = "pip install -e . (or: make test), which installs the pinned stack from setup.cfg"
+
+# "name[extras]==version" (a marker such as `; extra == "test"` is not an install pin).
+_PIN = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(?:\[[^\]]*\])?\s*==\s*([^\s;,]+)\s*$")
+_SETUP_CFG = Path(__file__).resolve().parent.parent / "setup.cfg"
 
 
 class IncompatibleStackError(ImportError):
     """The installed TensorFlow / Keras / scann versions do not work together."""
 
 
-def _matches(version: str, wanted: str) -> bool:
-    return version == wanted or version.startswith(wanted + ".")
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_pins(requirements: list[str]) -> dict[str, str]:
+    """Requirement strings -> {distribution: pinned version} for the exact (==) pins.
+
+    A trailing ``.*`` is kept ("1.2.*"); requirements with a marker or
+    another operator are not pins.
+    """
+    pins = {}
+    for requirement in requirements:
+        match = _PIN.match(requirement)
+        if match:
+            pins[_canonical(match.group(1))] = match.group(2)
+    return pins
+
+
+def installed_requirements() -> list[str]:
+    """tfrec's install requirements: the installed distribution's metadata, else the
+    source tree's setup.cfg, else none."""
+    try:
+        return list(metadata.requires("tfrec") or [])
+    except metadata.PackageNotFoundError:
+        pass
+    if _SETUP_CFG.exists():
+        parser = configparser.ConfigParser()
+        parser.read(_SETUP_CFG)
+        text = parser.get("options", "install_requires", fallback="")
+        return [line.split("#")[0].strip() for line in text.splitlines()
+                if line.split("#")[0].strip()]
+    return []
+
+
+def pinned_stack() -> dict[str, tuple[str, str]]:
+    """The stack to check: distribution name -> (pinned version, why)."""
+    pins = parse_pins(installed_requirements())
+    return {dist: (pins[dist], why) for dist, why in STACK.items() if dist in pins}
+
+
+def matches(version: str, pin: str) -> bool:
+    """Whether an installed version satisfies ``==pin`` ("1.2.*" or "1.2.3")."""
+    if pin.endswith(".*"):
+        prefix = pin[:-2]
+        return version == prefix or version.startswith(prefix + ".")
+    return version == pin
 
 
 def check_stack(required: dict[str, tuple[str, str]] | None = None,
@@ -36,8 +92,8 @@ def check_stack(required: dict[str, tuple[str, str]] | None = None,
     """Raises IncompatibleStackError naming every package of the wrong version.
 
     Args:
-      required: distribution name -> (version prefix, reason); defaults to
-        REQUIRED.
+      required: distribution name -> (pinned version, reason); defaults to
+        `pinned_stack()` (setup.cfg's pins).
       legacy_keras_in_time: False when TensorFlow had been imported before
         ``TF_USE_LEGACY_KERAS=1`` was set, so ``tf.keras`` is Keras 3.
 
@@ -49,14 +105,14 @@ def check_stack(required: dict[str, tuple[str, str]] | None = None,
         TensorFlow was imported before tfrec without ``TF_USE_LEGACY_KERAS=1``.
     """
     problems = []
-    for dist, (wanted, why) in (required or REQUIRED).items():
+    for dist, (wanted, why) in (pinned_stack() if required is None else required).items():
         try:
             found = metadata.version(dist)
         except metadata.PackageNotFoundError:
-            problems.append(f"  {dist}: not installed, need {wanted}.* ({why})")
+            problems.append(f"  {dist}: not installed, need {dist}=={wanted} ({why})")
             continue
-        if not _matches(found, wanted):
-            problems.append(f"  {dist}: {found} installed, need {wanted}.* ({why})")
+        if not matches(found, wanted):
+            problems.append(f"  {dist}: {found} installed, need {dist}=={wanted} ({why})")
     try:
         keras_version = metadata.version("keras")
     except metadata.PackageNotFoundError:

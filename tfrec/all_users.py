@@ -45,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tfrec.config import RecommendSettings
 from tfrec.errors import InputError
 from tfrec.exporter.layout import (ModelFolder, VersionFolder, remove_stale_temporaries,
                                    temporary_path)
@@ -57,7 +58,7 @@ SIGNATURE = "recommend_for_user"
 TMP_MARK = ".tmp-recs-"
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()),
                     ("item_id", pa.string()), ("score", pa.float32())])
-DEFAULT_BATCH_SIZE = 1000
+DEFAULT_BATCH_SIZE = RecommendSettings.batch_size
 
 
 @dataclasses.dataclass

@@ -1,4 +1,10 @@
-"""The `tfrec` command line: argparse subcommands, each calling one library function."""
+"""The `tfrec` command line: argparse subcommands, each calling one library function.
+
+The flags are generated from the settings schema (`tfrec.config`): each
+setting with a flag is one option, with its help text and default from
+there; `COMMAND_SETTINGS` says which command takes which. A library error
+names the setting's key; `error_message` adds the flag that sets it.
+"""
 
 from __future__ import annotations
 
@@ -9,44 +15,111 @@ import os
 import re
 import sys
 
+from tfrec.config import (RUN_SECTIONS, EvaluateSettings, ExportSettings, IndexConfig,
+                          PrepareSettings, RecommendSettings, ServeConfig, Setting,
+                          TrainingSettings, section_prefix, setting_of, settings)
 from tfrec.errors import InputError
 from tfrec.utils import VERBOSE_ENV
 
 logger = logging.getLogger("tfrec")
 
+# Which settings each command takes as flags: a section (each of its settings that has a
+# flag) or one key. The run settings (data.*, model.*, train.*) are otherwise set in the
+# run config or with --set KEY=VALUE.
+COMMAND_SETTINGS = {
+    "prepare": ("data.data_dir", "prepare"),
+    "train": ("data.data_dir", "train.epochs", "train.strategy", "training"),
+    "evaluate": ("evaluate", "data.data_dir"),
+    "export": ("export", "index"),
+    "serve": ("serve",),
+    "recommend": ("recommend",),
+}
+
+
+def command_settings(command: str) -> list[Setting]:
+    """The settings `command` takes as flags, in the order of `COMMAND_SETTINGS`."""
+    found = []
+    for entry in COMMAND_SETTINGS[command]:
+        found += [s for s in settings() if s.flag and (s.key == entry
+                                                       or s.key.startswith(entry + "."))]
+    return found
+
+
+def _flag_help(setting: Setting) -> str:
+    text = setting.help
+    if setting.key.startswith(tuple(f"{s}." for s in RUN_SECTIONS)):
+        # the default is the run config's (the file's, else the schema's)
+        text += f" (sets {setting.key} of the run config)"
+    elif not setting.required and setting.default not in (None, False, ()):
+        shown = json.dumps(setting.default) if isinstance(setting.default, bool) else (
+            setting.default)
+        text += f" (default: {shown})"
+    return text.replace("%", "%%")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """One option per setting of `command`, from the schema. Every option defaults to None
+    (not given): the setting then keeps its default, in the schema or in the run config."""
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for setting in command_settings(command):
+        target = parser
+        if setting.group:
+            target = groups.get(setting.group) or groups.setdefault(
+                setting.group, parser.add_mutually_exclusive_group(required=True))
+        options = {"dest": setting.key, "default": None, "help": _flag_help(setting)}
+        if setting.type is bool:
+            options["action"] = "store_true"
+        else:
+            options["type"] = setting.type
+            options["metavar"] = {int: "N", float: "X"}.get(setting.type, setting.name.upper())
+        if setting.required:
+            options["required"] = True
+        target.add_argument(setting.flag, **options)
+
+
+def given(args: argparse.Namespace, cls: type) -> dict:
+    """The settings of section `cls` given as flags: name -> value."""
+    prefix = section_prefix(cls)
+    return {key[len(prefix):]: value for key, value in vars(args).items()
+            if key.startswith(prefix) and "." not in key[len(prefix):] and value is not None}
+
+
+def command_config_of(args: argparse.Namespace, cls: type):
+    """The settings of section `cls`: the flags given, the schema's defaults for the rest."""
+    return cls(**given(args, cls))
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """The run settings given as flags (but data.data_dir), as --set overrides."""
+    return [f"{key}={json.dumps(value)}" for key, value in vars(args).items()
+            if key.startswith(tuple(f"{s}." for s in RUN_SECTIONS)) and value is not None
+            and key != "data.data_dir"]
+
 
 def _add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """--config, --set and --data-dir: the run config, as `tfrec.run.command_config` reads it."""
+    """--config and --set: the run config, as `tfrec.run.command_config` reads it."""
     parser.add_argument("--config", metavar="FILE",
                         help="run config, YAML or JSON (sections data, model, train; default: "
                              "tfrec/configs/online_retail.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set model.embedding_dim=32 "
                              "(repeatable)")
-    _add_data_dir_argument(parser)
-
-
-def _add_data_dir_argument(parser) -> None:
-    from tfrec.datasets import DATA_ENV
-
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="the data folder holding online_retail/ and goodbooks_10k/ "
-                             f"(default: ${DATA_ENV}, else ../shared/data)")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tfrec.data.report import data_report, format_report, write_outputs
     from tfrec.run import command_config, prepare_training_data
 
-    config = command_config(args.config, args.set, args.data_dir)
+    settings_ = command_config_of(args, PrepareSettings)
+    config = command_config(args.config, args.set, getattr(args, "data.data_dir"))
     data = prepare_training_data(config)
     report = data_report(data, config)
-    if args.json:
+    if settings_.json:
         print(json.dumps(report, indent=2))
     else:
         print(format_report(report))
-    if args.out:
-        for what, path in write_outputs(data, report, args.out).items():
+    if settings_.out:
+        for what, path in write_outputs(data, report, settings_.out).items():
             print(f"wrote {what}: {path}")
     return 0
 
@@ -57,15 +130,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tfrec.run import command_config
     from tfrec.training import format_evaluation, train
 
-    overrides = list(args.set)
-    if args.epochs is not None:
-        overrides.append(f"train.epochs={args.epochs}")
-    if args.strategy is not None:
-        overrides.append(f"train.strategy={args.strategy}")
-    config = command_config(args.config, overrides, args.data_dir)
-    result = train(config, Path(args.run_dir), resume=args.resume,
-                   epochs=args.epochs if args.resume else None,
-                   strategy=args.strategy if args.resume else None, overwrite=args.overwrite)
+    run = command_config_of(args, TrainingSettings)
+    config = command_config(args.config, [*args.set, *run_overrides(args)],
+                            getattr(args, "data.data_dir"))
+    epochs, strategy = getattr(args, "train.epochs"), getattr(args, "train.strategy")
+    result = train(config, Path(run.run_dir), resume=run.resume,
+                   epochs=epochs if run.resume else None,
+                   strategy=strategy if run.resume else None, overwrite=run.overwrite)
     worker = result.worker
     if not worker.is_chief:
         print(f"worker {worker.index} of {worker.count} ({worker.task_type} "
@@ -86,34 +157,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from tfrec.exporter import CatalogueUpdate, export, update_catalogue
-    from tfrec.index import IndexConfig
 
-    # Index flags left out: IndexConfig's defaults, or the previous version's for an update.
-    given = {name: value for name, value in (
-        ("kind", args.index), ("max_k", args.max_k), ("num_leaves", args.leaves),
-        ("num_leaves_to_search", args.leaves_to_search),
-        ("num_reordering_candidates", args.reorder), ("recall_floor", args.recall_floor),
-        ("max_session_items", args.max_session_items)) if value is not None}
-    serving = None if args.no_serving_config else args.serving_config
-    updating = args.add_items is not None or args.drop_items is not None
-    if updating:
-        result = update_catalogue(args.model_dir, CatalogueUpdate(args.add_items, args.drop_items),
-                                  from_version=args.from_version, run_dir=args.run,
-                                  index_settings=given, version=args.version,
+    # Index settings left out: the schema's defaults, or the previous version's for an update.
+    index = given(args, IndexConfig)
+    ex = command_config_of(args, ExportSettings)
+    serving = None if ex.no_serving_config else ex.serving_config
+    if ex.updating:
+        result = update_catalogue(ex.model_dir, CatalogueUpdate(ex.add_items, ex.drop_items),
+                                  from_version=ex.from_version, run_dir=ex.run,
+                                  index_settings=index, version=ex.version,
                                   serving_config_dir=serving)
     else:
-        if args.from_version is not None:
-            raise InputError("--from-version goes with --add-items or --drop-items",
-                             key="export.from_version")
-        if args.run is None:
-            raise InputError("give --run RUN_DIR (or --add-items / --drop-items to change the "
-                             "catalogue of an exported version)", key="export.run")
-        result = export(args.run, args.model_dir, IndexConfig(**given), version=args.version,
+        result = export(ex.run, ex.model_dir, IndexConfig(**index), version=ex.version,
                         serving_config_dir=serving)
     meta = result.metadata
     recall_key = next(k for k in meta if k.startswith("recall@"))
     print(f"exported version {result.version}: {result.path}")
-    if updating:
+    if ex.updating:
         change = meta["catalogue_update"]
         print(f"  from version {change['from_version']} without training: "
               f"{change['added']:,} items added, {change['dropped']:,} dropped"
@@ -124,12 +184,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"  index {meta['index_kind']} over {meta['items']:,} items "
           f"{meta['index_parameters'] or ''}".rstrip())
     print(f"  {recall_key} against brute force: {meta[recall_key]:.4f} "
-          f"({meta['recall_queries']:,} {'cached users' if updating else 'real queries'}); "
+          f"({meta['recall_queries']:,} {'cached users' if ex.updating else 'real queries'}); "
           "index built in "
           f"{meta['index_build_seconds']:.2f}s; export took {meta['export_seconds']:.1f}s")
     print(f"  signatures: {', '.join(meta['signatures'])}")
-    if not args.no_serving_config:
-        print(f"  serving config: {args.serving_config}/models.config")
+    if serving is not None:
+        print(f"  serving config: {serving}/models.config")
     return 0
 
 
@@ -137,60 +197,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tfrec.evaluate.runner import evaluate_run, parse_baselines
     from tfrec.evaluate.table import format_report
 
-    if args.run is None and args.saved_model is None:
-        raise InputError("give --run RUN_DIR or --saved-model VERSION_DIR")
-    if args.data_dir is not None:
-        import os
-
-        from tfrec.datasets import DATA_ENV
-
-        # The run's config defines the data; the folder is where to find it.
-        os.environ[DATA_ENV] = str(args.data_dir)
-    report = evaluate_run(args.run, args.out, parse_baselines(args.baselines), k=args.k,
-                          gensim_epochs=args.gensim_epochs, gensim_dim=args.gensim_dim,
-                          saved_model=args.saved_model,
-                          **({} if args.max_item_item_catalogue is None else
-                             {"max_item_item_catalogue": args.max_item_item_catalogue}))
+    ev = command_config_of(args, EvaluateSettings)
+    report = evaluate_run(ev.run_dir, ev.out, parse_baselines(ev.baselines), k=ev.k,
+                          gensim_epochs=ev.gensim_epochs, gensim_dim=ev.gensim_dim,
+                          saved_model=ev.saved_model,
+                          max_item_item_catalogue=ev.max_item_item_catalogue,
+                          data_dir=getattr(args, "data.data_dir"))
     print(format_report(report))
-    out = args.out or f"{report['run']}/evaluation"
+    out = ev.out or f"{report['run']}/evaluation"
     print(f"report: {out}/report.html, {out}/report.json")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tfrec.serving.batching import BatchingParameters, Batcher, read_batching_parameters
-    from tfrec.serving.predict import RequestLimits
+    from tfrec.config import BatchingParameters
+    from tfrec.serving.batching import Batcher, read_batching_parameters
     from tfrec.serving.server import ModelServer
 
     import tensorflow as tf
 
+    flags = given(args, ServeConfig)
+    batching_file = flags.get("batching_parameters_file")
+    batching = (read_batching_parameters(batching_file) if batching_file and
+                flags.get("enable_batching") else BatchingParameters())
+    config = ServeConfig(**flags, batching=batching)
     # TF Serving's flags of the same names; set before the first model loads.
-    if args.tensorflow_intra_op_parallelism < 0 or args.tensorflow_inter_op_parallelism < 0:
-        raise InputError("thread counts must be >= 0 (0: TensorFlow chooses)",
-                         key="tensorflow_intra_op_parallelism")
-    tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
-    tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
-    batcher = None
-    if args.enable_batching:
-        params = (read_batching_parameters(args.batching_parameters_file)
-                  if args.batching_parameters_file else BatchingParameters())
-        batcher = Batcher(params)
-    elif args.batching_parameters_file:
-        raise InputError("--batching_parameters_file needs --enable_batching",
-                         key="batching_parameters_file")
-    for flag in ("max_batch", "max_request_elements", "rest_api_max_connections"):
-        if getattr(args, flag) < 1:
-            raise InputError(f"--{flag} must be at least 1, got {getattr(args, flag)}", key=flag)
-    if args.rest_api_timeout_seconds <= 0:
-        raise InputError("--rest_api_timeout_seconds must be > 0", key="rest_api_timeout_seconds")
-    server = ModelServer(args.model_config_file, port=args.port, host=args.host,
-                         poll_seconds=args.file_system_poll_wait_seconds,
-                         config_poll_seconds=args.model_config_file_poll_wait_seconds,
-                         limits=RequestLimits(args.max_batch, args.max_request_elements),
-                         rest_port=args.rest_api_port,
-                         rest_timeout=args.rest_api_timeout_seconds,
-                         rest_max_connections=args.rest_api_max_connections,
-                         grace=args.grace_period_seconds, batcher=batcher)
+    tf.config.threading.set_intra_op_parallelism_threads(config.tensorflow_intra_op_parallelism)
+    tf.config.threading.set_inter_op_parallelism_threads(config.tensorflow_inter_op_parallelism)
+    batcher = Batcher(config.batching) if config.enable_batching else None
+    server = ModelServer(config, batcher=batcher)
     rest = f", REST on port {server.rest.port}" if server.rest else ""
     print(f"tfrec serve: gRPC on {server.address}{rest} (TF Serving API)"
           f"{', batching on' if batcher else ''}; Ctrl-C or SIGTERM stops", flush=True)
@@ -199,43 +234,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    if args.all_users:
-        return cmd_recommend_all_users(args)
-    if args.runner is not None:
-        raise InputError("--runner is for --all-users (a Beam pipeline)", key="recommend.runner")
+    rc = command_config_of(args, RecommendSettings)
+    if rc.all_users:
+        return cmd_recommend_all_users(rc, args)
     import grpc
 
     from tfrec.serving.client import RecommenderClient
 
-    if args.model is None:
-        raise InputError("asking a server needs --model (the served model's name)",
-                         key="model")
-    if args.user is not None:
-        user, items = args.user.strip(), []
-        if not user:
-            raise InputError("--user needs a user id", key="user")
-    else:
-        items = [i.strip() for i in args.items.split(",") if i.strip()]
-        if not items:
-            raise InputError("--items needs at least one item id", key="items")
-    client = RecommenderClient(args.server, args.model, timeout=args.timeout)
+    user, items = (rc.user.strip(), []) if rc.user is not None else (None, rc.session)
+    client = RecommenderClient(rc.server, rc.model, timeout=rc.timeout)
     try:
-        if args.user is not None:
-            [(results, known)] = client.recommend_for_user([user], k=args.k)
+        if user is not None:
+            [(results, known)] = client.recommend_for_user([user], k=rc.k)
             fallback = not known
         else:
-            results, fallback = client.recommend_with_fallback([items], k=args.k)
+            results, fallback = client.recommend_with_fallback([items], k=rc.k)
             results, fallback = results[0], fallback[0]
         shown = items + [item for item, _ in results]
         texts = dict(zip(shown, client.item_texts(shown)))
     except grpc.RpcError as err:
-        print(f"tfrec: error: {args.server}: {err.code().name}: {err.details()}",
+        print(f"tfrec: error: {rc.server}: {err.code().name}: {err.details()}",
               file=sys.stderr)
         return 2 if err.code() in (grpc.StatusCode.INVALID_ARGUMENT,
                                    grpc.StatusCode.NOT_FOUND) else 1
     finally:
         client.close()
-    if args.user is not None:
+    if user is not None:
         print(f"user: {user}")
         if fallback:
             print("  (unknown user: the export has no cached embedding for it; the most "
@@ -251,19 +275,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_recommend_all_users(args: argparse.Namespace) -> int:
+def cmd_recommend_all_users(rc: RecommendSettings, args: argparse.Namespace) -> int:
     from tfrec.all_users import recommend_all_users
 
-    missing = [flag for flag, value in (("--model-dir", args.model_dir), ("--out", args.out))
-               if value is None]
-    if missing:
-        raise InputError(f"--all-users needs {' and '.join(missing)}", key="all_users")
-    if args.runner is not None:
-        return cmd_recommend_all_users_on_beam(args)
+    if rc.runner is not None:
+        return cmd_recommend_all_users_on_beam(rc, args.pipeline_args)
     summary = recommend_all_users(
-        args.model_dir, args.out, k=args.k, version=args.version, progress=not args.quiet,
-        overwrite=args.overwrite,
-        **({} if args.batch_size is None else {"batch_size": args.batch_size}))
+        rc.model_dir, rc.out, k=rc.k, version=rc.version, progress=not args.quiet,
+        overwrite=rc.overwrite, batch_size=rc.batch_size)
     size = summary.path.stat().st_size / 2**20
     print(f"wrote {summary.path}: {summary.users:,} users x top {summary.k} from "
           f"{summary.version_dir}, {summary.rows:,} rows in {summary.row_groups:,} row groups "
@@ -275,17 +294,14 @@ def cmd_recommend_all_users(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_recommend_all_users_on_beam(args: argparse.Namespace) -> int:
-    if args.overwrite:
-        raise InputError("a Beam pipeline never replaces output shards: remove them or "
-                         "choose another --out prefix", key="recommend.overwrite")
+def cmd_recommend_all_users_on_beam(rc: RecommendSettings, pipeline_args: list[str]) -> int:
     try:
         from tfrec.beam.all_users import run
     except ImportError as err:
-        raise InputError(str(err), key="recommend.runner") from None
-    summary = run(args.model_dir, args.out, k=args.k, version=args.version,
-                  pipeline_args=[f"--runner={args.runner}", *args.pipeline_args],
-                  **({} if args.batch_size is None else {"batch_size": args.batch_size}))
+        raise InputError(str(err), key=RecommendSettings.key("runner")) from None
+    summary = run(rc.model_dir, rc.out, k=rc.k, version=rc.version, users=rc.users,
+                  pipeline_args=[f"--runner={rc.runner}", *pipeline_args],
+                  batch_size=rc.batch_size)
     counts = ("" if summary.users is None else
               f": {summary.users:,} users x top {summary.k}, {summary.rows:,} rows")
     print(f"pipeline {summary.state} in {summary.seconds:.1f}s{counts} from "
@@ -299,7 +315,6 @@ def cmd_recommend_all_users_on_beam(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from tfrec import __version__
-    from tfrec.config import INDEX_KINDS
 
     parser = argparse.ArgumentParser(
         prog="tfrec", description="Item embeddings from behaviour and text, served with ANN.")
@@ -317,9 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "it as training will, sessionise it, build the training pipelines and "
                     "print a report of the data and of one epoch of training.")
     _add_run_config_arguments(prep)
-    prep.add_argument("--out", metavar="DIR",
-                      help="also write vocab.tsv, report.json and rejected_rows.csv here")
-    prep.add_argument("--json", action="store_true", help="print the report as JSON")
     prep.set_defaults(func=cmd_prepare)
 
     tr = sub.add_parser(
@@ -330,17 +342,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "the config, vocabularies, per-epoch checkpoints, TensorBoard logs and "
                     "history; report the held-out hit rate.")
     _add_run_config_arguments(tr)
-    tr.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
-    tr.add_argument("--strategy", metavar="NAME",
-                    help="shorthand for --set train.strategy=NAME: default (no tf.distribute "
-                         "strategy), mirrored (the local devices) or multi_worker (one process "
-                         "per worker, the cluster from the TF_CONFIG environment variable)")
-    tr.add_argument("--run-dir", default="runs/train", metavar="DIR",
-                    help="run folder (default: runs/train)")
-    tr.add_argument("--resume", action="store_true",
-                    help="continue the run in --run-dir from its last checkpoint")
-    tr.add_argument("--overwrite", action="store_true",
-                    help="replace an existing run folder")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser(
@@ -350,30 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "EASE, cosine ItemKNN, tfrec with the text tower off, with the id tower "
                     "off); print the table "
                     "and write report.json and a self-contained report.html with plots.")
-    ev.add_argument("--run", metavar="RUN_DIR", help="a tfrec train run folder")
-    ev.add_argument("--saved-model", metavar="VERSION_DIR",
-                    help="evaluate this exported version (e.g. saved_models/retail/1) instead "
-                         "of the run's checkpoint: its embeddings, query signature and index; "
-                         "the run (default: the one it was exported from) defines the cases")
-    ev.add_argument("--out", metavar="DIR", help="report folder (default RUN_DIR/evaluation)")
-    ev.add_argument("--data-dir", metavar="DIR",
-                    help="the data folder to read the run's data set from, when the run's "
-                         "config names no data.data_dir (default: $TFREC_DATA, else "
-                         "../shared/data)")
-    ev.add_argument("--baselines", default="all", metavar="LIST",
-                    help="'all' (default), 'none' or a comma-separated subset of popularity, "
-                         "item2vec_gensim, tfidf_text, ease, itemknn, tfrec_text_off, "
-                         "tfrec_id_off (the "
-                         "tfrec variants are trained once under RUN_DIR/baselines/ and reused)")
-    ev.add_argument("-k", type=int, help="K of HR@K and NDCG@K (default: the run's eval_k)")
-    ev.add_argument("--gensim-epochs", type=int, default=10,
-                    help="passes of the gensim item2vec baseline (default 10)")
-    ev.add_argument("--gensim-dim", type=int, default=64,
-                    help="vector size of the gensim item2vec baseline (default 64, its best "
-                         "on Online Retail)")
-    ev.add_argument("--max-item-item-catalogue", type=int, metavar="N",
-                    help="run EASE and ItemKNN (an N x N matrix each, ~N^3 time) up to N "
-                         "catalogue items, skip them above (default 20,000)")
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser(
@@ -381,50 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write the run's model as the next version under --model-dir (TF Serving "
                     "layout), with text preprocessing, towers, a retrieval index over every "
                     "catalogue item, warm-up records, cached embeddings and a projector "
-                    "folder; update serving_config/models.config.")
-    ex.add_argument("--run", metavar="RUN_DIR",
-                    help="a tfrec train run folder (with --add-items/--drop-items: default "
-                         "the run the version was exported from)")
-    ex.add_argument("--model-dir", required=True, metavar="DIR",
-                    help="the model's base path, e.g. saved_models/retail")
-    ex.add_argument("--add-items", metavar="ITEMS",
-                    help="build the next version from the newest (or --from-version) without "
-                         "training: these items (CSV/Parquet in the run's items layout: id, "
-                         "text, optional market) embedded by the text tower alone and added "
-                         "to the index; an id already there with the same text is left as it "
-                         "is, with another text it is an error")
-    ex.add_argument("--drop-items", metavar="IDS",
-                    help="build the next version without these items (a file of item ids, "
-                         "one a line): never recommended again")
-    ex.add_argument("--from-version", type=int, metavar="N",
-                    help="with --add-items/--drop-items: start from version N (default: the "
-                         "newest)")
-    ex.add_argument("--index", choices=INDEX_KINDS,
-                    help="scann (default; approximate, needs ScaNN ops to serve) or "
-                         "brute_force (exact, loads in stock TF Serving); --add-items / "
-                         "--drop-items keep the previous version's --index, --max-k, "
-                         "--max-session-items and --recall-floor unless given")
-    ex.add_argument("--version", type=int, help="version number (default: the next one)")
-    ex.add_argument("--max-k", type=int,
-                    help="the largest k a request may ask (default 100)")
-    ex.add_argument("--leaves", type=int, help="ScaNN partitions (default ~sqrt(items))")
-    ex.add_argument("--leaves-to-search", type=int,
-                    help="ScaNN partitions searched (default: a tenth, widened automatically "
-                         "until --recall-floor is met)")
-    ex.add_argument("--reorder", type=int,
-                    help="ScaNN candidates re-scored exactly (default max(200, 4 x max-k, "
-                         "max-k + max-session-items); at least max-k + max-session-items)")
-    ex.add_argument("--max-session-items", type=int,
-                    help="the widest session a request may send (its items are all excluded "
-                         "from the results; default 500, at least the model's "
-                         "history_length)")
-    ex.add_argument("--recall-floor", type=float,
-                    help="least ScaNN recall@10 against brute force (default 0.9): the "
-                         "search widens to reach it, or the export is refused")
-    ex.add_argument("--serving-config", default="serving_config", metavar="DIR",
-                    help="folder of models.config / batching.config to update")
-    ex.add_argument("--no-serving-config", action="store_true",
-                    help="do not touch the serving config")
+                    "folder; update serving_config/models.config. With --add-items / "
+                    "--drop-items, the index settings not given are the previous version's.")
     ex.set_defaults(func=cmd_export)
 
     sv = sub.add_parser(
@@ -432,41 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="A model server for tfrec SavedModels (ScaNN and tensorflow-text ops "
                     "included) that TF Serving gRPC clients can call: Predict, "
                     "GetModelMetadata, GetModelStatus, HandleReloadConfigRequest.")
-    sv.add_argument("--model_config_file", required=True,
-                    help="TF Serving model_config_list text proto, e.g. "
-                         "serving_config/models.config")
-    sv.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
-    sv.add_argument("--host", default="127.0.0.1",
-                    help="address to bind (default loopback only; 0.0.0.0 for all)")
-    sv.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
-                    help="how often base paths are polled for new versions")
-    sv.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
-                    help="re-read the model config this often (0: never)")
-    sv.add_argument("--max_batch", type=int, default=4096,
-                    help="largest batch one request may carry")
-    sv.add_argument("--max_request_elements", type=int, default=1_000_000,
-                    help="most values one request may hold, all inputs together, counted "
-                         "from the declared shapes before anything is allocated")
-    sv.add_argument("--rest_api_port", type=int,
-                    help="also serve TF Serving's REST API on this port")
-    sv.add_argument("--rest_api_timeout_seconds", type=float, default=10.0,
-                    help="seconds a REST client may take to send a request (idle "
-                         "keep-alive connections close after it)")
-    sv.add_argument("--rest_api_max_connections", type=int, default=256,
-                    help="open REST connections at once; more are answered 503")
-    sv.add_argument("--grace_period_seconds", type=float, default=10.0,
-                    help="on SIGTERM/SIGINT, seconds calls in flight (gRPC and REST) get to "
-                         "finish")
-    sv.add_argument("--enable_batching", action="store_true",
-                    help="merge concurrent requests into one model call")
-    sv.add_argument("--batching_parameters_file",
-                    help="TF Serving batching parameters, e.g. serving_config/batching.config")
-    sv.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
-                    help="threads one TensorFlow op may use (0: TensorFlow chooses, one per "
-                         "core)")
-    sv.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
-                    help="TensorFlow ops run at once (0: TensorFlow chooses); 1 or 2 lowers "
-                         "latency on a small host shared with clients")
     sv.set_defaults(func=cmd_serve)
 
     rc = sub.add_parser(
@@ -476,92 +376,28 @@ def build_parser() -> argparse.ArgumentParser:
                     "--all-users loads an export in this process and writes every known "
                     "user's top k, their own items excluded, to a Parquet file (--model-dir, "
                     "--out).")
-    mode = rc.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--items", help="the session: comma-separated item ids (server call)")
-    mode.add_argument("--user", metavar="USER_ID",
-                      help="a user of the export (server call, signature recommend_for_user): "
-                           "the top k for the user's cached embedding, the items it was built "
-                           "from excluded; an unknown user gets the most popular items")
-    mode.add_argument("--all-users", action="store_true",
-                      help="every user of the export's user list: rows user_id, rank, "
-                           "item_id, score, written to --out (in-process, no server)")
-    rc.add_argument("--server", default="localhost:8500", help="host:port of the gRPC server")
-    rc.add_argument("--model", help="model name (server calls)")
-    rc.add_argument("-k", type=int, default=10, help="how many recommendations (per user)")
-    rc.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
-    rc.add_argument("--model-dir", metavar="DIR",
-                    help="--all-users: the model's base path, e.g. saved_models/retail")
-    rc.add_argument("--version", type=int,
-                    help="--all-users: the exported version (default: the newest)")
-    rc.add_argument("--out", metavar="FILE",
-                    help="--all-users: the Parquet file to write (written to a temporary "
-                         "file beside it and renamed when complete)")
-    rc.add_argument("--overwrite", action="store_true",
-                    help="--all-users: replace an existing --out file")
-    rc.add_argument("--batch-size", type=int, metavar="N",
-                    help="--all-users: users per model call and per Parquet row group "
-                         "(default 1000)")
-    rc.add_argument("--runner", metavar="RUNNER",
-                    help="--all-users as an Apache Beam pipeline on this runner "
-                         "(DirectRunner, DataflowRunner, FlinkRunner, ...; pip install "
-                         "'tfrec[beam]'): --out is then the prefix of Parquet shards, and the "
-                         "arguments tfrec does not know are Beam pipeline options")
     rc.set_defaults(func=cmd_recommend)
+    for command, command_parser in sub.choices.items():
+        add_setting_flags(command_parser, command)
     return parser
-
-
-# Library settings (the `key` of an InputError) that a command takes as a flag. The
-# run settings (data.*, model.*, train.*) are set in the run config or with --set KEY=VALUE.
-FLAGS = {
-    "train.epochs": "--epochs",
-    "train.strategy": "--strategy",
-    "data.data_dir": "--data-dir",
-    "index.kind": "--index",
-    "index.max_k": "--max-k",
-    "index.num_leaves": "--leaves",
-    "index.num_leaves_to_search": "--leaves-to-search",
-    "index.num_reordering_candidates": "--reorder",
-    "index.recall_floor": "--recall-floor",
-    "index.max_session_items": "--max-session-items",
-    "export.version": "--version",
-    "export.run": "--run",
-    "export.add_items": "--add-items",
-    "export.drop_items": "--drop-items",
-    "export.from_version": "--from-version",
-    "evaluate.k": "-k",
-    "evaluate.run_dir": "--run",
-    "evaluate.saved_model": "--saved-model",
-    "training.run_dir": "--run-dir",
-    "training.resume": "--resume",
-    "training.overwrite": "--overwrite",
-    "evaluate.baselines": "--baselines",
-    "recommend.model_dir": "--model-dir",
-    "recommend.version": "--version",
-    "recommend.k": "-k",
-    "recommend.out": "--out",
-    "recommend.overwrite": "--overwrite",
-    "recommend.batch_size": "--batch-size",
-    "recommend.runner": "--runner",
-    "port": "--port",
-    "rest_port": "--rest_api_port",
-    "grace": "--grace_period_seconds",
-}
-_RUN_SECTIONS = ("data.", "model.", "train.")
 
 
 def error_message(err: InputError) -> str:
     """The error as the command line reads it: each setting named with its flag, or how
     to set it."""
     message = err.message
-    for key, flag in FLAGS.items():
-        quoted = f"'{key}'"
-        message = message.replace(quoted, f"{quoted} ({flag})")
-        if "." in key and not key.startswith(_RUN_SECTIONS):  # a library setting, anywhere
-            message = re.sub(rf"(?<![\w.']){re.escape(key)}(?![\w.'])", f"{key} ({flag})",
-                             message)
-    if (err.key and err.key.startswith(_RUN_SECTIONS) and err.key not in FLAGS
-            and "--set" not in message):
-        message += f" (set it in the run config, or with --set {err.key}=VALUE)"
+    setting = setting_of(err.key) if err.key else None
+    if setting is not None and setting.how_to_set and "--set" not in message:
+        message += f" ({setting.how_to_set})"
+    run_prefixes = tuple(f"{s}." for s in RUN_SECTIONS)
+    for setting in settings():
+        if not setting.flag:
+            continue
+        quoted = f"'{setting.key}'"
+        message = message.replace(quoted, f"{quoted} ({setting.flag})")
+        if not setting.key.startswith(run_prefixes):  # a command's setting, anywhere
+            message = re.sub(rf"(?<![\w.']){re.escape(setting.key)}(?![\w.'])",
+                             f"{setting.key} ({setting.flag})", message)
     return message
 
 
@@ -581,7 +417,7 @@ def set_native_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, pipeline_args = parser.parse_known_args(argv)
-    if pipeline_args and getattr(args, "runner", None) is None:  # only Beam takes more
+    if pipeline_args and getattr(args, "recommend.runner", None) is None:  # only Beam takes more
         parser.error(f"unrecognized arguments: {' '.join(pipeline_args)}")
     args.pipeline_args = pipeline_args
     # tfrec's own progress at INFO; other libraries (absl, TensorFlow) only errors, unless

@@ -1,24 +1,46 @@
-"""Configuration dataclasses, one per stage of the pipeline.
+"""The settings schema: one frozen dataclass per stage of the pipeline and per command.
 
-All are frozen and hold only primitives, so they serialise to JSON/YAML as
-they are. Layers take their config object itself (``ItemEncoder(num_items,
-num_id_items, model_config)``) and echo it in ``get_config`` as a plain dict,
-so a setting and its default are defined once, here.
+Every setting is declared once, with `setting(default, help, ...)`: its
+default, its help text, its allowed values (a `Literal` field type, or a
+range `check`) and, if it has one, its command-line flag. From that one
+declaration come the checks (with the full dotted key in every error, e.g.
+``model.text_share``), the YAML/JSON loader (`from_dict`), the command line's
+options (`tfrec.cli`) and the settings reference in the README
+(``python -m tfrec.config --readme README.md``).
+
+The run config (`RunConfig`: sections ``data``, ``model``, ``train``) is
+what a run trains with and saves; the command settings (``training``,
+``prepare``, ``evaluate``, ``export``, ``index``, ``serve``, ``recommend``)
+are what one command is asked to do. All hold only primitives, so they
+serialise to JSON/YAML as they are. Layers take their config object itself
+(``ItemEncoder(num_items, num_id_items, model_config)``) and echo it in
+``get_config`` as a plain dict.
+
+How a declaration becomes checks and a loader is `tfrec.schema`; this module
+holds the declarations, where each section sits, and the reference. It
+imports no TensorFlow.
 """
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import datetime
+import json
+import sys
 import typing
 from typing import Any, Literal, Mapping
 
 from tfrec.errors import InputError
+# The layers, the run layer and the command line read settings through these.
+from tfrec.schema import (as_config, choices_text, config_dict, from_dict,  # noqa: F401
+                          section_prefix)
+from tfrec.schema import (POSITIVE, Settings, above, at_least, choices, each, expected_type,
+                          integer_at_least, is_number, is_optional, literal_values, plain,
+                          register_sections, section, setting, strip_optional,
+                          type_hints, within)
 
 # The allowed values of every setting that names a choice, each defined once:
-# the type of its config field, checked in the config's __post_init__, and
-# imported by the layers, the pipelines and the command line.
+# the type of its config field (checked from that type), imported by the
+# layers, the pipelines and the command line.
 PairMode = Literal["window", "set"]
 Fusion = Literal["sum", "concat"]
 Objective = Literal["skipgram", "retrieval", "both"]
@@ -50,341 +72,246 @@ INDEX_KINDS: tuple[str, ...] = typing.get_args(IndexKind)
 DEFAULT_CONVERSION_TYPES = ("purchase", "book", "booking", "apply", "conversion", "order")
 
 
+# The run config: data, model and training ----------------------------------------------------
+
 @dataclasses.dataclass(frozen=True)
-class EventsSchema:
+class EventsSchema(Settings):
     """Column names of an events table (user, item, time, optional type/session)."""
 
-    user_col: str = "user_id"
-    item_col: str = "item_id"
-    time_col: str = "timestamp"
-    event_col: str | None = None
-    session_col: str | None = None
-    # strftime format of the time column; None parses ISO-8601 text, and
-    # numeric columns are read as epoch time in `time_unit`.
-    time_format: str | None = None
-    time_unit: str = "s"
+    user_col: str = setting("user_id", "column of the user id")
+    item_col: str = setting("item_id", "column of the item id")
+    time_col: str = setting("timestamp", "column of the event time")
+    event_col: str | None = setting(None, "column of the event type (click, purchase, ...); "
+                                          "null: every event is of one type")
+    session_col: str | None = setting(None, "column of a session id; a change of it always "
+                                            "starts a new session")
+    time_format: str | None = setting(
+        None, "strftime format of the time column; null parses ISO-8601 text, and numeric "
+              "columns are read as epoch time in `time_unit`")
+    time_unit: str = setting("s", "unit of a numeric time column (pandas: s, ms, us, ns)")
 
 
 @dataclasses.dataclass(frozen=True)
-class ItemsSchema:
+class ItemsSchema(Settings):
     """Column names of an items table (id, text, optional market/category)."""
 
-    item_col: str = "item_id"
-    text_col: str = "text"
-    market_col: str | None = None
+    item_col: str = setting("item_id", "column of the item id")
+    text_col: str = setting("text", "column of the item text (title, description)")
+    market_col: str | None = setting(None, "column of the item's market or category "
+                                           "(for `data.pairs.market_negatives`)")
 
 
 @dataclasses.dataclass(frozen=True)
-class SessionConfig:
-    """How events become sessions.
+class SessionConfig(Settings):
+    """How events become sessions."""
 
-    Attributes:
-      gap_minutes: a gap longer than this between two events of a user starts
-        a new session (Airbnb uses 30 minutes). A change of session id, where
-        the events carry one, always does.
-      max_length: sessions longer than this are cut into consecutive pieces
-        of at most this many events (every event is kept).
-      dedupe_consecutive: collapse an item repeated back to back into one event.
-      conversion_types: event types that convert (the session's converted item
-        becomes its global context).
-    """
-
-    gap_minutes: float = 30.0
-    max_length: int = 50
-    dedupe_consecutive: bool = True
-    conversion_types: tuple[str, ...] = DEFAULT_CONVERSION_TYPES
+    gap_minutes: float = setting(
+        30.0, "a gap longer than this (minutes) between two events of a user starts a new "
+              "session, as Airbnb's listing embeddings do; a change of session id, where the "
+              "events carry one, always does", check=above(0))
+    max_length: int = setting(50, "sessions longer than this are cut into consecutive pieces "
+                                  "of at most this many events (every event is kept)",
+                              check=integer_at_least(2))
+    dedupe_consecutive: bool = setting(True, "collapse an item repeated back to back into one "
+                                             "event")
+    conversion_types: tuple[str, ...] = setting(
+        DEFAULT_CONVERSION_TYPES, "event types that convert (the session's converted item "
+                                  "becomes its global context)")
 
 
 @dataclasses.dataclass(frozen=True)
-class PairConfig:
-    """Skip-gram pair generation with negative sampling.
+class PairConfig(Settings):
+    """Skip-gram pair generation with negative sampling."""
 
-    Attributes:
-      mode: "window" (W items on each side) or "set" (the whole session is
-        context, as item2vec does for baskets).
-      window: W, used in window mode.
-      global_context: pair every item of a converted session with the
-        converted item (Airbnb KDD 2018), whatever the window.
-      subsample: word2vec frequent-item subsampling threshold t (keep an event
-        of an item with corpus frequency f with probability
-        (sqrt(f/t) + 1) * t/f); 0 turns it off. Conversions are never dropped.
-      num_negatives: negatives per pair drawn from unigram^power.
-      market_negatives: extra negatives per pair drawn from the centre item's
-        own market/category (same distribution restricted to that market).
-      negative_power: exponent of the unigram distribution (0.75 in word2vec).
-      event_weights: event type -> weight; a pair weighs the larger of its two
-        events' weights. A conversion type (`data.sessions.conversion_types`)
-        not listed weighs `conversion_weight`; any other type not listed
-        weighs `default_event_weight`.
-      conversion_weight: weight of a conversion type `event_weights` does not
-        list (so a custom conversion type weighs as a conversion).
-      batch_size: pairs per batch of the tf.data pipeline.
-      chunk_events: events per chunk: pairs are generated, shuffled and batched
-        one chunk at a time, so memory does not grow with the corpus. Small
-        chunks keep the working set in the CPU cache; batches mix pairs of
-        one chunk (about chunk_events * 2W pairs), and chunks come in a
-        random order each epoch.
-      seed: seeds every random choice; the same seed gives the same batches.
-    """
+    mode: PairMode = setting("window", "'window' (`window` items on each side) or 'set' (the "
+                                       "whole session is context, as item2vec does for "
+                                       "baskets)")
+    window: int = setting(5, "items on each side of the centre item, in window mode",
+                          check=POSITIVE)
+    global_context: bool = setting(True, "pair every item of a converted session with the "
+                                         "converted item (Airbnb KDD 2018), whatever the window")
+    subsample: float = setting(
+        1e-3, "word2vec frequent-item subsampling threshold t (keep an event of an item with "
+              "corpus frequency f with probability (sqrt(f/t) + 1) * t/f); 0 turns it off. "
+              "Conversions are never dropped", check=at_least(0))
+    num_negatives: int = setting(5, "negatives per pair drawn from unigram^negative_power",
+                                 check=integer_at_least(0))
+    market_negatives: int = setting(
+        0, "extra negatives per pair drawn from the centre item's own market/category (the "
+           "same distribution restricted to that market)", check=integer_at_least(0))
+    negative_power: float = setting(0.75, "exponent of the unigram distribution negatives are "
+                                          "drawn from (word2vec's choice)")
+    event_weights: Mapping[str, float] = setting(
+        {"click": 1.0, "view": 1.0, "purchase": 3.0, "book": 3.0, "booking": 3.0, "apply": 3.0,
+         "conversion": 3.0, "order": 3.0},
+        "event type -> weight; a pair weighs the larger of its two events' weights. A "
+        "conversion type (`data.sessions.conversion_types`) not listed weighs "
+        "`conversion_weight`; any other type not listed weighs `default_event_weight`. A "
+        "mapping given adds to these")
+    default_event_weight: float = setting(1.0, "weight of an event type neither "
+                                               "`event_weights` nor the conversion types list",
+                                          check=at_least(0))
+    conversion_weight: float = setting(3.0, "weight of a conversion type `event_weights` does "
+                                            "not list (so a custom conversion type weighs as a "
+                                            "conversion)", check=at_least(0))
+    batch_size: int = setting(4096, "pairs per batch of the tf.data pipeline", check=POSITIVE)
+    chunk_events: int = setting(
+        65_536, "events per chunk: pairs are generated, shuffled and batched one chunk at a "
+                "time, so memory does not grow with the corpus. Small chunks keep the working "
+                "set in the CPU cache; batches mix pairs of one chunk (about chunk_events * "
+                "2 * window pairs), and chunks come in a random order each epoch",
+        check=POSITIVE)
+    seed: int = setting(42, "seeds every random choice; the same seed gives the same batches")
 
-    mode: PairMode = "window"
-    window: int = 5
-    global_context: bool = True
-    subsample: float = 1e-3
-    num_negatives: int = 5
-    market_negatives: int = 0
-    negative_power: float = 0.75
-    event_weights: Mapping[str, float] = dataclasses.field(
-        default_factory=lambda: {"click": 1.0, "view": 1.0, "purchase": 3.0, "book": 3.0,
-                                 "booking": 3.0, "apply": 3.0, "conversion": 3.0, "order": 3.0})
-    default_event_weight: float = 1.0
-    conversion_weight: float = 3.0
-    batch_size: int = 4096
-    chunk_events: int = 65_536
-    seed: int = 42
-
-    def __post_init__(self):
-        _either("mode", self.mode, PAIR_MODES)
-        _positive("window", self.window)
-        _positive("batch_size", self.batch_size)
-        _positive("chunk_events", self.chunk_events)
-        for name in ("num_negatives", "market_negatives"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise InputError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}",
-                                 key=name)
-        if self.subsample < 0:
-            raise InputError(f"subsample must be >= 0, got {self.subsample!r}", key="subsample")
-        if not self.conversion_weight >= 0:
-            raise InputError(f"conversion_weight must be >= 0, got {self.conversion_weight!r}",
-                             key="data.pairs.conversion_weight")
+    def check(self):
         for key, value in self.event_weights.items():
-            if not value >= 0:
-                raise InputError(f"event weight of {key!r} must be >= 0, got {value!r}",
-                                 key="event_weights")
-
-
-def _one_of(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}, got "
-                         f"{value!r}", key=name)
-
-
-def _either(name: str, value: Any, allowed: tuple) -> None:
-    """Like `_one_of`, worded "'a', 'b' or 'c'"."""
-    if value not in allowed:
-        raise InputError(f"{name} must be {choices_text(allowed)}, got {value!r}", key=name)
-
-
-def choices_text(allowed: tuple) -> str:
-    """The allowed values in words: "'a', 'b' or 'c'"."""
-    quoted = [f"'{a}'" for a in allowed]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
-
-
-def _positive(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InputError(f"{name} must be a positive integer, got {value!r}", key=name)
+            if not (is_number(value) and value >= 0):
+                raise InputError(f"the weight of {key!r} must be >= 0, got {value!r}",
+                                 key=self.key(f"event_weights.{key}"))
 
 
 @dataclasses.dataclass(frozen=True)
-class TextConfig:
-    """The text tower: tokeniser and Conv1D encoder.
+class TextConfig(Settings):
+    """The text tower: tokeniser and Conv1D encoder."""
 
-    Attributes:
-      sequence_length: tokens kept per item text (longer texts are cut).
-      max_tokens: size cap of the token vocabulary learned from item texts.
-      min_token_count: a token must occur in this many item texts to get an id.
-      token_dim: token embedding width.
-      filters: Conv1D filters per width.
-      widths: Conv1D kernel widths (one convolution per width, max-pooled).
-      mean_tokens: also feed the mean of the token embeddings (a learned bag
-        of words) to the projection.
-      char_ngrams: widths of hashed character n-grams of each word whose
-        mean embedding also joins the features (subwords: a new item's
-        unseen or misspelt word still shares n-grams with known ones); empty:
-        none.
-      ngram_buckets: hash buckets of the character n-grams.
-      max_ngrams: character n-grams kept per item text.
-    """
-
-    sequence_length: int = 12
-    max_tokens: int = 20_000
-    min_token_count: int = 1
-    token_dim: int = 64
-    filters: int = 64
-    widths: tuple[int, ...] = (1, 2, 3)
-    mean_tokens: bool = True
-    char_ngrams: tuple[int, ...] = ()
-    ngram_buckets: int = 50_000
-    max_ngrams: int = 128
-
-    def __post_init__(self):
-        if any(not isinstance(w, int) or w <= 0 for w in self.char_ngrams):
-            raise InputError(f"char_ngrams must be positive integers, got {self.char_ngrams!r}",
-                             key="char_ngrams")
-        for name in ("sequence_length", "max_tokens", "min_token_count", "token_dim", "filters",
-                     "ngram_buckets", "max_ngrams"):
-            _positive(name, getattr(self, name))
-        if not self.widths or any(not isinstance(w, int) or w <= 0 for w in self.widths):
-            raise InputError(f"widths must be positive integers, got {self.widths!r}",
-                             key="widths")
+    sequence_length: int = setting(12, "tokens kept per item text (longer texts are cut)",
+                                   check=POSITIVE)
+    max_tokens: int = setting(20_000, "size cap of the token vocabulary learned from item "
+                                      "texts", check=POSITIVE)
+    min_token_count: int = setting(1, "a token must occur in this many item texts to get an id",
+                                   check=POSITIVE)
+    token_dim: int = setting(64, "token embedding width", check=POSITIVE)
+    filters: int = setting(64, "Conv1D filters per width", check=POSITIVE)
+    widths: tuple[int, ...] = setting(
+        (1, 2, 3), "Conv1D kernel widths (one convolution per width, max-pooled)",
+        check=each(POSITIVE, "positive integers", non_empty=True))
+    mean_tokens: bool = setting(True, "also feed the mean of the token embeddings (a learned "
+                                      "bag of words) to the projection")
+    char_ngrams: tuple[int, ...] = setting(
+        (), "widths of hashed character n-grams of each word whose mean embedding also joins "
+            "the features (subwords: a new item's unseen or misspelt word still shares n-grams "
+            "with known ones); empty: none", check=each(POSITIVE, "positive integers"))
+    ngram_buckets: int = setting(50_000, "hash buckets of the character n-grams",
+                                 check=POSITIVE)
+    max_ngrams: int = setting(128, "character n-grams kept per item text", check=POSITIVE)
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """The hybrid model.
+class ModelConfig(Settings):
+    """The hybrid model."""
 
-    Attributes:
-      embedding_dim: width of item, query and id embeddings.
-      use_ids: learn an id embedding per item seen in training (item2vec).
-      use_text: encode the item text (the cold-start path).
-      fusion: how the id and text embeddings make one item embedding: "sum"
-        (added in one shared space) or "concat" (each its own part of
-        embedding_dim, so scores are a behaviour part plus a text part).
-      text_share: with "concat", the share of embedding_dim given to the
-        text part (the id part gets the rest).
-      id_dropout: during training, hide an item's id embedding with this
-        probability so that the text path alone must serve as the item's
-        embedding, as it must for a new item (only with use_text); see the
-        README for what it changes.
-      text_gate: learn a weight in (0, 1) per warm item on its text part
-        (how much its text counts beside its behaviour).
-      normalize: L2-normalise item and query embeddings, so scores are
-        cosines / temperature; false scores raw dot products (an item's length
-        then carries how strongly it is predicted, as an EASE weight does).
-      objective: "skipgram" (binary classification of pairs against sampled
-        negatives: item2vec with Airbnb's global context), "retrieval" (TFRS
-        softmax of session -> held-out item) or "both" (the two losses, each a
-        mean over its batch, summed with `retrieval_weight`).
-      temperature: logits are cosine / temperature.
-      retrieval_weight: weight of the retrieval loss when objective is "both".
-      text_alignment: weight of a loss pulling each warm item's text-only
-        embedding towards its full (id + text) embedding, held fixed. Off by
-        default: on the bundled data it lowered the cold-item hit rate (see
-        the README).
-      retrieval_context: what the query of a retrieval example is: "previous"
-        (the session's events before the target: next-item prediction),
-        "session" (the other events of the target's session: leave one out,
-        for baskets and visits whose order carries no meaning) or "auto"
-        (chosen from the data: "session" when most sessions of two or more
-        events have a single timestamp, as baskets and data without time
-        do, else "previous"; the data report and the training log say which).
-      history_length: items of a session the query tower looks at (the last N).
-      pooling: query tower pooling: "mean", "recency" or "attention".
-      recency_decay: weight ratio between consecutive history items (recency).
-      query_items: "shared" (the query tower pools the candidate tower's item
-        embeddings: one Siamese item space, every score symmetric) or
-        "separate" (the query tower has an item encoder of its own, like
-        word2vec's input and output vectors: "bought with" need not be
-        symmetric, and substitutes need not look like complements).
-      history_dropout: during training, hide each item of a query's history
-        with this probability (a denoising query).
-      query_layers: widths of a ReLU MLP over the pooled history (residual;
-        empty: the pooled history is the query).
-      negatives: the retrieval softmax's negative sampler, a name of the
-        registry `tfrec.tasks.samplers.SAMPLERS` (checked when the model is built).
-      num_sampled: negatives per batch of a sampler that draws them.
-    """
+    embedding_dim: int = setting(256, "width of item, query and id embeddings", check=POSITIVE)
+    use_ids: bool = setting(True, "learn an id embedding per item seen in training (item2vec)")
+    use_text: bool = setting(True, "encode the item text (the cold-start path)")
+    fusion: Fusion = setting(
+        "concat", "how the id and text embeddings make one item embedding: 'sum' (added in one "
+                  "shared space) or 'concat' (each its own part of embedding_dim, so scores "
+                  "are a behaviour part plus a text part)")
+    text_share: float = setting(0.5, "with fusion 'concat', the share of embedding_dim given "
+                                     "to the text part (the id part gets the rest)",
+                                check=within(0, 1, "()"))
+    id_dropout: float = setting(
+        0.1, "during training, hide an item's id embedding with this probability so that the "
+             "text path alone must serve as the item's embedding, as it must for a new item "
+             "(only with use_text); see the README for what it changes",
+        check=within(0, 1, "[)"))
+    normalize: bool = setting(
+        True, "L2-normalise item and query embeddings, so scores are cosines / temperature; "
+              "false scores raw dot products (an item's length then carries how strongly it "
+              "is predicted, as an EASE weight does)")
+    text_gate: bool = setting(True, "learn a weight in (0, 1) per warm item on its text part "
+                                    "(how much its text counts beside its behaviour)")
+    objective: Objective = setting(
+        "retrieval", "'skipgram' (binary classification of pairs against sampled negatives: "
+                     "item2vec with Airbnb's global context), 'retrieval' (TFRS softmax of "
+                     "session -> held-out item) or 'both' (the two losses, each a mean over "
+                     "its batch, summed with `retrieval_weight`)")
+    temperature: float = setting(0.09, "logits are cosine / temperature", check=above(0))
+    retrieval_weight: float = setting(1.0, "weight of the retrieval loss when objective is "
+                                           "'both'")
+    text_alignment: float = setting(
+        0.0, "weight of a loss pulling each warm item's text-only embedding towards its full "
+             "(id + text) embedding, held fixed. Off by default: on the bundled data it "
+             "lowered the cold-item hit rate (see the README)", check=at_least(0))
+    retrieval_context: RetrievalContext = setting(
+        "auto", "what the query of a retrieval example is: 'previous' (the session's events "
+                "before the target: next-item prediction), 'session' (the other events of the "
+                "target's session: leave one out, for baskets and visits whose order carries "
+                "no meaning) or 'auto' (chosen from the data: 'session' when most sessions of "
+                "two or more events have a single timestamp, as baskets and data without time "
+                "do, else 'previous'; the data report and the training log say which)")
+    history_length: int = setting(50, "items of a session the query tower looks at (the last "
+                                      "N)", check=POSITIVE)
+    pooling: Pooling = setting("mean", "query tower pooling: 'mean', 'recency' (weights "
+                                       "decaying by `recency_decay`) or 'attention'")
+    recency_decay: float = setting(0.9, "weight ratio between consecutive history items "
+                                        "(pooling 'recency')", check=within(0, 1, "(]"))
+    query_items: QueryItems = setting(
+        "shared", "'shared' (the query tower pools the candidate tower's item embeddings: one "
+                  "Siamese item space, every score symmetric) or 'separate' (the query tower "
+                  "has an item encoder of its own, like word2vec's input and output vectors: "
+                  "'bought with' need not be symmetric, and substitutes need not look like "
+                  "complements)")
+    query_layers: tuple[int, ...] = setting(
+        (), "widths of a ReLU MLP over the pooled history (residual; empty: the pooled "
+            "history is the query)", check=each(POSITIVE, "positive integers"))
+    history_dropout: float = setting(0.0, "during training, hide each item of a query's "
+                                          "history with this probability (a denoising query)",
+                                     check=within(0, 1, "[)"))
+    negatives: str = setting(
+        "in_batch", "the retrieval softmax's negative sampler, a name of the registry "
+                    "`tfrec.tasks.samplers.SAMPLERS`: 'in_batch' (the batch's other candidates, "
+                    "logQ-corrected), 'catalogue' (every warm item, an exact softmax), 'sampled' "
+                    "(`num_sampled` warm items drawn uniformly per batch) or 'mixed' (in-batch "
+                    "plus `num_sampled` uniform ones)",
+        checked_by="the negative samplers' registry (`tfrec.tasks.samplers`), when the model "
+                   "is built")
+    num_sampled: int = setting(8192, "negatives per batch of a sampler that draws them "
+                                     "('sampled', 'mixed')", check=POSITIVE)
+    text: TextConfig = section(TextConfig)
 
-    embedding_dim: int = 256
-    use_ids: bool = True
-    use_text: bool = True
-    fusion: Fusion = "concat"
-    text_share: float = 0.5
-    id_dropout: float = 0.1
-    normalize: bool = True
-    text_gate: bool = True
-    objective: Objective = "retrieval"
-    temperature: float = 0.09
-    retrieval_weight: float = 1.0
-    text_alignment: float = 0.0
-    retrieval_context: RetrievalContext = "auto"
-    history_length: int = 50
-    pooling: Pooling = "mean"
-    recency_decay: float = 0.9
-    query_items: QueryItems = "shared"
-    query_layers: tuple[int, ...] = ()
-    history_dropout: float = 0.0
-    negatives: str = "in_batch"
-    num_sampled: int = 8192
-    text: TextConfig = dataclasses.field(default_factory=TextConfig)
-
-    def __post_init__(self):
-        _positive("embedding_dim", self.embedding_dim)
-        _positive("history_length", self.history_length)
+    def check(self):
         if not (self.use_ids or self.use_text):
-            raise InputError("use_ids and use_text cannot both be false", key="use_text")
-        if not 0.0 <= self.id_dropout < 1.0:
-            raise InputError(f"id_dropout must be in [0, 1), got {self.id_dropout!r}",
-                             key="id_dropout")
-        _either("objective", self.objective, OBJECTIVES)
-        _either("fusion", self.fusion, FUSIONS)
-        if not 0.0 < self.text_share < 1.0:
-            raise InputError(f"text_share must be in (0, 1), got {self.text_share!r}",
-                             key="text_share")
+            raise InputError("use_ids and use_text cannot both be false",
+                             key=self.key("use_text"))
         if self.fusion == "concat" and self.use_ids and self.use_text and not (
                 1 <= int(self.embedding_dim * (1.0 - self.text_share)) < self.embedding_dim):
             raise InputError(f"text_share {self.text_share} of embedding_dim "
-                             f"{self.embedding_dim} leaves one part no width", key="text_share")
-        _either("retrieval_context", self.retrieval_context, RETRIEVAL_CONTEXTS)
-        _either("pooling", self.pooling, POOLINGS)
-        if self.text_alignment < 0:
-            raise InputError(f"text_alignment must be >= 0, got {self.text_alignment!r}",
-                             key="text_alignment")
-        if not self.temperature > 0:
-            raise InputError(f"temperature must be > 0, got {self.temperature!r}",
-                             key="temperature")
-        _one_of("query_items", self.query_items, QUERY_ITEMS)
-        if not 0.0 <= self.history_dropout < 1.0:
-            raise InputError(f"history_dropout must be in [0, 1), got {self.history_dropout!r}",
-                             key="history_dropout")
-        _positive("num_sampled", self.num_sampled)
-        if any(not isinstance(w, int) or w <= 0 for w in self.query_layers):
-            raise InputError(f"query_layers must be positive integers, got "
-                             f"{self.query_layers!r}", key="query_layers")
-        if not 0.0 < self.recency_decay <= 1.0:
-            raise InputError(f"recency_decay must be in (0, 1], got {self.recency_decay!r}",
-                             key="recency_decay")
+                             f"{self.embedding_dim} leaves one part no width",
+                             key=self.key("text_share"))
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where the data comes from and how it becomes training pairs.
+class DataConfig(Settings):
+    """Where the data comes from and how it becomes training pairs."""
 
-    Attributes:
-      layout: "online_retail" (UCI Online Retail file), "goodbooks"
-        (goodbooks-10k: books, ratings and to-read shelves; see
-        `tfrec.datasets.goodbooks`) or "events" (an events table, plus
-        optional items table).
-      events: events file (CSV, CSV.gz or Parquet); with layout
-        "online_retail" the Online Retail file, with "goodbooks" the
-        goodbooks-10k folder; null for those two: the data folder's copy.
-      items: items file (id, text, optional market).
-      data_dir: the data folder holding the public data sets
-        (online_retail/, goodbooks_10k/); null: $TFREC_DATA, else
-        ../shared/data (see `tfrec.datasets`).
-      goodbooks_to_read: with layout "goodbooks", also read the to-read
-        shelves (as "to_read" events), not only the ratings.
-      strict: fail on the first bad row instead of counting and dropping it.
-    """
+    layout: Layout = setting(
+        "online_retail", "'online_retail' (the UCI Online Retail file), 'goodbooks' "
+                         "(goodbooks-10k: books, ratings and to-read shelves; see "
+                         "`tfrec.datasets.goodbooks`) or 'events' (an events table, plus an "
+                         "optional items table)")
+    events: str | None = setting(
+        None, "events file (CSV, CSV.gz or Parquet); with layout 'online_retail' the Online "
+              "Retail file, with 'goodbooks' the goodbooks-10k folder; null for those two: the "
+              "data folder's copy")
+    items: str | None = setting(None, "items file (id, text, optional market)")
+    data_dir: str | None = setting(
+        None, "the data folder holding the public data sets (online_retail/, goodbooks_10k/); "
+              "null: $TFREC_DATA, else ../shared/data (see `tfrec.datasets`)",
+        flag="--data-dir")
+    goodbooks_to_read: bool = setting(True, "with layout 'goodbooks', also read the to-read "
+                                            "shelves (as 'to_read' events), not only the "
+                                            "ratings")
+    strict: bool = setting(False, "fail on the first bad row instead of counting and dropping "
+                                  "it")
+    events_schema: EventsSchema = section(EventsSchema)
+    items_schema: ItemsSchema = section(ItemsSchema)
+    sessions: SessionConfig = section(SessionConfig)
+    pairs: PairConfig = section(PairConfig)
 
-    layout: Layout = "online_retail"
-    events: str | None = None
-    items: str | None = None
-    data_dir: str | None = None
-    goodbooks_to_read: bool = True
-    strict: bool = False
-    events_schema: EventsSchema = dataclasses.field(default_factory=EventsSchema)
-    items_schema: ItemsSchema = dataclasses.field(default_factory=ItemsSchema)
-    sessions: SessionConfig = dataclasses.field(default_factory=SessionConfig)
-    pairs: PairConfig = dataclasses.field(default_factory=PairConfig)
-
-    def __post_init__(self):
-        if self.layout not in LAYOUTS:
-            raise InputError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got "
-                             f"{self.layout!r}", key="data.layout")
+    def check(self):
         if self.layout == "events" and not self.events:
-            raise InputError("layout 'events' needs an events file", key="data.events")
+            raise InputError("layout 'events' needs an events file", key=self.key("events"))
         # A declared conversion type weighs as a conversion unless event_weights says otherwise.
         listed = {str(t).lower() for t in self.pairs.event_weights}
         missing = {t.lower(): self.pairs.conversion_weight for t in self.sessions.conversion_types
@@ -396,197 +323,543 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Training and the held-out evaluation.
+class TrainConfig(Settings):
+    """Training and the held-out evaluation."""
 
-    Attributes:
-      epochs: passes over the training pairs.
-      learning_rate: optimizer step size.
-      optimizer: "adam", "lazy_adam" (Adam that updates only the embedding
-        rows a step touches: the step cost stops growing with the catalogue),
-        "adagrad" or "sgd".
-      steps_per_epoch: cap on steps per epoch (null: the whole epoch); per
-        worker under multi_worker, rounded up to a multiple of the number of
-        workers.
-      retrieval_batch_size: (history, next item) examples per retrieval batch.
-      split_by: how the held-out cases are made: "time" (train before
-        `split_date` or the last `split_fraction` of the time range, one case
-        per later session) or "user" (a share `holdout_users` of the users
-        never trains; one case per kept-out user: one of their items hidden,
-        the rest the query), for data without meaningful time.
-      split_date: with split_by "time", train on events before this date
-        (YYYY-MM-DD) and evaluate on the sessions from it on.
-      split_fraction: without a split date, hold out this last share of the
-        time range (0: no held-out evaluation).
-      holdout_users: with split_by "user", the share of users kept out of
-        training (chosen with `eval_seed`).
-      cold_items: share of the catalogue hidden from training entirely (no
-        event of theirs trains; they stay in the catalogue with their text),
-        chosen with `eval_seed`: cold-start targets on purpose. Needs an
-        items table (the hidden items' text).
-      eval_k: K of the hit rate (HR@K) and NDCG@K.
-      eval_seed: seeds which item of each held-out session (or user) is
-        hidden, and which users and items the user split keeps out.
-      seed: seeds model initialisation.
-      strategy: "default" (no tf.distribute strategy), "mirrored"
-        (MirroredStrategy over the local devices) or "multi_worker"
-        (MultiWorkerMirroredStrategy; the cluster comes from the TF_CONFIG
-        environment variable). See `tfrec.distribute`.
-    """
-
-    epochs: int = 3
-    learning_rate: float = 0.005
-    optimizer: Optimizer = "adam"
-    steps_per_epoch: int | None = None
-    retrieval_batch_size: int = 1024
-    split_by: SplitBy = "time"
-    split_date: str | None = None
-    split_fraction: float = 0.1
-    holdout_users: float = 0.1
-    cold_items: float = 0.0
-    eval_k: int = 10
-    eval_seed: int = 42
-    seed: int = 42
-    strategy: Strategy = "default"
-
-    def __post_init__(self):
-        _positive("epochs", self.epochs)
-        _positive("retrieval_batch_size", self.retrieval_batch_size)
-        _positive("eval_k", self.eval_k)
-        if self.steps_per_epoch is not None:
-            _positive("steps_per_epoch", self.steps_per_epoch)
-        if not self.learning_rate > 0:
-            raise InputError(f"learning_rate must be > 0, got {self.learning_rate!r}",
-                             key="learning_rate")
-        _one_of("optimizer", self.optimizer, OPTIMIZERS)
-        if not 0.0 <= self.split_fraction < 1.0:
-            raise InputError(f"split_fraction must be in [0, 1), got {self.split_fraction!r}",
-                             key="split_fraction")
-        _one_of("split_by", self.split_by, SPLITS)
-        if not 0.0 < self.holdout_users < 1.0:
-            raise InputError(f"holdout_users must be in (0, 1), got {self.holdout_users!r}",
-                             key="holdout_users")
-        if not 0.0 <= self.cold_items < 1.0:
-            raise InputError(f"cold_items must be in [0, 1), got {self.cold_items!r}",
-                             key="cold_items")
-        _either("strategy", self.strategy, STRATEGIES)
+    epochs: int = setting(3, "passes over the training pairs", check=POSITIVE, flag="--epochs")
+    learning_rate: float = setting(0.005, "optimizer step size", check=above(0))
+    optimizer: Optimizer = setting(
+        "adam", "'adam', 'lazy_adam' (Adam that updates only the embedding rows a step "
+                "touches: the step cost stops growing with the catalogue), 'adagrad' or 'sgd'")
+    steps_per_epoch: int | None = setting(
+        None, "cap on steps per epoch (null: the whole epoch); per worker under multi_worker, "
+              "rounded up to a multiple of the number of workers", check=POSITIVE)
+    retrieval_batch_size: int = setting(1024, "(history, next item) examples per retrieval "
+                                              "batch", check=POSITIVE)
+    split_by: SplitBy = setting(
+        "time", "how the held-out cases are made: 'time' (train before `split_date` or the "
+                "last `split_fraction` of the time range, one case per later session) or "
+                "'user' (a share `holdout_users` of the users never trains; one case per "
+                "kept-out user: one of their items hidden, the rest the query), for data "
+                "without meaningful time")
+    split_date: str | None = setting(None, "with split_by 'time', train on events before this "
+                                           "date (YYYY-MM-DD) and evaluate on the sessions from "
+                                           "it on")
+    split_fraction: float = setting(0.1, "without a split date, hold out this last share of "
+                                         "the time range (0: no held-out evaluation)",
+                                    check=within(0, 1, "[)"))
+    holdout_users: float = setting(0.1, "with split_by 'user', the share of users kept out of "
+                                        "training (chosen with `eval_seed`)",
+                                   check=within(0, 1, "()"))
+    cold_items: float = setting(
+        0.0, "share of the catalogue hidden from training entirely (no event of theirs "
+             "trains; they stay in the catalogue with their text), chosen with `eval_seed`: "
+             "cold-start targets on purpose. Needs an items table (the hidden items' text)",
+        check=within(0, 1, "[)"))
+    eval_k: int = setting(10, "K of the hit rate (HR@K) and NDCG@K", check=POSITIVE)
+    eval_seed: int = setting(42, "seeds which item of each held-out session (or user) is "
+                                 "hidden, and which users and items the user split keeps out")
+    seed: int = setting(42, "seeds model initialisation")
+    strategy: Strategy = setting(
+        "default", "'default' (no tf.distribute strategy), 'mirrored' (MirroredStrategy over "
+                   "the local devices) or 'multi_worker' (MultiWorkerMirroredStrategy, one "
+                   "process per worker; the cluster comes from the TF_CONFIG environment "
+                   "variable). See `tfrec.distribute`", flag="--strategy")
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Settings):
     """Everything a training run needs: data, model and training settings."""
 
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    data: DataConfig = section(DataConfig)
+    model: ModelConfig = section(ModelConfig)
+    train: TrainConfig = section(TrainConfig)
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
 
-ConfigT = typing.TypeVar("ConfigT")
+# The command settings: what one command is asked to do ----------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSettings(Settings):
+    """`tfrec prepare`: the data report."""
+
+    out: str | None = setting(None, "also write vocab.tsv, report.json and rejected_rows.csv "
+                                    "to this folder", flag="--out")
+    json: bool = setting(False, "print the report as JSON", flag="--json")
 
 
-def as_config(cls: type[ConfigT], value: ConfigT | Mapping | None) -> ConfigT:
-    """`value` as a `cls` config: itself, the defaults (None), or built from a mapping.
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings(Settings):
+    """`tfrec train`: where the run goes."""
 
-    Layers take their config this way, so `from_config` can hand them the
-    plain dict their `get_config` wrote (see `config_dict`).
+    run_dir: str = setting("runs/train", "the run folder", flag="--run-dir")
+    resume: bool = setting(False, "continue the run in the run folder from its last "
+                                  "checkpoint", flag="--resume")
+    overwrite: bool = setting(False, "replace an existing run folder", flag="--overwrite")
 
-    Raises:
-      InputError: a mapping with an unknown key or a bad value.
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateSettings(Settings):
+    """`tfrec evaluate`: the model beside the baselines on the run's held-out cases."""
+
+    run_dir: str | None = setting(None, "a tfrec train run folder (with `saved_model`, "
+                                        "default: the run it was exported from)", flag="--run")
+    saved_model: str | None = setting(
+        None, "evaluate this exported version (e.g. saved_models/retail/1) instead of the "
+              "run's checkpoint: its embeddings, query signature and index; the run defines "
+              "the cases", flag="--saved-model")
+    out: str | None = setting(None, "report folder (null: RUN_DIR/evaluation)", flag="--out")
+    baselines: str = setting(
+        "all", "'all', 'none' or a comma-separated subset of the baselines (the table under "
+               "Evaluation in the README: popularity, item2vec_gensim, ...; the tfrec "
+               "variants are trained once under RUN_DIR/baselines/ and reused)",
+        checked_by="`tfrec.evaluate.runner.parse_baselines`", flag="--baselines")
+    k: int | None = setting(None, "K of HR@K and NDCG@K (null: the run's train.eval_k)",
+                            check=POSITIVE, flag="-k")
+    gensim_epochs: int = setting(10, "passes of the gensim item2vec baseline", check=POSITIVE,
+                                 flag="--gensim-epochs")
+    gensim_dim: int = setting(64, "vector size of the gensim item2vec baseline (its best on "
+                                  "Online Retail)", check=POSITIVE, flag="--gensim-dim")
+    max_item_item_catalogue: int = setting(
+        20_000, "run EASE and ItemKNN (an N x N matrix each, ~N^3 time) up to this many "
+                "catalogue items, skip them above", check=POSITIVE,
+        flag="--max-item-item-catalogue")
+
+    def check(self):
+        if self.run_dir is None and self.saved_model is None:
+            raise InputError("give a run folder with evaluate.run_dir or an exported version "
+                             "with evaluate.saved_model", key=self.key("run_dir"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings(Settings):
+    """`tfrec export`: which run, where to, and catalogue changes without training."""
+
+    run: str | None = setting(
+        None, "a tfrec train run folder (with add_items / drop_items: default the run the "
+              "version was exported from)", flag="--run")
+    model_dir: str | None = setting(None, "the model's base path, e.g. saved_models/retail",
+                                    required=True, flag="--model-dir")
+    add_items: str | None = setting(
+        None, "build the next version from the newest (or from_version) without training: "
+              "these items (CSV/Parquet in the run's items layout: id, text, optional market) "
+              "embedded by the text tower alone and added to the index; an id already there "
+              "with the same text is left as it is, with another text it is an error",
+        flag="--add-items")
+    drop_items: str | None = setting(None, "build the next version without these items (a "
+                                           "file of item ids, one a line): never recommended "
+                                           "again", flag="--drop-items")
+    from_version: int | None = setting(None, "with add_items / drop_items: start from this "
+                                             "version (null: the newest)", check=POSITIVE,
+                                       flag="--from-version")
+    version: int | None = setting(None, "version number (null: the next one)", check=POSITIVE,
+                                  flag="--version")
+    serving_config: str = setting("serving_config", "folder of models.config / "
+                                                    "batching.config to update",
+                                  flag="--serving-config")
+    no_serving_config: bool = setting(False, "do not touch the serving config",
+                                      flag="--no-serving-config")
+
+    @property
+    def updating(self) -> bool:
+        """Changing the catalogue of an exported version rather than exporting a run."""
+        return self.add_items is not None or self.drop_items is not None
+
+    def check(self):
+        if self.from_version is not None and not self.updating:
+            raise InputError("from_version goes with export.add_items or export.drop_items",
+                             key=self.key("from_version"))
+        if self.run is None and not self.updating:
+            raise InputError("give the run folder (or export.add_items / export.drop_items to "
+                             "change the catalogue of an exported version)", key=self.key("run"))
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexConfig(Settings):
+    """`tfrec export`: the retrieval index; the ScaNN settings default (null) to values that
+    scale with the catalogue."""
+
+    kind: IndexKind = setting("scann", "'scann' (approximate, needs the ScaNN ops to serve) or "
+                                       "'brute_force' (exact, stock TensorFlow ops only: loads "
+                                       "in stock TF Serving)", flag="--index")
+    max_k: int = setting(100, "the largest k a request may ask for", check=POSITIVE,
+                         flag="--max-k")
+    num_leaves: int | None = setting(None, "ScaNN partitions (null: about sqrt(items), at most "
+                                           "2,000)", check=POSITIVE, flag="--leaves")
+    num_leaves_to_search: int | None = setting(
+        None, "ScaNN partitions searched per query (null: a tenth, widened until recall_floor "
+              "is met)", check=POSITIVE, flag="--leaves-to-search")
+    num_reordering_candidates: int | None = setting(
+        None, "ScaNN candidates re-scored exactly after the quantised search (null: the "
+              "largest of 200, 4 * max_k and max_k + max_session_items). ScaNN returns at most "
+              "this many, and a request fetches k plus the session's items to drop them, so it "
+              "may not be under max_k + max_session_items", check=POSITIVE, flag="--reorder")
+    recall_floor: float = setting(
+        0.9, "export refuses an index whose recall@10 against brute force, on real queries, "
+             "is below this (the search widens to reach it first)", check=within(0, 1),
+        flag="--recall-floor")
+    max_session_items: int = setting(
+        500, "the widest session a request may send (the model reads its last "
+             "history_length items and excludes all of them from the results; at least the "
+             "model's history_length)", check=POSITIVE, flag="--max-session-items")
+
+    def check(self):
+        needed = self.max_k + self.max_session_items
+        if (self.kind == "scann" and self.num_reordering_candidates is not None
+                and self.num_reordering_candidates < needed):
+            raise InputError(
+                f"num_reordering_candidates ({self.num_reordering_candidates}) must be at least "
+                f"max_k + max_session_items = {needed}: ScaNN returns at most that many, and a "
+                "request fetches k plus its session's items so it can drop them; raise "
+                "index.num_reordering_candidates or lower index.max_k / "
+                "index.max_session_items", key=self.key("num_reordering_candidates"))
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingParameters(Settings):
+    """`tfrec serve --enable_batching`: TF Serving's batching parameters, read from the
+    batching parameters file.
+
+    This server acts on max_batch_size, batch_timeout_micros and
+    pad_variable_length_inputs; num_batch_threads and max_enqueued_batches
+    are read and kept for compatibility (each batch runs on the thread of the
+    request that opened it, and the gRPC worker pool bounds the queue).
     """
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    return from_dict(cls, value)
+
+    max_batch_size: int = setting(256, "rows of one merged model call", check=POSITIVE)
+    batch_timeout_micros: int = setting(2000, "how long the first request of a batch waits "
+                                              "for others (microseconds)",
+                                        check=integer_at_least(0))
+    num_batch_threads: int = setting(2, "read for compatibility with TF Serving; each batch "
+                                        "runs on the thread of its first request",
+                                     check=POSITIVE)
+    max_enqueued_batches: int = setting(100, "read for compatibility with TF Serving; the gRPC "
+                                             "worker pool bounds the queue", check=POSITIVE)
+    pad_variable_length_inputs: bool = setting(True, "pad string inputs of different widths "
+                                                     "with \"\" so that they merge")
+
+    def to_text(self) -> str:
+        """As a TF Serving batching parameters file (text proto), as
+        `tfrec.serving.batching.read_batching_parameters` reads it."""
+        lines = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            lines.append(f"{field.name}: {str(value).lower()}" if isinstance(value, bool)
+                         else f"{field.name} {{ value: {value} }}")
+        return "\n".join(lines) + "\n"
 
 
-def config_dict(config: Any) -> dict:
-    """A config dataclass as plain JSON data (tuples as lists), for a layer's `get_config`."""
-    return _plain(dataclasses.asdict(config))
+@dataclasses.dataclass(frozen=True)
+class ServeConfig(Settings):
+    """`tfrec serve`: the model server (flags named as TF Serving's)."""
+
+    model_config_file: str | None = setting(
+        None, "TF Serving model_config_list text proto, e.g. serving_config/models.config",
+        required=True, flag="--model_config_file")
+    port: int = setting(8500, "gRPC port (0: any free port)", check=integer_at_least(0),
+                        flag="--port")
+    host: str = setting("127.0.0.1", "address to bind (the default is loopback only; 0.0.0.0 "
+                                     "for all)", flag="--host")
+    file_system_poll_wait_seconds: float = setting(
+        1.0, "how often base paths are polled for new versions (seconds)", check=above(0),
+        flag="--file_system_poll_wait_seconds")
+    model_config_file_poll_wait_seconds: float = setting(
+        0.0, "re-read the model config this often (seconds; 0: never)", check=at_least(0),
+        flag="--model_config_file_poll_wait_seconds")
+    max_batch: int = setting(4096, "largest batch one request may carry", check=POSITIVE,
+                             flag="--max_batch")
+    max_request_elements: int = setting(
+        1_000_000, "most values one request may hold, all inputs together, counted from the "
+                   "declared shapes before anything is allocated", check=POSITIVE,
+        flag="--max_request_elements")
+    rest_api_port: int | None = setting(None, "also serve TF Serving's REST API on this port",
+                                        check=integer_at_least(0), flag="--rest_api_port")
+    rest_api_timeout_seconds: float = setting(
+        10.0, "seconds a REST client may take to send a request (idle keep-alive connections "
+              "close after it)", check=above(0), flag="--rest_api_timeout_seconds")
+    rest_api_max_connections: int = setting(256, "open REST connections at once; more are "
+                                                 "answered 503", check=POSITIVE,
+                                            flag="--rest_api_max_connections")
+    grace_period_seconds: float = setting(
+        10.0, "on SIGTERM/SIGINT, seconds calls in flight (gRPC and REST) get to finish",
+        check=at_least(0), flag="--grace_period_seconds")
+    enable_batching: bool = setting(False, "merge concurrent requests into one model call",
+                                    flag="--enable_batching")
+    batching_parameters_file: str | None = setting(
+        None, "TF Serving batching parameters (serve.batching), e.g. "
+              "serving_config/batching.config; without it, their defaults",
+        flag="--batching_parameters_file")
+    tensorflow_intra_op_parallelism: int = setting(
+        0, "threads one TensorFlow op may use (0: TensorFlow chooses, one per core)",
+        check=integer_at_least(0), flag="--tensorflow_intra_op_parallelism")
+    tensorflow_inter_op_parallelism: int = setting(
+        0, "TensorFlow ops run at once (0: TensorFlow chooses); 1 or 2 lowers latency on a "
+           "small host shared with clients", check=integer_at_least(0),
+        flag="--tensorflow_inter_op_parallelism")
+    batching: BatchingParameters = section(BatchingParameters)
+
+    def check(self):
+        if self.batching_parameters_file is not None and not self.enable_batching:
+            raise InputError("a batching parameters file needs serve.enable_batching",
+                             key=self.key("batching_parameters_file"))
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+@dataclasses.dataclass(frozen=True)
+class RecommendSettings(Settings):
+    """`tfrec recommend`: ask a running server, or write every known user's list."""
+
+    items: str | None = setting(None, "the session: comma-separated item ids (a server call)",
+                                group="what", flag="--items")
+    user: str | None = setting(
+        None, "a user of the export (a server call, signature recommend_for_user): the top k "
+              "for the user's cached embedding, the items it was built from excluded; an "
+              "unknown user gets the most popular items", group="what", flag="--user")
+    all_users: bool = setting(False, "every user of the export's user list: rows user_id, "
+                                     "rank, item_id, score, written to `out` (in this process, "
+                                     "no server)", group="what", flag="--all-users")
+    server: str = setting(f"localhost:{ServeConfig.port}", "host:port of the gRPC server",
+                          flag="--server")
+    model: str | None = setting(None, "the served model's name (server calls)", flag="--model")
+    k: int = setting(10, "how many recommendations (per user)", check=POSITIVE, flag="-k")
+    timeout: float = setting(10.0, "seconds per server call", check=above(0), flag="--timeout")
+    model_dir: str | None = setting(None, "all_users: the model's base path, e.g. "
+                                          "saved_models/retail", flag="--model-dir")
+    version: int | None = setting(None, "all_users: the exported version (null: the newest)",
+                                  check=POSITIVE, flag="--version")
+    out: str | None = setting(None, "all_users: the Parquet file to write (written to a "
+                                    "temporary file beside it and renamed when complete)",
+                              flag="--out")
+    overwrite: bool = setting(False, "all_users: replace an existing `out` file",
+                              flag="--overwrite")
+    batch_size: int = setting(1000, "all_users: users per model call and per Parquet row "
+                                    "group", check=POSITIVE, flag="--batch-size")
+    runner: str | None = setting(
+        None, "all_users as an Apache Beam pipeline on this runner (DirectRunner, "
+              "DataflowRunner, FlinkRunner, ...; pip install 'tfrec[beam]'): `out` is then the "
+              "prefix of Parquet shards, and the arguments tfrec does not know are Beam "
+              "pipeline options", flag="--runner")
+    users: str | None = setting(None, "with runner: only these users (a file of user ids, one "
+                                      "a line)", flag="--users")
+
+    @property
+    def session(self) -> list[str]:
+        """The item ids of `items`."""
+        return [i.strip() for i in (self.items or "").split(",") if i.strip()]
+
+    def check(self):
+        if self.all_users:
+            missing = [self.key(name) for name in ("model_dir", "out")
+                       if getattr(self, name) is None]
+            if missing:
+                raise InputError(f"all_users needs {' and '.join(missing)}",
+                                 key=self.key("all_users"))
+            if self.users is not None and self.runner is None:
+                raise InputError("users goes with recommend.runner (a Beam pipeline)",
+                                 key=self.key("users"))
+            if self.runner is not None and self.overwrite:
+                raise InputError("a Beam pipeline never replaces output shards: remove them or "
+                                 "choose another recommend.out prefix",
+                                 key=self.key("overwrite"))
+            return
+        for name in ("runner", "users"):
+            if getattr(self, name) is not None:
+                raise InputError(f"{name} is for all_users (a Beam pipeline)",
+                                 key=self.key(name))
+        if self.model is None:
+            raise InputError("asking a server needs the served model's name",
+                             key=self.key("model"))
+        if self.user is not None and not self.user.strip():
+            raise InputError("needs a user id", key=self.key("user"))
+        if self.items is not None and not self.session:
+            raise InputError("needs at least one item id", key=self.key("items"))
 
 
-def from_dict(cls, data: Any, source: str | None = None, prefix: str = ""):
-    """Builds a config dataclass from plain data, checking every key and type.
+# The schema: where each section sits, and walking it -------------------------------------------
 
-    Raises:
-      InputError: naming the file and the dotted key that is unknown, of the
-        wrong type or out of range.
-    """
-    if not isinstance(data, Mapping):
-        raise InputError(f"expected a mapping of settings, got {type(data).__name__}",
-                         path=source, key=prefix.rstrip(".") or None)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in fields:
-            close = [f for f in fields if f.startswith(str(key)[:3])]
-            hint = f" (did you mean {', '.join(close)}?)" if close else (
-                f" (known: {', '.join(fields)})")
-            raise InputError(f"unknown setting{hint}", path=source, key=dotted)
-        kwargs[key] = _coerce(hints[key], value, source, dotted)
-        default = fields[key].default_factory
-        if isinstance(kwargs[key], dict) and default is not dataclasses.MISSING:
-            # A mapping setting (e.g. event_weights) adds to its defaults.
-            kwargs[key] = {**default(), **kwargs[key]}
-    try:
-        return cls(**kwargs)
-    except InputError as err:
-        key = err.key if err.key and "." in err.key else f"{prefix}{err.key or ''}".rstrip(".")
-        raise InputError(err.reason, path=source, key=key or None) from None
+# Every top-level section: its key prefix and its settings class. Nested
+# sections (``model.text``, ``data.pairs``, ``serve.batching``) are found
+# through `section` fields.
+ROOTS: dict[str, type] = {
+    "data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+    "prepare": PrepareSettings, "training": TrainingSettings, "evaluate": EvaluateSettings,
+    "export": ExportSettings, "index": IndexConfig, "serve": ServeConfig,
+    "recommend": RecommendSettings,
+}
+# The sections a run config file holds (the rest are a command's settings).
+RUN_SECTIONS = ("data", "model", "train")
+# How to set a setting that has no flag, by section (the longest matching prefix wins).
+HOW_TO_SET = {
+    "data": "set it in the run config, or with --set {key}=VALUE",
+    "model": "set it in the run config, or with --set {key}=VALUE",
+    "train": "set it in the run config, or with --set {key}=VALUE",
+    "serve.batching": "set it in the batching parameters file, serve.batching_parameters_file",
+}
 
 
-def _coerce(hint, value, source, key):
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, source, key + ".")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
+def sections() -> dict[str, type]:
+    """Every section of the schema, nested ones included: dotted prefix -> class."""
+    found: dict[str, type] = {}
+
+    def visit(prefix: str, cls: type) -> None:
+        found[prefix] = cls
+        for field in dataclasses.fields(cls):
+            if field.metadata.get("section"):
+                visit(f"{prefix}.{field.name}", type_hints(cls)[field.name])
+
+    for prefix, cls in ROOTS.items():
+        visit(prefix, cls)
+    return found
+
+
+register_sections({RunConfig: "", **{cls: f"{prefix}." for prefix, cls in sections().items()}})
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting of the schema, as the command line and the reference read it."""
+
+    key: str
+    owner: type
+    name: str
+    default: Any
+    help: str
+    flag: str | None
+    required: bool
+    group: str | None
+    allowed: str
+    type: type | None  # bool, int, float or str: what a flag's value is read as
+
+    @property
+    def how_to_set(self) -> str | None:
+        """How to set it, when it has no flag."""
+        if self.flag:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, source, key)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _wrong_type(key, "a list", value, source)
-        return tuple(_coerce(args[0], v, source, key) for v in value)
-    if origin in (collections.abc.Mapping, dict):
-        if not isinstance(value, Mapping):
-            raise _wrong_type(key, "a mapping", value, source)
-        return {str(k): _coerce(args[1], v, source, f"{key}.{k}") for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise _wrong_type(key, "true or false", value, source)
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _wrong_type(key, "an integer", value, source)
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _wrong_type(key, "a number", value, source)
-        return float(value)
-    if hint is str:
-        if isinstance(value, (datetime.date, datetime.datetime)):
-            return value.isoformat()  # YAML reads 2011-10-01 as a date
-        if not isinstance(value, str):
-            raise _wrong_type(key, "text", value, source)
-        return value
-    return value
+        for prefix in sorted(HOW_TO_SET, key=len, reverse=True):
+            if self.key.startswith(prefix + "."):
+                return HOW_TO_SET[prefix].format(key=self.key)
+        return None
 
 
-def _wrong_type(key, expected, value, source):
-    return InputError(f"expected {expected}, got {value!r} ({type(value).__name__})",
-                      path=source, key=key)
+def settings(prefix: str | None = None) -> list[Setting]:
+    """Every setting of the schema (or of the section `prefix` and its subsections), in
+    declaration order."""
+    found = []
+    for section_key, cls in sections().items():
+        if prefix is not None and not (section_key == prefix
+                                       or section_key.startswith(prefix + ".")):
+            continue
+        for field in dataclasses.fields(cls):
+            if field.metadata.get("section"):
+                continue
+            meta = field.metadata
+            default = (field.default_factory() if field.default is dataclasses.MISSING
+                       else field.default)
+            found.append(Setting(f"{section_key}.{field.name}", cls, field.name, default,
+                                 meta["help"], meta["flag"], meta["required"], meta["group"],
+                                 allowed_text(cls, field.name), _value_type(cls, field.name)))
+    return found
+
+
+def _value_type(cls: type, name: str) -> type | None:
+    hint = strip_optional(type_hints(cls)[name])
+    if typing.get_origin(hint) is Literal:
+        return type(literal_values(hint)[0])
+    return hint if hint in (bool, int, float, str) else None
+
+
+def setting_of(key: str) -> Setting | None:
+    """The setting of a full dotted key (None: not a setting of the schema)."""
+    prefix = key.rpartition(".")[0]
+    return next((s for s in settings(prefix) if s.key == key), None) if prefix else None
+
+
+def allowed_text(cls: type, name: str) -> str:
+    """The allowed values of a setting, in words."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    hint = type_hints(cls)[name]
+    if field.metadata["checked_by"]:
+        text = f"checked by {field.metadata['checked_by']}"
+    elif choices(cls, name):
+        text = choices_text(choices(cls, name))
+    elif field.metadata["check"] is not None:
+        text = field.metadata["check"].text
+    else:
+        text = expected_type(strip_optional(hint), object()) or ""
+    optional = is_optional(hint) and not field.metadata["required"]
+    return f"{text} or null" if optional and text else text
+
+
+# The settings reference ------------------------------------------------------------------
+
+README_BEGIN = "<!-- settings:begin -->"
+README_END = "<!-- settings:end -->"
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list, dict)):
+        return json.dumps(plain(value))
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def settings_reference() -> str:
+    """Every setting with its default, allowed values, flag and help, as Markdown tables
+    (one per section), generated from the schema."""
+    lines = [
+        "Generated from `tfrec/config.py` by `python -m tfrec.config --readme README.md`; "
+        "do not edit by hand. The sections data, model and train are the run config (a "
+        "YAML/JSON file, or `--set KEY=VALUE`); the others are the settings of one command, "
+        "given as its flags."]
+    for prefix, cls in sections().items():
+        rows = [s for s in settings(prefix) if s.owner is cls]
+        if not rows:
+            continue
+        title = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        lines += ["", f"**`{prefix}`**: {title}", "",
+                  "| key | default | allowed | flag | what it does |", "|---|---|---|---|---|"]
+        for s in rows:
+            default = "required" if s.required else f"`{_cell(_shown(s.default))}`"
+            flag = f"`{s.flag}`" if s.flag else ""
+            lines.append(f"| `{s.key}` | {default} | {_cell(s.allowed)} | {flag} | "
+                         f"{_cell(s.help)} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_with_reference(readme: str) -> str:
+    """`readme` with the text between the settings markers replaced by `settings_reference`."""
+    start, end = readme.find(README_BEGIN), readme.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no {README_BEGIN} ... {README_END} block")
+    return (readme[:start + len(README_BEGIN)] + "\n" + settings_reference()
+            + readme[end:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tfrec.config``: print the reference; ``--readme FILE`` rewrites its block."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m tfrec.config",
+                                     description=settings_reference.__doc__)
+    parser.add_argument("--readme", metavar="FILE",
+                        help="rewrite the settings block of this README instead of printing")
+    args = parser.parse_args(argv)
+    if args.readme:
+        path = Path(args.readme)
+        path.write_text(readme_with_reference(path.read_text()))
+    else:
+        print(settings_reference(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -64,7 +64,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"--set expects section.key=value, got {item!r}", key="set")
+            raise InputError(f"--set expects section.key=value, got {item!r}")
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
@@ -88,6 +88,15 @@ def command_config(path: str | Path | None = None, overrides: list[str] = (),
     if data_dir is not None:
         overrides.append(f"data.data_dir={json.dumps(str(Path(data_dir).resolve()))}")
     return load_run_config(DEFAULT_CONFIG if path is None else path, overrides)
+
+
+def with_data_dir(config: RunConfig, data_dir: str | Path | None) -> RunConfig:
+    """`config` reading its data set from `data_dir` (made absolute) when it names no
+    `data.data_dir` of its own: a saved run's config finds the data where it is now."""
+    if data_dir is None or config.data.data_dir is not None:
+        return config
+    data = dataclasses.replace(config.data, data_dir=str(Path(data_dir).resolve()))
+    return dataclasses.replace(config, data=data)
 
 
 # Loading a run -----------------------------------------------------------------------------

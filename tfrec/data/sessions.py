@@ -108,12 +108,6 @@ def sessionize(events: pd.DataFrame, vocab: ItemVocabulary,
     """
     if len(events) == 0:
         raise InputError("no events to sessionise")
-    if config.gap_minutes <= 0:
-        raise InputError(f"gap_minutes must be > 0, got {config.gap_minutes!r}",
-                         key="gap_minutes")
-    if not isinstance(config.max_length, int) or config.max_length < 2:
-        raise InputError(f"max_length must be an integer >= 2, got {config.max_length!r}",
-                         key="max_length")
     user_codes, user_ids = pd.factorize(events["user"], sort=False)
     session_codes, _ = pd.factorize(events["session"], sort=False)  # NA -> -1
     time = events["time"].to_numpy(dtype=np.int64)

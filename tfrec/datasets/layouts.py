@@ -43,7 +43,7 @@ def read_tables(layout: str = "events", events_path: str | Path | None = None,
     if layout in ("online_retail", "goodbooks"):
         if items_path is not None:
             raise InputError(f"an items table cannot be combined with the {layout} layout, "
-                             "which carries its own item text", key="items")
+                             "which carries its own item text", key="data.items")
     if layout == "online_retail":
         if events_path is None:
             events_path = online_retail_path(data_dir)
@@ -59,9 +59,9 @@ def read_tables(layout: str = "events", events_path: str | Path | None = None,
         return events, items, rejections, f"{folder} (goodbooks-10k layout, {shelves})"
     if layout != "events":
         raise InputError(f"unknown layout {layout!r} (use 'events', 'online_retail' or "
-                         "'goodbooks')", key="layout")
+                         "'goodbooks')", key="data.layout")
     if events_path is None:
-        raise InputError("no events file given", key="events")
+        raise InputError("no events file given", key="data.events")
     logger.info("reading %s", events_path)
     events, rejections = read_events(events_path, events_schema, strict=strict)
     items = None

@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 
+from tfrec.config import EvaluateSettings
 from tfrec.errors import InputError
 from tfrec.evaluate import item_item
 from tfrec.metrics import hit_rate, ndcg, target_ranks
@@ -43,7 +44,7 @@ _TOKEN = re.compile(r"[0-9a-z]+")
 # A fit holds a few n x n float64 arrays and costs ~n^3 flops: measured on 2
 # cores, 0.5 s at 3,500 items, 10 s at 10,000 (so ~80 s at 20,000, and the
 # grid below is 13 fits).
-MAX_ITEM_ITEM_CATALOGUE = 20_000
+MAX_ITEM_ITEM_CATALOGUE = EvaluateSettings.max_item_item_catalogue
 # EASE's λ: a 1-2-5 log grid.
 EASE_LAMBDAS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 # ItemKNN's neighbours per item; 0 keeps every one.
@@ -129,8 +130,9 @@ def gensim_available() -> bool:
     return True
 
 
-def item2vec_gensim(sessions, vocab, queries: list, dim: int = 64, window: int | None = None,
-                    negatives: int = 5, epochs: int = 10, sample: float = 1e-3,
+def item2vec_gensim(sessions, vocab, queries: list, dim: int = EvaluateSettings.gensim_dim,
+                    window: int | None = None, negatives: int = 5,
+                    epochs: int = EvaluateSettings.gensim_epochs, sample: float = 1e-3,
                     workers: int = 2, seed: int = 42) -> Embeddings:
     """gensim Word2Vec skip-gram over the training sessions (a basket is a sentence).
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tfrec.config import EvaluateSettings
 from tfrec.evaluate import baselines as baselines_lib
 from tfrec.metrics import rank_targets, target_ranks
 from tfrec.run_folder import RunFolder
@@ -32,9 +33,9 @@ MAX_K = 50
 class BaselineSettings:
     """Settings of particular baselines (`tfrec evaluate`'s options)."""
 
-    gensim_epochs: int = 10
-    gensim_dim: int = 64
-    max_item_item_catalogue: int = baselines_lib.MAX_ITEM_ITEM_CATALOGUE
+    gensim_epochs: int = EvaluateSettings.gensim_epochs
+    gensim_dim: int = EvaluateSettings.gensim_dim
+    max_item_item_catalogue: int = EvaluateSettings.max_item_item_catalogue
 
 
 @dataclasses.dataclass

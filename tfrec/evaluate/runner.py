@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tfrec.data.sequences import histories_from_lists
+from tfrec.config import EvaluateSettings
 from tfrec.errors import InputError
 from tfrec.evaluate.analyses import (categories_of, cold_start_figures, conversion_ranks,
                                      index_recall)
@@ -28,7 +29,7 @@ from tfrec.evaluate.methods import (MAX_K, MODEL, REGISTRY, BaselineSettings, Ev
                                     baseline_names, label_of)
 from tfrec.evaluate.report import write_report
 from tfrec.metrics import hit_rate, rank_targets, score_cases
-from tfrec.run import check_run_data, load_run, prepare_training_data
+from tfrec.run import check_run_data, load_run, prepare_training_data, with_data_dir
 from tfrec.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def parse_baselines(text: str | None) -> tuple[str, ...]:
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise InputError(f"unknown baseline(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(baseline_names())}, 'all' or 'none'", key="baselines")
+                         f"{', '.join(baseline_names())}, 'all' or 'none'",
+                         key="evaluate.baselines")
     return names
 
 
@@ -86,10 +88,12 @@ class Step:
 
 def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                  baselines: tuple[str, ...] | None = None, k: int | None = None,
-                 targets: dict | None = None, gensim_epochs: int = 10,
-                 gensim_dim: int = 64, saved_model: str | Path | None = None,
-                 max_item_item_catalogue: int = BaselineSettings.max_item_item_catalogue
-                 ) -> dict:
+                 targets: dict | None = None,
+                 gensim_epochs: int = EvaluateSettings.gensim_epochs,
+                 gensim_dim: int = EvaluateSettings.gensim_dim,
+                 saved_model: str | Path | None = None,
+                 max_item_item_catalogue: int = EvaluateSettings.max_item_item_catalogue,
+                 data_dir: str | Path | None = None) -> dict:
     """Evaluates a run and the baselines; writes the report, its page and its plots.
 
     Args:
@@ -105,11 +109,13 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
       targets: HR@k per group ("all", "warm", "cold") the model must reach
         (default: none; the other checks compare the model with the baselines).
       gensim_epochs: passes of the gensim item2vec baseline.
-      gensim_dim: its vector size (64 by default: on the bundled data it
-        scored HR@10 0.160 at 64, 0.119 at 128 and 0.085 at 256).
+      gensim_dim: its vector size (the default is the best measured: on the
+        bundled data it scored HR@10 0.160 at 64, 0.119 at 128 and 0.085 at 256).
       max_item_item_catalogue: EASE and ItemKNN run up to this many catalogue
         items (an n x n matrix each); above it they are skipped, with the
         reason in the log, the table and the report.
+      data_dir: the data folder to read the run's data set from, when the
+        run's config names no `data.data_dir`.
 
     Returns:
       The report (as written to the report folder).
@@ -122,9 +128,10 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                          "with evaluate.saved_model", key="evaluate.run_dir")
     run_dir = Path(run_dir)
     config, run_vocab, model, checkpoint = load_run(run_dir)
+    config = with_data_dir(config, data_dir)
     k = k or config.train.eval_k
     if k < 1 or k > MAX_K:
-        raise InputError(f"k must be between 1 and {MAX_K}, got {k}", key="k")
+        raise InputError(f"k must be between 1 and {MAX_K}, got {k}", key="evaluate.k")
     baselines = baseline_names() if baselines is None else tuple(baselines)
     unknown = [name for name in baselines if name not in REGISTRY]
     if unknown:

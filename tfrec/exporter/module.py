@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tfrec.config import IndexConfig
 from tfrec.exporter.catalogue import Catalogue
 
 
@@ -95,7 +96,8 @@ class RecommenderModule(tf.Module):
 
     def __init__(self, model, item_ids: np.ndarray, index, max_k: int,
                  item_texts: np.ndarray | None = None, item_counts: np.ndarray | None = None,
-                 max_session_items: int = 500, users: UserCache | None = None,
+                 max_session_items: int = IndexConfig.max_session_items,
+                 users: UserCache | None = None,
                  catalogue: Catalogue | None = None):
         super().__init__(name="tfrec")
         self.max_session_items = int(max_session_items)

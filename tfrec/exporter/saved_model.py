@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tfrec.config import BatchingParameters
 from tfrec.errors import InputError
 from tfrec.exporter.catalogue import Catalogue
 from tfrec.exporter.layout import INDEX_KIND, ModelFolder
@@ -325,15 +326,6 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
                          started, serving_config_dir)
 
 
-BATCHING_CONFIG = """\
-max_batch_size { value: 256 }
-batch_timeout_micros { value: 2000 }
-max_enqueued_batches { value: 100 }
-num_batch_threads { value: 2 }
-pad_variable_length_inputs: true
-"""
-
-
 def write_serving_config(folder: str | Path, model_name: str, model_dir: str | Path) -> Path:
     """Adds or updates the model in `folder/models.config`; writes batching.config if absent."""
     from google.protobuf import text_format
@@ -355,7 +347,7 @@ def write_serving_config(folder: str | Path, model_name: str, model_dir: str | P
     path.write_text(text_format.MessageToString(config))
     batching = folder / "batching.config"
     if not batching.exists():
-        batching.write_text(BATCHING_CONFIG)
+        batching.write_text(BatchingParameters().to_text())
     return path
 
 

@@ -11,70 +11,8 @@ import scann  # noqa: F401  (registers the Scann ops)
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfrec.config import INDEX_KINDS, IndexKind, choices_text
-from tfrec.errors import InputError
+from tfrec.config import IndexConfig  # noqa: F401  (the index settings, declared in the schema)
 from tfrec.utils import quiet_native_stderr
-
-
-@dataclasses.dataclass(frozen=True)
-class IndexConfig:
-    """Index settings; the ScaNN ones default (None) to values that scale with the catalogue.
-
-    Attributes:
-      kind: "scann" (approximate, needs the ScaNN ops to serve) or
-        "brute_force" (exact, stock TensorFlow ops only).
-      max_k: the largest k a request may ask for.
-      num_leaves: ScaNN partitions (default about sqrt(items), 1 to 2,000).
-      num_leaves_to_search: partitions searched per query (default a tenth,
-        at least 1 ... all of them for tiny catalogues).
-      num_reordering_candidates: candidates re-scored exactly after the
-        quantised search (default max(200, 4 * max_k, max_k +
-        max_session_items)). ScaNN returns at most this many, and a request
-        fetches k plus the session's items to drop them, so it may not be
-        under max_k + max_session_items.
-      max_session_items: the widest session a request may send (the model
-        reads its last history_length items and excludes all of them from
-        the results).
-      recall_floor: export refuses an index whose recall@k against brute
-        force, on real queries, is below this.
-    """
-
-    kind: IndexKind = "scann"
-    max_k: int = 100
-    num_leaves: int | None = None
-    num_leaves_to_search: int | None = None
-    num_reordering_candidates: int | None = None
-    recall_floor: float = 0.9
-    max_session_items: int = 500
-
-    def __post_init__(self):
-        if self.kind not in INDEX_KINDS:
-            raise InputError(f"index must be {choices_text(INDEX_KINDS)}, got {self.kind!r}",
-                             key="index.kind")
-        if not isinstance(self.max_k, int) or self.max_k < 1:
-            raise InputError(f"max_k must be a positive integer, got {self.max_k!r}",
-                             key="index.max_k")
-        if not isinstance(self.max_session_items, int) or self.max_session_items < 1:
-            raise InputError("max_session_items must be a positive integer, got "
-                             f"{self.max_session_items!r}", key="index.max_session_items")
-        needed = self.max_k + self.max_session_items
-        if (self.kind == "scann" and self.num_reordering_candidates is not None
-                and isinstance(self.num_reordering_candidates, int)
-                and self.num_reordering_candidates < needed):
-            raise InputError(
-                f"num_reordering_candidates ({self.num_reordering_candidates}) must be at least "
-                f"max_k + max_session_items = {needed}: ScaNN returns at most that many, and a "
-                "request fetches k plus its session's items so it can drop them; raise "
-                "index.num_reordering_candidates or lower index.max_k / "
-                "index.max_session_items", key="index.num_reordering_candidates")
-        for name in ("num_leaves", "num_leaves_to_search", "num_reordering_candidates"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise InputError(f"{name} must be a positive integer, got {value!r}",
-                                 key=f"index.{name}")
-        if not 0.0 <= self.recall_floor <= 1.0:
-            raise InputError(f"recall floor must be in [0, 1], got {self.recall_floor!r}",
-                             key="index.recall_floor")
 
 
 def scann_parameters(num_items: int, config: IndexConfig) -> dict:

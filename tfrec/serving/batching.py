@@ -18,35 +18,20 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tfrec.config import BatchingParameters, from_dict
 from tfrec.errors import InputError
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchingParameters:
-    """TF Serving's batching parameters.
-
-    This server acts on max_batch_size, batch_timeout_micros and
-    pad_variable_length_inputs; num_batch_threads and max_enqueued_batches
-    are read and kept for compatibility (each batch runs on the thread of the
-    request that opened it, and the gRPC worker pool bounds the queue).
-    """
-
-    max_batch_size: int = 256
-    batch_timeout_micros: int = 2000
-    num_batch_threads: int = 2
-    max_enqueued_batches: int = 100
-    pad_variable_length_inputs: bool = True
 
 
 _FIELD = re.compile(r"(\w+)\s*(?:\{\s*value\s*:\s*([^}\s]+)\s*\}|:\s*(\S+))")
 
 
 def read_batching_parameters(path: str | Path) -> BatchingParameters:
-    """Parses a TF Serving `batching_parameters_file` (text proto)."""
+    """Parses a TF Serving `batching_parameters_file` (text proto); a parameter it leaves
+    out keeps the schema's default (`tfrec.config.BatchingParameters`)."""
     path = Path(path)
     if not path.exists():
         raise InputError("batching parameters file not found", path=str(path))
-    known = {f.name: f.type for f in dataclasses.fields(BatchingParameters)}
+    known = {f.name for f in dataclasses.fields(BatchingParameters)}
     values = {}
     for field, wrapped, plain in _FIELD.findall(path.read_text()):
         raw = wrapped or plain
@@ -55,12 +40,14 @@ def read_batching_parameters(path: str | Path) -> BatchingParameters:
                          "enable_large_batch_splitting"):
                 continue  # accepted, not used
             raise InputError(f"unknown batching parameter {field!r}", path=str(path))
-        try:
-            values[field] = raw.lower() == "true" if field == "pad_variable_length_inputs" \
-                else int(raw)
-        except ValueError:
-            raise InputError(f"{field}: expected a number, got {raw!r}", path=str(path)) from None
-    return BatchingParameters(**values)
+        if raw.lower() in ("true", "false"):
+            values[field] = raw.lower() == "true"
+        else:
+            try:
+                values[field] = int(raw)
+            except ValueError:
+                values[field] = raw
+    return from_dict(BatchingParameters, values, str(path))
 
 
 class _Item:

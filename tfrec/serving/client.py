@@ -11,6 +11,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from tfrec.config import RecommendSettings
+
 
 class RecommenderClient:
     """Calls the signatures of an exported tfrec model.
@@ -22,7 +24,7 @@ class RecommenderClient:
       version: serve a specific version instead of the newest.
     """
 
-    def __init__(self, target: str, model: str, timeout: float = 10.0,
+    def __init__(self, target: str, model: str, timeout: float = RecommendSettings.timeout,
                  version: int | None = None):
         self.channel = grpc.insecure_channel(target)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)

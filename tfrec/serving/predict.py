@@ -13,8 +13,12 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
+from tfrec.config import ServeConfig
 from tfrec.serving.errors import ServingError, tensorflow_message
 from tfrec.serving.versions import Loaded, ModelManager
+
+# The largest message either way: a gRPC message, a REST body.
+MAX_MESSAGE_BYTES = 64 * 2**20
 
 # The REST (JSON) integers and floats are cast to the signature's width after a range check.
 _RANGES = {tf.int32: np.iinfo(np.int32), tf.int64: np.iinfo(np.int64)}
@@ -25,13 +29,18 @@ class RequestLimits:
     """What one request may ask of the server.
 
     Attributes:
-      max_batch: rows per request.
+      max_batch: rows per request (`serve.max_batch`).
       max_elements: values in one request, all inputs together, counted from
-        the declared shapes before anything is allocated.
+        the declared shapes before anything is allocated
+        (`serve.max_request_elements`).
     """
 
-    max_batch: int = 4096
-    max_elements: int = 1_000_000
+    max_batch: int = ServeConfig.max_batch
+    max_elements: int = ServeConfig.max_request_elements
+
+    @classmethod
+    def from_config(cls, config: ServeConfig) -> RequestLimits:
+        return cls(config.max_batch, config.max_request_elements)
 
 
 def invalid(message: str) -> ServingError:

@@ -35,7 +35,9 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
+from tfrec.config import ServeConfig
 from tfrec.serving.errors import ServingError
+from tfrec.serving.predict import MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -633,8 +635,10 @@ class RestServer:
       max_body_bytes: the largest request body (413 over it).
     """
 
-    def __init__(self, predictor, host: str, port: int, *, read_timeout: float = 10.0,
-                 max_connections: int = 256, max_body_bytes: int = 64 * 2**20):
+    def __init__(self, predictor, host: str, port: int, *,
+                 read_timeout: float = ServeConfig.rest_api_timeout_seconds,
+                 max_connections: int = ServeConfig.rest_api_max_connections,
+                 max_body_bytes: int = MAX_MESSAGE_BYTES):
         if not read_timeout > 0:
             raise ValueError(f"read_timeout must be > 0 seconds, got {read_timeout}")
         if max_connections < 1:
@@ -662,7 +666,7 @@ class RestServer:
         self._thread.start()
         self._reaper.start()
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = ServeConfig.grace_period_seconds) -> None:
         """Stops accepting; requests in flight get `grace` seconds to finish, then every
         connection is closed. A request arriving meanwhile gets 503 (and a close)."""
         deadline = time.monotonic() + max(grace, 0.0)

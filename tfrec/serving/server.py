@@ -26,58 +26,45 @@ from pathlib import Path
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from tfrec.config import ServeConfig
 from tfrec.errors import InputError
 from tfrec.serving.config import read_model_config
 from tfrec.serving.grpc_api import ModelServicer, PredictionServicer
-from tfrec.serving.predict import Predictor, RequestLimits
+from tfrec.serving.predict import MAX_MESSAGE_BYTES, Predictor, RequestLimits
 from tfrec.serving.rest import RestServer
 from tfrec.serving.versions import ModelManager
 
 logger = logging.getLogger(__name__)
-
-GRACE_SECONDS = 10.0
 
 
 class ModelServer:
     """The gRPC (and optional REST) server over one ModelManager.
 
     Args:
-      model_config_file: TF Serving `models.config`.
-      port: gRPC port (0: any free one). The port is bound exclusively: a
-        second server on the same port refuses to start.
-      host: address to bind (loopback by default).
-      poll_seconds: how often base paths are polled for versions.
-      config_poll_seconds: re-read the model config this often (0: never).
-      limits: per-request limits (batch rows, values).
-      max_message_mb: largest gRPC message either way.
-      workers: gRPC worker threads (calls served at once).
-      rest_port: also serve the REST API here.
-      rest_timeout: seconds a REST connection may take to send a request.
-      rest_max_connections: open REST connections at once (more get 503).
-      grace: seconds calls in flight get to finish when the server stops
-        (both APIs).
+      config: the `serve` settings (`tfrec.config.ServeConfig`): the model
+        config file, ports, polling, request limits, the REST API's timeout
+        and connection cap, the grace period. The gRPC port is bound
+        exclusively: a second server on the same port refuses to start.
       batcher: merges concurrent calls (`tfrec.serving.batching.Batcher`).
+      max_message_bytes: largest gRPC message either way (and REST body).
+      workers: gRPC worker threads (calls served at once).
     """
 
-    def __init__(self, model_config_file: str | Path, port: int = 8500, host: str = "127.0.0.1",
-                 poll_seconds: float = 1.0, config_poll_seconds: float = 0.0,
-                 limits: RequestLimits = RequestLimits(), max_message_mb: int = 64,
-                 workers: int = 8, rest_port: int | None = None, rest_timeout: float = 10.0,
-                 rest_max_connections: int = 256, grace: float = GRACE_SECONDS, batcher=None):
-        if grace < 0:
-            raise InputError(f"the grace period must be >= 0 seconds, got {grace}",
-                             key="grace")
-        self.config_file = Path(model_config_file)
-        self.manager = ModelManager(read_model_config(self.config_file), poll_seconds)
-        self.config_poll_seconds = config_poll_seconds
-        self.grace = grace
+    def __init__(self, config: ServeConfig, batcher=None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, workers: int = 8):
+        self.config_file = Path(config.model_config_file)
+        self.manager = ModelManager(read_model_config(self.config_file),
+                                    config.file_system_poll_wait_seconds)
+        self.config_poll_seconds = config.model_config_file_poll_wait_seconds
+        self.grace = config.grace_period_seconds
         self._config_mtime = self.config_file.stat().st_mtime
-        options = [("grpc.max_receive_message_length", max_message_mb * 2**20),
-                   ("grpc.max_send_message_length", max_message_mb * 2**20),
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0)]  # a second server on this port must fail
         self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(workers),
                                   options=options)
-        self.predictor = Predictor(self.manager, limits, batcher)
+        self.predictor = Predictor(self.manager, RequestLimits.from_config(config), batcher)
+        host, port, rest_port = config.host, config.port, config.rest_api_port
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(self.predictor), self.server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
@@ -89,17 +76,19 @@ class ModelServer:
             self.port = 0
         if self.port == 0:
             raise InputError(f"cannot listen on {self.address}: the port is in use (another "
-                             "tfrec serve?) or the address is not this host's", key="port")
+                             "tfrec serve?) or the address is not this host's",
+                             key=config.key("port"))
         self.rest = None
         if rest_port is not None:
             try:
-                self.rest = RestServer(self.predictor, host, rest_port, read_timeout=rest_timeout,
-                                       max_connections=rest_max_connections,
-                                       max_body_bytes=max_message_mb * 2**20)
+                self.rest = RestServer(self.predictor, host, rest_port,
+                                       read_timeout=config.rest_api_timeout_seconds,
+                                       max_connections=config.rest_api_max_connections,
+                                       max_body_bytes=max_message_bytes)
             except OSError as err:
                 self.server.stop(0)
                 raise InputError(f"cannot listen on {host}:{rest_port}: {err.strerror}",
-                                 key="rest_port") from None
+                                 key=config.key("rest_api_port")) from None
         self._stopped = threading.Event()
 
     def start(self) -> None:

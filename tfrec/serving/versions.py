@@ -26,6 +26,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from tfrec.config import ServeConfig
 from tfrec.exporter.layout import ModelFolder, VersionFolder
 from tfrec.exporter.saved_model import load_saved_model
 from tfrec.serving.config import ModelEntry
@@ -111,7 +112,8 @@ def _versions_on_disk(base: Path) -> list[int]:
 class ModelManager:
     """Loads, serves and unloads versions of the configured models."""
 
-    def __init__(self, entries: list[ModelEntry], poll_seconds: float = 1.0, loader=None):
+    def __init__(self, entries: list[ModelEntry],
+                 poll_seconds: float = ServeConfig.file_system_poll_wait_seconds, loader=None):
         self._lock = threading.RLock()  # guards entries, versions, _failures
         self._model_locks: dict[str, threading.Lock] = {}
         self.entries = {e.name: e for e in entries}

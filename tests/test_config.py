@@ -1,0 +1,223 @@
+"""The settings schema: checks, error keys, help texts, flags and the generated reference."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tfrec import cli, config
+from tfrec.config import (BatchingParameters, IndexConfig, ModelConfig, RunConfig, ServeConfig,
+                          TextConfig, from_dict)
+from tfrec.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("data, key, reason", [
+    ({"model": {"embeding_dim": 3}}, "model.embeding_dim", "unknown setting (did you mean"),
+    ({"data": {"pairs": {"windw": 3}}}, "data.pairs.windw", "unknown setting"),
+    ({"model": {"text": {"filters": "wide"}}}, "model.text.filters",
+     "expected an integer, got 'wide' (str)"),
+    ({"train": {"learning_rate": "fast"}}, "train.learning_rate", "expected a number"),
+    ({"model": {"use_ids": "yes"}}, "model.use_ids", "expected true or false"),
+    ({"model": {"query_layers": [8, "x"]}}, "model.query_layers", "expected an integer, got 'x'"),
+    ({"model": {"text_share": 1.5}}, "model.text_share",
+     "text_share must be in (0, 1), got 1.5"),
+    ({"model": {"text": {"widths": []}}}, "model.text.widths",
+     "widths must be a non-empty list of positive integers"),
+    ({"data": {"pairs": {"mode": "skip"}}}, "data.pairs.mode",
+     "mode must be 'window' or 'set', got 'skip'"),
+    ({"data": {"pairs": {"event_weights": {"click": -1}}}}, "data.pairs.event_weights.click",
+     "must be >= 0"),
+    ({"data": {"sessions": {"max_length": 1}}}, "data.sessions.max_length",
+     "max_length must be an integer >= 2, got 1"),
+    ({"train": {"steps_per_epoch": 0}}, "train.steps_per_epoch", "a positive integer"),
+])
+def test_bad_settings_name_the_full_key_and_the_file(data, key, reason):
+    with pytest.raises(InputError) as err:
+        from_dict(RunConfig, data, "run.yaml")
+    assert (err.value.key, err.value.path) == (key, "run.yaml")
+    assert reason in err.value.reason
+
+
+@pytest.mark.parametrize("make, key", [
+    (lambda: TextConfig(widths=(0,)), "model.text.widths"),
+    (lambda: ModelConfig(history_dropout=1.0), "model.history_dropout"),
+    (lambda: ModelConfig(use_ids=False, use_text=False), "model.use_text"),
+    (lambda: IndexConfig(recall_floor=1.5), "index.recall_floor"),
+    (lambda: ServeConfig(model_config_file="m", rest_api_timeout_seconds=0),
+     "serve.rest_api_timeout_seconds"),
+    (lambda: ServeConfig(), "serve.model_config_file"),
+    (lambda: BatchingParameters(max_batch_size=0), "serve.batching.max_batch_size"),
+    (lambda: from_dict(TextConfig, {"bogus": 1}), "model.text.bogus"),
+])
+def test_settings_built_directly_name_the_full_key(make, key):
+    with pytest.raises(InputError) as err:
+        make()
+    assert err.value.key == key
+
+
+def test_a_setting_checked_elsewhere_has_no_choices_here():
+    negatives = config.setting_of("model.negatives")
+    assert config.choices(ModelConfig, "negatives") == ()
+    assert negatives.allowed.startswith("checked by ")
+    assert ModelConfig(negatives="from_a_registry").negatives == "from_a_registry"
+    # a Literal setting's allowed values come from its type
+    assert config.setting_of("model.pooling").allowed == "'mean', 'recency' or 'attention'"
+
+
+def test_every_setting_has_help_that_does_not_restate_its_default():
+    found = config.settings()
+    assert len({s.key for s in found}) == len(found) > 100
+    for s in found:
+        assert len(s.help) > 10, s.key
+        if isinstance(s.default, (int, float)) and not isinstance(s.default, bool) and (
+                s.default not in (0, 1)):
+            shown = {f"{s.default:g}", f"{s.default:,}", str(s.default)}
+            assert not any(re.search(rf"(?<![\w.]){re.escape(n)}(?![\w])", s.help)
+                           for n in shown), (s.key, s.help)
+
+
+def test_every_key_belongs_to_one_section():
+    sections = config.sections()
+    for s in config.settings():
+        assert sections[s.key.rpartition(".")[0]] is s.owner
+        assert s.owner.key(s.name) == s.key
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMAND_SETTINGS))
+def test_every_flag_maps_to_one_key_and_back(command):
+    taken = cli.command_settings(command)
+    flags = [s.flag for s in taken]
+    assert len(flags) == len(set(flags)), flags
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    by_flag = {o: a.dest for a in sub._actions for o in a.option_strings}
+    for s in taken:
+        assert by_flag[s.flag] == s.key
+    # and no flag of the command sets a key the schema does not have
+    keys = {s.key for s in config.settings()}
+    schema_dests = {d for d in by_flag.values() if "." in d}
+    assert schema_dests == {s.key for s in taken} and schema_dests <= keys
+
+
+def test_every_flagged_setting_is_some_commands():
+    taken = {s.key for command in cli.COMMAND_SETTINGS for s in cli.command_settings(command)}
+    assert taken == {s.key for s in config.settings() if s.flag}
+    assert {s.flag for s in config.settings() if s.key.startswith("serve.")} >= {
+        "--rest_api_timeout_seconds", "--max_batch", "--grace_period_seconds"}
+
+
+def test_flags_reach_the_settings_with_schema_defaults_for_the_rest():
+    parser = cli.build_parser()
+    args = parser.parse_args(["export", "--model-dir", "m", "--run", "r", "--leaves", "7",
+                              "--recall-floor", "0.8"])
+    assert cli.given(args, IndexConfig) == {"num_leaves": 7, "recall_floor": 0.8}
+    export = cli.command_config_of(args, config.ExportSettings)
+    assert (export.run, export.model_dir, export.serving_config) == (
+        "r", "m", config.ExportSettings.serving_config)
+    args = parser.parse_args(["serve", "--model_config_file", "x.config"])
+    serve = cli.command_config_of(args, ServeConfig)
+    assert serve == ServeConfig(model_config_file="x.config")
+    assert serve.rest_api_timeout_seconds == config.setting_of(
+        "serve.rest_api_timeout_seconds").default
+
+
+def test_help_shows_the_schema_default():
+    result = subprocess.run([sys.executable, "-m", "tfrec", "serve", "--help"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    timeout = config.setting_of("serve.rest_api_timeout_seconds")
+    assert f"{timeout.help} (default: {timeout.default})" in text
+
+
+def test_cli_errors_name_the_flag_or_how_to_set_the_setting():
+    assert cli.error_message(InputError("bad", key="serve.grace_period_seconds")) == (
+        "setting 'serve.grace_period_seconds' (--grace_period_seconds): bad")
+    assert cli.error_message(InputError("bad", key="model.text.filters")) == (
+        "setting 'model.text.filters': bad (set it in the run config, or with "
+        "--set model.text.filters=VALUE)")
+    assert cli.error_message(InputError("bad", key="serve.batching.max_batch_size")).endswith(
+        "(set it in the batching parameters file, serve.batching_parameters_file "
+        "(--batching_parameters_file))")
+    # a key in the text of a command's error gets its flag too
+    assert cli.error_message(InputError("give export.run", key="export.model_dir")) == (
+        "setting 'export.model_dir' (--model-dir): give export.run (--run)")
+    # an unknown key is not told how to set it
+    assert cli.error_message(InputError("unknown setting", key="model.nope")) == (
+        "setting 'model.nope': unknown setting")
+
+
+def test_command_settings_are_checked_with_their_flags(tmp_path, capsys):
+    config_file = tmp_path / "models.config"
+    config_file.write_text('model_config_list { config { name: "m" base_path: "/x" } }\n')
+    assert cli.main(["serve", "--model_config_file", str(config_file),
+                     "--rest_api_timeout_seconds", "0"]) == 2
+    assert ("setting 'serve.rest_api_timeout_seconds' (--rest_api_timeout_seconds): "
+            "rest_api_timeout_seconds must be > 0, got 0.0") in capsys.readouterr().err
+    assert cli.main(["serve", "--model_config_file", str(config_file),
+                     "--batching_parameters_file", "b.config"]) == 2
+    assert "(--batching_parameters_file): a batching parameters file needs " \
+           "serve.enable_batching (--enable_batching)" in capsys.readouterr().err
+    assert cli.main(["export", "--model-dir", str(tmp_path / "m")]) == 2
+    assert "setting 'export.run' (--run): give the run folder" in capsys.readouterr().err
+
+
+def test_the_readme_reference_is_what_the_schema_generates():
+    readme = (ROOT / "README.md").read_text()
+    assert readme == config.readme_with_reference(readme), (
+        "run: python -m tfrec.config --readme README.md")
+    block = readme.split(config.README_BEGIN)[1].split(config.README_END)[0]
+    for s in config.settings():
+        assert f"| `{s.key}` |" in block
+
+
+def test_the_shipped_batching_config_holds_the_schema_defaults():
+    shipped = (ROOT / "serving_config" / "batching.config").read_text()
+    assert shipped == BatchingParameters().to_text()
+
+
+def test_batching_parameters_file_round_trip(tmp_path):
+    from tfrec.serving.batching import read_batching_parameters
+
+    params = BatchingParameters(max_batch_size=64, batch_timeout_micros=500,
+                                pad_variable_length_inputs=False)
+    path = tmp_path / "batching.config"
+    path.write_text(params.to_text())
+    assert read_batching_parameters(path) == params
+    path.write_text("max_batch_size { value: 0 }\n")
+    with pytest.raises(InputError) as err:
+        read_batching_parameters(path)
+    assert (err.value.key, err.value.path) == ("serve.batching.max_batch_size", str(path))
+
+
+def test_the_run_config_round_trips_through_json():
+    run = from_dict(RunConfig, {"model": {"query_layers": [8], "text": {"char_ngrams": [3]}},
+                                "train": {"split_date": "2011-10-01"}})
+    assert from_dict(RunConfig, json.loads(json.dumps(run.to_dict()))) == run
+
+
+def test_the_schema_imports_no_tensorflow():
+    code = ("import sys, tfrec.config as c; c.settings_reference(); "
+            "print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_the_library_names_only_keys_of_the_schema():
+    # every literal key an InputError names (key="...", or a key= default) is a setting
+    keys = {s.key for s in config.settings()}
+    found = {}
+    for path in (ROOT / "tfrec").rglob("*.py"):
+        text = path.read_text()
+        for literal in (re.findall(r"""\bkey(?::\s*str)?\s*=\s*["']([^"']+)["']""", text)
+                        + re.findall(r"""require\([^,]+, "(\w+\.[\w.]+)"\)""", text)):
+            found.setdefault(literal, path.name)
+    assert len(found) > 25
+    assert {key: where for key, where in found.items() if key not in keys} == {}
