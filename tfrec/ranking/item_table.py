@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import sparse
+from scipy.linalg import lapack
 
 from tfrec.errors import InputError
 from tfrec.evaluate import item_item
@@ -194,25 +195,29 @@ def sparse_gram(baskets: sparse.csr_matrix) -> sparse.csr_matrix:
     return gram
 
 
-def neighbourhoods(gram: sparse.csr_matrix, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each item's `neighbours` strongest co-items: CSR (splits [a + 1], items).
+def neighbourhoods(gram: sparse.csr_matrix, neighbours: int,
+                   block_rows: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's `neighbours` strongest co-items: CSR (splits [a + 1], items int32).
 
     The co-items of j are the k != j with G[j, k] > 0, strongest first
-    (ties: the lower index first).
+    (ties: the lower index first). Rows are sorted `block_rows` at a time.
     """
     a = gram.shape[0]
-    rows = np.repeat(np.arange(a, dtype=np.int64), np.diff(gram.indptr))
-    cols = gram.indices.astype(np.int64)
-    off = (rows != cols) & (gram.data > 0)
-    rows, cols, vals = rows[off], cols[off], gram.data[off]
-    order = np.lexsort((cols, -vals, rows))
-    rows, cols = rows[order], cols[order]
-    del order, vals
-    starts = np.searchsorted(rows, np.arange(a + 1))
-    rank = np.arange(len(rows)) - starts[rows]
-    keep = rank < neighbours
-    splits = np.searchsorted(rows[keep], np.arange(a + 1)).astype(np.int64)
-    return splits, cols[keep]
+    sizes, parts = np.zeros(a, np.int64), []
+    for lo in range(0, a, block_rows):
+        block = gram[lo:lo + block_rows]
+        rows = np.repeat(np.arange(block.shape[0], dtype=np.int64), np.diff(block.indptr))
+        cols = block.indices
+        off = (rows + lo != cols) & (block.data > 0)
+        rows, cols, vals = rows[off], cols[off], block.data[off]
+        order = np.lexsort((cols, -vals, rows))
+        rows, cols = rows[order], cols[order]
+        starts = np.searchsorted(rows, np.arange(block.shape[0] + 1))
+        keep = np.arange(len(rows)) - starts[rows] < neighbours
+        sizes[lo:lo + block.shape[0]] = np.bincount(rows[keep], minlength=block.shape[0])
+        parts.append(cols[keep].astype(np.int32))
+    splits = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return splits, np.concatenate(parts + [np.zeros(0, np.int32)])
 
 
 def neighbourhood_weights(gram: sparse.csr_matrix, lam: float, neighbours: int,
@@ -220,13 +225,13 @@ def neighbourhood_weights(gram: sparse.csr_matrix, lam: float, neighbours: int,
                           solve_budget: int = SOLVE_BUDGET) -> tuple:
     """EASE restricted to each item's co-occurrence neighbourhood (see the module doc).
 
-    Items are solved in groups of equal padded neighbourhood size (a power
-    of 2, capped at `neighbours`), each group in a reverse Cuthill-McKee
+    Items are solved in groups of equal padded neighbourhood size (rounded
+    up by at most ~25%, capped at `neighbours`), each group in a reverse Cuthill-McKee
     order of the co-occurrence graph, so consecutive items share most of
     their neighbourhoods: a group's Gram block (the dense G over the union
-    of its neighbourhoods) stays small, and its systems are stacked for one
-    batched `np.linalg.solve` (float64). A padded slot is an identity row
-    with a zero right-hand side: its coefficient is 0.
+    of its neighbourhoods) stays small, its systems are gathered from it in
+    one stacked (padded) array, and each is solved at its own size by a
+    float64 Cholesky solve.
 
     Returns:
       (rows, cols, values): B[rows, cols] = values (active-item positions;
@@ -239,10 +244,13 @@ def neighbourhood_weights(gram: sparse.csr_matrix, lam: float, neighbours: int,
     sizes = np.diff(splits)
     order_position = np.empty(a, np.int64)
     order_position[reverse_cuthill_mckee(gram, symmetric_mode=True)] = np.arange(a)
-    padded = np.where(sizes > 0, 2 ** np.ceil(np.log2(np.maximum(sizes, 1))).astype(np.int64), 0)
-    padded = np.minimum(padded, neighbours)
+    # padded sizes: steps of a quarter of the size's power of 2 (at least 8), so at
+    # most ~25% padding per side (a system costs ~size³)
+    step = np.maximum(8, 2 ** np.maximum(np.floor(np.log2(np.maximum(sizes, 1))) - 2, 0))
+    padded = np.minimum((np.ceil(sizes / step) * step).astype(np.int64), neighbours)
     todo = np.flatnonzero(sizes > 0)
     todo = todo[np.lexsort((order_position[todo], padded[todo]))]
+    del sizes
     position = np.full(a + 1, -1, np.int64)  # item -> its slot in the current Gram block
     out_rows, out_cols, out_vals = [], [], []
     widths = padded[todo]
@@ -296,37 +304,82 @@ def _solve_group(gram, group, union, splits, members, width, lam, position):
     systems[:, diag, diag] += np.where(real, lam, 1.0)
     target_slots = np.searchsorted(union, group)
     rhs = dense[idx, target_slots[:, None]]
-    coefficients = np.linalg.solve(systems, rhs[..., None])[..., 0]
+    # One LAPACK Cholesky solve (dposv) per item at its own size: a batched
+    # np.linalg.solve pads every system and, under a multithreaded BLAS,
+    # spends more time synchronising threads than solving such small systems.
+    coefficients = np.zeros((len(group), width))
+    for row, size in enumerate(sizes.tolist()):
+        _, solution, info = lapack.dposv(systems[row, :size, :size], rhs[row, :size],
+                                         overwrite_a=1, overwrite_b=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"neighbourhood EASE: Cholesky solve failed (info {info})")
+        coefficients[row, :size] = solution
     cols = np.repeat(group, sizes)
     return flat, cols, coefficients[real].astype(np.float32)
 
 
-def dense_weights(gram: np.ndarray, lam: float) -> tuple:
-    """Dense EASE over the active items as (rows, cols, values) of its non-zero entries."""
+def dense_weights(gram: np.ndarray, lam: float, keep: int | None = None,
+                  block_rows: int = 1024) -> tuple:
+    """Dense EASE over the active items as (rows, cols, values) of its non-zero entries;
+    with `keep`, only (at least) each row's `keep` largest (a row block at a time, so
+    the entries never hold all a² weights)."""
     weights = item_item.ease_weights(gram, lam)
-    rows, cols = np.nonzero(weights)
-    return rows, cols, weights[rows, cols]
+    rows, cols, values = [], [], []
+    for lo in range(0, len(weights), block_rows):
+        block = weights[lo:lo + block_rows]
+        if keep is not None and keep < block.shape[1]:
+            # the keep + 1 largest, so that a tie at the cut is still settled by index
+            # in `table_from_entries` when it is between two of them
+            top = np.argpartition(-block, keep, axis=1)[:, :keep + 1]
+            local = np.repeat(np.arange(len(block)), top.shape[1])
+            col = top.ravel()
+        else:
+            local, col = np.nonzero(block)
+        val = block[local, col]
+        nonzero = val != 0
+        rows.append(local[nonzero] + lo)
+        cols.append(col[nonzero])
+        values.append(val[nonzero])
+    del weights
+    empty = [np.zeros(0, np.int64)]
+    return (np.concatenate(rows + empty), np.concatenate(cols + empty),
+            np.concatenate(values + [np.zeros(0, np.float32)]))
 
 
 # -- the table ------------------------------------------------------------------------------
 
 def table_from_entries(rows, cols, values, active: np.ndarray, num_items: int,
-                       table_size: int, info: dict | None = None) -> ItemItemTable:
+                       table_size: int, info: dict | None = None,
+                       block_rows: int = 65_536) -> ItemItemTable:
     """The table of entries B[rows, cols] = values (active-item positions), each row
-    cut to its `table_size` largest weights (ties: the lower item index)."""
+    cut to its `table_size` largest weights (ties: the lower item index), `block_rows`
+    rows at a time."""
     keep = values != 0
-    rows = np.asarray(active, np.int64)[np.asarray(rows)[keep]]
-    cols = np.asarray(active, np.int64)[np.asarray(cols)[keep]]
-    values = np.asarray(values, np.float32)[keep]
-    order = np.lexsort((cols, -values, rows))
-    rows, cols, values = rows[order], cols[order], values[order]
-    del order
-    starts = np.searchsorted(rows, np.arange(num_items + 1))
-    rank = np.arange(len(rows)) - starts[rows]
-    keep = rank < table_size
-    rows, cols, values = rows[keep], cols[keep], values[keep]
-    splits = np.searchsorted(rows, np.arange(num_items + 1)).astype(np.int64)
-    return ItemItemTable(splits, cols.astype(np.int32), values, dict(info or {}))
+    active = np.asarray(active, np.int64)
+    matrix = sparse.csr_matrix((np.asarray(values, np.float32)[keep],
+                                (np.asarray(rows)[keep], np.asarray(cols)[keep])),
+                               shape=(len(active), len(active)))
+    del keep
+    matrix.sum_duplicates()
+    sizes = np.zeros(num_items, np.int64)
+    col_parts, value_parts = [], []
+    for lo in range(0, len(active), block_rows):
+        block = matrix[lo:lo + block_rows]
+        local = np.repeat(np.arange(block.shape[0], dtype=np.int64), np.diff(block.indptr))
+        item_cols = active[block.indices]
+        order = np.lexsort((item_cols, -block.data, local))
+        local, item_cols, vals = local[order], item_cols[order], block.data[order]
+        starts = np.searchsorted(local, np.arange(block.shape[0] + 1))
+        keep = np.arange(len(local)) - starts[local] < table_size
+        sizes[active[lo:lo + block.shape[0]]] = np.bincount(local[keep],
+                                                            minlength=block.shape[0])
+        col_parts.append(item_cols[keep].astype(np.int32))
+        value_parts.append(vals[keep].astype(np.float32))
+    splits = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    # blocks run over active items in increasing order, so the rows come out in order
+    return ItemItemTable(splits, np.concatenate(col_parts + [np.zeros(0, np.int32)]),
+                         np.concatenate(value_parts + [np.zeros(0, np.float32)]),
+                         dict(info or {}))
 
 
 def resolve_estimator(estimator: str, active_items: int,
@@ -349,7 +402,7 @@ def table_from_baskets(baskets: sparse.csr_matrix, lam: float, estimator: str = 
     x = baskets[:, active]
     if chosen == "ease":
         gram = np.asarray((x.T @ x).toarray(), np.float64)
-        entries = dense_weights(gram, lam)
+        entries = dense_weights(gram, lam, table_size)
         del gram
     else:
         entries = neighbourhood_weights(sparse_gram(x), lam, neighbours)
