@@ -272,3 +272,16 @@ def test_the_layer_round_trips_through_its_config_and_weights(tmp_path):
     history = np.array(histories(), np.int32)
     np.testing.assert_array_equal(clone.candidates(history, 5)[0].numpy(),
                                   layer.candidates(history, 5)[0].numpy())
+
+
+def test_generated_baskets_stay_inside_one_planted_cluster():
+    from tfrec.data.synthetic import generate_baskets, item_clusters
+
+    items, splits = generate_baskets(5000, 300, num_clusters=6, seed=4)
+    assert splits[-1] == len(items) and (np.diff(splits) >= 2).all()
+    assert items.min() >= 1 and items.max() <= 300
+    clusters = item_clusters(300, 6, seed=4)[items - 1]
+    session = np.repeat(np.arange(len(splits) - 1), np.diff(splits))
+    first = clusters[splits[:-1]]
+    assert (clusters == first[session]).all()
+    assert len(np.unique(first)) == 6

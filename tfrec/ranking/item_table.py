@@ -63,7 +63,7 @@ NEIGHBOURS = 200
 # The neighbourhood estimator's working set: the dense Gram block of one
 # group of items (their neighbourhoods' union) holds at most this many
 # entries, and a group's stacked systems at most SOLVE_BUDGET.
-GRAM_BLOCK_BUDGET = 1 << 22
+GRAM_BLOCK_BUDGET = 1 << 20
 SOLVE_BUDGET = 1 << 22
 
 
@@ -254,18 +254,20 @@ def neighbourhood_weights(gram: sparse.csr_matrix, lam: float, neighbours: int,
     position = np.full(a + 1, -1, np.int64)  # item -> its slot in the current Gram block
     out_rows, out_cols, out_vals = [], [], []
     widths = padded[todo]
-    start = 0
+    start, last = 0, len(todo)
     while start < len(todo):
         width = int(widths[start])
         same = int(np.searchsorted(widths, width, side="right"))
         batch = max(1, solve_budget // (width * width))
-        stop = min(same, start + batch)
+        # start from twice the last group's size (neighbouring groups are alike)
+        stop = min(same, start + min(batch, 2 * last))
         while True:  # shrink the group until its Gram block fits the budget
             group = todo[start:stop]
             union = np.unique(np.concatenate([group, _gather_rows(splits, members, group)]))
             if len(union) ** 2 <= gram_budget or stop - start == 1:
                 break
             stop = start + max(1, (stop - start) // 2)
+        last = stop - start
         out = _solve_group(gram, group, union, splits, members, width, lam, position)
         out_rows.append(out[0])
         out_cols.append(out[1])
