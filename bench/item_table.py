@@ -4,6 +4,7 @@ real catalogues, build time and peak memory beside dense EASE on generated ones.
     python bench/item_table.py accuracy                                # Online Retail, λ 20
     python bench/item_table.py accuracy --config tfrec/configs/goodbooks.yaml --lam 50
     python bench/item_table.py scale --items 20000 100000 1000000      # generated data
+    python bench/item_table.py layer                                   # ItemItemScorer speed
 
 accuracy: the held-out cases of `tfrec evaluate` (`prepare_training_data` of
 the config), every catalogue item ranked, the query's own items excluded, ties
@@ -22,6 +23,11 @@ process of its own, so its peak RSS (ru_maxrss) is its own; the RSS after
 generating the data is printed beside it. Dense EASE runs where its a x a
 float64 matrices fit (--dense-max items). HR@10 is over --cases held-out
 sessions (one item hidden, the rest the query; those sessions are not fitted).
+
+layer: `ItemItemScorer.candidates` (top 100) and `.score` (100 candidates) on
+a random table of --items items x M co-items, for --batch histories of
+--length items, eager and in a tf.function, milliseconds per call (median of
+--repeats), beside the numpy `ItemItemTable.scores` of the same histories.
 """
 
 from __future__ import annotations
@@ -167,6 +173,48 @@ def scale(args) -> int:
     return 0
 
 
+def layer(args) -> int:
+    import numpy as np
+
+    import tfrec  # noqa: F401
+    import tensorflow as tf
+
+    from tfrec.ranking.item_scorer import ItemItemScorer
+    from tfrec.ranking.item_table import ItemItemTable
+
+    rng = np.random.default_rng(0)
+    n, m = args.items, args.table_size
+    table = ItemItemTable(np.arange(n + 1, dtype=np.int64) * m,
+                          rng.integers(1, n, n * m).astype(np.int32),
+                          rng.standard_normal(n * m).astype(np.float32))
+    scorer = ItemItemScorer.from_table(table)
+    history = rng.integers(1, n, (args.batch, args.length)).astype(np.int32)
+    candidate_ids = rng.integers(1, n, (args.batch, 100)).astype(np.int32)
+    queries = [row.tolist() for row in history]
+
+    def timed(fn):
+        fn()
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return 1000 * float(np.median(times))
+
+    candidates = tf.function(lambda h: scorer.candidates(h, 100))
+    score = tf.function(scorer.score)
+    print(f"table {n:,} items x {m} co-items; {args.batch} histories of {args.length} items")
+    print(f"{'call':<44}{'ms':>8}")
+    for name, fn in [
+            ("ItemItemScorer.candidates(top 100), eager", lambda: scorer.candidates(history, 100)),
+            ("ItemItemScorer.candidates(top 100), tf.function", lambda: candidates(history)),
+            ("ItemItemScorer.score(100 ids), eager", lambda: scorer.score(history, candidate_ids)),
+            ("ItemItemScorer.score(100 ids), tf.function", lambda: score(history, candidate_ids)),
+            ("numpy ItemItemTable.scores (all items)", lambda: table.scores(queries))]:
+        print(f"{name:<44}{timed(fn):>8.1f}", flush=True)
+    return 0
+
+
 def scale_options(parser) -> None:
     parser.add_argument("--events-per-item", type=float, default=20.0)
     parser.add_argument("--cluster-size", type=int, default=100)
@@ -197,7 +245,15 @@ def main(argv=None) -> int:
     sc.add_argument("--items", type=int, nargs="+", default=[20_000, 100_000, 1_000_000])
     sc.add_argument("--dense-max", type=int, default=20_000)
     scale_options(sc)
+    lay = commands.add_parser("layer")
+    lay.add_argument("--items", type=int, default=100_000)
+    lay.add_argument("--table-size", type=int, default=100)
+    lay.add_argument("--batch", type=int, default=32)
+    lay.add_argument("--length", type=int, default=50)
+    lay.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
+    if args.command == "layer":
+        return layer(args)
     if args.command == "accuracy":
         return accuracy(args)
     args.forward = [f"--events-per-item={args.events_per_item}",

@@ -66,19 +66,21 @@ class ItemItemScorer(keras.layers.Layer):
         keep = (history > 0) & (history < n)
         history_keys = tf.sort(tf.unique(tf.boolean_mask(rows * n + history, keep))[0])
         owner, item = history_keys // n, history_keys % n
-        table = tf.RaggedTensor.from_row_splits(
-            tf.stack([tf.cast(self.indices, tf.float64), tf.cast(self.weights_, tf.float64)],
-                     axis=1), self.row_splits, validate=False)
-        gathered = tf.gather(table, item)  # [H, (M), 2]
-        co_items = tf.cast(gathered.flat_values[:, 0], tf.int64)
-        values = gathered.flat_values[:, 1]
-        keys = tf.gather(owner, gathered.value_rowids()) * n + co_items
-        unique, slot = tf.unique(keys)
-        sums = tf.math.unsorted_segment_sum(values, slot, tf.size(unique))
-        order = tf.argsort(unique)
+        # the table entries of each (history, item): positions starts..limits - 1
+        positions = tf.ragged.range(tf.gather(self.row_splits, item),
+                                    tf.gather(self.row_splits, item + 1))
+        flat = positions.flat_values
+        co_items = tf.cast(tf.gather(self.indices, flat), tf.int64)
+        values = tf.cast(tf.gather(self.weights_, flat), tf.float64)
+        keys = tf.gather(owner, positions.value_rowids()) * n + co_items
+        order = tf.argsort(keys, stable=True)
+        keys, values = tf.gather(keys, order), tf.gather(values, order)
+        first = tf.concat([tf.ones([1], tf.bool)[:tf.size(keys)], keys[1:] != keys[:-1]], 0)
+        slot = tf.cumsum(tf.cast(first, tf.int64)) - 1
+        sums = tf.math.segment_sum(values, slot)
         sentinel = tf.constant([np.iinfo(np.int64).max], tf.int64)
-        return (tf.concat([tf.gather(unique, order), sentinel], 0),
-                tf.concat([tf.gather(sums, order), tf.zeros([1], tf.float64)], 0),
+        return (tf.concat([tf.boolean_mask(keys, first), sentinel], 0),
+                tf.concat([sums, tf.zeros([1], tf.float64)], 0),
                 tf.concat([history_keys, sentinel], 0))
 
     def score(self, history, candidate_ids):
