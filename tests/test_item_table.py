@@ -285,3 +285,24 @@ def test_generated_baskets_stay_inside_one_planted_cluster():
     first = clusters[splits[:-1]]
     assert (clusters == first[session]).all()
     assert len(np.unique(first)) == 6
+
+
+def test_gram_blocks_and_the_whole_gram_give_the_same_weights():
+    rng = np.random.default_rng(5)
+    lists = [rng.choice(np.arange(40), size=rng.integers(2, 7), replace=False).tolist()
+             for _ in range(300)]
+    gram = item_table.sparse_gram(baskets_of(lists, 40))
+
+    def entries(**budgets):
+        rows, cols, values = item_table.neighbourhood_weights(gram, 3.0, 10, **budgets)
+        return sparse_dense(rows, cols, values)
+
+    def sparse_dense(rows, cols, values):
+        out = np.zeros((40, 40))
+        out[rows, cols] = values
+        return out
+
+    whole = entries()
+    blocks = entries(dense_budget=0, gram_budget=30 ** 2, solve_budget=10 ** 2 * 4)
+    np.testing.assert_allclose(blocks, whole, rtol=1e-6, atol=1e-7)
+    assert np.count_nonzero(whole) > 300

@@ -65,6 +65,10 @@ NEIGHBOURS = 200
 # entries, and a group's stacked systems at most SOLVE_BUDGET.
 GRAM_BLOCK_BUDGET = 1 << 20
 SOLVE_BUDGET = 1 << 22
+# Up to this many Gram entries ((a + 1)²: ~20,000 active items, 1.6 GB float32) the
+# Gram matrix is made dense once: dense co-occurrence (long sessions) makes the
+# neighbourhoods' unions large and the blocks costly.
+DENSE_GRAM_BUDGET = 1 << 28
 
 
 def check_settings(estimator: str = "auto", table_size: int = TABLE_SIZE,
@@ -222,7 +226,8 @@ def neighbourhoods(gram: sparse.csr_matrix, neighbours: int,
 
 def neighbourhood_weights(gram: sparse.csr_matrix, lam: float, neighbours: int,
                           gram_budget: int = GRAM_BLOCK_BUDGET,
-                          solve_budget: int = SOLVE_BUDGET) -> tuple:
+                          solve_budget: int = SOLVE_BUDGET,
+                          dense_budget: int = DENSE_GRAM_BUDGET) -> tuple:
     """EASE restricted to each item's co-occurrence neighbourhood (see the module doc).
 
     Items are solved in groups of equal padded neighbourhood size (rounded
@@ -231,7 +236,8 @@ def neighbourhood_weights(gram: sparse.csr_matrix, lam: float, neighbours: int,
     their neighbourhoods: a group's Gram block (the dense G over the union
     of its neighbourhoods) stays small, its systems are gathered from it in
     one stacked (padded) array, and each is solved at its own size by a
-    float64 Cholesky solve.
+    float64 Cholesky solve. Up to `dense_budget` entries the Gram matrix is
+    made dense once instead (float32; counts are exact).
 
     Returns:
       (rows, cols, values): B[rows, cols] = values (active-item positions;
@@ -254,21 +260,29 @@ def neighbourhood_weights(gram: sparse.csr_matrix, lam: float, neighbours: int,
     position = np.full(a + 1, -1, np.int64)  # item -> its slot in the current Gram block
     out_rows, out_cols, out_vals = [], [], []
     widths = padded[todo]
+    whole = None
+    if (a + 1) ** 2 <= dense_budget:
+        # a small catalogue: one dense Gram matrix (float32, a zero last row and column
+        # for the padding) instead of a block per group
+        whole = np.zeros((a + 1, a + 1), np.float32)
+        whole[:a, :a] = gram.toarray()
     start, last = 0, len(todo)
     while start < len(todo):
         width = int(widths[start])
         same = int(np.searchsorted(widths, width, side="right"))
         batch = max(1, solve_budget // (width * width))
         # start from twice the last group's size (neighbouring groups are alike)
-        stop = min(same, start + min(batch, 2 * last))
-        while True:  # shrink the group until its Gram block fits the budget
+        stop = min(same, start + (batch if whole is not None else min(batch, 2 * last)))
+        while whole is None:  # shrink the group until its Gram block fits the budget
             group = todo[start:stop]
             union = np.unique(np.concatenate([group, _gather_rows(splits, members, group)]))
             if len(union) ** 2 <= gram_budget or stop - start == 1:
                 break
             stop = start + max(1, (stop - start) // 2)
+        group = todo[start:stop]
         last = stop - start
-        out = _solve_group(gram, group, union, splits, members, width, lam, position)
+        out = _solve_group(gram, group, None if whole is not None else union, splits, members,
+                           width, lam, position, whole)
         out_rows.append(out[0])
         out_cols.append(out[1])
         out_vals.append(out[2])
@@ -286,26 +300,31 @@ def _gather_rows(splits: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np
     return values[offsets + np.arange(total)]
 
 
-def _solve_group(gram, group, union, splits, members, width, lam, position):
-    u = len(union)
-    position[union] = np.arange(u)
-    block_rows = gram[union]
-    slots = position[block_rows.indices]
-    row_of = np.repeat(np.arange(u), np.diff(block_rows.indptr))
-    inside = slots >= 0
-    dense = np.zeros((u + 1, u + 1), np.float64)  # slot u: the padding's zero row/column
-    dense[row_of[inside], slots[inside]] = block_rows.data[inside]
+def _solve_group(gram, group, union, splits, members, width, lam, position, whole=None):
     sizes = splits[group + 1] - splits[group]
     real = np.arange(width)[None, :] < sizes[:, None]
-    idx = np.full((len(group), width), u, np.int64)
     flat = _gather_rows(splits, members, group)
-    idx[real] = position[flat]
-    position[union] = -1
-    systems = dense[idx[:, :, None], idx[:, None, :]]
+    if whole is not None:  # the whole Gram matrix, padding slot a
+        dense, target_slots = whole, group
+        idx = np.full((len(group), width), len(whole) - 1, np.int64)
+        idx[real] = flat
+    else:
+        u = len(union)
+        position[union] = np.arange(u)
+        block_rows = gram[union]
+        slots = position[block_rows.indices]
+        row_of = np.repeat(np.arange(u), np.diff(block_rows.indptr))
+        inside = slots >= 0
+        dense = np.zeros((u + 1, u + 1), np.float32)  # slot u: the padding's zero row/column
+        dense[row_of[inside], slots[inside]] = block_rows.data[inside]
+        idx = np.full((len(group), width), u, np.int64)
+        idx[real] = position[flat]
+        position[union] = -1
+        target_slots = np.searchsorted(union, group)
+    systems = dense[idx[:, :, None], idx[:, None, :]].astype(np.float64)
     diag = np.arange(width)
     systems[:, diag, diag] += np.where(real, lam, 1.0)
-    target_slots = np.searchsorted(union, group)
-    rhs = dense[idx, target_slots[:, None]]
+    rhs = dense[idx, target_slots[:, None]].astype(np.float64)
     # One LAPACK Cholesky solve (dposv) per item at its own size: a batched
     # np.linalg.solve pads every system and, under a multithreaded BLAS,
     # spends more time synchronising threads than solving such small systems.
