@@ -134,11 +134,13 @@ def test_items_without_co_items_have_empty_rows(estimator):
     assert table.top_items([7], 5)[0].tolist() == []
 
 
-def test_auto_is_dense_ease_up_to_the_limit():
-    baskets = baskets_of(CHAIN, NUM_ITEMS)
-    small = table_from_baskets(baskets, 1.0, "auto", dense_max_items=5)
-    large = table_from_baskets(baskets, 1.0, "auto", dense_max_items=4)
+def test_auto_is_dense_ease_where_the_table_holds_it_whole_up_to_the_limit():
+    baskets = baskets_of(CHAIN, NUM_ITEMS)  # 5 active items
+    small = table_from_baskets(baskets, 1.0, "auto", table_size=4, dense_max_items=5)
+    large = table_from_baskets(baskets, 1.0, "auto", table_size=4, dense_max_items=4)
+    cut = table_from_baskets(baskets, 1.0, "auto", table_size=3, dense_max_items=5)
     assert small.info["estimator"] == "ease" and large.info["estimator"] == "neighbourhood"
+    assert cut.info["estimator"] == "neighbourhood"
 
 
 @pytest.mark.parametrize("settings, key", [
@@ -170,6 +172,14 @@ def test_lambda_is_chosen_on_the_validation_slice_and_the_table_refitted():
     refit = table_from_baskets(baskets_of(lists, 31), tuning["chosen"], "neighbourhood",
                                neighbours=50)
     np.testing.assert_array_equal(table.weights, refit.weights)
+
+
+def test_dense_ease_above_its_limit_is_refused(monkeypatch):
+    monkeypatch.setattr(item_table, "EASE_MAX_ITEMS", 4)
+    with pytest.raises(InputError) as caught:
+        table_from_baskets(baskets_of(CHAIN, NUM_ITEMS), 1.0, "ease")
+    assert caught.value.key == "ranking.estimator"
+    table_from_baskets(baskets_of(CHAIN, NUM_ITEMS), 1.0, "neighbourhood")
 
 
 def test_no_validation_case_is_refused():

@@ -12,7 +12,8 @@ Two estimators of B:
 - `ease`: dense EASE (Steck 2019, `tfrec.evaluate.item_item.ease_weights`)
   over the active items, each row then cut to its top `table_size`. It
   holds a few a x a float64 matrices and costs ~a³ flops (a: items with
-  training events), so it stops at `DENSE_MAX_ITEMS`.
+  training events): refused above `EASE_MAX_ITEMS` (the EASE baseline's
+  limit).
 - `neighbourhood`: EASE restricted to each item's co-occurrence
   neighbourhood. EASE's column j is the ridge regression of item j's
   basket column on every other item's,
@@ -26,8 +27,11 @@ Two estimators of B:
   are zero since G is block-diagonal over the components); items two hops
   apart get a zero weight here and a (usually small) non-zero one in EASE.
 
-`estimator="auto"` is dense EASE up to `DENSE_MAX_ITEMS` active items and
-the neighbourhood estimator above. λ is chosen on a validation slice of
+`estimator="auto"` is dense EASE where the table holds it whole (M at least
+the active items - 1) up to `DENSE_MAX_ITEMS` active items, the neighbourhood
+estimator otherwise: cut to M co-items per row, dense EASE ranked below the
+neighbourhood table on both real catalogues (bench/RESULTS.md, "The
+item-item table"). λ is chosen on a validation slice of
 the training baskets (`tfrec.evaluate.item_item.validation_slice`, as the
 EASE baseline does), never on the test cases.
 """
@@ -51,9 +55,11 @@ from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
 logger = logging.getLogger(__name__)
 
 ESTIMATORS = ("auto", "ease", "neighbourhood")
-# Dense EASE up to this many active items (auto): a fit is ~10 s at 10,000
-# items on 2 cores and ~80 s at 20,000; above, the neighbourhood estimator.
+# "auto" uses dense EASE up to this many active items (when M holds whole rows): a
+# fit is ~10 s at 10,000 items on 2 idle cores and ~80 s at 20,000.
 DENSE_MAX_ITEMS = 10_000
+# "ease" is refused above this many active items (8 GB of float64 matrices at 20,000).
+EASE_MAX_ITEMS = 20_000
 # λ grid (as the EASE baseline's) and the validation slice's size.
 LAMBDAS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 VALIDATION_SHARE = 0.1
@@ -403,11 +409,16 @@ def table_from_entries(rows, cols, values, active: np.ndarray, num_items: int,
                          dict(info or {}))
 
 
-def resolve_estimator(estimator: str, active_items: int,
+def resolve_estimator(estimator: str, active_items: int, table_size: int = TABLE_SIZE,
                       dense_max_items: int = DENSE_MAX_ITEMS) -> str:
+    """"auto": dense EASE where the table holds it whole (every row's co-items:
+    table_size >= active_items - 1) and it is cheap (<= dense_max_items active items);
+    else the neighbourhood estimator. Dense EASE cut to M co-items per row ranked below
+    the neighbourhood table on both real catalogues (bench/RESULTS.md)."""
     if estimator != "auto":
         return estimator
-    return "ease" if active_items <= dense_max_items else "neighbourhood"
+    whole = table_size >= active_items - 1
+    return "ease" if whole and active_items <= dense_max_items else "neighbourhood"
 
 
 def table_from_baskets(baskets: sparse.csr_matrix, lam: float, estimator: str = "auto",
@@ -419,7 +430,11 @@ def table_from_baskets(baskets: sparse.csr_matrix, lam: float, estimator: str = 
     num_items = baskets.shape[1]
     active = np.flatnonzero(np.bincount(baskets.indices, minlength=num_items) > 0)
     active = active[active > 0]
-    chosen = resolve_estimator(estimator, len(active), dense_max_items)
+    chosen = resolve_estimator(estimator, len(active), table_size, dense_max_items)
+    if chosen == "ease" and len(active) > EASE_MAX_ITEMS:
+        raise InputError(f"dense EASE over {len(active):,} items with training events is above "
+                         f"its {EASE_MAX_ITEMS:,}-item limit: use the neighbourhood estimator",
+                         key="ranking.estimator")
     x = baskets[:, active]
     if chosen == "ease":
         gram = np.asarray((x.T @ x).toarray(), np.float64)
@@ -490,8 +505,7 @@ def build_item_table(sessions, num_items: int, estimator: str = "auto",
         session: its distinct items).
       num_items: the catalogue size (the vocabulary's, OOV index 0 included;
         index 0 and items without events get empty rows).
-      estimator: "ease" (dense), "neighbourhood" or "auto" (dense EASE up
-        to `dense_max_items` active items).
+      estimator: "ease" (dense), "neighbourhood" or "auto" (`resolve_estimator`).
       table_size: co-items kept per item (`ranking.table_size`).
       neighbours: regressors per item of the neighbourhood estimator
         (`ranking.neighbours`).
