@@ -220,7 +220,7 @@ def scale_options(parser) -> None:
     parser.add_argument("--cluster-size", type=int, default=100)
     parser.add_argument("--lam", type=float, default=20.0, help="EASE's λ")
     parser.add_argument("--table-size", type=int, default=100, help="M")
-    parser.add_argument("--neighbours", type=int, default=200, help="C")
+    parser.add_argument("--neighbours", type=int, default=100, help="C")
     parser.add_argument("--cases", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
 

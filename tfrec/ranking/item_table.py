@@ -65,7 +65,7 @@ LAMBDAS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 VALIDATION_SHARE = 0.1
 VALIDATION_MAX_CASES = 5_000
 TABLE_SIZE = 100
-NEIGHBOURS = 200
+NEIGHBOURS = 100
 # The neighbourhood estimator's working set: the dense Gram block of one
 # group of items (their neighbourhoods' union) holds at most this many
 # entries, and a group's stacked systems at most SOLVE_BUDGET.
