@@ -71,7 +71,7 @@ NEIGHBOURS = 100
 # entries, and a group's stacked systems at most SOLVE_BUDGET.
 GRAM_BLOCK_BUDGET = 1 << 20
 SOLVE_BUDGET = 1 << 22
-# Up to this many Gram entries ((a + 1)²: ~20,000 active items, 1.6 GB float32) the
+# Up to this many Gram entries ((a + 1)²: 16,383 active items, 1 GB float32) the
 # Gram matrix is made dense once: dense co-occurrence (long sessions) makes the
 # neighbourhoods' unions large and the blocks costly.
 DENSE_GRAM_BUDGET = 1 << 28
@@ -271,7 +271,7 @@ def neighbourhood_weights(gram: sparse.csr_matrix, lam: float, neighbours: int,
         # a small catalogue: one dense Gram matrix (float32, a zero last row and column
         # for the padding) instead of a block per group
         whole = np.zeros((a + 1, a + 1), np.float32)
-        whole[:a, :a] = gram.toarray()
+        whole[np.repeat(np.arange(a), np.diff(gram.indptr)), gram.indices] = gram.data
     start, last = 0, len(todo)
     while start < len(todo):
         width = int(widths[start])
