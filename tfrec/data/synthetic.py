@@ -45,16 +45,8 @@ def generate_events(num_events: int, num_items: int, num_users: int | None = Non
     num_sessions, n = len(lengths), int(lengths.sum())
     session_of = np.repeat(np.arange(num_sessions), lengths)
 
-    cluster = rng.integers(0, num_clusters, num_sessions)
-    # Items are dealt to clusters round-robin after a shuffle; within a cluster,
-    # rank r is drawn with probability ∝ (r + 1) ** -zipf.
-    item_perm = np.random.default_rng([seed, 1]).permutation(num_items)
-    cluster_size = np.bincount(np.arange(num_items) % num_clusters, minlength=num_clusters)
-    max_size = int(cluster_size.max())
-    rank_cdf = np.cumsum(np.arange(1, max_size + 1, dtype=np.float64) ** -zipf)
-    u = rng.random(n) * rank_cdf[cluster_size[cluster[session_of]] - 1]
-    rank = np.searchsorted(rank_cdf, u, side="right")
-    item_index = item_perm[rank * num_clusters + cluster[session_of]]
+    cluster, item_index = _cluster_items(rng, session_of, num_sessions, num_items,
+                                         num_clusters, zipf, seed)
 
     first = np.zeros(n, dtype=bool)
     first[np.concatenate([[0], np.cumsum(lengths)[:-1]])] = True
@@ -95,6 +87,48 @@ def generate_events(num_events: int, num_items: int, num_users: int | None = Non
         "line": np.arange(2, n + 2),
     })
     return frame
+
+
+def _cluster_items(rng, session_of: np.ndarray, num_sessions: int, num_items: int,
+                   num_clusters: int, zipf: float, seed: int) -> tuple:
+    """(cluster [num_sessions], item index [len(session_of)]): each session's cluster
+    and its events' items, drawn inside that cluster."""
+    cluster = rng.integers(0, num_clusters, num_sessions)
+    # Items are dealt to clusters round-robin after a shuffle; within a cluster,
+    # rank r is drawn with probability ∝ (r + 1) ** -zipf.
+    item_perm = np.random.default_rng([seed, 1]).permutation(num_items)
+    cluster_size = np.bincount(np.arange(num_items) % num_clusters, minlength=num_clusters)
+    max_size = int(cluster_size.max())
+    rank_cdf = np.cumsum(np.arange(1, max_size + 1, dtype=np.float64) ** -zipf)
+    u = rng.random(len(session_of)) * rank_cdf[cluster_size[cluster[session_of]] - 1]
+    rank = np.searchsorted(rank_cdf, u, side="right")
+    return cluster, item_perm[rank * num_clusters + cluster[session_of]]
+
+
+def generate_baskets(num_events: int, num_items: int, num_clusters: int | None = None,
+                     mean_session_length: float = 8.0, zipf: float = 1.05,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Sessions of `generate_events`' planted structure as flat arrays, no events table.
+
+    Each session stays inside one cluster and draws its items by a Zipf law
+    there, as in `generate_events` (same clusters: `item_clusters`). For
+    item-item benchmarks at millions of events, where the events table's
+    strings would cost more than the item-item model.
+
+    Returns:
+      (items [num_events] int32 vocabulary indices: item "i<k>" is k + 1, 0
+      being the OOV bucket; row_splits [num_sessions + 1] int64).
+    """
+    rng = np.random.default_rng(seed)
+    num_clusters = num_clusters or max(num_items // 50, 1)
+    num_sessions = max(int(num_events / mean_session_length), 1)
+    lengths = np.maximum(rng.geometric(1.0 / (mean_session_length - 1), num_sessions) + 1, 2)
+    lengths = lengths[: max(np.searchsorted(np.cumsum(lengths), num_events, "right"), 1)]
+    session_of = np.repeat(np.arange(len(lengths)), lengths)
+    _, item_index = _cluster_items(rng, session_of, len(lengths), num_items, num_clusters,
+                                   zipf, seed)
+    row_splits = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return (item_index + 1).astype(np.int32), row_splits
 
 
 def item_clusters(num_items: int, num_clusters: int | None = None, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,127 @@
+"""`ItemItemScorer`: the item-item table as a Keras layer a SavedModel carries.
+
+The table's CSR arrays (`tfrec.ranking.item_table.ItemItemTable`) are
+non-trainable weights. For a batch of histories it sums, per history, the
+table rows of its distinct items: a sparse (history, co-item, weight) list
+of at most L x M entries per history, never a dense [B, num_items] array,
+so the cost does not grow with the catalogue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+
+@keras.utils.register_keras_serializable(package="tfrec")
+class ItemItemScorer(keras.layers.Layer):
+    """Scores items for item histories by summed item-item table weights.
+
+    Args:
+      num_items: the catalogue size (rows of the table, OOV index 0 included).
+      num_entries: the table's number of (item, co-item) entries.
+
+    The weights `row_splits` [num_items + 1] int64, `indices` [num_entries]
+    int32 and `weights` [num_entries] float32 are set with `set_table` (or
+    built with `from_table`) and saved with the layer. Sums run in float64
+    and are returned as float32, as `ItemItemTable.scores` does.
+    """
+
+    def __init__(self, num_items: int, num_entries: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_items = int(num_items)
+        self.num_entries = int(num_entries)
+        self.row_splits = self.add_weight(
+            name="row_splits", shape=(self.num_items + 1,), dtype=tf.int64, trainable=False,
+            initializer="zeros")
+        self.indices = self.add_weight(name="indices", shape=(self.num_entries,),
+                                       dtype=tf.int32, trainable=False, initializer="zeros")
+        self.weights_ = self.add_weight(name="weights", shape=(self.num_entries,),
+                                        dtype=tf.float32, trainable=False, initializer="zeros")
+
+    @classmethod
+    def from_table(cls, table, **kwargs) -> "ItemItemScorer":
+        layer = cls(table.num_items, table.num_entries, **kwargs)
+        layer.set_table(table)
+        return layer
+
+    def set_table(self, table) -> None:
+        if table.num_items != self.num_items or table.num_entries != self.num_entries:
+            raise ValueError(f"a table of {table.num_items} items and {table.num_entries} "
+                             f"entries for a layer of {self.num_items} and {self.num_entries}")
+        self.row_splits.assign(np.asarray(table.row_splits, np.int64))
+        self.indices.assign(np.asarray(table.indices, np.int32))
+        self.weights_.assign(np.asarray(table.weights, np.float32))
+
+    def _sums(self, history):
+        """(sorted unique keys b * num_items + c [E + 1] int64, summed weights [E + 1]
+        float64, sorted unique history keys b * num_items + h [H + 1] int64), each
+        ending with a sentinel key larger than any other (so a lookup always has a
+        last element to land on)."""
+        history = tf.cast(history, tf.int64)
+        n = tf.constant(self.num_items, tf.int64)
+        batch = tf.shape(history, out_type=tf.int64)[0]
+        rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(history, out_type=tf.int64))
+        keep = (history > 0) & (history < n)
+        history_keys = tf.sort(tf.unique(tf.boolean_mask(rows * n + history, keep))[0])
+        owner, item = history_keys // n, history_keys % n
+        # the table entries of each (history, item): positions starts..limits - 1
+        positions = tf.ragged.range(tf.gather(self.row_splits, item),
+                                    tf.gather(self.row_splits, item + 1))
+        flat = positions.flat_values
+        co_items = tf.cast(tf.gather(self.indices, flat), tf.int64)
+        values = tf.cast(tf.gather(self.weights_, flat), tf.float64)
+        keys = tf.gather(owner, positions.value_rowids()) * n + co_items
+        order = tf.argsort(keys, stable=True)
+        keys, values = tf.gather(keys, order), tf.gather(values, order)
+        first = tf.concat([tf.ones([1], tf.bool)[:tf.size(keys)], keys[1:] != keys[:-1]], 0)
+        slot = tf.cumsum(tf.cast(first, tf.int64)) - 1
+        sums = tf.math.segment_sum(values, slot)
+        sentinel = tf.constant([np.iinfo(np.int64).max], tf.int64)
+        return (tf.concat([tf.boolean_mask(keys, first), sentinel], 0),
+                tf.concat([sums, tf.zeros([1], tf.float64)], 0),
+                tf.concat([history_keys, sentinel], 0))
+
+    def score(self, history, candidate_ids):
+        """[B, N] float32 summed weight of each candidate (0 where the table has none,
+        and for ids outside 1..num_items - 1)."""
+        keys, sums, _ = self._sums(history)
+        candidate_ids = tf.cast(candidate_ids, tf.int64)
+        batch = tf.shape(candidate_ids, out_type=tf.int64)[0]
+        wanted = tf.range(batch)[:, None] * self.num_items + candidate_ids
+        at = tf.reshape(tf.searchsorted(keys, tf.reshape(wanted, [-1])), tf.shape(wanted))
+        valid = (candidate_ids > 0) & (candidate_ids < self.num_items)
+        found = tf.logical_and(tf.gather(keys, at) == wanted, valid)
+        return tf.cast(tf.where(found, tf.gather(sums, at), tf.constant(0.0, tf.float64)),
+                       tf.float32)
+
+    def candidates(self, history, n: int):
+        """(ids [B, n] int32, scores [B, n] float32): the n items of largest summed
+        weight each history reaches, its own items and index 0 excluded; -1 and
+        -inf where fewer exist."""
+        keys, sums, history_keys = self._sums(history)
+        batch = tf.shape(history, out_type=tf.int64)[0]
+        keys, sums = keys[:-1], sums[:-1]
+        own = tf.gather(history_keys, tf.searchsorted(history_keys, keys)) == keys
+        keep = tf.logical_and(tf.logical_not(own), keys % self.num_items > 0)
+        keys, sums = tf.boolean_mask(keys, keep), tf.boolean_mask(sums, keep)
+        rows = keys // self.num_items
+        width = tf.maximum(tf.reduce_max(tf.math.bincount(rows, minlength=1, dtype=tf.int64)),
+                           tf.constant(n, tf.int64))
+        items = tf.RaggedTensor.from_value_rowids(keys % self.num_items, rows, nrows=batch)
+        scores = tf.RaggedTensor.from_value_rowids(sums, rows, nrows=batch)
+        items = items.to_tensor(default_value=-1, shape=tf.stack([batch, width]))
+        scores = scores.to_tensor(default_value=-np.inf, shape=tf.stack([batch, width]))
+        top, at = tf.math.top_k(tf.cast(scores, tf.float32), k=n)
+        ids = tf.cast(tf.gather(items, at, batch_dims=1), tf.int32)
+        return tf.where(tf.math.is_inf(top), -1, ids), top
+
+    def call(self, inputs):
+        """`score(history, candidate_ids)` for inputs {"history", "candidate_ids"}."""
+        return self.score(inputs["history"], inputs["candidate_ids"])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_items": self.num_items, "num_entries": self.num_entries})
+        return config
