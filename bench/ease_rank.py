@@ -24,7 +24,7 @@ import time
 import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 
-from tfrec.evaluate import item_item
+from tfrec.ranking import item_item
 from tfrec.metrics import hit_rate, ndcg, target_ranks
 from tfrec.run import load_run_config, prepare_training_data
 

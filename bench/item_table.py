@@ -54,8 +54,9 @@ def accuracy(args) -> int:
     import numpy as np
 
     import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-    from tfrec.evaluate import baselines, item_item
-    from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
+    from tfrec.evaluate import baselines
+    from tfrec.ranking import item_item
+    from tfrec.metrics import hit_rate, ndcg, target_ranks
     from tfrec.ranking import item_table
     from tfrec.run import load_run_config, prepare_training_data
 
@@ -105,8 +106,8 @@ def scale_child(num_items: int, estimator: str, args) -> dict:
     import numpy as np
 
     from tfrec.data.synthetic import generate_baskets
-    from tfrec.evaluate import item_item
-    from tfrec.evaluate.metrics import hit_rate, target_ranks
+    from tfrec.ranking import item_item
+    from tfrec.metrics import hit_rate, target_ranks
     from tfrec.ranking import item_table
 
     items, splits = generate_baskets(int(num_items * args.events_per_item), num_items,

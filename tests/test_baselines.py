@@ -6,7 +6,8 @@ import pytest
 from tfrec.data.sessions import Sessions
 from tfrec.data.vocab import OOV_TOKEN, ItemVocabulary
 from tfrec.errors import InputError
-from tfrec.evaluate import baselines, item_item
+from tfrec.evaluate import baselines
+from tfrec.ranking import item_item
 from tfrec.metrics import target_ranks
 
 

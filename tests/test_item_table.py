@@ -6,7 +6,7 @@ import pytest
 
 from tfrec.data.sessions import Sessions
 from tfrec.errors import InputError
-from tfrec.evaluate import item_item
+from tfrec.ranking import item_item
 from tfrec.ranking import item_table
 from tfrec.ranking.item_table import ItemItemTable, build_item_table, table_from_baskets
 
@@ -147,9 +147,9 @@ def test_auto_is_dense_ease_where_the_table_holds_it_whole_up_to_the_limit():
     ({"table_size": 0}, "ranking.table_size"),
     ({"neighbours": 0}, "ranking.neighbours"),
     ({"estimator": "svd"}, "ranking.estimator"),
-    ({"lam": 0.0}, "ranking.lambda"),
-    ({"lam": None, "lambdas": (10, -1)}, "ranking.lambdas"),
-    ({"lam": None, "lambdas": ()}, "ranking.lambdas"),
+    ({"lam": 0.0}, "ranking.ease_lambda"),
+    ({"lam": None, "lambdas": (10, -1)}, "ranking.ease_lambdas"),
+    ({"lam": None, "lambdas": ()}, "ranking.ease_lambdas"),
 ])
 def test_bad_settings_are_refused_naming_the_key(settings, key):
     arguments = {"lam": 1.0, **settings}
@@ -185,7 +185,7 @@ def test_dense_ease_above_its_limit_is_refused(monkeypatch):
 def test_no_validation_case_is_refused():
     with pytest.raises(InputError) as caught:
         build_item_table(sessions_of([[1], [2]]), 3)
-    assert caught.value.key == "ranking.lambdas"
+    assert caught.value.key == "ranking.ease_lambdas"
 
 
 def test_scores_top_items_and_candidates():

@@ -55,6 +55,7 @@ Optimizer = Literal["adam", "lazy_adam", "adagrad", "sgd"]
 SplitBy = Literal["time", "user"]
 Strategy = Literal["default", "mirrored", "multi_worker"]
 IndexKind = Literal["scann", "brute_force"]
+TableEstimator = Literal["auto", "ease", "neighbourhood"]
 
 PAIR_MODES: tuple[str, ...] = typing.get_args(PairMode)
 FUSIONS: tuple[str, ...] = typing.get_args(Fusion)
@@ -68,6 +69,7 @@ OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 SPLITS: tuple[str, ...] = typing.get_args(SplitBy)
 STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
 INDEX_KINDS: tuple[str, ...] = typing.get_args(IndexKind)
+TABLE_ESTIMATORS: tuple[str, ...] = typing.get_args(TableEstimator)
 
 DEFAULT_CONVERSION_TYPES = ("purchase", "book", "booking", "apply", "conversion", "order")
 
@@ -368,12 +370,39 @@ class TrainConfig(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
+class RankingConfig(Settings):
+    """The ranking stage: the item-item table it reads (`tfrec.ranking`)."""
+
+    estimator: TableEstimator = setting(
+        "auto", "how the item-item table is learned: 'ease' (dense EASE over the items with "
+                "training events, each row cut to its table_size strongest co-items), "
+                "'neighbourhood' (EASE's regression of each item restricted to its `neighbours` "
+                "strongest co-occurring items: scales to millions of items) or 'auto' (dense "
+                "EASE where a whole row fits in the table, else the neighbourhood estimator)")
+    table_size: int = setting(100, "co-items kept per item in the table (M)", check=POSITIVE)
+    neighbours: int = setting(100, "co-occurring items each item is regressed on by the "
+                                   "neighbourhood estimator (C)", check=POSITIVE)
+    ease_lambda: float | None = setting(
+        None, "EASE's ridge λ (null: chosen from ease_lambdas by HR@10 on a validation slice "
+              "of the training sessions, never on the held-out cases)", check=above(0))
+    ease_lambdas: tuple[float, ...] = setting(
+        (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+        "the λ grid ease_lambda is chosen from", check=each(above(0), "values > 0"))
+
+    def check(self):
+        if self.ease_lambda is None and not self.ease_lambdas:
+            raise InputError("the λ grid must hold at least one value",
+                             key=self.key("ease_lambdas"))
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig(Settings):
-    """Everything a training run needs: data, model and training settings."""
+    """Everything a training run needs: data, model, training and ranking-stage settings."""
 
     data: DataConfig = section(DataConfig)
     model: ModelConfig = section(ModelConfig)
     train: TrainConfig = section(TrainConfig)
+    ranking: RankingConfig = section(RankingConfig)
 
     def to_dict(self) -> dict:
         return plain(dataclasses.asdict(self))
@@ -682,18 +711,19 @@ class RecommendSettings(Settings):
 # sections (``model.text``, ``data.pairs``, ``serve.batching``) are found
 # through `section` fields.
 ROOTS: dict[str, type] = {
-    "data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+    "data": DataConfig, "model": ModelConfig, "train": TrainConfig, "ranking": RankingConfig,
     "prepare": PrepareSettings, "training": TrainingSettings, "evaluate": EvaluateSettings,
     "export": ExportSettings, "index": IndexConfig, "serve": ServeConfig,
     "recommend": RecommendSettings,
 }
 # The sections a run config file holds (the rest are a command's settings).
-RUN_SECTIONS = ("data", "model", "train")
+RUN_SECTIONS = ("data", "model", "train", "ranking")
 # How to set a setting that has no flag, by section (the longest matching prefix wins).
 HOW_TO_SET = {
     "data": "set it in the run config, or with --set {key}=VALUE",
     "model": "set it in the run config, or with --set {key}=VALUE",
     "train": "set it in the run config, or with --set {key}=VALUE",
+    "ranking": "set it in the run config, or with --set {key}=VALUE",
     "serve.batching": "set it in the batching parameters file, serve.batching_parameters_file",
 }
 

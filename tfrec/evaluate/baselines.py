@@ -32,9 +32,9 @@ import time
 
 import numpy as np
 
-from tfrec.config import EvaluateSettings
+from tfrec.config import EvaluateSettings, RankingConfig
 from tfrec.errors import InputError
-from tfrec.evaluate import item_item
+from tfrec.ranking import item_item
 from tfrec.metrics import hit_rate, ndcg, target_ranks
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ _TOKEN = re.compile(r"[0-9a-z]+")
 # grid below is 13 fits).
 MAX_ITEM_ITEM_CATALOGUE = EvaluateSettings.max_item_item_catalogue
 # EASE's λ: a 1-2-5 log grid.
-EASE_LAMBDAS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+EASE_LAMBDAS = RankingConfig.ease_lambdas
 # ItemKNN's neighbours per item; 0 keeps every one.
 KNN_NEIGHBOURS = (3, 5, 10, 20, 50, 100, 200, 0)
 # The validation slice: this share of the training sessions with >= 2 items,

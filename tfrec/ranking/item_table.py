@@ -9,7 +9,7 @@ SavedModel.
 
 Two estimators of B:
 
-- `ease`: dense EASE (Steck 2019, `tfrec.evaluate.item_item.ease_weights`)
+- `ease`: dense EASE (Steck 2019, `tfrec.ranking.item_item.ease_weights`)
   over the active items, each row then cut to its top `table_size`. It
   holds a few a x a float64 matrices and costs ~a³ flops (a: items with
   training events): refused above `EASE_MAX_ITEMS` (the EASE baseline's
@@ -32,7 +32,7 @@ the active items - 1) up to `DENSE_MAX_ITEMS` active items, the neighbourhood
 estimator otherwise: cut to M co-items per row, dense EASE ranked below the
 neighbourhood table on both real catalogues (bench/RESULTS.md, "The
 item-item table"). λ is chosen on a validation slice of
-the training baskets (`tfrec.evaluate.item_item.validation_slice`, as the
+the training baskets (`tfrec.ranking.item_item.validation_slice`, as the
 EASE baseline does), never on the test cases.
 """
 
@@ -48,24 +48,25 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg import lapack
 
+from tfrec.config import TABLE_ESTIMATORS, RankingConfig
 from tfrec.errors import InputError
-from tfrec.evaluate import item_item
-from tfrec.evaluate.metrics import hit_rate, ndcg, target_ranks
+from tfrec.ranking import item_item
+from tfrec.metrics import hit_rate, ndcg, target_ranks
 
 logger = logging.getLogger(__name__)
 
-ESTIMATORS = ("auto", "ease", "neighbourhood")
+ESTIMATORS = TABLE_ESTIMATORS
 # "auto" uses dense EASE up to this many active items (when M holds whole rows): a
 # fit is ~10 s at 10,000 items on 2 idle cores and ~80 s at 20,000.
 DENSE_MAX_ITEMS = 10_000
 # "ease" is refused above this many active items (8 GB of float64 matrices at 20,000).
 EASE_MAX_ITEMS = 20_000
-# λ grid (as the EASE baseline's) and the validation slice's size.
-LAMBDAS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+# The settings' defaults (`ranking.*`), and the validation slice's size.
+LAMBDAS = RankingConfig.ease_lambdas
 VALIDATION_SHARE = 0.1
 VALIDATION_MAX_CASES = 5_000
-TABLE_SIZE = 100
-NEIGHBOURS = 100
+TABLE_SIZE = RankingConfig.table_size
+NEIGHBOURS = RankingConfig.neighbours
 # The neighbourhood estimator's working set: the dense Gram block of one
 # group of items (their neighbourhoods' union) holds at most this many
 # entries, and a group's stacked systems at most SOLVE_BUDGET.
@@ -91,10 +92,10 @@ def check_settings(estimator: str = "auto", table_size: int = TABLE_SIZE,
         raise InputError(f"each item's neighbourhood needs at least 1 item, got {neighbours}",
                          key="ranking.neighbours")
     if lam is not None and not lam > 0:
-        raise InputError(f"EASE's λ must be > 0, got {lam}", key="ranking.lambda")
+        raise InputError(f"EASE's λ must be > 0, got {lam}", key="ranking.ease_lambda")
     if lam is None and (not len(lambdas) or not all(v > 0 for v in lambdas)):
         raise InputError(f"the λ grid must be values > 0, got {list(lambdas)}",
-                         key="ranking.lambdas")
+                         key="ranking.ease_lambdas")
 
 
 @dataclasses.dataclass
@@ -472,7 +473,7 @@ def choose_lambda(baskets: sparse.csr_matrix, estimator: str = "auto",
     held = item_item.validation_slice(baskets, VALIDATION_SHARE, VALIDATION_MAX_CASES, seed)
     if not len(held):
         raise InputError("no training session has two distinct items: no validation cases "
-                         "to choose the item-item table's λ on", key="ranking.lambdas")
+                         "to choose the item-item table's λ on", key="ranking.ease_lambdas")
     valid = np.ones(num_items, dtype=bool)
     valid[0] = False
     queries = item_item.multi_hot(held.queries, num_items)
@@ -494,7 +495,7 @@ def choose_lambda(baskets: sparse.csr_matrix, estimator: str = "auto",
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def build_item_table(sessions, num_items: int, estimator: str = "auto",
+def build_item_table(sessions, num_items: int, estimator: str = RankingConfig.estimator,
                      table_size: int = TABLE_SIZE, neighbours: int = NEIGHBOURS,
                      lam: float | None = None, lambdas: tuple = LAMBDAS, k: int = 10,
                      seed: int = 42, dense_max_items: int = DENSE_MAX_ITEMS) -> ItemItemTable:
@@ -509,8 +510,8 @@ def build_item_table(sessions, num_items: int, estimator: str = "auto",
       table_size: co-items kept per item (`ranking.table_size`).
       neighbours: regressors per item of the neighbourhood estimator
         (`ranking.neighbours`).
-      lam: EASE's λ (`ranking.lambda`); None chooses it from `lambdas`
-        (`ranking.lambdas`) by HR@k on a validation slice of the sessions
+      lam: EASE's λ (`ranking.ease_lambda`); None chooses it from `lambdas`
+        (`ranking.ease_lambdas`) by HR@k on a validation slice of the sessions
         (`choose_lambda`), then refits on every session.
       seed: the validation slice's draw.
 
