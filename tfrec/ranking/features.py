@@ -1,0 +1,287 @@
+"""Candidates from both sources and the ranker's features per (query, candidate).
+
+Candidates: the two-tower's top items (exact dot products here; the ScaNN
+index when serving) and the item-item table's top items for the query,
+merged in proportion (`table_share` of the slots to the table), duplicates
+and the query's own items left out, so that every prefix of the merged list
+is itself a candidate list of that width.
+
+Features (`FEATURES`, in groups `FEATURE_GROUPS` for the ablations):
+
+- two_tower: the two-tower score of the candidate, and log(1 + its place
+  in the two-tower's list) (the list's width when the table brought it).
+- item_item: the table's score (the sum over the query's items of their
+  weight on the candidate), the largest single weight, log(1 + its place
+  in the table's list).
+- behaviour: log(1 + training events) of the candidate and a has-behaviour
+  flag (0 for an item without training events).
+- text: cosine of the candidate's text-only embedding (the item encoder
+  with ids hidden) with the query items' (mean, max).
+- tfidf: TF-IDF cosine of the candidate's text with the query items' (mean,
+  max): the lexical overlap that makes TF-IDF strong on new items.
+- item2vec: cosine of skip-gram item vectors (mean, max).
+- query: log(1 + query length).
+
+`candidate_features` computes them in numpy for the study and the ranker's
+training; `CandidateFeatures` is the TensorFlow twin that computes the same
+values from the exported tensors at serving time (tests check they agree).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+FEATURE_GROUPS = {
+    "two_tower": ("tt_score", "tt_rank"),
+    "item_item": ("ii_score", "ii_max", "ii_rank"),
+    "behaviour": ("log_count", "has_behaviour"),
+    "text": ("text_mean", "text_max"),
+    "tfidf": ("tfidf_mean", "tfidf_max"),
+    "item2vec": ("i2v_mean", "i2v_max"),
+    "query": ("query_length",),
+}
+FEATURES = tuple(name for names in FEATURE_GROUPS.values() for name in names)
+# The pairwise tables whose mean and max over the query's items are features.
+SIMILARITIES = ("text", "tfidf", "i2v")
+
+
+@dataclasses.dataclass
+class Tables:
+    """What the features are computed from (one catalogue index space).
+
+    Attributes:
+      item_embeddings: [V, d] the two-tower's item embeddings.
+      table: [V, V] item-item weights, row i: item i's weight on each item
+        (each row cut to its M strongest co-items; see `truncate_rows`).
+      counts: [V] training events per item.
+      text: [V, t] L2-normalised text-only item embeddings.
+      tfidf: [V, w] L2-normalised TF-IDF rows (dense).
+      i2v: [V, s] L2-normalised skip-gram item vectors (zeros: none).
+    """
+
+    item_embeddings: np.ndarray
+    table: np.ndarray
+    counts: np.ndarray
+    text: np.ndarray
+    tfidf: np.ndarray
+    i2v: np.ndarray
+
+
+def truncate_rows(weights: np.ndarray, neighbours: int) -> np.ndarray:
+    """Keeps each row's `neighbours` largest entries (the item's M strongest co-items)."""
+    weights = np.array(weights, dtype=np.float32)
+    if neighbours >= weights.shape[1]:
+        return weights
+    for start in range(0, len(weights), 1024):
+        block = weights[start:start + 1024]
+        drop = np.argpartition(-block, neighbours, axis=1)[:, neighbours:]
+        np.put_along_axis(block, drop, 0.0, axis=1)
+    return weights
+
+
+def merge_candidates(two_tower: np.ndarray, table: np.ndarray, query: list, width: int,
+                     table_share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One query's candidate list from the two sources' ranked lists.
+
+    Args:
+      two_tower: item indices, the two-tower's order (best first).
+      table: item indices, the table's order (best first; items it scores 0
+        left out by the caller).
+      query: the query's own items (never candidates).
+      width: N, the list's width.
+      table_share: the share of the slots taken from the table's list.
+
+    Returns:
+      (candidates [<= width], their place in the two-tower list, their place
+      in the table's list; a place is the list's length where the item is
+      not in that list).
+    """
+    # The j-th item of a source has the key (j + 1) / share: merging by key
+    # takes the sources in proportion, and any prefix keeps the proportion.
+    keys, items = [], []
+    for source, share in ((table, table_share), (two_tower, 1.0 - table_share)):
+        if share > 0:
+            keys.append((np.arange(len(source)) + 1.0) / share)
+            items.append(np.asarray(source, np.int64))
+    keys = np.concatenate(keys) if keys else np.zeros(0)
+    items = np.concatenate(items) if items else np.zeros(0, np.int64)
+    order = np.argsort(keys, kind="stable")
+    merged = items[order]
+    _, first = np.unique(merged, return_index=True)
+    merged = merged[np.sort(first)]
+    merged = merged[~np.isin(merged, np.asarray(query, np.int64)) & (merged > 0)][:width]
+    tt_place = _places(merged, two_tower)
+    table_place = _places(merged, table)
+    return merged, tt_place, table_place
+
+
+def _places(items: np.ndarray, ranked: np.ndarray) -> np.ndarray:
+    ranked = np.asarray(ranked, np.int64)
+    place = {int(item): p for p, item in enumerate(ranked)}
+    return np.asarray([place.get(int(i), len(ranked)) for i in items], np.float32)
+
+
+def candidates(query_embeddings: np.ndarray, tables: Tables, queries: list, width: int,
+               table_share: float, depth: int | None = None):
+    """Every query's candidate list (see `merge_candidates`), padded to `width`.
+
+    Args:
+      depth: how far down each source's list is read (default `width`).
+
+    Returns:
+      (candidates [n, width] int64 (0 = padding), mask [n, width] bool,
+      tt_place [n, width], table_place [n, width]).
+    """
+    depth = depth or width
+    n = len(queries)
+    out = np.zeros((n, width), np.int64)
+    mask = np.zeros((n, width), bool)
+    tt_place = np.zeros((n, width), np.float32)
+    table_place = np.zeros((n, width), np.float32)
+    for start in range(0, n, 512):
+        stop = min(start + 512, n)
+        tt_scores = query_embeddings[start:stop] @ tables.item_embeddings.T
+        ii_scores = np.zeros_like(tt_scores)
+        for row, query in enumerate(queries[start:stop]):
+            if len(query):
+                ii_scores[row] = tables.table[np.asarray(query, np.int64)].sum(axis=0)
+        for scores in (tt_scores, ii_scores):
+            scores[:, 0] = -np.inf
+            for row, query in enumerate(queries[start:stop]):
+                scores[row, np.asarray(query, np.int64)] = -np.inf
+        extra = depth + max((len(q) for q in queries[start:stop]), default=0) + 1
+        tt_top = _top(tt_scores, extra)
+        ii_top = _top(ii_scores, extra)
+        for row in range(stop - start):
+            i = start + row
+            positive = ii_top[row][ii_scores[row, ii_top[row]] > 0][:depth]
+            merged, a, b = merge_candidates(tt_top[row][:depth], positive, queries[i], width,
+                                            table_share)
+            out[i, :len(merged)] = merged
+            mask[i, :len(merged)] = True
+            tt_place[i, :len(merged)] = a
+            table_place[i, :len(merged)] = b
+    return out, mask, tt_place, table_place
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def candidate_recall(cands: np.ndarray, mask: np.ndarray, targets: np.ndarray) -> float:
+    """Share of queries whose target is in their candidate list (HR@N)."""
+    return float(((cands == np.asarray(targets)[:, None]) & mask).any(axis=1).mean())
+
+
+def candidate_features(query_embeddings: np.ndarray, tables: Tables, queries: list,
+                       cands: np.ndarray, mask: np.ndarray, tt_place: np.ndarray,
+                       table_place: np.ndarray) -> np.ndarray:
+    """[n, N, len(FEATURES)] float32 features (zeros at padding), in numpy."""
+    n, width = cands.shape
+    out = np.zeros((n, width, len(FEATURES)), np.float32)
+    column = {name: j for j, name in enumerate(FEATURES)}
+    log_counts = np.log1p(tables.counts.astype(np.float32))
+    for i in range(n):
+        c = cands[i]
+        q = np.asarray(queries[i], np.int64)
+        f = out[i]
+        f[:, column["tt_score"]] = tables.item_embeddings[c] @ query_embeddings[i]
+        f[:, column["tt_rank"]] = np.log1p(tt_place[i])
+        f[:, column["ii_rank"]] = np.log1p(table_place[i])
+        f[:, column["log_count"]] = log_counts[c]
+        f[:, column["has_behaviour"]] = tables.counts[c] > 0
+        f[:, column["query_length"]] = np.log1p(len(q))
+        if len(q):
+            weights = tables.table[q][:, c]
+            f[:, column["ii_score"]] = weights.sum(axis=0)
+            f[:, column["ii_max"]] = weights.max(axis=0)
+            for name in SIMILARITIES:
+                vectors = getattr(tables, name)
+                sim = vectors[q] @ vectors[c].T
+                sim = np.asarray(sim.toarray() if hasattr(sim, "toarray") else sim)
+                f[:, column[f"{name}_mean"]] = sim.mean(axis=0)
+                f[:, column[f"{name}_max"]] = sim.max(axis=0)
+        f[~mask[i]] = 0.0
+    return out
+
+
+@keras.utils.register_keras_serializable(package="tfrec")
+class CandidateFeatures(keras.layers.Layer):
+    """The TensorFlow twin of `candidate_features`, from the exported tensors.
+
+    Args:
+      item_embeddings, table, counts, text, tfidf, i2v: as in `Tables`
+        (held as non-trainable weights; the dense table is what the sparse
+        item-item table replaces).
+
+    Call (a dict):
+      query_items: [B, L] int, the query's items, 0-padded.
+      query_embeddings: [B, d] the two-tower's query embeddings.
+      candidates: [B, N] int, 0-padded.
+      candidate_mask: [B, N] bool.
+      tt_place, table_place: [B, N] float places in the sources' lists.
+
+    Returns:
+      [B, N, len(FEATURES)] float32.
+    """
+
+    def __init__(self, item_embeddings, table, counts, text, tfidf, i2v, **kwargs):
+        super().__init__(**kwargs)
+        self._initial = {"item_embeddings": np.asarray(item_embeddings, np.float32),
+                         "table": np.asarray(table, np.float32),
+                         "counts": np.asarray(counts, np.float32),
+                         "text": np.asarray(text, np.float32),
+                         "tfidf": np.asarray(tfidf, np.float32),
+                         "i2v": np.asarray(i2v, np.float32)}
+        for name, value in self._initial.items():
+            setattr(self, name, self.add_weight(
+                name=name, shape=value.shape, dtype=tf.float32, trainable=False,
+                initializer=keras.initializers.Constant(value)))
+
+    def call(self, inputs):
+        query_items = tf.cast(inputs["query_items"], tf.int32)
+        cands = tf.cast(inputs["candidates"], tf.int32)
+        mask = tf.cast(inputs["candidate_mask"], tf.float32)
+        query_mask = tf.cast(query_items > 0, tf.float32)  # [B, L]
+        length = tf.reduce_sum(query_mask, axis=1)  # [B]
+        width = tf.shape(cands)[1]
+
+        def pool(pairwise):
+            """[B, L, N] -> (sum, mean, max) over the query's items."""
+            total = tf.reduce_sum(pairwise * query_mask[:, :, None], axis=1)
+            mean = tf.math.divide_no_nan(total, length[:, None])
+            masked = tf.where(query_mask[:, :, None] > 0, pairwise, -np.inf)
+            largest = tf.reduce_max(masked, axis=1)
+            largest = tf.where(length[:, None] > 0, largest, 0.0)
+            return total, mean, largest
+
+        columns = {}
+        cand_emb = tf.gather(self.item_embeddings, cands)
+        columns["tt_score"] = tf.einsum("bnd,bd->bn", cand_emb,
+                                        tf.cast(inputs["query_embeddings"], tf.float32))
+        columns["tt_rank"] = tf.math.log1p(tf.cast(inputs["tt_place"], tf.float32))
+        columns["ii_rank"] = tf.math.log1p(tf.cast(inputs["table_place"], tf.float32))
+        weights = tf.gather(tf.gather(self.table, query_items), cands, axis=2, batch_dims=1)
+        columns["ii_score"], _, columns["ii_max"] = pool(weights)
+        counts = tf.gather(self.counts, cands)
+        columns["log_count"] = tf.math.log1p(counts)
+        columns["has_behaviour"] = tf.cast(counts > 0, tf.float32)
+        columns["query_length"] = tf.repeat(tf.math.log1p(length)[:, None], width, axis=1)
+        for name in SIMILARITIES:
+            vectors = getattr(self, name)
+            sim = tf.einsum("bld,bnd->bln", tf.gather(vectors, query_items),
+                            tf.gather(vectors, cands))
+            _, columns[f"{name}_mean"], columns[f"{name}_max"] = pool(sim)
+        features = tf.stack([columns[name] for name in FEATURES], axis=-1)
+        return features * mask[:, :, None]
+
+    def get_config(self):
+        return {**super().get_config(),
+                **{name: value.tolist() for name, value in self._initial.items()}}
