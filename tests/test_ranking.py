@@ -10,7 +10,8 @@ from tfrec.data.vocab import build_vocabulary
 from tfrec.errors import InputError
 from tfrec.ranking import features as F
 from tfrec.ranking.config import RankingConfig
-from tfrec.ranking.protocol import index_map, ranker_split, split_validation
+from tfrec.ranking.protocol import index_map, ranker_cases, ranker_split, split_validation
+from tfrec.run import load_run_config
 from tfrec.ranking.ranker import (CandidateRanker, ListwiseSoftmaxTask, fit_ranker, list_ranks,
                                   score_lists)
 
@@ -38,6 +39,15 @@ def test_ranker_sessions_are_never_stage1_sessions():
     vocab = build_vocabulary(events)
     cases = make_cases(split.ranker, vocab, per_user=False)
     assert len(cases) == len(ranker)
+    # Several cases per session: each from a ranker session, each hiding another item.
+    more, groups = ranker_cases(split.ranker, vocab, load_run_config(None), False, 42,
+                                per_session=3)
+    assert len(more) > len(cases)
+    assert set(groups.tolist()) == set(range(len(cases)))
+    pairs = set(zip(groups.tolist(), more.targets.tolist()))
+    assert len(pairs) == len(more)
+    for query, target in zip(more.queries, more.targets):
+        assert target not in query
 
 
 def test_ranker_users_are_never_stage1_users():
@@ -55,12 +65,13 @@ def test_ranker_split_refuses_an_empty_side():
     assert err.value.key == "ranking.ranker_share"
 
 
-def test_validation_rows_are_disjoint_and_cover():
-    cases = make_cases(_events(), build_vocabulary(_events()))
-    fit, val = split_validation(cases, 0.25, seed=1)
+def test_validation_keeps_a_session_on_one_side():
+    groups = np.array([0, 0, 1, 2, 2, 2, 3, 4, 5, 5, 6, 7])
+    fit, val = split_validation(groups, 0.25, seed=1)
     assert not set(fit) & set(val)
-    assert len(fit) + len(val) == len(cases)
-    assert len(val) == round(0.25 * len(cases))
+    assert len(fit) + len(val) == len(groups)
+    assert not set(groups[fit]) & set(groups[val])
+    assert len(set(groups[val])) == 2
 
 
 def test_index_map_follows_ids():
@@ -174,6 +185,12 @@ def test_features_in_tensorflow_equal_numpy():
                  "table_place": table_place}).numpy()
     assert got.shape == (3, 5, len(F.FEATURES))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Precomputed similarities give the same values as the vectors.
+    import dataclasses
+    with_grams = dataclasses.replace(tables, grams={"tfidf": tables.tfidf @ tables.tfidf.T})
+    np.testing.assert_allclose(F.candidate_features(query_emb, with_grams, queries, cands, mask,
+                                                    tt_place, table_place), expected,
+                               rtol=1e-5, atol=1e-5)
     # Spot checks against the definitions.
     j = F.FEATURES.index("ii_score")
     c = cands[0, 0]
@@ -272,3 +289,30 @@ def test_features_run_in_a_graph():
     assert out.shape == (1, 3, len(F.FEATURES))
     assert float(out[0, 0, F.FEATURES.index("ii_score")]) == pytest.approx(
         float(tables.table[1, 2]), rel=1e-5)
+
+
+def test_a_target_shown_as_new_loses_its_behaviour_or_its_place():
+    rng = np.random.default_rng(4)
+    tables = _tables(rng)
+    tables.text = tables.item_embeddings / np.linalg.norm(tables.item_embeddings, axis=1,
+                                                           keepdims=True).clip(1e-9)
+    queries = [[1, 2], [3, 4]]
+    query_emb = rng.normal(size=(2, 4)).astype(np.float32)
+    cands, mask, a, b = F.candidates(query_emb, tables, queries, width=6, table_share=0.5)
+    feats = F.candidate_features(query_emb, tables, queries, cands, mask, a, b)
+    labels = np.zeros(cands.shape, np.float32)
+    labels[:, 1] = 1
+    before = feats.copy()
+    # Case 1: its target's text-only score is below every listed two-tower score.
+    tables.text[cands[1, 1]] = -query_emb[1] / np.linalg.norm(query_emb[1]) * 100
+    kept = F.present_as_new(feats, cands, mask, labels, query_emb, tables, np.array([0, 1]))
+    col = {name: j for j, name in enumerate(F.FEATURES)}
+    assert kept == 1
+    assert labels[1, 1] == 0 and labels[0, 1] == 1
+    item = cands[0, 1]
+    assert feats[0, 1, col["tt_score"]] == pytest.approx(float(tables.text[item] @ query_emb[0]),
+                                                         rel=1e-5)
+    for name in ("ii_score", "ii_max", "log_count", "has_behaviour", "i2v_mean", "i2v_max"):
+        assert feats[0, 1, col[name]] == 0
+    np.testing.assert_array_equal(feats[0, 0], before[0, 0])
+    np.testing.assert_array_equal(feats[0, 1, col["tfidf_mean"]], before[0, 1, col["tfidf_mean"]])

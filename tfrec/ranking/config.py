@@ -21,6 +21,12 @@ class RankingConfig:
         features): the last share of the training events by time for a
         time split, a seeded share of the training users for the user split.
         Its sessions are the ranker's training cases.
+      cases_per_session: up to this many ranker cases per session (user),
+        each hiding another of its items.
+      new_share: share of the ranker's training cases whose (warm) target is
+        shown as an item without behaviour (see
+        `tfrec.ranking.features.present_as_new`): new items are rare among
+        the ranker's targets and common in a catalogue.
       validation_share: share of the ranker's cases held out to choose N, M
         and the ranker's settings.
       num_candidates: N, the width of a query's candidate list: the
@@ -37,6 +43,8 @@ class RankingConfig:
     """
 
     ranker_share: float = 0.12
+    cases_per_session: int = 4
+    new_share: float = 0.1
     validation_share: float = 0.2
     num_candidates: int = 200
     table_share: float = 0.5
@@ -55,6 +63,12 @@ class RankingConfig:
         if not 0.0 <= self.validation_share < 1.0:
             raise InputError(f"must be in [0, 1), got {self.validation_share}",
                              key="ranking.validation_share")
+        if self.cases_per_session < 1:
+            raise InputError(f"must be at least 1, got {self.cases_per_session}",
+                             key="ranking.cases_per_session")
+        if not 0.0 <= self.new_share < 1.0:
+            raise InputError(f"must be in [0, 1), got {self.new_share}",
+                             key="ranking.new_share")
         if self.num_candidates < 1:
             raise InputError(f"must be at least 1, got {self.num_candidates}",
                              key="ranking.num_candidates")

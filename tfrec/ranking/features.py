@@ -61,6 +61,9 @@ class Tables:
       text: [V, t] L2-normalised text-only item embeddings.
       tfidf: [V, w] L2-normalised TF-IDF rows (dense).
       i2v: [V, s] L2-normalised skip-gram item vectors (zeros: none).
+      grams: optional precomputed [V, V] similarities by name ("text",
+        "tfidf", "i2v"), used by `candidate_features` in place of the
+        vectors' products (the same values, faster for sparse TF-IDF rows).
     """
 
     item_embeddings: np.ndarray
@@ -69,6 +72,7 @@ class Tables:
     text: np.ndarray
     tfidf: np.ndarray
     i2v: np.ndarray
+    grams: dict = dataclasses.field(default_factory=dict)
 
 
 def truncate_rows(weights: np.ndarray, neighbours: int) -> np.ndarray:
@@ -182,34 +186,52 @@ def candidate_recall(cands: np.ndarray, mask: np.ndarray, targets: np.ndarray) -
 
 def candidate_features(query_embeddings: np.ndarray, tables: Tables, queries: list,
                        cands: np.ndarray, mask: np.ndarray, tt_place: np.ndarray,
-                       table_place: np.ndarray) -> np.ndarray:
+                       table_place: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """[n, N, len(FEATURES)] float32 features (zeros at padding), in numpy."""
     n, width = cands.shape
     out = np.zeros((n, width, len(FEATURES)), np.float32)
     column = {name: j for j, name in enumerate(FEATURES)}
     log_counts = np.log1p(tables.counts.astype(np.float32))
-    for i in range(n):
-        c = cands[i]
-        q = np.asarray(queries[i], np.int64)
-        f = out[i]
-        f[:, column["tt_score"]] = tables.item_embeddings[c] @ query_embeddings[i]
-        f[:, column["tt_rank"]] = np.log1p(tt_place[i])
-        f[:, column["ii_rank"]] = np.log1p(table_place[i])
-        f[:, column["log_count"]] = log_counts[c]
-        f[:, column["has_behaviour"]] = tables.counts[c] > 0
-        f[:, column["query_length"]] = np.log1p(len(q))
-        if len(q):
-            weights = tables.table[q][:, c]
-            f[:, column["ii_score"]] = weights.sum(axis=0)
-            f[:, column["ii_max"]] = weights.max(axis=0)
-            for name in SIMILARITIES:
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        c = cands[start:stop]
+        lengths = np.asarray([len(q) for q in queries[start:stop]])
+        padded = np.zeros((stop - start, max(1, lengths.max(initial=0))), np.int64)
+        for row, query in enumerate(queries[start:stop]):
+            padded[row, :len(query)] = query
+        query_mask = padded > 0
+        f = out[start:stop]
+        f[..., column["tt_score"]] = np.einsum("bnd,bd->bn", tables.item_embeddings[c],
+                                               query_embeddings[start:stop])
+        f[..., column["tt_rank"]] = np.log1p(tt_place[start:stop])
+        f[..., column["ii_rank"]] = np.log1p(table_place[start:stop])
+        f[..., column["log_count"]] = log_counts[c]
+        f[..., column["has_behaviour"]] = tables.counts[c] > 0
+        f[..., column["query_length"]] = np.log1p(lengths)[:, None]
+        weights = tables.table[padded[:, :, None], c[:, None, :]]  # [B, L, N]
+        f[..., column["ii_score"]], _, f[..., column["ii_max"]] = _pool(weights, query_mask)
+        for name in SIMILARITIES:
+            gram = tables.grams.get(name)
+            if gram is not None:
+                sim = gram[padded[:, :, None], c[:, None, :]]
+            else:
                 vectors = getattr(tables, name)
-                sim = vectors[q] @ vectors[c].T
-                sim = np.asarray(sim.toarray() if hasattr(sim, "toarray") else sim)
-                f[:, column[f"{name}_mean"]] = sim.mean(axis=0)
-                f[:, column[f"{name}_max"]] = sim.max(axis=0)
-        f[~mask[i]] = 0.0
+                sim = np.einsum("bld,bnd->bln", vectors[padded], vectors[c])
+            _, f[..., column[f"{name}_mean"]], f[..., column[f"{name}_max"]] = _pool(
+                sim, query_mask)
+        f[~mask[start:stop]] = 0.0
     return out
+
+
+def _pool(pairwise: np.ndarray, query_mask: np.ndarray):
+    """[B, L, N] -> (sum, mean, max) over each query's items ([B, N] each)."""
+    weight = query_mask[:, :, None].astype(np.float32)
+    total = (pairwise * weight).sum(axis=1)
+    length = weight.sum(axis=1)
+    mean = np.divide(total, length, out=np.zeros_like(total), where=length > 0)
+    largest = np.where(query_mask[:, :, None], pairwise, -np.inf).max(axis=1)
+    largest = np.where(length > 0, largest, 0.0)
+    return total, mean, largest
 
 
 @keras.utils.register_keras_serializable(package="tfrec")
@@ -285,3 +307,49 @@ class CandidateFeatures(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(),
                 **{name: value.tolist() for name, value in self._initial.items()}}
+
+
+def present_as_new(features: np.ndarray, cands: np.ndarray, mask: np.ndarray,
+                   labels: np.ndarray, query_embeddings: np.ndarray, tables: Tables,
+                   rows: np.ndarray) -> int:
+    """Shows the target of each of `rows` as an item without behaviour (in place).
+
+    Ranker training cases rarely have a new item as their target (it must
+    be new in the ranker's own slice), while the test cases have the
+    catalogue's cold items. So a share of the training cases presents its
+    (warm) target as a new item would be seen: its two-tower score from its
+    text-only embedding, no table weight, no counts, no skip-gram vector,
+    and its two-tower place among the listed candidates recomputed. A
+    target that its text alone would not have brought into the list is
+    taken out of it (the case then has no positive and no loss).
+
+    Args:
+      features, cands, mask, labels: the lists (`candidate_features`), changed in place.
+      rows: the cases whose target to present as new.
+
+    Returns:
+      How many of those targets stayed in their list.
+    """
+    column = {name: j for j, name in enumerate(FEATURES)}
+    width = cands.shape[1]
+    kept = 0
+    for i in rows:
+        where = np.flatnonzero(labels[i] > 0)
+        if not len(where):
+            continue
+        j = int(where[0])
+        item = cands[i, j]
+        f = features[i]
+        score = float(tables.text[item] @ query_embeddings[i])
+        listed = mask[i] & (np.expm1(f[:, column["tt_rank"]]) < width - 0.5)
+        listed[j] = False
+        if not listed.any() or score < f[listed, column["tt_score"]].min():
+            labels[i, j] = 0.0
+            continue
+        kept += 1
+        f[j, column["tt_score"]] = score
+        f[j, column["tt_rank"]] = np.log1p((f[listed, column["tt_score"]] > score).sum())
+        for name in ("ii_score", "ii_max", "log_count", "has_behaviour", "i2v_mean", "i2v_max"):
+            f[j, column[name]] = 0.0
+        f[j, column["ii_rank"]] = np.log1p(np.expm1(f[mask[i], column["ii_rank"]]).max())
+    return kept

@@ -127,22 +127,48 @@ def train_stage1(config: RunConfig, data: TrainingData, run_dir: str | Path,
 
 
 def ranker_cases(events: pd.DataFrame, vocab: ItemVocabulary, config: RunConfig,
-                 per_user: bool, seed: int) -> Cases:
-    """The ranker's cases from its events, in `vocab`'s index space."""
-    return make_cases(events, vocab, seed, config.data.sessions, per_user=per_user)
+                 per_user: bool, seed: int, per_session: int = 1) -> tuple[Cases, np.ndarray]:
+    """The ranker's cases from its events, in `vocab`'s index space.
+
+    Each session (user) with two or more distinct items gives up to
+    `per_session` cases, each hiding another of its items (the draws of
+    `make_cases` with seeds seed, seed + 1, ...; a repeated draw is dropped).
+
+    Returns:
+      (cases, group [len(cases)]: the session each case comes from).
+    """
+    queries, targets, groups = [], [], []
+    seen = set()
+    for draw in range(per_session):
+        cases = make_cases(events, vocab, seed + draw, config.data.sessions,
+                           per_user=per_user)
+        for group, (query, target) in enumerate(zip(cases.queries, cases.targets)):
+            if (group, int(target)) in seen:
+                continue
+            seen.add((group, int(target)))
+            queries.append(query)
+            targets.append(int(target))
+            groups.append(group)
+    targets = np.asarray(targets, np.int32)
+    return (Cases(queries, targets, vocab.counts[targets] == 0),
+            np.asarray(groups, np.int64))
 
 
 def index_map(source: ItemVocabulary, target: ItemVocabulary) -> np.ndarray:
     """[source.size] int64: each source index's index in `target` (0 where it has none)."""
     position = pd.Series(np.arange(target.size), index=pd.Index(target.ids.astype(str)))
-    mapped = position.reindex(source.ids.astype(str)).fillna(0).to_numpy(dtype=np.int64)
+    mapped = np.array(position.reindex(source.ids.astype(str)).fillna(0), dtype=np.int64)
     mapped[0] = 0
     return mapped
 
 
-def split_validation(cases: Cases, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(fit rows, validation rows) of the ranker's cases, seeded."""
+def split_validation(groups: np.ndarray, share: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, validation rows) of the ranker's cases: a seeded `share` of the
+    sessions (`groups`, as `ranker_cases` gives), all of a session's cases on one side."""
+    groups = np.asarray(groups)
+    unique = np.unique(groups)
     rng = np.random.default_rng([seed, 4])
-    order = rng.permutation(len(cases))
-    count = int(round(share * len(cases)))
-    return np.sort(order[count:]), np.sort(order[:count])
+    held = rng.choice(unique, size=int(round(share * len(unique))), replace=False)
+    is_val = np.isin(groups, held)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
