@@ -170,7 +170,7 @@ def main(argv=None) -> int:
                            vocab.counts, text_emb, tfidf,
                            baselines.item2vec_gensim(full.sessions, vocab, [], seed=args.seed,
                                                      epochs=args.i2v_epochs).items,
-                         grams)
+                           grams)
 
     def embed(cases):
         history = histories_from_lists([to_s1[np.asarray(q, np.int64)] for q in cases.queries],

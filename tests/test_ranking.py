@@ -294,8 +294,8 @@ def test_features_run_in_a_graph():
 def test_a_target_shown_as_new_loses_its_behaviour_or_its_place():
     rng = np.random.default_rng(4)
     tables = _tables(rng)
-    tables.text = tables.item_embeddings / np.linalg.norm(tables.item_embeddings, axis=1,
-                                                           keepdims=True).clip(1e-9)
+    norms = np.linalg.norm(tables.item_embeddings, axis=1, keepdims=True).clip(1e-9)
+    tables.text = tables.item_embeddings / norms
     queries = [[1, 2], [3, 4]]
     query_emb = rng.normal(size=(2, 4)).astype(np.float32)
     cands, mask, a, b = F.candidates(query_emb, tables, queries, width=6, table_share=0.5)
