@@ -58,6 +58,15 @@ def item_table(sessions, num_items: int, lam: float, neighbours: int) -> np.ndar
     return F.truncate_rows(table, neighbours)
 
 
+def cached(path: Path, make):
+    """`make()`, saved at `path` (.npy) and read back on the next run."""
+    if path.exists():
+        return np.load(path)
+    value = np.asarray(make(), np.float32)
+    np.save(path, value)
+    return value
+
+
 def normalised(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -163,13 +172,17 @@ def main(argv=None) -> int:
     logger.info("item-item tables (λ %s, M %d) and skip-gram vectors", lam, settings.neighbours)
     tables_s1 = F.Tables(item_emb, item_table(s1_sessions, size, lam, settings.neighbours),
                          s1_counts, text_emb, tfidf,
-                         baselines.item2vec_gensim(s1_sessions, vocab, [], seed=args.seed,
-                                                   epochs=args.i2v_epochs).items,
+                         cached(Path(args.run_dir) / f"i2v_stage1_{args.i2v_epochs}.npy",
+                                lambda: baselines.item2vec_gensim(
+                                    s1_sessions, vocab, [], seed=args.seed,
+                                    epochs=args.i2v_epochs).items),
                          grams)
     tables_full = F.Tables(item_emb, item_table(full.sessions, size, lam, settings.neighbours),
                            vocab.counts, text_emb, tfidf,
-                           baselines.item2vec_gensim(full.sessions, vocab, [], seed=args.seed,
-                                                     epochs=args.i2v_epochs).items,
+                           cached(Path(args.run_dir) / f"i2v_full_{args.i2v_epochs}.npy",
+                                  lambda: baselines.item2vec_gensim(
+                                      full.sessions, vocab, [], seed=args.seed,
+                                      epochs=args.i2v_epochs).items),
                            grams)
 
     def embed(cases):

@@ -192,19 +192,21 @@ def candidate_features(query_embeddings: np.ndarray, tables: Tables, queries: li
     out = np.zeros((n, width, len(FEATURES)), np.float32)
     column = {name: j for j, name in enumerate(FEATURES)}
     log_counts = np.log1p(tables.counts.astype(np.float32))
+    # Batches of queries of similar length: little padding.
+    by_length = np.argsort([len(q) for q in queries], kind="stable")
     for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        c = cands[start:stop]
-        lengths = np.asarray([len(q) for q in queries[start:stop]])
-        padded = np.zeros((stop - start, max(1, lengths.max(initial=0))), np.int64)
-        for row, query in enumerate(queries[start:stop]):
-            padded[row, :len(query)] = query
+        rows = by_length[start:start + batch_size]
+        c = cands[rows]
+        lengths = np.asarray([len(queries[i]) for i in rows])
+        padded = np.zeros((len(rows), max(1, lengths.max(initial=0))), np.int64)
+        for row, i in enumerate(rows):
+            padded[row, :lengths[row]] = queries[i]
         query_mask = padded > 0
-        f = out[start:stop]
-        f[..., column["tt_score"]] = np.einsum("bnd,bd->bn", tables.item_embeddings[c],
-                                               query_embeddings[start:stop])
-        f[..., column["tt_rank"]] = np.log1p(tt_place[start:stop])
-        f[..., column["ii_rank"]] = np.log1p(table_place[start:stop])
+        f = np.zeros((len(rows), width, len(FEATURES)), np.float32)
+        f[..., column["tt_score"]] = np.matmul(tables.item_embeddings[c],
+                                               query_embeddings[rows, :, None])[..., 0]
+        f[..., column["tt_rank"]] = np.log1p(tt_place[rows])
+        f[..., column["ii_rank"]] = np.log1p(table_place[rows])
         f[..., column["log_count"]] = log_counts[c]
         f[..., column["has_behaviour"]] = tables.counts[c] > 0
         f[..., column["query_length"]] = np.log1p(lengths)[:, None]
@@ -216,10 +218,11 @@ def candidate_features(query_embeddings: np.ndarray, tables: Tables, queries: li
                 sim = gram[padded[:, :, None], c[:, None, :]]
             else:
                 vectors = getattr(tables, name)
-                sim = np.einsum("bld,bnd->bln", vectors[padded], vectors[c])
+                sim = np.matmul(vectors[padded], np.swapaxes(vectors[c], 1, 2))
             _, f[..., column[f"{name}_mean"]], f[..., column[f"{name}_max"]] = _pool(
                 sim, query_mask)
-        f[~mask[start:stop]] = 0.0
+        f[~mask[rows]] = 0.0
+        out[rows] = f
     return out
 
 
