@@ -175,8 +175,9 @@ def test_features_in_tensorflow_equal_numpy():
     cands[2, 3:] = 0
     expected = F.candidate_features(query_emb, tables, queries, cands, mask, tt_place,
                                     table_place)
-    layer = F.CandidateFeatures(tables.item_embeddings, tables.table, tables.counts,
-                                tables.text, tables.tfidf, tables.i2v)
+    layer = F.CandidateFeatures.from_tables(tables)
+    assert layer.get_config()["num_items"] == 12
+    assert F.CandidateFeatures.from_config(layer.get_config()).dims == layer.dims
     padded = np.zeros((3, 4), np.int32)
     for row, query in enumerate(queries):
         padded[row, :len(query)] = query
@@ -272,8 +273,7 @@ def test_list_ranks_counts_ties_against_the_target_and_misses():
 def test_features_run_in_a_graph():
     rng = np.random.default_rng(2)
     tables = _tables(rng)
-    layer = F.CandidateFeatures(tables.item_embeddings, tables.table, tables.counts,
-                                tables.text, tables.tfidf, tables.i2v)
+    layer = F.CandidateFeatures.from_tables(tables)
     spec = {"query_items": tf.TensorSpec([None, None], tf.int32),
             "query_embeddings": tf.TensorSpec([None, 4], tf.float32),
             "candidates": tf.TensorSpec([None, None], tf.int32),

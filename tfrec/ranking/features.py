@@ -241,14 +241,19 @@ def _pool(pairwise: np.ndarray, query_mask: np.ndarray):
 class CandidateFeatures(keras.layers.Layer):
     """The TensorFlow twin of `candidate_features`, from the exported tensors.
 
+    The tables (`Tables`: item embeddings, the item-item table, counts, text,
+    TF-IDF and skip-gram vectors) are non-trainable weights, filled by
+    `set_tables` and saved with the model (a checkpoint or SavedModel), not
+    in the config. The dense table is what the sparse item-item table
+    replaces.
+
     Args:
-      item_embeddings, table, counts, text, tfidf, i2v: as in `Tables`
-        (held as non-trainable weights; the dense table is what the sparse
-        item-item table replaces).
+      num_items: V, the catalogue size (index 0 is padding / OOV).
+      embedding_dim, text_dim, tfidf_dim, i2v_dim: the widths of the tables.
 
     Call (a dict):
       query_items: [B, L] int, the query's items, 0-padded.
-      query_embeddings: [B, d] the two-tower's query embeddings.
+      query_embeddings: [B, embedding_dim] the two-tower's query embeddings.
       candidates: [B, N] int, 0-padded.
       candidate_mask: [B, N] bool.
       tt_place, table_place: [B, N] float places in the sources' lists.
@@ -257,18 +262,34 @@ class CandidateFeatures(keras.layers.Layer):
       [B, N, len(FEATURES)] float32.
     """
 
-    def __init__(self, item_embeddings, table, counts, text, tfidf, i2v, **kwargs):
+    def __init__(self, num_items: int, embedding_dim: int, text_dim: int, tfidf_dim: int,
+                 i2v_dim: int, **kwargs):
         super().__init__(**kwargs)
-        self._initial = {"item_embeddings": np.asarray(item_embeddings, np.float32),
-                         "table": np.asarray(table, np.float32),
-                         "counts": np.asarray(counts, np.float32),
-                         "text": np.asarray(text, np.float32),
-                         "tfidf": np.asarray(tfidf, np.float32),
-                         "i2v": np.asarray(i2v, np.float32)}
-        for name, value in self._initial.items():
-            setattr(self, name, self.add_weight(
-                name=name, shape=value.shape, dtype=tf.float32, trainable=False,
-                initializer=keras.initializers.Constant(value)))
+        self.num_items = int(num_items)
+        self.dims = {"item_embeddings": int(embedding_dim), "text": int(text_dim),
+                     "tfidf": int(tfidf_dim), "i2v": int(i2v_dim)}
+        shapes = {"item_embeddings": (self.num_items, self.dims["item_embeddings"]),
+                  "table": (self.num_items, self.num_items), "counts": (self.num_items,),
+                  "text": (self.num_items, self.dims["text"]),
+                  "tfidf": (self.num_items, self.dims["tfidf"]),
+                  "i2v": (self.num_items, self.dims["i2v"])}
+        for name, shape in shapes.items():
+            setattr(self, name, self.add_weight(name=name, shape=shape, dtype=tf.float32,
+                                                trainable=False, initializer="zeros"))
+
+    @classmethod
+    def from_tables(cls, tables: Tables, **kwargs) -> "CandidateFeatures":
+        """A layer holding `tables` (TF-IDF rows made dense)."""
+        tfidf = tables.tfidf.toarray() if hasattr(tables.tfidf, "toarray") else tables.tfidf
+        layer = cls(len(tables.counts), tables.item_embeddings.shape[1], tables.text.shape[1],
+                    tfidf.shape[1], tables.i2v.shape[1], **kwargs)
+        layer.set_tables(dataclasses.replace(tables, tfidf=tfidf))
+        return layer
+
+    def set_tables(self, tables: Tables) -> None:
+        """Assigns the tables (shapes as built)."""
+        for name in ("item_embeddings", "table", "counts", "text", "tfidf", "i2v"):
+            getattr(self, name).assign(np.asarray(getattr(tables, name), np.float32))
 
     def call(self, inputs):
         query_items = tf.cast(inputs["query_items"], tf.int32)
@@ -308,8 +329,9 @@ class CandidateFeatures(keras.layers.Layer):
         return features * mask[:, :, None]
 
     def get_config(self):
-        return {**super().get_config(),
-                **{name: value.tolist() for name, value in self._initial.items()}}
+        return {**super().get_config(), "num_items": self.num_items,
+                "embedding_dim": self.dims["item_embeddings"], "text_dim": self.dims["text"],
+                "tfidf_dim": self.dims["tfidf"], "i2v_dim": self.dims["i2v"]}
 
 
 def present_as_new(features: np.ndarray, cands: np.ndarray, mask: np.ndarray,
