@@ -371,7 +371,10 @@ class TrainConfig(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class RankingConfig(Settings):
-    """The ranking stage: the item-item table it reads (`tfrec.ranking`)."""
+    """The ranking stage (`tfrec.ranking`): the item-item table, the candidate lists and
+    the learned ranker. The ranker's defaults were chosen on its validation cases (a share
+    of its own sessions, never the held-out cases); bench/RESULTS.md, "Two-stage ranking
+    study", has the figures."""
 
     estimator: TableEstimator = setting(
         "auto", "how the item-item table is learned: 'ease' (dense EASE over the items with "
@@ -388,11 +391,46 @@ class RankingConfig(Settings):
     ease_lambdas: tuple[float, ...] = setting(
         (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
         "the λ grid ease_lambda is chosen from", check=each(above(0), "values > 0"))
+    ranker_share: float = setting(
+        0.12, "share of the run's training period kept out of stage 1 (the two-tower and the "
+              "item-item table that make the ranker's features): the last share of the "
+              "training events by time for a time split, a share of the training users for a "
+              "user split; its sessions are the ranker's training cases", check=within(0, 1, "()"))
+    cases_per_session: int = setting(
+        4, "up to this many ranker cases per session (user), each hiding another of its items",
+        check=POSITIVE)
+    new_share: float = setting(
+        0.1, "share of the ranker's training cases whose (warm) target is shown as an item "
+             "without behaviour: new items are rare among the ranker's targets and common in "
+             "a catalogue", check=within(0, 1, "[)"))
+    validation_share: float = setting(
+        0.2, "share of the ranker's cases held out to choose the candidate list's width and "
+             "the ranker's settings", check=within(0, 1, "[)"))
+    num_candidates: int = setting(
+        200, "N, the width of a query's candidate list: the item-item table's and the "
+             "two-tower's top items, deduplicated (at least the k a request asks for)",
+        check=POSITIVE)
+    table_share: float = setting(
+        0.5, "the share of the N candidate slots the item-item table fills first; the "
+             "two-tower fills the rest", check=within(0, 1))
+    hidden_units: tuple[int, ...] = setting(
+        (64, 32), "widths of the ranker's hidden layers",
+        check=each(POSITIVE, "positive integers", non_empty=True))
+    epochs: int = setting(20, "passes of the ranker's fit over its training cases",
+                          check=POSITIVE)
+    learning_rate: float = setting(0.003, "the ranker's Adam learning rate", check=above(0))
+    batch_size: int = setting(64, "queries per ranker step", check=POSITIVE)
 
     def check(self):
         if self.ease_lambda is None and not self.ease_lambdas:
             raise InputError("the λ grid must hold at least one value",
                              key=self.key("ease_lambdas"))
+
+    def check_k(self, k: int) -> None:
+        """Refuses a candidate list shorter than the K the ranking is scored at."""
+        if self.num_candidates < k:
+            raise InputError(f"the candidate list ({self.num_candidates}) must hold at least "
+                             f"k = {k} items", key=self.key("num_candidates"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,318 @@
+"""The ranking stage: its protocol, candidates, features, loss and ranker."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from tfrec.data.split import make_cases
+from tfrec.data.vocab import build_vocabulary
+from tfrec.errors import InputError
+from tfrec.ranking import features as F
+from tfrec.config import RankingConfig
+from tfrec.ranking.protocol import index_map, ranker_cases, ranker_split, split_validation
+from tfrec.run import load_run_config
+from tfrec.ranking.ranker import (CandidateRanker, ListwiseSoftmaxTask, fit_ranker, list_ranks,
+                                  score_lists)
+
+
+def _events(per_user=False):
+    rows = []
+    for s in range(40):
+        for j in range(3):
+            rows.append({"user": f"u{s % 13}", "item": f"i{(s * 3 + j) % 17}",
+                         "time": 1000 * s + j, "event": "buy",
+                         "session": None if per_user else f"s{s}", "line": len(rows)})
+    return pd.DataFrame(rows)
+
+
+# The protocol ------------------------------------------------------------------------------
+
+def test_ranker_sessions_are_never_stage1_sessions():
+    events = _events()
+    split = ranker_split(events, 0.25, per_user=False)
+    stage1, ranker = set(split.stage1["session"]), set(split.ranker["session"])
+    assert ranker and stage1
+    assert not stage1 & ranker
+    # The ranker gets the last sessions in time.
+    assert split.ranker["time"].min() > split.stage1["time"].max()
+    vocab = build_vocabulary(events)
+    cases = make_cases(split.ranker, vocab, per_user=False)
+    assert len(cases) == len(ranker)
+    # Several cases per session: each from a ranker session, each hiding another item.
+    more, groups = ranker_cases(split.ranker, vocab, load_run_config(None), False, 42,
+                                per_session=3)
+    assert len(more) > len(cases)
+    assert set(groups.tolist()) == set(range(len(cases)))
+    pairs = set(zip(groups.tolist(), more.targets.tolist()))
+    assert len(pairs) == len(more)
+    for query, target in zip(more.queries, more.targets):
+        assert target not in query
+
+
+def test_ranker_users_are_never_stage1_users():
+    events = _events(per_user=True)
+    split = ranker_split(events, 0.3, per_user=True, seed=7)
+    stage1, ranker = set(split.stage1["user"]), set(split.ranker["user"])
+    assert len(ranker) == round(13 * 0.3)
+    assert not stage1 & ranker
+    assert len(split.stage1) + len(split.ranker) == len(events)
+
+
+def test_ranker_split_refuses_an_empty_side():
+    with pytest.raises(InputError) as err:
+        ranker_split(_events(), 1.0, per_user=False)
+    assert err.value.key == "ranking.ranker_share"
+
+
+def test_validation_keeps_a_session_on_one_side():
+    groups = np.array([0, 0, 1, 2, 2, 2, 3, 4, 5, 5, 6, 7])
+    fit, val = split_validation(groups, 0.25, seed=1)
+    assert not set(fit) & set(val)
+    assert len(fit) + len(val) == len(groups)
+    assert not set(groups[fit]) & set(groups[val])
+    assert len(set(groups[val])) == 2
+
+
+def test_index_map_follows_ids():
+    a = build_vocabulary(pd.DataFrame({"item": ["x", "y", "y", "z"]}))
+    b = build_vocabulary(pd.DataFrame({"item": ["z", "z", "x"]}))
+    mapped = index_map(a, b)
+    for i in range(1, a.size):
+        j = mapped[i]
+        assert (b.ids[j] == a.ids[i]) if j else (a.ids[i] not in set(b.ids))
+    assert mapped[a.index_of("y")] == 0
+
+
+# Settings ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change,key", [
+    ({"num_candidates": 0}, "ranking.num_candidates"),
+    ({"neighbours": 0}, "ranking.neighbours"),
+    ({"ranker_share": 0.0}, "ranking.ranker_share"),
+    ({"table_share": 1.5}, "ranking.table_share"),
+    ({"hidden_units": ()}, "ranking.hidden_units"),
+    ({"epochs": 0}, "ranking.epochs"),
+    ({"learning_rate": 0.0}, "ranking.learning_rate"),
+])
+def test_bad_settings_are_refused_naming_the_key(change, key):
+    with pytest.raises(InputError) as err:
+        RankingConfig(**change)
+    assert err.value.key == key
+
+
+def test_candidate_list_shorter_than_k_is_refused():
+    with pytest.raises(InputError) as err:
+        RankingConfig(num_candidates=5).check_k(10)
+    assert err.value.key == "ranking.num_candidates"
+    RankingConfig(num_candidates=10).check_k(10)
+
+
+# Candidates --------------------------------------------------------------------------------
+
+def test_merge_is_deduplicated_excludes_the_query_and_keeps_the_share():
+    two_tower = np.array([5, 3, 9, 1, 7, 2])
+    table = np.array([3, 4, 8, 6])
+    merged, tt_place, table_place = F.merge_candidates(two_tower, table, query=[9, 4],
+                                                       width=6, table_share=0.5)
+    assert len(set(merged.tolist())) == len(merged) == 6
+    assert not {9, 4} & set(merged.tolist())
+    # Alternating, the table first at equal keys: 3 (table), 5, [3 dup], [4 query], 8, [9], 6, 1
+    assert merged.tolist() == [3, 5, 8, 6, 1, 7]
+    assert tt_place.tolist() == [1, 0, 6, 6, 3, 4]
+    assert table_place.tolist() == [0, 4, 2, 3, 4, 4]
+
+
+def _tables(rng, size=12, dim=4):
+    table = rng.normal(size=(size, size)).astype(np.float32)
+    np.fill_diagonal(table, 0)
+    table[0] = table[:, 0] = 0
+    counts = rng.integers(0, 5, size)
+    counts[0] = 0
+
+    def unit(d):
+        v = rng.normal(size=(size, d)).astype(np.float32)
+        v[0] = 0
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return F.Tables(rng.normal(size=(size, dim)).astype(np.float32), table, counts,
+                    unit(3), unit(5), unit(2))
+
+
+def test_candidates_exclude_the_query_and_padding_is_masked():
+    rng = np.random.default_rng(0)
+    tables = _tables(rng)
+    queries = [[1, 2], [3], [4, 5, 6]]
+    query_emb = rng.normal(size=(3, 4)).astype(np.float32)
+    cands, mask, _, _ = F.candidates(query_emb, tables, queries, width=6, table_share=0.5)
+    for row, query in enumerate(queries):
+        listed = cands[row][mask[row]].tolist()
+        assert len(listed) == len(set(listed)) == 6
+        assert not set(query) & set(listed)
+        assert 0 not in listed
+    # The two-tower's best item is in every list.
+    scores = query_emb @ tables.item_embeddings.T
+    for row, query in enumerate(queries):
+        scores[row, [0, *query]] = -np.inf
+        assert int(np.argmax(scores[row])) in cands[row].tolist()
+
+
+def test_truncate_rows_keeps_the_strongest():
+    weights = np.array([[0, 3, 1, 2], [5, 0, 4, 1]], np.float32)
+    kept = F.truncate_rows(weights, 2)
+    np.testing.assert_array_equal(kept, [[0, 3, 0, 2], [5, 0, 4, 0]])
+
+
+# Features ----------------------------------------------------------------------------------
+
+def test_features_in_tensorflow_equal_numpy():
+    rng = np.random.default_rng(1)
+    tables = _tables(rng)
+    queries = [[1, 2, 3], [4], [5, 6]]
+    query_emb = rng.normal(size=(3, 4)).astype(np.float32)
+    cands, mask, tt_place, table_place = F.candidates(query_emb, tables, queries, width=5,
+                                                      table_share=0.5)
+    mask[2, 3:] = False  # padding at the end of a list
+    cands[2, 3:] = 0
+    expected = F.candidate_features(query_emb, tables, queries, cands, mask, tt_place,
+                                    table_place)
+    layer = F.CandidateFeatures.from_tables(tables)
+    assert layer.get_config()["num_items"] == 12
+    assert F.CandidateFeatures.from_config(layer.get_config()).dims == layer.dims
+    padded = np.zeros((3, 4), np.int32)
+    for row, query in enumerate(queries):
+        padded[row, :len(query)] = query
+    got = layer({"query_items": padded, "query_embeddings": query_emb, "candidates": cands,
+                 "candidate_mask": mask, "tt_place": tt_place,
+                 "table_place": table_place}).numpy()
+    assert got.shape == (3, 5, len(F.FEATURES))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Precomputed similarities give the same values as the vectors.
+    import dataclasses
+    with_grams = dataclasses.replace(tables, grams={"tfidf": tables.tfidf @ tables.tfidf.T})
+    np.testing.assert_allclose(F.candidate_features(query_emb, with_grams, queries, cands, mask,
+                                                    tt_place, table_place), expected,
+                               rtol=1e-5, atol=1e-5)
+    # Spot checks against the definitions.
+    j = F.FEATURES.index("ii_score")
+    c = cands[0, 0]
+    assert expected[0, 0, j] == pytest.approx(tables.table[[1, 2, 3], c].sum(), rel=1e-5)
+    j = F.FEATURES.index("tfidf_max")
+    assert expected[1, 1, j] == pytest.approx(float(tables.tfidf[4] @ tables.tfidf[cands[1, 1]]),
+                                              rel=1e-5)
+    assert not expected[2, 3:].any()
+
+
+# The loss and the ranker -------------------------------------------------------------------
+
+def test_listwise_softmax_matches_a_hand_computed_value():
+    scores = np.array([[2.0, 1.0, 0.5, 9.0], [0.0, 3.0, -1.0, 1.0], [1.0, 2.0, 3.0, 4.0]],
+                      np.float32)
+    labels = np.array([[0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]], np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]], bool)
+    # Query 0: the padded 9.0 is left out; query 2 has no positive: no loss.
+    first = -(1.0 - np.log(np.exp(2.0) + np.exp(1.0) + np.exp(0.5)))
+    second = -(1.0 - np.log(np.exp(0.0) + np.exp(3.0) + np.exp(-1.0) + np.exp(1.0)))
+    expected = (first + second) / 2
+    got = float(ListwiseSoftmaxTask()(labels, scores, mask))
+    assert got == pytest.approx(expected, rel=1e-6)
+    unmasked = float(ListwiseSoftmaxTask()(labels, scores))
+    assert unmasked > got  # the padded 9.0 now takes probability from the positive
+
+
+def test_ranker_learns_a_planted_signal():
+    rng = np.random.default_rng(3)
+    n, width, num_features = 600, 20, 4
+    features = rng.normal(size=(n, width, num_features)).astype(np.float32)
+    # The target is the item whose feature 2 minus feature 0 is largest
+    # (neither feature alone orders the list).
+    strength = features[:, :, 2] - features[:, :, 0]
+    target_pos = strength.argmax(axis=1)
+    cands = np.tile(np.arange(1, width + 1), (n, 1))
+    labels = np.zeros((n, width), np.float32)
+    labels[np.arange(n), target_pos] = 1
+    mask = np.ones((n, width), bool)
+    targets = cands[np.arange(n), target_pos]
+    train, test = slice(0, 500), slice(500, n)
+    model = fit_ranker(features[train], mask[train], labels[train], hidden_units=(16,),
+                       epochs=15, learning_rate=0.01, batch_size=32, seed=0)
+    ranks = list_ranks(score_lists(model, features[test], mask[test]), cands[test],
+                       mask[test], targets[test], miss_rank=width)
+    single = list_ranks(features[test, :, 2], cands[test], mask[test], targets[test], width)
+    assert (ranks == 0).mean() > 0.8
+    assert (ranks == 0).mean() > (single == 0).mean() + 0.2
+    # A feature column subset is honoured (without feature 2 it cannot find the target).
+    blind = fit_ranker(features[train], mask[train], labels[train], hidden_units=(16,),
+                       epochs=5, learning_rate=0.01, seed=0, columns=[1, 3])
+    blind_ranks = list_ranks(score_lists(blind, features[test], mask[test], [1, 3]),
+                             cands[test], mask[test], targets[test], width)
+    assert (blind_ranks == 0).mean() < 0.3
+
+
+def test_ranker_masks_padding_and_round_trips_its_config():
+    model = CandidateRanker(3, hidden_units=(4,), seed=1)
+    model.adapt(np.ones((2, 5, 3), np.float32) * np.arange(3), np.ones((2, 5), bool))
+    mask = np.array([[True, True, False, False, True]])
+    scores = model({"features": np.ones((1, 5, 3), np.float32),
+                    "candidate_mask": mask}).numpy()
+    assert (scores[0, ~mask[0]] < -1e8).all()
+    assert (scores[0, mask[0]] > -1e8).all()
+    config = model.get_config()
+    assert config == {"num_features": 3, "hidden_units": [4], "seed": 1}
+    clone = CandidateRanker.from_config(config)
+    assert clone.hidden_units == (4,)
+
+
+def test_list_ranks_counts_ties_against_the_target_and_misses():
+    scores = np.array([[1.0, 3.0, 3.0], [5.0, 1.0, 0.0]])
+    cands = np.array([[7, 8, 9], [4, 5, 6]])
+    mask = np.ones((2, 3), bool)
+    ranks = list_ranks(scores, cands, mask, np.array([8, 3]), miss_rank=99)
+    assert ranks.tolist() == [1, 99]
+
+
+def test_features_run_in_a_graph():
+    rng = np.random.default_rng(2)
+    tables = _tables(rng)
+    layer = F.CandidateFeatures.from_tables(tables)
+    spec = {"query_items": tf.TensorSpec([None, None], tf.int32),
+            "query_embeddings": tf.TensorSpec([None, 4], tf.float32),
+            "candidates": tf.TensorSpec([None, None], tf.int32),
+            "candidate_mask": tf.TensorSpec([None, None], tf.bool),
+            "tt_place": tf.TensorSpec([None, None], tf.float32),
+            "table_place": tf.TensorSpec([None, None], tf.float32)}
+    graph = tf.function(layer, input_signature=[spec])
+    out = graph({"query_items": tf.constant([[1, 0]]),
+                 "query_embeddings": tf.ones([1, 4]),
+                 "candidates": tf.constant([[2, 3, 0]]),
+                 "candidate_mask": tf.constant([[True, True, False]]),
+                 "tt_place": tf.zeros([1, 3]), "table_place": tf.zeros([1, 3])})
+    assert out.shape == (1, 3, len(F.FEATURES))
+    assert float(out[0, 0, F.FEATURES.index("ii_score")]) == pytest.approx(
+        float(tables.table[1, 2]), rel=1e-5)
+
+
+def test_a_target_shown_as_new_loses_its_behaviour_or_its_place():
+    rng = np.random.default_rng(4)
+    tables = _tables(rng)
+    norms = np.linalg.norm(tables.item_embeddings, axis=1, keepdims=True).clip(1e-9)
+    tables.text = tables.item_embeddings / norms
+    queries = [[1, 2], [3, 4]]
+    query_emb = rng.normal(size=(2, 4)).astype(np.float32)
+    cands, mask, a, b = F.candidates(query_emb, tables, queries, width=6, table_share=0.5)
+    feats = F.candidate_features(query_emb, tables, queries, cands, mask, a, b)
+    labels = np.zeros(cands.shape, np.float32)
+    labels[:, 1] = 1
+    before = feats.copy()
+    # Case 1: its target's text-only score is below every listed two-tower score.
+    tables.text[cands[1, 1]] = -query_emb[1] / np.linalg.norm(query_emb[1]) * 100
+    kept = F.present_as_new(feats, cands, mask, labels, query_emb, tables, np.array([0, 1]))
+    col = {name: j for j, name in enumerate(F.FEATURES)}
+    assert kept == 1
+    assert labels[1, 1] == 0 and labels[0, 1] == 1
+    item = cands[0, 1]
+    assert feats[0, 1, col["tt_score"]] == pytest.approx(float(tables.text[item] @ query_emb[0]),
+                                                         rel=1e-5)
+    for name in ("ii_score", "ii_max", "log_count", "has_behaviour", "i2v_mean", "i2v_max"):
+        assert feats[0, 1, col[name]] == 0
+    np.testing.assert_array_equal(feats[0, 0], before[0, 0])
+    np.testing.assert_array_equal(feats[0, 1, col["tfidf_mean"]], before[0, 1, col["tfidf_mean"]])

@@ -1,0 +1,380 @@
+"""Candidates from both sources and the ranker's features per (query, candidate).
+
+Candidates: the two-tower's top items (exact dot products here; the ScaNN
+index when serving) and the item-item table's top items for the query,
+merged in proportion (`table_share` of the slots to the table), duplicates
+and the query's own items left out, so that every prefix of the merged list
+is itself a candidate list of that width.
+
+Features (`FEATURES`, in groups `FEATURE_GROUPS` for the ablations):
+
+- two_tower: the two-tower score of the candidate, and log(1 + its place
+  in the two-tower's list) (the list's width when the table brought it).
+- item_item: the table's score (the sum over the query's items of their
+  weight on the candidate), the largest single weight, log(1 + its place
+  in the table's list).
+- behaviour: log(1 + training events) of the candidate and a has-behaviour
+  flag (0 for an item without training events).
+- text: cosine of the candidate's text-only embedding (the item encoder
+  with ids hidden) with the query items' (mean, max).
+- tfidf: TF-IDF cosine of the candidate's text with the query items' (mean,
+  max): the lexical overlap that makes TF-IDF strong on new items.
+- item2vec: cosine of skip-gram item vectors (mean, max).
+- query: log(1 + query length).
+
+`candidate_features` computes them in numpy for the study and the ranker's
+training; `CandidateFeatures` is the TensorFlow twin that computes the same
+values from the exported tensors at serving time (tests check they agree).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+FEATURE_GROUPS = {
+    "two_tower": ("tt_score", "tt_rank"),
+    "item_item": ("ii_score", "ii_max", "ii_rank"),
+    "behaviour": ("log_count", "has_behaviour"),
+    "text": ("text_mean", "text_max"),
+    "tfidf": ("tfidf_mean", "tfidf_max"),
+    "item2vec": ("i2v_mean", "i2v_max"),
+    "query": ("query_length",),
+}
+FEATURES = tuple(name for names in FEATURE_GROUPS.values() for name in names)
+# The pairwise tables whose mean and max over the query's items are features.
+SIMILARITIES = ("text", "tfidf", "i2v")
+
+
+@dataclasses.dataclass
+class Tables:
+    """What the features are computed from (one catalogue index space).
+
+    Attributes:
+      item_embeddings: [V, d] the two-tower's item embeddings.
+      table: [V, V] item-item weights, row i: item i's weight on each item
+        (each row cut to its M strongest co-items; see `truncate_rows`).
+      counts: [V] training events per item.
+      text: [V, t] L2-normalised text-only item embeddings.
+      tfidf: [V, w] L2-normalised TF-IDF rows (dense).
+      i2v: [V, s] L2-normalised skip-gram item vectors (zeros: none).
+      grams: optional precomputed [V, V] similarities by name ("text",
+        "tfidf", "i2v"), used by `candidate_features` in place of the
+        vectors' products (the same values, faster for sparse TF-IDF rows).
+    """
+
+    item_embeddings: np.ndarray
+    table: np.ndarray
+    counts: np.ndarray
+    text: np.ndarray
+    tfidf: np.ndarray
+    i2v: np.ndarray
+    grams: dict = dataclasses.field(default_factory=dict)
+
+
+def truncate_rows(weights: np.ndarray, neighbours: int) -> np.ndarray:
+    """Keeps each row's `neighbours` largest entries (the item's M strongest co-items)."""
+    weights = np.array(weights, dtype=np.float32)
+    if neighbours >= weights.shape[1]:
+        return weights
+    for start in range(0, len(weights), 1024):
+        block = weights[start:start + 1024]
+        drop = np.argpartition(-block, neighbours, axis=1)[:, neighbours:]
+        np.put_along_axis(block, drop, 0.0, axis=1)
+    return weights
+
+
+def merge_candidates(two_tower: np.ndarray, table: np.ndarray, query: list, width: int,
+                     table_share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One query's candidate list from the two sources' ranked lists.
+
+    Args:
+      two_tower: item indices, the two-tower's order (best first).
+      table: item indices, the table's order (best first; items it scores 0
+        left out by the caller).
+      query: the query's own items (never candidates).
+      width: N, the list's width.
+      table_share: the share of the slots taken from the table's list.
+
+    Returns:
+      (candidates [<= width], their place in the two-tower list, their place
+      in the table's list; a place is the list's length where the item is
+      not in that list).
+    """
+    # The j-th item of a source has the key (j + 1) / share: merging by key
+    # takes the sources in proportion, and any prefix keeps the proportion.
+    keys, items = [], []
+    for source, share in ((table, table_share), (two_tower, 1.0 - table_share)):
+        if share > 0:
+            keys.append((np.arange(len(source)) + 1.0) / share)
+            items.append(np.asarray(source, np.int64))
+    keys = np.concatenate(keys) if keys else np.zeros(0)
+    items = np.concatenate(items) if items else np.zeros(0, np.int64)
+    order = np.argsort(keys, kind="stable")
+    merged = items[order]
+    _, first = np.unique(merged, return_index=True)
+    merged = merged[np.sort(first)]
+    merged = merged[~np.isin(merged, np.asarray(query, np.int64)) & (merged > 0)][:width]
+    tt_place = _places(merged, two_tower)
+    table_place = _places(merged, table)
+    return merged, tt_place, table_place
+
+
+def _places(items: np.ndarray, ranked: np.ndarray) -> np.ndarray:
+    ranked = np.asarray(ranked, np.int64)
+    place = {int(item): p for p, item in enumerate(ranked)}
+    return np.asarray([place.get(int(i), len(ranked)) for i in items], np.float32)
+
+
+def candidates(query_embeddings: np.ndarray, tables: Tables, queries: list, width: int,
+               table_share: float, depth: int | None = None):
+    """Every query's candidate list (see `merge_candidates`), padded to `width`.
+
+    Args:
+      depth: how far down each source's list is read (default `width`).
+
+    Returns:
+      (candidates [n, width] int64 (0 = padding), mask [n, width] bool,
+      tt_place [n, width], table_place [n, width]).
+    """
+    depth = depth or width
+    n = len(queries)
+    out = np.zeros((n, width), np.int64)
+    mask = np.zeros((n, width), bool)
+    tt_place = np.zeros((n, width), np.float32)
+    table_place = np.zeros((n, width), np.float32)
+    for start in range(0, n, 512):
+        stop = min(start + 512, n)
+        tt_scores = query_embeddings[start:stop] @ tables.item_embeddings.T
+        ii_scores = np.zeros_like(tt_scores)
+        for row, query in enumerate(queries[start:stop]):
+            if len(query):
+                ii_scores[row] = tables.table[np.asarray(query, np.int64)].sum(axis=0)
+        for scores in (tt_scores, ii_scores):
+            scores[:, 0] = -np.inf
+            for row, query in enumerate(queries[start:stop]):
+                scores[row, np.asarray(query, np.int64)] = -np.inf
+        extra = depth + max((len(q) for q in queries[start:stop]), default=0) + 1
+        tt_top = _top(tt_scores, extra)
+        ii_top = _top(ii_scores, extra)
+        for row in range(stop - start):
+            i = start + row
+            positive = ii_top[row][ii_scores[row, ii_top[row]] > 0][:depth]
+            merged, a, b = merge_candidates(tt_top[row][:depth], positive, queries[i], width,
+                                            table_share)
+            out[i, :len(merged)] = merged
+            mask[i, :len(merged)] = True
+            tt_place[i, :len(merged)] = a
+            table_place[i, :len(merged)] = b
+    return out, mask, tt_place, table_place
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def candidate_recall(cands: np.ndarray, mask: np.ndarray, targets: np.ndarray) -> float:
+    """Share of queries whose target is in their candidate list (HR@N)."""
+    return float(((cands == np.asarray(targets)[:, None]) & mask).any(axis=1).mean())
+
+
+def candidate_features(query_embeddings: np.ndarray, tables: Tables, queries: list,
+                       cands: np.ndarray, mask: np.ndarray, tt_place: np.ndarray,
+                       table_place: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """[n, N, len(FEATURES)] float32 features (zeros at padding), in numpy."""
+    n, width = cands.shape
+    out = np.zeros((n, width, len(FEATURES)), np.float32)
+    column = {name: j for j, name in enumerate(FEATURES)}
+    log_counts = np.log1p(tables.counts.astype(np.float32))
+    # Batches of queries of similar length: little padding.
+    by_length = np.argsort([len(q) for q in queries], kind="stable")
+    for start in range(0, n, batch_size):
+        rows = by_length[start:start + batch_size]
+        c = cands[rows]
+        lengths = np.asarray([len(queries[i]) for i in rows])
+        padded = np.zeros((len(rows), max(1, lengths.max(initial=0))), np.int64)
+        for row, i in enumerate(rows):
+            padded[row, :lengths[row]] = queries[i]
+        query_mask = padded > 0
+        f = np.zeros((len(rows), width, len(FEATURES)), np.float32)
+        f[..., column["tt_score"]] = np.matmul(tables.item_embeddings[c],
+                                               query_embeddings[rows, :, None])[..., 0]
+        f[..., column["tt_rank"]] = np.log1p(tt_place[rows])
+        f[..., column["ii_rank"]] = np.log1p(table_place[rows])
+        f[..., column["log_count"]] = log_counts[c]
+        f[..., column["has_behaviour"]] = tables.counts[c] > 0
+        f[..., column["query_length"]] = np.log1p(lengths)[:, None]
+        weights = tables.table[padded[:, :, None], c[:, None, :]]  # [B, L, N]
+        f[..., column["ii_score"]], _, f[..., column["ii_max"]] = _pool(weights, query_mask)
+        for name in SIMILARITIES:
+            gram = tables.grams.get(name)
+            if gram is not None:
+                sim = gram[padded[:, :, None], c[:, None, :]]
+            else:
+                vectors = getattr(tables, name)
+                sim = np.matmul(vectors[padded], np.swapaxes(vectors[c], 1, 2))
+            _, f[..., column[f"{name}_mean"]], f[..., column[f"{name}_max"]] = _pool(
+                sim, query_mask)
+        f[~mask[rows]] = 0.0
+        out[rows] = f
+    return out
+
+
+def _pool(pairwise: np.ndarray, query_mask: np.ndarray):
+    """[B, L, N] -> (sum, mean, max) over each query's items ([B, N] each)."""
+    weight = query_mask[:, :, None].astype(np.float32)
+    total = (pairwise * weight).sum(axis=1)
+    length = weight.sum(axis=1)
+    mean = np.divide(total, length, out=np.zeros_like(total), where=length > 0)
+    largest = np.where(query_mask[:, :, None], pairwise, -np.inf).max(axis=1)
+    largest = np.where(length > 0, largest, 0.0)
+    return total, mean, largest
+
+
+@keras.utils.register_keras_serializable(package="tfrec")
+class CandidateFeatures(keras.layers.Layer):
+    """The TensorFlow twin of `candidate_features`, from the exported tensors.
+
+    The tables (`Tables`: item embeddings, the item-item table, counts, text,
+    TF-IDF and skip-gram vectors) are non-trainable weights, filled by
+    `set_tables` and saved with the model (a checkpoint or SavedModel), not
+    in the config. The dense table is what the sparse item-item table
+    replaces.
+
+    Args:
+      num_items: V, the catalogue size (index 0 is padding / OOV).
+      embedding_dim, text_dim, tfidf_dim, i2v_dim: the widths of the tables.
+
+    Call (a dict):
+      query_items: [B, L] int, the query's items, 0-padded.
+      query_embeddings: [B, embedding_dim] the two-tower's query embeddings.
+      candidates: [B, N] int, 0-padded.
+      candidate_mask: [B, N] bool.
+      tt_place, table_place: [B, N] float places in the sources' lists.
+
+    Returns:
+      [B, N, len(FEATURES)] float32.
+    """
+
+    def __init__(self, num_items: int, embedding_dim: int, text_dim: int, tfidf_dim: int,
+                 i2v_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_items = int(num_items)
+        self.dims = {"item_embeddings": int(embedding_dim), "text": int(text_dim),
+                     "tfidf": int(tfidf_dim), "i2v": int(i2v_dim)}
+        shapes = {"item_embeddings": (self.num_items, self.dims["item_embeddings"]),
+                  "table": (self.num_items, self.num_items), "counts": (self.num_items,),
+                  "text": (self.num_items, self.dims["text"]),
+                  "tfidf": (self.num_items, self.dims["tfidf"]),
+                  "i2v": (self.num_items, self.dims["i2v"])}
+        for name, shape in shapes.items():
+            setattr(self, name, self.add_weight(name=name, shape=shape, dtype=tf.float32,
+                                                trainable=False, initializer="zeros"))
+
+    @classmethod
+    def from_tables(cls, tables: Tables, **kwargs) -> "CandidateFeatures":
+        """A layer holding `tables` (TF-IDF rows made dense)."""
+        tfidf = tables.tfidf.toarray() if hasattr(tables.tfidf, "toarray") else tables.tfidf
+        layer = cls(len(tables.counts), tables.item_embeddings.shape[1], tables.text.shape[1],
+                    tfidf.shape[1], tables.i2v.shape[1], **kwargs)
+        layer.set_tables(dataclasses.replace(tables, tfidf=tfidf))
+        return layer
+
+    def set_tables(self, tables: Tables) -> None:
+        """Assigns the tables (shapes as built)."""
+        for name in ("item_embeddings", "table", "counts", "text", "tfidf", "i2v"):
+            getattr(self, name).assign(np.asarray(getattr(tables, name), np.float32))
+
+    def call(self, inputs):
+        query_items = tf.cast(inputs["query_items"], tf.int32)
+        cands = tf.cast(inputs["candidates"], tf.int32)
+        mask = tf.cast(inputs["candidate_mask"], tf.float32)
+        query_mask = tf.cast(query_items > 0, tf.float32)  # [B, L]
+        length = tf.reduce_sum(query_mask, axis=1)  # [B]
+        width = tf.shape(cands)[1]
+
+        def pool(pairwise):
+            """[B, L, N] -> (sum, mean, max) over the query's items."""
+            total = tf.reduce_sum(pairwise * query_mask[:, :, None], axis=1)
+            mean = tf.math.divide_no_nan(total, length[:, None])
+            masked = tf.where(query_mask[:, :, None] > 0, pairwise, -np.inf)
+            largest = tf.reduce_max(masked, axis=1)
+            largest = tf.where(length[:, None] > 0, largest, 0.0)
+            return total, mean, largest
+
+        columns = {}
+        cand_emb = tf.gather(self.item_embeddings, cands)
+        columns["tt_score"] = tf.einsum("bnd,bd->bn", cand_emb,
+                                        tf.cast(inputs["query_embeddings"], tf.float32))
+        columns["tt_rank"] = tf.math.log1p(tf.cast(inputs["tt_place"], tf.float32))
+        columns["ii_rank"] = tf.math.log1p(tf.cast(inputs["table_place"], tf.float32))
+        weights = tf.gather(tf.gather(self.table, query_items), cands, axis=2, batch_dims=1)
+        columns["ii_score"], _, columns["ii_max"] = pool(weights)
+        counts = tf.gather(self.counts, cands)
+        columns["log_count"] = tf.math.log1p(counts)
+        columns["has_behaviour"] = tf.cast(counts > 0, tf.float32)
+        columns["query_length"] = tf.repeat(tf.math.log1p(length)[:, None], width, axis=1)
+        for name in SIMILARITIES:
+            vectors = getattr(self, name)
+            sim = tf.einsum("bld,bnd->bln", tf.gather(vectors, query_items),
+                            tf.gather(vectors, cands))
+            _, columns[f"{name}_mean"], columns[f"{name}_max"] = pool(sim)
+        features = tf.stack([columns[name] for name in FEATURES], axis=-1)
+        return features * mask[:, :, None]
+
+    def get_config(self):
+        return {**super().get_config(), "num_items": self.num_items,
+                "embedding_dim": self.dims["item_embeddings"], "text_dim": self.dims["text"],
+                "tfidf_dim": self.dims["tfidf"], "i2v_dim": self.dims["i2v"]}
+
+
+def present_as_new(features: np.ndarray, cands: np.ndarray, mask: np.ndarray,
+                   labels: np.ndarray, query_embeddings: np.ndarray, tables: Tables,
+                   rows: np.ndarray) -> int:
+    """Shows the target of each of `rows` as an item without behaviour (in place).
+
+    Ranker training cases rarely have a new item as their target (it must
+    be new in the ranker's own slice), while the test cases have the
+    catalogue's cold items. So a share of the training cases presents its
+    (warm) target as a new item would be seen: its two-tower score from its
+    text-only embedding, no table weight, no counts, no skip-gram vector,
+    and its two-tower place among the listed candidates recomputed. A
+    target that its text alone would not have brought into the list is
+    taken out of it (the case then has no positive and no loss).
+
+    Args:
+      features, cands, mask, labels: the lists (`candidate_features`), changed in place.
+      rows: the cases whose target to present as new.
+
+    Returns:
+      How many of those targets stayed in their list.
+    """
+    column = {name: j for j, name in enumerate(FEATURES)}
+    width = cands.shape[1]
+    kept = 0
+    for i in rows:
+        where = np.flatnonzero(labels[i] > 0)
+        if not len(where):
+            continue
+        j = int(where[0])
+        item = cands[i, j]
+        f = features[i]
+        score = float(tables.text[item] @ query_embeddings[i])
+        listed = mask[i] & (np.expm1(f[:, column["tt_rank"]]) < width - 0.5)
+        listed[j] = False
+        if not listed.any() or score < f[listed, column["tt_score"]].min():
+            labels[i, j] = 0.0
+            continue
+        kept += 1
+        f[j, column["tt_score"]] = score
+        f[j, column["tt_rank"]] = np.log1p((f[listed, column["tt_score"]] > score).sum())
+        for name in ("ii_score", "ii_max", "log_count", "has_behaviour", "i2v_mean", "i2v_max"):
+            f[j, column[name]] = 0.0
+        f[j, column["ii_rank"]] = np.log1p(np.expm1(f[mask[i], column["ii_rank"]]).max())
+    return kept

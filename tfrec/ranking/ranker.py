@@ -1,0 +1,174 @@
+"""The learned ranker: an MLP scoring each candidate of a fixed-width list.
+
+Inputs are fixed-width candidate lists, so the model runs as is in a
+SavedModel signature: `features` [B, N, F] and `candidate_mask` [B, N]
+(False at padding). The features are standardised by a `Normalization`
+layer adapted on the ranker's training features (padding left out), scored
+by a small MLP shared across candidates, and padding gets a score of
+`PADDING_SCORE`. Training is a listwise softmax over each query's list
+(`ListwiseSoftmaxTask`), the held-out item the positive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras as keras
+
+PADDING_SCORE = -1e9
+
+
+@keras.utils.register_keras_serializable(package="tfrec")
+class ListwiseSoftmaxTask(keras.layers.Layer):
+    """Softmax cross-entropy over each query's candidate list (a loss task).
+
+    loss = mean over the queries whose list holds a positive of
+    -log(exp(s_pos) / sum over unmasked candidates of exp(s_j)).
+    Queries without a positive in their list carry no loss (they do not
+    count in the mean). Labels may mark one positive per list.
+
+    Call:
+      labels: [B, N] 1 at the positive, 0 elsewhere.
+      scores: [B, N] the ranker's scores.
+      mask: [B, N] bool, False at padding (optional).
+
+    Returns:
+      The scalar loss.
+    """
+
+    def __init__(self, name: str | None = None, **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, labels, scores, mask=None):
+        labels = tf.cast(labels, tf.float32)
+        scores = tf.cast(scores, tf.float32)
+        if mask is not None:
+            mask = tf.cast(mask, tf.bool)
+            scores = tf.where(mask, scores, PADDING_SCORE)
+            labels = labels * tf.cast(mask, tf.float32)
+        has_positive = tf.cast(tf.reduce_sum(labels, axis=1) > 0, tf.float32)
+        log_probs = tf.nn.log_softmax(scores, axis=1)
+        per_query = -tf.reduce_sum(labels * log_probs, axis=1) * has_positive
+        return tf.math.divide_no_nan(tf.reduce_sum(per_query), tf.reduce_sum(has_positive))
+
+    def get_config(self):
+        return super().get_config()
+
+
+@keras.utils.register_keras_serializable(package="tfrec")
+class CandidateRanker(tfrs.models.Model):
+    """Scores each candidate of a list from its feature vector.
+
+    Args:
+      num_features: F, the width of a candidate's feature vector.
+      hidden_units: widths of the hidden layers (ReLU).
+      seed: seeds the weights' initialisation.
+
+    Call (a dict):
+      features: [B, N, F] float.
+      candidate_mask: [B, N] bool (optional, default all True).
+
+    Returns:
+      [B, N] scores (PADDING_SCORE at padding).
+
+    `compute_loss` reads `labels` [B, N] (1 at the held-out item) besides.
+    Call `adapt(features, mask)` before `fit`: it fits the normalisation on
+    the unpadded training features.
+    """
+
+    def __init__(self, num_features: int, hidden_units=(64, 32), seed: int | None = 42,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.num_features = int(num_features)
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.seed = seed
+        self.normalization = keras.layers.Normalization(axis=-1, name="normalization")
+        layers = []
+        for j, units in enumerate(self.hidden_units):
+            layers.append(keras.layers.Dense(
+                units, activation="relu", name=f"hidden_{j}",
+                kernel_initializer=keras.initializers.GlorotUniform(
+                    seed=None if seed is None else seed + j)))
+        layers.append(keras.layers.Dense(
+            1, name="score", kernel_initializer=keras.initializers.GlorotUniform(
+                seed=None if seed is None else seed + len(self.hidden_units))))
+        self.scorer = keras.Sequential(layers, name="scorer")
+        self.task = ListwiseSoftmaxTask(name="listwise_softmax")
+        self.normalization.build((None, self.num_features))
+
+    def adapt(self, features: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Fits the normalisation on the training features (padding left out)."""
+        features = np.asarray(features, np.float32).reshape(-1, self.num_features)
+        if mask is not None:
+            features = features[np.asarray(mask, bool).reshape(-1)]
+        self.normalization.adapt(features)
+
+    def call(self, inputs, training=False):
+        features = tf.cast(inputs["features"], tf.float32)
+        normalised = self.normalization(features)
+        scores = tf.squeeze(self.scorer(normalised, training=training), axis=-1)
+        mask = inputs.get("candidate_mask")
+        if mask is not None:
+            scores = tf.where(tf.cast(mask, tf.bool), scores, PADDING_SCORE)
+        return scores
+
+    def compute_loss(self, inputs, training=False):
+        scores = self(inputs, training=training)
+        return self.task(inputs["labels"], scores, inputs.get("candidate_mask"))
+
+    def get_config(self):
+        return {"num_features": self.num_features, "hidden_units": list(self.hidden_units),
+                "seed": self.seed}
+
+
+def fit_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray,
+               hidden_units=(64, 32), epochs: int = 20, learning_rate: float = 0.003,
+               batch_size: int = 64, seed: int = 42, columns: list | None = None,
+               verbose: int = 0) -> CandidateRanker:
+    """Adapts and fits a `CandidateRanker` on lists that hold their positive.
+
+    Args:
+      features: [n, N, F]; mask: [n, N] bool; labels: [n, N] (1 at the target).
+      columns: the feature columns to use (default all).
+    """
+    keep = (labels * mask).sum(axis=1) > 0
+    if columns is not None:
+        features = features[:, :, columns]
+    features, mask, labels = features[keep], mask[keep], labels[keep]
+    tf.random.set_seed(seed)
+    model = CandidateRanker(features.shape[-1], hidden_units, seed=seed)
+    model.adapt(features, mask)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    data = tf.data.Dataset.from_tensor_slices(
+        {"features": features.astype(np.float32), "candidate_mask": mask,
+         "labels": labels.astype(np.float32)})
+    data = data.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+    model.fit(data.batch(batch_size), epochs=epochs, verbose=verbose)
+    return model
+
+
+def score_lists(model: CandidateRanker, features: np.ndarray, mask: np.ndarray,
+                columns: list | None = None, batch_size: int = 1024) -> np.ndarray:
+    """[n, N] the ranker's scores of every list (PADDING_SCORE at padding)."""
+    if columns is not None:
+        features = features[:, :, columns]
+    parts = [model({"features": tf.constant(features[i:i + batch_size], tf.float32),
+                    "candidate_mask": tf.constant(mask[i:i + batch_size])}).numpy()
+             for i in range(0, len(features), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros(mask.shape, np.float32)
+
+
+def list_ranks(scores: np.ndarray, cands: np.ndarray, mask: np.ndarray,
+               targets: np.ndarray, miss_rank: int) -> np.ndarray:
+    """The target's rank in each scored list; `miss_rank` where it is not in the list.
+
+    Ties count against the target (a list that scores everything equally
+    gets no credit).
+    """
+    targets = np.asarray(targets)
+    hit = (cands == targets[:, None]) & mask
+    found = hit.any(axis=1)
+    own = np.where(found, np.where(hit, scores, -np.inf).max(axis=1), np.inf)
+    before = ((scores >= own[:, None]) & mask & ~hit).sum(axis=1)
+    return np.where(found, before, miss_rank).astype(np.int64)
