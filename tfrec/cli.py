@@ -109,9 +109,11 @@ def _add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tfrec.data.report import data_report, format_report, write_outputs
     from tfrec.run import command_config, prepare_training_data
+    from tfrec.training import check_run_config
 
     settings_ = command_config_of(args, PrepareSettings)
-    config = command_config(args.config, args.set, getattr(args, "data.data_dir"))
+    config = check_run_config(command_config(args.config, args.set,
+                                             getattr(args, "data.data_dir")))
     data = prepare_training_data(config)
     report = data_report(data, config)
     if settings_.json:

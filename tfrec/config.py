@@ -264,8 +264,8 @@ class ModelConfig(Settings):
                     "logQ-corrected), 'catalogue' (every warm item, an exact softmax), 'sampled' "
                     "(`num_sampled` warm items drawn uniformly per batch) or 'mixed' (in-batch "
                     "plus `num_sampled` uniform ones)",
-        checked_by="the negative samplers' registry (`tfrec.tasks.samplers`), when the model "
-                   "is built")
+        checked_by="the negative samplers' registry (`tfrec.tasks.samplers`), at the start "
+                   "of `tfrec train` and `tfrec prepare`")
     num_sampled: int = setting(8192, "negatives per batch of a sampler that draws them "
                                      "('sampled', 'mixed')", check=POSITIVE)
     text: TextConfig = section(TextConfig)
