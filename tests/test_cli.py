@@ -185,3 +185,23 @@ def test_evaluate_data_dir_goes_through_the_config(tmp_path, monkeypatch, capsys
     assert config.data.data_dir == str(Path("elsewhere").resolve())
     named = with_data_dir(config, "other")  # a config naming its own folder keeps it
     assert named.data.data_dir == str(Path("elsewhere").resolve())
+
+
+@pytest.mark.parametrize("command", ["prepare", "train"])
+def test_an_unknown_negative_sampler_is_refused_before_any_data_is_read(
+        tmp_path, capsys, command):
+    missing = tmp_path / "no-such-events.csv"
+    args = [command, "--set", "data.layout=events", "--set", f"data.events={missing}",
+            "--set", "model.negatives=nearest"]
+    if command == "train":
+        args += ["--run-dir", str(tmp_path / "run")]
+    assert main(["-q", *args]) == 2
+    err = capsys.readouterr().err
+    assert "setting 'model.negatives'" in err and "'nearest'" in err
+    assert "'in_batch'" in err  # the registered names are listed
+    assert "not found" not in err  # the events file was never looked for
+    assert not (tmp_path / "run").exists()
+    # With a sampler that exists, the same arguments fail on the data.
+    args[args.index("model.negatives=nearest")] = "model.negatives=mixed"
+    assert main(["-q", *args]) == 2
+    assert "events file not found" in capsys.readouterr().err

@@ -248,7 +248,8 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def recommend_all_users(model_dir: str | Path, out: str | Path, k: int = 100,
+def recommend_all_users(model_dir: str | Path, out: str | Path,
+                        k: int = RecommendSettings.k,
                         version: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                         progress: bool | Callable[[int, int], None] = True,
                         overwrite: bool = False) -> AllUsersSummary:

@@ -9,16 +9,19 @@ names the setting's key; `error_message` adds the flag that sets it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import re
 import sys
+from typing import Callable
 
 from tfrec.config import (RUN_SECTIONS, EvaluateSettings, ExportSettings, IndexConfig,
                           PrepareSettings, RecommendSettings, ServeConfig, Setting,
                           TrainingSettings, section_prefix, setting_of, settings)
 from tfrec.errors import InputError
+from tfrec.run_folder import ReportFolder, RunFolder
 from tfrec.utils import VERBOSE_ENV
 
 logger = logging.getLogger("tfrec")
@@ -29,7 +32,7 @@ logger = logging.getLogger("tfrec")
 COMMAND_SETTINGS = {
     "prepare": ("data.data_dir", "prepare"),
     "train": ("data.data_dir", "train.epochs", "train.strategy", "training"),
-    "evaluate": ("evaluate", "data.data_dir"),
+    "evaluate": ("evaluate",),
     "export": ("export", "index"),
     "serve": ("serve",),
     "recommend": ("recommend",),
@@ -109,9 +112,11 @@ def _add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tfrec.data.report import data_report, format_report, write_outputs
     from tfrec.run import command_config, prepare_training_data
+    from tfrec.training import check_run_config
 
     settings_ = command_config_of(args, PrepareSettings)
-    config = command_config(args.config, args.set, getattr(args, "data.data_dir"))
+    config = check_run_config(command_config(args.config, args.set,
+                                             getattr(args, "data.data_dir")))
     data = prepare_training_data(config)
     report = data_report(data, config)
     if settings_.json:
@@ -202,10 +207,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           gensim_epochs=ev.gensim_epochs, gensim_dim=ev.gensim_dim,
                           saved_model=ev.saved_model,
                           max_item_item_catalogue=ev.max_item_item_catalogue,
-                          data_dir=getattr(args, "data.data_dir"))
+                          data_dir=ev.data_dir)
     print(format_report(report))
-    out = ev.out or f"{report['run']}/evaluation"
-    print(f"report: {out}/report.html, {out}/report.json")
+    out = ReportFolder(ev.out) if ev.out else RunFolder(report["run"]).evaluation
+    print(f"report: {out.html_file}, {out.json_file}")
     return 0
 
 
@@ -313,6 +318,64 @@ def cmd_recommend_all_users_on_beam(rc: RecommendSettings, pipeline_args: list[s
     return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Subcommand:
+    """One subcommand: its name (its settings are `COMMAND_SETTINGS[name]`), the function
+    it runs, its help, and whether it reads a run config (--config, --set)."""
+
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    description: str
+    run_config: bool = False
+
+
+SUBCOMMANDS = (
+    Subcommand(
+        "prepare", cmd_prepare,
+        "read and validate a run's data, report sessions, items, pairs and batches",
+        "Read and validate the data a run config names (the same config as `tfrec train`, "
+        "default: UCI Online Retail from the data folder), split it as training will, "
+        "sessionise it, build the training pipelines and print a report of the data and of "
+        "one epoch of training.", run_config=True),
+    Subcommand(
+        "train", cmd_train,
+        "train the hybrid model (behaviour + text) and evaluate it on held-out sessions",
+        "Train the hybrid model from a YAML/JSON run config (default: "
+        "tfrec/configs/online_retail.yaml) with Keras fit; write a run folder with the config, "
+        "vocabularies, per-epoch checkpoints, TensorBoard logs and history; report the "
+        "held-out hit rate.", run_config=True),
+    Subcommand(
+        "evaluate", cmd_evaluate,
+        "rank held-out cases with the model and the baselines; write a report",
+        "Evaluate a trained run on its held-out cases (the run's data, split and seed) beside "
+        "the baselines (popularity, gensim item2vec, TF-IDF text, EASE, cosine ItemKNN, tfrec "
+        "with the text tower off, with the id tower off); print the table and write "
+        f"{ReportFolder.json_file.name} and a self-contained {ReportFolder.html_file.name} with "
+        "plots."),
+    Subcommand(
+        "export", cmd_export,
+        "export a trained run as a versioned SavedModel with a ScaNN index",
+        "Write the run's model as the next version under --model-dir (TF Serving layout), "
+        "with text preprocessing, towers, a retrieval index over every catalogue item, "
+        "warm-up records, cached embeddings and a projector folder; update "
+        "serving_config/models.config. With --add-items / --drop-items, the index settings "
+        "not given are the previous version's."),
+    Subcommand(
+        "serve", cmd_serve,
+        "serve exported models over TF Serving's gRPC API",
+        "A model server for tfrec SavedModels (ScaNN and tensorflow-text ops included) that "
+        "TF Serving gRPC clients can call: Predict, GetModelMetadata, GetModelStatus, "
+        "HandleReloadConfigRequest."),
+    Subcommand(
+        "recommend", cmd_recommend,
+        "ask a running server for recommendations, or write every known user's to Parquet",
+        "--items (a session) asks a running server (--server, --model); --all-users loads an "
+        "export in this process and writes every known user's top k, their own items "
+        "excluded, to a Parquet file (--model-dir, --out)."),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tfrec import __version__
 
@@ -324,59 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also show TensorFlow's and ScaNN's own log lines (hidden by "
                              "default: device probing, index-building chatter)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    prep = sub.add_parser(
-        "prepare", help="read and validate a run's data, report sessions, items, pairs and "
-                        "batches",
-        description="Read and validate the data a run config names (the same config as "
-                    "`tfrec train`, default: UCI Online Retail from the data folder), split "
-                    "it as training will, sessionise it, build the training pipelines and "
-                    "print a report of the data and of one epoch of training.")
-    _add_run_config_arguments(prep)
-    prep.set_defaults(func=cmd_prepare)
-
-    tr = sub.add_parser(
-        "train", help="train the hybrid model (behaviour + text) and evaluate it on held-out "
-                      "sessions",
-        description="Train the hybrid model from a YAML/JSON run config (default: "
-                    "tfrec/configs/online_retail.yaml) with Keras fit; write a run folder with "
-                    "the config, vocabularies, per-epoch checkpoints, TensorBoard logs and "
-                    "history; report the held-out hit rate.")
-    _add_run_config_arguments(tr)
-    tr.set_defaults(func=cmd_train)
-
-    ev = sub.add_parser(
-        "evaluate", help="rank held-out cases with the model and the baselines; write a report",
-        description="Evaluate a trained run on its held-out cases (the run's data, split and "
-                    "seed) beside the baselines (popularity, gensim item2vec, TF-IDF text, "
-                    "EASE, cosine ItemKNN, tfrec with the text tower off, with the id tower "
-                    "off); print the table "
-                    "and write report.json and a self-contained report.html with plots.")
-    ev.set_defaults(func=cmd_evaluate)
-
-    ex = sub.add_parser(
-        "export", help="export a trained run as a versioned SavedModel with a ScaNN index",
-        description="Write the run's model as the next version under --model-dir (TF Serving "
-                    "layout), with text preprocessing, towers, a retrieval index over every "
-                    "catalogue item, warm-up records, cached embeddings and a projector "
-                    "folder; update serving_config/models.config. With --add-items / "
-                    "--drop-items, the index settings not given are the previous version's.")
-    ex.set_defaults(func=cmd_export)
-
-    sv = sub.add_parser(
-        "serve", help="serve exported models over TF Serving's gRPC API",
-        description="A model server for tfrec SavedModels (ScaNN and tensorflow-text ops "
-                    "included) that TF Serving gRPC clients can call: Predict, "
-                    "GetModelMetadata, GetModelStatus, HandleReloadConfigRequest.")
-    sv.set_defaults(func=cmd_serve)
-
-    rc = sub.add_parser(
-        "recommend", help="ask a running server for recommendations, or write every known "
-                          "user's to Parquet",
-        description="--items (a session) asks a running server (--server, --model); "
-                    "--all-users loads an export in this process and writes every known "
-                    "user's top k, their own items excluded, to a Parquet file (--model-dir, "
-                    "--out).")
-    rc.set_defaults(func=cmd_recommend)
+    for command in SUBCOMMANDS:
+        command_parser = sub.add_parser(command.name, help=command.help,
+                                        description=command.description)
+        if command.run_config:
+            _add_run_config_arguments(command_parser)
+        command_parser.set_defaults(func=command.run)
     for command, command_parser in sub.choices.items():
         add_setting_flags(command_parser, command)
     return parser

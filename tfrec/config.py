@@ -12,9 +12,10 @@ The run config (`RunConfig`: sections ``data``, ``model``, ``train``) is
 what a run trains with and saves; the command settings (``training``,
 ``prepare``, ``evaluate``, ``export``, ``index``, ``serve``, ``recommend``)
 are what one command is asked to do. All hold only primitives, so they
-serialise to JSON/YAML as they are. Layers take their config object itself
-(``ItemEncoder(num_items, num_id_items, model_config)``) and echo it in
-``get_config`` as a plain dict.
+serialise to JSON/YAML as they are. Layers never see them: a layer takes its
+own arguments (primitives, and the sub-layers it composes) and echoes them in
+``get_config``; `tfrec.models.builder` turns the config into layers (the one
+reader of `ModelConfig`).
 
 How a declaration becomes checks and a loader is `tfrec.schema`; this module
 holds the declarations, where each section sits, and the reference. It
@@ -30,13 +31,12 @@ import typing
 from typing import Any, Literal, Mapping
 
 from tfrec.errors import InputError
-# The layers, the run layer and the command line read settings through these.
-from tfrec.schema import (as_config, choices_text, config_dict, from_dict,  # noqa: F401
-                          section_prefix)
-from tfrec.schema import (POSITIVE, Settings, above, at_least, choices, each, expected_type,
-                          integer_at_least, is_number, is_optional, literal_values, plain,
-                          register_sections, section, setting, strip_optional,
-                          type_hints, within)
+# The run layer and the command line read settings through these.
+from tfrec.schema import choices_text, from_dict, section_prefix  # noqa: F401
+from tfrec.schema import (INNER_SHARE, POSITIVE, SHARE, Settings, above, at_least, choices,
+                          each, expected_type, integer_at_least, is_number, is_optional,
+                          literal_values, plain, register_sections, section, setting,
+                          strip_optional, type_hints, within)
 
 # The allowed values of every setting that names a choice, each defined once:
 # the type of its config field (checked from that type), imported by the
@@ -57,18 +57,13 @@ Strategy = Literal["default", "mirrored", "multi_worker"]
 IndexKind = Literal["scann", "brute_force"]
 TableEstimator = Literal["auto", "ease", "neighbourhood"]
 
-PAIR_MODES: tuple[str, ...] = typing.get_args(PairMode)
+# The values the layers and the pipelines check an argument against (the settings are
+# checked from their field types).
 FUSIONS: tuple[str, ...] = typing.get_args(Fusion)
-OBJECTIVES: tuple[str, ...] = typing.get_args(Objective)
 SESSION_CONTEXTS: tuple[str, ...] = typing.get_args(SessionContext)
-RETRIEVAL_CONTEXTS: tuple[str, ...] = typing.get_args(RetrievalContext)
 POOLINGS: tuple[str, ...] = typing.get_args(Pooling)
-QUERY_ITEMS: tuple[str, ...] = typing.get_args(QueryItems)
-LAYOUTS: tuple[str, ...] = typing.get_args(Layout)
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
-SPLITS: tuple[str, ...] = typing.get_args(SplitBy)
 STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
-INDEX_KINDS: tuple[str, ...] = typing.get_args(IndexKind)
 TABLE_ESTIMATORS: tuple[str, ...] = typing.get_args(TableEstimator)
 
 DEFAULT_CONVERSION_TYPES = ("purchase", "book", "booking", "apply", "conversion", "order")
@@ -211,12 +206,12 @@ class ModelConfig(Settings):
                   "are a behaviour part plus a text part)")
     text_share: float = setting(0.5, "with fusion 'concat', the share of embedding_dim given "
                                      "to the text part (the id part gets the rest)",
-                                check=within(0, 1, "()"))
+                                check=INNER_SHARE)
     id_dropout: float = setting(
         0.1, "during training, hide an item's id embedding with this probability so that the "
              "text path alone must serve as the item's embedding, as it must for a new item "
              "(only with use_text); see the README for what it changes",
-        check=within(0, 1, "[)"))
+        check=SHARE)
     normalize: bool = setting(
         True, "L2-normalise item and query embeddings, so scores are cosines / temperature; "
               "false scores raw dot products (an item's length then carries how strongly it "
@@ -259,15 +254,15 @@ class ModelConfig(Settings):
             "history is the query)", check=each(POSITIVE, "positive integers"))
     history_dropout: float = setting(0.0, "during training, hide each item of a query's "
                                           "history with this probability (a denoising query)",
-                                     check=within(0, 1, "[)"))
+                                     check=SHARE)
     negatives: str = setting(
         "in_batch", "the retrieval softmax's negative sampler, a name of the registry "
                     "`tfrec.tasks.samplers.SAMPLERS`: 'in_batch' (the batch's other candidates, "
                     "logQ-corrected), 'catalogue' (every warm item, an exact softmax), 'sampled' "
                     "(`num_sampled` warm items drawn uniformly per batch) or 'mixed' (in-batch "
                     "plus `num_sampled` uniform ones)",
-        checked_by="the negative samplers' registry (`tfrec.tasks.samplers`), when the model "
-                   "is built")
+        checked_by="the negative samplers' registry (`tfrec.tasks.samplers`), at the start "
+                   "of `tfrec train` and `tfrec prepare`")
     num_sampled: int = setting(8192, "negatives per batch of a sampler that draws them "
                                      "('sampled', 'mixed')", check=POSITIVE)
     text: TextConfig = section(TextConfig)
@@ -349,15 +344,14 @@ class TrainConfig(Settings):
                                            "it on")
     split_fraction: float = setting(0.1, "without a split date, hold out this last share of "
                                          "the time range (0: no held-out evaluation)",
-                                    check=within(0, 1, "[)"))
+                                    check=SHARE)
     holdout_users: float = setting(0.1, "with split_by 'user', the share of users kept out of "
-                                        "training (chosen with `eval_seed`)",
-                                   check=within(0, 1, "()"))
+                                        "training (chosen with `eval_seed`)", check=INNER_SHARE)
     cold_items: float = setting(
         0.0, "share of the catalogue hidden from training entirely (no event of theirs "
              "trains; they stay in the catalogue with their text), chosen with `eval_seed`: "
              "cold-start targets on purpose. Needs an items table (the hidden items' text)",
-        check=within(0, 1, "[)"))
+        check=SHARE)
     eval_k: int = setting(10, "K of the hit rate (HR@K) and NDCG@K", check=POSITIVE)
     eval_seed: int = setting(42, "seeds which item of each held-out session (or user) is "
                                  "hidden, and which users and items the user split keeps out")
@@ -452,8 +446,9 @@ class RunConfig(Settings):
 class PrepareSettings(Settings):
     """`tfrec prepare`: the data report."""
 
-    out: str | None = setting(None, "also write vocab.tsv, report.json and rejected_rows.csv "
-                                    "to this folder", flag="--out")
+    out: str | None = setting(None, "also write the report as JSON, the item vocabulary (as "
+                                    "training writes it) and the rejected rows to this folder",
+                              flag="--out")
     json: bool = setting(False, "print the report as JSON", flag="--json")
 
 
@@ -493,6 +488,10 @@ class EvaluateSettings(Settings):
         20_000, "run EASE and ItemKNN (an N x N matrix each, ~N^3 time) up to this many "
                 "catalogue items, skip them above", check=POSITIVE,
         flag="--max-item-item-catalogue")
+    data_dir: str | None = setting(
+        None, "the data folder (as data.data_dir) to read the run's data set from, used only "
+              "when the run's config names no data.data_dir: a run trained with a data folder "
+              "keeps its own", flag="--data-dir")
 
     def check(self):
         if self.run_dir is None and self.saved_model is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfrec.config import TrainConfig
 from tfrec.data.sequences import histories_from_lists
 from tfrec.data.split import Cases
 from tfrec.data.vocab import OOV_INDEX
@@ -107,7 +108,7 @@ def top_k_items(query_emb: np.ndarray, item_emb: np.ndarray, exclude: list, vali
 
 # Held-out cases ----------------------------------------------------------------------------
 
-def score_cases(ranks: np.ndarray, cases: Cases, k: int = 10) -> dict:
+def score_cases(ranks: np.ndarray, cases: Cases, k: int = TrainConfig.eval_k) -> dict:
     """HR@k and NDCG@k for all, warm and cold targets."""
     out = {}
     for name, mask in (("all", np.ones(len(cases), bool)), ("warm", ~cases.cold),
@@ -139,7 +140,8 @@ def rank_targets(model, queries: list, targets: np.ndarray, history_length: int,
     return ranks, items, query_embeddings
 
 
-def evaluate_model(model, cases: Cases, history_length: int, k: int = 10) -> dict:
+def evaluate_model(model, cases: Cases, history_length: int,
+                   k: int = TrainConfig.eval_k) -> dict:
     """Ranks every case's target with the model's query and item embeddings."""
     if len(cases) == 0:
         raise InputError("no evaluation cases: no held-out session has two distinct items")

@@ -22,82 +22,35 @@ No TensorFlow here: the checkpoints are read by `tfrec.run.load_run`.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from tfrec.config import RunConfig, from_dict
 from tfrec.errors import InputError
+from tfrec.utils import Entry, Folder
 
 VOCAB_FILE = "vocab.tsv"
 
 
-class ReportFolder:
+class ReportFolder(Folder):
     """A report's folder: report.json, report.html, plots/ (and a data report's
     vocabulary and rejected rows)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"ReportFolder({str(self.path)!r})"
-
-    @property
-    def json_file(self) -> Path:
-        return self.path / "report.json"
-
-    @property
-    def html_file(self) -> Path:
-        return self.path / "report.html"
-
-    @property
-    def plots(self) -> Path:
-        return self.path / "plots"
-
-    @property
-    def vocab_file(self) -> Path:
-        return self.path / VOCAB_FILE
-
-    @property
-    def rejected_rows_file(self) -> Path:
-        return self.path / "rejected_rows.csv"
+    json_file = Entry("report.json")
+    html_file = Entry("report.html")
+    plots = Entry("plots")
+    vocab_file = Entry(VOCAB_FILE)
+    rejected_rows_file = Entry("rejected_rows.csv")
 
 
-class RunFolder:
+class RunFolder(Folder):
     """A run folder: where each of its files lives, and reading and writing them."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"RunFolder({str(self.path)!r})"
-
-    @property
-    def config_file(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def vocab_file(self) -> Path:
-        return self.path / VOCAB_FILE
-
-    @property
-    def text_vocab_file(self) -> Path:
-        return self.path / "text_vocab.txt"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def logs(self) -> Path:
-        return self.path / "logs"
-
-    @property
-    def history_file(self) -> Path:
-        return self.path / "history.jsonl"
-
-    @property
-    def eval_file(self) -> Path:
-        """The held-out scores training writes after its last epoch."""
-        return self.path / "eval.json"
+    config_file = Entry("config.json")
+    vocab_file = Entry(VOCAB_FILE)
+    text_vocab_file = Entry("text_vocab.txt")
+    checkpoints = Entry("checkpoints")
+    logs = Entry("logs")
+    history_file = Entry("history.jsonl")
+    eval_file = Entry("eval.json", "The held-out scores training writes after its last epoch.")
 
     @property
     def evaluation(self) -> ReportFolder:

@@ -60,6 +60,12 @@ def within(low: float, high: float, brackets: str = "[]") -> Rule:
     return Rule(f"in {brackets[0]}{low:g}, {high:g}{brackets[1]}", test)
 
 
+# A share or a probability: 0 allowed, 1 not (a dropout rate, a held-out share).
+SHARE = within(0, 1, "[)")
+# A share that leaves something on both sides (neither 0 nor 1).
+INNER_SHARE = within(0, 1, "()")
+
+
 def each(rule: Rule, text: str, *, non_empty: bool = False) -> Rule:
     """Every element of a list setting passes `rule`; `text` names them ("positive integers")."""
     return Rule(("a non-empty list of " if non_empty else "a list of ") + text,
@@ -222,30 +228,6 @@ def expected_type(hint, value) -> str | None:
 
 
 # Reading settings from plain data --------------------------------------------------------------
-
-ConfigT = typing.TypeVar("ConfigT")
-
-
-def as_config(cls: type[ConfigT], value: ConfigT | Mapping | None) -> ConfigT:
-    """`value` as a `cls` config: itself, the defaults (None), or built from a mapping.
-
-    Layers take their config this way, so `from_config` can hand them the
-    plain dict their `get_config` wrote (see `config_dict`).
-
-    Raises:
-      InputError: a mapping with an unknown key or a bad value.
-    """
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    return from_dict(cls, value)
-
-
-def config_dict(config: Any) -> dict:
-    """A config dataclass as plain JSON data (tuples as lists), for a layer's `get_config`."""
-    return plain(dataclasses.asdict(config))
-
 
 def plain(value):
     if isinstance(value, dict):

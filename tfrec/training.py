@@ -33,6 +33,7 @@ from tfrec.models import build_model
 from tfrec.optimizers import build_optimizer
 from tfrec.run import TrainingData, prepare_training_data
 from tfrec.run_folder import RunFolder
+from tfrec.tasks.samplers import check_sampler_name
 from tfrec.utils import ensure_folder
 
 logger = logging.getLogger(__name__)
@@ -188,12 +189,24 @@ def build_callbacks(run_dir: Path, manager, epoch_var, history: list[dict], epoc
 
 # The steps of `train` ----------------------------------------------------------------------
 
+def check_run_config(config: RunConfig) -> RunConfig:
+    """`config`, once the settings whose allowed values are registered above the schema
+    (`model.negatives`: the negative samplers' registry) are checked: before any data is
+    read, so a bad name fails at once rather than after the data is prepared.
+
+    Raises:
+      InputError: naming the setting (e.g. `model.negatives`).
+    """
+    check_sampler_name(config.model.negatives)
+    return config
+
+
 def resolve_config(config: RunConfig, run_dir: Path, resume: bool, epochs: int | None,
                    strategy: str | None) -> RunConfig:
-    """The config to train with: `config`, or when resuming the run's own with a new
-    `epochs` / `strategy` applied."""
+    """The config to train with (checked by `check_run_config`): `config`, or when
+    resuming the run's own with a new `epochs` / `strategy` applied."""
     if not resume:
-        return config
+        return check_run_config(config)
     config = RunFolder(run_dir).read_config()
     logger.info("resuming with the run's saved config (%s)", RunFolder(run_dir).config_file)
     changes = {}
@@ -201,12 +214,12 @@ def resolve_config(config: RunConfig, run_dir: Path, resume: bool, epochs: int |
         changes["epochs"] = epochs
     if strategy is not None:
         changes["strategy"] = strategy
-    if not changes:
-        return config
-    return dataclasses.replace(
-        config, train=from_dict(type(config.train),
-                                {**dataclasses.asdict(config.train), **changes},
-                                prefix="train."))
+    if changes:
+        config = dataclasses.replace(
+            config, train=from_dict(type(config.train),
+                                    {**dataclasses.asdict(config.train), **changes},
+                                    prefix="train."))
+    return check_run_config(config)
 
 
 def prepare_run_folder(run_dir: Path, config: RunConfig, worker: distribute.Worker,

@@ -48,3 +48,30 @@ def quiet_native_stderr():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+class Folder:
+    """A folder whose files one class names: each an `Entry` of the class.
+
+    The owners of the run, report, version and model folders derive from it,
+    so that one place spells each folder's file names.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+
+class Entry:
+    """A file or subfolder of a `Folder` at `name`, a path relative to the folder:
+    on a folder it is that path (`folder.path / name`); on the class, itself (its
+    `name` is then the file name, for messages and help texts)."""
+
+    def __init__(self, name: str, doc: str | None = None):
+        self.name = name
+        self.__doc__ = doc
+
+    def __get__(self, folder: Folder | None, owner: type | None = None):
+        return self if folder is None else folder.path / self.name

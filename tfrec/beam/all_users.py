@@ -51,6 +51,7 @@ from apache_beam.utils.shared import Shared
 
 from tfrec.all_users import (DEFAULT_BATCH_SIZE, SCHEMA, check_k, load_user_recommender,
                              recommend_batch, version_folder)
+from tfrec.config import RecommendSettings
 from tfrec.errors import InputError
 from tfrec.exporter.layout import VersionFolder
 
@@ -171,7 +172,7 @@ def build(pipeline: beam.Pipeline, version_dir: str | Path, out: str, k: int,
                                                       file_name_suffix=SUFFIX))
 
 
-def run(model_dir: str | Path, out: str, k: int = 100, version: int | None = None,
+def run(model_dir: str | Path, out: str, k: int = RecommendSettings.k, version: int | None = None,
         users: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
         pipeline_args: Sequence[str] = ()) -> BeamSummary:
     """Runs the pipeline to completion: every user's top k to Parquet shards.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfrec.config import PairConfig
+
 
 def alias_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Builds Walker/Vose alias tables for sampling index i with prob ∝ weights[i].
@@ -52,7 +54,7 @@ class UnigramSampler:
     Items with count 0 (the OOV bucket, cold items) are never drawn.
     """
 
-    def __init__(self, counts: np.ndarray, power: float = 0.75):
+    def __init__(self, counts: np.ndarray, power: float = PairConfig.negative_power):
         counts = np.asarray(counts, dtype=np.float64)
         self.probabilities = np.where(counts > 0, counts, 0.0) ** power
         self.probabilities[counts <= 0] = 0.0
@@ -75,7 +77,8 @@ class MarketSampler:
     unigram sampler.
     """
 
-    def __init__(self, counts: np.ndarray, market: np.ndarray, power: float = 0.75,
+    def __init__(self, counts: np.ndarray, market: np.ndarray,
+                 power: float = PairConfig.negative_power,
                  fallback: UnigramSampler | None = None):
         counts = np.asarray(counts, dtype=np.float64)
         market = np.asarray(market, dtype=np.int64)

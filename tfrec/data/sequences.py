@@ -6,7 +6,8 @@ import itertools
 
 import numpy as np
 
-from tfrec.config import SESSION_CONTEXTS, SessionContext, choices_text
+from tfrec.config import (SESSION_CONTEXTS, PairConfig, SessionContext, TrainConfig,
+                          choices_text)
 from tfrec.data.sessions import Sessions
 from tfrec.data.shard import check_shard, worker_batches
 from tfrec.data.vocab import ItemVocabulary
@@ -71,7 +72,8 @@ class NextItemPipeline:
     """
 
     def __init__(self, sessions: Sessions, vocab: ItemVocabulary, history_length: int,
-                 batch_size: int = 1024, seed: int = 42,
+                 batch_size: int = TrainConfig.retrieval_batch_size,
+                 seed: int = PairConfig.seed,
                  context: SessionContext = "previous"):
         if context not in SESSION_CONTEXTS:
             raise InputError(f"retrieval context must be {choices_text(SESSION_CONTEXTS)}, "

@@ -64,7 +64,8 @@ def split_events(events: pd.DataFrame, split_date: str | None = None,
     return train, test, cut
 
 
-def split_by_user(events: pd.DataFrame, holdout_users: float, seed: int = 42
+def split_by_user(events: pd.DataFrame, holdout_users: float,
+                  seed: int = TrainConfig.eval_seed
                   ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     """(train, test, kept-out user ids): every event of a kept-out user is in test.
 
@@ -82,7 +83,8 @@ def split_by_user(events: pd.DataFrame, holdout_users: float, seed: int = 42
     return events[~out], events[out], kept_out
 
 
-def hide_items(catalogue: np.ndarray, share: float, seed: int = 42) -> np.ndarray:
+def hide_items(catalogue: np.ndarray, share: float,
+               seed: int = TrainConfig.eval_seed) -> np.ndarray:
     """A seeded `share` of the catalogue's item ids (sorted first: row order does not matter)."""
     ids = np.sort(pd.unique(np.asarray(catalogue, dtype=object)))
     count = int(round(len(ids) * share))
@@ -154,7 +156,8 @@ class Cases:
         return len(self.targets)
 
 
-def make_cases(test_events: pd.DataFrame, vocab: ItemVocabulary, seed: int = 42,
+def make_cases(test_events: pd.DataFrame, vocab: ItemVocabulary,
+               seed: int = TrainConfig.eval_seed,
                session_config: SessionConfig = SessionConfig(), per_user: bool = False
                ) -> Cases:
     """One case per test session (per user, with `per_user`) with >= 2 distinct items.

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from tfrec.config import EvaluateSettings, RankingConfig
+from tfrec.config import EvaluateSettings, RankingConfig, TrainConfig
 from tfrec.errors import InputError
 from tfrec.ranking import item_item
 from tfrec.metrics import hit_rate, ndcg, target_ranks
@@ -133,7 +133,7 @@ def gensim_available() -> bool:
 def item2vec_gensim(sessions, vocab, queries: list, dim: int = EvaluateSettings.gensim_dim,
                     window: int | None = None, negatives: int = 5,
                     epochs: int = EvaluateSettings.gensim_epochs, sample: float = 1e-3,
-                    workers: int = 2, seed: int = 42) -> Embeddings:
+                    workers: int = 2, seed: int = TrainConfig.seed) -> Embeddings:
     """gensim Word2Vec skip-gram over the training sessions (a basket is a sentence).
 
     Args:
@@ -170,7 +170,7 @@ def item_item_skip_reason(num_items: int, limit: int = MAX_ITEM_ITEM_CATALOGUE) 
             "the item-item baselines")
 
 
-def tune(fit, grid: tuple, baskets, k: int = 10, seed: int = 42,
+def tune(fit, grid: tuple, baskets, k: int = TrainConfig.eval_k, seed: int = TrainConfig.seed,
          name: str = "setting") -> dict:
     """Chooses a setting of an item-item method by HR@k on a validation slice.
 
@@ -235,8 +235,8 @@ def _item_item(fit, setting, grid, name: str, sessions, vocab, queries: list, k:
     return Embeddings(items, query_matrix, time.perf_counter() - started, tuning)
 
 
-def ease(sessions, vocab, queries: list, lam: float | None = None, k: int = 10,
-         seed: int = 42, lambdas: tuple = EASE_LAMBDAS,
+def ease(sessions, vocab, queries: list, lam: float | None = None,
+         k: int = TrainConfig.eval_k, seed: int = TrainConfig.seed, lambdas: tuple = EASE_LAMBDAS,
          max_items: int = MAX_ITEM_ITEM_CATALOGUE) -> Embeddings:
     """EASE on the training baskets; a query's scores are x_query @ B.
 
@@ -259,8 +259,8 @@ def ease(sessions, vocab, queries: list, lam: float | None = None, k: int = 10,
                       queries, k, seed, max_items)
 
 
-def itemknn(sessions, vocab, queries: list, neighbours: int | None = None, k: int = 10,
-            seed: int = 42, grid: tuple = KNN_NEIGHBOURS,
+def itemknn(sessions, vocab, queries: list, neighbours: int | None = None,
+            k: int = TrainConfig.eval_k, seed: int = TrainConfig.seed, grid: tuple = KNN_NEIGHBOURS,
             max_items: int = MAX_ITEM_ITEM_CATALOGUE) -> Embeddings:
     """Cosine ItemKNN on the training baskets; a query's scores are x_query @ S.
 

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tfrec.errors import InputError
+from tfrec.utils import Entry, Folder
 
 TMP_PREFIX = ".tmp-export-"
 # The metadata key of the index kind; exports before it was named wrote "index".
@@ -39,67 +40,30 @@ INDEX_KIND = "index_kind"
 _OLD_INDEX_KIND = "index"
 
 
-class VersionFolder:
+# The version's extra assets, and the catalogue's and the cached users' files among them.
+EXTRA = "assets.extra"
+EMBEDDINGS = f"{EXTRA}/embeddings"
+
+
+class VersionFolder(Folder):
     """One exported version, `<model_dir>/<version>/`: where each of its files lives."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"VersionFolder({str(self.path)!r})"
+    saved_model = Entry("saved_model.pb")
+    extra = Entry(EXTRA)
+    metadata = Entry(f"{EXTRA}/tfrec_metadata.json")
+    warmup = Entry(f"{EXTRA}/tf_serving_warmup_requests")
+    projector = Entry(f"{EXTRA}/projector")
+    embeddings = Entry(EMBEDDINGS, "The folder of the catalogue's and the cached users' files.")
+    items = Entry(f"{EMBEDDINGS}/items.npy")
+    item_ids = Entry(f"{EMBEDDINGS}/item_ids.txt")
+    added_items = Entry(f"{EMBEDDINGS}/added_items.csv")
+    users = Entry(f"{EMBEDDINGS}/users.npy")
+    user_ids = Entry(f"{EMBEDDINGS}/user_ids.txt")
+    user_histories = Entry(f"{EMBEDDINGS}/user_histories.npy")
 
     @property
     def number(self) -> int:
         return int(self.path.name)
-
-    @property
-    def saved_model(self) -> Path:
-        return self.path / "saved_model.pb"
-
-    @property
-    def extra(self) -> Path:
-        return self.path / "assets.extra"
-
-    @property
-    def metadata(self) -> Path:
-        return self.extra / "tfrec_metadata.json"
-
-    @property
-    def warmup(self) -> Path:
-        return self.extra / "tf_serving_warmup_requests"
-
-    @property
-    def projector(self) -> Path:
-        return self.extra / "projector"
-
-    @property
-    def embeddings(self) -> Path:
-        """The folder of the catalogue's and the cached users' files."""
-        return self.extra / "embeddings"
-
-    @property
-    def items(self) -> Path:
-        return self.embeddings / "items.npy"
-
-    @property
-    def item_ids(self) -> Path:
-        return self.embeddings / "item_ids.txt"
-
-    @property
-    def added_items(self) -> Path:
-        return self.embeddings / "added_items.csv"
-
-    @property
-    def users(self) -> Path:
-        return self.embeddings / "users.npy"
-
-    @property
-    def user_ids(self) -> Path:
-        return self.embeddings / "user_ids.txt"
-
-    @property
-    def user_histories(self) -> Path:
-        return self.embeddings / "user_histories.npy"
 
     def read_metadata(self, missing_ok: bool = False) -> dict:
         """The version's tfrec_metadata.json (an older export's "index" key read as
@@ -131,14 +95,8 @@ class VersionFolder:
         self.metadata.write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-class ModelFolder:
+class ModelFolder(Folder):
     """A model's folder of numbered versions (TF Serving's `base_path`)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"ModelFolder({str(self.path)!r})"
 
     def versions(self) -> list[int]:
         """The version numbers on disk, oldest first (temporaries are not versions)."""

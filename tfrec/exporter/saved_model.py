@@ -23,7 +23,7 @@ import tensorflow as tf
 from tfrec.config import BatchingParameters
 from tfrec.errors import InputError
 from tfrec.exporter.catalogue import Catalogue
-from tfrec.exporter.layout import INDEX_KIND, ModelFolder
+from tfrec.exporter.layout import INDEX_KIND, ModelFolder, VersionFolder
 from tfrec.exporter.module import RecommenderModule, UserCache
 from tfrec.index.ann import IndexConfig, build_index_for_recall, scann_parameters
 from tfrec.utils import ensure_folder
@@ -357,6 +357,7 @@ def load_saved_model(path: str | Path):
     import tensorflow_text  # noqa: F401  (CaseFoldUTF8, TFText>... ops)
 
     path = Path(path)
-    if not (path / "saved_model.pb").exists():
-        raise InputError("not a SavedModel folder (no saved_model.pb)", path=str(path))
+    if not VersionFolder(path).saved_model.exists():
+        raise InputError(f"not a SavedModel folder (no {VersionFolder.saved_model.name})",
+                         path=str(path))
     return tf.saved_model.load(str(path))

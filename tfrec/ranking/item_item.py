@@ -140,8 +140,8 @@ class ValidationSlice:
         return len(self.targets)
 
 
-def validation_slice(baskets: sparse.csr_matrix, share: float = 0.1, max_cases: int = 5_000,
-                     seed: int = 42) -> ValidationSlice:
+def validation_slice(baskets: sparse.csr_matrix, share: float, max_cases: int,
+                     seed: int) -> ValidationSlice:
     """Holds out a seeded `share` (at most `max_cases`) of the baskets with >= 2 items.
 
     Each held-out basket hides one of its items (seeded): the target; the

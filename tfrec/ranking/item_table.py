@@ -48,7 +48,7 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg import lapack
 
-from tfrec.config import TABLE_ESTIMATORS, RankingConfig
+from tfrec.config import TABLE_ESTIMATORS, RankingConfig, TrainConfig
 from tfrec.errors import InputError
 from tfrec.ranking import item_item
 from tfrec.metrics import hit_rate, ndcg, target_ranks
@@ -126,11 +126,13 @@ class ItemItemTable:
 
     @property
     def num_items(self) -> int:
-        return len(self.row_splits) - 1
+        """Rows of the table: the catalogue size, OOV index 0 included."""
+        return self.row_splits.size - 1
 
     @property
     def num_entries(self) -> int:
-        return len(self.indices)
+        """(item, co-item) weights held."""
+        return self.indices.size
 
     def row(self, item: int) -> tuple[np.ndarray, np.ndarray]:
         """(co-items, weights) of one item, strongest first."""
@@ -454,7 +456,8 @@ def table_from_baskets(baskets: sparse.csr_matrix, lam: float, estimator: str = 
 
 def choose_lambda(baskets: sparse.csr_matrix, estimator: str = "auto",
                   table_size: int = TABLE_SIZE, neighbours: int = NEIGHBOURS,
-                  lambdas: tuple = LAMBDAS, k: int = 10, seed: int = 42,
+                  lambdas: tuple = LAMBDAS, k: int = TrainConfig.eval_k,
+                  seed: int = TrainConfig.seed,
                   dense_max_items: int = DENSE_MAX_ITEMS) -> dict:
     """Chooses λ by the table's HR@k on a validation slice of the training baskets.
 
@@ -497,8 +500,9 @@ def choose_lambda(baskets: sparse.csr_matrix, estimator: str = "auto",
 
 def build_item_table(sessions, num_items: int, estimator: str = RankingConfig.estimator,
                      table_size: int = TABLE_SIZE, neighbours: int = NEIGHBOURS,
-                     lam: float | None = None, lambdas: tuple = LAMBDAS, k: int = 10,
-                     seed: int = 42, dense_max_items: int = DENSE_MAX_ITEMS) -> ItemItemTable:
+                     lam: float | None = None, lambdas: tuple = LAMBDAS,
+                     k: int = TrainConfig.eval_k, seed: int = TrainConfig.seed,
+                     dense_max_items: int = DENSE_MAX_ITEMS) -> ItemItemTable:
     """The item-item table of the training sessions.
 
     Args:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfrec.config import RunConfig
+from tfrec.config import RunConfig, TrainConfig
 from tfrec.data.pipeline import PairPipeline
 from tfrec.data.sequences import NextItemPipeline
 from tfrec.data.sessions import resolve_retrieval_context, sessionize
@@ -51,7 +51,7 @@ class RankerSplit:
 
 
 def ranker_split(train_events: pd.DataFrame, share: float, per_user: bool,
-                 seed: int = 42) -> RankerSplit:
+                 seed: int = TrainConfig.seed) -> RankerSplit:
     """Splits a run's training events into stage 1's and the ranker's.
 
     Time split (`per_user` false): a session belongs wholly to the side of

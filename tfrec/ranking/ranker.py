@@ -16,6 +16,8 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
+from tfrec.config import RankingConfig, TrainConfig
+
 PADDING_SCORE = -1e9
 
 
@@ -77,8 +79,7 @@ class CandidateRanker(tfrs.models.Model):
     the unpadded training features.
     """
 
-    def __init__(self, num_features: int, hidden_units=(64, 32), seed: int | None = 42,
-                 **kwargs):
+    def __init__(self, num_features: int, hidden_units, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.num_features = int(num_features)
         self.hidden_units = tuple(int(u) for u in hidden_units)
@@ -123,8 +124,10 @@ class CandidateRanker(tfrs.models.Model):
 
 
 def fit_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray,
-               hidden_units=(64, 32), epochs: int = 20, learning_rate: float = 0.003,
-               batch_size: int = 64, seed: int = 42, columns: list | None = None,
+               hidden_units=RankingConfig.hidden_units, epochs: int = RankingConfig.epochs,
+               learning_rate: float = RankingConfig.learning_rate,
+               batch_size: int = RankingConfig.batch_size, seed: int = TrainConfig.seed,
+               columns: list | None = None,
                verbose: int = 0) -> CandidateRanker:
     """Adapts and fits a `CandidateRanker` on lists that hold their positive.
 

@@ -43,11 +43,12 @@ class RecommenderClient:
         response = self.stub.Predict(request, timeout=self.timeout)
         return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
-    def recommend(self, sessions: list[list[str]], k: int = 10) -> list[list[tuple[str, float]]]:
+    def recommend(self, sessions: list[list[str]], k: int = RecommendSettings.k
+                  ) -> list[list[tuple[str, float]]]:
         """Top-k (item id, score) for each session, its own items excluded."""
         return self.recommend_with_fallback(sessions, k)[0]
 
-    def recommend_with_fallback(self, sessions: list[list[str]], k: int = 10):
+    def recommend_with_fallback(self, sessions: list[list[str]], k: int = RecommendSettings.k):
         """(top-k (item id, score) per session, per session: were they the popular-items
         fallback, because no item of the session was known?)."""
         width = max(len(s) for s in sessions)
@@ -59,7 +60,7 @@ class RecommenderClient:
         fallback = out.get("fallback", np.zeros(len(sessions), dtype=bool))
         return results, [bool(f) for f in fallback]
 
-    def recommend_for_user(self, user_ids: list[str], k: int = 10
+    def recommend_for_user(self, user_ids: list[str], k: int = RecommendSettings.k
                            ) -> list[tuple[list[tuple[str, float]], bool]]:
         """Per user: (top-k (item id, score) from the user's cached embedding, its own
         items excluded; is the user known?). An unknown or empty user id gets the most
@@ -70,7 +71,7 @@ class RecommenderClient:
         return [([(i.decode(), float(sc)) for i, sc in zip(ids, scores) if i], bool(known))
                 for ids, scores, known in zip(out["item_ids"], out["scores"], out["known"])]
 
-    def similar_items(self, item_ids: list[str], k: int = 10):
+    def similar_items(self, item_ids: list[str], k: int = RecommendSettings.k):
         out = self._predict("similar_items", {"item_ids": np.array(item_ids, dtype=bytes),
                                               "k": np.int32(k)})
         return [[(i.decode(), float(sc)) for i, sc in zip(ids, scores)] if known else None

@@ -84,7 +84,7 @@ class _Failure:
 
 def _signature_defs(path: Path):
     proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    proto.ParseFromString(VersionFolder(path).saved_model.read_bytes())
     return proto.meta_graphs[0].signature_def
 
 

@@ -2,11 +2,11 @@
 
 from tfrec.tasks.base import NEXT_ITEMS, PAIRS, STREAMS, Task
 from tfrec.tasks.retrieval import RetrievalTask
-from tfrec.tasks.samplers import (SAMPLERS, CatalogueSampler, InBatchSampler, MixedSampler,
-                                  NegativeSampler, UniformSampler, build_sampler,
-                                  register_sampler)
+from tfrec.tasks.samplers import (SAMPLERS, CatalogueSampler, DrawingSampler, InBatchSampler,
+                                  MixedSampler, NegativeSampler, UniformSampler, build_sampler,
+                                  check_sampler_name, register_sampler)
 from tfrec.tasks.skipgram import SkipGramTask
 
-__all__ = ["NEXT_ITEMS", "PAIRS", "SAMPLERS", "STREAMS", "CatalogueSampler", "InBatchSampler",
-           "MixedSampler", "NegativeSampler", "RetrievalTask", "SkipGramTask", "Task",
-           "UniformSampler", "build_sampler", "register_sampler"]
+__all__ = ["NEXT_ITEMS", "PAIRS", "SAMPLERS", "STREAMS", "CatalogueSampler", "DrawingSampler",
+           "InBatchSampler", "MixedSampler", "NegativeSampler", "RetrievalTask", "SkipGramTask",
+           "Task", "UniformSampler", "build_sampler", "check_sampler_name", "register_sampler"]

@@ -109,43 +109,51 @@ def _clip(probability):
     return tf.clip_by_value(tf.cast(probability, tf.float32), 1e-6, 1.0)
 
 
-def _uniform(num_sampled: int, num_warm, seed: int | None):
-    return tf.random.uniform([num_sampled], 1, num_warm + 1, dtype=tf.int32, seed=seed)
-
-
-class UniformSampler(NegativeSampler):
-    """`num_sampled` warm items drawn uniformly per batch, shared by its queries.
-
-    Each query scores its own positive and the sample, not the other
-    queries' positives. The proposal is uniform, so the logQ correction is a
-    constant and cancels; a sampled item equal to the positive is hidden.
+class DrawingSampler(NegativeSampler):
+    """Base class of the samplers that draw `num_sampled` warm items uniformly per batch,
+    shared by its queries (beside the batch's positives).
 
     Args:
-      num_sampled: negatives per batch.
+      num_sampled: negatives drawn per batch.
       seed: seeds the draws.
     """
-
-    name = "sampled"
 
     def __init__(self, num_sampled: int, seed: int | None = None):
         self.num_sampled = int(num_sampled)
         self.seed = seed
 
-    def sample(self, positive_ids, num_warm, candidate_probability=None) -> SampledCandidates:
+    def draw(self, positive_ids, num_warm):
+        """(positive_ids as int32, the batch size, [num_sampled] items drawn uniformly
+        from 1..num_warm)."""
         positive_ids = tf.cast(positive_ids, tf.int32)
-        batch = tf.shape(positive_ids)[0]
-        sampled = _uniform(self.num_sampled, num_warm, self.seed)
+        sampled = tf.random.uniform([self.num_sampled], 1, num_warm + 1, dtype=tf.int32,
+                                    seed=self.seed)
+        return positive_ids, tf.shape(positive_ids)[0], sampled
+
+    def get_config(self) -> dict:
+        return {"num_sampled": self.num_sampled, "seed": self.seed}
+
+
+class UniformSampler(DrawingSampler):
+    """`num_sampled` warm items drawn uniformly per batch, shared by its queries.
+
+    Each query scores its own positive and the sample, not the other
+    queries' positives. The proposal is uniform, so the logQ correction is a
+    constant and cancels; a sampled item equal to the positive is hidden.
+    """
+
+    name = "sampled"
+
+    def sample(self, positive_ids, num_warm, candidate_probability=None) -> SampledCandidates:
+        positive_ids, batch, sampled = self.draw(positive_ids, num_warm)
         valid = tf.concat([tf.eye(batch, dtype=tf.bool),
                            tf.ones([batch, self.num_sampled], tf.bool)], 1)
         return SampledCandidates(ids=tf.concat([positive_ids, sampled], 0),
                                  labels=tf.range(batch, dtype=tf.int32), valid=valid,
                                  remove_accidental_hits=True)
 
-    def get_config(self) -> dict:
-        return {"num_sampled": self.num_sampled, "seed": self.seed}
 
-
-class MixedSampler(NegativeSampler):
+class MixedSampler(DrawingSampler):
     """In-batch negatives plus a uniform sample of the catalogue (mixed negative
     sampling, Yang et al. WWW 2020).
 
@@ -155,33 +163,21 @@ class MixedSampler(NegativeSampler):
     proposal: log(B * q) for the batch's candidates (q their candidate
     probability; 1 / num_warm when none is given) and log(num_sampled /
     num_warm) for the uniform ones. Accidental hits are hidden in both parts.
-
-    Args:
-      num_sampled: uniform negatives per batch (beside the batch's positives).
-      seed: seeds the draws.
     """
 
     name = "mixed"
 
-    def __init__(self, num_sampled: int, seed: int | None = None):
-        self.num_sampled = int(num_sampled)
-        self.seed = seed
-
     def sample(self, positive_ids, num_warm, candidate_probability=None) -> SampledCandidates:
-        positive_ids = tf.cast(positive_ids, tf.int32)
-        batch = tf.shape(positive_ids)[0]
+        positive_ids, batch, sampled = self.draw(positive_ids, num_warm)
         warm = tf.cast(num_warm, tf.float32)
         if candidate_probability is None:
             candidate_probability = tf.fill([batch], 1.0 / warm)
         in_batch = tf.math.log(tf.cast(batch, tf.float32) * _clip(candidate_probability))
         uniform = tf.fill([self.num_sampled], tf.math.log(self.num_sampled / warm))
         return SampledCandidates(
-            ids=tf.concat([positive_ids, _uniform(self.num_sampled, num_warm, self.seed)], 0),
+            ids=tf.concat([positive_ids, sampled], 0),
             labels=tf.range(batch, dtype=tf.int32), log_q=tf.concat([in_batch, uniform], 0),
             remove_accidental_hits=True)
-
-    def get_config(self) -> dict:
-        return {"num_sampled": self.num_sampled, "seed": self.seed}
 
 
 SamplerBuilder = Callable[..., NegativeSampler]
@@ -203,8 +199,8 @@ register_sampler(UniformSampler, UniformSampler)
 register_sampler(MixedSampler, MixedSampler)
 
 
-def build_sampler(name: str, num_sampled: int, seed: int | None) -> NegativeSampler:
-    """The sampler registered as `name` (the value of `model.negatives`).
+def check_sampler_name(name: str) -> None:
+    """Refuses a `model.negatives` value that names no registered sampler.
 
     Raises:
       InputError: `name` is not registered (the message lists the names).
@@ -213,6 +209,15 @@ def build_sampler(name: str, num_sampled: int, seed: int | None) -> NegativeSamp
         names = ", ".join(repr(n) for n in SAMPLERS)
         raise InputError(f"negatives must be one of {names}, got {name!r}",
                          key="model.negatives")
+
+
+def build_sampler(name: str, num_sampled: int, seed: int | None) -> NegativeSampler:
+    """The sampler registered as `name` (the value of `model.negatives`).
+
+    Raises:
+      InputError: `name` is not registered (see `check_sampler_name`).
+    """
+    check_sampler_name(name)
     return SAMPLERS[name](num_sampled=num_sampled, seed=seed)
 
 
