@@ -23,7 +23,7 @@ test: lint
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/python -m flake8 tfrec tests bench
+	$(VENV)/bin/python -m flake8 tfrec tests bench examples
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/pairs.py
