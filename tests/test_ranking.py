@@ -12,7 +12,8 @@ from tfrec.ranking import features as F
 from tfrec.config import RankingConfig
 from tfrec.ranking.protocol import index_map, ranker_cases, ranker_split, split_validation
 from tfrec.run import load_run_config
-from tfrec.ranking.ranker import (CandidateRanker, ListwiseSoftmaxTask, fit_ranker, list_ranks,
+from tfrec.tasks import ListwiseSoftmaxTask
+from tfrec.ranking.ranker import (CandidateRanker, fit_ranker, list_ranks,
                                   score_lists)
 
 

@@ -72,6 +72,7 @@ _LAZY = {
     "build_model": "tfrec.models.builder",
     # Losses and the retrieval task's negative samplers.
     "SkipGramTask": "tfrec.tasks.skipgram",
+    "ListwiseSoftmaxTask": "tfrec.tasks.listwise",
     "RetrievalTask": "tfrec.tasks.retrieval",
     "InBatchSampler": "tfrec.tasks.samplers",
     "CatalogueSampler": "tfrec.tasks.samplers",
@@ -98,6 +99,7 @@ if typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from tfrec.tasks.retrieval import RetrievalTask  # noqa: F401
     from tfrec.tasks.samplers import (  # noqa: F401
         CatalogueSampler, InBatchSampler, MixedSampler, UniformSampler)
+    from tfrec.tasks.listwise import ListwiseSoftmaxTask  # noqa: F401
     from tfrec.tasks.skipgram import SkipGramTask  # noqa: F401
     from tfrec.towers.item_encoder import ItemEncoder  # noqa: F401
     from tfrec.towers.query_tower import QueryTower  # noqa: F401

@@ -1,6 +1,8 @@
-"""Tasks: the hybrid model's losses as layers, and the retrieval task's negative samplers."""
+"""Tasks: the losses as layers (the hybrid model's, the ranker's), and the retrieval
+task's negative samplers."""
 
 from tfrec.tasks.base import NEXT_ITEMS, PAIRS, STREAMS, Task
+from tfrec.tasks.listwise import ListwiseSoftmaxTask
 from tfrec.tasks.retrieval import RetrievalTask
 from tfrec.tasks.samplers import (SAMPLERS, CatalogueSampler, DrawingSampler, InBatchSampler,
                                   MixedSampler, NegativeSampler, UniformSampler, build_sampler,
@@ -8,5 +10,6 @@ from tfrec.tasks.samplers import (SAMPLERS, CatalogueSampler, DrawingSampler, In
 from tfrec.tasks.skipgram import SkipGramTask
 
 __all__ = ["NEXT_ITEMS", "PAIRS", "SAMPLERS", "STREAMS", "CatalogueSampler", "DrawingSampler",
-           "InBatchSampler", "MixedSampler", "NegativeSampler", "RetrievalTask", "SkipGramTask",
-           "Task", "UniformSampler", "build_sampler", "check_sampler_name", "register_sampler"]
+           "InBatchSampler", "ListwiseSoftmaxTask", "MixedSampler", "NegativeSampler",
+           "RetrievalTask", "SkipGramTask", "Task", "UniformSampler", "build_sampler",
+           "check_sampler_name", "register_sampler"]
