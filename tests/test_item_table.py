@@ -4,23 +4,11 @@ rows, the settings' checks, .npz round trips and the TensorFlow scorer against n
 import numpy as np
 import pytest
 
-from tfrec.data.sessions import Sessions
 from tfrec.errors import InputError
 from tfrec.ranking import item_item
 from tfrec.ranking import item_table
 from tfrec.ranking.item_table import ItemItemTable, build_item_table, table_from_baskets
-
-
-def sessions_of(lists):
-    """A `Sessions` holding these item index lists (one session each)."""
-    lengths = [len(s) for s in lists]
-    n, events = len(lists), sum(lengths)
-    return Sessions(items=np.asarray([i for s in lists for i in s], np.int32),
-                    weights=np.ones(events, np.float32), is_conversion=np.zeros(events, bool),
-                    row_splits=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                    converted=np.full(n, -1, np.int32), converted_weight=np.zeros(n, np.float32),
-                    user=np.zeros(n, np.int32), start_time=np.arange(n, dtype=np.int64),
-                    user_ids=np.array(["u"], dtype=object))
+from session_helpers import sessions_of
 
 
 def baskets_of(lists, num_items):
