@@ -98,8 +98,34 @@ def list_z(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.concatenate([features, z.astype(np.float32)], axis=2)
 
 
-# name: (how the features change, hidden units or None for the settings')
-VARIANTS = {"list_z": (list_z, None), "wide": (None, (128, 64))}
+def list_rank(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`features` with the LIST_Z columns' places within each list appended, as a share
+    of the list's length (0: the list's largest value; 0 at padding)."""
+    cols = [F.FEATURES.index(name) for name in LIST_Z]
+    x = np.where(mask[:, :, None], features[:, :, cols], -np.inf)
+    order = np.argsort(-x, axis=1, kind="stable")
+    place = np.empty_like(order)
+    np.put_along_axis(place, order, np.arange(x.shape[1])[None, :, None], axis=1)
+    length = np.maximum(mask.sum(axis=1), 1)[:, None, None]
+    share = (place / length) * mask[:, :, None]
+    return np.concatenate([features, share.astype(np.float32)], axis=2)
+
+
+def ii_ratios(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`features` with the table score per query item and per log(1 + count) appended."""
+    column = {name: j for j, name in enumerate(F.FEATURES)}
+    score = features[:, :, column["ii_score"]]
+    length = np.expm1(features[:, :, column["query_length"]])
+    per_item = np.divide(score, length, out=np.zeros_like(score), where=length > 0)
+    log_count = features[:, :, column["log_count"]]
+    per_count = np.divide(score, log_count, out=np.zeros_like(score), where=log_count > 0)
+    return np.concatenate([features, per_item[..., None], per_count[..., None]], axis=2)
+
+
+# name: how the features change, the hidden units, the epochs (None: the settings')
+VARIANTS = {"list_z": (list_z, None, None), "list_rank": (list_rank, None, None),
+            "ii_ratios": (ii_ratios, None, None), "wide": (None, (128, 64), None),
+            "epochs10": (None, None, 10), "epochs40": (None, None, 40)}
 
 
 class Queries:
@@ -258,14 +284,14 @@ def main(argv=None) -> int:
                 len(as_new), kept)
 
     def train_and_rank(n, columns, rows, on, ranks_of, variant=None):
-        change, hidden = VARIANTS[variant] if variant else (None, None)
+        change, hidden, epochs = VARIANTS[variant] if variant else (None, None, None)
         fit_f = r_f[rows, :n]
         c, m, f, q = on
         f = f[:, :n]
         if change is not None:
             fit_f, f = change(fit_f, r_m[rows, :n]), change(f, m[:, :n])
         model_r = fit_ranker(fit_f, r_m[rows, :n], r_l[rows, :n],
-                             hidden or settings.hidden_units, settings.epochs,
+                             hidden or settings.hidden_units, epochs or settings.epochs,
                              settings.learning_rate, settings.batch_size, args.seed, columns)
         s = score_lists(model_r, f, m[:, :n], columns)
         return list_ranks(s, c[:, :n], m[:, :n], q.targets, miss_rank=max(n, 50) + 1)
