@@ -122,10 +122,13 @@ def ii_ratios(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.concatenate([features, per_item[..., None], per_count[..., None]], axis=2)
 
 
-# name: how the features change, the hidden units, the epochs (None: the settings')
-VARIANTS = {"list_z": (list_z, None, None), "list_rank": (list_rank, None, None),
-            "ii_ratios": (ii_ratios, None, None), "wide": (None, (128, 64), None),
-            "epochs10": (None, None, 10), "epochs40": (None, None, 40)}
+# name: how the features change, the hidden units, the epochs, the share of fit cases
+# shown as new (None: the settings')
+VARIANTS = {"list_z": (list_z, None, None, None), "list_rank": (list_rank, None, None, None),
+            "ii_ratios": (ii_ratios, None, None, None),
+            "wide": (None, (128, 64), None, None), "epochs10": (None, None, 10, None),
+            "epochs40": (None, None, 40, None), "new0": (None, None, None, 0.0),
+            "new20": (None, None, None, 0.2), "new30": (None, None, None, 0.3)}
 
 
 class Queries:
@@ -275,22 +278,32 @@ def main(argv=None) -> int:
     logger.info("features: %.1f s; ranker-case recall@%d %.4f", feature_seconds, width,
                 F.candidate_recall(r_c, r_m, ranker_q.targets))
     fit_rows, val_rows = split_validation(groups, settings.validation_share, args.seed)
-    rng = np.random.default_rng([args.seed, 5])
     warm_fit = fit_rows[~ranker_q.cold[fit_rows]]
-    as_new = np.sort(rng.choice(warm_fit, size=int(round(settings.new_share * len(fit_rows))),
-                                replace=False))
-    kept = F.present_as_new(r_f, r_c, r_m, r_l, ranker_q.embeddings, tables_s1, as_new)
-    logger.info("%d fit cases show their target as new (%d of them still in their list)",
-                len(as_new), kept)
+    unchanged = (r_f.copy(), r_l.copy()) if any(
+        VARIANTS[v][3] is not None for v in filter(None, args.variants.split(","))) else None
+
+    def show_as_new(share, f, labels):
+        rng = np.random.default_rng([args.seed, 5])
+        as_new = np.sort(rng.choice(warm_fit, size=int(round(share * len(fit_rows))),
+                                    replace=False))
+        kept = F.present_as_new(f, r_c, r_m, labels, ranker_q.embeddings, tables_s1, as_new)
+        logger.info("%d fit cases show their target as new (%d of them still in their list)",
+                    len(as_new), kept)
+
+    show_as_new(settings.new_share, r_f, r_l)
 
     def train_and_rank(n, columns, rows, on, ranks_of, variant=None):
-        change, hidden, epochs = VARIANTS[variant] if variant else (None, None, None)
-        fit_f = r_f[rows, :n]
+        change, hidden, epochs, new_share = VARIANTS[variant] if variant else (None,) * 4
+        base_f, base_l = r_f, r_l
+        if new_share is not None:
+            base_f, base_l = unchanged[0].copy(), unchanged[1].copy()
+            show_as_new(new_share, base_f, base_l)
+        fit_f = base_f[rows, :n]
         c, m, f, q = on
         f = f[:, :n]
         if change is not None:
             fit_f, f = change(fit_f, r_m[rows, :n]), change(f, m[:, :n])
-        model_r = fit_ranker(fit_f, r_m[rows, :n], r_l[rows, :n],
+        model_r = fit_ranker(fit_f, r_m[rows, :n], base_l[rows, :n],
                              hidden or settings.hidden_units, epochs or settings.epochs,
                              settings.learning_rate, settings.batch_size, args.seed, columns)
         s = score_lists(model_r, f, m[:, :n], columns)
