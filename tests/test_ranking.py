@@ -290,6 +290,10 @@ def test_features_run_in_a_graph():
     assert out.shape == (1, 3, len(F.FEATURES))
     assert float(out[0, 0, F.FEATURES.index("ii_score")]) == pytest.approx(
         float(tables.table.matrix()[1, 2]), rel=1e-5)
+    # The table's CSR arrays are the layer's weights (saved with it), not a V x V array.
+    shapes = sorted(tuple(w.shape) for w in layer.weights)
+    assert (12, 12) not in shapes
+    assert (tables.table.num_entries,) in shapes and (13,) in shapes
 
 
 def test_a_target_shown_as_new_loses_its_behaviour_or_its_place():
