@@ -7,7 +7,8 @@ ranker on the sessions stage 1 did not see, scored on the run's test cases.
 
 Stage 1 (the two-tower) trains in --run-dir (reused when finished) on the
 training period less its last `ranking.ranker_share`; the item-item table
-(EASE, each item's M strongest co-items), the counts and the skip-gram
+(`build_item_table` with the run config's `ranking` settings: the
+estimator, M co-items per item, C neighbours, λ), the counts and the skip-gram
 vectors that make the ranker's training features are fit on the same
 reduced period, and refitted on the whole training period for the test
 cases (as the export would). N and the ranker's settings are chosen on a
@@ -38,25 +39,13 @@ from tfrec.evaluate import baselines
 from tfrec.metrics import hit_rate, ndcg, target_ranks
 from tfrec.config import RankingConfig
 from tfrec.ranking import features as F
-from tfrec.ranking import item_item
+from tfrec.ranking.item_table import build_item_table
 from tfrec.ranking.protocol import (index_map, ranker_cases, ranker_split, split_validation,
                                     stage1_data, train_stage1)
 from tfrec.ranking.ranker import fit_ranker, list_ranks, score_lists
 from tfrec.run import load_run_config, prepare_training_data
 
 logger = logging.getLogger("ranking_study")
-
-
-def item_table(sessions, num_items: int, lam: float, neighbours: int) -> np.ndarray:
-    """[V, V] EASE weights, each item's `neighbours` strongest co-items kept.
-
-    The study's stand-in for the sparse item-item table (same contents).
-    """
-    baskets = item_item.basket_matrix(sessions, num_items)
-    active, gram = item_item.active_gram(baskets)
-    table = np.zeros((num_items, num_items), np.float32)
-    table[np.ix_(active, active)] = item_item.ease_weights(gram, lam)
-    return F.truncate_rows(table, neighbours)
 
 
 def cached(path: Path, make):
@@ -92,6 +81,56 @@ HEADER = ("  method                              HR@10   warm    cold    NDCG   
           "cold@50")
 
 
+# Features z-scored within each query's candidate list (beside the raw values).
+LIST_Z = ("tt_score", "ii_score", "ii_max", "log_count")
+
+
+def list_z(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`features` [n, N, F] with the LIST_Z columns' z-scores within each list appended
+    (over its listed candidates; 0 at padding)."""
+    cols = [F.FEATURES.index(name) for name in LIST_Z]
+    x = features[:, :, cols].astype(np.float64)
+    w = mask[:, :, None].astype(np.float64)
+    count = np.maximum(w.sum(axis=1, keepdims=True), 1.0)
+    mean = (x * w).sum(axis=1, keepdims=True) / count
+    std = np.sqrt((((x - mean) ** 2) * w).sum(axis=1, keepdims=True) / count)
+    z = np.where(std > 1e-9, (x - mean) / np.maximum(std, 1e-9), 0.0) * w
+    return np.concatenate([features, z.astype(np.float32)], axis=2)
+
+
+def list_rank(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`features` with the LIST_Z columns' places within each list appended, as a share
+    of the list's length (0: the list's largest value; 0 at padding)."""
+    cols = [F.FEATURES.index(name) for name in LIST_Z]
+    x = np.where(mask[:, :, None], features[:, :, cols], -np.inf)
+    order = np.argsort(-x, axis=1, kind="stable")
+    place = np.empty_like(order)
+    np.put_along_axis(place, order, np.arange(x.shape[1])[None, :, None], axis=1)
+    length = np.maximum(mask.sum(axis=1), 1)[:, None, None]
+    share = (place / length) * mask[:, :, None]
+    return np.concatenate([features, share.astype(np.float32)], axis=2)
+
+
+def ii_ratios(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`features` with the table score per query item and per log(1 + count) appended."""
+    column = {name: j for j, name in enumerate(F.FEATURES)}
+    score = features[:, :, column["ii_score"]]
+    length = np.expm1(features[:, :, column["query_length"]])
+    per_item = np.divide(score, length, out=np.zeros_like(score), where=length > 0)
+    log_count = features[:, :, column["log_count"]]
+    per_count = np.divide(score, log_count, out=np.zeros_like(score), where=log_count > 0)
+    return np.concatenate([features, per_item[..., None], per_count[..., None]], axis=2)
+
+
+# name: how the features change, the hidden units, the epochs, the share of fit cases
+# shown as new (None: the settings')
+VARIANTS = {"list_z": (list_z, None, None, None), "list_rank": (list_rank, None, None, None),
+            "ii_ratios": (ii_ratios, None, None, None),
+            "wide": (None, (128, 64), None, None), "epochs10": (None, None, 10, None),
+            "epochs40": (None, None, 40, None), "new0": (None, None, None, 0.0),
+            "new20": (None, None, None, 0.2), "new30": (None, None, None, 0.3)}
+
+
 class Queries:
     """A set of cases with the stage-1 query embeddings."""
 
@@ -116,6 +155,12 @@ def main(argv=None) -> int:
     parser.add_argument("--lam", type=float, help="EASE's λ (default: chosen on its "
                         "validation slice of the training sessions, as `tfrec evaluate` does)")
     parser.add_argument("--i2v-epochs", type=int, default=5, help="skip-gram passes")
+    parser.add_argument("--ablations", default="all",
+                        help="feature groups to leave out one at a time (comma list, 'all' "
+                             "or 'none')")
+    parser.add_argument("--variants", default="",
+                        help="ranker variants measured on validation and test at the chosen "
+                             "N (comma list of: " + ", ".join(VARIANTS) + ")")
     parser.add_argument("--set", action="append", default=[], help="run config overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -172,14 +217,22 @@ def main(argv=None) -> int:
                                            full.cases.targets, full.cases.queries, valid)
 
     logger.info("item-item tables (λ %s, M %d) and skip-gram vectors", lam, settings.table_size)
-    tables_s1 = F.Tables(item_emb, item_table(s1_sessions, size, lam, settings.table_size),
+
+    def item_table(sessions):
+        rk = config.ranking
+        table = build_item_table(sessions, size, rk.estimator, settings.table_size,
+                                 rk.neighbours, lam, k=k, seed=config.train.eval_seed)
+        logger.info("item-item table: %s", json.dumps(table.info))
+        return table
+
+    tables_s1 = F.Tables(item_emb, item_table(s1_sessions),
                          s1_counts, text_emb, tfidf,
                          cached(Path(args.run_dir) / f"i2v_stage1_{args.i2v_epochs}.npy",
                                 lambda: baselines.item2vec_gensim(
                                     s1_sessions, vocab, [], seed=args.seed,
                                     epochs=args.i2v_epochs).items),
                          grams)
-    tables_full = F.Tables(item_emb, item_table(full.sessions, size, lam, settings.table_size),
+    tables_full = F.Tables(item_emb, item_table(full.sessions),
                            vocab.counts, text_emb, tfidf,
                            cached(Path(args.run_dir) / f"i2v_full_{args.i2v_epochs}.npy",
                                   lambda: baselines.item2vec_gensim(
@@ -225,20 +278,35 @@ def main(argv=None) -> int:
     logger.info("features: %.1f s; ranker-case recall@%d %.4f", feature_seconds, width,
                 F.candidate_recall(r_c, r_m, ranker_q.targets))
     fit_rows, val_rows = split_validation(groups, settings.validation_share, args.seed)
-    rng = np.random.default_rng([args.seed, 5])
     warm_fit = fit_rows[~ranker_q.cold[fit_rows]]
-    as_new = np.sort(rng.choice(warm_fit, size=int(round(settings.new_share * len(fit_rows))),
-                                replace=False))
-    kept = F.present_as_new(r_f, r_c, r_m, r_l, ranker_q.embeddings, tables_s1, as_new)
-    logger.info("%d fit cases show their target as new (%d of them still in their list)",
-                len(as_new), kept)
+    unchanged = (r_f.copy(), r_l.copy()) if any(
+        VARIANTS[v][3] is not None for v in filter(None, args.variants.split(","))) else None
 
-    def train_and_rank(n, columns, rows, on, ranks_of):
-        model_r = fit_ranker(r_f[rows, :n], r_m[rows, :n], r_l[rows, :n],
-                             settings.hidden_units, settings.epochs, settings.learning_rate,
-                             settings.batch_size, args.seed, columns)
+    def show_as_new(share, f, labels):
+        rng = np.random.default_rng([args.seed, 5])
+        as_new = np.sort(rng.choice(warm_fit, size=int(round(share * len(fit_rows))),
+                                    replace=False))
+        kept = F.present_as_new(f, r_c, r_m, labels, ranker_q.embeddings, tables_s1, as_new)
+        logger.info("%d fit cases show their target as new (%d of them still in their list)",
+                    len(as_new), kept)
+
+    show_as_new(settings.new_share, r_f, r_l)
+
+    def train_and_rank(n, columns, rows, on, ranks_of, variant=None):
+        change, hidden, epochs, new_share = VARIANTS[variant] if variant else (None,) * 4
+        base_f, base_l = r_f, r_l
+        if new_share is not None:
+            base_f, base_l = unchanged[0].copy(), unchanged[1].copy()
+            show_as_new(new_share, base_f, base_l)
+        fit_f = base_f[rows, :n]
         c, m, f, q = on
-        s = score_lists(model_r, f[:, :n], m[:, :n], columns)
+        f = f[:, :n]
+        if change is not None:
+            fit_f, f = change(fit_f, r_m[rows, :n]), change(f, m[:, :n])
+        model_r = fit_ranker(fit_f, r_m[rows, :n], base_l[rows, :n],
+                             hidden or settings.hidden_units, epochs or settings.epochs,
+                             settings.learning_rate, settings.batch_size, args.seed, columns)
+        s = score_lists(model_r, f, m[:, :n], columns)
         return list_ranks(s, c[:, :n], m[:, :n], q.targets, miss_rank=max(n, 50) + 1)
 
     validation = {}
@@ -259,12 +327,24 @@ def main(argv=None) -> int:
     results["ranker"] = scores(train_and_rank(chosen, None, all_rows, test_on, None),
                                test_cold, k)
     ranker_seconds = time.perf_counter() - t0
+    variants = {}
+    for variant in filter(None, args.variants.split(",")):
+        val = scores(train_and_rank(chosen, None, fit_rows, val_on, None, variant),
+                     ranker_q.cold[val_rows], k)
+        test = scores(train_and_rank(chosen, None, all_rows, test_on, None, variant),
+                      test_cold, k)
+        variants[variant] = {"validation": val, "test": test}
+        logger.info("variant %s: validation %s", variant, row(variant, val))
+    groups_left_out = {"all": list(F.FEATURE_GROUPS), "none": []}.get(
+        args.ablations, args.ablations.split(","))
     ablation = {}
     for group, names in F.FEATURE_GROUPS.items():
+        if group not in groups_left_out:
+            continue
         columns = [j for j, name in enumerate(F.FEATURES) if name not in names]
         ablation[group] = scores(train_and_rank(chosen, columns, all_rows, test_on, None),
                                  test_cold, k)
-    for group in ("two_tower", "item_item"):
+    for group in ("two_tower", "item_item") if args.ablations == "all" else ():
         columns = [j for j, name in enumerate(F.FEATURES) if name in F.FEATURE_GROUPS[group]]
         ablation[f"only {group}"] = scores(train_and_rank(chosen, columns, all_rows, test_on,
                                                           None), test_cold, k)
@@ -277,19 +357,24 @@ def main(argv=None) -> int:
         print(row(name, results[name]))
     for group, s in ablation.items():
         print(row(f"ranker {'' if group.startswith('only') else 'without '}{group}", s))
+    for variant, figures in variants.items():
+        print(row(f"ranker {variant} (test)", figures["test"]))
     print("  candidate recall HR@N (test):")
     for label, values in recall.items():
         print(f"    {label:<16}" + "  ".join(f"N={n}: {v:.4f}" for n, v in values.items()))
     print("  validation (ranker cases) by N:")
     for n, s in validation.items():
         print(row(f"N={n}", s))
+    print(row(f"N={chosen} (the ranker)", validation[chosen]))
+    for variant, figures in variants.items():
+        print(row(f"N={chosen} {variant}", figures["validation"]))
     print(f"  seconds: stage 1 {stage1_seconds:.0f}, features {feature_seconds:.0f}, "
           f"ranker fit {ranker_seconds:.0f}, total {time.perf_counter() - started:.0f}")
     if args.out:
         Path(args.out).write_text(json.dumps({
             "config": args.config, "seed": args.seed, "chosen_n": chosen,
             "settings": dataclasses.asdict(settings), "lambda": lam, "results": results,
-            "ablation": ablation, "recall": recall, "validation": validation,
+            "ablation": ablation, "variants": variants, "recall": recall, "validation": validation,
             "cases": {"test": len(full.cases), "test_cold": int(test_cold.sum()),
                       "ranker": len(rc)}}, indent=1, default=str))
     return 0

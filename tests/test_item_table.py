@@ -304,3 +304,12 @@ def test_gram_blocks_and_the_whole_gram_give_the_same_weights():
     blocks = entries(dense_budget=0, gram_budget=30 ** 2, solve_budget=10 ** 2 * 4)
     np.testing.assert_allclose(blocks, whole, rtol=1e-6, atol=1e-7)
     assert np.count_nonzero(whole) > 300
+
+
+def test_from_dense_keeps_each_rows_strongest_non_zero_entries():
+    weights = np.array([[0, 3, -1, 2], [5, 0, 4, 4], [0, 0, 0, 0], [1, 0, 0, 0]], np.float32)
+    table = ItemItemTable.from_dense(weights, table_size=2)
+    assert table.row_splits.tolist() == [0, 2, 4, 4, 5]
+    assert table.indices.tolist() == [1, 3, 0, 2, 0]  # ties to the lower index
+    assert table.weights.tolist() == [3, 2, 5, 4, 1]
+    np.testing.assert_array_equal(ItemItemTable.from_dense(weights).matrix().toarray(), weights)

@@ -9,6 +9,7 @@ from tfrec.data.split import make_cases
 from tfrec.data.vocab import build_vocabulary
 from tfrec.errors import InputError
 from tfrec.ranking import features as F
+from tfrec.ranking.item_table import ItemItemTable
 from tfrec.config import RankingConfig
 from tfrec.ranking.protocol import index_map, ranker_cases, ranker_split, split_validation
 from tfrec.run import load_run_config
@@ -135,7 +136,10 @@ def _tables(rng, size=12, dim=4):
         v = rng.normal(size=(size, d)).astype(np.float32)
         v[0] = 0
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    return F.Tables(rng.normal(size=(size, dim)).astype(np.float32), table, counts,
+    # Each row keeps its 6 strongest of 11 co-items: candidates meet missing entries
+    # (weight 0) and negative weights.
+    return F.Tables(rng.normal(size=(size, dim)).astype(np.float32),
+                    ItemItemTable.from_dense(table, table_size=6), counts,
                     unit(3), unit(5), unit(2))
 
 
@@ -157,18 +161,12 @@ def test_candidates_exclude_the_query_and_padding_is_masked():
         assert int(np.argmax(scores[row])) in cands[row].tolist()
 
 
-def test_truncate_rows_keeps_the_strongest():
-    weights = np.array([[0, 3, 1, 2], [5, 0, 4, 1]], np.float32)
-    kept = F.truncate_rows(weights, 2)
-    np.testing.assert_array_equal(kept, [[0, 3, 0, 2], [5, 0, 4, 0]])
-
-
 # Features ----------------------------------------------------------------------------------
 
 def test_features_in_tensorflow_equal_numpy():
     rng = np.random.default_rng(1)
     tables = _tables(rng)
-    queries = [[1, 2, 3], [4], [5, 6]]
+    queries = [[1, 2, 3], [4], [5, 6, 5]]  # a repeated item counts once in the table's sums
     query_emb = rng.normal(size=(3, 4)).astype(np.float32)
     cands, mask, tt_place, table_place = F.candidates(query_emb, tables, queries, width=5,
                                                       table_share=0.5)
@@ -196,7 +194,10 @@ def test_features_in_tensorflow_equal_numpy():
     # Spot checks against the definitions.
     j = F.FEATURES.index("ii_score")
     c = cands[0, 0]
-    assert expected[0, 0, j] == pytest.approx(tables.table[[1, 2, 3], c].sum(), rel=1e-5)
+    dense = tables.table.matrix().toarray()
+    assert expected[0, 0, j] == pytest.approx(dense[[1, 2, 3], c].sum(), rel=1e-5)
+    j = F.FEATURES.index("ii_max")
+    assert expected[0, 0, j] == pytest.approx(dense[[1, 2, 3], c].max(), rel=1e-5)
     j = F.FEATURES.index("tfidf_max")
     assert expected[1, 1, j] == pytest.approx(float(tables.tfidf[4] @ tables.tfidf[cands[1, 1]]),
                                               rel=1e-5)
@@ -289,7 +290,11 @@ def test_features_run_in_a_graph():
                  "tt_place": tf.zeros([1, 3]), "table_place": tf.zeros([1, 3])})
     assert out.shape == (1, 3, len(F.FEATURES))
     assert float(out[0, 0, F.FEATURES.index("ii_score")]) == pytest.approx(
-        float(tables.table[1, 2]), rel=1e-5)
+        float(tables.table.matrix()[1, 2]), rel=1e-5)
+    # The table's CSR arrays are the layer's weights (saved with it), not a V x V array.
+    shapes = sorted(tuple(w.shape) for w in layer.weights)
+    assert (12, 12) not in shapes
+    assert (tables.table.num_entries,) in shapes and (13,) in shapes
 
 
 def test_a_target_shown_as_new_loses_its_behaviour_or_its_place():

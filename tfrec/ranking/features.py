@@ -10,9 +10,12 @@ Features (`FEATURES`, in groups `FEATURE_GROUPS` for the ablations):
 
 - two_tower: the two-tower score of the candidate, and log(1 + its place
   in the two-tower's list) (the list's width when the table brought it).
-- item_item: the table's score (the sum over the query's items of their
-  weight on the candidate), the largest single weight, log(1 + its place
-  in the table's list).
+- item_item: the table's score (the sum over the query's distinct items
+  of their weight on the candidate, 0 where an item's row does not hold
+  it), the largest single weight, log(1 + its place in the table's list).
+  The table is the sparse `ItemItemTable` (each item's M strongest
+  co-items), read the same way by numpy and by `ItemItemScorer`, so
+  nothing of size V x V is held.
 - behaviour: log(1 + training events) of the candidate and a has-behaviour
   flag (0 for an item without training events).
 - text: cosine of the candidate's text-only embedding (the item encoder
@@ -35,6 +38,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfrec.ranking.item_item import multi_hot
+from tfrec.ranking.item_scorer import ItemItemScorer
+from tfrec.ranking.item_table import ItemItemTable
+
 FEATURE_GROUPS = {
     "two_tower": ("tt_score", "tt_rank"),
     "item_item": ("ii_score", "ii_max", "ii_rank"),
@@ -55,8 +62,8 @@ class Tables:
 
     Attributes:
       item_embeddings: [V, d] the two-tower's item embeddings.
-      table: [V, V] item-item weights, row i: item i's weight on each item
-        (each row cut to its M strongest co-items; see `truncate_rows`).
+      table: the `ItemItemTable` (row i: item i's M strongest co-items and
+        their weights; V rows).
       counts: [V] training events per item.
       text: [V, t] L2-normalised text-only item embeddings.
       tfidf: [V, w] L2-normalised TF-IDF rows (dense).
@@ -67,24 +74,12 @@ class Tables:
     """
 
     item_embeddings: np.ndarray
-    table: np.ndarray
+    table: ItemItemTable
     counts: np.ndarray
     text: np.ndarray
     tfidf: np.ndarray
     i2v: np.ndarray
     grams: dict = dataclasses.field(default_factory=dict)
-
-
-def truncate_rows(weights: np.ndarray, neighbours: int) -> np.ndarray:
-    """Keeps each row's `neighbours` largest entries (the item's M strongest co-items)."""
-    weights = np.array(weights, dtype=np.float32)
-    if neighbours >= weights.shape[1]:
-        return weights
-    for start in range(0, len(weights), 1024):
-        block = weights[start:start + 1024]
-        drop = np.argpartition(-block, neighbours, axis=1)[:, neighbours:]
-        np.put_along_axis(block, drop, 0.0, axis=1)
-    return weights
 
 
 def merge_candidates(two_tower: np.ndarray, table: np.ndarray, query: list, width: int,
@@ -142,6 +137,7 @@ def candidates(query_embeddings: np.ndarray, tables: Tables, queries: list, widt
     """
     depth = depth or width
     n = len(queries)
+    table = tables.table.matrix().astype(np.float64)
     out = np.zeros((n, width), np.int64)
     mask = np.zeros((n, width), bool)
     tt_place = np.zeros((n, width), np.float32)
@@ -149,10 +145,8 @@ def candidates(query_embeddings: np.ndarray, tables: Tables, queries: list, widt
     for start in range(0, n, 512):
         stop = min(start + 512, n)
         tt_scores = query_embeddings[start:stop] @ tables.item_embeddings.T
-        ii_scores = np.zeros_like(tt_scores)
-        for row, query in enumerate(queries[start:stop]):
-            if len(query):
-                ii_scores[row] = tables.table[np.asarray(query, np.int64)].sum(axis=0)
+        ii_scores = np.asarray((multi_hot(queries[start:stop], len(tables.counts))
+                                @ table).toarray(), np.float32)
         for scores in (tt_scores, ii_scores):
             scores[:, 0] = -np.inf
             for row, query in enumerate(queries[start:stop]):
@@ -192,6 +186,7 @@ def candidate_features(query_embeddings: np.ndarray, tables: Tables, queries: li
     out = np.zeros((n, width, len(FEATURES)), np.float32)
     column = {name: j for j, name in enumerate(FEATURES)}
     log_counts = np.log1p(tables.counts.astype(np.float32))
+    table = tables.table.matrix().sorted_indices()
     # Batches of queries of similar length: little padding.
     by_length = np.argsort([len(q) for q in queries], kind="stable")
     for start in range(0, n, batch_size):
@@ -210,8 +205,8 @@ def candidate_features(query_embeddings: np.ndarray, tables: Tables, queries: li
         f[..., column["log_count"]] = log_counts[c]
         f[..., column["has_behaviour"]] = tables.counts[c] > 0
         f[..., column["query_length"]] = np.log1p(lengths)[:, None]
-        weights = tables.table[padded[:, :, None], c[:, None, :]]  # [B, L, N]
-        f[..., column["ii_score"]], _, f[..., column["ii_max"]] = _pool(weights, query_mask)
+        f[..., column["ii_score"]], f[..., column["ii_max"]] = _table_pool(
+            table, [queries[i] for i in rows], c)
         for name in SIMILARITIES:
             gram = tables.grams.get(name)
             if gram is not None:
@@ -224,6 +219,22 @@ def candidate_features(query_embeddings: np.ndarray, tables: Tables, queries: li
         f[~mask[rows]] = 0.0
         out[rows] = f
     return out
+
+
+def _table_pool(table, queries: list, cands: np.ndarray):
+    """(sum, max) [B, N] over each query's distinct items i of table[i, c]
+    (a scipy CSR matrix; 0 where row i does not hold c)."""
+    distinct = [np.unique(np.asarray(q, np.int64)) for q in queries]
+    distinct = [q[q > 0] for q in distinct]
+    width = max(1, max((len(q) for q in distinct), default=0))
+    padded = np.zeros((len(queries), width), np.int64)
+    for row, q in enumerate(distinct):
+        padded[row, :len(q)] = q
+    rows = np.broadcast_to(padded[:, :, None], padded.shape + (cands.shape[1],))
+    cols = np.broadcast_to(cands[:, None, :], rows.shape)
+    weights = np.asarray(table[rows.ravel(), cols.ravel()], np.float64).reshape(rows.shape)
+    total, _, largest = _pool(weights, padded > 0)
+    return total.astype(np.float32), largest.astype(np.float32)
 
 
 def _pool(pairwise: np.ndarray, query_mask: np.ndarray):
@@ -241,14 +252,15 @@ def _pool(pairwise: np.ndarray, query_mask: np.ndarray):
 class CandidateFeatures(keras.layers.Layer):
     """The TensorFlow twin of `candidate_features`, from the exported tensors.
 
-    The tables (`Tables`: item embeddings, the item-item table, counts, text,
-    TF-IDF and skip-gram vectors) are non-trainable weights, filled by
+    The tables (`Tables`: item embeddings, counts, text, TF-IDF and
+    skip-gram vectors) are non-trainable weights, and the item-item table is
+    an `ItemItemScorer` holding its CSR arrays (no V x V array): filled by
     `set_tables` and saved with the model (a checkpoint or SavedModel), not
-    in the config. The dense table is what the sparse item-item table
-    replaces.
+    in the config.
 
     Args:
       num_items: V, the catalogue size (index 0 is padding / OOV).
+      num_entries: the item-item table's number of (item, co-item) entries.
       embedding_dim, text_dim, tfidf_dim, i2v_dim: the widths of the tables.
 
     Call (a dict):
@@ -262,14 +274,16 @@ class CandidateFeatures(keras.layers.Layer):
       [B, N, len(FEATURES)] float32.
     """
 
-    def __init__(self, num_items: int, embedding_dim: int, text_dim: int, tfidf_dim: int,
-                 i2v_dim: int, **kwargs):
+    def __init__(self, num_items: int, num_entries: int, embedding_dim: int, text_dim: int,
+                 tfidf_dim: int, i2v_dim: int, **kwargs):
         super().__init__(**kwargs)
         self.num_items = int(num_items)
+        self.num_entries = int(num_entries)
+        self.item_item = ItemItemScorer(self.num_items, self.num_entries, name="item_item")
         self.dims = {"item_embeddings": int(embedding_dim), "text": int(text_dim),
                      "tfidf": int(tfidf_dim), "i2v": int(i2v_dim)}
         shapes = {"item_embeddings": (self.num_items, self.dims["item_embeddings"]),
-                  "table": (self.num_items, self.num_items), "counts": (self.num_items,),
+                  "counts": (self.num_items,),
                   "text": (self.num_items, self.dims["text"]),
                   "tfidf": (self.num_items, self.dims["tfidf"]),
                   "i2v": (self.num_items, self.dims["i2v"])}
@@ -281,15 +295,17 @@ class CandidateFeatures(keras.layers.Layer):
     def from_tables(cls, tables: Tables, **kwargs) -> "CandidateFeatures":
         """A layer holding `tables` (TF-IDF rows made dense)."""
         tfidf = tables.tfidf.toarray() if hasattr(tables.tfidf, "toarray") else tables.tfidf
-        layer = cls(len(tables.counts), tables.item_embeddings.shape[1], tables.text.shape[1],
-                    tfidf.shape[1], tables.i2v.shape[1], **kwargs)
+        layer = cls(len(tables.counts), tables.table.num_entries,
+                    tables.item_embeddings.shape[1], tables.text.shape[1], tfidf.shape[1],
+                    tables.i2v.shape[1], **kwargs)
         layer.set_tables(dataclasses.replace(tables, tfidf=tfidf))
         return layer
 
     def set_tables(self, tables: Tables) -> None:
         """Assigns the tables (shapes as built)."""
-        for name in ("item_embeddings", "table", "counts", "text", "tfidf", "i2v"):
+        for name in ("item_embeddings", "counts", "text", "tfidf", "i2v"):
             getattr(self, name).assign(np.asarray(getattr(tables, name), np.float32))
+        self.item_item.set_table(tables.table)
 
     def call(self, inputs):
         query_items = tf.cast(inputs["query_items"], tf.int32)
@@ -314,8 +330,7 @@ class CandidateFeatures(keras.layers.Layer):
                                         tf.cast(inputs["query_embeddings"], tf.float32))
         columns["tt_rank"] = tf.math.log1p(tf.cast(inputs["tt_place"], tf.float32))
         columns["ii_rank"] = tf.math.log1p(tf.cast(inputs["table_place"], tf.float32))
-        weights = tf.gather(tf.gather(self.table, query_items), cands, axis=2, batch_dims=1)
-        columns["ii_score"], _, columns["ii_max"] = pool(weights)
+        columns["ii_score"], columns["ii_max"] = self.item_item.pooled(query_items, cands)
         counts = tf.gather(self.counts, cands)
         columns["log_count"] = tf.math.log1p(counts)
         columns["has_behaviour"] = tf.cast(counts > 0, tf.float32)
@@ -330,6 +345,7 @@ class CandidateFeatures(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_items": self.num_items,
+                "num_entries": self.num_entries,
                 "embedding_dim": self.dims["item_embeddings"], "text_dim": self.dims["text"],
                 "tfidf_dim": self.dims["tfidf"], "i2v_dim": self.dims["i2v"]}
 

@@ -56,9 +56,10 @@ class ItemItemScorer(keras.layers.Layer):
 
     def _sums(self, history):
         """(sorted unique keys b * num_items + c [E + 1] int64, summed weights [E + 1]
-        float64, sorted unique history keys b * num_items + h [H + 1] int64), each
-        ending with a sentinel key larger than any other (so a lookup always has a
-        last element to land on)."""
+        float64, largest single weights [E + 1] float32, entries per key [E + 1] int64,
+        sorted unique history keys b * num_items + h [H + 1] int64), each ending with a
+        sentinel key larger than any other (so a lookup always has a last element to
+        land on)."""
         history = tf.cast(history, tf.int64)
         n = tf.constant(self.num_items, tf.int64)
         batch = tf.shape(history, out_type=tf.int64)[0]
@@ -78,29 +79,54 @@ class ItemItemScorer(keras.layers.Layer):
         first = tf.concat([tf.ones([1], tf.bool)[:tf.size(keys)], keys[1:] != keys[:-1]], 0)
         slot = tf.cumsum(tf.cast(first, tf.int64)) - 1
         sums = tf.math.segment_sum(values, slot)
+        largest = tf.math.segment_max(tf.cast(values, tf.float32), slot)
+        entries = tf.math.segment_sum(tf.ones_like(slot), slot)
         sentinel = tf.constant([np.iinfo(np.int64).max], tf.int64)
         return (tf.concat([tf.boolean_mask(keys, first), sentinel], 0),
                 tf.concat([sums, tf.zeros([1], tf.float64)], 0),
+                tf.concat([largest, tf.zeros([1], tf.float32)], 0),
+                tf.concat([entries, tf.zeros([1], tf.int64)], 0),
                 tf.concat([history_keys, sentinel], 0))
 
-    def score(self, history, candidate_ids):
-        """[B, N] float32 summed weight of each candidate (0 where the table has none,
-        and for ids outside 1..num_items - 1)."""
-        keys, sums, _ = self._sums(history)
+    def _lookup(self, keys, candidate_ids):
+        """(positions [B, N] of the candidates' keys in `keys`, found [B, N] bool)."""
         candidate_ids = tf.cast(candidate_ids, tf.int64)
         batch = tf.shape(candidate_ids, out_type=tf.int64)[0]
         wanted = tf.range(batch)[:, None] * self.num_items + candidate_ids
         at = tf.reshape(tf.searchsorted(keys, tf.reshape(wanted, [-1])), tf.shape(wanted))
         valid = (candidate_ids > 0) & (candidate_ids < self.num_items)
-        found = tf.logical_and(tf.gather(keys, at) == wanted, valid)
+        return at, tf.logical_and(tf.gather(keys, at) == wanted, valid)
+
+    def score(self, history, candidate_ids):
+        """[B, N] float32 summed weight of each candidate (0 where the table has none,
+        and for ids outside 1..num_items - 1)."""
+        keys, sums, _, _, _ = self._sums(history)
+        at, found = self._lookup(keys, candidate_ids)
         return tf.cast(tf.where(found, tf.gather(sums, at), tf.constant(0.0, tf.float64)),
                        tf.float32)
+
+    def pooled(self, history, candidate_ids):
+        """(sum, max) [B, N] float32 over each history's distinct items i of the
+        weight W[i, c] of each candidate c, W[i, c] = 0 where row i does not hold c:
+        the sum is `score`; the max is the largest such weight (0 for an empty
+        history and for ids outside 1..num_items - 1)."""
+        keys, sums, largest, entries, history_keys = self._sums(history)
+        at, found = self._lookup(keys, candidate_ids)
+        batch = tf.shape(candidate_ids, out_type=tf.int64)[0]
+        distinct = tf.math.bincount(history_keys[:-1] // self.num_items, minlength=batch,
+                                    maxlength=batch, dtype=tf.int64)  # [B]
+        total = tf.where(found, tf.gather(sums, at), tf.constant(0.0, tf.float64))
+        # Some distinct history item lacks an entry for c: its weight 0 joins the max.
+        some_zero = tf.gather(entries, at) < distinct[:, None]
+        top = tf.where(some_zero, tf.maximum(tf.gather(largest, at), 0.0),
+                       tf.gather(largest, at))
+        return tf.cast(total, tf.float32), tf.where(found, top, 0.0)
 
     def candidates(self, history, n: int):
         """(ids [B, n] int32, scores [B, n] float32): the n items of largest summed
         weight each history reaches, its own items and index 0 excluded; -1 and
         -inf where fewer exist."""
-        keys, sums, history_keys = self._sums(history)
+        keys, sums, _, _, history_keys = self._sums(history)
         batch = tf.shape(history, out_type=tf.int64)[0]
         keys, sums = keys[:-1], sums[:-1]
         own = tf.gather(history_keys, tf.searchsorted(history_keys, keys)) == keys

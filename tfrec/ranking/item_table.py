@@ -134,6 +134,22 @@ class ItemItemTable:
         """(item, co-item) weights held."""
         return self.indices.size
 
+    @classmethod
+    def from_dense(cls, weights: np.ndarray, table_size: int | None = None,
+                   info: dict | None = None) -> "ItemItemTable":
+        """The table of a dense [n, n] weight matrix: each row's non-zero entries (its
+        `table_size` largest when given), strongest first, ties to the lower index."""
+        weights = np.asarray(weights, np.float32)
+        splits, cols, vals = [0], [], []
+        for row in weights:
+            nonzero = np.flatnonzero(row)
+            order = nonzero[np.lexsort((nonzero, -row[nonzero]))][:table_size]
+            cols.append(order.astype(np.int32))
+            vals.append(row[order])
+            splits.append(splits[-1] + len(order))
+        return cls(np.asarray(splits, np.int64), np.concatenate(cols + [np.zeros(0, np.int32)]),
+                   np.concatenate(vals + [np.zeros(0, np.float32)]), dict(info or {}))
+
     def row(self, item: int) -> tuple[np.ndarray, np.ndarray]:
         """(co-items, weights) of one item, strongest first."""
         lo, hi = self.row_splits[item], self.row_splits[item + 1]
