@@ -49,10 +49,7 @@ MAX_ITEM_ITEM_CATALOGUE = EvaluateSettings.max_item_item_catalogue
 EASE_LAMBDAS = RankingConfig.ease_lambdas
 # ItemKNN's neighbours per item; 0 keeps every one.
 KNN_NEIGHBOURS = (3, 5, 10, 20, 50, 100, 200, 0)
-# The validation slice: this share of the training sessions with >= 2 items,
-# at most this many.
-VALIDATION_SHARE = 0.1
-VALIDATION_MAX_CASES = 5_000
+VALIDATION_SHARE, VALIDATION_MAX_CASES = item_item.VALIDATION_SHARE, item_item.VALIDATION_MAX_CASES
 
 
 @dataclasses.dataclass

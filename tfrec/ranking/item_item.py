@@ -140,6 +140,12 @@ class ValidationSlice:
         return len(self.targets)
 
 
+# The validation slice item-item settings (λ, neighbours) are chosen on: this share of the
+# training sessions with >= 2 items, at most this many.
+VALIDATION_SHARE = 0.1
+VALIDATION_MAX_CASES = 5_000
+
+
 def validation_slice(baskets: sparse.csr_matrix, share: float, max_cases: int,
                      seed: int) -> ValidationSlice:
     """Holds out a seeded `share` (at most `max_cases`) of the baskets with >= 2 items.

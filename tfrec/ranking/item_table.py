@@ -61,10 +61,9 @@ ESTIMATORS = TABLE_ESTIMATORS
 DENSE_MAX_ITEMS = 10_000
 # "ease" is refused above this many active items (8 GB of float64 matrices at 20,000).
 EASE_MAX_ITEMS = 20_000
-# The settings' defaults (`ranking.*`), and the validation slice's size.
+# The settings' defaults (`ranking.*`), and the validation slice's size (the EASE baseline's).
 LAMBDAS = RankingConfig.ease_lambdas
-VALIDATION_SHARE = 0.1
-VALIDATION_MAX_CASES = 5_000
+VALIDATION_SHARE, VALIDATION_MAX_CASES = item_item.VALIDATION_SHARE, item_item.VALIDATION_MAX_CASES
 TABLE_SIZE = RankingConfig.table_size
 NEIGHBOURS = RankingConfig.neighbours
 # The neighbourhood estimator's working set: the dense Gram block of one
