@@ -118,19 +118,10 @@ def scale_child(num_items: int, estimator: str, args) -> dict:
                                     num_items + 1)
     del items, rows
     # held-out cases: the last --cases sessions with >= 2 distinct items
-    lengths = np.diff(baskets.indptr)
-    held = np.flatnonzero(lengths >= 2)[-args.cases:]
-    rng = np.random.default_rng(args.seed)
-    queries, targets = [], []
-    for r in held:
-        basket = baskets.indices[baskets.indptr[r]:baskets.indptr[r + 1]].tolist()
-        hidden = int(rng.integers(len(basket)))
-        targets.append(basket[hidden])
-        queries.append(basket[:hidden] + basket[hidden + 1:])
-    keep = np.ones(baskets.shape[0], bool)
-    keep[held] = False
-    fit = baskets[keep]
-    del baskets, keep
+    held = np.flatnonzero(np.diff(baskets.indptr) >= 2)[-args.cases:]
+    cases = item_item.hold_out(baskets, held, np.random.default_rng(args.seed))
+    fit, queries, targets = cases.fit, cases.queries, cases.targets
+    del baskets, cases
     data_rss = rss_mb()
     started = time.perf_counter()
     table = item_table.table_from_baskets(fit, args.lam, estimator, args.table_size,

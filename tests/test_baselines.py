@@ -191,3 +191,13 @@ def test_item_item_baselines_stop_above_the_catalogue_limit(tiny):
         baselines.ease(sessions, vocab, QUERIES, lam=1.0, max_items=4)
     with pytest.raises(InputError, match="above the 4-item limit"):
         baselines.itemknn(sessions, vocab, QUERIES, max_items=4)
+
+
+def test_hold_out_hides_one_item_of_each_held_row_and_fits_on_the_rest():
+    lists = [[1, 2, 3], [2, 4], [3, 5, 6, 7], [1, 4]]
+    baskets = item_item.basket_matrix(sessions_of(lists), 8)
+    cases = item_item.hold_out(baskets, np.array([0, 2]), np.random.default_rng(0))
+    assert cases.fit.shape[0] == 2
+    assert [sorted(r) for r in cases.fit.tolil().rows] == [[2, 4], [1, 4]]
+    for row, query, target in zip([0, 2], cases.queries, cases.targets):
+        assert target not in query and sorted(query + [int(target)]) == sorted(lists[row])

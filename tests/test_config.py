@@ -152,17 +152,25 @@ def test_cli_errors_name_the_flag_or_how_to_set_the_setting():
         "setting 'model.nope': unknown setting")
 
 
-def test_command_settings_are_checked_with_their_flags(tmp_path, capsys):
+@pytest.mark.parametrize("flag,value,message", [
+    ("--rest_api_timeout_seconds", "0",
+     "setting 'serve.rest_api_timeout_seconds' (--rest_api_timeout_seconds): "
+     "rest_api_timeout_seconds must be > 0, got 0.0"),
+    ("--tensorflow_intra_op_parallelism", "-1",
+     "setting 'serve.tensorflow_intra_op_parallelism' (--tensorflow_intra_op_parallelism): "
+     "tensorflow_intra_op_parallelism must be an integer >= 0, got -1"),
+    ("--batching_parameters_file", "b.config",
+     "(--batching_parameters_file): a batching parameters file needs "
+     "serve.enable_batching (--enable_batching)"),
+])
+def test_serve_settings_are_checked_with_their_flags(tmp_path, capsys, flag, value, message):
     config_file = tmp_path / "models.config"
     config_file.write_text('model_config_list { config { name: "m" base_path: "/x" } }\n')
-    assert cli.main(["serve", "--model_config_file", str(config_file),
-                     "--rest_api_timeout_seconds", "0"]) == 2
-    assert ("setting 'serve.rest_api_timeout_seconds' (--rest_api_timeout_seconds): "
-            "rest_api_timeout_seconds must be > 0, got 0.0") in capsys.readouterr().err
-    assert cli.main(["serve", "--model_config_file", str(config_file),
-                     "--batching_parameters_file", "b.config"]) == 2
-    assert "(--batching_parameters_file): a batching parameters file needs " \
-           "serve.enable_batching (--enable_batching)" in capsys.readouterr().err
+    assert cli.main(["serve", "--model_config_file", str(config_file), flag, value]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_command_setting_is_named_with_its_flag(tmp_path, capsys):
     assert cli.main(["export", "--model-dir", str(tmp_path / "m")]) == 2
     assert "setting 'export.run' (--run): give the run folder" in capsys.readouterr().err
 

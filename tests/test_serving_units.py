@@ -95,18 +95,6 @@ def test_batcher_keeps_different_k_apart_and_reports_errors():
         batcher.call("m", model, {"x": tf.constant([1]), "k": tf.constant(-1)})
 
 
-def test_serve_thread_flags_are_checked(tmp_path, capsys):
-    from tfrec import cli
-
-    config = tmp_path / "models.config"
-    config.write_text('model_config_list { config { name: "m" base_path: "/nowhere" } }\n')
-    assert cli.main(["serve", "--model_config_file", str(config),
-                     "--tensorflow_intra_op_parallelism", "-1"]) == 2
-    assert ("setting 'serve.tensorflow_intra_op_parallelism' (--tensorflow_intra_op_parallelism)"
-            ": tensorflow_intra_op_parallelism must be an integer >= 0, got -1"
-            in capsys.readouterr().err)
-
-
 # -- the version manager, with a fake loader (no TensorFlow model) -------------------------
 class FakeLoader:
     """Loads a version folder unless it holds a file named BROKEN; counts the loads."""

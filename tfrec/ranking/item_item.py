@@ -159,6 +159,13 @@ def validation_slice(baskets: sparse.csr_matrix, share: float, max_cases: int,
     rng = np.random.default_rng(seed)
     count = min(max_cases, max(1, int(round(share * len(eligible))))) if len(eligible) else 0
     held = np.sort(rng.choice(eligible, size=count, replace=False)) if count else eligible[:0]
+    return hold_out(baskets, held, rng)
+
+
+def hold_out(baskets: sparse.csr_matrix, held: np.ndarray,
+             rng: np.random.Generator) -> ValidationSlice:
+    """The baskets of rows `held` as cases (one item of each hidden, drawn with `rng`: the
+    target; the rest: the query), the other rows to fit on."""
     queries, targets = [], []
     for row in held:
         items = baskets.indices[baskets.indptr[row]:baskets.indptr[row + 1]].tolist()
