@@ -40,6 +40,7 @@ from tfrec.metrics import hit_rate, ndcg, target_ranks
 from tfrec.config import RankingConfig
 from tfrec.ranking import features as F
 from tfrec.ranking.item_table import build_item_table
+from tfrec.ranking.lexical import LexicalTable
 from tfrec.ranking.protocol import (index_map, ranker_cases, ranker_split, split_validation,
                                     stage1_data, train_stage1)
 from tfrec.ranking.ranker import fit_ranker, list_ranks, score_lists
@@ -196,8 +197,8 @@ def main(argv=None) -> int:
         tf.constant(texts[i:i + 8192].astype(str))).numpy() for i in range(0, size, 8192)])
     text_emb[0] = 0.0
     text_emb = normalised(text_emb)
-    tfidf = baselines.tfidf(vocab, [[1]]).items.tocsr()
-    grams = {"tfidf": np.asarray((tfidf @ tfidf.T).toarray(), np.float32)}
+    tfidf = LexicalTable.build(vocab.text, config.ranking.text_terms)
+    grams = {}
     s1_sessions = sessionize(split.stage1, vocab, config.data.sessions,
                              config.data.pairs.event_weights,
                              config.data.pairs.default_event_weight)

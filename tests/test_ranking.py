@@ -10,6 +10,7 @@ from tfrec.data.vocab import build_vocabulary
 from tfrec.errors import InputError
 from tfrec.ranking import features as F
 from tfrec.ranking.item_table import ItemItemTable
+from tfrec.ranking.lexical import LexicalTable, tf_similarity
 from tfrec.config import RankingConfig
 from tfrec.ranking.protocol import index_map, ranker_cases, ranker_split, split_validation
 from tfrec.run import load_run_config
@@ -138,9 +139,48 @@ def _tables(rng, size=12, dim=4):
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     # Each row keeps its 6 strongest of 11 co-items: candidates meet missing entries
     # (weight 0) and negative weights.
+    words = ["red", "mug", "tea", "cup", "blue", "heart", "light", "box"]
+    draw = np.random.default_rng(size)
+    texts = [""] + [" ".join(draw.choice(words, size=draw.integers(1, 5)))
+                    for _ in range(size - 1)]
     return F.Tables(rng.normal(size=(size, dim)).astype(np.float32),
                     ItemItemTable.from_dense(table, table_size=6), counts,
-                    unit(3), unit(5), unit(2))
+                    unit(3), LexicalTable.build(texts, max_terms=3), unit(2))
+
+
+def lexical_dense(table: LexicalTable) -> np.ndarray:
+    """[V, terms + 1] the table's rows as dense vectors (a brute-force reference)."""
+    dense = np.zeros((len(table.terms), len(table.vocabulary) + 1), np.float32)
+    for row in range(len(table.terms)):
+        for term, weight in zip(table.terms[row], table.weights[row]):
+            if term:
+                dense[row, term] += weight
+    return dense
+
+
+def test_lexical_table_keeps_the_strongest_terms_and_scores_cosines():
+    texts = ["", "red tea mug", "red red cup", "blue tea mug heart", "tea", "zebra"]
+    table = LexicalTable.build(texts, max_terms=2)
+    # Item 2 repeats 'red': its strongest terms are 'red' then 'cup'.
+    names = [[table.vocabulary[t - 1] for t in row if t] for row in table.terms]
+    assert names[2][0] == "red" and set(names[2]) == {"red", "cup"}
+    assert names[0] == [] and not table.weights[0].any()
+    assert all(len(n) <= 2 for n in names)
+    dense = lexical_dense(table)
+    np.testing.assert_allclose(np.linalg.norm(dense[1:], axis=1), 1.0, rtol=1e-6)
+    a = np.array([[1, 3, 0]])
+    b = np.array([[4, 2, 5, 1]])
+    expected = (dense[a[0]] @ dense[b[0]].T)[None]
+    np.testing.assert_allclose(table.similarity(a, b), expected, rtol=1e-6, atol=1e-7)
+    got = tf_similarity(tf.constant(table.terms), tf.constant(table.weights), tf.constant(a),
+                        tf.constant(b)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    # A new text: known terms only, the same weighting.
+    terms, weights = table.rows(["mug tea unheard", "nothing known"])
+    assert {table.vocabulary[t - 1] for t in terms[0] if t} <= {"mug", "tea"}
+    assert not terms[1].any() and not weights[1].any()
+    bigger = table.with_rows(terms, weights)
+    assert len(bigger.terms) == len(texts) + 2
 
 
 def test_candidates_exclude_the_query_and_padding_is_masked():
@@ -187,7 +227,8 @@ def test_features_in_tensorflow_equal_numpy():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # Precomputed similarities give the same values as the vectors.
     import dataclasses
-    with_grams = dataclasses.replace(tables, grams={"tfidf": tables.tfidf @ tables.tfidf.T})
+    lex = lexical_dense(tables.tfidf)
+    with_grams = dataclasses.replace(tables, grams={"tfidf": lex @ lex.T})
     np.testing.assert_allclose(F.candidate_features(query_emb, with_grams, queries, cands, mask,
                                                     tt_place, table_place), expected,
                                rtol=1e-5, atol=1e-5)
@@ -199,8 +240,8 @@ def test_features_in_tensorflow_equal_numpy():
     j = F.FEATURES.index("ii_max")
     assert expected[0, 0, j] == pytest.approx(dense[[1, 2, 3], c].max(), rel=1e-5)
     j = F.FEATURES.index("tfidf_max")
-    assert expected[1, 1, j] == pytest.approx(float(tables.tfidf[4] @ tables.tfidf[cands[1, 1]]),
-                                              rel=1e-5)
+    assert expected[1, 1, j] == pytest.approx(float(lex[4] @ lex[cands[1, 1]]), rel=1e-5,
+                                              abs=1e-6)
     assert not expected[2, 3:].any()
 
 

@@ -132,8 +132,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from tfrec.ranking.two_stage import train
     from tfrec.run import command_config
-    from tfrec.training import format_evaluation, train
+    from tfrec.training import format_evaluation
 
     run = command_config_of(args, TrainingSettings)
     config = command_config(args.config, [*args.set, *run_overrides(args)],

@@ -370,6 +370,11 @@ class RankingConfig(Settings):
     of its own sessions, never the held-out cases); bench/RESULTS.md, "Two-stage ranking
     study", has the figures."""
 
+    enabled: bool = setting(
+        True, "train a ranking stage after the two-tower and serve both stages: the two-tower "
+              "then trains on the training period less its last ranker_share, and the ranker "
+              "re-scores each query's candidates from the index and the item-item table "
+              "(false: the two-tower alone, on the whole training period)")
     estimator: TableEstimator = setting(
         "auto", "how the item-item table is learned: 'ease' (dense EASE over the items with "
                 "training events, each row cut to its table_size strongest co-items), "
@@ -407,6 +412,8 @@ class RankingConfig(Settings):
     table_share: float = setting(
         0.5, "the share of the N candidate slots the item-item table fills first; the "
              "two-tower fills the rest", check=within(0, 1))
+    text_terms: int = setting(8, "TF-IDF terms kept per item for the lexical feature (its "
+                                 "strongest terms)", check=POSITIVE)
     hidden_units: tuple[int, ...] = setting(
         (64, 32), "widths of the ranker's hidden layers",
         check=each(POSITIVE, "positive integers", non_empty=True))

@@ -9,6 +9,7 @@ A run folder (what `tfrec train` writes, `--run`) holds::
   logs/              TensorBoard
   history.jsonl      one line of metrics per finished epoch
   eval.json          held-out hit rate after training
+  ranking/           the ranking stage: item-item table, feature tables, ranker
   evaluation/        `tfrec evaluate`'s report folder (by default)
   baselines/<name>/  the run folders of the model's variants `tfrec evaluate` trains
 
@@ -51,6 +52,7 @@ class RunFolder(Folder):
     logs = Entry("logs")
     history_file = Entry("history.jsonl")
     eval_file = Entry("eval.json", "The held-out scores training writes after its last epoch.")
+    ranking = Entry("ranking", "The ranking stage (`tfrec.ranking.stage.RankingStage`).")
 
     @property
     def evaluation(self) -> ReportFolder:

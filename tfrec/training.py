@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -351,7 +351,9 @@ def fit(model, data: TrainingData, config: RunConfig, run_dir: Path,
 
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
           verbose: int | None = None, epochs: int | None = None,
-          strategy: str | None = None, overwrite: bool = False) -> TrainResult:
+          strategy: str | None = None, overwrite: bool = False,
+          stage1: Callable[[RunConfig, TrainingData], TrainingData] | None = None
+          ) -> TrainResult:
     """Trains the hybrid model; with `resume`, continues the run in run_dir.
 
     Under `train.strategy` "mirrored" or "multi_worker" the model and its
@@ -377,6 +379,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
         (a checkpoint restores under any strategy).
       overwrite: without `resume`, replace an existing run folder (the
         chief's job under multi_worker).
+      stage1: makes the model's training data from the run's (the whole
+        training period): `tfrec.ranking.two_stage` hands the two-tower the
+        period less the ranking stage's slice. The vocabulary and the
+        held-out cases stay the run's.
 
     Returns:
       The run folder, the trained model, the history, the held-out
@@ -411,9 +417,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
 
     logger.info("preparing data")
     data = prepare_training_data(config)
-    log_data(data)
-    model = build_compiled_model(config, data, tf_strategy)
-    session_history = fit(model, data, config, run_dir, worker, resume, verbose)
+    fit_data = data if stage1 is None else stage1(config, data)
+    log_data(fit_data)
+    model = build_compiled_model(config, fit_data, tf_strategy)
+    session_history = fit(model, fit_data, config, run_dir, worker, resume, verbose)
     if not worker.is_chief:
         return TrainResult(run_dir, model, session_history, None,
                            time.perf_counter() - started, data, worker)
@@ -429,10 +436,21 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
 
 
 def format_evaluation(evaluation: dict, k: int) -> str:
-    rows = [f"  {'targets':<8}{'cases':>8}{f'HR@{k}':>9}{f'NDCG@{k}':>10}"]
+    """The held-out table; with a ranking stage, both stages' and stage 1's side by side."""
+    stage1 = evaluation.get("stage1")
+    head = f"  {'targets':<8}{'cases':>8}{f'HR@{k}':>9}{f'NDCG@{k}':>10}"
+    if stage1:
+        head += f"{'stage 1 HR':>12}{'NDCG':>8}"
+    rows = [head]
     for name in ("all", "warm", "cold"):
         e = evaluation[name]
-        rows.append(f"  {name:<8}{e['cases']:>8,}{e[f'hr@{k}']:>9.4f}{e[f'ndcg@{k}']:>10.4f}")
+        row = f"  {name:<8}{e['cases']:>8,}{e[f'hr@{k}']:>9.4f}{e[f'ndcg@{k}']:>10.4f}"
+        if stage1:
+            row += f"{stage1[name][f'hr@{k}']:>12.4f}{stage1[name][f'ndcg@{k}']:>8.4f}"
+        rows.append(row)
+    if "candidate_recall" in evaluation:
+        rows.append(f"  (the target is among the ranking stage's candidates in "
+                    f"{evaluation['candidate_recall']:.1%} of cases)")
     if evaluation.get("unknown_targets"):
         rows.append(f"  ({evaluation['unknown_targets']} cases skipped: target unknown to the "
                     "catalogue)")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 
 import numpy as np
@@ -35,11 +34,11 @@ import numpy as np
 from tfrec.config import EvaluateSettings, RankingConfig, TrainConfig
 from tfrec.errors import InputError
 from tfrec.ranking import item_item
+from tfrec.ranking.lexical import tokenize
 from tfrec.metrics import hit_rate, ndcg, target_ranks
 
 logger = logging.getLogger(__name__)
 
-_TOKEN = re.compile(r"[0-9a-z]+")
 
 # A fit holds a few n x n float64 arrays and costs ~n^3 flops: measured on 2
 # cores, 0.5 s at 3,500 items, 10 s at 10,000 (so ~80 s at 20,000, and the
@@ -80,11 +79,6 @@ def popularity(vocab, queries: list) -> Embeddings:
     items = vocab.counts.astype(np.float32)[:, None]
     return Embeddings(items, np.ones((len(queries), 1), np.float32),
                       time.perf_counter() - started)
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased alphanumeric runs (what TF-IDF counts)."""
-    return _TOKEN.findall(str(text).lower())
 
 
 def tfidf(vocab, queries: list) -> Embeddings:

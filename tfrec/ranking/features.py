@@ -21,7 +21,8 @@ Features (`FEATURES`, in groups `FEATURE_GROUPS` for the ablations):
 - text: cosine of the candidate's text-only embedding (the item encoder
   with ids hidden) with the query items' (mean, max).
 - tfidf: TF-IDF cosine of the candidate's text with the query items' (mean,
-  max): the lexical overlap that makes TF-IDF strong on new items.
+  max): the lexical overlap that makes TF-IDF strong on new items (each
+  item's strongest terms, `tfrec.ranking.lexical.LexicalTable`).
 - item2vec: cosine of skip-gram item vectors (mean, max).
 - query: log(1 + query length).
 
@@ -41,6 +42,7 @@ import tf_keras as keras
 from tfrec.ranking.item_item import multi_hot
 from tfrec.ranking.item_scorer import ItemItemScorer
 from tfrec.ranking.item_table import ItemItemTable
+from tfrec.ranking.lexical import LexicalTable, tf_similarity
 
 FEATURE_GROUPS = {
     "two_tower": ("tt_score", "tt_rank"),
@@ -66,18 +68,18 @@ class Tables:
         their weights; V rows).
       counts: [V] training events per item.
       text: [V, t] L2-normalised text-only item embeddings.
-      tfidf: [V, w] L2-normalised TF-IDF rows (dense).
+      tfidf: the `LexicalTable` (each item's strongest TF-IDF terms).
       i2v: [V, s] L2-normalised skip-gram item vectors (zeros: none).
       grams: optional precomputed [V, V] similarities by name ("text",
         "tfidf", "i2v"), used by `candidate_features` in place of the
-        vectors' products (the same values, faster for sparse TF-IDF rows).
+        vectors' products (the same values).
     """
 
     item_embeddings: np.ndarray
     table: ItemItemTable
     counts: np.ndarray
     text: np.ndarray
-    tfidf: np.ndarray
+    tfidf: LexicalTable
     i2v: np.ndarray
     grams: dict = dataclasses.field(default_factory=dict)
 
@@ -211,6 +213,8 @@ def candidate_features(query_embeddings: np.ndarray, tables: Tables, queries: li
             gram = tables.grams.get(name)
             if gram is not None:
                 sim = gram[padded[:, :, None], c[:, None, :]]
+            elif name == "tfidf":
+                sim = tables.tfidf.similarity(padded, c)
             else:
                 vectors = getattr(tables, name)
                 sim = np.matmul(vectors[padded], np.swapaxes(vectors[c], 1, 2))
@@ -261,7 +265,8 @@ class CandidateFeatures(keras.layers.Layer):
     Args:
       num_items: V, the catalogue size (index 0 is padding / OOV).
       num_entries: the item-item table's number of (item, co-item) entries.
-      embedding_dim, text_dim, tfidf_dim, i2v_dim: the widths of the tables.
+      embedding_dim, text_dim, i2v_dim: the widths of the tables.
+      text_terms: T, the terms each item keeps in the lexical table.
 
     Call (a dict):
       query_items: [B, L] int, the query's items, 0-padded.
@@ -275,36 +280,42 @@ class CandidateFeatures(keras.layers.Layer):
     """
 
     def __init__(self, num_items: int, num_entries: int, embedding_dim: int, text_dim: int,
-                 tfidf_dim: int, i2v_dim: int, **kwargs):
+                 i2v_dim: int, text_terms: int, **kwargs):
         super().__init__(**kwargs)
         self.num_items = int(num_items)
         self.num_entries = int(num_entries)
         self.item_item = ItemItemScorer(self.num_items, self.num_entries, name="item_item")
         self.dims = {"item_embeddings": int(embedding_dim), "text": int(text_dim),
-                     "tfidf": int(tfidf_dim), "i2v": int(i2v_dim)}
+                     "i2v": int(i2v_dim), "text_terms": int(text_terms)}
         shapes = {"item_embeddings": (self.num_items, self.dims["item_embeddings"]),
                   "counts": (self.num_items,),
                   "text": (self.num_items, self.dims["text"]),
-                  "tfidf": (self.num_items, self.dims["tfidf"]),
                   "i2v": (self.num_items, self.dims["i2v"])}
         for name, shape in shapes.items():
             setattr(self, name, self.add_weight(name=name, shape=shape, dtype=tf.float32,
                                                 trainable=False, initializer="zeros"))
+        terms = (self.num_items, self.dims["text_terms"])
+        self.lexical_terms = self.add_weight(name="lexical_terms", shape=terms, dtype=tf.int32,
+                                             trainable=False, initializer="zeros")
+        self.lexical_weights = self.add_weight(name="lexical_weights", shape=terms,
+                                               dtype=tf.float32, trainable=False,
+                                               initializer="zeros")
 
     @classmethod
     def from_tables(cls, tables: Tables, **kwargs) -> "CandidateFeatures":
         """A layer holding `tables` (TF-IDF rows made dense)."""
-        tfidf = tables.tfidf.toarray() if hasattr(tables.tfidf, "toarray") else tables.tfidf
         layer = cls(len(tables.counts), tables.table.num_entries,
-                    tables.item_embeddings.shape[1], tables.text.shape[1], tfidf.shape[1],
-                    tables.i2v.shape[1], **kwargs)
-        layer.set_tables(dataclasses.replace(tables, tfidf=tfidf))
+                    tables.item_embeddings.shape[1], tables.text.shape[1],
+                    tables.i2v.shape[1], tables.tfidf.max_terms, **kwargs)
+        layer.set_tables(tables)
         return layer
 
     def set_tables(self, tables: Tables) -> None:
         """Assigns the tables (shapes as built)."""
-        for name in ("item_embeddings", "counts", "text", "tfidf", "i2v"):
+        for name in ("item_embeddings", "counts", "text", "i2v"):
             getattr(self, name).assign(np.asarray(getattr(tables, name), np.float32))
+        self.lexical_terms.assign(np.asarray(tables.tfidf.terms, np.int32))
+        self.lexical_weights.assign(np.asarray(tables.tfidf.weights, np.float32))
         self.item_item.set_table(tables.table)
 
     def call(self, inputs):
@@ -336,9 +347,12 @@ class CandidateFeatures(keras.layers.Layer):
         columns["has_behaviour"] = tf.cast(counts > 0, tf.float32)
         columns["query_length"] = tf.repeat(tf.math.log1p(length)[:, None], width, axis=1)
         for name in SIMILARITIES:
-            vectors = getattr(self, name)
-            sim = tf.einsum("bld,bnd->bln", tf.gather(vectors, query_items),
-                            tf.gather(vectors, cands))
+            if name == "tfidf":
+                sim = tf_similarity(self.lexical_terms, self.lexical_weights, query_items, cands)
+            else:
+                vectors = getattr(self, name)
+                sim = tf.einsum("bld,bnd->bln", tf.gather(vectors, query_items),
+                                tf.gather(vectors, cands))
             _, columns[f"{name}_mean"], columns[f"{name}_max"] = pool(sim)
         features = tf.stack([columns[name] for name in FEATURES], axis=-1)
         return features * mask[:, :, None]
@@ -347,12 +361,12 @@ class CandidateFeatures(keras.layers.Layer):
         return {**super().get_config(), "num_items": self.num_items,
                 "num_entries": self.num_entries,
                 "embedding_dim": self.dims["item_embeddings"], "text_dim": self.dims["text"],
-                "tfidf_dim": self.dims["tfidf"], "i2v_dim": self.dims["i2v"]}
+                "i2v_dim": self.dims["i2v"], "text_terms": self.dims["text_terms"]}
 
 
 def present_as_new(features: np.ndarray, cands: np.ndarray, mask: np.ndarray,
                    labels: np.ndarray, query_embeddings: np.ndarray, tables: Tables,
-                   rows: np.ndarray) -> int:
+                   rows: np.ndarray, text_embeddings: np.ndarray | None = None) -> int:
     """Shows the target of each of `rows` as an item without behaviour (in place).
 
     Ranker training cases rarely have a new item as their target (it must
@@ -367,12 +381,15 @@ def present_as_new(features: np.ndarray, cands: np.ndarray, mask: np.ndarray,
     Args:
       features, cands, mask, labels: the lists (`candidate_features`), changed in place.
       rows: the cases whose target to present as new.
+      text_embeddings: [V, d] the items' text-only two-tower embeddings (what
+        a new item is embedded by; default `tables.text`, when that is them).
 
     Returns:
       How many of those targets stayed in their list.
     """
     column = {name: j for j, name in enumerate(FEATURES)}
     width = cands.shape[1]
+    text_embeddings = tables.text if text_embeddings is None else text_embeddings
     kept = 0
     for i in rows:
         where = np.flatnonzero(labels[i] > 0)
@@ -381,7 +398,7 @@ def present_as_new(features: np.ndarray, cands: np.ndarray, mask: np.ndarray,
         j = int(where[0])
         item = cands[i, j]
         f = features[i]
-        score = float(tables.text[item] @ query_embeddings[i])
+        score = float(text_embeddings[item] @ query_embeddings[i])
         listed = mask[i] & (np.expm1(f[:, column["tt_rank"]]) < width - 0.5)
         listed[j] = False
         if not listed.any() or score < f[listed, column["tt_score"]].min():

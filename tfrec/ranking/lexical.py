@@ -1,0 +1,125 @@
+"""`LexicalTable`: each item's text as its few strongest TF-IDF terms.
+
+The ranking stage's lexical feature is the TF-IDF cosine of a candidate's
+text with the query items' texts (what makes TF-IDF strong on new items).
+A full TF-IDF row per item is as wide as the term vocabulary, too wide to
+serve; so each item keeps its `max_terms` terms of largest TF-IDF weight,
+re-normalised to unit length, as two [V, T] arrays (term ids, 0 = none, and
+weights). The cosine of two items is then the sum of the products of the
+weights of the terms they share, computed the same way in numpy
+(`similarity`) and in TensorFlow (`tf_similarity`) from the same arrays. A
+new item's row is made from its text with the stored term vocabulary and
+IDF (`rows`), so an item added after training has its lexical feature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec.errors import InputError
+
+_TOKEN = re.compile(r"[0-9a-z]+")
+
+
+def tokenize(text) -> list[str]:
+    """Lower-cased alphanumeric runs (what TF-IDF counts)."""
+    return _TOKEN.findall(str(text).lower()) if isinstance(text, str) else []
+
+
+@dataclasses.dataclass
+class LexicalTable:
+    """The items' strongest TF-IDF terms.
+
+    Attributes:
+      terms: [V, T] int32 term ids (1-based; 0 where an item has fewer terms).
+      weights: [V, T] float32 their weights (each row unit-length, or zeros).
+      vocabulary: the term strings, id - 1 order.
+      idf: [len(vocabulary) + 1] float32 smooth IDF of each term id (0 at 0).
+    """
+
+    terms: np.ndarray
+    weights: np.ndarray
+    vocabulary: list
+    idf: np.ndarray
+
+    @property
+    def max_terms(self) -> int:
+        return int(self.terms.shape[1])
+
+    @classmethod
+    def build(cls, texts, max_terms: int) -> "LexicalTable":
+        """The table of `texts` (one per item index; None or "" for none), IDF as
+        scikit-learn's smooth IDF over them."""
+        if max_terms < 1:
+            raise InputError(f"must be at least 1, got {max_terms}", key="ranking.text_terms")
+        index: dict[str, int] = {}
+        tokens = [[index.setdefault(t, len(index) + 1) for t in tokenize(text)]
+                  for text in texts]
+        df = np.zeros(len(index) + 1, np.int64)
+        for row in tokens:
+            for term in set(row):
+                df[term] += 1
+        idf = (np.log((1 + len(tokens)) / (1 + df)) + 1.0).astype(np.float32)
+        idf[0] = 0.0
+        vocabulary = [None] * len(index)
+        for term, j in index.items():
+            vocabulary[j - 1] = term
+        table = cls(np.zeros((0, max_terms), np.int32), np.zeros((0, max_terms), np.float32),
+                    vocabulary, idf)
+        table.terms, table.weights = table._rows_of_ids(tokens)
+        return table
+
+    def rows(self, texts) -> tuple[np.ndarray, np.ndarray]:
+        """([n, T] term ids, [n, T] weights) of new texts (terms outside the
+        vocabulary are left out)."""
+        index = {term: j + 1 for j, term in enumerate(self.vocabulary)}
+        return self._rows_of_ids([[index[t] for t in tokenize(text) if t in index]
+                                  for text in texts])
+
+    def _rows_of_ids(self, tokens: list) -> tuple[np.ndarray, np.ndarray]:
+        n, width = len(tokens), self.max_terms
+        terms = np.zeros((n, width), np.int32)
+        weights = np.zeros((n, width), np.float32)
+        for row, ids in enumerate(tokens):
+            if not ids:
+                continue
+            unique, counts = np.unique(np.asarray(ids, np.int64), return_counts=True)
+            w = counts * self.idf[unique]
+            keep = np.argsort(-w, kind="stable")[:width]
+            # Normalised over the kept terms: an item's cosine with itself is 1.
+            w = w[keep] / max(float(np.linalg.norm(w[keep])), 1e-12)
+            terms[row, :len(keep)] = unique[keep]
+            weights[row, :len(keep)] = w
+        return terms, weights
+
+    def with_rows(self, terms: np.ndarray, weights: np.ndarray) -> "LexicalTable":
+        """This table with rows appended (new items)."""
+        return dataclasses.replace(self, terms=np.concatenate([self.terms, terms]),
+                                   weights=np.concatenate([self.weights, weights]))
+
+    def similarity(self, a: np.ndarray, b: np.ndarray, chunk: int = 16) -> np.ndarray:
+        """[B, L, N] cosines of items a [B, L] with items b [B, N] (index arrays)."""
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        out = np.zeros((a.shape[0], a.shape[1], b.shape[1]), np.float32)
+        for start in range(0, a.shape[0], chunk):
+            ta, wa = self.terms[a[start:start + chunk]], self.weights[a[start:start + chunk]]
+            tb, wb = self.terms[b[start:start + chunk]], self.weights[b[start:start + chunk]]
+            same = ((ta[:, :, None, :, None] == tb[:, None, :, None, :])
+                    & (ta[:, :, None, :, None] > 0))
+            out[start:start + chunk] = np.einsum(
+                "blnst,bls,bnt->bln", same.astype(np.float32), wa, wb)
+        return out
+
+
+def tf_similarity(terms: tf.Tensor, weights: tf.Tensor, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """The TensorFlow twin of `LexicalTable.similarity`: [B, L, N] from the
+    [V, T] `terms` and `weights` and the item indices a [B, L], b [B, N]."""
+    ta, wa = tf.gather(terms, a), tf.gather(weights, a)
+    tb, wb = tf.gather(terms, b), tf.gather(weights, b)
+    same = tf.logical_and(tf.equal(ta[:, :, None, :, None], tb[:, None, :, None, :]),
+                          ta[:, :, None, :, None] > 0)
+    return tf.einsum("blnst,bls,bnt->bln", tf.cast(same, tf.float32), wa, wb)

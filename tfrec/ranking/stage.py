@@ -1,0 +1,351 @@
+"""The ranking stage of a run: fit after the two-tower, saved in the run folder.
+
+`fit_ranking_stage` follows the leakage-free protocol of
+`tfrec.ranking.protocol`: the two-tower was trained on the run's training
+period less its ranker slice (`stage1_training_data`); the item-item table,
+the counts and the features of the ranker's cases come from the same
+reduced period, so the ranker learns from sessions stage 1 never saw; then
+the table and the counts are refitted on the whole training period for the
+held-out cases and the export. The result, a `RankingStage`, holds those
+whole-period tables and the fitted ranker, and ranks candidates in numpy
+(evaluation) and in the exported graph (`tfrec.exporter`, through
+`CandidateFeatures` and `CandidateRanker`).
+
+In the run folder (`RunFolder.ranking`)::
+
+  ranking/stage.json     settings, feature columns, what the fit measured
+  ranking/tables.npz     counts, text and skip-gram vectors, lexical table,
+                         the item-item table's CSR arrays
+  ranking/ranker.*       the ranker's weights (a TensorFlow checkpoint)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec.config import RankingConfig, RunConfig
+from tfrec.data.pipeline import PairPipeline
+from tfrec.data.sequences import NextItemPipeline, histories_from_lists
+from tfrec.data.sessions import sessionize
+from tfrec.errors import InputError
+from tfrec.metrics import score_cases
+from tfrec.ranking import features as F
+from tfrec.ranking.item_table import ItemItemTable, build_item_table
+from tfrec.ranking.lexical import LexicalTable
+from tfrec.ranking.protocol import RankerSplit, ranker_cases, ranker_split, split_validation
+from tfrec.ranking.ranker import CandidateRanker, fit_ranker, list_ranks, score_lists
+from tfrec.run import TrainingData
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+def _sessions(config: RunConfig, events, vocab):
+    return sessionize(events, vocab, config.data.sessions, config.data.pairs.event_weights,
+                      config.data.pairs.default_event_weight)
+
+
+def stage1_training_data(config: RunConfig,
+                         data: TrainingData) -> tuple[TrainingData, RankerSplit]:
+    """The two-tower's training data when a ranking stage follows: the run's
+    training period less its ranker slice, in the run's vocabulary.
+
+    Returns:
+      (the training data with stage 1's sessions and pipelines, the split).
+
+    Raises:
+      InputError: the ranker slice or stage 1's side would be empty.
+    """
+    split = ranker_split(data.split.train, config.ranking.ranker_share, data.split.per_user,
+                         config.train.eval_seed)
+    sessions = _sessions(config, split.stage1, data.vocab)
+    pairs = PairPipeline(sessions, data.vocab, config.data.pairs)
+    next_items = None
+    if data.next_items is not None:
+        next_items = NextItemPipeline(sessions, data.vocab, config.model.history_length,
+                                      config.train.retrieval_batch_size,
+                                      config.data.pairs.seed, data.retrieval_context)
+    logger.info("ranking stage: the two-tower trains on %d events, the ranker on the %d of "
+                "the last %s of the training period", len(split.stage1), len(split.ranker),
+                config.ranking.ranker_share)
+    return dataclasses.replace(data, sessions=sessions, pairs=pairs,
+                               next_items=next_items), split
+
+
+def event_counts(events, vocab) -> np.ndarray:
+    """[V] events per item index (index 0: ids outside the vocabulary)."""
+    counts = np.bincount(vocab.lookup(events["item"].to_numpy(dtype=object)),
+                         minlength=vocab.size).astype(np.int64)
+    counts[0] = 0
+    return counts
+
+
+def forget_unseen_ids(model, seen: np.ndarray) -> int:
+    """Zeroes the id embedding of every item stage 1 did not train on (`seen`
+    false): such an item embeds as its text alone, as a new item does,
+    instead of by its never-trained random id vector.
+
+    Returns:
+      how many rows were zeroed.
+    """
+    encoder = model.item_encoder
+    if not getattr(encoder, "use_ids", False):
+        return 0
+    table = encoder.id_embedding.embeddings
+    rows = np.flatnonzero(~np.asarray(seen[:int(table.shape[0])], bool))
+    rows = rows[rows > 0]
+    if len(rows):
+        values = table.numpy()
+        values[rows] = 0.0
+        table.assign(values)
+    return int(len(rows))
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def item_vectors(model, vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([V, d] text-only embeddings, [V, t] text vectors, [V, s] skip-gram vectors),
+    each row unit-length or zero.
+
+    The text vector is the item encoder's text path alone (what a new item
+    is embedded by), its behaviour-free part; the skip-gram vector is the
+    item's id embedding, the behaviour part of the shared item encoder
+    (learned by the run's objectives; zeros for items without one).
+    """
+    encoder = model.item_encoder
+    size = vocab.size
+    text_only = np.zeros((size, model.embedding_dim), np.float32)
+    text = np.zeros((size, 1), np.float32)
+    if getattr(encoder, "use_text", False):
+        texts = np.asarray([t if isinstance(t, str) else "" for t in vocab.text], object)
+        parts = [encoder.encode_text(tf.constant(texts[i:i + 8192].astype(str))).numpy()
+                 for i in range(0, size, 8192)]
+        text_only = np.concatenate(parts)
+        text_only[0] = 0.0
+        text = text_only
+        if getattr(encoder, "fusion", None) == "concat" and encoder.use_ids:
+            text = text_only[:, encoder.id_dim:]
+    i2v = np.zeros((size, 1), np.float32)
+    if getattr(encoder, "use_ids", False):
+        ids = encoder.id_embedding.embeddings.numpy()
+        i2v = np.zeros((size, ids.shape[1]), np.float32)
+        i2v[:len(ids)] = ids[:size]
+        i2v[0] = 0.0
+    return text_only, _normalised(text), _normalised(i2v)
+
+
+@dataclasses.dataclass
+class RankingStage:
+    """A fitted ranking stage.
+
+    Attributes:
+      tables: the whole-period tables in the run's index space (the
+        two-tower's item embeddings filled in from the model).
+      ranker: the fitted `CandidateRanker`.
+      num_candidates: N, each query's candidate list's width.
+      table_share: the share of the list the item-item table fills.
+      columns: the feature columns the ranker reads (indices into `FEATURES`).
+      info: what the fit measured (cases, validation figures, seconds).
+    """
+
+    tables: F.Tables
+    ranker: CandidateRanker
+    num_candidates: int
+    table_share: float
+    columns: tuple[int, ...]
+    info: dict
+
+    def lists(self, query_embeddings: np.ndarray, queries: list):
+        """(candidates, mask, features) of each query's candidate list."""
+        cands, mask, tt_place, table_place = F.candidates(
+            query_embeddings, self.tables, queries, self.num_candidates, self.table_share)
+        feats = F.candidate_features(query_embeddings, self.tables, queries, cands, mask,
+                                     tt_place, table_place)
+        return cands, mask, feats
+
+    def score(self, query_embeddings: np.ndarray, queries: list):
+        """(candidates [n, N], mask [n, N], the ranker's scores [n, N])."""
+        cands, mask, feats = self.lists(query_embeddings, queries)
+        return cands, mask, score_lists(self.ranker, feats, mask, list(self.columns))
+
+    def target_ranks(self, query_embeddings: np.ndarray, queries: list,
+                     targets: np.ndarray) -> np.ndarray:
+        """Each target's rank after both stages (N + 1 where it is not a candidate)."""
+        cands, mask, scores = self.score(query_embeddings, queries)
+        return list_ranks(scores, cands, mask, targets, miss_rank=self.num_candidates + 1)
+
+    # Saving and loading ----------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        t = self.tables
+        np.savez(folder / "tables.npz", counts=t.counts, text=t.text, i2v=t.i2v,
+                 lexical_terms=t.tfidf.terms, lexical_weights=t.tfidf.weights,
+                 lexical_idf=t.tfidf.idf,
+                 lexical_vocabulary=np.asarray(t.tfidf.vocabulary, dtype=str),
+                 row_splits=t.table.row_splits, indices=t.table.indices,
+                 weights=t.table.weights)
+        tf.train.Checkpoint(ranker=self.ranker).write(str(folder / "ranker"))
+        (folder / "stage.json").write_text(json.dumps({
+            "format": FORMAT, "num_candidates": self.num_candidates,
+            "table_share": self.table_share, "columns": list(self.columns),
+            "features": [F.FEATURES[j] for j in self.columns],
+            "ranker": self.ranker.get_config(), "table_info": t.table.info,
+            "info": self.info}, indent=1, default=str) + "\n")
+
+    @staticmethod
+    def saved_in(folder: str | Path) -> bool:
+        return (Path(folder) / "stage.json").exists()
+
+    @classmethod
+    def load(cls, folder: str | Path, item_embeddings: np.ndarray) -> "RankingStage":
+        """The stage saved in `folder`, with the two-tower's item embeddings.
+
+        Raises:
+          InputError: the folder holds no (or an unreadable) ranking stage.
+        """
+        folder = Path(folder)
+        meta_file = folder / "stage.json"
+        if not meta_file.exists():
+            raise InputError("the run has no ranking stage (train with ranking.enabled: true)",
+                             path=str(folder))
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != FORMAT:
+            raise InputError(f"ranking stage format {meta.get('format')} is not {FORMAT}: "
+                             "retrain the run", path=str(meta_file))
+        with np.load(folder / "tables.npz") as z:
+            arrays = {name: z[name] for name in z.files}
+        table = ItemItemTable(arrays["row_splits"], arrays["indices"], arrays["weights"],
+                              info=meta.get("table_info", {}))
+        lexical = LexicalTable(arrays["lexical_terms"], arrays["lexical_weights"],
+                               [str(v) for v in arrays["lexical_vocabulary"]],
+                               arrays["lexical_idf"])
+        tables = F.Tables(np.asarray(item_embeddings, np.float32), table, arrays["counts"],
+                          arrays["text"], lexical, arrays["i2v"])
+        ranker = CandidateRanker.from_config(meta["ranker"])
+        width = ranker.num_features
+        ranker({"features": tf.zeros([1, 1, width]), "candidate_mask": tf.ones([1, 1], tf.bool)})
+        tf.train.Checkpoint(ranker=ranker).read(str(folder / "ranker")).expect_partial()
+        return cls(tables, ranker, int(meta["num_candidates"]), float(meta["table_share"]),
+                   tuple(meta["columns"]), meta.get("info", {}))
+
+
+def _table(config: RunConfig, sessions, size: int) -> ItemItemTable:
+    rk = config.ranking
+    return build_item_table(sessions, size, rk.estimator, rk.table_size, rk.neighbours,
+                            rk.ease_lambda, rk.ease_lambdas, k=config.train.eval_k,
+                            seed=config.train.eval_seed)
+
+
+def fit_ranking_stage(config: RunConfig, data: TrainingData, stage1: TrainingData,
+                      split: RankerSplit, model) -> RankingStage:
+    """Fits the ranking stage on the ranker slice (see the module's docstring).
+
+    Args:
+      config: the run config (its `ranking` section).
+      data: the run's training data (the whole training period).
+      stage1: the two-tower's training data (`stage1_training_data`).
+      split: the ranker split.
+      model: the two-tower trained on `stage1`.
+
+    Raises:
+      InputError: the ranker slice has no usable case.
+    """
+    rk = config.ranking
+    rk.check_k(config.train.eval_k)
+    started = time.perf_counter()
+    vocab = data.vocab
+    size = vocab.size
+    item_emb = model.item_embeddings()
+    text_only, text, i2v = item_vectors(model, vocab)
+    lexical = LexicalTable.build(vocab.text, rk.text_terms)
+    logger.info("ranking stage: the item-item table of stage 1's sessions")
+    tables_s1 = F.Tables(item_emb, _table(config, stage1.sessions, size),
+                         event_counts(split.stage1, vocab), text, lexical, i2v)
+
+    cases, groups = ranker_cases(split.ranker, vocab, config, split.per_user,
+                                 config.train.eval_seed, rk.cases_per_session)
+    if not len(cases):
+        raise InputError("the ranker's slice of the training period has no session with two "
+                         "distinct items: raise ranking.ranker_share or turn the ranking stage "
+                         "off (ranking.enabled: false)", key="ranking.ranker_share")
+    history = histories_from_lists(cases.queries, config.model.history_length)
+    query_emb = model.query_embeddings(history)
+    logger.info("ranking stage: features of %d ranker cases", len(cases))
+    cands, mask, tt_place, table_place = F.candidates(query_emb, tables_s1, cases.queries,
+                                                      rk.num_candidates, rk.table_share)
+    feats = F.candidate_features(query_emb, tables_s1, cases.queries, cands, mask, tt_place,
+                                 table_place)
+    labels = ((cands == cases.targets[:, None]) & mask).astype(np.float32)
+    cold = tables_s1.counts[cases.targets] == 0
+    fit_rows, val_rows = split_validation(groups, rk.validation_share, config.train.seed)
+    warm_fit = fit_rows[~cold[fit_rows]]
+    rng = np.random.default_rng([config.train.seed, 5])
+    count = min(len(warm_fit), int(round(rk.new_share * len(fit_rows))))
+    as_new = np.sort(rng.choice(warm_fit, size=count, replace=False))
+    F.present_as_new(feats, cands, mask, labels, query_emb, tables_s1, as_new, text_only)
+    columns = tuple(range(len(F.FEATURES)))
+    logger.info("ranking stage: fitting the ranker (%d lists, %d epochs)", len(fit_rows),
+                rk.epochs)
+    ranker = fit_ranker(feats[fit_rows], mask[fit_rows], labels[fit_rows], rk.hidden_units,
+                        rk.epochs, rk.learning_rate, rk.batch_size, config.train.seed)
+    info = {"ranker_cases": int(len(cases)), "fit_cases": int(len(fit_rows)),
+            "validation_cases": int(len(val_rows)), "shown_as_new": int(len(as_new)),
+            "candidate_recall": F.candidate_recall(cands, mask, cases.targets)}
+    if len(val_rows):
+        k = config.train.eval_k
+        scores = score_lists(ranker, feats[val_rows], mask[val_rows])
+        ranks = list_ranks(scores, cands[val_rows], mask[val_rows], cases.targets[val_rows],
+                           miss_rank=rk.num_candidates + 1)
+        tt = list_ranks(feats[val_rows][..., F.FEATURES.index("tt_score")], cands[val_rows],
+                        mask[val_rows], cases.targets[val_rows],
+                        miss_rank=rk.num_candidates + 1)
+        info["validation"] = {"hr_two_stage": float(np.mean(ranks < k)),
+                              "hr_candidates_by_two_tower": float(np.mean(tt < k)), "k": k}
+        logger.info("ranking stage: validation HR@%d %.4f (the candidates by two-tower score "
+                    "%.4f)", k, info["validation"]["hr_two_stage"],
+                    info["validation"]["hr_candidates_by_two_tower"])
+
+    logger.info("ranking stage: the item-item table of the whole training period")
+    tables = F.Tables(item_emb, _table(config, data.sessions, size), vocab.counts.copy(), text,
+                      lexical, i2v)
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    return RankingStage(tables, ranker, rk.num_candidates, rk.table_share, columns, info)
+
+
+def evaluate_stages(stage: RankingStage, model, data: TrainingData, history_length: int,
+                    k: int) -> dict:
+    """The held-out scores of both stages (and stage 1's alone under "stage1")."""
+    from tfrec.metrics import rank_targets
+
+    cases = data.cases
+    stage1_ranks, _, query_emb = rank_targets(model, cases.queries, cases.targets,
+                                              history_length)
+    ranks = stage.target_ranks(query_emb, cases.queries, cases.targets)
+    result = score_cases(ranks, cases, k)
+    result["stage1"] = score_cases(stage1_ranks, cases, k)
+    cands, mask, _, _ = F.candidates(query_emb, stage.tables, cases.queries,
+                                     stage.num_candidates, stage.table_share)
+    result["candidate_recall"] = F.candidate_recall(cands, mask, cases.targets)
+    return result
+
+
+def check_settings(settings: RankingConfig, k: int) -> None:
+    """Refuses ranking settings that cannot work with `k` before any training."""
+    settings.check_k(k)
+
+
+__all__ = ["RankingStage", "fit_ranking_stage", "stage1_training_data", "evaluate_stages",
+           "forget_unseen_ids", "event_counts", "ranker_split"]

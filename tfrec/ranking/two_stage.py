@@ -1,0 +1,91 @@
+"""Training a run with both stages: the two-tower, then the ranking stage.
+
+`train` is what `tfrec train` runs. With `ranking.enabled` (the default) the
+two-tower trains on the run's training period less its ranker slice
+(`tfrec.ranking.stage.stage1_training_data`); the id embeddings of items
+only the ranker slice has are then cleared (such items embed by their
+text, as new items do); the ranking stage is fit on the ranker slice and
+saved in the run folder (`ranking/`); the held-out evaluation
+(`eval.json`) is both stages', with stage 1's alone under "stage1".
+Without it, this is `tfrec.training.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import tensorflow as tf
+
+from tfrec.config import RunConfig
+from tfrec.ranking.stage import (RankingStage, evaluate_stages, event_counts, fit_ranking_stage,
+                                 forget_unseen_ids, stage1_training_data)
+from tfrec.run import TrainingData
+from tfrec.run_folder import RunFolder
+from tfrec import training
+
+logger = logging.getLogger(__name__)
+
+
+def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
+          verbose: int | None = None, epochs: int | None = None,
+          strategy: str | None = None, overwrite: bool = False) -> training.TrainResult:
+    """Trains a run: the two-tower, then (with `ranking.enabled`) the ranking stage.
+
+    Arguments and errors are `tfrec.training.train`'s. The result's
+    `evaluation` is both stages' held-out scores (stage 1's under "stage1").
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        config = RunFolder(run_dir).read_config()
+    if not config.ranking.enabled:
+        return training.train(config, run_dir, resume, verbose, epochs, strategy, overwrite)
+    config.ranking.check_k(config.train.eval_k)
+    made = {}
+
+    def stage1(run_config: RunConfig, data: TrainingData) -> TrainingData:
+        made["stage1"], made["split"] = stage1_training_data(run_config, data)
+        return made["stage1"]
+
+    result = training.train(config, run_dir, resume, verbose, epochs, strategy, overwrite,
+                            stage1=stage1)
+    if not result.worker.is_chief:
+        return result
+    config = RunFolder(run_dir).read_config()
+    data, model = result.data, result.model
+    seen = event_counts(made["split"].stage1, data.vocab) > 0
+    cleared = forget_unseen_ids(model, seen)
+    if cleared:
+        logger.info("%d items have events only in the ranker's slice: their id embeddings are "
+                    "cleared (they embed by their text)", cleared)
+        _save_checkpoint(model, run_dir, result.history[-1]["epoch"] if result.history
+                         else config.train.epochs)
+    stage = fit_ranking_stage(config, data, made["stage1"], made["split"], model)
+    stage.save(RunFolder(run_dir).ranking)
+    evaluation = result.evaluation
+    if len(data.cases):
+        logger.info("evaluating both stages on %d held-out cases", len(data.cases))
+        evaluation = evaluate_stages(stage, model, data, config.model.history_length,
+                                     config.train.eval_k)
+        evaluation["train_seconds"] = round(result.seconds + stage.info["seconds"], 1)
+        evaluation["ranking"] = stage.info
+        RunFolder(run_dir).write_eval(evaluation)
+    return dataclasses.replace(result, evaluation=evaluation)
+
+
+def _save_checkpoint(model, run_dir: Path, epoch: int) -> None:
+    """A checkpoint of the model as it is now, the run's latest (for `load_run`)."""
+    epoch_var = tf.Variable(epoch, dtype=tf.int64, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch_var)
+    # Saved under the epoch's own number: it replaces that epoch's checkpoint.
+    tf.train.CheckpointManager(checkpoint, str(RunFolder(run_dir).checkpoints),
+                               max_to_keep=3).save(checkpoint_number=epoch)
+
+
+def load_stage(run_dir: str | Path, model) -> RankingStage | None:
+    """The run's ranking stage (None when it has none)."""
+    folder = RunFolder(run_dir).ranking
+    if not RankingStage.saved_in(folder):
+        return None
+    return RankingStage.load(folder, model.item_embeddings())
