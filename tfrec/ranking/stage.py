@@ -249,9 +249,35 @@ def _table(config: RunConfig, sessions, size: int) -> ItemItemTable:
                             seed=config.train.eval_seed)
 
 
-def fit_ranking_stage(config: RunConfig, data: TrainingData, stage1: TrainingData,
-                      split: RankerSplit, model) -> RankingStage:
-    """Fits the ranking stage on the ranker slice (see the module's docstring).
+@dataclasses.dataclass
+class RankerLists:
+    """The ranker's training lists (each a ranker case's N candidates).
+
+    Attributes:
+      candidates, mask: [n, N] item indices (0-padded) and which are listed.
+      features: [n, N, len(FEATURES)] their features (stage 1's tables).
+      labels: [n, N] 1 at the case's target (a target shown as new and
+        left out of its list has none).
+      targets: [n] the cases' targets.
+      fit_rows, validation_rows: the cases the ranker fits on and the
+        held-out share that measures it (whole sessions on each side).
+      info: counts of what was made.
+    """
+
+    candidates: np.ndarray
+    mask: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+    targets: np.ndarray
+    fit_rows: np.ndarray
+    validation_rows: np.ndarray
+    info: dict
+
+
+def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
+                 split: RankerSplit, model) -> tuple[RankerLists, F.Tables]:
+    """The ranker's training lists and the whole-period tables (see the module's
+    docstring).
 
     Args:
       config: the run config (its `ranking` section).
@@ -265,7 +291,6 @@ def fit_ranking_stage(config: RunConfig, data: TrainingData, stage1: TrainingDat
     """
     rk = config.ranking
     rk.check_k(config.train.eval_k)
-    started = time.perf_counter()
     vocab = data.vocab
     size = vocab.size
     item_emb = model.item_embeddings()
@@ -289,6 +314,7 @@ def fit_ranking_stage(config: RunConfig, data: TrainingData, stage1: TrainingDat
     feats = F.candidate_features(query_emb, tables_s1, cases.queries, cands, mask, tt_place,
                                  table_place)
     labels = ((cands == cases.targets[:, None]) & mask).astype(np.float32)
+    recall = F.candidate_recall(cands, mask, cases.targets)
     cold = tables_s1.counts[cases.targets] == 0
     fit_rows, val_rows = split_validation(groups, rk.validation_share, config.train.seed)
     warm_fit = fit_rows[~cold[fit_rows]]
@@ -296,33 +322,55 @@ def fit_ranking_stage(config: RunConfig, data: TrainingData, stage1: TrainingDat
     count = min(len(warm_fit), int(round(rk.new_share * len(fit_rows))))
     as_new = np.sort(rng.choice(warm_fit, size=count, replace=False))
     F.present_as_new(feats, cands, mask, labels, query_emb, tables_s1, as_new, text_only)
-    columns = tuple(range(len(F.FEATURES)))
-    logger.info("ranking stage: fitting the ranker (%d lists, %d epochs)", len(fit_rows),
-                rk.epochs)
-    ranker = fit_ranker(feats[fit_rows], mask[fit_rows], labels[fit_rows], rk.hidden_units,
-                        rk.epochs, rk.learning_rate, rk.batch_size, config.train.seed)
-    info = {"ranker_cases": int(len(cases)), "fit_cases": int(len(fit_rows)),
-            "validation_cases": int(len(val_rows)), "shown_as_new": int(len(as_new)),
-            "candidate_recall": F.candidate_recall(cands, mask, cases.targets)}
+    lists = RankerLists(cands, mask, feats, labels, cases.targets, fit_rows, val_rows,
+                        {"ranker_cases": int(len(cases)), "fit_cases": int(len(fit_rows)),
+                         "validation_cases": int(len(val_rows)), "shown_as_new": int(len(as_new)),
+                         "candidate_recall": recall})
+    logger.info("ranking stage: the item-item table of the whole training period")
+    tables = F.Tables(item_emb, _table(config, data.sessions, size), vocab.counts.copy(), text,
+                      lexical, i2v)
+    return lists, tables
+
+
+def fit_on_lists(config: RunConfig, lists: RankerLists, tables: F.Tables,
+                 columns: tuple[int, ...] | None = None) -> RankingStage:
+    """Fits a ranker on `lists` (reading the feature `columns`, default all) and
+    measures it on their validation rows."""
+    rk = config.ranking
+    started = time.perf_counter()
+    columns = tuple(range(len(F.FEATURES))) if columns is None else tuple(columns)
+    rows, val_rows = lists.fit_rows, lists.validation_rows
+    logger.info("ranking stage: fitting the ranker (%d lists, %d features, %d epochs)",
+                len(rows), len(columns), rk.epochs)
+    ranker = fit_ranker(lists.features[rows], lists.mask[rows], lists.labels[rows],
+                        rk.hidden_units, rk.epochs, rk.learning_rate, rk.batch_size,
+                        config.train.seed, list(columns))
+    info = dict(lists.info)
     if len(val_rows):
         k = config.train.eval_k
-        scores = score_lists(ranker, feats[val_rows], mask[val_rows])
-        ranks = list_ranks(scores, cands[val_rows], mask[val_rows], cases.targets[val_rows],
+        c, m, t = lists.candidates[val_rows], lists.mask[val_rows], lists.targets[val_rows]
+        f = lists.features[val_rows]
+        ranks = list_ranks(score_lists(ranker, f, m, list(columns)), c, m, t,
                            miss_rank=rk.num_candidates + 1)
-        tt = list_ranks(feats[val_rows][..., F.FEATURES.index("tt_score")], cands[val_rows],
-                        mask[val_rows], cases.targets[val_rows],
+        tt = list_ranks(f[..., F.FEATURES.index("tt_score")], c, m, t,
                         miss_rank=rk.num_candidates + 1)
         info["validation"] = {"hr_two_stage": float(np.mean(ranks < k)),
                               "hr_candidates_by_two_tower": float(np.mean(tt < k)), "k": k}
         logger.info("ranking stage: validation HR@%d %.4f (the candidates by two-tower score "
                     "%.4f)", k, info["validation"]["hr_two_stage"],
                     info["validation"]["hr_candidates_by_two_tower"])
-
-    logger.info("ranking stage: the item-item table of the whole training period")
-    tables = F.Tables(item_emb, _table(config, data.sessions, size), vocab.counts.copy(), text,
-                      lexical, i2v)
-    info["seconds"] = round(time.perf_counter() - started, 1)
+    info["fit_seconds"] = round(time.perf_counter() - started, 1)
     return RankingStage(tables, ranker, rk.num_candidates, rk.table_share, columns, info)
+
+
+def fit_ranking_stage(config: RunConfig, data: TrainingData, stage1: TrainingData,
+                      split: RankerSplit, model) -> RankingStage:
+    """`ranker_lists`, then `fit_on_lists` with every feature."""
+    started = time.perf_counter()
+    lists, tables = ranker_lists(config, data, stage1, split, model)
+    stage = fit_on_lists(config, lists, tables)
+    stage.info["seconds"] = round(time.perf_counter() - started, 1)
+    return stage
 
 
 def evaluate_stages(stage: RankingStage, model, data: TrainingData, history_length: int,
@@ -347,5 +395,6 @@ def check_settings(settings: RankingConfig, k: int) -> None:
     settings.check_k(k)
 
 
-__all__ = ["RankingStage", "fit_ranking_stage", "stage1_training_data", "evaluate_stages",
-           "forget_unseen_ids", "event_counts", "ranker_split"]
+__all__ = ["RankingStage", "RankerLists", "fit_ranking_stage", "fit_on_lists", "ranker_lists",
+           "stage1_training_data", "evaluate_stages", "forget_unseen_ids", "event_counts",
+           "ranker_split"]
