@@ -197,7 +197,10 @@ class RankingStage:
                  lexical_vocabulary=np.asarray(t.tfidf.vocabulary, dtype=str),
                  row_splits=t.table.row_splits, indices=t.table.indices,
                  weights=t.table.weights)
-        tf.train.Checkpoint(ranker=self.ranker).write(str(folder / "ranker"))
+        # The weights only (not the optimizer's slots): what scoring needs.
+        tf.train.Checkpoint(ranker=tf.train.Checkpoint(
+            normalization=self.ranker.normalization,
+            scorer=self.ranker.scorer)).write(str(folder / "ranker"))
         (folder / "stage.json").write_text(json.dumps({
             "format": FORMAT, "num_candidates": self.num_candidates,
             "table_share": self.table_share, "columns": list(self.columns),
@@ -237,7 +240,11 @@ class RankingStage:
         ranker = CandidateRanker.from_config(meta["ranker"])
         width = ranker.num_features
         ranker({"features": tf.zeros([1, 1, width]), "candidate_mask": tf.ones([1, 1], tf.bool)})
-        tf.train.Checkpoint(ranker=ranker).read(str(folder / "ranker")).expect_partial()
+        tf.train.Checkpoint(ranker=tf.train.Checkpoint(
+            normalization=ranker.normalization, scorer=ranker.scorer)).read(
+            str(folder / "ranker")).assert_consumed()
+        # The normalisation's mean and variance are computed from its restored state.
+        ranker.normalization.finalize_state()
         return cls(tables, ranker, int(meta["num_candidates"]), float(meta["table_share"]),
                    tuple(meta["columns"]), meta.get("info", {}))
 

@@ -1,0 +1,131 @@
+"""`tfrec train` with the ranking stage: the leakage rule, the saved stage, the switch."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfrec.cli import main
+from tfrec.data.synthetic import generate_events, generate_items
+from tfrec.ranking import stage as stage_lib
+from tfrec.ranking import two_stage
+from tfrec.run import load_run, load_run_config, prepare_training_data
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    events = generate_events(8_000, 90, num_users=700, num_clusters=5, seed=5)
+    events["time"] = events["time"].astype("int64")
+    events[["user", "item", "time", "event"]].rename(
+        columns={"user": "user_id", "item": "item_id", "time": "timestamp"}).to_csv(
+        folder / "events.csv", index=False)
+    items = generate_items(90, 5, num_cold=4, seed=5)
+    items[["item", "text", "market"]].rename(columns={"item": "item_id"}).to_csv(
+        folder / "items.csv", index=False)
+    config = {
+        "data": {"layout": "events", "events": str(folder / "events.csv"),
+                 "items": str(folder / "items.csv"), "events_schema": {"event_col": "event"},
+                 "pairs": {"batch_size": 512}},
+        "model": {"embedding_dim": 16, "text": {"token_dim": 8, "filters": 8}},
+        "train": {"epochs": 1, "split_fraction": 0.15, "learning_rate": 0.01},
+        "ranking": {"epochs": 3, "num_candidates": 30, "hidden_units": [8]},
+    }
+    (folder / "run.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(data_files, tmp_path_factory):
+    """A two-stage run, and what its stage-1 hook and the table builder were given."""
+    run = tmp_path_factory.mktemp("runs") / "run"
+    config = load_run_config(data_files / "run.json")
+    seen = {"tables": []}
+    build = stage_lib._table
+
+    def recording_table(config_, sessions, size):
+        seen["tables"].append(int(len(sessions.items)))
+        return build(config_, sessions, size)
+
+    stage_lib._table = recording_table
+    try:
+        result = two_stage.train(config, run, verbose=0)
+    finally:
+        stage_lib._table = build
+    return run, config, result, seen
+
+
+def test_no_ranker_case_is_in_the_two_tower_or_the_table_fit(trained):
+    run, config, result, seen = trained
+    data = prepare_training_data(config)
+    stage1, split = stage_lib.stage1_training_data(config, data)
+    # The two-tower and the first table see stage 1's events only, the second table every
+    # training event (for the held-out cases and the export).
+    assert len(stage1.sessions.items) < len(data.sessions.items)
+    assert seen["tables"] == [len(stage1.sessions.items), len(data.sessions.items)]
+    # No event of the ranker's slice is in stage 1's sessions: the (user, time) pairs differ.
+    s1 = set(zip(split.stage1["user"], split.stage1["time"]))
+    ranker = set(zip(split.ranker["user"], split.ranker["time"]))
+    assert ranker and not s1 & ranker
+    # The ranker's cases come from its slice: each case's items were all bought there.
+    cases, _ = stage_lib.ranker_cases(split.ranker, data.vocab, config, split.per_user,
+                                      config.train.eval_seed, 1)
+    ranker_items = set(data.vocab.lookup(split.ranker["item"].to_numpy(dtype=object)).tolist())
+    assert all(set(q) | {int(t)} <= ranker_items for q, t in zip(cases.queries, cases.targets))
+
+
+def test_items_only_in_the_ranker_slice_embed_by_their_text(trained):
+    run, config, result, _ = trained
+    data = prepare_training_data(config)
+    _, split = stage_lib.stage1_training_data(config, data)
+    counts = stage_lib.event_counts(split.stage1, data.vocab)
+    _, vocab, model, _ = load_run(run)
+    model.item_embeddings()  # builds the layers (a restore is deferred until then)
+    ids = model.item_encoder.id_embedding.embeddings.numpy()
+    unseen = np.flatnonzero(counts[:len(ids)] == 0)[1:]
+    seen = np.flatnonzero(counts[:len(ids)] > 0)
+    assert not ids[unseen].any()
+    assert np.abs(ids[seen]).sum(axis=1).min() > 0
+
+
+def test_the_saved_stage_scores_as_the_trained_one_and_eval_has_both_stages(trained):
+    run, config, result, _ = trained
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert set(evaluation) >= {"all", "warm", "cold", "stage1", "candidate_recall", "ranking"}
+    assert 0 < evaluation["candidate_recall"] <= 1
+    _, vocab, model, _ = load_run(run)
+    stage = two_stage.load_stage(run, model)
+    assert stage.num_candidates == 30 and len(stage.columns) == len(stage_lib.F.FEATURES)
+    again = stage_lib.evaluate_stages(stage, model, result.data, config.model.history_length,
+                                      config.train.eval_k)
+    for name in ("all", "warm"):
+        assert again[name] == pytest.approx(evaluation[name])
+        assert again["stage1"][name] == pytest.approx(evaluation["stage1"][name])
+    # The two stages are not the two-tower under another name: the ranker reorders.
+    data = result.data
+    query_emb = model.query_embeddings(
+        stage_lib.histories_from_lists(data.cases.queries, config.model.history_length))
+    cands, mask, scores = stage.score(query_emb, data.cases.queries)
+    tt = np.einsum("nd,nkd->nk", query_emb, stage.tables.item_embeddings[cands])
+    order_ranker = np.argsort(-np.where(mask, scores, -np.inf), axis=1)[:, :10]
+    order_tt = np.argsort(-np.where(mask, tt, -np.inf), axis=1)[:, :10]
+    assert (order_ranker != order_tt).any()
+
+
+def test_ranking_off_trains_the_two_tower_alone(data_files, tmp_path):
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--config", str(data_files / "run.json"), "--run-dir", str(run),
+                 "--set", "ranking.enabled=false"]) == 0
+    assert not (run / "ranking").exists()
+    assert "stage1" not in json.loads((run / "eval.json").read_text())
+
+
+def test_a_candidate_list_shorter_than_k_is_refused_before_training(
+        data_files, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--config", str(data_files / "run.json"), "--run-dir", str(run),
+                 "--set", "ranking.num_candidates=5"]) == 2
+    err = capsys.readouterr().err
+    assert "ranking.num_candidates" in err and "k = 10" in err
+    assert not Path(run / "checkpoints").exists()
