@@ -1,0 +1,65 @@
+"""The cost of the ranking stage at training time: `tfrec train` with and without it.
+
+    TFREC_DATA=/work/shared/data python bench/train_cost.py              # Online Retail
+    TFREC_DATA=/work/shared/data python bench/train_cost.py \\
+        --config tfrec/configs/goodbooks.yaml
+
+Runs `tfrec train` twice in one command, one after the other, each in its
+own process: the library defaults (two stages) and `ranking.enabled=false`
+(the two-tower alone, on the whole training period), with the same seed.
+Prints, side by side, the wall time and the CPU time (user + system, of the
+child process: less sensitive than wall time to other jobs on the cores)
+and the held-out HR@10 each run wrote, and the ratio of the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(config: str | None, run_dir: Path, enabled: bool, seed: int) -> dict:
+    command = [sys.executable, "-m", "tfrec", "-q", "train", "--run-dir", str(run_dir),
+               "--overwrite", "--set", f"train.seed={seed}",
+               "--set", f"ranking.enabled={'true' if enabled else 'false'}"]
+    if config:
+        command[4:4] = ["--config", config]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    return {"wall": wall, "cpu": cpu, "hr": evaluation["all"]["hr@10"]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="run config (default: the bundled Online Retail one)")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tfrec-train-cost-") as tmp:
+        rows = {name: run(args.config, Path(tmp) / name, enabled, args.seed)
+                for name, enabled in (("two-tower alone", False), ("two stages", True))}
+    print(f"{'run':<18}{'wall s':>9}{'CPU s':>9}{'HR@10':>9}")
+    for name, row in rows.items():
+        print(f"{name:<18}{row['wall']:>9.0f}{row['cpu']:>9.0f}{row['hr']:>9.4f}")
+    base, both = rows["two-tower alone"], rows["two stages"]
+    print(f"{'ratio':<18}{both['wall'] / base['wall']:>9.2f}{both['cpu'] / base['cpu']:>9.2f}"
+          f"{both['hr'] / base['hr']:>9.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
