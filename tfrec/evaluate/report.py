@@ -57,7 +57,7 @@ def plot_hr_curves(report: dict, path: Path) -> None:
                 continue
             label = m["label"]
             if "list_width" in m and m["list_width"] < MAX_K:
-                label += f" (stops at its {m['list_width']} candidates)"
+                label += f" (list of {m['list_width']})"
             ax.plot(np.arange(1, len(curve) + 1), curve, label=label, **_line_style(name))
         ax.set_title(f"{group} targets ({next(iter(report['methods'].values()))[group]['cases']:,}"
                      " cases)")
