@@ -183,7 +183,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         if stage is not None:
             stage.tables.item_embeddings = model.item_embeddings()
     source = f"export {saved_model}" if exported else f"checkpoint {Path(checkpoint).name}"
-    t0 = step(f"{STAGE1 if stage is not None else label_of(MODEL)}: ranking {len(cases):,} "
+    t0 = step(f"{label_of(STAGE1 if stage is not None else MODEL)}: ranking {len(cases):,} "
               f"cases over {vocab.size - 1:,} items" + (f" ({source})" if exported else ""))
     ranks, item_emb, query_emb = rank_targets(model, cases.queries, cases.targets,
                                               config.model.history_length)
@@ -197,6 +197,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         ranking_stage, stage_results = _stage_rows(stage, config, data, run_model, query_emb,
                                                    cases, ablated, source, step)
         results[MODEL] = stage_results.pop(MODEL)
+        results[MODEL].seconds += stage1.seconds  # both stages' time
         results[STAGE1] = stage1
         results.update(stage_results)
 
