@@ -115,6 +115,21 @@ def test_the_model_row_is_evaluate_stages_and_stage1_is_the_two_tower(staged_rep
         [float(np.mean(exact < k)) for k in range(1, WIDTH + 1)], abs=1e-12)
 
 
+def test_the_saved_stage_scores_as_the_trained_one_did(staged_run, staged_report):
+    """eval.json holds both stages' figures measured by `tfrec train` with the stage
+    still in memory; the stage loaded from the run folder must reproduce them."""
+    _, result = staged_report
+    trained = json.loads((staged_run / "eval.json").read_text())
+    for group in ("all", "warm", "cold"):
+        if not trained[group]["cases"]:
+            continue
+        for metric in ("hr@10", "ndcg@10"):
+            assert result["methods"][MODEL][group][metric] == pytest.approx(
+                trained[group][metric], abs=1e-6), (group, metric)
+            assert result["methods"][STAGE1][group][metric] == pytest.approx(
+                trained["stage1"][group][metric], abs=1e-6), (group, metric)
+
+
 def brute_force_lists(truth) -> dict:
     """Each case's candidate lists one at a time: the two-tower's top N, the table's
     top N (positive scores), and both merged half and half (the table's j-th item,
