@@ -210,7 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           gensim_epochs=ev.gensim_epochs, gensim_dim=ev.gensim_dim,
                           saved_model=ev.saved_model,
                           max_item_item_catalogue=ev.max_item_item_catalogue,
-                          data_dir=ev.data_dir)
+                          data_dir=ev.data_dir, ablations=not ev.no_ablations)
     print(format_report(report))
     out = ReportFolder(ev.out) if ev.out else RunFolder(report["run"]).evaluation
     print(f"report: {out.html_file}, {out.json_file}")

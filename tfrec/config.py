@@ -499,6 +499,10 @@ class EvaluateSettings(Settings):
         None, "the data folder (as data.data_dir) to read the run's data set from, used only "
               "when the run's config names no data.data_dir: a run trained with a data folder "
               "keeps its own", flag="--data-dir")
+    no_ablations: bool = setting(
+        False, "with a run that has a ranking stage, leave out the rows of the ranker "
+               "refitted without each feature group (one ranker fit each)",
+        flag="--no-ablations")
 
     def check(self):
         if self.run_dir is None and self.saved_model is None:

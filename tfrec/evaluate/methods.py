@@ -25,6 +25,12 @@ from tfrec.run_folder import RunFolder
 
 MODEL = "tfrec"
 MODEL_LABEL = "tfrec (full model)"
+# A run with a ranking stage: the model's row is both stages; these rows are
+# stage 1 alone and the ranker refitted without each feature group.
+TWO_STAGE_LABEL = "tfrec (both stages)"
+STAGE1 = "tfrec_stage1"
+STAGE1_LABEL = "tfrec stage 1 alone"
+ABLATION_PREFIX = "tfrec_without_"
 # The HR@K curves (and the largest k asked for) go up to this K.
 MAX_K = 50
 
@@ -113,7 +119,7 @@ REGISTRY: dict[str, Baseline] = {}
 
 def register(baseline: Baseline) -> Baseline:
     """Adds a baseline to the registry (its name must be new)."""
-    if not baseline.name or baseline.name == MODEL or baseline.name in REGISTRY:
+    if not baseline.name or is_model_row(baseline.name) or baseline.name in REGISTRY:
         raise ValueError(f"baseline name {baseline.name!r} is empty or taken")
     REGISTRY[baseline.name] = baseline
     return baseline
@@ -132,7 +138,21 @@ def label_of(name: str) -> str:
     """The label of a method (the model or a baseline; unknown names as they are)."""
     if name == MODEL:
         return MODEL_LABEL
+    if name == STAGE1:
+        return STAGE1_LABEL
+    if name.startswith(ABLATION_PREFIX):
+        return f"tfrec w/o {name[len(ABLATION_PREFIX):]}"
     return REGISTRY[name].label if name in REGISTRY else name
+
+
+def ablation_name(group: str) -> str:
+    """The row of the ranker refitted without feature group `group`."""
+    return ABLATION_PREFIX + group
+
+
+def is_model_row(name: str) -> bool:
+    """The model or one of its stage rows (stage 1 alone, an ablation): not a baseline."""
+    return name in (MODEL, STAGE1) or name.startswith(ABLATION_PREFIX)
 
 
 # Baselines that give a vector per item and per query -----------------------------------------

@@ -11,8 +11,8 @@ import numpy as np
 
 from tfrec.evaluate.analyses import pca_2d
 from tfrec.evaluate.bar import verdict
-from tfrec.evaluate.methods import label_of
-from tfrec.evaluate.table import format_report
+from tfrec.evaluate.methods import ABLATION_PREFIX, MAX_K, MODEL, STAGE1, label_of
+from tfrec.evaluate.table import SOURCE_LABELS, format_report
 from tfrec.run_folder import ReportFolder
 from tfrec.utils import ensure_folder
 
@@ -34,16 +34,31 @@ def _save(figure, path: Path) -> None:
     _pyplot().close(figure)
 
 
+def _line_style(name: str) -> dict:
+    """The model's line thick, stage 1's dotted, the ablations' dashed."""
+    if name == MODEL:
+        return {"linewidth": 2.5}
+    if name == STAGE1:
+        return {"linewidth": 1.8, "linestyle": ":"}
+    if name.startswith(ABLATION_PREFIX):
+        return {"linewidth": 1.0, "linestyle": "--"}
+    return {"linewidth": 1.3}
+
+
 def plot_hr_curves(report: dict, path: Path) -> None:
+    """HR@K per method; a two-stage row's curve stops at its list's width N (a target
+    outside its N candidates is a miss at every K)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
-    ks = np.arange(1, len(next(iter(report["methods"].values()))["all"]["hr_curve"]) + 1)
     for ax, group in zip(axes, ("all", "warm", "cold")):
         for name, m in report["methods"].items():
-            if not m[group]["hr_curve"]:
+            curve = m[group]["hr_curve"]
+            if not curve:
                 continue
-            ax.plot(ks, m[group]["hr_curve"], label=m["label"],
-                    linewidth=2.5 if name == "tfrec" else 1.3)
+            label = m["label"]
+            if "list_width" in m and m["list_width"] < MAX_K:
+                label += f" (list of {m['list_width']})"
+            ax.plot(np.arange(1, len(curve) + 1), curve, label=label, **_line_style(name))
         ax.set_title(f"{group} targets ({next(iter(report['methods'].values()))[group]['cases']:,}"
                      " cases)")
         ax.set_xlabel("K")
@@ -177,6 +192,32 @@ def _cold_start_html(report: dict) -> str:
             "catalogue.</p>")
 
 
+def _ranking_stage_html(report: dict) -> str:
+    """The ranking stage's list and its candidate recall per source and group."""
+    rs = report.get("ranking_stage")
+    if not rs:
+        return ""
+    k, width = report["k"], rs["num_candidates"]
+    recall = rs["candidate_recall"]
+    rows = "".join(f"<tr><th>{html.escape(SOURCE_LABELS[source])}</th>"
+                   + "".join(f"<td>{_num(recall[source][g])}</td>"
+                             for g in ("all", "warm", "cold")) + "</tr>"
+                   for source in ("merged", "two_tower", "table"))
+    ablations = ("The rows \"tfrec w/o GROUP\" are the ranker refitted on the same training "
+                 "lists without that feature group's columns." if rs.get("ablations") else
+                 "Ablations off (<code>--no-ablations</code>).")
+    return (f"<h2>Ranking stage</h2><p>The model's row is both stages: stage 1 (the "
+            f"two-tower) and the item-item table make each case's list of {width} candidates "
+            f"({rs['table_share']:.0%} of the slots from the table), the ranker orders it; a "
+            "target outside the list is a miss at every K"
+            + (f", so the two-stage rows' HR@K curves stop at K = {width}" if width < MAX_K
+               else "")
+            + (f", and their HR@{k} is their HR@{width}" if k > width else "")
+            + f". {ablations}</p><h3>Candidate recall (HR@{width})</h3>"
+            "<table><tr><th>list</th><th>all</th><th>warm</th><th>cold</th></tr>"
+            f"{rows}</table>")
+
+
 def _tuning_html(report: dict) -> str:
     """Each tuned baseline's validation HR@k per value of its setting."""
     k = report["k"]
@@ -222,8 +263,8 @@ def render_html(report: dict, out_dir: Path) -> str:
            if "baseline" in c else f"{c['target']}") + "</li>"
         for c in report["checks"])
     figures = "".join(_img(out_dir, rel, title) for rel, title in zip(report["plots"], (
-        f"HR@K, K = 1..{len(next(iter(report['methods'].values()))['all']['hr_curve'])}, "
-        "per method", f"HR@{k} on warm and cold targets", "index recall against exact search",
+        f"HR@K, K = 1..{MAX_K}, per method", f"HR@{k} on warm and cold targets",
+        "index recall against exact search",
         "2-D map of item embeddings by text category", "converted-item rank")))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tfrec evaluation</title>
@@ -246,6 +287,7 @@ seed {p['eval_seed']}.</p>
 <table><tr><th>method</th><th>HR@{k}</th><th>warm</th><th>cold</th><th>NDCG@{k}</th>
 <th>warm</th><th>cold</th><th>time</th></tr>{''.join(rows)}</table>
 <h2>Checks</h2><ul>{checks}</ul>
+{_ranking_stage_html(report)}
 {_cold_start_html(report)}
 {_tuning_html(report)}
 <h2>Plots</h2>{figures}

@@ -6,7 +6,9 @@ query's own items excluded, and is scored on all, warm and cold targets.
 The report folder (`tfrec.run_folder.ReportFolder`) gets the report as JSON, a
 self-contained HTML page (plots embedded) and the plots as PNG files.
 The baselines are the objects of `methods.REGISTRY`: each is fit on the run's
-data and ranks the same cases.
+data and ranks the same cases. A run with a ranking stage is scored with both
+stages, beside stage 1 alone, the ranker without each feature group and the
+candidate lists' recall (`stages`).
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ from tfrec.evaluate.analyses import (categories_of, cold_start_figures, conversi
                                      index_recall)
 from tfrec.evaluate.bar import check_bar
 from tfrec.evaluate.exported import ExportedModel, run_of_export
-from tfrec.evaluate.methods import (MAX_K, MODEL, REGISTRY, BaselineSettings, EvaluationRun,
+from tfrec.evaluate import stages as stages_lib
+from tfrec.evaluate.methods import (MAX_K, MODEL, REGISTRY, STAGE1, TWO_STAGE_LABEL,
+                                    BaselineSettings, EvaluationRun, ablation_name,
                                     baseline_names, label_of)
 from tfrec.evaluate.report import write_report
 from tfrec.metrics import hit_rate, rank_targets, score_cases
+from tfrec.ranking import features as F
+from tfrec.ranking.two_stage import load_stage
 from tfrec.run import check_run_data, load_run, prepare_training_data, with_data_dir
 from tfrec.run_folder import RunFolder
 
@@ -42,6 +48,9 @@ class MethodResult:
     seconds: float
     note: str = ""
     tuning: dict | None = None
+    label: str | None = None
+    list_width: int | None = None
+    extra: dict | None = None
 
 
 def parse_baselines(text: str | None) -> tuple[str, ...]:
@@ -59,17 +68,25 @@ def parse_baselines(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def scores_of(ranks: np.ndarray, cases, k: int) -> dict:
+def scores_of(ranks: np.ndarray, cases, k: int, list_width: int | None = None) -> dict:
     """`protocol.score_cases` per group plus HR@1..MAX_K curves; a group
-    without cases is null (strict JSON), not NaN."""
+    without cases is null (strict JSON), not NaN.
+
+    Args:
+      list_width: N for a method that ranks a list of N candidates (a target
+        outside it ranked beyond any K): its curve stops at K = N.
+    """
     out = score_cases(ranks, cases, k)
     out.pop("unknown_targets")
+    top = MAX_K if list_width is None else min(MAX_K, list_width)
     for group, mask in (("all", np.ones(len(ranks), bool)), ("warm", ~cases.cold),
                         ("cold", cases.cold)):
         if not mask.any():
             out[group].update({f"hr@{k}": None, f"ndcg@{k}": None, "hr_curve": []})
         else:
-            out[group]["hr_curve"] = [hit_rate(ranks[mask], kk) for kk in range(1, MAX_K + 1)]
+            out[group]["hr_curve"] = [hit_rate(ranks[mask], kk) for kk in range(1, top + 1)]
+    if list_width is not None:
+        out["list_width"] = list_width
     return out
 
 
@@ -93,7 +110,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                  gensim_dim: int = EvaluateSettings.gensim_dim,
                  saved_model: str | Path | None = None,
                  max_item_item_catalogue: int = EvaluateSettings.max_item_item_catalogue,
-                 data_dir: str | Path | None = None) -> dict:
+                 data_dir: str | Path | None = None,
+                 ablations: bool = not EvaluateSettings.no_ablations) -> dict:
     """Evaluates a run and the baselines; writes the report, its page and its plots.
 
     Args:
@@ -116,6 +134,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         reason in the log, the table and the report.
       data_dir: the data folder to read the run's data set from, when the
         run's config names no `data.data_dir`.
+      ablations: with a ranking stage, also refit the ranker without each
+        feature group (one ranker fit each) and score it.
 
     Returns:
       The report (as written to the report folder).
@@ -128,6 +148,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                          "with evaluate.saved_model", key="evaluate.run_dir")
     run_dir = Path(run_dir)
     config, run_vocab, model, checkpoint = load_run(run_dir)
+    run_model = model
     config = with_data_dir(config, data_dir)
     k = k or config.train.eval_k
     if k < 1 or k > MAX_K:
@@ -138,7 +159,9 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         raise InputError(f"unknown baseline(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(baseline_names())}", key="evaluate.baselines")
     out_dir = Path(out_dir) if out_dir else RunFolder(run_dir).evaluation.path
-    step = Step(5 + len(baselines))
+    stage = load_stage(run_dir, model)
+    ablated = stages_lib.ablation_columns(stage) if stage is not None and ablations else {}
+    step = Step(5 + len(baselines) + (stage is not None) + (len(ablated) + 1 if ablated else 0))
 
     step("preparing the held-out cases (the run's data and split)")
     data = prepare_training_data(config)
@@ -157,13 +180,26 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     if saved_model is not None:
         exported = ExportedModel(Path(saved_model), vocab)
         model, checkpoint = exported, str(Path(saved_model).resolve())
-    t0 = step(f"{label_of(MODEL)}: ranking {len(cases):,} cases over {vocab.size - 1:,} items"
-              + (f" (export {saved_model})" if exported else ""))
+        if stage is not None:
+            stage.tables.item_embeddings = model.item_embeddings()
+    source = f"export {saved_model}" if exported else f"checkpoint {Path(checkpoint).name}"
+    t0 = step(f"{label_of(STAGE1 if stage is not None else MODEL)}: ranking {len(cases):,} "
+              f"cases over {vocab.size - 1:,} items" + (f" ({source})" if exported else ""))
     ranks, item_emb, query_emb = rank_targets(model, cases.queries, cases.targets,
                                               config.model.history_length)
-    results[MODEL] = MethodResult(MODEL, ranks, time.perf_counter() - t0,
-                                  f"export {saved_model}" if exported
-                                  else f"checkpoint {Path(checkpoint).name}")
+    stage1_ranks = ranks
+    ranking_stage = None
+    if stage is None:
+        results[MODEL] = MethodResult(MODEL, ranks, time.perf_counter() - t0, source)
+    else:
+        stage1 = MethodResult(STAGE1, ranks, time.perf_counter() - t0,
+                              f"{source}, the two-tower alone")
+        ranking_stage, stage_results = _stage_rows(stage, config, data, run_model, query_emb,
+                                                   cases, ablated, source, step)
+        results[MODEL] = stage_results.pop(MODEL)
+        results[MODEL].seconds += stage1.seconds  # both stages' time
+        results[STAGE1] = stage1
+        results.update(stage_results)
 
     run = EvaluationRun(run_dir, config, data, k,
                         BaselineSettings(gensim_epochs, gensim_dim, max_item_item_catalogue),
@@ -190,13 +226,14 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     conversion = conversion_ranks(data.test_slice, vocab, model, config.model.history_length,
                                   config.data.sessions, item_emb)
     step("cold start: warm targets as if new, and the cold items' share of the top slots")
-    cold_start = cold_start_figures(model, vocab, cases, ranks, item_emb, query_emb,
+    cold_start = cold_start_figures(model, vocab, cases, stage1_ranks, item_emb, query_emb,
                                     valid, k)
 
-    methods = {name: {"label": label_of(name), "seconds": round(res.seconds, 1),
+    methods = {name: {"label": res.label or label_of(name), "seconds": round(res.seconds, 1),
                       **({"note": res.note} if res.note else {}),
                       **({"tuning": res.tuning} if res.tuning else {}),
-                      **scores_of(res.ranks, cases, k)}
+                      **(res.extra or {}),
+                      **scores_of(res.ranks, cases, k, res.list_width)}
                for name, res in results.items()}
     report = {
         "run": str(run_dir.resolve()), "checkpoint": checkpoint, "k": k,
@@ -221,6 +258,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         "index_recall": recall,
         "conversion": conversion,
         "cold_start": cold_start,
+        **({"ranking_stage": ranking_stage} if ranking_stage is not None else {}),
         "checks": check_bar(methods, k, targets),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -228,3 +266,37 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     codes, names = categories_of(vocab)
     write_report(report, out_dir, item_emb[1:], codes[1:], names, cold=vocab.counts[1:] == 0)
     return report
+
+
+def _stage_rows(stage, config, data, run_model, query_emb: np.ndarray, cases,
+                ablated: dict, source: str, step: Step) -> tuple[dict, dict]:
+    """The rows of a run with a ranking stage: both stages (under `MODEL`) and the
+    ranker without each group of `ablated`; and the report's "ranking_stage" entry
+    (the stage's settings and its candidate lists' recall).
+
+    Args:
+      stage: the run's `RankingStage`.
+      run_model: the run's two-tower (its checkpoint: the ablations' lists).
+      query_emb: the cases' query embeddings (of the model evaluated).
+      ablated: `stages.ablation_columns` (empty: no ablations).
+      source: the model's source, in words (the rows' note).
+    """
+    width = stage.num_candidates
+    t0 = step(f"{TWO_STAGE_LABEL}: the ranker over each case's {width} candidates")
+    lists = stages_lib.StageLists.of(stage, query_emb, cases)
+    rows = {MODEL: MethodResult(
+        MODEL, stages_lib.stage_ranks(stage, lists), time.perf_counter() - t0,
+        f"{source}, the ranking stage over {width} candidates", label=TWO_STAGE_LABEL,
+        list_width=width)}
+    recall = stages_lib.candidate_recall(stage, query_emb, cases, lists)
+    found = stages_lib.ablations(config, data, run_model, stage, lists, step) if ablated else []
+    for ablation in found:
+        left_out = [F.FEATURES[j] for j in stage.columns if j not in ablation.columns]
+        rows[ablation_name(ablation.group)] = MethodResult(
+            ablation_name(ablation.group), ablation.ranks, ablation.seconds,
+            f"the ranker refitted without {', '.join(left_out)}", list_width=width,
+            extra={"left_out": left_out, **ablation.info})
+    entry = {"num_candidates": width, "table_share": stage.table_share,
+             "features": [F.FEATURES[j] for j in stage.columns],
+             "ablations": bool(ablated), "candidate_recall": recall}
+    return entry, rows

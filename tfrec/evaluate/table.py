@@ -3,7 +3,37 @@
 from __future__ import annotations
 
 from tfrec.evaluate.bar import verdict
-from tfrec.evaluate.methods import label_of
+from tfrec.evaluate.methods import MAX_K, label_of
+
+SOURCE_LABELS = {"merged": "the merged list", "two_tower": "two-tower top N",
+                 "table": "item-item table top N"}
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def ranking_stage_lines(report: dict) -> list[str]:
+    """The ranking stage's lines: its list, its candidate recall per source and group."""
+    rs = report.get("ranking_stage")
+    if not rs:
+        return []
+    k, width = report["k"], rs["num_candidates"]
+    recall = rs["candidate_recall"]
+    lines = [f"ranking stage: the ranker orders {width} candidates per case "
+             f"({rs['table_share']:.0%} of the slots from the item-item table);",
+             "  a target outside them is a miss at every K"
+             + (f": the two-stage rows' HR@K curves stop at K = {width}" if width < MAX_K
+                else "")
+             + (f"; HR@{k} of the two-stage rows is their HR@{width}" if k > width else ""),
+             f"candidate recall (HR@{width}), all / warm / cold targets:"]
+    for source in ("merged", "two_tower", "table"):
+        r = recall[source]
+        lines.append(f"  {SOURCE_LABELS[source]:<22}" + " / ".join(
+            _share(r[g]) for g in ("all", "warm", "cold")))
+    if not rs.get("ablations"):
+        lines.append("  (ablations off: evaluate.no_ablations)")
+    return lines
 
 
 def tuning_line(label: str, tuning: dict, k: int) -> str:
@@ -38,6 +68,7 @@ def format_report(report: dict) -> str:
     for m in report["methods"].values():
         if "tuning" in m:
             lines.append(tuning_line(m["label"], m["tuning"], k))
+    lines += ranking_stage_lines(report)
     r = report["index_recall"]
     kind = "the export's index" if r["index"] == "export" else "ScaNN"
     lines.append(f"index recall@10 ({kind} vs exact, {r['queries']:,} case queries): "
