@@ -15,6 +15,7 @@ IDF (`rows`), so an item added after training has its lexical feature.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 import numpy as np
@@ -101,17 +102,25 @@ class LexicalTable:
         return dataclasses.replace(self, terms=np.concatenate([self.terms, terms]),
                                    weights=np.concatenate([self.weights, weights]))
 
-    def similarity(self, a: np.ndarray, b: np.ndarray, chunk: int = 16) -> np.ndarray:
-        """[B, L, N] cosines of items a [B, L] with items b [B, N] (index arrays)."""
+    @functools.cached_property
+    def matrix(self):
+        """The rows as a scipy CSR matrix [V, len(vocabulary) + 1] (column 0 unused)."""
+        from scipy import sparse
+
+        rows = np.repeat(np.arange(len(self.terms)), self.terms.shape[1])
+        keep = self.terms.ravel() > 0
+        return sparse.csr_matrix((self.weights.ravel()[keep], (rows[keep],
+                                                               self.terms.ravel()[keep])),
+                                 shape=(len(self.terms), len(self.vocabulary) + 1))
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """[B, L, N] cosines of items a [B, L] with items b [B, N] (index arrays): one
+        sparse product per row (its cost follows the shared terms, not L x N x T²)."""
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        matrix = self.matrix
         out = np.zeros((a.shape[0], a.shape[1], b.shape[1]), np.float32)
-        for start in range(0, a.shape[0], chunk):
-            ta, wa = self.terms[a[start:start + chunk]], self.weights[a[start:start + chunk]]
-            tb, wb = self.terms[b[start:start + chunk]], self.weights[b[start:start + chunk]]
-            same = ((ta[:, :, None, :, None] == tb[:, None, :, None, :])
-                    & (ta[:, :, None, :, None] > 0))
-            out[start:start + chunk] = np.einsum(
-                "blnst,bls,bnt->bln", same.astype(np.float32), wa, wb)
+        for row in range(a.shape[0]):
+            out[row] = (matrix[a[row]] @ matrix[b[row]].T).toarray()
         return out
 
 
