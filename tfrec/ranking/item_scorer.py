@@ -122,10 +122,10 @@ class ItemItemScorer(keras.layers.Layer):
                        tf.gather(largest, at))
         return tf.cast(total, tf.float32), tf.where(found, top, 0.0)
 
-    def candidates(self, history, n: int):
+    def candidates(self, history, n):
         """(ids [B, n] int32, scores [B, n] float32): the n items of largest summed
         weight each history reaches, its own items and index 0 excluded; -1 and
-        -inf where fewer exist."""
+        -inf where fewer exist. `n` may be a tensor."""
         keys, sums, _, _, history_keys = self._sums(history)
         batch = tf.shape(history, out_type=tf.int64)[0]
         keys, sums = keys[:-1], sums[:-1]
@@ -134,7 +134,7 @@ class ItemItemScorer(keras.layers.Layer):
         keys, sums = tf.boolean_mask(keys, keep), tf.boolean_mask(sums, keep)
         rows = keys // self.num_items
         width = tf.maximum(tf.reduce_max(tf.math.bincount(rows, minlength=1, dtype=tf.int64)),
-                           tf.constant(n, tf.int64))
+                           tf.cast(n, tf.int64))
         items = tf.RaggedTensor.from_value_rowids(keys % self.num_items, rows, nrows=batch)
         scores = tf.RaggedTensor.from_value_rowids(sums, rows, nrows=batch)
         items = items.to_tensor(default_value=-1, shape=tf.stack([batch, width]))
