@@ -53,8 +53,8 @@ def _table(keys: np.ndarray, default: int) -> tf.lookup.StaticHashTable:
         default_value=default)
 
 
-def catalogue_changes(item_ids: np.ndarray, catalogue: Catalogue) -> tuple[np.ndarray,
-                                                                          np.ndarray]:
+def catalogue_changes(item_ids: np.ndarray,
+                      catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray]:
     """The catalogue against the model's vocabulary `item_ids` (OOV first).
 
     Returns:

@@ -341,12 +341,12 @@ def write_version(model_dir: Path, version: int, contents: VersionContents,
 def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig = IndexConfig(),
            version: int | None = None, serving_config_dir: str | Path | None = None,
            warmup_sessions: int = 32, recall_queries: int = 1000,
-           ranking_stage: bool = True) -> ExportResult:
+           ranking_stage: bool | None = True) -> ExportResult:
     """Exports the run's model as `model_dir/<version>/`.
 
     Args:
       ranking_stage: serve the run's ranking stage, if it has one, after the
-        index (false: the index's top k, as a run without one).
+        index (false: the index's top k, as a run without one; None: true).
 
     Raises:
       InputError: no finished checkpoint, a model dir that is a file, an
@@ -367,6 +367,7 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
     history_length = int(model.query_tower.history_length)
     check_history_fits(history_length, index_config)
     stage = load_stage(run_dir, model)
+    ranking_stage = ranking_stage is not False
     if stage is not None and ranking_stage:
         index_config = ranking_index_config(index_config, stage.num_candidates)
 
