@@ -63,6 +63,18 @@ def compact(values: list, keep, width):
             tf.gather(keep, order, batch_dims=1))
 
 
+def _places(items, valid, ranked, ranked_valid):
+    """(found [B, N] bool, place [B, N] int32) of each valid one of `items` in the
+    valid ones of `ranked` [B, M] (distinct items): a sort and a binary search."""
+    unused = tf.constant(np.iinfo(np.int32).max, tf.int32)
+    ranked = tf.where(ranked_valid, ranked, unused)
+    order = tf.argsort(ranked, axis=1, stable=True)
+    ordered = tf.gather(ranked, order, batch_dims=1)
+    at = tf.minimum(tf.searchsorted(ordered, items), tf.shape(ranked)[1] - 1)
+    found = tf.logical_and(tf.equal(tf.gather(ordered, at, batch_dims=1), items), valid)
+    return found, tf.gather(order, at, batch_dims=1)
+
+
 class TwoStageScorer(tf.Module):
     """The ranking stage as a serving graph: candidates, features, ranker.
 
@@ -89,14 +101,15 @@ class TwoStageScorer(tf.Module):
         self._table_rank, self._tt_rank = tf.constant(rank[:n]), tf.constant(rank[n:])
         self._use_table, self._use_tt = bool(used[0]), bool(used[n])
 
-    def table_list(self, query_items, exclude):
+    def table_list(self, query_items, exclude, sums=None):
         """(items [B, N] int32, valid [B, N] bool): the item-item table's top N items of
         positive summed weight for each query, none of `exclude` [B, m] (0: none) nor
-        of the query's items, valid ones first."""
+        of the query's items, valid ones first. `sums`: the table's
+        `sums(query_items)`, if computed already."""
         n = self.num_candidates
         extra = tf.reduce_max(tf.concat([tf.reduce_sum(tf.cast(exclude > 0, tf.int32), 1),
                                          [0]], 0))
-        ids, scores = self.features.item_item.candidates(query_items, n + extra)
+        ids, scores = self.features.item_item.candidates(query_items, n + extra, sums)
         clash = tf.reduce_any(tf.logical_and(tf.equal(ids[:, :, None], exclude[:, None, :]),
                                              exclude[:, None, :] > 0), axis=-1)
         keep = tf.logical_and(scores > 0, tf.logical_not(clash))
@@ -120,12 +133,9 @@ class TwoStageScorer(tf.Module):
         n = self.num_candidates
         table_valid = tf.logical_and(table_valid, table_ids > 0)
         tt_valid = tf.logical_and(tt_valid, tt_ids > 0)
-        same = tf.logical_and(tf.equal(table_ids[:, :, None], tt_ids[:, None, :]),
-                              tf.logical_and(table_valid[:, :, None], tt_valid[:, None, :]))
-        in_tt, at_tt = tf.reduce_any(same, 2), tf.argmax(tf.cast(same, tf.int32), 2,
-                                                         output_type=tf.int32)
-        in_table, at_table = tf.reduce_any(same, 1), tf.argmax(tf.cast(same, tf.int32), 1,
-                                                               output_type=tf.int32)
+        # Each list's items' places in the other list (each list holds distinct items).
+        in_tt, at_tt = _places(table_ids, table_valid, tt_ids, tt_valid)
+        in_table, at_table = _places(tt_ids, tt_valid, table_ids, table_valid)
         keep_table = tf.logical_and(table_valid, self._use_table)
         keep_tt = tf.logical_and(tt_valid, self._use_tt)
         if self._use_tt:  # the two-tower had the item at an earlier slot
@@ -148,12 +158,16 @@ class TwoStageScorer(tf.Module):
         return (tf.where(mask, ids, 0), mask, tf.cast(tt_place, tf.float32),
                 tf.cast(table_place, tf.float32))
 
-    def scores(self, query_items, query_embeddings, candidates, mask, tt_place, table_place):
+    def scores(self, query_items, query_embeddings, candidates, mask, tt_place, table_place,
+               sums=None):
         """[B, N] the ranker's scores of the candidates (-inf at padding)."""
-        features = self.features({"query_items": query_items,
-                                  "query_embeddings": query_embeddings,
-                                  "candidates": candidates, "candidate_mask": mask,
-                                  "tt_place": tt_place, "table_place": table_place})
+        inputs = {"query_items": query_items, "query_embeddings": query_embeddings,
+                  "candidates": candidates, "candidate_mask": mask, "tt_place": tt_place,
+                  "table_place": table_place}
+        if sums is not None:
+            inputs["item_item_pooled"] = self.features.item_item.pooled(query_items, candidates,
+                                                                        sums)
+        features = self.features(inputs)
         if self.columns != tuple(range(len(F.FEATURES))):
             features = tf.gather(features, list(self.columns), axis=-1)
         scores = self.ranker({"features": features, "candidate_mask": mask})
@@ -187,10 +201,13 @@ class TwoStageScorer(tf.Module):
         # Fewer index results than N (a tiny catalogue): padded to N.
         tt_ids = tf.pad(tt_ids, [[0, 0], [0, n - width]])
         tt_valid = tf.pad(tt_valid, [[0, 0], [0, n - width]])
-        table_ids, table_valid = self.table_list(query_items, exclude)
+        # The table's sums over the query's items: read by the table's list and features.
+        sums = self.features.item_item.sums(query_items)
+        table_ids, table_valid = self.table_list(query_items, exclude, sums)
         cands, mask, tt_place, table_place = self.merge(table_ids, table_valid, tt_ids,
                                                         tt_valid)
-        scores = self.scores(query_items, query_embeddings, cands, mask, tt_place, table_place)
+        scores = self.scores(query_items, query_embeddings, cands, mask, tt_place, table_place,
+                             sums)
         return cands, mask, scores
 
     def info(self) -> dict:
