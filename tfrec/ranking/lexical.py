@@ -121,7 +121,7 @@ def tf_similarity(terms: tf.Tensor, weights: tf.Tensor, a: tf.Tensor, b: tf.Tens
     ta, wa = tf.gather(terms, a), tf.gather(weights, a)
     tb, wb = tf.gather(terms, b), tf.gather(weights, b)
     batch, length, width = tf.shape(a)[0], tf.shape(a)[1], tf.shape(b)[1]
-    size = tf.shape(terms)[1]
+    size = terms.shape[1]  # static: no read of a variable's whole value
     # [B, L T, N T]: b's weight where a's term meets it (a missing term, 0, meets only
     # zero weights), summed over b's terms, weighted by a's and summed over a's terms.
     # Cheaper than one einsum over [B, L, N, T, T] at serving sizes.
