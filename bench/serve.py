@@ -2,6 +2,14 @@
 
     python bench/serve.py --saved-model saved_models/retail/1   # + a generated 1M-item model
     python bench/serve.py --saved-model saved_models/retail/1 --items 0   # bundled model only
+    python bench/serve.py --two-stage-run runs/main   # the ranking stage on against off
+
+With --two-stage-run (a run trained with its ranking stage) it measures the
+second stage's cost instead: the run exported twice (ScaNN, the ranking stage
+on and off) and a generated catalogue (--items) with a generated ranking stage
+(its item-item table, feature tables and an untrained ranker of the run's
+shape; N = 200), each called in-process by one caller, single-session
+requests (k = 10), on and off alternating so both meet the same load.
 
 For each model it prints requests/s and p50/p99 latency of single-session
 requests (k = 10) from concurrent gRPC clients (a plain PredictionServiceStub
@@ -270,18 +278,152 @@ def generated_model(items: int, workdir: Path) -> Path:
     return path
 
 
+def generated_ranking_stage(vectors: np.ndarray, assignment: np.ndarray, num_candidates: int,
+                            co_items: int = 20, seed: int = 0):
+    """A ranking stage for a generated catalogue: each item's `co_items` table entries
+    from its own cluster, random counts, unit text and skip-gram vectors, 8 lexical terms,
+    and an untrained ranker of the trained one's shape (what serving costs, not what it
+    scores)."""
+    from tfrec.ranking import features as F
+    from tfrec.ranking.item_table import ItemItemTable
+    from tfrec.ranking.lexical import LexicalTable
+    from tfrec.ranking.ranker import CandidateRanker
+    from tfrec.ranking.serving import TwoStageScorer
+
+    rng = np.random.default_rng(seed)
+    n, dim = vectors.shape
+    order = np.argsort(assignment, kind="stable")
+    starts = np.searchsorted(assignment[order], np.arange(assignment.max() + 1))
+    sizes = np.bincount(assignment, minlength=assignment.max() + 1)
+    offsets = rng.integers(0, 1 << 30, (n, co_items)) % sizes[assignment][:, None]
+    neighbours = order[starts[assignment][:, None] + offsets] + 1
+    # Row 0 (padding) is empty; row i holds item i's co_items entries.
+    table = ItemItemTable(np.concatenate([[0], np.arange(n + 1) * co_items]),
+                          neighbours.ravel().astype(np.int32),
+                          rng.random(n * co_items, dtype=np.float32))
+
+    def unit(width):
+        v = rng.normal(size=(n + 1, width)).astype(np.float32)
+        v[0] = 0
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    terms = rng.integers(1, 5000, (n + 1, 8)).astype(np.int32)
+    terms[0] = 0
+    lexical = LexicalTable(terms, unit(8), [f"t{j}" for j in range(4999)],
+                           np.ones(5000, np.float32))
+    counts = rng.integers(0, 50, n + 1)
+    counts[0] = 0
+    tables = F.Tables(np.vstack([np.zeros((1, dim), np.float32), vectors]), table, counts,
+                      unit(32), lexical, unit(32))
+    ranker = CandidateRanker(len(F.FEATURES), (64, 32), seed=seed)
+    ranker.adapt(rng.normal(size=(1000, len(F.FEATURES))).astype(np.float32))
+    ranker({"features": tf.zeros([1, 1, len(F.FEATURES)]),
+            "candidate_mask": tf.ones([1, 1], tf.bool)})
+    return TwoStageScorer(tables, ranker, num_candidates, 0.5, tuple(range(len(F.FEATURES))))
+
+
+def alternating(calls: dict, sessions, rounds: int) -> dict:
+    """name -> {p50, p99} of each call over `rounds` sessions, the calls taking turns
+    (first in turn by round) so that they meet the same load."""
+    names = list(calls)
+    latencies = {name: [] for name in names}
+    for name in names:  # traced and warm
+        for session in sessions[:20]:
+            calls[name](session)
+    for r in range(rounds):
+        session = sessions[r % len(sessions)]
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t = time.perf_counter()
+            calls[name](session)
+            latencies[name].append(time.perf_counter() - t)
+    out = {}
+    for name in names:
+        p50, p99 = percentiles(latencies[name])
+        out[name] = {"p50": p50, "p99": p99}
+    return out
+
+
+def two_stage(run_dir: Path, items: int, rounds: int, workdir: Path) -> list:
+    """Rows (model, stage 2 on/off, p50, p99) of the ranking stage's cost."""
+    from tfrec.exporter.saved_model import export, ranking_index_config
+    from tfrec.exporter.module import RecommenderModule
+    from tfrec.index.ann import IndexConfig, build_index
+
+    rows = []
+    k = tf.constant(10)
+    print("exporting the run with its ranking stage on and off ...", file=sys.stderr,
+          flush=True)
+    on = export(run_dir, workdir / "bundled", IndexConfig(kind="scann"), ranking_stage=True)
+    off = export(run_dir, workdir / "bundled", IndexConfig(kind="scann"), ranking_stage=False)
+    signatures = {name: load_saved_model(r.path).signatures["serving_default"]
+                  for name, r in (("on", on), ("off", off))}
+    sessions = sessions_from(on.path, 2000)
+    calls = {name: (lambda session, f=f: f(item_ids=tf.constant([session]), k=k))
+             for name, f in signatures.items()}
+    candidates = on.metadata["ranking_stage"]["num_candidates"]
+    for name, r in alternating(calls, sessions, rounds).items():
+        rows.append(("bundled", name, candidates, r))
+    del signatures, calls
+    if items:
+        sys.path.insert(0, os.path.dirname(__file__))
+        from export import _Model, catalogue  # noqa: E402
+
+        print(f"building a {items:,}-item ScaNN model and ranking stage ...", file=sys.stderr,
+              flush=True)
+        vectors, assignment = catalogue(items, 64)
+        ids = np.concatenate([["[OOV]"], np.char.add("i", np.arange(items).astype(str))])
+        model = _Model(vectors)
+        model.embedding_dim = vectors.shape[1]
+        config = ranking_index_config(IndexConfig(kind="scann", max_k=100), 200)
+        index = build_index(vectors, ids[1:], config)
+        ranking = generated_ranking_stage(vectors, assignment, 200)
+        modules = {"on": RecommenderModule(model, ids, index, 100, ranking=ranking),
+                   "off": RecommenderModule(model, ids, index, 100)}
+        rng = np.random.default_rng(0)
+        sessions = [[ids[i] for i in rng.integers(1, items + 1, 3)] for _ in range(2000)]
+        calls = {name: (lambda session, m=m: m.recommend(tf.constant([session]), k))
+                 for name, m in modules.items()}
+        for name, r in alternating(calls, sessions, rounds).items():
+            rows.append((f"generated {items / 1e6:g}M", name, 200, r))
+    return rows
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--echo-server"]:
         echo_server(int(sys.argv[2]), sys.argv[3], workers=8)  # as tfrec serve
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--saved-model", required=True, help="an exported version folder")
+    parser.add_argument("--saved-model", help="an exported version folder")
+    parser.add_argument("--two-stage-run", help="measure the ranking stage's cost: a run "
+                                                "trained with its ranking stage")
+    parser.add_argument("--rounds", type=int, default=2000,
+                        help="with --two-stage-run: calls of each model")
     parser.add_argument("--items", type=int, default=1_000_000,
                         help="also a generated catalogue of this many items (0: skip)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tfrec-bench-serve-"))
+    if args.two_stage_run:
+        try:
+            rows = two_stage(Path(args.two_stage_run), args.items, args.rounds, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(f"ranking stage on / off: in-process serving_default, 1 caller, single-session "
+              f"requests (3 items), k = 10, {args.rounds} calls each, alternating; "
+              f"{os.cpu_count()} cores")
+        head = f"{'model':<16}{'stage 2':<9}{'N':>5}{'p50 ms':>9}{'p99 ms':>9}"
+        print(head)
+        print("-" * len(head))
+        for label, name, n, r in rows:
+            print(f"{label:<16}{name:<9}{n:>5}{r['p50']:>9.2f}{r['p99']:>9.2f}")
+        for label in dict.fromkeys(row[0] for row in rows):
+            mine = {name: r for lab, name, _, r in rows if lab == label}
+            print(f"{label}: stage 2 adds {mine['on']['p50'] - mine['off']['p50']:.2f} ms at "
+                  f"p50, {mine['on']['p99'] - mine['off']['p99']:.2f} ms at p99")
+        return
+    if not args.saved_model:
+        parser.error("give --saved-model (or --two-stage-run)")
     models = [("bundled", Path(args.saved_model))]
     try:
         if args.items:

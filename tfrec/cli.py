@@ -71,7 +71,9 @@ def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
                 setting.group, parser.add_mutually_exclusive_group(required=True))
         options = {"dest": setting.key, "default": None, "help": _flag_help(setting)}
         if setting.type is bool:
-            options["action"] = "store_true"
+            # A --no-... flag turns off a setting that is on (or unset, null) by default.
+            options["action"] = ("store_false" if setting.flag.startswith("--no-")
+                                 and setting.default is not False else "store_true")
         else:
             options["type"] = setting.type
             options["metavar"] = {int: "N", float: "X"}.get(setting.type, setting.name.upper())
@@ -174,10 +176,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = update_catalogue(ex.model_dir, CatalogueUpdate(ex.add_items, ex.drop_items),
                                   from_version=ex.from_version, run_dir=ex.run,
                                   index_settings=index, version=ex.version,
-                                  serving_config_dir=serving)
+                                  serving_config_dir=serving, ranking_stage=ex.ranking_stage)
     else:
         result = export(ex.run, ex.model_dir, IndexConfig(**index), version=ex.version,
-                        serving_config_dir=serving)
+                        serving_config_dir=serving, ranking_stage=ex.ranking_stage)
     meta = result.metadata
     recall_key = next(k for k in meta if k.startswith("recall@"))
     print(f"exported version {result.version}: {result.path}")
@@ -195,6 +197,11 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"({meta['recall_queries']:,} {'cached users' if ex.updating else 'real queries'}); "
           "index built in "
           f"{meta['index_build_seconds']:.2f}s; export took {meta['export_seconds']:.1f}s")
+    ranking = meta.get("ranking_stage")
+    if ranking:
+        print(f"  ranking stage {'on' if ranking['enabled'] else 'off'}: "
+              f"{ranking['num_candidates']} candidates ({ranking['table_share']:g} from the "
+              f"item-item table), {len(ranking['features'])} features; max_k {meta['max_k']}")
     print(f"  signatures: {', '.join(meta['signatures'])}")
     if serving is not None:
         print(f"  serving config: {serving}/models.config")

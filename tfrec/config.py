@@ -538,6 +538,13 @@ class ExportSettings(Settings):
                                   flag="--serving-config")
     no_serving_config: bool = setting(False, "do not touch the serving config",
                                       flag="--no-serving-config")
+    ranking_stage: bool | None = setting(
+        None, "serve the run's ranking stage after the index, both stages in one call "
+              "(serving_default, recommend_for_user, similar_items: the index's and the "
+              "item-item table's top ranking.num_candidates, re-scored by the ranker; max_k "
+              "at most that); false (--no-ranking-stage): the index's top k alone, as a run "
+              "without a ranking stage. Null: on for a run, the previous version's choice "
+              "for add_items / drop_items", flag="--no-ranking-stage")
 
     @property
     def updating(self) -> bool:

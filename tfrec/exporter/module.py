@@ -53,6 +53,21 @@ def _table(keys: np.ndarray, default: int) -> tf.lookup.StaticHashTable:
         default_value=default)
 
 
+def catalogue_changes(item_ids: np.ndarray,
+                      catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray]:
+    """The catalogue against the model's vocabulary `item_ids` (OOV first).
+
+    Returns:
+      (catalogue rows of the items the vocabulary lacks (added), in catalogue
+      order; vocabulary indices of the items the catalogue lacks (dropped)).
+    """
+    vocab = np.asarray(item_ids[1:]).astype(str)
+    ids = np.asarray(catalogue.ids).astype(str)
+    added = np.flatnonzero(pd.Index(vocab).get_indexer(ids) < 0)
+    dropped = np.flatnonzero(pd.Index(ids).get_indexer(vocab) < 0) + 1
+    return added, dropped
+
+
 class RecommenderModule(tf.Module):
     """What the SavedModel serves: text preprocessing, towers and the index.
 
@@ -81,6 +96,16 @@ class RecommenderModule(tf.Module):
     Unknown ids in a session are skipped (they carry no behaviour). Only
     catalogue items are ever returned, the popular items included.
 
+    With a ranking stage (`ranking`), serving_default, recommend_for_user
+    and similar_items run both stages in the call: the index's top N for the
+    query embedding (the excluded items left out) and the item-item table's
+    top N for the query's items, merged, scored by the ranker
+    (`tfrec.ranking.serving.TwoStageScorer`); scores are then the ranker's.
+    The query's items are the session's last history_length known items
+    (recommend), the user's cached history (recommend_for_user), or the item
+    itself (similar_items, whose query embedding is the item's own, as stage 1
+    alone uses). k is at most N.
+
     Args:
       model: the towers (`item_encoder`, `query_tower`, `embedding_dim`).
       item_ids: [vocabulary] the model's item ids, OOV first.
@@ -92,13 +117,16 @@ class RecommenderModule(tf.Module):
       users: the cached user embeddings (None: no user is known).
       catalogue: the index rows (None: every vocabulary item); rows not in
         the vocabulary need their `embeddings`.
+      ranking: the ranking stage over the serving index space (the
+        vocabulary's indices, then the catalogue's added items in catalogue
+        order: `catalogue_changes`), or None: stage 1 alone.
     """
 
     def __init__(self, model, item_ids: np.ndarray, index, max_k: int,
                  item_texts: np.ndarray | None = None, item_counts: np.ndarray | None = None,
                  max_session_items: int = IndexConfig.max_session_items,
                  users: UserCache | None = None,
-                 catalogue: Catalogue | None = None):
+                 catalogue: Catalogue | None = None, ranking=None):
         super().__init__(name="tfrec")
         self.max_session_items = int(max_session_items)
         self.item_encoder = model.item_encoder
@@ -126,10 +154,22 @@ class RecommenderModule(tf.Module):
                                               .astype(str))), default_value="")
         # The catalogue against the vocabulary: items the model never saw (their embedding
         # held here) and vocabulary items no longer served. Both lists are short.
-        added = np.flatnonzero(pd.Index(vocab).get_indexer(ids) < 0)
-        dropped = vocab[pd.Index(ids).get_indexer(vocab) < 0]
+        added, dropped = catalogue_changes(item_ids, catalogue)
+        dropped = vocab[dropped - 1]
         self.num_added, self.num_dropped = len(added), len(dropped)
+        self.vocabulary_items = len(vocab)
         self.added_table = _table(ids[added], 0)
+        self.ranking = ranking
+        if ranking is not None:
+            if ranking.num_items != len(vocab) + 1 + len(added):
+                raise ValueError(f"a ranking stage of {ranking.num_items} items for "
+                                 f"{len(vocab) + 1} vocabulary and {len(added)} added items")
+            if self.max_k > ranking.num_candidates:
+                raise ValueError(f"max_k {self.max_k} is over the ranking stage's "
+                                 f"{ranking.num_candidates} candidates")
+            # Serving index -> id: the vocabulary's, then the added items'.
+            self.serving_ids = tf.constant(np.concatenate(
+                [np.asarray(item_ids[:1]).astype(str), vocab, ids[added]]))
         added_embeddings = (np.asarray(catalogue.embeddings)[added] if len(added)
                             else np.zeros((0, dim), np.float32))
         self.added_embeddings = tf.Variable(
@@ -189,10 +229,11 @@ class RecommenderModule(tf.Module):
 
     def _check_k(self, k):
         k = tf.convert_to_tensor(k, tf.int32)
+        where = ("the index's max_k" if self.ranking is None else
+                 "the export's max_k, at most the ranking stage's ranking.num_candidates")
         checks = [tf.debugging.assert_greater(k, 0, message="k must be at least 1"),
                   tf.debugging.assert_less_equal(
-                      k, self.max_k,
-                      message=f"k must be at most {self.max_k} (the index's max_k)")]
+                      k, self.max_k, message=f"k must be at most {self.max_k} ({where})")]
         # Before anything that uses k: a k out of range fails with this message, never with
         # the error of an op that happened to run first.
         with tf.control_dependencies([c for c in checks if c is not None]):
@@ -222,6 +263,34 @@ class RecommenderModule(tf.Module):
         clash = tf.reduce_any(tf.logical_and(tf.equal(found[:, :, None], exclude[:, None, :]),
                                              known[:, None, :]), axis=-1)
         return self._top_k_of(scores, ids, clash, k, fallback)
+
+    def _serving_index(self, item_ids):
+        """The ranking stage's index (any shape) of each id: its vocabulary index, or
+        after the vocabulary an added item's; 0 for an id neither holds."""
+        added = self.added_table.lookup(item_ids)
+        return tf.where(added > 0, added + self.vocabulary_items,
+                        self.id_table.lookup(item_ids))
+
+    def _two_stage(self, queries, query_items, exclude, k, fallback):
+        """Both stages: the top k of the ranker's scores of each query's candidates.
+
+        Args:
+          queries: [batch, dim] the stage-1 query embeddings.
+          query_items: [batch, L] the query's items (serving indices, 0-padded on the
+            left), what the features and the item-item table read.
+          exclude: [batch, m] serving indices never to return (0: none).
+          fallback: [batch] rows that get the popular items.
+        """
+        k = self._check_k(k)
+        known = exclude > 0
+        scores, ids = self._search(queries, self.ranking.num_candidates, known)
+        found = self._serving_index(ids)
+        clash = tf.reduce_any(tf.logical_and(tf.equal(found[:, :, None], exclude[:, None, :]),
+                                             known[:, None, :]), axis=-1)
+        valid = tf.logical_and(tf.logical_not(clash), tf.logical_not(tf.math.is_inf(scores)))
+        cands, mask, scores = self.ranking.rank(query_items, queries, found, valid, exclude)
+        ids = tf.gather(self.serving_ids, cands)
+        return self._top_k_of(scores, ids, tf.logical_not(mask), k, fallback)
 
     def _search(self, queries, k, excluded):
         """(scores, ids) [batch, k + the most excluded items of a row]: one index call that
@@ -256,15 +325,25 @@ class RecommenderModule(tf.Module):
                                   tf.TensorSpec([], tf.int32, name="k")])
     def recommend(self, item_ids, k):
         self._check_session_width(item_ids)
-        queries = self.query_tower(self._history(item_ids))
-        return self._top_k_excluding(queries, item_ids, k)
+        history = self._history(item_ids)
+        queries = self.query_tower(history)
+        if self.ranking is None:
+            return self._top_k_excluding(queries, item_ids, k)
+        fallback = tf.logical_not(tf.reduce_any(self.id_table.lookup(item_ids) > 0, axis=1))
+        return self._two_stage(queries, history, self._serving_index(item_ids), k, fallback)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids"),
                                   tf.TensorSpec([], tf.int32, name="k")])
     def similar_items(self, item_ids, k):
         queries, _ = self._item_embeddings(item_ids)
         known = self._in_catalogue(item_ids)
-        out = self._top_k_excluding(queries, item_ids[:, None], k, tf.logical_not(known))
+        if self.ranking is None:
+            out = self._top_k_excluding(queries, item_ids[:, None], k, tf.logical_not(known))
+        else:
+            # The query is the item alone: its own embedding (as stage 1 alone uses) and
+            # the item as the query's one item.
+            item = self._serving_index(item_ids)[:, None]
+            out = self._two_stage(queries, item, item, k, tf.logical_not(known))
         return {"item_ids": out["item_ids"], "scores": out["scores"], "known": known}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids"),
@@ -293,7 +372,10 @@ class RecommenderModule(tf.Module):
         known = row > 0
         queries = tf.gather(self.user_embeddings, row)
         history = tf.gather(self.user_histories, row)
-        out = self._top_k_excluding_indices(queries, history, k, tf.logical_not(known))
+        if self.ranking is None:
+            out = self._top_k_excluding_indices(queries, history, k, tf.logical_not(known))
+        else:
+            out = self._two_stage(queries, history, history, k, tf.logical_not(known))
         return {"item_ids": out["item_ids"], "scores": out["scores"], "known": known}
 
     def signatures(self) -> dict:

@@ -24,7 +24,7 @@ from tfrec.config import BatchingParameters
 from tfrec.errors import InputError
 from tfrec.exporter.catalogue import Catalogue
 from tfrec.exporter.layout import INDEX_KIND, ModelFolder, VersionFolder
-from tfrec.exporter.module import RecommenderModule, UserCache
+from tfrec.exporter.module import RecommenderModule, UserCache, catalogue_changes
 from tfrec.index.ann import IndexConfig, build_index_for_recall, scann_parameters
 from tfrec.utils import ensure_folder
 
@@ -199,6 +199,70 @@ def build_checked_index(catalogue: Catalogue, index_config: IndexConfig, queries
     return index, index_config, recall, build_seconds
 
 
+def ranking_index_config(index_config: IndexConfig, num_candidates: int) -> IndexConfig:
+    """The index settings with the ranking stage on: max_k at most N (k is a top k of the
+    N candidates), and ScaNN returning N plus a session's items (its reordering budget
+    widened to that when left to its default).
+
+    Raises:
+      InputError: an explicit index.num_reordering_candidates under N + max_session_items.
+    """
+    if index_config.max_k > num_candidates:
+        logger.info("max_k %d is over the ranking stage's %d candidates: max_k is %d",
+                    index_config.max_k, num_candidates, num_candidates)
+        index_config = dataclasses.replace(index_config, max_k=num_candidates)
+    if index_config.kind != "scann":
+        return index_config
+    needed = num_candidates + index_config.max_session_items
+    if index_config.num_reordering_candidates is None:
+        default = scann_parameters(needed, index_config)["num_reordering_candidates"]
+        if default < needed:
+            index_config = dataclasses.replace(index_config, num_reordering_candidates=needed)
+    elif index_config.num_reordering_candidates < needed:
+        raise InputError(
+            f"the ranking stage's candidate list (ranking.num_candidates = {num_candidates}) "
+            "plus a session's items (index.max_session_items = "
+            f"{index_config.max_session_items}) is over the index's reordering budget "
+            f"(index.num_reordering_candidates = {index_config.num_reordering_candidates}): "
+            f"ScaNN returns at most that many; raise it to {needed}, lower "
+            "index.max_session_items, retrain with a smaller ranking.num_candidates, or "
+            "turn the ranking stage off (export.ranking_stage)", key="ranking.num_candidates")
+    return index_config
+
+
+def ranking_scorer(stage, model, item_ids: np.ndarray, catalogue: Catalogue):
+    """The run's ranking stage as a `TwoStageScorer` over the version's serving index
+    space (the vocabulary, then the catalogue's added items; dropped items never
+    candidates)."""
+    from tfrec.ranking.serving import TwoStageScorer, serving_tables
+
+    added, dropped = catalogue_changes(item_ids, catalogue)
+    dim = stage.tables.item_embeddings.shape[1]
+    embeddings = (np.asarray(catalogue.embeddings)[added] if len(added)
+                  else np.zeros((0, dim), np.float32))
+    tables = serving_tables(stage.tables, model, np.asarray(catalogue.texts)[added],
+                            embeddings, dropped)
+    return TwoStageScorer(tables, stage.ranker, stage.num_candidates, stage.table_share,
+                          stage.columns)
+
+
+def ranking_metadata(stage, enabled: bool) -> dict:
+    """The stages' part of the version's metadata (the run's ranking stage, or none)."""
+    if stage is None:
+        return {"stages": ["two_tower"], "ranking_stage": None}
+    from tfrec.ranking.features import FEATURES
+
+    table = stage.tables.table
+    return {"stages": ["two_tower", "ranker"] if enabled else ["two_tower"],
+            "ranking_stage": {
+                "enabled": bool(enabled), "num_candidates": stage.num_candidates,
+                "table_share": stage.table_share,
+                "features": [FEATURES[j] for j in stage.columns],
+                "columns": list(stage.columns), "ranker": stage.ranker.get_config(),
+                "item_item_table": {**table.info, "items": table.num_items,
+                                    "entries": table.num_entries}}}
+
+
 def index_metadata(catalogue: Catalogue, index_config: IndexConfig, recall: float, k: int,
                    queries: int, build_seconds: float) -> dict:
     """The index's part of the version's metadata."""
@@ -276,13 +340,21 @@ def write_version(model_dir: Path, version: int, contents: VersionContents,
 
 def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig = IndexConfig(),
            version: int | None = None, serving_config_dir: str | Path | None = None,
-           warmup_sessions: int = 32, recall_queries: int = 1000) -> ExportResult:
+           warmup_sessions: int = 32, recall_queries: int = 1000,
+           ranking_stage: bool | None = True) -> ExportResult:
     """Exports the run's model as `model_dir/<version>/`.
+
+    Args:
+      ranking_stage: serve the run's ranking stage, if it has one, after the
+        index (false: the index's top k, as a run without one; None: true).
 
     Raises:
       InputError: no finished checkpoint, a model dir that is a file, an
-        unwritable location, an existing version, or recall under the floor.
+        unwritable location, an existing version, recall under the floor, or
+        a ranking stage's candidate list over the index's reordering budget.
     """
+    from tfrec.ranking.two_stage import load_stage
+
     from tfrec.data.sequences import histories_from_lists
     from tfrec.run import check_run_data, load_run, prepare_training_data
 
@@ -294,6 +366,10 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
     model_dir, version = prepare_version(model_dir, version)
     history_length = int(model.query_tower.history_length)
     check_history_fits(history_length, index_config)
+    stage = load_stage(run_dir, model)
+    ranking_stage = ranking_stage is not False
+    if stage is not None and ranking_stage:
+        index_config = ranking_index_config(index_config, stage.num_candidates)
 
     logger.info("embedding %d catalogue items", vocab.size - 1)
     catalogue = Catalogue.from_vocabulary(vocab, model.item_embeddings())
@@ -312,13 +388,17 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
     logger.info("computing the cached user embeddings")
     user_ids, histories = user_histories(data.sessions, history_length)
     users = UserCache(user_ids, model.query_embeddings(histories), histories)
+    ranking = None
+    if stage is not None and ranking_stage:
+        ranking = ranking_scorer(stage, model, item_ids, catalogue)
     module = RecommenderModule(model, item_ids, index, index_config.max_k, vocab.text,
-                               vocab.counts, index_config.max_session_items, users)
+                               vocab.counts, index_config.max_session_items, users,
+                               ranking=ranking)
     metadata = {
         "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint,
         **index_metadata(catalogue, index_config, recall, k, len(queries), build_seconds),
         "history_length": history_length, "embedding_dim": int(model.embedding_dim),
-        **users_metadata(data),
+        **users_metadata(data), **ranking_metadata(stage, ranking is not None),
     }
     warm = [[str(item_ids[i]) for i in s] for s in sessions[:warmup_sessions]]
     return write_version(model_dir, version,

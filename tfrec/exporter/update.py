@@ -23,8 +23,10 @@ from tfrec.exporter.layout import INDEX_KIND, ModelFolder, VersionFolder
 from tfrec.exporter.module import RecommenderModule, UserCache
 from tfrec.exporter.saved_model import (ExportResult, VersionContents, build_checked_index,
                                         check_history_fits, index_metadata, prepare_version,
+                                        ranking_index_config, ranking_metadata, ranking_scorer,
                                         write_version)
 from tfrec.index.ann import IndexConfig
+from tfrec.ranking.two_stage import load_stage
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +129,8 @@ def update_catalogue(model_dir: str | Path, update: CatalogueUpdate,
                      from_version: int | None = None, run_dir: str | Path | None = None,
                      index_settings: dict | None = None, version: int | None = None,
                      serving_config_dir: str | Path | None = None,
-                     recall_queries: int = 1000) -> ExportResult:
+                     recall_queries: int = 1000,
+                     ranking_stage: bool | None = None) -> ExportResult:
     """Writes the next version of `model_dir` from `from_version` (default the newest)
     with items added and/or dropped, without retraining.
 
@@ -142,6 +145,9 @@ def update_catalogue(model_dir: str | Path, update: CatalogueUpdate,
       version: the version to write (default: the next one).
       serving_config_dir: update models.config there.
       recall_queries: cached user embeddings the recall is measured on.
+      ranking_stage: serve the run's ranking stage (if it has one) over the
+        new catalogue (default: as the previous version did; on when it does
+        not say).
 
     Raises:
       InputError: nothing to do, a bad items or ids file (see
@@ -158,9 +164,13 @@ def update_catalogue(model_dir: str | Path, update: CatalogueUpdate,
     new_items = (read_new_items(update.add_items, config.data.items_schema)
                  if update.add_items is not None else None)
     drop_ids = read_drop_ids(update.drop_items) if update.drop_items is not None else []
+    stage = load_stage(Path(run_dir or metadata["run"]), model)
+    if ranking_stage is None:
+        ranking_stage = (metadata.get("ranking_stage") or {}).get("enabled", True)
     return write_updated_version(model_dir, source, metadata, model, vocab, new_items,
                                  drop_ids, update, index_settings, version, serving_config_dir,
-                                 recall_queries, started)
+                                 recall_queries, started, stage=stage,
+                                 ranking_stage=ranking_stage)
 
 
 def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, vocab,
@@ -168,16 +178,22 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
                           index_settings: dict | None = None, version: int | None = None,
                           serving_config_dir: str | Path | None = None,
                           recall_queries: int = 1000,
-                          started: float | None = None) -> ExportResult:
+                          started: float | None = None, stage=None,
+                          ranking_stage: bool = False) -> ExportResult:
     """`update_catalogue` once the inputs are read: the version `source` (its `metadata`)
     of the model (`model`, its `vocab`) with `new_items` (item, text) added and `drop_ids`
-    dropped, written as `version` (default: the next one) of `model_dir`."""
+    dropped, written as `version` (default: the next one) of `model_dir`; with
+    `ranking_stage`, the run's ranking stage `stage` (if not None) serves after the
+    index."""
     started = time.perf_counter() if started is None else started
     settings = {name: metadata[key] for name, key in zip(INHERITED, (INDEX_KIND, *INHERITED[1:]))
                 if key in metadata}
     index_config = IndexConfig(**{**settings, **(index_settings or {})})
     history_length = int(model.query_tower.history_length)
     check_history_fits(history_length, index_config)
+    ranking_stage = bool(ranking_stage) and stage is not None
+    if ranking_stage:
+        index_config = ranking_index_config(index_config, stage.num_candidates)
     model_dir, version = prepare_version(model_dir, version)
 
     previous = Catalogue.read(source, vocab)
@@ -195,9 +211,10 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
     k = min(10, index_config.max_k)
     index, index_config, recall, build_seconds = build_checked_index(
         catalogue, index_config, queries, k)
+    ranking = ranking_scorer(stage, model, vocab.ids, catalogue) if ranking_stage else None
     module = RecommenderModule(model, vocab.ids, index, index_config.max_k,
                                max_session_items=index_config.max_session_items, users=users,
-                               catalogue=catalogue)
+                               catalogue=catalogue, ranking=ranking)
     kept = {key: value for key, value in metadata.items()
             if key.startswith("users") or key in ("run", "checkpoint", "history_length",
                                                   "embedding_dim")}
@@ -213,6 +230,7 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
             "drop_items": None if update.drop_items is None else str(update.drop_items),
             "added": len(change.added), "restored": len(change.restored),
             "already_there": len(change.unchanged), "dropped": len(change.dropped)},
+        **ranking_metadata(stage, ranking_stage),
     }
     item_ids = np.asarray(vocab.ids).astype(str)
     warm = [[str(item_ids[i]) for i in h[h > 0]] for h in users.histories[:32]]

@@ -288,6 +288,8 @@ class CandidateFeatures(keras.layers.Layer):
       candidates: [B, N] int, 0-padded.
       candidate_mask: [B, N] bool.
       tt_place, table_place: [B, N] float places in the sources' lists.
+      item_item_pooled: optional, `ItemItemScorer.pooled(query_items,
+        candidates)` if computed already.
 
     Returns:
       [B, N, len(FEATURES)] float32.
@@ -351,11 +353,15 @@ class CandidateFeatures(keras.layers.Layer):
 
         columns = {}
         cand_emb = tf.gather(self.item_embeddings, cands)
-        columns["tt_score"] = tf.einsum("bnd,bd->bn", cand_emb,
-                                        tf.cast(inputs["query_embeddings"], tf.float32))
+        # Products and sums, not einsums: the same values, cheaper at serving sizes.
+        columns["tt_score"] = tf.reduce_sum(
+            cand_emb * tf.cast(inputs["query_embeddings"], tf.float32)[:, None, :], axis=-1)
         columns["tt_rank"] = tf.math.log1p(tf.cast(inputs["tt_place"], tf.float32))
         columns["ii_rank"] = tf.math.log1p(tf.cast(inputs["table_place"], tf.float32))
-        columns["ii_score"], columns["ii_max"] = self.item_item.pooled(query_items, cands)
+        if "item_item_pooled" in inputs:
+            columns["ii_score"], columns["ii_max"] = inputs["item_item_pooled"]
+        else:
+            columns["ii_score"], columns["ii_max"] = self.item_item.pooled(query_items, cands)
         counts = tf.gather(self.counts, cands)
         columns["log_count"] = tf.math.log1p(counts)
         columns["has_behaviour"] = tf.cast(counts > 0, tf.float32)
@@ -365,8 +371,8 @@ class CandidateFeatures(keras.layers.Layer):
                 sim = tf_similarity(self.lexical_terms, self.lexical_weights, query_items, cands)
             else:
                 vectors = getattr(self, name)
-                sim = tf.einsum("bld,bnd->bln", tf.gather(vectors, query_items),
-                                tf.gather(vectors, cands))
+                sim = tf.matmul(tf.gather(vectors, query_items), tf.gather(vectors, cands),
+                                transpose_b=True)
             _, columns[f"{name}_mean"], columns[f"{name}_max"] = pool(sim)
         features = tf.stack([columns[name] for name in FEATURES], axis=-1)
         return features * mask[:, :, None]

@@ -54,9 +54,11 @@ class ItemItemScorer(keras.layers.Layer):
         self.indices.assign(np.asarray(table.indices, np.int32))
         self.weights_.assign(np.asarray(table.weights, np.float32))
 
-    def _sums(self, history):
-        """(sorted unique keys b * num_items + c [E + 1] int64, summed weights [E + 1]
-        float64, largest single weights [E + 1] float32, entries per key [E + 1] int64,
+    def sums(self, history):
+        """What `score`, `pooled` and `candidates` read of a batch of histories (computed
+        once when they are given it): (sorted unique keys b * num_items + c [E + 1]
+        int64, summed weights [E + 1] float64, largest single weights [E + 1] float32,
+        entries per key [E + 1] int64,
         sorted unique history keys b * num_items + h [H + 1] int64), each ending with a
         sentinel key larger than any other (so a lookup always has a last element to
         land on)."""
@@ -100,17 +102,18 @@ class ItemItemScorer(keras.layers.Layer):
     def score(self, history, candidate_ids):
         """[B, N] float32 summed weight of each candidate (0 where the table has none,
         and for ids outside 1..num_items - 1)."""
-        keys, sums, _, _, _ = self._sums(history)
+        keys, sums, _, _, _ = self.sums(history)
         at, found = self._lookup(keys, candidate_ids)
         return tf.cast(tf.where(found, tf.gather(sums, at), tf.constant(0.0, tf.float64)),
                        tf.float32)
 
-    def pooled(self, history, candidate_ids):
+    def pooled(self, history, candidate_ids, sums=None):
         """(sum, max) [B, N] float32 over each history's distinct items i of the
         weight W[i, c] of each candidate c, W[i, c] = 0 where row i does not hold c:
         the sum is `score`; the max is the largest such weight (0 for an empty
-        history and for ids outside 1..num_items - 1)."""
-        keys, sums, largest, entries, history_keys = self._sums(history)
+        history and for ids outside 1..num_items - 1). `sums`: `sums(history)`, if
+        computed already."""
+        keys, sums, largest, entries, history_keys = sums or self.sums(history)
         at, found = self._lookup(keys, candidate_ids)
         batch = tf.shape(candidate_ids, out_type=tf.int64)[0]
         distinct = tf.math.bincount(history_keys[:-1] // self.num_items, minlength=batch,
@@ -122,26 +125,39 @@ class ItemItemScorer(keras.layers.Layer):
                        tf.gather(largest, at))
         return tf.cast(total, tf.float32), tf.where(found, top, 0.0)
 
-    def candidates(self, history, n: int):
+    def candidates(self, history, n, sums=None):
         """(ids [B, n] int32, scores [B, n] float32): the n items of largest summed
         weight each history reaches, its own items and index 0 excluded; -1 and
-        -inf where fewer exist."""
-        keys, sums, _, _, history_keys = self._sums(history)
+        -inf where fewer exist. `n` may be a tensor; `sums`: `sums(history)`, if
+        computed already. Equal scores rank the lower id first."""
+        keys, sums, _, _, history_keys = sums or self.sums(history)
         batch = tf.shape(history, out_type=tf.int64)[0]
+        n = tf.cast(n, tf.int64)
         keys, sums = keys[:-1], sums[:-1]
         own = tf.gather(history_keys, tf.searchsorted(history_keys, keys)) == keys
         keep = tf.logical_and(tf.logical_not(own), keys % self.num_items > 0)
-        keys, sums = tf.boolean_mask(keys, keep), tf.boolean_mask(sums, keep)
+        keys = tf.boolean_mask(keys, keep)
+        scores = tf.cast(tf.boolean_mask(sums, keep), tf.float32)
+        # By history, then by score (the keys come sorted by history and id, and both
+        # sorts are stable): each history's items in rank order, without a dense
+        # [B, items reached] array.
+        order = tf.argsort(-scores, stable=True)
+        keys, scores = tf.gather(keys, order), tf.gather(scores, order)
+        order = tf.argsort(keys // self.num_items, stable=True)
+        keys, scores = tf.gather(keys, order), tf.gather(scores, order)
         rows = keys // self.num_items
-        width = tf.maximum(tf.reduce_max(tf.math.bincount(rows, minlength=1, dtype=tf.int64)),
-                           tf.constant(n, tf.int64))
-        items = tf.RaggedTensor.from_value_rowids(keys % self.num_items, rows, nrows=batch)
-        scores = tf.RaggedTensor.from_value_rowids(sums, rows, nrows=batch)
-        items = items.to_tensor(default_value=-1, shape=tf.stack([batch, width]))
-        scores = scores.to_tensor(default_value=-np.inf, shape=tf.stack([batch, width]))
-        top, at = tf.math.top_k(tf.cast(scores, tf.float32), k=n)
-        ids = tf.cast(tf.gather(items, at, batch_dims=1), tf.int32)
-        return tf.where(tf.math.is_inf(top), -1, ids), top
+        starts = tf.searchsorted(rows, tf.range(batch), side="left", out_type=tf.int64)
+        place = tf.range(tf.size(rows, out_type=tf.int64)) - tf.gather(starts, rows)
+        listed = place < n
+        at = tf.stack([tf.boolean_mask(rows, listed), tf.boolean_mask(place, listed)], 1)
+        shape = tf.stack([batch, n])
+        ids = tf.tensor_scatter_nd_update(
+            tf.fill(shape, tf.constant(-1, tf.int32)), at,
+            tf.cast(tf.boolean_mask(keys % self.num_items, listed), tf.int32))
+        top = tf.tensor_scatter_nd_update(
+            tf.fill(shape, tf.constant(-np.inf, tf.float32)), at,
+            tf.boolean_mask(scores, listed))
+        return ids, top
 
     def call(self, inputs):
         """`score(history, candidate_ids)` for inputs {"history", "candidate_ids"}."""

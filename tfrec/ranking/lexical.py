@@ -129,6 +129,12 @@ def tf_similarity(terms: tf.Tensor, weights: tf.Tensor, a: tf.Tensor, b: tf.Tens
     [V, T] `terms` and `weights` and the item indices a [B, L], b [B, N]."""
     ta, wa = tf.gather(terms, a), tf.gather(weights, a)
     tb, wb = tf.gather(terms, b), tf.gather(weights, b)
-    same = tf.logical_and(tf.equal(ta[:, :, None, :, None], tb[:, None, :, None, :]),
-                          ta[:, :, None, :, None] > 0)
-    return tf.einsum("blnst,bls,bnt->bln", tf.cast(same, tf.float32), wa, wb)
+    batch, length, width = tf.shape(a)[0], tf.shape(a)[1], tf.shape(b)[1]
+    size = terms.shape[1]  # static: no read of a variable's whole value
+    # [B, L T, N T]: b's weight where a's term meets it (a missing term, 0, meets only
+    # zero weights), summed over b's terms, weighted by a's and summed over a's terms.
+    # Cheaper than one einsum over [B, L, N, T, T] at serving sizes.
+    same = tf.equal(tf.reshape(ta, [batch, -1, 1]), tf.reshape(tb, [batch, 1, -1]))
+    met = tf.where(same, tf.reshape(wb, [batch, 1, -1]), 0.0)
+    met = tf.reduce_sum(tf.reshape(met, [batch, length, size, width, size]), axis=-1)
+    return tf.reduce_sum(met * wa[:, :, :, None], axis=2)

@@ -1,0 +1,336 @@
+"""`tfrec export` of a run with a ranking stage: both stages in one signature call."""
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrec.cli import main
+from tfrec.errors import InputError
+from tfrec.exporter import CatalogueUpdate, export, load_saved_model, update_catalogue
+from tfrec.exporter.layout import VersionFolder
+from tfrec.index import IndexConfig
+from tfrec.ranking import features as F
+from tfrec.ranking.serving import merge_order, serving_tables, TwoStageScorer
+from tfrec.run import load_run, load_run_config
+
+K = 10
+N = 20
+
+
+@pytest.fixture(scope="module")
+def two_stage_run(tmp_path_factory):
+    """A run of both stages on generated data (about 10 s)."""
+    from tfrec.data.synthetic import generate_events, generate_items
+    from tfrec.ranking.two_stage import train
+
+    folder = tmp_path_factory.mktemp("two_stage")
+    events = generate_events(12_000, 120, num_users=1000, num_clusters=6, seed=3)
+    events["time"] = events["time"].astype("int64")
+    events[["user", "item", "time", "event"]].rename(
+        columns={"user": "user_id", "item": "item_id", "time": "timestamp"}).to_csv(
+        folder / "events.csv", index=False)
+    items = generate_items(120, 6, num_cold=6, seed=3)
+    items[["item", "text", "market"]].rename(columns={"item": "item_id"}).to_csv(
+        folder / "items.csv", index=False)
+    config = load_run_config(None, [
+        "data.layout=events", f"data.events={folder / 'events.csv'}",
+        f"data.items={folder / 'items.csv'}", "data.events_schema.event_col=event",
+        "data.pairs.batch_size=512", "model.embedding_dim=16", "model.text.token_dim=8",
+        "model.text.filters=8", "train.epochs=1", "train.split_fraction=0.15",
+        "train.learning_rate=0.01", f"ranking.num_candidates={N}", "ranking.epochs=2",
+        "ranking.ease_lambda=10"])
+    train(config, folder / "run", verbose=0)
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def stage(two_stage_run):
+    from tfrec.ranking.two_stage import load_stage
+
+    _, vocab, model, _ = load_run(two_stage_run)
+    return vocab, model, load_stage(two_stage_run, model)
+
+
+@pytest.fixture(scope="module")
+def exports(two_stage_run, tmp_path_factory):
+    """Brute-force exports: both stages; stage 2 off (through the command line); and the
+    same run without its ranking stage (stage 1's code path)."""
+    base = tmp_path_factory.mktemp("models")
+    on = export(two_stage_run, base / "on", IndexConfig(kind="brute_force"))
+    assert main(["-q", "export", "--run", str(two_stage_run), "--model-dir", str(base / "off"),
+                 "--index", "brute_force", "--max-k", str(N), "--no-ranking-stage",
+                 "--no-serving-config"]) == 0
+    stage1_run = base / "stage1_run"
+    shutil.copytree(two_stage_run, stage1_run, ignore=shutil.ignore_patterns("ranking"))
+    alone = export(stage1_run, base / "alone", IndexConfig(kind="brute_force", max_k=N))
+    return on.path, base / "off" / "1", alone.path
+
+
+def padded(sessions):
+    width = max(len(s) for s in sessions)
+    return tf.constant([s + [""] * (width - len(s)) for s in sessions])
+
+
+def expected_top_k(stage, query_embeddings, queries, names, k=K):
+    """(ids [n, k], scores [n, k], comparable [n]) of the in-process ranking stage's top
+    k; `comparable`: the query's two source lists have no (near) ties, whose order
+    numpy's partial sort and the graph's top k may break differently (changing an
+    item's place in a list, a feature)."""
+    query_embeddings = np.asarray(query_embeddings, np.float32)
+    cands, mask, scores = stage.score(query_embeddings, queries)
+    scores = np.where(mask, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return (np.asarray(names)[np.take_along_axis(cands, order, 1)],
+            np.take_along_axis(scores, order, 1), ~tied_sources(stage, query_embeddings,
+                                                                queries))
+
+
+def tied_sources(stage, query_embeddings, queries, tol=1e-5):
+    """[n] bool: the two-tower's or the table's top N + 1 scores of the query hold two
+    within `tol`."""
+    from tfrec.ranking.item_item import multi_hot
+
+    tables = stage.tables
+    two_tower = query_embeddings @ tables.item_embeddings.T
+    table = np.asarray((multi_hot(queries, len(tables.counts))
+                        @ tables.table.matrix().astype(np.float64)).toarray(), np.float32)
+    tied = np.zeros(len(queries), bool)
+    for row, query in enumerate(queries):
+        for values, positive in ((two_tower[row], False), (table[row], True)):
+            values = np.delete(values, [0, *query])
+            top = np.sort(values[values > 0] if positive else values)
+            top = top[::-1][:stage.num_candidates + 1]
+            tied[row] |= bool((np.diff(top) > -tol).any())
+    return tied
+
+
+def assert_same_top_k(out, ids, scores, comparable):
+    """The exported top k equal the in-process one on the comparable rows (most rows)."""
+    assert comparable.mean() >= 0.5, "too few queries without ties to compare"
+    got = out["item_ids"].numpy().astype(str)[comparable]
+    np.testing.assert_array_equal(got, ids[comparable])
+    np.testing.assert_allclose(out["scores"].numpy()[comparable], scores[comparable],
+                               rtol=1e-5, atol=1e-5)
+
+
+def sessions_of(vocab, count, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = [str(i) for i in vocab.ids[1:]]
+    return [[ids[j] for j in rng.choice(len(ids), rng.integers(1, 5), replace=False)]
+            for _ in range(count)]
+
+
+# The merge ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.5, 1 / 3, 1.0])
+def test_merge_in_tensorflow_equals_merge_candidates(share):
+    class Merge(TwoStageScorer):  # the merge alone, no tables
+        def __init__(self, n, share):
+            tf.Module.__init__(self)
+            self.num_candidates = n
+            order, rank, used = merge_order(n, share)
+            self._order = tf.constant(order)
+            self._table_rank, self._tt_rank = tf.constant(rank[:n]), tf.constant(rank[n:])
+            self._use_table, self._use_tt = bool(used[0]), bool(used[n])
+
+    n, rows = 8, 100
+    rng = np.random.default_rng(int(share * 100))
+    lists = {name: (np.zeros((rows, n), np.int32), np.zeros((rows, n), bool))
+             for name in ("table", "tt")}
+    expected = []
+    for row in range(rows):
+        drawn = {}
+        for name, length in (("table", rng.integers(0, n + 1)), ("tt", n)):
+            drawn[name] = rng.permutation(np.arange(1, 16))[:length]
+            lists[name][0][row, :length] = drawn[name]
+            lists[name][1][row, :length] = True
+        expected.append(F.merge_candidates(drawn["tt"], drawn["table"], [], n, share))
+    got = [x.numpy() for x in Merge(n, share).merge(*lists["table"], *lists["tt"])]
+    for row, (merged, tt_place, table_place) in enumerate(expected):
+        m = len(merged)
+        assert got[1][row].sum() == m and not got[0][row, m:].any()
+        np.testing.assert_array_equal(got[0][row, :m], merged)
+        np.testing.assert_array_equal(got[2][row, :m], tt_place)
+        np.testing.assert_array_equal(got[3][row, :m], table_place)
+
+
+# Both stages in the exported signatures ----------------------------------------------------
+
+def test_serving_default_equals_the_in_process_ranking_stage(exports, stage):
+    vocab, _, ranking = stage
+    model = load_saved_model(exports[0])
+    sessions = sessions_of(vocab, 40) + [["i1", "nope", "i2"]]
+    out = model.signatures["serving_default"](item_ids=padded(sessions), k=tf.constant(K))
+    embeddings = model.signatures["embed_query"](item_ids=padded(sessions))["embeddings"]
+    queries = [[int(i) for i in vocab.lookup(np.asarray(s, dtype=object)) if i > 0]
+               for s in sessions]
+    ids, scores, comparable = expected_top_k(ranking, embeddings.numpy(), queries,
+                                             vocab.ids.astype(str))
+    assert_same_top_k(out, ids, scores, comparable)
+    assert not out["fallback"].numpy().any()
+    for session, row in zip(sessions, out["item_ids"].numpy().astype(str)):
+        assert not set(session) & set(row)
+
+
+def test_recommend_for_user_equals_the_in_process_ranking_stage(exports, stage):
+    vocab, _, ranking = stage
+    folder = VersionFolder(exports[0])
+    users = np.array(folder.user_ids.read_text().split())[:40]
+    histories = np.load(folder.user_histories)[:40]
+    embeddings = np.load(folder.users)[:40]
+    out = load_saved_model(exports[0]).signatures["recommend_for_user"](
+        user_ids=tf.constant(users), k=tf.constant(K))
+    queries = [h[h > 0].tolist() for h in histories]
+    ids, scores, comparable = expected_top_k(ranking, embeddings, queries, vocab.ids.astype(str))
+    assert out["known"].numpy().all()
+    assert_same_top_k(out, ids, scores, comparable)
+
+
+def test_similar_items_rank_the_items_candidates_by_its_own_embedding(exports, stage):
+    vocab, model, ranking = stage
+    items = [str(i) for i in vocab.ids[1:41]]
+    out = load_saved_model(exports[0]).signatures["similar_items"](
+        item_ids=tf.constant(items), k=tf.constant(K))
+    index = vocab.lookup(np.asarray(items, dtype=object))
+    ids, scores, comparable = expected_top_k(ranking, model.item_embeddings()[index],
+                                             [[i] for i in index], vocab.ids.astype(str))
+    assert out["known"].numpy().all()
+    assert_same_top_k(out, ids, scores, comparable)
+
+
+def test_stage_two_off_gives_stage_one_exactly(exports, stage):
+    vocab = stage[0]
+    _, off, alone = exports
+    meta = {name: VersionFolder(path).read_metadata() for name, path in
+            (("off", off), ("alone", alone))}
+    assert meta["off"]["ranking_stage"]["enabled"] is False
+    assert meta["off"]["stages"] == meta["alone"]["stages"] == ["two_tower"]
+    assert meta["alone"]["ranking_stage"] is None
+    folder = VersionFolder(alone)
+    calls = {"serving_default": {"item_ids": padded(sessions_of(vocab, 30) + [["nope"]])},
+             "similar_items": {"item_ids": tf.constant(["i1", "i7", "cold0", "nope"])},
+             "recommend_for_user": {"user_ids": tf.constant(
+                 folder.user_ids.read_text().split()[:30] + ["nobody"])}}
+    models = [load_saved_model(off), load_saved_model(alone)]
+    for name, inputs in calls.items():
+        outs = [m.signatures[name](**inputs, k=tf.constant(K)) for m in models]
+        assert sorted(outs[0]) == sorted(outs[1])
+        for key in outs[0]:
+            a, b = (o[key].numpy() for o in outs)
+            assert a.dtype == b.dtype and a.shape == b.shape, (name, key)
+            # Strings as their bytes, numbers as their bits.
+            assert (a.tolist() == b.tolist() if a.dtype == object
+                    else a.tobytes() == b.tobytes()), (name, key)
+
+
+def test_stages_differ_where_stage_two_is_on(exports, stage):
+    """The check above can fail: the ranker reorders stage 1's lists."""
+    on, off, _ = exports
+    sessions = padded(sessions_of(stage[0], 30))
+    outs = [load_saved_model(p).signatures["serving_default"](item_ids=sessions,
+                                                              k=tf.constant(K))
+            for p in (on, off)]
+    assert (outs[0]["item_ids"].numpy() != outs[1]["item_ids"].numpy()).any()
+
+
+def test_metadata_records_both_stages_and_k_is_at_most_n(exports, stage):
+    _, _, ranking = stage
+    meta = VersionFolder(exports[0]).read_metadata()
+    assert meta["stages"] == ["two_tower", "ranker"]
+    rs = meta["ranking_stage"]
+    assert rs["enabled"] is True and rs["num_candidates"] == N
+    assert rs["table_share"] == ranking.table_share
+    assert rs["features"] == [F.FEATURES[j] for j in ranking.columns]
+    assert rs["item_item_table"]["entries"] == ranking.tables.table.num_entries
+    assert meta["max_k"] == N  # the index's default max_k (100) cut to N
+    model = load_saved_model(exports[0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"k must be at most {N}"):
+        model.signatures["serving_default"](item_ids=padded([["i1"]]), k=tf.constant(N + 1))
+    out = model.signatures["serving_default"](item_ids=padded([["i1"]]), k=tf.constant(N))
+    assert (out["item_ids"].numpy() != b"").sum() == N
+
+
+def test_a_candidate_list_over_the_reordering_budget_is_refused(two_stage_run, tmp_path):
+    config = IndexConfig(kind="scann", max_k=10, max_session_items=50,
+                         num_reordering_candidates=N + 49)
+    with pytest.raises(InputError) as err:
+        export(two_stage_run, tmp_path / "m", config)
+    assert err.value.key == "ranking.num_candidates"
+    assert not (tmp_path / "m" / "1").exists()
+
+
+def test_scann_reorders_enough_for_the_candidate_list():
+    from tfrec.exporter.saved_model import ranking_index_config
+    from tfrec.index.ann import scann_parameters
+
+    config = ranking_index_config(IndexConfig(max_k=100, max_session_items=500), 300)
+    assert scann_parameters(10**6, config)["num_reordering_candidates"] == 800
+    assert ranking_index_config(IndexConfig(max_k=500), 300).max_k == 300
+
+
+# Catalogue changes -------------------------------------------------------------------------
+
+def test_added_items_are_recommended_and_dropped_ones_never(exports, stage, tmp_path):
+    vocab, model, ranking = stage
+    base = tmp_path / "m"
+    shutil.copytree(exports[0].parent, base)
+    # A new item with the text of a known one: its text (and its lexical row) say it is
+    # like that item.
+    twins = {old: f"new_{old}" for old in ("i3", "i50", "i7", "i20", "i1", "i90")}
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,text\n" + "".join(
+        f"{new},\"{vocab.text[vocab.index_of(old)]}\"\n" for old, new in twins.items()))
+    added = update_catalogue(base, CatalogueUpdate(add_items=items))
+    meta = added.metadata
+    assert meta["ranking_stage"]["enabled"] and meta["added_items"] == len(twins)
+    loaded = load_saved_model(added.path)
+    # Exactly the in-process stage over the tables with the added rows.
+    catalogue_ids = VersionFolder(added.path).item_ids.read_text().split()
+    assert catalogue_ids[-len(twins):] == list(twins.values())
+    names = np.concatenate([vocab.ids.astype(str), catalogue_ids[-len(twins):]])
+    embeddings = np.load(VersionFolder(added.path).items)[-len(twins):]
+    tables = serving_tables(ranking.tables, model, [vocab.text[vocab.index_of(o)]
+                                                    for o in twins], embeddings, [])
+    bigger = dataclasses.replace(ranking, tables=tables)
+    queries = ([[vocab.index_of(o)] for o in twins]
+               + [[vocab.size + j] for j in range(len(twins))])
+    query_emb = np.vstack([model.item_embeddings()[[q[0] for q in queries[:len(twins)]]],
+                           embeddings])
+    ids, scores, comparable = expected_top_k(bigger, query_emb, queries, names, k=N)
+    out = loaded.signatures["similar_items"](item_ids=tf.constant(names[[q[0] for q in queries]]),
+                                             k=tf.constant(N))
+    assert_same_top_k(out, ids, scores, comparable)
+    assert out["known"].numpy().all()
+    # An item's twin (same text, same lexical row, no behaviour) is recommended among its
+    # most similar items. How many of the six varies with the ranker's fit (2 to 6 of 6
+    # seen): at least one, which an added item never made a candidate cannot be.
+    top = out["item_ids"].numpy()[:len(twins), :K].astype(str).tolist()
+    assert sum(new in row for new, row in zip(twins.values(), top)) >= 1
+    # Dropping what was recommended: never a candidate again, from either source.
+    dropped = sorted(set(out["item_ids"].numpy()[:, :3].astype(str).ravel()) - {""})
+    drops = tmp_path / "drop.txt"
+    drops.write_text("\n".join(dropped) + "\n")
+    after = update_catalogue(base, CatalogueUpdate(drop_items=drops))
+    loaded = load_saved_model(after.path)
+    sessions = padded(sessions_of(vocab, 30) + [["i3", "i50"]])
+    for name, inputs in (("serving_default", {"item_ids": sessions}),
+                         ("similar_items", {"item_ids": tf.constant(["i3", "i50", "i7"])})):
+        got = loaded.signatures[name](**inputs, k=tf.constant(K))["item_ids"]
+        assert not set(got.numpy().astype(str).ravel()) & set(dropped)
+        assert (got.numpy() != b"").all()
+
+
+def test_stage_two_off_carries_over_to_the_next_version(exports, tmp_path):
+    base = tmp_path / "m"
+    shutil.copytree(exports[1].parent, base)
+    drops = tmp_path / "drop.txt"
+    drops.write_text("i5\n")
+    after = update_catalogue(base, CatalogueUpdate(drop_items=drops))
+    assert after.metadata["ranking_stage"]["enabled"] is False
+    assert after.metadata["stages"] == ["two_tower"]
+    drops.write_text("i6\n")
+    on = update_catalogue(base, CatalogueUpdate(drop_items=drops), ranking_stage=True)
+    assert on.metadata["stages"] == ["two_tower", "ranker"]

@@ -1,0 +1,263 @@
+"""The ranking stage in the serving graph: `TwoStageScorer`, and its tables for a catalogue.
+
+An exported version runs both stages in one signature call (`tfrec.exporter`):
+the index's top N for the query embedding (the query's items excluded) and
+the item-item table's top N for the query's items are merged as
+`tfrec.ranking.features.merge_candidates` merges them, the candidates'
+features are computed by `CandidateFeatures` and the ranker scores them; the
+signature returns the top k of the ranker's scores.
+
+The merge is the numpy one's twin: the j-th item of a source has the key
+(j + 1) / share, so the order in which the 2N slots of the two lists are
+merged depends on N and the share alone and is computed once (`merge_order`);
+a slot is dropped when its item came earlier from the other source (one
+[N, N] comparison per query, the only duplicates two lists of distinct items
+can have), and the first N slots left are the candidates.
+
+The tables are in the version's serving index space: the run vocabulary's
+indices (0 = padding / unknown) followed by the items the catalogue added
+(`serving_tables`): an added item has its text vectors from the text tower,
+its lexical row from its text, no events, no skip-gram vector and an empty
+item-item row; a dropped item keeps its rows (it may still be in a query)
+but leaves the table's columns, so neither source ever proposes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec.ranking import features as F
+from tfrec.ranking.item_table import ItemItemTable
+
+
+def merge_order(width: int, table_share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The order `merge_candidates` takes the slots of two `width`-long lists in.
+
+    Returns:
+      (order [2 width]: the slots (table's 0..width - 1, then the two-tower's)
+      in merge order; rank [2 width]: each slot's place in that order; used
+      [2 width] bool: does the slot's source take part (a share of 0 leaves
+      its source out)).
+    """
+    keys, used = [], []
+    for share in (table_share, 1.0 - table_share):
+        # The numpy merge's keys, in float64 as there: equal keys order alike.
+        keys.append((np.arange(width) + 1.0) / share if share > 0 else np.full(width, np.inf))
+        used.append(np.full(width, share > 0))
+    order = np.argsort(np.concatenate(keys), kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return order.astype(np.int32), rank.astype(np.int32), np.concatenate(used)
+
+
+def compact(values: list, keep, width):
+    """The first `width` kept entries of each row, in order: ([B, width] tensors of each
+    of `values` [B, M], [B, width] bool which are kept entries)."""
+    order = tf.argsort(tf.cast(tf.logical_not(keep), tf.int32), axis=1, stable=True)
+    order = order[:, :width]
+    return ([tf.gather(v, order, batch_dims=1) for v in values],
+            tf.gather(keep, order, batch_dims=1))
+
+
+def _places(items, valid, ranked, ranked_valid):
+    """(found [B, N] bool, place [B, N] int32) of each valid one of `items` in the
+    valid ones of `ranked` [B, M] (distinct items): a sort and a binary search."""
+    unused = tf.constant(np.iinfo(np.int32).max, tf.int32)
+    ranked = tf.where(ranked_valid, ranked, unused)
+    order = tf.argsort(ranked, axis=1, stable=True)
+    ordered = tf.gather(ranked, order, batch_dims=1)
+    at = tf.minimum(tf.searchsorted(ordered, items), tf.shape(ranked)[1] - 1)
+    found = tf.logical_and(tf.equal(tf.gather(ordered, at, batch_dims=1), items), valid)
+    return found, tf.gather(order, at, batch_dims=1)
+
+
+class TwoStageScorer(tf.Module):
+    """The ranking stage as a serving graph: candidates, features, ranker.
+
+    Args:
+      tables: the feature tables in the serving index space (`serving_tables`).
+      ranker: the fitted `CandidateRanker`.
+      num_candidates: N.
+      table_share: the share of the N slots the item-item table fills.
+      columns: the feature columns the ranker reads (indices into `FEATURES`).
+    """
+
+    def __init__(self, tables: F.Tables, ranker, num_candidates: int, table_share: float,
+                 columns, name: str = "ranking_stage"):
+        super().__init__(name=name)
+        self.features = F.CandidateFeatures.from_tables(tables, name="candidate_features")
+        self.ranker = ranker
+        self.num_candidates = int(num_candidates)
+        self.table_share = float(table_share)
+        self.columns = tuple(int(c) for c in columns)
+        self.num_items = len(tables.counts)
+        order, rank, used = merge_order(self.num_candidates, self.table_share)
+        n = self.num_candidates
+        self._order = tf.constant(order)
+        self._table_rank, self._tt_rank = tf.constant(rank[:n]), tf.constant(rank[n:])
+        self._use_table, self._use_tt = bool(used[0]), bool(used[n])
+
+    def table_list(self, query_items, exclude, sums=None):
+        """(items [B, N] int32, valid [B, N] bool): the item-item table's top N items of
+        positive summed weight for each query, none of `exclude` [B, m] (0: none) nor
+        of the query's items, valid ones first. `sums`: the table's
+        `sums(query_items)`, if computed already."""
+        n = self.num_candidates
+        extra = tf.reduce_max(tf.concat([tf.reduce_sum(tf.cast(exclude > 0, tf.int32), 1),
+                                         [0]], 0))
+        ids, scores = self.features.item_item.candidates(query_items, n + extra, sums)
+        clash = tf.reduce_any(tf.logical_and(tf.equal(ids[:, :, None], exclude[:, None, :]),
+                                             exclude[:, None, :] > 0), axis=-1)
+        keep = tf.logical_and(scores > 0, tf.logical_not(clash))
+        (ids,), valid = compact([ids], keep, n)
+        return tf.where(valid, ids, 0), valid
+
+    def merge(self, table_ids, table_valid, tt_ids, tt_valid):
+        """The candidate lists of `merge_candidates` from the two sources' lists.
+
+        Args:
+          table_ids, table_valid: [B, N] the table's list (valid ones first).
+          tt_ids, tt_valid: [B, N] the two-tower's list (valid ones first),
+            the query's own items already left out.
+
+        Returns:
+          (candidates [B, N] int32 (0 at padding), mask [B, N] bool, tt_place,
+          table_place [B, N] float32: the place in each source's list, its
+          length (N for the two-tower's, the table's count of valid items)
+          where the candidate is not in it).
+        """
+        n = self.num_candidates
+        table_valid = tf.logical_and(table_valid, table_ids > 0)
+        tt_valid = tf.logical_and(tt_valid, tt_ids > 0)
+        # Each list's items' places in the other list (each list holds distinct items).
+        in_tt, at_tt = _places(table_ids, table_valid, tt_ids, tt_valid)
+        in_table, at_table = _places(tt_ids, tt_valid, table_ids, table_valid)
+        keep_table = tf.logical_and(table_valid, self._use_table)
+        keep_tt = tf.logical_and(tt_valid, self._use_tt)
+        if self._use_tt:  # the two-tower had the item at an earlier slot
+            keep_table = tf.logical_and(keep_table, tf.logical_not(tf.logical_and(
+                in_tt, tf.gather(self._tt_rank, at_tt) < self._table_rank)))
+        if self._use_table:
+            keep_tt = tf.logical_and(keep_tt, tf.logical_not(tf.logical_and(
+                in_table, tf.gather(self._table_rank, at_table) < self._tt_rank)))
+        slots = tf.range(n)[None, :]
+        table_count = tf.reduce_sum(tf.cast(table_valid, tf.int32), axis=1, keepdims=True)
+        ids = tf.concat([table_ids, tt_ids], 1)
+        keep = tf.concat([keep_table, keep_tt], 1)
+        tt_place = tf.concat([tf.where(in_tt, at_tt, n), tf.broadcast_to(slots, tf.shape(tt_ids))],
+                             1)
+        table_place = tf.concat([tf.broadcast_to(slots, tf.shape(table_ids)),
+                                 tf.where(in_table, at_table, table_count)], 1)
+        ordered = [tf.gather(v, self._order, axis=1) for v in (ids, tt_place, table_place)]
+        (ids, tt_place, table_place), mask = compact(
+            ordered, tf.gather(keep, self._order, axis=1), n)
+        return (tf.where(mask, ids, 0), mask, tf.cast(tt_place, tf.float32),
+                tf.cast(table_place, tf.float32))
+
+    def scores(self, query_items, query_embeddings, candidates, mask, tt_place, table_place,
+               sums=None):
+        """[B, N] the ranker's scores of the candidates (-inf at padding)."""
+        inputs = {"query_items": query_items, "query_embeddings": query_embeddings,
+                  "candidates": candidates, "candidate_mask": mask, "tt_place": tt_place,
+                  "table_place": table_place}
+        if sums is not None:
+            inputs["item_item_pooled"] = self.features.item_item.pooled(query_items, candidates,
+                                                                        sums)
+        features = self.features(inputs)
+        if self.columns != tuple(range(len(F.FEATURES))):
+            features = tf.gather(features, list(self.columns), axis=-1)
+        scores = self.ranker({"features": features, "candidate_mask": mask})
+        return tf.where(mask, scores, float("-inf"))
+
+    def rank(self, query_items, query_embeddings, tt_ids, tt_valid, exclude):
+        """Both stages' candidates and the ranker's scores.
+
+        Args:
+          query_items: [B, L] int the query's items in the serving index
+            space (0-padded; what the features and the table read).
+          query_embeddings: [B, d] the stage-1 query embeddings.
+          tt_ids, tt_valid: [B, M >= N] the index's results in its order (serving
+            indices), valid where not one of the query's items to exclude.
+          exclude: [B, m] int items never to return (0: none).
+
+        Returns:
+          (candidates [B, N] int32, mask [B, N] bool, scores [B, N] float32 (-inf at
+          padding)).
+        """
+        n = self.num_candidates
+        query_items = tf.cast(query_items, tf.int32)
+        exclude = tf.cast(exclude, tf.int32)
+        # The item axis cut to the batch's longest query (0-padding on the left).
+        longest = tf.maximum(tf.reduce_max(tf.concat(
+            [tf.reduce_sum(tf.cast(query_items > 0, tf.int32), 1), [0]], 0)), 1)
+        query_items = query_items[:, tf.shape(query_items)[1] - longest:]
+        (tt_ids,), tt_valid = compact([tf.cast(tt_ids, tf.int32)], tt_valid, n)
+        tt_ids = tf.where(tt_valid, tt_ids, 0)
+        width = tf.shape(tt_ids)[1]
+        # Fewer index results than N (a tiny catalogue): padded to N.
+        tt_ids = tf.pad(tt_ids, [[0, 0], [0, n - width]])
+        tt_valid = tf.pad(tt_valid, [[0, 0], [0, n - width]])
+        # The table's sums over the query's items: read by the table's list and features.
+        sums = self.features.item_item.sums(query_items)
+        table_ids, table_valid = self.table_list(query_items, exclude, sums)
+        cands, mask, tt_place, table_place = self.merge(table_ids, table_valid, tt_ids,
+                                                        tt_valid)
+        scores = self.scores(query_items, query_embeddings, cands, mask, tt_place, table_place,
+                             sums)
+        return cands, mask, scores
+
+    def info(self) -> dict:
+        return {"num_candidates": self.num_candidates, "table_share": self.table_share,
+                "features": [F.FEATURES[j] for j in self.columns],
+                "columns": list(self.columns), "items": self.num_items}
+
+
+def text_vectors(model, texts) -> np.ndarray:
+    """[n, t] the unit-length text vectors of new items' texts, as the ranking stage
+    made the vocabulary's (`tfrec.ranking.stage.item_vectors`)."""
+    from tfrec.ranking.stage import item_vectors
+
+    texts = [str(t) if isinstance(t, str) else "" for t in texts]
+    # item_vectors reads a vocabulary's size and texts, index 0 the padding row.
+    vocab = types.SimpleNamespace(size=len(texts) + 1, text=[""] + texts)
+    return item_vectors(model, vocab)[1][1:]
+
+
+def serving_tables(tables: F.Tables, model, added_texts, added_embeddings: np.ndarray,
+                   dropped: np.ndarray) -> F.Tables:
+    """The ranking stage's tables for a catalogue that differs from the run vocabulary.
+
+    Args:
+      tables: the stage's tables (the run vocabulary's V rows).
+      model: the two-tower (its text tower embeds the added items' texts).
+      added_texts: [A] the texts of items the vocabulary lacks (rows V..V + A - 1).
+      added_embeddings: [A, d] their two-tower embeddings.
+      dropped: vocabulary indices no longer in the catalogue.
+
+    Returns:
+      Tables of V + A rows (see the module's docstring).
+    """
+    count = len(added_texts)
+    table = tables.table
+    dropped = np.asarray(dropped, np.int64)
+    keep = ~np.isin(table.indices, dropped) if len(dropped) else np.ones(table.num_entries, bool)
+    rows = np.repeat(np.arange(table.num_items), np.diff(table.row_splits))
+    splits = np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=table.num_items))])
+    splits = np.concatenate([splits, np.full(count, splits[-1])])
+    info = {**table.info, "dropped_items": int(len(dropped)), "added_items": int(count)}
+    new_table = ItemItemTable(splits, table.indices[keep], table.weights[keep], info=info)
+    if not count:
+        return dataclasses.replace(tables, table=new_table, grams={})
+    terms, weights = tables.tfidf.rows(list(added_texts))
+    text = text_vectors(model, added_texts)
+    if text.shape[1] != tables.text.shape[1]:  # no text tower: no text vectors
+        text = np.zeros((count, tables.text.shape[1]), np.float32)
+    return F.Tables(
+        np.vstack([tables.item_embeddings, np.asarray(added_embeddings, np.float32)]),
+        new_table, np.concatenate([tables.counts, np.zeros(count, tables.counts.dtype)]),
+        np.vstack([tables.text, text]), tables.tfidf.with_rows(terms, weights),
+        np.vstack([tables.i2v, np.zeros((count, tables.i2v.shape[1]), np.float32)]))
