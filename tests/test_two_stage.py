@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tfrec.cli import main
-from tfrec.data.synthetic import generate_events, generate_items
+from tfrec.data.synthetic import write_event_files
 from tfrec.ranking import stage as stage_lib
 from tfrec.ranking import two_stage
 from tfrec.run import load_run, load_run_config, prepare_training_data
@@ -16,18 +16,11 @@ from tfrec.run import load_run, load_run_config, prepare_training_data
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
-    events = generate_events(8_000, 90, num_users=700, num_clusters=5, seed=5)
-    events["time"] = events["time"].astype("int64")
-    events[["user", "item", "time", "event"]].rename(
-        columns={"user": "user_id", "item": "item_id", "time": "timestamp"}).to_csv(
-        folder / "events.csv", index=False)
-    items = generate_items(90, 5, num_cold=4, seed=5)
-    items[["item", "text", "market"]].rename(columns={"item": "item_id"}).to_csv(
-        folder / "items.csv", index=False)
+    events, items = write_event_files(folder, 8_000, 90, num_users=700, num_clusters=5,
+                                      num_cold=4, seed=5)
     config = {
-        "data": {"layout": "events", "events": str(folder / "events.csv"),
-                 "items": str(folder / "items.csv"), "events_schema": {"event_col": "event"},
-                 "pairs": {"batch_size": 512}},
+        "data": {"layout": "events", "events": str(events), "items": str(items),
+                 "events_schema": {"event_col": "event"}, "pairs": {"batch_size": 512}},
         "model": {"embedding_dim": 16, "text": {"token_dim": 8, "filters": 8}},
         "train": {"epochs": 1, "split_fraction": 0.15, "learning_rate": 0.01},
         "ranking": {"epochs": 3, "num_candidates": 30, "hidden_units": [8]},

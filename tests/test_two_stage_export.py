@@ -23,25 +23,17 @@ N = 20
 @pytest.fixture(scope="module")
 def two_stage_run(tmp_path_factory):
     """A run of both stages on generated data (about 10 s)."""
-    from tfrec.data.synthetic import generate_events, generate_items
+    from tfrec.data.synthetic import event_files_settings, write_event_files
     from tfrec.ranking.two_stage import train
 
     folder = tmp_path_factory.mktemp("two_stage")
-    events = generate_events(12_000, 120, num_users=1000, num_clusters=6, seed=3)
-    events["time"] = events["time"].astype("int64")
-    events[["user", "item", "time", "event"]].rename(
-        columns={"user": "user_id", "item": "item_id", "time": "timestamp"}).to_csv(
-        folder / "events.csv", index=False)
-    items = generate_items(120, 6, num_cold=6, seed=3)
-    items[["item", "text", "market"]].rename(columns={"item": "item_id"}).to_csv(
-        folder / "items.csv", index=False)
+    files = write_event_files(folder, 12_000, 120, num_users=1000, num_clusters=6, num_cold=6,
+                              seed=3)
     config = load_run_config(None, [
-        "data.layout=events", f"data.events={folder / 'events.csv'}",
-        f"data.items={folder / 'items.csv'}", "data.events_schema.event_col=event",
-        "data.pairs.batch_size=512", "model.embedding_dim=16", "model.text.token_dim=8",
-        "model.text.filters=8", "train.epochs=1", "train.split_fraction=0.15",
-        "train.learning_rate=0.01", f"ranking.num_candidates={N}", "ranking.epochs=2",
-        "ranking.ease_lambda=10"])
+        *event_files_settings(*files), "data.pairs.batch_size=512", "model.embedding_dim=16",
+        "model.text.token_dim=8", "model.text.filters=8", "train.epochs=1",
+        "train.split_fraction=0.15", "train.learning_rate=0.01",
+        f"ranking.num_candidates={N}", "ranking.epochs=2", "ranking.ease_lambda=10"])
     train(config, folder / "run", verbose=0)
     return folder / "run"
 
