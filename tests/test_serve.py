@@ -213,6 +213,29 @@ def test_rest_predict_equals_grpc_predict(shared):
     assert rest(shared, "/v1/models/shop:predict", {"rows": 1})[0] == 400
 
 
+def test_rest_row_format_batches_single_and_identical_rows(shared):
+    local = load_saved_model(shared.base / "1").signatures
+    session = ["i1", "i2", "i3"]
+    expected = local["serving_default"](item_ids=tf.constant([session]), k=tf.constant(3))[
+        "item_ids"].numpy().astype(str).tolist()
+    for instances in ([{"item_ids": session, "k": 3}], [{"item_ids": session, "k": 3}] * 2):
+        code, rows = rest(shared, "/v1/models/shop:predict", {"instances": instances})
+        assert code == 200, rows
+        assert [p["item_ids"] for p in rows["predictions"]] == expected * len(instances)
+    code, rows = rest(shared, "/v1/models/shop:predict",
+                      {"signature_name": "embed_items",
+                       "instances": [{"item_ids": "new", "texts": ""}] * 2})
+    assert code == 200 and len(rows["predictions"]) == 2, rows
+    code, rows = rest(shared, "/v1/models/shop:predict",
+                      {"signature_name": "item_texts", "instances": ["i1", "i2"]})
+    texts = local["item_texts"](item_ids=tf.constant(["i1", "i2"]))["texts"].numpy()
+    assert code == 200 and rows["predictions"] == [{"texts": t.decode()} for t in texts]
+    code, err = rest(shared, "/v1/models/shop:predict",
+                     {"instances": [{"item_ids": session, "k": 3},
+                                    {"item_ids": session, "k": 4}]})
+    assert code == 400 and "input 'k'" in err["error"] and "instances differ" in err["error"]
+
+
 def test_batched_server_gives_each_caller_its_own_rows(shared):
     stub = stub_of(shared)
     sessions = [[f"i{i}", f"i{i + 1}"] for i in range(1, 40)]

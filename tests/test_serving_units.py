@@ -264,6 +264,38 @@ def test_check_inputs_names_the_input_and_the_rule(signature, arrays, cast, mess
     assert err.value.code.name == "INVALID_ARGUMENT" and message in err.value.message
 
 
+def test_row_format_gives_a_scalar_input_its_one_value(signature):
+    from tfrec.serving.errors import ServingError
+    from tfrec.serving.predict import RequestLimits, check_inputs
+    from tfrec.serving.rest import _arrays_from_json
+
+    def run(instances):
+        arrays, rows = _arrays_from_json({"instances": instances})
+        return check_inputs(arrays, signature, RequestLimits(), cast=True, rows=rows)
+
+    one = run([{"item_ids": ["a", "b"], "k": 3}])  # a single row
+    assert one["item_ids"].shape == (1, 2) and one["k"].shape == () and int(one["k"]) == 3
+    same = run([{"item_ids": ["a"], "k": 3}, {"item_ids": ["a"], "k": 3}])  # identical rows
+    assert same["item_ids"].numpy().tolist() == [[b"a"], [b"a"]] and int(same["k"]) == 3
+    for instances, message in (
+            ([{"item_ids": ["a"], "k": 3}, {"item_ids": ["b"], "k": 4}],
+             "input 'k': the signature takes one value (shape ()) for all instances, but the "
+             "instances differ (3 and 4)"),
+            ([{"item_ids": ["a"], "k": [3]}], "input 'k': expects shape ()"),
+            (["a", "b"], "only a signature of one input takes; this one has 2: item_ids, k")):
+        with pytest.raises(ServingError) as err:
+            run(instances)
+        assert err.value.code.name == "INVALID_ARGUMENT" and message in err.value.message
+
+
+def test_row_format_bare_values_are_the_one_input():
+    from tfrec.serving.predict import UNNAMED, from_rows
+
+    specs = {"item_ids": tf.TensorSpec([None], tf.string)}
+    arrays = from_rows({UNNAMED: np.array([b"1", b"2"], dtype=object)}, specs)
+    assert list(arrays) == ["item_ids"] and arrays["item_ids"].tolist() == [b"1", b"2"]
+
+
 def test_a_cancelled_call_is_not_computed(signature):
     from tfrec.serving.errors import ServingError
     from tfrec.serving.predict import Predictor
