@@ -330,3 +330,24 @@ def test_tensorflow_assertions_read_as_their_message():
            "\t [[{{node assert_less_equal/Assert/Assert}}]] [Op:__inference_signature_wrapper]")
     assert tensorflow_message(raw) == "k must be at most 20 (the index's max_k)"
     assert tensorflow_message("Graph execution error:\n\n") == "the model failed on this input"
+
+
+# -- the command line --------------------------------------------------------------------
+def test_every_serve_flag_takes_the_underscore_and_the_dashed_spelling():
+    from tfrec.cli import build_parser, command_settings
+
+    serve = command_settings("serve")
+    values = {s.key: (True if s.type is bool else s.type(3) if s.type in (int, float)
+                      else "x") for s in serve}
+
+    def parse(spell):
+        args = ["serve"]
+        for s in serve:
+            args += [spell(s.flag)] + ([] if s.type is bool else [str(values[s.key])])
+        parsed = vars(build_parser().parse_args(args))
+        return {s.key: parsed[s.key] for s in serve}
+
+    assert any("_" in s.flag for s in serve)
+    underscored = parse(lambda flag: flag)
+    dashed = parse(lambda flag: "--" + flag[2:].replace("_", "-"))
+    assert underscored == dashed == values

@@ -79,7 +79,15 @@ def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
             options["metavar"] = {int: "N", float: "X"}.get(setting.type, setting.name.upper())
         if setting.required:
             options["required"] = True
-        target.add_argument(setting.flag, **options)
+        target.add_argument(*flag_spellings(setting.flag), **options)
+
+
+def flag_spellings(flag: str) -> list[str]:
+    """A flag and its dashed spelling: `serve` names its flags as TF Serving does
+    (--model_config_file), and takes the dashed spelling of the other commands too
+    (--model-config-file)."""
+    dashed = "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+    return [flag] if dashed == flag else [flag, dashed]
 
 
 def given(args: argparse.Namespace, cls: type) -> dict:
