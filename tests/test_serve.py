@@ -1,6 +1,7 @@
 """`tfrec serve`: a real server process on a free loopback port, called over real gRPC."""
 
 import os
+import re
 import subprocess
 import sys
 import shutil
@@ -384,6 +385,53 @@ def test_a_second_server_on_the_same_port_refuses_to_start(shared, tmp_path):
     assert second.returncode == 2
     assert f"cannot listen on 127.0.0.1:{shared.port}: the port is in use" in second.stderr
     assert stub_of(shared).Predict(predict_request(SESSIONS), timeout=30).outputs
+
+
+def test_start_names_a_missing_base_path_the_bound_port_and_what_loaded(versions, tmp_path):
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    base, missing = tmp_path / "shop", tmp_path / "no-such-folder"
+    shutil.copytree(versions / "1", base / "1")
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list { config { name: "shop" base_path: "%s" } '
+                      'config { name: "ghost" base_path: "%s" } }\n' % (base, missing))
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.Popen(  # the dashed spelling of TF Serving's flags
+        [sys.executable, "-m", "tfrec", "serve", "--model-config-file", str(config),
+         "--port", "0", "--rest-api-port", "0", "--file-system-poll-wait-seconds", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        timer = threading.Timer(180, proc.kill)
+        timer.start()
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("tfrec serve: serving on"):
+                break
+        timer.cancel()
+        announced = lines[-1]
+        assert announced.startswith("tfrec serve: serving on 127.0.0.1:"), lines
+        port = int(re.search(r"serving on 127\.0\.0\.1:([0-9]+) \(gRPC\)", announced)[1])
+        assert port != 0 and re.search(r", 127\.0\.0\.1:[1-9][0-9]* \(REST\)", announced)
+        assert "shop: version 1 AVAILABLE" in announced  # said once the first load is done
+        assert f"ghost: nothing to serve: its base_path {missing} does not exist" in announced
+        warned = [line for line in lines[:-1] if "WARNING" in line and "'ghost'" in line]
+        assert warned and str(missing) in warned[0]
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "ghost"
+        with pytest.raises(grpc.RpcError) as err:
+            model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert f"its base_path {missing} does not exist" in err.value.details()
+        request.model_spec.name = "shop"
+        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            request, timeout=30)
+        assert [s.version for s in status.model_version_status] == [1]
+        channel.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
 
 
 def test_sigterm_lets_grpc_and_rest_calls_in_flight_finish_within_the_grace(versions, tmp_path):

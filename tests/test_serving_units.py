@@ -217,6 +217,47 @@ def test_status_of_an_unknown_label_or_version_is_not_found(tmp_path):
         assert err.value.code.name == "NOT_FOUND"
 
 
+def test_first_loads_are_waited_for_and_the_slow_ones_named(tmp_path):
+    manager, _ = manager_over(tmp_path, [1], FakeLoader(seconds=1.0))
+    manager.start()
+    try:
+        assert manager.wait_first_sync(0.05) == ["m"]
+        assert manager.describe("m") == "m: still loading"
+        assert manager.wait_first_sync(30) == []
+        assert manager.describe("m") == "m: version 1 AVAILABLE"
+    finally:
+        manager.stop()
+
+
+def test_a_missing_base_path_is_named_in_the_log_and_the_status(tmp_path, caplog):
+    import logging
+
+    from tfrec.serving.config import ModelEntry
+    from tfrec.serving.errors import ServingError
+    from tfrec.serving.versions import ModelManager
+
+    missing = tmp_path / "nowhere"
+    manager = ModelManager([ModelEntry("ghost", missing)], loader=FakeLoader())
+    assert manager.wait_first_sync(0) == ["ghost"]
+    assert manager.describe("ghost") == "ghost: still loading"
+    with caplog.at_level(logging.WARNING, logger="tfrec.serving.versions"):
+        manager.sync()
+        manager.sync()  # warned once, not on every pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'ghost'" in warnings[0] and str(missing) in warnings[0]
+    assert manager.wait_first_sync(0) == []
+    assert str(missing) in manager.describe("ghost")
+    for call in (manager.status, manager.find):
+        with pytest.raises(ServingError) as err:
+            call("ghost")
+        assert err.value.code.name == "NOT_FOUND"
+        assert f"its base_path {missing} does not exist" in err.value.message
+    (missing / "1").mkdir(parents=True)
+    (missing / "1" / "saved_model.pb").write_text("x")
+    manager.sync()
+    assert manager.find("ghost").number == 1 and manager.problems == {}
+
+
 # -- request checks ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def signature(tmp_path_factory):

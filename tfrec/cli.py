@@ -249,10 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     tf.config.threading.set_inter_op_parallelism_threads(config.tensorflow_inter_op_parallelism)
     batcher = Batcher(config.batching) if config.enable_batching else None
     server = ModelServer(config, batcher=batcher)
-    rest = f", REST on port {server.rest.port}" if server.rest else ""
-    print(f"tfrec serve: gRPC on {server.address}{rest} (TF Serving API)"
-          f"{', batching on' if batcher else ''}; Ctrl-C or SIGTERM stops", flush=True)
-    server.serve_forever()
+    server.serve_forever(announce=lambda text: print(f"tfrec serve: {text}", flush=True))
     return 0
 
 
