@@ -405,6 +405,7 @@ def test_predict_formats_and_keep_alive(make):
     ([{"item_ids": ["i1"]}, {"item_ids": ["i1"]}], {"item_ids": [[b"i1"], [b"i1"]]}),
     (["1", "2"], {None: [b"1", b"2"]}),  # bare values: the one input of the signature
     (["1"], {None: [b"1"]}),
+    ([{"b64": "YQ=="}, "b"], {None: [b"a", b"b"]}),  # a binary value is not named inputs
     ([[1, 2], [1, 2]], {None: [[1, 2], [1, 2]]}),
 ])
 def test_row_format_stacks_every_input_over_the_rows(instances, expected):

@@ -146,7 +146,7 @@ def _arrays_from_rows(instances) -> dict:
     if not isinstance(instances, list) or not instances:
         raise _invalid("'instances' must be a non-empty list (of objects of named inputs, or "
                        "of values for a signature of one input)")
-    named = [isinstance(instance, dict) for instance in instances]
+    named = [isinstance(instance, dict) and not _is_text(instance) for instance in instances]
     if not any(named):
         return {UNNAMED: _to_array("instances", instances)}
     if not all(named):
