@@ -50,9 +50,11 @@ class StubPredictor:
         self.entered = threading.Event()
         self.gate = None  # a threading.Event the call waits for
 
-    def run(self, name, version, label, signature, arrays, output_filter=(), cast=False):
+    def run(self, name, version, label, signature, arrays, output_filter=(), cast=False,
+            rows=False):
         self.manager.find(name, version, label)
         self.calls.append(arrays)
+        self.rows = rows
         if "boom" in arrays:
             raise RuntimeError("unexpected")
         self.entered.set()
@@ -146,7 +148,7 @@ def test_json_integers_are_int64_never_wrapped(make):
     status, _, _ = call(server, "POST", "/v1/models/shop:predict",
                         {"instances": [{"item_ids": ["i1"], "k": 2**63 - 1},
                                        {"item_ids": ["i2"], "k": 2**63 - 1}]})
-    assert status == 200 and int(predictor.calls[-1]["k"]) == 2**63 - 1
+    assert status == 200 and predictor.calls[-1]["k"].tolist() == [2**63 - 1] * 2
     for k in (2**63, -2**63 - 1, 10**30):
         status, headers, body = call(server, "POST", "/v1/models/shop:predict",
                                      {"inputs": {"item_ids": [["i1"]], "k": [1, k]}})
@@ -384,10 +386,41 @@ def test_predict_formats_and_keep_alive(make):
     first, second = predictor.calls
     assert first["item_ids"].tolist() == [[b"i1", b"i2"], [b"i3", b""]]
     assert second["item_ids"].tolist() == [[b"i1", b"", b""], [b"i2", b"i3", b"i4"]]
-    assert second["k"].shape == () and second["k"].dtype == np.int64
+    assert second["k"].tolist() == [2, 2] and second["k"].dtype == np.int64  # one per row
+    assert predictor.rows
     floats = call(server, "POST", "/v1/models/shop:predict",
                   {"inputs": {"item_ids": [["i1"]], "w": [1, 2.5]}})
     assert floats[0] == 200 and predictor.calls[-1]["w"].dtype == np.float64
+
+
+@pytest.mark.parametrize("instances, expected", [
+    # One row: every input gets a batch dimension of 1 (a scalar input such as k too: the
+    # predictor takes it from the rows, knowing the signature).
+    ([{"user_ids": "1", "k": 3}], {"user_ids": [b"1"], "k": [3]}),
+    ([{"user_ids": "1", "k": 3}, {"user_ids": "1", "k": 3}],
+     {"user_ids": [b"1", b"1"], "k": [3, 3]}),
+    ([{"item_ids": "a", "texts": ""}, {"item_ids": "b", "texts": ""}],
+     {"item_ids": [b"a", b"b"], "texts": [b"", b""]}),
+    ([{"item_ids": ["i1", "i2"], "k": 2}], {"item_ids": [[b"i1", b"i2"]], "k": [2]}),
+    ([{"item_ids": ["i1"]}, {"item_ids": ["i1"]}], {"item_ids": [[b"i1"], [b"i1"]]}),
+    (["1", "2"], {None: [b"1", b"2"]}),  # bare values: the one input of the signature
+    (["1"], {None: [b"1"]}),
+    ([{"b64": "YQ=="}, "b"], {None: [b"a", b"b"]}),  # a binary value is not named inputs
+    ([[1, 2], [1, 2]], {None: [[1, 2], [1, 2]]}),
+])
+def test_row_format_stacks_every_input_over_the_rows(instances, expected):
+    from tfrec.serving.rest import _arrays_from_json
+
+    arrays, rows = _arrays_from_json({"instances": instances})
+    assert rows and {k: v.tolist() for k, v in arrays.items()} == expected
+    assert all(v.shape[0] == len(instances) for v in arrays.values())
+
+
+def test_row_format_refuses_named_and_bare_instances_mixed(make):
+    server, predictor = make()
+    status, _, reply = call(server, "POST", "/v1/models/shop:predict",
+                            {"instances": [{"item_ids": ["i1"]}, "i2"]})
+    assert status == 400 and "instance 1" in reply["error"] and predictor.calls == []
 
 
 def test_unexpected_errors_are_500_and_the_server_keeps_serving(make):

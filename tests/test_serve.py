@@ -1,6 +1,7 @@
 """`tfrec serve`: a real server process on a free loopback port, called over real gRPC."""
 
 import os
+import re
 import subprocess
 import sys
 import shutil
@@ -213,6 +214,29 @@ def test_rest_predict_equals_grpc_predict(shared):
     assert rest(shared, "/v1/models/shop:predict", {"rows": 1})[0] == 400
 
 
+def test_rest_row_format_batches_single_and_identical_rows(shared):
+    local = load_saved_model(shared.base / "1").signatures
+    session = ["i1", "i2", "i3"]
+    expected = local["serving_default"](item_ids=tf.constant([session]), k=tf.constant(3))[
+        "item_ids"].numpy().astype(str).tolist()
+    for instances in ([{"item_ids": session, "k": 3}], [{"item_ids": session, "k": 3}] * 2):
+        code, rows = rest(shared, "/v1/models/shop:predict", {"instances": instances})
+        assert code == 200, rows
+        assert [p["item_ids"] for p in rows["predictions"]] == expected * len(instances)
+    code, rows = rest(shared, "/v1/models/shop:predict",
+                      {"signature_name": "embed_items",
+                       "instances": [{"item_ids": "new", "texts": ""}] * 2})
+    assert code == 200 and len(rows["predictions"]) == 2, rows
+    code, rows = rest(shared, "/v1/models/shop:predict",
+                      {"signature_name": "item_texts", "instances": ["i1", "i2"]})
+    texts = local["item_texts"](item_ids=tf.constant(["i1", "i2"]))["texts"].numpy()
+    assert code == 200 and rows["predictions"] == [{"texts": t.decode()} for t in texts]
+    code, err = rest(shared, "/v1/models/shop:predict",
+                     {"instances": [{"item_ids": session, "k": 3},
+                                    {"item_ids": session, "k": 4}]})
+    assert code == 400 and "input 'k'" in err["error"] and "instances differ" in err["error"]
+
+
 def test_batched_server_gives_each_caller_its_own_rows(shared):
     stub = stub_of(shared)
     sessions = [[f"i{i}", f"i{i + 1}"] for i in range(1, 40)]
@@ -361,6 +385,53 @@ def test_a_second_server_on_the_same_port_refuses_to_start(shared, tmp_path):
     assert second.returncode == 2
     assert f"cannot listen on 127.0.0.1:{shared.port}: the port is in use" in second.stderr
     assert stub_of(shared).Predict(predict_request(SESSIONS), timeout=30).outputs
+
+
+def test_start_names_a_missing_base_path_the_bound_port_and_what_loaded(versions, tmp_path):
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    base, missing = tmp_path / "shop", tmp_path / "no-such-folder"
+    shutil.copytree(versions / "1", base / "1")
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list { config { name: "shop" base_path: "%s" } '
+                      'config { name: "ghost" base_path: "%s" } }\n' % (base, missing))
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.Popen(  # the dashed spelling of TF Serving's flags
+        [sys.executable, "-m", "tfrec", "serve", "--model-config-file", str(config),
+         "--port", "0", "--rest-api-port", "0", "--file-system-poll-wait-seconds", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        timer = threading.Timer(180, proc.kill)
+        timer.start()
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("tfrec serve: serving on"):
+                break
+        timer.cancel()
+        announced = lines[-1]
+        assert announced.startswith("tfrec serve: serving on 127.0.0.1:"), lines
+        port = int(re.search(r"serving on 127\.0\.0\.1:([0-9]+) \(gRPC\)", announced)[1])
+        assert port != 0 and re.search(r", 127\.0\.0\.1:[1-9][0-9]* \(REST\)", announced)
+        assert "shop: version 1 AVAILABLE" in announced  # said once the first load is done
+        assert f"ghost: nothing to serve: its base_path {missing} does not exist" in announced
+        warned = [line for line in lines[:-1] if "WARNING" in line and "'ghost'" in line]
+        assert warned and str(missing) in warned[0]
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "ghost"
+        with pytest.raises(grpc.RpcError) as err:
+            model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert f"its base_path {missing} does not exist" in err.value.details()
+        request.model_spec.name = "shop"
+        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            request, timeout=30)
+        assert [s.version for s in status.model_version_status] == [1]
+        channel.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
 
 
 def test_sigterm_lets_grpc_and_rest_calls_in_flight_finish_within_the_grace(versions, tmp_path):

@@ -217,6 +217,47 @@ def test_status_of_an_unknown_label_or_version_is_not_found(tmp_path):
         assert err.value.code.name == "NOT_FOUND"
 
 
+def test_first_loads_are_waited_for_and_the_slow_ones_named(tmp_path):
+    manager, _ = manager_over(tmp_path, [1], FakeLoader(seconds=1.0))
+    manager.start()
+    try:
+        assert manager.wait_first_sync(0.05) == ["m"]
+        assert manager.describe("m") == "m: still loading"
+        assert manager.wait_first_sync(30) == []
+        assert manager.describe("m") == "m: version 1 AVAILABLE"
+    finally:
+        manager.stop()
+
+
+def test_a_missing_base_path_is_named_in_the_log_and_the_status(tmp_path, caplog):
+    import logging
+
+    from tfrec.serving.config import ModelEntry
+    from tfrec.serving.errors import ServingError
+    from tfrec.serving.versions import ModelManager
+
+    missing = tmp_path / "nowhere"
+    manager = ModelManager([ModelEntry("ghost", missing)], loader=FakeLoader())
+    assert manager.wait_first_sync(0) == ["ghost"]
+    assert manager.describe("ghost") == "ghost: still loading"
+    with caplog.at_level(logging.WARNING, logger="tfrec.serving.versions"):
+        manager.sync()
+        manager.sync()  # warned once, not on every pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'ghost'" in warnings[0] and str(missing) in warnings[0]
+    assert manager.wait_first_sync(0) == []
+    assert str(missing) in manager.describe("ghost")
+    for call in (manager.status, manager.find):
+        with pytest.raises(ServingError) as err:
+            call("ghost")
+        assert err.value.code.name == "NOT_FOUND"
+        assert f"its base_path {missing} does not exist" in err.value.message
+    (missing / "1").mkdir(parents=True)
+    (missing / "1" / "saved_model.pb").write_text("x")
+    manager.sync()
+    assert manager.find("ghost").number == 1 and manager.problems == {}
+
+
 # -- request checks ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def signature(tmp_path_factory):
@@ -264,6 +305,38 @@ def test_check_inputs_names_the_input_and_the_rule(signature, arrays, cast, mess
     assert err.value.code.name == "INVALID_ARGUMENT" and message in err.value.message
 
 
+def test_row_format_gives_a_scalar_input_its_one_value(signature):
+    from tfrec.serving.errors import ServingError
+    from tfrec.serving.predict import RequestLimits, check_inputs
+    from tfrec.serving.rest import _arrays_from_json
+
+    def run(instances):
+        arrays, rows = _arrays_from_json({"instances": instances})
+        return check_inputs(arrays, signature, RequestLimits(), cast=True, rows=rows)
+
+    one = run([{"item_ids": ["a", "b"], "k": 3}])  # a single row
+    assert one["item_ids"].shape == (1, 2) and one["k"].shape == () and int(one["k"]) == 3
+    same = run([{"item_ids": ["a"], "k": 3}, {"item_ids": ["a"], "k": 3}])  # identical rows
+    assert same["item_ids"].numpy().tolist() == [[b"a"], [b"a"]] and int(same["k"]) == 3
+    for instances, message in (
+            ([{"item_ids": ["a"], "k": 3}, {"item_ids": ["b"], "k": 4}],
+             "input 'k': the signature takes one value (shape ()) for all instances, but the "
+             "instances differ (3 and 4)"),
+            ([{"item_ids": ["a"], "k": [3]}], "input 'k': expects shape ()"),
+            (["a", "b"], "only a signature of one input takes; this one has 2: item_ids, k")):
+        with pytest.raises(ServingError) as err:
+            run(instances)
+        assert err.value.code.name == "INVALID_ARGUMENT" and message in err.value.message
+
+
+def test_row_format_bare_values_are_the_one_input():
+    from tfrec.serving.predict import UNNAMED, from_rows
+
+    specs = {"item_ids": tf.TensorSpec([None], tf.string)}
+    arrays = from_rows({UNNAMED: np.array([b"1", b"2"], dtype=object)}, specs)
+    assert list(arrays) == ["item_ids"] and arrays["item_ids"].tolist() == [b"1", b"2"]
+
+
 def test_a_cancelled_call_is_not_computed(signature):
     from tfrec.serving.errors import ServingError
     from tfrec.serving.predict import Predictor
@@ -298,3 +371,24 @@ def test_tensorflow_assertions_read_as_their_message():
            "\t [[{{node assert_less_equal/Assert/Assert}}]] [Op:__inference_signature_wrapper]")
     assert tensorflow_message(raw) == "k must be at most 20 (the index's max_k)"
     assert tensorflow_message("Graph execution error:\n\n") == "the model failed on this input"
+
+
+# -- the command line --------------------------------------------------------------------
+def test_every_serve_flag_takes_the_underscore_and_the_dashed_spelling():
+    from tfrec.cli import build_parser, command_settings
+
+    serve = command_settings("serve")
+    values = {s.key: (True if s.type is bool else s.type(3) if s.type in (int, float)
+                      else "x") for s in serve}
+
+    def parse(spell):
+        args = ["serve"]
+        for s in serve:
+            args += [spell(s.flag)] + ([] if s.type is bool else [str(values[s.key])])
+        parsed = vars(build_parser().parse_args(args))
+        return {s.key: parsed[s.key] for s in serve}
+
+    assert any("_" in s.flag for s in serve)
+    underscored = parse(lambda flag: flag)
+    dashed = parse(lambda flag: "--" + flag[2:].replace("_", "-"))
+    assert underscored == dashed == values

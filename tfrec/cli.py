@@ -79,7 +79,15 @@ def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
             options["metavar"] = {int: "N", float: "X"}.get(setting.type, setting.name.upper())
         if setting.required:
             options["required"] = True
-        target.add_argument(setting.flag, **options)
+        target.add_argument(*flag_spellings(setting.flag), **options)
+
+
+def flag_spellings(flag: str) -> list[str]:
+    """A flag and its dashed spelling: `serve` names its flags as TF Serving does
+    (--model_config_file), and takes the dashed spelling of the other commands too
+    (--model-config-file)."""
+    dashed = "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+    return [flag] if dashed == flag else [flag, dashed]
 
 
 def given(args: argparse.Namespace, cls: type) -> dict:
@@ -241,10 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     tf.config.threading.set_inter_op_parallelism_threads(config.tensorflow_inter_op_parallelism)
     batcher = Batcher(config.batching) if config.enable_batching else None
     server = ModelServer(config, batcher=batcher)
-    rest = f", REST on port {server.rest.port}" if server.rest else ""
-    print(f"tfrec serve: gRPC on {server.address}{rest} (TF Serving API)"
-          f"{', batching on' if batcher else ''}; Ctrl-C or SIGTERM stops", flush=True)
-    server.serve_forever()
+    server.serve_forever(announce=lambda text: print(f"tfrec serve: {text}", flush=True))
     return 0
 
 

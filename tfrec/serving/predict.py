@@ -20,6 +20,9 @@ from tfrec.serving.versions import Loaded, ModelManager
 # The largest message either way: a gRPC message, a REST body.
 MAX_MESSAGE_BYTES = 64 * 2**20
 
+# The key of the one input of REST's row format with bare values ({"instances": [v1, v2]}).
+UNNAMED = None
+
 # The REST (JSON) integers and floats are cast to the signature's width after a range check.
 _RANGES = {tf.int32: np.iinfo(np.int32), tf.int64: np.iinfo(np.int64)}
 
@@ -71,13 +74,57 @@ def _cast(name: str, value: np.ndarray, expected: tf.DType) -> np.ndarray:
     return value
 
 
+def from_rows(arrays: dict, specs: dict) -> dict:
+    """REST's row format ("instances") as the signature's inputs, as TF Serving reads it.
+
+    Every input of `arrays` stacks one value per instance (its leading dimension is the
+    number of instances). An input the signature declares as a scalar (shape [], such as
+    k) must hold the same value in every instance and is passed as that scalar. Bare
+    values (the key `UNNAMED`) are the input of a signature that has exactly one.
+
+    Raises:
+      ServingError(INVALID_ARGUMENT): bare values for a signature of several inputs, or a
+        scalar input whose instances differ.
+    """
+    if UNNAMED in arrays:
+        if len(specs) != 1:
+            raise invalid("'instances' lists bare values, which only a signature of one input "
+                          f"takes; this one has {len(specs)}: {', '.join(sorted(specs))}; send "
+                          "objects of named inputs")
+        arrays = {next(iter(specs)): arrays[UNNAMED]}
+    arrays = dict(arrays)
+    for name, spec in specs.items():
+        value = arrays.get(name)
+        if value is None or spec.shape.rank != 0:
+            continue
+        value = np.asarray(value)
+        if value.ndim != 1:
+            raise invalid(f"input {name!r}: expects shape {spec.shape} (one value, the same "
+                          f"in every instance), got {list(value.shape[1:])} in each instance")
+        if value.size and not (value == value[0]).all():
+            raise invalid(f"input {name!r}: the signature takes one value (shape "
+                          f"{spec.shape}) for all instances, but the instances differ "
+                          f"({_differing(value)}); send one request per value")
+        arrays[name] = value[:1].reshape(()) if value.size else value
+    return arrays
+
+
+def _differing(value: np.ndarray) -> str:
+    """Two different values of `value`, for a message."""
+    values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+              for v in value.tolist()]
+    other = next(v for v in values if v != values[0])
+    return f"{values[0]!r} and {other!r}"
+
+
 def check_inputs(arrays: dict, function, limits: RequestLimits, served: Loaded | None = None,
-                 cast: bool = False) -> dict:
+                 cast: bool = False, rows: bool = False) -> dict:
     """Named numpy inputs -> tensors, checked against the signature and the limits.
 
     With `cast` (JSON input, whose numbers have no width), integers and floats
     are converted to the signature's width when they fit; otherwise dtypes
-    must match, as in TF Serving's gRPC API. The export's own limits (max_k,
+    must match, as in TF Serving's gRPC API. With `rows` (REST's "instances"),
+    the arrays stack one value per instance (see `from_rows`). The export's own limits (max_k,
     max_session_items, from its metadata) are checked here too, so the
     caller reads the rule rather than a TensorFlow assertion.
 
@@ -87,6 +134,8 @@ def check_inputs(arrays: dict, function, limits: RequestLimits, served: Loaded |
         out of range or a session over the width the model reads.
     """
     _, specs = function.structured_input_signature
+    if rows:
+        arrays = from_rows(arrays, specs)
     unknown = sorted(set(arrays) - set(specs))
     if unknown:
         raise invalid(f"input name(s) {', '.join(unknown)} not in the signature; "
@@ -150,9 +199,10 @@ class Predictor:
 
     def run(self, name: str, version: int | None, label: str | None, signature: str,
             arrays: dict, output_filter=(), cast: bool = False,
-            is_active=None) -> tuple[str, int, str, dict]:
+            is_active=None, rows: bool = False) -> tuple[str, int, str, dict]:
         """(model name, version, signature, outputs) of one call.
 
+        `rows`: the arrays are REST's row format (see `from_rows`).
         `is_active` (e.g. a gRPC context's) is asked before the model runs: a
         call its client gave up on is not computed.
 
@@ -166,7 +216,7 @@ class Predictor:
         if function is None:
             raise invalid(f"Serving signature name: \"{signature}\" not found in signature def "
                           f"(have: {', '.join(sorted(served.model.signatures))})")
-        tensors = check_inputs(arrays, function, self.limits, served, cast)
+        tensors = check_inputs(arrays, function, self.limits, served, cast, rows)
         unknown = [o for o in output_filter if o not in function.structured_outputs]
         if unknown:
             raise invalid(f"output_filter names unknown output(s): {', '.join(unknown)}; "

@@ -37,7 +37,7 @@ from google.protobuf import json_format
 
 from tfrec.config import ServeConfig
 from tfrec.serving.errors import ServingError
-from tfrec.serving.predict import MAX_MESSAGE_BYTES
+from tfrec.serving.predict import MAX_MESSAGE_BYTES, UNNAMED
 
 logger = logging.getLogger(__name__)
 
@@ -128,35 +128,41 @@ def _arrays_from_json(body: dict) -> tuple[dict, bool]:
         raise _invalid("the body has both 'instances' (row format) and 'inputs' (columnar); "
                        "send one")
     if "instances" in body:
-        instances = body["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise _invalid("'instances' must be a non-empty list of objects of named inputs")
-        for i, instance in enumerate(instances):
-            if not isinstance(instance, dict):
-                raise _invalid(f"instance {i}: each instance must be an object of named "
-                               f"inputs, got {type(instance).__name__}")
-        names = set(instances[0])
-        if not names:
-            raise _invalid("instance 0 names no inputs")
-        for i, instance in enumerate(instances):
-            if set(instance) != names:
-                raise _invalid(f"instance {i} names {sorted(instance)}, instance 0 names "
-                               f"{sorted(names)}: every instance must name the same inputs")
-        arrays = {}
-        for name in instances[0]:
-            values = [i[name] for i in instances]
-            if (not any(isinstance(v, (list, dict)) for v in values)
-                    and len({(type(v), v) for v in values}) == 1):
-                arrays[name] = _to_array(name, values[0])  # a scalar input such as k
-            else:
-                arrays[name] = _to_array(name, values)
-        return arrays, True
+        return _arrays_from_rows(body["instances"]), True
     if "inputs" in body:
         inputs = body["inputs"]
         if not isinstance(inputs, dict):
             raise _invalid("'inputs' must be an object of named inputs")
         return {name: _to_array(name, value) for name, value in inputs.items()}, False
     raise _invalid("the body needs 'instances' (row format) or 'inputs' (columnar)")
+
+
+def _arrays_from_rows(instances) -> dict:
+    """The row format's named arrays: each input stacks its value of every instance, so its
+    leading (batch) dimension is the number of instances, whatever the values are. Bare
+    values (not objects) are one unnamed input (`predict.UNNAMED`), for a signature of one
+    input. An input the signature declares as a scalar (such as k) is taken from the
+    stacked rows by `predict.check_inputs`."""
+    if not isinstance(instances, list) or not instances:
+        raise _invalid("'instances' must be a non-empty list (of objects of named inputs, or "
+                       "of values for a signature of one input)")
+    named = [isinstance(instance, dict) and not _is_text(instance) for instance in instances]
+    if not any(named):
+        return {UNNAMED: _to_array("instances", instances)}
+    if not all(named):
+        i = named.index(False)
+        raise _invalid(f"instance {i}: each instance must be an object of named inputs "
+                       f"(as instance {named.index(True)} is), got "
+                       f"{type(instances[i]).__name__}")
+    names = set(instances[0])
+    if not names:
+        raise _invalid("instance 0 names no inputs")
+    for i, instance in enumerate(instances):
+        if set(instance) != names:
+            raise _invalid(f"instance {i} names {sorted(instance)}, instance 0 names "
+                           f"{sorted(names)}: every instance must name the same inputs")
+    return {name: _to_array(name, [instance[name] for instance in instances])
+            for name in instances[0]}
 
 
 def _is_text(value) -> bool:
@@ -617,7 +623,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except RecursionError:
             raise _invalid(f"an input nests more than {_MAX_DEPTH} lists deep") from None
         _, _, _, outputs = self.server.predictor.run(name, version, label, signature, arrays,
-                                                     cast=True)
+                                                     cast=True, rows=rows)
         return _predictions(outputs, rows)
 
 

@@ -21,6 +21,7 @@ import concurrent.futures
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -35,6 +36,9 @@ from tfrec.serving.rest import RestServer
 from tfrec.serving.versions import ModelManager
 
 logger = logging.getLogger(__name__)
+
+# How long `serve_forever` waits for the first loads before saying which are still loading.
+FIRST_LOAD_WAIT_SECONDS = 60.0
 
 
 class ModelServer:
@@ -69,15 +73,17 @@ class ModelServer:
             PredictionServicer(self.predictor), self.server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.manager, Path.cwd()), self.server)
-        self.address = f"{host}:{port}"
+        self.host = host
+        wanted = f"{host}:{port}"
         try:
-            self.port = self.server.add_insecure_port(self.address)
+            self.port = self.server.add_insecure_port(wanted)
         except RuntimeError:  # newer grpcio raises where older returned 0
             self.port = 0
         if self.port == 0:
-            raise InputError(f"cannot listen on {self.address}: the port is in use (another "
+            raise InputError(f"cannot listen on {wanted}: the port is in use (another "
                              "tfrec serve?) or the address is not this host's",
                              key=config.key("port"))
+        self.address = f"{host}:{self.port}"  # the port bound (--port 0: a free one)
         self.rest = None
         if rest_port is not None:
             try:
@@ -95,12 +101,31 @@ class ModelServer:
         self.server.start()
         if self.rest is not None:
             self.rest.start()
-            logger.info("REST API on %s:%d", self.address.rsplit(":", 1)[0], self.rest.port)
+            logger.info("REST API on %s:%d", self.host, self.rest.port)
         self.manager.start()
         if self.config_poll_seconds > 0:
             threading.Thread(target=self._watch_config, daemon=True,
                              name="config-watcher").start()
-        logger.info("serving on %s", self.address)
+
+    def wait_first_loads(self, timeout: float | None = None) -> list[str]:
+        """Waits until the first load attempt of every configured model has finished.
+
+        Returns:
+          the models still loading at `timeout`.
+        """
+        return self.manager.wait_first_sync(timeout)
+
+    def announcement(self, still_loading: list[str]) -> str:
+        """What the server serves, once the first loads are done (or `still_loading`)."""
+        rest = f", {self.host}:{self.rest.port} (REST)" if self.rest is not None else ""
+        batching = ", batching on" if self.predictor.batcher is not None else ""
+        models = "; ".join(self.manager.describe(name) for name in sorted(self.manager.entries))
+        text = (f"serving on {self.address} (gRPC){rest}, TF Serving API{batching}; Ctrl-C or "
+                f"SIGTERM stops. Models: {models or 'none configured'}")
+        if still_loading:
+            text += (f" (still loading after {FIRST_LOAD_WAIT_SECONDS:g} s: "
+                     f"{', '.join(still_loading)})")
+        return text
 
     def _watch_config(self) -> None:
         while not self._stopped.wait(self.config_poll_seconds):
@@ -123,8 +148,13 @@ class ModelServer:
             self.rest.stop(grace)
         done.wait()
 
-    def serve_forever(self) -> None:
-        """Runs until SIGTERM or SIGINT, then stops gracefully (see `stop`)."""
+    def serve_forever(self, announce=None) -> None:
+        """Runs until SIGTERM or SIGINT, then stops gracefully (see `stop`).
+
+        Once the first load attempt of every model has finished (or after
+        `FIRST_LOAD_WAIT_SECONDS`, naming the models still loading), says what it
+        serves: passed to `announce` if given, else logged.
+        """
         done = threading.Event()
 
         def handle(signum, frame):
@@ -135,6 +165,17 @@ class ModelServer:
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
         self.start()
+        started = time.monotonic()
+        while not done.is_set():
+            left = FIRST_LOAD_WAIT_SECONDS - (time.monotonic() - started)
+            still_loading = self.wait_first_loads(min(0.5, max(left, 0.0)))
+            if not still_loading or left <= 0:
+                text = self.announcement(still_loading)
+                if announce is not None:
+                    announce(text)
+                else:
+                    logger.info("%s", text)
+                break
         while not done.wait(0.5):
             pass
         self.stop()

@@ -102,11 +102,19 @@ def fingerprint(path: Path) -> tuple:
     return tuple(sorted(found))
 
 
-def _versions_on_disk(base: Path) -> list[int]:
+def _versions_on_disk(base: Path) -> tuple[list[int], str]:
+    """(the version numbers under `base`, why there is nothing to serve or "")."""
+    if not base.exists():
+        return [], f"its base_path {base} does not exist"
+    if not base.is_dir():
+        return [], f"its base_path {base} is not a folder"
     try:
-        return ModelFolder(base).versions()
-    except OSError:  # missing, not a folder, or unreadable: nothing to serve
-        return []
+        found = ModelFolder(base).versions()
+    except OSError as err:  # unreadable: nothing to serve
+        return [], f"its base_path {base} cannot be read ({err.strerror or err})"
+    if not found:
+        return [], f"its base_path {base} holds no version folders (1, 2, ...)"
+    return found, ""
 
 
 class ModelManager:
@@ -114,11 +122,14 @@ class ModelManager:
 
     def __init__(self, entries: list[ModelEntry],
                  poll_seconds: float = ServeConfig.file_system_poll_wait_seconds, loader=None):
-        self._lock = threading.RLock()  # guards entries, versions, _failures
+        self._lock = threading.RLock()  # guards entries, versions, _failures, problems, _synced
+        self._synced_cond = threading.Condition(self._lock)
         self._model_locks: dict[str, threading.Lock] = {}
         self.entries = {e.name: e for e in entries}
         self.versions: dict[str, dict[int, Version]] = {e.name: {} for e in entries}
         self._failures: dict[Path, _Failure] = {}
+        self.problems: dict[str, str] = {}  # model -> why its base_path serves nothing
+        self._synced: set[str] = set()  # models whose first pass has finished
         self.poll_seconds = poll_seconds
         self._loader = loader or _load_version
         self._stop = threading.Event()
@@ -145,13 +156,62 @@ class ModelManager:
                 entry = self.entries.get(name)
             if entry is None:
                 return
-            on_disk = _versions_on_disk(entry.base_path)
-            wanted = entry.wanted(on_disk)
-            for number in wanted:
-                path = entry.base_path / str(number)
-                if self._should_load(name, number, path):
-                    self._load(name, number, path)
-            self._unload_unwanted(name, on_disk, wanted, entry)
+            try:
+                on_disk, problem = _versions_on_disk(entry.base_path)
+                self._note_problem(name, entry.base_path, problem)
+                wanted = entry.wanted(on_disk)
+                for number in wanted:
+                    path = entry.base_path / str(number)
+                    if self._should_load(name, number, path):
+                        self._load(name, number, path)
+                self._unload_unwanted(name, on_disk, wanted, entry)
+            finally:
+                with self._synced_cond:
+                    self._synced.add(name)
+                    self._synced_cond.notify_all()
+
+    def _note_problem(self, name: str, base: Path, problem: str) -> None:
+        """Records why the model's base_path serves nothing; warns when that changes."""
+        with self._lock:
+            if name not in self.entries:
+                return
+            before = self.problems.get(name, "")
+            if problem:
+                self.problems[name] = problem
+            else:
+                self.problems.pop(name, None)
+        if problem and problem != before:
+            logger.warning("model %r has nothing to serve: %s; its calls get NOT_FOUND until "
+                           "it has a version", name, problem)
+        elif before and not problem:
+            logger.info("model %r: its base_path %s holds versions again", name, base)
+
+    def wait_first_sync(self, timeout: float | None = None) -> list[str]:
+        """Waits until the first pass (load attempt) of every model has finished.
+
+        Returns:
+          the models whose first pass is still running at `timeout` (sorted).
+        """
+        with self._synced_cond:
+            self._synced_cond.wait_for(lambda: set(self.entries) <= self._synced, timeout)
+            return sorted(set(self.entries) - self._synced)
+
+    def describe(self, name: str) -> str:
+        """One line on what the model serves, or why it serves nothing, for the log."""
+        with self._lock:
+            versions = sorted(self.versions.get(name, {}).values(), key=lambda v: v.number)
+            problem = self.problems.get(name, "")
+            synced = name in self._synced
+        available = [str(v.number) for v in versions if v.state == AVAILABLE]
+        if available:
+            return f"{name}: version {', '.join(available)} AVAILABLE"
+        if problem:
+            return f"{name}: nothing to serve: {problem}"
+        failed = [str(v.number) for v in versions if v.state == END and v.error]
+        if failed:
+            return (f"{name}: nothing to serve: version {', '.join(failed)} failed to load "
+                    "(see GetModelStatus)")
+        return f"{name}: {'nothing to serve' if synced else 'still loading'}"
 
     def _should_load(self, name: str, number: int, path: Path) -> bool:
         with self._lock:
@@ -244,6 +304,7 @@ class ModelManager:
                 if name not in names:
                     del self.entries[name]
                     del self.versions[name]
+                    self.problems.pop(name, None)
             for entry in entries:
                 self.entries[entry.name] = entry
                 self.versions.setdefault(entry.name, {})
@@ -282,8 +343,10 @@ class ModelManager:
                 return version.loaded
             available = [v for v in served.values() if v.state == AVAILABLE]
             if not available:
+                problem = self.problems.get(name)
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Servable not found for request: Latest({name})")
+                                   f"Servable not found for request: Latest({name})"
+                                   + (f": {problem}" if problem else ""))
             return max(available, key=lambda v: v.number).loaded
 
     def status(self, name: str, number: int | None = None,
@@ -303,6 +366,10 @@ class ModelManager:
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
                                        f"Unrecognized servable version label: {label}")
             versions = sorted(self.versions[name].values(), key=lambda v: v.number)
+            problem = self.problems.get(name)
+            if not versions and number is None and problem:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Could not find any versions of model {name}: {problem}")
             if number is not None:
                 versions = [v for v in versions if v.number == number]
                 if not versions:
