@@ -229,3 +229,88 @@ def test_the_library_names_only_keys_of_the_schema():
             found.setdefault(literal, path.name)
     assert len(found) > 25
     assert {key: where for key, where in found.items() if key not in keys} == {}
+
+
+@pytest.mark.parametrize("data, suggested", [
+    ({"model": {"embeding_dim": 3}}, "(did you mean model.embedding_dim?)"),
+    ({"model": {"embedding_dimension": 3}}, "(did you mean model.embedding_dim?)"),
+    ({"data": {"window": 3}}, "(did you mean data.pairs.window?)"),  # another data section's
+    ({"modle": {}}, "(did you mean model?)"),
+])
+def test_an_unknown_setting_suggests_the_closest_full_key(data, suggested):
+    with pytest.raises(InputError) as err:
+        from_dict(RunConfig, data, "run.yaml")
+    assert err.value.reason == f"unknown setting {suggested}"
+
+
+def _cli_error(tmp_path, capsys, *args) -> str:
+    assert cli.main(["-q", "prepare", *args]) == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_a_mistyped_key_is_reported_where_it_was_given_without_advice(tmp_path, capsys):
+    run = tmp_path / "run.yaml"
+    run.write_text("model:\n  embeding_dim: 8\n")
+    assert _cli_error(tmp_path, capsys, "--config", str(run)) == (
+        f"tfrec: error: {run}, setting 'model.embeding_dim': unknown setting "
+        "(did you mean model.embedding_dim?)")
+    # given with --set: named as such, not as the config file's
+    run.write_text("model:\n  embedding_dim: 8\n")
+    assert _cli_error(tmp_path, capsys, "--config", str(run), "--set",
+                      "model.embeding_dim=3") == (
+        "tfrec: error: setting 'model.embeding_dim': unknown setting (did you mean "
+        "model.embedding_dim?); given with --set model.embeding_dim=3")
+    # a bad value given with --set too (and no advice to set it again)
+    assert _cli_error(tmp_path, capsys, "--set", "model.embedding_dim=big") == (
+        "tfrec: error: setting 'model.embedding_dim': expected an integer, got 'big' (str); "
+        "given with --set model.embedding_dim=big")
+
+
+def test_a_bad_value_in_the_file_is_still_the_files(tmp_path):
+    from tfrec.run import load_run_config
+
+    run = tmp_path / "run.yaml"
+    run.write_text("model:\n  embedding_dim: big\n")
+    with pytest.raises(InputError) as err:
+        load_run_config(run, ["model.use_ids=true"])
+    assert (err.value.path, err.value.key) == (str(run), "model.embedding_dim")
+    assert "--set" not in err.value.message
+
+
+def test_relative_paths_in_a_config_file_are_the_files_folders(tmp_path, monkeypatch):
+    from tfrec.run import load_run_config
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "run.yaml").write_text(
+        "data:\n  layout: events\n  events: ../data/events.csv\n  items: items.csv\n"
+        "  data_dir: shared\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_run_config("../configs/run.yaml")
+    assert (config.data.events, config.data.items, config.data.data_dir) == (
+        str(tmp_path / "data" / "events.csv"), str(folder / "items.csv"), str(folder / "shared"))
+    # stored absolute in the run's config
+    saved = json.loads(json.dumps(config.to_dict()))["data"]
+    assert saved["events"] == str(tmp_path / "data" / "events.csv")
+    # a path given with --set is the working directory's; an absolute one is kept
+    config = load_run_config("../configs/run.yaml", ["data.items=mine.csv",
+                                                     f"data.events={tmp_path / 'e.csv'}"])
+    assert config.data.items == str(elsewhere / "mine.csv")
+    assert config.data.events == str(tmp_path / "e.csv")
+
+
+def test_the_readme_names_no_strict_flag():
+    opts = {option for command in cli.build_parser()._subparsers._group_actions[0].choices
+            .values() for action in command._actions for option in action.option_strings}
+    assert "--strict" not in opts
+    readme = (ROOT / "README.md").read_text()
+    assert "--strict" not in readme and "--set data.strict=true" in readme
+
+
+def test_a_run_setting_given_as_a_flag_is_named_by_its_flag(tmp_path, capsys):
+    assert cli.main(["-q", "train", "--epochs", "0", "--run-dir", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tfrec: error: setting 'train.epochs' (--epochs): epochs must be a positive integer, "
+        "got 0")

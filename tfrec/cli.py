@@ -147,8 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tfrec.training import format_evaluation
 
     run = command_config_of(args, TrainingSettings)
-    config = command_config(args.config, [*args.set, *run_overrides(args)],
-                            getattr(args, "data.data_dir"))
+    config = command_config(args.config, args.set, getattr(args, "data.data_dir"),
+                            run_overrides(args))
     epochs, strategy = getattr(args, "train.epochs"), getattr(args, "train.strategy")
     result = train(config, Path(run.run_dir), resume=run.resume,
                    epochs=epochs if run.resume else None,

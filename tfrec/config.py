@@ -290,12 +290,14 @@ class DataConfig(Settings):
     events: str | None = setting(
         None, "events file (CSV, CSV.gz or Parquet); with layout 'online_retail' the Online "
               "Retail file, with 'goodbooks' the goodbooks-10k folder; null for those two: the "
-              "data folder's copy")
-    items: str | None = setting(None, "items file (id, text, optional market)")
+              "data folder's copy; relative in a config file: to that file's folder", path=True)
+    items: str | None = setting(None, "items file (id, text, optional market); relative in a "
+                                      "config file: to that file's folder", path=True)
     data_dir: str | None = setting(
         None, "the data folder holding the public data sets (online_retail/, goodbooks_10k/); "
-              "null: $TFREC_DATA, else ../shared/data (see `tfrec.datasets`)",
-        flag="--data-dir")
+              "null: $TFREC_DATA, else ../shared/data (see `tfrec.datasets`); relative in a "
+              "config file: to that file's folder",
+        flag="--data-dir", path=True)
     goodbooks_to_read: bool = setting(True, "with layout 'goodbooks', also read the to-read "
                                             "shelves (as 'to_read' events), not only the "
                                             "ratings")
@@ -815,6 +817,7 @@ class Setting:
     group: str | None
     allowed: str
     type: type | None  # bool, int, float or str: what a flag's value is read as
+    path: bool = False  # a file or folder path (made absolute when a run config is read)
 
     @property
     def how_to_set(self) -> str | None:
@@ -843,7 +846,8 @@ def settings(prefix: str | None = None) -> list[Setting]:
                        else field.default)
             found.append(Setting(f"{section_key}.{field.name}", cls, field.name, default,
                                  meta["help"], meta["flag"], meta["required"], meta["group"],
-                                 allowed_text(cls, field.name), _value_type(cls, field.name)))
+                                 allowed_text(cls, field.name), _value_type(cls, field.name),
+                                 meta["path"]))
     return found
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import tensorflow as tf
 import yaml
 
-from tfrec.config import RunConfig, from_dict
+from tfrec.config import RunConfig, from_dict, setting_of
 from tfrec.data.events import Rejections
 from tfrec.data.pipeline import PairPipeline
 from tfrec.data.sequences import NextItemPipeline
@@ -36,11 +36,26 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "online_retail.ya
 
 # The run config file -----------------------------------------------------------------------
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+def load_run_config(path: str | Path | None = None, overrides: list[str] = (),
+                    flags: list[str] = ()) -> RunConfig:
     """Reads a YAML or JSON run config and applies `section.key=value` overrides.
 
     Override values are parsed as YAML (``3``, ``0.1``, ``true``, ``[1, 2]``,
-    ``null``, or text).
+    ``null``, or text). A relative path setting (``data.events``, ``data.items``,
+    ``data.data_dir``) is read relative to the config file's folder when the
+    file gives it, and to the working directory when an override does; either
+    way the config holds it as an absolute path, so a run's saved config finds
+    its data from any folder.
+
+    Args:
+      path: the config file (None: the schema's defaults).
+      overrides: ``--set KEY=VALUE`` overrides, applied in order after the file.
+      flags: overrides made from a command's flags, applied last (an error about
+        one names no file: the command line names its flag).
+
+    Raises:
+      InputError: an unreadable file, or a bad setting, naming the file, or the
+        ``--set`` override, it came from.
     """
     data: dict = {}
     source = None
@@ -61,7 +76,9 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
             raise InputError(f"not valid {'JSON' if source.endswith('.json') else 'YAML'}: "
                              f"{getattr(err, 'msg', None) or getattr(err, 'problem', err)}",
                              path=source, line=line) from None
-    for item in overrides:
+        _absolute_paths(data, Path(path).resolve().parent)
+    given = {}  # override key -> how it was given (None: a flag)
+    for item, how in [*((o, f"--set {o}") for o in overrides), *((f, None) for f in flags)]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise InputError(f"--set expects section.key=value, got {item!r}")
@@ -75,19 +92,63 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise InputError(f"cannot set {key!r}: {part!r} is not a section", key=key)
-        node[parts[-1]] = value
-    return from_dict(RunConfig, data, source)
+        node[parts[-1]] = _absolute_path(key.strip(), value, Path.cwd())
+        given[key.strip()] = how
+    try:
+        return from_dict(RunConfig, data, source)
+    except InputError as err:
+        how = _given_by(err.key, given)
+        if how is False:
+            raise
+        raise InputError(err.reason if how is None else f"{err.reason}; given with {how}",
+                         key=err.key) from None
+
+
+def _absolute_path(key: str, value, folder: Path):
+    """`value` made absolute against `folder` if `key` is a path setting and it is relative."""
+    setting = setting_of(key)
+    if setting is None or not setting.path or not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (folder / path).resolve())
+
+
+def _absolute_paths(data, folder: Path) -> None:
+    """Makes the relative path settings of a config file's `data` absolute against `folder`."""
+    def visit(node, prefix: str) -> None:
+        if not isinstance(node, dict):
+            return
+        for name, value in node.items():
+            key = f"{prefix}{name}"
+            if isinstance(value, dict):
+                visit(value, key + ".")
+            else:
+                node[name] = _absolute_path(key, value, folder)
+
+    visit(data, "")
+
+
+def _given_by(key: str | None, given: dict):
+    """How the setting `key` an error names was given: "--set KEY=VALUE", None (a flag),
+    or False (not by an override: the config file)."""
+    if key is None:
+        return False
+    for override, how in reversed(list(given.items())):
+        if override == key or override.startswith(key + ".") or key.startswith(override + "."):
+            return how
+    return False
 
 
 def command_config(path: str | Path | None = None, overrides: list[str] = (),
-                   data_dir: str | Path | None = None) -> RunConfig:
+                   data_dir: str | Path | None = None, flags: list[str] = ()) -> RunConfig:
     """The run config a command is given: `path` (default `DEFAULT_CONFIG`), then
-    `overrides`, then `data_dir` as `data.data_dir` (made absolute, so that a run's
-    saved config finds the data from any folder)."""
-    overrides = list(overrides)
+    `overrides` (``--set``), then `flags` (the run settings given as a command's flags)
+    and `data_dir` as `data.data_dir` (made absolute, so that a run's saved config finds
+    the data from any folder)."""
+    flags = list(flags)
     if data_dir is not None:
-        overrides.append(f"data.data_dir={json.dumps(str(Path(data_dir).resolve()))}")
-    return load_run_config(DEFAULT_CONFIG if path is None else path, overrides)
+        flags.append(f"data.data_dir={json.dumps(str(Path(data_dir).resolve()))}")
+    return load_run_config(DEFAULT_CONFIG if path is None else path, overrides, flags)
 
 
 def with_data_dir(config: RunConfig, data_dir: str | Path | None) -> RunConfig:

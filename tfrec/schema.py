@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import datetime
+import difflib
 import types
 import typing
 from typing import Any, Callable, Literal, Mapping
@@ -74,7 +75,7 @@ def each(rule: Rule, text: str, *, non_empty: bool = False) -> Rule:
 
 def setting(default: Any, help: str, *, check: Rule | None = None,
             flag: str | None = None, required: bool = False, group: str | None = None,
-            checked_by: str | None = None) -> Any:
+            checked_by: str | None = None, path: bool = False) -> Any:
     """Declares one setting: a dataclass field whose metadata the schema is generated from.
 
     Args:
@@ -88,9 +89,11 @@ def setting(default: Any, help: str, *, check: Rule | None = None,
       group: flags of one group are alternatives: exactly one is given.
       checked_by: for a `str` setting whose allowed values are registered
         elsewhere: where they are checked (no check here).
+      path: a file or folder path: relative in a run config file, it is read
+        relative to that file's folder (see `tfrec.run.load_run_config`).
     """
     metadata = {"help": help, "check": check, "flag": flag, "required": required,
-                "group": group, "checked_by": checked_by}
+                "group": group, "checked_by": checked_by, "path": path}
     if isinstance(default, dict):
         return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -254,8 +257,8 @@ def from_dict(cls, data: Any, source: str | None = None, prefix: str | None = No
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in fields:
-            close = [f for f in fields if f.startswith(str(key)[:3])]
-            hint = f" (did you mean {', '.join(close)}?)" if close else (
+            close = close_keys(cls, prefix, str(key))
+            hint = f" (did you mean {' or '.join(close)}?)" if close else (
                 f" (known: {', '.join(fields)})")
             raise InputError(f"unknown setting{hint}", path=source, key=dotted)
         kwargs[key] = _coerce(hints[key], value, source, dotted)
@@ -269,6 +272,22 @@ def from_dict(cls, data: Any, source: str | None = None, prefix: str | None = No
         if err.path is not None or source is None:
             raise
         raise InputError(err.reason, path=source, key=err.key) from None
+
+
+def close_keys(cls, prefix: str, name: str) -> list[str]:
+    """The full keys a mistyped setting `name` of section `cls` (key prefix `prefix`) may
+    have meant: the closest names of that section (``model.embeding_dim`` ->
+    ``model.embedding_dim``), else close names in the other sections under the same
+    top-level section (``data.window`` -> ``data.pairs.window``)."""
+    close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(cls)], n=3)
+    if close or not prefix:
+        return [f"{prefix}{c}" for c in close]
+    root = prefix.split(".")[0] + "."
+    keys = {f"{other_prefix}{field.name}": field.name
+            for other, other_prefix in _PREFIXES.items() if other_prefix.startswith(root)
+            for field in dataclasses.fields(other)}
+    names = difflib.get_close_matches(name, sorted(set(keys.values())), n=3)
+    return sorted(key for key, field_name in keys.items() if field_name in names)
 
 
 def _coerce(hint, value, source, key):
