@@ -24,19 +24,11 @@ def write(tmp_path):
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     """A small trained run (generated clustered sessions, retrieval, one epoch)."""
-    from tfrec.data.synthetic import event_files_settings, write_event_files
-    from tfrec.run import load_run_config
+    from session_helpers import train_generated_run
     from tfrec.training import train
 
-    folder = tmp_path_factory.mktemp("run")
-    files = write_event_files(folder, 8_000, 150, num_users=800, num_clusters=6, num_cold=5,
-                              seed=4)
-    config = load_run_config(None, [
-        *event_files_settings(*files), "model.embedding_dim=16", "model.objective=retrieval",
-        "model.text.token_dim=8", "model.text.filters=8", "train.epochs=1",
-        "train.split_fraction=0.15", "train.retrieval_batch_size=128"])
-    train(config, folder / "run", verbose=0)
-    return folder / "run"
+    return train_generated_run(tmp_path_factory.mktemp("run"), train, [
+        "model.objective=retrieval", "train.retrieval_batch_size=128"])
 
 
 def _from_data_folder(find):

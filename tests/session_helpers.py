@@ -15,3 +15,20 @@ def sessions_of(lists):
                     converted=np.full(n, -1, np.int32), converted_weight=np.zeros(n, np.float32),
                     user=np.zeros(n, np.int32), start_time=np.arange(n, dtype=np.int64),
                     user_ids=np.array(["u"], dtype=object))
+
+
+def train_generated_run(folder, train, settings, num_events=8_000, num_items=150,
+                        num_users=800, num_clusters=6, num_cold=5, seed=4):
+    """A small run trained by `train(config, run_dir, verbose=0)` on generated clustered
+    sessions (`write_event_files` in `folder`) with the run `settings` (`--set` overrides)
+    on top of a small model; returns the run folder."""
+    from tfrec.data.synthetic import event_files_settings, write_event_files
+    from tfrec.run import load_run_config
+
+    files = write_event_files(folder, num_events, num_items, num_users=num_users,
+                              num_clusters=num_clusters, num_cold=num_cold, seed=seed)
+    config = load_run_config(None, [
+        *event_files_settings(*files), "model.embedding_dim=16", "model.text.token_dim=8",
+        "model.text.filters=8", "train.epochs=1", "train.split_fraction=0.15", *settings])
+    train(config, folder / "run", verbose=0)
+    return folder / "run"

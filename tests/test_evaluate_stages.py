@@ -20,20 +20,12 @@ WIDTH = 20  # the fixture's candidate list: below MAX_K, so the curves stop at i
 def staged_run(tmp_path_factory):
     """A small run trained with both stages (generated clustered sessions, some items
     hidden from training: cold targets)."""
-    from tfrec.data.synthetic import event_files_settings, write_event_files
+    from session_helpers import train_generated_run
     from tfrec.ranking.two_stage import train
-    from tfrec.run import load_run_config
 
-    folder = tmp_path_factory.mktemp("staged")
-    files = write_event_files(folder, 8_000, 150, num_users=800, num_clusters=6, num_cold=5,
-                              seed=4)
-    config = load_run_config(None, [
-        *event_files_settings(*files), "model.embedding_dim=16", "model.objective=retrieval",
-        "model.text.token_dim=8", "model.text.filters=8", "train.epochs=1",
-        "train.split_fraction=0.15", "train.retrieval_batch_size=128", "train.cold_items=0.1",
+    return train_generated_run(tmp_path_factory.mktemp("staged"), train, [
+        "model.objective=retrieval", "train.retrieval_batch_size=128", "train.cold_items=0.1",
         "ranking.epochs=10", f"ranking.num_candidates={WIDTH}", "ranking.hidden_units=[8]"])
-    train(config, folder / "run", verbose=0)
-    return folder / "run"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from tfrec.exporter.layout import VersionFolder
 from tfrec.index import IndexConfig
 from tfrec.ranking import features as F
 from tfrec.ranking.serving import merge_order, serving_tables, TwoStageScorer
-from tfrec.run import load_run, load_run_config
+from tfrec.run import load_run
 
 K = 10
 N = 20
@@ -23,19 +23,14 @@ N = 20
 @pytest.fixture(scope="module")
 def two_stage_run(tmp_path_factory):
     """A run of both stages on generated data (about 10 s)."""
-    from tfrec.data.synthetic import event_files_settings, write_event_files
+    from session_helpers import train_generated_run
     from tfrec.ranking.two_stage import train
 
-    folder = tmp_path_factory.mktemp("two_stage")
-    files = write_event_files(folder, 12_000, 120, num_users=1000, num_clusters=6, num_cold=6,
-                              seed=3)
-    config = load_run_config(None, [
-        *event_files_settings(*files), "data.pairs.batch_size=512", "model.embedding_dim=16",
-        "model.text.token_dim=8", "model.text.filters=8", "train.epochs=1",
-        "train.split_fraction=0.15", "train.learning_rate=0.01",
-        f"ranking.num_candidates={N}", "ranking.epochs=2", "ranking.ease_lambda=10"])
-    train(config, folder / "run", verbose=0)
-    return folder / "run"
+    return train_generated_run(
+        tmp_path_factory.mktemp("two_stage"), train,
+        ["data.pairs.batch_size=512", "train.learning_rate=0.01", f"ranking.num_candidates={N}",
+         "ranking.epochs=2", "ranking.ease_lambda=10"],
+        num_events=12_000, num_items=120, num_users=1000, num_cold=6, seed=3)
 
 
 @pytest.fixture(scope="module")
