@@ -300,9 +300,38 @@ def test_ranker_masks_padding_and_round_trips_its_config():
     assert (scores[0, ~mask[0]] < -1e8).all()
     assert (scores[0, mask[0]] > -1e8).all()
     config = model.get_config()
-    assert config == {"num_features": 3, "hidden_units": [4], "seed": 1}
+    assert config == {"num_features": 3, "hidden_units": [4], "seed": 1, "members": 1}
     clone = CandidateRanker.from_config(config)
     assert clone.hidden_units == (4,)
+    # A config saved before ensembles (no "members") is a single ranker.
+    assert CandidateRanker.from_config({"num_features": 3, "hidden_units": [4],
+                                        "seed": 1}).members == 1
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_each_fit_on_its_own_loss():
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(3, 6, 4)).astype(np.float32)
+    mask = np.ones((3, 6), bool)
+    mask[2, 4:] = False
+    labels = np.zeros((3, 6), np.float32)
+    labels[:, 1] = 1
+    model = CandidateRanker(4, hidden_units=(8, 4), seed=2, members=3)
+    model.adapt(features, mask)
+    inputs = {"features": features, "candidate_mask": mask, "labels": labels}
+    normalised = model.normalization(features)
+    members = [tf.squeeze(s(normalised), -1).numpy() for s in model.scorers()]
+    assert len(members) == 3 and not np.allclose(members[0], members[1])
+    scores = model(inputs).numpy()
+    np.testing.assert_allclose(scores[mask], np.mean(members, axis=0)[mask], atol=1e-5)
+    assert (scores[~mask] < -1e8).all()
+    # The loss is the mean of the members' own listwise losses (not the averaged
+    # score's), so each member's gradient is its own.
+    task = ListwiseSoftmaxTask()
+    own = np.mean([float(task(labels, m, mask)) for m in members])
+    assert float(model.compute_loss(inputs)) == pytest.approx(own, rel=1e-5)
+    assert float(task(labels, scores, mask)) != pytest.approx(own, rel=1e-3)
+    with pytest.raises(ValueError, match="members"):
+        CandidateRanker(4, hidden_units=(8,), members=0)
 
 
 def test_list_ranks_counts_ties_against_the_target_and_misses():

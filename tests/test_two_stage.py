@@ -34,12 +34,15 @@ def trained(data_files, tmp_path_factory):
     """A two-stage run, and what its stage-1 hook and the table builder were given."""
     run = tmp_path_factory.mktemp("runs") / "run"
     config = load_run_config(data_files / "run.json")
-    seen = {"tables": []}
+    seen = {"tables": [], "lambdas": [], "chosen": []}
     build = stage_lib._table
 
-    def recording_table(config_, sessions, size):
+    def recording_table(config_, sessions, size, lam=None):
         seen["tables"].append(int(len(sessions.items)))
-        return build(config_, sessions, size)
+        seen["lambdas"].append(lam)
+        table = build(config_, sessions, size, lam)
+        seen["chosen"].append(table.info["lambda"])
+        return table
 
     stage_lib._table = recording_table
     try:
@@ -57,6 +60,9 @@ def test_no_ranker_case_is_in_the_two_tower_or_the_table_fit(trained):
     # training event (for the held-out cases and the export).
     assert len(stage1.sessions.items) < len(data.sessions.items)
     assert seen["tables"] == [len(stage1.sessions.items), len(data.sessions.items)]
+    # λ is chosen once, on stage 1's sessions (never the held-out cases), and kept.
+    assert seen["lambdas"] == [None, seen["chosen"][0]]
+    assert seen["chosen"][1] == seen["chosen"][0]
     # No event of the ranker's slice is in stage 1's sessions: the (user, time) pairs differ.
     s1 = set(zip(split.stage1["user"], split.stage1["time"]))
     ranker = set(zip(split.ranker["user"], split.ranker["time"]))

@@ -388,7 +388,8 @@ class RankingConfig(Settings):
                                    "neighbourhood estimator (C)", check=POSITIVE)
     ease_lambda: float | None = setting(
         None, "EASE's ridge λ (null: chosen from ease_lambdas by HR@10 on a validation slice "
-              "of the training sessions, never on the held-out cases)", check=above(0))
+              "of stage 1's sessions, never on the held-out cases; the whole period's table "
+              "keeps it)", check=above(0))
     ease_lambdas: tuple[float, ...] = setting(
         (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
         "the λ grid ease_lambda is chosen from", check=each(above(0), "values > 0"))
@@ -419,6 +420,10 @@ class RankingConfig(Settings):
     hidden_units: tuple[int, ...] = setting(
         (64, 32), "widths of the ranker's hidden layers",
         check=each(POSITIVE, "positive integers", non_empty=True))
+    members: int = setting(
+        5, "rankers of the same shape (from different initial weights) whose scores are "
+           "averaged: steadier and better than one (each is as costly as one to fit and to "
+           "serve)", check=POSITIVE)
     epochs: int = setting(20, "passes of the ranker's fit over its training cases",
                           check=POSITIVE)
     learning_rate: float = setting(0.003, "the ranker's Adam learning rate", check=above(0))

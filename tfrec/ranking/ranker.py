@@ -7,6 +7,13 @@ layer adapted on the ranker's training features (padding left out), scored
 by a small MLP shared across candidates, and padding gets a score of
 `PADDING_SCORE`. Training is a listwise softmax over each query's list
 (`tfrec.tasks.ListwiseSoftmaxTask`), the held-out item the positive.
+
+With `members` > 1 the ranker is an ensemble: that many MLPs of the same
+shape, initialised from different seeds, each trained on its own loss over
+the same batches, their scores averaged. Rankers fit on a few thousand
+lists vary from one initialisation to the next by more than most feature
+choices move them; the average is steadier and, measured on both bundled
+catalogues, better (bench/RESULTS.md, "Ranker ensembles").
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ class CandidateRanker(tfrs.models.Model):
       num_features: F, the width of a candidate's feature vector.
       hidden_units: widths of the hidden layers (ReLU).
       seed: seeds the weights' initialisation.
+      members: how many MLPs are averaged (each trained on its own loss).
 
     Call (a dict):
       features: [B, N, F] float.
@@ -41,12 +49,28 @@ class CandidateRanker(tfrs.models.Model):
     the unpadded training features.
     """
 
-    def __init__(self, num_features: int, hidden_units, seed: int | None = None, **kwargs):
+    def __init__(self, num_features: int, hidden_units, seed: int | None = None,
+                 members: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.num_features = int(num_features)
         self.hidden_units = tuple(int(u) for u in hidden_units)
         self.seed = seed
+        self.members = int(members)
+        if self.members < 1:
+            raise ValueError(f"members must be at least 1, got {members}")
         self.normalization = keras.layers.Normalization(axis=-1, name="normalization")
+        # The first member keeps the single ranker's name and seeds (its checkpoints
+        # read as before); member m's seeds are offset by m * 1000.
+        self.scorer = self._mlp(seed, "scorer")
+        self.extra_members = [
+            self._mlp(None if seed is None else seed + 1000 * m, f"scorer_{m}")
+            for m in range(1, self.members)]
+        self.task = ListwiseSoftmaxTask(name="listwise_softmax")
+        self.normalization.build((None, self.num_features))
+        for scorer in self.scorers():
+            scorer.build((None, self.num_features))
+
+    def _mlp(self, seed: int | None, name: str) -> keras.Sequential:
         layers = []
         for j, units in enumerate(self.hidden_units):
             layers.append(keras.layers.Dense(
@@ -56,9 +80,11 @@ class CandidateRanker(tfrs.models.Model):
         layers.append(keras.layers.Dense(
             1, name="score", kernel_initializer=keras.initializers.GlorotUniform(
                 seed=None if seed is None else seed + len(self.hidden_units))))
-        self.scorer = keras.Sequential(layers, name="scorer")
-        self.task = ListwiseSoftmaxTask(name="listwise_softmax")
-        self.normalization.build((None, self.num_features))
+        return keras.Sequential(layers, name=name)
+
+    def scorers(self) -> list:
+        """The members' MLPs, the first one `scorer`."""
+        return [self.scorer, *self.extra_members]
 
     def adapt(self, features: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Fits the normalisation on the training features (padding left out)."""
@@ -67,22 +93,44 @@ class CandidateRanker(tfrs.models.Model):
             features = features[np.asarray(mask, bool).reshape(-1)]
         self.normalization.adapt(features)
 
-    def call(self, inputs, training=False):
+    def member_scores(self, inputs, training=False):
+        """[members, B, N] each member's scores (PADDING_SCORE at padding).
+
+        The members run as one batched product per layer (their kernels
+        stacked [members, in, out]), not one small graph each: the same
+        values as calling each `Sequential`, in a few ops at serving time.
+        """
         features = tf.cast(inputs["features"], tf.float32)
-        normalised = self.normalization(features)
-        scores = tf.squeeze(self.scorer(normalised, training=training), axis=-1)
+        shape = tf.shape(features)
+        x = tf.reshape(self.normalization(features), [1, -1, self.num_features])
+        scorers = self.scorers()
+        depth = len(self.hidden_units) + 1
+        for j in range(depth):
+            kernel = tf.stack([s.layers[j].kernel for s in scorers])  # [members, in, out]
+            bias = tf.stack([s.layers[j].bias for s in scorers])  # [members, out]
+            x = tf.matmul(x, kernel) + bias[:, None, :]
+            if j < depth - 1:
+                x = tf.nn.relu(x)
+        scores = tf.reshape(x, [len(scorers), shape[0], shape[1]])
         mask = inputs.get("candidate_mask")
         if mask is not None:
-            scores = tf.where(tf.cast(mask, tf.bool), scores, PADDING_SCORE)
+            scores = tf.where(tf.cast(mask, tf.bool)[None], scores, PADDING_SCORE)
         return scores
 
+    def call(self, inputs, training=False):
+        return tf.reduce_mean(self.member_scores(inputs, training=training), axis=0)
+
     def compute_loss(self, inputs, training=False):
-        scores = self(inputs, training=training)
-        return self.task(inputs["labels"], scores, inputs.get("candidate_mask"))
+        # Each member learns from its own loss: an ensemble of independent rankers,
+        # not one wider model fit on the averaged score.
+        scores = self.member_scores(inputs, training=training)
+        losses = [self.task(inputs["labels"], scores[m], inputs.get("candidate_mask"))
+                  for m in range(self.members)]
+        return tf.add_n(losses) / float(len(losses))
 
     def get_config(self):
         return {"num_features": self.num_features, "hidden_units": list(self.hidden_units),
-                "seed": self.seed}
+                "seed": self.seed, "members": self.members}
 
 
 def fit_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray,
@@ -90,19 +138,20 @@ def fit_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray,
                learning_rate: float = RankingConfig.learning_rate,
                batch_size: int = RankingConfig.batch_size, seed: int = TrainConfig.seed,
                columns: list | None = None,
-               verbose: int = 0) -> CandidateRanker:
+               verbose: int = 0, members: int = RankingConfig.members) -> CandidateRanker:
     """Adapts and fits a `CandidateRanker` on lists that hold their positive.
 
     Args:
       features: [n, N, F]; mask: [n, N] bool; labels: [n, N] (1 at the target).
       columns: the feature columns to use (default all).
+      members: the rankers averaged (`ranking.members`).
     """
     keep = (labels * mask).sum(axis=1) > 0
     if columns is not None:
         features = features[:, :, columns]
     features, mask, labels = features[keep], mask[keep], labels[keep]
     tf.random.set_seed(seed)
-    model = CandidateRanker(features.shape[-1], hidden_units, seed=seed)
+    model = CandidateRanker(features.shape[-1], hidden_units, seed=seed, members=members)
     model.adapt(features, mask)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
     data = tf.data.Dataset.from_tensor_slices(

@@ -200,7 +200,8 @@ class RankingStage:
         # The weights only (not the optimizer's slots): what scoring needs.
         tf.train.Checkpoint(ranker=tf.train.Checkpoint(
             normalization=self.ranker.normalization,
-            scorer=self.ranker.scorer)).write(str(folder / "ranker"))
+            scorer=self.ranker.scorer, members=self.ranker.extra_members)).write(
+            str(folder / "ranker"))
         (folder / "stage.json").write_text(json.dumps({
             "format": FORMAT, "num_candidates": self.num_candidates,
             "table_share": self.table_share, "columns": list(self.columns),
@@ -241,7 +242,8 @@ class RankingStage:
         width = ranker.num_features
         ranker({"features": tf.zeros([1, 1, width]), "candidate_mask": tf.ones([1, 1], tf.bool)})
         tf.train.Checkpoint(ranker=tf.train.Checkpoint(
-            normalization=ranker.normalization, scorer=ranker.scorer)).read(
+            normalization=ranker.normalization, scorer=ranker.scorer,
+            members=ranker.extra_members)).read(
             str(folder / "ranker")).assert_consumed()
         # The normalisation's mean and variance are computed from its restored state.
         ranker.normalization.finalize_state()
@@ -249,11 +251,19 @@ class RankingStage:
                    tuple(meta["columns"]), meta.get("info", {}))
 
 
-def _table(config: RunConfig, sessions, size: int) -> ItemItemTable:
+def _table(config: RunConfig, sessions, size: int, lam: float | None = None) -> ItemItemTable:
+    """The item-item table of `sessions`; λ is `lam`, else ranking.ease_lambda, else chosen
+    on a validation slice of `sessions`."""
     rk = config.ranking
     return build_item_table(sessions, size, rk.estimator, rk.table_size, rk.neighbours,
-                            rk.ease_lambda, rk.ease_lambdas, k=config.train.eval_k,
-                            seed=config.train.eval_seed)
+                            rk.ease_lambda if lam is None else lam, rk.ease_lambdas,
+                            k=config.train.eval_k, seed=config.train.eval_seed)
+
+
+def chosen_lambda(table: ItemItemTable) -> float | None:
+    """The λ a table was fit with when it was chosen on validation data (else None)."""
+    tuning = table.info.get("tuning")
+    return None if tuning is None else float(tuning["chosen"])
 
 
 @dataclasses.dataclass
@@ -333,9 +343,16 @@ def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
                         {"ranker_cases": int(len(cases)), "fit_cases": int(len(fit_rows)),
                          "validation_cases": int(len(val_rows)), "shown_as_new": int(len(as_new)),
                          "candidate_recall": recall})
-    logger.info("ranking stage: the item-item table of the whole training period")
-    tables = F.Tables(item_emb, _table(config, data.sessions, size), vocab.counts.copy(), text,
-                      lexical, i2v)
+    # The whole period's table takes the λ chosen for stage 1's (on a validation slice of
+    # stage 1's sessions): the grid search is the table's costliest part, and 12% more
+    # sessions do not move the choice across the grid's steps.
+    lam = chosen_lambda(tables_s1.table)
+    logger.info("ranking stage: the item-item table of the whole training period%s",
+                "" if lam is None else f" (λ {lam:g}, chosen for stage 1's table)")
+    tables = F.Tables(item_emb, _table(config, data.sessions, size, lam), vocab.counts.copy(),
+                      text, lexical, i2v)
+    if lam is not None:
+        tables.table.info["lambda_from"] = "stage 1's table (chosen on its validation slice)"
     return lists, tables
 
 
@@ -351,7 +368,7 @@ def fit_on_lists(config: RunConfig, lists: RankerLists, tables: F.Tables,
                 len(rows), len(columns), rk.epochs)
     ranker = fit_ranker(lists.features[rows], lists.mask[rows], lists.labels[rows],
                         rk.hidden_units, rk.epochs, rk.learning_rate, rk.batch_size,
-                        config.train.seed, list(columns))
+                        config.train.seed, list(columns), members=rk.members)
     info = dict(lists.info)
     if len(val_rows):
         k = config.train.eval_k

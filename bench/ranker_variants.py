@@ -1,0 +1,151 @@
+"""Ranker variants on a trained run's own stage 1, in the product's code path.
+
+    TFREC_DATA=/work/shared/data PYTHONPATH=. python bench/ranker_variants.py \\
+        --run /work/runs/ts/or-s43-true --variants base,ens3,ens5
+
+The run's two-tower is restored from its folder; the ranker's lists and the
+whole-period tables are made as `tfrec train` makes them
+(`tfrec.ranking.stage.ranker_lists`, the run's own config and split), and
+each variant's ranker is fit on the same lists. Every variant is measured
+on the ranker's validation cases (what may choose between them) and on the
+run's held-out cases (HR@10 / NDCG@10 all, warm, cold and cold HR@50; for
+information: the test cases choose nothing). `base` is the ranker
+`tfrec train` fits (the run's seed); `seedS` is the same ranker from the
+S-th other seed; `ensK` averages the scores of K rankers (the run's seed
+and the next K - 1), whose single members give the ranker's seed spread;
+`jointK` is one `CandidateRanker` of K members (`ranking.members`: K MLPs
+fit together on the same batches, each on its own loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tfrec  # noqa: F401  (first: it sets up tf.keras before TensorFlow is imported)
+from tfrec.metrics import rank_targets, score_cases  # noqa: E402,I100
+from tfrec.ranking import features as F
+from tfrec.ranking.ranker import fit_ranker, list_ranks, score_lists
+from tfrec.ranking.stage import ranker_lists, stage1_training_data
+from tfrec.run import load_run, prepare_training_data
+
+logger = logging.getLogger("ranker_variants")
+
+
+def make_lists(run: Path, cache: Path | None):
+    """(config, lists, test (cases, candidates, mask, features)), cached at `cache`."""
+    if cache is not None and cache.exists():
+        with cache.open("rb") as f:
+            return pickle.load(f)
+    config, vocab, model, _ = load_run(run)
+    data = prepare_training_data(config)
+    if list(data.vocab.ids) != list(vocab.ids):
+        raise SystemExit("the data's vocabulary is not the run's: another data folder?")
+    stage1, split = stage1_training_data(config, data)
+    lists, tables = ranker_lists(config, data, stage1, split, model)
+    cases = data.cases
+    _, _, query_emb = rank_targets(model, cases.queries, cases.targets,
+                                   config.model.history_length)
+    rk = config.ranking
+    cands, mask, tt_place, table_place = F.candidates(query_emb, tables, cases.queries,
+                                                      rk.num_candidates, rk.table_share)
+    feats = F.candidate_features(query_emb, tables, cases.queries, cands, mask, tt_place,
+                                 table_place)
+    made = (config, lists, (cases, cands, mask, feats))
+    if cache is not None:
+        with cache.open("wb") as f:
+            pickle.dump(made, f)
+    return made
+
+
+def figures(ranks: np.ndarray, cases, k: int) -> dict:
+    s = score_cases(ranks, cases, k)
+    cold = cases.cold
+    return {"all": s["all"][f"hr@{k}"], "warm": s["warm"][f"hr@{k}"],
+            "cold": s["cold"][f"hr@{k}"], "ndcg_all": s["all"][f"ndcg@{k}"],
+            "ndcg_warm": s["warm"][f"ndcg@{k}"],
+            "cold_hr50": float(np.mean(ranks[cold] < 50)) if cold.any() else 0.0}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="a run folder trained with both stages")
+    parser.add_argument("--variants", default="base,ens3,ens5",
+                        help="comma list of base, seedS (S = 1, 2, ...), ensK, jointK")
+    parser.add_argument("--cache", help="pickle the lists here and read them back next time")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    started = time.perf_counter()
+    config, lists, (cases, cands, mask, feats) = make_lists(
+        Path(args.run), Path(args.cache) if args.cache else None)
+    rk, k = config.ranking, config.train.eval_k
+    miss = rk.num_candidates + 1
+    rows, val = lists.fit_rows, lists.validation_rows
+    vc, vm, vt, vf = (lists.candidates[val], lists.mask[val], lists.targets[val],
+                      lists.features[val])
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    needed = 1
+    for v in variants:
+        if v.startswith("ens"):
+            needed = max(needed, int(v[3:]))
+        elif v.startswith("seed"):
+            needed = max(needed, int(v[4:]) + 1)
+    joint = {}
+    for v in variants:
+        if v.startswith("joint"):
+            t0 = time.perf_counter()
+            ranker = fit_ranker(lists.features[rows], lists.mask[rows], lists.labels[rows],
+                                rk.hidden_units, rk.epochs, rk.learning_rate, rk.batch_size,
+                                config.train.seed, members=int(v[5:]))
+            joint[v] = (score_lists(ranker, vf, vm), score_lists(ranker, feats, mask))
+            logger.info("%s fit in %.1f s", v, time.perf_counter() - t0)
+    if all(v.startswith("joint") for v in variants):
+        needed = 0
+    members, seconds = [], []
+    for j in range(needed):
+        t0 = time.perf_counter()
+        ranker = fit_ranker(lists.features[rows], lists.mask[rows], lists.labels[rows],
+                            rk.hidden_units, rk.epochs, rk.learning_rate, rk.batch_size,
+                            config.train.seed + j, members=1)
+        seconds.append(time.perf_counter() - t0)
+        members.append((score_lists(ranker, vf, vm), score_lists(ranker, feats, mask)))
+        logger.info("ranker %d fit in %.1f s", j, seconds[-1])
+    out = {"run": args.run, "validation_cases": int(len(val)), "test_cases": int(len(cases)),
+           "fit_seconds": [round(s, 1) for s in seconds], "variants": {}}
+    print(f"{'variant':<8} {'val HR@10':>9} {'all':>7} {'warm':>7} {'cold':>7} "
+          f"{'NDCG all':>8} {'NDCG warm':>9} {'cold@50':>7}")
+    for v in variants:
+        if v in joint:
+            val_scores, test_scores = joint[v]
+        else:
+            if v == "base":
+                use = [0]
+            elif v.startswith("seed"):
+                use = [int(v[4:])]
+            else:
+                use = list(range(int(v[3:])))
+            val_scores = np.mean([members[j][0] for j in use], axis=0)
+            test_scores = np.mean([members[j][1] for j in use], axis=0)
+        val_hr = float(np.mean(list_ranks(val_scores, vc, vm, vt, miss) < k))
+        fig = figures(list_ranks(test_scores, cands, mask, cases.targets, miss), cases, k)
+        fig["validation_hr"] = val_hr
+        out["variants"][v] = fig
+        print(f"{v:<8} {val_hr:9.4f} {fig['all']:7.4f} {fig['warm']:7.4f} {fig['cold']:7.4f} "
+              f"{fig['ndcg_all']:8.4f} {fig['ndcg_warm']:9.4f} {fig['cold_hr50']:7.4f}")
+    print(f"({time.perf_counter() - started:.0f} s; rankers fit in "
+          f"{', '.join(f'{s:.0f}' for s in seconds)} s)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
