@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import http.server
 import logging
+import os
 import socket
 import threading
 import zipfile
@@ -81,6 +82,9 @@ def test_first_use_downloads_verifies_and_caches_then_no_second_request(
     path = datasets.online_retail_path()
     assert path == tmp_path / "data" / "online_retail" / "online_retail.csv.gz"
     assert gzip.decompress(path.read_bytes()) == BODY
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temporary file's 0600
     assert leftovers(tmp_path / "data") == ["online_retail", "online_retail.csv.gz"]
     err = capfd.readouterr().err
     assert f"downloading it into {tmp_path / 'data' / 'online_retail'}" in err
@@ -171,6 +175,12 @@ def test_goodbooks_fetches_each_missing_file_from_a_zip(server, monkeypatch, tmp
     assert sorted(server.requests) == ["/goodbooks_10k/ratings.csv.zip",
                                        "/goodbooks_10k/to_read.csv.zip"]
     assert leftovers(folder) == ["books.csv.gz", "ratings.csv.gz", "to_read.csv.gz"]
+    # A file missing beside the others is fetched on its own.
+    (folder / "to_read.csv.gz").unlink()
+    assert datasets.goodbooks_folder() == folder
+    assert server.requests[2:] == ["/goodbooks_10k/to_read.csv.zip"]
+    assert datasets.goodbooks_folder(to_read=False) == folder
+    assert len(server.requests) == 3
 
 
 def test_a_zip_without_the_file_or_not_a_zip_leaves_nothing(server, tmp_path):
@@ -279,3 +289,10 @@ def test_the_mirror_setting_replaces_the_source(monkeypatch):
     monkeypatch.setenv(download.MIRROR_ENV, "file:///srv/data/")
     assert download.source_url(remote, "online_retail") == (
         "file:///srv/data/online_retail/online+retail.zip")
+
+
+def test_a_mirror_that_is_not_a_url_is_named(online_retail_source, monkeypatch, tmp_path):
+    monkeypatch.setenv(download.MIRROR_ENV, "mirror.example.org/data")
+    with pytest.raises(InputError, match=f"setting '{download.MIRROR_ENV}': cannot download"):
+        datasets.online_retail_path()
+    assert leftovers(tmp_path / "data") == []

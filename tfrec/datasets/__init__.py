@@ -83,25 +83,28 @@ def _locate(dataset: DataSet, name: str, explicit: str | Path | None,
             needed: tuple[str, ...] | None = None) -> Path:
     """`name` of `dataset` in the data folder; the defaults are tried in turn.
 
-    When it is in none of them, the `needed` files of the data set (default:
-    all) that are missing are downloaded (see the module doc).
+    The `needed` files of the data set (default: all) missing beside it, or
+    all of them when it is in none of the folders, are downloaded (see the
+    module doc).
     """
     if explicit or os.environ.get(DATA_ENV, "").strip():
         candidates = [data_folder(explicit)]
     else:
         candidates = default_folders()
-    for folder in candidates:
-        path = folder / dataset.folder / name
-        if path.is_file():
-            return path
+    needed = needed or dataset.files
+    found = next((folder / dataset.folder for folder in candidates
+                  if (folder / dataset.folder / name).is_file()), None)
+    if found is not None and (all((found / file).is_file() for file in needed)
+                              or not download.downloads_enabled()):
+        return found / name  # (a missing file beside it is reported by the caller)
     looked = [folder / dataset.folder for folder in candidates]
-    if not download.downloads_enabled():
+    if found is None and not download.downloads_enabled():
         raise missing_data_error(dataset, candidates[0] / dataset.folder / name, looked,
                                  f" (downloads are off: {download.DOWNLOAD_ENV}=0)")
-    target = _download_folder(candidates) / dataset.folder
+    target = found or _download_folder(candidates) / dataset.folder
     from tfrec.datasets.sources import REMOTES
 
-    for file in needed or dataset.files:
+    for file in needed:
         if not (target / file).is_file():
             remote = REMOTES[f"{dataset.folder}/{file}"]
             try:

@@ -186,6 +186,9 @@ def fetch(remote: Remote, folder: str, target_dir: Path, progress: bool | None =
                              "nothing was written", path=str(target)) from None
         if remote.content is not None:
             _check(remote.digest(written), remote.content, url, target)
+        umask = os.umask(0)  # mkstemp's file is private: give it the usual permissions
+        os.umask(umask)
+        os.chmod(written, 0o666 & ~umask)
         os.replace(written, target)
         temps.remove(written)
     except BaseException:
@@ -214,9 +217,14 @@ def _check(got: str, expected: str, url: str, target: Path) -> None:
 
 def _download(url: str, path: Path, progress: bool) -> None:
     """Streams `url` into `path`, with a bytes/total progress line."""
-    request = urllib.request.Request(url, headers={"User-Agent": "tfrec"})
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "tfrec"})
+    except ValueError as err:  # not a URL (a mirror set without its http:// or file://)
+        raise InputError(f"cannot download {url!r}: {err}", key=MIRROR_ENV) from None
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT)
+    except ValueError as err:
+        raise InputError(f"cannot download {url!r}: {err}", key=MIRROR_ENV) from None
     except urllib.error.HTTPError as err:
         raise InputError(f"download failed: {url} answered HTTP {err.code} {err.reason}; "
                          "nothing was written", path=str(path.parent)) from None
