@@ -139,10 +139,18 @@ def test_offline_gives_the_missing_file_message_with_url_and_place(
     assert message.startswith(f"{folder}/online_retail.csv.gz: UCI Online Retail data file "
                               "not found")
     for part in ("could not", f"http://127.0.0.1:{port}/online_retail/online_retail.csv",
-                 f"in {folder}", "archive.ics.uci.edu/dataset/352", "--data-dir",
-                 datasets.DATA_ENV):
+                 f"put online_retail.csv in {folder}", "archive.ics.uci.edu/dataset/352",
+                 "--data-dir", datasets.DATA_ENV):
         assert part in message
     assert leftovers(tmp_path / "data") == []
+    # The source file put there by hand is checked and used, with no download.
+    folder.mkdir(parents=True)
+    (folder / "online_retail.csv").write_bytes(BODY[:-1])
+    with pytest.raises(InputError, match="checksum mismatch"):
+        datasets.online_retail_path()
+    assert leftovers(folder) == ["online_retail.csv"]
+    (folder / "online_retail.csv").write_bytes(BODY)
+    assert gzip.decompress(datasets.online_retail_path().read_bytes()) == BODY
 
 
 def test_downloads_off_gives_todays_message(monkeypatch, server, online_retail_source, tmp_path):

@@ -11,7 +11,8 @@ key or a `--data-dir` flag), the `TFREC_DATA` environment variable, then
 relative to the repository root (a clean clone with `../shared` beside it).
 
 A file missing from the data folder is downloaded from its public source on
-first use, checked against its SHA-256 and cached there (see
+first use (or taken from the source file put there by hand, e.g.
+online_retail/online+retail.zip), checked against its SHA-256 and cached there (see
 `tfrec.datasets.download`; TFREC_DATA_DOWNLOAD=0 turns this off,
 TFREC_DATA_MIRROR=URL fetches from a mirror). It goes into the explicit
 folder or $TFREC_DATA when one is given, else into the first default folder
@@ -107,24 +108,19 @@ def _locate(dataset: DataSet, name: str, explicit: str | Path | None,
     for file in needed:
         if not (target / file).is_file():
             remote = REMOTES[f"{dataset.folder}/{file}"]
+            by_hand = target / remote.source_name
             try:
-                download.fetch(remote, dataset.folder, target)
+                download.fetch(remote, dataset.folder, target,
+                               source=by_hand if by_hand.is_file() else None)
             except download.Unreachable as err:
                 url = download.source_url(remote, dataset.folder)
                 raise missing_data_error(
                     dataset, target / file, looked,
                     f". tfrec tried to download it and could not: {err}. Without a "
-                    f"connection, fetch {url} elsewhere and put {remote.file} (from "
-                    f"{remote.source_name}: {_made(remote)}) in {target}, or set "
+                    f"connection, download {url} elsewhere and put {remote.source_name} in "
+                    f"{target} (tfrec checks it and makes {remote.file} from it), or set "
                     f"{download.MIRROR_ENV} to a mirror") from None
     return target / name
-
-
-def _made(remote: download.Remote) -> str:
-    if remote.member is not None:
-        converted = "converted" if remote.convert is not None else "gzipped"
-        return f"its {remote.member}, {converted}"
-    return "gzipped"
 
 
 def _download_folder(candidates: list[Path]) -> Path:

@@ -125,7 +125,8 @@ def source_url(remote: Remote, folder: str) -> str:
     return f"{mirror.rstrip('/')}/{folder}/{urllib.parse.quote(remote.source_name, safe='+')}"
 
 
-def fetch(remote: Remote, folder: str, target_dir: Path, progress: bool | None = None) -> Path:
+def fetch(remote: Remote, folder: str, target_dir: Path, progress: bool | None = None,
+          source: Path | None = None) -> Path:
     """Downloads `remote` into target_dir (created if need be), verified, atomically.
 
     Args:
@@ -134,6 +135,8 @@ def fetch(remote: Remote, folder: str, target_dir: Path, progress: bool | None =
       target_dir: the data set's folder in the data folder.
       progress: show what is fetched, from where, into which folder and a
         bytes/total progress line on stderr (None: `progress_wanted()`).
+      source: the source file, downloaded by hand: checked and converted the
+        same way instead of downloading (it is left in place).
 
     Returns:
       The path of the file written (target_dir / remote.file).
@@ -144,7 +147,7 @@ def fetch(remote: Remote, folder: str, target_dir: Path, progress: bool | None =
         short, a checksum did not match, or the folder cannot be written;
         nothing was written.
     """
-    url = source_url(remote, folder)
+    url = str(source) if source is not None else source_url(remote, folder)
     target = target_dir / remote.file
     progress = progress_wanted() if progress is None else progress
     created = [made for made in (target_dir, *target_dir.parents) if not made.exists()]
@@ -162,11 +165,14 @@ def fetch(remote: Remote, folder: str, target_dir: Path, progress: bool | None =
         return Path(path)
 
     try:
-        download = temp(remote.source_name)
-        if progress:
-            print(f"{remote.file} is not in the data folder: downloading it into {target_dir}",
-                  file=sys.stderr, flush=True)
-        _download(url, download, progress)
+        if source is not None:
+            download = source
+        else:
+            download = temp(remote.source_name)
+            if progress:
+                print(f"{remote.file} is not in the data folder: downloading it into "
+                      f"{target_dir}", file=sys.stderr, flush=True)
+            _download(url, download, progress)
         if remote.sha256 is not None:
             _check(file_sha256(download), remote.sha256, url, target)
         source = download

@@ -81,15 +81,13 @@ def _shared_strings(book: zipfile.ZipFile) -> list[str]:
     with book.open("xl/sharedStrings.xml") as stream:
         for _, element in ElementTree.iterparse(stream):
             if element.tag == f"{_SHEET}si":
-                # The text runs (<t>, <r><t>), not the phonetic hints (<rPh>).
+                # The text runs (<t>, <r><t>), not the phonetic hints (<rPh><t>).
+                hints = {id(t) for hint in element.iter(f"{_SHEET}rPh")
+                         for t in hint.iter(f"{_SHEET}t")}
                 strings.append("".join(t.text or "" for t in element.iter(f"{_SHEET}t")
-                                       if t not in _phonetic(element)))
+                                       if id(t) not in hints))
                 element.clear()
     return strings
-
-
-def _phonetic(element) -> set:
-    return {t for ph in element.iter(f"{_SHEET}rPh") for t in ph.iter(f"{_SHEET}t")}
 
 
 def _column(reference: str) -> int:
