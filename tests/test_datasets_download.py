@@ -14,6 +14,7 @@ from xml.sax.saxutils import escape
 import pytest
 
 from tfrec import datasets
+from tfrec.cli import main
 from tfrec.datasets import download, sources
 from tfrec.datasets.download import Remote
 from tfrec.errors import InputError
@@ -51,6 +52,16 @@ class Server:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def tfrec_logger_level():
+    """The `tfrec` logger at its default level (a command's -q elsewhere sets it), restored."""
+    tfrec_logger = logging.getLogger("tfrec")
+    level = tfrec_logger.level
+    tfrec_logger.setLevel(logging.NOTSET)
+    yield tfrec_logger
+    tfrec_logger.setLevel(level)
 
 
 @pytest.fixture
@@ -93,16 +104,17 @@ def test_first_use_downloads_verifies_and_caches_then_no_second_request(
     assert server.requests == [online_retail_source]  # the cached copy: no second request
 
 
-def test_the_progress_line_is_quiet_when_tfrec_is_quiet(server, online_retail_source, capfd):
+@pytest.mark.parametrize("quiet", [False, True])
+def test_the_command_line_shows_the_download_unless_quiet(
+        server, online_retail_source, tmp_path, capfd, quiet):
     server.routes[online_retail_source] = (200, BODY, None)
-    tfrec_logger = logging.getLogger("tfrec")
-    level = tfrec_logger.level
-    tfrec_logger.setLevel(logging.WARNING)  # what -q does
-    try:
-        datasets.online_retail_path()
-    finally:
-        tfrec_logger.setLevel(level)
-    assert capfd.readouterr().err == ""
+    # The served file is no Online Retail table: prepare stops once it is downloaded.
+    assert main(["-q"] * quiet + ["prepare", "--data-dir", str(tmp_path / "cli")]) == 2
+    err = capfd.readouterr().err
+    assert ("downloading it into" in err) is not quiet
+    assert (f"{len(BODY):,}/{len(BODY):,} bytes" in err) is not quiet
+    assert "tfrec: error: " in err and "no column 'Description'" in err
+    assert (tmp_path / "cli" / "online_retail" / "online_retail.csv.gz").is_file()
 
 
 def test_checksum_mismatch_leaves_nothing(server, online_retail_source, tmp_path):
