@@ -3,8 +3,9 @@
 Each file tfrec reads (see `tfrec.datasets`) has a `Remote`: its public
 source and a checksum, checked after download (see `tfrec.datasets.download`).
 
-- goodbooks-10k `books.csv`: from the dataset's home; its SHA-256 is the one of
-  the reference copy the README's figures come from.
+- goodbooks-10k `books.csv`: from the dataset's home, at a fixed commit (its
+  history holds other versions of the file); its SHA-256 is the one of the
+  reference copy the README's figures come from.
 - goodbooks-10k `ratings.csv`, `to_read.csv`: the first published version (the
   dataset's home now holds a later, larger version), as zips from the copy
   that carries it; the SHA-256 checked is the one of the CSV inside the zip.
@@ -186,7 +187,8 @@ REMOTES: dict[str, Remote] = {
         content=ONLINE_RETAIL_FINGERPRINT, digest=online_retail_fingerprint),
     "goodbooks_10k/books.csv.gz": Remote(
         file="books.csv.gz",
-        url="https://raw.githubusercontent.com/zygmuntz/goodbooks-10k/master/books.csv",
+        url="https://raw.githubusercontent.com/zygmuntz/goodbooks-10k/"
+            "fdb21c94e9e6e3340966a231c5bda91466e61ed6/books.csv",
         sha256="4d21d0e0433128657c752e3a3d0405ac0ec11675d6c70c64cb0abf4ab1acb76a"),
     "goodbooks_10k/ratings.csv.gz": Remote(
         file="ratings.csv.gz",
