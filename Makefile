@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (Python 3.11 needed; everything else is installed):
 #   make run    the main job on UCI Online Retail, read from the data folder
-#               (../shared/data, or TFREC_DATA=DIR make run; see README, Data)
+#               (../shared/data, or TFREC_DATA=DIR make run; downloaded into it on
+#               first use when missing; see README, Data)
 #   make test   the linter (flake8), then the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
 
 import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any test imports TensorFlow)
+
+# Tests never download a data set (test_datasets_download.py serves one on a loopback
+# server); TFREC_DATA_DOWNLOAD=1 lets the data-folder fixtures below fetch the real ones.
+os.environ.setdefault("TFREC_DATA_DOWNLOAD", "0")
 
 
 @pytest.fixture
