@@ -141,7 +141,8 @@ def _split_text(p: dict) -> str:
     if p.get("split_by") == "user":
         text = f"by user ({p['holdout_users']:.0%} of users held out)"
     else:
-        text = str(p.get("split_date") or p.get("split_fraction"))
+        text = (str(p["split_date"]) if p.get("split_date")
+                else f"the latest {p.get('split_fraction') or 0:.0%} of the events")
     if p.get("cold_items"):
         text += f", {p['cold_items']:.0%} of items hidden from training"
     return text
