@@ -438,7 +438,7 @@ def set_native_logging(verbose: bool) -> None:
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         os.environ[VERBOSE_ENV] = "1"
-    elif os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "2":  # tfrec's default, not the user's
+    elif os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "2":  # errors only: the cuInit line too
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     level = logging.INFO if verbose else logging.ERROR
     for name in ("tensorflow", "absl", "h5py"):
