@@ -163,7 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = result.history[-1] if result.history else {}
     ranking = (result.evaluation or {}).get("ranking")
     print(f"trained {len(result.history)} epochs in {result.seconds:.0f}s"
-          + (f", final loss {last['loss']:.4f}" if "loss" in last else "")
+          + (f", final loss {last['loss']:.4f} (mean over the last epoch's steps)"
+             if "loss" in last else "")
           + (f"; the ranking stage in {ranking['seconds']:.0f}s" if ranking else ""))
     if result.evaluation:
         k = config.train.eval_k
