@@ -144,7 +144,9 @@ class PairConfig(Settings):
         "event type -> weight; a pair weighs the larger of its two events' weights. A "
         "conversion type (`data.sessions.conversion_types`) not listed weighs "
         "`conversion_weight`; any other type not listed weighs `default_event_weight`. A "
-        "mapping given adds to these")
+        "mapping given adds to these. Only the skip-gram pairs are weighed: "
+        "model.objective 'skipgram' or 'both'; under 'retrieval' (the default) the event "
+        "weights do nothing, and prepare and train warn when they are set")
     default_event_weight: float = setting(1.0, "weight of an event type neither "
                                                "`event_weights` nor the conversion types list",
                                           check=at_least(0))

@@ -26,10 +26,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 import tfrec.distribute as distribute
-from tfrec.config import RunConfig, from_dict
+from tfrec.config import PairConfig, RunConfig, from_dict
 from tfrec.errors import InputError
 from tfrec.metrics import evaluate_model
-from tfrec.models import build_model
+from tfrec.models import build_model, required_streams
 from tfrec.optimizers import build_optimizer
 from tfrec.run import TrainingData, prepare_training_data
 from tfrec.run_folder import RunFolder
@@ -261,7 +261,44 @@ def check_run_config(config: RunConfig) -> RunConfig:
       InputError: naming the setting (e.g. `model.negatives`).
     """
     check_sampler_name(config.model.negatives)
+    for message in ignored_settings(config):
+        if message not in _WARNED:
+            _WARNED.add(message)
+            logger.warning("%s", message)
     return config
+
+
+_WARNED: set[str] = set()  # each warning of `check_run_config` once per process
+
+
+def ignored_settings(config: RunConfig) -> list[str]:
+    """Warnings for the event-weight settings set away from their defaults under an
+    objective that does not read them: they weigh the skip-gram pairs, which only the
+    'skipgram' and 'both' objectives train on."""
+    if "pairs" in required_streams(config.model):
+        return []
+    pairs, defaults = config.data.pairs, PairConfig()
+    conversions = {t.lower() for t in config.data.sessions.conversion_types}
+    changed = {
+        key: value for key, value in pairs.event_weights.items()
+        if value != defaults.event_weights.get(key, defaults.default_event_weight)
+        # A conversion type not listed was given conversion_weight (`DataConfig.check`).
+        and not (key not in defaults.event_weights and key in conversions
+                 and value == pairs.conversion_weight)}
+    given = []
+    if changed:
+        given.append("data.pairs.event_weights ("
+                     + ", ".join(f"{key}: {value:g}" for key, value in changed.items()) + ")")
+    for name in ("default_event_weight", "conversion_weight"):
+        if getattr(pairs, name) != getattr(defaults, name):
+            given.append(f"data.pairs.{name} ({getattr(pairs, name):g})")
+    if not given:
+        return []
+    return [f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but do"
+            f"{'es' if len(given) == 1 else ''} nothing under model.objective "
+            f"'{config.model.objective}': event weights weigh the skip-gram pairs, which "
+            f"only the 'skipgram' and 'both' objectives train on (set model.objective: both "
+            f"for them to count)"]
 
 
 def resolve_config(config: RunConfig, run_dir: Path, resume: bool, epochs: int | None,
