@@ -21,6 +21,10 @@ step's pages (training steps 1.5-1.8x faster; peak memory up to a quarter
 higher). Set ``TF_CPU_ALLOCATOR_USE_BFC=false`` before importing tfrec to
 keep TensorFlow's default. It takes effect if set before TensorFlow's first
 operation in the process.
+
+TensorFlow's C++ log is hidden (``TF_CPP_MIN_LOG_LEVEL=3``) unless
+``TF_CPP_MIN_LOG_LEVEL`` is already set: set it (``0``: everything) before
+importing tfrec to see it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ import sys
 _legacy_keras_before = (os.environ.get("TF_USE_LEGACY_KERAS") == "1"
                         or "tensorflow" not in sys.modules)
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ log (oneDNN, CUDA, cuInit lines at start-up) stays quiet
+# unless the user asked for it: set TF_CPP_MIN_LOG_LEVEL (0 shows everything)
+# before importing tfrec.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 from tfrec import _compat  # noqa: E402

@@ -163,7 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = result.history[-1] if result.history else {}
     ranking = (result.evaluation or {}).get("ranking")
     print(f"trained {len(result.history)} epochs in {result.seconds:.0f}s"
-          + (f", final loss {last['loss']:.4f}" if "loss" in last else "")
+          + (f", final loss {last['loss']:.4f} (mean over the last epoch's steps)"
+             if "loss" in last else "")
           + (f"; the ranking stage in {ranking['seconds']:.0f}s" if ranking else ""))
     if result.evaluation:
         k = config.train.eval_k
@@ -438,7 +439,7 @@ def set_native_logging(verbose: bool) -> None:
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         os.environ[VERBOSE_ENV] = "1"
-    elif os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "2":  # tfrec's default, not the user's
+    elif os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "2":  # errors only: the cuInit line too
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     level = logging.INFO if verbose else logging.ERROR
     for name in ("tensorflow", "absl", "h5py"):

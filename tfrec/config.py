@@ -144,7 +144,9 @@ class PairConfig(Settings):
         "event type -> weight; a pair weighs the larger of its two events' weights. A "
         "conversion type (`data.sessions.conversion_types`) not listed weighs "
         "`conversion_weight`; any other type not listed weighs `default_event_weight`. A "
-        "mapping given adds to these")
+        "mapping given adds to these. Only the skip-gram pairs are weighed: "
+        "model.objective 'skipgram' or 'both'; under 'retrieval' (the default) the event "
+        "weights do nothing, and prepare and train warn when they are set")
     default_event_weight: float = setting(1.0, "weight of an event type neither "
                                                "`event_weights` nor the conversion types list",
                                           check=at_least(0))
@@ -336,17 +338,20 @@ class TrainConfig(Settings):
     retrieval_batch_size: int = setting(1024, "(history, next item) examples per retrieval "
                                               "batch", check=POSITIVE)
     split_by: SplitBy = setting(
-        "time", "how the held-out cases are made: 'time' (train before `split_date` or the "
-                "last `split_fraction` of the time range, one case per later session) or "
+        "time", "how the held-out cases are made: 'time' (train before `split_date`, or "
+                "before the time after which the last `split_fraction` of the events lies; "
+                "one case per later session) or "
                 "'user' (a share `holdout_users` of the users never trains; one case per "
                 "kept-out user: one of their items hidden, the rest the query), for data "
                 "without meaningful time")
     split_date: str | None = setting(None, "with split_by 'time', train on events before this "
                                            "date (YYYY-MM-DD) and evaluate on the sessions from "
                                            "it on")
-    split_fraction: float = setting(0.1, "without a split date, hold out this last share of "
-                                         "the time range (0: no held-out evaluation)",
-                                    check=SHARE)
+    split_fraction: float = setting(
+        0.1, "without a split date, hold out this share of the events, the latest: the split "
+             "is still by time, at the time after which this share of the events lies (whole "
+             "sessions stay on the side of their first event, so the held-out share is close "
+             "to it, not exact); 0: no held-out evaluation", check=SHARE)
     holdout_users: float = setting(0.1, "with split_by 'user', the share of users kept out of "
                                         "training (chosen with `eval_seed`)", check=INNER_SHARE)
     cold_items: float = setting(

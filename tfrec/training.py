@@ -26,10 +26,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 import tfrec.distribute as distribute
-from tfrec.config import RunConfig, from_dict
+from tfrec.config import PairConfig, RunConfig, from_dict
 from tfrec.errors import InputError
 from tfrec.metrics import evaluate_model
-from tfrec.models import build_model
+from tfrec.models import build_model, required_streams
 from tfrec.optimizers import build_optimizer
 from tfrec.run import TrainingData, prepare_training_data
 from tfrec.run_folder import RunFolder
@@ -111,15 +111,72 @@ def _optimizer(config: RunConfig):
 
 # Callbacks ---------------------------------------------------------------------------------
 
-class RunProgress(keras.callbacks.ProgbarLogger):
-    """Keras progress that counts the run's epochs (`fit` runs one at a time)."""
+def known_steps_per_epoch(data: TrainingData, streams: Sequence[str],
+                          steps_per_epoch: int | None = None, num_shards: int = 1) -> int | None:
+    """The steps of one epoch of `make_dataset`, where they are known before it runs.
 
-    def __init__(self, epochs: int):
+    An epoch's length is set by the first stream: the retrieval stream's is
+    fixed (its examples in batches); the pair stream's changes from epoch to
+    epoch (subsampling draws again), so it is unknown (None).
+    """
+    if not streams or streams[0] != "next_items" or data.next_items is None:
+        return None
+    examples, batch = data.next_items.num_examples, data.next_items.batch_size
+    # One worker: every batch, the last one short. n workers: full batches only, each
+    # worker keeping every n-th, n of them per dataset element (`tfrec.data.shard`).
+    steps = -(-examples // batch) if num_shards == 1 else examples // batch // num_shards ** 2
+    if steps_per_epoch:
+        steps = min(steps, math.ceil(steps_per_epoch / num_shards))
+    return steps
+
+
+class RunProgress(keras.callbacks.ProgbarLogger):
+    """Keras progress that counts the run's epochs (`fit` runs one at a time) and, where
+    they are known (`known_steps_per_epoch`), the steps of an epoch: a bar with an ETA
+    from the first epoch on, not "N/Unknown"."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int | None = None):
         super().__init__(count_mode="steps")
         self.run_epochs = epochs
+        self.run_steps = steps_per_epoch
 
     def set_params(self, params):
-        super().set_params({**params, "epochs": self.run_epochs})
+        params = {**params, "epochs": self.run_epochs}
+        if params.get("steps") is None and self.run_steps:
+            params["steps"] = self.run_steps
+        super().set_params(params)
+
+
+class EpochMeanLoss(keras.callbacks.Callback):
+    """An epoch's loss is the mean of its steps' losses, the figure the progress bar shows.
+
+    A TFRS model's `fit` logs each step's own loss, and at an epoch's end the
+    last step's; the bar averages the steps. This puts the epoch's mean in
+    the epoch's logs (so the history, TensorBoard, the bar's last line and
+    the "final loss" printed are one quantity); it must come before the
+    callbacks that read them.
+    """
+
+    KEYS = ("loss", "regularization_loss", "total_loss")
+
+    def __init__(self):
+        super().__init__()
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.sums, self.steps = {}, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        for key in self.KEYS:
+            if key in (logs or {}):
+                self.sums[key] = self.sums.get(key, 0.0) + float(logs[key])
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.steps:
+            for key, total in self.sums.items():
+                logs[key] = total / self.steps
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):
@@ -174,13 +231,19 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 def build_callbacks(run_dir: Path, manager, epoch_var, history: list[dict], epochs: int,
-                    chief: bool = True) -> tuple[NonFiniteLossGuard, list]:
-    """(guard, callbacks): NaN guard, per-epoch checkpoint + history line, progress,
-    and (on the chief) TensorBoard. `epochs` is the run's total, for the progress."""
+                    chief: bool = True, steps_per_epoch: int | None = None
+                    ) -> tuple[NonFiniteLossGuard, list]:
+    """(guard, callbacks): NaN guard, the epoch's mean loss, progress, per-epoch
+    checkpoint + history line, and (on the chief) TensorBoard. `epochs` is the run's
+    total and `steps_per_epoch` an epoch's steps (None: unknown), for the progress.
+
+    The progress comes before the checkpoint, so the bar's line is finished
+    before the "epoch saved" line is logged.
+    """
     guard = NonFiniteLossGuard()
-    callbacks = [guard, EpochCheckpoint(manager, epoch_var, guard, history,
-                                        RunFolder(run_dir).history_file, chief),
-                 RunProgress(epochs)]
+    callbacks = [guard, EpochMeanLoss(), RunProgress(epochs, steps_per_epoch),
+                 EpochCheckpoint(manager, epoch_var, guard, history,
+                                 RunFolder(run_dir).history_file, chief)]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(RunFolder(run_dir).logs),
                                                      update_freq="epoch", profile_batch=0))
@@ -198,7 +261,44 @@ def check_run_config(config: RunConfig) -> RunConfig:
       InputError: naming the setting (e.g. `model.negatives`).
     """
     check_sampler_name(config.model.negatives)
+    for message in ignored_settings(config):
+        if message not in _WARNED:
+            _WARNED.add(message)
+            logger.warning("%s", message)
     return config
+
+
+_WARNED: set[str] = set()  # each warning of `check_run_config` once per process
+
+
+def ignored_settings(config: RunConfig) -> list[str]:
+    """Warnings for the event-weight settings set away from their defaults under an
+    objective that does not read them: they weigh the skip-gram pairs, which only the
+    'skipgram' and 'both' objectives train on."""
+    if "pairs" in required_streams(config.model):
+        return []
+    pairs, defaults = config.data.pairs, PairConfig()
+    conversions = {t.lower() for t in config.data.sessions.conversion_types}
+    changed = {
+        key: value for key, value in pairs.event_weights.items()
+        if value != defaults.event_weights.get(key, defaults.default_event_weight)
+        # A conversion type not listed was given conversion_weight (`DataConfig.check`).
+        and not (key not in defaults.event_weights and key in conversions
+                 and value == pairs.conversion_weight)}
+    given = []
+    if changed:
+        given.append("data.pairs.event_weights ("
+                     + ", ".join(f"{key}: {value:g}" for key, value in changed.items()) + ")")
+    for name in ("default_event_weight", "conversion_weight"):
+        if getattr(pairs, name) != getattr(defaults, name):
+            given.append(f"data.pairs.{name} ({getattr(pairs, name):g})")
+    if not given:
+        return []
+    return [f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but do"
+            f"{'es' if len(given) == 1 else ''} nothing under model.objective "
+            f"'{config.model.objective}': event weights weigh the skip-gram pairs, which "
+            f"only the 'skipgram' and 'both' objectives train on (set model.objective: both "
+            f"for them to count)"]
 
 
 def resolve_config(config: RunConfig, run_dir: Path, resume: bool, epochs: int | None,
@@ -317,8 +417,11 @@ def fit(model, data: TrainingData, config: RunConfig, run_dir: Path,
         dataset = make_dataset(data, model.streams, config.train.steps_per_epoch,
                                num_shards=worker.count, shard_index=worker.index)
         history: list[dict] = []
+        steps = known_steps_per_epoch(data, model.streams, config.train.steps_per_epoch,
+                                      worker.count)
         guard, callbacks = build_callbacks(run_dir, manager, epoch_var, history,
-                                           config.train.epochs, chief=worker.is_chief)
+                                           config.train.epochs, chief=worker.is_chief,
+                                           steps_per_epoch=steps)
         if verbose is None:
             verbose = 1 if sys.stderr.isatty() else 2
         for epoch in range(initial_epoch, config.train.epochs):

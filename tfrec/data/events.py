@@ -11,8 +11,12 @@ row disappears without being counted.
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
+import gzip
+import io
 import logging
+import lzma
 import re
 import warnings
 import zlib
@@ -123,18 +127,24 @@ def _read_table(path: str | Path, what: str, rejections: Rejections, strict: boo
             is_csv = False
         else:
             sep = "\t" if re.search(r"\.tsv(\.gz)?$", name) else ","
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                frame = pd.read_csv(path, dtype=str, sep=sep, skip_blank_lines=False,
-                                    on_bad_lines="error" if strict else "warn")
+            unterminated: list[tuple[int, str]] = []
+            try:
+                frame, caught = _read_csv(path, sep, strict)
+            except pd.errors.ParserError as err:
+                if "EOF inside string" not in str(err):
+                    raise
+                frame, caught, unterminated = _read_csv_without_unterminated_quotes(
+                    path, sep, strict)
             for warning in caught:
                 for match in _BAD_LINE.finditer(str(warning.message)):
                     bad.append((int(match.group(1)), match.group(2)))
-            if bad:
-                rejections.add(f"{what}: malformed line", len(bad),
-                               f"{path}, line {bad[0][0]}: {bad[0][1]}",
-                               pd.DataFrame({"_file": str(path), "_line": [b[0] for b in bad],
-                                             "_reason": [b[1] for b in bad]}))
+            dropped = sorted(bad + unterminated)
+            if dropped:
+                rejections.add(f"{what}: malformed line", len(dropped),
+                               f"{path}, line {dropped[0][0]}: {dropped[0][1]}",
+                               pd.DataFrame({"_file": str(path),
+                                             "_line": [b[0] for b in dropped],
+                                             "_reason": [b[1] for b in dropped]}))
             # Data rows sit on lines 2.. (line 1 is the header), minus skipped ones.
             skipped = np.array(sorted(b[0] for b in bad), dtype=np.int64)
             lines = np.arange(2, len(frame) + 2 + len(skipped))
@@ -162,9 +172,95 @@ def _read_table(path: str | Path, what: str, rejections: Rejections, strict: boo
         raise
     if len(frame) == 0:
         raise InputError(f"{what} table has a header but no rows", path=str(path))
-    rejections.rows_read[str(path)] = len(frame) + len(bad)
+    rejections.rows_read[str(path)] = len(frame) + len(bad) + (
+        len(unterminated) if is_csv else 0)
     frame.columns = [str(c) for c in frame.columns]
     return _Table(path, frame, np.asarray(lines, dtype=np.int64), is_csv)
+
+
+def _read_csv(source, sep: str, strict: bool) -> tuple[pd.DataFrame, list]:
+    """pandas' read of a CSV (every column as text) and the warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = pd.read_csv(source, dtype=str, sep=sep, skip_blank_lines=False,
+                            on_bad_lines="error" if strict else "warn")
+    return frame, list(caught)
+
+
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+UNTERMINATED_QUOTE = ('unterminated quote: the \" that opens a field on this line never '
+                      'closes, so the rest of the file would be read as one value')
+
+
+def unterminated_quote_lines(lines: list[str], sep: str = ",") -> list[int]:
+    """1-based numbers of the lines (of a CSV's lines, header first) on which a quoted
+    field opens and never closes.
+
+    Quoting as CSV reads it: a '"' opens a quoted field only at the start of
+    a field, '""' inside one is a literal quote. Once a line's quote is found
+    never to close, that line is set aside and the reading goes on from the
+    next line, so every such line is found.
+    """
+    found: list[int] = []
+    begin = 0
+    while begin < len(lines):
+        in_quote, start = False, None
+        for number in range(begin, len(lines)):
+            line = lines[number]
+            if not in_quote and '"' not in line:
+                continue
+            at_field_start, i = not in_quote, 0
+            while i < len(line):
+                if in_quote:
+                    j = line.find('"', i)
+                    if j < 0:
+                        break
+                    if line.startswith('""', j):
+                        i = j + 2
+                        continue
+                    in_quote, at_field_start, i = False, False, j + 1
+                elif at_field_start and line[i] == '"':
+                    in_quote, start, i = True, number, i + 1
+                else:
+                    j = line.find(sep, i)
+                    if j < 0:
+                        break
+                    at_field_start, i = True, j + 1
+        if not in_quote:
+            break
+        found.append(start + 1)
+        begin = start + 1
+    return found
+
+
+def _read_csv_without_unterminated_quotes(path: Path, sep: str, strict: bool
+                                          ) -> tuple[pd.DataFrame, list, list]:
+    """Reads a CSV in which a quote never closes: (frame, warnings, [(line, reason)]).
+
+    Each line where a quoted field opens and never closes is read as a blank
+    line (so every other line keeps its number) and reported as dropped.
+
+    Raises:
+      InputError: strict, or the quote is in the header; it names the line.
+    """
+    opener = _OPENERS.get(path.suffix.lower(), open)
+    with opener(path, "rt", encoding="utf-8", newline="") as f:
+        lines = f.read().split("\n")
+    bad = unterminated_quote_lines(lines, sep)
+    if not bad:  # pandas saw a quote this reading does not: say what pandas said
+        raise pd.errors.ParserError("malformed CSV: a quoted field never closes")
+    fix = ('close the quote, or write a literal quote inside a value as "" within a '
+           'quoted field')
+    if bad[0] == 1:
+        raise InputError(f"{UNTERMINATED_QUOTE}; the header cannot be dropped: {fix}",
+                         path=str(path), line=1)
+    if strict:
+        raise InputError(f"{UNTERMINATED_QUOTE}; {fix} (or leave data.strict false to drop "
+                         f"the line and count it)", path=str(path), line=bad[0])
+    for number in bad:
+        lines[number - 1] = ""
+    frame, caught = _read_csv(io.StringIO("\n".join(lines)), sep, strict)
+    return frame, caught, [(number, UNTERMINATED_QUOTE) for number in bad]
 
 
 def _text(series: pd.Series) -> pd.Series:

@@ -139,7 +139,50 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0) -> dict:
         report["held_out_users"] = len(split.kept_out_users)
     if len(split.hidden_items):
         report["hidden_items"] = len(split.hidden_items)
+    warm_no_text = (vocab.counts[1:] > 0) & (vocab.text[1:] == "")
+    report["warm_items_without_text"] = int(warm_no_text.sum())
+    warnings = []
+    if split.cut is not None or split.per_user:
+        report["held_out"] = {"events": int(data.test_events),
+                              "share": round(data.test_events / max(len(data.events), 1), 4),
+                              "cases": len(data.cases),
+                              "cold_cases": int(np.sum(data.cases.cold))}
+        warnings += held_out_warnings(report["held_out"], config)
+    if report["warm_items_without_text"] and config.model.use_text:
+        warnings.append(warm_without_text_warning(report["warm_items_without_text"],
+                                                  report["warm_items"]))
+    report["warnings"] = warnings
     return report
+
+
+# The held-out side is "tiny" below either bound: too few events to stand for
+# the data's later period, or too few cases for a stable hit rate (with fewer
+# than 100 cases one case moves HR@K by more than a point).
+MIN_HELD_OUT_SHARE = 0.01
+MIN_HELD_OUT_CASES = 100
+
+
+def held_out_warnings(held_out: dict, config: RunConfig) -> list[str]:
+    """A warning when the held-out side is tiny: fewer than `MIN_HELD_OUT_SHARE` of the
+    events, or fewer than `MIN_HELD_OUT_CASES` cases; it names the setting to change."""
+    share, cases = held_out["share"], held_out["cases"]
+    if share >= MIN_HELD_OUT_SHARE and cases >= MIN_HELD_OUT_CASES:
+        return []
+    t = config.train
+    key = ("train.holdout_users" if t.split_by == "user"
+           else "train.split_date" if t.split_date else "train.split_fraction")
+    return [f"the held-out side is tiny: {held_out['events']:,} events ({share:.2%} of the "
+            f"events), {cases:,} cases (fewer than {MIN_HELD_OUT_SHARE:.0%} of the events or "
+            f"{MIN_HELD_OUT_CASES} cases): HR@K and NDCG@K on it are noise; hold out more "
+            f"with {key}"]
+
+
+def warm_without_text_warning(count: int, warm: int) -> str:
+    """What items with events but no text mean for the text tower and cold start."""
+    return (f"{count:,} of {warm:,} items with events ({count / max(warm, 1):.1%}) have no "
+            f"text (not in the items table, or an empty text): their text part is zeros, so "
+            f"they are ranked by their id alone, teach the text tower nothing, and a cold-start "
+            f"(text only) model cannot rank them; give them text in data.items")
 
 
 def format_report(report: dict) -> str:
@@ -219,6 +262,14 @@ def format_report(report: dict) -> str:
         row("  items seen before", n(sp["items_before"]))
         row("  items new after", n(sp["items_new_after"]),
             "cold-start items for a model trained before the split")
+    if "held_out" in report:
+        ho = report["held_out"]
+        row("held-out events", n(ho["events"]), f"{ho['share']:.1%} of the events")
+        row("held-out cases", n(ho["cases"]), f"{n(ho['cold_cases'])} with a cold target")
+    if report.get("warm_items_without_text"):
+        row("items with events, no text", n(report["warm_items_without_text"]))
+    for warning in report.get("warnings", []):
+        lines.append(f"warning: {warning}")
     return "\n".join(lines)
 
 

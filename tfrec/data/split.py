@@ -1,7 +1,8 @@
 """The split of a run's events into a training slice and held-out cases.
 
-Time split: train on events before the split, test on sessions from the
-split on. Each test session with at least two distinct items is a case: one
+Time split: train on events before the split (a date, or the time after
+which the last `split_fraction` of the events lies), test on sessions from
+the split on. Each test session with at least two distinct items is a case: one
 of its items, chosen with a fixed seed, is held out; the query is the rest.
 
 User split (data without meaningful time): a seeded share of the users is
@@ -38,19 +39,41 @@ def parse_split_date(value: str, key: str = "train.split_date") -> int:
                          key=key) from None
 
 
+def fraction_cut(time: np.ndarray, fraction: float) -> int:
+    """The time split's cut that leaves about `fraction` of the events on or after it.
+
+    The cut is an event time: of the two event times around the exact share
+    (events sharing a timestamp stay on one side), the one whose held-out
+    count is nearer `fraction` of the events; at least one event is held out.
+    """
+    ordered = np.sort(np.asarray(time, dtype=np.int64))
+    want = max(1, int(round(len(ordered) * fraction)))
+    at = ordered[len(ordered) - want]  # on or after it: `want` events or more (ties)
+    after_at = len(ordered) - int(np.searchsorted(ordered, at, side="left"))
+    later = int(np.searchsorted(ordered, at, side="right"))
+    if later < len(ordered):
+        after_later = len(ordered) - later  # fewer than `want`
+        if want - after_later < after_at - want:
+            return int(ordered[later])
+    return int(at)
+
+
 def split_events(events: pd.DataFrame, split_date: str | None = None,
                  split_fraction: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame, int | None]:
-    """(train, test, cut) by date, or by the last `split_fraction` of the time range.
+    """(train, test, cut) by date, or with the last `split_fraction` of the events held out.
 
+    With `split_fraction` the split is still by time: the cut is the event
+    time after which about that share of the events lies (`fraction_cut`).
     A session (session id, where the events have one) belongs wholly to the
-    side of its first event, so no test session leaks into training.
+    side of its first event, so no test session leaks into training; the
+    held-out share of the events can therefore differ a little from
+    `split_fraction`.
     """
     time = events["time"].to_numpy()
     if split_date is not None:
         cut = parse_split_date(split_date)
     elif split_fraction > 0:
-        lo, hi = int(time.min()), int(time.max())
-        cut = int(hi - (hi - lo) * split_fraction)
+        cut = fraction_cut(time, split_fraction)
     else:
         return events, events.iloc[:0], None
     start = time
@@ -59,8 +82,12 @@ def split_events(events: pd.DataFrame, split_date: str | None = None,
         start = np.where(events["session"].isna().to_numpy(), time, start)
     train, test = events[start < cut], events[start >= cut]
     if len(train) == 0:
-        raise InputError(f"no training events before the split ({split_date or cut})",
-                         key="train.split_date")
+        if split_date is not None:
+            raise InputError(f"no training events before the split ({split_date})",
+                             key="train.split_date")
+        raise InputError(f"no training events before the split at "
+                         f"{pd.Timestamp(cut, unit='s')} (every event shares the time of the "
+                         f"last {split_fraction:g} of the events)", key="train.split_fraction")
     return train, test, cut
 
 

@@ -3,14 +3,15 @@ the converted item's rank, and the map of the item embeddings."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import string
 import time
 
 import numpy as np
 import tensorflow as tf
 
 from tfrec.data.sessions import sessionize
-from tfrec.evaluate import baselines as baselines_lib
 from tfrec.evaluate.exported import ExportedModel
 from tfrec.evaluate.methods import MAX_K
 from tfrec.index.ann import IndexConfig, build_index, recall_at_ks, scann_parameters
@@ -116,17 +117,30 @@ def categories_of(vocab, top: int = 8) -> tuple[np.ndarray, list[str]]:
 
     Product titles end in their head noun (".. T-LIGHT HOLDER", ".. LUNCH
     BAG"), which is the text's category; the `top` most common ones get a
-    colour, the rest are "other". Items without text fall back to their
-    market.
+    colour, the rest are "other". A word is what spaces separate, less the
+    punctuation around it ("(Sci-Fi)" is "Sci-Fi", not "fi"); spellings that
+    differ only in case are one category, named by its most common spelling.
+    Items without text fall back to their market.
     """
-    heads = [(baselines_lib.tokenize(t) or [""])[-1] for t in vocab.text]
+    heads = [_last_word(t) for t in vocab.text]
     markets = np.asarray(vocab.market_names + [""], dtype=object)[vocab.market]
     labels = np.asarray([h if h else str(m) for h, m in zip(heads, markets)], dtype=object)
     labels[0] = ""
-    values, counts = np.unique(labels[labels != ""], return_counts=True)
-    names = [str(v) for v in values[np.argsort(-counts, kind="stable")][:top]]
-    index = {n: i for i, n in enumerate(names)}
-    return np.asarray([index.get(str(v), -1) for v in labels]), names
+    keys = np.asarray([str(v).lower() for v in labels], dtype=object)
+    values, counts = np.unique(keys[keys != ""], return_counts=True)
+    chosen = [str(v) for v in values[np.argsort(-counts, kind="stable")][:top]]
+    index = {key: i for i, key in enumerate(chosen)}
+    names = [collections.Counter(labels[keys == key]).most_common(1)[0][0] for key in chosen]
+    return np.asarray([index.get(str(k), -1) for k in keys]), names
+
+
+def _last_word(text) -> str:
+    """The text's last space-separated word without the punctuation around it ("")."""
+    for word in reversed(str(text).split() if isinstance(text, str) else []):
+        word = word.strip(string.punctuation)
+        if word:
+            return word
+    return ""
 
 
 def pca_2d(embeddings: np.ndarray) -> np.ndarray:

@@ -75,7 +75,9 @@ def check_bar(methods: dict, k: int, targets: dict | None) -> list[dict]:
 
 
 def _judged(full: dict, group: str, check: dict) -> dict:
-    """The check, undecided (met None) when the model's group has too few cases."""
+    """The check with its group ("all", "warm", "cold"), undecided (met None) when the
+    model's group has too few cases."""
+    check = {**check, "group": group}
     cases = full[group].get("cases")
     if cases is not None and cases < MIN_CASES:
         return {**check, "met": None, "cases": cases}

@@ -68,24 +68,47 @@ def plot_hr_curves(report: dict, path: Path) -> None:
     _save(fig, path)
 
 
+GROUPS = ("all", "warm", "cold")
+
+
+def bar_marks(report: dict) -> list[tuple[str, float]]:
+    """(group, figure) of each check on the plot's metric (HR@k): the figure the model's
+    bar of that group must reach (a target given, or the baseline it is compared with)."""
+    marks = []
+    for check in report.get("checks", []):
+        if check.get("metric") != f"hr@{report['k']}" or check.get("group") not in GROUPS:
+            continue
+        value = check.get("target", check.get("baseline"))
+        if value is not None:
+            marks.append((check["group"], float(value)))
+    return marks
+
+
 def plot_warm_cold(report: dict, path: Path) -> None:
+    """HR@k per method and group; the bar's checks on HR@k as dotted marks over the
+    model's bars, at the figure each must reach."""
     plt = _pyplot()
     k = report["k"]
     names = list(report["methods"])
     fig, ax = plt.subplots(figsize=(max(10, 1.5 * len(names)), 4.2))
     width = 0.8 / 3
     x = np.arange(len(names))
-    for i, group in enumerate(("all", "warm", "cold")):
+    for i, group in enumerate(GROUPS):
         values = [np.nan if report["methods"][n][group][f"hr@{k}"] is None
                   else report["methods"][n][group][f"hr@{k}"] for n in names]
         bars = ax.bar(x + (i - 1) * width, values, width, label=group)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    for check in report.get("checks", []):
-        if "target" in check:
-            ax.axhline(check["target"], color="grey", linestyle=":", linewidth=1)
+    marks = bar_marks(report) if MODEL in names else []
+    title = f"HR@{k}: all, warm and cold targets"
+    if marks:
+        centre = [x[names.index(MODEL)] + (GROUPS.index(g) - 1) * width for g, _ in marks]
+        ax.hlines([v for _, v in marks], [c - 0.6 * width for c in centre],
+                  [c + 0.6 * width for c in centre], colors="black", linestyles=":",
+                  linewidth=2, label="the bar (what the model must reach)", gid="the-bar")
+        title += " (dotted: the bar)"
     ax.set_xticks(x, [report["methods"][n]["label"] for n in names], rotation=15, fontsize=8)
     ax.set_ylabel(f"HR@{k}")
-    ax.set_title(f"HR@{k}: all, warm and cold targets (dotted: the bar)")
+    ax.set_title(title)
     ax.legend()
     _save(fig, path)
 
@@ -141,7 +164,8 @@ def _split_text(p: dict) -> str:
     if p.get("split_by") == "user":
         text = f"by user ({p['holdout_users']:.0%} of users held out)"
     else:
-        text = str(p.get("split_date") or p.get("split_fraction"))
+        text = (str(p["split_date"]) if p.get("split_date")
+                else f"the latest {p.get('split_fraction') or 0:.0%} of the events")
     if p.get("cold_items"):
         text += f", {p['cold_items']:.0%} of items hidden from training"
     return text

@@ -1,0 +1,76 @@
+"""The data report's warnings (`tfrec prepare`)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from tfrec.cli import main
+
+
+def write_run(tmp_path, events, items=None, **train):
+    """A run config over the events frame (and items frame), retrieval off the text."""
+    events.to_csv(tmp_path / "events.csv", index=False)
+    config = {"data": {"layout": "events", "events": str(tmp_path / "events.csv"),
+                       "pairs": {"window": 1, "subsample": 0.0}},
+              "model": {"use_text": items is not None}, "train": train}
+    if items is not None:
+        items.to_csv(tmp_path / "items.csv", index=False)
+        config["data"]["items"] = str(tmp_path / "items.csv")
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    return ["--config", str(path)]
+
+
+def baskets(num_users, start="2024-01-01", hours=1):
+    """Each user one two-item visit, the visits `hours` apart."""
+    rows = []
+    for u in range(num_users):
+        time = pd.Timestamp(start) + pd.Timedelta(hours=hours * u)
+        rows += [(f"u{u}", f"i{u % 7}", time), (f"u{u}", f"i{(u + 1) % 7}", time)]
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+
+
+def report_of(capsys, args, json_out=True):
+    assert main(["-q", "prepare", *args, *(["--json"] if json_out else [])]) == 0
+    out = capsys.readouterr().out
+    return json.loads(out) if json_out else out
+
+
+def test_a_tiny_held_out_side_is_warned_about(tmp_path, capsys):
+    # 300 visits, the last 3 after the split date: 1% of the events, 3 cases.
+    events = baskets(300)
+    cut = pd.Timestamp("2024-01-01") + pd.Timedelta(hours=297)
+    args = write_run(tmp_path, events, split_date=str(cut))
+    report = report_of(capsys, args)
+    assert report["held_out"]["events"] == 6 and report["held_out"]["cases"] == 3
+    assert any("held-out side is tiny" in w and "train.split_date" in w
+               for w in report["warnings"])
+    text = report_of(capsys, args, json_out=False)
+    assert "warning: the held-out side is tiny" in text and "held-out cases" in text
+
+
+def test_a_held_out_tenth_of_the_events_passes_without_a_warning(tmp_path, capsys):
+    # Visits crowd into the first days: a tenth of the time range would hold
+    # out under 1% of the events; a tenth of the events is 120 visits.
+    events = baskets(1200)
+    events["timestamp"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(
+        np.repeat(np.arange(1200) ** 3 / 1200 ** 2, 2), unit="h")
+    report = report_of(capsys, write_run(tmp_path, events, split_fraction=0.1))
+    assert report["held_out"]["cases"] == 120 and report["held_out"]["share"] == 0.1
+    assert not [w for w in report["warnings"] if "held-out" in w]
+
+
+def test_items_with_events_but_no_text_are_counted_and_warned_about(tmp_path, capsys):
+    events = baskets(20)
+    items = pd.DataFrame({"item_id": ["i0", "i1", "i2", "i3", "i4", "new"],
+                          "text": ["red mug", "blue mug", "", "green cup", "tea pot",
+                                   "new yellow mug"]})
+    report = report_of(capsys, write_run(tmp_path, events, items, split_fraction=0.0))
+    # i2 (empty text), i5 and i6 (not in the items table) have events, no text.
+    assert report["warm_items_without_text"] == 3
+    [warning] = [w for w in report["warnings"] if "no text" in w]
+    assert warning.startswith("3 of 7 items with events") and "cold-start" in warning
+    assert "held_out" not in report  # no split, no held-out side to warn about
+    text = report_of(capsys, write_run(tmp_path, events, items, split_fraction=0.0), False)
+    assert "items with events, no text" in text and "warning: 3 of 7 items" in text

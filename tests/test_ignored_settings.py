@@ -1,0 +1,48 @@
+"""Event weights under an objective that does not read them: one warning, naming them."""
+
+import logging
+
+import pytest
+
+from tfrec.run import load_run_config
+from tfrec.training import _WARNED, check_run_config, ignored_settings
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings():
+    _WARNED.clear()
+    yield
+    _WARNED.clear()
+
+
+def config(*settings):
+    return load_run_config(None, list(settings))
+
+
+def test_event_weights_under_retrieval_are_warned_about_once(caplog):
+    run = config("model.objective=retrieval", "data.pairs.event_weights.book=5")
+    with caplog.at_level(logging.WARNING, logger="tfrec.training"):
+        check_run_config(run)
+        check_run_config(run)
+    [record] = [r for r in caplog.records if "event_weights" in r.getMessage()]
+    message = record.getMessage()
+    assert "data.pairs.event_weights (book: 5) is set but does nothing" in message
+    assert "model.objective 'retrieval'" in message and "'skipgram' and 'both'" in message
+
+
+def test_the_other_weights_are_named_too():
+    [message] = ignored_settings(config("data.pairs.default_event_weight=2",
+                                        "data.pairs.conversion_weight=4"))
+    assert message.startswith("data.pairs.default_event_weight (2) and "
+                              "data.pairs.conversion_weight (4) are set but do nothing")
+
+
+@pytest.mark.parametrize("settings", [
+    [],  # the defaults
+    ["data.pairs.event_weights.book=3"],  # a default value given again
+    ['data.sessions.conversion_types=["buy"]'],  # a conversion type weighs as one by itself
+    ["model.objective=skipgram", "data.pairs.event_weights.book=5"],
+    ["model.objective=both", "data.pairs.event_weights.book=5"],
+])
+def test_no_warning_when_nothing_is_ignored(settings):
+    assert ignored_settings(config(*settings)) == []

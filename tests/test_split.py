@@ -1,0 +1,45 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfrec.data.split import fraction_cut, split_events
+from tfrec.errors import InputError
+
+
+def events_at(times):
+    """One event per time, each its own user (no session ids)."""
+    return pd.DataFrame({"user": [f"u{i}" for i in range(len(times))],
+                         "item": "a", "time": np.asarray(times, dtype=np.int64),
+                         "event": "click", "session": None})
+
+
+def test_split_fraction_is_a_share_of_the_events_not_of_the_time_range():
+    # 990 events in the first day, 10 spread over the following 99 days: a
+    # split at 10% of the time range would hold out under 1% of the events.
+    day = 86_400
+    times = np.concatenate([np.linspace(0, day, 990), np.linspace(2 * day, 100 * day, 10)])
+    train, test, cut = split_events(events_at(times), split_fraction=0.1)
+    assert len(test) == 100 and len(train) == 900
+    assert train["time"].max() < cut <= test["time"].min()  # still a split by time
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.15, 0.5])
+def test_the_held_out_share_is_close_to_the_fraction(fraction):
+    times = np.random.default_rng(3).exponential(1000.0, 5000).astype(np.int64)
+    _, test, _ = split_events(events_at(times), split_fraction=fraction)
+    assert abs(len(test) / 5000 - fraction) < 0.005
+
+
+def test_a_shared_timestamp_stays_on_one_side_nearest_the_share():
+    # 10 events, 4 of them at the last time: 30% asks for 3; of the cuts that
+    # keep the tie together, holding out 4 is nearer 3 than holding out none.
+    times = [1, 2, 3, 4, 5, 6, 9, 9, 9, 9]
+    assert fraction_cut(np.array(times), 0.3) == 9
+    assert fraction_cut(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), 0.3) == 8
+    assert fraction_cut(np.array([1, 2, 3]), 0.01) == 3  # at least one event held out
+
+
+def test_every_event_at_one_time_has_nothing_to_train_on():
+    with pytest.raises(InputError) as err:
+        split_events(events_at([5, 5, 5]), split_fraction=0.1)
+    assert err.value.key == "train.split_fraction"
