@@ -50,7 +50,8 @@ class ModelServer:
         and connection cap, the grace period. The gRPC port is bound
         exclusively: a second server on the same port refuses to start.
       batcher: merges concurrent calls (`tfrec.serving.batching.Batcher`).
-      max_message_bytes: largest gRPC message either way (and REST body).
+      max_message_bytes: largest gRPC message either way (and REST body, with
+        `max_request_bytes` if smaller).
       workers: gRPC worker threads (calls served at once).
     """
 
@@ -90,7 +91,9 @@ class ModelServer:
                 self.rest = RestServer(self.predictor, host, rest_port,
                                        read_timeout=config.rest_api_timeout_seconds,
                                        max_connections=config.rest_api_max_connections,
-                                       max_body_bytes=max_message_bytes)
+                                       max_body_bytes=min(max_message_bytes,
+                                                          config.max_request_bytes),
+                                       limits=self.predictor.limits)
             except OSError as err:
                 self.server.stop(0)
                 raise InputError(f"cannot listen on {host}:{rest_port}: {err.strerror}",
