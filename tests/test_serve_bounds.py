@@ -1,6 +1,7 @@
 """`tfrec serve` against requests built to cost it: what one small request may make the
 server allocate, parse or echo, and HTTP it cannot speak. A real server process."""
 
+import concurrent.futures
 import json
 import socket
 import time
@@ -123,6 +124,13 @@ def test_a_rest_body_of_too_many_values_is_refused_before_it_is_parsed(server):
         "request (tfrec serve --max_request_elements), with one more per row allowed for a "
         "scalar input repeated in every row (--max_batch); it was not parsed")
     assert rss_mb(server.proc.pid) - before < 50
+    # Bodies of 30 MB, under the byte limit, four at once: counted, refused, and given back.
+    body = b'{"inputs": {"item_ids": [[' + b",".join([b'""'] * 10_000_000) + b']], "k": 5}}'
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: exchange(server, post("/v1/models/shop:predict",
+                                                                body), 60), range(8)))
+    assert [lines for lines, _, _ in answers] == [[b"HTTP/1.1 400 Bad Request"]] * 8
+    assert rss_mb(server.proc.pid) - before < 100
     # Lists of strings padded to the longest: refused before the padding is built.
     rows = [[""]] * 3000 + [[""] * 500]
     body = json.dumps({"inputs": {"item_ids": rows, "k": 5}}).encode()
