@@ -21,15 +21,26 @@ chunked bodies carrying a second request, stalled bodies, nested and ragged
 JSON, 100k-deep JSON, unknown labels/versions), with 50 idle REST connections
 held open for the whole phase.
 
+Phase C: for each heavy case alone (a 1 KB string declared [1998, 500], which
+TensorFlow would fill to 1 GB; a 57 MB REST body of 12M strings; a 30 MB body of
+10M strings, under the byte limit; lists of strings whose padding would make
+1.5M values; a 1 MB signature name; an HTTP/2 preface), the same good clients
+for `--case-seconds` while the hostile threads replay only that case; the
+good requests' p99 over phase A's (the quiet baseline) and the server's RSS
+growth over the case (the largest VmRSS sampled every 50 ms during it, and
+after it, against before it) are reported for each. These cases are also
+replayed in phase B.
+
 It prints, as markdown tables: the good requests' count, errors, p50 and p99
 for both phases; the server's RSS (VmRSS from /proc) at start, after A and
 after B; each hostile case's outcomes (gRPC status code, or HTTP status codes
 and whether the server closed the connection); and PASS/FAIL against:
 p99 under hostile traffic at most 2x the baseline p99, RSS growth at most
-200 MB, no good-request errors, and the server alive and answering after B.
+200 MB (after B, and during and after each case of C), no good-request
+errors, and the server alive and answering after B and C.
 The server is then stopped with SIGTERM and its exit code reported. The exit
 status is non-zero if any criterion fails. Everything is bounded: about
-2 x seconds plus startup (and model building with --generated); every client
+2 x seconds + 6 x case-seconds plus startup (and model building with --generated); every client
 call and socket has a short timeout.
 """
 
@@ -282,6 +293,8 @@ def http_exchange(port: int, data: bytes, wait: float = HOSTILE_TIMEOUT,
             sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
             end = "reset"
+        except socket.timeout:
+            pass  # the server stopped reading (e.g. 413 before a big body): read its answer
         deadline = time.monotonic() + wait
         while end == "held":
             left = deadline - time.monotonic()
@@ -330,19 +343,48 @@ def get(path: str) -> bytes:
 
 # ---------------------------------------------------------------- hostile cases
 
+def heavy_cases(model: str) -> list:
+    """The cases built to make one request cost the server much (phase C, and in B):
+    [(name, callable(grpc_stub, rest_port) -> (outcome, detail))]."""
+    cases = []
+    predict = f"/v1/models/{model}:predict"
+    request = predict_request(string_tensor([b"x" * 1000], [1998, 500]), 10, model)
+    cases.append((f"grpc 1 KB string declared [1998, 500] ({request.ByteSize():,} bytes, "
+                  "1 GB filled)", _grpc_run(request)))
+    body = b'{"inputs": {"item_ids": [[' + b",".join([b'"a"'] * 12_000_000) + b']], "k": 5}}'
+    cases.append((f"rest body of 12M strings ({len(body) / 1e6:.0f} MB)",
+                  lambda _stub, port: http_exchange(port, post(predict, body))))
+    body30 = b'{"inputs": {"item_ids": [[' + b",".join([b'""'] * 10_000_000) + b']], "k": 5}}'
+    cases.append((f"rest body of 10M strings ({len(body30) / 1e6:.0f} MB, under the byte "
+                  "limit)", lambda _stub, port: http_exchange(port, post(predict, body30))))
+    rows = json.dumps({"inputs": {"item_ids": [[""]] * 3000 + [[""] * 500], "k": 5}}).encode()
+    cases.append(("rest string lists padded to 3,001 x 500",
+                  lambda _stub, port: http_exchange(port, post(predict, rows))))
+    request = predict_request(string_tensor([b"i"], [1, 1]), 10, model,
+                              signature="s" * 2**20)
+    cases.append(("grpc 1 MB signature name", _grpc_run(request)))
+    cases.append(("rest HTTP/2 preface (PRI * HTTP/2.0)",
+                  lambda _stub, port: http_exchange(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")))
+    return cases
+
+
+def _grpc_run(request):
+    def run(stub, _port):
+        try:
+            response = stub.Predict(request, timeout=HOSTILE_TIMEOUT)
+            return "OK", ", ".join(f"{k} {[d.size for d in v.tensor_shape.dim]}"
+                                   for k, v in sorted(response.outputs.items()))
+        except grpc.RpcError as err:
+            return err.code().name, err.details() or ""
+    return run
+
+
 def hostile_cases(model: str, version: int, ids: list[str], rng: random.Random):
     """[(name, callable(grpc_stub, rest_port) -> (outcome, detail))], in replay order."""
     cases = []
 
     def grpc_case(name, request):
-        def run(stub, _port):
-            try:
-                response = stub.Predict(request, timeout=HOSTILE_TIMEOUT)
-                return "OK", ", ".join(f"{k} {[d.size for d in v.tensor_shape.dim]}"
-                                       for k, v in sorted(response.outputs.items()))
-            except grpc.RpcError as err:
-                return err.code().name, err.details() or ""
-        cases.append((name, run))
+        cases.append((name, _grpc_run(request)))
 
     def http_case(name, data, **kwargs):
         cases.append((name, lambda _stub, port: http_exchange(port, data, **kwargs)))
@@ -539,6 +581,31 @@ def run_phase(server: Server, ids: list[str], seconds: float, clients: int,
     return result
 
 
+class RssSampler:
+    """The largest VmRSS of `pid` sampled every 50 ms while the `with` block runs."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak = pid, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while True:
+            value = rss_mb(self.pid)
+            if value is not None:
+                self.peak = value if self.peak is None else max(self.peak, value)
+            if self._stop.wait(0.05):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def summarize(latencies: list, errors: collections.Counter, elapsed: float) -> dict:
     ms = np.asarray(latencies) * 1000
     return {"requests": int(len(ms) + sum(errors.values())), "ok": int(len(ms)),
@@ -587,6 +654,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     parser.add_argument("--clients", type=int, default=4, help="good client threads")
     parser.add_argument("--hostile-threads", type=int, default=2)
+    parser.add_argument("--case-seconds", type=float, default=8.0,
+                        help="length of each heavy case's phase (C); 0 skips phase C")
     parser.add_argument("--startup-timeout", type=float, default=180.0)
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON "
                                                        "('-' for stdout)")
@@ -628,13 +697,29 @@ def main(argv=None) -> int:
         print(f"phase A: {args.clients} good clients, {args.seconds:.0f} s ...", flush=True)
         phase_a = run_phase(server, ids, args.seconds, args.clients, seed=1)
         rss["after_a"] = server.rss()
-        cases = hostile_cases(name, int(version_dir.name), ids, random.Random(0))
+        heavy = heavy_cases(name)
+        cases = hostile_cases(name, int(version_dir.name), ids, random.Random(0)) + heavy
         print(f"phase B: {args.clients} good clients + {args.hostile_threads} hostile threads "
               f"({len(cases)} cases) + {IDLE_CONNECTIONS} idle connections, "
               f"{args.seconds:.0f} s ...", flush=True)
         phase_b = run_phase(server, ids, args.seconds, args.clients, cases,
                             args.hostile_threads, seed=101)
         rss["after_b"] = server.rss()
+        phase_c = []
+        for i, case in enumerate(heavy if args.case_seconds > 0 else []):
+            print(f"phase C: {case[0]}, {args.case_seconds:.0f} s ...", flush=True)
+            before = server.rss()
+            with RssSampler(server.proc.pid) as sampler:
+                result = run_phase(server, ids, args.case_seconds, args.clients, [case],
+                                   args.hostile_threads, seed=201 + i)
+            after = server.rss()
+            result.update(case=case[0], rss_before=before, rss_after=after,
+                          rss_peak=sampler.peak,
+                          p99_ratio=(result["p99_ms"] / phase_a["p99_ms"]
+                                     if result["p99_ms"] and phase_a["p99_ms"] else None),
+                          rss_growth=(max(sampler.peak or after, after) - before
+                                      if before is not None and after is not None else None))
+            phase_c.append(result)
         rss["peak"] = server.rss("VmHWM")
         state = final_check(server, ids)
         exit_code, how = server.stop()
@@ -651,15 +736,25 @@ def main(argv=None) -> int:
              if phase_a["p99_ms"] and phase_b["p99_ms"] else None)
     growth = (rss["after_b"] - rss["start"]
               if rss["after_b"] is not None and rss["start"] is not None else None)
-    errors = phase_a["errors"] + phase_b["errors"]
+    errors = phase_a["errors"] + phase_b["errors"] + sum(c["errors"] for c in phase_c)
+    worst_ratio = max((c["p99_ratio"] for c in phase_c if c["p99_ratio"] is not None),
+                      default=None)
+    worst_growth = max((c["rss_growth"] for c in phase_c if c["rss_growth"] is not None),
+                       default=None)
     criteria = [
         ("good p99, B / A", ratio, f"<= {P99_RATIO_LIMIT:g}",
          ratio is not None and ratio <= P99_RATIO_LIMIT),
         ("server RSS growth, MB", growth, f"<= {RSS_GROWTH_LIMIT_MB:g}",
          growth is not None and growth <= RSS_GROWTH_LIMIT_MB),
         ("good-request errors", errors, "0", errors == 0),
-        ("server after B", state, "answering", state == "answering"),
+        ("server after B and C", state, "answering", state == "answering"),
     ]
+    if phase_c:
+        criteria[2:2] = [
+            ("worst heavy case: good p99, C / A", worst_ratio, f"<= {P99_RATIO_LIMIT:g}",
+             worst_ratio is not None and worst_ratio <= P99_RATIO_LIMIT),
+            ("worst heavy case: RSS growth, MB", worst_growth, f"<= {RSS_GROWTH_LIMIT_MB:g}",
+             worst_growth is not None and worst_growth <= RSS_GROWTH_LIMIT_MB)]
     passed = all(c[3] for c in criteria)
 
     print()
@@ -697,6 +792,19 @@ def main(argv=None) -> int:
                 [[h["case"], o, (m[:100] + "...") if len(m) > 100 else m]
                  for h in phase_b["hostile"] for o, m in h["details"].items()]))
     print()
+    if phase_c:
+        print(f"Heavy cases, each alone beside the good clients for {args.case_seconds:.0f} s "
+              f"({args.hostile_threads} threads replaying it; p99 ratio against phase A; RSS "
+              "growth: the largest VmRSS sampled during the case or after it, minus before)")
+        print()
+        print(table(["case", "calls", "outcomes", "good p99 ms", "p99 C / A", "good errors",
+                     "RSS before", "RSS peak", "RSS after", "growth MB"],
+                    [[c["case"], c["hostile"][0]["calls"],
+                      "; ".join(f"{o} x{n}" for o, n in c["hostile"][0]["outcomes"].items()),
+                      fmt(c["p99_ms"]), fmt(c["p99_ratio"], 2), c["errors"],
+                      fmt(c["rss_before"]), fmt(c["rss_peak"]), fmt(c["rss_after"]),
+                      fmt(c["rss_growth"])] for c in phase_c]))
+        print()
     print(table(["criterion", "value", "limit", "result"],
                 [[c[0], fmt(c[1], 2) if isinstance(c[1], float) else c[1], c[2],
                   "PASS" if c[3] else "FAIL"] for c in criteria]))
@@ -712,7 +820,8 @@ def main(argv=None) -> int:
                    "version": int(version_dir.name), "seconds": args.seconds,
                    "clients": args.clients, "hostile_threads": args.hostile_threads,
                    "startup_s": round(startup, 2), "warmup": warm,
-                   "phase_a": phase_a, "phase_b": phase_b, "p99_ratio": ratio,
+                   "phase_a": phase_a, "phase_b": phase_b, "phase_c": phase_c,
+                   "p99_ratio": ratio,
                    "rss_mb": rss, "rss_growth_mb": growth, "server_after_b": state,
                    "server_exit_code": exit_code, "server_stopped_by": how,
                    "criteria": {c[0]: {"value": round(c[1], 2) if isinstance(c[1], float)

@@ -670,6 +670,14 @@ class ServeConfig(Settings):
         1_000_000, "most values one request may hold, all inputs together, counted from the "
                    "declared shapes before anything is allocated", check=POSITIVE,
         flag="--max_request_elements")
+    max_request_bytes: int = setting(
+        32 * 2**20, "most bytes one request's values may take once built, all inputs together "
+                    "(strings' bytes, numbers' widths; a value TensorFlow repeats to fill a "
+                    "declared shape counts for every element it fills), checked before "
+                    "anything is built; also the largest REST body (413 over it)",
+        check=POSITIVE, flag="--max_request_bytes")
+    max_string_bytes: int = setting(65536, "longest string value a request may hold (bytes)",
+                                    check=POSITIVE, flag="--max_string_bytes")
     rest_api_port: int | None = setting(None, "also serve TF Serving's REST API on this port",
                                         check=integer_at_least(0), flag="--rest_api_port")
     rest_api_timeout_seconds: float = setting(

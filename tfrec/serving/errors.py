@@ -7,6 +7,29 @@ import re
 import grpc
 
 
+# A client's string (a name, a value) is shown in a message cut to this many characters; a
+# whole message is cut to MESSAGE_CHARS, so that no request can make its answer large.
+ECHO_CHARS = 64
+MESSAGE_CHARS = 1000
+
+
+def shown(value, limit: int = ECHO_CHARS) -> str:
+    """A string a client sent, for a message: at most `limit` characters, "..." marking a cut.
+
+    Bytes are decoded as UTF-8 (invalid bytes replaced); anything else is `str()`-ed.
+    """
+    if isinstance(value, bytes):
+        value = value[:limit * 4].decode("utf-8", "replace")
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def capped(message: str) -> str:
+    """A whole error message, cut to `MESSAGE_CHARS` characters (a last bound on what is
+    echoed: every client string in it is already cut by `shown`)."""
+    return shown(message, MESSAGE_CHARS)
+
+
 class ServingError(Exception):
     """An RPC failure with its gRPC status code (REST maps it to an HTTP status)."""
 

@@ -11,9 +11,11 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from tfrec.errors import InputError
 from tfrec.serving.config import parse_model_config
-from tfrec.serving.errors import ServingError
-from tfrec.serving.predict import Predictor, check_elements, declared_size, invalid
-from tfrec.serving.tensors import MalformedTensor, declared_shape, to_ndarray, to_proto
+from tfrec.serving.errors import ServingError, capped, shown
+from tfrec.serving.predict import (Predictor, check_bytes, check_elements, declared_size,
+                                   invalid)
+from tfrec.serving.tensors import (MalformedTensor, built_bytes, declared_shape, to_ndarray,
+                                   to_proto)
 from tfrec.serving.versions import AVAILABLE, END, LOADING, UNLOADING, ModelManager
 
 _STATES = {LOADING: get_model_status_pb2.ModelVersionStatus.LOADING,
@@ -36,20 +38,30 @@ class PredictionServicer:
         self.manager = predictor.manager
 
     def _arrays(self, request) -> dict:
-        """The request's inputs as numpy arrays, their declared sizes bounded first."""
-        shapes = {}
+        """The request's inputs as numpy arrays, bounded first from the protos alone: their
+        declared sizes (`--max_request_elements`), then the bytes they would build, values
+        repeated to fill a shape included (`--max_request_bytes`, `--max_string_bytes`)."""
+        counts = {}
         for key, proto in request.inputs.items():
             try:
-                shapes[key] = declared_shape(proto)
+                counts[key] = declared_size(declared_shape(proto))
             except MalformedTensor as err:
-                raise invalid(f"input {key!r}: malformed tensor: {err}") from None
-        check_elements({k: declared_size(s) for k, s in shapes.items()}, self.predictor.limits)
+                raise invalid(f"input {shown(key)!r}: malformed tensor: {err}") from None
+        check_elements(counts, self.predictor.limits)
+        sizes, longest = {}, {}
+        for key, proto in request.inputs.items():
+            try:
+                sizes[key], longest[key] = built_bytes(proto, counts[key])
+            except MalformedTensor as err:
+                raise invalid(f"input {shown(key)!r}: malformed tensor: {err}") from None
+        check_bytes(sizes, longest, self.predictor.limits)
         arrays = {}
         for key, proto in request.inputs.items():
             try:
                 arrays[key] = to_ndarray(proto)
             except Exception as err:  # MalformedTensor, or anything a bad proto raises
-                raise invalid(f"input {key!r}: malformed tensor: {err}") from None
+                raise invalid(f"input {shown(key)!r}: malformed tensor: "
+                              f"{shown(err, 200)}") from None
         return arrays
 
     def Predict(self, request, context):
@@ -68,14 +80,14 @@ class PredictionServicer:
                 response.outputs[key].CopyFrom(to_proto(value))
             return response
         except ServingError as err:
-            context.abort(err.code, err.message)
+            context.abort(err.code, capped(err.message))
 
     def GetModelMetadata(self, request, context):
         try:
             fields = set(request.metadata_field)
             if fields - {"signature_def"}:
-                raise invalid("Metadata field(s) not supported: "
-                              f"{', '.join(sorted(fields - {'signature_def'}))}")
+                raise invalid("Metadata field(s) not supported: " + ", ".join(
+                    shown(f) for f in sorted(fields - {"signature_def"})[:5]))
             if not fields:
                 raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
             served = self.manager.resolve(request.model_spec)
@@ -88,7 +100,7 @@ class PredictionServicer:
             response.metadata["signature_def"].Pack(defs)
             return response
         except ServingError as err:
-            context.abort(err.code, err.message)
+            context.abort(err.code, capped(err.message))
 
     def Classify(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not supported by tfrec serve")
@@ -126,13 +138,13 @@ class ModelServicer:
                     status.status.error_message = version.error
             return response
         except ServingError as err:
-            context.abort(err.code, err.message)
+            context.abort(err.code, capped(err.message))
 
     def HandleReloadConfigRequest(self, request, context):
         try:
             text = text_format.MessageToString(request.config)
             entries = parse_model_config(text, "ReloadConfigRequest", self.base_dir)
         except InputError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, err.message)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, capped(err.message))
         self.manager.reload(entries)
         return model_management_pb2.ReloadConfigResponse()

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.config import ServeConfig
-from tfrec.serving.errors import ServingError, tensorflow_message
+from tfrec.serving.errors import ServingError, shown, tensorflow_message
 from tfrec.serving.versions import Loaded, ModelManager
 
 # The largest message either way: a gRPC message, a REST body.
@@ -36,14 +36,21 @@ class RequestLimits:
       max_elements: values in one request, all inputs together, counted from
         the declared shapes before anything is allocated
         (`serve.max_request_elements`).
+      max_bytes: bytes one request's inputs take once built, all together:
+        strings' lengths and numbers' widths, the values TensorFlow repeats to
+        fill a declared shape included (`serve.max_request_bytes`).
+      max_string_bytes: bytes of one string value (`serve.max_string_bytes`).
     """
 
     max_batch: int = ServeConfig.max_batch
     max_elements: int = ServeConfig.max_request_elements
+    max_bytes: int = ServeConfig.max_request_bytes
+    max_string_bytes: int = ServeConfig.max_string_bytes
 
     @classmethod
     def from_config(cls, config: ServeConfig) -> RequestLimits:
-        return cls(config.max_batch, config.max_request_elements)
+        return cls(config.max_batch, config.max_request_elements, config.max_request_bytes,
+                   config.max_string_bytes)
 
 
 def invalid(message: str) -> ServingError:
@@ -55,9 +62,40 @@ def check_elements(counts: dict, limits: RequestLimits) -> None:
     total = sum(counts.values())
     if total > limits.max_elements:
         name, largest = max(counts.items(), key=lambda kv: kv[1])
-        raise invalid(f"input {name!r}: {largest:,} values (request total {total:,}) is over "
-                      f"the limit of {limits.max_elements:,} values per request "
+        raise invalid(f"input {shown(name)!r}: {largest:,} values (request total {total:,}) is "
+                      f"over the limit of {limits.max_elements:,} values per request "
                       "(tfrec serve --max_request_elements)")
+
+
+def check_bytes(sizes: dict, longest: dict, limits: RequestLimits) -> None:
+    """Rejects a request holding a string over `max_string_bytes`, or whose inputs take more
+    than `max_bytes` together once built.
+
+    Args:
+      sizes: input name -> bytes it takes once built (`tensors.built_bytes`).
+      longest: input name -> bytes of its longest string (0 for numbers).
+    """
+    for name, size in longest.items():
+        if size > limits.max_string_bytes:
+            raise invalid(f"input {shown(name)!r}: a string of {size:,} bytes is over the limit "
+                          f"of {limits.max_string_bytes:,} bytes per string "
+                          "(tfrec serve --max_string_bytes)")
+    total = sum(sizes.values())
+    if total > limits.max_bytes:
+        name, largest = max(sizes.items(), key=lambda kv: kv[1])
+        raise invalid(f"input {shown(name)!r}: {largest:,} bytes once built (request total "
+                      f"{total:,}) is over the limit of {limits.max_bytes:,} bytes per request "
+                      "(tfrec serve --max_request_bytes); a value repeated to fill a declared "
+                      "shape counts once per element it fills")
+
+
+def _string_bytes(value: np.ndarray) -> tuple[int, int]:
+    """(bytes, longest string's bytes) of a string array (bytes, or objects bytes or str)."""
+    if value.dtype.kind == "S":
+        return value.size * value.dtype.itemsize, value.dtype.itemsize if value.size else 0
+    lengths = [len(v) if isinstance(v, bytes) else len(v.encode("utf-8", "surrogatepass"))
+               for v in value.reshape(-1).tolist()]
+    return sum(lengths), max(lengths, default=0)
 
 
 def _cast(name: str, value: np.ndarray, expected: tf.DType) -> np.ndarray:
@@ -114,7 +152,8 @@ def _differing(value: np.ndarray) -> str:
     values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
               for v in value.tolist()]
     other = next(v for v in values if v != values[0])
-    return f"{values[0]!r} and {other!r}"
+    first, other = (shown(v) if isinstance(v, str) else v for v in (values[0], other))
+    return f"{first!r} and {other!r}"
 
 
 def check_inputs(arrays: dict, function, limits: RequestLimits, served: Loaded | None = None,
@@ -138,14 +177,14 @@ def check_inputs(arrays: dict, function, limits: RequestLimits, served: Loaded |
         arrays = from_rows(arrays, specs)
     unknown = sorted(set(arrays) - set(specs))
     if unknown:
-        raise invalid(f"input name(s) {', '.join(unknown)} not in the signature; "
+        raise invalid(f"input name(s) {_listed(unknown)} not in the signature; "
                       f"expected: {', '.join(sorted(specs))}")
     missing = sorted(set(specs) - set(arrays))
     if missing:
         raise invalid(f"missing input(s): {', '.join(missing)}")
     check_elements({name: int(np.size(arrays[name])) for name in specs}, limits)
     metadata = served.metadata if served is not None else {}
-    tensors = {}
+    values, sizes, longest = {}, {}, {}
     for name, spec in specs.items():
         value = np.asarray(arrays[name])
         expected = spec.dtype
@@ -180,8 +219,20 @@ def check_inputs(arrays: dict, function, limits: RequestLimits, served: Loaded |
                           f"recent {width}")
         if expected == tf.string and value.dtype.kind == "U":
             value = np.char.encode(value, "utf-8")
-        tensors[name] = tf.constant(value, dtype=expected)
-    return tensors
+        if expected == tf.string:
+            sizes[name], longest[name] = _string_bytes(value)
+        else:
+            sizes[name], longest[name] = value.size * expected.size, 0
+        values[name] = value
+    check_bytes(sizes, longest, limits)
+    return {name: tf.constant(value, dtype=specs[name].dtype) for name, value in values.items()}
+
+
+def _listed(names, most: int = 5) -> str:
+    """Client-given names for a message: each cut short, at most `most` of them."""
+    names = list(names)
+    text = ", ".join(shown(n) for n in names[:most])
+    return text + (f" (and {len(names) - most} more)" if len(names) > most else "")
 
 
 class Predictor:
@@ -214,12 +265,12 @@ class Predictor:
         signature = signature or "serving_default"
         function = served.model.signatures.get(signature)
         if function is None:
-            raise invalid(f"Serving signature name: \"{signature}\" not found in signature def "
-                          f"(have: {', '.join(sorted(served.model.signatures))})")
+            raise invalid(f"Serving signature name: \"{shown(signature)}\" not found in "
+                          f"signature def (have: {', '.join(sorted(served.model.signatures))})")
         tensors = check_inputs(arrays, function, self.limits, served, cast, rows)
         unknown = [o for o in output_filter if o not in function.structured_outputs]
         if unknown:
-            raise invalid(f"output_filter names unknown output(s): {', '.join(unknown)}; "
+            raise invalid(f"output_filter names unknown output(s): {_listed(unknown)}; "
                           f"the signature has: {', '.join(sorted(function.structured_outputs))}")
         if is_active is not None and not is_active():
             raise ServingError(grpc.StatusCode.CANCELLED, "the client cancelled the call")

@@ -7,7 +7,10 @@ request. Reads time out (`read_timeout`, also the idle keep-alive limit), the
 number of open connections is capped (`max_connections`; over it a connection
 gets 503 from the accepting thread, which never blocks on it), bodies over
 `max_body_bytes` get 413 unread, and `stop(grace)` lets requests in flight
-finish while answering new ones with 503.
+finish while answering new ones with 503. A predict body's values are counted
+before it is parsed (`limits`): one holding more than a request may is refused
+at the cost of a scan, not of the Python objects parsing would build. Client
+strings in error messages are cut short (`errors.shown`), a whole message too.
 
 JSON inputs become numpy arrays without narrowing: integers are int64 (an
 integer outside int64 is refused), any float makes the input float64, strings
@@ -36,7 +39,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from tfrec.config import ServeConfig
-from tfrec.serving.errors import ServingError
+from tfrec.serving.errors import ServingError, capped, shown
 from tfrec.serving.predict import MAX_MESSAGE_BYTES, UNNAMED
 
 logger = logging.getLogger(__name__)
@@ -89,13 +92,71 @@ def _parse_json(raw: bytes):
         return json.loads(raw)
     except RecursionError:
         name = _deep_input_name(raw)
-        where = f"input {name!r}: " if name else ""
+        where = f"input {shown(name)!r}: " if name else ""
         raise _invalid(f"{where}the JSON nests deeper than the parser allows; an input may "
                        f"nest at most {_MAX_DEPTH} lists") from None
     except UnicodeDecodeError:
         raise _invalid("the body is not UTF-8 JSON") from None
     except ValueError as err:  # JSONDecodeError, or an integer literal of > 4300 digits
         raise _invalid(f"malformed JSON: {err}") from None
+
+
+# Counting a body's values before it is parsed (`_too_many_values`).
+_STRUCTURE = np.zeros(256, dtype=bool)  # JSON's punctuation and white space
+_STRUCTURE[list(b" \t\r\n[]{},:")] = True
+_QUOTE, _BACKSLASH, _COLON = ord('"'), ord("\\"), ord(":")
+_NOT_BACKSLASH = re.compile(rb"[^\\]")
+_COUNT_CHUNK = 1 << 20
+
+
+def _too_many_values(raw: bytes, most: int) -> bool:
+    """Whether a JSON text holds more than `most` values (strings, numbers, true, false,
+    null; object keys not counted), told without parsing it: 1 MB at a time, in numpy,
+    stopping once over. Parsing builds a Python object per value (about 60 bytes and 0.5 us
+    each), so a body is counted first. For a text that is not JSON the count is an
+    estimate (the parser refuses such a text anyway)."""
+    # Every value follows "[", "," or ":", or is the whole text: usually decided here, a
+    # chunk at a time so that no other thread waits long for the interpreter.
+    bound = 0
+    for start in range(0, len(raw), _COUNT_CHUNK):
+        end = start + _COUNT_CHUNK
+        bound += raw.count(b",", start, end) + raw.count(b"[", start, end) + raw.count(
+            b":", start, end)
+        if bound >= most:
+            break
+    else:
+        return False
+    data = np.frombuffer(raw, dtype=np.uint8)
+    count, start, in_string, in_token = 0, 0, False, False
+    while start < len(raw):
+        end = min(len(raw), start + _COUNT_CHUNK)
+        if end < len(raw):  # never split a run of backslashes
+            found = _NOT_BACKSLASH.search(raw, end - 1)
+            end = found.end() if found else len(raw)
+        chunk = data[start:end]
+        quotes = np.flatnonzero(chunk == _QUOTE)
+        if quotes.size and raw.find(b"\\", start, end) >= 0:
+            # A quote after an odd run of backslashes is escaped: drop it.
+            backslash = np.zeros(chunk.size + 2, dtype=np.int8)
+            backslash[1:-1] = chunk == _BACKSLASH
+            edges = np.diff(backslash)
+            runs, after = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+            after = after[((after - runs) % 2 == 1) & (after < chunk.size)]
+            quotes = np.setdiff1d(quotes, after[chunk[after] == _QUOTE], assume_unique=True)
+        toggle = np.zeros(chunk.size, dtype=np.uint8)
+        toggle[quotes] = 1
+        inside = np.bitwise_xor.accumulate(toggle).astype(bool) ^ in_string
+        token = ~(_STRUCTURE[chunk] | inside | (chunk == _QUOTE))
+        starts = int(np.count_nonzero(token[1:] & ~token[:-1])) + bool(token[0] and
+                                                                       not in_token)
+        strings = quotes[1 if in_string else 0::2].size  # opening quotes
+        keys = int(np.count_nonzero((chunk == _COLON) & ~inside))
+        count += starts + strings - keys
+        if count > most + 1:  # + 1: a key whose colon is in the next chunk
+            return True
+        in_string, in_token = bool(inside[-1]), bool(token[-1])
+        start = end
+    return count > most
 
 
 _DEEP_SCAN_BYTES = 8 << 20
@@ -122,22 +183,23 @@ def _deep_input_name(raw: bytes) -> str | None:
         return None
 
 
-def _arrays_from_json(body: dict) -> tuple[dict, bool]:
-    """(named arrays, row format?) from a predict body ("instances" or "inputs")."""
+def _arrays_from_json(body: dict, most: int | None = None) -> tuple[dict, bool]:
+    """(named arrays, row format?) from a predict body ("instances" or "inputs"); `most`
+    bounds the values of an input once its string lists are padded."""
     if "instances" in body and "inputs" in body:
         raise _invalid("the body has both 'instances' (row format) and 'inputs' (columnar); "
                        "send one")
     if "instances" in body:
-        return _arrays_from_rows(body["instances"]), True
+        return _arrays_from_rows(body["instances"], most), True
     if "inputs" in body:
         inputs = body["inputs"]
         if not isinstance(inputs, dict):
             raise _invalid("'inputs' must be an object of named inputs")
-        return {name: _to_array(name, value) for name, value in inputs.items()}, False
+        return {name: _to_array(name, value, most) for name, value in inputs.items()}, False
     raise _invalid("the body needs 'instances' (row format) or 'inputs' (columnar)")
 
 
-def _arrays_from_rows(instances) -> dict:
+def _arrays_from_rows(instances, most: int | None = None) -> dict:
     """The row format's named arrays: each input stacks its value of every instance, so its
     leading (batch) dimension is the number of instances, whatever the values are. Bare
     values (not objects) are one unnamed input (`predict.UNNAMED`), for a signature of one
@@ -148,7 +210,7 @@ def _arrays_from_rows(instances) -> dict:
                        "of values for a signature of one input)")
     named = [isinstance(instance, dict) and not _is_text(instance) for instance in instances]
     if not any(named):
-        return {UNNAMED: _to_array("instances", instances)}
+        return {UNNAMED: _to_array("instances", instances, most)}
     if not all(named):
         i = named.index(False)
         raise _invalid(f"instance {i}: each instance must be an object of named inputs "
@@ -159,21 +221,35 @@ def _arrays_from_rows(instances) -> dict:
         raise _invalid("instance 0 names no inputs")
     for i, instance in enumerate(instances):
         if set(instance) != names:
-            raise _invalid(f"instance {i} names {sorted(instance)}, instance 0 names "
-                           f"{sorted(names)}: every instance must name the same inputs")
-    return {name: _to_array(name, [instance[name] for instance in instances])
+            raise _invalid(f"instance {i} names {_names(instance)}, instance 0 names "
+                           f"{_names(names)}: every instance must name the same inputs")
+    return {name: _to_array(name, [instance[name] for instance in instances], most)
             for name in instances[0]}
+
+
+def _names(names, most: int = 5) -> str:
+    """Input names a client sent, for a message: each cut short, at most `most` of them."""
+    names = sorted(names)
+    listed = [shown(n) for n in names[:most]] + (["..."] if len(names) > most else [])
+    return "[" + ", ".join(repr(n) for n in listed) + "]"
 
 
 def _is_text(value) -> bool:
     return isinstance(value, str) or (isinstance(value, dict) and set(value) == {"b64"})
 
 
-def _to_array(name: str, value) -> np.ndarray:
-    """One input's JSON value -> a numpy array (see the module docstring for the rules)."""
+def _to_array(name: str, value, most: int | None = None) -> np.ndarray:
+    """One input's JSON value -> a numpy array (see the module docstring for the rules);
+    lists of strings are padded only if that makes at most `most` values."""
+    name = shown(name)  # for messages only
     if (isinstance(value, list) and value and all(isinstance(v, list) for v in value)
             and all(_is_text(x) for v in value for x in v)):
         width = max(len(v) for v in value)
+        if most is not None and len(value) * width > most:
+            raise _invalid(f"input {name!r}: padding its {len(value):,} lists of strings to "
+                           f"the longest ({width:,}) makes {len(value) * width:,} values, over "
+                           f"the limit of {most:,} values per request "
+                           "(tfrec serve --max_request_elements)")
         value = [v + [""] * (width - len(v)) for v in value]  # lists of strings: padded
     leaves: list = []
     shape = _shape(name, value, 0, leaves)
@@ -298,12 +374,13 @@ class _HTTPServer(socketserver.TCPServer):
     request_queue_size = 128
 
     def __init__(self, address, predictor, read_timeout: float, max_connections: int,
-                 max_body_bytes: int):
+                 max_body_bytes: int, limits=None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.predictor = predictor
         self.read_timeout = read_timeout
         self.max_connections = max_connections
         self.max_body_bytes = max_body_bytes
+        self.limits = limits
         self.cond = threading.Condition()
         self.connections: dict = {}  # socket -> its thread
         self.busy: set = set()  # sockets with a request being read, run or answered
@@ -449,12 +526,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return True  # "100 Continue" is sent only once the body is known to be acceptable
 
     def send_error(self, code, message=None, explain=None):
-        """http.server's own errors (bad request line, headers too long...) as JSON."""
+        """http.server's own errors (bad request line, headers too long...) as JSON.
+
+        A request line whose version is not HTTP/1.x (`PRI * HTTP/2.0`, `GET / HTTP/9.9`)
+        leaves http.server's version at HTTP/0.9, which has no status line: the answer
+        is given as HTTP/1.1 (505 or 400), and the connection closed.
+        """
         if message is None:
             message = self.responses.get(code, ("error",))[0]
+        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
+            self.request_version = "HTTP/1.1"
+            self.close_connection = True
         self._send(code, {"error": message})
 
     def _send(self, code: int, payload: dict, headers: dict | None = None) -> None:
+        if "error" in payload:
+            payload = {**payload, "error": capped(str(payload["error"]))}
         data = json.dumps(payload).encode("utf-8")
         if code >= 400 or self.server.stopping:
             self.close_connection = True
@@ -539,7 +626,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._send(200, payload)
 
-    def _read_body(self) -> bytes | None:
+    def _read_body(self) -> bytearray | None:
         """The whole body, or None once an error was answered (the connection then closes)."""
         if self.headers.get_all("Transfer-Encoding"):
             self._send(411, {"error": "Transfer-Encoding (chunked bodies) is not supported: "
@@ -559,23 +646,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return None
         length = int(value)
         if length > self.server.max_body_bytes:
-            self._send(413, {"error": f"the request body ({length} bytes) is over the limit "
-                                      f"of {self.server.max_body_bytes} bytes"})
+            self._send(413, {"error": f"the request body ({length:,} bytes) is over the limit "
+                                      f"of {self.server.max_body_bytes:,} bytes (tfrec serve "
+                                      "--max_request_bytes); it was not read"})
             return None
         if (length and self.headers.get("Expect", "").lower() == "100-continue"
                 and self.request_version != "HTTP/1.0"):
             self.send_response_only(100)
             self.end_headers()
-        chunks, remaining = [], length
-        while remaining:
-            chunk = self.rfile.read(min(remaining, 1 << 20))  # TimeoutError: 408
-            if not chunk:
-                self._send(400, {"error": f"the body ended after {length - remaining} of the "
-                                          f"{length} bytes of its Content-Length"})
+        body = bytearray(length)  # read in place: one copy of the body, never two
+        view, done = memoryview(body), 0
+        while done < length:
+            got = self.rfile.readinto(view[done:done + (1 << 20)])  # TimeoutError: 408
+            if not got:
+                self._send(400, {"error": f"the body ended after {done} of the {length} "
+                                          "bytes of its Content-Length"})
                 return None
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+            done += got
+        view.release()
+        return body
 
     def _dispatch(self, body: bytes) -> dict:
         path = self.path.split("?", 1)[0]
@@ -609,9 +698,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         "error_message": v.error or ""}} for v in versions]}
 
     def _predict(self, name, version, label, raw: bytes) -> dict:
-        if not raw.strip():
+        if not raw or raw.isspace():
             raise _invalid("the request body is empty; send a JSON object with 'instances' "
                            "(row format) or 'inputs' (columnar)")
+        limits = self.server.limits
+        most = None if limits is None else limits.max_elements
+        # The row format repeats a scalar input (k) in every instance, up to max_batch.
+        if most is not None and _too_many_values(raw, most + limits.max_batch):
+            raise _invalid(f"the body holds more than {most + limits.max_batch:,} values: "
+                           f"over the limit of {most:,} values per request (tfrec serve "
+                           "--max_request_elements), with one more per row allowed for a "
+                           "scalar input repeated in every row (--max_batch); it was not "
+                           "parsed")
         body = _parse_json(raw)
         if not isinstance(body, dict):
             raise _invalid("the body must be a JSON object with 'instances' or 'inputs'")
@@ -619,7 +717,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not isinstance(signature, str):
             raise _invalid("'signature_name' must be a string")
         try:
-            arrays, rows = _arrays_from_json(body)
+            arrays, rows = _arrays_from_json(body, most)
         except RecursionError:
             raise _invalid(f"an input nests more than {_MAX_DEPTH} lists deep") from None
         _, _, _, outputs = self.server.predictor.run(name, version, label, signature, arrays,
@@ -639,12 +737,16 @@ class RestServer:
       max_connections: open connections at once; over it a new connection gets
         503 and is closed.
       max_body_bytes: the largest request body (413 over it).
+      limits: the predictor's `RequestLimits`: a predict body holding more than
+        `max_elements` values (plus `max_batch`, for a scalar input the row format
+        repeats in every row) is refused before it is parsed, as is a list of string
+        lists that padding would make larger. None: no count (the model's checks only).
     """
 
     def __init__(self, predictor, host: str, port: int, *,
                  read_timeout: float = ServeConfig.rest_api_timeout_seconds,
                  max_connections: int = ServeConfig.rest_api_max_connections,
-                 max_body_bytes: int = MAX_MESSAGE_BYTES):
+                 max_body_bytes: int = MAX_MESSAGE_BYTES, limits=None):
         if not read_timeout > 0:
             raise ValueError(f"read_timeout must be > 0 seconds, got {read_timeout}")
         if max_connections < 1:
@@ -653,7 +755,7 @@ class RestServer:
             raise ValueError(f"max_body_bytes must be >= 0, got {max_body_bytes}")
         self.predictor = predictor
         self.httpd = _HTTPServer((host, port), predictor, read_timeout, max_connections,
-                                 max_body_bytes)
+                                 max_body_bytes, limits)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever,
                                         kwargs={"poll_interval": 0.1}, daemon=True,

@@ -42,12 +42,44 @@ def declared_shape(proto: tensor_pb2.TensorProto) -> list[int]:
     return shape
 
 
+def built_bytes(proto: tensor_pb2.TensorProto, count: int) -> tuple[int, int]:
+    """What a TensorProto of `count` declared values takes once built, read from the proto
+    alone (nothing is allocated).
+
+    TensorFlow fills a shape given fewer values than it declares by repeating the last
+    one, so one 1,000-byte string declared [1000, 1000] builds 1 GB: the repeats are
+    counted here.
+
+    Returns:
+      (bytes of the values, filled out to `count`: strings' lengths, numbers' widths;
+       the longest string's bytes, 0 for numbers).
+
+    Raises:
+      MalformedTensor: more strings than the shape declares, or a dtype with no width.
+    """
+    if proto.dtype == types_pb2.DT_STRING:
+        given = len(proto.string_val)
+        if given > count:
+            raise MalformedTensor(f"{given:,} strings for a shape of {count:,} values")
+        if not given:
+            return 0, 0
+        lengths = list(map(len, proto.string_val))
+        return sum(lengths) + (count - given) * lengths[-1], max(lengths)
+    try:
+        width = tf.dtypes.as_dtype(proto.dtype).size
+    except Exception:  # TypeError for an unknown enum
+        width = 0
+    if not width:  # an unknown enum, or a type with no width (resource, variant)
+        raise MalformedTensor(f"unsupported dtype {proto.dtype}")
+    return count * width, 0
+
+
 def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """The numpy array a TensorProto holds (strings as an object array of bytes).
 
     A proto with fewer values than its shape is filled out with its last
-    value, as TensorFlow does: bound the declared size (`declared_shape`)
-    before calling this on untrusted input.
+    value, as TensorFlow does: bound the declared size (`declared_shape`) and
+    the bytes it builds (`built_bytes`) before calling this on untrusted input.
     """
     shape = declared_shape(proto)
     count = math.prod(shape)

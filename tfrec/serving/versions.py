@@ -30,7 +30,7 @@ from tfrec.config import ServeConfig
 from tfrec.exporter.layout import ModelFolder, VersionFolder
 from tfrec.exporter.saved_model import load_saved_model
 from tfrec.serving.config import ModelEntry
-from tfrec.serving.errors import ServingError
+from tfrec.serving.errors import ServingError, shown
 
 logger = logging.getLogger(__name__)
 
@@ -327,13 +327,13 @@ class ModelManager:
         with self._lock:
             if name not in self.versions:
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Servable not found for request: Latest({name})")
+                                   f"Servable not found for request: Latest({shown(name)})")
             served = self.versions[name]
             if label is not None:
                 number = self.entries[name].labels.get(label)
                 if number is None:
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Unrecognized servable version label: {label}")
+                                       f"Unrecognized servable version label: {shown(label)}")
             if number is not None:
                 version = served.get(number)
                 if version is None or version.state != AVAILABLE:
@@ -359,12 +359,12 @@ class ModelManager:
         with self._lock:
             if name not in self.versions:
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Could not find any versions of model {name}")
+                                   f"Could not find any versions of model {shown(name)}")
             if label is not None:
                 number = self.entries[name].labels.get(label)
                 if number is None:
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Unrecognized servable version label: {label}")
+                                       f"Unrecognized servable version label: {shown(label)}")
             versions = sorted(self.versions[name].values(), key=lambda v: v.number)
             problem = self.problems.get(name)
             if not versions and number is None and problem:
