@@ -37,10 +37,10 @@ def trained(data_files, tmp_path_factory):
     seen = {"tables": [], "lambdas": [], "chosen": []}
     build = stage_lib._table
 
-    def recording_table(config_, sessions, size, lam=None):
+    def recording_table(config_, sessions, size, lambdas=None):
         seen["tables"].append(int(len(sessions.items)))
-        seen["lambdas"].append(lam)
-        table = build(config_, sessions, size, lam)
+        seen["lambdas"].append(lambdas)
+        table = build(config_, sessions, size, lambdas)
         seen["chosen"].append(table.info["lambda"])
         return table
 
@@ -60,9 +60,12 @@ def test_no_ranker_case_is_in_the_two_tower_or_the_table_fit(trained):
     # training event (for the held-out cases and the export).
     assert len(stage1.sessions.items) < len(data.sessions.items)
     assert seen["tables"] == [len(stage1.sessions.items), len(data.sessions.items)]
-    # λ is chosen once, on stage 1's sessions (never the held-out cases), and kept.
-    assert seen["lambdas"] == [None, seen["chosen"][0]]
-    assert seen["chosen"][1] == seen["chosen"][0]
+    # λ is chosen on each table's own sessions (never the held-out cases): the whole
+    # period's from the grid's values next to stage 1's choice.
+    grid = sorted(config.ranking.ease_lambdas)
+    at = grid.index(seen["chosen"][0])
+    assert seen["lambdas"] == [None, tuple(grid[max(0, at - 1):at + 2])]
+    assert seen["chosen"][1] in seen["lambdas"][1]
     # No event of the ranker's slice is in stage 1's sessions: the (user, time) pairs differ.
     s1 = set(zip(split.stage1["user"], split.stage1["time"]))
     ranker = set(zip(split.ranker["user"], split.ranker["time"]))

@@ -393,8 +393,8 @@ class RankingConfig(Settings):
                                    "neighbourhood estimator (C)", check=POSITIVE)
     ease_lambda: float | None = setting(
         None, "EASE's ridge λ (null: chosen from ease_lambdas by HR@10 on a validation slice "
-              "of stage 1's sessions, never on the held-out cases; the whole period's table "
-              "keeps it)", check=above(0))
+              "of each table's sessions, never on the held-out cases; the whole period's table "
+              "tries the grid's values next to stage 1's choice)", check=above(0))
     ease_lambdas: tuple[float, ...] = setting(
         (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
         "the λ grid ease_lambda is chosen from", check=each(above(0), "values > 0"))

@@ -251,19 +251,24 @@ class RankingStage:
                    tuple(meta["columns"]), meta.get("info", {}))
 
 
-def _table(config: RunConfig, sessions, size: int, lam: float | None = None) -> ItemItemTable:
-    """The item-item table of `sessions`; λ is `lam`, else ranking.ease_lambda, else chosen
-    on a validation slice of `sessions`."""
+def _table(config: RunConfig, sessions, size: int, lambdas: tuple | None = None) -> ItemItemTable:
+    """The item-item table of `sessions`: λ is ranking.ease_lambda, else chosen from
+    `lambdas` (default ranking.ease_lambdas) on a validation slice of `sessions`."""
     rk = config.ranking
     return build_item_table(sessions, size, rk.estimator, rk.table_size, rk.neighbours,
-                            rk.ease_lambda if lam is None else lam, rk.ease_lambdas,
+                            rk.ease_lambda, rk.ease_lambdas if lambdas is None else lambdas,
                             k=config.train.eval_k, seed=config.train.eval_seed)
 
 
-def chosen_lambda(table: ItemItemTable) -> float | None:
-    """The λ a table was fit with when it was chosen on validation data (else None)."""
+def lambdas_near(table: ItemItemTable, grid: tuple) -> tuple | None:
+    """The grid's values next to the λ chosen for `table` (itself and one step each
+    way), or None when its λ was not chosen from the grid."""
     tuning = table.info.get("tuning")
-    return None if tuning is None else float(tuning["chosen"])
+    grid = tuple(sorted(grid))
+    if tuning is None or tuning["chosen"] not in grid:
+        return None
+    at = grid.index(tuning["chosen"])
+    return grid[max(0, at - 1):at + 2]
 
 
 @dataclasses.dataclass
@@ -343,16 +348,14 @@ def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
                         {"ranker_cases": int(len(cases)), "fit_cases": int(len(fit_rows)),
                          "validation_cases": int(len(val_rows)), "shown_as_new": int(len(as_new)),
                          "candidate_recall": recall})
-    # The whole period's table takes the λ chosen for stage 1's (on a validation slice of
-    # stage 1's sessions): the grid search is the table's costliest part, and 12% more
-    # sessions do not move the choice across the grid's steps.
-    lam = chosen_lambda(tables_s1.table)
+    # The whole period's λ is chosen again on its own validation slice, from the grid's
+    # values next to stage 1's choice: the grid search is the table's costliest part,
+    # and 12% more sessions move the best λ by a step of the grid at most.
+    near = lambdas_near(tables_s1.table, rk.ease_lambdas)
     logger.info("ranking stage: the item-item table of the whole training period%s",
-                "" if lam is None else f" (λ {lam:g}, chosen for stage 1's table)")
-    tables = F.Tables(item_emb, _table(config, data.sessions, size, lam), vocab.counts.copy(),
+                "" if near is None else f" (λ from {', '.join(f'{v:g}' for v in near)})")
+    tables = F.Tables(item_emb, _table(config, data.sessions, size, near), vocab.counts.copy(),
                       text, lexical, i2v)
-    if lam is not None:
-        tables.table.info["lambda_from"] = "stage 1's table (chosen on its validation slice)"
     return lists, tables
 
 
