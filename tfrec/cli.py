@@ -464,6 +464,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tfrec: error: {error_message(err)}", file=sys.stderr)
         return 2
     except Exception as err:  # a diverged run or a lost worker is reported, not a crash
+        from tfrec.exporter.layout import write_failure
+
+        reason = write_failure(err)
+        if reason is not None:  # a full disk where no writer named its folder
+            where = getattr(err, "filename", None)
+            print(f"tfrec: error: {f'{os.path.dirname(where)}: ' if where else ''}cannot write: "
+                  f"{reason}", file=sys.stderr)
+            return 2
         from tfrec.training import TrainingDiverged, WorkerLost
 
         if isinstance(err, (TrainingDiverged, WorkerLost)):
