@@ -2,6 +2,7 @@
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -462,3 +463,19 @@ def test_every_serve_flag_takes_the_underscore_and_the_dashed_spelling():
     underscored = parse(lambda flag: flag)
     dashed = parse(lambda flag: "--" + flag[2:].replace("_", "-"))
     assert underscored == dashed == values
+
+
+def test_model_roots_and_the_paths_a_reload_may_take(tmp_path, monkeypatch):
+    from tfrec.serving.config import ModelEntry, model_roots, outside_roots
+
+    monkeypatch.chdir(tmp_path)
+    entries = [ModelEntry("a", tmp_path / "models" / "a"), ModelEntry("b", tmp_path / "b")]
+    assert model_roots(None, entries) == sorted([tmp_path, tmp_path / "models"])
+    assert model_roots("srv, /opt/models", entries) == [Path("/opt/models"), tmp_path / "srv"]
+    roots = model_roots("srv", entries)
+    assert outside_roots([ModelEntry("a", tmp_path / "srv" / "x")], roots) is None
+    assert outside_roots([ModelEntry("a", tmp_path / "srv")], roots) is None
+    assert outside_roots([ModelEntry("a", Path("srv/x"))], roots)[0] == "relative"
+    for base in (tmp_path / "srv-2", tmp_path / "srv" / ".." / "b", Path("/etc")):
+        kind, message = outside_roots([ModelEntry("a", base)], roots)
+        assert kind == "outside" and "--model_roots" in message, base

@@ -7,7 +7,6 @@ import os
 import shutil
 
 import pyarrow.parquet as pq
-import pytest
 
 from tfrec.cli import main
 from tfrec.exporter.layout import VersionFolder, write_failure
@@ -58,8 +57,8 @@ def test_add_items_on_a_full_disk_is_one_line_and_exit_2(versions, tmp_path, mon
     assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
 
 
-def test_all_users_on_a_full_disk_is_one_line_and_exit_2(versions, tmp_path, monkeypatch,
-                                                        capsys):
+def test_all_users_on_a_full_disk_is_one_line_and_exit_2(versions, tmp_path,
+                                                         monkeypatch, capsys):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     monkeypatch.setattr(pq.ParquetWriter, "write_table", disk_full)

@@ -381,7 +381,7 @@ SUBCOMMANDS = (
         "serve exported models over TF Serving's gRPC API",
         "A model server for tfrec SavedModels (ScaNN and tensorflow-text ops included) that "
         "TF Serving gRPC clients can call: Predict, GetModelMetadata, GetModelStatus, "
-        "HandleReloadConfigRequest."),
+        "HandleReloadConfigRequest (with --allow_reload)."),
     Subcommand(
         "recommend", cmd_recommend,
         "ask a running server for recommendations, or write every known user's to Parquet",

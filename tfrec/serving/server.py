@@ -7,7 +7,7 @@ them, and answers TF Serving clients with the servicers shipped in
 
 - PredictionService.Predict and GetModelMetadata (Classify, Regress,
   MultiInference answer UNIMPLEMENTED);
-- ModelService.GetModelStatus and HandleReloadConfigRequest.
+- ModelService.GetModelStatus and HandleReloadConfigRequest (off unless --allow_reload).
 
 The parts: `versions` (which versions are loaded), `predict` (request
 checks and the model call, shared by both APIs), `grpc_api` (the servicers),

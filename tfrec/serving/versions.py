@@ -159,7 +159,7 @@ class ModelManager:
         self.settle_seconds = min(poll_seconds, SETTLE_MAX_SECONDS)
         self._seen: dict[Path, tuple] = {}  # version folder -> its fingerprint at the last look
         self._signatures: dict[Path, tuple] = {}  # version folder -> (saved_model.pb stat, names)
-        self._kept: set[tuple] = set()  # (model, version, path) kept past a wrong base_path
+        self._kept: set[tuple] = set()  # (model, version, base_path) warned about keeping
         self._loader = loader or _load_version
         self._stop = threading.Event()
         self._thread = None
@@ -405,10 +405,11 @@ class ModelManager:
                     # is wrong (missing, empty, nothing loads) never takes the model down.
                     if ready:
                         served[number] = Version(number, version.path, END)
-                        self._kept.discard((name, number, version.path))
+                        self._kept = {k for k in self._kept if k[:2] != (name, number)}
                         logger.info("unloaded %s version %d (%s)", name, number, version.path)
-                    elif (name, number, version.path) not in self._kept:
-                        self._kept.add((name, number, version.path))
+                    elif (version.path.parent != entry.base_path
+                          and (name, number, entry.base_path) not in self._kept):
+                        self._kept.add((name, number, entry.base_path))  # from a former path
                         kept.append(version)
                 elif version.state == START and number not in waiting:
                     del served[number]  # no longer looked at (gone, or not wanted)
@@ -526,7 +527,8 @@ class ModelManager:
                 if v.state == AVAILABLE and (problem or v.path.parent != base):
                     failure = self._failures.get(base / str(v.number))
                     why = problem or f"its base_path {base} has no version that loads yet" + (
-                        f" (version {v.number} there: {failure.error})" if failure else "")
+                        f" (version {v.number} there failed to load: {failure.error})"
+                        if failure else "")
                     detail = f"still served from {v.path}, loaded before: {why}"
                 out.append(dataclasses.replace(v, loaded=None, detail=detail))
             return out
