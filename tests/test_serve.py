@@ -427,9 +427,8 @@ def test_a_wrong_base_path_in_the_config_file_keeps_serving_and_rest_shows_no_pa
     missing = tmp_path / "typo"
     try:
         with Caller(srv, SESSIONS) as caller:
-            config.write_text(right.replace(str(srv.base), str(missing))
-                              + 'model_config_list { config { name: "ghost" base_path: "%s" }'
-                              ' }\n' % missing)
+            config.write_text(right.replace(str(srv.base), str(missing)).rstrip()[:-1]
+                              + ' config { name: "ghost" base_path: "%s" } }\n' % missing)
             deadline = time.time() + 30
             while "does not exist" not in srv.status()[1][1] and time.time() < deadline:
                 time.sleep(0.1)

@@ -67,3 +67,17 @@ def test_all_users_on_a_full_disk_is_one_line_and_exit_2(versions, tmp_path,
     line = one_error_line(capsys.readouterr().err, out_dir)
     assert code == 2 and "cannot write the recommendations recs.parquet" in line
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_write_failure_no_writer_named_is_still_one_line(tmp_path, monkeypatch, capsys):
+    from tfrec import all_users
+
+    def full(*args, **kwargs):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(tmp_path / "x" / "f.bin"))
+
+    monkeypatch.setattr(all_users, "recommend_all_users", full)
+    code = main(["-q", "recommend", "--all-users", "--model-dir", str(tmp_path), "--out",
+                 str(tmp_path / "r.parquet")])
+    assert code == 2
+    assert capsys.readouterr().err == (f"tfrec: error: {tmp_path / 'x'}: cannot write: "
+                                       "Disk quota exceeded\n")
