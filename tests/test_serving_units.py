@@ -237,6 +237,20 @@ def test_a_version_is_loaded_once_complete_and_stable(tmp_path):
     assert manager.find("m").number == 2 and loader.calls == [1, 2]
 
 
+def test_versions_seen_for_the_first_time_are_looked_at_twice_in_one_pass(tmp_path):
+    from tfrec.serving.config import ModelEntry
+    from tfrec.serving.versions import ModelManager
+
+    for number in (1, 2, 3):
+        fake_version(tmp_path / "m" / str(number))
+    manager = ModelManager([ModelEntry("m", tmp_path / "m", "all")], poll_seconds=0.4,
+                           loader=FakeLoader())
+    started = time.perf_counter()
+    manager.sync()  # at start: loaded in the first pass, after one settle wait for all
+    assert 0.4 <= time.perf_counter() - started < 0.8
+    assert [v.state for v in manager.status("m")] == ["AVAILABLE"] * 3
+
+
 def test_the_completeness_rule_of_real_exports(versions, tmp_path):
     """Brute force (loads in stock TF Serving) and ScaNN: complete as exported, and not
     without their metadata or warm-up records."""

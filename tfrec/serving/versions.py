@@ -212,6 +212,7 @@ class ModelManager:
         candidates = sorted(on_disk, reverse=True)
         if entry.policy == "specific":
             candidates = [n for n in candidates if n in entry.specific]
+        self._first_look([entry.base_path / str(n) for n in candidates])
         complete, waiting = [], set()
         for number in candidates:
             if entry.policy == "latest" and len(complete) >= entry.latest_n:
@@ -243,12 +244,26 @@ class ModelManager:
                 self._signatures.pop(path, None)
         return complete, waiting
 
+    def _first_look(self, paths: list[Path]) -> None:
+        """Takes the first look at version folders not seen before and, if any of them
+        holds a SavedModel, waits `settle_seconds` (once), so that the second look
+        (`_waiting_for`) can tell whether they are stable without waiting for a poll."""
+        with self._lock:
+            fresh = [p for p in paths if p not in self._seen]
+        if not fresh:
+            return
+        looks = {p: fingerprint(p) for p in fresh}
+        with self._lock:
+            self._seen.update(looks)
+        if any(VersionFolder(p).saved_model.exists() for p in fresh):
+            time.sleep(self.settle_seconds)
+
     def _waiting_for(self, path: Path) -> str:
         """What the version folder still lacks ("" once it is complete and stable).
 
         Complete: `VersionFolder.missing` (the one rule of what an export writes).
         Stable: its files' sizes and times are those of the last look (the previous
-        poll, or, for a folder seen for the first time, a look `settle_seconds` ago).
+        poll, or, for a folder seen for the first time, `_first_look`).
         """
         now = fingerprint(path)
         with self._lock:
@@ -257,11 +272,6 @@ class ModelManager:
         missing = VersionFolder(path).missing(self._signatures_of(path))
         if missing:
             return "waiting for " + ", ".join(missing[:4]) + (", ..." * (len(missing) > 4))
-        if before is None:
-            time.sleep(self.settle_seconds)
-            before, now = now, fingerprint(path)
-            with self._lock:
-                self._seen[path] = now
         if now != before:
             return "waiting for its files to stop changing"
         return ""
