@@ -193,7 +193,7 @@ class ModelManager:
                     path = entry.base_path / str(number)
                     if self._should_load(name, number, path):
                         self._load(name, number, path)
-                self._unload_unwanted(name, on_disk, wanted, entry, waiting)
+                self._unload_unwanted(name, on_disk, wanted, entry, waiting, problem)
                 self._note_problem(name, entry.base_path, problem)
             finally:
                 with self._synced_cond:
@@ -399,7 +399,7 @@ class ModelManager:
         logger.info("%s version %d is AVAILABLE", name, number)
 
     def _unload_unwanted(self, name: str, on_disk: list[int], wanted: list[int],
-                         entry: ModelEntry, waiting: set[int]) -> None:
+                         entry: ModelEntry, waiting: set[int], problem: str = "") -> None:
         kept = []
         with self._lock:
             served = self.versions.get(name)
@@ -425,7 +425,7 @@ class ModelManager:
                     del served[number]  # no longer looked at (gone, or not wanted)
                 elif number not in on_disk:
                     del served[number]  # gone from disk: nothing left to report
-        for version in kept:
+        for version in kept if not problem else ():  # a problem is warned about on its own
             logger.warning("%s: still serving version %d from %s: its base_path %s has no "
                            "version that loads yet", name, version.number, version.path,
                            entry.base_path)
