@@ -33,7 +33,7 @@ class StubManager:
             number = self.labels[label]
         if number is not None and number not in self.versions:
             raise ServingError(grpc.StatusCode.NOT_FOUND, f"no version {number}")
-        return [types.SimpleNamespace(number=n, state=s, error="")
+        return [types.SimpleNamespace(number=n, state=s, error="", detail="")
                 for n, s in sorted(self.versions.items()) if number in (None, n)]
 
     def find(self, name, number=None, label=None):

@@ -1,5 +1,6 @@
 """`tfrec serve`: a real server process on a free loopback port, called over real gRPC."""
 
+import json
 import os
 import re
 import subprocess
@@ -29,6 +30,31 @@ def server(versions, tmp_path):
     srv = start_server(versions, tmp_path)
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def reloadable(versions, tmp_path):
+    """A server of its own that answers HandleReloadConfigRequest (dashed flag spelling)."""
+    srv = start_server(versions, tmp_path, "--allow-reload")
+    yield srv
+    srv.stop()
+
+
+def reload_request(*models):
+    """A ReloadConfigRequest of (name, base_path) pairs."""
+    from tensorflow_serving.apis import model_management_pb2
+
+    request = model_management_pb2.ReloadConfigRequest()
+    for name, base in models:
+        entry = request.config.model_config_list.config.add()
+        entry.name, entry.base_path, entry.model_platform = name, str(base), "tensorflow"
+    return request
+
+
+def reload_stub(server):
+    from tensorflow_serving.apis import model_service_pb2_grpc
+
+    return model_service_pb2_grpc.ModelServiceStub(server.channel)
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +107,11 @@ def test_new_version_is_picked_up_with_zero_failed_calls_and_corrupt_one_ignored
         seen = server.wait_for(2)
         assert seen[0] == "LOADING" or seen == ["AVAILABLE"]
         caller.wait_until_served(2)
-        # A corrupt version 3: reported, and version 2 keeps serving.
-        (server.base / "3").mkdir()
-        (server.base / "3" / "saved_model.pb").write_bytes(b"not a saved model")
+        # A corrupt version 3 (complete, but not a SavedModel): reported, and version 2
+        # keeps serving.
+        shutil.copytree(server.versions / "2" / "variables", server.base / ".v3" / "variables")
+        (server.base / ".v3" / "saved_model.pb").write_bytes(b"not a saved model")
+        os.rename(server.base / ".v3", server.base / "3")
         state, error = None, ""
         deadline = time.time() + 60
         while state != "END" and time.time() < deadline:
@@ -98,9 +126,8 @@ def test_new_version_is_picked_up_with_zero_failed_calls_and_corrupt_one_ignored
     assert response.model_spec.version.value == 2
 
 
-def test_status_goes_loading_then_available_and_config_reloads(server):
-    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
-
+def test_status_goes_loading_then_available_and_config_reloads(reloadable):
+    server = reloadable
     # The stable label names version 1 while it is served.
     request = predict_request(SESSIONS)
     request.model_spec.version_label = "stable"
@@ -115,12 +142,8 @@ def test_status_goes_loading_then_available_and_config_reloads(server):
         stub_of(server).Predict(request, timeout=30)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     # HandleReloadConfigRequest: a second model on the same versions.
-    reload = model_management_pb2.ReloadConfigRequest()
-    for name in ("shop", "shop2"):
-        entry = reload.config.model_config_list.config.add()
-        entry.name, entry.base_path, entry.model_platform = name, str(server.base), "tensorflow"
-    model_service_pb2_grpc.ModelServiceStub(server.channel).HandleReloadConfigRequest(
-        reload, timeout=120)
+    reload_stub(server).HandleReloadConfigRequest(
+        reload_request(("shop", server.base), ("shop2", server.base)), timeout=120)
     request = predict_request(SESSIONS)
     request.model_spec.name = "shop2"
     assert stub_of(server).Predict(request, timeout=30).model_spec.version.value == 2
@@ -338,40 +361,150 @@ def test_deleting_the_newest_version_serves_the_previous_one(server):
     assert response.model_spec.version.value == 1
 
 
-def test_pointing_a_model_away_and_back_by_reload_serves_again(server, tmp_path):
-    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
-
-    stub = model_service_pb2_grpc.ModelServiceStub(server.channel)
-
-    def point_at(base):
-        request = model_management_pb2.ReloadConfigRequest()
-        model = request.config.model_config_list.config.add()
-        model.name, model.base_path, model.model_platform = "shop", str(base), "tensorflow"
-        stub.HandleReloadConfigRequest(request, timeout=120)
-
-    point_at(tmp_path / "missing")
+def test_a_version_copied_by_hand_is_served_only_once_complete(server):
+    source, target = server.versions / "2", server.base / "2"
+    with Caller(server, SESSIONS) as caller:
+        target.mkdir()  # `cp -r` makes the folder before the files
+        deadline = time.time() + 30
+        while server.status().get(2, ("",))[0] != "START" and time.time() < deadline:
+            time.sleep(0.05)
+        assert server.status()[2] == ("START", "waiting for saved_model.pb, "
+                                      "variables/variables.index, "
+                                      "variables/variables.data-00000-of-00001")
+        # The model files first, the extra assets (metadata, warm-up) last.
+        for path in sorted(source.iterdir()):
+            if path.name != "assets.extra":
+                (shutil.copytree if path.is_dir() else shutil.copy2)(path, target / path.name)
+        time.sleep(2.0)  # ten polls
+        assert server.status()[2] == ("START", "waiting for assets.extra/tfrec_metadata.json")
+        assert caller.served == {1}
+        shutil.copytree(source / "assets.extra", target / "assets.extra")
+        server.wait_for(2)
+        caller.wait_until_served(2)
+    assert caller.failures == []
+    # Loaded with its metadata: the server checks k against version 2's max_k.
     with pytest.raises(grpc.RpcError) as err:
-        stub_of(server).Predict(predict_request(SESSIONS), timeout=30)
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    point_at(server.base)
-    server.wait_for(1)
-    assert stub_of(server).Predict(predict_request(SESSIONS), timeout=30).outputs
+        stub_of(server).Predict(predict_request(SESSIONS, k=21), timeout=30)
+    assert "(the index's max_k)" in err.value.details()
+    log = (server.base.parent / "server.log").read_text()
+    assert re.search(r"shop version 2 at .* is not complete yet", log)
 
 
-def test_a_version_copied_file_by_file_is_loaded_when_complete(server):
-    target = server.base / "2"
-    target.mkdir()  # `cp -r` makes the folder before the files
+def test_a_wrong_base_path_by_reload_keeps_the_model_serving(reloadable, tmp_path):
+    server = reloadable
+    missing, broken = tmp_path / "missing", tmp_path / "broken"
+    shutil.copytree(server.versions / "1" / "variables", broken / "1" / "variables")
+    (broken / "1" / "saved_model.pb").write_bytes(b"not a saved model")
+    stub = reload_stub(server)
+    with Caller(server, SESSIONS) as caller:
+        stub.HandleReloadConfigRequest(reload_request(("shop", missing)), timeout=120)
+        time.sleep(1.0)  # several polls
+        state, detail = server.status()[1]
+        assert state == "AVAILABLE" and f"its base_path {missing} does not exist" in detail
+        # A path whose only version does not load: the version from before still serves.
+        stub.HandleReloadConfigRequest(reload_request(("shop", broken)), timeout=120)
+        deadline = time.time() + 60
+        while "failed to load" not in server.status()[1][1] and time.time() < deadline:
+            time.sleep(0.1)
+        state, detail = server.status()[1]
+        assert state == "AVAILABLE" and f"its base_path {broken} has no version" in detail
+        stub.HandleReloadConfigRequest(reload_request(("shop", server.base)), timeout=120)
+        time.sleep(0.5)
+    assert caller.failures == [] and caller.served == {1}
+    assert server.status()[1] == ("AVAILABLE", "")
+    log = (tmp_path / "server.log").read_text()
+    assert re.search(rf"WARNING.*'shop'.*{re.escape(str(missing))} does not exist.*still "
+                     "serving version 1", log), log[-3000:]
+    assert re.search(rf"WARNING.*still serving version 1 from .*its base_path "
+                     rf"{re.escape(str(broken))} has no version that loads", log)
+
+
+def test_a_wrong_base_path_in_the_config_file_keeps_serving_and_rest_shows_no_path(
+        versions, tmp_path):
+    srv = start_server(versions, tmp_path, "--model_config_file_poll_wait_seconds", "0.2")
+    config = tmp_path / "models.config"
+    right = config.read_text()
+    missing = tmp_path / "typo"
+    try:
+        with Caller(srv, SESSIONS) as caller:
+            config.write_text(right.replace(str(srv.base), str(missing)).rstrip()[:-1]
+                              + ' config { name: "ghost" base_path: "%s" } }\n' % missing)
+            deadline = time.time() + 30
+            while "does not exist" not in srv.status()[1][1] and time.time() < deadline:
+                time.sleep(0.1)
+            assert srv.status()[1] == ("AVAILABLE", f"still served from {srv.base / '1'}, "
+                                       f"loaded before: its base_path {missing} does not exist")
+            # REST clients get what happened, not the server's paths.
+            code, status = rest(srv, "/v1/models/shop")
+            assert code == 200 and str(tmp_path) not in json.dumps(status)
+            assert status["model_version_status"][0]["state"] == "AVAILABLE"
+            assert "see the server log" in status["model_version_status"][0]["status"][
+                "error_message"]
+            code, error = rest(srv, "/v1/models/ghost")
+            assert code == 404 and str(tmp_path) not in json.dumps(error)
+            assert "no version found under the model's base path" in error["error"]
+            code, error = rest(srv, "/v1/models/ghost:predict", {"instances": [["i1"]]})
+            assert code == 404 and str(tmp_path) not in json.dumps(error)
+            config.write_text(right)
+            deadline = time.time() + 30
+            while srv.status()[1][1] and time.time() < deadline:
+                time.sleep(0.1)
+        assert caller.failures == [] and caller.served == {1}
+        assert srv.status()[1] == ("AVAILABLE", "")
+    finally:
+        srv.stop()
+
+
+def test_rest_status_of_a_failed_load_shows_no_path_or_exception_text(server, tmp_path):
+    bad = server.base / ".v2"
+    shutil.copytree(server.versions / "2" / "variables", bad / "variables")
+    (bad / "saved_model.pb").write_bytes(b"not a saved model")
+    os.rename(bad, server.base / "2")
     deadline = time.time() + 60
-    while time.time() < deadline and server.status().get(2, ("",))[0] != "END":
-        time.sleep(0.05)
-    state, error = server.status()[2]
+    while server.status().get(2, ("",))[0] != "END" and time.time() < deadline:
+        time.sleep(0.1)
+    state, error = server.status()[2]  # gRPC GetModelStatus: the operator's API
     assert state == "END" and "retried when its files change" in error
-    for path in sorted((server.versions / "2").iterdir()):
-        copy = shutil.copytree if path.is_dir() else shutil.copy2
-        copy(path, target / path.name)
+    code, status = rest(server, "/v1/models/shop")
+    assert code == 200
+    failed = next(v for v in status["model_version_status"] if v["version"] == "2")
+    assert failed["state"] == "END" and failed["status"] == {
+        "error_code": "UNKNOWN", "error_message": "version 2 failed to load; see the server log"}
+    assert str(tmp_path) not in json.dumps(status) and error not in json.dumps(status)
+    log = (tmp_path / "server.log").read_text()
+    assert re.search(r"WARNING.*shop version 2 failed to load", log)
+    assert str(server.base / "2") in log
+
+
+def test_reload_is_off_unless_allowed(server, tmp_path):
+    with pytest.raises(grpc.RpcError) as err:
+        reload_stub(server).HandleReloadConfigRequest(
+            reload_request(("shop", tmp_path / "elsewhere")), timeout=30)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "--allow_reload" in err.value.details()
+    assert server.status() == {1: ("AVAILABLE", "")}
+
+
+def test_reload_takes_only_absolute_paths_under_the_model_roots(reloadable, tmp_path):
+    server = reloadable
+    stub = reload_stub(server)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    shutil.copytree(server.versions / "2", outside / "2")
+    (tmp_path / "link").symlink_to(outside)  # under the root, but leads out of it
+    for base, code, message in [
+            ("shop", grpc.StatusCode.INVALID_ARGUMENT, "base_path 'shop' is relative"),
+            (outside, grpc.StatusCode.PERMISSION_DENIED, "is outside the model roots"),
+            (tmp_path / "link", grpc.StatusCode.PERMISSION_DENIED,
+             "is outside the model roots"),
+            (tmp_path / ".." / outside.name, grpc.StatusCode.PERMISSION_DENIED,
+             "is outside the model roots")]:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.HandleReloadConfigRequest(reload_request(("shop", base)), timeout=30)
+        assert err.value.code() == code and message in err.value.details(), base
+    assert server.status() == {1: ("AVAILABLE", "")}
+    shutil.copytree(server.versions / "2", tmp_path / "inside" / "2")
+    stub.HandleReloadConfigRequest(reload_request(("shop", tmp_path / "inside")), timeout=120)
     server.wait_for(2)
-    response = stub_of(server).Predict(predict_request(SESSIONS), timeout=30)
-    assert response.model_spec.version.value == 2
 
 
 def test_a_second_server_on_the_same_port_refuses_to_start(shared, tmp_path):

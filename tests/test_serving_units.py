@@ -2,6 +2,7 @@
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,15 +116,24 @@ class FakeLoader:
         return Loaded(name, number, path, model=object(), signature_defs={}, metadata={})
 
 
+def fake_version(path):
+    """A version folder with the SavedModel's files (not a real SavedModel)."""
+    (path / "variables").mkdir(parents=True)
+    for name in ("saved_model.pb", "variables/variables.index",
+                 "variables/variables.data-00000-of-00001"):
+        (path / name).write_text("x")
+    return path
+
+
 def manager_over(tmp_path, versions, loader, **entry):
     from tfrec.serving.config import ModelEntry
     from tfrec.serving.versions import ModelManager
 
     base = tmp_path / "m"
     for number in versions:
-        (base / str(number)).mkdir(parents=True)
-        (base / str(number) / "saved_model.pb").write_text("x")
-    return ModelManager([ModelEntry("m", base, **entry)], loader=loader), base
+        fake_version(base / str(number))
+    return ModelManager([ModelEntry("m", base, **entry)], poll_seconds=0.01,
+                        loader=loader), base
 
 
 def test_a_call_keeps_its_model_when_the_version_is_unloaded(tmp_path):
@@ -132,8 +142,7 @@ def test_a_call_keeps_its_model_when_the_version_is_unloaded(tmp_path):
     manager, base = manager_over(tmp_path, [1], FakeLoader())
     manager.sync()
     held = manager.find("m")
-    (base / "2").mkdir()
-    (base / "2" / "saved_model.pb").write_text("x")
+    fake_version(base / "2")
     manager.sync()
     assert manager.find("m").number == 2
     assert held.number == 1 and held.model is not None  # the call in flight still has it
@@ -158,13 +167,14 @@ def test_concurrent_syncs_load_a_version_once(tmp_path):
 def test_a_failed_version_is_retried_when_its_files_change(tmp_path):
     loader = FakeLoader()
     manager, base = manager_over(tmp_path, [1], loader)
-    (base / "1" / "saved_model.pb").unlink()  # the folder came before its files
+    (base / "1" / "BROKEN").write_text("")
     manager.sync()
     (state, error), = [(v.state, v.error) for v in manager.status("m")]
     assert state == "END" and "retried when its files change" in error
     manager.sync()
     assert loader.calls == [1]  # unchanged files: not retried before the back-off
-    (base / "1" / "saved_model.pb").write_text("x")
+    (base / "1" / "BROKEN").unlink()
+    manager.sync()  # changed: looked at again, loaded once stable
     manager.sync()
     assert loader.calls == [1, 1] and manager.find("m").number == 1
 
@@ -189,11 +199,78 @@ def test_reload_to_a_missing_path_and_back_serves_again(tmp_path):
     manager, base = manager_over(tmp_path, [1], FakeLoader())
     manager.sync()
     entry = manager.entries["m"]
-    manager.reload([dataclasses.replace(entry, base_path=tmp_path / "missing")])
-    with pytest.raises(Exception, match="Servable not found"):
-        manager.find("m")
+    missing = tmp_path / "missing"
+    manager.reload([dataclasses.replace(entry, base_path=missing)])
+    assert manager.find("m").number == 1  # kept: the new path has nothing that loads
+    (kept,) = manager.status("m")
+    assert kept.state == "AVAILABLE" and str(missing) in kept.detail
+    assert "does not exist" in kept.detail
+    broken = fake_version(tmp_path / "broken" / "1")
+    (broken / "BROKEN").write_text("")
+    manager.reload([dataclasses.replace(entry, base_path=broken.parent)])
+    assert manager.find("m").path == base / "1"  # the new path's version fails to load
+    assert "cannot load" in manager.status("m")[0].detail
     manager.reload([entry])
-    assert manager.find("m").number == 1
+    assert manager.find("m").number == 1 and manager.status("m")[0].detail == ""
+
+
+def test_a_version_is_loaded_once_complete_and_stable(tmp_path):
+    loader = FakeLoader()
+    manager, base = manager_over(tmp_path, [1], loader)
+    manager.sync()
+    (base / "2").mkdir()
+    (base / "2" / "saved_model.pb").write_text("x")  # variables still to come
+    manager.sync()
+    assert [(v.number, v.state) for v in manager.status("m")] == [(1, "AVAILABLE"),
+                                                                  (2, "START")]
+    assert "variables/variables.index" in manager.status("m")[1].detail
+    assert manager.find("m").number == 1 and loader.calls == [1]
+    (base / "2" / "variables").mkdir()
+    (base / "2" / "variables" / "variables.index").write_text("x")
+    (base / "2" / "variables" / "variables.data-00000-of-00002").write_text("x")
+    manager.sync()
+    assert "variables.data-00001-of-00002" in manager.status("m")[1].detail
+    (base / "2" / "variables" / "variables.data-00001-of-00002").write_text("x")
+    manager.sync()  # complete, but changed since the last look
+    assert manager.status("m")[1].detail == "waiting for its files to stop changing"
+    manager.sync()
+    assert manager.find("m").number == 2 and loader.calls == [1, 2]
+
+
+def test_versions_seen_for_the_first_time_are_looked_at_twice_in_one_pass(tmp_path):
+    from tfrec.serving.config import ModelEntry
+    from tfrec.serving.versions import ModelManager
+
+    for number in (1, 2, 3):
+        fake_version(tmp_path / "m" / str(number))
+    manager = ModelManager([ModelEntry("m", tmp_path / "m", "all")], poll_seconds=0.4,
+                           loader=FakeLoader())
+    started = time.perf_counter()
+    manager.sync()  # at start: loaded in the first pass, after one settle wait for all
+    assert 0.4 <= time.perf_counter() - started < 0.8
+    assert [v.state for v in manager.status("m")] == ["AVAILABLE"] * 3
+
+
+def test_the_completeness_rule_of_real_exports(versions, tmp_path):
+    """Brute force (loads in stock TF Serving) and ScaNN: complete as exported, and not
+    without their metadata or warm-up records."""
+    import shutil
+
+    from tfrec.exporter.layout import VersionFolder
+    from tfrec.serving.versions import _signature_names
+
+    for number in (1, 2):
+        folder = VersionFolder(shutil.copytree(versions / str(number), tmp_path / str(number)))
+        names = _signature_names(folder.path)
+        assert "similar_items" in names and folder.missing(names) == []
+        folder.warmup.unlink()
+        assert folder.missing(names) == ["assets.extra/tf_serving_warmup_requests"]
+        shutil.rmtree(folder.extra)
+        assert folder.missing(names) == ["assets.extra/tfrec_metadata.json"]
+        assert folder.missing(None) == []  # a SavedModel that is not a tfrec export
+        for name in ("saved_model.pb", "variables/variables.index"):
+            (folder.path / name).unlink()
+        assert folder.missing(None) == ["saved_model.pb", "variables/variables.index"]
 
 
 def test_an_old_version_serves_until_the_new_one_loads(tmp_path):
@@ -202,7 +279,12 @@ def test_an_old_version_serves_until_the_new_one_loads(tmp_path):
     (base / "2").mkdir()  # never completes
     manager.sync()
     assert manager.find("m").number == 1
-    assert [v.state for v in manager.status("m")] == ["AVAILABLE", "END"]
+    assert [v.state for v in manager.status("m")] == ["AVAILABLE", "START"]
+    fake_version(base / "3")
+    (base / "3" / "BROKEN").write_text("")  # complete, fails to load
+    manager.sync()
+    assert manager.find("m").number == 1
+    assert [v.state for v in manager.status("m")] == ["AVAILABLE", "END"]  # 2: not looked at
 
 
 def test_status_of_an_unknown_label_or_version_is_not_found(tmp_path):
@@ -251,9 +333,12 @@ def test_a_missing_base_path_is_named_in_the_log_and_the_status(tmp_path, caplog
         with pytest.raises(ServingError) as err:
             call("ghost")
         assert err.value.code.name == "NOT_FOUND"
-        assert f"its base_path {missing} does not exist" in err.value.message
-    (missing / "1").mkdir(parents=True)
-    (missing / "1" / "saved_model.pb").write_text("x")
+        assert str(missing) not in err.value.public  # for REST (and Predict) clients
+        assert "no version found under the model's base path" in err.value.public
+    with pytest.raises(ServingError) as err:
+        manager.status("ghost")  # GetModelStatus: the operator's API
+    assert f"its base_path {missing} does not exist" in err.value.message
+    fake_version(missing / "1")
     manager.sync()
     assert manager.find("ghost").number == 1 and manager.problems == {}
 
@@ -392,3 +477,19 @@ def test_every_serve_flag_takes_the_underscore_and_the_dashed_spelling():
     underscored = parse(lambda flag: flag)
     dashed = parse(lambda flag: "--" + flag[2:].replace("_", "-"))
     assert underscored == dashed == values
+
+
+def test_model_roots_and_the_paths_a_reload_may_take(tmp_path, monkeypatch):
+    from tfrec.serving.config import ModelEntry, model_roots, outside_roots
+
+    monkeypatch.chdir(tmp_path)
+    entries = [ModelEntry("a", tmp_path / "models" / "a"), ModelEntry("b", tmp_path / "b")]
+    assert model_roots(None, entries) == sorted([tmp_path, tmp_path / "models"])
+    assert model_roots("srv, /opt/models", entries) == [Path("/opt/models"), tmp_path / "srv"]
+    roots = model_roots("srv", entries)
+    assert outside_roots([ModelEntry("a", tmp_path / "srv" / "x")], roots) is None
+    assert outside_roots([ModelEntry("a", tmp_path / "srv")], roots) is None
+    assert outside_roots([ModelEntry("a", Path("srv/x"))], roots)[0] == "relative"
+    for base in (tmp_path / "srv-2", tmp_path / "srv" / ".." / "b", Path("/etc")):
+        kind, message = outside_roots([ModelEntry("a", base)], roots)
+        assert kind == "outside" and "--model_roots" in message, base

@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 from tfrec.config import RecommendSettings
 from tfrec.errors import InputError
 from tfrec.exporter.layout import (ModelFolder, VersionFolder, remove_stale_temporaries,
-                                   temporary_path)
+                                   reporting_write_failures, temporary_path)
 from tfrec.progress import ProgressLine
 from tfrec.utils import ensure_folder
 
@@ -291,28 +291,30 @@ def recommend_all_users(model_dir: str | Path, out: str | Path,
     tmp = temporary_path(out, TMP_MARK)
     users = rows = groups = fallback = 0
     t = time.perf_counter()
-    try:
-        with _sigterm_as_interrupt(), pq.ParquetWriter(str(tmp), SCHEMA) as writer:
-            for batch in user_id_batches(version_dir, batch_size):
-                table = recommend_batch(signature, batch, k)
-                fallback += int(table.schema.metadata[b"fallback_users"])
-                if len(table):
-                    writer.write_table(table.replace_schema_metadata(None),
-                                       row_group_size=len(table))
-                    groups += 1
-                users += len(batch)
-                rows += len(table)
-                if report:
-                    report(users, total)
-        seconds = time.perf_counter() - t
-        if out.exists() and not overwrite:  # appeared while the job ran
-            _check_out(out, overwrite)
-        os.replace(tmp, out)  # atomic on one file system: the whole file or none
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        if line and line.tty:  # end the half-drawn line before the error is printed
-            line.stream.write("\n")
-        raise
+    folder = out.parent if str(out.parent) else Path(".")
+    with reporting_write_failures(folder, f"the recommendations {out.name}"):
+        try:
+            with _sigterm_as_interrupt(), pq.ParquetWriter(str(tmp), SCHEMA) as writer:
+                for batch in user_id_batches(version_dir, batch_size):
+                    table = recommend_batch(signature, batch, k)
+                    fallback += int(table.schema.metadata[b"fallback_users"])
+                    if len(table):
+                        writer.write_table(table.replace_schema_metadata(None),
+                                           row_group_size=len(table))
+                        groups += 1
+                    users += len(batch)
+                    rows += len(table)
+                    if report:
+                        report(users, total)
+            seconds = time.perf_counter() - t
+            if out.exists() and not overwrite:  # appeared while the job ran
+                _check_out(out, overwrite)
+            os.replace(tmp, out)  # atomic on one file system: the whole file or none
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            if line and line.tty:  # end the half-drawn line before the error is printed
+                line.stream.write("\n")
+            raise
     if line:
         line.finish(users)
     if fallback:

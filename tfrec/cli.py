@@ -382,7 +382,7 @@ SUBCOMMANDS = (
         "serve exported models over TF Serving's gRPC API",
         "A model server for tfrec SavedModels (ScaNN and tensorflow-text ops included) that "
         "TF Serving gRPC clients can call: Predict, GetModelMetadata, GetModelStatus, "
-        "HandleReloadConfigRequest."),
+        "HandleReloadConfigRequest (with --allow_reload)."),
     Subcommand(
         "recommend", cmd_recommend,
         "ask a running server for recommendations, or write every known user's to Parquet",
@@ -465,6 +465,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tfrec: error: {error_message(err)}", file=sys.stderr)
         return 2
     except Exception as err:  # a diverged run or a lost worker is reported, not a crash
+        from tfrec.exporter.layout import write_failure
+
+        reason = write_failure(err)
+        if reason is not None:  # a full disk where no writer named its folder
+            where = getattr(err, "filename", None)
+            print(f"tfrec: error: {f'{os.path.dirname(where)}: ' if where else ''}cannot write: "
+                  f"{reason}", file=sys.stderr)
+            return 2
         from tfrec.training import TrainingDiverged, WorkerLost
 
         if isinstance(err, (TrainingDiverged, WorkerLost)):

@@ -702,6 +702,13 @@ class ServeConfig(Settings):
         0, "TensorFlow ops run at once (0: TensorFlow chooses); 1 or 2 lowers latency on a "
            "small host shared with clients", check=integer_at_least(0),
         flag="--tensorflow_inter_op_parallelism")
+    allow_reload: bool = setting(
+        False, "answer HandleReloadConfigRequest (off: PERMISSION_DENIED); its base paths must "
+               "be absolute and under the model roots", flag="--allow_reload")
+    model_roots: str | None = setting(
+        None, "comma-separated folders the reload RPC's base paths must be under (null: the "
+              "folders holding the model config file's base paths at start)",
+        flag="--model_roots")
     batching: BatchingParameters = section(BatchingParameters)
 
     def check(self):

@@ -18,6 +18,14 @@ temporary folder beside them::
       assets.extra/projector/                   TensorBoard projector
     .tmp-export-<version>-<pid>/                a version being written
 
+A version is complete (`VersionFolder.missing` is empty) when the files a
+server needs are there: saved_model.pb, variables/variables.index and every
+variables.data shard it is split into, and, for a tfrec export (one with the
+`EXPORT_SIGNATURE` signature, brute-force and ScaNN alike), the metadata and
+the warm-up records it counts. `tfrec serve` loads a version once it is complete
+and its files have stopped changing; an export renames the whole folder into
+place, a version copied by hand is waited for.
+
 This module imports no TensorFlow: the server, the all-users job and the
 tools that only list versions or read metadata stay cheap to import.
 """
@@ -25,10 +33,12 @@ tools that only list versions or read metadata stay cheap to import.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tfrec.errors import InputError
@@ -43,6 +53,16 @@ _OLD_INDEX_KIND = "index"
 # The version's extra assets, and the catalogue's and the cached users' files among them.
 EXTRA = "assets.extra"
 EMBEDDINGS = f"{EXTRA}/embeddings"
+# A SavedModel with this signature is a tfrec export: it is complete only with its metadata.
+EXPORT_SIGNATURE = "similar_items"
+VARIABLES_INDEX = "variables/variables.index"
+_SHARD = re.compile(r"variables\.data-(\d+)-of-(\d+)")
+
+# Write errors reported as one line naming the folder (a full disk, a quota, a read-only
+# file system, a file over the file system's size limit), by errno or by the text of
+# errors that carry none (TensorFlow's and Arrow's).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+_WRITE_ERROR_TEXTS = tuple(os.strerror(code) for code in sorted(WRITE_ERRNOS))
 
 
 class VersionFolder(Folder):
@@ -94,6 +114,75 @@ class VersionFolder(Folder):
         self.metadata.parent.mkdir(parents=True, exist_ok=True)
         self.metadata.write_text(json.dumps(metadata, indent=2) + "\n")
 
+    def missing(self, signatures: Iterable[str] | None = None) -> list[str]:
+        """The files an export writes that this folder lacks (relative paths): [] once
+        the version is complete.
+
+        The SavedModel's files always: saved_model.pb, variables/variables.index and
+        every variables.data-NNNNN-of-MMMMM shard. For a tfrec export (`signatures`,
+        the SavedModel's signature names, include `EXPORT_SIGNATURE`) also its
+        metadata, and its warm-up records when the metadata counts some.
+
+        Args:
+          signatures: the SavedModel's signature names, or None if saved_model.pb
+            could not be read (then only the SavedModel's files are asked for).
+        """
+        missing = [name for name in ("saved_model.pb", VARIABLES_INDEX)
+                   if not (self.path / name).is_file()]
+        variables = self.path / "variables"
+        shards = [m for m in map(_SHARD.fullmatch, _names(variables)) if m]
+        count = max((int(m[2]) for m in shards), default=1)
+        have = {int(m[1]) for m in shards if int(m[2]) == count}
+        missing += [f"variables/variables.data-{i:05d}-of-{count:05d}" for i in range(count)
+                    if i not in have]
+        if signatures is None or EXPORT_SIGNATURE not in set(signatures):
+            return missing
+        if not self.metadata.is_file():
+            return missing + [str(self.metadata.relative_to(self.path))]
+        try:
+            records = int(json.loads(self.metadata.read_text()).get("warmup_records") or 0)
+        except (ValueError, TypeError, AttributeError, OSError):
+            return missing + [f"{self.metadata.relative_to(self.path)} (not readable JSON yet)"]
+        if records > 0 and not self.warmup.is_file():
+            missing.append(str(self.warmup.relative_to(self.path)))
+        return missing
+
+
+def _names(folder: Path) -> list[str]:
+    try:
+        return [p.name for p in folder.iterdir()]
+    except OSError:
+        return []
+
+
+def write_failure(err: BaseException) -> str | None:
+    """Why a write failed, if it failed for lack of room or a read-only disk (see
+    `WRITE_ERRNOS`); None for any other error."""
+    if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+        return err.strerror or os.strerror(err.errno)
+    text = str(err)
+    return next((reason for reason in _WRITE_ERROR_TEXTS if reason in text), None)
+
+
+@contextlib.contextmanager
+def reporting_write_failures(folder: Path, what: str) -> Iterator[None]:
+    """Turns a write failure (`write_failure`) in the block into an InputError naming
+    `folder`: one line on the command line, not a traceback. The caller removes what
+    it had half-written before the error leaves the block.
+
+    Raises:
+      InputError: "cannot write <what>: No space left on device (nothing was left
+        half-written)", for the folder.
+    """
+    try:
+        yield
+    except Exception as err:
+        reason = write_failure(err)
+        if reason is None:
+            raise
+        raise InputError(f"cannot write {what}: {reason} (nothing was left half-written)",
+                         path=str(folder)) from None
+
 
 class ModelFolder(Folder):
     """A model's folder of numbered versions (TF Serving's `base_path`)."""
@@ -121,23 +210,25 @@ class ModelFolder(Folder):
         polling the folder never sees half a version), on an error it is removed.
 
         Raises:
-          InputError: the version appeared meanwhile (another writer wrote it).
+          InputError: the version appeared meanwhile (another writer wrote it), or the
+            disk is full (or read-only, or over quota): the temporary is removed.
         """
         tmp = self.path / f"{TMP_PREFIX}{number}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         final = self.path / str(number)
-        try:
-            yield VersionFolder(tmp)
+        with reporting_write_failures(self.path, f"version {number}"):
             try:
-                os.rename(tmp, final)
-            except OSError:
-                if final.exists():
-                    raise InputError(f"version {number} was written by another export "
-                                     "meanwhile; run again", path=str(final)) from None
+                yield VersionFolder(tmp)
+                try:
+                    os.rename(tmp, final)
+                except OSError:
+                    if final.exists():
+                        raise InputError(f"version {number} was written by another export "
+                                         "meanwhile; run again", path=str(final)) from None
+                    raise
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
                 raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
 
 def temporary_path(final: Path, mark: str) -> Path:

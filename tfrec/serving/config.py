@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -88,3 +89,34 @@ def read_model_config(path: str | Path) -> list[ModelEntry]:
     if not path.exists():
         raise InputError("model config file not found", path=str(path))
     return parse_model_config(path.read_text(), str(path), Path.cwd())
+
+
+def model_roots(flag: str | None, entries: list[ModelEntry]) -> list[Path]:
+    """The folders HandleReloadConfigRequest's base paths must be under (symlinks resolved).
+
+    Args:
+      flag: `--model_roots`, comma-separated folders (relative: to the working
+        directory at start); None: the folders holding `entries`' base paths.
+      entries: the model config file's models, at start.
+    """
+    if flag is None:
+        roots = {entry.base_path.parent for entry in entries}
+    else:
+        roots = {Path(part.strip()) for part in flag.split(",") if part.strip()}
+    return sorted({Path(os.path.realpath(Path.cwd() / root)) for root in roots})
+
+
+def outside_roots(entries: list[ModelEntry], roots: list[Path]) -> tuple[str, str] | None:
+    """The first base path the reload RPC must refuse: ("relative" or "outside", message),
+    or None if every base path is absolute and under one of `roots`."""
+    for entry in entries:
+        if not entry.base_path.is_absolute():
+            return "relative", (f"model {entry.name!r}: base_path {str(entry.base_path)!r} is "
+                                "relative; give an absolute path under the model roots "
+                                "(relative paths are not read against the server's folder)")
+        real = Path(os.path.realpath(entry.base_path))
+        if not any(real == root or root in real.parents for root in roots):
+            shown = ", ".join(map(str, roots)) or "none"
+            return "outside", (f"model {entry.name!r}: base_path {entry.base_path} is outside "
+                               f"the model roots ({shown}; set them with --model_roots)")
+    return None

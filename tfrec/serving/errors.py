@@ -31,12 +31,19 @@ def capped(message: str) -> str:
 
 
 class ServingError(Exception):
-    """An RPC failure with its gRPC status code (REST maps it to an HTTP status)."""
+    """An RPC failure with its gRPC status code (REST maps it to an HTTP status).
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    Attributes:
+      message: the message (gRPC).
+      public: the message for REST clients, without the server's paths (default:
+        `message`).
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, public: str | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.public = message if public is None else public
 
 
 _ASSERTION = re.compile(r"assertion failed: \[(?P<message>[^\]]*)\]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import grpc
@@ -10,15 +11,18 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_management_pb2, predict_pb2)
 
 from tfrec.errors import InputError
-from tfrec.serving.config import parse_model_config
+from tfrec.serving.config import outside_roots, parse_model_config
 from tfrec.serving.errors import ServingError, capped, shown
 from tfrec.serving.predict import (Predictor, check_bytes, check_elements, declared_size,
                                    invalid)
 from tfrec.serving.tensors import (MalformedTensor, built_bytes, declared_shape, to_ndarray,
                                    to_proto)
-from tfrec.serving.versions import AVAILABLE, END, LOADING, UNLOADING, ModelManager
+from tfrec.serving.versions import AVAILABLE, END, LOADING, START, UNLOADING, ModelManager
 
-_STATES = {LOADING: get_model_status_pb2.ModelVersionStatus.LOADING,
+logger = logging.getLogger(__name__)
+
+_STATES = {START: get_model_status_pb2.ModelVersionStatus.START,
+           LOADING: get_model_status_pb2.ModelVersionStatus.LOADING,
            AVAILABLE: get_model_status_pb2.ModelVersionStatus.AVAILABLE,
            UNLOADING: get_model_status_pb2.ModelVersionStatus.UNLOADING,
            END: get_model_status_pb2.ModelVersionStatus.END}
@@ -116,13 +120,22 @@ class PredictionServicer:
 class ModelServicer:
     """tensorflow.serving.ModelService over a ModelManager.
 
-    HandleReloadConfigRequest, as in TF Serving, can point the server at any
-    SavedModel the process can read: expose the port only to operators.
+    HandleReloadConfigRequest, which can point the server at other SavedModels, is
+    off unless `allow_reload` (`--allow_reload`); on, it takes only absolute base
+    paths under `roots` (`--model_roots`, by default the folders of the model
+    config file's base paths at start).
+
+    Args:
+      manager: the version manager.
+      roots: the folders a reloaded base path must be under.
+      allow_reload: answer HandleReloadConfigRequest (else PERMISSION_DENIED).
     """
 
-    def __init__(self, manager: ModelManager, base_dir: Path | None = None):
+    def __init__(self, manager: ModelManager, roots: list[Path] = (),
+                 allow_reload: bool = False):
         self.manager = manager
-        self.base_dir = base_dir
+        self.roots = list(roots)
+        self.allow_reload = allow_reload
 
     def GetModelStatus(self, request, context):
         try:
@@ -136,15 +149,29 @@ class ModelServicer:
                 if version.error:
                     status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
                     status.status.error_message = version.error
+                elif version.detail:  # not an error: what it waits for, why it still serves
+                    status.status.error_message = version.detail
             return response
         except ServingError as err:
             context.abort(err.code, capped(err.message))
 
     def HandleReloadConfigRequest(self, request, context):
+        if not self.allow_reload:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          "HandleReloadConfigRequest is off: start tfrec serve with "
+                          "--allow_reload to enable it")
         try:
             text = text_format.MessageToString(request.config)
-            entries = parse_model_config(text, "ReloadConfigRequest", self.base_dir)
+            entries = parse_model_config(text, "ReloadConfigRequest")
         except InputError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, capped(err.message))
+        refused = outside_roots(entries, self.roots)
+        if refused is not None:
+            kind, message = refused
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT if kind == "relative"
+                          else grpc.StatusCode.PERMISSION_DENIED, capped(message))
+        logger.info("HandleReloadConfigRequest from %s: %s", context.peer(),
+                    capped("; ".join(f"{e.name}: {e.base_path}" for e in entries)
+                           or "no models"))
         self.manager.reload(entries)
         return model_management_pb2.ReloadConfigResponse()

@@ -691,11 +691,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return {"model_spec": {"name": served.name, "signature_name": "",
                                    "version": str(served.number)},
                     "metadata": {"signature_def": {"signature_def": defs}}}
-        versions = manager.status(name, version, label)
+        try:
+            versions = manager.status(name, version, label)
+        except ServingError as err:
+            raise ServingError(err.code, err.public) from None
         return {"model_version_status": [
             {"version": str(v.number), "state": v.state,
              "status": {"error_code": "UNKNOWN" if v.error else "OK",
-                        "error_message": v.error or ""}} for v in versions]}
+                        "error_message": _public_status(v)}} for v in versions]}
 
     def _predict(self, name, version, label, raw: bytes) -> dict:
         if not raw or raw.isspace():
@@ -723,6 +726,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         _, _, _, outputs = self.server.predictor.run(name, version, label, signature, arrays,
                                                      cast=True, rows=rows)
         return _predictions(outputs, rows)
+
+
+def _public_status(version) -> str:
+    """A version's status message for REST clients: what happened, without the paths and
+    exception text that GetModelStatus (gRPC) and the server log give."""
+    if version.error:
+        return f"version {version.number} failed to load; see the server log"
+    if version.state == "START":
+        return (f"version {version.number} is not complete yet; it loads once its files are "
+                "all there")
+    if version.detail:
+        return ("still served: the model's base path has no version that loads yet; see "
+                "the server log")
+    return ""
 
 
 class RestServer:

@@ -7,7 +7,7 @@ them, and answers TF Serving clients with the servicers shipped in
 
 - PredictionService.Predict and GetModelMetadata (Classify, Regress,
   MultiInference answer UNIMPLEMENTED);
-- ModelService.GetModelStatus and HandleReloadConfigRequest.
+- ModelService.GetModelStatus and HandleReloadConfigRequest (off unless --allow_reload).
 
 The parts: `versions` (which versions are loaded), `predict` (request
 checks and the model call, shared by both APIs), `grpc_api` (the servicers),
@@ -31,7 +31,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from tfrec.config import ServeConfig
 from tfrec.errors import InputError
-from tfrec.serving.config import read_model_config
+from tfrec.serving.config import model_roots, read_model_config
 from tfrec.serving.grpc_api import ModelServicer, PredictionServicer
 from tfrec.serving.predict import MAX_MESSAGE_BYTES, Predictor, RequestLimits
 from tfrec.serving.rest import RestServer
@@ -89,8 +89,9 @@ class ModelServer:
                  max_message_bytes: int = MAX_MESSAGE_BYTES, workers: int = 8):
         _tune_memory()
         self.config_file = Path(config.model_config_file)
-        self.manager = ModelManager(read_model_config(self.config_file),
-                                    config.file_system_poll_wait_seconds)
+        entries = read_model_config(self.config_file)
+        self.manager = ModelManager(entries, config.file_system_poll_wait_seconds)
+        self.model_roots = model_roots(config.model_roots, entries)
         self.config_poll_seconds = config.model_config_file_poll_wait_seconds
         self.grace = config.grace_period_seconds
         self._config_mtime = self.config_file.stat().st_mtime
@@ -104,7 +105,7 @@ class ModelServer:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(self.predictor), self.server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.manager, Path.cwd()), self.server)
+            ModelServicer(self.manager, self.model_roots, config.allow_reload), self.server)
         self.host = host
         wanted = f"{host}:{port}"
         try:

@@ -5,8 +5,16 @@ specific) is applied to the version folders on disk on every pass, as TF
 Serving does: a wanted version that is not loaded is loaded (again, if it was
 unloaded before), and a served version the policy no longer wants is unloaded
 once a wanted one is available, so a model is never left without a version
-while one on disk can serve. A version that fails to load is reported (state
-END with its error) and retried when its files change, or after a back-off.
+while one on disk can serve, nor left without one when its base_path is wrong
+(missing, empty, or nothing there loads): the versions loaded before keep serving
+until the configured path has one that loads, and GetModelStatus says why. A
+version that fails to load is reported (state END with its error) and retried
+when its files change, or after a back-off.
+
+A version folder is loaded once complete (`VersionFolder.missing`: the files an
+export writes are all there) and stable (its files' sizes and times unchanged
+between two looks, a poll apart); until then it is reported as START. An export
+renames a whole version into place; a version copied by hand is waited for.
 
 A call holds the `Loaded` version it was given for its whole life: unloading
 only drops the manager's reference, so calls in flight finish on the model
@@ -34,9 +42,11 @@ from tfrec.serving.errors import ServingError, shown
 
 logger = logging.getLogger(__name__)
 
-LOADING, AVAILABLE, UNLOADING, END = "LOADING", "AVAILABLE", "UNLOADING", "END"
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
+# The longest wait between the two looks at a version folder seen for the first time.
+SETTLE_MAX_SECONDS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +73,20 @@ class Loaded:
 
 @dataclasses.dataclass
 class Version:
-    """One version's state as GetModelStatus reports it."""
+    """One version's state as GetModelStatus reports it.
+
+    Attributes:
+      error: why it failed to load (state END).
+      detail: a note that is not an error: what a START version waits for, or why a
+        version from before is still served.
+    """
 
     number: int
     path: Path
     state: str = LOADING
     error: str = ""
     loaded: Loaded | None = None
+    detail: str = ""
 
 
 @dataclasses.dataclass
@@ -86,6 +103,14 @@ def _signature_defs(path: Path):
     proto = saved_model_pb2.SavedModel()
     proto.ParseFromString(VersionFolder(path).saved_model.read_bytes())
     return proto.meta_graphs[0].signature_def
+
+
+def _signature_names(path: Path) -> list[str] | None:
+    """The SavedModel's signature names, or None if its saved_model.pb cannot be read."""
+    try:
+        return list(_signature_defs(path))
+    except Exception:  # absent, partly written or not a SavedModel: the load will say
+        return None
 
 
 def fingerprint(path: Path) -> tuple:
@@ -131,6 +156,10 @@ class ModelManager:
         self.problems: dict[str, str] = {}  # model -> why its base_path serves nothing
         self._synced: set[str] = set()  # models whose first pass has finished
         self.poll_seconds = poll_seconds
+        self.settle_seconds = min(poll_seconds, SETTLE_MAX_SECONDS)
+        self._seen: dict[Path, tuple] = {}  # version folder -> its fingerprint at the last look
+        self._signatures: dict[Path, tuple] = {}  # version folder -> (saved_model.pb stat, names)
+        self._kept: set[tuple] = set()  # (model, version, base_path) warned about keeping
         self._loader = loader or _load_version
         self._stop = threading.Event()
         self._thread = None
@@ -158,17 +187,115 @@ class ModelManager:
                 return
             try:
                 on_disk, problem = _versions_on_disk(entry.base_path)
-                self._note_problem(name, entry.base_path, problem)
-                wanted = entry.wanted(on_disk)
+                complete, waiting = self._complete_versions(name, entry, on_disk)
+                wanted = entry.wanted(complete)
                 for number in wanted:
                     path = entry.base_path / str(number)
                     if self._should_load(name, number, path):
                         self._load(name, number, path)
-                self._unload_unwanted(name, on_disk, wanted, entry)
+                self._unload_unwanted(name, on_disk, wanted, entry, waiting, problem)
+                self._note_problem(name, entry.base_path, problem)
             finally:
                 with self._synced_cond:
                     self._synced.add(name)
                     self._synced_cond.notify_all()
+
+    # -- completeness -----------------------------------------------------------------------
+    def _complete_versions(self, name: str, entry: ModelEntry,
+                           on_disk: list[int]) -> tuple[list[int], set[int]]:
+        """(the versions on disk the policy may load, the incomplete ones it would want).
+
+        Newest first, as far as the policy looks: a version loaded from this path
+        counts as it is; any other must be complete and stable (`_waiting_for`), else
+        it is reported as START and the policy passes over it.
+        """
+        candidates = sorted(on_disk, reverse=True)
+        if entry.policy == "specific":
+            candidates = [n for n in candidates if n in entry.specific]
+        self._first_look([entry.base_path / str(n) for n in candidates])
+        complete, waiting = [], set()
+        for number in candidates:
+            if entry.policy == "latest" and len(complete) >= entry.latest_n:
+                break
+            path = entry.base_path / str(number)
+            with self._lock:
+                known = self.versions.get(name, {}).get(number)
+            if known is not None and known.state == AVAILABLE and known.path == path:
+                complete.append(number)
+                continue
+            reason = self._waiting_for(path)
+            if not reason:
+                complete.append(number)
+                continue
+            waiting.add(number)
+            with self._lock:
+                known = self.versions.get(name, {}).get(number)
+                if name not in self.versions or (known is not None
+                                                 and known.state == AVAILABLE):
+                    continue  # the one loaded before (another path) serves meanwhile
+                self.versions[name][number] = Version(number, path, START, detail=reason)
+            if known is None or known.state != START:
+                logger.info("%s version %d at %s is not complete yet (%s); it loads once its "
+                            "files are all there and stable", name, number, path, reason)
+        with self._lock:
+            for path in [p for p in self._seen if p.parent == entry.base_path
+                         and (not p.name.isdigit() or int(p.name) not in on_disk)]:
+                del self._seen[path]
+                self._signatures.pop(path, None)
+        return complete, waiting
+
+    def _first_look(self, paths: list[Path]) -> None:
+        """Takes the first look at version folders not seen before and, if any of them
+        holds a SavedModel, waits `settle_seconds` (once), so that the second look
+        (`_waiting_for`) can tell whether they are stable without waiting for a poll."""
+        with self._lock:
+            fresh = [p for p in paths if p not in self._seen]
+        if not fresh:
+            return
+        looks = {p: fingerprint(p) for p in fresh}
+        with self._lock:
+            self._seen.update(looks)
+        if any(VersionFolder(p).saved_model.exists() for p in fresh):
+            time.sleep(self.settle_seconds)
+
+    def _waiting_for(self, path: Path) -> str:
+        """What the version folder still lacks ("" once it is complete and stable).
+
+        Complete: `VersionFolder.missing` (the one rule of what an export writes).
+        Stable: its files' sizes and times are those of the last look (the previous
+        poll, or, for a folder seen for the first time, `_first_look`).
+        """
+        now = fingerprint(path)
+        with self._lock:
+            before = self._seen.get(path)
+            self._seen[path] = now
+        missing = VersionFolder(path).missing(self._signatures_of(path))
+        if missing:
+            return "waiting for " + ", ".join(missing[:4]) + (", ..." * (len(missing) > 4))
+        if now != before:
+            return "waiting for its files to stop changing"
+        return ""
+
+    def _signatures_of(self, path: Path) -> list[str] | None:
+        """`_signature_names`, read again only when saved_model.pb changes."""
+        try:
+            stat = VersionFolder(path).saved_model.stat()
+        except OSError:
+            return None
+        key = (stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            cached = self._signatures.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        names = _signature_names(path)
+        with self._lock:
+            self._signatures[path] = (key, names)
+        return names
+
+    def _serving(self, name: str) -> list[int]:
+        with self._lock:
+            return sorted(v.number for v in self.versions.get(name, {}).values()
+                          if v.state == AVAILABLE)
 
     def _note_problem(self, name: str, base: Path, problem: str) -> None:
         """Records why the model's base_path serves nothing; warns when that changes."""
@@ -181,8 +308,14 @@ class ModelManager:
             else:
                 self.problems.pop(name, None)
         if problem and problem != before:
-            logger.warning("model %r has nothing to serve: %s; its calls get NOT_FOUND until "
-                           "it has a version", name, problem)
+            serving = self._serving(name)
+            if serving:
+                logger.warning("model %r: %s; still serving version %s loaded before, until "
+                               "it has a version that loads", name, problem,
+                               ", ".join(map(str, serving)))
+            else:
+                logger.warning("model %r has nothing to serve: %s; its calls get NOT_FOUND "
+                               "until it has a version", name, problem)
         elif before and not problem:
             logger.info("model %r: its base_path %s holds versions again", name, base)
 
@@ -204,9 +337,14 @@ class ModelManager:
             synced = name in self._synced
         available = [str(v.number) for v in versions if v.state == AVAILABLE]
         if available:
-            return f"{name}: version {', '.join(available)} AVAILABLE"
+            return f"{name}: version {', '.join(available)} AVAILABLE" + (
+                f" (kept: {problem})" if problem else "")
         if problem:
             return f"{name}: nothing to serve: {problem}"
+        waiting = [v for v in versions if v.state == START]
+        if waiting:
+            return (f"{name}: nothing to serve yet: version {waiting[-1].number} is not "
+                    f"complete ({waiting[-1].detail})")
         failed = [str(v.number) for v in versions if v.state == END and v.error]
         if failed:
             return (f"{name}: nothing to serve: version {', '.join(failed)} failed to load "
@@ -261,7 +399,8 @@ class ModelManager:
         logger.info("%s version %d is AVAILABLE", name, number)
 
     def _unload_unwanted(self, name: str, on_disk: list[int], wanted: list[int],
-                         entry: ModelEntry) -> None:
+                         entry: ModelEntry, waiting: set[int], problem: str = "") -> None:
+        kept = []
         with self._lock:
             served = self.versions.get(name)
             if served is None:
@@ -272,12 +411,24 @@ class ModelManager:
                 if number in wanted and version.path == entry.base_path / str(number):
                     continue
                 if version.state == AVAILABLE:
-                    # Keep serving until a wanted version is available (or none is wanted).
-                    if ready or not wanted:
+                    # Keep serving until a wanted version is available: a base_path that
+                    # is wrong (missing, empty, nothing loads) never takes the model down.
+                    if ready:
                         served[number] = Version(number, version.path, END)
-                        logger.info("unloaded %s version %d", name, number)
+                        self._kept = {k for k in self._kept if k[:2] != (name, number)}
+                        logger.info("unloaded %s version %d (%s)", name, number, version.path)
+                    elif (version.path.parent != entry.base_path
+                          and (name, number, entry.base_path) not in self._kept):
+                        self._kept.add((name, number, entry.base_path))  # from a former path
+                        kept.append(version)
+                elif version.state == START and number not in waiting:
+                    del served[number]  # no longer looked at (gone, or not wanted)
                 elif number not in on_disk:
                     del served[number]  # gone from disk: nothing left to report
+        for version in kept if not problem else ():  # a problem is warned about on its own
+            logger.warning("%s: still serving version %d from %s: its base_path %s has no "
+                           "version that loads yet", name, version.number, version.path,
+                           entry.base_path)
 
     def start(self) -> None:
         """Loads in the background: versions are LOADING until ready, then AVAILABLE."""
@@ -344,9 +495,11 @@ class ModelManager:
             available = [v for v in served.values() if v.state == AVAILABLE]
             if not available:
                 problem = self.problems.get(name)
+                # The path stays in the log and GetModelStatus, not in a client's error.
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
                                    f"Servable not found for request: Latest({name})"
-                                   + (f": {problem}" if problem else ""))
+                                   + (": no version found under the model's base path"
+                                      if problem else ""))
             return max(available, key=lambda v: v.number).loaded
 
     def status(self, name: str, number: int | None = None,
@@ -367,15 +520,28 @@ class ModelManager:
                                        f"Unrecognized servable version label: {shown(label)}")
             versions = sorted(self.versions[name].values(), key=lambda v: v.number)
             problem = self.problems.get(name)
+            base = self.entries[name].base_path
             if not versions and number is None and problem:
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Could not find any versions of model {name}: {problem}")
+                                   f"Could not find any versions of model {name}: {problem}",
+                                   public=f"Could not find any versions of model {name}: no "
+                                          "version found under the model's base path")
             if number is not None:
                 versions = [v for v in versions if v.number == number]
                 if not versions:
                     raise ServingError(grpc.StatusCode.NOT_FOUND,
                                        f"Could not find version {number} of model {name}")
-            return [dataclasses.replace(v, loaded=None) for v in versions]
+            out = []
+            for v in versions:
+                detail = v.detail
+                if v.state == AVAILABLE and (problem or v.path.parent != base):
+                    failure = self._failures.get(base / str(v.number))
+                    why = problem or f"its base_path {base} has no version that loads yet" + (
+                        f" (version {v.number} there failed to load: {failure.error})"
+                        if failure else "")
+                    detail = f"still served from {v.path}, loaded before: {why}"
+                out.append(dataclasses.replace(v, loaded=None, detail=detail))
+            return out
 
 
 def _load_version(name: str, number: int, path: Path) -> Loaded:
