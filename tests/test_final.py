@@ -241,3 +241,40 @@ def test_a_running_server_picks_up_the_refreshed_users_with_no_failed_call(
     finally:
         server.stop()
     assert not [p for p in os.listdir(base) if p.startswith(".tmp")]
+
+
+def test_the_beam_pipeline_gives_the_local_jobs_version(production, tmp_path, capsys):
+    pytest.importorskip("apache_beam")
+    t = 1_800_000_000
+    rows = [("u1", "i5", t + 2, "click"), ("u1", "i5", t + 3, "click"),
+            ("u1", "nope", t + 4, "click"), ("u2", "i8", t, "click"),
+            ("new-a", "i2", t, "click"), ("new-a", "i4", t + 5, "click"),
+            ("new-b", "nope", t, "click"), ("new-b", "other", t + 1, "click")]
+    local, beam = tmp_path / "local", tmp_path / "beam"
+    for base in (local, beam):
+        shutil.copytree(production["final_model"] / "1", base / "1")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _update_file(logs, rows[:3] + rows[6:], "a.csv")
+    _update_file(logs, rows[3:6], "b.csv")
+    assert main(["-q", "export", "--model-dir", str(local), "--update-users",
+                 str(_update_file(tmp_path, rows)), "--no-serving-config"]) == 0
+    assert main(["-q", "export", "--model-dir", str(beam), "--update-users",
+                 str(logs / "*.csv"), "--runner", "DirectRunner", "--no-serving-config"]) == 0
+    assert "pipeline DONE" in capsys.readouterr().out
+    a, b = (base / "2" / "assets.extra" / "embeddings" for base in (local, beam))
+    assert (a / "user_ids.txt").read_text() == (b / "user_ids.txt").read_text()
+    np.testing.assert_array_equal(np.load(a / "user_histories.npy"),
+                                  np.load(b / "user_histories.npy"))
+    np.testing.assert_allclose(np.load(a / "users.npy"), np.load(b / "users.npy"), atol=1e-6)
+    changes = [_metadata(base / "2")["users_update"] for base in (local, beam)]
+    for change in changes:
+        change.pop("updated_at"), change.pop("events_file")
+    assert changes[0] == changes[1]
+    assert changes[0]["unknown_items"] == 2 and changes[0]["no_known_item"] == 1
+    # A bad row in one file fails the job: nothing is written.
+    _update_file(logs, [("u9", "i2", "never", "click")], "c.csv")
+    assert main(["export", "--model-dir", str(beam), "--update-users", str(logs / "*.csv"),
+                 "--runner", "DirectRunner", "--no-serving-config"]) == 2
+    assert "cannot parse" in capsys.readouterr().err
+    assert sorted(p.name for p in beam.iterdir()) == ["1", "2"]

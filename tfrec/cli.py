@@ -215,7 +215,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     index = given(args, IndexConfig)
     ex = command_config_of(args, ExportSettings)
     serving = None if ex.no_serving_config else ex.serving_config
-    if ex.update_users is not None:
+    if ex.runner is not None:
+        try:
+            from tfrec.beam.update_users import run
+        except ImportError as err:
+            raise InputError(str(err), key=ExportSettings.key("runner")) from None
+        summary = run(ex.model_dir, ex.update_users, from_version=ex.from_version,
+                      run_dir=ex.run, index_settings=index, version=ex.version,
+                      serving_config_dir=serving, ranking_stage=ex.ranking_stage,
+                      catalogue=CatalogueUpdate(ex.add_items, ex.drop_items),
+                      pipeline_args=[f"--runner={ex.runner}", *args.pipeline_args])
+        result = summary.result
+        print(f"pipeline {summary.state} in {summary.pipeline_seconds:.1f}s over "
+              f"{len(summary.files):,} events files")
+    elif ex.update_users is not None:
         from tfrec.exporter.users import update_users
 
         result = update_users(ex.model_dir, ex.update_users, from_version=ex.from_version,
@@ -514,7 +527,8 @@ def set_native_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, pipeline_args = parser.parse_known_args(argv)
-    if pipeline_args and getattr(args, "recommend.runner", None) is None:  # only Beam takes more
+    if pipeline_args and getattr(args, "recommend.runner", None) is None and getattr(
+            args, "export.runner", None) is None:  # only Beam takes more
         parser.error(f"unrecognized arguments: {' '.join(pipeline_args)}")
     args.pipeline_args = pipeline_args
     # tfrec's own progress at INFO; other libraries (absl, TensorFlow) only errors, unless

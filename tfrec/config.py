@@ -548,6 +548,11 @@ class ExportSettings(Settings):
               "history_length items (its cached items, then these events in time order; the "
               "ranking stage reads the same items); new users are added, ids unknown to the "
               "model skipped and counted", flag="--update-users")
+    runner: str | None = setting(
+        None, "update_users as an Apache Beam pipeline on this runner (DirectRunner, "
+              "FlinkRunner, DataflowRunner, ...), for logs that do not fit one machine: "
+              "update_users may then be a glob of files; the command line passes the "
+              "arguments it does not know to Beam as pipeline options", flag="--runner")
     from_version: int | None = setting(None, "with add_items / drop_items / update_users: start "
                                              "from this version (null: the newest)",
                                        check=POSITIVE, flag="--from-version")
@@ -576,6 +581,9 @@ class ExportSettings(Settings):
         if self.from_version is not None and not self.updating:
             raise InputError("from_version goes with export.add_items, export.drop_items or "
                              "export.update_users", key=self.key("from_version"))
+        if self.runner is not None and self.update_users is None:
+            raise InputError("runner goes with export.update_users (a Beam pipeline)",
+                             key=self.key("runner"))
         if self.run is None and not self.updating:
             raise InputError("give the run folder (or export.add_items / export.drop_items to "
                              "change the catalogue of an exported version, "
