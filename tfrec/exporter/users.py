@@ -116,53 +116,70 @@ def latest_items(events: pd.DataFrame, vocab_lookup, length: int,
     """
     index = np.asarray(vocab_lookup(events["item"].to_numpy(dtype=object)), np.int64)
     unknown = index == 0
-    user = events["user"].to_numpy(dtype=object).astype(str)
+    codes, users = _user_codes(events["user"].to_numpy(dtype=object))
     stats = {"events": int(len(events)), "unknown_item_events": int(unknown.sum()),
              "unknown_items": int(pd.unique(events["item"].to_numpy(dtype=object)[unknown]).size),
-             "no_known_item": int(pd.unique(user).size - pd.unique(user[~unknown]).size)}
-    frame = pd.DataFrame({"user": user, "item": index, "time": events["time"].to_numpy(np.int64),
-                          "line": events["line"].to_numpy(np.int64)})[~unknown]
-    frame = frame.sort_values(["user", "time", "line"], kind="mergesort")
-    if dedupe_consecutive and len(frame):
-        user, item = frame["user"].to_numpy(), frame["item"].to_numpy()
-        repeat = np.zeros(len(frame), bool)
-        repeat[1:] = (user[1:] == user[:-1]) & (item[1:] == item[:-1])
-        frame = frame[~repeat]
-    return frame.groupby("user", sort=False).tail(length).reset_index(drop=True), stats
+             "no_known_item": int(len(users) - np.unique(codes[~unknown]).size)}
+    code, item = codes[~unknown], index[~unknown]
+    when = events["time"].to_numpy(np.int64)[~unknown]
+    line = events["line"].to_numpy(np.int64)[~unknown]
+    order = np.lexsort((line, when, code))
+    code, item, when, line = code[order], item[order], when[order], line[order]
+    if dedupe_consecutive and len(code):
+        keep = np.ones(len(code), bool)
+        keep[1:] = (code[1:] != code[:-1]) | (item[1:] != item[:-1])
+        code, item, when, line = code[keep], item[keep], when[keep], line[keep]
+    keep = _from_end(code, len(users)) < length
+    return pd.DataFrame({"user": users[code[keep]], "item": item[keep], "time": when[keep],
+                         "line": line[keep]}), stats
 
 
-def merge_users(cache: UserCache, latest: pd.DataFrame,
-                length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The new histories of the users in `latest` (`latest_items`' frame): each one's
-    cached items, then its latest items, the last `length` of them.
+def _user_codes(user: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes [n] into the sorted distinct ids, the sorted distinct ids (str))."""
+    codes, uniques = pd.factorize(np.asarray(user, dtype=object).astype(str))
+    uniques = np.asarray(uniques, dtype=object)
+    order = np.argsort(uniques, kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[codes], uniques[order]
+
+
+def _from_end(code: np.ndarray, groups: int) -> np.ndarray:
+    """For rows grouped by `code` (sorted), each row's place from its group's end (0: last)."""
+    ends = np.cumsum(np.bincount(code, minlength=groups))
+    return ends[code] - 1 - np.arange(len(code))
+
+
+def merge_users(cache: UserCache, latest: pd.DataFrame, length: int,
+                chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The new histories of the users in `latest` (`latest_items`' frame, in any order):
+    each one's cached items, then its latest items, the last `length` of them.
 
     Returns:
-      (user ids [u], rows [u] in the cache (-1: a new user), histories [u, length]
-      int32, left-padded with 0).
+      (user ids [u], sorted; rows [u] in the cache (-1: a new user); histories
+      [u, length] int32, left-padded with 0).
     """
-    users = pd.unique(latest["user"].to_numpy(dtype=object))
+    codes, users = _user_codes(latest["user"].to_numpy(dtype=object))
+    order = np.lexsort((latest["line"].to_numpy(np.int64), latest["time"].to_numpy(np.int64),
+                        codes))
+    code, item = codes[order], latest["item"].to_numpy(np.int64)[order]
+    from_end = _from_end(code, len(users))
+    keep = from_end < length
+    new = np.zeros((len(users), length), np.int32)
+    new[code[keep], length - 1 - from_end[keep]] = item[keep]
     rows = pd.Index(np.asarray(cache.ids).astype(str)).get_indexer(users.astype(str))
-    known = rows >= 0
-    old = cache.histories[rows[known]].astype(np.int64)
-    old_users = np.repeat(users[known], length)
-    position = np.tile(np.arange(length, dtype=np.int64), int(known.sum()))
-    keep = old.ravel() > 0
-    parts = pd.concat([
-        pd.DataFrame({"user": old_users[keep], "stage": 0, "time": position[keep],
-                      "line": 0, "item": old.ravel()[keep]}),
-        pd.DataFrame({"user": latest["user"].to_numpy(dtype=object), "stage": 1,
-                      "time": latest["time"].to_numpy(np.int64),
-                      "line": latest["line"].to_numpy(np.int64),
-                      "item": latest["item"].to_numpy(np.int64)}),
-    ], ignore_index=True)
-    code = pd.Index(users).get_indexer(parts["user"].to_numpy(dtype=object))
-    parts["code"] = code
-    parts = parts.sort_values(["code", "stage", "time", "line"], kind="mergesort")
-    tail = parts.groupby("code", sort=False).tail(length)
-    from_end = tail.groupby("code", sort=False).cumcount(ascending=False).to_numpy()
     histories = np.zeros((len(users), length), np.int32)
-    histories[tail["code"].to_numpy(), length - 1 - from_end] = tail["item"].to_numpy()
-    return users.astype(object), rows, histories
+    for start in range(0, len(users), chunk):
+        part = slice(start, start + chunk)
+        combined = np.zeros((len(new[part]), 2 * length), np.int32)
+        known = rows[part] >= 0
+        combined[known, :length] = cache.histories[rows[part][known]]
+        combined[:, length:] = new[part]
+        # A stable sort of "is an item" puts the padding first and keeps the items' order:
+        # the last `length` columns are the last `length` items.
+        place = np.argsort(combined != 0, axis=1, kind="stable")[:, length:]
+        histories[part] = np.take_along_axis(combined, place, axis=1)
+    return users, rows, histories
 
 
 def refreshed_cache(cache: UserCache, latest: pd.DataFrame, embed,
