@@ -38,7 +38,7 @@ def production(tmp_path_factory):
     config = load_run_config(None, [
         *event_files_settings(events_path, items_path), "model.embedding_dim=16",
         "model.text.token_dim=8", "model.text.filters=8", "train.epochs=2",
-        "train.split_fraction=0.15", "ranking.epochs=1"])
+        "train.split_fraction=0.15", "train.steps_per_epoch=6", "ranking.epochs=1"])
     evaluated = folder / "run"
     train(config, evaluated, verbose=0)
     final = folder / "final"
@@ -94,6 +94,22 @@ def test_the_final_model_trains_every_event_and_serves_users_after_the_old_split
     assert not known.any()
     items, known = _recommend_for_user(production["final_model"] / "1", LATE_USERS)
     assert known.all() and (items != b"").all()
+
+
+def test_the_final_model_trains_the_epochs_the_evaluated_run_finished(production, tmp_path):
+    from tfrec.run_folder import RunFolder
+    from tfrec.training import final_run_config
+
+    # A run that stopped after its first epoch (of two): its final model trains one.
+    stopped = RunFolder(tmp_path / "stopped")
+    stopped.path.mkdir()
+    source = RunFolder(production["evaluated"])
+    shutil.copy(source.config_file, stopped.config_file)
+    stopped.history_file.write_text(source.history_file.read_text().splitlines()[0] + "\n")
+    config, record = final_run_config(stopped.path)
+    assert config.train.epochs == record["epochs"] == 1
+    assert record["eval"] is None and record["split"]["split_fraction"] == 0.15
+    assert config.data == source.read_config().data
 
 
 def test_the_final_model_refuses_other_settings_and_its_own_folder(production, capsys):
