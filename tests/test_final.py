@@ -211,6 +211,10 @@ def test_update_users_on_bad_input_writes_nothing(production, tmp_path, capsys, 
     assert message in capsys.readouterr().err
     assert sorted(p.relative_to(base) for p in base.rglob("*")) == before
     # A file without the run's columns, and a missing file: errors naming the file.
+    unknown = _update_file(tmp_path, [("u1", "zz", 1_800_000_000, "click")], "unknown.csv")
+    assert main(["export", "--model-dir", str(base), "--update-users", str(unknown),
+                 "--no-serving-config"]) == 2
+    assert "nothing to update" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
     bad.write_text("who,what\nu1,i2\n")
     for given in (bad, tmp_path / "missing.csv"):

@@ -190,7 +190,8 @@ def cmd_train_final(args: argparse.Namespace, run: TrainingSettings) -> int:
                          f"{', '.join(given_settings)} cannot change them (train and "
                          "evaluate a run with the new settings first)",
                          key=TrainingSettings.key("final_from"))
-    result = train_final(run.final_from, Path(run.run_dir), overwrite=run.overwrite)
+    result = train_final(run.final_from, Path(run.run_dir), overwrite=run.overwrite,
+                         resume=run.resume)
     if not result.worker.is_chief:
         return 0
     evaluated_as = RunFolder(result.run_dir).read_evaluated_as()
@@ -385,15 +386,13 @@ def cmd_recommend_all_users(rc: RecommendSettings, args: argparse.Namespace) -> 
           f"recommending, {summary.seconds:.1f}s in all)"
           + (f"; {summary.fallback_users:,} users unknown to the model (popular items)"
              if summary.fallback_users else ""))
-    if summary.uncached_users:
-        print(f"tfrec: note: {summary.uncached_users:,} users of the run's data are not in the "
-              "output: the export has no cached embedding for them (no training event); "
-              "export a final model (tfrec train --final-from) or refresh the users (tfrec "
-              "export --update-users)", file=sys.stderr)
+    _note_uncached(summary.uncached_users)
     return 0
 
 
 def cmd_recommend_all_users_on_beam(rc: RecommendSettings, pipeline_args: list[str]) -> int:
+    from tfrec.all_users import uncached_users
+
     try:
         from tfrec.beam.all_users import run
     except ImportError as err:
@@ -409,7 +408,17 @@ def cmd_recommend_all_users_on_beam(rc: RecommendSettings, pipeline_args: list[s
              if summary.fallback_users else ""))
     for shard in summary.shards:
         print(f"  {shard}")
+    _note_uncached(uncached_users(summary.version_dir) if rc.users is None else 0)
     return 0
+
+
+def _note_uncached(count: int) -> None:
+    """The users of the run's data an all-users output leaves out, on stderr."""
+    if count:
+        print(f"tfrec: note: {count:,} users of the run's data are not in the output: the "
+              "export has no cached embedding for them (no training event); export a final "
+              "model (tfrec train --final-from) or refresh the users (tfrec export "
+              "--update-users)", file=sys.stderr)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -473,12 +473,8 @@ class TrainingSettings(Settings):
         None, "train the final model of this evaluated run folder: its settings (config.json) "
               "on every event, no held-out cases, for the epochs it trained; the new run "
               "records which run it was evaluated as (evaluated_as.json, carried into the "
-              "export's metadata)", flag="--final-from")
-
-    def check(self):
-        if self.final_from is not None and self.resume:
-            raise InputError("final_from trains a new run; resume it with training.resume "
-                             "alone", key=self.key("final_from"))
+              "export's metadata); with resume, continue an interrupted final model",
+        flag="--final-from")
 
 
 @dataclasses.dataclass(frozen=True)

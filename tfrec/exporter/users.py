@@ -234,8 +234,9 @@ def update_users(model_dir: str | Path, events: str | Path | pd.DataFrame,
       (`UsersChange`).
 
     Raises:
-      InputError: a missing or malformed events file, a missing version or run,
-        and `update_catalogue`'s errors. Nothing is written then.
+      InputError: a missing or malformed events file, one with no item the model
+        knows, a missing version or run, and `update_catalogue`'s errors. Nothing
+        is written then.
     """
     from tfrec.ranking.two_stage import load_stage
     from tfrec.exporter.catalogue import read_drop_ids, read_new_items
@@ -251,6 +252,13 @@ def update_users(model_dir: str | Path, events: str | Path | pd.DataFrame,
                  if not isinstance(events, pd.DataFrame) else events)
         latest, latest_stats = latest_items(frame, vocab.lookup, length,
                                             config.data.sessions.dedupe_consecutive)
+    if not len(latest) and catalogue.add_items is None and catalogue.drop_items is None:
+        stats = latest_stats or {}
+        raise InputError(f"no event names an item the model knows ({stats.get('events', 0):,} "
+                         f"events, {stats.get('unknown_items', 0):,} distinct item ids, none "
+                         "in the run's vocabulary): nothing to update", path=str(
+                             source_name or events if not isinstance(events, pd.DataFrame)
+                             else "events"), key=KEY)
     new_items = (read_new_items(catalogue.add_items, config.data.items_schema)
                  if catalogue.add_items is not None else None)
     drop_ids = read_drop_ids(catalogue.drop_items) if catalogue.drop_items is not None else []

@@ -76,12 +76,13 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
 
 
 def train_final(evaluated_run: str | Path, run_dir: str | Path, overwrite: bool = False,
-                verbose: int | None = None) -> training.TrainResult:
+                verbose: int | None = None, resume: bool = False) -> training.TrainResult:
     """Trains the final model of an evaluated run in `run_dir`: its settings on every event
     (`tfrec.training.final_run_config`), both stages as it had them (the ranker's slice
     then the last ranking.ranker_share of all the events, the item-item table refitted on
     all of them), no evaluation. The run folder records what it was evaluated as
     (`RunFolder.evaluated_as_file`), which the export carries into its metadata.
+    With `resume`, an interrupted final model continues from its last checkpoint.
 
     Raises:
       InputError: `training.final_from` not an evaluated run with a finished epoch, the
@@ -94,7 +95,7 @@ def train_final(evaluated_run: str | Path, run_dir: str | Path, overwrite: bool 
     config, evaluated_as = training.final_run_config(evaluated_run)
     logger.info("final model of %s: its settings on every event, %d epochs",
                 evaluated_as["run"], evaluated_as["epochs"])
-    result = train(config, run_dir, verbose=verbose, overwrite=overwrite)
+    result = train(config, run_dir, resume=resume, verbose=verbose, overwrite=overwrite)
     if result.worker.is_chief:
         RunFolder(run_dir).write_evaluated_as(
             {**evaluated_as, "events": int(result.data.train_events)})
