@@ -76,6 +76,9 @@ class AllUsersSummary:
         popular items); 0 for an export's own user list.
       seconds: wall time of the whole job, loading included.
       recommend_seconds: time spent computing and writing rows.
+      uncached_users: users of the run's data the export has no cached embedding
+        for (no training event: all their events held out or after the split), so
+        not in the output; listed in the version's uncached user ids file.
     """
 
     path: Path
@@ -87,6 +90,7 @@ class AllUsersSummary:
     fallback_users: int
     seconds: float
     recommend_seconds: float
+    uncached_users: int = 0
 
     @property
     def users_per_second(self) -> float:
@@ -320,5 +324,19 @@ def recommend_all_users(model_dir: str | Path, out: str | Path,
     if fallback:
         logger.warning("%d of %d users were unknown to the model (answered with the most "
                        "popular items)", fallback, users)
+    uncached = uncached_users(version_dir)
+    if uncached:
+        logger.warning("%d users of the run's data are not in the output: the export has no "
+                       "cached embedding for them (no training event; ids in %s). Export a "
+                       "final model (tfrec train --final-from) or refresh the users (tfrec "
+                       "export --update-users) to serve them", uncached,
+                       VersionFolder(version_dir).uncached_user_ids)
     return AllUsersSummary(out, version_dir, k, users, rows, groups, fallback,
-                           time.perf_counter() - started, seconds)
+                           time.perf_counter() - started, seconds, uncached)
+
+
+def uncached_users(version_dir: str | Path) -> int:
+    """How many users of the run's data the version cannot serve from a cached embedding
+    (its metadata's `users_not_cached`; 0 for an export that does not say)."""
+    return int(VersionFolder(version_dir).read_metadata(missing_ok=True)
+               .get("users_not_cached") or 0)

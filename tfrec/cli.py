@@ -147,6 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tfrec.training import format_evaluation
 
     run = command_config_of(args, TrainingSettings)
+    if run.final_from is not None:
+        return cmd_train_final(args, run)
     config = command_config(args.config, args.set, getattr(args, "data.data_dir"),
                             run_overrides(args))
     epochs, strategy = getattr(args, "train.epochs"), getattr(args, "train.strategy")
@@ -174,6 +176,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_final(args: argparse.Namespace, run: TrainingSettings) -> int:
+    from pathlib import Path
+
+    from tfrec.ranking.two_stage import train_final
+
+    given_settings = [flag for flag, value in (
+        ("--config", args.config), ("--set", args.set), ("--data-dir",
+                                                         getattr(args, "data.data_dir")),
+        *((f"--{key.split('.')[-1]}", value) for key, value in vars(args).items()
+          if key in ("train.epochs", "train.strategy"))) if value]
+    if given_settings:
+        raise InputError(f"the final model takes the evaluated run's settings: "
+                         f"{', '.join(given_settings)} cannot change them (train and "
+                         "evaluate a run with the new settings first)",
+                         key=TrainingSettings.key("final_from"))
+    result = train_final(run.final_from, Path(run.run_dir), overwrite=run.overwrite,
+                         resume=run.resume)
+    if not result.worker.is_chief:
+        return 0
+    evaluated_as = RunFolder(result.run_dir).read_evaluated_as()
+    print(f"run folder: {result.run_dir} (the final model of {evaluated_as['run']})")
+    last = result.history[-1] if result.history else {}
+    print(f"trained {len(result.history)} epochs on every event ({result.data.train_events:,} "
+          f"events, {len(result.data.sessions.user_ids):,} users) in {result.seconds:.0f}s"
+          + (f", final loss {last['loss']:.4f}" if "loss" in last else ""))
+    headline = evaluated_as.get("eval")
+    if headline:
+        k = headline["k"]
+        print(f"evaluated as {evaluated_as['run']}: HR@{k} {headline[f'hr@{k}']:.4f}, "
+              f"NDCG@{k} {headline[f'ndcg@{k}']:.4f} on {headline['cases']:,} held-out cases "
+              "(no held-out case here: every event trains)")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from tfrec.exporter import CatalogueUpdate, export, update_catalogue
 
@@ -181,7 +217,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     index = given(args, IndexConfig)
     ex = command_config_of(args, ExportSettings)
     serving = None if ex.no_serving_config else ex.serving_config
-    if ex.updating:
+    if ex.runner is not None:
+        try:
+            from tfrec.beam.update_users import run
+        except ImportError as err:
+            raise InputError(str(err), key=ExportSettings.key("runner")) from None
+        summary = run(ex.model_dir, ex.update_users, from_version=ex.from_version,
+                      run_dir=ex.run, index_settings=index, version=ex.version,
+                      serving_config_dir=serving, ranking_stage=ex.ranking_stage,
+                      catalogue=CatalogueUpdate(ex.add_items, ex.drop_items),
+                      pipeline_args=[f"--runner={ex.runner}", *args.pipeline_args])
+        result = summary.result
+        print(f"pipeline {summary.state} in {summary.pipeline_seconds:.1f}s over "
+              f"{len(summary.files):,} events files")
+    elif ex.update_users is not None:
+        from tfrec.exporter.users import update_users
+
+        result = update_users(ex.model_dir, ex.update_users, from_version=ex.from_version,
+                              run_dir=ex.run, index_settings=index, version=ex.version,
+                              serving_config_dir=serving, ranking_stage=ex.ranking_stage,
+                              catalogue=CatalogueUpdate(ex.add_items, ex.drop_items))
+    elif ex.updating:
         result = update_catalogue(ex.model_dir, CatalogueUpdate(ex.add_items, ex.drop_items),
                                   from_version=ex.from_version, run_dir=ex.run,
                                   index_settings=index, version=ex.version,
@@ -192,7 +248,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     meta = result.metadata
     recall_key = next(k for k in meta if k.startswith("recall@"))
     print(f"exported version {result.version}: {result.path}")
-    if ex.updating:
+    users_change = meta.get("users_update") if ex.update_users is not None else None
+    if users_change:
+        print(f"  from version {users_change['from_version']} without training: "
+              f"{users_change['updated']:,} users updated, {users_change['added']:,} added "
+              f"from {users_change['events']:,} events; {meta['users']:,} users cached")
+        skipped = [f"{users_change['unknown_item_events']:,} events skipped (item unknown to "
+                   f"the model: {users_change['unknown_items']:,} ids)"
+                   if users_change["unknown_item_events"] else "",
+                   f"{users_change['no_known_item']:,} users with no item the model knows "
+                   "left as they were" if users_change["no_known_item"] else ""]
+        if any(skipped):
+            print(f"  {'; '.join(s for s in skipped if s)}")
+    if "catalogue_update" in meta and ex.updating:
         change = meta["catalogue_update"]
         print(f"  from version {change['from_version']} without training: "
               f"{change['added']:,} items added, {change['dropped']:,} dropped"
@@ -211,6 +279,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"  ranking stage {'on' if ranking['enabled'] else 'off'}: "
               f"{ranking['num_candidates']} candidates ({ranking['table_share']:g} from the "
               f"item-item table), {len(ranking['features'])} features; max_k {meta['max_k']}")
+    if meta.get("trained_on"):
+        print(f"  model trained on {meta['trained_on']}; evaluated as "
+              f"{(meta.get('evaluated_as') or {}).get('run')}")
+    if meta.get("users_not_cached"):
+        print(f"  {meta['users_not_cached']:,} users of the data have no cached embedding (no "
+              "training event: recommend_for_user gives them the popular items); export a "
+              "final model (tfrec train --final-from) or refresh them (--update-users)")
     print(f"  signatures: {', '.join(meta['signatures'])}")
     if serving is not None:
         print(f"  serving config: {serving}/models.config")
@@ -312,10 +387,13 @@ def cmd_recommend_all_users(rc: RecommendSettings, args: argparse.Namespace) -> 
           f"recommending, {summary.seconds:.1f}s in all)"
           + (f"; {summary.fallback_users:,} users unknown to the model (popular items)"
              if summary.fallback_users else ""))
+    _note_uncached(summary.uncached_users)
     return 0
 
 
 def cmd_recommend_all_users_on_beam(rc: RecommendSettings, pipeline_args: list[str]) -> int:
+    from tfrec.all_users import uncached_users
+
     try:
         from tfrec.beam.all_users import run
     except ImportError as err:
@@ -331,7 +409,17 @@ def cmd_recommend_all_users_on_beam(rc: RecommendSettings, pipeline_args: list[s
              if summary.fallback_users else ""))
     for shard in summary.shards:
         print(f"  {shard}")
+    _note_uncached(uncached_users(summary.version_dir) if rc.users is None else 0)
     return 0
+
+
+def _note_uncached(count: int) -> None:
+    """The users of the run's data an all-users output leaves out, on stderr."""
+    if count:
+        print(f"tfrec: note: {count:,} users of the run's data are not in the output: the "
+              "export has no cached embedding for them (no training event); export a final "
+              "model (tfrec train --final-from) or refresh the users (tfrec export "
+              "--update-users)", file=sys.stderr)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,7 +537,8 @@ def set_native_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, pipeline_args = parser.parse_known_args(argv)
-    if pipeline_args and getattr(args, "recommend.runner", None) is None:  # only Beam takes more
+    if pipeline_args and getattr(args, "recommend.runner", None) is None and getattr(
+            args, "export.runner", None) is None:  # only Beam takes more
         parser.error(f"unrecognized arguments: {' '.join(pipeline_args)}")
     args.pipeline_args = pipeline_args
     # tfrec's own progress at INFO; other libraries (absl, TensorFlow) only errors, unless

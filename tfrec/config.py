@@ -479,6 +479,12 @@ class TrainingSettings(Settings):
     resume: bool = setting(False, "continue the run in the run folder from its last "
                                   "checkpoint", flag="--resume")
     overwrite: bool = setting(False, "replace an existing run folder", flag="--overwrite")
+    final_from: str | None = setting(
+        None, "train the final model of this evaluated run folder: its settings (config.json) "
+              "on every event, no held-out cases, for the epochs it trained; the new run "
+              "records which run it was evaluated as (evaluated_as.json, carried into the "
+              "export's metadata); with resume, continue an interrupted final model",
+        flag="--final-from")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -524,7 +530,8 @@ class EvaluateSettings(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class ExportSettings(Settings):
-    """`tfrec export`: which run, where to, and catalogue changes without training."""
+    """`tfrec export`: which run, where to, and catalogue and user changes without
+    training."""
 
     run: str | None = setting(
         None, "a tfrec train run folder (with add_items / drop_items: default the run the "
@@ -540,9 +547,21 @@ class ExportSettings(Settings):
     drop_items: str | None = setting(None, "build the next version without these items (a "
                                            "file of item ids, one a line): never recommended "
                                            "again", flag="--drop-items")
-    from_version: int | None = setting(None, "with add_items / drop_items: start from this "
-                                             "version (null: the newest)", check=POSITIVE,
-                                       flag="--from-version")
+    update_users: str | None = setting(
+        None, "build the next version from the newest (or from_version) without training: "
+              "each user of these events (CSV/Parquet in the run's events layout) gets its "
+              "cached embedding recomputed by the trained query tower from its latest "
+              "history_length items (its cached items, then these events in time order; the "
+              "ranking stage reads the same items); new users are added, ids unknown to the "
+              "model skipped and counted", flag="--update-users")
+    runner: str | None = setting(
+        None, "update_users as an Apache Beam pipeline on this runner (DirectRunner, "
+              "FlinkRunner, DataflowRunner, ...), for logs that do not fit one machine: "
+              "update_users may then be a glob of files; the command line passes the "
+              "arguments it does not know to Beam as pipeline options", flag="--runner")
+    from_version: int | None = setting(None, "with add_items / drop_items / update_users: start "
+                                             "from this version (null: the newest)",
+                                       check=POSITIVE, flag="--from-version")
     version: int | None = setting(None, "version number (null: the next one)", check=POSITIVE,
                                   flag="--version")
     serving_config: str = setting("serving_config", "folder of models.config / "
@@ -561,15 +580,20 @@ class ExportSettings(Settings):
     @property
     def updating(self) -> bool:
         """Changing the catalogue of an exported version rather than exporting a run."""
-        return self.add_items is not None or self.drop_items is not None
+        return (self.add_items is not None or self.drop_items is not None
+                or self.update_users is not None)
 
     def check(self):
         if self.from_version is not None and not self.updating:
-            raise InputError("from_version goes with export.add_items or export.drop_items",
-                             key=self.key("from_version"))
+            raise InputError("from_version goes with export.add_items, export.drop_items or "
+                             "export.update_users", key=self.key("from_version"))
+        if self.runner is not None and self.update_users is None:
+            raise InputError("runner goes with export.update_users (a Beam pipeline)",
+                             key=self.key("runner"))
         if self.run is None and not self.updating:
             raise InputError("give the run folder (or export.add_items / export.drop_items to "
-                             "change the catalogue of an exported version)", key=self.key("run"))
+                             "change the catalogue of an exported version, "
+                             "export.update_users to refresh its users)", key=self.key("run"))
 
 
 @dataclasses.dataclass(frozen=True)

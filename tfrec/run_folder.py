@@ -9,6 +9,8 @@ A run folder (what `tfrec train` writes, `--run`) holds::
   logs/              TensorBoard
   history.jsonl      one line of metrics per finished epoch
   eval.json          held-out hit rate after training
+  evaluated_as.json  a final model's (`tfrec train --final-from`): the evaluated run it
+                     repeats on every event, and that run's held-out headline
   ranking/           the ranking stage: item-item table, feature tables, ranker
   evaluation/        `tfrec evaluate`'s report folder (by default)
   baselines/<name>/  the run folders of the model's variants `tfrec evaluate` trains
@@ -53,6 +55,8 @@ class RunFolder(Folder):
     history_file = Entry("history.jsonl")
     eval_file = Entry("eval.json", "The held-out scores training writes after its last epoch.")
     ranking = Entry("ranking", "The ranking stage (`tfrec.ranking.stage.RankingStage`).")
+    evaluated_as_file = Entry("evaluated_as.json", "A final model's: the evaluated run whose "
+                                                   "settings it trained on every event.")
 
     @property
     def evaluation(self) -> ReportFolder:
@@ -108,3 +112,15 @@ class RunFolder(Folder):
 
     def write_eval(self, evaluation: dict) -> None:
         self.eval_file.write_text(json.dumps(evaluation, indent=2) + "\n")
+
+    def read_eval(self) -> dict | None:
+        """The held-out scores training wrote (None: the run has none)."""
+        return json.loads(self.eval_file.read_text()) if self.eval_file.exists() else None
+
+    def write_evaluated_as(self, evaluated_as: dict) -> None:
+        self.evaluated_as_file.write_text(json.dumps(evaluated_as, indent=2) + "\n")
+
+    def read_evaluated_as(self) -> dict | None:
+        """A final model's record of the run it was evaluated as (None: not a final model)."""
+        path = self.evaluated_as_file
+        return json.loads(path.read_text()) if path.exists() else None

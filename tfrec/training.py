@@ -322,6 +322,67 @@ def resolve_config(config: RunConfig, run_dir: Path, resume: bool, epochs: int |
     return check_run_config(config)
 
 
+# The split settings a final model trains without: every event trains, none is held out.
+FINAL_SPLIT = {"split_by": "time", "split_date": None, "split_fraction": 0.0, "cold_items": 0.0}
+
+
+def evaluation_headline(evaluation: dict | None, k: int) -> dict | None:
+    """The held-out scores in brief: all cases' HR@k and NDCG@k (and stage 1's alone)."""
+    if not evaluation or "all" not in evaluation:
+        return None
+    keys = ("cases", f"hr@{k}", f"ndcg@{k}")
+    headline = {key: evaluation["all"][key] for key in keys if key in evaluation["all"]}
+    stage1 = (evaluation.get("stage1") or {}).get("all")
+    if stage1:
+        headline["stage1"] = {key: stage1[key] for key in keys[1:] if key in stage1}
+    return {"k": k, **headline}
+
+
+def final_run_config(evaluated_run: str | Path) -> tuple[RunConfig, dict]:
+    """The config of an evaluated run's final model, and the record of what it was
+    evaluated as.
+
+    The final model is the evaluated run's settings (its config.json) on every
+    event: no time or user split, no items hidden, so no held-out case; and
+    the epochs the run trained (its last finished epoch: fewer than its
+    train.epochs when it stopped early).
+
+    Returns:
+      (the config, {"run": the evaluated run's path, "epochs", "eval": its held-out
+      headline (`evaluation_headline`, None if it had no held-out cases)}).
+
+    Raises:
+      InputError: not a run folder, a run with no finished epoch, or a final model.
+    """
+    folder = RunFolder(evaluated_run)
+    if not folder.path.is_dir():
+        raise InputError("no such run folder", path=str(folder.path),
+                         key="training.final_from")
+    config = folder.read_config()
+    if folder.read_evaluated_as() is not None:
+        raise InputError("this run is a final model already (it has "
+                         f"{RunFolder.evaluated_as_file.name}); give the run it was evaluated "
+                         "as", path=str(folder.path), key="training.final_from")
+    history = folder.read_history()
+    if not history:
+        raise InputError("the run has no finished epoch: train and evaluate it first",
+                         path=str(folder.history_file), key="training.final_from")
+    epochs = int(history[-1]["epoch"])
+    if epochs != config.train.epochs:
+        logger.info("the evaluated run trained %d of its %d epochs: the final model trains %d",
+                    epochs, config.train.epochs, epochs)
+    train_config = from_dict(type(config.train), {**dataclasses.asdict(config.train),
+                                                  **FINAL_SPLIT, "epochs": epochs},
+                             prefix="train.")
+    evaluation = folder.read_eval()
+    evaluated_as = {"run": str(folder.path.resolve()), "epochs": epochs,
+                    "split": {key: getattr(config.train, key) for key in
+                              ("split_by", "split_date", "split_fraction", "holdout_users",
+                               "cold_items")},
+                    "eval": evaluation_headline(evaluation, config.train.eval_k)}
+    return dataclasses.replace(config, train=train_config), evaluated_as
+
+
 def prepare_run_folder(run_dir: Path, config: RunConfig, worker: distribute.Worker,
                        resume: bool, overwrite: bool, config_changed: bool) -> None:
     """Checks, clears (`overwrite`) and creates the run folder; the chief's job only

@@ -14,7 +14,9 @@ temporary folder beside them::
       assets.extra/embeddings/added_items.csv   item_id, text of rows the model never saw
       assets.extra/embeddings/users.npy         [users, dim] query embeddings of known users,
                                                 user_ids.txt their ids, user_histories.npy
-                                                their last history_length training items
+                                                their last history_length training items;
+                                                uncached_user_ids.txt the users of the data
+                                                with no cached embedding (no training event)
       assets.extra/projector/                   TensorBoard projector
     .tmp-export-<version>-<pid>/                a version being written
 
@@ -80,6 +82,8 @@ class VersionFolder(Folder):
     users = Entry(f"{EMBEDDINGS}/users.npy")
     user_ids = Entry(f"{EMBEDDINGS}/user_ids.txt")
     user_histories = Entry(f"{EMBEDDINGS}/user_histories.npy")
+    uncached_user_ids = Entry(f"{EMBEDDINGS}/uncached_user_ids.txt",
+                              "Users of the run's data with no cached embedding.")
 
     @property
     def number(self) -> int:

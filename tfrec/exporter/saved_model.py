@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tfrec.config import BatchingParameters
@@ -287,6 +288,9 @@ class VersionContents:
       warm_sessions: real sessions (item ids) for the warm-up records.
       metadata: the version's metadata; write_version adds the version, file
         counts and the time taken.
+      uncached_users: ids of the data's users with no cached embedding (users
+        whose every event is held out, or after the split); counted in the
+        metadata as `users_not_cached`.
     """
 
     module: RecommenderModule
@@ -295,6 +299,8 @@ class VersionContents:
     users: UserCache
     warm_sessions: list[list[str]]
     metadata: dict
+    uncached_users: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros(0, dtype=object))
 
 
 def write_version(model_dir: Path, version: int, contents: VersionContents,
@@ -321,12 +327,15 @@ def write_version(model_dir: Path, version: int, contents: VersionContents,
         np.save(folder.users, users.embeddings.astype(np.float32))
         np.save(folder.user_histories, users.histories.astype(np.int32))
         folder.user_ids.write_text("".join(f"{u}\n" for u in users.ids))
+        folder.uncached_user_ids.write_text("".join(f"{u}\n" for u in contents.uncached_users))
         projected = _write_projector(folder.projector, catalogue.embeddings, catalogue.ids,
                                      catalogue.texts, catalogue.counts)
         records = _write_warmup(folder.warmup, model_name, contents.warm_sessions, k,
                                 [str(u) for u in users.ids[:8]])
         metadata = {"model": model_name, "version": version, **contents.metadata,
-                    "users": int(len(users.ids)), "added_items": module.num_added,
+                    "users": int(len(users.ids)),
+                    "users_not_cached": int(len(contents.uncached_users)),
+                    "added_items": module.num_added,
                     "dropped_items": module.num_dropped, "warmup_records": records,
                     "projector_items": projected, "signatures": sorted(module.signatures())}
         metadata["export_seconds"] = round(time.perf_counter() - started, 1)
@@ -394,16 +403,52 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
     module = RecommenderModule(model, item_ids, index, index_config.max_k, vocab.text,
                                vocab.counts, index_config.max_session_items, users,
                                ranking=ranking)
+    uncached = uncached_users(data.events, user_ids)
+    if len(uncached):
+        logger.warning("%d users of the data have no training event, so no cached embedding "
+                       "(their events are all held out): recommend_for_user gives them the "
+                       "popular items. Export a final model (tfrec train --final-from) or "
+                       "refresh the users (tfrec export --update-users) to serve them",
+                       len(uncached))
     metadata = {
         "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint,
         **index_metadata(catalogue, index_config, recall, k, len(queries), build_seconds),
         "history_length": history_length, "embedding_dim": int(model.embedding_dim),
-        **users_metadata(data), **ranking_metadata(stage, ranking is not None),
+        **users_metadata(data), **evaluation_metadata(run_dir, config),
+        **ranking_metadata(stage, ranking is not None),
     }
     warm = [[str(item_ids[i]) for i in s] for s in sessions[:warmup_sessions]]
     return write_version(model_dir, version,
-                         VersionContents(module, catalogue, item_ids, users, warm, metadata),
+                         VersionContents(module, catalogue, item_ids, users, warm, metadata,
+                                         uncached),
                          started, serving_config_dir)
+
+
+def uncached_users(events, cached_ids: np.ndarray) -> np.ndarray:
+    """The user ids of `events` (every event read, both sides of the split) that have no
+    cached embedding, sorted."""
+    if events is None or not len(events):
+        return np.zeros(0, dtype=object)
+    users = pd.unique(events["user"].to_numpy(dtype=object))
+    cached = pd.Index(np.asarray(cached_ids).astype(str))
+    return np.sort(np.asarray(users, dtype=object)[
+        cached.get_indexer(np.asarray(users).astype(str)) < 0]).astype(object)
+
+
+def evaluation_metadata(run_dir: str | Path, config) -> dict:
+    """What the version's model was evaluated as: a final model's evaluated run
+    (`tfrec train --final-from`), or the run itself with its held-out headline."""
+    from tfrec.run_folder import RunFolder
+    from tfrec.training import evaluation_headline
+
+    folder = RunFolder(run_dir)
+    evaluated_as = folder.read_evaluated_as()
+    if evaluated_as is not None:
+        return {"trained_on": "every event (a final model)", "evaluated_as": evaluated_as}
+    return {"trained_on": "the events before the split (the evaluated run)",
+            "evaluated_as": {"run": str(folder.path.resolve()),
+                             "eval": evaluation_headline(folder.read_eval(),
+                                                         config.train.eval_k)}}
 
 
 def write_serving_config(folder: str | Path, model_name: str, model_dir: str | Path) -> Path:

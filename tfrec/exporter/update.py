@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tfrec.errors import InputError
@@ -179,12 +180,14 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
                           serving_config_dir: str | Path | None = None,
                           recall_queries: int = 1000,
                           started: float | None = None, stage=None,
-                          ranking_stage: bool = False) -> ExportResult:
+                          ranking_stage: bool = False, users: UserCache | None = None,
+                          users_update: dict | None = None) -> ExportResult:
     """`update_catalogue` once the inputs are read: the version `source` (its `metadata`)
     of the model (`model`, its `vocab`) with `new_items` (item, text) added and `drop_ids`
     dropped, written as `version` (default: the next one) of `model_dir`; with
     `ranking_stage`, the run's ranking stage `stage` (if not None) serves after the
-    index."""
+    index. `users` (default: the source's) are the cached users it serves, and
+    `users_update` what changed them (`tfrec.exporter.users`), for the metadata."""
     started = time.perf_counter() if started is None else started
     settings = {name: metadata[key] for name, key in zip(INHERITED, (INDEX_KIND, *INHERITED[1:]))
                 if key in metadata}
@@ -206,7 +209,8 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
                 len(change.restored), len(change.unchanged), len(change.dropped),
                 len(catalogue))
     del previous
-    users = read_users(source, int(model.embedding_dim), history_length)
+    if users is None:
+        users = read_users(source, int(model.embedding_dim), history_length)
     queries = _recall_queries(users, catalogue, recall_queries)
     k = min(10, index_config.max_k)
     index, index_config, recall, build_seconds = build_checked_index(
@@ -217,27 +221,44 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
                                catalogue=catalogue, ranking=ranking)
     kept = {key: value for key, value in metadata.items()
             if key.startswith("users") or key in ("run", "checkpoint", "history_length",
-                                                  "embedding_dim")}
+                                                  "embedding_dim", "trained_on",
+                                                  "evaluated_as")}
     kept["recall_queries_from"] = "cached user embeddings" if len(users.ids) else "items"
     new_metadata = {
         **kept, **index_metadata(catalogue, index_config, recall, k, len(queries),
                                  build_seconds),
-        "catalogue_update": {
+        **ranking_metadata(stage, ranking_stage),
+    }
+    if update.add_items is not None or update.drop_items is not None:
+        new_metadata["catalogue_update"] = {
             "from_version": int(source.name),
             "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
             "add_items": None if update.add_items is None else str(update.add_items),
             "drop_items": None if update.drop_items is None else str(update.drop_items),
             "added": len(change.added), "restored": len(change.restored),
-            "already_there": len(change.unchanged), "dropped": len(change.dropped)},
-        **ranking_metadata(stage, ranking_stage),
-    }
+            "already_there": len(change.unchanged), "dropped": len(change.dropped)}
+    if users_update is not None:
+        new_metadata["users_update"] = users_update
     item_ids = np.asarray(vocab.ids).astype(str)
     warm = [[str(item_ids[i]) for i in h[h > 0]] for h in users.histories[:32]]
     return write_version(model_dir, version,
                          VersionContents(module, catalogue, item_ids, users,
-                                         [w for w in warm if w], new_metadata),
+                                         [w for w in warm if w], new_metadata,
+                                         read_uncached_users(source, users.ids)),
                          started, serving_config_dir)
+
+
+def read_uncached_users(version_dir: Path, cached_ids: np.ndarray) -> np.ndarray:
+    """The version's users with no cached embedding, less those `cached_ids` now holds."""
+    path = VersionFolder(version_dir).uncached_user_ids
+    if not path.exists():
+        return np.zeros(0, dtype=object)
+    ids = np.array(path.read_text().splitlines(), dtype=object)
+    if not len(ids):
+        return ids
+    cached = pd.Index(np.asarray(cached_ids).astype(str))
+    return ids[cached.get_indexer(ids.astype(str)) < 0]
 
 
 def _recall_queries(users: UserCache, catalogue: Catalogue, limit: int,

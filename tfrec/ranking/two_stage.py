@@ -19,6 +19,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfrec.config import RunConfig
+from tfrec.errors import InputError
 from tfrec.ranking.stage import (RankingStage, evaluate_stages, event_counts, fit_ranking_stage,
                                  forget_unseen_ids, stage1_training_data)
 from tfrec.run import TrainingData
@@ -72,6 +73,33 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
         evaluation["ranking"] = stage.info
         RunFolder(run_dir).write_eval(evaluation)
     return dataclasses.replace(result, evaluation=evaluation)
+
+
+def train_final(evaluated_run: str | Path, run_dir: str | Path, overwrite: bool = False,
+                verbose: int | None = None, resume: bool = False) -> training.TrainResult:
+    """Trains the final model of an evaluated run in `run_dir`: its settings on every event
+    (`tfrec.training.final_run_config`), both stages as it had them (the ranker's slice
+    then the last ranking.ranker_share of all the events, the item-item table refitted on
+    all of them), no evaluation. The run folder records what it was evaluated as
+    (`RunFolder.evaluated_as_file`), which the export carries into its metadata.
+    With `resume`, an interrupted final model continues from its last checkpoint.
+
+    Raises:
+      InputError: `training.final_from` not an evaluated run with a finished epoch, the
+        same folder as `run_dir`, and `train`'s errors.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.resolve() == Path(evaluated_run).resolve():
+        raise InputError("the final model needs a run folder of its own (training.run_dir), "
+                         "not the evaluated run's", path=str(run_dir), key="training.run_dir")
+    config, evaluated_as = training.final_run_config(evaluated_run)
+    logger.info("final model of %s: its settings on every event, %d epochs",
+                evaluated_as["run"], evaluated_as["epochs"])
+    result = train(config, run_dir, resume=resume, verbose=verbose, overwrite=overwrite)
+    if result.worker.is_chief:
+        RunFolder(run_dir).write_evaluated_as(
+            {**evaluated_as, "events": int(result.data.train_events)})
+    return result
 
 
 def _save_checkpoint(model, run_dir: Path, epoch: int) -> None:
