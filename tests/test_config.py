@@ -175,13 +175,45 @@ def test_a_missing_command_setting_is_named_with_its_flag(tmp_path, capsys):
     assert "setting 'export.run' (--run): give the run folder" in capsys.readouterr().err
 
 
-def test_the_readme_reference_is_what_the_schema_generates():
-    readme = (ROOT / "README.md").read_text()
-    assert readme == config.readme_with_reference(readme), (
-        "run: python -m tfrec.config --readme README.md")
-    block = readme.split(config.README_BEGIN)[1].split(config.README_END)[0]
+def test_the_settings_page_is_what_the_schema_generates():
+    page = ROOT / "tfrec" / "configs" / "SETTINGS.md"
+    assert config.REFERENCE_PAGE == page
+    assert page.read_text() == config.settings_reference(), f"run: {config.REFERENCE_COMMAND}"
+    text = page.read_text()
     for s in config.settings():
-        assert f"| `{s.key}` |" in block
+        flag = f"`{s.flag}`" if s.flag else ""
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{s.key}` |"))
+        assert f"| {flag} |" in row and s.help.replace("|", "\\|") in row
+    # allowed values come from the Literal types, not from the help text
+    row = next(line for line in text.splitlines()
+               if line.startswith("| `data.events_schema.time_unit` |"))
+    assert "| `s` | 's', 'ms', 'us' or 'ns' |" in row
+    assert "'window' or 'set'" in text and "'time' or 'user'" in text
+
+
+def test_the_settings_page_command_writes_the_page(tmp_path, capsys):
+    assert config.main(["--reference", str(tmp_path / "page.md")]) == 0
+    assert (tmp_path / "page.md").read_text() == config.settings_reference()
+    # the older spelling writes the page of the repository whose README it is given
+    (tmp_path / "tfrec" / "configs").mkdir(parents=True)
+    assert config.main(["--readme", str(tmp_path / "README.md")]) == 0
+    assert ((tmp_path / "tfrec" / "configs" / "SETTINGS.md").read_text()
+            == config.settings_reference())
+    assert config.main([]) == 0
+    assert capsys.readouterr().out == config.settings_reference()
+
+
+def test_the_readme_links_to_the_settings_page():
+    readme = (ROOT / "README.md").read_text()
+    assert "(tfrec/configs/SETTINGS.md)" in readme
+    assert "| `data.events_schema.time_unit` |" not in readme
+
+
+def test_a_time_unit_outside_the_allowed_ones_is_refused():
+    with pytest.raises(InputError) as err:
+        from_dict(RunConfig, {"data": {"events_schema": {"time_unit": "minutes"}}})
+    assert err.value.key == "data.events_schema.time_unit"
+    assert "'s', 'ms', 'us' or 'ns'" in str(err.value)
 
 
 def test_the_shipped_batching_config_holds_the_schema_defaults():

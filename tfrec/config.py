@@ -5,8 +5,8 @@ default, its help text, its allowed values (a `Literal` field type, or a
 range `check`) and, if it has one, its command-line flag. From that one
 declaration come the checks (with the full dotted key in every error, e.g.
 ``model.text_share``), the YAML/JSON loader (`from_dict`), the command line's
-options (`tfrec.cli`) and the settings reference in the README
-(``python -m tfrec.config --readme README.md``).
+options (`tfrec.cli`) and the settings reference, `tfrec/configs/SETTINGS.md`
+(``python -m tfrec.config --reference tfrec/configs/SETTINGS.md``).
 
 The run config (`RunConfig`: sections ``data``, ``model``, ``train``) is
 what a run trains with and saves; the command settings (``training``,
@@ -28,6 +28,7 @@ import dataclasses
 import json
 import sys
 import typing
+from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from tfrec.errors import InputError
@@ -56,6 +57,8 @@ SplitBy = Literal["time", "user"]
 Strategy = Literal["default", "mirrored", "multi_worker"]
 IndexKind = Literal["scann", "brute_force"]
 TableEstimator = Literal["auto", "ease", "neighbourhood"]
+# The units of an epoch-number time column (pandas' `to_datetime` units).
+TimeUnit = Literal["s", "ms", "us", "ns"]
 
 # The values the layers and the pipelines check an argument against (the settings are
 # checked from their field types).
@@ -85,7 +88,8 @@ class EventsSchema(Settings):
     time_format: str | None = setting(
         None, "strftime format of the time column; null parses ISO-8601 text, and numeric "
               "columns are read as epoch time in `time_unit`")
-    time_unit: str = setting("s", "unit of a numeric time column (pandas: s, ms, us, ns)")
+    time_unit: TimeUnit = setting("s", "unit of a numeric time column: seconds, milliseconds, "
+                                       "microseconds or nanoseconds since 1970-01-01 UTC")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -931,8 +935,10 @@ def allowed_text(cls: type, name: str) -> str:
 
 # The settings reference ------------------------------------------------------------------
 
-README_BEGIN = "<!-- settings:begin -->"
-README_END = "<!-- settings:end -->"
+# The page the reference is written to, inside the package (shipped with it) and linked from
+# the README.
+REFERENCE_PAGE = Path(__file__).resolve().parent / "configs" / "SETTINGS.md"
+REFERENCE_COMMAND = "python -m tfrec.config --reference tfrec/configs/SETTINGS.md"
 
 
 def _shown(value: Any) -> str:
@@ -949,20 +955,39 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _anchor(prefix: str) -> str:
+    """The anchor GitHub gives the heading `` `prefix` `` (dots dropped)."""
+    return prefix.replace(".", "")
+
+
 def settings_reference() -> str:
-    """Every setting with its default, allowed values, flag and help, as Markdown tables
-    (one per section), generated from the schema."""
+    """The settings reference page: every setting with its default, allowed values, flag and
+    help, as Markdown tables (one per section), generated from the schema."""
+    tables = [(prefix, cls, [s for s in settings(prefix) if s.owner is cls])
+              for prefix, cls in sections().items()]
+    tables = [(prefix, cls, rows) for prefix, cls, rows in tables if rows]
+    run = " and ".join([", ".join(f"`{name}`" for name in RUN_SECTIONS[:-1]),
+                        f"`{RUN_SECTIONS[-1]}`"])
     lines = [
-        "Generated from `tfrec/config.py` by `python -m tfrec.config --readme README.md`; "
-        "do not edit by hand. The sections data, model and train are the run config (a "
-        "YAML/JSON file, or `--set KEY=VALUE`); the others are the settings of one command, "
-        "given as its flags."]
-    for prefix, cls in sections().items():
-        rows = [s for s in settings(prefix) if s.owner is cls]
-        if not rows:
-            continue
+        "# Every setting",
+        "",
+        f"Generated from `tfrec/config.py` by `{REFERENCE_COMMAND}`; do not edit by hand "
+        "(a test fails when this page is not what the schema generates).",
+        "",
+        f"The sections {run} are the **run config**: a YAML or JSON file given with "
+        "`--config FILE` (its relative paths are read against the file's folder), "
+        "and `--set KEY=VALUE` for one setting (the value is read as YAML, e.g. "
+        "`--set model.query_layers=[256]`), given after the file and winning over it; "
+        "every key is optional "
+        "and keeps the default below. The other sections are the settings of one command, "
+        "given as its flags (`tfrec COMMAND --help` lists them). An error names the "
+        "setting's key, and the flag or way to set it.",
+        "",
+        "Sections: " + ", ".join(f"[`{prefix}`](#{_anchor(prefix)})"
+                                 for prefix, _, _ in tables) + "."]
+    for prefix, cls, rows in tables:
         title = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-        lines += ["", f"**`{prefix}`**: {title}", "",
+        lines += ["", f"## `{prefix}`", "", title, "",
                   "| key | default | allowed | flag | what it does |", "|---|---|---|---|---|"]
         for s in rows:
             default = "required" if s.required else f"`{_cell(_shown(s.default))}`"
@@ -972,30 +997,29 @@ def settings_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_with_reference(readme: str) -> str:
-    """`readme` with the text between the settings markers replaced by `settings_reference`."""
-    start, end = readme.find(README_BEGIN), readme.find(README_END)
-    if start < 0 or end < start:
-        raise ValueError(f"the README has no {README_BEGIN} ... {README_END} block")
-    return (readme[:start + len(README_BEGIN)] + "\n" + settings_reference()
-            + readme[end:])
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tfrec.config``: print the reference; ``--readme FILE`` rewrites its block."""
+    """``python -m tfrec.config``: print the reference page; ``--reference [FILE]`` writes it
+    (by default to `tfrec/configs/SETTINGS.md`)."""
     import argparse
-    from pathlib import Path
 
     parser = argparse.ArgumentParser(prog="python -m tfrec.config",
                                      description=settings_reference.__doc__)
-    parser.add_argument("--readme", metavar="FILE",
-                        help="rewrite the settings block of this README instead of printing")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--reference", metavar="FILE", nargs="?", const=str(REFERENCE_PAGE),
+                        help="write the reference page to FILE (default: "
+                             "tfrec/configs/SETTINGS.md) instead of printing it")
+    target.add_argument("--readme", metavar="README",
+                        help="the older spelling: write the reference page of the repository "
+                             "whose README this is (its tfrec/configs/SETTINGS.md)")
     args = parser.parse_args(argv)
-    if args.readme:
-        path = Path(args.readme)
-        path.write_text(readme_with_reference(path.read_text()))
-    else:
+    page = (Path(args.reference) if args.reference
+            else Path(args.readme).parent / "tfrec" / "configs" / "SETTINGS.md"
+            if args.readme else None)
+    if page is None:
         print(settings_reference(), end="")
+    else:
+        page.write_text(settings_reference())
+        print(f"wrote {page}", file=sys.stderr)
     return 0
 
 
