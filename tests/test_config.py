@@ -203,10 +203,27 @@ def test_the_settings_page_command_writes_the_page(tmp_path, capsys):
     assert capsys.readouterr().out == config.settings_reference()
 
 
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown text (code blocks left out)."""
+    text = re.sub(r"```.*?```", "", markdown, flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
 def test_the_readme_links_to_the_settings_page():
     readme = (ROOT / "README.md").read_text()
     assert "(tfrec/configs/SETTINGS.md)" in readme
     assert "| `data.events_schema.time_unit` |" not in readme
+    # every link of the README to one of its sections, or to a file of the repository (and
+    # a section of it), leads somewhere
+    for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", readme, flags=re.S)):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        page = ROOT / path if path else ROOT / "README.md"
+        assert page.exists(), target
+        if anchor:
+            assert anchor in _anchors(page.read_text()), target
 
 
 def test_a_time_unit_outside_the_allowed_ones_is_refused():
