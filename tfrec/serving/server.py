@@ -123,6 +123,10 @@ class ModelServer:
                 self.rest = RestServer(self.predictor, host, rest_port,
                                        read_timeout=config.rest_api_timeout_seconds,
                                        max_connections=config.rest_api_max_connections,
+                                       max_connections_per_address=(
+                                           config.rest_api_max_connections_per_address),
+                                       header_timeout=config.rest_api_header_timeout_seconds,
+                                       min_body_rate=config.rest_api_min_bytes_per_second,
                                        max_body_bytes=min(max_message_bytes,
                                                           config.max_request_bytes),
                                        limits=self.predictor.limits)
