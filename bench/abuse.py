@@ -25,7 +25,8 @@ held open for the whole phase. The hostile threads run in a process of their own
 Phase C: for each heavy case alone (a 1 KB string declared [1998, 500], which
 TensorFlow would fill to 1 GB; a 57 MB REST body of 12M strings; a 30 MB body of
 10M strings, under the byte limit; lists of strings whose padding would make
-1.5M values; a 1 MB signature name; an HTTP/2 preface), the same good clients
+1.5M values; a 1 MB signature name; an HTTP/2 preface; 128 connections from
+another loopback address trickling a body a byte at a time), the same good clients
 for `--case-seconds` while the hostile threads replay only that case; the
 good requests' p99 over phase A's (the quiet baseline) and the server's RSS
 growth over the case (the largest VmRSS sampled every 50 ms during it, and
@@ -80,6 +81,7 @@ GOOD_TIMEOUT = 5.0      # s, one good Predict
 HOSTILE_TIMEOUT = 3.0   # s, one hostile gRPC call or raw HTTP exchange
 STALL_SECONDS = 2.0     # s, the client holds a stalled body this long, then closes
 IDLE_CONNECTIONS = 50
+TRICKLERS = 128         # connections one trickling case holds (from another address)
 P99_RATIO_LIMIT = 2.0
 RSS_GROWTH_LIMIT_MB = 200.0
 
@@ -371,7 +373,61 @@ def heavy_cases(model: str) -> list:
     cases.append(("grpc 1 MB signature name", _grpc_run(request)))
     cases.append(("rest HTTP/2 preface (PRI * HTTP/2.0)",
                   lambda _stub, port: http_exchange(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")))
+    head = post(predict, b"", content_length=100_000)
+    cases.append((f"rest {TRICKLERS} connections from 127.0.0.2 trickling a body",
+                  lambda _stub, port: trickle(port, head)))
     return cases
+
+
+def trickle(port: int, head: bytes, count: int = TRICKLERS, most: float = 20.0,
+            source: str = "127.0.0.2") -> tuple[str, str]:
+    """`count` connections from `source` (another loopback address: the good clients'
+    is 127.0.0.1), each sending `head` and then a byte every 0.5 s until the server cuts it
+    off (or `most` s). Outcome: how many were refused at once (503), cut off, and when."""
+    socks, refused, failed = [], 0, 0
+    for _ in range(count):
+        sock = socket.socket()
+        sock.settimeout(2.0)
+        try:
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(head)
+            socks.append(sock)
+        except OSError:
+            sock.close()
+            failed += 1
+    start = time.monotonic()
+    time.sleep(0.3)
+    live, cut = [], []
+    for sock in socks:
+        try:
+            data = sock.recv(65536, socket.MSG_DONTWAIT)
+            refused += data.startswith(b"HTTP/1.1 503")
+            sock.close()
+        except BlockingIOError:
+            live.append(sock)
+        except OSError:
+            sock.close()
+            cut.append(0.0)
+    while live and time.monotonic() - start < most:
+        for sock in list(live):
+            try:
+                sock.send(b" ")
+                if sock.recv(65536, socket.MSG_DONTWAIT) is not None:  # an answer, or EOF
+                    raise ConnectionResetError
+            except BlockingIOError:
+                continue
+            except OSError:
+                live.remove(sock)
+                sock.close()
+                cut.append(time.monotonic() - start)
+        time.sleep(0.5)
+    for sock in live:
+        sock.close()
+    outcome = f"{refused} refused, {len(cut)} cut, {len(live)} held"
+    detail = (f"cut after {min(cut):.1f}-{max(cut):.1f} s" if cut else "") + (
+        f"; {failed} could not connect" if failed else "")
+    return outcome, detail
 
 
 def _grpc_run(request):

@@ -287,6 +287,7 @@ def generated_model(items: int, workdir: Path) -> Path:
     vectors, _ = catalogue(items, 64)
     ids = np.concatenate([["[OOV]"], np.char.add("i", np.arange(items).astype(str))])
     model = _Model(vectors)
+    model.embedding_dim = vectors.shape[1]
     index = build_index(vectors, ids[1:], IndexConfig(kind="scann", max_k=100))
     module = RecommenderModule(model, ids, index, 100)
     module.recommend(tf.constant([[ids[1]]]), tf.constant(1))
