@@ -297,6 +297,7 @@ def generated_model(items: int, workdir: Path) -> Path:
                                                                                 "Scann"]))
     VersionFolder(path).embeddings.mkdir(parents=True)
     VersionFolder(path).item_ids.write_text("\n".join(ids[1:]))
+    VersionFolder(path).metadata.write_text('{"max_k": 100}')  # a version loads once it has one
     return path
 
 
