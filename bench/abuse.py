@@ -392,6 +392,7 @@ def trickle(port: int, head: bytes, count: int = TRICKLERS, most: float = 20.0,
             sock.bind((source, 0))
             sock.connect(("127.0.0.1", port))
             sock.sendall(head)
+            sock.setblocking(False)  # (with a timeout, recv waits whatever its flags)
             socks.append(sock)
         except OSError:
             sock.close()
@@ -401,7 +402,7 @@ def trickle(port: int, head: bytes, count: int = TRICKLERS, most: float = 20.0,
     live, cut = [], []
     for sock in socks:
         try:
-            data = sock.recv(65536, socket.MSG_DONTWAIT)
+            data = sock.recv(65536)
             refused += data.startswith(b"HTTP/1.1 503")
             sock.close()
         except BlockingIOError:
@@ -413,8 +414,8 @@ def trickle(port: int, head: bytes, count: int = TRICKLERS, most: float = 20.0,
         for sock in list(live):
             try:
                 sock.send(b" ")
-                if sock.recv(65536, socket.MSG_DONTWAIT) is not None:  # an answer, or EOF
-                    raise ConnectionResetError
+                sock.recv(65536)  # an answer, or EOF: cut off
+                raise ConnectionResetError
             except BlockingIOError:
                 continue
             except OSError:

@@ -516,3 +516,26 @@ def test_headers_trickled_are_cut_off_at_the_header_deadline(make):
         read_until_closed(sock)
         took = time.monotonic() - start
     assert took < 0.5 + 3.0  # not the 25 s the trickle would take
+
+
+def test_a_body_trickled_under_the_minimum_rate_gets_408(make):
+    server, predictor = make(read_timeout=0.5, min_body_rate=1000)
+    with connect(server) as sock:
+        start = time.monotonic()
+        sock.sendall(b"POST /v1/models/shop:predict HTTP/1.1\r\nHost: test\r\n"
+                     b"Content-Length: 100000\r\n\r\n")  # at 1000 bytes/s: 100 s allowed
+        answer = b""
+        sock.settimeout(0.1)
+        while time.monotonic() - start < 8:  # a byte every 0.1 s: under the rate
+            try:
+                sock.sendall(b" ")
+                answer += sock.recv(65536)
+                break
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                break
+        took = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 408") and b"bytes/s" in answer, answer
+    assert took < 0.5 + 2.0
+    assert predictor.calls == []

@@ -700,7 +700,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         view, done = memoryview(body), 0
         started = time.monotonic()
         while done < length:
-            got = self.rfile.readinto(view[done:done + (1 << 20)])  # TimeoutError: 408
+            got = self.rfile.readinto1(view[done:done + (1 << 20)])  # TimeoutError: 408
             if not got:
                 self._send(400, {"error": f"the body ended after {done} of the {length} "
                                           "bytes of its Content-Length"})
