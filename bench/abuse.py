@@ -19,12 +19,14 @@ shapes, k out of range, wrong dtypes, unknown names, a 5,000-id session, and
 malformed HTTP over raw sockets: oversize/negative/non-numeric Content-Length,
 chunked bodies carrying a second request, stalled bodies, nested and ragged
 JSON, 100k-deep JSON, unknown labels/versions), with 50 idle REST connections
-held open for the whole phase.
+held open for the whole phase. The hostile threads run in a process of their own
+(--hostile-in-process: beside the good clients, whose interpreter they then share).
 
 Phase C: for each heavy case alone (a 1 KB string declared [1998, 500], which
 TensorFlow would fill to 1 GB; a 57 MB REST body of 12M strings; a 30 MB body of
 10M strings, under the byte limit; lists of strings whose padding would make
-1.5M values; a 1 MB signature name; an HTTP/2 preface), the same good clients
+1.5M values; a 1 MB signature name; an HTTP/2 preface; 128 connections from
+another loopback address trickling a body a byte at a time), the same good clients
 for `--case-seconds` while the hostile threads replay only that case; the
 good requests' p99 over phase A's (the quiet baseline) and the server's RSS
 growth over the case (the largest VmRSS sampled every 50 ms during it, and
@@ -79,6 +81,7 @@ GOOD_TIMEOUT = 5.0      # s, one good Predict
 HOSTILE_TIMEOUT = 3.0   # s, one hostile gRPC call or raw HTTP exchange
 STALL_SECONDS = 2.0     # s, the client holds a stalled body this long, then closes
 IDLE_CONNECTIONS = 50
+TRICKLERS = 128         # connections one trickling case holds (from another address)
 P99_RATIO_LIMIT = 2.0
 RSS_GROWTH_LIMIT_MB = 200.0
 
@@ -352,20 +355,80 @@ def heavy_cases(model: str) -> list:
     cases.append((f"grpc 1 KB string declared [1998, 500] ({request.ByteSize():,} bytes, "
                   "1 GB filled)", _grpc_run(request)))
     body = b'{"inputs": {"item_ids": [[' + b",".join([b'"a"'] * 12_000_000) + b']], "k": 5}}'
+    # The requests' bytes are built once: building 48 MB per call would cost the bench's
+    # own interpreter, and its good clients with it.
+    data = post(predict, body)
     cases.append((f"rest body of 12M strings ({len(body) / 1e6:.0f} MB)",
-                  lambda _stub, port: http_exchange(port, post(predict, body))))
+                  lambda _stub, port: http_exchange(port, data)))
     body30 = b'{"inputs": {"item_ids": [[' + b",".join([b'""'] * 10_000_000) + b']], "k": 5}}'
+    data30 = post(predict, body30)
     cases.append((f"rest body of 10M strings ({len(body30) / 1e6:.0f} MB, under the byte "
-                  "limit)", lambda _stub, port: http_exchange(port, post(predict, body30))))
-    rows = json.dumps({"inputs": {"item_ids": [[""]] * 3000 + [[""] * 500], "k": 5}}).encode()
+                  "limit)", lambda _stub, port: http_exchange(port, data30)))
+    rows = post(predict, json.dumps({"inputs": {"item_ids": [[""]] * 3000 + [[""] * 500],
+                                                "k": 5}}).encode())
     cases.append(("rest string lists padded to 3,001 x 500",
-                  lambda _stub, port: http_exchange(port, post(predict, rows))))
+                  lambda _stub, port: http_exchange(port, rows)))
     request = predict_request(string_tensor([b"i"], [1, 1]), 10, model,
                               signature="s" * 2**20)
     cases.append(("grpc 1 MB signature name", _grpc_run(request)))
     cases.append(("rest HTTP/2 preface (PRI * HTTP/2.0)",
                   lambda _stub, port: http_exchange(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")))
+    head = post(predict, b"", content_length=100_000)
+    cases.append((f"rest {TRICKLERS} connections from 127.0.0.2 trickling a body",
+                  lambda _stub, port: trickle(port, head)))
     return cases
+
+
+def trickle(port: int, head: bytes, count: int = TRICKLERS, most: float = 20.0,
+            source: str = "127.0.0.2") -> tuple[str, str]:
+    """`count` connections from `source` (another loopback address: the good clients'
+    is 127.0.0.1), each sending `head` and then a byte every 0.5 s until the server cuts it
+    off (or `most` s). Outcome: how many were refused at once (503), cut off, and when."""
+    socks, refused, failed = [], 0, 0
+    for _ in range(count):
+        sock = socket.socket()
+        sock.settimeout(2.0)
+        try:
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(head)
+            sock.setblocking(False)  # (with a timeout, recv waits whatever its flags)
+            socks.append(sock)
+        except OSError:
+            sock.close()
+            failed += 1
+    start = time.monotonic()
+    time.sleep(0.3)
+    live, cut = [], []
+    for sock in socks:
+        try:
+            data = sock.recv(65536)
+            refused += data.startswith(b"HTTP/1.1 503")
+            sock.close()
+        except BlockingIOError:
+            live.append(sock)
+        except OSError:
+            sock.close()
+            cut.append(0.0)
+    while live and time.monotonic() - start < most:
+        for sock in list(live):
+            try:
+                sock.send(b" ")
+                sock.recv(65536)  # an answer, or EOF: cut off
+                raise ConnectionResetError
+            except BlockingIOError:
+                continue
+            except OSError:
+                live.remove(sock)
+                sock.close()
+                cut.append(time.monotonic() - start)
+        time.sleep(0.5)
+    for sock in live:
+        sock.close()
+    outcome = f"{refused} refused, {len(cut)} cut, {len(live)} held"
+    detail = (f"cut after {min(cut):.1f}-{max(cut):.1f} s" if cut else "") + (
+        f"; {failed} could not connect" if failed else "")
+    return outcome, detail
 
 
 def _grpc_run(request):
@@ -481,6 +544,69 @@ def hostile_worker(cases, offset: int, target: str, rest_port: int, stop: thread
         channel.close()
 
 
+def hostile_child(spec: dict) -> None:
+    """The hostile threads in a process of their own (`--hostile-child`): they replay the
+    cases `spec` names until a line arrives on stdin, then print their tally as JSON. Apart
+    from the good clients, their Python work (building, sending, reading) does not make
+    the good clients wait for this bench's interpreter: what is measured is the server."""
+    model_dir = Path(spec["model_dir"])
+    ids = [line.strip() for line in VersionFolder(model_dir).item_ids.read_text()
+           .splitlines() if line.strip()]
+    heavy = heavy_cases(spec["name"])
+    if spec["heavy"] is None:
+        cases = hostile_cases(spec["name"], spec["version"], ids, random.Random(0)) + heavy
+    else:
+        cases = [heavy[spec["heavy"]]]
+    stop, tally = threading.Event(), Tally()
+    threads = spec["threads"]
+    step = max(1, len(cases) // max(1, threads))
+    workers = [threading.Thread(target=hostile_worker, daemon=True,
+                                args=(cases, i * step, spec["target"], spec["rest_port"], stop,
+                                      tally)) for i in range(threads)]
+    print("ready", flush=True)
+    sys.stdin.readline()  # start
+    for t in workers:
+        t.start()
+    sys.stdin.readline()  # stop
+    stop.set()
+    for t in workers:
+        t.join(HOSTILE_TIMEOUT + STALL_SECONDS + 5)
+    print(json.dumps({"order": tally.order, "outcomes": tally.outcomes,
+                      "slowest": tally.slowest, "details": tally.details}), flush=True)
+
+
+class HostileProcess:
+    """`hostile_child` as a subprocess: `start()`, then `stop()` -> a Tally."""
+
+    def __init__(self, spec: dict):
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__),
+                                      "--hostile-child", json.dumps(spec)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = "-"
+        while line and line.strip() != "ready":
+            line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"the hostile process did not start: {line!r}")
+
+    def start(self) -> None:
+        self.proc.stdin.write("start\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> Tally:
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+        out, _ = self.proc.communicate(timeout=HOSTILE_TIMEOUT + STALL_SECONDS + 60)
+        found = json.loads(out.strip().splitlines()[-1])
+        tally = Tally()
+        tally.order = found["order"]
+        for case in tally.order:
+            tally.outcomes[case] = collections.Counter(found["outcomes"][case])
+            tally.slowest[case] = found["slowest"][case]
+            tally.details[case] = found["details"][case]
+        return tally
+
+
 def idle_connections(port: int, count: int) -> list[socket.socket]:
     socks = []
     for _ in range(count):
@@ -541,25 +667,36 @@ def good_worker(target: str, model: str, ids: list[str], seed: int, stop: thread
 
 
 def run_phase(server: Server, ids: list[str], seconds: float, clients: int,
-              hostile=None, hostile_threads: int = 0, seed: int = 0) -> dict:
+              hostile=None, hostile_threads: int = 0, seed: int = 0,
+              spec: dict | None = None) -> dict:
+    """Good clients for `seconds`, beside `hostile` cases replayed by `hostile_threads`
+    threads: in this process, or with `spec` (see `hostile_child`) in a process of their
+    own."""
     stop = threading.Event()
     latencies, errors, lock = [], collections.Counter(), threading.Lock()
     threads = [threading.Thread(target=good_worker, daemon=True,
                                 args=(server.target, server.name, ids, seed + i, stop,
                                       latencies, errors, lock)) for i in range(clients)]
-    tally, socks = Tally(), []
+    tally, socks, child = Tally(), [], None
     if hostile:
         socks = idle_connections(server.rest_port, IDLE_CONNECTIONS)
-        step = max(1, len(hostile) // max(1, hostile_threads))
-        threads += [threading.Thread(target=hostile_worker, daemon=True,
-                                     args=(hostile, i * step, server.target, server.rest_port,
-                                           stop, tally))
-                    for i in range(hostile_threads)]
+        if spec is not None:
+            child = HostileProcess({**spec, "threads": hostile_threads})
+        else:
+            step = max(1, len(hostile) // max(1, hostile_threads))
+            threads += [threading.Thread(target=hostile_worker, daemon=True,
+                                         args=(hostile, i * step, server.target,
+                                               server.rest_port, stop, tally))
+                        for i in range(hostile_threads)]
     start = time.perf_counter()
+    if child is not None:
+        child.start()
     for t in threads:
         t.start()
     stop.wait(seconds)
     stop.set()
+    if child is not None:
+        tally = child.stop()
     join_deadline = time.monotonic() + max(GOOD_TIMEOUT, HOSTILE_TIMEOUT) + 5
     stuck = 0
     for t in threads:
@@ -644,6 +781,10 @@ def fmt(value, digits=1):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--hostile-child"]:
+        hostile_child(json.loads(argv[1]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=None,
@@ -659,6 +800,10 @@ def main(argv=None) -> int:
     parser.add_argument("--startup-timeout", type=float, default=180.0)
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON "
                                                        "('-' for stdout)")
+    parser.add_argument("--hostile-in-process", action="store_true",
+                        help="run the hostile threads in this process, beside the good "
+                             "clients (their Python work then delays the good clients too); "
+                             "by default they run in a process of their own")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work folder (server log, generated model)")
     args = parser.parse_args(argv)
@@ -702,8 +847,11 @@ def main(argv=None) -> int:
         print(f"phase B: {args.clients} good clients + {args.hostile_threads} hostile threads "
               f"({len(cases)} cases) + {IDLE_CONNECTIONS} idle connections, "
               f"{args.seconds:.0f} s ...", flush=True)
+        spec = None if args.hostile_in_process else {
+            "model_dir": str(version_dir), "name": name, "version": int(version_dir.name),
+            "target": server.target, "rest_port": server.rest_port, "heavy": None}
         phase_b = run_phase(server, ids, args.seconds, args.clients, cases,
-                            args.hostile_threads, seed=101)
+                            args.hostile_threads, seed=101, spec=spec)
         rss["after_b"] = server.rss()
         phase_c = []
         for i, case in enumerate(heavy if args.case_seconds > 0 else []):
@@ -711,7 +859,8 @@ def main(argv=None) -> int:
             before = server.rss()
             with RssSampler(server.proc.pid) as sampler:
                 result = run_phase(server, ids, args.case_seconds, args.clients, [case],
-                                   args.hostile_threads, seed=201 + i)
+                                   args.hostile_threads, seed=201 + i,
+                                   spec=spec and {**spec, "heavy": i})
             after = server.rss()
             result.update(case=case[0], rss_before=before, rss_after=after,
                           rss_peak=sampler.peak,

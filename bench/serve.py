@@ -3,6 +3,8 @@
     python bench/serve.py --saved-model saved_models/retail/1   # + a generated 1M-item model
     python bench/serve.py --saved-model saved_models/retail/1 --items 0   # bundled model only
     python bench/serve.py --two-stage-run runs/main   # the ranking stage on against off
+    python bench/serve.py --saved-model saved_models/retail/1 --items 0 --concurrency 8 \
+        --rows grpc --baseline /tmp/tfrec-prev   # this server beside an earlier one
 
 With --two-stage-run (a run trained with its ranking stage) it measures the
 second stage's cost instead: the run exported twice (ScaNN, the ranking stage
@@ -24,6 +26,12 @@ included, as in the gRPC rows). A "gRPC floor" row runs the same clients against
 Python gRPC server that answers every Predict with a stored copy of the model's response (no model,
 no input conversion): the cost of the transport and the Python gRPC stack on
 both sides, which no server written in Python can go under.
+
+With --baseline (a folder holding an earlier version's `tfrec` package, e.g.
+`git archive <commit> tfrec | tar -x -C /tmp/tfrec-prev`) the gRPC rows are run
+against that version's server too, in the same run, taking turns with this
+one's. Server rows report the server's resident memory (VmRSS) after the load.
+--rows picks rows: inproc, handler, grpc, onethread, batching, floor.
 """
 
 from __future__ import annotations
@@ -157,6 +165,13 @@ def handler_only(model_dir: Path, sessions, concurrency: int, seconds: float,
     return run_callers(call, sessions, concurrency, seconds)
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def clients_against(server: subprocess.Popen, port: int, sessions, concurrency: int,
                     seconds: float, ready_seconds: float) -> dict:
     """Plain PredictionServiceStub clients against a server process, which is then stopped.
@@ -183,14 +198,19 @@ def clients_against(server: subprocess.Popen, port: int, sessions, concurrency: 
                 if time.time() > deadline:
                     raise
                 time.sleep(0.2)
-        return run_callers(call, sessions, concurrency, seconds)
+        before = rss_mb(server.pid)
+        result = run_callers(call, sessions, concurrency, seconds)
+        return {**result, "rss": rss_mb(server.pid), "rss_before": before}
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
 
 
 def over_grpc(model_dir: Path, sessions, concurrency: int, seconds: float,
-              batching: bool, workdir: Path, extra: tuple[str, ...] = ()) -> dict:
+              batching: bool, workdir: Path, extra: tuple[str, ...] = (),
+              tree: str | None = None) -> dict:
+    """`tfrec serve` (from `tree`, a folder holding a `tfrec` package, if given) under
+    `concurrency` clients."""
     base = workdir / "base"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -206,8 +226,9 @@ def over_grpc(model_dir: Path, sessions, concurrency: int, seconds: float,
                           "pad_variable_length_inputs: true\n")
         args += ["--enable_batching", "--batching_parameters_file", str(params)]
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["PYTHONPATH"] = os.path.abspath(tree or os.path.join(os.path.dirname(__file__), ".."))
     server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env=env)
+                              env=env, cwd=env["PYTHONPATH"])
     return clients_against(server, port, sessions, concurrency, seconds, ready_seconds=600)
 
 
@@ -266,6 +287,7 @@ def generated_model(items: int, workdir: Path) -> Path:
     vectors, _ = catalogue(items, 64)
     ids = np.concatenate([["[OOV]"], np.char.add("i", np.arange(items).astype(str))])
     model = _Model(vectors)
+    model.embedding_dim = vectors.shape[1]
     index = build_index(vectors, ids[1:], IndexConfig(kind="scann", max_k=100))
     module = RecommenderModule(model, ids, index, 100)
     module.recommend(tf.constant([[ids[1]]]), tf.constant(1))
@@ -275,6 +297,7 @@ def generated_model(items: int, workdir: Path) -> Path:
                                                                                 "Scann"]))
     VersionFolder(path).embeddings.mkdir(parents=True)
     VersionFolder(path).item_ids.write_text("\n".join(ids[1:]))
+    VersionFolder(path).metadata.write_text('{"max_k": 100}')  # a version loads once it has one
     return path
 
 
@@ -402,7 +425,15 @@ def main() -> None:
                         help="also a generated catalogue of this many items (0: skip)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rows", default="inproc,handler,grpc,onethread,batching,floor",
+                        help="rows to run (comma-separated): inproc, handler, grpc, "
+                             "onethread, batching, floor")
+    parser.add_argument("--baseline", help="a folder holding an earlier version's tfrec "
+                                           "package: its server's gRPC rows too")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="server rows this many times each, taking turns")
     args = parser.parse_args()
+    wanted = set(args.rows.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="tfrec-bench-serve-"))
     if args.two_stage_run:
         try:
@@ -430,47 +461,66 @@ def main() -> None:
             print(f"building a {args.items:,}-item ScaNN model ...", file=sys.stderr, flush=True)
             models.append((f"generated {args.items / 1e6:g}M",
                            generated_model(args.items, workdir)))
-        head = (f"{'model':<16}{'path':<26}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}"
-                f"{'errors':>8}")
+        head = (f"{'model':<16}{'path':<30}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}"
+                f"{'errors':>8}{'RSS MB':>9}")
         rows = []
+        c, secs = args.concurrency, args.seconds
         for label, path in models:
             sessions = sessions_from(path, 2000)
-            for name, result in [
-                ("in-process, 1 caller", in_process(path, sessions, 1, args.seconds)),
-                (f"in-process, {args.concurrency} callers",
-                 in_process(path, sessions, args.concurrency, args.seconds)),
-                (f"handler, no gRPC, {args.concurrency}",
-                 handler_only(path, sessions, args.concurrency, args.seconds, workdir)),
-                (f"gRPC, {args.concurrency} clients",
-                 over_grpc(path, sessions, args.concurrency, args.seconds, False, workdir)),
-                (f"gRPC, {args.concurrency}, 1 TF thread",
-                 over_grpc(path, sessions, args.concurrency, args.seconds, False, workdir,
-                           ONE_THREAD)),
-                (f"gRPC+batching, {args.concurrency}",
-                 over_grpc(path, sessions, args.concurrency, args.seconds, True, workdir)),
-                (f"gRPC floor, {args.concurrency}",
-                 over_grpc_floor(path, sessions, args.concurrency, args.seconds, workdir)),
-            ]:
-                rows.append((label, name, result))
+            plan = []  # (row key, name, thunk)
+            if "inproc" in wanted:
+                plan += [("inproc", "in-process, 1 caller",
+                          lambda: in_process(path, sessions, 1, secs)),
+                         ("inproc", f"in-process, {c} callers",
+                          lambda: in_process(path, sessions, c, secs))]
+            if "handler" in wanted:
+                plan.append(("handler", f"handler, no gRPC, {c}",
+                             lambda: handler_only(path, sessions, c, secs, workdir)))
+            trees = [("", None)] + ([(" (baseline)", args.baseline)] if args.baseline else [])
+            for turn in range(args.repeat):
+                again = f" #{turn + 1}" if args.repeat > 1 else ""
+                for suffix, tree in (trees if turn % 2 == 0 else trees[::-1]):
+                    if "grpc" in wanted:
+                        plan.append(("grpc", f"gRPC, {c} clients{suffix}{again}",
+                                     lambda t=tree: over_grpc(path, sessions, c, secs, False,
+                                                              workdir, tree=t)))
+                    if "onethread" in wanted:
+                        plan.append(("onethread", f"gRPC, {c}, 1 TF thread{suffix}{again}",
+                                     lambda t=tree: over_grpc(path, sessions, c, secs, False,
+                                                              workdir, ONE_THREAD, tree=t)))
+                    if "batching" in wanted:
+                        plan.append(("batching", f"gRPC+batching, {c}{suffix}{again}",
+                                     lambda t=tree: over_grpc(path, sessions, c, secs, True,
+                                                              workdir, tree=t)))
+            if "floor" in wanted:
+                plan.append(("floor", f"gRPC floor, {c}",
+                             lambda: over_grpc_floor(path, sessions, c, secs, workdir)))
+            for _, name, thunk in plan:
+                rows.append((label, name, thunk()))
                 print(f"  done: {label}, {name}", file=sys.stderr, flush=True)
         print(f"single-session requests, k = 10, {args.seconds:g} s each, "
               f"{os.cpu_count()} cores")
         print(head)
         print("-" * len(head))
         for label, name, r in rows:
-            print(f"{label:<16}{name:<26}{r['rps']:>12,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
-                  f"{r['errors']:>8}")
+            rss = f"{r['rss']:>9.0f}" if "rss" in r else ""
+            print(f"{label:<16}{name:<30}{r['rps']:>12,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
+                  f"{r['errors']:>8}{rss}")
         for label, _ in models:
             mine = {name: r for lab, name, r in rows if lab == label}
-            inproc = mine[f"in-process, {args.concurrency} callers"]
-            floor = mine[f"gRPC floor, {args.concurrency}"]
-            for name in (f"gRPC, {args.concurrency} clients",
-                         f"gRPC, {args.concurrency}, 1 TF thread"):
-                served = mine[name]
-                print(f"{label}, {name}: server p50 is {served['p50'] / inproc['p50']:.2f}x the "
-                      f"in-process p50 at the same concurrency; p99 {served['p99']:.2f} ms; "
-                      f"above the gRPC floor: {served['p50'] - floor['p50']:.2f} ms at p50 "
-                      f"(model call in-process: {inproc['p50']:.2f} ms)")
+            inproc = mine.get(f"in-process, {c} callers")
+            if inproc is None:
+                continue
+            floor = mine.get(f"gRPC floor, {c}")
+            for name, served in mine.items():
+                if not name.startswith("gRPC, "):
+                    continue
+                above = (f"; above the gRPC floor: {served['p50'] - floor['p50']:.2f} ms at p50"
+                         if floor else "")
+                print(f"{label}, {name}: server p50 is {served['p50'] / inproc['p50']:.2f}x, "
+                      f"p99 {served['p99'] / inproc['p99']:.2f}x the in-process call at the "
+                      f"same concurrency (p50 {inproc['p50']:.2f} ms, p99 {inproc['p99']:.2f} "
+                      f"ms){above}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -472,3 +472,73 @@ def test_a_client_trickling_bytes_is_cut_off_at_the_request_deadline(make):
         took = time.monotonic() - start
     assert took < 0.3 * 6 + 3.0  # not the 8 s the trickle would take
     assert predictor.calls == []
+
+
+def connect_from(server, source, timeout=ANSWER):
+    """A connection from another loopback address (Linux routes all of 127/8 to lo)."""
+    sock = socket.socket()
+    sock.settimeout(timeout)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", server.port))
+    return sock
+
+
+def test_one_address_may_hold_only_its_share_of_the_connections(make):
+    server, _ = make(max_connections=10, max_connections_per_address=2)
+    held = [connect_from(server, "127.0.0.2") for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(request("GET", "/v1/models/shop"))
+            assert read_response(sock.makefile("rb"))[0] == 200
+        with connect_from(server, "127.0.0.2") as extra:
+            responses = read_until_closed(extra)
+        assert [r[0] for r in responses] == [503]
+        assert "from one address (limit 2)" in responses[0][2]["error"]
+        assert call(server, "GET", "/v1/models/shop")[0] == 200  # another address
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_headers_trickled_are_cut_off_at_the_header_deadline(make):
+    server, predictor = make(read_timeout=1.0, header_timeout=0.5)
+    data = b"GET /v1/models/shop HTTP/1.1\r\nHost: test\r\nX-Padding: " + b"x" * 200
+    with connect(server) as sock:
+        start = time.monotonic()
+        for byte in data:  # one byte every 0.1 s: each read completes within its timeout
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.1)
+            if time.monotonic() - start > 8:
+                break
+        read_until_closed(sock)
+        took = time.monotonic() - start
+    assert took < 0.5 + 3.0  # not the 25 s the trickle would take
+
+
+def test_a_body_trickled_under_the_minimum_rate_gets_408(make):
+    server, predictor = make(read_timeout=0.5, min_body_rate=1000)
+    with connect(server) as sock:
+        start = time.monotonic()
+        sock.sendall(b"POST /v1/models/shop:predict HTTP/1.1\r\nHost: test\r\n"
+                     b"Content-Length: 100000\r\n\r\n")  # at 1000 bytes/s: 100 s allowed
+        answer = b""
+        sock.settimeout(0.1)
+        while time.monotonic() - start < 8:  # a byte every 0.1 s: under the rate
+            try:
+                sock.sendall(b" ")
+                answer += sock.recv(65536)
+                break
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                break
+        took = time.monotonic() - start
+        sock.settimeout(ANSWER)
+        while answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408") and b"bytes/s" in answer, answer
+    assert took < 0.5 + 2.0
+    assert predictor.calls == []

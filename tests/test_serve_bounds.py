@@ -4,6 +4,7 @@ server allocate, parse or echo, and HTTP it cannot speak. A real server process.
 import concurrent.futures
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -192,6 +193,73 @@ def test_a_request_in_another_http_version_gets_a_status_line_and_a_close(server
     assert "Invalid HTTP version" in error_of(received)
     lines, _, closed = exchange(server, b"GET /v1/models/shop HTTP/1.x\r\nHost: x\r\n\r\n")
     assert lines == [b"HTTP/1.1 400 Bad Request"] and closed
+
+
+# -- 4: connections trickling bytes ----------------------------------------------------------
+class Trickler:
+    """Holds up to `count` REST connections from 127.0.0.2, each sending a request head and
+    then one body byte every half second; reconnects whatever the server closes."""
+
+    def __init__(self, server, count: int = 256):
+        self.server, self.count = server, count
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.opened = 0
+
+    def _open(self):
+        sock = socket.socket()
+        sock.settimeout(2)
+        try:
+            sock.bind(("127.0.0.2", 0))
+            sock.connect(("127.0.0.1", self.server.rest_port))
+            sock.sendall(post("/v1/models/shop:predict", b"", length=100_000))
+        except OSError:
+            sock.close()
+            return None
+        self.opened += 1
+        return sock
+
+    def _run(self):
+        socks = []
+        while not self.stop.is_set():
+            socks += [s for s in (self._open() for _ in range(self.count - len(socks))) if s]
+            kept = []
+            for sock in socks:
+                try:
+                    sock.send(b" ")
+                    kept.append(sock)
+                except OSError:
+                    sock.close()
+            socks = kept
+            self.stop.wait(0.5)
+        for sock in socks:
+            sock.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+
+
+def test_connections_trickling_from_one_address_leave_room_for_other_clients(server):
+    body = json.dumps({"inputs": {"item_ids": [["i1", "i2"]], "k": 3}}).encode()
+    with Trickler(server) as trickler:
+        deadline = time.monotonic() + 30
+        while trickler.opened < 256 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert trickler.opened >= 256
+        answers = []
+        for _ in range(8):  # a good client from 127.0.0.1, meanwhile
+            started = time.perf_counter()
+            lines, _, _ = exchange(server, post("/v1/models/shop:predict", body).replace(
+                b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n"), 10)
+            answers.append((lines, time.perf_counter() - started))
+            time.sleep(0.25)
+    assert [lines for lines, _ in answers] == [[b"HTTP/1.1 200 OK"]] * 8, answers
+    assert max(took for _, took in answers) < 5.0
 
 
 def test_the_server_still_answers(server):

@@ -714,6 +714,18 @@ class ServeConfig(Settings):
     rest_api_max_connections: int = setting(256, "open REST connections at once; more are "
                                                  "answered 503", check=POSITIVE,
                                             flag="--rest_api_max_connections")
+    rest_api_max_connections_per_address: int = setting(
+        64, "open REST connections one client address may hold at once; more are answered "
+            "503 (raise it behind a proxy, whose clients share its address)", check=POSITIVE,
+        flag="--rest_api_max_connections_per_address")
+    rest_api_header_timeout_seconds: float = setting(
+        5.0, "seconds a REST request's line and headers may take to arrive once its first "
+             "byte has (a client trickling them is cut off)", check=above(0),
+        flag="--rest_api_header_timeout_seconds")
+    rest_api_min_bytes_per_second: int = setting(
+        16384, "slowest a REST body may arrive, on average once the read timeout has passed "
+               "(a client trickling it is cut off with 408)", check=POSITIVE,
+        flag="--rest_api_min_bytes_per_second")
     grace_period_seconds: float = setting(
         10.0, "on SIGTERM/SIGINT, seconds calls in flight (gRPC and REST) get to finish",
         check=at_least(0), flag="--grace_period_seconds")

@@ -4,10 +4,14 @@ A hardened `http.server`: every request is read in full (Content-Length only;
 chunked bodies are refused) before anything is parsed, and any error response
 closes the connection, so a body that was not read is never taken for a
 request. Reads time out (`read_timeout`, also the idle keep-alive limit), the
-number of open connections is capped (`max_connections`; over it a connection
-gets 503 from the accepting thread, which never blocks on it), bodies over
-`max_body_bytes` get 413 unread, and `stop(grace)` lets requests in flight
-finish while answering new ones with 503. A predict body's values are counted
+number of open connections is capped (`max_connections`, and
+`max_connections_per_address` for one client address; over either a connection
+gets 503 from the accepting thread, which never blocks on it), a request's line
+and headers must arrive within `header_timeout` of its first byte and its body
+at `min_body_rate` bytes/s (a client trickling bytes is cut off, so it holds a
+connection for seconds, not minutes), bodies over `max_body_bytes` get 413
+unread, and `stop(grace)` lets requests in flight finish while answering new
+ones with 503. A predict body's values are counted
 before it is parsed (`limits`): one holding more than a request may is refused
 at the cost of a scan, not of the Python objects parsing would build. Client
 strings in error messages are cut short (`errors.shown`), a whole message too.
@@ -61,7 +65,6 @@ _INT64 = np.iinfo(np.int64)
 _KNOWN_METHODS = {"HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 _LINGER_SECONDS = 2.0  # reading what a client still sends after we close, so it sees our answer
 _LINGER_BYTES = 1 << 20
-_REQUEST_TIMEOUTS = 6  # a whole request (line, headers, body) gets this many read timeouts
 
 
 def _invalid(message: str) -> ServingError:
@@ -374,11 +377,16 @@ class _HTTPServer(socketserver.TCPServer):
     request_queue_size = 128
 
     def __init__(self, address, predictor, read_timeout: float, max_connections: int,
-                 max_body_bytes: int, limits=None):
+                 max_body_bytes: int, limits=None, max_per_address: int | None = None,
+                 header_timeout: float | None = None, min_body_rate: float = 0.0):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.predictor = predictor
         self.read_timeout = read_timeout
         self.max_connections = max_connections
+        self.max_per_address = max_per_address or max_connections
+        self.header_timeout = header_timeout or read_timeout
+        self.min_body_rate = min_body_rate
+        self.per_address: dict = {}  # client address -> its open connections
         self.max_body_bytes = max_body_bytes
         self.limits = limits
         self.cond = threading.Condition()
@@ -387,8 +395,9 @@ class _HTTPServer(socketserver.TCPServer):
         self.stopping = False  # no new connections or requests
         self.closing = False  # grace over: every connection is being closed
         self.refused, self.refusal_logged = 0, -1e9
-        # Socket -> when its request must have arrived in full: a client trickling a byte
-        # now and then passes every read timeout, so a reaper cuts it off.
+        # Socket -> when its request's line and headers, then its body, must have arrived:
+        # a client trickling a byte now and then passes every read timeout, so a reaper
+        # cuts it off.
         self.deadlines: dict = {}
         super().__init__(address, _Handler)
 
@@ -401,8 +410,7 @@ class _HTTPServer(socketserver.TCPServer):
                 for sock in late:
                     del self.deadlines[sock]
             for sock in late:
-                logger.debug("REST: a request took over %g s to arrive; closing it",
-                             self.read_timeout * _REQUEST_TIMEOUTS)
+                logger.debug("REST: a request did not arrive by its deadline; closing it")
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -414,17 +422,22 @@ class _HTTPServer(socketserver.TCPServer):
             self.deadlines.pop(sock, None)
 
     def process_request(self, request, client_address):
+        peer = client_address[0]
         with self.cond:
             if self.stopping:
                 refusal = "the server is shutting down"
             elif len(self.connections) >= self.max_connections:
                 refusal = (f"too many connections (limit {self.max_connections}); "
                            "retry later")
+            elif self.per_address.get(peer, 0) >= self.max_per_address:
+                refusal = (f"too many connections from one address (limit "
+                           f"{self.max_per_address}); retry later")
             else:
                 refusal = None
                 thread = threading.Thread(target=self._serve, args=(request, client_address),
                                           name=f"rest-{client_address[1]}", daemon=True)
                 self.connections[request] = thread
+                self.per_address[peer] = self.per_address.get(peer, 0) + 1
         if refusal is not None:
             self.refused += 1
             if time.monotonic() - self.refusal_logged > 10:  # at most one warning per 10 s
@@ -439,7 +452,16 @@ class _HTTPServer(socketserver.TCPServer):
         except BaseException:
             with self.cond:
                 self.connections.pop(request, None)
+                self._left(peer)
             raise
+
+    def _left(self, peer) -> None:
+        """A connection from `peer` closed (holding `cond`)."""
+        count = self.per_address.get(peer, 0) - 1
+        if count > 0:
+            self.per_address[peer] = count
+        else:
+            self.per_address.pop(peer, None)
 
     def shutdown_request(self, request):  # only after a failed thread start; must not block
         try:
@@ -456,6 +478,7 @@ class _HTTPServer(socketserver.TCPServer):
             self._linger(request)
             with self.cond:
                 self.connections.pop(request, None)
+                self._left(client_address[0])
                 self.busy.discard(request)
                 self.cond.notify_all()
             try:
@@ -490,13 +513,23 @@ class _HTTPServer(socketserver.TCPServer):
             logger.exception("REST connection from %s failed", client_address)
 
     def begin(self, sock) -> bool:
-        """A request started arriving on `sock`; False: the server is closing."""
+        """A request started arriving on `sock` (its first byte): its line and headers must
+        arrive within `header_timeout`. False: the server is closing."""
         with self.cond:
             if self.closing:
                 return False
             self.busy.add(sock)
-            self.deadlines[sock] = time.monotonic() + self.read_timeout * _REQUEST_TIMEOUTS
+            self.deadlines[sock] = time.monotonic() + self.header_timeout
             return True
+
+    def body_deadline(self, sock, length: int) -> None:
+        """The headers arrived; the `length`-byte body must arrive at `min_body_rate`
+        (after one read timeout)."""
+        rate = self.min_body_rate
+        with self.cond:
+            if sock in self.deadlines:
+                self.deadlines[sock] = (time.monotonic() + self.read_timeout
+                                        + (length / rate if rate > 0 else 5 * self.read_timeout))
 
     def end(self, sock) -> None:
         with self.cond:
@@ -563,15 +596,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.command, self.requestline, self.request_version = "", "", "HTTP/1.1"
         self._responded = False
         try:
-            line = self.rfile.readline(65537)
+            first = self.rfile.peek(1)  # the request's first byte starts its deadline
         except OSError:  # idle past the read timeout, or the client went away
             self.close_connection = True
             return
-        if not line:
+        if not first or not self.server.begin(self.connection):
             self.close_connection = True
             return
-        if not self.server.begin(self.connection):
+        try:
+            line = self.rfile.readline(65537)
+        except OSError:  # cut off at the header deadline, or the client went away
             self.close_connection = True
+            self.server.end(self.connection)
+            return
+        if not line:
+            self.close_connection = True
+            self.server.end(self.connection)
             return
         try:
             self._request(line)
@@ -654,15 +694,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 and self.request_version != "HTTP/1.0"):
             self.send_response_only(100)
             self.end_headers()
+        server = self.server
+        server.body_deadline(self.connection, length)
         body = bytearray(length)  # read in place: one copy of the body, never two
         view, done = memoryview(body), 0
+        started = time.monotonic()
         while done < length:
-            got = self.rfile.readinto(view[done:done + (1 << 20)])  # TimeoutError: 408
+            got = self.rfile.readinto1(view[done:done + (1 << 20)])  # TimeoutError: 408
             if not got:
                 self._send(400, {"error": f"the body ended after {done} of the {length} "
                                           "bytes of its Content-Length"})
                 return None
             done += got
+            late = time.monotonic() - started - server.read_timeout
+            if done < length and late > 0 and done < server.min_body_rate * late:
+                self._send(408, {"error": f"the body arrived at under "
+                                          f"{server.min_body_rate:,.0f} bytes/s (tfrec serve "
+                                          "--rest_api_min_bytes_per_second)"})
+                return None
         view.release()
         return body
 
@@ -749,10 +798,15 @@ class RestServer:
       predictor: runs predict calls (`.run`) and has the version manager (`.manager`).
       read_timeout: seconds a socket read or write may wait: a request (line,
         headers, each part of the body) that does not arrive in time gets 408,
-        and an idle keep-alive connection is closed after it. A whole request
-        must arrive within 6 times this (a client trickling bytes is cut off).
+        and an idle keep-alive connection is closed after it.
       max_connections: open connections at once; over it a new connection gets
         503 and is closed.
+      max_connections_per_address: open connections from one client address at
+        once (503 over it), so that one peer cannot hold them all.
+      header_timeout: seconds a request's line and headers may take from its
+        first byte (None: `read_timeout`); past it the connection is closed.
+      min_body_rate: bytes/s a body must average once `read_timeout` has passed
+        (408 under it; 0: none, a body then gets 6 read timeouts in all).
       max_body_bytes: the largest request body (413 over it).
       limits: the predictor's `RequestLimits`: a predict body holding more than
         `max_elements` values (plus `max_batch`, for a scalar input the row format
@@ -763,16 +817,27 @@ class RestServer:
     def __init__(self, predictor, host: str, port: int, *,
                  read_timeout: float = ServeConfig.rest_api_timeout_seconds,
                  max_connections: int = ServeConfig.rest_api_max_connections,
-                 max_body_bytes: int = MAX_MESSAGE_BYTES, limits=None):
+                 max_body_bytes: int = MAX_MESSAGE_BYTES, limits=None,
+                 max_connections_per_address: int | None = None,
+                 header_timeout: float | None = None,
+                 min_body_rate: float = ServeConfig.rest_api_min_bytes_per_second):
         if not read_timeout > 0:
             raise ValueError(f"read_timeout must be > 0 seconds, got {read_timeout}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         if max_body_bytes < 0:
             raise ValueError(f"max_body_bytes must be >= 0, got {max_body_bytes}")
+        if max_connections_per_address is not None and max_connections_per_address < 1:
+            raise ValueError("max_connections_per_address must be >= 1, got "
+                             f"{max_connections_per_address}")
+        if header_timeout is not None and not header_timeout > 0:
+            raise ValueError(f"header_timeout must be > 0 seconds, got {header_timeout}")
+        if min_body_rate < 0:
+            raise ValueError(f"min_body_rate must be >= 0, got {min_body_rate}")
         self.predictor = predictor
         self.httpd = _HTTPServer((host, port), predictor, read_timeout, max_connections,
-                                 max_body_bytes, limits)
+                                 max_body_bytes, limits, max_connections_per_address,
+                                 header_timeout, min_body_rate)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever,
                                         kwargs={"poll_interval": 0.1}, daemon=True,
