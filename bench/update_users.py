@@ -36,20 +36,12 @@ import pandas as pd
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.dirname(__file__))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tfrec  # noqa: E402,F401
-
-
-def memory_mb() -> dict:
-    """This process's resident memory now and at its peak (VmRSS, VmHWM), MB."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            fields[name] = int(value.split()[0]) / 1024
-    return {"rss_mb": fields["VmRSS"], "peak_mb": fields["VmHWM"]}
+from all_users import memory_mb  # noqa: E402  (bench/all_users.py)
 
 
 def write_events(path: Path, users: int, events: int, items: list[str], clusters: int,

@@ -33,15 +33,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-try:
-    # Without its gcp extra Beam warns on import that the BigQuery client is missing;
-    # this pipeline does not use it.
-    logging.disable(logging.WARNING)
-    import apache_beam as beam
-except ImportError as err:  # the extra is not installed
-    raise ImportError("the Beam pipeline needs Apache Beam: pip install 'tfrec[beam]'") from err
-finally:
-    logging.disable(logging.NOTSET)
+from tfrec.beam._imports import beam  # noqa: I100 (first: the missing-extra error)
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.metrics import Metrics

@@ -36,13 +36,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-try:
-    logging.disable(logging.WARNING)
-    import apache_beam as beam
-except ImportError as err:  # the extra is not installed
-    raise ImportError("the Beam pipeline needs Apache Beam: pip install 'tfrec[beam]'") from err
-finally:
-    logging.disable(logging.NOTSET)
+from tfrec.beam._imports import beam  # noqa: I100 (first: the missing-extra error)
 import numpy as np
 import pandas as pd
 import pyarrow as pa
