@@ -480,18 +480,15 @@ def main() -> None:
             for turn in range(args.repeat):
                 again = f" #{turn + 1}" if args.repeat > 1 else ""
                 for suffix, tree in (trees if turn % 2 == 0 else trees[::-1]):
-                    if "grpc" in wanted:
-                        plan.append(("grpc", f"gRPC, {c} clients{suffix}{again}",
-                                     lambda t=tree: over_grpc(path, sessions, c, secs, False,
-                                                              workdir, tree=t)))
-                    if "onethread" in wanted:
-                        plan.append(("onethread", f"gRPC, {c}, 1 TF thread{suffix}{again}",
-                                     lambda t=tree: over_grpc(path, sessions, c, secs, False,
-                                                              workdir, ONE_THREAD, tree=t)))
-                    if "batching" in wanted:
-                        plan.append(("batching", f"gRPC+batching, {c}{suffix}{again}",
-                                     lambda t=tree: over_grpc(path, sessions, c, secs, True,
-                                                              workdir, tree=t)))
+                    # (row, label, server-side batching, extra server arguments)
+                    for key, label, batching, extra in (
+                            ("grpc", f"gRPC, {c} clients", False, ()),
+                            ("onethread", f"gRPC, {c}, 1 TF thread", False, ONE_THREAD),
+                            ("batching", f"gRPC+batching, {c}", True, ())):
+                        if key in wanted:
+                            plan.append((key, f"{label}{suffix}{again}",
+                                         lambda t=tree, b=batching, e=extra: over_grpc(
+                                             path, sessions, c, secs, b, workdir, e, tree=t)))
             if "floor" in wanted:
                 plan.append(("floor", f"gRPC floor, {c}",
                              lambda: over_grpc_floor(path, sessions, c, secs, workdir)))

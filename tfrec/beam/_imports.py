@@ -1,4 +1,5 @@
-"""Apache Beam, imported once for the Beam jobs, with a clear error when the extra is missing."""
+"""What the Beam jobs share: Apache Beam, imported with a clear error when the extra is
+missing, and reading a job's counters."""
 
 from __future__ import annotations
 
@@ -14,4 +15,18 @@ except ImportError as err:  # the extra is not installed
 finally:
     logging.disable(logging.NOTSET)
 
-__all__ = ["beam"]
+from apache_beam.metrics.metric import MetricsFilter  # noqa: E402,I100
+
+
+def counter(result, namespace: str, name: str) -> int | None:
+    """A finished pipeline's counter `name` of `namespace` (None: the runner keeps no
+    metrics)."""
+    try:
+        counters = result.metrics().query(
+            MetricsFilter().with_namespace(namespace).with_name(name))["counters"]
+    except Exception:  # noqa: BLE001  (a runner without metrics support)
+        return None
+    return sum(c.committed if c.committed is not None else c.attempted for c in counters)
+
+
+__all__ = ["beam", "counter"]

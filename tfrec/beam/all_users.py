@@ -33,11 +33,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tfrec.beam._imports import beam  # noqa: I100 (first: the missing-extra error)
+from tfrec.beam._imports import beam, counter  # noqa: I100 (first: the missing-extra error)
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
@@ -132,15 +131,6 @@ def _existing_shards(out: str) -> list[str]:
         return []
 
 
-def _counter(result, name: str) -> int | None:
-    try:
-        counters = result.metrics().query(
-            MetricsFilter().with_namespace(__name__).with_name(name))["counters"]
-    except Exception:  # noqa: BLE001  (a runner without metrics support)
-        return None
-    return sum(c.committed if c.committed is not None else c.attempted for c in counters)
-
-
 def build(pipeline: beam.Pipeline, version_dir: str | Path, out: str, k: int,
           users: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE):
     """Adds the job to `pipeline`: read the user ids, recommend, write the shards.
@@ -207,5 +197,5 @@ def run(model_dir: str | Path, out: str, k: int = RecommendSettings.k, version: 
     result = pipeline.run()
     state = result.wait_until_finish()
     return BeamSummary(_existing_shards(out), version_dir, k,
-                       *(_counter(result, name) for name in COUNTERS), str(state),
+                       *(counter(result, __name__, name) for name in COUNTERS), str(state),
                        time.perf_counter() - started)

@@ -36,7 +36,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tfrec.beam._imports import beam  # noqa: I100 (first: the missing-extra error)
+from tfrec.beam._imports import beam, counter  # noqa: I100 (first: the missing-extra error)
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -45,7 +45,6 @@ from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from apache_beam.metrics.metric import MetricsFilter
 
 from tfrec.errors import InputError
 from tfrec.exporter.layout import TMP_PREFIX, VersionFolder
@@ -124,15 +123,6 @@ class LatestItems(beam.DoFn):
         for row in latest.itertuples(index=False):
             yield {"user": row.user, "item": int(row.item), "time": int(row.time),
                    "line": int(row.line)}
-
-
-def _counter(result, name: str) -> int | None:
-    try:
-        counters = result.metrics().query(
-            MetricsFilter().with_namespace(__name__).with_name(name))["counters"]
-    except Exception:  # noqa: BLE001  (a runner without metrics support)
-        return None
-    return sum(c.committed if c.committed is not None else c.attempted for c in counters)
 
 
 def unknown_items(events):
@@ -236,7 +226,7 @@ def run(model_dir: str | Path, events: str, from_version: int | None = None,
                                                (("user", object), ("item", np.int64),
                                                 ("time", np.int64), ("line", np.int64))}))
         unknown_file = scratch / "unknown_items"
-        stats = {name: int(_counter(result, name) or 0) for name in COUNTERS}
+        stats = {name: int(counter(result, __name__, name) or 0) for name in COUNTERS}
         stats["unknown_items"] = (int(unknown_file.read_text().strip() or 0)
                                   if unknown_file.exists() else 0)
     finally:
