@@ -216,7 +216,7 @@ class ModelConfig(Settings):
     id_dropout: float = setting(
         0.1, "during training, hide an item's id embedding with this probability so that the "
              "text path alone must serve as the item's embedding, as it must for a new item "
-             "(only with use_text); see the README for what it changes",
+             "(only with use_text); bench/RESULTS.md, \"Model choices\", has what it changes",
         check=SHARE)
     normalize: bool = setting(
         True, "L2-normalise item and query embeddings, so scores are cosines / temperature; "
@@ -235,7 +235,8 @@ class ModelConfig(Settings):
     text_alignment: float = setting(
         0.0, "weight of a loss pulling each warm item's text-only embedding towards its full "
              "(id + text) embedding, held fixed. Off by default: on the bundled data it "
-             "lowered the cold-item hit rate (see the README)", check=at_least(0))
+             "lowered the cold-item hit rate (bench/RESULTS.md, \"Model choices\")",
+        check=at_least(0))
     retrieval_context: RetrievalContext = setting(
         "auto", "what the query of a retrieval example is: 'previous' (the session's events "
                 "before the target: next-item prediction), 'session' (the other events of the "
