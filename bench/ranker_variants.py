@@ -20,6 +20,7 @@ fit together on the same batches, each on its own loss).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import pickle
@@ -30,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 import tfrec  # noqa: F401  (first: it sets up tf.keras before TensorFlow is imported)
-from tfrec.metrics import rank_targets, score_cases  # noqa: E402,I100
+from tfrec.config import RankingConfig  # noqa: E402,I100
+from tfrec.metrics import rank_targets, score_cases
 from tfrec.ranking import features as F
 from tfrec.ranking.ranker import fit_ranker, list_ranks, score_lists
 from tfrec.ranking.stage import ranker_lists, stage1_training_data
@@ -39,12 +41,16 @@ from tfrec.run import load_run, prepare_training_data
 logger = logging.getLogger("ranker_variants")
 
 
-def make_lists(run: Path, cache: Path | None):
-    """(config, lists, test (cases, candidates, mask, features)), cached at `cache`."""
+def make_lists(run: Path, cache: Path | None, ranking: dict | None = None):
+    """(config, lists, test (cases, candidates, mask, features)), cached at `cache`;
+    `ranking`: ranking settings that replace the run's."""
     if cache is not None and cache.exists():
         with cache.open("rb") as f:
             return pickle.load(f)
     config, vocab, model, _ = load_run(run)
+    if ranking:
+        ranking = dataclasses.replace(config.ranking, **ranking)
+        config = dataclasses.replace(config, ranking=ranking)
     data = prepare_training_data(config)
     if list(data.vocab.ids) != list(vocab.ids):
         raise SystemExit("the data's vocabulary is not the run's: another data folder?")
@@ -55,7 +61,8 @@ def make_lists(run: Path, cache: Path | None):
                                    config.model.history_length)
     rk = config.ranking
     cands, mask, tt_place, table_place = F.candidates(query_emb, tables, cases.queries,
-                                                      rk.num_candidates, rk.table_share)
+                                                      rk.num_candidates, rk.table_share,
+                                                      new_slots=rk.new_slots)
     feats = F.candidate_features(query_emb, tables, cases.queries, cands, mask, tt_place,
                                  table_place)
     made = (config, lists, (cases, cands, mask, feats))
@@ -81,11 +88,16 @@ def main(argv=None) -> int:
                         help="comma list of base, seedS (S = 1, 2, ...), ensK, jointK")
     parser.add_argument("--cache", help="pickle the lists here and read them back next time")
     parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a ranking setting replacing the run's (a number), e.g. "
+                             "new_item_share=0")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.perf_counter()
+    ranking = {key: type(getattr(RankingConfig, key))(value)
+               for key, value in (item.split("=", 1) for item in args.set)}
     config, lists, (cases, cands, mask, feats) = make_lists(
-        Path(args.run), Path(args.cache) if args.cache else None)
+        Path(args.run), Path(args.cache) if args.cache else None, ranking)
     rk, k = config.ranking, config.train.eval_k
     miss = rk.num_candidates + 1
     rows, val = lists.fit_rows, lists.validation_rows

@@ -112,36 +112,65 @@ def sessions_of(vocab, count, seed=0):
 
 # The merge ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("share", [0.0, 0.3, 0.5, 1 / 3, 1.0])
-def test_merge_in_tensorflow_equals_merge_candidates(share):
+@pytest.mark.parametrize("share,new_slots", [(0.0, 0), (0.3, 0), (0.5, 0), (1 / 3, 0),
+                                             (1.0, 0), (0.5, 2), (0.3, 3), (0.0, 2), (1.0, 3)])
+def test_merge_in_tensorflow_equals_merge_candidates(share, new_slots):
     class Merge(TwoStageScorer):  # the merge alone, no tables
-        def __init__(self, n, share):
+        def __init__(self, n, share, new):
             tf.Module.__init__(self)
             self.num_candidates = n
             order, rank, used = merge_order(n, share)
             self._order = tf.constant(order)
             self._table_rank, self._tt_rank = tf.constant(rank[:n]), tf.constant(rank[n:])
             self._use_table, self._use_tt = bool(used[0]), bool(used[n])
+            self.new_slots, self._new = new_slots, tf.constant(new)
 
     n, rows = 8, 100
-    rng = np.random.default_rng(int(share * 100))
+    rng = np.random.default_rng(int(share * 100) + new_slots)
+    new = rng.random(16) < 0.3  # items without behaviour (never in the table's lists)
+    new[0] = False
     lists = {name: (np.zeros((rows, n), np.int32), np.zeros((rows, n), bool))
              for name in ("table", "tt")}
-    expected = []
+    expected, moved = [], 0
     for row in range(rows):
         drawn = {}
         for name, length in (("table", rng.integers(0, n + 1)), ("tt", n)):
-            drawn[name] = rng.permutation(np.arange(1, 16))[:length]
-            lists[name][0][row, :length] = drawn[name]
-            lists[name][1][row, :length] = True
-        expected.append(F.merge_candidates(drawn["tt"], drawn["table"], [], n, share))
-    got = [x.numpy() for x in Merge(n, share).merge(*lists["table"], *lists["tt"])]
+            pool = np.arange(1, 16) if name == "tt" else np.flatnonzero(~new)[1:]
+            drawn[name] = rng.permutation(pool)[:length]
+            lists[name][0][row, :len(drawn[name])] = drawn[name]
+            lists[name][1][row, :len(drawn[name])] = True
+        expected.append(F.merge_candidates(drawn["tt"], drawn["table"], [], n, share, new,
+                                           new_slots))
+        moved += not np.array_equal(expected[-1][0], F.merge_candidates(
+            drawn["tt"], drawn["table"], [], n, share)[0])
+    merge = Merge(n, share, new)
+    tt_ids, tt_valid = lists["tt"]
+    order = None
+    if new_slots:
+        tt_ids, tt_valid, order = merge.promote_new(tf.constant(tt_ids), tf.constant(tt_valid))
+    got = [x.numpy() for x in merge.merge(*lists["table"], tt_ids, tt_valid, order)]
     for row, (merged, tt_place, table_place) in enumerate(expected):
         m = len(merged)
         assert got[1][row].sum() == m and not got[0][row, m:].any()
         np.testing.assert_array_equal(got[0][row, :m], merged)
         np.testing.assert_array_equal(got[2][row, :m], tt_place)
         np.testing.assert_array_equal(got[3][row, :m], table_place)
+    # The promotion changed some lists (when the two-tower has slots to give).
+    assert (moved > 0) == (new_slots > 0 and share < 1.0)
+
+
+def test_new_items_move_to_the_front_of_the_two_tower_list():
+    new = np.zeros(10, bool)
+    new[[6, 8, 9]] = True
+    two_tower = np.array([1, 2, 3, 6, 4, 8, 5, 9])
+    table = np.array([7, 2])
+    merged, tt_place, _ = F.merge_candidates(two_tower, table, [], 6, 0.5, new, 2)
+    # The two-tower's list becomes 6, 8, 1, 2, 3, 4, 5, 9; merged with the table's 7, 2.
+    # Keys (j + 1) / share, the table first at equal keys: 7 6 | 2 8 | 1 | [2] 3
+    assert merged.tolist() == [7, 6, 2, 8, 1, 3]
+    assert tt_place.tolist() == [8, 3, 1, 5, 0, 2]  # places in the two-tower's own order
+    plain, _, _ = F.merge_candidates(two_tower, table, [], 6, 0.5)
+    assert 9 not in merged and 8 not in plain
 
 
 # Both stages in the exported signatures ----------------------------------------------------

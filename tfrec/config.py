@@ -425,6 +425,10 @@ class RankingConfig(Settings):
     table_share: float = setting(
         0.5, "the share of the N candidate slots the item-item table fills first; the "
              "two-tower fills the rest", check=within(0, 1))
+    new_item_share: float = setting(
+        0.1, "share of the N slots kept for the two-tower's best items without behaviour (the "
+             "first round(new_item_share x N) of them in its list move to its front before the "
+             "merge): the item-item table never proposes a new item", check=within(0, 1, "[]"))
     text_terms: int = setting(8, "TF-IDF terms kept per item for the lexical feature (its "
                                  "strongest terms)", check=POSITIVE)
     hidden_units: tuple[int, ...] = setting(
@@ -443,6 +447,11 @@ class RankingConfig(Settings):
         if self.ease_lambda is None and not self.ease_lambdas:
             raise InputError("the λ grid must hold at least one value",
                              key=self.key("ease_lambdas"))
+
+    @property
+    def new_slots(self) -> int:
+        """How many of the two-tower's items without behaviour move to its list's front."""
+        return int(round(self.new_item_share * self.num_candidates))
 
     def check_k(self, k: int) -> None:
         """Refuses a candidate list shorter than the K the ranking is scored at."""

@@ -12,7 +12,7 @@ import numpy as np
 from tfrec.evaluate.analyses import pca_2d
 from tfrec.evaluate.bar import verdict
 from tfrec.evaluate.methods import ABLATION_PREFIX, MAX_K, MODEL, STAGE1, label_of
-from tfrec.evaluate.table import SOURCE_LABELS, format_report
+from tfrec.evaluate.table import SOURCE_LABELS, format_report, new_slots_clause
 from tfrec.run_folder import ReportFolder
 from tfrec.utils import ensure_folder
 
@@ -232,7 +232,8 @@ def _ranking_stage_html(report: dict) -> str:
                  "Ablations off (<code>--no-ablations</code>).")
     return (f"<h2>Ranking stage</h2><p>The model's row is both stages: stage 1 (the "
             f"two-tower) and the item-item table make each case's list of {width} candidates "
-            f"({rs['table_share']:.0%} of the slots from the table), the ranker orders it; a "
+            f"({rs['table_share']:.0%} of the slots from the table{new_slots_clause(rs)}), the "
+            "ranker orders it; a "
             "target outside the list is a miss at every K"
             + (f", so the two-stage rows' HR@K curves stop at K = {width}" if width < MAX_K
                else "")

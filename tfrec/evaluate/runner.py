@@ -297,6 +297,6 @@ def _stage_rows(stage, config, data, run_model, query_emb: np.ndarray, cases,
             f"the ranker refitted without {', '.join(left_out)}", list_width=width,
             extra={"left_out": left_out, **ablation.info})
     entry = {"num_candidates": width, "table_share": stage.table_share,
-             "features": [F.FEATURES[j] for j in stage.columns],
+             "new_slots": stage.new_slots, "features": [F.FEATURES[j] for j in stage.columns],
              "ablations": bool(ablated), "candidate_recall": recall}
     return entry, rows

@@ -9,6 +9,13 @@ SOURCE_LABELS = {"merged": "the merged list", "two_tower": "two-tower top N",
                  "table": "item-item table top N"}
 
 
+def new_slots_clause(rs: dict) -> str:
+    """How the candidate list treats items without behaviour, as a clause (or nothing)."""
+    n = rs.get("new_slots", 0)
+    return (f"; the two-tower's first {n} items without behaviour go first in its list"
+            if n else "")
+
+
 def _share(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -21,7 +28,8 @@ def ranking_stage_lines(report: dict) -> list[str]:
     k, width = report["k"], rs["num_candidates"]
     recall = rs["candidate_recall"]
     lines = [f"ranking stage: the ranker orders {width} candidates per case "
-             f"({rs['table_share']:.0%} of the slots from the item-item table);",
+             f"({rs['table_share']:.0%} of the slots from the item-item table"
+             f"{new_slots_clause(rs)});",
              "  a target outside them is a miss at every K"
              + (f": the two-stage rows' HR@K curves stop at K = {width}" if width < MAX_K
                 else "")

@@ -244,7 +244,7 @@ def ranking_scorer(stage, model, item_ids: np.ndarray, catalogue: Catalogue):
     tables = serving_tables(stage.tables, model, np.asarray(catalogue.texts)[added],
                             embeddings, dropped)
     return TwoStageScorer(tables, stage.ranker, stage.num_candidates, stage.table_share,
-                          stage.columns)
+                          stage.columns, new_slots=stage.new_slots)
 
 
 def ranking_metadata(stage, enabled: bool) -> dict:
@@ -257,7 +257,7 @@ def ranking_metadata(stage, enabled: bool) -> dict:
     return {"stages": ["two_tower", "ranker"] if enabled else ["two_tower"],
             "ranking_stage": {
                 "enabled": bool(enabled), "num_candidates": stage.num_candidates,
-                "table_share": stage.table_share,
+                "table_share": stage.table_share, "new_slots": stage.new_slots,
                 "features": [FEATURES[j] for j in stage.columns],
                 "columns": list(stage.columns), "ranker": stage.ranker.get_config(),
                 "item_item_table": {**table.info, "items": table.num_items,

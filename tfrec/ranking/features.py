@@ -4,7 +4,10 @@ Candidates: the two-tower's top items (exact dot products here; the ScaNN
 index when serving) and the item-item table's top items for the query,
 merged in proportion (`table_share` of the slots to the table), duplicates
 and the query's own items left out, so that every prefix of the merged list
-is itself a candidate list of that width.
+is itself a candidate list of that width. The table never proposes an item
+without behaviour, so the first `new_slots` such items of the two-tower's
+list move to the front of its list before the merge: a new item then
+competes for a slot with the two-tower's best items, not with its 100th.
 
 Features (`FEATURES`, in groups `FEATURE_GROUPS` for the ablations):
 
@@ -85,7 +88,8 @@ class Tables:
 
 
 def merge_candidates(two_tower: np.ndarray, table: np.ndarray, query: list, width: int,
-                     table_share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     table_share: float, new: np.ndarray | None = None,
+                     new_slots: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One query's candidate list from the two sources' ranked lists.
 
     Args:
@@ -95,12 +99,20 @@ def merge_candidates(two_tower: np.ndarray, table: np.ndarray, query: list, widt
       query: the query's own items (never candidates).
       width: N, the list's width.
       table_share: the share of the slots taken from the table's list.
+      new: [V] bool, the items without behaviour (with `new_slots`).
+      new_slots: the first this many items without behaviour in the
+        two-tower's list move to its front before the merge: the table never
+        proposes them, and the two-tower's slots go to its best items first.
 
     Returns:
       (candidates [<= width], their place in the two-tower list, their place
       in the table's list; a place is the list's length where the item is
-      not in that list).
+      not in that list; the two-tower's places are those of its own order).
     """
+    ranked = np.asarray(two_tower, np.int64)
+    if new_slots > 0 and new is not None:
+        first = ranked[np.asarray(new)[ranked]][:new_slots]
+        two_tower = np.concatenate([first, ranked[~np.isin(ranked, first)]])
     # The j-th item of a source has the key (j + 1) / share: merging by key
     # takes the sources in proportion, and any prefix keeps the proportion.
     keys, items = [], []
@@ -115,7 +127,7 @@ def merge_candidates(two_tower: np.ndarray, table: np.ndarray, query: list, widt
     _, first = np.unique(merged, return_index=True)
     merged = merged[np.sort(first)]
     merged = merged[~np.isin(merged, np.asarray(query, np.int64)) & (merged > 0)][:width]
-    tt_place = _places(merged, two_tower)
+    tt_place = _places(merged, ranked)
     table_place = _places(merged, table)
     return merged, tt_place, table_place
 
@@ -127,11 +139,13 @@ def _places(items: np.ndarray, ranked: np.ndarray) -> np.ndarray:
 
 
 def candidates(query_embeddings: np.ndarray, tables: Tables, queries: list, width: int,
-               table_share: float, depth: int | None = None):
+               table_share: float, depth: int | None = None, new_slots: int = 0):
     """Every query's candidate list (see `merge_candidates`), padded to `width`.
 
     Args:
       depth: how far down each source's list is read (default `width`).
+      new_slots: how many of the two-tower's items without behaviour (no
+        training events in `tables.counts`) move to the front of its list.
 
     Returns:
       (candidates [n, width] int64 (0 = padding), mask [n, width] bool,
@@ -140,6 +154,8 @@ def candidates(query_embeddings: np.ndarray, tables: Tables, queries: list, widt
     depth = depth or width
     n = len(queries)
     table = tables.table.matrix().astype(np.float64)
+    new = np.asarray(tables.counts) == 0
+    new[0] = False
     out = np.zeros((n, width), np.int64)
     mask = np.zeros((n, width), bool)
     tt_place = np.zeros((n, width), np.float32)
@@ -160,7 +176,7 @@ def candidates(query_embeddings: np.ndarray, tables: Tables, queries: list, widt
             i = start + row
             positive = ii_top[row][ii_scores[row, ii_top[row]] > 0][:depth]
             merged, a, b = merge_candidates(tt_top[row][:depth], positive, queries[i], width,
-                                            table_share)
+                                            table_share, new, new_slots)
             out[i, :len(merged)] = merged
             mask[i, :len(merged)] = True
             tt_place[i, :len(merged)] = a

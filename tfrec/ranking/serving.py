@@ -84,10 +84,12 @@ class TwoStageScorer(tf.Module):
       num_candidates: N.
       table_share: the share of the N slots the item-item table fills.
       columns: the feature columns the ranker reads (indices into `FEATURES`).
+      new_slots: how many of the index's items without behaviour move to the
+        front of its list before the merge (as `F.candidates` does).
     """
 
     def __init__(self, tables: F.Tables, ranker, num_candidates: int, table_share: float,
-                 columns, name: str = "ranking_stage"):
+                 columns, new_slots: int = 0, name: str = "ranking_stage"):
         super().__init__(name=name)
         self.features = F.CandidateFeatures.from_tables(tables, name="candidate_features")
         self.ranker = ranker
@@ -95,6 +97,10 @@ class TwoStageScorer(tf.Module):
         self.table_share = float(table_share)
         self.columns = tuple(int(c) for c in columns)
         self.num_items = len(tables.counts)
+        self.new_slots = int(new_slots)
+        new = np.asarray(tables.counts) == 0
+        new[0] = False
+        self._new = tf.constant(new)
         order, rank, used = merge_order(self.num_candidates, self.table_share)
         n = self.num_candidates
         self._order = tf.constant(order)
@@ -116,13 +122,26 @@ class TwoStageScorer(tf.Module):
         (ids,), valid = compact([ids], keep, n)
         return tf.where(valid, ids, 0), valid
 
-    def merge(self, table_ids, table_valid, tt_ids, tt_valid):
+    def promote_new(self, tt_ids, tt_valid):
+        """The two-tower's list with its first `new_slots` items without behaviour moved
+        to its front, in order, and each entry's place in the list given ([B, N] int32).
+        """
+        new = tf.logical_and(tt_valid, tf.gather(self._new, tt_ids))
+        first = tf.logical_and(new, tf.cumsum(tf.cast(new, tf.int32), axis=1)
+                               <= self.new_slots)
+        order = tf.argsort(tf.cast(tf.logical_not(first), tf.int32), axis=1, stable=True)
+        return (tf.gather(tt_ids, order, batch_dims=1), tf.gather(tt_valid, order, batch_dims=1),
+                order)
+
+    def merge(self, table_ids, table_valid, tt_ids, tt_valid, tt_order=None):
         """The candidate lists of `merge_candidates` from the two sources' lists.
 
         Args:
           table_ids, table_valid: [B, N] the table's list (valid ones first).
           tt_ids, tt_valid: [B, N] the two-tower's list (valid ones first),
             the query's own items already left out.
+          tt_order: [B, N] int32, each entry's place in the two-tower's own
+            order where `promote_new` reordered its list (default: as given).
 
         Returns:
           (candidates [B, N] int32 (0 at padding), mask [B, N] bool, tt_place,
@@ -148,8 +167,10 @@ class TwoStageScorer(tf.Module):
         table_count = tf.reduce_sum(tf.cast(table_valid, tf.int32), axis=1, keepdims=True)
         ids = tf.concat([table_ids, tt_ids], 1)
         keep = tf.concat([keep_table, keep_tt], 1)
-        tt_place = tf.concat([tf.where(in_tt, at_tt, n), tf.broadcast_to(slots, tf.shape(tt_ids))],
-                             1)
+        tt_slots = tf.broadcast_to(slots, tf.shape(tt_ids))
+        if tt_order is not None:
+            at_tt, tt_slots = tf.gather(tt_order, at_tt, batch_dims=1), tt_order
+        tt_place = tf.concat([tf.where(in_tt, at_tt, n), tt_slots], 1)
         table_place = tf.concat([tf.broadcast_to(slots, tf.shape(table_ids)),
                                  tf.where(in_table, at_table, table_count)], 1)
         ordered = [tf.gather(v, self._order, axis=1) for v in (ids, tt_place, table_place)]
@@ -204,14 +225,18 @@ class TwoStageScorer(tf.Module):
         # The table's sums over the query's items: read by the table's list and features.
         sums = self.features.item_item.sums(query_items)
         table_ids, table_valid = self.table_list(query_items, exclude, sums)
+        tt_order = None
+        if self.new_slots > 0:
+            tt_ids, tt_valid, tt_order = self.promote_new(tt_ids, tt_valid)
         cands, mask, tt_place, table_place = self.merge(table_ids, table_valid, tt_ids,
-                                                        tt_valid)
+                                                        tt_valid, tt_order)
         scores = self.scores(query_items, query_embeddings, cands, mask, tt_place, table_place,
                              sums)
         return cands, mask, scores
 
     def info(self) -> dict:
         return {"num_candidates": self.num_candidates, "table_share": self.table_share,
+                "new_slots": self.new_slots,
                 "features": [F.FEATURES[j] for j in self.columns],
                 "columns": list(self.columns), "items": self.num_items}
 

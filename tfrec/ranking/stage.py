@@ -157,6 +157,8 @@ class RankingStage:
       table_share: the share of the list the item-item table fills.
       columns: the feature columns the ranker reads (indices into `FEATURES`).
       info: what the fit measured (cases, validation figures, seconds).
+      new_slots: how many of the two-tower's items without behaviour move to
+        the front of its list before the merge (`F.candidates`).
     """
 
     tables: F.Tables
@@ -165,11 +167,13 @@ class RankingStage:
     table_share: float
     columns: tuple[int, ...]
     info: dict
+    new_slots: int = 0
 
     def lists(self, query_embeddings: np.ndarray, queries: list):
         """(candidates, mask, features) of each query's candidate list."""
         cands, mask, tt_place, table_place = F.candidates(
-            query_embeddings, self.tables, queries, self.num_candidates, self.table_share)
+            query_embeddings, self.tables, queries, self.num_candidates, self.table_share,
+            new_slots=self.new_slots)
         feats = F.candidate_features(query_embeddings, self.tables, queries, cands, mask,
                                      tt_place, table_place)
         return cands, mask, feats
@@ -204,7 +208,8 @@ class RankingStage:
             str(folder / "ranker"))
         (folder / "stage.json").write_text(json.dumps({
             "format": FORMAT, "num_candidates": self.num_candidates,
-            "table_share": self.table_share, "columns": list(self.columns),
+            "table_share": self.table_share, "new_slots": self.new_slots,
+            "columns": list(self.columns),
             "features": [F.FEATURES[j] for j in self.columns],
             "ranker": self.ranker.get_config(), "table_info": t.table.info,
             "info": self.info}, indent=1, default=str) + "\n")
@@ -248,7 +253,7 @@ class RankingStage:
         # The normalisation's mean and variance are computed from its restored state.
         ranker.normalization.finalize_state()
         return cls(tables, ranker, int(meta["num_candidates"]), float(meta["table_share"]),
-                   tuple(meta["columns"]), meta.get("info", {}))
+                   tuple(meta["columns"]), meta.get("info", {}), int(meta.get("new_slots", 0)))
 
 
 def _table(config: RunConfig, sessions, size: int, lambdas: tuple | None = None) -> ItemItemTable:
@@ -332,7 +337,8 @@ def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
     query_emb = model.query_embeddings(history)
     logger.info("ranking stage: features of %d ranker cases", len(cases))
     cands, mask, tt_place, table_place = F.candidates(query_emb, tables_s1, cases.queries,
-                                                      rk.num_candidates, rk.table_share)
+                                                      rk.num_candidates, rk.table_share,
+                                                      new_slots=rk.new_slots)
     feats = F.candidate_features(query_emb, tables_s1, cases.queries, cands, mask, tt_place,
                                  table_place)
     labels = ((cands == cases.targets[:, None]) & mask).astype(np.float32)
@@ -387,7 +393,8 @@ def fit_on_lists(config: RunConfig, lists: RankerLists, tables: F.Tables,
                     "%.4f)", k, info["validation"]["hr_two_stage"],
                     info["validation"]["hr_candidates_by_two_tower"])
     info["fit_seconds"] = round(time.perf_counter() - started, 1)
-    return RankingStage(tables, ranker, rk.num_candidates, rk.table_share, columns, info)
+    return RankingStage(tables, ranker, rk.num_candidates, rk.table_share, columns, info,
+                        rk.new_slots)
 
 
 def fit_ranking_stage(config: RunConfig, data: TrainingData, stage1: TrainingData,
@@ -412,7 +419,8 @@ def evaluate_stages(stage: RankingStage, model, data: TrainingData, history_leng
     result = score_cases(ranks, cases, k)
     result["stage1"] = score_cases(stage1_ranks, cases, k)
     cands, mask, _, _ = F.candidates(query_emb, stage.tables, cases.queries,
-                                     stage.num_candidates, stage.table_share)
+                                     stage.num_candidates, stage.table_share,
+                                     new_slots=stage.new_slots)
     result["candidate_recall"] = F.candidate_recall(cands, mask, cases.targets)
     return result
 
