@@ -173,6 +173,45 @@ def test_new_items_move_to_the_front_of_the_two_tower_list():
     assert 9 not in merged and 8 not in plain
 
 
+def test_the_graph_moves_new_items_forward_as_numpy_does(two_stage_run, stage):
+    from tfrec.data.sequences import histories_from_lists
+
+    vocab, model, ranking = stage
+    config = load_run(two_stage_run)[0]
+    assert ranking.tables.counts[1:].min() == 0, "the run has no item without behaviour"
+    promoted = dataclasses.replace(ranking, new_slots=3)
+    scorer = TwoStageScorer(promoted.tables, promoted.ranker, N, promoted.table_share,
+                            promoted.columns, new_slots=3)
+    queries = [[int(i) for i in vocab.lookup(np.asarray(s, dtype=object))]
+               for s in sessions_of(vocab, 60, seed=4)]
+    q = np.asarray(model.query_embeddings(histories_from_lists(
+        queries, config.model.history_length)), np.float32)
+    scores = q @ promoted.tables.item_embeddings.T
+    scores[:, 0] = -np.inf
+    for row, query in enumerate(queries):
+        scores[row, query] = -np.inf
+    tt_ids = np.argsort(-scores, axis=1, kind="stable")[:, :N].astype(np.int32)
+    width = max(len(s) for s in queries)
+    items = np.asarray([[0] * (width - len(s)) + s for s in queries], np.int32)
+    cands, mask, got = (x.numpy() for x in scorer.rank(
+        items, q, tt_ids, np.ones_like(tt_ids, bool), np.zeros((len(queries), 1), np.int32)))
+    expected_cands, expected_mask, expected = promoted.score(q, queries)
+    comparable = ~tied_sources(promoted, q, queries)
+    assert comparable.mean() >= 0.5
+    np.testing.assert_array_equal(mask[comparable], expected_mask[comparable])
+    np.testing.assert_array_equal(np.where(mask, cands, 0)[comparable],
+                                  expected_cands[comparable])
+    np.testing.assert_allclose(np.where(mask, got, 0)[comparable],
+                               np.where(expected_mask, expected, 0)[comparable],
+                               rtol=1e-4, atol=1e-4)
+    # ... and the promotion brought items without behaviour the plain lists lack.
+    plain, plain_mask, _ = ranking.score(q, queries)
+    new = promoted.tables.counts == 0
+    gained = [set(c[m & new[c]]) - set(p[pm]) for c, m, p, pm in
+              zip(expected_cands, expected_mask, plain, plain_mask)]
+    assert any(gained)
+
+
 # Both stages in the exported signatures ----------------------------------------------------
 
 def test_serving_default_equals_the_in_process_ranking_stage(exports, stage):

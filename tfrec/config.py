@@ -426,9 +426,12 @@ class RankingConfig(Settings):
         0.5, "the share of the N candidate slots the item-item table fills first; the "
              "two-tower fills the rest", check=within(0, 1))
     new_item_share: float = setting(
-        0.1, "share of the N slots kept for the two-tower's best items without behaviour (the "
+        0.0, "share of the N slots kept for the two-tower's best items without behaviour (the "
              "first round(new_item_share x N) of them in its list move to its front before the "
-             "merge): the item-item table never proposes a new item", check=within(0, 1, "[]"))
+             "merge; the item-item table never proposes a new item). Off by default: on both "
+             "Online Retail runs measured, 0.05 and 0.1 lowered the ranker's validation HR@10 "
+             "(bench/RESULTS.md, \"New items in the candidate list\")",
+        check=within(0, 1, "[]"))
     text_terms: int = setting(8, "TF-IDF terms kept per item for the lexical feature (its "
                                  "strongest terms)", check=POSITIVE)
     hidden_units: tuple[int, ...] = setting(
