@@ -346,3 +346,25 @@ def test_a_checkpoint_holding_the_logit_bias_at_the_model_level_still_restores(t
     tf.train.Checkpoint(model=fresh).read(path).assert_existing_objects_matched()
     assert float(fresh.tasks[0].logit_bias.numpy()) == 0.75
     np.testing.assert_allclose(fresh.item_embeddings(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("pooling,layers,normalize", [
+    ("mean", (), True), ("recency", (8,), True), ("attention", (), False)])
+def test_a_query_from_precomputed_item_vectors_equals_the_tower(tokenizer, pooling, layers,
+                                                                normalize):
+    from tfrec.exporter.module import encode_vocabulary
+
+    encoder = item_encoder(6, 6, tokenizer.vocabulary, use_text=True, fusion="concat",
+                           normalize=normalize)
+    encoder.set_item_texts(TEXTS + [""])
+    tower = query_tower(encoder, history_length=4, pooling=pooling, query_layers=layers)
+    history = tf.constant([[0, 0, 1, 2], [3, 4, 5, 1], [0, 0, 0, 0], [0, 5, 0, 2]])
+    expected = tower(history).numpy()
+    vectors = encode_vocabulary(encoder, 6, batch_size=4)
+    assert vectors.shape == (6, 8)
+    if pooling == "attention":  # a non-zero attention query, so the weights matter
+        tower.attention_query.assign(tf.ones([8]))
+        expected = tower(history).numpy()
+    got = tower.from_item_vectors(history, vectors).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(expected[0] - expected[1]).max() > 1e-3  # distinct queries

@@ -42,6 +42,13 @@ class UserCache:
                    np.zeros((0, history_length), np.int32))
 
 
+def encode_vocabulary(encoder, size: int, batch_size: int = 65_536) -> np.ndarray:
+    """[size, dim] `encoder`'s output for the item indices 0 .. size - 1."""
+    parts = [encoder(tf.range(start, min(start + batch_size, size))).numpy()
+             for start in range(0, size, batch_size)]
+    return np.concatenate(parts)
+
+
 def _table(keys: np.ndarray, default: int) -> tf.lookup.StaticHashTable:
     """keys -> 1..n, anything else (and "") -> default. "" is a key so that the table is
     never empty (a table may not be)."""
@@ -120,13 +127,21 @@ class RecommenderModule(tf.Module):
       ranking: the ranking stage over the serving index space (the
         vocabulary's indices, then the catalogue's added items in catalogue
         order: `catalogue_changes`), or None: stage 1 alone.
+      item_vectors: [vocabulary, dim] the item encoder's output for every
+        vocabulary index (`model.item_embeddings()`), if computed already.
+
+    With a text tower, the query tower's item encodings of every vocabulary
+    item are computed here once and kept (`query_item_vectors`): a request's
+    query pools gathered rows instead of running the text tower over each of
+    its history's slots, the same values (`QueryTower.from_item_vectors`).
     """
 
     def __init__(self, model, item_ids: np.ndarray, index, max_k: int,
                  item_texts: np.ndarray | None = None, item_counts: np.ndarray | None = None,
                  max_session_items: int = IndexConfig.max_session_items,
                  users: UserCache | None = None,
-                 catalogue: Catalogue | None = None, ranking=None):
+                 catalogue: Catalogue | None = None, ranking=None,
+                 item_vectors: np.ndarray | None = None):
         super().__init__(name="tfrec")
         self.max_session_items = int(max_session_items)
         self.item_encoder = model.item_encoder
@@ -135,6 +150,15 @@ class RecommenderModule(tf.Module):
         self.max_k = int(max_k)
         self.history_length = int(model.query_tower.history_length)
         dim = int(model.embedding_dim)
+        self.query_item_vectors = None
+        encoder = model.query_tower.item_encoder
+        self._shared_encoder = encoder is model.item_encoder
+        if getattr(encoder, "use_text", False):
+            if item_vectors is None or not self._shared_encoder:
+                item_vectors = encode_vocabulary(encoder, len(item_ids))
+            self.query_item_vectors = tf.Variable(
+                np.asarray(item_vectors, np.float32), trainable=False,
+                name="query_item_vectors")
         vocab = np.asarray(item_ids[1:]).astype(str)
         if catalogue is None:
             n = len(vocab)
@@ -212,6 +236,12 @@ class RecommenderModule(tf.Module):
         gathered = tf.gather(tf.pad(padded, [[0, 0], [0, 1]]), source, batch_dims=1)
         return tf.where(valid, gathered, tf.zeros_like(gathered))
 
+    def _query(self, history):
+        """[batch, dim] the query tower's embeddings of [batch, N] histories."""
+        if self.query_item_vectors is None:
+            return self.query_tower(history)
+        return self.query_tower.from_item_vectors(history, self.query_item_vectors)
+
     def _in_catalogue(self, item_ids):
         """Which of `item_ids` (any shape) are index rows."""
         in_vocab = tf.logical_and(self.id_table.lookup(item_ids) > 0,
@@ -223,8 +253,12 @@ class RecommenderModule(tf.Module):
         an unknown id), [batch] is it one of them)."""
         index = self.id_table.lookup(item_ids)
         added = self.added_table.lookup(item_ids)
+        if self.query_item_vectors is not None and self._shared_encoder:
+            known = tf.gather(self.query_item_vectors, index)
+        else:
+            known = self.item_encoder(index)
         embeddings = tf.where((added > 0)[:, None], tf.gather(self.added_embeddings, added),
-                              self.item_encoder(index))
+                              known)
         return embeddings, tf.logical_or(index > 0, added > 0)
 
     def _check_k(self, k):
@@ -326,7 +360,7 @@ class RecommenderModule(tf.Module):
     def recommend(self, item_ids, k):
         self._check_session_width(item_ids)
         history = self._history(item_ids)
-        queries = self.query_tower(history)
+        queries = self._query(history)
         if self.ranking is None:
             return self._top_k_excluding(queries, item_ids, k)
         fallback = tf.logical_not(tf.reduce_any(self.id_table.lookup(item_ids) > 0, axis=1))
@@ -359,7 +393,7 @@ class RecommenderModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")])
     def embed_query(self, item_ids):
         self._check_session_width(item_ids)
-        return {"embeddings": self.query_tower(self._history(item_ids))}
+        return {"embeddings": self._query(self._history(item_ids))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids")])
     def item_texts(self, item_ids):

@@ -381,7 +381,8 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
         index_config = ranking_index_config(index_config, stage.num_candidates)
 
     logger.info("embedding %d catalogue items", vocab.size - 1)
-    catalogue = Catalogue.from_vocabulary(vocab, model.item_embeddings())
+    item_vectors = model.item_embeddings()
+    catalogue = Catalogue.from_vocabulary(vocab, item_vectors)
     item_ids = vocab.ids.astype(str)
 
     logger.info("re-reading the training data for real query sessions")
@@ -402,7 +403,7 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
         ranking = ranking_scorer(stage, model, item_ids, catalogue)
     module = RecommenderModule(model, item_ids, index, index_config.max_k, vocab.text,
                                vocab.counts, index_config.max_session_items, users,
-                               ranking=ranking)
+                               ranking=ranking, item_vectors=item_vectors)
     uncached = uncached_users(data.events, user_ids)
     if len(uncached):
         logger.warning("%d users of the data have no training event, so no cached embedding "

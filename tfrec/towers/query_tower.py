@@ -80,7 +80,6 @@ class QueryTower(keras.layers.Layer):
 
     def call(self, history, training=False):
         history = tf.cast(history, tf.int32)[:, -self.history_length:]
-        length = tf.shape(history)[1]
         mask = tf.not_equal(history, PAD_ITEM)
         if training and self.history_dropout > 0:
             keep = tf.random.uniform(tf.shape(history), seed=self.seed) >= self.history_dropout
@@ -90,6 +89,21 @@ class QueryTower(keras.layers.Layer):
             mask = tf.logical_and(mask, keep)
             history = tf.where(mask, history, PAD_ITEM)
         items = self.item_encoder(history, training=training)
+        return self._pool(items, mask, training)
+
+    def from_item_vectors(self, history, item_vectors):
+        """The query of `history` (inference) from precomputed item encodings.
+
+        `item_vectors` [V, embedding_dim] holds `item_encoder(i)` for every item index i:
+        the same query as calling the tower, with a gather in place of the item encoder
+        (its text tower runs over every history slot otherwise).
+        """
+        history = tf.cast(history, tf.int32)[:, -self.history_length:]
+        items = tf.gather(tf.convert_to_tensor(item_vectors), history)
+        return self._pool(items, tf.not_equal(history, PAD_ITEM), training=False)
+
+    def _pool(self, items, mask, training):
+        length = tf.shape(items)[1]
         maskf = tf.cast(mask, items.dtype)
         if self.pooling == "attention":
             score = tf.einsum("bnd,d->bn", items, self.attention_query)
