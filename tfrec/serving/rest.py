@@ -11,10 +11,13 @@ and headers must arrive within `header_timeout` of its first byte and its body
 at `min_body_rate` bytes/s (a client trickling bytes is cut off, so it holds a
 connection for seconds, not minutes), bodies over `max_body_bytes` get 413
 unread, and `stop(grace)` lets requests in flight finish while answering new
-ones with 503. A predict body's values are counted
-before it is parsed (`limits`): one holding more than a request may is refused
+ones with 503. A predict body's values are counted while it arrives (`limits`,
+`_ValueCounter`): one holding more than a request may is refused (400, and the
+connection closed) as soon as the part read shows it, without reading the rest,
 at the cost of a scan, not of the Python objects parsing would build. Client
-strings in error messages are cut short (`errors.shown`), a whole message too.
+strings in error messages are cut short (`errors.shown`), a whole message too;
+an unexpected failure is a 500 whose message names nothing of it (the server
+log has the exception).
 
 JSON inputs become numpy arrays without narrowing: integers are int64 (an
 integer outside int64 is refused), any float makes the input float64, strings
@@ -909,8 +912,9 @@ class RestServer:
       max_body_bytes: the largest request body (413 over it).
       limits: the predictor's `RequestLimits`: a predict body holding more than
         `max_elements` values (plus `max_batch`, for a scalar input the row format
-        repeats in every row) is refused before it is parsed, as is a list of string
-        lists that padding would make larger. None: no count (the model's checks only).
+        repeats in every row) is refused before it is parsed, as soon as the part of
+        it read shows that (the rest is not read), as is a list of string lists that
+        padding would make larger. None: no count (the model's checks only).
     """
 
     def __init__(self, predictor, host: str, port: int, *,
