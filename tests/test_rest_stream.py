@@ -11,6 +11,7 @@ import re
 import select
 import shutil
 import socket
+import tracemalloc
 import types
 
 import numpy as np
@@ -241,6 +242,21 @@ def post(path: str, body: bytes) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
+def send_until_answered(sock: socket.socket, data: memoryview) -> int:
+    """Sends `data` while the server reads it, until it answers; the bytes sent."""
+    sent = 0
+    while sent < len(data):
+        readable, writable, _ = select.select([sock], [sock], [], ANSWER)
+        if readable:
+            break
+        assert writable, "the server neither read nor answered"
+        try:
+            sent += sock.send(data[sent:sent + 65536])
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    return sent
+
+
 GOOD = json.dumps({"inputs": {"item_ids": [["i1", "i2", "i3"]], "k": 5}}).encode()
 
 
@@ -282,17 +298,9 @@ def test_a_body_over_the_value_limit_is_refused_before_it_is_all_sent(served):
     limits = served.predictor.limits
     assert len(body) < served.rest.httpd.max_body_bytes
     data = memoryview(post("/v1/models/shop:predict", body))
-    sent, received = 0, b""
+    received = b""
     with socket.create_connection(("127.0.0.1", served.rest.port), timeout=ANSWER) as sock:
-        while sent < len(data):  # send while the server reads; stop once it answers
-            readable, writable, _ = select.select([sock], [sock], [], ANSWER)
-            if readable:
-                break
-            assert writable, "the server neither read nor answered"
-            try:
-                sent += sock.send(data[sent:sent + 65536])
-            except (BrokenPipeError, ConnectionResetError):
-                break
+        sent = send_until_answered(sock, data)
         try:
             while chunk := sock.recv(65536):
                 received += chunk
@@ -309,6 +317,21 @@ def test_a_body_over_the_value_limit_is_refused_before_it_is_all_sent(served):
     # The server still serves.
     status, answer, _ = exchange(served, post("/v1/models/shop:predict", GOOD))
     assert status == 200 and len(answer["outputs"]["item_ids"][0]) == 5
+
+
+def test_a_body_refused_on_arrival_is_not_given_its_declared_length(served):
+    # The body is grown as it arrives: refused after ~3 MB, it never takes 30 MB.
+    body = b'{"inputs": {"item_ids": [[""' + b',""' * (10_000_000 - 1) + b']], "k": 5}}'
+    data = memoryview(post("/v1/models/shop:predict", body))
+    tracemalloc.start()
+    try:
+        with socket.create_connection(("127.0.0.1", served.rest.port), timeout=ANSWER) as sock:
+            assert send_until_answered(sock, data) < len(data)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 25e6, peak  # the declared length alone is 30 MB
 
 
 def test_only_predict_bodies_are_counted_on_arrival(served):
