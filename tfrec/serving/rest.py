@@ -11,10 +11,13 @@ and headers must arrive within `header_timeout` of its first byte and its body
 at `min_body_rate` bytes/s (a client trickling bytes is cut off, so it holds a
 connection for seconds, not minutes), bodies over `max_body_bytes` get 413
 unread, and `stop(grace)` lets requests in flight finish while answering new
-ones with 503. A predict body's values are counted
-before it is parsed (`limits`): one holding more than a request may is refused
+ones with 503. A predict body's values are counted while it arrives (`limits`,
+`_ValueCounter`): one holding more than a request may is refused (400, and the
+connection closed) as soon as the part read shows it, without reading the rest,
 at the cost of a scan, not of the Python objects parsing would build. Client
-strings in error messages are cut short (`errors.shown`), a whole message too.
+strings in error messages are cut short (`errors.shown`), a whole message too;
+an unexpected failure is a 500 whose message names nothing of it (the server
+log has the exception).
 
 JSON inputs become numpy arrays without narrowing: integers are int64 (an
 integer outside int64 is refused), any float makes the input float64, strings
@@ -112,33 +115,96 @@ _NOT_BACKSLASH = re.compile(rb"[^\\]")
 _COUNT_CHUNK = 1 << 20
 
 
-def _too_many_values(raw: bytes, most: int) -> bool:
-    """Whether a JSON text holds more than `most` values (strings, numbers, true, false,
-    null; object keys not counted), told without parsing it: 1 MB at a time, in numpy,
-    stopping once over. Parsing builds a Python object per value (about 60 bytes and 0.5 us
-    each), so a body is counted first. For a text that is not JSON the count is an
-    estimate (the parser refuses such a text anyway)."""
-    # Every value follows "[", "," or ":", or is the whole text: usually decided here, a
-    # chunk at a time so that no other thread waits long for the interpreter.
-    bound = 0
-    for start in range(0, len(raw), _COUNT_CHUNK):
-        end = start + _COUNT_CHUNK
-        bound += raw.count(b",", start, end) + raw.count(b"[", start, end) + raw.count(
-            b":", start, end)
-        if bound >= most:
-            break
-    else:
-        return False
-    data = np.frombuffer(raw, dtype=np.uint8)
-    count, start, in_string, in_token = 0, 0, False, False
-    while start < len(raw):
-        end = min(len(raw), start + _COUNT_CHUNK)
-        if end < len(raw):  # never split a run of backslashes
-            found = _NOT_BACKSLASH.search(raw, end - 1)
-            end = found.end() if found else len(raw)
-        chunk = data[start:end]
+class _ValueCounter:
+    """Counts a JSON text's values (strings, numbers, true, false, null; object keys not
+    counted) while it arrives, without parsing it, to tell whether it holds more than
+    `most`. Parsing builds a Python object per value (about 60 bytes and 0.5 us each), so
+    a body is counted first; for a text that is not JSON the count is an estimate (the
+    parser refuses such a text anyway).
+
+    `update(data, end)`: `data[:end]` has arrived (`data` may grow; its bytes do not
+    change); True once that part alone shows the whole text to be over. `finish(data)`: the
+    answer for the whole text `data`, the same whatever parts it arrived in.
+
+    Every value follows "[", "," or ":", or is the whole text: until those reach `most`
+    nothing else is done (the usual answer, at the cost of `bytes.count`). Past that the
+    text is counted in numpy, `_COUNT_CHUNK` bytes at a time (so that no other thread waits
+    long for the interpreter), a segment never ending inside a run of backslashes, and the
+    count is compared with `most` at segment ends only; the segments do not depend on how
+    the text arrives, so neither does the answer. Between parts the counter carries the
+    count, whether a string or a bare token is open, and holds back a trailing run of
+    backslashes, so that an escaped quote is never split from its backslashes.
+    """
+
+    def __init__(self, most: int):
+        self.most = most
+        self.bound = 0  # "[", "," and ":" in data[:self._bounded]
+        self.count = 0  # values in data[:self._done] (a key whose colon is to come, too)
+        self.in_string = self.in_token = False  # at self._done
+        self.over = False  # the part read shows the whole text to be over
+        self._bounded = 0
+        self._done = 0  # counted up to here
+        self._start = 0  # where the segment being counted began
+        self._seen = 0  # data[self._done:self._seen] is a run of backslashes, held back
+        self._chunk = _COUNT_CHUNK
+
+    def update(self, data, end: int) -> bool:
+        """Whether `data[:end]`, arrived so far, shows the whole text to hold more than
+        `most` values (then it does, whatever follows)."""
+        if not self.over:
+            self._advance(data, end, final=False)
+        return self.over
+
+    def finish(self, data) -> bool:
+        """Whether the whole text `data` holds more than `most` values."""
+        if not self.over:
+            self._advance(data, len(data), final=True)
+        return self.over or (self.bound >= self.most and self.count > self.most)
+
+    def _advance(self, data, avail: int, final: bool) -> None:
+        chunk = self._chunk
+        while self.bound < self.most and self._bounded < avail:
+            start, end = self._bounded, min(avail, self._bounded + chunk)
+            self.bound += (data.count(b",", start, end) + data.count(b"[", start, end)
+                           + data.count(b":", start, end))
+            self._bounded = end
+        if self.bound < self.most:
+            return
+        ready = avail if final else self._ready(data, avail)
+        while not self.over:
+            end = self._start + chunk
+            if end > ready or (final and end == ready):  # within the last segment
+                self._count(data, ready)
+                return
+            if end < ready:  # never split a run of backslashes
+                found = _NOT_BACKSLASH.search(data, end - 1, ready)
+                end = found.end() if found else ready  # none: only at the text's end
+            self._count(data, end)
+            self._start = end
+            if self.count > self.most + 1:  # + 1: a key whose colon is in the next segment
+                self.over = True
+
+    def _ready(self, data, avail: int) -> int:
+        """Where what has arrived can be counted up to: `avail`, less a trailing run of
+        backslashes (the byte after it tells whether a quote is escaped)."""
+        ready = avail
+        if avail > self._done and data[avail - 1] == _BACKSLASH:
+            low = max(self._done, self._seen)  # what is before low is held back already
+            tail = np.frombuffer(data, dtype=np.uint8, count=avail - low, offset=low)
+            others = np.flatnonzero(tail != _BACKSLASH)
+            ready = low + int(others[-1]) + 1 if others.size else self._done
+        self._seen = max(avail, self._done)
+        return max(ready, self._done)
+
+    def _count(self, data, end: int) -> None:
+        """Counts data[self._done:end] (which does not end inside a run of backslashes,
+        unless the text does)."""
+        start = self._done
+        if end <= start:
+            return
+        chunk = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)
         quotes = np.flatnonzero(chunk == _QUOTE)
-        if quotes.size and raw.find(b"\\", start, end) >= 0:
+        if quotes.size and data.find(b"\\", start, end) >= 0:
             # A quote after an odd run of backslashes is escaped: drop it.
             backslash = np.zeros(chunk.size + 2, dtype=np.int8)
             backslash[1:-1] = chunk == _BACKSLASH
@@ -148,18 +214,20 @@ def _too_many_values(raw: bytes, most: int) -> bool:
             quotes = np.setdiff1d(quotes, after[chunk[after] == _QUOTE], assume_unique=True)
         toggle = np.zeros(chunk.size, dtype=np.uint8)
         toggle[quotes] = 1
-        inside = np.bitwise_xor.accumulate(toggle).astype(bool) ^ in_string
+        inside = np.bitwise_xor.accumulate(toggle).astype(bool) ^ self.in_string
         token = ~(_STRUCTURE[chunk] | inside | (chunk == _QUOTE))
         starts = int(np.count_nonzero(token[1:] & ~token[:-1])) + bool(token[0] and
-                                                                       not in_token)
-        strings = quotes[1 if in_string else 0::2].size  # opening quotes
+                                                                       not self.in_token)
+        strings = quotes[1 if self.in_string else 0::2].size  # opening quotes
         keys = int(np.count_nonzero((chunk == _COLON) & ~inside))
-        count += starts + strings - keys
-        if count > most + 1:  # + 1: a key whose colon is in the next chunk
-            return True
-        in_string, in_token = bool(inside[-1]), bool(token[-1])
-        start = end
-    return count > most
+        self.count += starts + strings - keys
+        self.in_string, self.in_token = bool(inside[-1]), bool(token[-1])
+        self._done = end
+
+
+def _too_many_values(raw: bytes, most: int) -> bool:
+    """Whether a JSON text holds more than `most` values (see `_ValueCounter`)."""
+    return _ValueCounter(most).finish(raw)
 
 
 _DEEP_SCAN_BYTES = 8 << 20
@@ -542,6 +610,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """One connection: requests one after another (keep-alive) until an error or close."""
 
     protocol_version = "HTTP/1.1"
+    _counter: _ValueCounter | None = None  # the values of the body read, counted
     server_version = "tfrec"
     sys_version = ""
 
@@ -660,14 +729,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(reply.status, {"error": reply.message}, reply.headers)
         except ServingError as err:
             self._send(_HTTP.get(err.code, 500), {"error": err.message})
-        except Exception as err:  # keep serving
+        except Exception:  # keep serving; what failed, and where, is for the log only
             logger.exception("REST %s %s failed", self.command, self.path[:200])
-            self._send(500, {"error": f"{type(err).__name__}: {err}"})
+            self._send(500, {"error": "internal error; the server log has the details"})
         else:
             self._send(200, payload)
 
     def _read_body(self) -> bytearray | None:
-        """The whole body, or None once an error was answered (the connection then closes)."""
+        """The whole body, or None once an error was answered (the connection then closes).
+
+        A predict body's values are counted as it arrives (`_ValueCounter`): once the part
+        read shows it holds more than a request may, it is refused without reading the rest.
+        """
+        self._counter = None
         if self.headers.get_all("Transfer-Encoding"):
             self._send(411, {"error": "Transfer-Encoding (chunked bodies) is not supported: "
                                       "send the body with a Content-Length header"})
@@ -696,24 +770,41 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
         server = self.server
         server.body_deadline(self.connection, length)
-        body = bytearray(length)  # read in place: one copy of the body, never two
-        view, done = memoryview(body), 0
+        counter = self._counter = self._value_counter()
+        # Grown as it arrives, not made whole first: a zero-filled buffer of the declared
+        # length (up to --max_request_bytes) costs a page fault per 4 KB and a memset, all
+        # while this thread holds the interpreter, even for a body refused after 3 MB.
+        body, done = bytearray(), 0
         started = time.monotonic()
         while done < length:
-            got = self.rfile.readinto1(view[done:done + (1 << 20)])  # TimeoutError: 408
-            if not got:
+            part = self.rfile.read1(min(length - done, 1 << 20))  # TimeoutError: 408
+            if not part:
                 self._send(400, {"error": f"the body ended after {done} of the {length} "
                                           "bytes of its Content-Length"})
                 return None
-            done += got
+            body += part
+            done = len(body)
+            if counter is not None and done < length and counter.update(body, done):
+                self._send(400, {"error": _over_values(server.limits,
+                                                       "it was not read in full, nor parsed")})
+                return None
             late = time.monotonic() - started - server.read_timeout
             if done < length and late > 0 and done < server.min_body_rate * late:
                 self._send(408, {"error": f"the body arrived at under "
                                           f"{server.min_body_rate:,.0f} bytes/s (tfrec serve "
                                           "--rest_api_min_bytes_per_second)"})
                 return None
-        view.release()
         return body
+
+    def _value_counter(self) -> _ValueCounter | None:
+        """A counter of the body's values for a predict POST, when the server has limits."""
+        limits = self.server.limits
+        if limits is None or self.command != "POST":
+            return None
+        match = _PATH.match(self.path.split("?", 1)[0])
+        if not match or match["verb"] != ":predict":
+            return None
+        return _ValueCounter(_most_values(limits))
 
     def _dispatch(self, body: bytes) -> dict:
         path = self.path.split("?", 1)[0]
@@ -755,13 +846,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                            "(row format) or 'inputs' (columnar)")
         limits = self.server.limits
         most = None if limits is None else limits.max_elements
-        # The row format repeats a scalar input (k) in every instance, up to max_batch.
-        if most is not None and _too_many_values(raw, most + limits.max_batch):
-            raise _invalid(f"the body holds more than {most + limits.max_batch:,} values: "
-                           f"over the limit of {most:,} values per request (tfrec serve "
-                           "--max_request_elements), with one more per row allowed for a "
-                           "scalar input repeated in every row (--max_batch); it was not "
-                           "parsed")
+        if most is not None:
+            counter = self._counter  # the values counted while the body arrived
+            if counter is None:
+                counter = _ValueCounter(_most_values(limits))
+            if counter.finish(raw):
+                raise _invalid(_over_values(limits, "it was not parsed"))
         body = _parse_json(raw)
         if not isinstance(body, dict):
             raise _invalid("the body must be a JSON object with 'instances' or 'inputs'")
@@ -775,6 +865,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         _, _, _, outputs = self.server.predictor.run(name, version, label, signature, arrays,
                                                      cast=True, rows=rows)
         return _predictions(outputs, rows)
+
+
+def _most_values(limits) -> int:
+    """The values a predict body may hold: the row format repeats a scalar input (k) in
+    every instance, up to max_batch."""
+    return limits.max_elements + limits.max_batch
+
+
+def _over_values(limits, fate: str) -> str:
+    """The refusal of a body holding more than `_most_values`; `fate`: what was not done."""
+    return (f"the body holds more than {_most_values(limits):,} values: over the limit of "
+            f"{limits.max_elements:,} values per request (tfrec serve --max_request_elements), "
+            "with one more per row allowed for a scalar input repeated in every row "
+            f"(--max_batch); {fate}")
 
 
 def _public_status(version) -> str:
@@ -810,8 +914,9 @@ class RestServer:
       max_body_bytes: the largest request body (413 over it).
       limits: the predictor's `RequestLimits`: a predict body holding more than
         `max_elements` values (plus `max_batch`, for a scalar input the row format
-        repeats in every row) is refused before it is parsed, as is a list of string
-        lists that padding would make larger. None: no count (the model's checks only).
+        repeats in every row) is refused before it is parsed, as soon as the part of
+        it read shows that (the rest is not read), as is a list of string lists that
+        padding would make larger. None: no count (the model's checks only).
     """
 
     def __init__(self, predictor, host: str, port: int, *,
