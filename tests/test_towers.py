@@ -352,15 +352,13 @@ def test_a_checkpoint_holding_the_logit_bias_at_the_model_level_still_restores(t
     ("mean", (), True), ("recency", (8,), True), ("attention", (), False)])
 def test_a_query_from_precomputed_item_vectors_equals_the_tower(tokenizer, pooling, layers,
                                                                 normalize):
-    from tfrec.exporter.module import encode_vocabulary
-
     encoder = item_encoder(6, 6, tokenizer.vocabulary, use_text=True, fusion="concat",
                            normalize=normalize)
     encoder.set_item_texts(TEXTS + [""])
     tower = query_tower(encoder, history_length=4, pooling=pooling, query_layers=layers)
     history = tf.constant([[0, 0, 1, 2], [3, 4, 5, 1], [0, 0, 0, 0], [0, 5, 0, 2]])
     expected = tower(history).numpy()
-    vectors = encode_vocabulary(encoder, 6, batch_size=4)
+    vectors = tower.item_vectors(batch_size=4)
     assert vectors.shape == (6, 8)
     if pooling == "attention":  # a non-zero attention query, so the weights matter
         tower.attention_query.assign(tf.ones([8]))

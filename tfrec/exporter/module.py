@@ -42,13 +42,6 @@ class UserCache:
                    np.zeros((0, history_length), np.int32))
 
 
-def encode_vocabulary(encoder, size: int, batch_size: int = 65_536) -> np.ndarray:
-    """[size, dim] `encoder`'s output for the item indices 0 .. size - 1."""
-    parts = [encoder(tf.range(start, min(start + batch_size, size))).numpy()
-             for start in range(0, size, batch_size)]
-    return np.concatenate(parts)
-
-
 def _table(keys: np.ndarray, default: int) -> tf.lookup.StaticHashTable:
     """keys -> 1..n, anything else (and "") -> default. "" is a key so that the table is
     never empty (a table may not be)."""
@@ -155,7 +148,7 @@ class RecommenderModule(tf.Module):
         self._shared_encoder = encoder is model.item_encoder
         if getattr(encoder, "use_text", False):
             if item_vectors is None or not self._shared_encoder:
-                item_vectors = encode_vocabulary(encoder, len(item_ids))
+                item_vectors = model.query_tower.item_vectors()
             self.query_item_vectors = tf.Variable(
                 np.asarray(item_vectors, np.float32), trainable=False,
                 name="query_item_vectors")

@@ -105,8 +105,17 @@ class HybridModel(tfrs.Model):
     def query_embeddings(self, history: np.ndarray, batch_size: int = 8192) -> np.ndarray:
         """[n, dim] query embeddings of [n, N] histories (0-padded on the left)."""
         history = np.asarray(history, dtype=np.int32)
-        parts = [self.query_tower(tf.constant(history[i:i + batch_size])).numpy()
-                 for i in range(0, len(history), batch_size)]
+        query = self.query_tower
+        if getattr(query.item_encoder, "use_text", False) and \
+                history.size > query.item_encoder.num_items:
+            # More history slots than items: each item's encoding once, then gathered.
+            vectors = tf.constant(query.item_vectors())
+            parts = [query.from_item_vectors(tf.constant(history[i:i + batch_size]),
+                                             vectors).numpy()
+                     for i in range(0, len(history), batch_size)]
+        else:
+            parts = [query(tf.constant(history[i:i + batch_size])).numpy()
+                     for i in range(0, len(history), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.embedding_dim), np.float32)
 
     @property

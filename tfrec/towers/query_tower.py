@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -90,6 +91,14 @@ class QueryTower(keras.layers.Layer):
             history = tf.where(mask, history, PAD_ITEM)
         items = self.item_encoder(history, training=training)
         return self._pool(items, mask, training)
+
+    def item_vectors(self, batch_size: int = 65_536) -> np.ndarray:
+        """[num_items, embedding_dim] the item encoder's output for every item index: what
+        `from_item_vectors` reads."""
+        size = int(self.item_encoder.num_items)
+        parts = [self.item_encoder(tf.range(start, min(start + batch_size, size))).numpy()
+                 for start in range(0, size, batch_size)]
+        return np.concatenate(parts)
 
     def from_item_vectors(self, history, item_vectors):
         """The query of `history` (inference) from precomputed item encodings.
