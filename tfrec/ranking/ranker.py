@@ -96,22 +96,27 @@ class CandidateRanker(tfrs.models.Model):
     def member_scores(self, inputs, training=False):
         """[members, B, N] each member's scores (PADDING_SCORE at padding).
 
-        The members run as one batched product per layer (their kernels
-        stacked [members, in, out]), not one small graph each: the same
-        values as calling each `Sequential`, in a few ops at serving time.
+        Each member runs as two-dimensional products over the [B x N, F]
+        candidates, the members' ops independent of each other in the graph:
+        the same values as calling each `Sequential`. (Stacked into one
+        batched product per layer they cost more at serving time: oneDNN's
+        batched product of a few small matrices, bench/RESULTS.md, "The
+        ranker's products".)
         """
         features = tf.cast(inputs["features"], tf.float32)
         shape = tf.shape(features)
-        x = tf.reshape(self.normalization(features), [1, -1, self.num_features])
-        scorers = self.scorers()
+        x = tf.reshape(self.normalization(features), [-1, self.num_features])
         depth = len(self.hidden_units) + 1
-        for j in range(depth):
-            kernel = tf.stack([s.layers[j].kernel for s in scorers])  # [members, in, out]
-            bias = tf.stack([s.layers[j].bias for s in scorers])  # [members, out]
-            x = tf.matmul(x, kernel) + bias[:, None, :]
-            if j < depth - 1:
-                x = tf.nn.relu(x)
-        scores = tf.reshape(x, [len(scorers), shape[0], shape[1]])
+        scores = []
+        for scorer in self.scorers():
+            h = x
+            for j in range(depth):
+                layer = scorer.layers[j]
+                h = tf.matmul(h, layer.kernel) + layer.bias
+                if j < depth - 1:
+                    h = tf.nn.relu(h)
+            scores.append(tf.reshape(h, [shape[0], shape[1]]))
+        scores = tf.stack(scores)
         mask = inputs.get("candidate_mask")
         if mask is not None:
             scores = tf.where(tf.cast(mask, tf.bool)[None], scores, PADDING_SCORE)
