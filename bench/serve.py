@@ -481,12 +481,12 @@ def main() -> None:
                 again = f" #{turn + 1}" if args.repeat > 1 else ""
                 for suffix, tree in (trees if turn % 2 == 0 else trees[::-1]):
                     # (row, label, server-side batching, extra server arguments)
-                    for key, label, batching, extra in (
+                    for key, row, batching, extra in (
                             ("grpc", f"gRPC, {c} clients", False, ()),
                             ("onethread", f"gRPC, {c}, 1 TF thread", False, ONE_THREAD),
                             ("batching", f"gRPC+batching, {c}", True, ())):
                         if key in wanted:
-                            plan.append((key, f"{label}{suffix}{again}",
+                            plan.append((key, f"{row}{suffix}{again}",
                                          lambda t=tree, b=batching, e=extra: over_grpc(
                                              path, sessions, c, secs, b, workdir, e, tree=t)))
             if "floor" in wanted:
