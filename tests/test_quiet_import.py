@@ -6,49 +6,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 # A TensorFlow C++ log line: "2026-01-01 10:00:00.000000: E external/...cc:51] ...".
 NATIVE_LOG = re.compile(r"^\S+ \S+: [IWEF] \S+:\d+\]", re.MULTILINE)
 # Import tfrec, then make TensorFlow start (its first operation probes CUDA).
 SCRIPT = "import tfrec; import tensorflow as tf; print(int(tf.constant(1) + 1))"
 
 
-def start_python(script, **env):
+def run_python(script, **env):
     environ = {k: v for k, v in os.environ.items()
                if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_USE_LEGACY_KERAS", "TFREC_VERBOSE")}
     environ["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), environ.get("PYTHONPATH", "")])
-    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**environ, **env})
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**environ, **env}, timeout=300)
 
 
-def finished(proc):
-    stdout, stderr = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-
-def run_python(script, **env):
-    return finished(start_python(script, **env))
-
-
-@pytest.fixture(scope="module")
-def started():
-    """The two tests' Pythons that start TensorFlow, started together (each waits seconds
-    for TensorFlow's start-up)."""
-    procs = {"default": start_python(SCRIPT),
-             "level 0": start_python(
-                 SCRIPT + "; import os; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])",
-                 TF_CPP_MIN_LOG_LEVEL="0")}
-    yield procs
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
-def test_import_tfrec_prints_no_tensorflow_start_up_lines(started):
-    result = finished(started["default"])
+def test_import_tfrec_prints_no_tensorflow_start_up_lines():
+    result = run_python(SCRIPT)
     assert result.returncode == 0 and result.stdout.strip() == "2", result.stderr
     assert not NATIVE_LOG.search(result.stderr), result.stderr
     for word in ("cuInit", "oneDNN", "cuda"):
@@ -57,7 +31,8 @@ def test_import_tfrec_prints_no_tensorflow_start_up_lines(started):
     assert plain.returncode == 0 and plain.stderr == ""
 
 
-def test_a_level_the_user_set_is_kept_and_brings_the_log_back(started):
-    result = finished(started["level 0"])
+def test_a_level_the_user_set_is_kept_and_brings_the_log_back():
+    result = run_python(SCRIPT + "; import os; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])",
+                        TF_CPP_MIN_LOG_LEVEL="0")
     assert result.returncode == 0 and result.stdout.split() == ["2", "0"], result.stderr
     assert NATIVE_LOG.search(result.stderr), result.stderr
