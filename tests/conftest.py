@@ -63,9 +63,9 @@ def goodbooks_dir():
 
 
 @pytest.fixture(scope="session")
-def versions(run_dir, tmp_path_factory):
-    """Two exported versions (brute force, then ScaNN) kept aside, to drop into a served
-    base_path."""
+def shared_versions(run_dir, tmp_path_factory):
+    """Two exported versions (brute force, then ScaNN, max_k 20) of `run_dir` kept aside, to
+    drop into a served base_path or copy (session_helpers.copy_export)."""
     from tfrec.exporter import export
     from tfrec.index import IndexConfig
 
@@ -73,3 +73,9 @@ def versions(run_dir, tmp_path_factory):
     export(run_dir, store / "shop", IndexConfig(kind="brute_force", max_k=20))
     export(run_dir, store / "shop", IndexConfig(kind="scann", max_k=20))
     return store / "shop"
+
+
+@pytest.fixture(scope="session")
+def versions(shared_versions):
+    """`shared_versions` (a module may name a fixture of its own `versions`)."""
+    return shared_versions

@@ -32,3 +32,20 @@ def train_generated_run(folder, train, settings, num_events=8_000, num_items=150
         "model.text.filters=8", "train.epochs=1", "train.split_fraction=0.15", *settings])
     train(config, folder / "run", verbose=0)
     return folder / "run"
+
+
+def copy_export(versions, kind, model_dir):
+    """The shared run's export with this index kind ("brute_force" or "scann", max_k 20:
+    the `versions` fixture's version 1 or 2) copied as that version of `model_dir`, with
+    the `ExportResult` `export` gave for it (no module)."""
+    import shutil
+
+    from tfrec.exporter import ExportResult
+    from tfrec.exporter.layout import VersionFolder
+
+    number = {"brute_force": 1, "scann": 2}[kind]
+    path = model_dir / str(number)
+    shutil.copytree(versions / str(number), path)
+    metadata = VersionFolder(path).read_metadata()
+    assert metadata["index_kind"] == kind and metadata["max_k"] == 20
+    return ExportResult(path, number, metadata)

@@ -315,13 +315,13 @@ class TestCommand:
 
 
 @pytest.fixture(scope="module")
-def shop(run_dir, tmp_path_factory):
-    """A small real export (brute force: exact, so the job can be checked against numpy)."""
-    from tfrec.exporter import export
-    from tfrec.index import IndexConfig
+def shop(versions, tmp_path_factory):
+    """A small real export (brute force: exact, so the job can be checked against numpy):
+    the shared run's."""
+    from session_helpers import copy_export
 
     base = tmp_path_factory.mktemp("export") / "shop"
-    export(run_dir, base, IndexConfig(kind="brute_force", max_k=20))
+    copy_export(versions, "brute_force", base)
     return base
 
 

@@ -19,13 +19,12 @@ K = 10
 
 
 @pytest.fixture(scope="module")
-def shop(run_dir, tmp_path_factory):
+def shop(versions, tmp_path_factory):
     """A small brute-force export of the shared run (its users cached in the model)."""
-    from tfrec.exporter import export
-    from tfrec.index import IndexConfig
+    from session_helpers import copy_export
 
     model_dir = tmp_path_factory.mktemp("beam") / "shop"
-    export(run_dir, model_dir, IndexConfig(kind="brute_force", max_k=20))
+    copy_export(versions, "brute_force", model_dir)
     return model_dir
 
 

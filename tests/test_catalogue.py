@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tfrec.cli import main
 from tfrec.errors import InputError
-from tfrec.exporter import CatalogueUpdate, export, load_saved_model, update_catalogue
+from tfrec.exporter import CatalogueUpdate, load_saved_model, update_catalogue
 from tfrec.index import IndexConfig
 from tfrec.run import load_run
 
@@ -34,11 +34,14 @@ def vocab(run_dir):
 
 
 @pytest.fixture(scope="module")
-def versions(run_dir, vocab, tmp_path_factory):
-    """shop/1: a brute-force export; 2: three new items (texts of warm items of three
-    clusters) added; 3: the most popular item, one other and new-b dropped."""
+def versions(shared_versions, vocab, tmp_path_factory):
+    """shop/1: a brute-force export (the shared run's); 2: three new items (texts of warm
+    items of three clusters) added; 3: the most popular item, one other and new-b
+    dropped."""
+    from session_helpers import copy_export
+
     base = tmp_path_factory.mktemp("catalogue")
-    first = export(run_dir, base / "shop", IndexConfig(kind="brute_force", max_k=20))
+    first = copy_export(shared_versions, "brute_force", base / "shop")
     warm = [vocab.index_of(i) for i in ("i1", "i40", "i90")]
     items = base / "new.csv"
     items.write_text("item_id,text\n" + "".join(
@@ -189,8 +192,10 @@ def test_a_dropped_vocabulary_item_comes_back_with_its_trained_embedding(
     assert back.metadata["dropped_items"] == 1  # the popular item is still out
 
 
-def test_a_scann_update_rebuilds_and_checks_the_index(run_dir, tmp_path, vocab):
-    first = export(run_dir, tmp_path / "shop", IndexConfig(kind="scann", max_k=20))
+def test_a_scann_update_rebuilds_and_checks_the_index(shared_versions, tmp_path, vocab):
+    from session_helpers import copy_export
+
+    first = copy_export(shared_versions, "scann", tmp_path / "shop")
     items = tmp_path / "new.tsv"
     items.write_text("item_id\ttext\n" + "".join(
         f"n{i}\t{vocab.text[i + 1]} new\n" for i in range(30)))

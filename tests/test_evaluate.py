@@ -478,13 +478,10 @@ def test_evaluate_cli_bad_input(run_dir, tmp_path, capsys):
     assert "k must be" in capsys.readouterr().err
 
 
-def test_evaluate_an_exported_version_matches_its_run(run_dir, report, tmp_path, capsys):
-    from tfrec.exporter import export
-    from tfrec.index import IndexConfig
+def test_evaluate_an_exported_version_matches_its_run(versions, report, tmp_path, capsys):
+    from session_helpers import copy_export
 
-    version = export(run_dir, tmp_path / "models" / "shop",
-                     IndexConfig(kind="scann", max_k=20, recall_floor=0.0),
-                     serving_config_dir=None)
+    version = copy_export(versions, "scann", tmp_path / "models" / "shop")
     out = tmp_path / "ev"
     # The run comes from the export's metadata.
     assert cli.main(["-q", "evaluate", "--saved-model", str(version.path), "--out", str(out),

@@ -476,7 +476,8 @@ def test_rest_status_of_a_failed_load_shows_no_path_or_exception_text(server, tm
     assert str(server.base / "2") in log
 
 
-def test_reload_is_off_unless_allowed(server, tmp_path):
+def test_reload_is_off_unless_allowed(shared, tmp_path):
+    server = shared  # started without --allow-reload
     with pytest.raises(grpc.RpcError) as err:
         reload_stub(server).HandleReloadConfigRequest(
             reload_request(("shop", tmp_path / "elsewhere")), timeout=30)
