@@ -135,3 +135,13 @@ class Caller:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+def count_json_values(value) -> int:
+    """The values (strings, numbers, true, false, null) of a parsed JSON value; object
+    keys not counted."""
+    if isinstance(value, list):
+        return sum(map(count_json_values, value))
+    if isinstance(value, dict):
+        return sum(map(count_json_values, value.values()))
+    return 1

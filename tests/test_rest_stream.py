@@ -17,6 +17,7 @@ import types
 import numpy as np
 import pytest
 
+from serving_helpers import count_json_values
 from tfrec.serving import rest
 
 ANSWER = 15.0  # seconds a "must answer" read may take on a loaded machine
@@ -88,13 +89,6 @@ def json_texts(rng: random.Random, n: int) -> list[tuple[bytes, int]]:
                     for i in range(rng.randint(0, 4))}
         return rng.choice([1, -2.5e3, 123456789, True, False, None, *strings])
 
-    def count(value):
-        if isinstance(value, list):
-            return sum(map(count, value))
-        if isinstance(value, dict):
-            return sum(map(count, value.values()))
-        return 1
-
     texts = []
     while len(texts) < n:
         value = generate()
@@ -102,7 +96,7 @@ def json_texts(rng: random.Random, n: int) -> list[tuple[bytes, int]]:
         text = json.dumps(value, ensure_ascii=rng.random() < 0.5,
                           separators=separators).encode()
         if len(text) <= 100:
-            texts.append((text, count(value)))
+            texts.append((text, count_json_values(value)))
     return texts
 
 

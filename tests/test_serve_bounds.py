@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from serving_helpers import predict_request, start_server, stub_of
+from serving_helpers import count_json_values, predict_request, start_server, stub_of
 
 SESSIONS = [["i1", "i2", "i3"], ["i10", "", ""]]
 
@@ -285,13 +285,6 @@ def test_values_are_counted_as_the_json_parser_reads_them(monkeypatch, chunk):
 
     from tfrec.serving import rest
 
-    def count(value):
-        if isinstance(value, list):
-            return sum(map(count, value))
-        if isinstance(value, dict):
-            return sum(map(count, value.values()))
-        return 1
-
     def generate(depth=0):
         roll = rng.random()
         if depth < 4 and roll < 0.3:
@@ -308,6 +301,6 @@ def test_values_are_counted_as_the_json_parser_reads_them(monkeypatch, chunk):
         value = generate()
         text = json.dumps(value, ensure_ascii=rng.random() < 0.5,
                           indent=rng.choice([None, 1])).encode()
-        n = count(value)
+        n = count_json_values(value)
         assert not rest._too_many_values(text, n), text
         assert rest._too_many_values(text, n - 1), text
