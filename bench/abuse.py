@@ -780,6 +780,36 @@ def fmt(value, digits=1):
     return None if value is None else f"{value:,.{digits}f}"
 
 
+def case_pairs(server: Server, ids: list[str], spec: dict, args) -> None:
+    """`--pairs`: the good clients' p99 alone and beside one heavy case, pair by pair."""
+    heavy = heavy_cases(spec["name"])
+    index = next((i for i, case in enumerate(heavy) if case[0].startswith(args.case)), None)
+    if index is None:
+        raise SystemExit(f"no heavy case starts with {args.case!r}: "
+                         f"{', '.join(case[0] for case in heavy)}")
+
+    def cpu_seconds() -> float:
+        fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    print(f"{heavy[index][0]}: {args.pairs} pairs of {args.case_seconds:g} s phases, "
+          f"{args.clients} good clients")
+    print(f"{'pair':>4} {'quiet p99 ms':>12} {'beside p99 ms':>13} {'ratio':>6} "
+          f"{'hostile calls':>13} {'server CPU s quiet':>18} {'beside':>7}  outcomes")
+    for pair in range(args.pairs):
+        start = cpu_seconds()
+        quiet = run_phase(server, ids, args.case_seconds, args.clients, seed=1 + pair)
+        middle = cpu_seconds()
+        case = run_phase(server, ids, args.case_seconds, args.clients, [heavy[index]],
+                         args.hostile_threads, seed=201 + pair, spec={**spec, "heavy": index})
+        end = cpu_seconds()
+        calls = case["hostile"][0]
+        ratio = case["p99_ms"] / quiet["p99_ms"] if quiet["p99_ms"] else float("nan")
+        print(f"{pair + 1:>4} {quiet['p99_ms']:12.1f} {case['p99_ms']:13.1f} {ratio:6.2f} "
+              f"{calls['calls']:13d} {middle - start:18.2f} {end - middle:7.2f}  "
+              f"{dict(calls['outcomes'])}", flush=True)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--hostile-child"]:
@@ -806,6 +836,12 @@ def main(argv=None) -> int:
                              "by default they run in a process of their own")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work folder (server log, generated model)")
+    parser.add_argument("--pairs", type=int, default=0, metavar="N",
+                        help="only N pairs of phases for one heavy case (--case): the good "
+                             "clients alone, then beside the case, each --case-seconds long, "
+                             "with the server's CPU time in each")
+    parser.add_argument("--case", default="rest body of 10M",
+                        help="with --pairs: the heavy case whose name starts so")
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -838,6 +874,12 @@ def main(argv=None) -> int:
         print(f"server: pid {server.proc.pid}, gRPC {server.port}, REST {server.rest_port}, "
               f"AVAILABLE after {startup:.1f} s", flush=True)
         warm = run_phase(server, ids, 1.0, 1)
+        if args.pairs:
+            spec = {"model_dir": str(version_dir), "name": name,
+                    "version": int(version_dir.name), "target": server.target,
+                    "rest_port": server.rest_port}
+            case_pairs(server, ids, spec, args)
+            return 0
         rss = {"start": server.rss()}
         print(f"phase A: {args.clients} good clients, {args.seconds:.0f} s ...", flush=True)
         phase_a = run_phase(server, ids, args.seconds, args.clients, seed=1)

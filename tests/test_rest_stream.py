@@ -134,9 +134,13 @@ def fed(text: bytes, most: int, way: list[int]) -> tuple[int | None, bool]:
     return None, counter.finish(buffer)
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 1 << 20])
-def test_counted_on_arrival_as_the_whole_text_was_counted(monkeypatch, chunk):
+@pytest.mark.parametrize("chunk,search", [(1, 0.5), (2, 0.5), (3, 0.5), (5, 0.5), (8, 0.5),
+                                          (1 << 20, 0.5), (3, 0.0), (1 << 20, 0.0),
+                                          (3, np.inf), (1 << 20, np.inf)])
+def test_counted_on_arrival_as_the_whole_text_was_counted(monkeypatch, chunk, search):
     monkeypatch.setattr(rest, "_COUNT_CHUNK", chunk)  # a segment may end anywhere
+    # Strings placed by a binary search per byte, by the running parity, or as it comes.
+    monkeypatch.setattr(rest, "_SEARCH_SHARE", search)
     rng = random.Random(chunk)
     texts = json_texts(rng, 50) + [(text, None) for text in other_texts(rng, 30)] + [
         (b"", 0), (b"1", 1), (b'"\\\\\\"', 1), (b'{"a" :1}', 1), (b'["\\\\", "\\"", 1]', 3),

@@ -110,9 +110,14 @@ def _parse_json(raw: bytes):
 # Counting a body's values before it is parsed (`_too_many_values`).
 _STRUCTURE = np.zeros(256, dtype=bool)  # JSON's punctuation and white space
 _STRUCTURE[list(b" \t\r\n[]{},:")] = True
+# bytes.translate table: 1 for a bare token's bytes (not punctuation, white space, quote)
+_TOKEN_BYTES = bytes(0 if _STRUCTURE[b] or b == ord('"') else 1 for b in range(256))
 _QUOTE, _BACKSLASH, _COLON = ord('"'), ord("\\"), ord(":")
 _NOT_BACKSLASH = re.compile(rb"[^\\]")
 _COUNT_CHUNK = 1 << 20
+# A segment's bytes are placed inside or outside strings by a binary search each among
+# its quotes while that costs less than this share of a pass over the segment.
+_SEARCH_SHARE = 0.5
 
 
 class _ValueCounter:
@@ -198,12 +203,21 @@ class _ValueCounter:
 
     def _count(self, data, end: int) -> None:
         """Counts data[self._done:end] (which does not end inside a run of backslashes,
-        unless the text does)."""
+        unless the text does).
+
+        Without a mask of what is inside strings (a running parity over every byte, the
+        costliest pass) unless many bytes need placing: a bare token starts where a token
+        byte follows a byte that is not one; such a start is inside a string after an
+        opening quote, outside after a closing one, and after punctuation, white space or
+        an escaped quote it is inside when an odd number of quotes (plus one if a string
+        was open) come before it, as is a colon (not then a key's)."""
         start = self._done
         if end <= start:
             return
         chunk = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)
-        quotes = np.flatnonzero(chunk == _QUOTE)
+        is_quote = chunk == _QUOTE
+        quotes = np.flatnonzero(is_quote)
+        escaped = quotes[:0]
         if quotes.size and data.find(b"\\", start, end) >= 0:
             # A quote after an odd run of backslashes is escaped: drop it.
             backslash = np.zeros(chunk.size + 2, dtype=np.int8)
@@ -211,17 +225,37 @@ class _ValueCounter:
             edges = np.diff(backslash)
             runs, after = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
             after = after[((after - runs) % 2 == 1) & (after < chunk.size)]
-            quotes = np.setdiff1d(quotes, after[chunk[after] == _QUOTE], assume_unique=True)
-        toggle = np.zeros(chunk.size, dtype=np.uint8)
-        toggle[quotes] = 1
-        inside = np.bitwise_xor.accumulate(toggle).astype(bool) ^ self.in_string
-        token = ~(_STRUCTURE[chunk] | inside | (chunk == _QUOTE))
-        starts = int(np.count_nonzero(token[1:] & ~token[:-1])) + bool(token[0] and
-                                                                       not self.in_token)
-        strings = quotes[1 if self.in_string else 0::2].size  # opening quotes
-        keys = int(np.count_nonzero((chunk == _COLON) & ~inside))
+            escaped = after[chunk[after] == _QUOTE]
+            quotes = np.setdiff1d(quotes, escaped, assume_unique=True)
+        token = np.frombuffer(bytes(data[start:end]).translate(_TOKEN_BYTES), dtype=bool)
+        rises = token[1:] & ~token[:-1]  # at position p + 1
+        opened = 1 if self.in_string else 0  # quotes[opened::2] open a string
+
+        inside = []
+
+        def outside(positions):  # how many of `positions` (not quotes) are outside strings
+            if positions.size * np.log2(quotes.size + 2) < chunk.size * _SEARCH_SHARE:
+                return int(np.count_nonzero((np.searchsorted(quotes, positions) + opened) % 2
+                                            == 0))
+            if not inside:  # many: the running parity, once
+                toggle = np.zeros(chunk.size, dtype=np.uint8)
+                toggle[quotes] = 1
+                inside.append(np.bitwise_xor.accumulate(toggle).astype(bool) ^ bool(opened))
+            return int(positions.size - np.count_nonzero(inside[0][positions]))
+
+        starts = outside(np.flatnonzero(rises & ~is_quote[:-1]) + 1)
+        if np.any(rises & is_quote[:-1]):
+            closing = quotes[1 - opened::2]
+            closing = closing[closing < chunk.size - 1]
+            starts += int(np.count_nonzero(token[closing + 1]))
+            escaped = escaped[escaped < chunk.size - 1] + 1
+            starts += outside(escaped[token[escaped]])
+        starts += bool(token[0] and not self.in_string and not self.in_token)
+        strings = quotes[opened::2].size  # opening quotes
+        keys = outside(np.flatnonzero(chunk == _COLON))
         self.count += starts + strings - keys
-        self.in_string, self.in_token = bool(inside[-1]), bool(token[-1])
+        self.in_string = bool((quotes.size + opened) % 2)
+        self.in_token = bool(token[-1]) and not self.in_string
         self._done = end
 
 
