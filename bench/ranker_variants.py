@@ -35,7 +35,7 @@ from tfrec.config import RankingConfig  # noqa: E402,I100
 from tfrec.metrics import rank_targets, score_cases
 from tfrec.ranking import features as F
 from tfrec.ranking.ranker import fit_ranker, list_ranks, score_lists
-from tfrec.ranking.stage import ranker_lists, stage1_training_data
+from tfrec.ranking.stage import event_counts, ranker_lists, stage1_training_data
 from tfrec.run import load_run, prepare_training_data
 
 logger = logging.getLogger("ranker_variants")
@@ -72,6 +72,26 @@ def make_lists(run: Path, cache: Path | None, ranking: dict | None = None):
     return made
 
 
+def with_recent_counts(config, lists, cands, feats, share: float):
+    """(lists, test features) with a recent-popularity column appended (see --recent); an
+    item without behaviour (or shown as new) has 0, as its other count features."""
+    data = prepare_training_data(config)
+    _, split = stage1_training_data(config, data)
+
+    def recent(events):
+        time_ = events["time"].to_numpy()
+        return np.log1p(event_counts(events[time_ >= np.quantile(time_, 1.0 - share,
+                                                                 method="higher")],
+                                     data.vocab)).astype(np.float32)
+
+    behaviour = F.FEATURES.index("has_behaviour")
+    fit = recent(split.stage1)[lists.candidates] * lists.features[..., behaviour]
+    test = recent(data.split.train)[cands] * feats[..., behaviour]
+    lists = dataclasses.replace(
+        lists, features=np.concatenate([lists.features, fit[..., None]], -1))
+    return lists, np.concatenate([feats, test[..., None]], -1)
+
+
 def figures(ranks: np.ndarray, cases, k: int) -> dict:
     s = score_cases(ranks, cases, k)
     cold = cases.cold
@@ -91,6 +111,10 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a ranking setting replacing the run's (a number), e.g. "
                              "new_item_share=0")
+    parser.add_argument("--recent", type=float, metavar="SHARE",
+                        help="a trial feature: log(1 + the candidate's events in the last SHARE "
+                             "of the period's events), stage 1's period for the ranker's lists, "
+                             "the whole training period for the test cases")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.perf_counter()
@@ -98,6 +122,8 @@ def main(argv=None) -> int:
                for key, value in (item.split("=", 1) for item in args.set)}
     config, lists, (cases, cands, mask, feats) = make_lists(
         Path(args.run), Path(args.cache) if args.cache else None, ranking)
+    if args.recent:
+        lists, feats = with_recent_counts(config, lists, cands, feats, args.recent)
     rk, k = config.ranking, config.train.eval_k
     miss = rk.num_candidates + 1
     rows, val = lists.fit_rows, lists.validation_rows
