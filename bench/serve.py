@@ -31,7 +31,9 @@ With --baseline (a folder holding an earlier version's `tfrec` package, e.g.
 `git archive <commit> tfrec | tar -x -C /tmp/tfrec-prev`) the gRPC rows are run
 against that version's server too, in the same run, taking turns with this
 one's. Server rows report the server's resident memory (VmRSS) after the load.
---rows picks rows: inproc, handler, grpc, onethread, batching, floor.
+--rows picks rows: inproc, handler, grpc, onethread (one intra- and one inter-op
+thread), tfthreads (the server with --tensorflow_intra_op_parallelism 0), batching,
+floor. The in-process rows run with --intra-op-threads (default: the server's default).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import tfrec  # noqa: E402,F401
 import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tfrec.config import ServeConfig  # noqa: E402
 from tfrec.exporter.layout import VersionFolder  # noqa: E402
 from tfrec.exporter.saved_model import load_saved_model  # noqa: E402
 
@@ -274,6 +277,7 @@ def over_grpc_floor(model_dir: Path, sessions, concurrency: int, seconds: float,
 
 # TF Serving's thread flags: one op at a time, one thread per op.
 ONE_THREAD = ("--tensorflow_intra_op_parallelism", "1", "--tensorflow_inter_op_parallelism", "1")
+TF_THREADS = ("--tensorflow_intra_op_parallelism", "0")  # TensorFlow chooses (one per core)
 
 
 def generated_model(items: int, workdir: Path) -> Path:
@@ -427,12 +431,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rows", default="inproc,handler,grpc,onethread,batching,floor",
                         help="rows to run (comma-separated): inproc, handler, grpc, "
-                             "onethread, batching, floor")
+                             "onethread, tfthreads, batching, floor")
     parser.add_argument("--baseline", help="a folder holding an earlier version's tfrec "
                                            "package: its server's gRPC rows too")
     parser.add_argument("--repeat", type=int, default=1,
                         help="server rows this many times each, taking turns")
+    parser.add_argument("--intra-op-threads", type=int,
+                        default=ServeConfig.tensorflow_intra_op_parallelism,
+                        help="TensorFlow's intra-op threads in this process (the in-process "
+                             "rows and --two-stage-run); default: tfrec serve's default, so "
+                             "that both sides run alike (0: TensorFlow chooses)")
     args = parser.parse_args()
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     wanted = set(args.rows.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="tfrec-bench-serve-"))
     if args.two_stage_run:
@@ -442,7 +452,7 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
         print(f"ranking stage on / off: in-process serving_default, 1 caller, single-session "
               f"requests (3 items), k = 10, {args.rounds} calls each, alternating; "
-              f"{os.cpu_count()} cores")
+              f"{os.cpu_count()} cores, {args.intra_op_threads} intra-op threads")
         head = f"{'model':<16}{'stage 2':<9}{'N':>5}{'p50 ms':>9}{'p99 ms':>9}"
         print(head)
         print("-" * len(head))
@@ -484,6 +494,7 @@ def main() -> None:
                     for key, row, batching, extra in (
                             ("grpc", f"gRPC, {c} clients", False, ()),
                             ("onethread", f"gRPC, {c}, 1 TF thread", False, ONE_THREAD),
+                            ("tfthreads", f"gRPC, {c}, TF's threads", False, TF_THREADS),
                             ("batching", f"gRPC+batching, {c}", True, ())):
                         if key in wanted:
                             plan.append((key, f"{row}{suffix}{again}",
@@ -496,7 +507,7 @@ def main() -> None:
                 rows.append((label, name, thunk()))
                 print(f"  done: {label}, {name}", file=sys.stderr, flush=True)
         print(f"single-session requests, k = 10, {args.seconds:g} s each, "
-              f"{os.cpu_count()} cores")
+              f"{os.cpu_count()} cores; in-process: {args.intra_op_threads} intra-op threads")
         print(head)
         print("-" * len(head))
         for label, name, r in rows:

@@ -749,8 +749,10 @@ class ServeConfig(Settings):
               "serving_config/batching.config; without it, their defaults",
         flag="--batching_parameters_file")
     tensorflow_intra_op_parallelism: int = setting(
-        0, "threads one TensorFlow op may use (0: TensorFlow chooses, one per core)",
-        check=integer_at_least(0), flag="--tensorflow_intra_op_parallelism")
+        1, "threads one TensorFlow op may use (0: TensorFlow chooses, one per core); 1 by "
+           "default: a request's ops are small, and requests run side by side (lower p50 and "
+           "p99 measured, bench/RESULTS.md)", check=integer_at_least(0),
+        flag="--tensorflow_intra_op_parallelism")
     tensorflow_inter_op_parallelism: int = setting(
         0, "TensorFlow ops run at once (0: TensorFlow chooses); 1 or 2 lowers latency on a "
            "small host shared with clients", check=integer_at_least(0),
