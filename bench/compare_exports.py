@@ -30,7 +30,11 @@ def main(argv=None) -> int:
     parser.add_argument("versions", nargs=2, help="two version folders")
     parser.add_argument("--rounds", type=int, default=2000, help="calls of each")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--intra-op-threads", type=int, default=1,
+                        help="TensorFlow's intra-op threads here (default 1, as tfrec serve; "
+                             "0: TensorFlow chooses)")
     args = parser.parse_args(argv)
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     paths = [Path(p) for p in args.versions]
     calls = {str(p): load_saved_model(p).signatures["serving_default"] for p in paths}
     ids = VersionFolder(paths[0]).item_ids.read_text().split()
