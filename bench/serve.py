@@ -14,10 +14,11 @@ shape; N = 200), each called in-process by one caller, single-session
 requests (k = 10), on and off alternating so both meet the same load.
 
 For each model it prints requests/s and p50/p99 latency of single-session
-requests (k = 10) from concurrent gRPC clients (a plain PredictionServiceStub
-each) against a real `tfrec serve` process, with and without server-side
-batching, beside the same SavedModel signature called in-process (one caller,
-and the same number of concurrent callers). Clients and server share this
+requests (k = 10; --batch N: N sessions a request) from concurrent gRPC
+clients (a plain PredictionServiceStub each) against a real `tfrec serve`
+process, with and without server-side batching, beside the same SavedModel
+signature called in-process (one caller, and the same number of concurrent
+callers). Clients and server share this
 machine's cores, as they would on a 2-core host.
 
 A "handler, no gRPC" row calls `tfrec serve`'s Predict handler in-process
@@ -75,6 +76,18 @@ def sessions_from(model_dir: Path, count: int, seed: int = 0) -> list[list[str]]
     return [[ids[i] for i in rng.integers(0, len(ids), 3)] for _ in range(count)]
 
 
+def rows_of(request) -> list[list[str]]:
+    """A request's sessions: one session (a list of ids), or a batch of them."""
+    return request if request and isinstance(request[0], list) else [request]
+
+
+def batched(sessions: list, size: int) -> list:
+    """Requests of `size` sessions each (size 1: the sessions themselves)."""
+    if size <= 1:
+        return sessions
+    return [sessions[i:i + size] for i in range(0, len(sessions) - size + 1, size)]
+
+
 def percentiles(latencies: list[float]) -> tuple[float, float]:
     ms = np.asarray(latencies) * 1000
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
@@ -117,7 +130,7 @@ def in_process(model_dir: Path, sessions, concurrency: int, seconds: float) -> d
     k = tf.constant(10)
 
     def call(session):
-        function(item_ids=tf.constant([session]), k=k)
+        function(item_ids=tf.constant(rows_of(session)), k=k)
 
     call(sessions[0])
     return run_callers(call, sessions, concurrency, seconds)
@@ -132,7 +145,8 @@ def predict_request(session):
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "m"
-    request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(np.array([session], dtype=bytes)))
+    request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(np.array(rows_of(session),
+                                                                      dtype=bytes)))
     request.inputs["k"].CopyFrom(K_PROTO)
     return request
 
@@ -261,7 +275,7 @@ def over_grpc_floor(model_dir: Path, sessions, concurrency: int, seconds: float,
     from tensorflow_serving.apis import predict_pb2
 
     function = load_saved_model(model_dir).signatures["serving_default"]
-    outputs = function(item_ids=tf.constant([sessions[0]]), k=tf.constant(10))
+    outputs = function(item_ids=tf.constant(rows_of(sessions[0])), k=tf.constant(10))
     response = predict_pb2.PredictResponse()
     response.model_spec.name = "m"
     for key, value in outputs.items():
@@ -436,6 +450,8 @@ def main() -> None:
                                            "package: its server's gRPC rows too")
     parser.add_argument("--repeat", type=int, default=1,
                         help="server rows this many times each, taking turns")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="sessions per request (default 1)")
     parser.add_argument("--intra-op-threads", type=int,
                         default=ServeConfig.tensorflow_intra_op_parallelism,
                         help="TensorFlow's intra-op threads in this process (the in-process "
@@ -476,7 +492,7 @@ def main() -> None:
         rows = []
         c, secs = args.concurrency, args.seconds
         for label, path in models:
-            sessions = sessions_from(path, 2000)
+            sessions = batched(sessions_from(path, 2000 * args.batch), args.batch)
             plan = []  # (row key, name, thunk)
             if "inproc" in wanted:
                 plan += [("inproc", "in-process, 1 caller",
@@ -506,7 +522,7 @@ def main() -> None:
             for _, name, thunk in plan:
                 rows.append((label, name, thunk()))
                 print(f"  done: {label}, {name}", file=sys.stderr, flush=True)
-        print(f"single-session requests, k = 10, {args.seconds:g} s each, "
+        print(f"requests of {args.batch} session(s), k = 10, {args.seconds:g} s each, "
               f"{os.cpu_count()} cores; in-process: {args.intra_op_threads} intra-op threads")
         print(head)
         print("-" * len(head))
