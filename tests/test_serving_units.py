@@ -152,6 +152,35 @@ def test_a_call_keeps_its_model_when_the_version_is_unloaded(tmp_path):
     assert manager.find("m").number == 1
 
 
+def test_a_version_change_collects_the_old_model_and_freezes_the_new(tmp_path):
+    # A loaded model is many Python objects: they are moved out of the cyclic collector's
+    # reach (gc.freeze) once loaded, and an unloaded model's cycles are still collected.
+    import dataclasses
+    import gc
+
+    class HeavyLoader(FakeLoader):
+        def __call__(self, name, number, path):
+            loaded = super().__call__(name, number, path)
+            model = [[number] for _ in range(100_000)]
+            model.append(model)  # a cycle: only the collector frees it
+            return dataclasses.replace(loaded, model=model)
+
+    gc.collect()
+    live = len(gc.get_objects()) + gc.get_freeze_count()
+    manager, base = manager_over(tmp_path, [1], HeavyLoader())
+    try:
+        manager.sync()
+        first = gc.get_freeze_count()
+        assert first >= live + 100_000 and len(gc.get_objects()) < 1_000
+        fake_version(base / "2")
+        manager.sync()  # version 2 loads, version 1 is unloaded
+        assert manager.find("m").number == 2
+        second = gc.get_freeze_count()
+        assert second < first + 50_000  # version 1's model was collected, not frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_concurrent_syncs_load_a_version_once(tmp_path):
     loader = FakeLoader(seconds=0.3)
     manager, _ = manager_over(tmp_path, [1, 2], loader, policy="all")

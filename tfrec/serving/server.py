@@ -66,6 +66,8 @@ def _tune_memory() -> None:
       of the loaded models (100 ms or more, holding the interpreter): good calls beside
       them waited 8-13 times longer at p99. Young collections are made every
       `GC_YOUNG_THRESHOLD` allocations instead: short-lived request objects die first.
+      (And the loaded models are frozen out of full collections once loaded:
+      `tfrec.serving.versions.settle_heap`.)
     - A thread waiting for the interpreter waits until the thread holding it has run
       Python's switch interval (5 ms) when that thread does not release it on its own:
       a good call's thread, back from the model, waited that long behind a REST thread
