@@ -11,6 +11,7 @@ import re
 import select
 import shutil
 import socket
+import time
 import tracemalloc
 import types
 
@@ -344,3 +345,41 @@ def test_only_predict_bodies_are_counted_on_arrival(served):
     body = b'{"inputs": {"item_ids": [[""' + b',""' * (most - 2) + b']], "k": 5}}'
     status, answer, _ = exchange(served, post("/v1/models/shop:predict", body))
     assert status == 400 and answer["error"].startswith("input 'item_ids': "), answer
+
+
+def test_a_client_sending_on_after_its_refusal_is_held_unread_until_it_hangs_up(
+        served, monkeypatch):
+    # A client that replays refused bodies without reading the answers: past the drained
+    # megabyte the server stops reading, so the client waits on its own send buffer (it is
+    # not reset at once, free to send the next body). Its connection is let go at the
+    # linger's end, or as soon as its hang-up arrives (here a reset: the client closes
+    # with the answer unread; a FIN would wait behind the unsent bytes).
+    monkeypatch.setattr(rest, "_LINGER_SECONDS", 8.0)
+    body = b'{"inputs": {"item_ids": [[""' + b',""' * (10_000_000 - 1) + b']], "k": 5}}'
+    data = memoryview(post("/v1/models/shop:predict", body))
+    httpd = served.rest.httpd
+    before = len(httpd.connections)
+    sock = socket.create_connection(("127.0.0.1", served.rest.port), timeout=ANSWER)
+    try:
+        sent = send_until_answered(sock, data)
+        assert sent < len(data)
+        sock.settimeout(0.5)
+        blocked = False
+        while sent < len(data):
+            try:
+                sent += sock.send(data[sent:sent + 65536])
+            except TimeoutError:
+                blocked = True  # the server no longer reads
+                break
+        assert blocked, "the whole body went through"
+        time.sleep(1.0)
+        assert len(httpd.connections) == before + 1  # held, not closed
+        # The answer is there (peeked: left unread, so the close below resets).
+        assert sock.recv(65536, socket.MSG_PEEK).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    finally:
+        sock.close()
+    started = time.monotonic()
+    while len(httpd.connections) > before and time.monotonic() - started < ANSWER:
+        time.sleep(0.02)
+    assert len(httpd.connections) == before
+    assert time.monotonic() - started < 4.0  # at the hang-up, not at the linger's end

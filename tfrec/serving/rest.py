@@ -35,6 +35,7 @@ import json
 import logging
 import re
 import reprlib
+import select
 import socket
 import socketserver
 import sys
@@ -472,6 +473,14 @@ def _refuse(sock: socket.socket, message: str) -> None:
         sock.close()
 
 
+def _wait_hangup(sock: socket.socket, seconds: float) -> None:
+    """Waits up to `seconds` for the peer to hang up, without reading what it sent."""
+    hangup = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+    poller = select.poll()
+    poller.register(sock, hangup)
+    poller.poll(max(0, int(seconds * 1000)))
+
+
 class _HTTPServer(socketserver.TCPServer):
     """Accepts connections; each gets a thread, up to `max_connections` of them."""
 
@@ -590,19 +599,29 @@ class _HTTPServer(socketserver.TCPServer):
 
     def _linger(self, sock: socket.socket) -> None:
         """Half-closes, then drains what the client still sends (for a while), so the
-        kernel does not reset the connection before the client has read our answer."""
+        kernel does not reset the connection before the client has read our answer.
+
+        A client still sending after `_LINGER_BYTES` (a body refused before it was read in
+        full) is not read any further: the connection stays open, unread, until the client
+        hangs up or the linger time is over, so that the client waits on its own full
+        send buffer, not on our reads. A client replaying refused bodies in a loop
+        otherwise resends as fast as the loopback carries them, on the cores the good
+        requests use (bench/RESULTS.md, "Refused bodies held, not read")."""
         try:
             sock.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + min(self.read_timeout, _LINGER_SECONDS)
             drained = 0
-            while drained < _LINGER_BYTES:
+            while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    break
+                    return
+                if drained >= _LINGER_BYTES:
+                    _wait_hangup(sock, remaining)
+                    return
                 sock.settimeout(remaining)
                 chunk = sock.recv(65536)
                 if not chunk:
-                    break
+                    return
                 drained += len(chunk)
         except OSError:
             pass
