@@ -383,3 +383,12 @@ def test_a_client_sending_on_after_its_refusal_is_held_unread_until_it_hangs_up(
         time.sleep(0.02)
     assert len(httpd.connections) == before
     assert time.monotonic() - started < 4.0  # at the hang-up, not at the linger's end
+
+
+def test_a_predict_runs_the_signatures_graph_directly(served):
+    # The server's calls skip the signature's Python binding (predict.DirectCall; its
+    # outputs are compared with the signature call's in test_two_stage_export.py).
+    status, answer, _ = exchange(served, post("/v1/models/shop:predict", GOOD))
+    assert status == 200 and len(answer["outputs"]["item_ids"][0]) == 5
+    call = served.manager.find("shop", None, None).calls["serving_default"]
+    assert call.direct is not None

@@ -16,7 +16,8 @@ ARRAYS = [
     np.array([0.1, 0.2], dtype=np.float64),
     np.int32(10),
     np.zeros((0, 3), dtype=np.float32),
-    np.array([True, False]),          # not a fast path: TensorFlow converts it
+    np.array([True, False]),
+    np.array([[True], [False]]),
     np.array([1, 2], dtype=np.uint8),  # not a fast path either
 ]
 
@@ -30,6 +31,12 @@ def test_conversions_match_tensorflow(array):
         assert got.dtype == expected.dtype or (got.dtype == object and expected.dtype == object)
         np.testing.assert_array_equal(got, expected)
         np.testing.assert_array_equal(tf.make_ndarray(proto), expected)
+
+
+@pytest.mark.parametrize("array", [np.array([True, False, True]), np.zeros((2, 0), bool),
+                                   np.array([[False], [True]]), np.bool_(True)])
+def test_boolean_protos_are_tensorflows(array):
+    assert to_proto(array) == tf.make_tensor_proto(array)
 
 
 def test_values_listed_one_per_element_and_broadcast_scalars():

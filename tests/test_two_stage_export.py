@@ -389,3 +389,45 @@ def test_stage_two_off_carries_over_to_the_next_version(exports, tmp_path):
     drops.write_text("i6\n")
     on = update_catalogue(base, CatalogueUpdate(drop_items=drops), ranking_stage=True)
     assert on.metadata["stages"] == ["two_tower", "ranker"]
+
+
+def test_the_servers_direct_call_of_every_signature_equals_the_signature_call(exports, stage):
+    # tfrec serve runs a signature's graph function on its checked inputs, without the
+    # signature's Python binding (`predict.DirectCall`): the same outputs, bit for bit.
+    from tfrec.serving.predict import DirectCall
+
+    vocab = stage[0]
+    on, _, alone = exports
+    users = VersionFolder(alone).user_ids.read_text().split()[:5] + ["nobody"]
+    inputs = {"item_ids": padded(sessions_of(vocab, 6) + [["nope"]]),
+              "k": tf.constant(K), "user_ids": tf.constant(users)}
+    checked = 0
+    for path in (on, alone):
+        for name, function in load_saved_model(path).signatures.items():
+            _, specs = function.structured_input_signature
+            given = {}
+            for key, spec in specs.items():
+                if key == "item_ids" and spec.shape.rank == 1:
+                    given[key] = tf.constant(["i1", "i7", "cold0", "nope"])
+                elif key == "texts":
+                    given[key] = tf.constant(["red mug", "", "blue lamp", "x"])
+                else:
+                    given[key] = inputs[key]
+            call = DirectCall(function)
+            assert call.direct is not None, name  # the direct path, not the fallback
+            want, got = function(**given), call(**given)
+            assert sorted(want) == sorted(got), name
+            for key in want:
+                a, b = want[key].numpy(), got[key].numpy()
+                assert a.dtype == b.dtype and a.shape == b.shape, (name, key)
+                assert (a.tolist() == b.tolist() if a.dtype == object
+                        else a.tobytes() == b.tobytes()), (name, key)
+            checked += 1
+    assert checked >= 10
+
+    # Anything that is not a loaded signature is called as it is.
+    def plain(**tensors):
+        return {"twice": tensors["x"] * 2}
+
+    call = DirectCall(plain)
+    assert call.direct is None and call(x=tf.constant(3))["twice"].numpy() == 6

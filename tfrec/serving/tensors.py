@@ -4,7 +4,8 @@
 40-80 us per tensor in Python; a Predict call converts two inputs and two or
 three outputs. The common cases (strings, and numbers packed in
 `tensor_content` or listed one per element) are converted here directly
-from the proto's fields; anything else goes to TensorFlow's functions, so
+from the proto's fields (and booleans, an output of most signatures, to a
+proto), anything else goes to TensorFlow's functions, so
 the results are the same.
 """
 
@@ -117,6 +118,13 @@ def to_proto(value) -> tensor_pb2.TensorProto:
             proto.tensor_shape.dim.add().size = size
         proto.tensor_content = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")
                                                     ).tobytes()
+        return proto
+    if array.dtype == np.bool_:  # listed one per element, as TensorFlow lists them
+        proto.dtype = types_pb2.DT_BOOL
+        proto.tensor_shape.SetInParent()  # present for a scalar too, as TensorFlow's
+        for size in array.shape:
+            proto.tensor_shape.dim.add().size = size
+        proto.bool_val.extend(array.reshape(-1).tolist())
         return proto
     if array.dtype.kind in "SO":
         flat = array.reshape(-1).tolist()

@@ -70,6 +70,8 @@ class Loaded:
     model: object
     signature_defs: object
     metadata: dict
+    # signature name -> its `predict.DirectCall`, made at its first call
+    calls: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclasses.dataclass
