@@ -392,3 +392,6 @@ def test_a_predict_runs_the_signatures_graph_directly(served):
     assert status == 200 and len(answer["outputs"]["item_ids"][0]) == 5
     call = served.manager.find("shop", None, None).calls["serving_default"]
     assert call.direct is not None
+    status, _, _ = exchange(served, post("/v1/models/shop:predict", GOOD))
+    assert status == 200  # and the next call reuses it
+    assert served.manager.find("shop", None, None).calls["serving_default"] is call
