@@ -325,6 +325,7 @@ def generated_ranking_stage(vectors: np.ndarray, assignment: np.ndarray, num_can
     from its own cluster, random counts, unit text and skip-gram vectors, 8 lexical terms,
     and an untrained ranker of the trained one's shape (what serving costs, not what it
     scores)."""
+    from tfrec.config import RankingConfig
     from tfrec.ranking import features as F
     from tfrec.ranking.item_table import ItemItemTable
     from tfrec.ranking.lexical import LexicalTable
@@ -356,7 +357,8 @@ def generated_ranking_stage(vectors: np.ndarray, assignment: np.ndarray, num_can
     counts[0] = 0
     tables = F.Tables(np.vstack([np.zeros((1, dim), np.float32), vectors]), table, counts,
                       unit(32), lexical, unit(32))
-    ranker = CandidateRanker(len(F.FEATURES), (64, 32), seed=seed)
+    ranker = CandidateRanker(len(F.FEATURES), RankingConfig.hidden_units, seed=seed,
+                             members=RankingConfig.members)
     ranker.adapt(rng.normal(size=(1000, len(F.FEATURES))).astype(np.float32))
     ranker({"features": tf.zeros([1, 1, len(F.FEATURES)]),
             "candidate_mask": tf.ones([1, 1], tf.bool)})

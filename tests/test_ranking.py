@@ -15,7 +15,7 @@ from tfrec.config import RankingConfig
 from tfrec.ranking.protocol import index_map, ranker_cases, ranker_split, split_validation
 from tfrec.run import load_run_config
 from tfrec.tasks import ListwiseSoftmaxTask
-from tfrec.ranking.ranker import (CandidateRanker, fit_ranker, list_ranks,
+from tfrec.ranking.ranker import (CandidateRanker, FoldedRanker, fit_ranker, list_ranks,
                                   score_lists)
 
 
@@ -306,6 +306,32 @@ def test_ranker_masks_padding_and_round_trips_its_config():
     # A config saved before ensembles (no "members") is a single ranker.
     assert CandidateRanker.from_config({"num_features": 3, "hidden_units": [4],
                                         "seed": 1}).members == 1
+
+
+@pytest.mark.parametrize("hidden_units,members", [((8,), 1), ((8, 4), 3), ((6, 5, 4), 2)])
+def test_the_folded_ranker_scores_as_the_ranker_does(hidden_units, members):
+    # The serving graph's ranker: normalisation folded in, members' first and last
+    # layers merged, reading its columns of a wider feature vector.
+    rng = np.random.default_rng(7)
+    features = (rng.normal(size=(4, 9, 5)) * [1, 10, 0.1, 3, 100] + 2).astype(np.float32)
+    mask = np.ones((4, 9), bool)
+    model = CandidateRanker(3, hidden_units=hidden_units, seed=3, members=members)
+    columns = [4, 0, 2]
+    model.adapt(features[..., columns], mask)
+    for scorer in model.scorers():  # non-zero biases, as a fit leaves them
+        for layer in scorer.layers:
+            layer.bias.assign(rng.normal(size=layer.bias.shape).astype(np.float32))
+    expected = model({"features": features[..., columns], "candidate_mask": mask}).numpy()
+    folded = FoldedRanker(model, columns, width=5)
+    got = folded(tf.constant(features)).numpy()
+    assert got.shape == (4, 9)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # The columns it does not read do not move its scores.
+    other = features.copy()
+    other[..., [1, 3]] = rng.normal(size=(4, 9, 2))
+    np.testing.assert_array_equal(folded(tf.constant(other)).numpy(), got)
+    with pytest.raises(ValueError, match="2 columns for a ranker of 3 features"):
+        FoldedRanker(model, [0, 1], width=5)
 
 
 def test_an_ensemble_scores_the_mean_of_its_members_each_fit_on_its_own_loss():

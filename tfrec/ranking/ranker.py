@@ -138,6 +138,72 @@ class CandidateRanker(tfrs.models.Model):
                 "seed": self.seed, "members": self.members}
 
 
+class FoldedRanker(tf.Module):
+    """A fitted `CandidateRanker`'s averaged score in fewer ops: the serving graph's ranker.
+
+    The same function as the ranker's `call`, its weights rearranged once:
+    the normalisation is folded into the first layer's kernel and bias; the
+    members' first layers are one product (their kernels side by side); their
+    middle layers run member by member on their slices; and the members' last
+    layers and the average are one product (the last kernels stacked, divided
+    by the number of members). So five members cost 2 + 5 x (depth - 2)
+    products instead of 5 x depth, plus no stack or mean. Only the feature
+    columns the ranker reads get non-zero rows, so the features need no
+    gather. Scores equal the ranker's up to float rounding (tested).
+
+    Args:
+      ranker: the fitted (and built) ranker.
+      columns: the feature columns it reads, of `width` in all (default: all
+        `ranker.num_features`).
+
+    Call: features [B, N, width] float32 -> [B, N] scores (padding not masked).
+    """
+
+    def __init__(self, ranker: CandidateRanker, columns=None, width: int | None = None,
+                 name: str = "folded_ranker"):
+        super().__init__(name=name)
+        columns = list(range(ranker.num_features)) if columns is None else list(columns)
+        if len(columns) != ranker.num_features:
+            raise ValueError(f"{len(columns)} columns for a ranker of {ranker.num_features} "
+                             "features")
+        self.width = int(ranker.num_features if width is None else width)
+        norm = ranker.normalization
+        mean = np.asarray(norm.mean, np.float64).reshape(-1)
+        scale = 1.0 / np.maximum(np.sqrt(np.asarray(norm.variance, np.float64).reshape(-1)),
+                                 keras.backend.epsilon())
+        members = [[(np.asarray(layer.kernel, np.float64), np.asarray(layer.bias, np.float64))
+                    for layer in scorer.layers] for scorer in ranker.scorers()]
+        self.members = len(members)
+        first = np.concatenate([m[0][0] for m in members], axis=1)
+        kernel = np.zeros((self.width, first.shape[1]))
+        kernel[columns] = scale[:, None] * first
+        bias = np.concatenate([m[0][1] for m in members]) - (mean * scale) @ first
+
+        def variable(value, name):
+            return tf.Variable(np.asarray(value, np.float32), trainable=False, name=name)
+
+        self.first = (variable(kernel, "first_kernel"), variable(bias, "first_bias"))
+        self.middle = [[(variable(k, f"member_{m}_kernel_{j}"), variable(b, f"member_{m}_bias_{j}"))
+                        for j, (k, b) in enumerate(member[1:-1], start=1)]
+                       for m, member in enumerate(members)]
+        last = np.concatenate([m[-1][0] for m in members], axis=0) / self.members
+        self.last = (variable(last, "last_kernel"),
+                     variable(np.mean([m[-1][1] for m in members], axis=0), "last_bias"))
+
+    def __call__(self, features):
+        shape = tf.shape(features)
+        x = tf.reshape(tf.cast(features, tf.float32), [-1, self.width])
+        h = tf.nn.relu(tf.matmul(x, self.first[0]) + self.first[1])
+        if self.middle[0]:
+            parts = tf.split(h, self.members, axis=1)
+            for m, layers in enumerate(self.middle):
+                for kernel, bias in layers:
+                    parts[m] = tf.nn.relu(tf.matmul(parts[m], kernel) + bias)
+            h = tf.concat(parts, axis=1)
+        scores = tf.matmul(h, self.last[0]) + self.last[1]
+        return tf.reshape(scores, shape[:2])
+
+
 def fit_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray,
                hidden_units=RankingConfig.hidden_units, epochs: int = RankingConfig.epochs,
                learning_rate: float = RankingConfig.learning_rate,

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tfrec.ranking import features as F
 from tfrec.ranking.item_table import ItemItemTable
+from tfrec.ranking.ranker import FoldedRanker
 
 
 def merge_order(width: int, table_share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,7 +81,7 @@ class TwoStageScorer(tf.Module):
 
     Args:
       tables: the feature tables in the serving index space (`serving_tables`).
-      ranker: the fitted `CandidateRanker`.
+      ranker: the fitted `CandidateRanker` (served as a `FoldedRanker`).
       num_candidates: N.
       table_share: the share of the N slots the item-item table fills.
       columns: the feature columns the ranker reads (indices into `FEATURES`).
@@ -92,7 +93,7 @@ class TwoStageScorer(tf.Module):
                  columns, new_slots: int = 0, name: str = "ranking_stage"):
         super().__init__(name=name)
         self.features = F.CandidateFeatures.from_tables(tables, name="candidate_features")
-        self.ranker = ranker
+        self.ranker = FoldedRanker(ranker, columns, len(F.FEATURES), name="candidate_ranker")
         self.num_candidates = int(num_candidates)
         self.table_share = float(table_share)
         self.columns = tuple(int(c) for c in columns)
@@ -188,11 +189,8 @@ class TwoStageScorer(tf.Module):
         if sums is not None:
             inputs["item_item_pooled"] = self.features.item_item.pooled(query_items, candidates,
                                                                         sums)
-        features = self.features(inputs)
-        if self.columns != tuple(range(len(F.FEATURES))):
-            features = tf.gather(features, list(self.columns), axis=-1)
-        scores = self.ranker({"features": features, "candidate_mask": mask})
-        return tf.where(mask, scores, float("-inf"))
+        # The ranker reads its columns of all the features (`FoldedRanker`).
+        return tf.where(mask, self.ranker(self.features(inputs)), float("-inf"))
 
     def rank(self, query_items, query_embeddings, tt_ids, tt_valid, exclude):
         """Both stages' candidates and the ranker's scores.
