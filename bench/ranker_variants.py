@@ -92,6 +92,71 @@ def with_recent_counts(config, lists, cands, feats, share: float):
     return lists, np.concatenate([feats, test[..., None]], -1)
 
 
+def last_item_columns(table, i2v, text, queries: list, cands: np.ndarray,
+                      decay: float) -> np.ndarray:
+    """[n, N, 4] order-aware trial features of each candidate: the table's weight on it
+    from the query's last item, the table's weights summed over the query's distinct
+    items with weight decay ** (its places before the last, at its latest place), and
+    the skip-gram and text cosines with the last item."""
+    matrix = table.matrix().tocsr()
+    out = np.zeros(cands.shape + (4,), np.float32)
+    for r, query in enumerate(queries):
+        query = np.asarray(query, np.int64)
+        if not len(query):
+            continue
+        latest = {}
+        for place, item in enumerate(query[::-1]):
+            latest.setdefault(int(item), place)
+        items = np.fromiter(latest, np.int64)
+        rows = matrix[items][:, cands[r]].toarray()  # [distinct, N]
+        age = np.fromiter(latest.values(), np.float64)
+        out[r, :, 0] = rows[0] if query[-1] == items[0] else 0.0
+        out[r, :, 1] = (decay ** age) @ rows
+        out[r, :, 2] = i2v[cands[r]] @ i2v[query[-1]]
+        out[r, :, 3] = text[cands[r]] @ text[query[-1]]
+    return out
+
+
+def with_last_item(run: Path, config, lists, cases, cands, mask, feats, decay: float,
+                   cache: Path | None):
+    """(lists, test features) with the four `last_item_columns` appended: stage 1's
+    table for the ranker's lists, the whole period's for the test cases (as `tfrec
+    train` makes them); the table's and skip-gram columns are 0 where the candidate
+    shows no behaviour (an item without behaviour, or a target shown as new)."""
+    from tfrec.ranking.protocol import ranker_cases
+    from tfrec.ranking.stage import _table, item_vectors, lambdas_near
+
+    if cache is not None and cache.exists():
+        with cache.open("rb") as f:
+            fit, test = pickle.load(f)
+    else:
+        _, vocab, model, _ = load_run(run)
+        data = prepare_training_data(config)
+        stage1, split = stage1_training_data(config, data)
+        rk = config.ranking
+        ranker_cases_, _ = ranker_cases(split.ranker, vocab, config, split.per_user,
+                                        config.train.eval_seed, rk.cases_per_session)
+        if not np.array_equal(ranker_cases_.targets, lists.targets):
+            raise SystemExit("the ranker's cases are not the cached lists' cases")
+        model.item_embeddings()  # builds the restored model's layers
+        _, text, i2v = item_vectors(model, vocab)
+        logger.info("last-item features: the tables of stage 1 and of the whole period")
+        t1 = _table(config, stage1.sessions, vocab.size)
+        tw = _table(config, data.sessions, vocab.size, lambdas_near(t1, rk.ease_lambdas))
+        fit = last_item_columns(t1, i2v, text, ranker_cases_.queries, lists.candidates, decay)
+        test = last_item_columns(tw, i2v, text, cases.queries, cands, decay)
+        if cache is not None:
+            with cache.open("wb") as f:
+                pickle.dump((fit, test), f)
+    behaviour = F.FEATURES.index("has_behaviour")
+    for columns, f in ((fit, lists.features), (test, feats)):
+        columns[..., :3] *= f[..., behaviour, None]
+    fit *= lists.mask[..., None]
+    test *= mask[..., None]
+    lists = dataclasses.replace(lists, features=np.concatenate([lists.features, fit], -1))
+    return lists, np.concatenate([feats, test], -1)
+
+
 def figures(ranks: np.ndarray, cases, k: int) -> dict:
     s = score_cases(ranks, cases, k)
     cold = cases.cold
@@ -105,7 +170,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="a run folder trained with both stages")
     parser.add_argument("--variants", default="base,ens3,ens5",
-                        help="comma list of base, seedS (S = 1, 2, ...), ensK, jointK")
+                        help="comma list of base, seedS (S = 1, 2, ...), ensK, jointK, plainK "
+                             "(jointK without the trial columns)")
     parser.add_argument("--cache", help="pickle the lists here and read them back next time")
     parser.add_argument("--out", help="write the figures as JSON here")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -115,6 +181,11 @@ def main(argv=None) -> int:
                         help="a trial feature: log(1 + the candidate's events in the last SHARE "
                              "of the period's events), stage 1's period for the ranker's lists, "
                              "the whole training period for the test cases")
+    parser.add_argument("--last-item", type=float, metavar="DECAY",
+                        help="trial features: the table's weight from the query's last item, "
+                             "its weights summed with decay DECAY per place before the last, "
+                             "skip-gram and text cosines with the last item "
+                             "(`last_item_columns`)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.perf_counter()
@@ -124,6 +195,11 @@ def main(argv=None) -> int:
         Path(args.run), Path(args.cache) if args.cache else None, ranking)
     if args.recent:
         lists, feats = with_recent_counts(config, lists, cands, feats, args.recent)
+    width = len(F.FEATURES)
+    if args.last_item:
+        lists, feats = with_last_item(
+            Path(args.run), config, lists, cases, cands, mask, feats, args.last_item,
+            Path(f"{args.cache}.last{args.last_item:g}") if args.cache else None)
     rk, k = config.ranking, config.train.eval_k
     miss = rk.num_candidates + 1
     rows, val = lists.fit_rows, lists.validation_rows
@@ -138,14 +214,17 @@ def main(argv=None) -> int:
             needed = max(needed, int(v[4:]) + 1)
     joint = {}
     for v in variants:
-        if v.startswith("joint"):
+        if v.startswith(("joint", "plain")):
+            # plainK: jointK reading the library's features only (not the trial columns).
             t0 = time.perf_counter()
+            columns = list(range(width)) if v.startswith("plain") else None
             ranker = fit_ranker(lists.features[rows], lists.mask[rows], lists.labels[rows],
                                 rk.hidden_units, rk.epochs, rk.learning_rate, rk.batch_size,
-                                config.train.seed, members=int(v[5:]))
-            joint[v] = (score_lists(ranker, vf, vm), score_lists(ranker, feats, mask))
+                                config.train.seed, columns=columns, members=int(v[5:]))
+            joint[v] = (score_lists(ranker, vf, vm, columns),
+                        score_lists(ranker, feats, mask, columns))
             logger.info("%s fit in %.1f s", v, time.perf_counter() - t0)
-    if all(v.startswith("joint") for v in variants):
+    if all(v.startswith(("joint", "plain")) for v in variants):
         needed = 0
     members, seconds = [], []
     for j in range(needed):
