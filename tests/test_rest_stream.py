@@ -397,6 +397,59 @@ def test_a_client_sending_on_after_its_refusal_is_held_unread_until_it_hangs_up(
         sock.close()
 
 
+def test_error_answers_to_one_address_are_paced_past_a_burst(served, monkeypatch):
+    # A client replaying refused requests gets error_rate answers a second (after a burst
+    # of as many), however fast it sends; its good requests are never held.
+    httpd = served.rest.httpd
+    monkeypatch.setattr(httpd, "error_rate", 10.0)
+    httpd.error_budget.clear()
+    bad = post("/v1/models/shop:predict", b'{"inputs": {"item_ids": [["i1"]], "k": "x"}}')
+    times = []
+    for _ in range(25):
+        started = time.monotonic()
+        status, answer, _ = exchange(served, bad)
+        times.append(time.monotonic() - started)
+        assert status == 400 and "k" in answer["error"]
+    assert sum(times[:8]) < 1.0  # the burst: answered at once
+    assert sum(times[10:]) > 1.2  # then 10 a second (15 answers: about 1.5 s)
+    # In debt for the longest hold: the next error answer waits, a good request does not.
+    monkeypatch.setattr(httpd, "error_budget", {"127.0.0.1": (-10.0, time.monotonic())})
+    started = time.monotonic()
+    status, answer, _ = exchange(served, post("/v1/models/shop:predict", GOOD))
+    assert status == 200 and time.monotonic() - started < 0.5
+    started = time.monotonic()
+    assert exchange(served, bad)[0] == 400
+    assert rest.MAX_ERROR_DELAY - 0.2 < time.monotonic() - started < 10 * rest.MAX_ERROR_DELAY
+
+
+def test_the_error_pace_is_a_token_bucket_per_address():
+    clock = [100.0]
+    httpd = types.SimpleNamespace(error_rate=4.0, stopping=False, error_budget={},
+                                  cond=rest.threading.Condition())
+
+    def delay(peer):
+        return rest._HTTPServer.error_delay(httpd, peer, now=clock[0])
+
+    assert [delay("a") for _ in range(4)] == [0.0] * 4  # a burst of error_rate
+    assert [delay("a") for _ in range(3)] == [0.25, 0.5, 0.75]  # then error_rate a second
+    assert [delay("a") for _ in range(3)] == [1.0] * 3  # held at most MAX_ERROR_DELAY
+    assert delay("b") == 0.0  # per address
+    clock[0] += 1.5
+    assert delay("a") == pytest.approx(0.0)  # the debt is capped: it is paid off in 1 s
+    httpd.stopping = True
+    assert delay("a") == 0.0
+    httpd.stopping, httpd.error_rate = False, 0.0
+    assert all(delay("c") == 0.0 for _ in range(100))  # 0: no pacing
+    httpd.error_rate = 4.0
+    forget = types.MethodType(rest._HTTPServer.forget_error_budgets, httpd)
+    forget(clock[0] + 0.4)
+    assert set(httpd.error_budget) == {"a", "b"}  # neither silent for 2 s yet
+    forget(clock[0] + 0.6)
+    assert set(httpd.error_budget) == {"a"}  # "b" silent 2.1 s: refilled, dropped
+    forget(clock[0] + 3.0)
+    assert httpd.error_budget == {}
+
+
 def test_a_predict_runs_the_signatures_graph_directly(served):
     # The server's calls skip the signature's Python binding (predict.DirectCall; its
     # outputs are compared with the signature call's in test_two_stage_export.py).

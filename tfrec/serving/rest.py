@@ -9,7 +9,10 @@ number of open connections is capped (`max_connections`, and
 gets 503 from the accepting thread, which never blocks on it), a request's line
 and headers must arrive within `header_timeout` of its first byte and its body
 at `min_body_rate` bytes/s (a client trickling bytes is cut off, so it holds a
-connection for seconds, not minutes), bodies over `max_body_bytes` get 413
+connection for seconds, not minutes), error answers to one client address are
+paced to `error_rate` a second past a burst of as many (a client replaying
+refused requests in a loop waits for its answers instead of keeping a core
+busy with them; good requests are never held), bodies over `max_body_bytes` get 413
 unread, and `stop(grace)` lets requests in flight finish while answering new
 ones with 503. A predict body's values are counted while it arrives (`limits`,
 `_ValueCounter`): one holding more than a request may is refused (400, and the
@@ -69,6 +72,7 @@ _INT64 = np.iinfo(np.int64)
 _KNOWN_METHODS = {"HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 _LINGER_SECONDS = 2.0  # reading what a client still sends after we close, so it sees our answer
 _LINGER_BYTES = 1 << 20
+MAX_ERROR_DELAY = 1.0  # seconds an error answer is held at most (`error_rate`)
 
 
 def _invalid(message: str) -> ServingError:
@@ -489,7 +493,8 @@ class _HTTPServer(socketserver.TCPServer):
 
     def __init__(self, address, predictor, read_timeout: float, max_connections: int,
                  max_body_bytes: int, limits=None, max_per_address: int | None = None,
-                 header_timeout: float | None = None, min_body_rate: float = 0.0):
+                 header_timeout: float | None = None, min_body_rate: float = 0.0,
+                 error_rate: float = 0.0):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.predictor = predictor
         self.read_timeout = read_timeout
@@ -498,6 +503,8 @@ class _HTTPServer(socketserver.TCPServer):
         self.header_timeout = header_timeout or read_timeout
         self.min_body_rate = min_body_rate
         self.per_address: dict = {}  # client address -> its open connections
+        self.error_rate = float(error_rate)
+        self.error_budget: dict = {}  # client address -> (error answers left, when)
         self.max_body_bytes = max_body_bytes
         self.limits = limits
         self.cond = threading.Condition()
@@ -520,12 +527,41 @@ class _HTTPServer(socketserver.TCPServer):
                 late = [sock for sock, deadline in self.deadlines.items() if deadline < now]
                 for sock in late:
                     del self.deadlines[sock]
+            self.forget_error_budgets(now)
             for sock in late:
                 logger.debug("REST: a request did not arrive by its deadline; closing it")
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def error_delay(self, peer, now: float | None = None) -> float:
+        """Seconds to hold an error answer to `peer` (0: send it now).
+
+        A token bucket per client address: `error_rate` answers a second, a burst of
+        as many. Each error answer takes a token; past the burst an answer waits
+        until its token is due (at most `MAX_ERROR_DELAY`, the bucket's debt capped to
+        match), so a client replaying refused requests gets `error_rate` answers a
+        second however fast it sends, while its other, good requests are never held.
+        """
+        rate = self.error_rate
+        if rate <= 0 or self.stopping:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        with self.cond:
+            left, since = self.error_budget.get(peer, (rate, now))
+            left = max(min(rate, left + (now - since) * rate) - 1.0, -rate * MAX_ERROR_DELAY)
+            self.error_budget[peer] = (left, now)
+        return min(max(0.0, -left / rate), MAX_ERROR_DELAY)
+
+    def forget_error_budgets(self, now: float) -> None:
+        """Drops the buckets that have refilled (an address not heard from for a while)."""
+        if not self.error_rate:
+            return
+        full = 1.0 + MAX_ERROR_DELAY  # seconds in which any bucket refills
+        with self.cond:
+            for peer in [p for p, (_, since) in self.error_budget.items() if now - since > full]:
+                del self.error_budget[peer]
 
     def arrived(self, sock) -> None:
         """The request on `sock` has arrived in full (or failed): no deadline any more."""
@@ -700,6 +736,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = json.dumps(payload).encode("utf-8")
         if code >= 400 or self.server.stopping:
             self.close_connection = True
+        if code >= 400:
+            delay = self.server.error_delay(self.client_address[0])
+            if delay > 0:
+                time.sleep(delay)
         self._responded = True
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -964,6 +1004,9 @@ class RestServer:
         first byte (None: `read_timeout`); past it the connection is closed.
       min_body_rate: bytes/s a body must average once `read_timeout` has passed
         (408 under it; 0: none, a body then gets 6 read timeouts in all).
+      error_rate: error answers a second one client address gets past a burst of
+        as many; further ones are held to that pace (at most `MAX_ERROR_DELAY`
+        s each). 0: none held.
       max_body_bytes: the largest request body (413 over it).
       limits: the predictor's `RequestLimits`: a predict body holding more than
         `max_elements` values (plus `max_batch`, for a scalar input the row format
@@ -978,7 +1021,8 @@ class RestServer:
                  max_body_bytes: int = MAX_MESSAGE_BYTES, limits=None,
                  max_connections_per_address: int | None = None,
                  header_timeout: float | None = None,
-                 min_body_rate: float = ServeConfig.rest_api_min_bytes_per_second):
+                 min_body_rate: float = ServeConfig.rest_api_min_bytes_per_second,
+                 error_rate: float = 0.0):
         if not read_timeout > 0:
             raise ValueError(f"read_timeout must be > 0 seconds, got {read_timeout}")
         if max_connections < 1:
@@ -992,10 +1036,12 @@ class RestServer:
             raise ValueError(f"header_timeout must be > 0 seconds, got {header_timeout}")
         if min_body_rate < 0:
             raise ValueError(f"min_body_rate must be >= 0, got {min_body_rate}")
+        if error_rate < 0:
+            raise ValueError(f"error_rate must be >= 0, got {error_rate}")
         self.predictor = predictor
         self.httpd = _HTTPServer((host, port), predictor, read_timeout, max_connections,
                                  max_body_bytes, limits, max_connections_per_address,
-                                 header_timeout, min_body_rate)
+                                 header_timeout, min_body_rate, error_rate)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever,
                                         kwargs={"poll_interval": 0.1}, daemon=True,

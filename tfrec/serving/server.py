@@ -140,6 +140,7 @@ class ModelServer:
                                            config.rest_api_max_connections_per_address),
                                        header_timeout=config.rest_api_header_timeout_seconds,
                                        min_body_rate=config.rest_api_min_bytes_per_second,
+                                       error_rate=config.rest_api_max_errors_per_second,
                                        max_body_bytes=min(max_message_bytes,
                                                           config.max_request_bytes),
                                        limits=self.predictor.limits)
