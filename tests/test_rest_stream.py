@@ -405,21 +405,22 @@ def test_error_answers_to_one_address_are_paced_past_a_burst(served, monkeypatch
     httpd.error_budget.clear()
     bad = post("/v1/models/shop:predict", b'{"inputs": {"item_ids": [["i1"]], "k": "x"}}')
     times = []
-    for _ in range(25):
+    for _ in range(35):
         started = time.monotonic()
         status, answer, _ = exchange(served, bad)
         times.append(time.monotonic() - started)
         assert status == 400 and "k" in answer["error"]
     assert sum(times[:8]) < 1.0  # the burst: answered at once
-    assert sum(times[10:]) > 1.2  # then 10 a second (15 answers: about 1.5 s)
-    # In debt for the longest hold: the next error answer waits, a good request does not.
+    assert sum(times) > 2.2  # then 10 a second: 25 more answers take 2.5 s at least
+    # In debt for the longest hold: a good request is not held, the next error answer is.
     monkeypatch.setattr(httpd, "error_budget", {"127.0.0.1": (-10.0, time.monotonic())})
     started = time.monotonic()
     status, answer, _ = exchange(served, post("/v1/models/shop:predict", GOOD))
-    assert status == 200 and time.monotonic() - started < 0.5
+    assert status == 200 and time.monotonic() - started < 0.9  # not the 1 s hold
+    monkeypatch.setattr(httpd, "error_budget", {"127.0.0.1": (-10.0, time.monotonic())})
     started = time.monotonic()
     assert exchange(served, bad)[0] == 400
-    assert rest.MAX_ERROR_DELAY - 0.2 < time.monotonic() - started < 10 * rest.MAX_ERROR_DELAY
+    assert rest.MAX_ERROR_DELAY - 0.1 < time.monotonic() - started < 10 * rest.MAX_ERROR_DELAY
 
 
 def test_the_error_pace_is_a_token_bucket_per_address():
