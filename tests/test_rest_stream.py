@@ -3,6 +3,7 @@ is told when a request fails unexpectedly; against a server in this process."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from serving_helpers import count_json_values
-from tfrec.serving import rest
+from tfrec.serving import pacing, rest
 
 ANSWER = 15.0  # seconds a "must answer" read may take on a loaded machine
 
@@ -398,11 +399,11 @@ def test_a_client_sending_on_after_its_refusal_is_held_unread_until_it_hangs_up(
 
 
 def test_error_answers_to_one_address_are_paced_past_a_burst(served, monkeypatch):
-    # A client replaying refused requests gets error_rate answers a second (after a burst
-    # of as many), however fast it sends; its good requests are never held.
-    httpd = served.rest.httpd
-    monkeypatch.setattr(httpd, "error_rate", 10.0)
-    httpd.error_budget.clear()
+    # A client replaying refused requests gets `rate` answers a second (after a burst of
+    # as many), however fast it sends; its good requests are never held.
+    pace = served.rest.httpd.pace
+    monkeypatch.setattr(pace, "rate", 10.0)
+    monkeypatch.setattr(pace, "budget", {})
     bad = post("/v1/models/shop:predict", b'{"inputs": {"item_ids": [["i1"]], "k": "x"}}')
     times = []
     for _ in range(35):
@@ -413,42 +414,69 @@ def test_error_answers_to_one_address_are_paced_past_a_burst(served, monkeypatch
     assert sum(times[:8]) < 1.0  # the burst: answered at once
     assert sum(times) > 2.2  # then 10 a second: 25 more answers take 2.5 s at least
     # In debt for the longest hold: a good request is not held, the next error answer is.
-    monkeypatch.setattr(httpd, "error_budget", {"127.0.0.1": (-10.0, time.monotonic())})
+    pace.budget["127.0.0.1"] = (-10.0, time.monotonic())
     started = time.monotonic()
     status, answer, _ = exchange(served, post("/v1/models/shop:predict", GOOD))
     assert status == 200 and time.monotonic() - started < 0.9  # not the 1 s hold
-    monkeypatch.setattr(httpd, "error_budget", {"127.0.0.1": (-10.0, time.monotonic())})
+    pace.budget["127.0.0.1"] = (-10.0, time.monotonic())
     started = time.monotonic()
     assert exchange(served, bad)[0] == 400
-    assert rest.MAX_ERROR_DELAY - 0.1 < time.monotonic() - started < 10 * rest.MAX_ERROR_DELAY
+    assert pacing.MAX_DELAY - 0.1 < time.monotonic() - started < 10 * pacing.MAX_DELAY
+
+
+def test_grpc_error_answers_are_paced_with_at_most_two_held(served, monkeypatch):
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tfrec.serving import server as serving
+
+    pace = served.error_pace  # gRPC's
+    monkeypatch.setattr(pace, "rate", 10.0)
+    monkeypatch.setattr(pace, "budget", {})
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{served.port}"))
+    bad = predict_pb2.PredictRequest()
+    bad.model_spec.name = "no_such_model"
+
+    def call():
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(bad, timeout=ANSWER)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        return time.monotonic() - started
+
+    times = [call() for _ in range(35)]
+    assert sum(times[:8]) < 1.0 and sum(times) > 2.2  # a burst, then 10 a second
+    # At most two answers are held at once (the server's workers beyond its calls), so
+    # good calls keep theirs: with five clients in debt, three are answered at once.
+    pace.budget["127.0.0.1"] = (-10.0, time.monotonic())
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        waits = sorted(pool.map(lambda _: call(), range(5)))
+    assert waits[2] < 0.5 and waits[-1] > pacing.MAX_DELAY - 0.3
+    assert serving.HELD_ERRORS == 2
 
 
 def test_the_error_pace_is_a_token_bucket_per_address():
-    clock = [100.0]
-    httpd = types.SimpleNamespace(error_rate=4.0, stopping=False, error_budget={},
-                                  cond=rest.threading.Condition())
-
-    def delay(peer):
-        return rest._HTTPServer.error_delay(httpd, peer, now=clock[0])
-
-    assert [delay("a") for _ in range(4)] == [0.0] * 4  # a burst of error_rate
-    assert [delay("a") for _ in range(3)] == [0.25, 0.5, 0.75]  # then error_rate a second
-    assert [delay("a") for _ in range(3)] == [1.0] * 3  # held at most MAX_ERROR_DELAY
-    assert delay("b") == 0.0  # per address
-    clock[0] += 1.5
-    assert delay("a") == pytest.approx(0.0)  # the debt is capped: it is paid off in 1 s
-    httpd.stopping = True
-    assert delay("a") == 0.0
-    httpd.stopping, httpd.error_rate = False, 0.0
-    assert all(delay("c") == 0.0 for _ in range(100))  # 0: no pacing
-    httpd.error_rate = 4.0
-    forget = types.MethodType(rest._HTTPServer.forget_error_budgets, httpd)
-    forget(clock[0] + 0.4)
-    assert set(httpd.error_budget) == {"a", "b"}  # neither silent for 2 s yet
-    forget(clock[0] + 0.6)
-    assert set(httpd.error_budget) == {"a"}  # "b" silent 2.1 s: refilled, dropped
-    forget(clock[0] + 3.0)
-    assert httpd.error_budget == {}
+    pace = pacing.ErrorPace(4.0)
+    clock = 100.0
+    assert [pace.delay("a", clock) for _ in range(4)] == [0.0] * 4  # a burst of `rate`
+    assert [pace.delay("a", clock) for _ in range(3)] == [0.25, 0.5, 0.75]  # then 4 a second
+    assert [pace.delay("a", clock) for _ in range(3)] == [1.0] * 3  # held at most MAX_DELAY
+    assert pace.delay("b", clock) == 0.0  # per address
+    clock += 1.5
+    assert pace.delay("a", clock) == pytest.approx(0.0)  # the debt is capped: paid off in 1 s
+    assert all(pacing.ErrorPace(0.0).delay("c") == 0.0 for _ in range(100))  # 0: no pacing
+    pace.forget(clock + 0.4)
+    assert set(pace.budget) == {"a", "b"}  # neither silent for 2 s yet
+    pace.forget(clock + 0.6)
+    assert set(pace.budget) == {"a"}  # "b" silent 2.1 s: refilled, dropped
+    pace.forget(clock + 3.0)
+    assert pace.budget == {}
+    with pytest.raises(ValueError, match="rate"):
+        pacing.ErrorPace(-1.0)
+    assert pacing.peer_address("ipv4:127.0.0.1:50051") == "127.0.0.1"
+    assert pacing.peer_address("ipv6:[::1]:50051") == "::1"
+    assert pacing.peer_address("unix:/tmp/s") == "unix:/tmp/s"
 
 
 def test_a_predict_runs_the_signatures_graph_directly(served):

@@ -739,13 +739,13 @@ class ServeConfig(Settings):
         16384, "slowest a REST body may arrive, on average once the read timeout has passed "
                "(a client trickling it is cut off with 408)", check=POSITIVE,
         flag="--rest_api_min_bytes_per_second")
-    rest_api_max_errors_per_second: float = setting(
-        50.0, "error answers (4xx/5xx) one client address gets a second before further ones "
-              "are held back to that pace (at most 1 s each; a burst of as many passes at "
-              "once): a client replaying refused requests in a loop then costs little. Good "
-              "requests are never held. 0: no pacing (raise it behind a proxy, whose clients "
-              "share its address)", check=at_least(0),
-        flag="--rest_api_max_errors_per_second")
+    max_errors_per_second: float = setting(
+        50.0, "error answers one client address gets a second on each API (gRPC errors, REST "
+              "4xx/5xx) before further ones are held back to that pace (at most 1 s each; a "
+              "burst of as many passes at once; at most 2 gRPC answers held at once): a client "
+              "replaying refused requests in a loop then costs little. Good requests are never "
+              "held. 0: no pacing (raise it behind a proxy, whose clients share its address)",
+        check=at_least(0), flag="--max_errors_per_second")
     grace_period_seconds: float = setting(
         10.0, "on SIGTERM/SIGINT, seconds calls in flight (gRPC and REST) get to finish",
         check=at_least(0), flag="--grace_period_seconds")

@@ -13,6 +13,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from tfrec.errors import InputError
 from tfrec.serving.config import outside_roots, parse_model_config
 from tfrec.serving.errors import ServingError, capped, shown
+from tfrec.serving.pacing import ErrorPace, peer_address
 from tfrec.serving.predict import (Predictor, check_bytes, check_elements, declared_size,
                                    invalid)
 from tfrec.serving.tensors import (MalformedTensor, built_bytes, declared_shape, to_ndarray,
@@ -35,11 +36,23 @@ def _version_choice(spec) -> tuple[int | None, str | None]:
 
 
 class PredictionServicer:
-    """tensorflow.serving.PredictionService over a Predictor."""
+    """tensorflow.serving.PredictionService over a Predictor.
 
-    def __init__(self, predictor: Predictor):
+    Args:
+      predictor: runs the calls.
+      pace: error answers are held to their client address's pace (`ErrorPace`;
+        None: never held).
+    """
+
+    def __init__(self, predictor: Predictor, pace: ErrorPace | None = None):
         self.predictor = predictor
         self.manager = predictor.manager
+        self.pace = pace
+
+    def _refuse(self, context, err: ServingError):
+        if self.pace is not None:
+            self.pace.hold(peer_address(context.peer()))
+        context.abort(err.code, capped(err.message))
 
     def _arrays(self, request) -> dict:
         """The request's inputs as numpy arrays, bounded first from the protos alone: their
@@ -84,7 +97,7 @@ class PredictionServicer:
                 response.outputs[key].CopyFrom(to_proto(value))
             return response
         except ServingError as err:
-            context.abort(err.code, capped(err.message))
+            self._refuse(context, err)
 
     def GetModelMetadata(self, request, context):
         try:
@@ -104,7 +117,7 @@ class PredictionServicer:
             response.metadata["signature_def"].Pack(defs)
             return response
         except ServingError as err:
-            context.abort(err.code, capped(err.message))
+            self._refuse(context, err)
 
     def Classify(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not supported by tfrec serve")

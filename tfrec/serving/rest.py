@@ -51,6 +51,7 @@ from google.protobuf import json_format
 
 from tfrec.config import ServeConfig
 from tfrec.serving.errors import ServingError, capped, shown
+from tfrec.serving.pacing import ErrorPace
 from tfrec.serving.predict import MAX_MESSAGE_BYTES, UNNAMED
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,6 @@ _INT64 = np.iinfo(np.int64)
 _KNOWN_METHODS = {"HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 _LINGER_SECONDS = 2.0  # reading what a client still sends after we close, so it sees our answer
 _LINGER_BYTES = 1 << 20
-MAX_ERROR_DELAY = 1.0  # seconds an error answer is held at most (`error_rate`)
 
 
 def _invalid(message: str) -> ServingError:
@@ -503,8 +503,7 @@ class _HTTPServer(socketserver.TCPServer):
         self.header_timeout = header_timeout or read_timeout
         self.min_body_rate = min_body_rate
         self.per_address: dict = {}  # client address -> its open connections
-        self.error_rate = float(error_rate)
-        self.error_budget: dict = {}  # client address -> (error answers left, when)
+        self.pace = ErrorPace(error_rate)  # error answers per client address
         self.max_body_bytes = max_body_bytes
         self.limits = limits
         self.cond = threading.Condition()
@@ -527,41 +526,13 @@ class _HTTPServer(socketserver.TCPServer):
                 late = [sock for sock, deadline in self.deadlines.items() if deadline < now]
                 for sock in late:
                     del self.deadlines[sock]
-            self.forget_error_budgets(now)
+            self.pace.forget(now)
             for sock in late:
                 logger.debug("REST: a request did not arrive by its deadline; closing it")
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-
-    def error_delay(self, peer, now: float | None = None) -> float:
-        """Seconds to hold an error answer to `peer` (0: send it now).
-
-        A token bucket per client address: `error_rate` answers a second, a burst of
-        as many. Each error answer takes a token; past the burst an answer waits
-        until its token is due (at most `MAX_ERROR_DELAY`, the bucket's debt capped to
-        match), so a client replaying refused requests gets `error_rate` answers a
-        second however fast it sends, while its other, good requests are never held.
-        """
-        rate = self.error_rate
-        if rate <= 0 or self.stopping:
-            return 0.0
-        now = time.monotonic() if now is None else now
-        with self.cond:
-            left, since = self.error_budget.get(peer, (rate, now))
-            left = max(min(rate, left + (now - since) * rate) - 1.0, -rate * MAX_ERROR_DELAY)
-            self.error_budget[peer] = (left, now)
-        return min(max(0.0, -left / rate), MAX_ERROR_DELAY)
-
-    def forget_error_budgets(self, now: float) -> None:
-        """Drops the buckets that have refilled (an address not heard from for a while)."""
-        if not self.error_rate:
-            return
-        full = 1.0 + MAX_ERROR_DELAY  # seconds in which any bucket refills
-        with self.cond:
-            for peer in [p for p, (_, since) in self.error_budget.items() if now - since > full]:
-                del self.error_budget[peer]
 
     def arrived(self, sock) -> None:
         """The request on `sock` has arrived in full (or failed): no deadline any more."""
@@ -736,10 +707,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = json.dumps(payload).encode("utf-8")
         if code >= 400 or self.server.stopping:
             self.close_connection = True
-        if code >= 400:
-            delay = self.server.error_delay(self.client_address[0])
-            if delay > 0:
-                time.sleep(delay)
+        if code >= 400 and not self.server.stopping:
+            self.server.pace.hold(self.client_address[0])
         self._responded = True
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -1005,8 +974,8 @@ class RestServer:
       min_body_rate: bytes/s a body must average once `read_timeout` has passed
         (408 under it; 0: none, a body then gets 6 read timeouts in all).
       error_rate: error answers a second one client address gets past a burst of
-        as many; further ones are held to that pace (at most `MAX_ERROR_DELAY`
-        s each). 0: none held.
+        as many; further ones are held to that pace (at most
+        `pacing.MAX_DELAY` s each; `tfrec.serving.pacing.ErrorPace`). 0: none held.
       max_body_bytes: the largest request body (413 over it).
       limits: the predictor's `RequestLimits`: a predict body holding more than
         `max_elements` values (plus `max_batch`, for a scalar input the row format

@@ -34,6 +34,7 @@ from tfrec.config import ServeConfig
 from tfrec.errors import InputError
 from tfrec.serving.config import model_roots, read_model_config
 from tfrec.serving.grpc_api import ModelServicer, PredictionServicer
+from tfrec.serving.pacing import ErrorPace
 from tfrec.serving.predict import MAX_MESSAGE_BYTES, Predictor, RequestLimits
 from tfrec.serving.rest import RestServer
 from tfrec.serving.versions import ModelManager
@@ -51,6 +52,8 @@ GC_YOUNG_THRESHOLD = 100_000
 # How long a thread holding the interpreter runs before a thread waiting for it may take it
 # (Python's default: 5 ms).
 SWITCH_INTERVAL_SECONDS = 0.0005
+# gRPC error answers held to their client's pace at once (`tfrec.serving.pacing`).
+HELD_ERRORS = 2
 
 
 def _tune_memory() -> None:
@@ -111,12 +114,16 @@ class ModelServer:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0)]  # a second server on this port must fail
-        self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(workers),
-                                  options=options)
+        # Error answers held to their client's pace take workers of their own
+        # (`tfrec.serving.pacing`), so the calls served at once stay `workers`.
+        self.error_pace = pace = ErrorPace(config.max_errors_per_second,
+                                           max_held=HELD_ERRORS)
+        self.server = grpc.server(
+            concurrent.futures.ThreadPoolExecutor(workers + HELD_ERRORS), options=options)
         self.predictor = Predictor(self.manager, RequestLimits.from_config(config), batcher)
         host, port, rest_port = config.host, config.port, config.rest_api_port
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.predictor), self.server)
+            PredictionServicer(self.predictor, pace), self.server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.manager, self.model_roots, config.allow_reload), self.server)
         self.host = host
@@ -140,7 +147,7 @@ class ModelServer:
                                            config.rest_api_max_connections_per_address),
                                        header_timeout=config.rest_api_header_timeout_seconds,
                                        min_body_rate=config.rest_api_min_bytes_per_second,
-                                       error_rate=config.rest_api_max_errors_per_second,
+                                       error_rate=config.max_errors_per_second,
                                        max_body_bytes=min(max_message_bytes,
                                                           config.max_request_bytes),
                                        limits=self.predictor.limits)
