@@ -157,6 +157,60 @@ def with_last_item(run: Path, config, lists, cases, cands, mask, feats, decay: f
     return lists, np.concatenate([feats, test], -1)
 
 
+def knn_columns(sessions, size: int, queries: list, cands: np.ndarray) -> np.ndarray:
+    """[n, N, 3] trial features of each candidate from cosine ItemKNN over `sessions`
+    (every neighbour kept): its cosines with the query's distinct items summed and
+    their max, and log(1 + how many of those items ever shared a session with it)."""
+    from tfrec.ranking.item_item import active_gram, basket_matrix, cosine_weights
+
+    active, gram = active_gram(basket_matrix(sessions, size))
+    cosine = np.zeros((size, size), np.float32)
+    cosine[np.ix_(active, active)] = cosine_weights(gram, 0)
+    shared = np.zeros((size, size), bool)
+    shared[np.ix_(active, active)] = gram > 0
+    np.fill_diagonal(shared, False)
+    out = np.zeros(cands.shape + (3,), np.float32)
+    for r, query in enumerate(queries):
+        items = np.unique(np.asarray(query, np.int64))
+        if not len(items):
+            continue
+        rows = cosine[items][:, cands[r]]
+        out[r, :, 0] = rows.sum(0)
+        out[r, :, 1] = rows.max(0)
+        out[r, :, 2] = np.log1p(shared[items][:, cands[r]].sum(0))
+    return out
+
+
+def with_knn(run: Path, config, lists, cases, cands, mask, feats, cache: Path | None):
+    """(lists, test features) with the three `knn_columns` appended: stage 1's sessions
+    for the ranker's lists, the whole period's for the test cases; 0 where the candidate
+    shows no behaviour (an item without behaviour, or a target shown as new)."""
+    from tfrec.ranking.protocol import ranker_cases
+
+    if cache is not None and cache.exists():
+        with cache.open("rb") as f:
+            fit, test = pickle.load(f)
+    else:
+        _, vocab, _, _ = load_run(run)
+        data = prepare_training_data(config)
+        stage1, split = stage1_training_data(config, data)
+        rk = config.ranking
+        ranker_cases_, _ = ranker_cases(split.ranker, vocab, config, split.per_user,
+                                        config.train.eval_seed, rk.cases_per_session)
+        if not np.array_equal(ranker_cases_.targets, lists.targets):
+            raise SystemExit("the ranker's cases are not the cached lists' cases")
+        fit = knn_columns(stage1.sessions, vocab.size, ranker_cases_.queries, lists.candidates)
+        test = knn_columns(data.sessions, vocab.size, cases.queries, cands)
+        if cache is not None:
+            with cache.open("wb") as f:
+                pickle.dump((fit, test), f)
+    behaviour = F.FEATURES.index("has_behaviour")
+    fit = fit * lists.features[..., behaviour, None] * lists.mask[..., None]
+    test = test * feats[..., behaviour, None] * mask[..., None]
+    lists = dataclasses.replace(lists, features=np.concatenate([lists.features, fit], -1))
+    return lists, np.concatenate([feats, test], -1)
+
+
 def figures(ranks: np.ndarray, cases, k: int) -> dict:
     s = score_cases(ranks, cases, k)
     cold = cases.cold
@@ -186,6 +240,12 @@ def main(argv=None) -> int:
                              "its weights summed with decay DECAY per place before the last, "
                              "skip-gram and text cosines with the last item "
                              "(`last_item_columns`)")
+    parser.add_argument("--knn", action="store_true",
+                        help="trial features from cosine ItemKNN: the candidate's cosines with "
+                             "the query's items summed and their max, and how many of them ever "
+                             "shared a session with it (`knn_columns`)")
+    parser.add_argument("--ranker-seed", type=int,
+                        help="the rankers' seed (default: the run's train.seed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.perf_counter()
@@ -200,7 +260,11 @@ def main(argv=None) -> int:
         lists, feats = with_last_item(
             Path(args.run), config, lists, cases, cands, mask, feats, args.last_item,
             Path(f"{args.cache}.last{args.last_item:g}") if args.cache else None)
+    if args.knn:
+        lists, feats = with_knn(Path(args.run), config, lists, cases, cands, mask, feats,
+                                Path(f"{args.cache}.knn") if args.cache else None)
     rk, k = config.ranking, config.train.eval_k
+    seed = config.train.seed if args.ranker_seed is None else args.ranker_seed
     miss = rk.num_candidates + 1
     rows, val = lists.fit_rows, lists.validation_rows
     vc, vm, vt, vf = (lists.candidates[val], lists.mask[val], lists.targets[val],
@@ -220,7 +284,7 @@ def main(argv=None) -> int:
             columns = list(range(width)) if v.startswith("plain") else None
             ranker = fit_ranker(lists.features[rows], lists.mask[rows], lists.labels[rows],
                                 rk.hidden_units, rk.epochs, rk.learning_rate, rk.batch_size,
-                                config.train.seed, columns=columns, members=int(v[5:]))
+                                seed, columns=columns, members=int(v[5:]))
             joint[v] = (score_lists(ranker, vf, vm, columns),
                         score_lists(ranker, feats, mask, columns))
             logger.info("%s fit in %.1f s", v, time.perf_counter() - t0)
@@ -231,7 +295,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         ranker = fit_ranker(lists.features[rows], lists.mask[rows], lists.labels[rows],
                             rk.hidden_units, rk.epochs, rk.learning_rate, rk.batch_size,
-                            config.train.seed + j, members=1)
+                            seed + j, members=1)
         seconds.append(time.perf_counter() - t0)
         members.append((score_lists(ranker, vf, vm), score_lists(ranker, feats, mask)))
         logger.info("ranker %d fit in %.1f s", j, seconds[-1])
