@@ -62,7 +62,8 @@ def make_lists(run: Path, cache: Path | None, ranking: dict | None = None):
     rk = config.ranking
     cands, mask, tt_place, table_place = F.candidates(query_emb, tables, cases.queries,
                                                       rk.num_candidates, rk.table_share,
-                                                      new_slots=rk.new_slots)
+                                                      new_slots=rk.new_slots,
+                                                      text_slots=rk.text_slots)
     feats = F.candidate_features(query_emb, tables, cases.queries, cands, mask, tt_place,
                                  table_place)
     made = (config, lists, (cases, cands, mask, feats))
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
                                 Path(f"{args.cache}.knn") if args.cache else None)
     rk, k = config.ranking, config.train.eval_k
     seed = config.train.seed if args.ranker_seed is None else args.ranker_seed
-    miss = rk.num_candidates + 1
+    miss = cands.shape[1] + 1
     rows, val = lists.fit_rows, lists.validation_rows
     vc, vm, vt, vf = (lists.candidates[val], lists.mask[val], lists.targets[val],
                       lists.features[val])

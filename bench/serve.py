@@ -322,8 +322,9 @@ def generated_model(items: int, workdir: Path) -> Path:
 def generated_ranking_stage(vectors: np.ndarray, assignment: np.ndarray, num_candidates: int,
                             co_items: int = 20, seed: int = 0):
     """A ranking stage for a generated catalogue: each item's `co_items` table entries
-    from its own cluster, random counts, unit text and skip-gram vectors, 8 lexical terms,
-    and an untrained ranker of the trained one's shape (what serving costs, not what it
+    from its own cluster, random counts (about 2% of the items without events, which the
+    default text slots pick from), unit text and skip-gram vectors, 8 lexical terms, and
+    an untrained ranker of the trained one's shape (what serving costs, not what it
     scores)."""
     from tfrec.config import RankingConfig
     from tfrec.ranking import features as F
@@ -362,7 +363,9 @@ def generated_ranking_stage(vectors: np.ndarray, assignment: np.ndarray, num_can
     ranker.adapt(rng.normal(size=(1000, len(F.FEATURES))).astype(np.float32))
     ranker({"features": tf.zeros([1, 1, len(F.FEATURES)]),
             "candidate_mask": tf.ones([1, 1], tf.bool)})
-    return TwoStageScorer(tables, ranker, num_candidates, 0.5, tuple(range(len(F.FEATURES))))
+    # About 2% of the items have no events: the text slots pick from them.
+    return TwoStageScorer(tables, ranker, num_candidates, 0.5, tuple(range(len(F.FEATURES))),
+                          text_slots=RankingConfig.text_slots)
 
 
 def alternating(calls: dict, sessions, rounds: int) -> dict:

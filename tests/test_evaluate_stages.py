@@ -11,9 +11,12 @@ from tfrec.evaluate.bar import check_bar
 from tfrec.evaluate.methods import ABLATION_PREFIX, MODEL, STAGE1, ablation_name
 from tfrec.evaluate.runner import evaluate_run
 from tfrec.evaluate.table import format_report
+from tfrec.ranking import features as F
 from tfrec.ranking.features import FEATURE_GROUPS
 
-WIDTH = 20  # the fixture's candidate list: below MAX_K, so the curves stop at it
+WIDTH = 20  # the fixture's N
+SLOTS = 2  # its text slots: a list is WIDTH + SLOTS wide, below MAX_K, so the curves stop there
+LIST = WIDTH + SLOTS
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,8 @@ def staged_run(tmp_path_factory):
 
     return train_generated_run(tmp_path_factory.mktemp("staged"), train, [
         "model.objective=retrieval", "train.retrieval_batch_size=128", "train.cold_items=0.1",
-        "ranking.epochs=10", f"ranking.num_candidates={WIDTH}", "ranking.hidden_units=[8]"])
+        "ranking.epochs=10", f"ranking.num_candidates={WIDTH}", "ranking.hidden_units=[8]",
+        f"ranking.text_slots={SLOTS}"])
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +66,9 @@ def test_the_report_has_both_stages_stage1_and_an_ablation_per_group(staged_repo
     for name, m in result["methods"].items():
         assert m["all"]["cases"] == cases
         two_stage = name == MODEL or name.startswith(ABLATION_PREFIX)
-        # A two-stage row ranks WIDTH candidates: its curve stops there.
-        assert len(m["all"]["hr_curve"]) == (WIDTH if two_stage else 50)
-        assert m.get("list_width") == (WIDTH if two_stage else None)
+        # A two-stage row ranks LIST candidates: its curve stops there.
+        assert len(m["all"]["hr_curve"]) == (LIST if two_stage else 50)
+        assert m.get("list_width") == (LIST if two_stage else None)
     for group, names in FEATURE_GROUPS.items():
         assert result["methods"][ablation_name(group)]["left_out"] == list(names)
     on_disk = json.loads((out / "report.json").read_text())
@@ -73,10 +77,10 @@ def test_the_report_has_both_stages_stage1_and_an_ablation_per_group(staged_repo
     printed = format_report(result)
     for m in result["methods"].values():
         assert m["label"] in printed
-    assert "tfrec w/o item_item" in printed and "candidate recall (HR@20)" in printed
+    assert "tfrec w/o item_item" in printed and "candidate recall (HR@22)" in printed
     page = (out / "report.html").read_text()
     assert "<h2>Ranking stage</h2>" in page and "tfrec w/o two_tower" in page
-    assert "<h3>Candidate recall (HR@20)</h3>" in page
+    assert "<h3>Candidate recall (HR@22)</h3>" in page
 
 
 def test_the_model_row_is_evaluate_stages_and_stage1_is_the_two_tower(staged_report, truth):
@@ -107,7 +111,7 @@ def test_the_model_row_is_evaluate_stages_and_stage1_is_the_two_tower(staged_rep
     # The two-stage curve: each target's place in its ranked list (from the stage itself).
     exact = truth["stage"].target_ranks(truth["queries"], cases.queries, cases.targets)
     assert model["all"]["hr_curve"] == pytest.approx(
-        [float(np.mean(exact < k)) for k in range(1, WIDTH + 1)], abs=1e-12)
+        [float(np.mean(exact < k)) for k in range(1, LIST + 1)], abs=1e-12)
 
 
 def test_the_saved_stage_scores_as_the_trained_one_did(staged_run, staged_report):
@@ -128,7 +132,8 @@ def test_the_saved_stage_scores_as_the_trained_one_did(staged_run, staged_report
 def brute_force_lists(truth) -> dict:
     """Each case's candidate lists one at a time: the two-tower's top N, the table's
     top N (positive scores), and both merged half and half (the table's j-th item,
-    then the two-tower's j-th, duplicates skipped), the query's items left out."""
+    then the two-tower's j-th, duplicates skipped), the query's items left out, then
+    the text slots' picks."""
     stage, cases = truth["stage"], truth["data"].cases
     assert stage.table_share == 0.5
     table = stage.tables.table.matrix().toarray()
@@ -147,7 +152,13 @@ def brute_force_lists(truth) -> dict:
                     merged.append(source[j])
         lists["two_tower"].append(tt)
         lists["table"].append(ii)
-        lists["merged"].append(merged[:WIDTH])
+        merged = merged[:WIDTH]
+        pickable = np.asarray(stage.tables.counts) == 0
+        pickable[0] = False
+        picks = F.text_picks(stage.tables.tfidf, [query], pickable, SLOTS,
+                             np.array([merged + [0] * (WIDTH - len(merged))]),
+                             np.array([[True] * len(merged) + [False] * (WIDTH - len(merged))]))
+        lists["merged"].append(merged + picks[0].tolist())
     return lists
 
 
@@ -182,12 +193,13 @@ def test_ablations_off_and_k_beyond_the_list(staged_run, tmp_path, capsys):
     assert list(report["methods"]) == [MODEL, STAGE1]
     assert report["ranking_stage"]["ablations"] is False
     assert "ablations off" in printed
-    # K = 25 > N = 20: a target outside the list is a miss at every K, so the
-    # two-stage HR@25 is its HR@20, never more.
+    # K = 25 > N + m = 22: a target outside the list is a miss at every K, so the
+    # two-stage HR@25 is its HR@22, never more.
     model = report["methods"][MODEL]["all"]
     assert model["hr@25"] == pytest.approx(model["hr_curve"][-1])
-    assert len(model["hr_curve"]) == WIDTH
-    assert "HR@25 of the two-stage rows is their HR@20" in printed
+    assert len(model["hr_curve"]) == LIST
+    assert "HR@25 of the two-stage rows is their HR@22" in printed
+    assert "then up to 2 items without behaviour found by their text" in printed
 
 
 def test_a_run_without_a_ranking_stage_has_none_of_the_rows(run_dir, tmp_path):

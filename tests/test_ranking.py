@@ -418,3 +418,146 @@ def test_a_target_shown_as_new_loses_its_behaviour_or_its_place():
         assert feats[0, 1, col[name]] == 0
     np.testing.assert_array_equal(feats[0, 0], before[0, 0])
     np.testing.assert_array_equal(feats[0, 1, col["tfidf_mean"]], before[0, 1, col["tfidf_mean"]])
+
+
+# Text slots: items without behaviour found by their text ------------------------------------
+
+def _text_tables(rng):
+    """Tables of 12 items whose texts overlap in known ways; items 7..11 have no events."""
+    tables = _tables(rng)
+    texts = ["", "red tea mug", "blue cup", "green box", "red tea pot", "blue sky",
+             "tea light", "red tea mug set", "red lamp", "blue cup saucer", "zebra", "tea"]
+    tables.tfidf = LexicalTable.build(texts, max_terms=3)
+    tables.counts = np.array([0, 3, 2, 4, 1, 2, 5, 0, 0, 0, 0, 0])
+    return tables
+
+
+def test_text_slots_hold_the_new_items_whose_text_best_matches_the_query():
+    rng = np.random.default_rng(7)
+    tables = _text_tables(rng)
+    queries = [[1, 4], [2], [3], [1, 1, 4]]
+    query_emb = rng.normal(size=(4, 4)).astype(np.float32)
+    query_emb[3] = query_emb[0]
+    plain = F.candidates(query_emb, tables, queries, width=3, table_share=0.5)
+    cands, mask, tt_place, table_place = F.candidates(query_emb, tables, queries, width=3,
+                                                      table_share=0.5, text_slots=2)
+    assert cands.shape == (4, 5)
+    for got, before in zip((cands, mask, tt_place, table_place), plain):
+        np.testing.assert_array_equal(got[:, :3], before)  # the first N are as without
+    dense = lexical_dense(tables.tfidf)
+    new = np.flatnonzero(tables.counts == 0)[1:]
+    for row, query in enumerate(queries):
+        listed = set(cands[row, :3][mask[row, :3]].tolist()) | set(query)
+        scores = {int(i): float(dense[sorted(set(query))].sum(0) @ dense[i]) for i in new
+                  if i not in listed}
+        best = sorted((i for i, s in scores.items() if s > 1e-6), key=lambda i: (-scores[i], i))
+        picked = cands[row, 3:][mask[row, 3:]].tolist()
+        assert picked == best[:2]
+    # Query 0 (red tea mug, red tea pot): "red tea mug set" first, then "red lamp" (the
+    # rarer shared word outweighs "tea" alone).
+    assert cands[0, 3:].tolist() == [7, 8]
+    # Query 2 ("green box") shares no term with a new item: no text pick.
+    assert not mask[2, 3:].any()
+    # A repeated query item counts once.
+    np.testing.assert_array_equal(cands[3, 3:], cands[0, 3:])
+    # Their places: the two-tower's own list (N where it is absent), the table's length.
+    two_tower = query_emb @ tables.item_embeddings.T
+    for row in range(4):
+        two_tower[row, [0, *queries[row]]] = -np.inf
+        order = np.argsort(-two_tower[row], kind="stable")[:3].tolist()
+        for j in np.flatnonzero(mask[row, 3:]) + 3:
+            expected = order.index(cands[row, j]) if cands[row, j] in order else 3
+            assert tt_place[row, j] == expected
+    # A dropped item is never picked.
+    gone = F.candidates(query_emb, tables, queries, 3, 0.5, text_slots=2, unavailable=[7])
+    assert 7 not in gone[0][0].tolist() and gone[0][0, 3] == 8
+
+
+def test_a_target_shown_as_new_may_keep_its_place_by_its_text():
+    rng = np.random.default_rng(8)
+    tables = _text_tables(rng)
+    queries = [[1, 4]]
+    query_emb = rng.normal(size=(1, 4)).astype(np.float32)
+    cands, mask, a, b = F.candidates(query_emb, tables, queries, width=4, table_share=0.5,
+                                     text_slots=1)
+    assert mask[0, 4] and tables.counts[cands[0, 4]] == 0  # a new item, by its text
+    feats = F.candidate_features(query_emb, tables, queries, cands, mask, a, b)
+    target = 0
+    item = int(cands[0, target])
+    labels = np.zeros(cands.shape, np.float32)
+    labels[0, target] = 1
+    col = {name: j for j, name in enumerate(F.FEATURES)}
+    # Every listed two-tower score is above the target's text-only one (0): only its
+    # text can keep it.
+    feats[0, :, col["tt_score"]] = 5.0
+    text_only = np.zeros((12, 4), np.float32)
+    texts = ["", "red tea mug", "blue cup", "green box", "red tea pot", "blue sky",
+             "tea light", "red tea mug set", "red lamp", "blue cup saucer", "zebra", "tea"]
+    before = (feats.copy(), mask.copy(), labels.copy())
+    # A text that matches the query better than the text pick's: kept, the pick dropped.
+    texts[item] = "red tea mug pot"
+    tables.tfidf = LexicalTable.build(texts, max_terms=3)
+    kept = F.present_as_new(feats, cands, mask, labels, query_emb, tables, np.array([0]),
+                            text_only, queries, width=4)
+    assert kept == 1 and labels[0, target] == 1
+    assert not mask[0, 4]  # the weakest text pick gave up its slot
+    assert feats[0, target, col["tt_rank"]] == pytest.approx(np.log1p(4))
+    assert feats[0, target, col["has_behaviour"]] == 0
+    # A text that shares nothing with the query: taken out, the text pick stays.
+    feats, mask, labels = (x.copy() for x in before)
+    texts[item] = "zebra zebra"
+    tables.tfidf = LexicalTable.build(texts, max_terms=3)
+    kept = F.present_as_new(feats, cands, mask, labels, query_emb, tables, np.array([0]),
+                            text_only, queries, width=4)
+    assert kept == 0 and labels[0, target] == 0 and mask[0, 4]
+    # Without text slots a well-matching text does not keep it either.
+    feats, mask, labels = (x.copy() for x in before)
+    texts[item] = "red tea mug pot"
+    tables.tfidf = LexicalTable.build(texts, max_terms=3)
+    kept = F.present_as_new(feats[:, :4], cands[:, :4], mask[:, :4], labels[:, :4], query_emb,
+                            tables, np.array([0]), text_only)
+    assert kept == 0
+
+
+def test_the_serving_graph_picks_the_text_slots_as_numpy_does():
+    from tfrec.ranking.serving import TwoStageScorer
+
+    rng = np.random.default_rng(9)
+    tables = _text_tables(rng)
+    queries = [[1, 4], [2], [3], [1, 1, 4], [6, 5]]
+    query_emb = rng.normal(size=(5, 4)).astype(np.float32)
+    ranker = CandidateRanker(len(F.FEATURES), hidden_units=(4,), seed=1)
+    n, m = 3, 2
+
+    def graph(unavailable=(), exclude=None):
+        scorer = TwoStageScorer(tables, ranker, n, 0.5, tuple(range(len(F.FEATURES))),
+                                text_slots=m, unavailable=unavailable)
+        scores = query_emb @ tables.item_embeddings.T
+        scores[:, 0] = -np.inf
+        for row, query in enumerate(queries):
+            scores[row, query] = -np.inf
+        tt_ids = np.argsort(-scores, axis=1, kind="stable")[:, :n].astype(np.int32)
+        items = np.zeros((len(queries), 3), np.int32)
+        for row, query in enumerate(queries):
+            items[row, 3 - len(query):] = query
+        exclude = np.zeros((len(queries), 1), np.int32) if exclude is None else exclude
+        valid = (tt_ids[:, :, None] != exclude[:, None, :]).all(-1)  # as the export does
+        return [x.numpy() for x in scorer.rank(items, query_emb, tt_ids, valid, exclude)]
+
+    cands, mask, scores = graph()
+    expected = F.candidates(query_emb, tables, queries, n, 0.5, text_slots=m)
+    assert cands.shape == (5, n + m) and mask[:, n:].any()
+    np.testing.assert_array_equal(mask, expected[1])
+    np.testing.assert_array_equal(np.where(mask, cands, 0), expected[0])
+    feats = F.candidate_features(query_emb, tables, queries, *expected)
+    np.testing.assert_allclose(scores[mask], score_lists(ranker, feats, expected[1])[mask],
+                               rtol=1e-5, atol=1e-5)
+    # Dropped items and excluded ones are never picked.
+    first = int(cands[0, n])
+    cands, mask, _ = graph(unavailable=[first])
+    assert first not in cands[0][mask[0]].tolist()
+    np.testing.assert_array_equal(
+        np.where(mask, cands, 0),
+        F.candidates(query_emb, tables, queries, n, 0.5, text_slots=m, unavailable=[first])[0])
+    cands, mask, _ = graph(exclude=np.full((5, 1), first, np.int32))
+    assert first not in cands[mask].tolist()

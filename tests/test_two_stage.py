@@ -131,3 +131,12 @@ def test_a_candidate_list_shorter_than_k_is_refused_before_training(
     err = capsys.readouterr().err
     assert "ranking.num_candidates" in err and "k = 10" in err
     assert not Path(run / "checkpoints").exists()
+
+
+def test_negative_text_slots_are_refused_naming_the_setting(data_files, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--config", str(data_files / "run.json"), "--run-dir", str(run),
+                 "--set", "ranking.text_slots=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "ranking.text_slots" in err
+    assert not Path(run / "checkpoints").exists()

@@ -13,6 +13,7 @@ from tfrec.exporter import CatalogueUpdate, export, load_saved_model, update_cat
 from tfrec.exporter.layout import VersionFolder
 from tfrec.index import IndexConfig
 from tfrec.ranking import features as F
+from tfrec.config import RankingConfig
 from tfrec.ranking.serving import merge_order, serving_tables, TwoStageScorer
 from tfrec.run import load_run
 
@@ -181,7 +182,7 @@ def test_the_graph_moves_new_items_forward_as_numpy_does(two_stage_run, stage):
     assert ranking.tables.counts[1:].min() == 0, "the run has no item without behaviour"
     promoted = dataclasses.replace(ranking, new_slots=3)
     scorer = TwoStageScorer(promoted.tables, promoted.ranker, N, promoted.table_share,
-                            promoted.columns, new_slots=3)
+                            promoted.columns, new_slots=3, text_slots=promoted.text_slots)
     queries = [[int(i) for i in vocab.lookup(np.asarray(s, dtype=object))]
                for s in sessions_of(vocab, 60, seed=4)]
     q = np.asarray(model.query_embeddings(histories_from_lists(
@@ -298,6 +299,7 @@ def test_metadata_records_both_stages_and_k_is_at_most_n(exports, stage):
     rs = meta["ranking_stage"]
     assert rs["enabled"] is True and rs["num_candidates"] == N
     assert rs["table_share"] == ranking.table_share
+    assert rs["text_slots"] == ranking.text_slots == RankingConfig.text_slots
     assert rs["features"] == [F.FEATURES[j] for j in ranking.columns]
     assert rs["item_item_table"]["entries"] == ranking.tables.table.num_entries
     assert meta["max_k"] == N  # the index's default max_k (100) cut to N
@@ -359,6 +361,11 @@ def test_added_items_are_recommended_and_dropped_ones_never(exports, stage, tmp_
                                              k=tf.constant(N))
     assert_same_top_k(out, ids, scores, comparable)
     assert out["known"].numpy().all()
+    # Each twin is a candidate for the query of its known item: its text matches best.
+    assert bigger.text_slots > 0
+    cands, mask, _ = bigger.lists(query_emb[:len(twins)], queries[:len(twins)])
+    for row, new in enumerate(range(vocab.size, vocab.size + len(twins))):
+        assert new in cands[row][mask[row]].tolist()
     # An item's twin (same text, same lexical row, no behaviour) is recommended among its
     # most similar items. How many of the six varies with the ranker's fit (2 to 6 of 6
     # seen): at least one, which an added item never made a candidate cannot be.

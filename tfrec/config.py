@@ -432,6 +432,12 @@ class RankingConfig(Settings):
              "Online Retail runs measured, 0.05 and 0.1 lowered the ranker's validation HR@10 "
              "(bench/RESULTS.md, \"New items in the candidate list\")",
         check=within(0, 1, "[]"))
+    text_slots: int = setting(
+        10, "slots after the N candidates for the items without behaviour whose text best "
+            "matches the query's (the TF-IDF cosines of their strongest terms with the query "
+            "items', summed): the item-item table never proposes a new item and the "
+            "two-tower few, and text overlap is what finds them (0: none; bench/RESULTS.md, "
+            "\"New items by their text\")", check=integer_at_least(0))
     text_terms: int = setting(8, "TF-IDF terms kept per item for the lexical feature (its "
                                  "strongest terms)", check=POSITIVE)
     hidden_units: tuple[int, ...] = setting(

@@ -12,7 +12,7 @@ import numpy as np
 from tfrec.evaluate.analyses import pca_2d
 from tfrec.evaluate.bar import verdict
 from tfrec.evaluate.methods import ABLATION_PREFIX, MAX_K, MODEL, STAGE1, label_of
-from tfrec.evaluate.table import SOURCE_LABELS, format_report, new_slots_clause
+from tfrec.evaluate.table import SOURCE_LABELS, format_report, list_width, new_slots_clause
 from tfrec.run_folder import ReportFolder
 from tfrec.utils import ensure_folder
 
@@ -221,7 +221,7 @@ def _ranking_stage_html(report: dict) -> str:
     rs = report.get("ranking_stage")
     if not rs:
         return ""
-    k, width = report["k"], rs["num_candidates"]
+    k, width = report["k"], list_width(rs)
     recall = rs["candidate_recall"]
     rows = "".join(f"<tr><th>{html.escape(SOURCE_LABELS[source])}</th>"
                    + "".join(f"<td>{_num(recall[source][g])}</td>"

@@ -281,7 +281,7 @@ def _stage_rows(stage, config, data, run_model, query_emb: np.ndarray, cases,
       ablated: `stages.ablation_columns` (empty: no ablations).
       source: the model's source, in words (the rows' note).
     """
-    width = stage.num_candidates
+    width = stage.width
     t0 = step(f"{TWO_STAGE_LABEL}: the ranker over each case's {width} candidates")
     lists = stages_lib.StageLists.of(stage, query_emb, cases)
     rows = {MODEL: MethodResult(
@@ -296,7 +296,8 @@ def _stage_rows(stage, config, data, run_model, query_emb: np.ndarray, cases,
             ablation_name(ablation.group), ablation.ranks, ablation.seconds,
             f"the ranker refitted without {', '.join(left_out)}", list_width=width,
             extra={"left_out": left_out, **ablation.info})
-    entry = {"num_candidates": width, "table_share": stage.table_share,
-             "new_slots": stage.new_slots, "features": [F.FEATURES[j] for j in stage.columns],
+    entry = {"num_candidates": stage.num_candidates, "text_slots": stage.text_slots,
+             "table_share": stage.table_share, "new_slots": stage.new_slots,
+             "features": [F.FEATURES[j] for j in stage.columns],
              "ablations": bool(ablated), "candidate_recall": recall}
     return entry, rows

@@ -33,7 +33,7 @@ class StageLists:
     Attributes:
       candidates, mask, features: `RankingStage.lists` of the cases.
       targets: [n] the cases' targets.
-      width: N.
+      width: a list's width (N, then the text slots).
     """
 
     candidates: np.ndarray
@@ -45,7 +45,7 @@ class StageLists:
     @classmethod
     def of(cls, stage: RankingStage, query_embeddings: np.ndarray, cases) -> "StageLists":
         cands, mask, feats = stage.lists(query_embeddings, cases.queries)
-        return cls(cands, mask, feats, np.asarray(cases.targets), stage.num_candidates)
+        return cls(cands, mask, feats, np.asarray(cases.targets), stage.width)
 
     def ranks(self, ranker, columns) -> np.ndarray:
         """[n] each target's rank after `ranker` (reading feature `columns`); `MISSED`
@@ -106,6 +106,9 @@ def ablations(config, data, model, stage: RankingStage, lists: StageLists,
         return []
     progress("ablations: the ranker's training lists (the training period less its ranker "
              f"slice), then {len(groups)} rankers, each without one feature group")
+    # The lists as the run's stage made them (a run trained before text slots has none).
+    config = dataclasses.replace(config, ranking=dataclasses.replace(
+        config.ranking, text_slots=stage.text_slots))
     stage1, split = stage1_training_data(config, data)
     train_lists, tables = ranker_lists(config, data, stage1, split, model)
     out = []

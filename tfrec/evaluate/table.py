@@ -11,9 +11,15 @@ SOURCE_LABELS = {"merged": "the merged list", "two_tower": "two-tower top N",
 
 def new_slots_clause(rs: dict) -> str:
     """How the candidate list treats items without behaviour, as a clause (or nothing)."""
-    n = rs.get("new_slots", 0)
-    return (f"; the two-tower's first {n} items without behaviour go first in its list"
-            if n else "")
+    n, m = rs.get("new_slots", 0), rs.get("text_slots", 0)
+    return ((f"; the two-tower's first {n} items without behaviour go first in its list"
+             if n else "")
+            + (f"; then up to {m} items without behaviour found by their text" if m else ""))
+
+
+def list_width(rs: dict) -> int:
+    """A candidate list's width: N, then the text slots."""
+    return rs["num_candidates"] + rs.get("text_slots", 0)
 
 
 def _share(value) -> str:
@@ -25,7 +31,7 @@ def ranking_stage_lines(report: dict) -> list[str]:
     rs = report.get("ranking_stage")
     if not rs:
         return []
-    k, width = report["k"], rs["num_candidates"]
+    k, width = report["k"], list_width(rs)
     recall = rs["candidate_recall"]
     lines = [f"ranking stage: the ranker orders {width} candidates per case "
              f"({rs['table_share']:.0%} of the slots from the item-item table"

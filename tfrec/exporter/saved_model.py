@@ -244,7 +244,8 @@ def ranking_scorer(stage, model, item_ids: np.ndarray, catalogue: Catalogue):
     tables = serving_tables(stage.tables, model, np.asarray(catalogue.texts)[added],
                             embeddings, dropped)
     return TwoStageScorer(tables, stage.ranker, stage.num_candidates, stage.table_share,
-                          stage.columns, new_slots=stage.new_slots)
+                          stage.columns, new_slots=stage.new_slots,
+                          text_slots=stage.text_slots, unavailable=dropped)
 
 
 def ranking_metadata(stage, enabled: bool) -> dict:
@@ -258,6 +259,7 @@ def ranking_metadata(stage, enabled: bool) -> dict:
             "ranking_stage": {
                 "enabled": bool(enabled), "num_candidates": stage.num_candidates,
                 "table_share": stage.table_share, "new_slots": stage.new_slots,
+                "text_slots": stage.text_slots,
                 "features": [FEATURES[j] for j in stage.columns],
                 "columns": list(stage.columns), "ranker": stage.ranker.get_config(),
                 "item_item_table": {**table.info, "items": table.num_items,

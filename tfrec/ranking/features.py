@@ -139,27 +139,35 @@ def _places(items: np.ndarray, ranked: np.ndarray) -> np.ndarray:
 
 
 def candidates(query_embeddings: np.ndarray, tables: Tables, queries: list, width: int,
-               table_share: float, depth: int | None = None, new_slots: int = 0):
-    """Every query's candidate list (see `merge_candidates`), padded to `width`.
+               table_share: float, depth: int | None = None, new_slots: int = 0,
+               text_slots: int = 0, unavailable=()):
+    """Every query's candidate list (see `merge_candidates`), padded to `width`, then
+    up to `text_slots` items without behaviour found by their text (`text_picks`).
 
     Args:
       depth: how far down each source's list is read (default `width`).
       new_slots: how many of the two-tower's items without behaviour (no
         training events in `tables.counts`) move to the front of its list.
+      text_slots: m, the slots after the first `width` for the items without
+        behaviour whose text best matches the query's.
+      unavailable: items never picked by their text (a catalogue's dropped items).
 
     Returns:
-      (candidates [n, width] int64 (0 = padding), mask [n, width] bool,
-      tt_place [n, width], table_place [n, width]).
+      (candidates [n, width + m] int64 (0 = padding), mask [n, width + m] bool,
+      tt_place [n, width + m], table_place [n, width + m]).
     """
     depth = depth or width
     n = len(queries)
     table = tables.table.matrix().astype(np.float64)
     new = np.asarray(tables.counts) == 0
     new[0] = False
-    out = np.zeros((n, width), np.int64)
-    mask = np.zeros((n, width), bool)
-    tt_place = np.zeros((n, width), np.float32)
-    table_place = np.zeros((n, width), np.float32)
+    total = width + text_slots
+    out = np.zeros((n, total), np.int64)
+    mask = np.zeros((n, total), bool)
+    tt_place = np.zeros((n, total), np.float32)
+    table_place = np.zeros((n, total), np.float32)
+    pickable = new.copy()
+    pickable[np.asarray(unavailable, np.int64)] = False
     for start in range(0, n, 512):
         stop = min(start + 512, n)
         tt_scores = query_embeddings[start:stop] @ tables.item_embeddings.T
@@ -181,7 +189,42 @@ def candidates(query_embeddings: np.ndarray, tables: Tables, queries: list, widt
             mask[i, :len(merged)] = True
             tt_place[i, :len(merged)] = a
             table_place[i, :len(merged)] = b
+        if text_slots:
+            picks = text_picks(tables.tfidf, queries[start:stop], pickable, text_slots,
+                               out[start:stop, :width], mask[start:stop, :width])
+            for row, items in enumerate(picks):
+                i, end = start + row, width + len(items)
+                out[i, width:end] = items
+                mask[i, width:end] = True
+                tt_place[i, width:end] = _places(items, tt_top[row][:depth])
+                positive = ii_top[row][ii_scores[row, ii_top[row]] > 0][:depth]
+                table_place[i, width:end] = len(positive)
     return out, mask, tt_place, table_place
+
+
+def text_scores(lexical: LexicalTable, queries: list, items: np.ndarray) -> np.ndarray:
+    """[len(queries), len(items)] each item's TF-IDF cosines with the query's distinct
+    items, summed (the lexical rows are unit-length: one sparse product)."""
+    matrix = lexical.matrix
+    query_rows = multi_hot(queries, matrix.shape[0]) @ matrix
+    return np.asarray((query_rows @ matrix[np.asarray(items, np.int64)].T).todense(),
+                      np.float32)
+
+
+def text_picks(lexical: LexicalTable, queries: list, pickable: np.ndarray, count: int,
+               listed: np.ndarray, listed_mask: np.ndarray) -> list:
+    """Each query's `count` best `pickable` items by `text_scores` (a positive score;
+    ties to the lower index), none of the query's items nor of its `listed` ones."""
+    items = np.flatnonzero(pickable)
+    scores = text_scores(lexical, queries, items)
+    picks = []
+    for row, query in enumerate(queries):
+        taken = np.concatenate([np.asarray(query, np.int64),
+                                listed[row][listed_mask[row]].astype(np.int64)])
+        score = np.where(np.isin(items, taken), 0.0, scores[row])
+        order = np.argsort(-score, kind="stable")[:count]
+        picks.append(items[order[score[order] > 0]])
+    return picks
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -402,7 +445,8 @@ class CandidateFeatures(keras.layers.Layer):
 
 def present_as_new(features: np.ndarray, cands: np.ndarray, mask: np.ndarray,
                    labels: np.ndarray, query_embeddings: np.ndarray, tables: Tables,
-                   rows: np.ndarray, text_embeddings: np.ndarray | None = None) -> int:
+                   rows: np.ndarray, text_embeddings: np.ndarray | None = None,
+                   queries: list | None = None, width: int | None = None) -> int:
     """Shows the target of each of `rows` as an item without behaviour (in place).
 
     Ranker training cases rarely have a new item as their target (it must
@@ -411,20 +455,27 @@ def present_as_new(features: np.ndarray, cands: np.ndarray, mask: np.ndarray,
     (warm) target as a new item would be seen: its two-tower score from its
     text-only embedding, no table weight, no counts, no skip-gram vector,
     and its two-tower place among the listed candidates recomputed. A
-    target that its text alone would not have brought into the list is
-    taken out of it (the case then has no positive and no loss).
+    target that neither its text-only two-tower score nor its text's match
+    with the query's (the lists' text slots, `text_picks`) would have
+    brought into the list is taken out of it (the case then has no positive
+    and no loss); one kept by its text alone takes the place of the weakest
+    text pick and the two-tower place of an item outside its list.
 
     Args:
       features, cands, mask, labels: the lists (`candidate_features`), changed in place.
       rows: the cases whose target to present as new.
       text_embeddings: [V, d] the items' text-only two-tower embeddings (what
         a new item is embedded by; default `tables.text`, when that is them).
+      queries: the cases' queries (needed where the lists have text slots).
+      width: N, the merged part of each list; the text slots follow it
+        (default: the lists' width, no text slots).
 
     Returns:
       How many of those targets stayed in their list.
     """
     column = {name: j for j, name in enumerate(FEATURES)}
-    width = cands.shape[1]
+    width = cands.shape[1] if width is None else int(width)
+    slots = cands.shape[1] - width
     text_embeddings = tables.text if text_embeddings is None else text_embeddings
     kept = 0
     for i in rows:
@@ -437,12 +488,24 @@ def present_as_new(features: np.ndarray, cands: np.ndarray, mask: np.ndarray,
         score = float(text_embeddings[item] @ query_embeddings[i])
         listed = mask[i] & (np.expm1(f[:, column["tt_rank"]]) < width - 0.5)
         listed[j] = False
-        if not listed.any() or score < f[listed, column["tt_score"]].min():
-            labels[i, j] = 0.0
-            continue
+        by_two_tower = listed.any() and score >= f[listed, column["tt_score"]].min()
+        if not by_two_tower:
+            picked = np.flatnonzero(mask[i, width:]) + width
+            picked = picked[picked != j]
+            matched = 0.0
+            if slots and queries is not None:
+                found = text_scores(tables.tfidf, [queries[i]], np.append(cands[i, picked], item))
+                matched = float(found[0, -1])
+            if matched <= 0 or (len(picked) >= slots and matched < found[0, :-1].min()):
+                labels[i, j] = 0.0
+                continue
+            if len(picked) >= slots:  # the weakest text pick gives up its slot
+                weakest = picked[int(np.argmin(found[0, :-1]))]
+                mask[i, weakest], features[i, weakest] = False, 0.0
         kept += 1
         f[j, column["tt_score"]] = score
-        f[j, column["tt_rank"]] = np.log1p((f[listed, column["tt_score"]] > score).sum())
+        f[j, column["tt_rank"]] = (np.log1p((f[listed, column["tt_score"]] > score).sum())
+                                   if by_two_tower else np.log1p(width))
         for name in ("ii_score", "ii_max", "log_count", "has_behaviour", "i2v_mean", "i2v_max"):
             f[j, column[name]] = 0.0
         f[j, column["ii_rank"]] = np.log1p(np.expm1(f[mask[i], column["ii_rank"]]).max())

@@ -87,10 +87,14 @@ class TwoStageScorer(tf.Module):
       columns: the feature columns the ranker reads (indices into `FEATURES`).
       new_slots: how many of the index's items without behaviour move to the
         front of its list before the merge (as `F.candidates` does).
+      text_slots: m, the slots after the N for the items without behaviour whose
+        text best matches the query's (as `F.text_picks` picks them).
+      unavailable: items never picked by their text (the catalogue's dropped items).
     """
 
     def __init__(self, tables: F.Tables, ranker, num_candidates: int, table_share: float,
-                 columns, new_slots: int = 0, name: str = "ranking_stage"):
+                 columns, new_slots: int = 0, text_slots: int = 0, unavailable=(),
+                 name: str = "ranking_stage"):
         super().__init__(name=name)
         self.features = F.CandidateFeatures.from_tables(tables, name="candidate_features")
         self.ranker = FoldedRanker(ranker, columns, len(F.FEATURES), name="candidate_ranker")
@@ -107,6 +111,85 @@ class TwoStageScorer(tf.Module):
         self._order = tf.constant(order)
         self._table_rank, self._tt_rank = tf.constant(rank[:n]), tf.constant(rank[n:])
         self._use_table, self._use_tt = bool(used[0]), bool(used[n])
+        self.text_slots = int(text_slots)
+        if self.text_slots:
+            self._text_source(tables, new, unavailable)
+
+    def _text_source(self, tables: F.Tables, new: np.ndarray, unavailable) -> None:
+        """The items the text slots pick from (without behaviour, available) and their
+        lexical rows as a sparse [S, terms] matrix (one row of zeros when there is none)."""
+        pickable = new.copy()
+        pickable[np.asarray(unavailable, np.int64)] = False
+        items = np.flatnonzero(pickable).astype(np.int32)
+        position = np.full(len(pickable), -1, np.int32)
+        position[items] = np.arange(len(items), dtype=np.int32)
+        terms = np.asarray(tables.tfidf.terms, np.int64)[items]
+        weights = np.asarray(tables.tfidf.weights, np.float32)[items]
+        rows, cols = np.nonzero(terms > 0)
+        indices = np.stack([rows, terms[rows, cols]], 1).astype(np.int64).reshape(-1, 2)
+        values = weights[rows, cols].astype(np.float32)
+        if not len(items):  # nothing to pick: one empty row (its score is 0, never picked)
+            items = np.zeros(1, np.int32)
+        self._text_items = tf.Variable(items, trainable=False, name="text_items")
+        self._text_position = tf.Variable(position, trainable=False, name="text_position")
+        self._text_indices = tf.Variable(indices, trainable=False, name="text_indices")
+        self._text_values = tf.Variable(values, trainable=False, name="text_values")
+        self._text_shape = (len(items), len(tables.tfidf.vocabulary) + 1)
+
+    def text_list(self, query_items, exclude, cands, mask, tt_ids, tt_valid, tt_order,
+                  table_count):
+        """The text slots' items and their places (the twin of `F.text_picks`).
+
+        Args:
+          query_items: [B, L] the query's items (0-padded).
+          exclude: [B, m] items never to return (0: none).
+          cands, mask: [B, N] the merged list (its items are not picked again).
+          tt_ids, tt_valid, tt_order: the two-tower's list as `merge` read it.
+          table_count: [B, 1] the table's list's length.
+
+        Returns:
+          (items [B, m] int32 (0 at padding), valid [B, m] bool, tt_place,
+          table_place [B, m] float32).
+        """
+        f = self.features
+        batch = tf.shape(query_items)[0]
+        width = self._text_shape[1]
+        # Each distinct query item's lexical row, summed into one dense row per query.
+        same = tf.equal(query_items[:, :, None], query_items[:, None, :])
+        earlier = tf.linalg.band_part(tf.ones_like(same, tf.int32), -1, 0) - tf.eye(
+            tf.shape(query_items)[1], dtype=tf.int32)
+        repeated = tf.reduce_any(tf.logical_and(same, tf.cast(earlier, tf.bool)), axis=2)
+        keep = tf.logical_and(query_items > 0, tf.logical_not(repeated))
+        terms = tf.cast(tf.gather(f.lexical_terms, query_items), tf.int64)  # [B, L, T]
+        weights = tf.gather(f.lexical_weights, query_items)
+        weights = tf.where(tf.logical_and(keep[:, :, None], terms > 0), weights, 0.0)
+        rows = tf.broadcast_to(tf.range(tf.cast(batch, tf.int64))[:, None, None],
+                               tf.shape(terms))
+        dense = tf.reshape(tf.math.unsorted_segment_sum(
+            tf.reshape(weights, [-1]), tf.reshape(rows * width + terms, [-1]),
+            tf.cast(batch, tf.int64) * width), [batch, width])
+        matrix = tf.sparse.SparseTensor(self._text_indices, self._text_values,
+                                        self._text_shape)
+        scores = tf.transpose(tf.sparse.sparse_dense_matmul(matrix, dense, adjoint_b=True))
+        # Items listed already, the query's own and the excluded ones are not picked.
+        taken = tf.concat([tf.where(mask, cands, 0), query_items, exclude], 1)
+        at = tf.gather(self._text_position, taken)
+        hit = tf.where(tf.logical_and(at >= 0, taken > 0))
+        scores = tf.tensor_scatter_nd_update(
+            scores, tf.stack([hit[:, 0], tf.cast(tf.gather_nd(at, hit), tf.int64)], 1),
+            tf.zeros(tf.shape(hit)[:1]))
+        count = min(self.text_slots, self._text_shape[0])
+        best, where = tf.math.top_k(scores, k=count)
+        items = tf.gather(self._text_items, where)
+        valid = best > 0
+        pad = [[0, 0], [0, self.text_slots - count]]
+        items, valid = tf.pad(tf.where(valid, items, 0), pad), tf.pad(valid, pad)
+        found, place = _places(items, valid, tt_ids, tt_valid)
+        if tt_order is not None:
+            place = tf.gather(tt_order, place, batch_dims=1)
+        tt_place = tf.where(found, place, self.num_candidates)
+        table_place = tf.broadcast_to(table_count, tf.shape(items))
+        return items, valid, tf.cast(tt_place, tf.float32), tf.cast(table_place, tf.float32)
 
     def table_list(self, query_items, exclude, sums=None):
         """(items [B, N] int32, valid [B, N] bool): the item-item table's top N items of
@@ -204,8 +287,8 @@ class TwoStageScorer(tf.Module):
           exclude: [B, m] int items never to return (0: none).
 
         Returns:
-          (candidates [B, N] int32, mask [B, N] bool, scores [B, N] float32 (-inf at
-          padding)).
+          (candidates [B, N + m] int32, mask [B, N + m] bool, scores [B, N + m] float32
+          (-inf at padding); m the text slots).
         """
         n = self.num_candidates
         query_items = tf.cast(query_items, tf.int32)
@@ -228,13 +311,21 @@ class TwoStageScorer(tf.Module):
             tt_ids, tt_valid, tt_order = self.promote_new(tt_ids, tt_valid)
         cands, mask, tt_place, table_place = self.merge(table_ids, table_valid, tt_ids,
                                                         tt_valid, tt_order)
+        if self.text_slots:
+            table_count = tf.reduce_sum(tf.cast(tf.logical_and(table_valid, table_ids > 0),
+                                                tf.int32), axis=1, keepdims=True)
+            extra = self.text_list(query_items, exclude, cands, mask, tt_ids, tt_valid,
+                                   tt_order, table_count)
+            merged = (cands, mask, tt_place, table_place)
+            cands, mask, tt_place, table_place = (tf.concat([a, b], 1)
+                                                  for a, b in zip(merged, extra))
         scores = self.scores(query_items, query_embeddings, cands, mask, tt_place, table_place,
                              sums)
         return cands, mask, scores
 
     def info(self) -> dict:
         return {"num_candidates": self.num_candidates, "table_share": self.table_share,
-                "new_slots": self.new_slots,
+                "new_slots": self.new_slots, "text_slots": self.text_slots,
                 "features": [F.FEATURES[j] for j in self.columns],
                 "columns": list(self.columns), "items": self.num_items}
 

@@ -159,6 +159,8 @@ class RankingStage:
       info: what the fit measured (cases, validation figures, seconds).
       new_slots: how many of the two-tower's items without behaviour move to
         the front of its list before the merge (`F.candidates`).
+      text_slots: m, the slots after the N for items without behaviour found
+        by their text (`F.text_picks`); a list is N + m wide.
     """
 
     tables: F.Tables
@@ -168,26 +170,32 @@ class RankingStage:
     columns: tuple[int, ...]
     info: dict
     new_slots: int = 0
+    text_slots: int = 0
+
+    @property
+    def width(self) -> int:
+        """A candidate list's width: N, then the text slots."""
+        return self.num_candidates + self.text_slots
 
     def lists(self, query_embeddings: np.ndarray, queries: list):
         """(candidates, mask, features) of each query's candidate list."""
         cands, mask, tt_place, table_place = F.candidates(
             query_embeddings, self.tables, queries, self.num_candidates, self.table_share,
-            new_slots=self.new_slots)
+            new_slots=self.new_slots, text_slots=self.text_slots)
         feats = F.candidate_features(query_embeddings, self.tables, queries, cands, mask,
                                      tt_place, table_place)
         return cands, mask, feats
 
     def score(self, query_embeddings: np.ndarray, queries: list):
-        """(candidates [n, N], mask [n, N], the ranker's scores [n, N])."""
+        """(candidates [n, width], mask [n, width], the ranker's scores [n, width])."""
         cands, mask, feats = self.lists(query_embeddings, queries)
         return cands, mask, score_lists(self.ranker, feats, mask, list(self.columns))
 
     def target_ranks(self, query_embeddings: np.ndarray, queries: list,
                      targets: np.ndarray) -> np.ndarray:
-        """Each target's rank after both stages (N + 1 where it is not a candidate)."""
+        """Each target's rank after both stages (width + 1 where it is not a candidate)."""
         cands, mask, scores = self.score(query_embeddings, queries)
-        return list_ranks(scores, cands, mask, targets, miss_rank=self.num_candidates + 1)
+        return list_ranks(scores, cands, mask, targets, miss_rank=self.width + 1)
 
     # Saving and loading ----------------------------------------------------------------
 
@@ -209,7 +217,7 @@ class RankingStage:
         (folder / "stage.json").write_text(json.dumps({
             "format": FORMAT, "num_candidates": self.num_candidates,
             "table_share": self.table_share, "new_slots": self.new_slots,
-            "columns": list(self.columns),
+            "text_slots": self.text_slots, "columns": list(self.columns),
             "features": [F.FEATURES[j] for j in self.columns],
             "ranker": self.ranker.get_config(), "table_info": t.table.info,
             "info": self.info}, indent=1, default=str) + "\n")
@@ -253,7 +261,8 @@ class RankingStage:
         # The normalisation's mean and variance are computed from its restored state.
         ranker.normalization.finalize_state()
         return cls(tables, ranker, int(meta["num_candidates"]), float(meta["table_share"]),
-                   tuple(meta["columns"]), meta.get("info", {}), int(meta.get("new_slots", 0)))
+                   tuple(meta["columns"]), meta.get("info", {}), int(meta.get("new_slots", 0)),
+                   int(meta.get("text_slots", 0)))
 
 
 def _table(config: RunConfig, sessions, size: int, lambdas: tuple | None = None) -> ItemItemTable:
@@ -338,7 +347,8 @@ def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
     logger.info("ranking stage: features of %d ranker cases", len(cases))
     cands, mask, tt_place, table_place = F.candidates(query_emb, tables_s1, cases.queries,
                                                       rk.num_candidates, rk.table_share,
-                                                      new_slots=rk.new_slots)
+                                                      new_slots=rk.new_slots,
+                                                      text_slots=rk.text_slots)
     feats = F.candidate_features(query_emb, tables_s1, cases.queries, cands, mask, tt_place,
                                  table_place)
     labels = ((cands == cases.targets[:, None]) & mask).astype(np.float32)
@@ -349,7 +359,8 @@ def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
     rng = np.random.default_rng([config.train.seed, 5])
     count = min(len(warm_fit), int(round(rk.new_share * len(fit_rows))))
     as_new = np.sort(rng.choice(warm_fit, size=count, replace=False))
-    F.present_as_new(feats, cands, mask, labels, query_emb, tables_s1, as_new, text_only)
+    F.present_as_new(feats, cands, mask, labels, query_emb, tables_s1, as_new, text_only,
+                     cases.queries, rk.num_candidates)
     lists = RankerLists(cands, mask, feats, labels, cases.targets, fit_rows, val_rows,
                         {"ranker_cases": int(len(cases)), "fit_cases": int(len(fit_rows)),
                          "validation_cases": int(len(val_rows)), "shown_as_new": int(len(as_new)),
@@ -384,9 +395,9 @@ def fit_on_lists(config: RunConfig, lists: RankerLists, tables: F.Tables,
         c, m, t = lists.candidates[val_rows], lists.mask[val_rows], lists.targets[val_rows]
         f = lists.features[val_rows]
         ranks = list_ranks(score_lists(ranker, f, m, list(columns)), c, m, t,
-                           miss_rank=rk.num_candidates + 1)
+                           miss_rank=c.shape[1] + 1)
         tt = list_ranks(f[..., F.FEATURES.index("tt_score")], c, m, t,
-                        miss_rank=rk.num_candidates + 1)
+                        miss_rank=c.shape[1] + 1)
         info["validation"] = {"hr_two_stage": float(np.mean(ranks < k)),
                               "hr_candidates_by_two_tower": float(np.mean(tt < k)), "k": k}
         logger.info("ranking stage: validation HR@%d %.4f (the candidates by two-tower score "
@@ -394,7 +405,7 @@ def fit_on_lists(config: RunConfig, lists: RankerLists, tables: F.Tables,
                     info["validation"]["hr_candidates_by_two_tower"])
     info["fit_seconds"] = round(time.perf_counter() - started, 1)
     return RankingStage(tables, ranker, rk.num_candidates, rk.table_share, columns, info,
-                        rk.new_slots)
+                        rk.new_slots, rk.text_slots)
 
 
 def fit_ranking_stage(config: RunConfig, data: TrainingData, stage1: TrainingData,
@@ -420,7 +431,7 @@ def evaluate_stages(stage: RankingStage, model, data: TrainingData, history_leng
     result["stage1"] = score_cases(stage1_ranks, cases, k)
     cands, mask, _, _ = F.candidates(query_emb, stage.tables, cases.queries,
                                      stage.num_candidates, stage.table_share,
-                                     new_slots=stage.new_slots)
+                                     new_slots=stage.new_slots, text_slots=stage.text_slots)
     result["candidate_recall"] = F.candidate_recall(cands, mask, cases.targets)
     return result
 
