@@ -316,7 +316,13 @@ def main(argv=None) -> int:
                 use = list(range(int(v[3:])))
             val_scores = np.mean([members[j][0] for j in use], axis=0)
             test_scores = np.mean([members[j][1] for j in use], axis=0)
-        val_hr = float(np.mean(list_ranks(val_scores, vc, vm, vt, miss) < k))
+        val_ranks = list_ranks(val_scores, vc, vm, vt, miss)
+        val_hr = float(np.mean(val_ranks < k))
+        shown = np.isin(val, getattr(lists, "new_rows", []))
+        if shown.any():
+            print(f"{v}: validation HR@{k} of the {int(shown.sum())} cases shown as new "
+                  f"{np.mean(val_ranks[shown] < k):.4f}, of the others "
+                  f"{np.mean(val_ranks[~shown] < k):.4f}")
         fig = figures(list_ranks(test_scores, cands, mask, cases.targets, miss), cases, k)
         fig["validation_hr"] = val_hr
         out["variants"][v] = fig

@@ -322,8 +322,8 @@ def generated_model(items: int, workdir: Path) -> Path:
 def generated_ranking_stage(vectors: np.ndarray, assignment: np.ndarray, num_candidates: int,
                             co_items: int = 20, seed: int = 0):
     """A ranking stage for a generated catalogue: each item's `co_items` table entries
-    from its own cluster, random counts (about 2% of the items without events, which the
-    default text slots pick from), unit text and skip-gram vectors, 8 lexical terms, and
+    from its own cluster, random counts (about 2% of the items without events, which 10 text
+    slots pick from), unit text and skip-gram vectors, 8 lexical terms, and
     an untrained ranker of the trained one's shape (what serving costs, not what it
     scores)."""
     from tfrec.config import RankingConfig
@@ -363,9 +363,10 @@ def generated_ranking_stage(vectors: np.ndarray, assignment: np.ndarray, num_can
     ranker.adapt(rng.normal(size=(1000, len(F.FEATURES))).astype(np.float32))
     ranker({"features": tf.zeros([1, 1, len(F.FEATURES)]),
             "candidate_mask": tf.ones([1, 1], tf.bool)})
-    # About 2% of the items have no events: the text slots pick from them.
+    # About 2% of the items have no events: 10 text slots pick from them (what the text
+    # slots cost when a run turns them on; off by default).
     return TwoStageScorer(tables, ranker, num_candidates, 0.5, tuple(range(len(F.FEATURES))),
-                          text_slots=RankingConfig.text_slots)
+                          text_slots=10)
 
 
 def alternating(calls: dict, sessions, rounds: int) -> dict:

@@ -13,12 +13,12 @@ from tfrec.exporter import CatalogueUpdate, export, load_saved_model, update_cat
 from tfrec.exporter.layout import VersionFolder
 from tfrec.index import IndexConfig
 from tfrec.ranking import features as F
-from tfrec.config import RankingConfig
 from tfrec.ranking.serving import merge_order, serving_tables, TwoStageScorer
 from tfrec.run import load_run
 
 K = 10
 N = 20
+TEXT_SLOTS = 5  # on here (off by default): the graph picks them as numpy does
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def two_stage_run(tmp_path_factory):
     return train_generated_run(
         tmp_path_factory.mktemp("two_stage"), train,
         ["data.pairs.batch_size=512", "train.learning_rate=0.01", f"ranking.num_candidates={N}",
-         "ranking.epochs=2", "ranking.ease_lambda=10"],
+         "ranking.epochs=2", "ranking.ease_lambda=10", f"ranking.text_slots={TEXT_SLOTS}"],
         num_events=12_000, num_items=120, num_users=1000, num_cold=6, seed=3)
 
 
@@ -299,7 +299,7 @@ def test_metadata_records_both_stages_and_k_is_at_most_n(exports, stage):
     rs = meta["ranking_stage"]
     assert rs["enabled"] is True and rs["num_candidates"] == N
     assert rs["table_share"] == ranking.table_share
-    assert rs["text_slots"] == ranking.text_slots == RankingConfig.text_slots
+    assert rs["text_slots"] == ranking.text_slots == TEXT_SLOTS
     assert rs["features"] == [F.FEATURES[j] for j in ranking.columns]
     assert rs["item_item_table"]["entries"] == ranking.tables.table.num_entries
     assert meta["max_k"] == N  # the index's default max_k (100) cut to N

@@ -8,6 +8,8 @@ is itself a candidate list of that width. The table never proposes an item
 without behaviour, so the first `new_slots` such items of the two-tower's
 list move to the front of its list before the merge: a new item then
 competes for a slot with the two-tower's best items, not with its 100th.
+After the merged N, `text_slots` more: the items without behaviour whose
+TF-IDF rows best match the query items' (`text_picks`), none listed already.
 
 Features (`FEATURES`, in groups `FEATURE_GROUPS` for the ablations):
 

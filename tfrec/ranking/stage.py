@@ -298,6 +298,7 @@ class RankerLists:
       fit_rows, validation_rows: the cases the ranker fits on and the
         held-out share that measures it (whole sessions on each side).
       info: counts of what was made.
+      new_rows: the cases whose target is shown as new (`F.present_as_new`).
     """
 
     candidates: np.ndarray
@@ -308,6 +309,7 @@ class RankerLists:
     fit_rows: np.ndarray
     validation_rows: np.ndarray
     info: dict
+    new_rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
@@ -355,16 +357,23 @@ def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
     recall = F.candidate_recall(cands, mask, cases.targets)
     cold = tables_s1.counts[cases.targets] == 0
     fit_rows, val_rows = split_validation(groups, rk.validation_share, config.train.seed)
-    warm_fit = fit_rows[~cold[fit_rows]]
+    # The same share of the validation cases shows its target as new, so that the
+    # figures that choose the settings weigh new items as the fit does.
     rng = np.random.default_rng([config.train.seed, 5])
-    count = min(len(warm_fit), int(round(rk.new_share * len(fit_rows))))
-    as_new = np.sort(rng.choice(warm_fit, size=count, replace=False))
-    F.present_as_new(feats, cands, mask, labels, query_emb, tables_s1, as_new, text_only,
-                     cases.queries, rk.num_candidates)
+    as_new = []
+    for rows in (fit_rows, val_rows):
+        warm = rows[~cold[rows]]
+        count = min(len(warm), int(round(rk.new_share * len(rows))))
+        as_new.append(np.sort(rng.choice(warm, size=count, replace=False)))
+    F.present_as_new(feats, cands, mask, labels, query_emb, tables_s1, np.concatenate(as_new),
+                     text_only, cases.queries, rk.num_candidates)
     lists = RankerLists(cands, mask, feats, labels, cases.targets, fit_rows, val_rows,
                         {"ranker_cases": int(len(cases)), "fit_cases": int(len(fit_rows)),
-                         "validation_cases": int(len(val_rows)), "shown_as_new": int(len(as_new)),
-                         "candidate_recall": recall})
+                         "validation_cases": int(len(val_rows)),
+                         "shown_as_new": int(len(as_new[0])),
+                         "validation_shown_as_new": int(len(as_new[1])),
+                         "candidate_recall": recall},
+                        np.concatenate(as_new))
     # The whole period's λ is chosen again on its own validation slice, from the grid's
     # values next to stage 1's choice: the grid search is the table's costliest part,
     # and 12% more sessions move the best λ by a step of the grid at most.
