@@ -40,6 +40,7 @@ floor. The in-process rows run with --intra-op-threads (default: the server's de
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -320,10 +321,10 @@ def generated_model(items: int, workdir: Path) -> Path:
 
 
 def generated_ranking_stage(vectors: np.ndarray, assignment: np.ndarray, num_candidates: int,
-                            co_items: int = 20, seed: int = 0):
+                            co_items: int = 20, seed: int = 0, text_slots: int = 0):
     """A ranking stage for a generated catalogue: each item's `co_items` table entries
-    from its own cluster, random counts (about 2% of the items without events, which 10 text
-    slots pick from), unit text and skip-gram vectors, 8 lexical terms, and
+    from its own cluster, random counts (about 2% of the items without events, which
+    `text_slots` pick from), unit text and skip-gram vectors, 8 lexical terms, and
     an untrained ranker of the trained one's shape (what serving costs, not what it
     scores)."""
     from tfrec.config import RankingConfig
@@ -363,10 +364,9 @@ def generated_ranking_stage(vectors: np.ndarray, assignment: np.ndarray, num_can
     ranker.adapt(rng.normal(size=(1000, len(F.FEATURES))).astype(np.float32))
     ranker({"features": tf.zeros([1, 1, len(F.FEATURES)]),
             "candidate_mask": tf.ones([1, 1], tf.bool)})
-    # About 2% of the items have no events: 10 text slots pick from them (what the text
-    # slots cost when a run turns them on; off by default).
+    # About 2% of the items have no events: the text slots pick from them.
     return TwoStageScorer(tables, ranker, num_candidates, 0.5, tuple(range(len(F.FEATURES))),
-                          text_slots=10)
+                          text_slots=text_slots)
 
 
 def alternating(calls: dict, sessions, rounds: int) -> dict:
@@ -405,6 +405,15 @@ def two_stage(run_dir: Path, items: int, rounds: int, workdir: Path) -> list:
     signatures = {name: load_saved_model(r.path).signatures["serving_default"]
                   for name, r in (("on", on), ("off", off))}
     sessions = sessions_from(on.path, 2000)
+    slots = on.metadata["ranking_stage"].get("text_slots", 0)
+    if slots:  # the same stage without its text slots (what they cost)
+        plain = workdir / "plain_run"
+        shutil.copytree(run_dir, plain, ignore=shutil.ignore_patterns("evaluation"))
+        meta = json.loads((plain / "ranking" / "stage.json").read_text())
+        (plain / "ranking" / "stage.json").write_text(json.dumps({**meta, "text_slots": 0}))
+        without = export(plain, workdir / "plain", IndexConfig(kind="scann"))
+        signatures[f"on, no text slots (of {slots})"] = load_saved_model(
+            without.path).signatures["serving_default"]
     calls = {name: (lambda session, f=f: f(item_ids=tf.constant([session]), k=k))
              for name, f in signatures.items()}
     candidates = on.metadata["ranking_stage"]["num_candidates"]
@@ -424,7 +433,10 @@ def two_stage(run_dir: Path, items: int, rounds: int, workdir: Path) -> list:
         config = ranking_index_config(IndexConfig(kind="scann", max_k=100), 200)
         index = build_index(vectors, ids[1:], config)
         ranking = generated_ranking_stage(vectors, assignment, 200)
+        slotted = generated_ranking_stage(vectors, assignment, 200, text_slots=10)
         modules = {"on": RecommenderModule(model, ids, index, 100, ranking=ranking),
+                   "on, 10 text slots": RecommenderModule(model, ids, index, 100,
+                                                          ranking=slotted),
                    "off": RecommenderModule(model, ids, index, 100)}
         rng = np.random.default_rng(0)
         sessions = [[ids[i] for i in rng.integers(1, items + 1, 3)] for _ in range(2000)]
@@ -475,15 +487,19 @@ def main() -> None:
         print(f"ranking stage on / off: in-process serving_default, 1 caller, single-session "
               f"requests (3 items), k = 10, {args.rounds} calls each, alternating; "
               f"{os.cpu_count()} cores, {args.intra_op_threads} intra-op threads")
-        head = f"{'model':<16}{'stage 2':<9}{'N':>5}{'p50 ms':>9}{'p99 ms':>9}"
+        width = max(9, *(len(row[1]) + 1 for row in rows))
+        head = f"{'model':<16}{'stage 2':<{width}}{'N':>5}{'p50 ms':>9}{'p99 ms':>9}"
         print(head)
         print("-" * len(head))
         for label, name, n, r in rows:
-            print(f"{label:<16}{name:<9}{n:>5}{r['p50']:>9.2f}{r['p99']:>9.2f}")
+            print(f"{label:<16}{name:<{width}}{n:>5}{r['p50']:>9.2f}{r['p99']:>9.2f}")
         for label in dict.fromkeys(row[0] for row in rows):
             mine = {name: r for lab, name, _, r in rows if lab == label}
-            print(f"{label}: stage 2 adds {mine['on']['p50'] - mine['off']['p50']:.2f} ms at "
-                  f"p50, {mine['on']['p99'] - mine['off']['p99']:.2f} ms at p99")
+            for name in mine:
+                if name != "off":
+                    print(f"{label}: stage 2 ({name}) adds "
+                          f"{mine[name]['p50'] - mine['off']['p50']:.2f} ms at p50, "
+                          f"{mine[name]['p99'] - mine['off']['p99']:.2f} ms at p99")
         return
     if not args.saved_model:
         parser.error("give --saved-model (or --two-stage-run)")

@@ -116,8 +116,9 @@ class TwoStageScorer(tf.Module):
             self._text_source(tables, new, unavailable)
 
     def _text_source(self, tables: F.Tables, new: np.ndarray, unavailable) -> None:
-        """The items the text slots pick from (without behaviour, available) and their
-        lexical rows as a sparse [S, terms] matrix (one row of zeros when there is none)."""
+        """The items the text slots pick from (without behaviour, available), and their
+        lexical rows inverted: for each term, the items holding it and their weights (a
+        query then reads the lists of its own terms, not every item)."""
         pickable = new.copy()
         pickable[np.asarray(unavailable, np.int64)] = False
         items = np.flatnonzero(pickable).astype(np.int32)
@@ -125,16 +126,22 @@ class TwoStageScorer(tf.Module):
         position[items] = np.arange(len(items), dtype=np.int32)
         terms = np.asarray(tables.tfidf.terms, np.int64)[items]
         weights = np.asarray(tables.tfidf.weights, np.float32)[items]
+        width = len(tables.tfidf.vocabulary) + 1
         rows, cols = np.nonzero(terms > 0)
-        indices = np.stack([rows, terms[rows, cols]], 1).astype(np.int64).reshape(-1, 2)
-        values = weights[rows, cols].astype(np.float32)
-        if not len(items):  # nothing to pick: one empty row (its score is 0, never picked)
+        term_ids = terms[rows, cols]
+        order = np.argsort(term_ids, kind="stable")
+        splits = np.concatenate([[0], np.cumsum(np.bincount(term_ids, minlength=width))])
+        if not len(items):  # nothing to pick: one empty item (its score is 0, never picked)
             items = np.zeros(1, np.int32)
         self._text_items = tf.Variable(items, trainable=False, name="text_items")
         self._text_position = tf.Variable(position, trainable=False, name="text_position")
-        self._text_indices = tf.Variable(indices, trainable=False, name="text_indices")
-        self._text_values = tf.Variable(values, trainable=False, name="text_values")
-        self._text_shape = (len(items), len(tables.tfidf.vocabulary) + 1)
+        self._text_splits = tf.Variable(splits.astype(np.int64), trainable=False,
+                                        name="text_term_splits")
+        self._text_holders = tf.Variable(rows[order].astype(np.int64), trainable=False,
+                                         name="text_term_items")
+        self._text_weights = tf.Variable(weights[rows, cols][order].astype(np.float32),
+                                         trainable=False, name="text_term_weights")
+        self._text_shape = (len(items), width)
 
     def text_list(self, query_items, exclude, cands, mask, tt_ids, tt_valid, tt_order,
                   table_count):
@@ -168,9 +175,18 @@ class TwoStageScorer(tf.Module):
         dense = tf.reshape(tf.math.unsorted_segment_sum(
             tf.reshape(weights, [-1]), tf.reshape(rows * width + terms, [-1]),
             tf.cast(batch, tf.int64) * width), [batch, width])
-        matrix = tf.sparse.SparseTensor(self._text_indices, self._text_values,
-                                        self._text_shape)
-        scores = tf.transpose(tf.sparse.sparse_dense_matmul(matrix, dense, adjoint_b=True))
+        # Each (query, term) of a non-zero weight reads the term's items: their scores
+        # are the sums of the products over the query's terms.
+        size = self._text_shape[0]
+        held = tf.where(tf.not_equal(dense, 0.0))  # [K, 2] (query, term)
+        spans = tf.ragged.range(tf.gather(self._text_splits, held[:, 1]),
+                                tf.gather(self._text_splits, held[:, 1] + 1))
+        at, owner = spans.flat_values, spans.value_rowids()
+        products = (tf.gather(tf.gather_nd(dense, held), owner)
+                    * tf.gather(self._text_weights, at))
+        keys = tf.gather(held[:, 0], owner) * size + tf.gather(self._text_holders, at)
+        scores = tf.reshape(tf.math.unsorted_segment_sum(
+            products, keys, tf.cast(batch, tf.int64) * size), [batch, size])
         # Items listed already, the query's own and the excluded ones are not picked.
         taken = tf.concat([tf.where(mask, cands, 0), query_items, exclude], 1)
         at = tf.gather(self._text_position, taken)
