@@ -46,7 +46,10 @@ def make_lists(run: Path, cache: Path | None, ranking: dict | None = None):
     `ranking`: ranking settings that replace the run's."""
     if cache is not None and cache.exists():
         with cache.open("rb") as f:
-            return pickle.load(f)
+            made = pickle.load(f)
+        if not hasattr(made[1], "new_rows"):  # lists cached before they recorded them
+            made[1].new_rows = np.zeros(0, np.int64)
+        return made
     config, vocab, model, _ = load_run(run)
     if ranking:
         ranking = dataclasses.replace(config.ranking, **ranking)
@@ -118,44 +121,59 @@ def last_item_columns(table, i2v, text, queries: list, cands: np.ndarray,
     return out
 
 
+def trial_columns(run: Path, config, lists, cache: Path | None, make):
+    """(fit, test) trial columns: read from `cache`, or made by `make(model, vocab, data,
+    stage1, ranker_queries)` from the run (its ranker's cases checked against the
+    lists') and saved there."""
+    from tfrec.ranking.protocol import ranker_cases
+
+    if cache is not None and cache.exists():
+        with cache.open("rb") as f:
+            return pickle.load(f)
+    _, vocab, model, _ = load_run(run)
+    data = prepare_training_data(config)
+    stage1, split = stage1_training_data(config, data)
+    rk = config.ranking
+    ranker_cases_, _ = ranker_cases(split.ranker, vocab, config, split.per_user,
+                                    config.train.eval_seed, rk.cases_per_session)
+    if not np.array_equal(ranker_cases_.targets, lists.targets):
+        raise SystemExit("the ranker's cases are not the cached lists' cases")
+    fit, test = make(model, vocab, data, stage1, ranker_cases_.queries)
+    if cache is not None:
+        with cache.open("wb") as f:
+            pickle.dump((fit, test), f)
+    return fit, test
+
+
+def appended(lists, feats, fit: np.ndarray, test: np.ndarray):
+    """(lists, test features) with the trial columns `fit` and `test` appended."""
+    lists = dataclasses.replace(lists, features=np.concatenate([lists.features, fit], -1))
+    return lists, np.concatenate([feats, test], -1)
+
+
 def with_last_item(run: Path, config, lists, cases, cands, mask, feats, decay: float,
                    cache: Path | None):
     """(lists, test features) with the four `last_item_columns` appended: stage 1's
     table for the ranker's lists, the whole period's for the test cases (as `tfrec
     train` makes them); the table's and skip-gram columns are 0 where the candidate
     shows no behaviour (an item without behaviour, or a target shown as new)."""
-    from tfrec.ranking.protocol import ranker_cases
     from tfrec.ranking.stage import _table, item_vectors, lambdas_near
 
-    if cache is not None and cache.exists():
-        with cache.open("rb") as f:
-            fit, test = pickle.load(f)
-    else:
-        _, vocab, model, _ = load_run(run)
-        data = prepare_training_data(config)
-        stage1, split = stage1_training_data(config, data)
-        rk = config.ranking
-        ranker_cases_, _ = ranker_cases(split.ranker, vocab, config, split.per_user,
-                                        config.train.eval_seed, rk.cases_per_session)
-        if not np.array_equal(ranker_cases_.targets, lists.targets):
-            raise SystemExit("the ranker's cases are not the cached lists' cases")
+    def make(model, vocab, data, stage1, queries):
         model.item_embeddings()  # builds the restored model's layers
         _, text, i2v = item_vectors(model, vocab)
         logger.info("last-item features: the tables of stage 1 and of the whole period")
         t1 = _table(config, stage1.sessions, vocab.size)
-        tw = _table(config, data.sessions, vocab.size, lambdas_near(t1, rk.ease_lambdas))
-        fit = last_item_columns(t1, i2v, text, ranker_cases_.queries, lists.candidates, decay)
-        test = last_item_columns(tw, i2v, text, cases.queries, cands, decay)
-        if cache is not None:
-            with cache.open("wb") as f:
-                pickle.dump((fit, test), f)
+        tw = _table(config, data.sessions, vocab.size,
+                    lambdas_near(t1, config.ranking.ease_lambdas))
+        return (last_item_columns(t1, i2v, text, queries, lists.candidates, decay),
+                last_item_columns(tw, i2v, text, cases.queries, cands, decay))
+
+    fit, test = trial_columns(run, config, lists, cache, make)
     behaviour = F.FEATURES.index("has_behaviour")
     for columns, f in ((fit, lists.features), (test, feats)):
         columns[..., :3] *= f[..., behaviour, None]
-    fit *= lists.mask[..., None]
-    test *= mask[..., None]
-    lists = dataclasses.replace(lists, features=np.concatenate([lists.features, fit], -1))
-    return lists, np.concatenate([feats, test], -1)
+    return appended(lists, feats, fit * lists.mask[..., None], test * mask[..., None])
 
 
 def knn_columns(sessions, size: int, queries: list, cands: np.ndarray) -> np.ndarray:
@@ -186,30 +204,15 @@ def with_knn(run: Path, config, lists, cases, cands, mask, feats, cache: Path | 
     """(lists, test features) with the three `knn_columns` appended: stage 1's sessions
     for the ranker's lists, the whole period's for the test cases; 0 where the candidate
     shows no behaviour (an item without behaviour, or a target shown as new)."""
-    from tfrec.ranking.protocol import ranker_cases
 
-    if cache is not None and cache.exists():
-        with cache.open("rb") as f:
-            fit, test = pickle.load(f)
-    else:
-        _, vocab, _, _ = load_run(run)
-        data = prepare_training_data(config)
-        stage1, split = stage1_training_data(config, data)
-        rk = config.ranking
-        ranker_cases_, _ = ranker_cases(split.ranker, vocab, config, split.per_user,
-                                        config.train.eval_seed, rk.cases_per_session)
-        if not np.array_equal(ranker_cases_.targets, lists.targets):
-            raise SystemExit("the ranker's cases are not the cached lists' cases")
-        fit = knn_columns(stage1.sessions, vocab.size, ranker_cases_.queries, lists.candidates)
-        test = knn_columns(data.sessions, vocab.size, cases.queries, cands)
-        if cache is not None:
-            with cache.open("wb") as f:
-                pickle.dump((fit, test), f)
-    behaviour = F.FEATURES.index("has_behaviour")
-    fit = fit * lists.features[..., behaviour, None] * lists.mask[..., None]
-    test = test * feats[..., behaviour, None] * mask[..., None]
-    lists = dataclasses.replace(lists, features=np.concatenate([lists.features, fit], -1))
-    return lists, np.concatenate([feats, test], -1)
+    def make(model, vocab, data, stage1, queries):
+        return (knn_columns(stage1.sessions, vocab.size, queries, lists.candidates),
+                knn_columns(data.sessions, vocab.size, cases.queries, cands))
+
+    fit, test = trial_columns(run, config, lists, cache, make)
+    shown = lists.features[..., F.FEATURES.index("has_behaviour")] * lists.mask
+    test_shown = feats[..., F.FEATURES.index("has_behaviour")] * mask
+    return appended(lists, feats, fit * shown[..., None], test * test_shown[..., None])
 
 
 def figures(ranks: np.ndarray, cases, k: int) -> dict:
@@ -318,7 +321,7 @@ def main(argv=None) -> int:
             test_scores = np.mean([members[j][1] for j in use], axis=0)
         val_ranks = list_ranks(val_scores, vc, vm, vt, miss)
         val_hr = float(np.mean(val_ranks < k))
-        shown = np.isin(val, getattr(lists, "new_rows", []))
+        shown = np.isin(val, lists.new_rows)
         if shown.any():
             print(f"{v}: validation HR@{k} of the {int(shown.sum())} cases shown as new "
                   f"{np.mean(val_ranks[shown] < k):.4f}, of the others "
