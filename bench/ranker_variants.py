@@ -14,7 +14,10 @@ information: the test cases choose nothing). `base` is the ranker
 S-th other seed; `ensK` averages the scores of K rankers (the run's seed
 and the next K - 1), whose single members give the ranker's seed spread;
 `jointK` is one `CandidateRanker` of K members (`ranking.members`: K MLPs
-fit together on the same batches, each on its own loss).
+fit together on the same batches, each on its own loss). `sort:NAME` fits
+nothing: the lists in the order of one feature column (`F.FEATURES`), ties
+broken by the two-tower score (what a ranker that learned only that column
+would score).
 """
 
 from __future__ import annotations
@@ -215,6 +218,17 @@ def with_knn(run: Path, config, lists, cases, cands, mask, feats, cache: Path | 
     return appended(lists, feats, fit * shown[..., None], test * test_shown[..., None])
 
 
+def sort_scores(features: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
+    """Scores that order each list by feature `name`, ties by the two-tower score."""
+    tt = features[..., F.FEATURES.index("tt_score")]
+    spread = np.abs(tt).max() + 1.0
+    order = np.where(mask, features[..., F.FEATURES.index(name)], -np.inf)
+    dense = np.zeros(order.shape)
+    for i, row in enumerate(order):  # equal values share a rank
+        dense[i] = np.unique(row, return_inverse=True)[1]
+    return dense + 0.5 * (tt / spread)
+
+
 def figures(ranks: np.ndarray, cases, k: int) -> dict:
     s = score_cases(ranks, cases, k)
     cold = cases.cold
@@ -292,7 +306,13 @@ def main(argv=None) -> int:
             joint[v] = (score_lists(ranker, vf, vm, columns),
                         score_lists(ranker, feats, mask, columns))
             logger.info("%s fit in %.1f s", v, time.perf_counter() - t0)
-    if all(v.startswith(("joint", "plain")) for v in variants):
+    for v in variants:
+        if v.startswith("sort:"):
+            name = v[5:]
+            if name not in F.FEATURES:
+                raise SystemExit(f"{v}: no feature {name!r} (features: {', '.join(F.FEATURES)})")
+            joint[v] = tuple(sort_scores(f, m, name) for f, m in ((vf, vm), (feats, mask)))
+    if all(v.startswith(("joint", "plain", "sort:")) for v in variants):
         needed = 0
     members, seconds = [], []
     for j in range(needed):
