@@ -52,6 +52,8 @@ def make_lists(run: Path, cache: Path | None, ranking: dict | None = None):
             made = pickle.load(f)
         if not hasattr(made[1], "new_rows"):  # lists cached before they recorded them
             made[1].new_rows = np.zeros(0, np.int64)
+        if not hasattr(made[1], "weights"):
+            made[1].weights = None
         return made
     config, vocab, model, _ = load_run(run)
     if ranking:
@@ -139,6 +141,9 @@ def trial_columns(run: Path, config, lists, cache: Path | None, make):
     rk = config.ranking
     ranker_cases_, _ = ranker_cases(split.ranker, vocab, config, split.per_user,
                                     config.train.eval_seed, rk.cases_per_session)
+    if len(lists.targets) != len(ranker_cases_.targets):
+        raise SystemExit("trial columns need lists without copies shown as new: add "
+                         "--set new_copies=false")
     if not np.array_equal(ranker_cases_.targets, lists.targets):
         raise SystemExit("the ranker's cases are not the cached lists' cases")
     fit, test = make(model, vocab, data, stage1, ranker_cases_.queries)
@@ -267,7 +272,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.perf_counter()
-    ranking = {key: type(getattr(RankingConfig, key))(value)
+    ranking = {key: (value.lower() in ("1", "true", "yes")
+                     if isinstance(getattr(RankingConfig, key), bool)
+                     else type(getattr(RankingConfig, key))(value))
                for key, value in (item.split("=", 1) for item in args.set)}
     config, lists, (cases, cands, mask, feats) = make_lists(
         Path(args.run), Path(args.cache) if args.cache else None, ranking)
@@ -285,6 +292,7 @@ def main(argv=None) -> int:
     seed = config.train.seed if args.ranker_seed is None else args.ranker_seed
     miss = cands.shape[1] + 1
     rows, val = lists.fit_rows, lists.validation_rows
+    weights = None if lists.weights is None else lists.weights[rows]
     vc, vm, vt, vf = (lists.candidates[val], lists.mask[val], lists.targets[val],
                       lists.features[val])
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -302,7 +310,7 @@ def main(argv=None) -> int:
             columns = list(range(width)) if v.startswith("plain") else None
             ranker = fit_ranker(lists.features[rows], lists.mask[rows], lists.labels[rows],
                                 rk.hidden_units, rk.epochs, rk.learning_rate, rk.batch_size,
-                                seed, columns=columns, members=int(v[5:]))
+                                seed, columns=columns, members=int(v[5:]), weights=weights)
             joint[v] = (score_lists(ranker, vf, vm, columns),
                         score_lists(ranker, feats, mask, columns))
             logger.info("%s fit in %.1f s", v, time.perf_counter() - t0)
@@ -319,7 +327,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         ranker = fit_ranker(lists.features[rows], lists.mask[rows], lists.labels[rows],
                             rk.hidden_units, rk.epochs, rk.learning_rate, rk.batch_size,
-                            seed + j, members=1)
+                            seed + j, members=1, weights=weights)
         seconds.append(time.perf_counter() - t0)
         members.append((score_lists(ranker, vf, vm), score_lists(ranker, feats, mask)))
         logger.info("ranker %d fit in %.1f s", j, seconds[-1])

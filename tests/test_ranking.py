@@ -260,6 +260,38 @@ def test_listwise_softmax_matches_a_hand_computed_value():
     assert got == pytest.approx(expected, rel=1e-6)
     unmasked = float(ListwiseSoftmaxTask()(labels, scores))
     assert unmasked > got  # the padded 9.0 now takes probability from the positive
+    # A positive's label is its list's weight: 0.25 and 1.75 weigh the two losses.
+    weighted = labels * np.array([[0.25], [1.75], [1.0]], np.float32)
+    got = float(ListwiseSoftmaxTask()(weighted, scores, mask))
+    assert got == pytest.approx((0.25 * first + 1.75 * second) / 2, rel=1e-6)
+
+
+def test_list_weights_steer_the_fit_and_bad_ones_are_refused():
+    # Two kinds of list disagree on which feature finds the target; the weights
+    # decide which the ranker follows.
+    rng = np.random.default_rng(4)
+    n, width = 400, 10
+    features = rng.normal(size=(n, width, 2)).astype(np.float32)
+    kind = np.arange(n) % 2
+    target = np.where(kind == 0, features[:, :, 0].argmax(1), features[:, :, 1].argmax(1))
+    labels = np.zeros((n, width), np.float32)
+    labels[np.arange(n), target] = 1
+    mask = np.ones((n, width), bool)
+    cands = np.tile(np.arange(width), (n, 1))
+
+    def hits(weights, kind_of):
+        model = fit_ranker(features, mask, labels, hidden_units=(8,), epochs=8,
+                           learning_rate=0.02, batch_size=32, seed=0, weights=weights)
+        ranks = list_ranks(score_lists(model, features, mask), cands, mask, target, width)
+        return float((ranks[kind == kind_of] == 0).mean())
+
+    first_only = np.where(kind == 0, 1.0, 0.02)
+    second_only = np.where(kind == 1, 1.0, 0.02)
+    assert hits(first_only, 0) > hits(second_only, 0) + 0.3
+    assert hits(second_only, 1) > hits(first_only, 1) + 0.3
+    for bad in (-first_only, np.zeros(n)):
+        with pytest.raises(ValueError, match="weights"):
+            fit_ranker(features, mask, labels, hidden_units=(4,), epochs=1, weights=bad)
 
 
 def test_ranker_learns_a_planted_signal():

@@ -1,5 +1,6 @@
 """`tfrec train` with the ranking stage: the leakage rule, the saved stage, the switch."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -89,6 +90,62 @@ def test_items_only_in_the_ranker_slice_embed_by_their_text(trained):
     seen = np.flatnonzero(counts[:len(ids)] > 0)
     assert not ids[unseen].any()
     assert np.abs(ids[seen]).sum(axis=1).min() > 0
+
+
+def test_every_warm_fit_case_is_also_shown_as_new_in_a_weighted_copy(trained):
+    run, config, _, _ = trained
+    _, _, model, _ = load_run(run)
+    data = prepare_training_data(config)
+    stage1, split = stage_lib.stage1_training_data(config, data)
+    assert config.ranking.new_copies  # the default
+    copied, _ = stage_lib.ranker_lists(config, data, stage1, split, model)
+    off = dataclasses.replace(config, ranking=dataclasses.replace(config.ranking,
+                                                                  new_copies=False))
+    plain, _ = stage_lib.ranker_lists(off, data, stage1, split, model)
+    share, n = config.ranking.new_share, len(plain.targets)
+    counts = stage_lib.event_counts(split.stage1, data.vocab)
+    warm = plain.fit_rows[counts[plain.targets[plain.fit_rows]] > 0]
+    copies = np.arange(n, n + len(warm))
+    assert len(warm) and len(copied.targets) == n + len(warm)
+    np.testing.assert_array_equal(copied.targets[copies], plain.targets[warm])
+    np.testing.assert_array_equal(copied.fit_rows, np.concatenate([plain.fit_rows, copies]))
+    np.testing.assert_array_equal(np.sort(copied.new_rows[np.isin(copied.new_rows, copies)]),
+                                  copies)
+    # The validation lists (and the cases they show as new) are the same either way.
+    val = plain.validation_rows
+    np.testing.assert_array_equal(copied.validation_rows, val)
+    np.testing.assert_array_equal(copied.features[val], plain.features[val])
+    np.testing.assert_array_equal(copied.new_rows[~np.isin(copied.new_rows, copies)],
+                                  plain.new_rows[np.isin(plain.new_rows, val)])
+    # Each warm case as itself, then its copy with the target shown as new: out of
+    # the list, or in it without behaviour.
+    itself = warm[~np.isin(warm, plain.new_rows)]
+    np.testing.assert_array_equal(copied.features[itself], plain.features[itself])
+    behaviour = stage_lib.F.FEATURES.index("has_behaviour")
+    for row in copies:
+        at = np.flatnonzero(copied.labels[row] > 0)
+        assert not len(at) or copied.features[row, at[0], behaviour] == 0
+    assert (copied.labels[copies].sum(axis=1) > 0).any()
+    # The weights keep the balance: a warm case 1 - share, its copy share, the rest 1.
+    weights = copied.weights
+    np.testing.assert_allclose(weights[warm], 1 - share)
+    np.testing.assert_allclose(weights[copies], share)
+    rest = np.setdiff1d(np.arange(n), warm)
+    np.testing.assert_allclose(weights[rest], 1.0)
+    assert plain.weights is None or np.all(plain.weights == 1)
+    assert copied.info["new_copies"] and not plain.info["new_copies"]
+
+
+def test_a_run_saved_before_new_copies_reads_as_fit_without_them(trained, tmp_path):
+    run, _, _, _ = trained
+    saved = json.loads((run / "config.json").read_text())
+    del saved["ranking"]["new_copies"]
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(saved))
+    from tfrec.run_folder import RunFolder
+    assert RunFolder(folder).read_config().ranking.new_copies is False
+    assert RunFolder(run).read_config().ranking.new_copies is True
 
 
 def test_the_saved_stage_scores_as_the_trained_one_and_eval_has_both_stages(trained):

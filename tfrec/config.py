@@ -416,6 +416,12 @@ class RankingConfig(Settings):
              "without behaviour: new items are rare among the ranker's targets and common in "
              "a catalogue (the same share of its validation cases, so that the figures that "
              "choose settings weigh new items alike)", check=within(0, 1, "[)"))
+    new_copies: bool = setting(
+        True, "show every warm training case's target as new in a copy of the case, the copy "
+              "weighing new_share in the loss and the case 1 - new_share, instead of showing "
+              "new_share of the cases' targets as new: the same balance of warm and new "
+              "targets from ten times the new-item examples (steadier; bench/RESULTS.md, "
+              "\"Every case also shown as new\"). The validation cases are unchanged")
     validation_share: float = setting(
         0.2, "share of the ranker's cases held out to choose the candidate list's width and "
              "the ranker's settings", check=within(0, 1, "[)"))
@@ -451,8 +457,8 @@ class RankingConfig(Settings):
         5, "rankers of the same shape (from different initial weights) whose scores are "
            "averaged: steadier and better than one (each is as costly as one to fit and to "
            "serve)", check=POSITIVE)
-    epochs: int = setting(20, "passes of the ranker's fit over its training cases",
-                          check=POSITIVE)
+    epochs: int = setting(10, "passes of the ranker's fit over its training lists (with "
+                              "new_copies, each warm case's two lists)", check=POSITIVE)
     learning_rate: float = setting(0.003, "the ranker's Adam learning rate", check=above(0))
     batch_size: int = setting(64, "queries per ranker step", check=POSITIVE)
 

@@ -79,7 +79,12 @@ class RunFolder(Folder):
         path = self.config_file
         if not path.exists():
             raise InputError(f"not a run folder (no {path.name})", path=str(self.path))
-        return from_dict(RunConfig, json.loads(path.read_text()), str(path))
+        saved = json.loads(path.read_text())
+        ranking = saved.get("ranking") if isinstance(saved, dict) else None
+        if isinstance(ranking, dict) and "new_copies" not in ranking:
+            # Saved before the setting existed: that run's ranker was fit without copies.
+            ranking["new_copies"] = False
+        return from_dict(RunConfig, saved, str(path))
 
     def write_config(self, config: RunConfig) -> None:
         self.config_file.write_text(json.dumps(config.to_dict(), indent=2) + "\n")

@@ -209,18 +209,28 @@ def fit_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray,
                learning_rate: float = RankingConfig.learning_rate,
                batch_size: int = RankingConfig.batch_size, seed: int = TrainConfig.seed,
                columns: list | None = None,
-               verbose: int = 0, members: int = RankingConfig.members) -> CandidateRanker:
+               verbose: int = 0, members: int = RankingConfig.members,
+               weights: np.ndarray | None = None) -> CandidateRanker:
     """Adapts and fits a `CandidateRanker` on lists that hold their positive.
 
     Args:
       features: [n, N, F]; mask: [n, N] bool; labels: [n, N] (1 at the target).
       columns: the feature columns to use (default all).
       members: the rankers averaged (`ranking.members`).
+      weights: [n] each list's weight in the loss (default 1 each); scaled to
+        a mean of 1 over the lists that hold their positive.
     """
     keep = (labels * mask).sum(axis=1) > 0
     if columns is not None:
         features = features[:, :, columns]
     features, mask, labels = features[keep], mask[keep], labels[keep]
+    if weights is not None:
+        weights = np.asarray(weights, np.float64)[keep]
+        if len(weights) and not (np.all(weights >= 0) and weights.sum() > 0):
+            raise ValueError("list weights must be >= 0 and not all 0")
+        if len(weights):
+            # The task reads a positive's label as its list's weight.
+            labels = labels * (weights / weights.mean())[:, None]
     tf.random.set_seed(seed)
     model = CandidateRanker(features.shape[-1], hidden_units, seed=seed, members=members)
     model.adapt(features, mask)

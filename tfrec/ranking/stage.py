@@ -299,6 +299,9 @@ class RankerLists:
         held-out share that measures it (whole sessions on each side).
       info: counts of what was made.
       new_rows: the cases whose target is shown as new (`F.present_as_new`).
+      weights: [n] each list's weight in the ranker's loss (with
+        `ranking.new_copies`, rows past the cases' are the warm fit cases'
+        copies shown as new, and `fit_rows` holds them).
     """
 
     candidates: np.ndarray
@@ -310,6 +313,7 @@ class RankerLists:
     validation_rows: np.ndarray
     info: dict
     new_rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    weights: np.ndarray | None = None
 
 
 def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
@@ -365,15 +369,31 @@ def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
         warm = rows[~cold[rows]]
         count = min(len(warm), int(round(rk.new_share * len(rows))))
         as_new.append(np.sort(rng.choice(warm, size=count, replace=False)))
+    queries, targets = list(cases.queries), cases.targets
+    weights = np.ones(len(cases))
+    if rk.new_copies:
+        # Every warm fit case twice: as itself (weight 1 - new_share) and, in a copy,
+        # with its target shown as new (weight new_share).
+        warm = fit_rows[~cold[fit_rows]]
+        copies = np.arange(len(cases), len(cases) + len(warm))
+        cands, mask, feats, labels, query_emb = (
+            np.concatenate([a, a[warm]]) for a in (cands, mask, feats, labels, query_emb))
+        queries += [queries[i] for i in warm]
+        targets = np.concatenate([targets, targets[warm]])
+        weights = np.concatenate([weights, np.full(len(warm), rk.new_share)])
+        weights[warm] = 1.0 - rk.new_share
+        fit_rows = np.concatenate([fit_rows, copies])
+        as_new[0] = copies
     F.present_as_new(feats, cands, mask, labels, query_emb, tables_s1, np.concatenate(as_new),
-                     text_only, cases.queries, rk.num_candidates)
-    lists = RankerLists(cands, mask, feats, labels, cases.targets, fit_rows, val_rows,
+                     text_only, queries, rk.num_candidates)
+    lists = RankerLists(cands, mask, feats, labels, targets, fit_rows, val_rows,
                         {"ranker_cases": int(len(cases)), "fit_cases": int(len(fit_rows)),
                          "validation_cases": int(len(val_rows)),
                          "shown_as_new": int(len(as_new[0])),
                          "validation_shown_as_new": int(len(as_new[1])),
+                         "new_copies": bool(rk.new_copies),
                          "candidate_recall": recall},
-                        np.concatenate(as_new))
+                        np.concatenate(as_new), weights)
     # The whole period's λ is chosen again on its own validation slice, from the grid's
     # values next to stage 1's choice: the grid search is the table's costliest part,
     # and 12% more sessions move the best λ by a step of the grid at most.
@@ -397,7 +417,8 @@ def fit_on_lists(config: RunConfig, lists: RankerLists, tables: F.Tables,
                 len(rows), len(columns), rk.epochs)
     ranker = fit_ranker(lists.features[rows], lists.mask[rows], lists.labels[rows],
                         rk.hidden_units, rk.epochs, rk.learning_rate, rk.batch_size,
-                        config.train.seed, list(columns), members=rk.members)
+                        config.train.seed, list(columns), members=rk.members,
+                        weights=None if lists.weights is None else lists.weights[rows])
     info = dict(lists.info)
     if len(val_rows):
         k = config.train.eval_k

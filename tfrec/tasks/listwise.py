@@ -16,10 +16,11 @@ class ListwiseSoftmaxTask(keras.layers.Layer):
     loss = mean over the queries whose list holds a positive of
     -log(exp(s_pos) / sum over unmasked candidates of exp(s_j)).
     Queries without a positive in their list carry no loss (they do not
-    count in the mean). Labels may mark one positive per list.
+    count in the mean). Labels may mark one positive per list; its label
+    value weighs its query's loss (1: an unweighted list).
 
     Call:
-      labels: [B, N] 1 at the positive, 0 elsewhere.
+      labels: [B, N] the list's weight (usually 1) at the positive, 0 elsewhere.
       scores: [B, N] the ranker's scores.
       mask: [B, N] bool, False at padding (optional).
 
