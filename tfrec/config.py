@@ -420,8 +420,8 @@ class RankingConfig(Settings):
         True, "show every warm training case's target as new in a copy of the case, the copy "
               "weighing new_share in the loss and the case 1 - new_share, instead of showing "
               "new_share of the cases' targets as new: the same balance of warm and new "
-              "targets from ten times the new-item examples (on six fits over three runs, "
-              "validation HR@10 +0.003 on average, higher in five; bench/RESULTS.md, \"Every "
+              "targets from ten times the new-item examples (on seven fits over four runs, "
+              "validation HR@10 +0.003 on average, higher in six; bench/RESULTS.md, \"Every "
               "case also shown as new\"). The validation cases are unchanged")
     validation_share: float = setting(
         0.2, "share of the ranker's cases held out to choose the candidate list's width and "
