@@ -415,10 +415,18 @@ def test_recommend_for_user_over_scann_matches_exact_search_up_to_its_recall(exp
     loaded = load_saved_model(scann.path)
     out = loaded.signatures["recommend_for_user"](user_ids=tf.constant(user_ids),
                                                   k=tf.constant(10))
-    expected, _ = _exact_user_top_k(users, histories, ids, items, vocab.ids.astype(str), 10)
+    expected, scores = _exact_user_top_k(users, histories, ids, items, vocab.ids.astype(str),
+                                         10)
     got = out["item_ids"].numpy().astype(str)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, expected)])
-    assert recall >= scann.metadata["recall@10"] - 0.05
+    # The export's recall@10 is measured on session queries, not on these users' embeddings
+    # (0.93-0.99 of it here from run to run): the contract is the index's recall floor,
+    # with the same margin.
+    assert recall >= scann.metadata["recall_floor"] - 0.05
+    # Whatever the index returns is scored exactly: each item's score is its dot product.
+    column = {item: j for j, item in enumerate(ids)}
+    exact = np.take_along_axis(scores, np.vectorize(column.get)(got), axis=1)
+    np.testing.assert_allclose(out["scores"].numpy(), exact, rtol=1e-4, atol=1e-5)
     for row, history in enumerate(histories):
         assert not set(vocab.ids[history[history > 0]].astype(str)) & set(got[row])
 
