@@ -3,6 +3,7 @@
     TFREC_DATA=/work/shared/data python bench/train_cost.py              # Online Retail
     TFREC_DATA=/work/shared/data python bench/train_cost.py \\
         --config tfrec/configs/goodbooks.yaml
+    TFREC_DATA=/work/shared/data python bench/train_cost.py --whole      # all of `make run`
 
 Runs `tfrec train` twice in one command, one after the other, each in its
 own process: the library defaults (two stages) and `ranking.enabled=false`
