@@ -55,6 +55,41 @@ CHAIN = [[1, 2], [2, 3], [3, 4], [4, 5], [1, 2], [2, 3, 4], [5, 4]]
 NUM_ITEMS = 9
 
 
+@pytest.mark.parametrize("neighbours", [1, 3, 7, 40])
+def test_neighbourhoods_from_dense_rows_equal_the_sorted_ones(monkeypatch, neighbours):
+    # Small counts over 29 items: many ties at each row's cut, settled by the lower index.
+    rng = np.random.default_rng(neighbours)
+    lists = [list(rng.choice(np.arange(1, 30), size=int(rng.integers(2, 8)), replace=False))
+             for _ in range(200)]
+    gram = item_table.sparse_gram(baskets_of(lists, 30))
+    dense = item_table._dense_neighbourhoods(gram, neighbours, block_rows=7)
+    assert item_table.neighbourhoods(gram, neighbours)[1].tolist() == dense[1].tolist()
+    monkeypatch.setattr(item_table, "DENSE_ROWS_DENSITY", 2.0)  # the sorting path only
+    splits, members = item_table.neighbourhoods(gram, neighbours)
+    np.testing.assert_array_equal(dense[0], splits)
+    np.testing.assert_array_equal(dense[1], members)
+    assert np.diff(splits).max() == min(neighbours, 28)
+
+
+def test_a_lambda_grid_reads_what_does_not_depend_on_lambda_once(monkeypatch):
+    baskets = baskets_of(CHAIN + CLIQUES, NUM_ITEMS)
+    made = []
+    plan = item_table.NeighbourhoodPlan
+    monkeypatch.setattr(item_table, "NeighbourhoodPlan",
+                        lambda *a, **k: made.append(1) or plan(*a, **k))
+    cache = {}
+    for lam in (1.0, 5.0, 1.0):
+        shared = table_from_baskets(baskets, lam, "neighbourhood", cache=cache)
+        alone = table_from_baskets(baskets, lam, "neighbourhood")
+        np.testing.assert_array_equal(shared.indices, alone.indices)
+        np.testing.assert_array_equal(shared.weights, alone.weights)
+    assert len(made) == 4  # one for the shared fits, one per fit alone
+    other = baskets_of(CHAIN, NUM_ITEMS)  # other baskets: the cache is not read
+    np.testing.assert_array_equal(
+        dense_table(table_from_baskets(other, 2.0, "neighbourhood", cache=cache)),
+        dense_table(table_from_baskets(other, 2.0, "neighbourhood")))
+
+
 @pytest.mark.parametrize("estimator", ["ease", "neighbourhood"])
 def test_a_table_keeping_every_co_item_is_ease(estimator):
     table = table_from_baskets(baskets_of(CLIQUES, NUM_ITEMS), 3.0, estimator,

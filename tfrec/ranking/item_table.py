@@ -75,6 +75,11 @@ SOLVE_BUDGET = 1 << 22
 # Gram matrix is made dense once: dense co-occurrence (long sessions) makes the
 # neighbourhoods' unions large and the blocks costly.
 DENSE_GRAM_BUDGET = 1 << 28
+# Each item's neighbourhood is found in dense row blocks of at most this many
+# entries when the Gram matrix is at least DENSE_ROWS_DENSITY full (one
+# partition per row instead of sorting every entry).
+DENSE_ROWS_BUDGET = 1 << 23
+DENSE_ROWS_DENSITY = 0.05
 
 
 def check_settings(estimator: str = "auto", table_size: int = TABLE_SIZE,
@@ -228,9 +233,13 @@ def neighbourhoods(gram: sparse.csr_matrix, neighbours: int,
     """Each item's `neighbours` strongest co-items: CSR (splits [a + 1], items int32).
 
     The co-items of j are the k != j with G[j, k] > 0, strongest first
-    (ties: the lower index first). Rows are sorted `block_rows` at a time.
+    (ties: the lower index first). Rows are sorted `block_rows` at a time;
+    a Gram matrix at least `DENSE_ROWS_DENSITY` full is read in dense row
+    blocks instead (`_dense_neighbourhoods`, the same result).
     """
     a = gram.shape[0]
+    if a and gram.nnz >= DENSE_ROWS_DENSITY * a * a and a <= DENSE_ROWS_BUDGET:
+        return _dense_neighbourhoods(gram, neighbours, max(1, DENSE_ROWS_BUDGET // a))
     sizes, parts = np.zeros(a, np.int64), []
     for lo in range(0, a, block_rows):
         block = gram[lo:lo + block_rows]
@@ -248,10 +257,89 @@ def neighbourhoods(gram: sparse.csr_matrix, neighbours: int,
     return splits, np.concatenate(parts + [np.zeros(0, np.int32)])
 
 
-def neighbourhood_weights(gram: sparse.csr_matrix, lam: float, neighbours: int,
+def _dense_neighbourhoods(gram: sparse.csr_matrix, neighbours: int,
+                          block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """`neighbourhoods` of a dense-ish Gram matrix, `block_rows` dense rows at a time.
+
+    Each row's `neighbours`-th largest value is found by a partition; the
+    co-items above it are kept, and of those equal to it the lowest indices
+    fill the rest: the same sets (and, sorted, the same order) as sorting
+    every entry, at a fraction of the cost when rows hold thousands of entries.
+    """
+    a = gram.shape[0]
+    sizes, parts = np.zeros(a, np.int64), []
+    for lo in range(0, a, block_rows):
+        dense = gram[lo:lo + block_rows].toarray()
+        r = dense.shape[0]
+        dense[np.arange(r), lo + np.arange(r)] = 0.0  # an item is not its own co-item
+        valid = dense > 0
+        if neighbours < a:
+            ranked = np.where(valid, dense, -1.0)
+            kth = -np.partition(-ranked, neighbours - 1, axis=1)[:, neighbours - 1]
+            above = valid & (dense > kth[:, None])
+            tied = valid & (dense == kth[:, None])
+            room = neighbours - above.sum(axis=1)
+            keep = above | tied
+            # Rows with more ties than room keep their lowest-index ones.
+            cut = np.flatnonzero(tied.sum(axis=1) > room)
+            if len(cut):
+                ties = tied[cut]
+                keep[cut] = above[cut] | (ties & (np.cumsum(ties, axis=1, dtype=np.int32)
+                                                  <= room[cut, None]))
+        else:
+            keep = valid
+        rows, cols = np.nonzero(keep)
+        order = np.lexsort((cols, -dense[rows, cols], rows))
+        sizes[lo:lo + r] = np.bincount(rows, minlength=r)
+        parts.append(cols[order].astype(np.int32))
+    splits = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return splits, np.concatenate(parts + [np.zeros(0, np.int32)])
+
+
+class NeighbourhoodPlan:
+    """What the neighbourhood estimator computes before λ enters: each item's
+    neighbourhood, the order its systems are solved in, and (a small catalogue)
+    the dense Gram matrix. A λ grid builds it once (`table_from_baskets`'s
+    `cache`) and solves it at each λ (`neighbourhood_weights`).
+
+    Args:
+      gram: XᵀX [a, a] CSR over the active items (`sparse_gram`).
+      neighbours: regressors per item.
+      dense_budget: up to this many entries, the Gram matrix is made dense
+        once (float32; counts are exact) instead of a block per group.
+    """
+
+    def __init__(self, gram: sparse.csr_matrix, neighbours: int,
+                 dense_budget: int = DENSE_GRAM_BUDGET):
+        from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+        a = gram.shape[0]
+        self.gram = gram
+        self.neighbours = int(neighbours)
+        self.splits, self.members = neighbourhoods(gram, neighbours)
+        sizes = np.diff(self.splits)
+        order_position = np.empty(a, np.int64)
+        order_position[reverse_cuthill_mckee(gram, symmetric_mode=True)] = np.arange(a)
+        # padded sizes: steps of a quarter of the size's power of 2 (at least 8), so at
+        # most ~25% padding per side (a system costs ~size³)
+        step = np.maximum(8, 2 ** np.maximum(np.floor(np.log2(np.maximum(sizes, 1))) - 2, 0))
+        padded = np.minimum((np.ceil(sizes / step) * step).astype(np.int64), neighbours)
+        todo = np.flatnonzero(sizes > 0)
+        self.todo = todo[np.lexsort((order_position[todo], padded[todo]))]
+        self.widths = padded[self.todo]
+        self.whole = None
+        if (a + 1) ** 2 <= dense_budget:
+            # a small catalogue: one dense Gram matrix (float32, a zero last row and
+            # column for the padding) instead of a block per group
+            self.whole = np.zeros((a + 1, a + 1), np.float32)
+            self.whole[np.repeat(np.arange(a), np.diff(gram.indptr)), gram.indices] = gram.data
+
+
+def neighbourhood_weights(gram: sparse.csr_matrix | None, lam: float, neighbours: int,
                           gram_budget: int = GRAM_BLOCK_BUDGET,
                           solve_budget: int = SOLVE_BUDGET,
-                          dense_budget: int = DENSE_GRAM_BUDGET) -> tuple:
+                          dense_budget: int = DENSE_GRAM_BUDGET,
+                          plan: NeighbourhoodPlan | None = None) -> tuple:
     """EASE restricted to each item's co-occurrence neighbourhood (see the module doc).
 
     Items are solved in groups of equal padded neighbourhood size (rounded
@@ -263,33 +351,24 @@ def neighbourhood_weights(gram: sparse.csr_matrix, lam: float, neighbours: int,
     float64 Cholesky solve. Up to `dense_budget` entries the Gram matrix is
     made dense once instead (float32; counts are exact).
 
+    Args:
+      gram: XᵀX [a, a] CSR over the active items; may be None with `plan`.
+      plan: the `NeighbourhoodPlan` of `gram` and `neighbours`, if made already
+        (then `gram` and `dense_budget` are read from it).
+
     Returns:
       (rows, cols, values): B[rows, cols] = values (active-item positions;
       rows are the regressors i, cols the item j whose column it is).
     """
-    from scipy.sparse.csgraph import reverse_cuthill_mckee
-
+    if plan is None:
+        plan = NeighbourhoodPlan(gram, neighbours, dense_budget)
+    elif plan.neighbours != int(neighbours):
+        raise ValueError(f"a plan of {plan.neighbours} neighbours asked for {neighbours}")
+    gram, splits, members = plan.gram, plan.splits, plan.members
+    todo, widths, whole = plan.todo, plan.widths, plan.whole
     a = gram.shape[0]
-    splits, members = neighbourhoods(gram, neighbours)
-    sizes = np.diff(splits)
-    order_position = np.empty(a, np.int64)
-    order_position[reverse_cuthill_mckee(gram, symmetric_mode=True)] = np.arange(a)
-    # padded sizes: steps of a quarter of the size's power of 2 (at least 8), so at
-    # most ~25% padding per side (a system costs ~size³)
-    step = np.maximum(8, 2 ** np.maximum(np.floor(np.log2(np.maximum(sizes, 1))) - 2, 0))
-    padded = np.minimum((np.ceil(sizes / step) * step).astype(np.int64), neighbours)
-    todo = np.flatnonzero(sizes > 0)
-    todo = todo[np.lexsort((order_position[todo], padded[todo]))]
-    del sizes
     position = np.full(a + 1, -1, np.int64)  # item -> its slot in the current Gram block
     out_rows, out_cols, out_vals = [], [], []
-    widths = padded[todo]
-    whole = None
-    if (a + 1) ** 2 <= dense_budget:
-        # a small catalogue: one dense Gram matrix (float32, a zero last row and column
-        # for the padding) instead of a block per group
-        whole = np.zeros((a + 1, a + 1), np.float32)
-        whole[np.repeat(np.arange(a), np.diff(gram.indptr)), gram.indices] = gram.data
     start, last = 0, len(todo)
     while start < len(todo):
         width = int(widths[start])
@@ -441,25 +520,43 @@ def resolve_estimator(estimator: str, active_items: int, table_size: int = TABLE
 
 def table_from_baskets(baskets: sparse.csr_matrix, lam: float, estimator: str = "auto",
                        table_size: int = TABLE_SIZE, neighbours: int = NEIGHBOURS,
-                       dense_max_items: int = DENSE_MAX_ITEMS) -> ItemItemTable:
-    """The table of a baskets x items binary matrix with a given λ (no choice)."""
+                       dense_max_items: int = DENSE_MAX_ITEMS,
+                       cache: dict | None = None) -> ItemItemTable:
+    """The table of a baskets x items binary matrix with a given λ (no choice).
+
+    Args:
+      cache: a dict shared by calls over the same `baskets` and settings at
+        several λ (a grid search): what does not depend on λ (the active
+        items, the Gram matrix, the neighbourhoods and their solve order) is
+        computed by the first call and read back by the others. Other
+        baskets or settings empty it first.
+    """
     check_settings(estimator, table_size, neighbours, lam)
     started = time.perf_counter()
     num_items = baskets.shape[1]
-    active = np.flatnonzero(np.bincount(baskets.indices, minlength=num_items) > 0)
-    active = active[active > 0]
-    chosen = resolve_estimator(estimator, len(active), table_size, dense_max_items)
-    if chosen == "ease" and len(active) > EASE_MAX_ITEMS:
-        raise InputError(f"dense EASE over {len(active):,} items with training events is above "
-                         f"its {EASE_MAX_ITEMS:,}-item limit: use the neighbourhood estimator",
-                         key="ranking.estimator")
-    x = baskets[:, active]
+    cache = {} if cache is None else cache
+    key = (id(baskets), baskets.shape, baskets.nnz, estimator, table_size, neighbours,
+           dense_max_items)
+    if cache.get("key") != key:
+        cache.clear()
+        active = np.flatnonzero(np.bincount(baskets.indices, minlength=num_items) > 0)
+        active = active[active > 0]
+        chosen = resolve_estimator(estimator, len(active), table_size, dense_max_items)
+        if chosen == "ease" and len(active) > EASE_MAX_ITEMS:
+            raise InputError(f"dense EASE over {len(active):,} items with training events is "
+                             f"above its {EASE_MAX_ITEMS:,}-item limit: use the neighbourhood "
+                             "estimator", key="ranking.estimator")
+        x = baskets[:, active]
+        if chosen == "ease":
+            prepared = np.asarray((x.T @ x).toarray(), np.float64)
+        else:
+            prepared = NeighbourhoodPlan(sparse_gram(x), neighbours)
+        cache.update(key=key, active=active, estimator=chosen, prepared=prepared)
+    active, chosen, prepared = cache["active"], cache["estimator"], cache["prepared"]
     if chosen == "ease":
-        gram = np.asarray((x.T @ x).toarray(), np.float64)
-        entries = dense_weights(gram, lam, table_size)
-        del gram
+        entries = dense_weights(prepared, lam, table_size)
     else:
-        entries = neighbourhood_weights(sparse_gram(x), lam, neighbours)
+        entries = neighbourhood_weights(None, lam, neighbours, plan=prepared)
     info = {"estimator": chosen, "lambda": lam, "table_size": int(table_size),
             "active_items": int(len(active))}
     if chosen == "neighbourhood":
@@ -496,10 +593,11 @@ def choose_lambda(baskets: sparse.csr_matrix, estimator: str = "auto",
     valid[0] = False
     queries = item_item.multi_hot(held.queries, num_items)
     hr, nd = {}, {}
+    prepared = {}  # what does not depend on λ, made by the first fit
     for lam in lambdas:
         t0 = time.perf_counter()
         table = table_from_baskets(held.fit, lam, estimator, table_size, neighbours,
-                                   dense_max_items)
+                                   dense_max_items, cache=prepared)
         ranks = target_ranks(queries, table.matrix().T.tocsr(), held.targets, held.queries,
                              valid)
         hr[lam], nd[lam] = hit_rate(ranks, k), ndcg(ranks, k)
