@@ -5,6 +5,7 @@ real catalogues, build time and peak memory beside dense EASE on generated ones.
     python bench/item_table.py accuracy --config tfrec/configs/goodbooks.yaml --lam 50
     python bench/item_table.py scale --items 20000 100000 1000000      # generated data
     python bench/item_table.py layer                                   # ItemItemScorer speed
+    python bench/item_table.py grid --config tfrec/configs/goodbooks.yaml   # the λ search
 
 accuracy: the held-out cases of `tfrec evaluate` (`prepare_training_data` of
 the config), every catalogue item ranked, the query's own items excluded, ties
@@ -28,6 +29,14 @@ layer: `ItemItemScorer.candidates` (top 100) and `.score` (100 candidates) on
 a random table of --items items x M co-items, for --batch histories of
 --length items, eager and in a tf.function, milliseconds per call (median of
 --repeats), beside the numpy `ItemItemTable.scores` of the same histories.
+
+grid: the λ search of the ranking stage's stage-1 table (`choose_lambda` over
+`ranking.ease_lambdas` on the run config's stage-1 sessions), timed three ways
+in one process, taking turns for --rounds rounds: as it runs now (what does not depend on
+λ computed once; neighbourhoods of a dense-ish Gram matrix by a partition per
+row), the same with the neighbourhoods sorted, and every λ fitted from scratch
+with sorted neighbourhoods (the previous code). Prints each way's seconds and
+the chosen λ, and checks that the three give the same validation figures.
 """
 
 from __future__ import annotations
@@ -207,6 +216,44 @@ def layer(args) -> int:
     return 0
 
 
+def grid(args) -> int:
+    import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+    from tfrec.ranking import item_item, item_table
+    from tfrec.ranking.stage import stage1_training_data
+    from tfrec.run import load_run_config, prepare_training_data
+
+    config = load_run_config(args.config)
+    data = prepare_training_data(config)
+    stage1, _ = stage1_training_data(config, data)
+    baskets = item_item.basket_matrix(stage1.sessions, data.vocab.size)
+    rk = config.ranking
+    print(f"{args.config}: {baskets.shape[0]:,} stage-1 sessions, {data.vocab.size - 1:,} items, "
+          f"λ grid {', '.join(f'{v:g}' for v in rk.ease_lambdas)}; estimator {rk.estimator}, "
+          f"{rk.neighbours} neighbours")
+    fit = item_table.table_from_baskets
+    density = item_table.DENSE_ROWS_DENSITY
+    ways = [("now (plan once, partition)", density, fit),
+            ("plan once, sorted neighbourhoods", 2.0, fit),
+            ("every λ from scratch, sorted (previous)", 2.0,
+             lambda *a, cache=None, **k: fit(*a, **k))]
+    figures = []
+    print(f"{'way':<42}{'round':>6}{'seconds':>9}{'chosen λ':>10}")
+    for round_ in range(1, args.rounds + 1):  # the ways take turns, so they meet the same load
+        for name, dense_rows, fitter in ways:
+            item_table.DENSE_ROWS_DENSITY, item_table.table_from_baskets = dense_rows, fitter
+            started = time.perf_counter()
+            tuning = item_table.choose_lambda(baskets, rk.estimator, rk.table_size,
+                                              rk.neighbours, tuple(rk.ease_lambdas),
+                                              config.train.eval_k, config.train.eval_seed)
+            seconds = time.perf_counter() - started
+            item_table.DENSE_ROWS_DENSITY, item_table.table_from_baskets = density, fit
+            figures.append((tuning["hr@10"], tuning["ndcg@10"]))
+            print(f"{name:<42}{round_:>6}{seconds:>9.1f}{tuning['chosen']:>10g}", flush=True)
+    same = all(f == figures[0] for f in figures)
+    print("validation figures identical across the ways and rounds:", same)
+    return 0 if same else 1
+
+
 def scale_options(parser) -> None:
     parser.add_argument("--events-per-item", type=float, default=20.0)
     parser.add_argument("--cluster-size", type=int, default=100)
@@ -243,7 +290,12 @@ def main(argv=None) -> int:
     lay.add_argument("--batch", type=int, default=32)
     lay.add_argument("--length", type=int, default=50)
     lay.add_argument("--repeats", type=int, default=20)
+    grd = commands.add_parser("grid")
+    grd.add_argument("--config", default="tfrec/configs/online_retail.yaml")
+    grd.add_argument("--rounds", type=int, default=2, help="turns of the three ways")
     args = parser.parse_args(argv)
+    if args.command == "grid":
+        return grid(args)
     if args.command == "layer":
         return layer(args)
     if args.command == "accuracy":
