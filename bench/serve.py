@@ -31,7 +31,9 @@ both sides, which no server written in Python can go under.
 With --baseline (a folder holding an earlier version's `tfrec` package, e.g.
 `git archive <commit> tfrec | tar -x -C /tmp/tfrec-prev`) the gRPC rows are run
 against that version's server too, in the same run, taking turns with this
-one's. Server rows report the server's resident memory (VmRSS) after the load.
+one's; with --two-stage-run, the run is also exported by that version and its
+stage timed beside this one's ("on (baseline)"). Server rows report the
+server's resident memory (VmRSS) after the load.
 --rows picks rows: inproc, handler, grpc, onethread (one intra- and one inter-op
 thread), tfthreads (the server with --tensorflow_intra_op_parallelism 0), batching,
 floor. The in-process rows run with --intra-op-threads (default: the server's default).
@@ -390,8 +392,23 @@ def alternating(calls: dict, sessions, rounds: int) -> dict:
     return out
 
 
-def two_stage(run_dir: Path, items: int, rounds: int, workdir: Path) -> list:
-    """Rows (model, stage 2 on/off, p50, p99) of the ranking stage's cost."""
+def baseline_export(baseline: str, run_dir: Path, out: Path) -> Path:
+    """The run exported (ScaNN, ranking stage on) by the earlier `tfrec` package in the
+    folder `baseline`, in a process of its own: the path of its version."""
+    code = ("import sys; from tfrec.exporter.saved_model import export; "
+            "from tfrec.index.ann import IndexConfig; "
+            "print(export(sys.argv[1], sys.argv[2], IndexConfig(kind='scann'), "
+            "ranking_stage=True).path)")
+    done = subprocess.run([sys.executable, "-c", code, str(run_dir), str(out)], check=True,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.path.abspath(baseline)})
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def two_stage(run_dir: Path, items: int, rounds: int, workdir: Path,
+              baseline: str | None = None) -> list:
+    """Rows (model, stage 2 on/off, p50, p99) of the ranking stage's cost; with
+    `baseline`, the bundled run's stage as the earlier package exports it too."""
     from tfrec.exporter.saved_model import export, ranking_index_config
     from tfrec.exporter.module import RecommenderModule
     from tfrec.index.ann import IndexConfig, build_index
@@ -404,6 +421,11 @@ def two_stage(run_dir: Path, items: int, rounds: int, workdir: Path) -> list:
     off = export(run_dir, workdir / "bundled", IndexConfig(kind="scann"), ranking_stage=False)
     signatures = {name: load_saved_model(r.path).signatures["serving_default"]
                   for name, r in (("on", on), ("off", off))}
+    if baseline:
+        print(f"exporting the run with the package in {baseline} ...", file=sys.stderr,
+              flush=True)
+        path = baseline_export(baseline, run_dir, workdir / "baseline")
+        signatures["on (baseline)"] = load_saved_model(path).signatures["serving_default"]
     sessions = sessions_from(on.path, 2000)
     slots = on.metadata["ranking_stage"].get("text_slots", 0)
     if slots:  # the same stage without its text slots (what they cost)
@@ -465,7 +487,8 @@ def main() -> None:
                         help="rows to run (comma-separated): inproc, handler, grpc, "
                              "onethread, tfthreads, batching, floor")
     parser.add_argument("--baseline", help="a folder holding an earlier version's tfrec "
-                                           "package: its server's gRPC rows too")
+                                           "package: its server's gRPC rows too (with "
+                                           "--two-stage-run: its export of the run)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="server rows this many times each, taking turns")
     parser.add_argument("--batch", type=int, default=1,
@@ -481,7 +504,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="tfrec-bench-serve-"))
     if args.two_stage_run:
         try:
-            rows = two_stage(Path(args.two_stage_run), args.items, args.rounds, workdir)
+            rows = two_stage(Path(args.two_stage_run), args.items, args.rounds, workdir,
+                             args.baseline)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         print(f"ranking stage on / off: in-process serving_default, 1 caller, single-session "
