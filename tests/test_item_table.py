@@ -348,32 +348,3 @@ def test_from_dense_keeps_each_rows_strongest_non_zero_entries():
     assert table.indices.tolist() == [1, 3, 0, 2, 0]  # ties to the lower index
     assert table.weights.tolist() == [3, 2, 5, 4, 1]
     np.testing.assert_array_equal(ItemItemTable.from_dense(weights).matrix().toarray(), weights)
-
-
-def test_the_serving_graph_helpers_equal_the_ops_they_stand_for():
-    import tensorflow as tf
-
-    from tfrec.ranking.item_scorer import (ascending_order, descending_order, flat_ranges,
-                                           where_true)
-
-    rng = np.random.default_rng(0)
-    for dtype in (tf.int32, tf.int64, tf.float32):
-        values = tf.constant(rng.integers(0, 4, (3, 17)), dtype)  # many ties
-        np.testing.assert_array_equal(ascending_order(values),
-                                      tf.argsort(values, axis=-1, stable=True))
-        np.testing.assert_array_equal(descending_order(values),
-                                      tf.argsort(-values, axis=-1, stable=True))
-        np.testing.assert_array_equal(descending_order(values, 5),
-                                      tf.argsort(-values, axis=-1, stable=True)[:, :5])
-        np.testing.assert_array_equal(descending_order(values, 40),  # k past the width
-                                      tf.argsort(-values, axis=-1, stable=True))
-    mask = tf.constant(rng.random(50) < 0.3)
-    values = tf.range(50) * 7
-    np.testing.assert_array_equal(tf.gather(values, where_true(mask)),
-                                  tf.boolean_mask(values, mask))
-    starts = tf.constant(rng.integers(0, 10, 12), tf.int64)
-    limits = starts + tf.constant(rng.integers(0, 4, 12), tf.int64)  # some empty ranges
-    flat, owner = flat_ranges(starts, limits)
-    ragged = tf.ragged.range(starts, limits)
-    np.testing.assert_array_equal(flat, ragged.flat_values)
-    np.testing.assert_array_equal(owner, ragged.value_rowids())

@@ -14,40 +14,6 @@ import tensorflow as tf
 import tf_keras as keras
 
 
-# Serving-graph helpers: the same values as `tf.boolean_mask` and `tf.argsort(stable=True)`
-# in a few ops each (those expand to 15-20 graph nodes of shape handling, and a
-# signature's cost at serving sizes is mostly its node count).
-
-def where_true(mask):
-    """[K] int64 positions of the true entries of a 1-D bool `mask`, in order."""
-    return tf.reshape(tf.where(mask), [-1])
-
-
-def ascending_order(values, k=None):
-    """The stable ascending argsort of `values` along its last axis (equal values: the
-    lower position first), or its first `k` entries. `values` are numbers whose
-    negation does not overflow (not the dtype's minimum)."""
-    return descending_order(-values, k)
-
-
-def flat_ranges(starts, limits):
-    """(the ranges starts[i] .. limits[i] - 1 end to end [T] int64, the range each entry
-    is from [T] int64): `tf.ragged.range(starts, limits)`'s flat values and value row
-    ids (1-D int64 `starts`, `limits`) without the ragged tensor's checks."""
-    splits, flat = tf.raw_ops.RaggedRange(starts=starts, limits=limits,
-                                          deltas=tf.ones_like(starts), Tsplits=tf.int64)
-    owner = tf.searchsorted(splits[1:], tf.range(tf.size(flat, out_type=tf.int64)),
-                            side="right", out_type=tf.int64)
-    return flat, owner
-
-
-def descending_order(values, k=None):
-    """The stable descending argsort of `values` along its last axis (equal values: the
-    lower position first; TopKV2 keeps that order), or its first `k` entries."""
-    size = tf.shape(values)[-1]
-    return tf.math.top_k(values, k=size if k is None else tf.minimum(k, size)).indices
-
-
 @keras.utils.register_keras_serializable(package="tfrec")
 class ItemItemScorer(keras.layers.Layer):
     """Scores items for item histories by summed item-item table weights.
@@ -101,17 +67,16 @@ class ItemItemScorer(keras.layers.Layer):
         batch = tf.shape(history, out_type=tf.int64)[0]
         rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(history, out_type=tf.int64))
         keep = (history > 0) & (history < n)
-        history_keys = tf.unique(tf.gather(tf.reshape(rows * n + history, [-1]),
-                                           where_true(tf.reshape(keep, [-1]))))[0]
-        history_keys = tf.gather(history_keys, ascending_order(history_keys))
+        history_keys = tf.sort(tf.unique(tf.boolean_mask(rows * n + history, keep))[0])
         owner, item = history_keys // n, history_keys % n
         # the table entries of each (history, item): positions starts..limits - 1
-        flat, entry_of = flat_ranges(tf.gather(self.row_splits, item),
-                                     tf.gather(self.row_splits, item + 1))
+        positions = tf.ragged.range(tf.gather(self.row_splits, item),
+                                    tf.gather(self.row_splits, item + 1))
+        flat = positions.flat_values
         co_items = tf.cast(tf.gather(self.indices, flat), tf.int64)
         values = tf.cast(tf.gather(self.weights_, flat), tf.float64)
-        keys = tf.gather(owner, entry_of) * n + co_items
-        order = ascending_order(keys)
+        keys = tf.gather(owner, positions.value_rowids()) * n + co_items
+        order = tf.argsort(keys, stable=True)
         keys, values = tf.gather(keys, order), tf.gather(values, order)
         first = tf.concat([tf.ones([1], tf.bool)[:tf.size(keys)], keys[1:] != keys[:-1]], 0)
         slot = tf.cumsum(tf.cast(first, tf.int64)) - 1
@@ -119,7 +84,7 @@ class ItemItemScorer(keras.layers.Layer):
         largest = tf.math.segment_max(tf.cast(values, tf.float32), slot)
         entries = tf.math.segment_sum(tf.ones_like(slot), slot)
         sentinel = tf.constant([np.iinfo(np.int64).max], tf.int64)
-        return (tf.concat([tf.gather(keys, where_true(first)), sentinel], 0),
+        return (tf.concat([tf.boolean_mask(keys, first), sentinel], 0),
                 tf.concat([sums, tf.zeros([1], tf.float64)], 0),
                 tf.concat([largest, tf.zeros([1], tf.float32)], 0),
                 tf.concat([entries, tf.zeros([1], tf.int64)], 0),
@@ -171,27 +136,27 @@ class ItemItemScorer(keras.layers.Layer):
         keys, sums = keys[:-1], sums[:-1]
         own = tf.gather(history_keys, tf.searchsorted(history_keys, keys)) == keys
         keep = tf.logical_and(tf.logical_not(own), keys % self.num_items > 0)
-        kept = where_true(keep)
-        keys, scores = tf.gather(keys, kept), tf.cast(tf.gather(sums, kept), tf.float32)
+        keys = tf.boolean_mask(keys, keep)
+        scores = tf.cast(tf.boolean_mask(sums, keep), tf.float32)
         # By history, then by score (the keys come sorted by history and id, and both
         # sorts are stable): each history's items in rank order, without a dense
         # [B, items reached] array.
-        order = descending_order(scores)
+        order = tf.argsort(-scores, stable=True)
         keys, scores = tf.gather(keys, order), tf.gather(scores, order)
-        order = ascending_order(keys // self.num_items)
+        order = tf.argsort(keys // self.num_items, stable=True)
         keys, scores = tf.gather(keys, order), tf.gather(scores, order)
         rows = keys // self.num_items
         starts = tf.searchsorted(rows, tf.range(batch), side="left", out_type=tf.int64)
         place = tf.range(tf.size(rows, out_type=tf.int64)) - tf.gather(starts, rows)
-        listed = where_true(place < n)
-        at = tf.stack([tf.gather(rows, listed), tf.gather(place, listed)], 1)
+        listed = place < n
+        at = tf.stack([tf.boolean_mask(rows, listed), tf.boolean_mask(place, listed)], 1)
         shape = tf.stack([batch, n])
         ids = tf.tensor_scatter_nd_update(
             tf.fill(shape, tf.constant(-1, tf.int32)), at,
-            tf.cast(tf.gather(keys, listed) % self.num_items, tf.int32))
+            tf.cast(tf.boolean_mask(keys % self.num_items, listed), tf.int32))
         top = tf.tensor_scatter_nd_update(
             tf.fill(shape, tf.constant(-np.inf, tf.float32)), at,
-            tf.gather(scores, listed))
+            tf.boolean_mask(scores, listed))
         return ids, top
 
     def call(self, inputs):

@@ -31,7 +31,6 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.ranking import features as F
-from tfrec.ranking.item_scorer import ascending_order, descending_order, flat_ranges
 from tfrec.ranking.item_table import ItemItemTable
 from tfrec.ranking.ranker import FoldedRanker
 
@@ -59,7 +58,8 @@ def merge_order(width: int, table_share: float) -> tuple[np.ndarray, np.ndarray,
 def compact(values: list, keep, width):
     """The first `width` kept entries of each row, in order: ([B, width] tensors of each
     of `values` [B, M], [B, width] bool which are kept entries)."""
-    order = descending_order(tf.cast(keep, tf.int32), width)
+    order = tf.argsort(tf.cast(tf.logical_not(keep), tf.int32), axis=1, stable=True)
+    order = order[:, :width]
     return ([tf.gather(v, order, batch_dims=1) for v in values],
             tf.gather(keep, order, batch_dims=1))
 
@@ -69,7 +69,7 @@ def _places(items, valid, ranked, ranked_valid):
     valid ones of `ranked` [B, M] (distinct items): a sort and a binary search."""
     unused = tf.constant(np.iinfo(np.int32).max, tf.int32)
     ranked = tf.where(ranked_valid, ranked, unused)
-    order = ascending_order(ranked)
+    order = tf.argsort(ranked, axis=1, stable=True)
     ordered = tf.gather(ranked, order, batch_dims=1)
     at = tf.minimum(tf.searchsorted(ordered, items), tf.shape(ranked)[1] - 1)
     found = tf.logical_and(tf.equal(tf.gather(ordered, at, batch_dims=1), items), valid)
@@ -179,8 +179,9 @@ class TwoStageScorer(tf.Module):
         # are the sums of the products over the query's terms.
         size = self._text_shape[0]
         held = tf.where(tf.not_equal(dense, 0.0))  # [K, 2] (query, term)
-        at, owner = flat_ranges(tf.gather(self._text_splits, held[:, 1]),
+        spans = tf.ragged.range(tf.gather(self._text_splits, held[:, 1]),
                                 tf.gather(self._text_splits, held[:, 1] + 1))
+        at, owner = spans.flat_values, spans.value_rowids()
         products = (tf.gather(tf.gather_nd(dense, held), owner)
                     * tf.gather(self._text_weights, at))
         keys = tf.gather(held[:, 0], owner) * size + tf.gather(self._text_holders, at)
@@ -228,7 +229,7 @@ class TwoStageScorer(tf.Module):
         new = tf.logical_and(tt_valid, tf.gather(self._new, tt_ids))
         first = tf.logical_and(new, tf.cumsum(tf.cast(new, tf.int32), axis=1)
                                <= self.new_slots)
-        order = descending_order(tf.cast(first, tf.int32))
+        order = tf.argsort(tf.cast(tf.logical_not(first), tf.int32), axis=1, stable=True)
         return (tf.gather(tt_ids, order, batch_dims=1), tf.gather(tt_valid, order, batch_dims=1),
                 order)
 
