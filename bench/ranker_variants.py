@@ -42,6 +42,8 @@ from tfrec.ranking.stage import event_counts, ranker_lists, stage1_training_data
 from tfrec.run import load_run, prepare_training_data
 
 logger = logging.getLogger("ranker_variants")
+# The ranking settings that change only the ranker's fit, not its lists.
+FIT_SETTINGS = {"epochs", "learning_rate", "batch_size", "hidden_units", "members"}
 
 
 def make_lists(run: Path, cache: Path | None, ranking: dict | None = None):
@@ -54,6 +56,17 @@ def make_lists(run: Path, cache: Path | None, ranking: dict | None = None):
             made[1].new_rows = np.zeros(0, np.int64)
         if not hasattr(made[1], "weights"):
             made[1].weights = None
+        # Settings of the ranker's fit apply to cached lists; settings that make other
+        # lists need lists of their own.
+        changed = {key: value for key, value in (ranking or {}).items()
+                   if getattr(made[0].ranking, key) != value}
+        if set(changed) - FIT_SETTINGS:
+            raise SystemExit(f"the lists cached at {cache} were made with "
+                             f"{', '.join(f'{k}={getattr(made[0].ranking, k)}' for k in changed)}"
+                             ": give another --cache for other lists")
+        if changed:
+            made = (dataclasses.replace(made[0], ranking=dataclasses.replace(
+                made[0].ranking, **changed)), *made[1:])
         return made
     config, vocab, model, _ = load_run(run)
     if ranking:
