@@ -98,6 +98,41 @@ def test_bad_config_exits_2_naming_the_key_or_file(tmp_path, data_files, capsys,
     assert "Traceback" not in err
 
 
+def test_a_resume_refits_the_ranking_stage_with_new_settings_and_refuses_others(
+        tmp_path, data_files, capsys):
+    config = write_config(tmp_path, data_files, epochs=1)
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--config", str(config), "--run-dir", str(run),
+                 "--set", "ranking.members=1"]) == 0
+    saved, stage = (run / "config.json").read_text(), (run / "ranking" / "stage.json").read_text()
+    history = (run / "history.jsonl").read_text()
+    capsys.readouterr()
+    # A setting of the two-tower, or of the slice the ranker learns from: refused, naming it
+    # and both values, the run untouched.
+    for change in ("model.embedding_dim=8", "ranking.ranker_share=0.3"):
+        assert main(["-q", "train", "--run-dir", str(run), "--resume", "--set", change]) == 2
+        err = capsys.readouterr().err
+        key, value = change.split("=")
+        assert key in err and f"-> {value}" in err and "new run" in err
+    changed = tmp_path / "changed.json"
+    changed.write_text(config.read_text().replace('"embedding_dim": 16', '"embedding_dim": 8'))
+    assert main(["-q", "train", "--config", str(changed), "--run-dir", str(run),
+                 "--resume"]) == 2
+    assert "model.embedding_dim: 16 -> 8" in capsys.readouterr().err
+    assert (run / "config.json").read_text() == saved
+    assert (run / "ranking" / "stage.json").read_text() == stage
+    # The ranking stage's own settings: refitted with them, no epoch trained, and the
+    # run's config holds them.
+    assert main(["-q", "train", "--run-dir", str(run), "--resume", "--set", "ranking.members=2",
+                 "--set", "ranking.num_candidates=30"]) == 0
+    refit = json.loads((run / "ranking" / "stage.json").read_text())
+    assert refit["ranker"]["members"] == 2 and refit["num_candidates"] == 30
+    assert json.loads(stage)["ranker"]["members"] == 1
+    ranking = json.loads((run / "config.json").read_text())["ranking"]
+    assert ranking["members"] == 2 and ranking["num_candidates"] == 30
+    assert (run / "history.jsonl").read_text() == history
+
+
 def test_bad_config_file(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  embedding_dim: [1,\n")

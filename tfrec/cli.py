@@ -152,9 +152,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = command_config(args.config, args.set, getattr(args, "data.data_dir"),
                             run_overrides(args))
     epochs, strategy = getattr(args, "train.epochs"), getattr(args, "train.strategy")
+    ranking = None
+    if run.resume and (args.config or args.set):
+        config, changes = _resume_changes(args, Path(run.run_dir), config)
+        epochs = changes.get("train.epochs", (None, epochs))[1]
+        strategy = changes.get("train.strategy", (None, strategy))[1]
+        if any(key.startswith("ranking.") for key in changes):
+            ranking = config.ranking
     result = train(config, Path(run.run_dir), resume=run.resume,
                    epochs=epochs if run.resume else None,
-                   strategy=strategy if run.resume else None, overwrite=run.overwrite)
+                   strategy=strategy if run.resume else None, overwrite=run.overwrite,
+                   ranking=ranking)
     worker = result.worker
     if not worker.is_chief:
         print(f"worker {worker.index} of {worker.count} ({worker.task_type} "
@@ -174,6 +182,28 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{result.data.vocab.size - 1:,} catalogue items ranked):")
         print(format_evaluation(result.evaluation, k))
     return 0
+
+
+def _resume_changes(args: argparse.Namespace, run_dir, config) -> tuple:
+    """(the config, {key: (saved, new)}) of a resume with --config / --set: the command's
+    config (`config`, read from --config FILE; without one the run's saved config with
+    the --set overrides), checked against the saved config by
+    `tfrec.training.resume_changes`, which refuses all but the epochs, the strategy and
+    the ranking stage's settings."""
+    from tfrec.run import load_run_config
+    from tfrec.run_folder import RunFolder
+    from tfrec.training import resume_changes
+
+    saved = RunFolder(run_dir).read_config()
+    if not args.config:
+        config = load_run_config(None, args.set, run_overrides(args), base=saved)
+    changes = resume_changes(saved, config)
+    ranking = {key: new for key, (_, new) in changes.items() if key.startswith("ranking.")}
+    if ranking:
+        logger.info("resuming with the ranking stage's settings changed (%s): the stage is "
+                    "refitted", ", ".join(f"{key}={json.dumps(value)}"
+                                          for key, value in ranking.items()))
+    return config, changes
 
 
 def cmd_train_final(args: argparse.Namespace, run: TrainingSettings) -> int:

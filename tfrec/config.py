@@ -511,7 +511,9 @@ class TrainingSettings(Settings):
 
     run_dir: str = setting("runs/train", "the run folder", flag="--run-dir")
     resume: bool = setting(False, "continue the run in the run folder from its last "
-                                  "checkpoint", flag="--resume")
+                                  "checkpoint, with its saved settings (--set may change "
+                                  "the ranking stage's, which is then refitted)",
+                           flag="--resume")
     overwrite: bool = setting(False, "replace an existing run folder", flag="--overwrite")
     final_from: str | None = setting(
         None, "train the final model of this evaluated run folder: its settings (config.json) "

@@ -37,7 +37,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "online_retail.ya
 # The run config file -----------------------------------------------------------------------
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] = (),
-                    flags: list[str] = ()) -> RunConfig:
+                    flags: list[str] = (), base: RunConfig | None = None) -> RunConfig:
     """Reads a YAML or JSON run config and applies `section.key=value` overrides.
 
     Override values are parsed as YAML (``3``, ``0.1``, ``true``, ``[1, 2]``,
@@ -52,12 +52,14 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = (),
       overrides: ``--set KEY=VALUE`` overrides, applied in order after the file.
       flags: overrides made from a command's flags, applied last (an error about
         one names no file: the command line names its flag).
+      base: without `path`, the settings the overrides apply to (default: the
+        schema's defaults), e.g. a run's saved config.
 
     Raises:
       InputError: an unreadable file, or a bad setting, naming the file, or the
         ``--set`` override, it came from.
     """
-    data: dict = {}
+    data: dict = {} if base is None else base.to_dict()
     source = None
     if path is not None:
         source = str(path)

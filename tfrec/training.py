@@ -322,6 +322,57 @@ def resolve_config(config: RunConfig, run_dir: Path, resume: bool, epochs: int |
     return check_run_config(config)
 
 
+# What a resumed run may change: the epochs and the strategy (`resolve_config`), and the
+# ranking stage's settings, which it refits; not whether there is a ranking stage or the
+# slice it learns from, which shape the two-tower's training data.
+RESUME_CHANGES = ("train.epochs", "train.strategy")
+RESUME_FIXED_RANKING = ("ranking.enabled", "ranking.ranker_share")
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_changes(saved: RunConfig, given: RunConfig) -> dict:
+    """The settings a resume command changes on the run's saved config, checked.
+
+    A resume continues the run with its saved settings; a command may change
+    `RESUME_CHANGES` and the ranking stage's settings (`ranking.*` but
+    `RESUME_FIXED_RANKING`; the stage is then refitted with them). Where the data
+    folder is (`data.data_dir`) is not compared.
+
+    Returns:
+      {key: (saved value, given value)} of the settings that differ.
+
+    Raises:
+      InputError: a change a resume cannot make, naming the setting and both values.
+    """
+    old, new = _flat(saved.to_dict()), _flat(given.to_dict())
+    changed = {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+               if old.get(key) != new.get(key) and key != "data.data_dir"}
+    refused = [key for key in changed if key not in RESUME_CHANGES and (
+        not key.startswith("ranking.") or key in RESUME_FIXED_RANKING)]
+    if not refused and not saved.ranking.enabled:
+        refused = [key for key in changed if key.startswith("ranking.")]
+    if refused:
+        shown = "; ".join(f"{key}: {json.dumps(changed[key][0])} -> "
+                          f"{json.dumps(changed[key][1])}" for key in refused[:4])
+        more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
+        raise InputError(
+            f"a resumed run keeps its saved settings, and --config / --set change {shown}"
+            f"{more}: train a new run for that (another run folder). A resume may change "
+            "train.epochs, train.strategy and, in a run with a ranking stage, the stage's "
+            "settings (ranking.*, but enabled and ranker_share): the stage is then refitted",
+            key=refused[0])
+    return changed
+
+
 # The split settings a final model trains without: every event trains, none is held out.
 FINAL_SPLIT = {"split_by": "time", "split_date": None, "split_fraction": 0.0, "cold_items": 0.0}
 

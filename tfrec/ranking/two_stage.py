@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from tfrec.config import RunConfig
+from tfrec.config import RankingConfig, RunConfig
 from tfrec.errors import InputError
 from tfrec.ranking.stage import (RankingStage, evaluate_stages, event_counts, fit_ranking_stage,
                                  forget_unseen_ids, stage1_training_data)
@@ -31,15 +31,23 @@ logger = logging.getLogger(__name__)
 
 def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
           verbose: int | None = None, epochs: int | None = None,
-          strategy: str | None = None, overwrite: bool = False) -> training.TrainResult:
+          strategy: str | None = None, overwrite: bool = False,
+          ranking: RankingConfig | None = None) -> training.TrainResult:
     """Trains a run: the two-tower, then (with `ranking.enabled`) the ranking stage.
 
-    Arguments and errors are `tfrec.training.train`'s. The result's
-    `evaluation` is both stages' held-out scores (stage 1's under "stage1").
+    Arguments and errors are `tfrec.training.train`'s, and `ranking`: with
+    `resume`, the ranking stage's settings to refit it with (checked by
+    `tfrec.training.resume_changes`; the run's saved config takes them once the
+    stage is fit). The result's `evaluation` is both stages' held-out scores
+    (stage 1's under "stage1").
     """
     run_dir = Path(run_dir)
     if resume:
-        config = RunFolder(run_dir).read_config()
+        saved = RunFolder(run_dir).read_config()
+        config = saved
+        if ranking is not None and ranking != saved.ranking:
+            training.resume_changes(saved, dataclasses.replace(saved, ranking=ranking))
+            config = dataclasses.replace(saved, ranking=ranking)
     if not config.ranking.enabled:
         return training.train(config, run_dir, resume, verbose, epochs, strategy, overwrite)
     config.ranking.check_k(config.train.eval_k)
@@ -53,7 +61,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
                             stage1=stage1)
     if not result.worker.is_chief:
         return result
-    config = RunFolder(run_dir).read_config()
+    config = dataclasses.replace(RunFolder(run_dir).read_config(), ranking=config.ranking)
     data, model = result.data, result.model
     seen = event_counts(made["split"].stage1, data.vocab) > 0
     cleared = forget_unseen_ids(model, seen)
@@ -64,6 +72,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
                          else config.train.epochs)
     stage = fit_ranking_stage(config, data, made["stage1"], made["split"], model)
     stage.save(RunFolder(run_dir).ranking)
+    if resume and config != RunFolder(run_dir).read_config():
+        logger.info("the run's config now holds the ranking stage's new settings")
+        RunFolder(run_dir).write_config(config)
     evaluation = result.evaluation
     if len(data.cases):
         logger.info("evaluating both stages on %d held-out cases", len(data.cases))
