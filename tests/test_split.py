@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfrec.data.split import fraction_cut, split_events
+from tfrec.config import TrainConfig
+from tfrec.data.split import fraction_cut, split_events, split_for_training
 from tfrec.errors import InputError
 
 
@@ -43,3 +44,38 @@ def test_every_event_at_one_time_has_nothing_to_train_on():
     with pytest.raises(InputError) as err:
         split_events(events_at([5, 5, 5]), split_fraction=0.1)
     assert err.value.key == "train.split_fraction"
+
+
+def test_until_leaves_out_whole_sessions_from_the_date_before_the_split():
+    day = 86_400
+    start = int(pd.Timestamp("2024-01-01").value // 10**9)
+    times = start + np.arange(100) * day // 2  # two events a day over 50 days
+    events = events_at(times)
+    # A session that starts the day before `until` and runs past it stays whole.
+    events.loc[[37, 38, 39], "session"] = "s"
+    cut = pd.Timestamp("2024-01-20")  # events 0-37 are before it
+    split = split_for_training(events, None, TrainConfig(until="2024-01-20",
+                                                         split_date="2024-01-10"))
+    kept = pd.concat([split.train, split.test])
+    assert set(kept.index) == set(range(37)) | {37, 38, 39}
+    assert (split.test["time"] < int(cut.value // 10**9) + day).all()
+    assert split.train["time"].max() < int(pd.Timestamp("2024-01-10").value // 10**9)
+    # A split fraction is a share of what is left.
+    split = split_for_training(events, None, TrainConfig(until="2024-01-20", split_fraction=0.25))
+    assert len(split.test) == 10 and len(split.train) == 30
+    # Without it, nothing is left out.
+    assert len(split_for_training(events, None, TrainConfig(split_fraction=0.25)).train) == 75
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"until": "2024-01-05", "split_date": "2024-01-10"}, "train.split_date"),
+    ({"until": "2023-01-01"}, "train.until"),
+    ({"until": "soon"}, "train.until"),
+    ({"until": "2024-01-20", "split_by": "user"}, "train.until"),
+])
+def test_bad_until_settings_are_refused_naming_the_setting(settings, key):
+    start = int(pd.Timestamp("2024-01-01").value // 10**9)
+    events = events_at(start + np.arange(100) * 43_200)
+    with pytest.raises(InputError) as err:
+        split_for_training(events, None, TrainConfig(**settings))
+    assert err.value.key == key

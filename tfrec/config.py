@@ -352,6 +352,11 @@ class TrainConfig(Settings):
     split_date: str | None = setting(None, "with split_by 'time', train on events before this "
                                            "date (YYYY-MM-DD) and evaluate on the sessions from "
                                            "it on")
+    until: str | None = setting(
+        None, "with split_by 'time', leave out every session from this date (YYYY-MM-DD) on, "
+              "before the split: neither trained on nor held out. To choose settings on a "
+              "validation period without ever seeing the held-out one: until the run's split "
+              "date, with an earlier split_date (or a split_fraction) of its own")
     split_fraction: float = setting(
         0.1, "without a split date, hold out this share of the events, the latest: the split "
              "is still by time, at the time after which this share of the events lies (whole "

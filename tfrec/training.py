@@ -374,7 +374,8 @@ def resume_changes(saved: RunConfig, given: RunConfig) -> dict:
 
 
 # The split settings a final model trains without: every event trains, none is held out.
-FINAL_SPLIT = {"split_by": "time", "split_date": None, "split_fraction": 0.0, "cold_items": 0.0}
+FINAL_SPLIT = {"split_by": "time", "split_date": None, "split_fraction": 0.0, "cold_items": 0.0,
+               "until": None}
 
 
 def evaluation_headline(evaluation: dict | None, k: int) -> dict | None:
@@ -429,7 +430,7 @@ def final_run_config(evaluated_run: str | Path) -> tuple[RunConfig, dict]:
     evaluated_as = {"run": str(folder.path.resolve()), "epochs": epochs,
                     "split": {key: getattr(config.train, key) for key in
                               ("split_by", "split_date", "split_fraction", "holdout_users",
-                               "cold_items")},
+                               "cold_items", "until")},
                     "eval": evaluation_headline(evaluation, config.train.eval_k)}
     return dataclasses.replace(config, train=train_config), evaluated_as
 

@@ -11,6 +11,8 @@ is one case, made the same way from all of that user's items.
 
 Either split may also hide a seeded share of the catalogue from training
 entirely (`cold_items`): those items keep their text and stay candidates.
+A time split may first leave out every session from a date on (`until`):
+a validation run then never sees the held-out period of the run it tunes.
 
 A target is *warm* if it has events in the training slice, *cold* otherwise.
 Training, evaluation and the data report all split through this module, so
@@ -20,6 +22,7 @@ they agree on what is trained on and what is held out.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pandas as pd
@@ -28,6 +31,8 @@ from tfrec.config import SessionConfig, TrainConfig
 from tfrec.data.sessions import sessionize
 from tfrec.data.vocab import ItemVocabulary
 from tfrec.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 
 def parse_split_date(value: str, key: str = "train.split_date") -> int:
@@ -58,6 +63,29 @@ def fraction_cut(time: np.ndarray, fraction: float) -> int:
     return int(at)
 
 
+def session_start(events: pd.DataFrame) -> np.ndarray:
+    """Each event's session's first time (its own time where the events carry no session)."""
+    time = events["time"].to_numpy()
+    if not events["session"].notna().any():
+        return time
+    start = events.groupby("session", sort=False)["time"].transform("min").to_numpy()
+    return np.where(events["session"].isna().to_numpy(), time, start)
+
+
+def leave_out_from(events: pd.DataFrame, until: str) -> pd.DataFrame:
+    """The events of the sessions that start before `until` (`train.until`).
+
+    Raises:
+      InputError: an unreadable date, or no event before it.
+    """
+    cut = parse_split_date(until, key="train.until")
+    kept = events[session_start(events) < cut]
+    if len(kept) == 0:
+        raise InputError(f"no events before {until}: nothing left to train or hold out",
+                         key="train.until")
+    return kept
+
+
 def split_events(events: pd.DataFrame, split_date: str | None = None,
                  split_fraction: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame, int | None]:
     """(train, test, cut) by date, or with the last `split_fraction` of the events held out.
@@ -76,10 +104,7 @@ def split_events(events: pd.DataFrame, split_date: str | None = None,
         cut = fraction_cut(time, split_fraction)
     else:
         return events, events.iloc[:0], None
-    start = time
-    if events["session"].notna().any():
-        start = events.groupby("session", sort=False)["time"].transform("min").to_numpy()
-        start = np.where(events["session"].isna().to_numpy(), time, start)
+    start = session_start(events)
     train, test = events[start < cut], events[start >= cut]
     if len(train) == 0:
         if split_date is not None:
@@ -151,6 +176,18 @@ def split_for_training(events: pd.DataFrame, items: pd.DataFrame | None,
       InputError: no training events left, or cold_items without item text.
     """
     c = train_config
+    if c.until is not None:
+        if c.split_by != "time":
+            raise InputError("train.until leaves out a period by time: it needs split_by: time",
+                             key="train.until")
+        if c.split_date is not None and (parse_split_date(c.split_date)
+                                         >= parse_split_date(c.until, key="train.until")):
+            raise InputError(f"the split date ({c.split_date}) must come before "
+                             f"train.until ({c.until})", key="train.split_date")
+        before = len(events)
+        events = leave_out_from(events, c.until)
+        logger.info("train.until %s: %d of %d events left out (their sessions start on or "
+                    "after it)", c.until, before - len(events), before)
     if c.split_by == "user":
         train, test, kept_out = split_by_user(events, c.holdout_users, c.eval_seed)
         split = Split(train, test, per_user=True, kept_out_users=kept_out)
