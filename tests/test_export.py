@@ -436,6 +436,56 @@ def test_recommend_for_user_over_scann_matches_exact_search_up_to_its_recall(exp
         assert not set(vocab.ids[history[history > 0]].astype(str)) & set(got[row])
 
 
+def test_a_scann_search_short_of_k_items_is_searched_again_over_every_leaf(exported, run_dir,
+                                                                           tmp_path):
+    """One leaf of 30 searched (about 5 items) for k = 20 plus the excluded items: ScaNN
+    answers every row short (NaN scores, a duplicated id, fewer columns); every
+    signature then searches every leaf, so with the whole catalogue reordered (155 items)
+    it answers as the brute-force export does."""
+    _, _, brute = exported
+    narrow = export(run_dir, tmp_path / "narrow", IndexConfig(
+        kind="scann", max_k=20, num_leaves=30, num_leaves_to_search=1, recall_floor=0.0),
+        serving_config_dir=tmp_path / "serving")
+    assert narrow.metadata["index_parameters"]["num_leaves_to_search"] == 1
+    models = [load_saved_model(v.path) for v in (narrow, brute)]
+    user_ids = _user_cache(brute.path)[0][:40]
+    item_ids = [f"i{j}" for j in range(1, 41)]
+    calls = [("serving_default", {"item_ids": tf.constant([[a, b] for a, b in zip(
+                 item_ids, item_ids[1:] + item_ids[:1])])}),
+             ("similar_items", {"item_ids": tf.constant(item_ids)}),
+             ("recommend_for_user", {"user_ids": tf.constant(user_ids)})]
+    for name, inputs in calls:
+        got, want = (m.signatures[name](k=tf.constant(20), **inputs) for m in models)
+        ids = got["item_ids"].numpy().astype(str)
+        assert ids.shape == (40, 20), name
+        assert np.isfinite(got["scores"].numpy()).all(), name
+        assert all(len(set(row)) == 20 and "" not in row for row in ids), name
+        # The same items as brute force; scores equal (an order may differ only at ties).
+        np.testing.assert_allclose(got["scores"].numpy(), want["scores"].numpy(), rtol=1e-5,
+                                   atol=1e-5, err_msg=name)
+        same = [set(a) == set(b) for a, b in zip(ids, want["item_ids"].numpy().astype(str))]
+        assert np.mean(same) >= 0.9, name
+
+
+def test_search_pads_what_the_catalogue_cannot_fill():
+    from tfrec.index.ann import build_index, exact_top_k, search
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(60, 8)).astype(np.float32)
+    ids = np.array([f"i{j}" for j in range(60)])
+    queries = rng.normal(size=(3, 8)).astype(np.float32)
+    for kind in ("scann", "brute_force"):
+        index = build_index(vectors, ids, IndexConfig(kind=kind, max_k=10, num_leaves=8,
+                                                      num_leaves_to_search=1))
+        scores, found = search(index, tf.constant(queries), 80)
+        scores, found = scores.numpy(), found.numpy().astype(str)
+        assert scores.shape == found.shape == (3, 80)
+        assert not np.isnan(scores).any()
+        # ScaNN's reordering budget covers the 60 items: the exact top 60, then no item.
+        np.testing.assert_array_equal(found[:, :60], ids[exact_top_k(queries, vectors, 60)])
+        assert (found[:, 60:] == "").all() and np.isneginf(scores[:, 60:]).all()
+
+
 def test_unknown_and_empty_users_get_the_popular_items_and_known_false(exported, run_dir):
     _, vocab, _, _ = load_run(run_dir)
     _, scann, _ = exported

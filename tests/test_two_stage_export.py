@@ -231,6 +231,28 @@ def test_serving_default_equals_the_in_process_ranking_stage(exports, stage):
         assert not set(session) & set(row)
 
 
+def test_a_short_scann_search_still_gives_the_ranker_n_distinct_candidates(
+        two_stage_run, stage, tmp_path):
+    """One leaf of 30 searched (about 4 items) for N = 20: ScaNN answers short (NaN
+    scores, a duplicated id); the signature searches every leaf again, so the ranking
+    stage sees the exact two-tower list (the 120 items all reordered) and answers as
+    in-process."""
+    vocab, _, ranking = stage
+    narrow = export(two_stage_run, tmp_path / "narrow", IndexConfig(
+        kind="scann", num_leaves=30, num_leaves_to_search=1, recall_floor=0.0))
+    model = load_saved_model(narrow.path)
+    sessions = sessions_of(vocab, 40, seed=1)
+    out = model.signatures["serving_default"](item_ids=padded(sessions), k=tf.constant(K))
+    embeddings = model.signatures["embed_query"](item_ids=padded(sessions))["embeddings"]
+    queries = [[int(i) for i in vocab.lookup(np.asarray(s, dtype=object)) if i > 0]
+               for s in sessions]
+    ids, scores, comparable = expected_top_k(ranking, embeddings.numpy(), queries,
+                                             vocab.ids.astype(str))
+    assert_same_top_k(out, ids, scores, comparable)
+    for row in out["item_ids"].numpy().astype(str):
+        assert len(set(row)) == K and "" not in row
+
+
 def test_recommend_for_user_equals_the_in_process_ranking_stage(exports, stage):
     vocab, _, ranking = stage
     folder = VersionFolder(exports[0])

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tfrec.config import IndexConfig
 from tfrec.exporter.catalogue import Catalogue
+from tfrec.index.ann import search
 
 
 @dataclasses.dataclass
@@ -326,7 +327,7 @@ class RecommenderModule(tf.Module):
         # reordering) and that a user's history is no longer than max_session_items.
         extra = tf.reduce_max(tf.concat([tf.reduce_sum(tf.cast(excluded, tf.int32), axis=1),
                                          [0]], 0))
-        return self.index(queries, k=tf.minimum(k + extra, self.num_items))
+        return search(self.index, queries, tf.minimum(k + extra, self.num_items))
 
     def _top_k_of(self, scores, ids, clash, k, fallback):
         """The k best of (scores, ids) without the `clash` [batch, fetched] ones; the

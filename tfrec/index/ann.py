@@ -10,6 +10,7 @@ import numpy as np
 import scann  # noqa: F401  (registers the Scann ops)
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
+from scann.scann_ops.py import scann_ops
 
 from tfrec.config import IndexConfig  # noqa: F401  (the index settings, declared in the schema)
 from tfrec.utils import quiet_native_stderr
@@ -37,12 +38,60 @@ def build_index(embeddings: np.ndarray, identifiers: np.ndarray, config: IndexCo
     ids = tf.constant(np.asarray(identifiers).astype(str))
     k = min(config.max_k, len(embeddings))
     if config.kind == "brute_force":
-        return tfrs.layers.factorized_top_k.BruteForce(k=k, name="brute_force").index(
-            candidates, ids)
+        layer = tfrs.layers.factorized_top_k.BruteForce(k=k, name="brute_force")
+        layer.num_items = len(embeddings)  # what `search` asks for at most
+        return layer.index(candidates, ids)
     params = scann_parameters(len(embeddings), config)
     layer = tfrs.layers.factorized_top_k.ScaNN(k=k, name="scann", **params)
+    layer.num_items = len(embeddings)
+    layer.num_leaves = params["num_leaves"]  # what `search` widens to
     with quiet_native_stderr():  # ScaNN logs its tree training (absl, C++) to stderr
         return layer.index(candidates, ids)
+
+
+def search(index, queries, k):
+    """(scores, ids) [batch, k]: an index layer's top k, never short while its leaves
+    together hold k items.
+
+    A ScaNN search scores only the items of the leaves it searches. When a
+    query's leaves hold fewer than k items, ScaNN answers short: the batch only
+    as wide as its fullest row, the missing slots of a row scored NaN and
+    named by the first item's id (a duplicate). Such a batch is searched again
+    over every leaf, and its short rows take that answer (which happens only
+    when k nears the items of a few leaves: a small catalogue, or a long
+    history to exclude). A slot still
+    empty after that (k above the items or ScaNN's reordering budget) is
+    scored -inf and named "", what the signatures read as no item. A brute-force
+    layer is asked for at most its items, then padded the same way.
+    """
+    items = getattr(index, "num_items", None)
+    scores, ids = index(queries, k=k if items is None else tf.minimum(k, items))
+
+    def padded(scores, ids):
+        empty = tf.math.is_nan(scores)
+        scores = tf.where(empty, tf.constant(float("-inf"), scores.dtype), scores)
+        ids = tf.where(empty, tf.zeros_like(ids), ids)
+        pad = [[0, 0], [0, tf.maximum(k - tf.shape(scores)[1], 0)]]
+        return (tf.pad(scores, pad, constant_values=float("-inf")),
+                tf.pad(ids, pad, constant_values=tf.zeros([], ids.dtype)))
+
+    leaves = getattr(index, "num_leaves", None)
+    if not (isinstance(index, tfrs.layers.factorized_top_k.ScaNN) and leaves):
+        return padded(scores, ids)
+
+    def everywhere():
+        searcher = scann_ops.searcher_from_module(index._serialized_searcher)
+        result = searcher.search_batched(queries, final_num_neighbors=k, leaves_to_search=leaves)
+        return padded(result.distances, tf.gather(index._identifiers, result.indices))
+
+    # Only the short rows take the wider search's answer (a batch is as wide as its
+    # fullest row: narrower than k, every row is short).
+    short = tf.logical_or(tf.reduce_any(tf.math.is_nan(scores), axis=1),
+                          tf.shape(scores)[1] < k)
+    scores, ids = padded(scores, ids)
+    wide_scores, wide_ids = tf.cond(tf.reduce_any(short), everywhere, lambda: (scores, ids))
+    return (tf.where(short[:, None], wide_scores, scores),
+            tf.where(short[:, None], wide_ids, ids))
 
 
 def build_index_for_recall(embeddings: np.ndarray, identifiers: np.ndarray, config: IndexConfig,
@@ -102,7 +151,7 @@ def recall_at_ks(index, queries: np.ndarray, embeddings: np.ndarray, identifiers
     kmax = min(max(ks), len(embeddings))
     if len(queries) == 0:
         return {k: float("nan") for k in ks}
-    _, found = index(tf.constant(queries, tf.float32), k=kmax)
+    _, found = search(index, tf.constant(queries, tf.float32), kmax)
     found = found.numpy().astype(str)
     exact = np.asarray(identifiers).astype(str)[exact_top_k(queries, embeddings, kmax)]
     out = {}
