@@ -253,6 +253,27 @@ def test_a_short_scann_search_still_gives_the_ranker_n_distinct_candidates(
         assert len(set(row)) == K and "" not in row
 
 
+def test_a_long_session_is_ranked_on_all_its_items_as_in_process(exports, stage):
+    """Sessions of 55-80 items (the query tower reads the last 50): the ranking stage reads
+    every item of the session, each once, as it was trained and evaluated; a repeated
+    item counts once."""
+    vocab, _, ranking = stage
+    model = load_saved_model(exports[0])
+    rng = np.random.default_rng(5)
+    ids = [str(i) for i in vocab.ids[1:]]
+    sessions = [[ids[j] for j in rng.choice(len(ids), rng.integers(55, 81), replace=False)]
+                for _ in range(30)]
+    sessions = [s[:5] + s[:3] + s[5:] if row % 3 == 0 else s for row, s in enumerate(sessions)]
+    out = model.signatures["serving_default"](item_ids=padded(sessions), k=tf.constant(K))
+    embeddings = model.signatures["embed_query"](item_ids=padded(sessions))["embeddings"]
+    queries = [list(dict.fromkeys(int(i) for i in vocab.lookup(np.asarray(s, dtype=object))))
+               for s in sessions]
+    assert max(len(q) for q in queries) > 50
+    ids, scores, comparable = expected_top_k(ranking, embeddings.numpy(), queries,
+                                             vocab.ids.astype(str))
+    assert_same_top_k(out, ids, scores, comparable)
+
+
 def test_recommend_for_user_equals_the_in_process_ranking_stage(exports, stage):
     vocab, _, ranking = stage
     folder = VersionFolder(exports[0])

@@ -299,6 +299,22 @@ class RecommenderModule(tf.Module):
         return tf.where(added > 0, added + self.vocabulary_items,
                         self.id_table.lookup(item_ids))
 
+    @staticmethod
+    def _distinct_items(items):
+        """[batch, width] serving indices (0: none) -> the same width: each row's distinct
+        items in order, 0-padded on the left. A session's query for the ranking stage: all
+        its items, each once, as the stage was trained and evaluated on them (not only the
+        last `history_length` the query tower reads)."""
+        width = tf.shape(items)[1]
+        same = tf.equal(items[:, :, None], items[:, None, :])
+        earlier = tf.cast(tf.linalg.band_part(tf.ones([width, width], tf.int32), -1, 0)
+                          - tf.eye(width, dtype=tf.int32), tf.bool)
+        repeated = tf.reduce_any(tf.logical_and(same, earlier[None]), axis=2)
+        keep = tf.logical_and(items > 0, tf.logical_not(repeated))
+        order = tf.argsort(tf.cast(keep, tf.int32), axis=1, stable=True)
+        return tf.where(tf.gather(keep, order, batch_dims=1),
+                        tf.gather(items, order, batch_dims=1), tf.zeros_like(items))
+
     def _two_stage(self, queries, query_items, exclude, k, fallback):
         """Both stages: the top k of the ranker's scores of each query's candidates.
 
@@ -358,7 +374,8 @@ class RecommenderModule(tf.Module):
         if self.ranking is None:
             return self._top_k_excluding(queries, item_ids, k)
         fallback = tf.logical_not(tf.reduce_any(self.id_table.lookup(item_ids) > 0, axis=1))
-        return self._two_stage(queries, history, self._serving_index(item_ids), k, fallback)
+        session = self._serving_index(item_ids)
+        return self._two_stage(queries, self._distinct_items(session), session, k, fallback)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids"),
                                   tf.TensorSpec([], tf.int32, name="k")])
