@@ -183,6 +183,20 @@ def test_lexical_table_keeps_the_strongest_terms_and_scores_cosines():
     assert len(bigger.terms) == len(texts) + 2
 
 
+def test_lexical_cosines_in_tensorflow_equal_numpys_for_long_queries():
+    rng = np.random.default_rng(3)
+    texts = [" ".join(f"w{t}" for t in rng.integers(0, 60, rng.integers(0, 9)))
+             for _ in range(300)]
+    table = LexicalTable.build(texts, max_terms=4)
+    a, b = rng.integers(0, 300, (3, 70)), rng.integers(0, 300, (3, 40))
+    a[:, :5] = 0  # padding rows, and items with fewer terms than 4, meet nothing
+    got = tf_similarity(tf.constant(table.terms), tf.constant(table.weights), tf.constant(a),
+                        tf.constant(b)).numpy()
+    expected = table.similarity(a, b)
+    assert (expected > 0).mean() > 0.05
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
 def test_candidates_exclude_the_query_and_padding_is_masked():
     rng = np.random.default_rng(0)
     tables = _tables(rng)

@@ -131,10 +131,17 @@ def tf_similarity(terms: tf.Tensor, weights: tf.Tensor, a: tf.Tensor, b: tf.Tens
     tb, wb = tf.gather(terms, b), tf.gather(weights, b)
     batch, length, width = tf.shape(a)[0], tf.shape(a)[1], tf.shape(b)[1]
     size = terms.shape[1]  # static: no read of a variable's whole value
-    # [B, L T, N T]: b's weight where a's term meets it (a missing term, 0, meets only
-    # zero weights), summed over b's terms, weighted by a's and summed over a's terms.
-    # Cheaper than one einsum over [B, L, N, T, T] at serving sizes.
-    same = tf.equal(tf.reshape(ta, [batch, -1, 1]), tf.reshape(tb, [batch, 1, -1]))
-    met = tf.where(same, tf.reshape(wb, [batch, 1, -1]), 0.0)
-    met = tf.reduce_sum(tf.reshape(met, [batch, length, size, width, size]), axis=-1)
-    return tf.reduce_sum(met * wa[:, :, :, None], axis=2)
+    # An item's terms are distinct, so each of b's terms meets at most one of a's: each
+    # query item's terms sorted, b's terms found among them by a binary search, [B L, N T]
+    # elements (comparing every pair of terms is T times as many: 20 ms for a session of
+    # 500 items). A missing term (0) has weight 0 on both sides, so its matches add nothing.
+    ta, wa = tf.reshape(ta, [-1, size]), tf.reshape(wa, [-1, size])
+    order = tf.argsort(ta, axis=1, stable=True)
+    ta, wa = tf.gather(ta, order, batch_dims=1), tf.gather(wa, order, batch_dims=1)
+    tb = tf.reshape(tf.broadcast_to(tf.reshape(tb, [batch, 1, -1]),
+                                    [batch, length, width * size]), [batch * length, -1])
+    at = tf.minimum(tf.searchsorted(ta, tb), size - 1)
+    met = tf.where(tf.equal(tf.gather(ta, at, batch_dims=1), tb),
+                   tf.gather(wa, at, batch_dims=1), 0.0)
+    met = tf.reshape(met, [batch, length, width, size]) * wb[:, None]
+    return tf.reduce_sum(met, axis=-1)
