@@ -233,3 +233,30 @@ def test_the_bar_compares_both_stages_with_the_baselines_not_with_its_own_rows()
     assert not any("(HR@50)" in c for c in checks)
     methods[MODEL] = method(0.30, 0.32, 0.20)
     assert any("(HR@50)" in c["check"] for c in check_bar(methods, 10, None))
+
+
+def test_a_two_stage_export_is_also_scored_as_served(staged_run, staged_report, tmp_path):
+    """`tfrec evaluate --saved-model` on a two-stage export: a row of its serving_default's
+    top k (both stages as served), which brute force makes the in-process row's figures;
+    the index recall is the one the export measured (its serving_default gives the
+    ranker's top k, not the index's)."""
+    from tfrec.evaluate.methods import SERVED
+    from tfrec.exporter import export
+    from tfrec.index import IndexConfig
+
+    version = export(staged_run, tmp_path / "models", IndexConfig(kind="brute_force"))
+    result = evaluate_run(None, tmp_path / "ev", ("popularity",), saved_model=version.path,
+                          ablations=False)
+    served, model = result["methods"][SERVED], result["methods"][MODEL]
+    assert served["list_width"] == WIDTH  # k is at most N
+    cases = result["protocol"]["cases"]
+    for group in ("all", "warm"):
+        # Ties may fall either way in the graph's top k (in-process they count against
+        # the target): at most a case apart.
+        assert abs(served[group]["hr@10"] - model[group]["hr@10"]) <= 1.0 / cases + 1e-9
+        assert served[group]["hr@10"] == pytest.approx(
+            staged_report[1]["methods"][MODEL][group]["hr@10"], abs=1.0 / cases + 1e-9)
+    recall = result["index_recall"]
+    assert recall["measured"].startswith("at export") and recall["recall"]["10"] == 1.0
+    printed = format_report(result)
+    assert "tfrec as served" in printed and "sessions, at export" in printed

@@ -34,6 +34,12 @@ class ExportedModel:
                              "from another run?)", path=str(folder.item_ids))
         self.items = np.zeros((vocab.size, vectors.shape[1]), np.float32)
         self.items[index] = vectors
+        self.metadata = folder.read_metadata()
+
+    @property
+    def two_stage(self) -> bool:
+        """Does `serving_default` run the ranking stage (its top k the ranker's)?"""
+        return "ranker" in self.metadata.get("stages", [])
 
     def item_embeddings(self) -> np.ndarray:
         return self.items
@@ -56,6 +62,40 @@ class ExportedModel:
         function = self.module.signatures["embed_query"]
         return np.concatenate([function(item_ids=self._ids(history[i:i + batch_size]))[
             "embeddings"].numpy() for i in range(0, len(history), batch_size)])
+
+    def served_ranks(self, queries: list, targets: np.ndarray, k: int,
+                     batch_size: int = 512) -> tuple[np.ndarray, int]:
+        """(ranks [n], width): each target's place in `serving_default`'s top `width`
+        for its case's query items as one session (`width` at the ranks of a miss), width
+        = k cut to the export's max_k. A query longer than the export's
+        max_session_items sends its last ones."""
+        function = self.module.signatures["serving_default"]
+        width = int(min(k, self.metadata.get("max_k", k)))
+        longest = int(self.metadata.get("max_session_items", 500))
+        names = self.vocab.ids.astype(str)
+        ranks = np.full(len(queries), width, np.int64)
+        for start in range(0, len(queries), batch_size):
+            rows = [list(q)[-longest:] for q in queries[start:start + batch_size]]
+            if not rows:
+                continue
+            length = max(1, max(len(q) for q in rows))
+            sessions = [[names[i] for i in q] + [""] * (length - len(q)) for q in rows]
+            found = function(item_ids=tf.constant(sessions), k=tf.constant(width))
+            found = found["item_ids"].numpy().astype(str)
+            wanted = names[np.asarray(targets[start:start + len(rows)])]
+            hit = found == wanted[:, None]
+            ranks[start:start + len(rows)] = np.where(hit.any(axis=1), hit.argmax(axis=1),
+                                                      width)
+        return ranks, width
+
+    def recorded_recall(self) -> dict:
+        """The index recall the export measured against brute force (a two-stage
+        export's `serving_default` gives the ranker's top k, not the index's)."""
+        recall = {key.split("@")[1]: float(value) for key, value in self.metadata.items()
+                  if key.startswith("recall@")}
+        return {"index": "export", "path": str(self.path),
+                "queries": int(self.metadata.get("recall_queries", 0)), "recall": recall,
+                "measured": "at export (the export's metadata)"}
 
     def index_recall(self, history: np.ndarray, queries: np.ndarray, k: int = 10) -> dict:
         """The exported serving_default top-k against exact top-k (query items excluded)."""

@@ -30,6 +30,10 @@ MODEL_LABEL = "tfrec (full model)"
 TWO_STAGE_LABEL = "tfrec (both stages)"
 STAGE1 = "tfrec_stage1"
 STAGE1_LABEL = "tfrec stage 1 alone"
+# An exported two-stage version: its serving_default's top K on the cases (both stages
+# as served: the ScaNN index's candidates, the graph's features and ranker).
+SERVED = "tfrec_served"
+SERVED_LABEL = "tfrec as served (the export's serving_default)"
 ABLATION_PREFIX = "tfrec_without_"
 # The HR@K curves (and the largest k asked for) go up to this K.
 MAX_K = 50
@@ -140,6 +144,8 @@ def label_of(name: str) -> str:
         return MODEL_LABEL
     if name == STAGE1:
         return STAGE1_LABEL
+    if name == SERVED:
+        return SERVED_LABEL
     if name.startswith(ABLATION_PREFIX):
         return f"tfrec w/o {name[len(ABLATION_PREFIX):]}"
     return REGISTRY[name].label if name in REGISTRY else name
@@ -152,7 +158,7 @@ def ablation_name(group: str) -> str:
 
 def is_model_row(name: str) -> bool:
     """The model or one of its stage rows (stage 1 alone, an ablation): not a baseline."""
-    return name in (MODEL, STAGE1) or name.startswith(ABLATION_PREFIX)
+    return name in (MODEL, STAGE1, SERVED) or name.startswith(ABLATION_PREFIX)
 
 
 # Baselines that give a vector per item and per query -----------------------------------------

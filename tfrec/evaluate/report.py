@@ -124,7 +124,10 @@ def plot_index_recall(report: dict, path: Path) -> None:
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("k")
     ax.set_ylabel("recall@k vs exact search")
-    ax.set_title(f"ScaNN index recall ({report['index_recall']['queries']:,} case queries)")
+    r = report["index_recall"]
+    on = (f"{r['queries']:,} sessions, at export" if r.get("measured")
+          else f"{r['queries']:,} case queries")
+    ax.set_title(f"index recall ({on})")
     ax.grid(alpha=0.3)
     _save(fig, path)
 

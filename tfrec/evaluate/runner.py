@@ -27,8 +27,9 @@ from tfrec.evaluate.analyses import (categories_of, cold_start_figures, conversi
                                      index_recall)
 from tfrec.evaluate.bar import check_bar
 from tfrec.evaluate.exported import ExportedModel, run_of_export
+from tfrec.exporter.layout import VersionFolder
 from tfrec.evaluate import stages as stages_lib
-from tfrec.evaluate.methods import (MAX_K, MODEL, REGISTRY, STAGE1, TWO_STAGE_LABEL,
+from tfrec.evaluate.methods import (MAX_K, MODEL, REGISTRY, SERVED, STAGE1, TWO_STAGE_LABEL,
                                     BaselineSettings, EvaluationRun, ablation_name,
                                     baseline_names, label_of)
 from tfrec.evaluate.report import write_report
@@ -161,7 +162,11 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     out_dir = Path(out_dir) if out_dir else RunFolder(run_dir).evaluation.path
     stage = load_stage(run_dir, model)
     ablated = stages_lib.ablation_columns(stage) if stage is not None and ablations else {}
-    step = Step(5 + len(baselines) + (stage is not None) + (len(ablated) + 1 if ablated else 0))
+    # A two-stage export is also scored as served (its serving_default on the cases).
+    served_row = saved_model is not None and "ranker" in VersionFolder(
+        saved_model).read_metadata(missing_ok=True).get("stages", [])
+    step = Step(5 + len(baselines) + (stage is not None) + (len(ablated) + 1 if ablated else 0)
+                + served_row)
 
     step("preparing the held-out cases (the run's data and split)")
     data = prepare_training_data(config)
@@ -216,7 +221,15 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         results[name] = MethodResult(name, baseline.rank(fitted, run),
                                      time.perf_counter() - t0, tuning=fitted.tuning)
 
-    if exported is not None:
+    if exported is not None and exported.two_stage:
+        t0 = step(f"{label_of(SERVED)}: {len(cases):,} cases")
+        served, width = exported.served_ranks(cases.queries, cases.targets, MAX_K)
+        results[SERVED] = MethodResult(SERVED, served, time.perf_counter() - t0,
+                                       "the export's signature, both stages as served",
+                                       list_width=width)
+        step("index recall: as the export measured it against exact search")
+        recall = exported.recorded_recall()
+    elif exported is not None:
         step("index recall: the export's serving_default against exact search")
         recall = exported.index_recall(
             histories_from_lists(cases.queries, config.model.history_length), query_emb)

@@ -85,8 +85,10 @@ def format_report(report: dict) -> str:
     lines += ranking_stage_lines(report)
     r = report["index_recall"]
     kind = "the export's index" if r["index"] == "export" else "ScaNN"
-    lines.append(f"index recall@10 ({kind} vs exact, {r['queries']:,} case queries): "
-                 f"{r['recall']['10']:.4f}")
+    on = (f"{r['queries']:,} sessions, {r['measured']}" if r.get("measured")
+          else f"{r['queries']:,} case queries")
+    lines.append(f"index recall@10 ({kind} vs exact, {on}): "
+                 + ("n/a" if "10" not in r["recall"] else f"{r['recall']['10']:.4f}"))
     conv = report["conversion"]
     lines.append("converted-item rank: " + (
         f"{conv['sessions']:,} sessions, median rank {conv['median_rank']:.0f}"
