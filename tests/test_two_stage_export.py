@@ -274,6 +274,31 @@ def test_a_long_session_is_ranked_on_all_its_items_as_in_process(exports, stage)
     assert_same_top_k(out, ids, scores, comparable)
 
 
+def test_a_large_batch_is_ranked_in_chunks_with_the_same_answers(two_stage_run, exports, stage,
+                                                                 tmp_path, monkeypatch):
+    """A budget of 3,000 feature values makes a batch of 40 sessions run in chunks of a few
+    rows (a real export's budget is 4M values: a 4,096-session request no longer needs
+    gigabytes at once): every signature answers as the export ranked in one piece."""
+    import tfrec.ranking.serving as serving
+
+    vocab, _, _ = stage
+    monkeypatch.setattr(serving, "CHUNK_ELEMENTS", 3000)
+    chunked = load_saved_model(export(two_stage_run, tmp_path / "chunked",
+                                      IndexConfig(kind="brute_force")).path)
+    whole = load_saved_model(exports[0])
+    sessions = sessions_of(vocab, 40, seed=2)
+    users = VersionFolder(exports[0]).user_ids.read_text().split()[:40]
+    calls = [("serving_default", {"item_ids": padded(sessions)}),
+             ("recommend_for_user", {"user_ids": tf.constant(users)}),
+             ("similar_items", {"item_ids": tf.constant([s[0] for s in sessions])})]
+    for name, inputs in calls:
+        got, want = (m.signatures[name](k=tf.constant(K), **inputs) for m in (chunked, whole))
+        np.testing.assert_array_equal(got["item_ids"].numpy(), want["item_ids"].numpy(), name)
+        # The products of another batch shape may round differently.
+        np.testing.assert_allclose(got["scores"].numpy(), want["scores"].numpy(), rtol=1e-5,
+                                   atol=1e-5, err_msg=name)
+
+
 def test_recommend_for_user_equals_the_in_process_ranking_stage(exports, stage):
     vocab, _, ranking = stage
     folder = VersionFolder(exports[0])

@@ -302,18 +302,17 @@ class RecommenderModule(tf.Module):
     @staticmethod
     def _distinct_items(items):
         """[batch, width] serving indices (0: none) -> the same width: each row's distinct
-        items in order, 0-padded on the left. A session's query for the ranking stage: all
-        its items, each once, as the stage was trained and evaluated on them (not only the
-        last `history_length` the query tower reads)."""
-        width = tf.shape(items)[1]
-        same = tf.equal(items[:, :, None], items[:, None, :])
-        earlier = tf.cast(tf.linalg.band_part(tf.ones([width, width], tf.int32), -1, 0)
-                          - tf.eye(width, dtype=tf.int32), tf.bool)
-        repeated = tf.reduce_any(tf.logical_and(same, earlier[None]), axis=2)
-        keep = tf.logical_and(items > 0, tf.logical_not(repeated))
+        items (in id order: the ranking stage reads a query as a set), 0-padded on the
+        left. A session's query for the ranking stage: all its items, each once, as the
+        stage was trained and evaluated on them (not only the last `history_length` the
+        query tower reads). A sort, so memory grows with the width, not its square."""
+        ordered = tf.sort(items, axis=1)
+        first = tf.concat([tf.ones_like(ordered[:, :1], tf.bool),
+                           tf.not_equal(ordered[:, 1:], ordered[:, :-1])], 1)
+        keep = tf.logical_and(first, ordered > 0)
         order = tf.argsort(tf.cast(keep, tf.int32), axis=1, stable=True)
         return tf.where(tf.gather(keep, order, batch_dims=1),
-                        tf.gather(items, order, batch_dims=1), tf.zeros_like(items))
+                        tf.gather(ordered, order, batch_dims=1), tf.zeros_like(ordered))
 
     def _two_stage(self, queries, query_items, exclude, k, fallback):
         """Both stages: the top k of the ranker's scores of each query's candidates.

@@ -34,6 +34,10 @@ from tfrec.ranking import features as F
 from tfrec.ranking.item_table import ItemItemTable
 from tfrec.ranking.ranker import FoldedRanker
 
+# The most values the features' largest intermediate may hold at once (rows x L x
+# (N + m) x T); a batch over it is ranked in chunks of rows (`TwoStageScorer.rank`).
+CHUNK_ELEMENTS = 1 << 22
+
 
 def merge_order(width: int, table_share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The order `merge_candidates` takes the slots of two `width`-long lists in.
@@ -292,6 +296,45 @@ class TwoStageScorer(tf.Module):
         return tf.where(mask, self.ranker(self.features(inputs)), float("-inf"))
 
     def rank(self, query_items, query_embeddings, tt_ids, tt_valid, exclude):
+        """Both stages' candidates and the ranker's scores (`rank_rows`), a batch
+        whose features would exceed `CHUNK_ELEMENTS` taken in chunks of rows.
+
+        The features' largest intermediate holds L x (N + m) x T values per row
+        (L the longest query, T the lexical terms): a batch of 4,096 sessions of
+        50 items would need gigabytes at once. Chunks bound it whatever the
+        batch, with the same values; a batch under the budget (every
+        single-session request) runs as one.
+        """
+        query_items = tf.cast(query_items, tf.int32)
+        rows = tf.shape(query_items)[0]
+        longest = tf.maximum(tf.reduce_max(tf.concat(
+            [tf.reduce_sum(tf.cast(query_items > 0, tf.int32), 1), [0]], 0)), 1)
+        per_row = longest * self.list_width * self.features.dims["text_terms"]
+        chunk = tf.maximum(CHUNK_ELEMENTS // per_row, 1)
+        args = (query_items, query_embeddings, tt_ids, tt_valid, exclude)
+
+        def chunked():
+            parts = [tf.TensorArray(dtype, size=0, dynamic_size=True, infer_shape=False)
+                     for dtype in (tf.int32, tf.bool, tf.float32)]
+
+            def body(start, parts):
+                stop = tf.minimum(start + chunk, rows)
+                out = self.rank_rows(*(a[start:stop] for a in args))
+                index = start // chunk
+                return stop, [p.write(index, o) for p, o in zip(parts, out)]
+
+            _, parts = tf.while_loop(lambda start, _: start < rows, body,
+                                     (tf.constant(0), parts))
+            return tuple(p.concat() for p in parts)
+
+        return tf.cond(rows <= chunk, lambda: self.rank_rows(*args), chunked)
+
+    @property
+    def list_width(self) -> int:
+        """N + m: the candidates the ranker scores per query."""
+        return self.num_candidates + self.text_slots
+
+    def rank_rows(self, query_items, query_embeddings, tt_ids, tt_valid, exclude):
         """Both stages' candidates and the ranker's scores.
 
         Args:
