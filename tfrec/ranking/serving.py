@@ -118,6 +118,13 @@ class TwoStageScorer(tf.Module):
         self.text_slots = int(text_slots)
         if self.text_slots:
             self._text_source(tables, new, unavailable)
+        # The chunks' path: traced once for every signature that ranks (the whole
+        # batch's path is traced in line, the faster call).
+        self._rank_rows = tf.function(self.rank_rows, input_signature=[
+            tf.TensorSpec([None, None], tf.int32),
+            tf.TensorSpec([None, self.features.dims["item_embeddings"]], tf.float32),
+            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.bool),
+            tf.TensorSpec([None, None], tf.int32)])
 
     def _text_source(self, tables: F.Tables, new: np.ndarray, unavailable) -> None:
         """The items the text slots pick from (without behaviour, available), and their
@@ -305,13 +312,14 @@ class TwoStageScorer(tf.Module):
         batch, with the same values; a batch under the budget (every
         single-session request) runs as one.
         """
-        query_items = tf.cast(query_items, tf.int32)
+        args = (tf.cast(query_items, tf.int32), tf.cast(query_embeddings, tf.float32),
+                tf.cast(tt_ids, tf.int32), tf.cast(tt_valid, tf.bool), tf.cast(exclude, tf.int32))
+        query_items = args[0]
         rows = tf.shape(query_items)[0]
         longest = tf.maximum(tf.reduce_max(tf.concat(
             [tf.reduce_sum(tf.cast(query_items > 0, tf.int32), 1), [0]], 0)), 1)
         per_row = longest * self.list_width * self.features.dims["text_terms"]
         chunk = tf.maximum(CHUNK_ELEMENTS // per_row, 1)
-        args = (query_items, query_embeddings, tt_ids, tt_valid, exclude)
 
         def chunked():
             parts = [tf.TensorArray(dtype, size=0, dynamic_size=True, infer_shape=False)
@@ -319,7 +327,7 @@ class TwoStageScorer(tf.Module):
 
             def body(start, parts):
                 stop = tf.minimum(start + chunk, rows)
-                out = self.rank_rows(*(a[start:stop] for a in args))
+                out = self._rank_rows(*(a[start:stop] for a in args))
                 index = start // chunk
                 return stop, [p.write(index, o) for p, o in zip(parts, out)]
 
