@@ -437,13 +437,14 @@ def test_recommend_for_user_over_scann_matches_exact_search_up_to_its_recall(exp
 
 def test_a_scann_search_short_of_k_items_is_searched_again_over_every_leaf(exported, run_dir,
                                                                            tmp_path):
-    """One leaf of 30 searched (about 5 items) for k = 20 plus the excluded items: ScaNN
-    answers every row short (NaN scores, a duplicated id, fewer columns); every
+    """One leaf searched of as many as items (a leaf or two each; fewer leaves may make one
+    of a clustered catalogue's leaves hold k items) for k = 20 plus the excluded items:
+    ScaNN answers every row short (NaN scores, a duplicated id, fewer columns); every
     signature then searches every leaf, so with the whole catalogue reordered (155 items)
     it answers as the brute-force export does."""
     _, _, brute = exported
     narrow = export(run_dir, tmp_path / "narrow", IndexConfig(
-        kind="scann", max_k=20, num_leaves=30, num_leaves_to_search=1, recall_floor=0.0),
+        kind="scann", max_k=20, num_leaves=1000, num_leaves_to_search=1, recall_floor=0.0),
         serving_config_dir=tmp_path / "serving")
     assert narrow.metadata["index_parameters"]["num_leaves_to_search"] == 1
     models = [load_saved_model(v.path) for v in (narrow, brute)]

@@ -137,12 +137,12 @@ def test_a_rest_body_of_too_many_values_is_refused_before_it_is_parsed(server):
         f"scalar input repeated in every row (--max_batch); {fate}"
         for fate in ("it was not read in full, nor parsed", "it was not parsed")]
     assert rss_mb(server.proc.pid) - before < 50
-    # Bodies of 30 MB, under the byte limit, four at once: counted, refused, and given back.
+    # Bodies of 30 MB, under the byte limit, three at once: counted, refused, and given back.
     body = b'{"inputs": {"item_ids": [[' + b",".join([b'""'] * 10_000_000) + b']], "k": 5}}'
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(lambda _: exchange(server, post("/v1/models/shop:predict",
-                                                                body), 60), range(4)))
-    assert [lines for lines, _, _ in answers] == [[b"HTTP/1.1 400 Bad Request"]] * 4
+                                                                body), 60), range(3)))
+    assert [lines for lines, _, _ in answers] == [[b"HTTP/1.1 400 Bad Request"]] * 3
     assert rss_mb(server.proc.pid) - before < 100
     # Lists of strings padded to the longest: refused before the padding is built.
     rows = [[""]] * 3000 + [[""] * 500]

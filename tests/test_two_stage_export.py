@@ -233,13 +233,13 @@ def test_serving_default_equals_the_in_process_ranking_stage(exports, stage):
 
 def test_a_short_scann_search_still_gives_the_ranker_n_distinct_candidates(
         two_stage_run, stage, tmp_path):
-    """One leaf of 30 searched (about 4 items) for N = 20: ScaNN answers short (NaN
-    scores, a duplicated id); the signature searches every leaf again, so the ranking
-    stage sees the exact two-tower list (the 120 items all reordered) and answers as
-    in-process."""
+    """One leaf searched of as many as items (a leaf or two each) for N = 20: ScaNN
+    answers every row short (NaN scores, a duplicated id); the signature searches every
+    leaf again, so the ranking stage sees the exact two-tower list (every item
+    reordered) and answers as in-process."""
     vocab, _, ranking = stage
     narrow = export(two_stage_run, tmp_path / "narrow", IndexConfig(
-        kind="scann", num_leaves=30, num_leaves_to_search=1, recall_floor=0.0))
+        kind="scann", num_leaves=1000, num_leaves_to_search=1, recall_floor=0.0))
     model = load_saved_model(narrow.path)
     sessions = sessions_of(vocab, 40, seed=1)
     out = model.signatures["serving_default"](item_ids=padded(sessions), k=tf.constant(K))
