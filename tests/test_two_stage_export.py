@@ -104,6 +104,21 @@ def assert_same_top_k(out, ids, scores, comparable):
                                rtol=1e-5, atol=1e-5)
 
 
+def assert_served_as_in_process(model, stage, sessions):
+    """`serving_default` of the loaded export `model` on `sessions` gives the in-process
+    ranking stage's top K (its query: each session's known items, each once); returns
+    the signature's output."""
+    vocab, _, ranking = stage
+    out = model.signatures["serving_default"](item_ids=padded(sessions), k=tf.constant(K))
+    embeddings = model.signatures["embed_query"](item_ids=padded(sessions))["embeddings"]
+    queries = [list(dict.fromkeys(int(i) for i in vocab.lookup(np.asarray(s, dtype=object))
+                                  if i > 0)) for s in sessions]
+    ids, scores, comparable = expected_top_k(ranking, embeddings.numpy(), queries,
+                                             vocab.ids.astype(str))
+    assert_same_top_k(out, ids, scores, comparable)
+    return out, queries
+
+
 def sessions_of(vocab, count, seed=0):
     rng = np.random.default_rng(seed)
     ids = [str(i) for i in vocab.ids[1:]]
@@ -216,16 +231,8 @@ def test_the_graph_moves_new_items_forward_as_numpy_does(two_stage_run, stage):
 # Both stages in the exported signatures ----------------------------------------------------
 
 def test_serving_default_equals_the_in_process_ranking_stage(exports, stage):
-    vocab, _, ranking = stage
-    model = load_saved_model(exports[0])
-    sessions = sessions_of(vocab, 40) + [["i1", "nope", "i2"]]
-    out = model.signatures["serving_default"](item_ids=padded(sessions), k=tf.constant(K))
-    embeddings = model.signatures["embed_query"](item_ids=padded(sessions))["embeddings"]
-    queries = [[int(i) for i in vocab.lookup(np.asarray(s, dtype=object)) if i > 0]
-               for s in sessions]
-    ids, scores, comparable = expected_top_k(ranking, embeddings.numpy(), queries,
-                                             vocab.ids.astype(str))
-    assert_same_top_k(out, ids, scores, comparable)
+    sessions = sessions_of(stage[0], 40) + [["i1", "nope", "i2"]]
+    out, _ = assert_served_as_in_process(load_saved_model(exports[0]), stage, sessions)
     assert not out["fallback"].numpy().any()
     for session, row in zip(sessions, out["item_ids"].numpy().astype(str)):
         assert not set(session) & set(row)
@@ -237,18 +244,10 @@ def test_a_short_scann_search_still_gives_the_ranker_n_distinct_candidates(
     answers every row short (NaN scores, a duplicated id); the signature searches every
     leaf again, so the ranking stage sees the exact two-tower list (every item
     reordered) and answers as in-process."""
-    vocab, _, ranking = stage
     narrow = export(two_stage_run, tmp_path / "narrow", IndexConfig(
         kind="scann", num_leaves=1000, num_leaves_to_search=1, recall_floor=0.0))
-    model = load_saved_model(narrow.path)
-    sessions = sessions_of(vocab, 40, seed=1)
-    out = model.signatures["serving_default"](item_ids=padded(sessions), k=tf.constant(K))
-    embeddings = model.signatures["embed_query"](item_ids=padded(sessions))["embeddings"]
-    queries = [[int(i) for i in vocab.lookup(np.asarray(s, dtype=object)) if i > 0]
-               for s in sessions]
-    ids, scores, comparable = expected_top_k(ranking, embeddings.numpy(), queries,
-                                             vocab.ids.astype(str))
-    assert_same_top_k(out, ids, scores, comparable)
+    out, _ = assert_served_as_in_process(load_saved_model(narrow.path), stage,
+                                         sessions_of(stage[0], 40, seed=1))
     for row in out["item_ids"].numpy().astype(str):
         assert len(set(row)) == K and "" not in row
 
@@ -257,21 +256,13 @@ def test_a_long_session_is_ranked_on_all_its_items_as_in_process(exports, stage)
     """Sessions of 55-80 items (the query tower reads the last 50): the ranking stage reads
     every item of the session, each once, as it was trained and evaluated; a repeated
     item counts once."""
-    vocab, _, ranking = stage
-    model = load_saved_model(exports[0])
     rng = np.random.default_rng(5)
-    ids = [str(i) for i in vocab.ids[1:]]
+    ids = [str(i) for i in stage[0].ids[1:]]
     sessions = [[ids[j] for j in rng.choice(len(ids), rng.integers(55, 81), replace=False)]
                 for _ in range(30)]
     sessions = [s[:5] + s[:3] + s[5:] if row % 3 == 0 else s for row, s in enumerate(sessions)]
-    out = model.signatures["serving_default"](item_ids=padded(sessions), k=tf.constant(K))
-    embeddings = model.signatures["embed_query"](item_ids=padded(sessions))["embeddings"]
-    queries = [list(dict.fromkeys(int(i) for i in vocab.lookup(np.asarray(s, dtype=object))))
-               for s in sessions]
+    _, queries = assert_served_as_in_process(load_saved_model(exports[0]), stage, sessions)
     assert max(len(q) for q in queries) > 50
-    ids, scores, comparable = expected_top_k(ranking, embeddings.numpy(), queries,
-                                             vocab.ids.astype(str))
-    assert_same_top_k(out, ids, scores, comparable)
 
 
 def test_a_large_batch_is_ranked_in_chunks_with_the_same_answers(two_stage_run, stage,
