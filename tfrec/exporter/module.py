@@ -364,7 +364,11 @@ class RecommenderModule(tf.Module):
             message=f"sessions may hold at most {self.max_session_items} items (the export's "
                     "max_session_items)")
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids"),
+    # The signatures' code branches on Python values only (its graph branches are explicit
+    # tf.cond / tf.while_loop), so AutoGraph, which would rewrite every function they call
+    # (half of an export's time), is off: a branch on a tensor fails at export, loudly.
+    @tf.function(autograph=False,
+                 input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids"),
                                   tf.TensorSpec([], tf.int32, name="k")])
     def recommend(self, item_ids, k):
         self._check_session_width(item_ids)
@@ -376,7 +380,8 @@ class RecommenderModule(tf.Module):
         session = self._serving_index(item_ids)
         return self._two_stage(queries, self._distinct_items(session), session, k, fallback)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids"),
+    @tf.function(autograph=False,
+                 input_signature=[tf.TensorSpec([None], tf.string, name="item_ids"),
                                   tf.TensorSpec([], tf.int32, name="k")])
     def similar_items(self, item_ids, k):
         queries, _ = self._item_embeddings(item_ids)
@@ -390,7 +395,8 @@ class RecommenderModule(tf.Module):
             out = self._two_stage(queries, item, item, k, tf.logical_not(known))
         return {"item_ids": out["item_ids"], "scores": out["scores"], "known": known}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids"),
+    @tf.function(autograph=False,
+                 input_signature=[tf.TensorSpec([None], tf.string, name="item_ids"),
                                   tf.TensorSpec([None], tf.string, name="texts")])
     def embed_items(self, item_ids, texts):
         by_id, known = self._item_embeddings(item_ids)
@@ -400,16 +406,19 @@ class RecommenderModule(tf.Module):
             by_text = tf.zeros_like(by_id)
         return {"embeddings": tf.where(known[:, None], by_id, by_text), "known": known}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")])
+    @tf.function(autograph=False,
+                 input_signature=[tf.TensorSpec([None, None], tf.string, name="item_ids")])
     def embed_query(self, item_ids):
         self._check_session_width(item_ids)
         return {"embeddings": self._query(self._history(item_ids))}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_ids")])
+    @tf.function(autograph=False,
+                 input_signature=[tf.TensorSpec([None], tf.string, name="item_ids")])
     def item_texts(self, item_ids):
         return {"texts": self.text_table.lookup(item_ids)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_ids"),
+    @tf.function(autograph=False,
+                 input_signature=[tf.TensorSpec([None], tf.string, name="user_ids"),
                                   tf.TensorSpec([], tf.int32, name="k")])
     def recommend_for_user(self, user_ids, k):
         row = self.user_table.lookup(user_ids)

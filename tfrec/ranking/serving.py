@@ -120,7 +120,7 @@ class TwoStageScorer(tf.Module):
             self._text_source(tables, new, unavailable)
         # The chunks' path: traced once for every signature that ranks (the whole
         # batch's path is traced in line, the faster call).
-        self._rank_rows = tf.function(self.rank_rows, input_signature=[
+        self._rank_rows = tf.function(self.rank_rows, autograph=False, input_signature=[
             tf.TensorSpec([None, None], tf.int32),
             tf.TensorSpec([None, self.features.dims["item_embeddings"]], tf.float32),
             tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.bool),
