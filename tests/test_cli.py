@@ -85,6 +85,21 @@ def test_prepare_reads_the_run_config_as_train_does(write, capsys):
     from tfrec.run import DEFAULT_CONFIG, command_config, load_run_config
 
     assert command_config() == load_run_config(DEFAULT_CONFIG)
+    # Other data named by --set alone is not held to Online Retail's split date.
+    other = ["data.layout=events", "data.events=events.csv"]
+    assert command_config(None, other).train.split_date is None
+    assert command_config(None, [*other, "train.split_date=2024-03-01"]).train.split_date == (
+        "2024-03-01")
+    assert command_config(None, ["train.epochs=1"]).train.split_date == "2011-10-01"
+
+
+def test_events_named_by_set_alone_are_split_by_the_latest_share(write, capsys):
+    # No --config: the default config's split date (2011) would leave no training events.
+    args = ["--set", "data.layout=events", "--set", f"data.events={write('e.csv', EVENTS)}",
+            "--set", "model.use_text=false", "--set", "train.split_fraction=0.3"]
+    assert main(["-q", "prepare", *args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0 < report["training_events"] < report["events"]
 
 
 def test_prepare_counts_the_training_slice_of_a_split(write, capsys):

@@ -113,7 +113,8 @@ def _add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--config and --set: the run config, as `tfrec.run.command_config` reads it."""
     parser.add_argument("--config", metavar="FILE",
                         help="run config, YAML or JSON (sections data, model, train; default: "
-                             "tfrec/configs/online_retail.yaml)")
+                             "tfrec/configs/online_retail.yaml, less its split date when "
+                             "--set names other data)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set model.embedding_dim=32 "
                              "(repeatable)")

@@ -146,11 +146,27 @@ def command_config(path: str | Path | None = None, overrides: list[str] = (),
     """The run config a command is given: `path` (default `DEFAULT_CONFIG`), then
     `overrides` (``--set``), then `flags` (the run settings given as a command's flags)
     and `data_dir` as `data.data_dir` (made absolute, so that a run's saved config finds
-    the data from any folder)."""
+    the data from any folder).
+
+    Without `path`, overrides that name other data than Online Retail (`data.layout`)
+    do not inherit the default config's split date, which is Online Retail's, unless
+    they set `train.split_date` themselves."""
     flags = list(flags)
     if data_dir is not None:
         flags.append(f"data.data_dir={json.dumps(str(Path(data_dir).resolve()))}")
-    return load_run_config(DEFAULT_CONFIG if path is None else path, overrides, flags)
+    config = load_run_config(DEFAULT_CONFIG if path is None else path, overrides, flags)
+    given = {item.split("=", 1)[0].strip() for item in [*overrides, *flags]}
+    if (path is None and config.data.layout != "online_retail"
+            and "train.split_date" not in given and config.train.split_date is not None):
+        # The default config's split date is Online Retail's: other data named by --set
+        # alone is split by the schema's rule (the latest train.split_fraction held out).
+        logger.info("no --config: the default config's split date (%s, Online Retail's) "
+                    "is not applied to %s data; holding out the latest %g of the events "
+                    "(train.split_fraction)", config.train.split_date, config.data.layout,
+                    config.train.split_fraction)
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, split_date=None))
+    return config
 
 
 def with_data_dir(config: RunConfig, data_dir: str | Path | None) -> RunConfig:
