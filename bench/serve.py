@@ -322,19 +322,15 @@ def generated_model(items: int, workdir: Path) -> Path:
     return path
 
 
-def generated_ranking_stage(vectors: np.ndarray, assignment: np.ndarray, num_candidates: int,
-                            co_items: int = 20, seed: int = 0, text_slots: int = 0):
-    """A ranking stage for a generated catalogue: each item's `co_items` table entries
-    from its own cluster, random counts (about 2% of the items without events, which
-    `text_slots` pick from), unit text and skip-gram vectors, 8 lexical terms, and
-    an untrained ranker of the trained one's shape (what serving costs, not what it
-    scores)."""
-    from tfrec.config import RankingConfig
+def generated_tables(vectors: np.ndarray, assignment: np.ndarray, co_items: int = 20,
+                     seed: int = 0):
+    """The ranking stage's tables (`tfrec.ranking.features.Tables`) for a generated
+    catalogue: each item's `co_items` table entries from its own cluster, random counts
+    (about 2% of the items without events), unit text and skip-gram vectors, 8 lexical
+    terms."""
     from tfrec.ranking import features as F
     from tfrec.ranking.item_table import ItemItemTable
     from tfrec.ranking.lexical import LexicalTable
-    from tfrec.ranking.ranker import CandidateRanker
-    from tfrec.ranking.serving import TwoStageScorer
 
     rng = np.random.default_rng(seed)
     n, dim = vectors.shape
@@ -359,14 +355,27 @@ def generated_ranking_stage(vectors: np.ndarray, assignment: np.ndarray, num_can
                            np.ones(5000, np.float32))
     counts = rng.integers(0, 50, n + 1)
     counts[0] = 0
-    tables = F.Tables(np.vstack([np.zeros((1, dim), np.float32), vectors]), table, counts,
-                      unit(32), lexical, unit(32))
+    return F.Tables(np.vstack([np.zeros((1, dim), np.float32), vectors]), table, counts,
+                    unit(32), lexical, unit(32))
+
+
+def generated_ranking_stage(vectors: np.ndarray, assignment: np.ndarray, num_candidates: int,
+                            co_items: int = 20, seed: int = 0, text_slots: int = 0):
+    """A ranking stage for a generated catalogue: its `generated_tables`, and an
+    untrained ranker of the trained one's shape (what serving costs, not what it
+    scores); `text_slots` pick from the items without events."""
+    from tfrec.config import RankingConfig
+    from tfrec.ranking import features as F
+    from tfrec.ranking.ranker import CandidateRanker
+    from tfrec.ranking.serving import TwoStageScorer
+
+    tables = generated_tables(vectors, assignment, co_items, seed)
+    rng = np.random.default_rng([seed, 1])
     ranker = CandidateRanker(len(F.FEATURES), RankingConfig.hidden_units, seed=seed,
                              members=RankingConfig.members)
     ranker.adapt(rng.normal(size=(1000, len(F.FEATURES))).astype(np.float32))
     ranker({"features": tf.zeros([1, 1, len(F.FEATURES)]),
             "candidate_mask": tf.ones([1, 1], tf.bool)})
-    # About 2% of the items have no events: the text slots pick from them.
     return TwoStageScorer(tables, ranker, num_candidates, 0.5, tuple(range(len(F.FEATURES))),
                           text_slots=text_slots)
 

@@ -215,6 +215,26 @@ def test_candidates_exclude_the_query_and_padding_is_masked():
         assert int(np.argmax(scores[row])) in cands[row].tolist()
 
 
+def test_candidate_lists_do_not_depend_on_the_chunk_and_ties_go_to_the_lower_index(
+        monkeypatch):
+    rng = np.random.default_rng(4)
+    tables = _tables(rng)
+    queries = [[1, 2], [3], [4, 5, 6], [7], [8, 9], [10], [11, 1]]
+    query_emb = rng.normal(size=(len(queries), 4)).astype(np.float32)
+    whole = F.candidates(query_emb, tables, queries, width=6, table_share=0.5)
+    monkeypatch.setattr(F, "CANDIDATE_CHUNK_ELEMENTS", 2 * len(tables.counts))  # 2 rows
+    for got, expected in zip(F.candidates(query_emb, tables, queries, width=6,
+                                          table_share=0.5), whole):
+        np.testing.assert_array_equal(got, expected)
+    # The table's list from its sparse scores: positive scores only, not the query's
+    # items nor index 0, best first and ties to the lower index (as tf.math.top_k).
+    from scipy import sparse
+
+    scores = sparse.csr_matrix(np.array([[5.0, 2.0, 0.0, 2.0, 3.0, -1.0, 2.0, 4.0]]))
+    assert F._sparse_top(scores, 0, [7], depth=4).tolist() == [4, 1, 3, 6]
+    assert F._sparse_top(scores, 0, [], depth=9).tolist() == [7, 4, 1, 3, 6]
+
+
 # Features ----------------------------------------------------------------------------------
 
 def test_features_in_tensorflow_equal_numpy():

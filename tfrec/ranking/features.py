@@ -59,6 +59,9 @@ FEATURE_GROUPS = {
     "query": ("query_length",),
 }
 FEATURES = tuple(name for names in FEATURE_GROUPS.values() for name in names)
+# Candidate lists in numpy are made in chunks of rows whose dense [rows, V] two-tower
+# scores hold at most this many values (64 MB of float32).
+CANDIDATE_CHUNK_ELEMENTS = 1 << 24
 # The pairwise tables whose mean and max over the query's items are features.
 SIMILARITIES = ("text", "tfidf", "i2v")
 
@@ -170,21 +173,23 @@ def candidates(query_embeddings: np.ndarray, tables: Tables, queries: list, widt
     table_place = np.zeros((n, total), np.float32)
     pickable = new.copy()
     pickable[np.asarray(unavailable, np.int64)] = False
-    for start in range(0, n, 512):
-        stop = min(start + 512, n)
+    # A chunk's two-tower scores are a dense [rows, V] array: its rows shrink as the
+    # catalogue grows (512 up to 32,768 items, 16 at 1M). The table's scores stay sparse.
+    step = int(np.clip(CANDIDATE_CHUNK_ELEMENTS // max(len(tables.counts), 1), 1, 512))
+    for start in range(0, n, step):
+        stop = min(start + step, n)
         tt_scores = query_embeddings[start:stop] @ tables.item_embeddings.T
-        ii_scores = np.asarray((multi_hot(queries[start:stop], len(tables.counts))
-                                @ table).toarray(), np.float32)
-        for scores in (tt_scores, ii_scores):
-            scores[:, 0] = -np.inf
-            for row, query in enumerate(queries[start:stop]):
-                scores[row, np.asarray(query, np.int64)] = -np.inf
+        tt_scores[:, 0] = -np.inf
+        for row, query in enumerate(queries[start:stop]):
+            tt_scores[row, np.asarray(query, np.int64)] = -np.inf
         extra = depth + max((len(q) for q in queries[start:stop]), default=0) + 1
         tt_top = _top(tt_scores, extra)
-        ii_top = _top(ii_scores, extra)
+        ii_scores = multi_hot(queries[start:stop], len(tables.counts)) @ table
+        ii_lists = [_sparse_top(ii_scores, row, queries[start + row], depth)
+                    for row in range(stop - start)]
         for row in range(stop - start):
             i = start + row
-            positive = ii_top[row][ii_scores[row, ii_top[row]] > 0][:depth]
+            positive = ii_lists[row]
             merged, a, b = merge_candidates(tt_top[row][:depth], positive, queries[i], width,
                                             table_share, new, new_slots)
             out[i, :len(merged)] = merged
@@ -199,8 +204,7 @@ def candidates(query_embeddings: np.ndarray, tables: Tables, queries: list, widt
                 out[i, width:end] = items
                 mask[i, width:end] = True
                 tt_place[i, width:end] = _places(items, tt_top[row][:depth])
-                positive = ii_top[row][ii_scores[row, ii_top[row]] > 0][:depth]
-                table_place[i, width:end] = len(positive)
+                table_place[i, width:end] = len(ii_lists[row])
     return out, mask, tt_place, table_place
 
 
@@ -227,6 +231,18 @@ def text_picks(lexical: LexicalTable, queries: list, pickable: np.ndarray, count
         order = np.argsort(-score, kind="stable")[:count]
         picks.append(items[order[score[order] > 0]])
     return picks
+
+
+def _sparse_top(scores, row: int, query, depth: int) -> np.ndarray:
+    """Row `row` of the sparse `scores` (CSR): its `depth` best items of a positive
+    float32 score, not index 0 nor the query's items, best first (ties: lower index)."""
+    lo, hi = scores.indptr[row], scores.indptr[row + 1]
+    items = np.asarray(scores.indices[lo:hi], np.int64)
+    values = np.asarray(scores.data[lo:hi], np.float32)
+    keep = (values > 0) & (items > 0) & ~np.isin(items, np.asarray(query, np.int64))
+    items, values = items[keep], values[keep]
+    order = np.lexsort((items, -values))[:depth]
+    return items[order]
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

@@ -456,12 +456,10 @@ def evaluate_stages(stage: RankingStage, model, data: TrainingData, history_leng
     cases = data.cases
     stage1_ranks, _, query_emb = rank_targets(model, cases.queries, cases.targets,
                                               history_length)
-    ranks = stage.target_ranks(query_emb, cases.queries, cases.targets)
+    cands, mask, scores = stage.score(query_emb, cases.queries)
+    ranks = list_ranks(scores, cands, mask, cases.targets, miss_rank=stage.width + 1)
     result = score_cases(ranks, cases, k)
     result["stage1"] = score_cases(stage1_ranks, cases, k)
-    cands, mask, _, _ = F.candidates(query_emb, stage.tables, cases.queries,
-                                     stage.num_candidates, stage.table_share,
-                                     new_slots=stage.new_slots, text_slots=stage.text_slots)
     result["candidate_recall"] = F.candidate_recall(cands, mask, cases.targets)
     return result
 
