@@ -28,8 +28,8 @@ def staged_run(tmp_path_factory):
 
     return train_generated_run(tmp_path_factory.mktemp("staged"), train, [
         "model.objective=retrieval", "train.retrieval_batch_size=128", "train.cold_items=0.1",
-        "ranking.epochs=10", f"ranking.num_candidates={WIDTH}", "ranking.hidden_units=[8]",
-        f"ranking.text_slots={SLOTS}"])
+        "ranking.epochs=10", "ranking.members=1", f"ranking.num_candidates={WIDTH}",
+        "ranking.hidden_units=[8]", f"ranking.text_slots={SLOTS}"])
 
 
 @pytest.fixture(scope="module")
