@@ -402,7 +402,8 @@ def test_report_files_and_html_plots_exist(report):
         assert label in page
     cold_start = on_disk["cold_start"]
     assert "<h2>Cold start</h2>" in page
-    assert f"{cold_start['cold_share']['top_k_slots']:.1%} of the model's top-10 slots" in page
+    assert f"{cold_start['cold_share']['top_k_slots']:.1%} of the top-10 slots" in page
+    assert "both_stages_top_k_slots" not in cold_start['cold_share']  # one stage: one share
 
 
 def test_report_lists_ease_and_itemknn_with_their_tuning(report):

@@ -184,6 +184,25 @@ def test_candidate_recall_is_a_count_of_targets_in_the_lists(staged_report, trut
         recall["merged"]["all"])
 
 
+def test_the_cold_items_share_of_both_stages_top_slots_is_counted_from_the_stage(
+        staged_report, truth):
+    out, result = staged_report
+    cases, vocab = truth["data"].cases, truth["data"].vocab
+    cands, mask, scores = truth["stage"].score(truth["queries"], cases.queries)
+    cold_item = vocab.counts == 0
+    top = []
+    for row in range(len(cands)):
+        order = np.argsort(-scores[row][mask[row]], kind="stable")[:10]
+        top.extend(cands[row][mask[row]][order].tolist())
+    share = result["cold_start"]["cold_share"]
+    assert share["both_stages_top_k_slots"] == pytest.approx(cold_item[top].mean(), abs=1e-12)
+    assert 0.0 < share["both_stages_top_k_slots"] < 1.0
+    printed = format_report(result)
+    assert (f"{share['top_k_slots']:.1%} of stage 1's top-10 slots and "
+            f"{share['both_stages_top_k_slots']:.1%} of both stages'") in printed
+    assert "of both stages'" in (out / "report.html").read_text()
+
+
 def test_ablations_off_and_k_beyond_the_list(staged_run, tmp_path, capsys):
     out = tmp_path / "ev"
     assert cli.main(["-q", "evaluate", "--run", str(staged_run), "--out", str(out),

@@ -94,8 +94,10 @@ def target_ranks(query_embeddings, item_embeddings, targets: np.ndarray, exclude
 
 
 def top_k_items(query_emb: np.ndarray, item_emb: np.ndarray, exclude: list, valid: np.ndarray,
-                k: int, chunk: int = 1024) -> np.ndarray:
-    """[n, k] the k best valid items of each query, its own items excluded (unordered)."""
+                k: int, chunk: int | None = None) -> np.ndarray:
+    """[n, k] the k best valid items of each query, its own items excluded (unordered).
+    Queries are scored `chunk` at a time (default: at most 16M scores a chunk)."""
+    chunk = chunk or max(1, min(1024, (1 << 24) // max(item_emb.shape[0], 1)))
     out = []
     for start in range(0, len(query_emb), chunk):
         scores = query_emb[start:start + chunk] @ item_emb.T

@@ -36,7 +36,8 @@ def text_embeddings(model, texts: np.ndarray, batch_size: int = 65_536) -> np.nd
 
 
 def cold_start_figures(model, vocab, cases, ranks: np.ndarray, item_emb: np.ndarray,
-                       query_emb: np.ndarray, valid: np.ndarray, k: int) -> dict:
+                       query_emb: np.ndarray, valid: np.ndarray, k: int,
+                       stage_top: np.ndarray | None = None) -> dict:
     """How the model treats items it knows only by their text.
 
     - simulated cold start: HR@k / NDCG@k of the warm targets scored with
@@ -46,7 +47,8 @@ def cold_start_figures(model, vocab, cases, ranks: np.ndarray, item_emb: np.ndar
     - top-k slot shares: the share of the model's top-k slots that go to cold
       items, beside the cold items' share of the catalogue and of the targets
       (far above the targets' share means cold items are ranked by a bias,
-      crowding out warm ones).
+      crowding out warm ones); with `stage_top` ([n, k] both stages' top k items of
+      each case, 0 where a list is shorter), both stages' share too.
     """
     text = text_embeddings(model, vocab.text)
     out = {"available": text is not None}
@@ -61,12 +63,16 @@ def cold_start_figures(model, vocab, cases, ranks: np.ndarray, item_emb: np.ndar
     cold_item = np.zeros(len(item_emb), dtype=bool)
     cold_item[1:] = vocab.counts[1:] == 0
     slots = top_k_items(query_emb, item_emb, cases.queries, valid, k)
+    share = {"top_k_slots": float(cold_item[slots].mean()),
+             "targets": float(cases.cold.mean()), "catalogue": float(cold_item[valid].mean())}
+    if stage_top is not None:
+        filled = stage_top[stage_top > 0]
+        share["both_stages_top_k_slots"] = float(cold_item[filled].mean()) if len(
+            filled) else 0.0
     return {**out, "warm_cases": int(warm.sum()),
             "warm": {f"hr@{k}": hit_rate(as_is, k), f"ndcg@{k}": ndcg(as_is, k)},
             "warm_as_new": {f"hr@{k}": hit_rate(as_new, k), f"ndcg@{k}": ndcg(as_new, k)},
-            "cold_share": {"top_k_slots": float(cold_item[slots].mean()),
-                           "targets": float(cases.cold.mean()),
-                           "catalogue": float(cold_item[valid].mean())}}
+            "cold_share": share}
 
 
 def index_recall(items: np.ndarray, queries: np.ndarray, ks=(1, 5, 10, 20, 50)) -> dict:

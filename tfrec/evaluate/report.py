@@ -12,7 +12,8 @@ import numpy as np
 from tfrec.evaluate.analyses import pca_2d
 from tfrec.evaluate.bar import verdict
 from tfrec.evaluate.methods import ABLATION_PREFIX, MAX_K, MODEL, STAGE1, label_of
-from tfrec.evaluate.table import SOURCE_LABELS, format_report, list_width, new_slots_clause
+from tfrec.evaluate.table import (SOURCE_LABELS, cold_slots, format_report, list_width,
+                                  new_slots_clause)
 from tfrec.run_folder import ReportFolder
 from tfrec.utils import ensure_folder
 
@@ -214,7 +215,7 @@ def _cold_start_html(report: dict) -> str:
     return (f"<h2>Cold start</h2><p>The {cs['warm_cases']:,} warm targets scored by their text "
             f"alone, as if each were a brand-new item: HR@{k} {_num(cs['warm_as_new'][f'hr@{k}'])}"
             f" (scored by their full embedding: {_num(cs['warm'][f'hr@{k}'])}). Cold items hold "
-            f"{share['top_k_slots']:.1%} of the model's top-{k} slots; they are "
+            f"{html.escape(cold_slots(share, k), quote=False)}; they are "
             f"{share['targets']:.1%} of the targets and {share['catalogue']:.1%} of the "
             "catalogue.</p>")
 

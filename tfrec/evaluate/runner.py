@@ -193,14 +193,14 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     ranks, item_emb, query_emb = rank_targets(model, cases.queries, cases.targets,
                                               config.model.history_length)
     stage1_ranks = ranks
-    ranking_stage = None
+    ranking_stage = stage_top = None
     if stage is None:
         results[MODEL] = MethodResult(MODEL, ranks, time.perf_counter() - t0, source)
     else:
         stage1 = MethodResult(STAGE1, ranks, time.perf_counter() - t0,
                               f"{source}, the two-tower alone")
-        ranking_stage, stage_results = _stage_rows(stage, config, data, run_model, query_emb,
-                                                   cases, ablated, source, step)
+        ranking_stage, stage_results, stage_top = _stage_rows(
+            stage, config, data, run_model, query_emb, cases, ablated, source, step, k)
         results[MODEL] = stage_results.pop(MODEL)
         results[MODEL].seconds += stage1.seconds  # both stages' time
         results[STAGE1] = stage1
@@ -240,7 +240,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                                   config.data.sessions, item_emb)
     step("cold start: warm targets as if new, and the cold items' share of the top slots")
     cold_start = cold_start_figures(model, vocab, cases, stage1_ranks, item_emb, query_emb,
-                                    valid, k)
+                                    valid, k, stage_top=stage_top)
 
     methods = {name: {"label": res.label or label_of(name), "seconds": round(res.seconds, 1),
                       **({"note": res.note} if res.note else {}),
@@ -282,10 +282,11 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
 
 
 def _stage_rows(stage, config, data, run_model, query_emb: np.ndarray, cases,
-                ablated: dict, source: str, step: Step) -> tuple[dict, dict]:
+                ablated: dict, source: str, step: Step, k: int) -> tuple[dict, dict, np.ndarray]:
     """The rows of a run with a ranking stage: both stages (under `MODEL`) and the
-    ranker without each group of `ablated`; and the report's "ranking_stage" entry
-    (the stage's settings and its candidate lists' recall).
+    ranker without each group of `ablated`; the report's "ranking_stage" entry
+    (the stage's settings and its candidate lists' recall); and both stages' top `k`
+    items of each case.
 
     Args:
       stage: the run's `RankingStage`.
@@ -297,8 +298,9 @@ def _stage_rows(stage, config, data, run_model, query_emb: np.ndarray, cases,
     width = stage.width
     t0 = step(f"{TWO_STAGE_LABEL}: the ranker over each case's {width} candidates")
     lists = stages_lib.StageLists.of(stage, query_emb, cases)
+    scores = lists.scores(stage.ranker, stage.columns)
     rows = {MODEL: MethodResult(
-        MODEL, stages_lib.stage_ranks(stage, lists), time.perf_counter() - t0,
+        MODEL, lists.ranks(stage.ranker, stage.columns, scores), time.perf_counter() - t0,
         f"{source}, the ranking stage over {width} candidates", label=TWO_STAGE_LABEL,
         list_width=width)}
     recall = stages_lib.candidate_recall(stage, query_emb, cases, lists)
@@ -313,4 +315,4 @@ def _stage_rows(stage, config, data, run_model, query_emb: np.ndarray, cases,
              "table_share": stage.table_share, "new_slots": stage.new_slots,
              "features": [F.FEATURES[j] for j in stage.columns],
              "ablations": bool(ablated), "candidate_recall": recall}
-    return entry, rows
+    return entry, rows, lists.top_items(scores, k)

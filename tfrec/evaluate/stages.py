@@ -47,18 +47,24 @@ class StageLists:
         cands, mask, feats = stage.lists(query_embeddings, cases.queries)
         return cls(cands, mask, feats, np.asarray(cases.targets), stage.width)
 
-    def ranks(self, ranker, columns) -> np.ndarray:
-        """[n] each target's rank after `ranker` (reading feature `columns`); `MISSED`
-        where it is not a candidate."""
-        scores = score_lists(ranker, self.features, self.mask, list(columns))
+    def scores(self, ranker, columns) -> np.ndarray:
+        """[n, width] `ranker`'s scores of every list (reading feature `columns`)."""
+        return score_lists(ranker, self.features, self.mask, list(columns))
+
+    def ranks(self, ranker, columns, scores: np.ndarray | None = None) -> np.ndarray:
+        """[n] each target's rank after `ranker` (reading feature `columns`; or by the
+        lists' `scores` already made); `MISSED` where it is not a candidate."""
+        scores = self.scores(ranker, columns) if scores is None else scores
         ranks = list_ranks(scores, self.candidates, self.mask, self.targets,
                            miss_rank=self.width + 1)
         return np.where(ranks > self.width, MISSED, ranks)
 
-
-def stage_ranks(stage: RankingStage, lists: StageLists) -> np.ndarray:
-    """[n] the ranks after both stages (`RankingStage.target_ranks`, misses at `MISSED`)."""
-    return lists.ranks(stage.ranker, stage.columns)
+    def top_items(self, scores: np.ndarray, k: int) -> np.ndarray:
+        """[n, k] each list's k best candidates by `scores`, best first (0 past the end
+        of a list shorter than k)."""
+        order = np.argsort(-np.where(self.mask, scores, -np.inf), axis=1, kind="stable")[:, :k]
+        items = np.take_along_axis(self.candidates, order, axis=1)
+        return np.where(np.take_along_axis(self.mask, order, axis=1), items, 0)
 
 
 def ablation_columns(stage: RankingStage) -> dict[str, tuple[int, ...]]:

@@ -22,6 +22,15 @@ def list_width(rs: dict) -> int:
     return rs["num_candidates"] + rs.get("text_slots", 0)
 
 
+def cold_slots(share: dict, k: int) -> str:
+    """The cold items' share of the top-k slots, in words: stage 1's and, for a run with
+    a ranking stage, both stages'."""
+    if "both_stages_top_k_slots" not in share:
+        return f"{share['top_k_slots']:.1%} of the top-{k} slots"
+    return (f"{share['top_k_slots']:.1%} of stage 1's top-{k} slots and "
+            f"{share['both_stages_top_k_slots']:.1%} of both stages'")
+
+
 def _share(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -98,8 +107,8 @@ def format_report(report: dict) -> str:
         share = cs["cold_share"]
         lines.append(f"cold start: warm targets scored by their text alone HR@{k} "
                      f"{cs['warm_as_new'][hr]:.4f} (by their full embedding "
-                     f"{cs['warm'][hr]:.4f}); cold items hold {share['top_k_slots']:.1%} of the "
-                     f"top-{k} slots ({share['targets']:.1%} of targets, "
+                     f"{cs['warm'][hr]:.4f}); cold items hold {cold_slots(share, k)} "
+                     f"({share['targets']:.1%} of targets, "
                      f"{share['catalogue']:.1%} of the catalogue)")
     elif cs:
         lines.append(f"cold start: n/a ({cs['reason']})")
