@@ -246,6 +246,10 @@ def test_a_short_scann_search_still_gives_the_ranker_n_distinct_candidates(
     reordered) and answers as in-process."""
     narrow = export(two_stage_run, tmp_path / "narrow", IndexConfig(
         kind="scann", num_leaves=1000, num_leaves_to_search=1, recall_floor=0.0))
+    # Its recall at the stage's depth, measured through the same search: the short rows
+    # searched again over every leaf.
+    depth = narrow.metadata["ranking_stage"]["index_recall"]
+    assert depth["k"] == N and 0.99 <= depth["recall"] <= 1.0
     out, _ = assert_served_as_in_process(load_saved_model(narrow.path), stage,
                                          sessions_of(stage[0], 40, seed=1))
     for row in out["item_ids"].numpy().astype(str):
@@ -332,6 +336,7 @@ def test_stage_two_off_gives_stage_one_exactly(exports, stage):
     meta = {name: VersionFolder(path).read_metadata() for name, path in
             (("off", off), ("alone", alone))}
     assert meta["off"]["ranking_stage"]["enabled"] is False
+    assert meta["off"]["ranking_stage"]["index_recall"] is None  # no stage reads it
     assert meta["off"]["stages"] == meta["alone"]["stages"] == ["two_tower"]
     assert meta["alone"]["ranking_stage"] is None
     folder = VersionFolder(alone)
@@ -465,6 +470,9 @@ def test_stage_two_off_carries_over_to_the_next_version(exports, tmp_path):
     drops.write_text("i6\n")
     on = update_catalogue(base, CatalogueUpdate(drop_items=drops), ranking_stage=True)
     assert on.metadata["stages"] == ["two_tower", "ranker"]
+    # The index's recall where the ranking stage reads it: exact for brute force.
+    depth = on.metadata["ranking_stage"]["index_recall"]
+    assert depth["k"] == N and depth["recall"] == 1.0 and depth["queries"] > 0
 
 
 def test_the_servers_direct_call_of_every_signature_equals_the_signature_call(exports, stage):

@@ -307,9 +307,12 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{meta['index_build_seconds']:.2f}s; export took {meta['export_seconds']:.1f}s")
     ranking = meta.get("ranking_stage")
     if ranking:
+        depth = ranking.get("index_recall")
         print(f"  ranking stage {'on' if ranking['enabled'] else 'off'}: "
               f"{ranking['num_candidates']} candidates ({ranking['table_share']:g} from the "
-              f"item-item table), {len(ranking['features'])} features; max_k {meta['max_k']}")
+              f"item-item table), {len(ranking['features'])} features; max_k {meta['max_k']}"
+              + (f"; the index's recall@{depth['k']} (the stage's depth) {depth['recall']:.4f}"
+                 if depth else ""))
     if meta.get("trained_on"):
         print(f"  model trained on {meta['trained_on']}; evaluated as "
               f"{(meta.get('evaluated_as') or {}).get('run')}")

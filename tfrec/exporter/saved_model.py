@@ -26,7 +26,8 @@ from tfrec.errors import InputError
 from tfrec.exporter.catalogue import Catalogue
 from tfrec.exporter.layout import INDEX_KIND, ModelFolder, VersionFolder
 from tfrec.exporter.module import RecommenderModule, UserCache, catalogue_changes
-from tfrec.index.ann import IndexConfig, build_index_for_recall, scann_parameters
+from tfrec.index.ann import (IndexConfig, build_index_for_recall, recall_at_ks,
+                             scann_parameters)
 from tfrec.utils import ensure_folder
 
 logger = logging.getLogger(__name__)
@@ -248,8 +249,23 @@ def ranking_scorer(stage, model, item_ids: np.ndarray, catalogue: Catalogue):
                           text_slots=stage.text_slots, unavailable=dropped)
 
 
-def ranking_metadata(stage, enabled: bool) -> dict:
-    """The stages' part of the version's metadata (the run's ranking stage, or none)."""
+def depth_recall(index, catalogue: Catalogue, queries: np.ndarray, stage,
+                 enabled: bool) -> dict | None:
+    """The index's recall at the depth the ranking stage reads it (N), against exact
+    search on `queries`, through the search the signatures make; None without a stage
+    on or without queries."""
+    if stage is None or not enabled or not len(queries):
+        return None
+    depth = min(int(stage.num_candidates), len(catalogue))
+    recall = recall_at_ks(index, queries, catalogue.embeddings, catalogue.ids, (depth,))[depth]
+    logger.info("index recall@%d (the ranking stage's depth) against brute force: %.4f",
+                depth, recall)
+    return {"k": depth, "recall": float(recall), "queries": int(len(queries))}
+
+
+def ranking_metadata(stage, enabled: bool, index_recall: dict | None = None) -> dict:
+    """The stages' part of the version's metadata (the run's ranking stage, or none;
+    `index_recall`: `depth_recall`)."""
     if stage is None:
         return {"stages": ["two_tower"], "ranking_stage": None}
     from tfrec.ranking.features import FEATURES
@@ -258,6 +274,7 @@ def ranking_metadata(stage, enabled: bool) -> dict:
     return {"stages": ["two_tower", "ranker"] if enabled else ["two_tower"],
             "ranking_stage": {
                 "enabled": bool(enabled), "num_candidates": stage.num_candidates,
+                "index_recall": index_recall,
                 "table_share": stage.table_share, "new_slots": stage.new_slots,
                 "text_slots": stage.text_slots,
                 "features": [FEATURES[j] for j in stage.columns],
@@ -418,7 +435,8 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
         **index_metadata(catalogue, index_config, recall, k, len(queries), build_seconds),
         "history_length": history_length, "embedding_dim": int(model.embedding_dim),
         **users_metadata(data), **evaluation_metadata(run_dir, config),
-        **ranking_metadata(stage, ranking is not None),
+        **ranking_metadata(stage, ranking is not None,
+                           depth_recall(index, catalogue, queries, stage, ranking is not None)),
     }
     warm = [[str(item_ids[i]) for i in s] for s in sessions[:warmup_sessions]]
     return write_version(model_dir, version,

@@ -23,9 +23,9 @@ from tfrec.exporter.catalogue import Catalogue, next_catalogue, read_drop_ids, r
 from tfrec.exporter.layout import INDEX_KIND, ModelFolder, VersionFolder
 from tfrec.exporter.module import RecommenderModule, UserCache
 from tfrec.exporter.saved_model import (ExportResult, VersionContents, build_checked_index,
-                                        check_history_fits, index_metadata, prepare_version,
-                                        ranking_index_config, ranking_metadata, ranking_scorer,
-                                        write_version)
+                                        check_history_fits, depth_recall, index_metadata,
+                                        prepare_version, ranking_index_config,
+                                        ranking_metadata, ranking_scorer, write_version)
 from tfrec.index.ann import IndexConfig
 from tfrec.ranking.two_stage import load_stage
 
@@ -227,7 +227,8 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
     new_metadata = {
         **kept, **index_metadata(catalogue, index_config, recall, k, len(queries),
                                  build_seconds),
-        **ranking_metadata(stage, ranking_stage),
+        **ranking_metadata(stage, ranking_stage,
+                           depth_recall(index, catalogue, queries, stage, ranking_stage)),
     }
     if update.add_items is not None or update.drop_items is not None:
         new_metadata["catalogue_update"] = {
