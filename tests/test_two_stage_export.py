@@ -126,6 +126,21 @@ def sessions_of(vocab, count, seed=0):
             for _ in range(count)]
 
 
+def two_tower_scores(run, stage, count, seed):
+    """(queries: `count` generated sessions as vocabulary indices, their query embeddings
+    [count, d] float32, the two-tower's scores of every item [count, V], padding at -inf)."""
+    from tfrec.data.sequences import histories_from_lists
+
+    vocab, model, ranking = stage
+    queries = [[int(i) for i in vocab.lookup(np.asarray(s, dtype=object))]
+               for s in sessions_of(vocab, count, seed=seed)]
+    q = np.asarray(model.query_embeddings(histories_from_lists(
+        queries, load_run(run)[0].model.history_length)), np.float32)
+    scores = q @ ranking.tables.item_embeddings.T
+    scores[:, 0] = -np.inf
+    return queries, q, scores
+
+
 # The merge ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("share,new_slots", [(0.0, 0), (0.3, 0), (0.5, 0), (1 / 3, 0),
@@ -190,20 +205,12 @@ def test_new_items_move_to_the_front_of_the_two_tower_list():
 
 
 def test_the_graph_moves_new_items_forward_as_numpy_does(two_stage_run, stage):
-    from tfrec.data.sequences import histories_from_lists
-
-    vocab, model, ranking = stage
-    config = load_run(two_stage_run)[0]
+    ranking = stage[2]
     assert ranking.tables.counts[1:].min() == 0, "the run has no item without behaviour"
     promoted = dataclasses.replace(ranking, new_slots=3)
     scorer = TwoStageScorer(promoted.tables, promoted.ranker, N, promoted.table_share,
                             promoted.columns, new_slots=3, text_slots=promoted.text_slots)
-    queries = [[int(i) for i in vocab.lookup(np.asarray(s, dtype=object))]
-               for s in sessions_of(vocab, 60, seed=4)]
-    q = np.asarray(model.query_embeddings(histories_from_lists(
-        queries, config.model.history_length)), np.float32)
-    scores = q @ promoted.tables.item_embeddings.T
-    scores[:, 0] = -np.inf
+    queries, q, scores = two_tower_scores(two_stage_run, stage, 60, seed=4)
     for row, query in enumerate(queries):
         scores[row, query] = -np.inf
     tt_ids = np.argsort(-scores, axis=1, kind="stable")[:, :N].astype(np.int32)
@@ -275,16 +282,9 @@ def test_a_large_batch_is_ranked_in_chunks_with_the_same_answers(two_stage_run, 
     rows (an export's budget is 4M values: a 4,096-session request no longer needs
     gigabytes at once): the same lists and scores as in one piece."""
     import tfrec.ranking.serving as serving
-    from tfrec.data.sequences import histories_from_lists
 
-    vocab, model, ranking = stage
-    config = load_run(two_stage_run)[0]
-    queries = [[int(i) for i in vocab.lookup(np.asarray(s, dtype=object))]
-               for s in sessions_of(vocab, 40, seed=2)]
-    q = np.asarray(model.query_embeddings(histories_from_lists(
-        queries, config.model.history_length)), np.float32)
-    scores = q @ ranking.tables.item_embeddings.T
-    scores[:, 0] = -np.inf
+    ranking = stage[2]
+    queries, q, scores = two_tower_scores(two_stage_run, stage, 40, seed=2)
     tt_ids = np.argsort(-scores, axis=1, kind="stable")[:, :N + 5].astype(np.int32)
     width = max(len(s) for s in queries)
     items = np.asarray([[0] * (width - len(s)) + s for s in queries], np.int32)
