@@ -259,6 +259,30 @@ def test_index_searches_more_leaves_until_recall_meets_the_floor():
     assert used.num_leaves_to_search == 1 and recall < 0.99
 
 
+def test_recall_counts_an_item_tied_with_the_kth_as_a_hit():
+    """Exact search scores recall 1.0 whichever of tied items it keeps: items with equal
+    scores (duplicated vectors) at the k-th place are equally right answers."""
+    from tfrec.index.ann import build_index, exact_top_k, recall_at_ks, tied_hits
+
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(400, 8)).astype(np.float32)
+    items[200:] = items[:200]  # every item has a twin of equal score for every query
+    ids = np.array([f"i{n}" for n in range(len(items))])
+    queries = rng.normal(size=(50, 8)).astype(np.float32)
+    exact = exact_top_k(queries, items, 5)
+    twins = np.where(exact < 200, exact + 200, exact - 200)
+    assert tied_hits(queries, items, twins, exact, 5) == 1.0  # set overlap: 0
+    assert tied_hits(queries, items, twins[:, ::-1], exact[:, ::-1], 5) == 1.0  # any order
+    wrong = np.argsort(queries @ items.T, axis=1)[:, :5]  # the worst items
+    assert tied_hits(queries, items, wrong, exact, 5) == 0.0
+    missing = np.where(np.arange(5) < 2, -1, exact)  # no item in two slots, or one named twice
+    assert tied_hits(queries, items, missing, exact, 5) == pytest.approx(0.6)
+    twice = np.concatenate([exact[:, :1], exact[:, :4]], axis=1)
+    assert tied_hits(queries, items, twice, exact, 5) == pytest.approx(0.8)
+    brute = build_index(items, ids, IndexConfig(kind="brute_force", max_k=10))
+    assert recall_at_ks(brute, queries, items, ids, (1, 5, 10)) == {1: 1.0, 5: 1.0, 10: 1.0}
+
+
 def test_a_scann_index_that_returns_few_candidates_never_returns_the_session(run_dir):
     """ScaNN returns at most num_reordering_candidates: a wide session may not fill k."""
     import tensorflow_recommenders as tfrs

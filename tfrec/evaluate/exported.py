@@ -10,6 +10,7 @@ import tensorflow as tf
 from tfrec.errors import InputError
 from tfrec.exporter.layout import VersionFolder
 from tfrec.exporter.saved_model import load_saved_model
+from tfrec.index.ann import tied_hits
 from tfrec.metrics import top_k_items
 
 
@@ -98,7 +99,8 @@ class ExportedModel:
                 "measured": "at export (the export's metadata)"}
 
     def index_recall(self, history: np.ndarray, queries: np.ndarray, k: int = 10) -> dict:
-        """The exported serving_default top-k against exact top-k (query items excluded)."""
+        """The exported serving_default top-k against exact top-k (query items excluded;
+        ties counted, `tied_hits`)."""
         function = self.module.signatures["serving_default"]
         found = np.concatenate([function(item_ids=self._ids(history[i:i + 1024]),
                                          k=tf.constant(k))["item_ids"].numpy().astype(str)
@@ -106,10 +108,10 @@ class ExportedModel:
         valid = np.ones(len(self.items), dtype=bool)
         valid[0] = False
         top = top_k_items(queries, self.items, list(history), valid, k)  # query items excluded
-        exact = self.vocab.ids[top].astype(str)
-        hits = [len(set(a) & set(b)) for a, b in zip(found, exact)]
+        rows = self.vocab.lookup(found.ravel().astype(object)).reshape(found.shape)
+        recall = tied_hits(queries, self.items, np.where(rows > 0, rows, -1), top, k)
         return {"index": "export", "path": str(self.path), "queries": int(len(history)),
-                "recall": {str(k): float(np.mean(hits) / k)}}
+                "recall": {str(k): recall}}
 
 
 def run_of_export(path: Path) -> Path:

@@ -144,22 +144,42 @@ def exact_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int) -> np.ndarr
 
 def recall_at_ks(index, queries: np.ndarray, embeddings: np.ndarray, identifiers: np.ndarray,
                  ks) -> dict[int, float]:
-    """k -> share of the exact top-k ids the index also returns, averaged over queries.
+    """k -> share of the exact top k the index also returns, averaged over queries.
 
-    One index call and one exact search at the largest k serve every k.
+    An item the index returns counts when its exact score reaches the k-th exact
+    score (`tied_hits`): an item tied with the k-th, or a hair from it in float32,
+    is as good an answer, so exact search scores 1.0 whatever order it breaks ties
+    in. One index call and one exact search at the largest k serve every k.
     """
     kmax = min(max(ks), len(embeddings))
     if len(queries) == 0:
         return {k: float("nan") for k in ks}
     _, found = search(index, tf.constant(queries, tf.float32), kmax)
-    found = found.numpy().astype(str)
-    exact = np.asarray(identifiers).astype(str)[exact_top_k(queries, embeddings, kmax)]
-    out = {}
-    for k in ks:
-        k_eff = min(k, kmax)
-        hits = [len(set(a[:k_eff]) & set(b[:k_eff])) for a, b in zip(found, exact)]
-        out[k] = float(np.mean(hits) / k_eff)
-    return out
+    row_of = {name: row for row, name in enumerate(np.asarray(identifiers).astype(str))}
+    found_rows = np.array([[row_of.get(name, -1) for name in names]
+                           for names in found.numpy().astype(str)], dtype=np.int64)
+    exact = exact_top_k(queries, embeddings, kmax)
+    return {k: tied_hits(queries, embeddings, found_rows, exact, min(k, kmax)) for k in ks}
+
+
+def tied_hits(queries: np.ndarray, embeddings: np.ndarray, found: np.ndarray,
+              exact: np.ndarray, k: int) -> float:
+    """Recall@k of `found` rows (-1: no item) against the `exact` top k rows (any
+    order), ties counted.
+
+    A found row is a hit when its score is at least the query's k-th exact score,
+    less float32 rounding (1e-5 of |query| times the largest |item|); distinct rows
+    only, at most k a query.
+    """
+    queries = np.asarray(queries, dtype=np.float32)
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    found, exact = np.asarray(found)[:, :k], np.asarray(exact)[:, :k]
+    kth = np.einsum("nd,nkd->nk", queries, embeddings[exact]).min(axis=1)  # any order
+    slack = 1e-5 * np.linalg.norm(queries, axis=1) * np.linalg.norm(embeddings, axis=1).max()
+    scores = np.einsum("nd,nkd->nk", queries, embeddings[np.maximum(found, 0)])
+    good = (found >= 0) & (scores >= (kth - slack)[:, None])
+    hits = [len(set(rows[keep].tolist())) for rows, keep in zip(found, good)]  # distinct rows
+    return float(np.mean(hits) / k)
 
 
 def recall_at_k(index, queries: np.ndarray, embeddings: np.ndarray, identifiers: np.ndarray,
