@@ -92,6 +92,32 @@ def test_items_only_in_the_ranker_slice_embed_by_their_text(trained):
     assert np.abs(ids[seen]).sum(axis=1).min() > 0
 
 
+def test_a_click_log_without_item_text_trains_both_stages(data_files, tmp_path, caplog):
+    """Events alone (no items table, `model.use_text: false`): both stages train and
+    evaluate; an item seen only in the ranker's slice has no text to embed by, and the
+    log says what serves it instead."""
+    config = json.loads((data_files / "run.json").read_text())
+    events = Path(config["data"]["events"]).read_text().splitlines()
+    times = sorted(int(line.split(",")[2]) for line in events[1:])
+    # Two sessions of a new item inside the ranker's slice (the training period's last 12%
+    # of the first 85% of the events): stage 1 never sees it.
+    late = times[int(0.8 * len(times))]
+    extra = [f"{user},{item},{late + 60 * n},click" for user in ("new-u1", "new-u2")
+             for n, item in enumerate(("fresh", "i1", "i2"))]
+    (tmp_path / "events.csv").write_text("\n".join(events + extra) + "\n")
+    run = tmp_path / "run"
+    config = load_run_config(data_files / "run.json", [f"data.events={tmp_path / 'events.csv'}",
+                                                       "data.items=null", "model.use_text=false"])
+    with caplog.at_level("INFO", logger="tfrec"):
+        two_stage.train(config, run, verbose=0)
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert evaluation["all"]["cases"] > 0 and "stage1" in evaluation
+    assert (run / "ranking" / "stage.json").exists()
+    [cleared] = [r.getMessage() for r in caplog.records
+                 if "only in the ranker's slice" in r.getMessage()]
+    assert "no text tower" in cleared and "embed by their text" not in cleared
+
+
 def test_every_warm_fit_case_is_also_shown_as_new_in_a_weighted_copy(trained):
     run, config, _, _ = trained
     _, _, model, _ = load_run(run)

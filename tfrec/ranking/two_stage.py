@@ -67,7 +67,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
     cleared = forget_unseen_ids(model, seen)
     if cleared:
         logger.info("%d items have events only in the ranker's slice: their id embeddings are "
-                    "cleared (they embed by their text)", cleared)
+                    "cleared (%s)", cleared,
+                    "they embed by their text" if config.model.use_text else
+                    "no text tower: the two-tower scores them 0; the whole period's item-item "
+                    "table lists them")
         _save_checkpoint(model, run_dir, result.history[-1]["epoch"] if result.history
                          else config.train.epochs)
     stage = fit_ranking_stage(config, data, made["stage1"], made["split"], model)
