@@ -283,6 +283,32 @@ def test_recall_counts_an_item_tied_with_the_kth_as_a_hit():
     assert recall_at_ks(brute, queries, items, ids, (1, 5, 10)) == {1: 1.0, 5: 1.0, 10: 1.0}
 
 
+def test_a_catalogue_within_the_reordering_budget_is_searched_exactly():
+    """Every leaf searched re-scores every item exactly: a catalogue no larger than the
+    reordering budget gets exact answers by default; a larger one a tenth of its leaves."""
+    from tfrec.index.ann import build_index_for_recall, scann_parameters
+
+    config = IndexConfig(kind="scann", max_k=10, max_session_items=50,
+                         num_reordering_candidates=200)
+    small = scann_parameters(200, config)
+    assert small["num_leaves_to_search"] == small["num_leaves"] == 14
+    large = scann_parameters(201, config)
+    assert large["num_leaves_to_search"] == large["num_leaves"] // 3 < large["num_leaves"]
+    assert scann_parameters(40_000, config)["num_leaves_to_search"] == 20
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(8, 16))
+    items = (centres[rng.integers(0, 8, 200)] + 0.3 * rng.normal(size=(200, 16))).astype(
+        np.float32)
+    ids = np.array([f"i{n}" for n in range(len(items))])
+    queries = rng.normal(size=(100, 16)).astype(np.float32)
+    _, used, recall, _ = build_index_for_recall(items, ids, config, queries, 10)
+    assert recall == 1.0 and used.num_leaves_to_search is None
+    # A breadth the user sets stands.
+    assert scann_parameters(200, IndexConfig(kind="scann", max_k=10, num_leaves_to_search=2,
+                                             max_session_items=50, num_reordering_candidates=200))[
+        "num_leaves_to_search"] == 2
+
+
 def test_a_scann_index_that_returns_few_candidates_never_returns_the_session(run_dir):
     """ScaNN returns at most num_reordering_candidates: a wide session may not fill k."""
     import tensorflow_recommenders as tfrs

@@ -650,8 +650,10 @@ class IndexConfig(Settings):
     num_leaves: int | None = setting(None, "ScaNN partitions (null: about sqrt(items), at most "
                                            "2,000)", check=POSITIVE, flag="--leaves")
     num_leaves_to_search: int | None = setting(
-        None, "ScaNN partitions searched per query (null: a tenth, widened until recall_floor "
-              "is met)", check=POSITIVE, flag="--leaves-to-search")
+        None, "ScaNN partitions searched per query (null: a tenth (a third under 100 "
+              "partitions), widened until recall_floor is met; every one when the catalogue is "
+              "within num_reordering_candidates, which makes the search exact)", check=POSITIVE,
+        flag="--leaves-to-search")
     num_reordering_candidates: int | None = setting(
         None, "ScaNN candidates re-scored exactly after the quantised search (null: the "
               "largest of 200, 4 * max_k and max_k + max_session_items). ScaNN returns at most "

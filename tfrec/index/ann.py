@@ -20,10 +20,15 @@ def scann_parameters(num_items: int, config: IndexConfig) -> dict:
     """ScaNN tree and reordering settings for a catalogue of num_items."""
     leaves = config.num_leaves or int(min(2000, max(1, round(math.sqrt(num_items)))))
     leaves = max(1, min(leaves, num_items))
-    default_search = max(1, leaves // 10) if leaves >= 100 else max(1, leaves // 3)
-    search = min(config.num_leaves_to_search or default_search, leaves)
     reorder = config.num_reordering_candidates or max(200, 4 * config.max_k,
                                                       config.max_k + config.max_session_items)
+    if reorder >= num_items:
+        # Every leaf searched re-scores every item exactly: exact search, at the cost of
+        # scoring a catalogue no larger than the reordering budget.
+        default_search = leaves
+    else:
+        default_search = max(1, leaves // 10) if leaves >= 100 else max(1, leaves // 3)
+    search = min(config.num_leaves_to_search or default_search, leaves)
     return {"num_leaves": leaves, "num_leaves_to_search": search,
             "num_reordering_candidates": min(reorder, num_items)}
 
