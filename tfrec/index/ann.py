@@ -160,9 +160,11 @@ def recall_at_ks(index, queries: np.ndarray, embeddings: np.ndarray, identifiers
     if len(queries) == 0:
         return {k: float("nan") for k in ks}
     _, found = search(index, tf.constant(queries, tf.float32), kmax)
-    row_of = {name: row for row, name in enumerate(np.asarray(identifiers).astype(str))}
-    found_rows = np.array([[row_of.get(name, -1) for name in names]
-                           for names in found.numpy().astype(str)], dtype=np.int64)
+    found = found.numpy().astype(str)
+    names = np.asarray(identifiers).astype(str)
+    order = np.argsort(names, kind="stable")  # each returned id's row, by a binary search
+    at = np.minimum(np.searchsorted(names[order], found), len(names) - 1)
+    found_rows = np.where(names[order][at] == found, order[at], -1)
     exact = exact_top_k(queries, embeddings, kmax)
     return {k: tied_hits(queries, embeddings, found_rows, exact, min(k, kmax)) for k in ks}
 
@@ -179,11 +181,17 @@ def tied_hits(queries: np.ndarray, embeddings: np.ndarray, found: np.ndarray,
     queries = np.asarray(queries, dtype=np.float32)
     embeddings = np.asarray(embeddings, dtype=np.float32)
     found, exact = np.asarray(found)[:, :k], np.asarray(exact)[:, :k]
-    kth = np.einsum("nd,nkd->nk", queries, embeddings[exact]).min(axis=1)  # any order
-    slack = 1e-5 * np.linalg.norm(queries, axis=1) * np.linalg.norm(embeddings, axis=1).max()
-    scores = np.einsum("nd,nkd->nk", queries, embeddings[np.maximum(found, 0)])
-    good = (found >= 0) & (scores >= (kth - slack)[:, None])
-    hits = [len(set(rows[keep].tolist())) for rows, keep in zip(found, good)]  # distinct rows
+    largest = np.linalg.norm(embeddings, axis=1).max()
+    hits = []
+    # Queries in chunks: the gathered vectors stay near 16 MB whatever k and the width.
+    chunk = max(1, (1 << 22) // max(1, k * embeddings.shape[1]))
+    for start in range(0, len(queries), chunk):
+        q, f = queries[start:start + chunk], found[start:start + chunk]
+        kth = np.einsum("nd,nkd->nk", q, embeddings[exact[start:start + chunk]]).min(axis=1)
+        slack = 1e-5 * np.linalg.norm(q, axis=1) * largest
+        scores = np.einsum("nd,nkd->nk", q, embeddings[np.maximum(f, 0)])
+        good = (f >= 0) & (scores >= (kth - slack)[:, None])  # any order of the exact rows
+        hits += [len(set(rows[keep].tolist())) for rows, keep in zip(f, good)]  # distinct
     return float(np.mean(hits) / k)
 
 
