@@ -28,6 +28,7 @@ def test_a_public_name_imports_its_module_on_first_use():
 def test_every_public_name_resolves():
     from tfrec.exporter import saved_model
     from tfrec.models import builder, hybrid
+    from tfrec.ranking import two_stage
     from tfrec.towers import item_encoder, query_tower, text_encoder
 
     for name in set(tfrec.__all__) - {"__version__"}:
@@ -41,7 +42,8 @@ def test_every_public_name_resolves():
     assert tfrec.QueryTower is query_tower.QueryTower
     assert tfrec.export is saved_model.export
     assert tfrec.load_saved_model is saved_model.load_saved_model
-    assert callable(tfrec.train) and callable(tfrec.load_run_config)
+    # What `tfrec train` runs: the two-tower, then the ranking stage (by default).
+    assert tfrec.train is two_stage.train and callable(tfrec.load_run_config)
     assert tfrec.__version__
 
 

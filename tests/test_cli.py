@@ -175,6 +175,20 @@ def test_unknown_subcommand_and_help():
     assert run_cli("nonsense").returncode == 2
     result = run_cli("prepare", "--help")
     assert result.returncode == 0 and "--config" in result.stdout and "--set" in result.stdout
+    assert "sections data, model, train, ranking" in " ".join(result.stdout.split())
+
+
+def test_flag_help_shows_zero_defaults_and_what_a_no_flag_does():
+    from tfrec.cli import _flag_help
+    from tfrec.config import setting_of
+
+    assert _flag_help(setting_of("serve.model_config_file_poll_wait_seconds")).endswith(
+        "(default: 0.0)")
+    assert _flag_help(setting_of("serve.tensorflow_inter_op_parallelism")).endswith(
+        "(default: 0)")
+    assert _flag_help(setting_of("export.ranking_stage")).startswith(
+        "sets export.ranking_stage to false (the setting: serve the run's ranking stage")
+    assert "(default" not in _flag_help(setting_of("export.no_serving_config"))
 
 
 def test_errors_name_the_setting_with_its_flag_or_how_to_set_it():

@@ -87,7 +87,7 @@ _LAZY = {
     "MixedSampler": "tfrec.tasks.samplers",
     "build_optimizer": "tfrec.optimizers",
     # Workflows.
-    "train": "tfrec.training",
+    "train": "tfrec.ranking.two_stage",  # what `tfrec train` runs: both stages by default
     "load_run": "tfrec.run",
     "export": "tfrec.exporter.saved_model",
     "load_saved_model": "tfrec.exporter.saved_model",

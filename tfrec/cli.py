@@ -50,10 +50,14 @@ def command_settings(command: str) -> list[Setting]:
 
 def _flag_help(setting: Setting) -> str:
     text = setting.help
+    if setting.type is bool and setting.flag.startswith("--no-") and setting.default is not False:
+        # The flag turns off a setting whose help says what it does when on.
+        text = f"sets {setting.key} to false (the setting: {text})"
     if setting.key.startswith(tuple(f"{s}." for s in RUN_SECTIONS)):
         # the default is the run config's (the file's, else the schema's)
         text += f" (sets {setting.key} of the run config)"
-    elif not setting.required and setting.default not in (None, False, ()):
+    elif not setting.required and not (setting.default is None or setting.default is False
+                                       or setting.default == ()):
         shown = json.dumps(setting.default) if isinstance(setting.default, bool) else (
             setting.default)
         text += f" (default: {shown})"
@@ -112,8 +116,9 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
 def _add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--config and --set: the run config, as `tfrec.run.command_config` reads it."""
     parser.add_argument("--config", metavar="FILE",
-                        help="run config, YAML or JSON (sections data, model, train; default: "
-                             "tfrec/configs/online_retail.yaml, less its split date when "
+                        help="run config, YAML or JSON (sections data, model, train, "
+                             "ranking; default: tfrec/configs/online_retail.yaml, less its "
+                             "split date when "
                              "--set names other data)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set model.embedding_dim=32 "
@@ -501,10 +506,11 @@ SUBCOMMANDS = (
         "not given are the previous version's."),
     Subcommand(
         "serve", cmd_serve,
-        "serve exported models over TF Serving's gRPC API",
+        "serve exported models over TF Serving's gRPC and REST APIs",
         "A model server for tfrec SavedModels (ScaNN and tensorflow-text ops included) that "
         "TF Serving gRPC clients can call: Predict, GetModelMetadata, GetModelStatus, "
-        "HandleReloadConfigRequest (with --allow_reload)."),
+        "HandleReloadConfigRequest (with --allow_reload); with --rest_api_port, TF Serving's "
+        "REST API too."),
     Subcommand(
         "recommend", cmd_recommend,
         "ask a running server for recommendations, or write every known user's to Parquet",
