@@ -139,7 +139,7 @@ def last_item_columns(table, i2v, text, queries: list, cands: np.ndarray,
     return out
 
 
-def trial_columns(run: Path, config, lists, cache: Path | None, make):
+def trial_columns(run: Path, config, lists, cache: Path | None, make, copies_ok=False):
     """(fit, test) trial columns: read from `cache`, or made by `make(model, vocab, data,
     stage1, ranker_queries)` from the run (its ranker's cases checked against the
     lists') and saved there."""
@@ -154,12 +154,25 @@ def trial_columns(run: Path, config, lists, cache: Path | None, make):
     rk = config.ranking
     ranker_cases_, _ = ranker_cases(split.ranker, vocab, config, split.per_user,
                                     config.train.eval_seed, rk.cases_per_session)
-    if len(lists.targets) != len(ranker_cases_.targets):
-        raise SystemExit("trial columns need lists without copies shown as new: add "
-                         "--set new_copies=false")
-    if not np.array_equal(ranker_cases_.targets, lists.targets):
+    n = len(ranker_cases_.targets)
+    queries = list(ranker_cases_.queries)
+    if not np.array_equal(ranker_cases_.targets, lists.targets[:n]):
         raise SystemExit("the ranker's cases are not the cached lists' cases")
-    fit, test = make(model, vocab, data, stage1, ranker_cases_.queries)
+    if len(lists.targets) > n:
+        if not copies_ok:
+            raise SystemExit("these trial columns need lists without copies shown as new: "
+                             "add --set new_copies=false")
+        # The copies shown as new (`ranking.new_copies`) follow the cases: one per warm
+        # fit case, the same query and candidates.
+        copies = len(lists.targets) - n
+        fit_rows = lists.fit_rows[:len(lists.fit_rows) - copies]
+        counts = event_counts(split.stage1, vocab)
+        warm = fit_rows[counts[lists.targets[fit_rows]] > 0]
+        if len(warm) != copies or not np.array_equal(lists.candidates[n:],
+                                                     lists.candidates[warm]):
+            raise SystemExit("the copies shown as new do not follow the warm fit cases")
+        queries += [queries[i] for i in warm]
+    fit, test = make(model, vocab, data, stage1, queries)
     if cache is not None:
         with cache.open("wb") as f:
             pickle.dump((fit, test), f)
@@ -236,6 +249,54 @@ def with_knn(run: Path, config, lists, cases, cands, mask, feats, cache: Path | 
     return appended(lists, feats, fit * shown[..., None], test * test_shown[..., None])
 
 
+def cc_columns(table, text: np.ndarray, counts: np.ndarray, queries: list,
+               cands: np.ndarray, neighbours: int, chunk: int = 512) -> np.ndarray:
+    """[n, N, 2] trial features of each candidate c: the table's score for the query of
+    the `neighbours` items with behaviour nearest to c by text (cosine of the text
+    vectors, c itself left out), their mean weighted by the cosine and their max. The
+    same for an item with or without behaviour: what the query's co-items say of the
+    items whose text is like the candidate's."""
+    warm = np.flatnonzero(counts > 0)
+    warm = warm[warm > 0]
+    sims = text @ text[warm].T  # [V, W]
+    sims[warm, np.arange(len(warm))] = -np.inf  # never an item's own row
+    top = np.argpartition(-sims, neighbours, axis=1)[:, :neighbours]
+    nn = warm[top]  # [V, K]
+    w = np.maximum(np.take_along_axis(sims, top, 1), 0.0).astype(np.float32)
+    w /= np.maximum(w.sum(1, keepdims=True), 1e-12)
+    out = np.zeros(cands.shape + (2,), np.float32)
+    for start in range(0, len(queries), chunk):
+        part = queries[start:start + chunk]
+        scores = table.scores(part)  # [b, V]
+        c = np.maximum(cands[start:start + len(part)], 0)
+        got = scores[np.arange(len(part))[:, None, None], nn[c]]  # [b, N, K]
+        out[start:start + len(part), :, 0] = (got * w[c]).sum(-1)
+        out[start:start + len(part), :, 1] = got.max(-1)
+    return out
+
+
+def with_cc(run: Path, config, lists, cases, cands, mask, feats, neighbours: int,
+            cache: Path | None):
+    """(lists, test features) with the two `cc_columns` appended: stage 1's table and
+    counts for the ranker's lists, the whole period's for the test cases."""
+    from tfrec.ranking.stage import _table, item_vectors, lambdas_near
+
+    def make(model, vocab, data, stage1, queries):
+        model.item_embeddings()
+        _, text, _ = item_vectors(model, vocab)
+        _, split = stage1_training_data(config, data)
+        t1 = _table(config, stage1.sessions, vocab.size)
+        tw = _table(config, data.sessions, vocab.size,
+                    lambdas_near(t1, config.ranking.ease_lambdas))
+        logger.info("cc features: %d lists, %d test cases", len(queries), len(cases.queries))
+        return (cc_columns(t1, text, event_counts(split.stage1, vocab), queries,
+                           lists.candidates, neighbours),
+                cc_columns(tw, text, vocab.counts, cases.queries, cands, neighbours))
+
+    fit, test = trial_columns(run, config, lists, cache, make, copies_ok=True)
+    return appended(lists, feats, fit * lists.mask[..., None], test * mask[..., None])
+
+
 def sort_scores(features: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
     """Scores that order each list by feature `name`, ties by the two-tower score."""
     tt = features[..., F.FEATURES.index("tt_score")]
@@ -280,6 +341,9 @@ def main(argv=None) -> int:
                         help="trial features from cosine ItemKNN: the candidate's cosines with "
                              "the query's items summed and their max, and how many of them ever "
                              "shared a session with it (`knn_columns`)")
+    parser.add_argument("--cc", type=int, metavar="K",
+                        help="trial features: the table's score of the K items with behaviour "
+                             "nearest to the candidate by text (`cc_columns`)")
     parser.add_argument("--ranker-seed", type=int,
                         help="the rankers' seed (default: the run's train.seed)")
     args = parser.parse_args(argv)
@@ -301,6 +365,10 @@ def main(argv=None) -> int:
     if args.knn:
         lists, feats = with_knn(Path(args.run), config, lists, cases, cands, mask, feats,
                                 Path(f"{args.cache}.knn") if args.cache else None)
+    if args.cc:
+        lists, feats = with_cc(Path(args.run), config, lists, cases, cands, mask, feats,
+                               args.cc, Path(f"{args.cache}.cc{args.cc}") if args.cache
+                               else None)
     rk, k = config.ranking, config.train.eval_k
     seed = config.train.seed if args.ranker_seed is None else args.ranker_seed
     miss = cands.shape[1] + 1
