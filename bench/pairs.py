@@ -1,7 +1,7 @@
 """Pair-pipeline throughput and memory, side by side with a plain-Python baseline.
 
     python bench/pairs.py                      # bundled data + generated logs up to 10M events
-    python bench/pairs.py --sizes 1e6 --quick  # a quick look
+    python bench/pairs.py --sizes 1e6 --no-bundled  # a quick look: one generated log
 
 For each log it prints, in one table: tfrec's pairs/s (with negatives) with 1
 and 2 threads, the same through `tf.data` (what Keras sees), a baseline

@@ -1,7 +1,7 @@
 """Ranker variants on a trained run's own stage 1, in the product's code path.
 
     TFREC_DATA=/work/shared/data PYTHONPATH=. python bench/ranker_variants.py \\
-        --run /work/runs/ts/or-s43-true --variants base,ens3,ens5
+        --run runs/eval/or-s43 --variants base,ens3,ens5
 
 The run's two-tower is restored from its folder; the ranker's lists and the
 whole-period tables are made as `tfrec train` makes them
