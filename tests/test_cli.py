@@ -171,6 +171,16 @@ def test_lenient_mode_reports_rejected_rows_and_writes_them(write, tmp_path, cap
     assert "not a time" in (out / "rejected_rows.csv").read_text()
 
 
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(write, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.Popen([sys.executable, "-m", "tfrec", "-q", "prepare",
+                             *prepare_args(write, EVENTS, ITEMS), "--out", str(tmp_path / "o")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # `| head -0`: the report finds the pipe closed
+    stderr = proc.communicate(timeout=300)[1].decode()
+    assert proc.returncode == 141 and stderr == ""
+
+
 def test_unknown_subcommand_and_help():
     assert run_cli("nonsense").returncode == 2
     result = run_cli("prepare", "--help")

@@ -58,6 +58,24 @@ def test_epoch_seconds_and_ids_that_look_like_numbers(write):
     assert events["time"].tolist() == [1700000000, 1700000060]
 
 
+def test_epoch_numbers_in_another_unit_are_refused_naming_the_right_one(write):
+    path = write("e.csv", """
+        user_id,item_id,timestamp
+        u,a,1700000000000
+        u,b,1700000060000
+    """)
+    with pytest.raises(InputError) as err:
+        read_events(path)  # milliseconds read as seconds: the year 55,840
+    assert err.value.key == "data.events_schema.time_unit"
+    assert "around the year 55,840, in ms around 2023; set data.events_schema.time_unit: ms" in (
+        str(err.value))
+    events, _ = read_events(path, EventsSchema(time_unit="ms"))
+    assert events["time"].tolist() == [1700000000, 1700000060]
+    with pytest.raises(InputError, match="time_unit: s$"):
+        read_events(write("s.csv", "user_id,item_id,timestamp\nu,a,1700000000\n"),
+                    EventsSchema(time_unit="ms"))  # seconds read as milliseconds: 1970
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match=r"nope\.csv: events file not found"):
         read_events(tmp_path / "nope.csv")
@@ -136,7 +154,8 @@ def test_malformed_line_lenient_counts_strict_fails(write):
     assert events["line"].tolist() == [2, 4]
     assert rejections.counts["events: malformed line"] == 1
     assert "line 3" in rejections.examples["events: malformed line"]
-    with pytest.raises(InputError, match=r"bad\.csv, line 3: malformed CSV"):
+    with pytest.raises(InputError, match=r"bad\.csv, line 3: malformed CSV: 5 fields where "
+                                         r"the header has 3$"):
         read_events(path, strict=True)
 
 

@@ -196,6 +196,34 @@ def test_the_saved_stage_scores_as_the_trained_one_and_eval_has_both_stages(trai
     order_ranker = np.argsort(-np.where(mask, scores, -np.inf), axis=1)[:, :10]
     order_tt = np.argsort(-np.where(mask, tt, -np.inf), axis=1)[:, :10]
     assert (order_ranker != order_tt).any()
+    # The new items' share of the top-k slots, counted here one list at a time.
+    k, new = config.train.eval_k, np.asarray(data.vocab.counts) == 0
+    new[0] = False
+    slots = evaluation["new_item_slots"]
+    assert new[1:].any() and slots["catalogue"] == pytest.approx(new[1:].mean())
+    assert slots["targets"] == pytest.approx(data.cases.cold.mean())
+    both, first = [], []
+    items = stage.tables.item_embeddings
+    for row, query in enumerate(data.cases.queries):
+        listed = np.flatnonzero(mask[row])
+        both += list(cands[row, listed[np.argsort(-scores[row, listed])][:k]])
+        whole = query_emb[row] @ items.T
+        whole[0], whole[query] = -np.inf, -np.inf
+        first += list(np.argsort(-whole)[:k])
+    assert slots["both_stages"] == pytest.approx(new[both].mean(), abs=0.002)
+    assert slots["stage1"] == pytest.approx(new[first].mean(), abs=0.002)
+
+
+def test_a_warning_when_the_ranker_hides_new_items(caplog):
+    slots = {"catalogue": 0.2, "targets": 0.08, "stage1": 0.9, "both_stages": 0.0, "k": 10}
+    with caplog.at_level("WARNING"):
+        assert two_stage.warn_if_new_items_hidden(slots, 0.1)
+    assert "hold 0.0% of both stages' held-out top-10 slots, against 90.0% of stage 1's" in (
+        caplog.text) and "raise ranking.new_share (now 0.1" in caplog.text
+    # Exposure near the catalogue's share, or stage 1 showing none either: no warning.
+    for both, stage1 in ((0.15, 0.9), (0.0, 0.0), (0.019, 0.0)):
+        assert not two_stage.warn_if_new_items_hidden(
+            {**slots, "both_stages": both, "stage1": stage1}, 0.1)
 
 
 def test_ranking_off_trains_the_two_tower_alone(data_files, tmp_path):

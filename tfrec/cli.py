@@ -593,6 +593,14 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"tfrec: error: {error_message(err)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of the output went away (`tfrec prepare | head`): stop quietly, as a
+        # command killed by SIGPIPE would, with nothing more written to the closed pipe.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 128 + 13
     except Exception as err:  # a diverged run or a lost worker is reported, not a crash
         from tfrec.exporter.layout import write_failure
 

@@ -667,6 +667,11 @@ def format_evaluation(evaluation: dict, k: int) -> str:
     if "candidate_recall" in evaluation:
         rows.append(f"  (the target is among the ranking stage's candidates in "
                     f"{evaluation['candidate_recall']:.1%} of cases)")
+    slots = evaluation.get("new_item_slots")
+    if slots and slots["catalogue"] > 0:
+        rows.append(f"  (items without behaviour, {slots['catalogue']:.1%} of the catalogue and "
+                    f"{slots['targets']:.1%} of the targets, hold {slots['both_stages']:.1%} "
+                    f"of both stages' top-{k} slots and {slots['stage1']:.1%} of stage 1's)")
     if evaluation.get("unknown_targets"):
         rows.append(f"  ({evaluation['unknown_targets']} cases skipped: target unknown to the "
                     "catalogue)")

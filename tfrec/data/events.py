@@ -159,6 +159,9 @@ def _read_table(path: str | Path, what: str, rejections: Rejections, strict: boo
     except pd.errors.ParserError as err:
         detail = str(err).strip().splitlines()[-1]
         match = re.search(r"line (\d+)", detail)
+        fields = re.search(r"Expected (\d+) fields in line \d+, saw (\d+)", detail)
+        if fields:  # pandas' words for a row with more fields than the header
+            detail = f"{fields.group(2)} fields where the header has {fields.group(1)}"
         raise InputError(f"malformed CSV: {detail}", path=str(path),
                          line=int(match.group(1)) if match else None) from None
     except UnicodeDecodeError as err:
@@ -324,6 +327,39 @@ def parse_times(values: pd.Series, time_format: str | None = None,
     return out
 
 
+# Seconds per unit of an epoch time column (`data.events_schema.time_unit`).
+_UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+_YEAR_SECONDS = 365.2425 * 86400
+
+
+def check_time_unit(raw: pd.Series, seconds: np.ndarray, schema: EventsSchema, path) -> None:
+    """Refuses epoch numbers read in a unit that puts the events' median time before 1980
+    or after 2200 when another unit puts it between 1990 and 2100 (milliseconds read as
+    seconds, say): sessions would be cut or merged at random, with no other sign."""
+    if schema.time_format is not None or pd.api.types.is_datetime64_any_dtype(raw):
+        return
+    present = raw.dropna()
+    if not len(present) or _NUMBER.fullmatch(str(present.iloc[0]).strip()) is None:
+        return
+    parsed = seconds[seconds != np.iinfo(np.int64).min]
+    if not len(parsed):
+        return
+    year = 1970 + float(np.median(parsed)) / _YEAR_SECONDS
+    if 1980 <= year <= 2200:
+        return
+    value = float(np.median(pd.to_numeric(present, errors="coerce").dropna()))
+    scale = _UNIT_SECONDS[schema.time_unit]
+    for unit, unit_seconds in _UNIT_SECONDS.items():
+        guess = 1970 + value * unit_seconds / _YEAR_SECONDS
+        if unit != schema.time_unit and 1990 <= guess <= 2100:
+            raise InputError(
+                f"column {schema.time_col!r} holds epoch numbers (median {value:.6g}): read in "
+                f"{schema.time_unit} (data.events_schema.time_unit) they put the events around "
+                f"the year {int(1970 + value * scale / _YEAR_SECONDS):,}, in {unit} around "
+                f"{int(guess)}; set data.events_schema.time_unit: {unit}",
+                path=str(path), key="data.events_schema.time_unit")
+
+
 def read_events(path: str | Path, schema: EventsSchema = EventsSchema(), strict: bool = False,
                 rejections: Rejections | None = None) -> tuple[pd.DataFrame, Rejections]:
     """Reads an events table into tfrec's canonical events frame.
@@ -353,6 +389,7 @@ def read_events(path: str | Path, schema: EventsSchema = EventsSchema(), strict:
     item = _text(frame[schema.item_col])
     raw_time = frame[schema.time_col]
     time = parse_times(raw_time, schema.time_format, schema.time_unit)
+    check_time_unit(raw_time, time, schema, table.path)
     n = len(frame)
     event = (_text(frame[schema.event_col]).str.lower() if schema.event_col
              else pd.Series(pd.NA, index=frame.index, dtype="string"))

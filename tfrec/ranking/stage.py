@@ -461,7 +461,31 @@ def evaluate_stages(stage: RankingStage, model, data: TrainingData, history_leng
     result = score_cases(ranks, cases, k)
     result["stage1"] = score_cases(stage1_ranks, cases, k)
     result["candidate_recall"] = F.candidate_recall(cands, mask, cases.targets)
+    result["new_item_slots"] = new_item_slots(stage, model, data, query_emb, cands, mask,
+                                              scores, k)
     return result
+
+
+def new_item_slots(stage: RankingStage, model, data: TrainingData, query_emb: np.ndarray,
+                   cands: np.ndarray, mask: np.ndarray, scores: np.ndarray, k: int) -> dict:
+    """The share of the held-out cases' top-k slots that go to items without behaviour
+    (no training event), after both stages and after stage 1 alone, beside their share
+    of the catalogue and of the targets: how much exposure new items get."""
+    from tfrec.metrics import top_k_items
+
+    new = np.zeros(data.vocab.size, bool)
+    new[1:] = np.asarray(data.vocab.counts[1:]) == 0
+    valid = np.ones(data.vocab.size, bool)
+    valid[0] = False
+    cases = data.cases
+    order = np.argsort(-np.where(mask, scores, -np.inf), axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(cands, order, 1)[np.take_along_axis(mask, order, 1)]
+    stage1 = top_k_items(query_emb, model.item_embeddings(), cases.queries, valid,
+                         min(k, int(valid.sum()) - 1)) if len(cases) else np.zeros((0, 0), int)
+    return {"both_stages": float(new[top].mean()) if top.size else 0.0,
+            "stage1": float(new[stage1].mean()) if stage1.size else 0.0,
+            "catalogue": float(new[valid].mean()), "targets": float(cases.cold.mean())
+            if len(cases) else 0.0, "k": k}
 
 
 def check_settings(settings: RankingConfig, k: int) -> None:

@@ -84,9 +84,30 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
         evaluation = evaluate_stages(stage, model, data, config.model.history_length,
                                      config.train.eval_k)
         evaluation["train_seconds"] = round(result.seconds + stage.info["seconds"], 1)
+        warn_if_new_items_hidden(evaluation["new_item_slots"], config.ranking.new_share)
         evaluation["ranking"] = stage.info
         RunFolder(run_dir).write_eval(evaluation)
     return dataclasses.replace(result, evaluation=evaluation)
+
+
+def warn_if_new_items_hidden(slots: dict, new_share: float) -> bool:
+    """Logs a warning when both stages give items without behaviour under a tenth of
+    both their catalogue share and stage 1's share of the held-out top-k slots (True
+    then): the ranker learned from its slice that new items are rarely chosen, and new
+    items would then hardly ever be shown."""
+    if not (slots["catalogue"] > 0 and slots["stage1"] > 0
+            and slots["both_stages"] < 0.1 * min(slots["catalogue"], slots["stage1"])):
+        return False
+    logger.warning(
+        "items without behaviour (%.1f%% of the catalogue) hold %.1f%% of both stages' held-out "
+        "top-%d slots, against %.1f%% of stage 1's: in the ranker's slice new items were "
+        "rarely what users chose, so it ranks them low, and they will hardly ever be shown. "
+        "To give them exposure, raise ranking.new_share (now %g: the weight of the ranker's "
+        "cases that show their target as new), which trades warm hits for new items' "
+        "(tfrec/ranking/README.md), or serve stage 1 alone (tfrec export --no-ranking-stage)",
+        100 * slots["catalogue"], 100 * slots["both_stages"], slots["k"],
+        100 * slots["stage1"], new_share)
+    return True
 
 
 def train_final(evaluated_run: str | Path, run_dir: str | Path, overwrite: bool = False,
