@@ -48,6 +48,10 @@ def test_versions_and_layout(exported, run_dir):
     vocab = load_run(run_dir)[1]
     assert (scann.version, brute.version) == (1, 2)
     assert sorted(p.name for p in (base / "shop").iterdir()) == ["1", "2"]
+    # The model folder given for a version: the error names a version folder to give.
+    with pytest.raises(InputError, match=r"no saved_model\.pb\); it is a model folder: give a "
+                                         r"version folder, e\.g\. .*shop/2$"):
+        load_saved_model(base / "shop")
     extra = scann.path / "assets.extra"
     assert (scann.path / "saved_model.pb").exists() and (scann.path / "variables").is_dir()
     meta = json.loads((extra / "tfrec_metadata.json").read_text())
@@ -135,6 +139,11 @@ def test_embed_items_text_only_equals_in_memory_text_path(exported, run_dir):
                                              texts=tf.constant(["whatever"]))
     np.testing.assert_allclose(known["embeddings"].numpy()[0],
                                model.item_embeddings([vocab.index_of("i1")])[0], rtol=1e-5)
+    # One text for two ids is refused (it would be broadcast to every unknown id).
+    for given in (["one text"], ["a", "b", "c"]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="one text per item id"):
+            loaded.signatures["embed_items"](item_ids=tf.constant(["i1", "brand-new"]),
+                                             texts=tf.constant(given))
 
 
 def test_similar_items_exclude_the_item_and_flag_unknown(exported):

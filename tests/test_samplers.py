@@ -75,6 +75,23 @@ def test_the_registry_builds_each_setting_value_and_refuses_an_unknown_one():
     assert all(repr(name) in err.value.reason for name in SAMPLERS)
 
 
+def test_hand_built_samplers_and_tasks_refuse_what_cannot_train():
+    from tfrec.tasks import RetrievalTask
+
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="num_sampled must be a positive integer"):
+            MixedSampler(num_sampled=bad)
+    with pytest.raises(TypeError, match=r"got the name 'mixed': build it with "
+                                        r"tfrec\.tasks\.build_sampler\('mixed'"):
+        RetrievalTask("mixed", temperature=0.1, weight=1.0)
+    with pytest.raises(TypeError, match=r"got the class InBatchSampler: pass an instance"):
+        RetrievalTask(InBatchSampler, temperature=0.1, weight=1.0)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be above 0"):
+            RetrievalTask(InBatchSampler(), temperature=bad, weight=1.0)
+    assert RetrievalTask(UniformSampler(3), temperature=0.1, weight=1.0).sampler.num_sampled == 3
+
+
 @pytest.fixture(scope="module")
 def world():
     events = generate_events(3000, 60, num_users=300, num_clusters=4, seed=2)

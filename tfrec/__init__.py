@@ -111,7 +111,7 @@ if typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from tfrec.towers.item_encoder import ItemEncoder  # noqa: F401
     from tfrec.towers.query_tower import QueryTower  # noqa: F401
     from tfrec.towers.text_encoder import TextEncoder  # noqa: F401
-    from tfrec.training import train  # noqa: F401
+    from tfrec.ranking.two_stage import train  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -399,6 +399,11 @@ class RecommenderModule(tf.Module):
                  input_signature=[tf.TensorSpec([None], tf.string, name="item_ids"),
                                   tf.TensorSpec([None], tf.string, name="texts")])
     def embed_items(self, item_ids, texts):
+        # One text per id: a single text would otherwise be broadcast to every unknown id.
+        tf.debugging.assert_equal(
+            tf.shape(texts)[0], tf.shape(item_ids)[0],
+            message="embed_items: texts must hold one text per item id (the same batch "
+                    "size as item_ids; \"\" for an item known by its id)")
         by_id, known = self._item_embeddings(item_ids)
         if self.item_encoder.use_text:
             by_text = self.item_encoder.encode_text(texts)

@@ -373,6 +373,15 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
     """Exports the run's model as `model_dir/<version>/`.
 
     Args:
+      run_dir: a run folder (`tfrec.train`'s).
+      model_dir: the model folder; the version is written under it.
+      index_config: the index's settings (`tfrec.IndexConfig`).
+      version: the version number (default: the next one).
+      serving_config_dir: a folder whose `models.config` (and `batching.config`) to
+        add the model to, as `tfrec export` does with `serving_config/` (default
+        None: no serving config is touched).
+      warmup_sessions: real sessions recorded as the version's warm-up requests.
+      recall_queries: queries the index's recall is measured on.
       ranking_stage: serve the run's ranking stage, if it has one, after the
         index (false: the index's top k, as a run without one; None: true).
 
@@ -504,6 +513,9 @@ def load_saved_model(path: str | Path):
 
     path = Path(path)
     if not VersionFolder(path).saved_model.exists():
-        raise InputError(f"not a SavedModel folder (no {VersionFolder.saved_model.name})",
+        versions = ModelFolder(path).versions() if path.is_dir() else []
+        hint = (f"; it is a model folder: give a version folder, e.g. {path / str(versions[-1])}"
+                if versions else "")
+        raise InputError(f"not a SavedModel folder (no {VersionFolder.saved_model.name}){hint}",
                          path=str(path))
     return tf.saved_model.load(str(path))

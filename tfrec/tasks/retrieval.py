@@ -43,6 +43,9 @@ class RetrievalTask(Task):
                  **kwargs):
         super().__init__(weight, **kwargs)
         self.sampler = deserialize_sampler(sampler)
+        if not float(temperature) > 0:
+            raise ValueError(f"RetrievalTask: temperature must be above 0 (scores are divided "
+                             f"by it), got {temperature!r}")
         self.temperature = float(temperature)
         self._factorized_metrics = []
 

@@ -119,6 +119,9 @@ class DrawingSampler(NegativeSampler):
     """
 
     def __init__(self, num_sampled: int, seed: int | None = None):
+        if isinstance(num_sampled, bool) or int(num_sampled) != num_sampled or num_sampled < 1:
+            raise ValueError(f"{type(self).__name__}: num_sampled must be a positive integer "
+                             f"(the items drawn per batch), got {num_sampled!r}")
         self.num_sampled = int(num_sampled)
         self.seed = seed
 
@@ -228,6 +231,16 @@ def serialize_sampler(sampler: NegativeSampler) -> dict:
 def deserialize_sampler(config: dict | NegativeSampler) -> NegativeSampler:
     if isinstance(config, NegativeSampler):
         return config
+    if not isinstance(config, dict) or set(config) != {"name", "config"}:
+        if isinstance(config, str):
+            hint = (f"the name {config!r}: build it with tfrec.tasks.build_sampler("
+                    f"{config!r}, num_sampled, seed)")
+        elif isinstance(config, type):
+            hint = f"the class {config.__name__}: pass an instance, {config.__name__}(...)"
+        else:
+            hint = repr(config)
+        raise TypeError("a negative sampler must be a NegativeSampler instance (e.g. "
+                        f"InBatchSampler()) or its serialised form; got {hint}")
     if config["name"] not in SAMPLER_CLASSES:
         raise ValueError(f"unknown negative sampler {config['name']!r}")
     return SAMPLER_CLASSES[config["name"]].from_config(config["config"])
