@@ -313,6 +313,13 @@ def test_a_mistyped_key_is_reported_where_it_was_given_without_advice(tmp_path, 
     assert _cli_error(tmp_path, capsys, "--set", "model.embedding_dim=big") == (
         "tfrec: error: setting 'model.embedding_dim': expected an integer, got 'big' (str); "
         "given with --set model.embedding_dim=big")
+    # From Python, one override as a string rather than a list: said so, not read letter
+    # by letter.
+    from tfrec.run import load_run_config
+
+    with pytest.raises(TypeError, match="a list of 'section.key=value' strings, got the "
+                                        "string 'model.embedding_dim=8'"):
+        load_run_config(run, "model.embedding_dim=8")
 
 
 def test_a_bad_value_in_the_file_is_still_the_files(tmp_path):

@@ -59,6 +59,9 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = (),
       InputError: an unreadable file, or a bad setting, naming the file, or the
         ``--set`` override, it came from.
     """
+    if isinstance(overrides, str) or isinstance(flags, str):
+        raise TypeError("overrides (and flags) are a list of 'section.key=value' strings, "
+                        f"got the string {overrides if isinstance(overrides, str) else flags!r}")
     data: dict = {} if base is None else base.to_dict()
     source = None
     if path is not None:
