@@ -93,6 +93,27 @@ def test_prepare_reads_the_run_config_as_train_does(write, capsys):
     assert command_config(None, ["train.epochs=1"]).train.split_date == "2011-10-01"
 
 
+def test_prepare_lists_event_types_and_warns_of_settings_the_data_cannot_honour(write, capsys):
+    args = prepare_args(write, EVENTS, ITEMS, "data.pairs.event_weights={Cart: 5, Click: 2}",
+                        "data.pairs.market_negatives=2", "model.objective=both")
+    assert main(["-q", "prepare", *args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["event_types"] == {"click": 4, "purchase": 1}
+    assert report["warnings"] == [
+        "data.pairs.event_weights names event types the events do not hold: cart (the types "
+        "found: click, purchase); their weights apply to nothing",
+        "data.pairs.market_negatives is 2 but the items have no market "
+        "(data.items_schema.market_col): those negatives are drawn from the whole catalogue, "
+        "as the others"]
+    # Weights' keys are read in lower case, as event types are: `Click: 2` weighs clicks.
+    from tfrec.run import load_run_config
+
+    weights = load_run_config(args[1], args[3::2]).data.pairs.event_weights
+    assert weights["click"] == 2 and weights["cart"] == 5 and "Click" not in weights
+    assert main(["-q", "prepare", *args]) == 0
+    assert "event types 2 click 4, purchase 1" in " ".join(capsys.readouterr().out.split())
+
+
 def test_events_named_by_set_alone_are_split_by_the_latest_share(write, capsys):
     # No --config: the default config's split date (2011) would leave no training events.
     args = ["--set", "data.layout=events", "--set", f"data.events={write('e.csv', EVENTS)}",
@@ -106,8 +127,16 @@ def test_prepare_counts_the_training_slice_of_a_split(write, capsys):
     # u1's session (a, b, c, purchase of c) is before 10:30, u2's (a, b) after.
     args = prepare_args(write, EVENTS, None, "data.pairs.batch_size=3",
                         "train.split_date='2024-01-01 10:30'", "model.objective=skipgram")
+    # With the ranking stage (the default) the two-tower's epochs leave out the ranker's
+    # slice, and the report counts what they run.
     assert main(["-q", "prepare", *args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
+    ranker = report["ranker_slice"]
+    assert ranker["events"] > 0 and report["training_events"] + ranker["events"] == 3
+    args += ["--set", "ranking.enabled=false"]
+    assert main(["-q", "prepare", *args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ranker_slice"] is None
     assert report["events"] == 5 and report["sessions"] == 2  # the data as read
     assert report["training_events"] == 3 and report["training_sessions"] == 1
     # window 1 in u1's session: a-b, b-c both ways (4); global: a->c, b->c (2).

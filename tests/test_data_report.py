@@ -74,3 +74,9 @@ def test_items_with_events_but_no_text_are_counted_and_warned_about(tmp_path, ca
     assert "held_out" not in report  # no split, no held-out side to warn about
     text = report_of(capsys, write_run(tmp_path, events, items, split_fraction=0.0), False)
     assert "items with events, no text" in text and "warning: 3 of 7 items" in text
+    # Ids written otherwise in the items table: none of the events' items matches.
+    padded = items.assign(item_id=[f"00{i}" for i in range(6)])
+    report = report_of(capsys, write_run(tmp_path, events, padded, split_fraction=0.0))
+    assert report["warm_items_without_text"] == 7
+    assert "no item id of the events is in the items table (6 rows): ids are matched as exact " \
+        "text ('00012' is not '12')" in " ".join(report["warnings"])

@@ -76,6 +76,13 @@ def test_epoch_numbers_in_another_unit_are_refused_naming_the_right_one(write):
                     EventsSchema(time_unit="ms"))  # seconds read as milliseconds: 1970
 
 
+def test_a_time_format_that_parses_nothing_is_named(write):
+    path = write("e.csv", "user_id,item_id,timestamp\nu,a,01/02/2024 10.00\nu,b,01/02/2024 10.05\n")
+    with pytest.raises(InputError, match=r"every row was rejected .*most timestamps did not "
+                                         r"parse: set data\.events_schema\.time_format"):
+        read_events(path, EventsSchema(time_format="%Y-%m-%d"))
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match=r"nope\.csv: events file not found"):
         read_events(tmp_path / "nope.csv")

@@ -145,7 +145,8 @@ class PairConfig(Settings):
     event_weights: Mapping[str, float] = setting(
         {"click": 1.0, "view": 1.0, "purchase": 3.0, "book": 3.0, "booking": 3.0, "apply": 3.0,
          "conversion": 3.0, "order": 3.0},
-        "event type -> weight; a pair weighs the larger of its two events' weights. A "
+        "event type -> weight (types are read in lower case, these keys too); a pair weighs "
+        "the larger of its two events' weights. A "
         "conversion type (`data.sessions.conversion_types`) not listed weighs "
         "`conversion_weight`; any other type not listed weighs `default_event_weight`. A "
         "mapping given adds to these. Only the skip-gram pairs are weighed: "
@@ -171,6 +172,14 @@ class PairConfig(Settings):
             if not (is_number(value) and value >= 0):
                 raise InputError(f"the weight of {key!r} must be >= 0, got {value!r}",
                                  key=self.key(f"event_weights.{key}"))
+        # Event types are read in lower case (as conversion_types): so are their weights'
+        # keys (a key given in the config comes after the defaults, so `Purchase: 4` wins
+        # over the default `purchase`).
+        lowered = {}
+        for key, value in self.event_weights.items():
+            lowered[str(key).lower()] = value
+        if lowered != dict(self.event_weights):
+            object.__setattr__(self, "event_weights", lowered)
 
 
 @dataclasses.dataclass(frozen=True)

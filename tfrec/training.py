@@ -27,6 +27,7 @@ import tf_keras as keras
 
 import tfrec.distribute as distribute
 from tfrec.config import PairConfig, RunConfig, from_dict
+from tfrec.data.report import data_setting_warnings, event_type_counts
 from tfrec.errors import InputError
 from tfrec.metrics import evaluate_model
 from tfrec.models import build_model, required_streams
@@ -633,6 +634,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
 
     logger.info("preparing data")
     data = prepare_training_data(config)
+    for message in data_setting_warnings(event_type_counts(data.events),
+                                         len(data.vocab.market_names), config):
+        logger.warning("%s", message)
     fit_data = data if stage1 is None else stage1(config, data)
     log_data(fit_data)
     model = build_compiled_model(config, fit_data, tf_strategy)

@@ -422,8 +422,12 @@ def read_events(path: str | Path, schema: EventsSchema = EventsSchema(), strict:
         "line": table.lines[keep],
     })
     if len(events) == 0:
+        hint = ""
+        if rejections.counts.get("events: unparseable timestamp", 0) * 2 > n:
+            hint = ("; most timestamps did not parse: set data.events_schema.time_format "
+                    f"(first: {rejections.examples['events: unparseable timestamp']})")
         raise InputError("no usable events: every row was rejected "
-                         f"({_summary(rejections)})", path=str(table.path))
+                         f"({_summary(rejections)}){hint}", path=str(table.path))
     logger.info("read %d events from %s (%d rows rejected)", len(events), table.path,
                 int((~keep).sum()))
     return events, rejections

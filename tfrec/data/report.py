@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tfrec.config import RunConfig
+from tfrec.config import PairConfig, RunConfig
 from tfrec.data.pipeline import EpochStats
 from tfrec.data.sessions import Sessions, resolve_retrieval_context, session_order, sessionize
 from tfrec.data.vocab import build_vocabulary
@@ -63,6 +63,20 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0) -> dict:
       epoch: which epoch of the pipeline to count.
     """
     rej = data.rejections
+    # With a ranking stage the two-tower's epochs run over the training period less the
+    # ranker's slice (`tfrec.ranking.stage.stage1_training_data`): count what they run.
+    fit, ranker_slice = data, None
+    if config.ranking.enabled and (data.split.cut is not None or data.split.per_user):
+        from tfrec.errors import InputError
+        from tfrec.ranking.stage import stage1_training_data
+
+        try:
+            fit, parts = stage1_training_data(config, data)
+            ranker_slice = {"events": int(len(parts.ranker)), "stage1_events": int(len(
+                parts.stage1)), "share": config.ranking.ranker_share,
+                "by_user": bool(data.split.per_user)}
+        except InputError:  # `tfrec train` names it; the report counts the whole slice
+            fit = data
     vocab = build_vocabulary(data.events, data.items)
     sessions = sessionize(data.events, vocab, config.data.sessions,
                           config.data.pairs.event_weights,
@@ -71,12 +85,12 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0) -> dict:
     epoch_stats = EpochStats()
     started = time.perf_counter()
     logger.info("counting the pairs of one epoch of the training slice")
-    for _ in data.pairs.epoch(epoch, epoch_stats):
+    for _ in fit.pairs.epoch(epoch, epoch_stats):
         pass
     seconds = time.perf_counter() - started
-    cfg = data.pairs.config
+    cfg = fit.pairs.config
     streams = list(data.streams)
-    retrieval_examples = data.next_items.num_examples if data.next_items is not None else 0
+    retrieval_examples = fit.next_items.num_examples if fit.next_items is not None else 0
     retrieval_batches = -(-retrieval_examples // config.train.retrieval_batch_size)
     # What one epoch of `fit` runs: the tasks' first stream sets its length
     # (`tfrec.training.make_dataset`).
@@ -113,8 +127,10 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0) -> dict:
         # The training slice, as one epoch of training sees it.
         "objective": config.model.objective,
         "streams": streams,
-        "training_events": data.train_events,
-        "training_sessions": data.sessions.num_sessions,
+        "training_events": (data.train_events if ranker_slice is None
+                            else ranker_slice["stage1_events"]),
+        "training_sessions": fit.sessions.num_sessions,
+        "ranker_slice": ranker_slice,
         "pairs_per_epoch": epoch_stats.pairs,
         "global_context_pairs": epoch_stats.global_pairs,
         "events_kept_by_subsampling": epoch_stats.kept_events,
@@ -151,6 +167,13 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0) -> dict:
     if report["warm_items_without_text"] and config.model.use_text:
         warnings.append(warm_without_text_warning(report["warm_items_without_text"],
                                                   report["warm_items"]))
+        listed = 0 if data.items is None else len(data.items)
+        if listed and report["warm_items_without_text"] == report["warm_items"]:
+            warnings.append(f"no item id of the events is in the items table ({listed:,} "
+                            f"rows): ids are matched as exact text ('00012' is not '12'); "
+                            f"write them alike in both files")
+    report["event_types"] = event_type_counts(data.events)
+    warnings += data_setting_warnings(report["event_types"], report["markets"], config)
     report["warnings"] = warnings
     return report
 
@@ -175,6 +198,33 @@ def held_out_warnings(held_out: dict, config: RunConfig) -> list[str]:
             f"events), {cases:,} cases (fewer than {MIN_HELD_OUT_SHARE:.0%} of the events or "
             f"{MIN_HELD_OUT_CASES} cases): HR@K and NDCG@K on it are noise; hold out more "
             f"with {key}"]
+
+
+def event_type_counts(events) -> dict:
+    """{event type: events} of the events read, most frequent first (none: no type)."""
+    counts = events["event"].dropna().value_counts()
+    return {str(k): int(v) for k, v in counts.items()}
+
+
+def data_setting_warnings(types: dict, markets: int, config: RunConfig) -> list[str]:
+    """Settings the data cannot honour, each named: event weights given for event types the
+    events do not hold, market negatives without markets."""
+    pairs, defaults = config.data.pairs, PairConfig()
+    warnings = []
+    given = [key for key, value in pairs.event_weights.items()
+             if value != defaults.event_weights.get(key, None)
+             and key not in {t.lower() for t in config.data.sessions.conversion_types}]
+    absent = [key for key in given if key not in types]
+    if absent:
+        found = (f"the types found: {', '.join(types)}" if types else
+                 "the events have no event type: data.events_schema.event_col")
+        warnings.append(f"data.pairs.event_weights names event types the events do not hold: "
+                        f"{', '.join(absent)} ({found}); their weights apply to nothing")
+    if pairs.market_negatives and not markets:
+        warnings.append(f"data.pairs.market_negatives is {pairs.market_negatives} but the items "
+                        f"have no market (data.items_schema.market_col): those negatives are "
+                        f"drawn from the whole catalogue, as the others")
+    return warnings
 
 
 def warm_without_text_warning(count: int, warm: int) -> str:
@@ -220,14 +270,30 @@ def format_report(report: dict) -> str:
     row("converted sessions", n(report["converted_sessions"]),
         f"{n(report['conversions'])} conversion events" if report["conversions"]
         else "no conversion events: no global context")
+    types = report.get("event_types") or {}
+    shown = ", ".join(f"{name} {n(count)}" for name, count in list(types.items())[:6])
+    row("event types", n(len(types)), (shown + (", ..." if len(types) > 6 else ""))
+        if types else "none (no event type column): every event weighs alike")
     row("items", n(report["items"]),
         f"warm {n(report['warm_items'])}, cold {n(report['cold_items'])} (text, no events); "
         f"{n(report['items_with_text'])} with text, {n(report['markets'])} markets")
     objective = report["objective"]
     lines.append(f"  training slice ({objective} objective):")
-    row("  events", n(report["training_events"]),
-        "every event" if report["training_events"] == report["events"]
-        else "before the split" if "split" in report else "the rest held out")
+    ranker = report.get("ranker_slice")
+    if report["training_events"] == report["events"]:
+        note = "every event"
+    else:
+        note = ("before the split" if "split" in report else "the training users'")
+        if report.get("hidden_items"):
+            note += ", less the hidden items'"
+        if ranker:
+            note += ", less the ranker's slice"
+    row("  events", n(report["training_events"]), note)
+    if ranker:
+        row("  ranker's slice", n(ranker["events"]),
+            f"events of {ranker['share']:.0%} of the training "
+            f"{'users' if ranker['by_user'] else 'period (its end)'}: the ranking stage's "
+            "cases, not in the two-tower's epochs")
     row("  sessions", n(report["training_sessions"]), "session pieces")
     pairs_note = "" if "pairs" in report["streams"] else " (not trained on)"
     shape = (f"window {cfg['window']} each side" if cfg["mode"] == "window"

@@ -74,8 +74,9 @@ def stage1_training_data(config: RunConfig,
                                       config.train.retrieval_batch_size,
                                       config.data.pairs.seed, data.retrieval_context)
     logger.info("ranking stage: the two-tower trains on %d events, the ranker on the %d of "
-                "the last %s of the training period", len(split.stage1), len(split.ranker),
-                config.ranking.ranker_share)
+                "%s", len(split.stage1), len(split.ranker),
+                f"{config.ranking.ranker_share:.0%} of the training users" if split.per_user
+                else f"the last {config.ranking.ranker_share:.0%} of the training period")
     return dataclasses.replace(data, sessions=sessions, pairs=pairs,
                                next_items=next_items), split
 
