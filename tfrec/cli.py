@@ -127,6 +127,7 @@ def _add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tfrec.data.report import data_report, format_report, write_outputs
+    from tfrec.ranking.stage import stage1_slices
     from tfrec.run import command_config, prepare_training_data
     from tfrec.training import check_run_config
 
@@ -134,7 +135,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     config = check_run_config(command_config(args.config, args.set,
                                              getattr(args, "data.data_dir")))
     data = prepare_training_data(config)
-    report = data_report(data, config)
+    report = data_report(data, config, stage1=stage1_slices(config, data))
     if settings_.json:
         print(json.dumps(report, indent=2))
     else:

@@ -49,7 +49,8 @@ def split_counts(events: pd.DataFrame, sessions: Sessions, cut: int, split_date:
     }
 
 
-def data_report(data: TrainingData, config: RunConfig, epoch: int = 0) -> dict:
+def data_report(data: TrainingData, config: RunConfig, epoch: int = 0,
+                stage1: tuple | None = None) -> dict:
     """Counts for the report of a run's data (`tfrec.run.prepare_training_data`).
 
     The data as read (events, users, sessions, items) is counted over every
@@ -61,22 +62,12 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0) -> dict:
       data: the run's training data.
       config: the run config it was prepared from.
       epoch: which epoch of the pipeline to count.
+      stage1: with a ranking stage, (the two-tower's training data, the ranker's slice
+        as a dict of `events`, `stage1_events`, `share`, `by_user`): the training
+        slice's counts are then the two-tower's (`tfrec.ranking.stage.stage1_slices`).
     """
     rej = data.rejections
-    # With a ranking stage the two-tower's epochs run over the training period less the
-    # ranker's slice (`tfrec.ranking.stage.stage1_training_data`): count what they run.
-    fit, ranker_slice = data, None
-    if config.ranking.enabled and (data.split.cut is not None or data.split.per_user):
-        from tfrec.errors import InputError
-        from tfrec.ranking.stage import stage1_training_data
-
-        try:
-            fit, parts = stage1_training_data(config, data)
-            ranker_slice = {"events": int(len(parts.ranker)), "stage1_events": int(len(
-                parts.stage1)), "share": config.ranking.ranker_share,
-                "by_user": bool(data.split.per_user)}
-        except InputError:  # `tfrec train` names it; the report counts the whole slice
-            fit = data
+    fit, ranker_slice = (data, None) if stage1 is None else stage1
     vocab = build_vocabulary(data.events, data.items)
     sessions = sessionize(data.events, vocab, config.data.sessions,
                           config.data.pairs.event_weights,

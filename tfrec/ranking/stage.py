@@ -81,6 +81,21 @@ def stage1_training_data(config: RunConfig,
                                next_items=next_items), split
 
 
+def stage1_slices(config: RunConfig, data: TrainingData) -> tuple | None:
+    """What `tfrec.data.report.data_report` counts with a ranking stage: (the two-tower's
+    training data, {events, stage1_events, share, by_user} of the ranker's slice); None
+    without a ranking stage, a held-out split, or when the slice cannot be made (`tfrec
+    train` names why)."""
+    if not config.ranking.enabled or (data.split.cut is None and not data.split.per_user):
+        return None
+    try:
+        fit, parts = stage1_training_data(config, data)
+    except InputError:
+        return None
+    return fit, {"events": int(len(parts.ranker)), "stage1_events": int(len(parts.stage1)),
+                 "share": config.ranking.ranker_share, "by_user": bool(data.split.per_user)}
+
+
 def event_counts(events, vocab) -> np.ndarray:
     """[V] events per item index (index 0: ids outside the vocabulary)."""
     counts = np.bincount(vocab.lookup(events["item"].to_numpy(dtype=object)),
