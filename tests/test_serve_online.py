@@ -75,6 +75,14 @@ def test_recommend_for_user_over_grpc_rest_client_and_command(shared, capsys):
                  "--user", "no such user", "-k", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "unknown user" in out[1] and "most popular items" in out[1] and len(out) == 5
+    # A session with an id the model does not know: it is named, the rest recommended from.
+    item = (shared.base / "1" / "assets.extra" / "embeddings" / "item_ids.txt").read_text(
+        ).split()[0]
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--items", f"{item},nope", "-k", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"session: {item}") and len(out) == 5
+    assert out[1] == "  (not known to the model, left out of the session: nope)"
 
 
 def test_an_added_items_version_is_picked_up_with_no_failed_call(versions, tmp_path):

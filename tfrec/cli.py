@@ -386,6 +386,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         else:
             results, fallback = client.recommend_with_fallback([items], k=rc.k)
             results, fallback = results[0], fallback[0]
+            unknown = [] if fallback else [
+                i for i, known in zip(items, client.known_items(items)) if not known]
         shown = items + [item for item, _ in results]
         texts = dict(zip(shown, client.item_texts(shown)))
     except grpc.RpcError as err:
@@ -406,6 +408,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         if fallback:
             print("  (no item of the session is known to the model: the most popular items, "
                   "scored by their share of the training events)")
+        elif unknown:
+            print(f"  (not known to the model, left out of the session: {', '.join(unknown)})")
     for rank, (item, score) in enumerate(results, 1):
         print(f"{rank:>3}. {item:<12} {score:8.4f}  {texts.get(item, '')}")
     return 0

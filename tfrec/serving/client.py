@@ -83,6 +83,14 @@ class RecommenderClient:
                                             "texts": np.array(texts, dtype=bytes)})
         return out["embeddings"]
 
+    def known_items(self, item_ids: list[str]) -> list[bool]:
+        """Whether each id is an item the model knows (by its id; a query leaves the
+        others out)."""
+        out = self._predict("embed_items", {"item_ids": np.array(item_ids, dtype=bytes),
+                                            "texts": np.array([""] * len(item_ids),
+                                                              dtype=bytes)})
+        return [bool(k) for k in out["known"]]
+
     def item_texts(self, item_ids: list[str]) -> list[str]:
         """The catalogue text of each item ("" for an unknown id)."""
         out = self._predict("item_texts", {"item_ids": np.array(item_ids, dtype=bytes)})
