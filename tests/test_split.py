@@ -79,3 +79,22 @@ def test_bad_until_settings_are_refused_naming_the_setting(settings, key):
     with pytest.raises(InputError) as err:
         split_for_training(events, None, TrainConfig(**settings))
     assert err.value.key == key
+
+
+def test_a_split_date_under_the_user_split_is_said_to_be_unused(caplog):
+    import logging
+
+    start = int(pd.Timestamp("2024-01-01").value // 10**9)
+    events = events_at(start + np.arange(100) * 43_200)
+    with caplog.at_level(logging.INFO, logger="tfrec.data.split"):
+        split = split_for_training(events, None, TrainConfig(split_by="user",
+                                                             split_date="2024-01-10",
+                                                             holdout_users=0.2))
+    # Every user is held out or not whatever the date: the date is named as unused.
+    assert split.per_user and len(split.test) > 0
+    assert ("train.split_date (2024-01-10) is not used under train.split_by: user"
+            in caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tfrec.data.split"):
+        split_for_training(events, None, TrainConfig(split_by="user", split_date=None))
+    assert "split_date" not in caplog.text

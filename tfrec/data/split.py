@@ -189,6 +189,10 @@ def split_for_training(events: pd.DataFrame, items: pd.DataFrame | None,
         logger.info("train.until %s: %d of %d events left out (their sessions start on or "
                     "after it)", c.until, before - len(events), before)
     if c.split_by == "user":
+        if c.split_date is not None:
+            logger.info("train.split_date (%s) is not used under train.split_by: user (the "
+                        "held-out side is a share of the users, train.holdout_users = %s)",
+                        c.split_date, c.holdout_users)
         train, test, kept_out = split_by_user(events, c.holdout_users, c.eval_seed)
         split = Split(train, test, per_user=True, kept_out_users=kept_out)
     else:
