@@ -251,3 +251,23 @@ def test_history_dropout_hides_items_only_in_training_and_never_empties_a_histor
     assert np.all(np.linalg.norm(trained, axis=1) > 0.99)  # no history left empty
     # A one-item history is kept whole whatever the draw.
     np.testing.assert_allclose(trained[1::2], full[1::2], rtol=1e-5, atol=1e-6)
+
+
+def test_a_keras_file_reloads_the_trained_model_and_other_formats_are_refused(
+        trained, world, tmp_path):
+    model, _ = trained
+    _, _, vocab, _ = world
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    # Every weight came back: the same item and query embeddings, text path included.
+    np.testing.assert_array_equal(loaded.item_embeddings(), model.item_embeddings())
+    history = np.arange(1, 21, dtype=np.int32)[None, :] % vocab.size
+    np.testing.assert_array_equal(loaded.query_embeddings(history),
+                                  model.query_embeddings(history))
+    assert [type(t).__name__ for t in loaded.tasks] == [type(t).__name__ for t in model.tasks]
+    for target, options in ((tmp_path / "saved", {}), (tmp_path / "model.h5", {}),
+                            (tmp_path / "x.keras", {"save_format": "tf"})):
+        with pytest.raises(ValueError, match="saves to a .keras file .* tfrec.export"):
+            model.save(target, **options)
+        assert not target.exists()

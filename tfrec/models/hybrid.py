@@ -122,6 +122,40 @@ class HybridModel(tfrs.Model):
     def embedding_dim(self) -> int:
         return self.item_encoder.embedding_dim
 
+    def build_variables(self) -> None:
+        """Creates every variable the towers make on their first call (their
+        sub-layers build lazily), so that saved weights have somewhere to go."""
+        self.item_encoder(tf.zeros([1], tf.int32))
+        self.query_tower(tf.zeros([1, self.query_tower.history_length], tf.int32))
+
+    def save(self, filepath, *args, **kwargs):
+        """Keras' `save` to a `.keras` file (`keras.models.load_model` reloads it),
+        the towers built first.
+
+        Raises:
+          ValueError: any other format: the model has no forward pass for Keras'
+            SavedModel or HDF5 saving (`save_weights` writes its weights; a
+            SavedModel to serve is made by `tfrec.export`).
+        """
+        if not str(filepath).endswith(".keras") or kwargs.get("save_format") not in (
+                None, "keras"):
+            raise ValueError(
+                f"{filepath}: a HybridModel saves to a .keras file (keras.models.load_model "
+                "reloads it) or its weights with save_weights; a SavedModel to serve is "
+                "made by tfrec.export (tfrec export)")
+        self.build_variables()
+        self.built = True
+        return super().save(filepath, *args, **kwargs)
+
+    def get_build_config(self):
+        # The towers build on their first call, never through `build(input_shape)`: a
+        # `.keras` file must still record that the loaded model is to be built.
+        return {"variables": True}
+
+    def build_from_config(self, config):
+        self.build_variables()
+        self.built = True
+
     def get_config(self):
         """The towers and tasks; a query tower sharing the item encoder does not
         repeat it (`from_config` hands it the model's)."""
