@@ -610,3 +610,68 @@ def test_model_folder_lists_versions_and_writes_one_whole_or_not_at_all(tmp_path
             (version.path / "x").write_text("")
     assert sorted(p.name for p in folder.path.iterdir()) == [
         f"{TMP_PREFIX}11-1", "10", "2", "7"]
+
+
+def test_item_and_user_ids_beyond_ascii_train_export_and_serve(tmp_path):
+    # Ids are exact UTF-8 text: 'é7' and 'ü12' go in, are searched and come back as given.
+    import pandas as pd
+
+    from session_helpers import train_generated_run
+    from tfrec.serving.client import RecommenderClient
+    from tfrec.training import train
+
+    def renamed(folder, train_fn, settings, **kwargs):
+        from tfrec.data import synthetic
+
+        real = synthetic.write_event_files
+
+        def write(*args, **kw):
+            events_path, items_path = real(*args, **kw)
+            events = pd.read_csv(events_path, dtype={"user_id": str, "item_id": str})
+            events["item_id"] = "é" + events["item_id"].str[1:]
+            events["user_id"] = "ü" + events["user_id"].str[1:]
+            events.to_csv(events_path, index=False)
+            items = pd.read_csv(items_path, dtype=str)
+            items["item_id"] = "é" + items["item_id"].str[1:]
+            items.to_csv(items_path, index=False)
+            return events_path, items_path
+
+        synthetic.write_event_files = write
+        try:
+            return train_generated_run(folder, train_fn, settings, **kwargs)
+        finally:
+            synthetic.write_event_files = real
+
+    run = renamed(tmp_path, train, ["model.objective=retrieval", "ranking.enabled=false"],
+                  num_events=3_000, num_items=60, num_users=300)
+    result = export(run, tmp_path / "models", IndexConfig(kind="scann"), recall_queries=50)
+    module = load_saved_model(result.path)
+    out = module.signatures["serving_default"](item_ids=tf.constant([["é1", "é2"]]),
+                                               k=tf.constant(5))
+    found = [i.decode("utf-8") for i in out["item_ids"].numpy()[0]]
+    assert len(found) == 5 and all(i.startswith("é") for i in found)
+    assert not {"é1", "é2"} & set(found)
+    _, vocab, _, _ = load_run(run)
+    user = next(u for u in _user_cache(result.path)[0] if u.startswith("ü"))
+    out = module.signatures["recommend_for_user"](user_ids=tf.constant([user]), k=tf.constant(3))
+    assert bool(out["known"].numpy()[0])
+    # The Python client sends such ids as UTF-8 (numpy's astype(bytes) cannot).
+    from tensorflow_serving.apis import predict_pb2
+
+    class Stub:
+        def Predict(self, request, timeout=None):
+            self.inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+            response = predict_pb2.PredictResponse()
+            for name, value in {"item_ids": np.array([["é1".encode("utf-8")]], object),
+                                "scores": np.ones((1, 1), np.float32),
+                                "known": np.ones(1, bool)}.items():
+                response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+            return response
+
+    client = RecommenderClient.__new__(RecommenderClient)
+    client.model, client.version, client.timeout, client.stub = "m", None, 1.0, Stub()
+    assert client.recommend_for_user(["üser"], k=1) == [([("é1", 1.0)], True)]
+    assert client.stub.inputs["user_ids"].tolist() == ["üser".encode("utf-8")]
+    assert client.similar_items(["é1"], k=1) == [[("é1", 1.0)]]
+    assert client.stub.inputs["item_ids"].tolist() == ["é1".encode("utf-8")]
+    assert client.item_texts is not None and vocab.ids[1].startswith("é")

@@ -94,12 +94,13 @@ class RunFolder(Folder):
         `tfrec.run.load_run` rebuilds the model from."""
         self.write_config(config)
         vocab.save(self.vocab_file)
-        self.text_vocab_file.write_text("".join(t + "\n" for t in text_vocabulary))
+        self.text_vocab_file.write_text("".join(t + "\n" for t in text_vocabulary),
+                                        encoding="utf-8")
 
     def read_text_vocabulary(self) -> list[str] | None:
         """The text tower's tokens (None if the run has none)."""
         path = self.text_vocab_file
-        return path.read_text().splitlines() if path.exists() else None
+        return path.read_text(encoding="utf-8").splitlines() if path.exists() else None
 
     def read_history(self) -> list[dict]:
         """One dict of metrics per finished epoch."""

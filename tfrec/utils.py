@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from tfrec.errors import InputError
 
 
@@ -23,6 +25,26 @@ def ensure_folder(path: str | Path, what: str = "output folder") -> Path:
     except OSError as err:
         raise InputError(f"cannot create the {what}: {err.strerror}", path=str(path)) from None
     return path
+
+
+def utf8_bytes(values) -> np.ndarray:
+    """Ids or texts (str or bytes, any shape) as UTF-8 bytes, an object array of that
+    shape: what TensorFlow's string tensors hold. (numpy's `astype(bytes)` encodes
+    ASCII only: an id such as 'é-01' would fail.)"""
+    values = np.asarray(values, dtype=object)
+    flat = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values.ravel()]
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out.reshape(values.shape)
+
+
+def utf8_text(values) -> np.ndarray:
+    """TensorFlow string values (bytes, any shape) as text, a str array of that shape
+    (numpy's `astype(str)` of bytes decodes ASCII only)."""
+    values = np.asarray(values, dtype=object)
+    flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values.ravel()]
+    return np.asarray(flat, dtype=str).reshape(values.shape) if flat else \
+        np.zeros(values.shape, dtype=str)
 
 
 VERBOSE_ENV = "TFREC_VERBOSE"  # "1": native libraries may log to stderr (tfrec --verbose)

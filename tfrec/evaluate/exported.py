@@ -12,6 +12,7 @@ from tfrec.exporter.layout import VersionFolder
 from tfrec.exporter.saved_model import load_saved_model
 from tfrec.index.ann import tied_hits
 from tfrec.metrics import top_k_items
+from tfrec.utils import utf8_text
 
 
 class ExportedModel:
@@ -25,7 +26,7 @@ class ExportedModel:
         folder = VersionFolder(self.path)
         try:
             vectors = np.load(folder.items)
-            ids = folder.item_ids.read_text().splitlines()
+            ids = folder.item_ids.read_text(encoding="utf-8").splitlines()
         except OSError as err:
             raise InputError(f"the export has no cached item embeddings ({err.strerror})",
                              path=str(folder.embeddings)) from None
@@ -82,7 +83,7 @@ class ExportedModel:
             length = max(1, max(len(q) for q in rows))
             sessions = [[names[i] for i in q] + [""] * (length - len(q)) for q in rows]
             found = function(item_ids=tf.constant(sessions), k=tf.constant(width))
-            found = found["item_ids"].numpy().astype(str)
+            found = utf8_text(found["item_ids"].numpy())
             wanted = names[np.asarray(targets[start:start + len(rows)])]
             hit = found == wanted[:, None]
             ranks[start:start + len(rows)] = np.where(hit.any(axis=1), hit.argmax(axis=1),
@@ -102,8 +103,8 @@ class ExportedModel:
         """The exported serving_default top-k against exact top-k (query items excluded;
         ties counted, `tied_hits`)."""
         function = self.module.signatures["serving_default"]
-        found = np.concatenate([function(item_ids=self._ids(history[i:i + 1024]),
-                                         k=tf.constant(k))["item_ids"].numpy().astype(str)
+        found = np.concatenate([utf8_text(function(item_ids=self._ids(history[i:i + 1024]),
+                                                   k=tf.constant(k))["item_ids"].numpy())
                                 for i in range(0, len(history), 1024)])
         valid = np.ones(len(self.items), dtype=bool)
         valid[0] = False

@@ -68,7 +68,7 @@ class Catalogue:
             if not path.exists():
                 raise InputError(f"the version has no catalogue file {path.name}",
                                  path=str(path))
-        ids = np.array(folder.item_ids.read_text().splitlines(), dtype=object)
+        ids = np.array(folder.item_ids.read_text(encoding="utf-8").splitlines(), dtype=object)
         # Mapped, not read: the next catalogue copies the rows it keeps once.
         embeddings = np.load(folder.items, mmap_mode="r")
         if len(embeddings) != len(ids):
@@ -99,7 +99,7 @@ class Catalogue:
         (those `vocab_ids` lacks) with their texts."""
         folder.embeddings.mkdir(parents=True, exist_ok=True)
         np.save(folder.items, np.asarray(self.embeddings, np.float32))
-        folder.item_ids.write_text("".join(f"{i}\n" for i in self.ids))
+        folder.item_ids.write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
         added = pd.Index(np.asarray(vocab_ids).astype(str)).get_indexer(self.ids) < 0
         pd.DataFrame({"item_id": self.ids[added], "text": self.texts[added]}).to_csv(
             folder.added_items, index=False)

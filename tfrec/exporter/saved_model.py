@@ -28,7 +28,7 @@ from tfrec.exporter.layout import INDEX_KIND, ModelFolder, VersionFolder
 from tfrec.exporter.module import RecommenderModule, UserCache, catalogue_changes
 from tfrec.index.ann import (IndexConfig, build_index_for_recall, recall_at_ks,
                              scann_parameters)
-from tfrec.utils import ensure_folder
+from tfrec.utils import ensure_folder, utf8_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _write_warmup(path: Path, model_name: str, sessions: list[list[str]], k: int
     with tf.io.TFRecordWriter(str(path)) as writer:
         if len(user_ids):
             writer.write(record("recommend_for_user", {
-                "user_ids": np.array(list(user_ids), dtype=object).astype(bytes),
+                "user_ids": utf8_bytes(list(user_ids)),
                 "k": np.int32(k)}))
         for start in range(0, len(sessions), 8):
             rows = sessions[start:start + 8]
@@ -108,7 +108,7 @@ def _write_warmup(path: Path, model_name: str, sessions: list[list[str]], k: int
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model_name
             request.model_spec.signature_name = "serving_default"
-            request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(batch.astype(bytes)))
+            request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(utf8_bytes(batch)))
             request.inputs["k"].CopyFrom(tf.make_tensor_proto(np.int32(k)))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))
@@ -123,7 +123,7 @@ def _write_projector(folder: Path, embeddings: np.ndarray, ids: np.ndarray, text
     n = min(len(ids), PROJECTOR_LIMIT)
     top = np.argsort(-counts, kind="stable")[:n]
     np.savetxt(folder / "vectors.tsv", embeddings[top], delimiter="\t", fmt="%.5f")
-    with (folder / "metadata.tsv").open("w") as f:
+    with (folder / "metadata.tsv").open("w", encoding="utf-8") as f:
         f.write("item\ttext\tevents\n")
         for i in top:
             text = str(texts[i]).replace("\t", " ").replace("\n", " ")
@@ -345,8 +345,9 @@ def write_version(model_dir: Path, version: int, contents: VersionContents,
         catalogue.write(folder, contents.vocab_ids)
         np.save(folder.users, users.embeddings.astype(np.float32))
         np.save(folder.user_histories, users.histories.astype(np.int32))
-        folder.user_ids.write_text("".join(f"{u}\n" for u in users.ids))
-        folder.uncached_user_ids.write_text("".join(f"{u}\n" for u in contents.uncached_users))
+        folder.user_ids.write_text("".join(f"{u}\n" for u in users.ids), encoding="utf-8")
+        folder.uncached_user_ids.write_text(
+            "".join(f"{u}\n" for u in contents.uncached_users), encoding="utf-8")
         projected = _write_projector(folder.projector, catalogue.embeddings, catalogue.ids,
                                      catalogue.texts, catalogue.counts)
         records = _write_warmup(folder.warmup, model_name, contents.warm_sessions, k,

@@ -88,8 +88,9 @@ def read_users(version_dir: Path, dim: int, history_length: int) -> UserCache:
                        "export the run again to cache them", version_dir,
                        folder.user_histories.name)
         return UserCache.empty(history_length, dim)
-    return UserCache(np.array(folder.user_ids.read_text().splitlines(), dtype=object),
-                     np.load(folder.users), np.load(folder.user_histories))
+    ids = folder.user_ids.read_text(encoding="utf-8").splitlines()
+    return UserCache(np.array(ids, dtype=object), np.load(folder.users),
+                     np.load(folder.user_histories))
 
 
 def item_embedder(model, vocab):
@@ -255,7 +256,7 @@ def read_uncached_users(version_dir: Path, cached_ids: np.ndarray) -> np.ndarray
     path = VersionFolder(version_dir).uncached_user_ids
     if not path.exists():
         return np.zeros(0, dtype=object)
-    ids = np.array(path.read_text().splitlines(), dtype=object)
+    ids = np.array(path.read_text(encoding="utf-8").splitlines(), dtype=object)
     if not len(ids):
         return ids
     cached = pd.Index(np.asarray(cached_ids).astype(str))

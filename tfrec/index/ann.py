@@ -13,7 +13,7 @@ import tensorflow_recommenders as tfrs
 from scann.scann_ops.py import scann_ops
 
 from tfrec.config import IndexConfig  # noqa: F401  (the index settings, declared in the schema)
-from tfrec.utils import quiet_native_stderr
+from tfrec.utils import quiet_native_stderr, utf8_text
 
 
 def scann_parameters(num_items: int, config: IndexConfig) -> dict:
@@ -160,7 +160,7 @@ def recall_at_ks(index, queries: np.ndarray, embeddings: np.ndarray, identifiers
     if len(queries) == 0:
         return {k: float("nan") for k in ks}
     _, found = search(index, tf.constant(queries, tf.float32), kmax)
-    found = found.numpy().astype(str)
+    found = utf8_text(found.numpy())
     names = np.asarray(identifiers).astype(str)
     order = np.argsort(names, kind="stable")  # each returned id's row, by a binary search
     at = np.minimum(np.searchsorted(names[order], found), len(names) - 1)

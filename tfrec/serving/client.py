@@ -12,6 +12,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfrec.config import RecommendSettings
+from tfrec.utils import utf8_bytes
 
 
 class RecommenderClient:
@@ -52,8 +53,8 @@ class RecommenderClient:
         """(top-k (item id, score) per session, per session: were they the popular-items
         fallback, because no item of the session was known?)."""
         width = max(len(s) for s in sessions)
-        batch = np.array([[str(i) for i in s] + [""] * (width - len(s)) for s in sessions],
-                         dtype=object).astype(bytes)
+        batch = utf8_bytes(np.array([[str(i) for i in s] + [""] * (width - len(s))
+                                     for s in sessions], dtype=object))
         out = self._predict("serving_default", {"item_ids": batch, "k": np.int32(k)})
         results = [[(i.decode(), float(sc)) for i, sc in zip(ids, scores) if i]
                    for ids, scores in zip(out["item_ids"], out["scores"])]
@@ -66,34 +67,32 @@ class RecommenderClient:
         items excluded; is the user known?). An unknown or empty user id gets the most
         popular items (scored by their share of the training events) and known False."""
         out = self._predict("recommend_for_user",
-                            {"user_ids": np.array([str(u) for u in user_ids], dtype=object)
-                             .astype(bytes), "k": np.int32(k)})
+                            {"user_ids": utf8_bytes([str(u) for u in user_ids]), "k": np.int32(k)})
         return [([(i.decode(), float(sc)) for i, sc in zip(ids, scores) if i], bool(known))
                 for ids, scores, known in zip(out["item_ids"], out["scores"], out["known"])]
 
     def similar_items(self, item_ids: list[str], k: int = RecommendSettings.k):
-        out = self._predict("similar_items", {"item_ids": np.array(item_ids, dtype=bytes),
+        out = self._predict("similar_items", {"item_ids": utf8_bytes(item_ids),
                                               "k": np.int32(k)})
         return [[(i.decode(), float(sc)) for i, sc in zip(ids, scores)] if known else None
                 for ids, scores, known in zip(out["item_ids"], out["scores"], out["known"])]
 
     def embed_items(self, item_ids: list[str], texts: list[str] | None = None) -> np.ndarray:
         texts = texts or [""] * len(item_ids)
-        out = self._predict("embed_items", {"item_ids": np.array(item_ids, dtype=bytes),
-                                            "texts": np.array(texts, dtype=bytes)})
+        out = self._predict("embed_items", {"item_ids": utf8_bytes(item_ids),
+                                            "texts": utf8_bytes(texts)})
         return out["embeddings"]
 
     def known_items(self, item_ids: list[str]) -> list[bool]:
         """Whether each id is an item the model knows (by its id; a query leaves the
         others out)."""
-        out = self._predict("embed_items", {"item_ids": np.array(item_ids, dtype=bytes),
-                                            "texts": np.array([""] * len(item_ids),
-                                                              dtype=bytes)})
+        out = self._predict("embed_items", {"item_ids": utf8_bytes(item_ids),
+                                            "texts": utf8_bytes([""] * len(item_ids))})
         return [bool(k) for k in out["known"]]
 
     def item_texts(self, item_ids: list[str]) -> list[str]:
         """The catalogue text of each item ("" for an unknown id)."""
-        out = self._predict("item_texts", {"item_ids": np.array(item_ids, dtype=bytes)})
+        out = self._predict("item_texts", {"item_ids": utf8_bytes(item_ids)})
         return [t.decode("utf-8") for t in out["texts"]]
 
     def close(self) -> None:
