@@ -263,3 +263,43 @@ def test_online_retail_layout_missing_column(write):
     path = write("retail.csv", "InvoiceNo,StockCode\n1,2\n")
     with pytest.raises(InputError, match="no column 'Description'"):
         read_online_retail(path)
+
+
+def test_ids_that_pandas_would_read_as_missing_are_ids(write):
+    # Only an empty field is missing: 'NA', 'null', 'None' and 'NaN' are ids as written.
+    path = write("na.csv", """
+        user_id,item_id,timestamp
+        NA,NA,2024-01-01
+        u1,null,2024-01-01
+        u1,None,2024-01-01
+        NaN,n/a,2024-01-01
+        u2,,2024-01-01
+    """)
+    events, rejections = read_events(path)
+    assert events["item"].tolist() == ["NA", "null", "None", "n/a"]
+    assert events["user"].tolist() == ["NA", "u1", "u1", "NaN"]
+    assert {k: v for k, v in rejections.counts.items() if v} == {"events: missing item id": 1}
+    items = write("items.csv", """
+        item_id,text
+        NA,a lamp
+        null,a chair
+    """)
+    table, _ = read_items(items)
+    assert table["item"].tolist() == ["NA", "null"]
+
+
+def test_iso_times_written_in_several_ways_are_all_read(write):
+    # pandas infers one format from the first value; every ISO-8601 form is read.
+    path = write("iso.csv", """
+        user_id,item_id,timestamp
+        u1,a,2024-05-05T00:44:32.120739
+        u1,b,2024-05-15T20:42:47
+        u1,c,2024-05-15 20:42:47+02:00
+        u1,d,2024-05-16
+        u1,e,yesterday
+    """)
+    events, rejections = read_events(path)
+    assert events["item"].tolist() == ["a", "b", "c", "d"]
+    assert events["time"].tolist() == [1714869872, 1715805767, 1715798567, 1715817600]
+    assert {k: v for k, v in rejections.counts.items() if v} == {
+        "events: unparseable timestamp": 1}

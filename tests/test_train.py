@@ -71,6 +71,15 @@ def test_train_writes_a_complete_run_folder(tmp_path, data_files, capsys):
     assert main(["-q", "train", "--config", str(config), "--run-dir", str(run)]) == 2
     assert ("resume it with training.resume (--resume), replace it with training.overwrite "
             "(--overwrite)") in capsys.readouterr().err
+    # --overwrite replaces a run, never a folder that merely holds a file named config.json.
+    other = tmp_path / "project"
+    (other / "src").mkdir(parents=True)
+    (other / "config.json").write_text('{"app": "mine"}')
+    (other / "src" / "main.py").write_text("precious = True\n")
+    assert main(["-q", "train", "--config", str(config), "--run-dir", str(other),
+                 "--overwrite"]) == 2
+    assert "refusing to overwrite a folder that is not a tfrec run" in capsys.readouterr().err
+    assert (other / "src" / "main.py").read_text() == "precious = True\n"
 
 
 @pytest.mark.parametrize("overrides, expected", [

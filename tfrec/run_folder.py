@@ -68,7 +68,15 @@ class RunFolder(Folder):
         return RunFolder(self.path / "baselines" / name)
 
     def is_run(self) -> bool:
-        return self.config_file.exists()
+        """Does the folder hold a tfrec run (a `config.json` that reads as a run config,
+        not any file of that name)?"""
+        if not self.config_file.is_file():
+            return False
+        try:
+            self.read_config()
+        except (InputError, ValueError, TypeError, OSError):
+            return False
+        return True
 
     def read_config(self) -> RunConfig:
         """The config the run was trained with.

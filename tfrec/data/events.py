@@ -182,10 +182,13 @@ def _read_table(path: str | Path, what: str, rejections: Rejections, strict: boo
 
 
 def _read_csv(source, sep: str, strict: bool) -> tuple[pd.DataFrame, list]:
-    """pandas' read of a CSV (every column as text) and the warnings it gave."""
+    """pandas' read of a CSV (every column as text) and the warnings it gave. Only an
+    empty field is missing: 'NA', 'null', 'None', 'NaN' and pandas' other missing-value
+    words are ids like any other text."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         frame = pd.read_csv(source, dtype=str, sep=sep, skip_blank_lines=False,
+                            keep_default_na=False, na_values=[""],
                             on_bad_lines="error" if strict else "warn")
     return frame, list(caught)
 
@@ -320,6 +323,14 @@ def parse_times(values: pd.Series, time_format: str | None = None,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 parsed = pd.to_datetime(text, format=time_format, errors="coerce", utc=True)
+                # pandas infers one format from the first value: ISO-8601 text written
+                # another way (with and without fractions of a second, a zone or not) is
+                # read as ISO-8601 where the inferred format fails.
+                missed = parsed.isna() & text.notna()
+                if time_format is None and missed.any():
+                    parsed = parsed.copy()
+                    parsed[missed] = pd.to_datetime(text[missed], format="ISO8601",
+                                                    errors="coerce", utc=True)
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     out = parsed.astype("datetime64[s]").to_numpy().astype(np.int64)
