@@ -675,3 +675,19 @@ def test_item_and_user_ids_beyond_ascii_train_export_and_serve(tmp_path):
     assert client.similar_items(["é1"], k=1) == [[("é1", 1.0)]]
     assert client.stub.inputs["item_ids"].tolist() == ["é1".encode("utf-8")]
     assert client.item_texts is not None and vocab.ids[1].startswith("é")
+
+
+def test_load_run_gives_a_built_model_whose_saved_weights_are_the_trained_ones(run_dir,
+                                                                               tmp_path):
+    # The checkpoint is read at once, not on the model's first call: weights saved
+    # straight after load_run are the trained ones.
+    from tfrec.models import build_model
+    from tfrec.run_folder import RunFolder
+
+    config, vocab, model, _ = load_run(run_dir)
+    assert model.get_weights()
+    model.save_weights(str(tmp_path / "weights"))
+    fresh = build_model(config.model, vocab, seed=99,
+                        text_vocabulary=RunFolder(run_dir).read_text_vocabulary())
+    fresh.load_weights(str(tmp_path / "weights"))
+    np.testing.assert_array_equal(fresh.item_embeddings(), model.item_embeddings())

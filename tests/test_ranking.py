@@ -627,3 +627,36 @@ def test_the_serving_graph_picks_the_text_slots_as_numpy_does():
         F.candidates(query_emb, tables, queries, n, 0.5, text_slots=m, unavailable=[first])[0])
     cands, mask, _ = graph(exclude=np.full((5, 1), first, np.int32))
     assert first not in cands[mask].tolist()
+
+
+def test_decoys_fill_each_list_to_its_count_of_new_looking_non_targets():
+    from tfrec.ranking.features import FEATURES, show_decoys
+
+    column = {name: j for j, name in enumerate(FEATURES)}
+    rng = np.random.default_rng(0)
+    lists, width, items = 3, 12, 40
+    cands = np.stack([rng.permutation(np.arange(1, items))[:width] for _ in range(lists)])
+    mask = np.ones((lists, width), bool)
+    mask[2, 10:] = False
+    labels = np.zeros((lists, width), np.float32)
+    labels[:, 0] = 1.0
+    features = rng.random((lists, width, len(FEATURES))).astype(np.float32)
+    features[..., column["has_behaviour"]] = 1.0
+    features[1, 1:7, column["has_behaviour"]] = 0.0  # list 1 holds 6 new non-targets already
+    text = rng.normal(size=(items, 4)).astype(np.float32)
+    query = rng.normal(size=(lists, 4)).astype(np.float32)
+    before = features.copy()
+    shown = show_decoys(features, cands, mask, labels, query, text, np.array([0, 1, 2]), 5)
+    new = features[..., column["has_behaviour"]] == 0
+    assert shown == 10 and new[0].sum() == 5 and new[1].sum() == 6 and new[2].sum() == 5
+    np.testing.assert_array_equal(features[1], before[1])  # enough new items: untouched
+    np.testing.assert_array_equal(features[:, 0], before[:, 0])  # targets untouched
+    assert not new[2, 10:].any()  # padding never a decoy
+    for i in (0, 2):
+        for j in np.flatnonzero(new[i]):
+            f = features[i, j]
+            assert f[column["tt_score"]] == pytest.approx(text[cands[i, j]] @ query[i])
+            assert f[column["log_count"]] == f[column["ii_score"]] == f[column["i2v_max"]] == 0
+            # Their similarities to the query's text are theirs, as a new item's would be.
+            assert f[column["text_mean"]] == before[i, j, column["text_mean"]]
+    assert show_decoys(features, cands, mask, labels, query, text, np.array([0]), 0) == 0

@@ -305,3 +305,12 @@ def test_a_config_naming_only_the_data_trains_with_the_documented_defaults(
     # Generated clicks are a minute or more apart: the auto context is next-item.
     assert result.data.retrieval_context == "previous"
     assert result.evaluation["all"]["cases"] > 0
+
+
+def test_epochs_and_strategy_given_to_train_apply_without_resume_too(tmp_path, data_files):
+    from tfrec.training import resolve_config
+
+    config = load_run_config(write_config(tmp_path, data_files, epochs=1))
+    resolved = resolve_config(config, tmp_path / "run", False, 3, "mirrored")
+    assert resolved.train.epochs == 3 and resolved.train.strategy == "mirrored"
+    assert resolve_config(config, tmp_path / "run", False, None, None).train.epochs == 1

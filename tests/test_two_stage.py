@@ -251,3 +251,52 @@ def test_negative_text_slots_are_refused_naming_the_setting(data_files, tmp_path
     err = capsys.readouterr().err
     assert "ranking.text_slots" in err
     assert not Path(run / "checkpoints").exists()
+
+
+def test_a_ranker_slice_without_a_usable_session_is_refused_before_training(
+        data_files, tmp_path, capsys):
+    # The end of the training period holds only one-item sessions: no ranker case. Said
+    # before the two-tower trains (it was said after, when the advice no longer applied).
+    import pandas as pd
+
+    events = pd.read_csv(data_files / "events.csv")
+    end = int(events["timestamp"].max())
+    late = pd.DataFrame({"user_id": [f"late-{i}" for i in range(2_000)],
+                         "item_id": [f"i{i % 50}" for i in range(2_000)],
+                         "timestamp": end + 10 + np.arange(2_000) * 100, "event": "click"})
+    path = tmp_path / "events.csv"
+    pd.concat([events, late]).to_csv(path, index=False)
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--config", str(data_files / "run.json"), "--run-dir", str(run),
+                 "--set", f"data.events={path}", "--set", "train.split_fraction=0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "ranking.ranker_share" in err and "no session with two distinct items" in err
+    assert not Path(run / "checkpoints").exists()
+
+
+def test_an_interrupted_save_leaves_the_previous_stage_whole(trained, tmp_path, monkeypatch):
+    import shutil
+
+    import tensorflow as tf
+
+    run, _, _, _ = trained
+    _, _, model, _ = load_run(run)
+    stage = two_stage.load_stage(run, model)
+    folder = tmp_path / "ranking"
+    shutil.copytree(run / "ranking", folder)
+    before = {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C after tables.npz is written, before the ranker
+
+    stage.tables.counts = stage.tables.counts + 1  # a save that differs from the one kept
+    monkeypatch.setattr(tf.train.Checkpoint, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stage.save(folder)
+    assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranking"]
+    monkeypatch.undo()
+    stage.save(folder)  # whole: the new tables with their ranker and metadata
+    saved = stage_lib.RankingStage.load(folder, model.item_embeddings())
+    np.testing.assert_array_equal(saved.tables.counts, stage.tables.counts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranking"]

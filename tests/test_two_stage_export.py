@@ -15,6 +15,7 @@ from tfrec.index import IndexConfig
 from tfrec.ranking import features as F
 from tfrec.ranking.serving import merge_order, serving_tables, TwoStageScorer
 from tfrec.run import load_run
+from tfrec.run_folder import RunFolder
 
 K = 10
 N = 20
@@ -53,6 +54,15 @@ def exports(two_stage_run, tmp_path_factory):
                  "--no-serving-config"]) == 0
     stage1_run = base / "stage1_run"
     shutil.copytree(two_stage_run, stage1_run, ignore=shutil.ignore_patterns("ranking"))
+    # A run whose training stopped before its ranking stage is refused, naming --resume ...
+    with pytest.raises(InputError, match="ranking stage was never finished.*--resume"):
+        export(stage1_run, base / "alone", IndexConfig(kind="brute_force", max_k=N))
+    assert not (base / "alone" / "1").exists()
+    # ... and one trained without a ranking stage is stage 1 alone.
+    folder = RunFolder(stage1_run)
+    config = folder.read_config()
+    folder.write_config(dataclasses.replace(
+        config, ranking=dataclasses.replace(config.ranking, enabled=False)))
     alone = export(stage1_run, base / "alone", IndexConfig(kind="brute_force", max_k=N))
     return on.path, base / "off" / "1", alone.path
 

@@ -437,6 +437,14 @@ class RankingConfig(Settings):
               "targets from ten times the new-item examples (on seven fits over four runs, "
               "validation HR@10 +0.003 on average, higher in six; bench/RESULTS.md, \"Every "
               "case also shown as new\"). The validation cases are unchanged")
+    new_decoys: int = setting(
+        5, "candidates without behaviour (besides its target) each training list of the "
+           "ranker holds at least: where fewer are, the warm non-targets a new item's "
+           "embedding would rank highest are shown as new. New items at serving are seldom "
+           "the answer; in a catalogue whose items all have behaviour (a final model on "
+           "every event) the ranker would otherwise meet new items only as targets shown "
+           "as new, and put every item added later first. 0: none",
+        check=integer_at_least(0))
     validation_share: float = setting(
         0.2, "share of the ranker's cases held out to choose the candidate list's width and "
              "the ranker's settings", check=within(0, 1, "[)"))

@@ -305,11 +305,10 @@ def ignored_settings(config: RunConfig) -> list[str]:
 def resolve_config(config: RunConfig, run_dir: Path, resume: bool, epochs: int | None,
                    strategy: str | None) -> RunConfig:
     """The config to train with (checked by `check_run_config`): `config`, or when
-    resuming the run's own with a new `epochs` / `strategy` applied."""
-    if not resume:
-        return check_run_config(config)
-    config = RunFolder(run_dir).read_config()
-    logger.info("resuming with the run's saved config (%s)", RunFolder(run_dir).config_file)
+    resuming the run's own, with `epochs` / `strategy` applied where given."""
+    if resume:
+        config = RunFolder(run_dir).read_config()
+        logger.info("resuming with the run's saved config (%s)", RunFolder(run_dir).config_file)
     changes = {}
     if epochs is not None:
         changes["epochs"] = epochs
@@ -591,9 +590,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
       resume: continue from the run's last checkpoint.
       verbose: Keras progress (default: a bar on a terminal, a line per epoch
         otherwise).
-      epochs: with `resume`, a new total number of epochs (to train longer).
-      strategy: with `resume`, another `train.strategy` to continue under
-        (a checkpoint restores under any strategy).
+      epochs: the number of epochs in place of the config's (with `resume`, a
+        new total, to train longer).
+      strategy: the `train.strategy` in place of the config's (with `resume`,
+        another to continue under: a checkpoint restores under any strategy).
       overwrite: without `resume`, replace an existing run folder (the
         chief's job under multi_worker).
       stage1: makes the model's training data from the run's (the whole
@@ -624,6 +624,11 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
     # worker, so a bad setting stops all workers alike before any waits for
     # the others.
     config = resolve_config(config, run_dir, resume, epochs, strategy)
+    if stage1 is None and config.ranking.enabled and not resume:
+        # The two-tower alone, on the whole training period: the run has no ranking stage
+        # (`tfrec.train` trains both), and its saved config says so.
+        config = dataclasses.replace(config, ranking=dataclasses.replace(config.ranking,
+                                                                         enabled=False))
     worker = distribute.cluster_worker(config.train.strategy)
     prepare_run_folder(run_dir, config, worker, resume, overwrite,
                        config_changed=epochs is not None or strategy is not None)

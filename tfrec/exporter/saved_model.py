@@ -404,8 +404,8 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
     model_dir, version = prepare_version(model_dir, version)
     history_length = int(model.query_tower.history_length)
     check_history_fits(history_length, index_config)
-    stage = load_stage(run_dir, model)
     ranking_stage = ranking_stage is not False
+    stage = load_stage(run_dir, model, missing_ok=not ranking_stage)
     if stage is not None and ranking_stage:
         index_config = ranking_index_config(index_config, stage.num_candidates)
 

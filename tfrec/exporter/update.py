@@ -166,9 +166,9 @@ def update_catalogue(model_dir: str | Path, update: CatalogueUpdate,
     new_items = (read_new_items(update.add_items, config.data.items_schema)
                  if update.add_items is not None else None)
     drop_ids = read_drop_ids(update.drop_items) if update.drop_items is not None else []
-    stage = load_stage(Path(run_dir or metadata["run"]), model)
     if ranking_stage is None:
         ranking_stage = (metadata.get("ranking_stage") or {}).get("enabled", True)
+    stage = load_stage(Path(run_dir or metadata["run"]), model, missing_ok=not ranking_stage)
     return write_updated_version(model_dir, source, metadata, model, vocab, new_items,
                                  drop_ids, update, index_settings, version, serving_config_dir,
                                  recall_queries, started, stage=stage,

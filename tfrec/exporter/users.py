@@ -269,9 +269,9 @@ def update_users(model_dir: str | Path, events: str | Path | pd.DataFrame,
     logger.info("users of version %s: %d; %d updated, %d added (%d events, %d skipped: "
                 "item unknown to the model): %d users", source.name, before, change.updated,
                 change.added, change.events, change.unknown_item_events, len(cache.ids))
-    stage = load_stage(Path(run_dir or metadata["run"]), model)
     if ranking_stage is None:
         ranking_stage = (metadata.get("ranking_stage") or {}).get("enabled", True)
+    stage = load_stage(Path(run_dir or metadata["run"]), model, missing_ok=not ranking_stage)
     name = source_name if source_name is not None else (
         "events" if isinstance(events, pd.DataFrame) else str(events))
     users_update = {

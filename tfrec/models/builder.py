@@ -130,4 +130,8 @@ def build_model(config: ModelConfig, vocab: ItemVocabulary, seed: int | None = N
     query_items = (encoder if config.query_items == "shared"
                    else make_item_encoder("query_items", None if seed is None else seed + 1))
     tower = build_query_tower(config, query_items, seed=seed)
-    return HybridModel(encoder, tower, tasks, text_alignment=config.text_alignment)
+    model = HybridModel(encoder, tower, tasks, text_alignment=config.text_alignment)
+    # Every variable made now: a checkpoint restores at once (`load_run`'s model saves and
+    # reads its weights before any call) and the run's code may read any table.
+    model.build_variables()
+    return model

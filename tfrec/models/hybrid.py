@@ -127,6 +127,7 @@ class HybridModel(tfrs.Model):
         sub-layers build lazily), so that saved weights have somewhere to go."""
         self.item_encoder(tf.zeros([1], tf.int32))
         self.query_tower(tf.zeros([1, self.query_tower.history_length], tf.int32))
+        self.built = True
 
     def save(self, filepath, *args, **kwargs):
         """Keras' `save` to a `.keras` file (`keras.models.load_model` reloads it),
@@ -144,7 +145,6 @@ class HybridModel(tfrs.Model):
                 "reloads it) or its weights with save_weights; a SavedModel to serve is "
                 "made by tfrec.export (tfrec export)")
         self.build_variables()
-        self.built = True
         return super().save(filepath, *args, **kwargs)
 
     def get_build_config(self):
@@ -154,7 +154,6 @@ class HybridModel(tfrs.Model):
 
     def build_from_config(self, config):
         self.build_variables()
-        self.built = True
 
     def get_config(self):
         """The towers and tasks; a query tower sharing the item encoder does not

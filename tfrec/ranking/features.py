@@ -528,3 +528,66 @@ def present_as_new(features: np.ndarray, cands: np.ndarray, mask: np.ndarray,
             f[j, column[name]] = 0.0
         f[j, column["ii_rank"]] = np.log1p(np.expm1(f[mask[i], column["ii_rank"]]).max())
     return kept
+
+
+def show_decoys(features: np.ndarray, cands: np.ndarray, mask: np.ndarray, labels: np.ndarray,
+                query_embeddings: np.ndarray, text_embeddings: np.ndarray, rows: np.ndarray,
+                count: int, width: int | None = None, seed: int = 0) -> int:
+    """Shows warm non-target candidates as items without behaviour (in place), so that
+    each of `rows` holds at least `count` such candidates besides its target.
+
+    At serving, items without behaviour reach a list by their text (a catalogue's
+    new and added items) and are seldom the answer; a list of a catalogue whose
+    items all have behaviour holds none, and the only new-looking candidate the
+    ranker then meets is a target shown as new (`present_as_new`): it would learn
+    that an item without behaviour is the answer, and put every added item first.
+    The decoys are warm non-targets of the merged part drawn at random (decoys
+    picked by a rule, the best matches by text say, differ from the targets in a way
+    the ranker learns instead), shown as `present_as_new` shows a target: their
+    text-only two-tower score and place among the listed items, no table weight,
+    counts or skip-gram similarity.
+
+    Args:
+      features, cands, mask, labels: the lists (`candidate_features`), changed in place.
+      query_embeddings: [n, d] the lists' query embeddings.
+      text_embeddings: [V, d] the items' text-only two-tower embeddings.
+      rows: the lists to fill.
+      count: the candidates without behaviour (besides the target) each list is to hold.
+      width: N, the merged part of each list (default: the lists' width).
+      seed: the draws' seed.
+
+    Returns:
+      How many candidates were shown as new.
+    """
+    if count <= 0 or not len(rows):
+        return 0
+    column = {name: j for j, name in enumerate(FEATURES)}
+    width = cands.shape[1] if width is None else int(width)
+    rng = np.random.default_rng(seed)
+    shown = 0
+    for i in rows:
+        f = features[i]
+        other = mask[i] & (labels[i] <= 0)
+        new = other & (f[:, column["has_behaviour"]] <= 0)
+        need = count - int(new.sum())
+        warm = np.flatnonzero(other[:width] & ~new[:width])
+        if need <= 0 or not len(warm):
+            continue
+        scores = text_embeddings[cands[i, warm]] @ query_embeddings[i]
+        # Drawn at random: decoys picked by a rule (the best matches by text, say) differ
+        # from targets in ways the ranker learns instead of what a new item is worth.
+        order = rng.permutation(len(warm))[:need]
+        picked = warm[order]
+        listed = mask[i] & (np.expm1(f[:, column["tt_rank"]]) < width - 0.5)
+        listed[picked] = False
+        before = f[listed, column["tt_score"]]
+        last = np.log1p(np.expm1(f[mask[i], column["ii_rank"]]).max())
+        for j, score in zip(picked, scores[order]):
+            f[j, column["tt_score"]] = score
+            f[j, column["tt_rank"]] = np.log1p((before > score).sum())
+            for name in ("ii_score", "ii_max", "log_count", "has_behaviour", "i2v_mean",
+                         "i2v_max"):
+                f[j, column[name]] = 0.0
+            f[j, column["ii_rank"]] = last
+        shown += len(picked)
+    return shown

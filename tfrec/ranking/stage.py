@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -48,6 +50,11 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 
 
+NO_RANKER_CASES = ("the ranker's slice of the training period has no session with two "
+                   "distinct items: raise ranking.ranker_share or turn the ranking stage "
+                   "off (ranking.enabled: false)")
+
+
 def _sessions(config: RunConfig, events, vocab):
     return sessionize(events, vocab, config.data.sessions, config.data.pairs.event_weights,
                       config.data.pairs.default_event_weight)
@@ -66,6 +73,10 @@ def stage1_training_data(config: RunConfig,
     """
     split = ranker_split(data.split.train, config.ranking.ranker_share, data.split.per_user,
                          config.train.eval_seed)
+    # Refused before the two-tower trains, not after it.
+    if not len(ranker_cases(split.ranker, data.vocab, config, split.per_user,
+                            config.train.eval_seed)[0]):
+        raise InputError(NO_RANKER_CASES, key="ranking.ranker_share")
     sessions = _sessions(config, split.stage1, data.vocab)
     pairs = PairPipeline(sessions, data.vocab, config.data.pairs)
     next_items = None
@@ -216,8 +227,25 @@ class RankingStage:
     # Saving and loading ----------------------------------------------------------------
 
     def save(self, folder: str | Path) -> None:
+        """Writes the stage to `folder` whole or not at all: into a sibling folder first,
+        which then takes its place (an interrupted save leaves the previous stage, never
+        a mix of two)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            self._write(partial)
+            previous = folder.with_name(f".{folder.name}.previous-{os.getpid()}")
+            if folder.exists():
+                folder.rename(previous)
+            partial.rename(folder)
+            shutil.rmtree(previous, ignore_errors=True)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def _write(self, folder: Path) -> None:
+        folder.mkdir(parents=True)
         t = self.tables
         np.savez(folder / "tables.npz", counts=t.counts, text=t.text, i2v=t.i2v,
                  lexical_terms=t.tfidf.terms, lexical_weights=t.tfidf.weights,
@@ -361,9 +389,7 @@ def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
     cases, groups = ranker_cases(split.ranker, vocab, config, split.per_user,
                                  config.train.eval_seed, rk.cases_per_session)
     if not len(cases):
-        raise InputError("the ranker's slice of the training period has no session with two "
-                         "distinct items: raise ranking.ranker_share or turn the ranking stage "
-                         "off (ranking.enabled: false)", key="ranking.ranker_share")
+        raise InputError(NO_RANKER_CASES, key="ranking.ranker_share")
     history = histories_from_lists(cases.queries, config.model.history_length)
     query_emb = model.query_embeddings(history)
     logger.info("ranking stage: features of %d ranker cases", len(cases))
@@ -402,12 +428,17 @@ def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
         as_new[0] = copies
     F.present_as_new(feats, cands, mask, labels, query_emb, tables_s1, np.concatenate(as_new),
                      text_only, queries, rk.num_candidates)
+    # The fit lists (not the validation ones, which score as the test cases do) hold
+    # new-looking candidates that are not the answer (`F.show_decoys`).
+    decoys = F.show_decoys(feats, cands, mask, labels, query_emb, text_only, fit_rows,
+                           rk.new_decoys, rk.num_candidates, seed=config.train.seed)
     lists = RankerLists(cands, mask, feats, labels, targets, fit_rows, val_rows,
                         {"ranker_cases": int(len(cases)), "fit_cases": int(len(fit_rows)),
                          "validation_cases": int(len(val_rows)),
                          "shown_as_new": int(len(as_new[0])),
                          "validation_shown_as_new": int(len(as_new[1])),
                          "new_copies": bool(rk.new_copies),
+                         "decoys_shown_as_new": int(decoys),
                          "candidate_recall": recall},
                         np.concatenate(as_new), weights)
     # The whole period's λ is chosen again on its own validation slice, from the grid's

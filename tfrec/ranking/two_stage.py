@@ -35,10 +35,10 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
           ranking: RankingConfig | None = None) -> training.TrainResult:
     """Trains a run: the two-tower, then (with `ranking.enabled`) the ranking stage.
 
-    Arguments and errors are `tfrec.training.train`'s, and `ranking`: with
-    `resume`, the ranking stage's settings to refit it with (checked by
-    `tfrec.training.resume_changes`; the run's saved config takes them once the
-    stage is fit). The result's `evaluation` is both stages' held-out scores
+    Arguments and errors are `tfrec.training.train`'s, and `ranking`: the ranking
+    stage's settings in place of the config's; with `resume`, those to refit it
+    with (checked by `tfrec.training.resume_changes`; the run's saved config takes
+    them once the stage is fit). The result's `evaluation` is both stages' held-out scores
     (stage 1's under "stage1").
     """
     run_dir = Path(run_dir)
@@ -48,6 +48,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
         if ranking is not None and ranking != saved.ranking:
             training.resume_changes(saved, dataclasses.replace(saved, ranking=ranking))
             config = dataclasses.replace(saved, ranking=ranking)
+    elif ranking is not None:
+        config = dataclasses.replace(config, ranking=ranking)
     if not config.ranking.enabled:
         return training.train(config, run_dir, resume, verbose, epochs, strategy, overwrite)
     config.ranking.check_k(config.train.eval_k)
@@ -146,9 +148,22 @@ def _save_checkpoint(model, run_dir: Path, epoch: int) -> None:
                                max_to_keep=3).save(checkpoint_number=epoch)
 
 
-def load_stage(run_dir: str | Path, model) -> RankingStage | None:
-    """The run's ranking stage (None when it has none)."""
-    folder = RunFolder(run_dir).ranking
+def load_stage(run_dir: str | Path, model, missing_ok: bool = False) -> RankingStage | None:
+    """The run's ranking stage (None when it has none).
+
+    Raises:
+      InputError: the run was to have one (`ranking.enabled`) and its training
+        stopped before it was saved (not with `missing_ok`: stage 1 alone wanted).
+    """
+    run = RunFolder(run_dir)
+    folder = run.ranking
     if not RankingStage.saved_in(folder):
+        if not missing_ok and run.is_run() and run.read_config().ranking.enabled:
+            raise InputError(
+                "the run's ranking stage was never finished (its config has "
+                "ranking.enabled: true and the run holds no ranking stage: its training "
+                f"stopped before it); finish it with tfrec train --run-dir {run_dir} "
+                "--resume, or use stage 1 alone (tfrec export --no-ranking-stage)",
+                path=str(folder))
         return None
     return RankingStage.load(folder, model.item_embeddings())
