@@ -691,3 +691,30 @@ def test_load_run_gives_a_built_model_whose_saved_weights_are_the_trained_ones(r
                         text_vocabulary=RunFolder(run_dir).read_text_vocabulary())
     fresh.load_weights(str(tmp_path / "weights"))
     np.testing.assert_array_equal(fresh.item_embeddings(), model.item_embeddings())
+
+
+def test_a_catalogue_too_small_for_scann_is_searched_exactly():
+    from tfrec.index.ann import SCANN_MIN_ITEMS, build_index_for_recall, search
+
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(SCANN_MIN_ITEMS - 2, 8)).astype(np.float32)
+    ids = np.array([f"é{i}" for i in range(len(items))])
+    said = []
+    index, used, recall, _ = build_index_for_recall(
+        items, ids, IndexConfig(kind="scann", max_k=20), items[:5], 10, log=said.append)
+    assert used.kind == "brute_force" and recall == 1.0
+    assert said and "exact search (brute force) in place of ScaNN" in said[0]
+    scores, found = search(index, tf.constant(items[:2]), 20)
+    assert found.shape == (2, 20) and np.isinf(scores.numpy()[:, len(items):]).all()
+
+
+@pytest.mark.parametrize("arguments, named", [
+    ({"recall_queries": 0}, "recall_queries must be an integer of at least 1, got 0"),
+    ({"warmup_sessions": -1}, "warmup_sessions must be an integer of at least 0"),
+    ({"version": "7"}, "version must be an integer of at least 1, got '7'"),
+    ({"version": 0}, "version must be an integer of at least 1, got 0"),
+])
+def test_bad_export_arguments_are_refused_naming_them(run_dir, tmp_path, arguments, named):
+    with pytest.raises(InputError, match=named):
+        export(run_dir, tmp_path / "m", IndexConfig(kind="brute_force"), **arguments)
+    assert not (tmp_path / "m").exists()

@@ -236,6 +236,16 @@ def test_npz_round_trip(tmp_path):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(table, name))
         assert getattr(loaded, name).dtype == getattr(table, name).dtype
     assert loaded.info == table.info
+    # A path without .npz is written and read as given; exclude takes any array-like.
+    table.save(tmp_path / "table")
+    assert (tmp_path / "table").exists() and not (tmp_path / "table.npz.npz").exists()
+    again = ItemItemTable.load(tmp_path / "table")
+    np.testing.assert_array_equal(again.weights, table.weights)
+    query = [1]
+    ids, _ = table.top_items(query, 5)
+    for exclude in (np.array(ids[:2]), list(ids[:2]), set(ids[:2].tolist())):
+        kept, _ = table.top_items(query, 5, exclude=exclude)
+        assert not set(kept.tolist()) & set(ids[:2].tolist())
 
 
 # -- the TensorFlow layer -----------------------------------------------------------------

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from tfrec.errors import InputError
 from tfrec.optimizers import LazyAdam, build_optimizer
 
 
@@ -76,5 +77,5 @@ def test_train_config_builds_lazy_adam():
     optimizer = _optimizer(RunConfig(train=TrainConfig(optimizer="lazy_adam", learning_rate=0.02)))
     assert isinstance(optimizer, LazyAdam)
     assert float(optimizer.learning_rate.numpy()) == pytest.approx(0.02)
-    with pytest.raises(ValueError, match="unknown optimizer 'nadam'"):
+    with pytest.raises(InputError, match="unknown optimizer 'nadam'"):
         build_optimizer("nadam", 0.1)

@@ -14,7 +14,7 @@ from tfrec.data.vocab import build_vocabulary
 from tfrec.errors import InputError
 from tfrec.models import build_model
 from tfrec.tasks import (SAMPLERS, CatalogueSampler, InBatchSampler, MixedSampler,
-                         UniformSampler, build_sampler)
+                         SkipGramTask, UniformSampler, build_sampler)
 
 POSITIVES = tf.constant([3, 1, 3, 7])
 PROBABILITY = tf.constant([0.1, 0.4, 0.1, 0.0])
@@ -86,9 +86,11 @@ def test_hand_built_samplers_and_tasks_refuse_what_cannot_train():
         RetrievalTask("mixed", temperature=0.1, weight=1.0)
     with pytest.raises(TypeError, match=r"got the class InBatchSampler: pass an instance"):
         RetrievalTask(InBatchSampler, temperature=0.1, weight=1.0)
-    for bad in (0.0, -1.0, float("nan")):
-        with pytest.raises(ValueError, match="temperature must be above 0"):
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be above 0 and finite"):
             RetrievalTask(InBatchSampler(), temperature=bad, weight=1.0)
+        with pytest.raises(ValueError, match="SkipGramTask: temperature must be above 0"):
+            SkipGramTask(temperature=bad, weight=1.0)
     assert RetrievalTask(UniformSampler(3), temperature=0.1, weight=1.0).sampler.num_sampled == 3
 
 

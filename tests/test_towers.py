@@ -224,6 +224,13 @@ def test_concat_fusion_gives_each_path_its_half():
         ItemEncoder(5, 3, embedding_dim=8, use_ids=True, use_text=True, fusion="concat",
                     text_share=0.5, id_dropout=0.0, text_gate=False, normalize=True,
                     tokenizer=TextTokenizer(vocab, 6), text_encoder=text_encoder(20, 8))
+    with pytest.raises(ValueError, match="needs ids, text or both"):
+        ItemEncoder(5, 3, embedding_dim=8, use_ids=False, use_text=False, fusion="concat",
+                    text_share=0.5, id_dropout=0.0, text_gate=False, normalize=True)
+    for bad in (0, -2, 2.5):
+        with pytest.raises(ValueError, match="history_length must be a positive integer"):
+            QueryTower(narrow, history_length=bad, pooling="mean", recency_decay=0.8,
+                       history_dropout=0.0, query_layers=())
 
 
 def test_text_encoder_mean_tokens_joins_the_projection_and_ignores_padding():

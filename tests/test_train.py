@@ -314,3 +314,22 @@ def test_epochs_and_strategy_given_to_train_apply_without_resume_too(tmp_path, d
     resolved = resolve_config(config, tmp_path / "run", False, 3, "mirrored")
     assert resolved.train.epochs == 3 and resolved.train.strategy == "mirrored"
     assert resolve_config(config, tmp_path / "run", False, None, None).train.epochs == 1
+
+
+def test_a_run_path_that_is_a_file_and_a_stream_the_data_lacks_are_named(tmp_path, data_files):
+    from tfrec.errors import InputError
+    from tfrec.run import prepare_training_data
+    from tfrec.training import make_dataset, train
+
+    config = load_run_config(write_config(tmp_path, data_files, epochs=1))
+    path = tmp_path / "notes.txt"
+    path.write_text("mine\n")
+    with pytest.raises(InputError, match="run path is a file, expected a run folder"):
+        train(config, path)
+    assert path.read_text() == "mine\n"
+    data = prepare_training_data(load_run_config(write_config(tmp_path, data_files, epochs=1),
+                                                 ["model.objective=skipgram"]))
+    with pytest.raises(ValueError, match="no 'next_items' stream \\(it has pairs\\)"):
+        make_dataset(data, ("pairs", "next_items"))
+    with pytest.raises(ValueError, match="unknown training stream 'clicks'"):
+        make_dataset(data, ("clicks",))

@@ -212,6 +212,14 @@ def test_the_saved_stage_scores_as_the_trained_one_and_eval_has_both_stages(trai
         first += list(np.argsort(-whole)[:k])
     assert slots["both_stages"] == pytest.approx(new[both].mean(), abs=0.002)
     assert slots["stage1"] == pytest.approx(new[first].mean(), abs=0.002)
+    # A query is read as the set of its items, as the exported signatures read a session:
+    # repeats and padding change nothing.
+    queries = [list(q) for q in data.cases.queries[:20]]
+    messy = [[0] + q + q[:1] + [0] for q in queries]
+    a = stage.score(query_emb[:20], queries)
+    b = stage.score(query_emb[:20], messy)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_a_warning_when_the_ranker_hides_new_items(caplog):

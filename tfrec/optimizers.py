@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfrec.config import OPTIMIZERS, Optimizer
+from tfrec.errors import InputError
 
 
 @keras.utils.register_keras_serializable(package="tfrec")
@@ -65,7 +66,8 @@ class LazyAdam(keras.optimizers.Adam):
 def build_optimizer(name: Optimizer, learning_rate: float) -> keras.optimizers.Optimizer:
     """The optimizer `train.optimizer` names (one of `config.OPTIMIZERS`)."""
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
+        raise InputError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}",
+                         key="train.optimizer")
     builders = {"adam": keras.optimizers.Adam, "lazy_adam": LazyAdam,
                 "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD}
     return builders[name](learning_rate)

@@ -13,6 +13,7 @@ import collections.abc
 import dataclasses
 import datetime
 import difflib
+import math
 import types
 import typing
 from typing import Any, Callable, Literal, Mapping
@@ -35,7 +36,9 @@ def is_int(value: Any) -> bool:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """An int or a finite float (not a bool, nan or inf)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def integer_at_least(low: int) -> Rule:
@@ -215,7 +218,7 @@ def expected_type(hint, value) -> str | None:
     if hint is int:
         return None if is_int(value) else "an integer"
     if hint is float:
-        return None if is_number(value) else "a number"
+        return None if is_number(value) else "a finite number"
     if hint is str:
         return None if isinstance(value, str) else "text"
     if origin is tuple:

@@ -91,6 +91,15 @@ def make_dataset(data: TrainingData, streams: Sequence[str], steps_per_epoch: in
       The dataset, with tf.data auto-sharding off (the pipelines shard).
     """
     shard = {"num_shards": num_shards, "shard_index": shard_index}
+    for stream in streams:
+        if stream not in ("pairs", "next_items"):
+            raise ValueError(f"unknown training stream {stream!r}: 'pairs' or 'next_items'")
+        if getattr(data, stream) is None:
+            held = [name for name in ("pairs", "next_items") if getattr(data, name) is not None]
+            raise ValueError(f"the training data has no {stream!r} stream (it has "
+                             f"{', '.join(held)}): prepare it with a config whose "
+                             "model.objective trains on it ('retrieval' or 'both' for "
+                             "'next_items')")
     datasets = [getattr(data, stream).as_dataset(**shard, **({"repeat": True} if i else {}))
                 for i, stream in enumerate(streams)]
     dataset = datasets[0]
@@ -440,6 +449,9 @@ def prepare_run_folder(run_dir: Path, config: RunConfig, worker: distribute.Work
     """Checks, clears (`overwrite`) and creates the run folder; the chief's job only
     (the others leave the folder to it). A resumed run with changed settings gets its
     saved config rewritten."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError("run path is a file, expected a run folder", path=str(run_dir),
+                         key="training.run_dir")
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise InputError("run folder exists and is not empty; resume it with training.resume, "

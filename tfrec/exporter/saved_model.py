@@ -193,6 +193,15 @@ def build_checked_index(catalogue: Catalogue, index_config: IndexConfig, queries
     logger.info("index recall@%d against brute force on %d queries: %.4f", k, len(queries),
                 recall)
     if index_config.kind == "scann" and recall < index_config.recall_floor:
+        params = scann_parameters(len(catalogue.embeddings), index_config)
+        if params["num_leaves_to_search"] >= params["num_leaves"]:
+            raise InputError(
+                f"ScaNN recall@{k} is {recall:.3f} with every leaf searched, under the floor "
+                f"{index_config.recall_floor}: its quantised scores cannot order these "
+                "embeddings (their scores nearly tie); use exact search (index.kind: "
+                "brute_force, tfrec export --index brute_force), reorder more candidates "
+                "with index.num_reordering_candidates, or lower index.recall_floor",
+                key="index.recall_floor")
         raise InputError(
             f"ScaNN recall@{k} is {recall:.3f}, under the floor {index_config.recall_floor}; "
             "search more leaves with index.num_leaves_to_search, reorder more candidates "
@@ -400,6 +409,13 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
     model_dir = Path(model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise InputError("model dir is a file, expected a folder", path=str(model_dir))
+    for name, value, least in (("recall_queries", recall_queries, 1),
+                               ("warmup_sessions", warmup_sessions, 0),
+                               ("version", 1 if version is None else version, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise InputError(f"{name} must be an integer of at least {least}, got {value!r}"
+                             + (" (the index's recall is checked on these queries)"
+                                if name == "recall_queries" else ""), key=f"export.{name}")
     config, vocab, model, checkpoint = load_run(run_dir)
     model_dir, version = prepare_version(model_dir, version)
     history_length = int(model.query_tower.history_length)

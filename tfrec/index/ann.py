@@ -16,6 +16,10 @@ from tfrec.config import IndexConfig  # noqa: F401  (the index settings, declare
 from tfrec.utils import quiet_native_stderr, utf8_text
 
 
+# ScaNN's asymmetric hashing trains 16 centres per block on the catalogue's items.
+SCANN_MIN_ITEMS = 16
+
+
 def scann_parameters(num_items: int, config: IndexConfig) -> dict:
     """ScaNN tree and reordering settings for a catalogue of num_items."""
     leaves = config.num_leaves or int(min(2000, max(1, round(math.sqrt(num_items)))))
@@ -112,6 +116,11 @@ def build_index_for_recall(embeddings: np.ndarray, identifiers: np.ndarray, conf
     """
     seconds = 0.0
     may_widen = config.num_leaves_to_search is None
+    if config.kind == "scann" and len(embeddings) < SCANN_MIN_ITEMS:
+        if log is not None:
+            log(f"a catalogue of {len(embeddings)} items: exact search (brute force) in place "
+                f"of ScaNN, whose quantisation needs at least {SCANN_MIN_ITEMS} items")
+        config = dataclasses.replace(config, kind="brute_force")
     while True:
         started = time.perf_counter()
         index = build_index(embeddings, identifiers, config)

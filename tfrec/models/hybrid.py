@@ -180,4 +180,6 @@ class HybridModel(tfrs.Model):
             query_tower.get("registered_name") or query_tower["class_name"])
         tower = tower_class.from_config(tower_config)
         tasks = [keras.layers.deserialize(task) for task in config.pop("tasks")]
-        return cls(encoder, tower, tasks, **config)
+        model = cls(encoder, tower, tasks, **config)
+        model.build_variables()  # as `build_model`'s: every variable made
+        return model

@@ -197,7 +197,8 @@ class ItemItemTable:
             cols, vals = self.row(item)
             for c, v in zip(cols.tolist(), vals.astype(np.float64).tolist()):
                 reached[c] = reached.get(c, 0.0) + v
-        drop = set(int(i) for i in query) | {0} | set(int(i) for i in (exclude or ()))
+        drop = set(int(i) for i in query) | {0} | set(
+            int(i) for i in (() if exclude is None else np.ravel(list(exclude))))
         items = np.array(sorted(c for c in reached if c not in drop), np.int64)
         if not len(items):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -206,12 +207,18 @@ class ItemItemTable:
         return items[order], totals[order]
 
     def save(self, path: str | Path) -> None:
-        """Writes the arrays and `info` to one .npz file."""
-        np.savez(path, row_splits=self.row_splits, indices=self.indices, weights=self.weights,
-                 info=np.array(json.dumps(self.info)))
+        """Writes the arrays and `info` to one .npz file at `path` exactly (numpy would add
+        .npz to a path without it; `load` reads the same path back)."""
+        with open(path, "wb") as f:
+            np.savez(f, row_splits=self.row_splits, indices=self.indices,
+                     weights=self.weights, info=np.array(json.dumps(self.info)))
 
     @classmethod
     def load(cls, path: str | Path) -> "ItemItemTable":
+        """The table `save` wrote at `path` (a path numpy gave .npz is found too)."""
+        path = Path(path)
+        if not path.exists() and path.with_name(path.name + ".npz").exists():
+            path = path.with_name(path.name + ".npz")
         with np.load(path, allow_pickle=False) as data:
             return cls(data["row_splits"], data["indices"], data["weights"],
                        json.loads(str(data["info"])))

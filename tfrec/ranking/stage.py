@@ -205,7 +205,11 @@ class RankingStage:
         return self.num_candidates + self.text_slots
 
     def lists(self, query_embeddings: np.ndarray, queries: list):
-        """(candidates, mask, features) of each query's candidate list."""
+        """(candidates, mask, features) of each query's candidate list. A query is read
+        as the set of its items, as the exported signatures read a session (a repeated
+        item counts once; 0, padding, not at all)."""
+        queries = [list(dict.fromkeys(int(i) for i in np.asarray(q).ravel() if i > 0))
+                   for q in queries]
         cands, mask, tt_place, table_place = F.candidates(
             query_embeddings, self.tables, queries, self.num_candidates, self.table_share,
             new_slots=self.new_slots, text_slots=self.text_slots)

@@ -14,6 +14,16 @@ NEXT_ITEMS = "next_items"
 STREAMS = (PAIRS, NEXT_ITEMS)
 
 
+def checked_temperature(task: str, temperature) -> float:
+    """`temperature` as a float, refused unless finite and above 0 (logits are scores
+    divided by it: 0 gives NaN losses that spoil every shared tower)."""
+    value = float(temperature)
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{task}: temperature must be above 0 and finite (scores are "
+                         f"divided by it), got {temperature!r}")
+    return value
+
+
 class Task(keras.layers.Layer):
     """A loss over one training stream, computed with the model's towers.
 

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec.tasks.base import NEXT_ITEMS, Task, replicas
+from tfrec.tasks.base import NEXT_ITEMS, Task, checked_temperature, replicas
 from tfrec.tasks.samplers import NegativeSampler, deserialize_sampler, serialize_sampler
 
 # What a hidden column's logit becomes (TFRS `RemoveAccidentalHits` adds the same).
@@ -43,10 +43,7 @@ class RetrievalTask(Task):
                  **kwargs):
         super().__init__(weight, **kwargs)
         self.sampler = deserialize_sampler(sampler)
-        if not float(temperature) > 0:
-            raise ValueError(f"RetrievalTask: temperature must be above 0 (scores are divided "
-                             f"by it), got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = checked_temperature("RetrievalTask", temperature)
         self._factorized_metrics = []
 
     @property

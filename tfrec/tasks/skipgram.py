@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from tfrec.tasks.base import PAIRS, Task, replicas
+from tfrec.tasks.base import PAIRS, Task, checked_temperature, replicas
 
 
 @keras.utils.register_keras_serializable(package="tfrec")
@@ -33,7 +33,7 @@ class SkipGramTask(Task):
 
     def __init__(self, temperature: float, weight: float, **kwargs):
         super().__init__(weight, **kwargs)
-        self.temperature = float(temperature)
+        self.temperature = checked_temperature("SkipGramTask", temperature)
         self.logit_bias = self.add_weight(name="logit_bias", shape=(), initializer="zeros")
         # SUM, weighted by 1 / global batch: Keras refuses the default (AUTO)
         # reduction of a loss called in a train step under a tf.distribute strategy.

@@ -71,6 +71,9 @@ class ItemEncoder(keras.layers.Layer):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if not use_ids and not use_text:
+            raise ValueError("an item encoder needs ids, text or both: use_ids and use_text "
+                             "are both false")
         self.num_items = int(num_items)
         self.num_id_items = int(num_id_items)
         self._embedding_dim = int(embedding_dim)

@@ -53,6 +53,10 @@ class QueryTower(keras.layers.Layer):
             item_encoder = keras.layers.deserialize(item_encoder)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if isinstance(history_length, bool) or int(history_length) < 1 or \
+                int(history_length) != history_length:
+            raise ValueError(f"history_length must be a positive integer (the last N items a "
+                             f"query reads), got {history_length!r}")
         self.item_encoder = item_encoder
         self._history_length = int(history_length)
         self.pooling = pooling
