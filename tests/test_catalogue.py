@@ -255,7 +255,9 @@ def test_an_update_of_an_older_export_reads_its_index_key(versions, tmp_path):
 
 
 @pytest.mark.parametrize("setup, message, flag", [
-    ("item_id,name\nx1,lamp\n", "no text column 'text'", "--add-items"),
+    ("item_id,name\nx1,lamp\n", "no column 'name'", "--add-items"),
+    ("sku,text\nx1,lamp\n", "no column 'item_id' (columns are: sku, text): an --add-items "
+                            "file has the run's items layout", "--add-items"),
     ("item_id,text\ni1,something else\n", "in the catalogue already with another text",
      "--add-items"),
     ("item_id,text\nx1,lamp\nx1,chair\n", "has text 'chair' here but 'lamp' at line 2", None),
@@ -300,6 +302,7 @@ def test_bad_input_is_refused_and_nothing_is_written(versions, tmp_path, capsys,
                      *args]) == 2
         err = capsys.readouterr().err
         assert message in err and (flag is None or f"({flag})" in err), err
+        assert "--set" not in err  # tfrec export takes no --set
     assert sorted(p.name for p in model_dir.iterdir()) == ["3"]
     assert files_of(model_dir.resolve() / "3") == before
 

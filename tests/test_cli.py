@@ -133,6 +133,10 @@ def test_prepare_counts_the_training_slice_of_a_split(write, capsys):
     report = json.loads(capsys.readouterr().out)
     ranker = report["ranker_slice"]
     assert ranker["events"] > 0 and report["training_events"] + ranker["events"] == 3
+    # Its one event makes no session the ranker can learn from: said before training.
+    assert ranker["sessions"] == 0
+    assert any("the ranker's slice (1 event) has no session with two distinct items" in w
+               for w in report["warnings"])
     args += ["--set", "ranking.enabled=false"]
     assert main(["-q", "prepare", *args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -25,3 +25,18 @@ def test_each_owner_shows_its_own_class_and_path():
     assert repr(RunFolder("r")) == "RunFolder('r')"
     assert repr(VersionFolder("m/1")) == "VersionFolder('m/1')"
     assert repr(ModelFolder(Path("m"))) == "ModelFolder('m')"
+
+
+def test_scores_that_are_not_numbers_are_written_as_json_null(tmp_path):
+    import json
+
+    import numpy as np
+
+    folder = RunFolder(tmp_path)
+    cold = {"cases": 0, "hr@10": float("nan"), "ndcg@10": np.float32("nan")}
+    folder.write_eval({"all": {"hr@10": 0.3}, "cold": cold, "ratio": [1.0, float("inf")]})
+    text = folder.eval_file.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"all": {"hr@10": 0.3},
+                                "cold": {"cases": 0, "hr@10": None, "ndcg@10": None},
+                                "ratio": [1.0, None]}

@@ -308,3 +308,17 @@ def test_an_interrupted_save_leaves_the_previous_stage_whole(trained, tmp_path, 
     saved = stage_lib.RankingStage.load(folder, model.item_embeddings())
     np.testing.assert_array_equal(saved.tables.counts, stage.tables.counts)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ranking"]
+
+
+def test_a_ranker_on_few_cases_or_under_the_two_tower_is_warned_about():
+    good = {"ranker_cases": 3000, "validation": {"hr_two_stage": 0.34,
+                                                 "hr_candidates_by_two_tower": 0.22, "k": 10}}
+    assert stage_lib.ranker_warnings(good) == []
+    [few] = stage_lib.ranker_warnings({**good, "ranker_cases": 31})
+    assert few.startswith("the ranker learned from 31 cases (fewer than 100)")
+    [unchecked] = stage_lib.ranker_warnings({"ranker_cases": 3000})
+    assert "no validation cases" in unchecked
+    [worse] = stage_lib.ranker_warnings({**good, "validation": {
+        "hr_two_stage": 0.40, "hr_candidates_by_two_tower": 0.47, "k": 10}})
+    assert "worse than the two-tower's scores do (HR@10 0.4000 against 0.4700)" in worse
+    assert "--no-ranking-stage" in worse

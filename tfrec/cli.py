@@ -235,9 +235,12 @@ def cmd_train_final(args: argparse.Namespace, run: TrainingSettings) -> int:
     evaluated_as = RunFolder(result.run_dir).read_evaluated_as()
     print(f"run folder: {result.run_dir} (the final model of {evaluated_as['run']})")
     last = result.history[-1] if result.history else {}
+    ranking = RunFolder(result.run_dir).read_config().ranking
+    split = (f"; the two-tower on all but the last {ranking.ranker_share:.0%}, the ranking "
+             "stage's slice" if ranking.enabled else "")
     print(f"trained {len(result.history)} epochs on every event ({result.data.train_events:,} "
-          f"events, {len(result.data.sessions.user_ids):,} users) in {result.seconds:.0f}s"
-          + (f", final loss {last['loss']:.4f}" if "loss" in last else ""))
+          f"events, {len(result.data.sessions.user_ids):,} users{split}) in "
+          f"{result.seconds:.0f}s" + (f", final loss {last['loss']:.4f}" if "loss" in last else ""))
     headline = evaluated_as.get("eval")
     if headline:
         k = headline["k"]
@@ -314,11 +317,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     ranking = meta.get("ranking_stage")
     if ranking:
         depth = ranking.get("index_recall")
-        print(f"  ranking stage {'on' if ranking['enabled'] else 'off'}: "
-              f"{ranking['num_candidates']} candidates ({ranking['table_share']:g} from the "
-              f"item-item table), {len(ranking['features'])} features; max_k {meta['max_k']}"
-              + (f"; the index's recall@{depth['k']} (the stage's depth) {depth['recall']:.4f}"
-                 if depth else ""))
+        if not ranking["enabled"]:
+            print(f"  ranking stage off: the index's top k, as stage 1 alone (the run's "
+                  f"stage, {ranking['num_candidates']} candidates, is not served); "
+                  f"max_k {meta['max_k']}")
+        else:
+            print(f"  ranking stage on: {ranking['num_candidates']} candidates "
+                  f"({ranking['table_share']:g} from the item-item table), "
+                  f"{len(ranking['features'])} features; max_k {meta['max_k']}"
+                  + (f"; the index's recall@{depth['k']} (the stage's depth) "
+                     f"{depth['recall']:.4f}" if depth else ""))
     if meta.get("trained_on"):
         print(f"  model trained on {meta['trained_on']}; evaluated as "
               f"{(meta.get('evaluated_as') or {}).get('run')}")

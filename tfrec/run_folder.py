@@ -28,7 +28,7 @@ import json
 
 from tfrec.config import RunConfig, from_dict
 from tfrec.errors import InputError
-from tfrec.utils import Entry, Folder
+from tfrec.utils import Entry, Folder, json_ready
 
 VOCAB_FILE = "vocab.tsv"
 
@@ -125,14 +125,14 @@ class RunFolder(Folder):
             self.history_file.write_text("".join(line + "\n" for line in lines))
 
     def write_eval(self, evaluation: dict) -> None:
-        self.eval_file.write_text(json.dumps(evaluation, indent=2) + "\n")
+        self.eval_file.write_text(json.dumps(json_ready(evaluation), indent=2) + "\n")
 
     def read_eval(self) -> dict | None:
         """The held-out scores training wrote (None: the run has none)."""
         return json.loads(self.eval_file.read_text()) if self.eval_file.exists() else None
 
     def write_evaluated_as(self, evaluated_as: dict) -> None:
-        self.evaluated_as_file.write_text(json.dumps(evaluated_as, indent=2) + "\n")
+        self.evaluated_as_file.write_text(json.dumps(json_ready(evaluated_as), indent=2) + "\n")
 
     def read_evaluated_as(self) -> dict | None:
         """A final model's record of the run it was evaluated as (None: not a final model)."""

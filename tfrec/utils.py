@@ -27,6 +27,18 @@ def ensure_folder(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def json_ready(value):
+    """`value` with every NaN or infinite float made None (JSON's null): Python's json
+    would write them as the bare words NaN and Infinity, which no JSON reader takes."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
+
+
 def utf8_bytes(values) -> np.ndarray:
     """Ids or texts (str or bytes, any shape) as UTF-8 bytes, an object array of that
     shape: what TensorFlow's string tensors hold. (numpy's `astype(bytes)` encodes

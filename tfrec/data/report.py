@@ -149,6 +149,12 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0,
     warm_no_text = (vocab.counts[1:] > 0) & (vocab.text[1:] == "")
     report["warm_items_without_text"] = int(warm_no_text.sum())
     warnings = []
+    if ranker_slice is not None and not ranker_slice.get("sessions", 1):
+        count = ranker_slice["events"]
+        warnings.append(f"the ranker's slice ({count:,} event{'' if count == 1 else 's'}) has "
+                        "no session with two distinct items: tfrec train will refuse it; "
+                        "raise ranking.ranker_share or turn the ranking stage off "
+                        "(ranking.enabled: false)")
     if split.cut is not None or split.per_user:
         report["held_out"] = {"events": int(data.test_events),
                               "share": round(data.test_events / max(len(data.events), 1), 4),

@@ -15,7 +15,7 @@ from tfrec.evaluate.methods import ABLATION_PREFIX, MAX_K, MODEL, STAGE1, label_
 from tfrec.evaluate.table import (SOURCE_LABELS, cold_slots, format_report, list_width,
                                   new_slots_clause)
 from tfrec.run_folder import ReportFolder
-from tfrec.utils import ensure_folder
+from tfrec.utils import ensure_folder, json_ready
 
 PLOTS = ("hr_at_k.png", "warm_cold.png", "index_recall.png", "embedding_map.png")
 
@@ -191,7 +191,7 @@ def write_report(report: dict, out_dir: str | Path, item_embeddings: np.ndarray,
         plot_conversion(report, plots / "conversion_rank.png")
         files.append("conversion_rank.png")
     report = {**report, "plots": [f"{plots.name}/{f}" for f in files]}
-    folder.json_file.write_text(json.dumps(report, indent=2) + "\n")
+    folder.json_file.write_text(json.dumps(json_ready(report), indent=2) + "\n")
     folder.html_file.write_text(render_html(report, out_dir))
     return folder.html_file
 

@@ -123,13 +123,19 @@ def read_new_items(path: str | Path, schema) -> pd.DataFrame:
     try:
         items, _ = read_items(path, schema, strict=True)
     except InputError as err:
-        if err.column != schema.text_col or not err.reason.startswith("no column"):
+        if not err.reason.startswith("no column"):
             raise
+        if schema.market_col is not None and err.column == schema.market_col:
+            # New items need no market: without the column, they are read without one.
+            return read_new_items(path, dataclasses.replace(schema, market_col=None))
         columns = err.reason.split("(columns are: ", 1)[-1].split(")", 1)[0]
+        why = (" (new items are embedded from their text)" if err.column == schema.text_col
+               else "")
         raise InputError(
-            f"no text column '{schema.text_col}' (columns are: {columns}): new items are "
-            "embedded from their text; name it as in the run's items table "
-            "(data.items_schema.text_col)", path=str(path), key="export.add_items") from None
+            f"no column '{err.column}' (columns are: {columns}){why}: an --add-items file "
+            f"has the run's items layout, the item id in '{schema.item_col}' and the text in "
+            f"'{schema.text_col}' (the run config's data.items_schema); name its columns so",
+            path=str(path), key="export.add_items") from None
     return items[["item", "text", "line"]].reset_index(drop=True)
 
 

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tfrec.errors import InputError
-from tfrec.utils import Entry, Folder
+from tfrec.utils import Entry, Folder, json_ready
 
 TMP_PREFIX = ".tmp-export-"
 # The metadata key of the index kind; exports before it was named wrote "index".
@@ -116,7 +116,7 @@ class VersionFolder(Folder):
 
     def write_metadata(self, metadata: dict) -> None:
         self.metadata.parent.mkdir(parents=True, exist_ok=True)
-        self.metadata.write_text(json.dumps(metadata, indent=2) + "\n")
+        self.metadata.write_text(json.dumps(json_ready(metadata), indent=2) + "\n")
 
     def missing(self, signatures: Iterable[str] | None = None) -> list[str]:
         """The files an export writes that this folder lacks (relative paths): [] once

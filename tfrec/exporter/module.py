@@ -433,7 +433,9 @@ class RecommenderModule(tf.Module):
         if self.ranking is None:
             out = self._top_k_excluding_indices(queries, history, k, tf.logical_not(known))
         else:
-            out = self._two_stage(queries, history, history, k, tf.logical_not(known))
+            # The ranking stage reads the history as a set of items, as every query.
+            out = self._two_stage(queries, self._distinct_items(history), history, k,
+                                  tf.logical_not(known))
         return {"item_ids": out["item_ids"], "scores": out["scores"], "known": known}
 
     def signatures(self) -> dict:

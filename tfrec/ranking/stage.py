@@ -60,8 +60,8 @@ def _sessions(config: RunConfig, events, vocab):
                       config.data.pairs.default_event_weight)
 
 
-def stage1_training_data(config: RunConfig,
-                         data: TrainingData) -> tuple[TrainingData, RankerSplit]:
+def stage1_training_data(config: RunConfig, data: TrainingData,
+                         check_cases: bool = True) -> tuple[TrainingData, RankerSplit]:
     """The two-tower's training data when a ranking stage follows: the run's
     training period less its ranker slice, in the run's vocabulary.
 
@@ -69,13 +69,13 @@ def stage1_training_data(config: RunConfig,
       (the training data with stage 1's sessions and pipelines, the split).
 
     Raises:
-      InputError: the ranker slice or stage 1's side would be empty.
+      InputError: the ranker slice or stage 1's side would be empty, or (with
+        `check_cases`) the slice has no session the ranker can learn from.
     """
     split = ranker_split(data.split.train, config.ranking.ranker_share, data.split.per_user,
                          config.train.eval_seed)
     # Refused before the two-tower trains, not after it.
-    if not len(ranker_cases(split.ranker, data.vocab, config, split.per_user,
-                            config.train.eval_seed)[0]):
+    if check_cases and not ranker_case_count(config, data, split):
         raise InputError(NO_RANKER_CASES, key="ranking.ranker_share")
     sessions = _sessions(config, split.stage1, data.vocab)
     pairs = PairPipeline(sessions, data.vocab, config.data.pairs)
@@ -88,8 +88,14 @@ def stage1_training_data(config: RunConfig,
                 "%s", len(split.stage1), len(split.ranker),
                 f"{config.ranking.ranker_share:.0%} of the training users" if split.per_user
                 else f"the last {config.ranking.ranker_share:.0%} of the training period")
-    return dataclasses.replace(data, sessions=sessions, pairs=pairs,
-                               next_items=next_items), split
+    return dataclasses.replace(data, sessions=sessions, pairs=pairs, next_items=next_items,
+                               train_events=int(len(split.stage1))), split
+
+
+def ranker_case_count(config: RunConfig, data: TrainingData, split: RankerSplit) -> int:
+    """The ranker's cases its slice gives, one per session (two distinct items or more)."""
+    return len(ranker_cases(split.ranker, data.vocab, config, split.per_user,
+                            config.train.eval_seed)[0])
 
 
 def stage1_slices(config: RunConfig, data: TrainingData) -> tuple | None:
@@ -100,11 +106,12 @@ def stage1_slices(config: RunConfig, data: TrainingData) -> tuple | None:
     if not config.ranking.enabled or (data.split.cut is None and not data.split.per_user):
         return None
     try:
-        fit, parts = stage1_training_data(config, data)
+        fit, parts = stage1_training_data(config, data, check_cases=False)
     except InputError:
         return None
     return fit, {"events": int(len(parts.ranker)), "stage1_events": int(len(parts.stage1)),
-                 "share": config.ranking.ranker_share, "by_user": bool(data.split.per_user)}
+                 "share": config.ranking.ranker_share, "by_user": bool(data.split.per_user),
+                 "sessions": ranker_case_count(config, data, parts)}
 
 
 def event_counts(events, vocab) -> np.ndarray:
@@ -496,7 +503,36 @@ def fit_ranking_stage(config: RunConfig, data: TrainingData, stage1: TrainingDat
     lists, tables = ranker_lists(config, data, stage1, split, model)
     stage = fit_on_lists(config, lists, tables)
     stage.info["seconds"] = round(time.perf_counter() - started, 1)
+    for message in ranker_warnings(stage.info):
+        logger.warning("%s", message)
     return stage
+
+
+# Fewer ranker cases than this and the ranker's fit and validation figures are noise.
+MIN_RANKER_CASES = 100
+
+
+def ranker_warnings(info: dict) -> list[str]:
+    """Warnings on a fitted stage's `info`: too few ranker cases, no validation cases,
+    or a ranker that orders its validation lists worse than the two-tower's scores do."""
+    out = []
+    cases = int(info.get("ranker_cases", 0))
+    if cases < MIN_RANKER_CASES:
+        out.append(f"the ranker learned from {cases} cases (fewer than {MIN_RANKER_CASES}): "
+                   "its order is noise; give the ranker slice more sessions "
+                   "(ranking.ranker_share, more data) or turn the stage off "
+                   "(ranking.enabled: false)")
+    validation = info.get("validation")
+    if not validation:
+        out.append("the ranker has no validation cases: nothing checks it against the "
+                   "two-tower (ranking.validation_share)")
+    elif validation["hr_two_stage"] < validation["hr_candidates_by_two_tower"]:
+        out.append(f"on its validation cases the ranker orders the candidates worse than "
+                   f"the two-tower's scores do (HR@{validation['k']} "
+                   f"{validation['hr_two_stage']:.4f} against "
+                   f"{validation['hr_candidates_by_two_tower']:.4f}): serve stage 1 alone "
+                   "(tfrec export --no-ranking-stage) or give the ranker more data")
+    return out
 
 
 def evaluate_stages(stage: RankingStage, model, data: TrainingData, history_length: int,
