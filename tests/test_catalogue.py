@@ -255,7 +255,9 @@ def test_an_update_of_an_older_export_reads_its_index_key(versions, tmp_path):
 
 
 @pytest.mark.parametrize("setup, message, flag", [
-    ("item_id,name\nx1,lamp\n", "no column 'name'", "--add-items"),
+    ("item_id,name\nx1,lamp\n",
+     "no column 'text' (columns are: item_id, name) (new items are embedded from their text)",
+     "--add-items"),
     ("sku,text\nx1,lamp\n", "no column 'item_id' (columns are: sku, text): an --add-items "
                             "file has the run's items layout", "--add-items"),
     ("item_id,text\ni1,something else\n", "in the catalogue already with another text",
