@@ -20,8 +20,10 @@ run: $(STAMP)
 	$(VENV)/bin/tfrec train --run-dir runs/main --overwrite
 	$(VENV)/bin/tfrec export --run runs/main --model-dir saved_models/retail
 
+# Test files run in parallel (pytest-xdist), a file's tests in one worker (they share
+# its fixtures); plain `pytest` runs them one after another.
 test: lint
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/python -m flake8 tfrec tests bench examples

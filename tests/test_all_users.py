@@ -344,8 +344,10 @@ class TestRealExport:
         assert direct["known"].numpy().all()
         assert (table.column("item_id").to_pylist()
                 == direct["item_ids"].numpy().astype(str).ravel().tolist())
-        np.testing.assert_array_equal(table.column("score").to_numpy(),
-                                      direct["scores"].numpy().ravel())
+        # One batch of every user against batches of 64: the same sums, perhaps in
+        # another order (the last bit may differ).
+        np.testing.assert_allclose(table.column("score").to_numpy(),
+                                   direct["scores"].numpy().ravel(), rtol=1e-6, atol=1e-7)
 
     def test_exact_top_k_of_the_cached_embeddings_without_own_items(self, shop, tmp_path):
         """users.npy x items.npy, the user_histories.npy items excluded: the job's rows are

@@ -57,7 +57,8 @@ def test_recommend_for_user_over_grpc_rest_client_and_command(shared, capsys):
                       "inputs": {"user_ids": asked, "k": 4}})
     assert code == 200 and out["outputs"]["known"] == [True, True, True, False]
     assert out["outputs"]["item_ids"] == local["item_ids"].numpy().astype(str).tolist()
-    np.testing.assert_allclose(out["outputs"]["scores"], local["scores"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out["outputs"]["scores"], local["scores"].numpy(), rtol=1e-5,
+                               atol=1e-6)
     client = RecommenderClient(shared.target, "shop", timeout=30)
     try:
         with pytest.raises(grpc.RpcError) as err:
