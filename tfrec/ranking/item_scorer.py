@@ -14,6 +14,25 @@ import tensorflow as tf
 import tf_keras as keras
 
 
+def select(mask, *values):
+    """The entries of each of `values` where `mask` holds, flattened (a 1-D result
+    each): `tf.boolean_mask` in three ops, one `where` shared by all the values."""
+    at = tf.reshape(tf.where(tf.reshape(mask, [-1])), [-1])
+    out = [tf.gather(tf.reshape(v, [-1]), at) for v in values]
+    return out if len(out) > 1 else out[0]
+
+
+def spans(starts, limits):
+    """(positions, owner): the ranges starts[i]..limits[i] - 1 (1-D int64) one after
+    another, and the i each position comes from: `tf.ragged.range`'s flat values
+    and value row ids without a ragged tensor."""
+    lengths = limits - starts
+    ends = tf.cumsum(lengths)
+    at = tf.range(tf.reduce_sum(lengths), dtype=lengths.dtype)
+    owner = tf.searchsorted(ends, at, side="right", out_type=lengths.dtype)
+    return tf.gather(starts - (ends - lengths), owner) + at, owner
+
+
 @keras.utils.register_keras_serializable(package="tfrec")
 class ItemItemScorer(keras.layers.Layer):
     """Scores items for item histories by summed item-item table weights.
@@ -67,15 +86,13 @@ class ItemItemScorer(keras.layers.Layer):
         batch = tf.shape(history, out_type=tf.int64)[0]
         rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(history, out_type=tf.int64))
         keep = (history > 0) & (history < n)
-        history_keys = tf.sort(tf.unique(tf.boolean_mask(rows * n + history, keep))[0])
+        history_keys = tf.sort(tf.unique(select(keep, rows * n + history))[0])
         owner, item = history_keys // n, history_keys % n
         # the table entries of each (history, item): positions starts..limits - 1
-        positions = tf.ragged.range(tf.gather(self.row_splits, item),
-                                    tf.gather(self.row_splits, item + 1))
-        flat = positions.flat_values
+        flat, of = spans(tf.gather(self.row_splits, item), tf.gather(self.row_splits, item + 1))
         co_items = tf.cast(tf.gather(self.indices, flat), tf.int64)
         values = tf.cast(tf.gather(self.weights_, flat), tf.float64)
-        keys = tf.gather(owner, positions.value_rowids()) * n + co_items
+        keys = tf.gather(owner, of) * n + co_items
         order = tf.argsort(keys, stable=True)
         keys, values = tf.gather(keys, order), tf.gather(values, order)
         first = tf.concat([tf.ones([1], tf.bool)[:tf.size(keys)], keys[1:] != keys[:-1]], 0)
@@ -84,7 +101,7 @@ class ItemItemScorer(keras.layers.Layer):
         largest = tf.math.segment_max(tf.cast(values, tf.float32), slot)
         entries = tf.math.segment_sum(tf.ones_like(slot), slot)
         sentinel = tf.constant([np.iinfo(np.int64).max], tf.int64)
-        return (tf.concat([tf.boolean_mask(keys, first), sentinel], 0),
+        return (tf.concat([select(first, keys), sentinel], 0),
                 tf.concat([sums, tf.zeros([1], tf.float64)], 0),
                 tf.concat([largest, tf.zeros([1], tf.float32)], 0),
                 tf.concat([entries, tf.zeros([1], tf.int64)], 0),
@@ -136,8 +153,8 @@ class ItemItemScorer(keras.layers.Layer):
         keys, sums = keys[:-1], sums[:-1]
         own = tf.gather(history_keys, tf.searchsorted(history_keys, keys)) == keys
         keep = tf.logical_and(tf.logical_not(own), keys % self.num_items > 0)
-        keys = tf.boolean_mask(keys, keep)
-        scores = tf.cast(tf.boolean_mask(sums, keep), tf.float32)
+        keys, scores = select(keep, keys, sums)
+        scores = tf.cast(scores, tf.float32)
         # By history, then by score (the keys come sorted by history and id, and both
         # sorts are stable): each history's items in rank order, without a dense
         # [B, items reached] array.
@@ -149,14 +166,13 @@ class ItemItemScorer(keras.layers.Layer):
         starts = tf.searchsorted(rows, tf.range(batch), side="left", out_type=tf.int64)
         place = tf.range(tf.size(rows, out_type=tf.int64)) - tf.gather(starts, rows)
         listed = place < n
-        at = tf.stack([tf.boolean_mask(rows, listed), tf.boolean_mask(place, listed)], 1)
+        rows, place, items, scores = select(listed, rows, place, keys % self.num_items, scores)
+        at = tf.stack([rows, place], 1)
         shape = tf.stack([batch, n])
         ids = tf.tensor_scatter_nd_update(
-            tf.fill(shape, tf.constant(-1, tf.int32)), at,
-            tf.cast(tf.boolean_mask(keys % self.num_items, listed), tf.int32))
+            tf.fill(shape, tf.constant(-1, tf.int32)), at, tf.cast(items, tf.int32))
         top = tf.tensor_scatter_nd_update(
-            tf.fill(shape, tf.constant(-np.inf, tf.float32)), at,
-            tf.boolean_mask(scores, listed))
+            tf.fill(shape, tf.constant(-np.inf, tf.float32)), at, scores)
         return ids, top
 
     def call(self, inputs):

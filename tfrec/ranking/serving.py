@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.ranking import features as F
+from tfrec.ranking.item_scorer import spans
 from tfrec.ranking.item_table import ItemItemTable
 from tfrec.ranking.ranker import FoldedRanker
 
@@ -190,9 +191,8 @@ class TwoStageScorer(tf.Module):
         # are the sums of the products over the query's terms.
         size = self._text_shape[0]
         held = tf.where(tf.not_equal(dense, 0.0))  # [K, 2] (query, term)
-        spans = tf.ragged.range(tf.gather(self._text_splits, held[:, 1]),
-                                tf.gather(self._text_splits, held[:, 1] + 1))
-        at, owner = spans.flat_values, spans.value_rowids()
+        at, owner = spans(tf.gather(self._text_splits, held[:, 1]),
+                          tf.gather(self._text_splits, held[:, 1] + 1))
         products = (tf.gather(tf.gather_nd(dense, held), owner)
                     * tf.gather(self._text_weights, at))
         keys = tf.gather(held[:, 0], owner) * size + tf.gather(self._text_holders, at)
