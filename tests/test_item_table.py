@@ -358,3 +358,23 @@ def test_from_dense_keeps_each_rows_strongest_non_zero_entries():
     assert table.indices.tolist() == [1, 3, 0, 2, 0]  # ties to the lower index
     assert table.weights.tolist() == [3, 2, 5, 4, 1]
     np.testing.assert_array_equal(ItemItemTable.from_dense(weights).matrix().toarray(), weights)
+
+
+@pytest.mark.parametrize("starts, limits", [([0, 5, 5, 9], [3, 5, 9, 12]), ([4, 4], [4, 4]),
+                                            ([], [])])
+def test_spans_and_select_equal_ragged_range_and_boolean_mask(starts, limits):
+    import tensorflow as tf
+
+    from tfrec.ranking.item_scorer import select, spans
+
+    starts, limits = tf.constant(starts, tf.int64), tf.constant(limits, tf.int64)
+    flat, owner = spans(starts, limits)
+    expected = tf.ragged.range(starts, limits)
+    np.testing.assert_array_equal(flat.numpy(), expected.flat_values.numpy())
+    np.testing.assert_array_equal(owner.numpy(), expected.value_rowids().numpy())
+    values = tf.reshape(tf.range(12), [3, 4])
+    mask = values % 3 == 0
+    picked, doubled = select(mask, values, values * 2)
+    np.testing.assert_array_equal(picked.numpy(), tf.boolean_mask(values, mask).numpy())
+    np.testing.assert_array_equal(doubled.numpy(), [0, 6, 12, 18])
+    assert select(tf.zeros([2, 2], tf.bool), values[:2, :2]).shape == (0,)
