@@ -445,6 +445,15 @@ def test_a_wrong_base_path_in_the_config_file_keeps_serving_and_rest_shows_no_pa
             assert "no version found under the model's base path" in error["error"]
             code, error = rest(srv, "/v1/models/ghost:predict", {"instances": [["i1"]]})
             assert code == 404 and str(tmp_path) not in json.dumps(error)
+            # A typo in a field name: one log line naming it, no traceback, still serving.
+            config.write_text(right.replace("model_platform", "model_platfrom"))
+            log = tmp_path / "server.log"
+            deadline = time.time() + 30
+            while "could not re-read" not in log.read_text() and time.time() < deadline:
+                time.sleep(0.1)
+            assert re.search(r"ERROR could not re-read the model config .*: .*model_platfrom",
+                             log.read_text()), log.read_text()[-2000:]
+            assert "Traceback" not in log.read_text()
             config.write_text(right)
             deadline = time.time() + 30
             while srv.status()[1][1] and time.time() < deadline:

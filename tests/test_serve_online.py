@@ -59,13 +59,27 @@ def test_recommend_for_user_over_grpc_rest_client_and_command(shared, capsys):
     assert out["outputs"]["item_ids"] == local["item_ids"].numpy().astype(str).tolist()
     np.testing.assert_allclose(out["outputs"]["scores"], local["scores"].numpy(), rtol=1e-5,
                                atol=1e-6)
+    code, out = rest(shared, "/v1/models/shop:predict",
+                     {"signature_name": "recommend_for_user", "inputs": {"user_ids": [], "k": 4}})
+    assert code == 400 and "input 'user_ids': the batch is empty" in out["error"]
+    # The client names a call it cannot make before it asks: no user, a lone string (its
+    # characters would be taken as ids), an empty list of sessions.
     client = RecommenderClient(shared.target, "shop", timeout=30)
     try:
-        with pytest.raises(grpc.RpcError) as err:
-            client.recommend_for_user([], k=4)
+        for call, args, message in (
+                (client.recommend_for_user, ([],), "user_ids is empty"),
+                (client.recommend_for_user, (users[0],), "user_ids must be a list of ids"),
+                (client.recommend, ([],), "sessions must be a non-empty list of sessions"),
+                (client.recommend, ("i1",), "non-empty list"),
+                (client.recommend, (["i1", "i2"],), "each session must be a list of item ids"),
+                (client.similar_items, ("i1",), "item_ids must be a list of ids")):
+            with pytest.raises(ValueError, match=message):
+                call(*args)
+        # An empty session is a session: the popular items.
+        [(recs, fallback)] = zip(*client.recommend_with_fallback([[]], k=3))
+        assert fallback and len(recs) == 3
     finally:
         client.close()
-    assert "input 'user_ids': the batch is empty" in err.value.details()
 
     assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
                  "--user", users[0], "-k", "3"]) == 0
@@ -84,6 +98,14 @@ def test_recommend_for_user_over_grpc_rest_client_and_command(shared, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"session: {item}") and len(out) == 5
     assert out[1] == "  (not known to the model, left out of the session: nope)"
+    # --version asks the server for that version: the served one answers, another is
+    # NOT_FOUND (it was ignored: the newest answered whatever was asked).
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--items", item, "-k", "3", "--version", "1"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--items", item, "-k", "3", "--version", "9"]) == 2
+    assert "NOT_FOUND" in capsys.readouterr().err
 
 
 def test_an_added_items_version_is_picked_up_with_no_failed_call(versions, tmp_path):

@@ -448,6 +448,30 @@ def test_row_format_gives_a_scalar_input_its_one_value(signature):
         assert err.value.code.name == "INVALID_ARGUMENT" and message in err.value.message
 
 
+def test_json_empty_sessions_are_strings_not_a_dtype_error(signature):
+    from tfrec.serving.errors import ServingError
+    from tfrec.serving.predict import RequestLimits, check_inputs
+    from tfrec.serving.rest import _arrays_from_json
+
+    def run(body):
+        arrays, rows = _arrays_from_json(body)
+        return check_inputs(arrays, signature, RequestLimits(), cast=True, rows=rows)
+
+    # An empty session has no values, so JSON gives it no type: it is a session all
+    # the same (the model's popular-items fallback), over "inputs" and "instances".
+    for body in ({"inputs": {"item_ids": [[]], "k": 3}},
+                 {"instances": [{"item_ids": [], "k": 3}]}):
+        tensors = run(body)
+        assert tensors["item_ids"].dtype == tf.string and tensors["item_ids"].shape == (1, 0)
+    for body, message in (({"inputs": {"item_ids": [], "k": 3}},
+                           "expects shape (None, None), got [0]"),
+                          ({"inputs": {"item_ids": [[], []], "k": []}}, "input 'k'")):
+        with pytest.raises(ServingError) as err:
+            run(body)
+        assert err.value.code.name == "INVALID_ARGUMENT" and message in err.value.message
+        assert "dtype" not in err.value.message
+
+
 def test_row_format_bare_values_are_the_one_input():
     from tfrec.serving.predict import UNNAMED, from_rows
 

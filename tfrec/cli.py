@@ -386,7 +386,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from tfrec.serving.client import RecommenderClient
 
     user, items = (rc.user.strip(), []) if rc.user is not None else (None, rc.session)
-    client = RecommenderClient(rc.server, rc.model, timeout=rc.timeout)
+    client = RecommenderClient(rc.server, rc.model, timeout=rc.timeout, version=rc.version)
     try:
         if user is not None:
             [(results, known)] = client.recommend_for_user([user], k=rc.k)

@@ -842,7 +842,9 @@ class RecommendSettings(Settings):
     timeout: float = setting(10.0, "seconds per server call", check=above(0), flag="--timeout")
     model_dir: str | None = setting(None, "all_users: the model's base path, e.g. "
                                           "saved_models/retail", flag="--model-dir")
-    version: int | None = setting(None, "all_users: the exported version (null: the newest)",
+    version: int | None = setting(None, "the version to ask the server for, or with all_users "
+                                        "the exported version to read (null: the newest; a "
+                                        "version the server does not serve is NOT_FOUND)",
                                   check=POSITIVE, flag="--version")
     out: str | None = setting(None, "all_users: the Parquet file to write (written to a "
                                     "temporary file beside it and renamed when complete)",

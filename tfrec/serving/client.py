@@ -15,6 +15,18 @@ from tfrec.config import RecommendSettings
 from tfrec.utils import utf8_bytes
 
 
+def _id_list(name: str, values) -> list[str]:
+    """`values` as a list of id strings: a lone string (whose characters would each be
+    taken as an id) and an empty list are refused."""
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{name} must be a list of ids, got the string {values!r:.80} "
+                         f"(one id is [{values!r:.40}])")
+    values = [str(v) for v in values]
+    if not values:
+        raise ValueError(f"{name} is empty: give at least one id")
+    return values
+
+
 class RecommenderClient:
     """Calls the signatures of an exported tfrec model.
 
@@ -52,6 +64,13 @@ class RecommenderClient:
     def recommend_with_fallback(self, sessions: list[list[str]], k: int = RecommendSettings.k):
         """(top-k (item id, score) per session, per session: were they the popular-items
         fallback, because no item of the session was known?)."""
+        if isinstance(sessions, (str, bytes)) or not len(sessions):
+            raise ValueError("sessions must be a non-empty list of sessions, each a list of "
+                             f"item ids (e.g. [['85123A', '71053']]), got {sessions!r:.80}")
+        for s in sessions:
+            if isinstance(s, (str, bytes)):
+                raise ValueError(f"each session must be a list of item ids, got the string "
+                                 f"{s!r:.80} (a session of one item is [{s!r:.40}])")
         width = max(len(s) for s in sessions)
         batch = utf8_bytes(np.array([[str(i) for i in s] + [""] * (width - len(s))
                                      for s in sessions], dtype=object))
@@ -67,17 +86,20 @@ class RecommenderClient:
         items excluded; is the user known?). An unknown or empty user id gets the most
         popular items (scored by their share of the training events) and known False."""
         out = self._predict("recommend_for_user",
-                            {"user_ids": utf8_bytes([str(u) for u in user_ids]), "k": np.int32(k)})
+                            {"user_ids": utf8_bytes(_id_list("user_ids", user_ids)),
+                             "k": np.int32(k)})
         return [([(i.decode(), float(sc)) for i, sc in zip(ids, scores) if i], bool(known))
                 for ids, scores, known in zip(out["item_ids"], out["scores"], out["known"])]
 
     def similar_items(self, item_ids: list[str], k: int = RecommendSettings.k):
+        item_ids = _id_list("item_ids", item_ids)
         out = self._predict("similar_items", {"item_ids": utf8_bytes(item_ids),
                                               "k": np.int32(k)})
         return [[(i.decode(), float(sc)) for i, sc in zip(ids, scores)] if known else None
                 for ids, scores, known in zip(out["item_ids"], out["scores"], out["known"])]
 
     def embed_items(self, item_ids: list[str], texts: list[str] | None = None) -> np.ndarray:
+        item_ids = _id_list("item_ids", item_ids)
         texts = texts or [""] * len(item_ids)
         out = self._predict("embed_items", {"item_ids": utf8_bytes(item_ids),
                                             "texts": utf8_bytes(texts)})
@@ -86,12 +108,14 @@ class RecommenderClient:
     def known_items(self, item_ids: list[str]) -> list[bool]:
         """Whether each id is an item the model knows (by its id; a query leaves the
         others out)."""
+        item_ids = _id_list("item_ids", item_ids)
         out = self._predict("embed_items", {"item_ids": utf8_bytes(item_ids),
                                             "texts": utf8_bytes([""] * len(item_ids))})
         return [bool(k) for k in out["known"]]
 
     def item_texts(self, item_ids: list[str]) -> list[str]:
         """The catalogue text of each item ("" for an unknown id)."""
+        item_ids = _id_list("item_ids", item_ids)
         out = self._predict("item_texts", {"item_ids": utf8_bytes(item_ids)})
         return [t.decode("utf-8") for t in out["texts"]]
 

@@ -188,7 +188,10 @@ def check_inputs(arrays: dict, function, limits: RequestLimits, served: Loaded |
     for name, spec in specs.items():
         value = np.asarray(arrays[name])
         expected = spec.dtype
-        if cast:
+        if cast and value.size == 0:  # JSON's [] or [[]]: no value, so no type to check
+            value = np.empty(value.shape, object if expected == tf.string
+                             else expected.as_numpy_dtype)
+        elif cast:
             value = _cast(name, value, expected)
         kind = "string" if value.dtype.kind in "OSU" else value.dtype.name
         compatible = (

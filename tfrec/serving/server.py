@@ -195,6 +195,10 @@ class ModelServer:
                     self._config_mtime = mtime
                     self.manager.reload(read_model_config(self.config_file))
                     logger.info("re-read %s", self.config_file)
+            except (InputError, OSError) as err:  # a typo or a file mid-write: named, no trace
+                logger.error("could not re-read the model config (the models loaded keep "
+                             "serving; fix the file and it is read again): %s",
+                             getattr(err, "message", None) or err)
             except Exception:
                 logger.exception("could not re-read the model config")
 
