@@ -326,3 +326,27 @@ def test_the_run_and_checkpoint_of_the_version_must_still_be_there(versions, tmp
             update_catalogue(model_dir, CatalogueUpdate(drop_items=drop))
         assert err.value.key == "export.run"
         assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
+
+
+def test_an_export_from_the_run_names_the_changes_it_does_not_carry(
+        versions, run_dir, tmp_path, capsys):
+    from tfrec.exporter.saved_model import changes_not_carried
+
+    _, _, _, after, _ = versions
+    model_dir = tmp_path / "shop"
+    model_dir.mkdir()
+    (model_dir / "3").symlink_to(after.path)
+    assert main(["-q", "export", "--run", str(run_dir), "--model-dir", str(model_dir),
+                 "--index", "brute_force", "--no-serving-config"]) == 0
+    out = capsys.readouterr().out
+    changed = after.metadata
+    assert changed["added_items"] > 0 and changed["dropped_items"] > 0
+    assert (f"warning: version 3 serves {changed['added_items']} added items, "
+            f"{changed['dropped_items']} dropped items, not carried here") in out
+    meta = json.loads((model_dir / "4" / "assets.extra" / "tfrec_metadata.json").read_text())
+    assert meta["changes_not_carried"] == {
+        "version": 3, "added_items": changed["added_items"],
+        "dropped_items": changed["dropped_items"], "users_refreshed": False}
+    assert meta["added_items"] == meta["dropped_items"] == 0
+    # Version 4 changed nothing: the next export from the run has nothing to name.
+    assert changes_not_carried(model_dir, 5) is None

@@ -330,6 +330,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if meta.get("trained_on"):
         print(f"  model trained on {meta['trained_on']}; evaluated as "
               f"{(meta.get('evaluated_as') or {}).get('run')}")
+    not_carried = meta.get("changes_not_carried")
+    if not_carried:
+        from tfrec.exporter.saved_model import changes_text
+
+        print(f"  warning: version {not_carried['version']} serves "
+              f"{changes_text(not_carried)}, not carried here: this version has the run's "
+              "catalogue and users (dropped items are served again); apply them again with "
+              f"--add-items / --drop-items / --update-users, or serve version "
+              f"{not_carried['version']}")
     if meta.get("users_not_cached"):
         print(f"  {meta['users_not_cached']:,} users of the data have no cached embedding (no "
               "training event: recommend_for_user gives them the popular items); export a "

@@ -456,8 +456,10 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
                        "popular items. Export a final model (tfrec train --final-from) or "
                        "refresh the users (tfrec export --update-users) to serve them",
                        len(uncached))
+    not_carried = changes_not_carried(model_dir, version)
     metadata = {
         "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint,
+        **({"changes_not_carried": not_carried} if not_carried else {}),
         **index_metadata(catalogue, index_config, recall, k, len(queries), build_seconds),
         "history_length": history_length, "embedding_dim": int(model.embedding_dim),
         **users_metadata(data), **evaluation_metadata(run_dir, config),
@@ -469,6 +471,41 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
                          VersionContents(module, catalogue, item_ids, users, warm, metadata,
                                          uncached),
                          started, serving_config_dir)
+
+
+def changes_not_carried(model_dir: Path, version: int) -> dict | None:
+    """What the newest version below `version` changed without training (`--add-items`,
+    `--drop-items`, `--update-users`) that an export from a run does not carry: the
+    new version serves the run's catalogue and cached users. None when it changed
+    nothing (or there is no such version); otherwise its number and the changes,
+    also logged as a warning."""
+    earlier = [v for v in ModelFolder(model_dir).versions() if v < version]
+    if not earlier:
+        return None
+    previous = ModelFolder(model_dir).version(earlier[-1])
+    try:
+        metadata = previous.read_metadata(missing_ok=True)
+    except InputError:
+        return None
+    changes = {"added_items": int(metadata.get("added_items") or 0),
+               "dropped_items": int(metadata.get("dropped_items") or 0),
+               "users_refreshed": bool(metadata.get("users_update"))}
+    if not any(changes.values()):
+        return None
+    logger.warning(
+        "version %d serves %s that this export from the run does not carry: version %d has "
+        "the run's catalogue and cached users (dropped items are served again, added ones "
+        "are not). Apply them again to it (tfrec export --model-dir %s --add-items / "
+        "--drop-items / --update-users), or serve version %d",
+        earlier[-1], changes_text(changes), version, model_dir, earlier[-1])
+    return {"version": earlier[-1], **changes}
+
+
+def changes_text(changes: dict) -> str:
+    """'2 added items, 2 dropped items, refreshed users' of `changes_not_carried`'s dict."""
+    named = (("added_items", "added items"), ("dropped_items", "dropped items"))
+    done = [f"{changes[key]:,} {what}" for key, what in named if changes[key]]
+    return ", ".join(done + (["refreshed users"] if changes["users_refreshed"] else []))
 
 
 def uncached_users(events, cached_ids: np.ndarray) -> np.ndarray:
