@@ -303,3 +303,25 @@ def test_iso_times_written_in_several_ways_are_all_read(write):
     assert events["time"].tolist() == [1714869872, 1715805767, 1715798567, 1715817600]
     assert {k: v for k, v in rejections.counts.items() if v} == {
         "events: unparseable timestamp": 1}
+
+
+def test_update_users_events_are_read_in_the_runs_layout(write):
+    """--update-users reads a UCI Online Retail file for a run of that layout (its
+    cleaning rules applied); other runs read their events layout, named when it
+    does not fit."""
+    from tfrec.config import EventsSchema
+    from tfrec.exporter.users import read_user_events
+
+    path = write("since.csv", """
+        InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country
+        581001,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2011-12-01 08:26:00,2.55,17850,UK
+        C581002,85123A,WHITE HANGING HEART T-LIGHT HOLDER,-1,2011-12-01 08:30:00,2.55,17850,UK
+        581003,71053,WHITE METAL LANTERN,2,2011-12-02 09:00:00,3.39,13047,UK
+        """)
+    events = read_user_events(path, EventsSchema(), "online_retail")
+    assert events["user"].tolist() == ["17850", "13047"]
+    assert events["item"].tolist() == ["85123A", "71053"] and events["line"].tolist() == [2, 4]
+    with pytest.raises(InputError) as err:
+        read_user_events(path, EventsSchema(), "events")
+    assert "no column 'user_id'" in err.value.message
+    assert "columns user_id, item_id, timestamp (data.events_schema)" in err.value.message

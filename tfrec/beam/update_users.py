@@ -64,8 +64,8 @@ FILE_STRIDE = 10**12
 class ReadEventFiles(beam.DoFn):
     """(file index, path) -> (user, (time, order, item id)) for each of its events."""
 
-    def __init__(self, schema, vocab_path: str):
-        self.schema, self.vocab_path = schema, str(vocab_path)
+    def __init__(self, schema, vocab_path: str, layout: str = "events"):
+        self.schema, self.vocab_path, self.layout = schema, str(vocab_path), layout
         self._events = Metrics.counter(__name__, "events")
         self._unknown = Metrics.counter(__name__, "unknown_item_events")
 
@@ -78,7 +78,7 @@ class ReadEventFiles(beam.DoFn):
         from tfrec.exporter.users import read_user_events
 
         number, path = element
-        events = read_user_events(_local_copy(path), self.schema)
+        events = read_user_events(_local_copy(path), self.schema, self.layout)
         index = self._vocab.lookup(events["item"].to_numpy(dtype=object))
         self._events.inc(len(events))
         self._unknown.inc(int((index == 0).sum()))
@@ -169,7 +169,8 @@ def run(model_dir: str | Path, events: str, from_version: int | None = None,
 
     Args:
       model_dir: the model's base path.
-      events: a file or a glob of files in the run's events layout.
+      events: a file or a glob of files in the run's events layout (the UCI layout
+        for an Online Retail run).
       pipeline_args: Beam pipeline options (--runner, --direct_num_workers, ...).
       the others: as `tfrec.exporter.users.update_users`'s.
 
@@ -198,7 +199,8 @@ def run(model_dir: str | Path, events: str, from_version: int | None = None,
                 | "Files" >> beam.Create(list(enumerate(files)))
                 | "Spread" >> beam.Reshuffle()
                 | "Read" >> beam.ParDo(ReadEventFiles(config.data.events_schema,
-                                                      RunFolder(run_path).vocab_file)))
+                                                      RunFolder(run_path).vocab_file,
+                                                      config.data.layout)))
         (read
          | "ByUser" >> beam.GroupByKey()
          | "Latest" >> beam.ParDo(LatestItems(length,

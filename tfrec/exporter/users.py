@@ -72,9 +72,11 @@ class UsersChange:
         return dataclasses.asdict(self)
 
 
-def read_user_events(path: str | Path, schema) -> pd.DataFrame:
-    """The events file of --update-users, in the run's events layout (`schema`), strictly:
-    a bad row is an error naming its line, not a row dropped.
+def read_user_events(path: str | Path, schema, layout: str = "events") -> pd.DataFrame:
+    """The events file of --update-users, strictly (a bad row is an error naming its line,
+    not a row dropped): a file in the UCI Online Retail layout for a run of that layout
+    (its cleaning rules applied, as in training), otherwise an events table in the run's
+    events layout (`schema`: the columns of data.events_schema).
 
     Returns:
       events: columns user, item (str), time (int64 epoch seconds), line.
@@ -90,12 +92,22 @@ def read_user_events(path: str | Path, schema) -> pd.DataFrame:
     if path.is_dir():
         raise InputError("events path is a folder, expected a CSV or Parquet file",
                          path=str(path), key=KEY)
+    if layout == "online_retail":
+        form = "the run's layout, UCI Online Retail"
+    else:
+        form = (f"the run's events layout: columns {schema.user_col}, {schema.item_col}, "
+                f"{schema.time_col} (data.events_schema)")
     try:
-        events, _ = read_events(path, schema, strict=True)
+        if layout == "online_retail":
+            from tfrec.datasets.online_retail import read_online_retail
+
+            events, _, _ = read_online_retail(path, strict=True)
+        else:
+            events, _ = read_events(path, schema, strict=True)
     except InputError as err:
-        raise InputError(f"{err.reason} (the events of --update-users are read in the run's "
-                         "events layout, data.events_schema)", path=err.path or str(path),
-                         line=getattr(err, "line", None), key=KEY) from None
+        raise InputError(f"{err.reason} (the events of --update-users are read in {form})",
+                         path=err.path or str(path), line=getattr(err, "line", None),
+                         key=KEY) from None
     return events[["user", "item", "time", "line"]].reset_index(drop=True)
 
 
@@ -248,7 +260,7 @@ def update_users(model_dir: str | Path, events: str | Path | pd.DataFrame,
     config, vocab, model = load_version_model(metadata, source, run_dir)
     length = int(model.query_tower.history_length)
     if latest is None:
-        frame = (read_user_events(events, config.data.events_schema)
+        frame = (read_user_events(events, config.data.events_schema, config.data.layout)
                  if not isinstance(events, pd.DataFrame) else events)
         latest, latest_stats = latest_items(frame, vocab.lookup, length,
                                             config.data.sessions.dedupe_consecutive)
