@@ -399,7 +399,7 @@ def test_a_candidate_list_over_the_reordering_budget_is_refused(two_stage_run, t
                          num_reordering_candidates=N + 49)
     with pytest.raises(InputError) as err:
         export(two_stage_run, tmp_path / "m", config)
-    assert err.value.key == "ranking.num_candidates"
+    assert err.value.key == "index.num_reordering_candidates"
     assert not (tmp_path / "m" / "1").exists()
 
 
@@ -525,3 +525,13 @@ def test_the_servers_direct_call_of_every_signature_equals_the_signature_call(ex
 
     call = DirectCall(plain)
     assert call.direct is None and call(x=tf.constant(3))["twice"].numpy() == 6
+
+
+def test_a_reordering_budget_under_the_ranking_stages_depth_names_the_export_flags(
+        two_stage_run, tmp_path, capsys):
+    # Over max_k + max_session_items (the index's own rule), under N + max_session_items.
+    assert main(["-q", "export", "--run", str(two_stage_run), "--model-dir", str(tmp_path),
+                 "--max-k", str(K), "--reorder", str(K + 500), "--no-serving-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"raise it to {N + 500} (--reorder)" in err and "--no-ranking-stage" in err
+    assert "--set" not in err and not (tmp_path / "1").exists()

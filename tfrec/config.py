@@ -692,7 +692,8 @@ class IndexConfig(Settings):
             raise InputError(
                 f"num_reordering_candidates ({self.num_reordering_candidates}) must be at least "
                 f"max_k + max_session_items = {needed}: ScaNN returns at most that many, and a "
-                "request fetches k plus its session's items so it can drop them; raise "
+                "request fetches k plus its session's items so it can drop them (a run with "
+                "a ranking stage needs ranking.num_candidates + max_session_items); raise "
                 "index.num_reordering_candidates or lower index.max_k / "
                 "index.max_session_items", key=self.key("num_reordering_candidates"))
 

@@ -235,9 +235,10 @@ def ranking_index_config(index_config: IndexConfig, num_candidates: int) -> Inde
             "plus a session's items (index.max_session_items = "
             f"{index_config.max_session_items}) is over the index's reordering budget "
             f"(index.num_reordering_candidates = {index_config.num_reordering_candidates}): "
-            f"ScaNN returns at most that many; raise it to {needed}, lower "
-            "index.max_session_items, retrain with a smaller ranking.num_candidates, or "
-            "turn the ranking stage off (export.ranking_stage)", key="ranking.num_candidates")
+            f"ScaNN returns at most that many; raise it to {needed} (--reorder), lower "
+            "index.max_session_items (--max-session-items), export with the ranking stage "
+            "off (--no-ranking-stage) or retrain with a smaller ranking.num_candidates",
+            key="index.num_reordering_candidates")
     return index_config
 
 
