@@ -377,6 +377,30 @@ def test_a_missing_base_path_is_named_in_the_log_and_the_status(tmp_path, caplog
     assert manager.find("ghost").number == 1 and manager.problems == {}
 
 
+def test_a_policy_or_label_naming_a_version_not_on_disk_is_named(tmp_path, caplog):
+    import logging
+
+    from tfrec.serving.errors import ServingError
+
+    manager, base = manager_over(tmp_path, [1, 2, 3, 4], FakeLoader(), policy="specific",
+                                 specific=(7,), labels={"canary": 7})
+    with caplog.at_level(logging.WARNING, logger="tfrec.serving.versions"):
+        manager.sync()
+        manager.sync()  # warned once, not on every pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert (f"its version policy names version 7 and its base_path {base} holds version "
+            "1, 2, 3, 4") in warnings[0]
+    assert "label 'canary' names version 7, which is not served (serving: none)" in warnings[1]
+    assert "names version 7" in manager.describe("m")
+    with pytest.raises(ServingError) as err:
+        manager.status("m")  # GetModelStatus names it
+    assert "names version 7" in err.value.message
+    fake_version(base / "7")
+    manager.sync()
+    assert manager.find("m").number == 7 and manager.problems == {}
+
+
 # -- request checks ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def signature(tmp_path_factory):

@@ -157,6 +157,7 @@ class ModelManager:
         self.versions: dict[str, dict[int, Version]] = {e.name: {} for e in entries}
         self._failures: dict[Path, _Failure] = {}
         self.problems: dict[str, str] = {}  # model -> why its base_path serves nothing
+        self._label_warned: set = set()  # (model, label, version) warned of, not served
         self._synced: set[str] = set()  # models whose first pass has finished
         self.poll_seconds = poll_seconds
         self.settle_seconds = min(poll_seconds, SETTLE_MAX_SECONDS)
@@ -191,6 +192,12 @@ class ModelManager:
             changed = 0
             try:
                 on_disk, problem = _versions_on_disk(entry.base_path)
+                if not problem and entry.policy == "specific" and not set(
+                        entry.specific) & set(on_disk):
+                    problem = (f"its version policy names version "
+                               f"{', '.join(map(str, sorted(entry.specific)))} and its "
+                               f"base_path {entry.base_path} holds version "
+                               f"{', '.join(map(str, on_disk))}")
                 complete, waiting = self._complete_versions(name, entry, on_disk)
                 wanted = entry.wanted(complete)
                 for number in wanted:
@@ -200,6 +207,7 @@ class ModelManager:
                 changed += self._unload_unwanted(name, on_disk, wanted, entry, waiting,
                                                  problem)
                 self._note_problem(name, entry.base_path, problem)
+                self._note_labels(name, entry)
                 if changed:
                     seconds, frozen = settle_heap()
                     logger.info("%s: the heap settled in %.0f ms (%d objects out of the "
@@ -327,6 +335,19 @@ class ModelManager:
                                "until it has a version", name, problem)
         elif before and not problem:
             logger.info("model %r: its base_path %s holds versions again", name, base)
+
+    def _note_labels(self, name: str, entry) -> None:
+        """Warns (once per label and version) of a label naming a version not served."""
+        serving = set(self._serving(name))
+        for label, number in sorted(entry.labels.items()):
+            key = (name, label, number)
+            if number in serving:
+                self._label_warned.discard(key)
+            elif key not in self._label_warned:
+                self._label_warned.add(key)
+                logger.warning("model %r: label %r names version %d, which is not served "
+                               "(serving: %s); its calls get NOT_FOUND", name, label, number,
+                               ", ".join(map(str, sorted(serving))) or "none")
 
     def wait_first_sync(self, timeout: float | None = None) -> list[str]:
         """Waits until the first pass (load attempt) of every model has finished.
