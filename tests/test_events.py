@@ -325,3 +325,28 @@ def test_update_users_events_are_read_in_the_runs_layout(write):
         read_user_events(path, EventsSchema(), "events")
     assert "no column 'user_id'" in err.value.message
     assert "columns user_id, item_id, timestamp (data.events_schema)" in err.value.message
+
+
+def test_text_times_without_a_format_are_iso_8601_never_a_guessed_day_order(write):
+    # 3 and 4 January, day first: pandas would infer month first from "03/01/2024" and
+    # read them as 1 March and 1 April without a sign.
+    path = write("e.csv", """
+        user_id,item_id,timestamp
+        u,a,03/01/2024 18:00
+        u,b,04/01/2024 18:05
+    """)
+    with pytest.raises(InputError, match=r"most timestamps did not parse: set "
+                                         r"data\.events_schema\.time_format"):
+        read_events(path)
+    events, _ = read_events(path, EventsSchema(time_format="%d/%m/%Y %H:%M"))
+    assert pd.to_datetime(events["time"], unit="s").dt.strftime("%d %b").tolist() == [
+        "03 Jan", "04 Jan"]
+    # ISO 8601 in its several forms, one file.
+    events, _ = read_events(write("iso.csv", """
+        user_id,item_id,timestamp
+        u,a,2024-01-03 18:00
+        u,b,2024-01-03T18:00:30Z
+        u,c,2024-01-03T20:00:00.5+02:00
+        u,d,2024-01-04
+    """))
+    assert events["time"].diff().tolist()[1:] == [30, -30, 21600]

@@ -305,7 +305,9 @@ def parse_times(values: pd.Series, time_format: str | None = None,
     """Parses a time column to int64 epoch seconds; unparseable values give INT64_MIN.
 
     Accepts datetime columns, numbers (epoch time in `time_unit`) and text
-    (ISO-8601 or `time_format`). Time-zone aware values are converted to UTC.
+    (ISO 8601, or `time_format` when given: any other text is unparseable, never
+    read in a guessed day or month order). Time-zone aware values are converted to
+    UTC.
     """
     nat = np.iinfo(np.int64).min
     if pd.api.types.is_datetime64_any_dtype(values):
@@ -322,15 +324,11 @@ def parse_times(values: pd.Series, time_format: str | None = None,
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                parsed = pd.to_datetime(text, format=time_format, errors="coerce", utc=True)
-                # pandas infers one format from the first value: ISO-8601 text written
-                # another way (with and without fractions of a second, a zone or not) is
-                # read as ISO-8601 where the inferred format fails.
-                missed = parsed.isna() & text.notna()
-                if time_format is None and missed.any():
-                    parsed = parsed.copy()
-                    parsed[missed] = pd.to_datetime(text[missed], format="ISO8601",
-                                                    errors="coerce", utc=True)
+                # Without a format, ISO 8601 only (any of its forms, row by row): a format
+                # pandas would infer from the first value reads 03/01/2024 as March the
+                # first where the file meant January the third, with no sign of it.
+                parsed = pd.to_datetime(text, format=time_format or "ISO8601",
+                                        errors="coerce", utc=True)
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     out = parsed.astype("datetime64[s]").to_numpy().astype(np.int64)
