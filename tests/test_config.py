@@ -372,3 +372,14 @@ def test_a_run_setting_given_as_a_flag_is_named_by_its_flag(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "tfrec: error: setting 'train.epochs' (--epochs): epochs must be a positive integer, "
         "got 0")
+
+
+def test_dates_in_a_config_file_or_set_are_text_an_impossible_one_too(tmp_path):
+    from tfrec.run import load_run_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  split_date: 2024-02-30\n  until: 2024-03-01\n")
+    config = load_run_config(str(path), ["train.split_date=2024-02-31"])
+    assert (config.train.split_date, config.train.until) == ("2024-02-31", "2024-03-01")
+    config = load_run_config(str(path))
+    assert config.train.split_date == "2024-02-30"  # refused later, naming the setting

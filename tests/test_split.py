@@ -98,3 +98,11 @@ def test_a_split_date_under_the_user_split_is_said_to_be_unused(caplog):
     with caplog.at_level(logging.INFO, logger="tfrec.data.split"):
         split_for_training(events, None, TrainConfig(split_by="user", split_date=None))
     assert "split_date" not in caplog.text
+
+
+@pytest.mark.parametrize("date", ["2024-02-30", "yesterday"])
+def test_an_impossible_split_date_names_the_setting(date):
+    with pytest.raises(InputError) as err:
+        split_for_training(events_at([0, 86_400]), None, TrainConfig(split_date=date))
+    assert err.value.key == "train.split_date" and f"cannot parse split date '{date}'" in str(
+        err.value)

@@ -36,6 +36,17 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "online_retail.ya
 
 # The run config file -----------------------------------------------------------------------
 
+class _TextDates(yaml.SafeLoader):
+    """YAML's safe loader with dates left as text: the settings take dates as text, and
+    an impossible one (2024-02-30) is then the setting's error, not a parser crash."""
+
+
+_TextDates.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers
+            if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
 def load_run_config(path: str | Path | None = None, overrides: list[str] = (),
                     flags: list[str] = (), base: RunConfig | None = None) -> RunConfig:
     """Reads a YAML or JSON run config and applies `section.key=value` overrides.
@@ -74,7 +85,8 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = (),
             raise InputError("config path is a folder, expected a YAML or JSON file",
                              path=source) from None
         try:
-            data = (json.loads(text) if source.endswith(".json") else yaml.safe_load(text)) or {}
+            data = (json.loads(text) if source.endswith(".json")
+                    else yaml.load(text, Loader=_TextDates)) or {}
         except (json.JSONDecodeError, yaml.YAMLError) as err:
             line = getattr(err, "lineno", None) or getattr(
                 getattr(err, "problem_mark", None), "line", -1) + 1 or None
@@ -88,7 +100,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = (),
         if not sep or not key.strip():
             raise InputError(f"--set expects section.key=value, got {item!r}")
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.load(raw, Loader=_TextDates)
         except yaml.YAMLError:
             value = raw
         node = data
