@@ -187,6 +187,11 @@ def test_resume_after_a_kill_mid_epoch(tmp_path, data_files):
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["-q", "train", "--run-dir", str(tmp_path / "empty"), "--resume"]) == 2
     assert "not a run folder" in capsys.readouterr().err
+    # Continue it or replace it: not both (--overwrite was ignored in silence).
+    assert main(["-q", "train", "--run-dir", str(tmp_path / "empty"), "--resume",
+                 "--overwrite"]) == 2
+    assert "resume continues the run folder and overwrite replaces it" in (
+        capsys.readouterr().err)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(

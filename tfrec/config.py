@@ -544,6 +544,11 @@ class TrainingSettings(Settings):
               "export's metadata); with resume, continue an interrupted final model",
         flag="--final-from")
 
+    def check(self):
+        if self.resume and self.overwrite:
+            raise InputError("resume continues the run folder and overwrite replaces it: "
+                             "give one of them", key=self.key("overwrite"))
+
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateSettings(Settings):
