@@ -284,3 +284,37 @@ def test_an_unknown_negative_sampler_is_refused_before_any_data_is_read(
     args[args.index("model.negatives=nearest")] = "model.negatives=mixed"
     assert main(["-q", *args]) == 2
     assert "events file not found" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_interrupted_even_when_a_library_turns_it_into_another_error(
+        monkeypatch, capsys):
+    import dataclasses
+    import os
+    import signal
+
+    from tfrec import cli
+
+    def cut_short(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 5)  # the handler runs at once; never 5 s
+        except KeyboardInterrupt:  # a C extension swallows it and fails its own way
+            raise SystemError("bad argument to internal function") from None
+        return 0
+
+    def train_runs(run):
+        return tuple(dataclasses.replace(c, run=run) if c.name == "train" else c
+                     for c in cli.SUBCOMMANDS)
+
+    monkeypatch.setattr(cli, "SUBCOMMANDS", train_runs(cut_short))
+    assert cli.main(["-q", "train", "--run-dir", "x"]) == 130
+    assert capsys.readouterr().err == ("tfrec: interrupted (tfrec train --resume continues the "
+                                       "run from its last checkpoint)\n")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+    def fails(args):
+        raise SystemError("a real bug")
+
+    monkeypatch.setattr(cli, "SUBCOMMANDS", train_runs(fails))
+    with pytest.raises(SystemError, match="a real bug"):
+        cli.main(["-q", "train", "--run-dir", "x"])

@@ -9,11 +9,13 @@ names the setting's key; `error_message` adds the flag that sets it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
+import signal
 import sys
 from typing import Callable
 
@@ -610,8 +612,10 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S", stream=sys.stderr)
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     set_native_logging(args.verbose)
+    interrupted = []  # set by Ctrl-C (SIGINT) while the command runs
     try:
-        return args.func(args)
+        with _noting_interrupts(interrupted):
+            return args.func(args)
     except InputError as err:
         print(f"tfrec: error: {error_message(err)}", file=sys.stderr)
         return 2
@@ -637,10 +641,39 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, (TrainingDiverged, WorkerLost)):
             print(f"tfrec: error: {err}", file=sys.stderr)
             return 1
-        raise
+        if not interrupted:
+            raise
+        # Ctrl-C inside a library's C code can surface as another error (a SystemError
+        # from a list operation the interrupt cut short): it was the interrupt.
+        logger.debug("interrupted, surfacing as %r", err)
+        return _interrupted(args)
     except KeyboardInterrupt:
-        print("tfrec: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(args)
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    hint = (" (tfrec train --resume continues the run from its last checkpoint)"
+            if args.command == "train" else "")
+    print(f"tfrec: interrupted{hint}", file=sys.stderr)
+    return 130
+
+
+@contextlib.contextmanager
+def _noting_interrupts(interrupted: list):
+    """SIGINT raises KeyboardInterrupt as by default, and is noted in `interrupted`."""
+    def handler(signum, frame):
+        interrupted.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":
