@@ -318,3 +318,15 @@ def test_ctrl_c_is_interrupted_even_when_a_library_turns_it_into_another_error(
     monkeypatch.setattr(cli, "SUBCOMMANDS", train_runs(fails))
     with pytest.raises(SystemError, match="a real bug"):
         cli.main(["-q", "train", "--run-dir", "x"])
+
+
+def test_the_held_out_table_shows_a_dash_where_there_are_no_cases():
+    from tfrec.training import format_evaluation
+
+    rows = {name: {"cases": cases, "hr@10": hr, "ndcg@10": hr}
+            for name, cases, hr in (("all", 5, 0.2), ("warm", 5, 0.2), ("cold", 0, float("nan")))}
+    stage1 = {name: {"hr@10": 0.1, "ndcg@10": 0.1} for name in ("all", "warm")}
+    stage1["cold"] = {"hr@10": float("nan"), "ndcg@10": float("nan")}
+    table = format_evaluation({**rows, "stage1": stage1}, 10).splitlines()
+    assert table[3].split() == ["cold", "0", "-", "-", "-", "-"]
+    assert table[1].split() == ["all", "5", "0.2000", "0.2000", "0.1000", "0.1000"]

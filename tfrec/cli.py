@@ -175,13 +175,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     worker = result.worker
     if not worker.is_chief:
         print(f"worker {worker.index} of {worker.count} ({worker.task_type} "
-              f"{worker.task_index}): {len(result.history)} epochs trained here in "
+              f"{worker.task_index}): {_epochs(len(result.history))} trained here in "
               f"{result.seconds:.0f}s; the chief writes the run folder {result.run_dir}")
         return 0
     print(f"run folder: {result.run_dir}")
     last = result.history[-1] if result.history else {}
     ranking = (result.evaluation or {}).get("ranking")
-    print(f"trained {len(result.history)} epochs in {result.seconds:.0f}s"
+    print(f"trained {_epochs(len(result.history))} in {result.seconds:.0f}s"
           + (f", final loss {last['loss']:.4f} (mean over the last epoch's steps)"
              if "loss" in last else "")
           + (f"; the ranking stage in {ranking['seconds']:.0f}s" if ranking else ""))
@@ -191,6 +191,10 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{result.data.vocab.size - 1:,} catalogue items ranked):")
         print(format_evaluation(result.evaluation, k))
     return 0
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"
 
 
 def _resume_changes(args: argparse.Namespace, run_dir, config) -> tuple:
@@ -240,7 +244,7 @@ def cmd_train_final(args: argparse.Namespace, run: TrainingSettings) -> int:
     ranking = RunFolder(result.run_dir).read_config().ranking
     split = (f"; the two-tower on all but the last {ranking.ranker_share:.0%}, the ranking "
              "stage's slice" if ranking.enabled else "")
-    print(f"trained {len(result.history)} epochs on every event ({result.data.train_events:,} "
+    print(f"trained {_epochs(len(result.history))} on every event ({result.data.train_events:,} "
           f"events, {len(result.data.sessions.user_ids):,} users{split}) in "
           f"{result.seconds:.0f}s" + (f", final loss {last['loss']:.4f}" if "loss" in last else ""))
     headline = evaluated_as.get("eval")
@@ -538,7 +542,8 @@ SUBCOMMANDS = (
     Subcommand(
         "recommend", cmd_recommend,
         "ask a running server for recommendations, or write every known user's to Parquet",
-        "--items (a session) asks a running server (--server, --model); --all-users loads an "
+        "--items (a session) or --user (a user's cached embedding) asks a running server "
+        "(--server, --model; --version for another than the newest); --all-users loads an "
         "export in this process and writes every known user's top k, their own items "
         "excluded, to a Parquet file (--model-dir, --out)."),
 )

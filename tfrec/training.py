@@ -679,11 +679,16 @@ def format_evaluation(evaluation: dict, k: int) -> str:
     if stage1:
         head += f"{'stage 1 HR':>12}{'NDCG':>8}"
     rows = [head]
+
+    def figure(value, width: int) -> str:  # no cases (a catalogue without cold items): "-"
+        return f"{'-':>{width}}" if value is None or value != value else f"{value:>{width}.4f}"
+
     for name in ("all", "warm", "cold"):
         e = evaluation[name]
-        row = f"  {name:<8}{e['cases']:>8,}{e[f'hr@{k}']:>9.4f}{e[f'ndcg@{k}']:>10.4f}"
+        row = f"  {name:<8}{e['cases']:>8,}{figure(e[f'hr@{k}'], 9)}{figure(e[f'ndcg@{k}'], 10)}"
         if stage1:
-            row += f"{stage1[name][f'hr@{k}']:>12.4f}{stage1[name][f'ndcg@{k}']:>8.4f}"
+            row += (f"{figure(stage1[name][f'hr@{k}'], 12)}"
+                    f"{figure(stage1[name][f'ndcg@{k}'], 8)}")
         rows.append(row)
     if "candidate_recall" in evaluation:
         rows.append(f"  (the target is among the ranking stage's candidates in "
