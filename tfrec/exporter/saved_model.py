@@ -301,7 +301,7 @@ def index_metadata(catalogue: Catalogue, index_config: IndexConfig, recall: floa
                                  if index_config.kind == "scann" else {}),
             "max_k": index_config.max_k, "max_session_items": index_config.max_session_items,
             "recall_floor": index_config.recall_floor, "items": len(catalogue),
-            f"recall@{k}": recall, "recall_queries": int(queries),
+            f"recall@{k}": round(float(recall), 6), "recall_queries": int(queries),
             "index_build_seconds": round(build_seconds, 3)}
 
 
