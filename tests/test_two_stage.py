@@ -174,10 +174,26 @@ def test_a_run_saved_before_new_copies_reads_as_fit_without_them(trained, tmp_pa
     assert RunFolder(run).read_config().ranking.new_copies is True
 
 
+def test_a_ranking_stage_cut_short_leaves_an_eval_marked_stage_1_alone(
+        data_files, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(two_stage, "fit_ranking_stage", interrupted)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        two_stage.train(load_run_config(data_files / "run.json"), run, verbose=0)
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert evaluation["unfinished"].startswith("stage 1 alone: the ranking stage has not "
+                                               "finished (tfrec train --resume fits it)")
+    assert "stage1" not in evaluation and not (run / "ranking").exists()
+
+
 def test_the_saved_stage_scores_as_the_trained_one_and_eval_has_both_stages(trained):
     run, config, result, _ = trained
     evaluation = json.loads((run / "eval.json").read_text())
     assert set(evaluation) >= {"all", "warm", "cold", "stage1", "candidate_recall", "ranking"}
+    assert "unfinished" not in evaluation
     assert 0 < evaluation["candidate_recall"] <= 1
     _, vocab, model, _ = load_run(run)
     stage = two_stage.load_stage(run, model)

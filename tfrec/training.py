@@ -396,6 +396,8 @@ def evaluation_headline(evaluation: dict | None, k: int) -> dict | None:
     stage1 = (evaluation.get("stage1") or {}).get("all")
     if stage1:
         headline["stage1"] = {key: stage1[key] for key in keys[1:] if key in stage1}
+    if evaluation.get("unfinished"):
+        headline["unfinished"] = evaluation["unfinished"]
     return {"k": k, **headline}
 
 
@@ -667,7 +669,11 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
         evaluation = evaluate_model(model, data.cases, config.model.history_length,
                                     config.train.eval_k)
         evaluation["train_seconds"] = round(time.perf_counter() - started, 1)
-        RunFolder(run_dir).write_eval(evaluation)
+        # With a ranking stage to come, the file says it holds stage 1 alone until the
+        # stage's own evaluation replaces it (an interrupted stage leaves it so).
+        RunFolder(run_dir).write_eval(evaluation if stage1 is None else {
+            "unfinished": "stage 1 alone: the ranking stage has not finished (tfrec train "
+                          "--resume fits it)", **evaluation})
     return TrainResult(run_dir, model, RunFolder(run_dir).read_history(), evaluation,
                        time.perf_counter() - started, data, worker)
 
