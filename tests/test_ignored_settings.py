@@ -46,3 +46,32 @@ def test_the_other_weights_are_named_too():
 ])
 def test_no_warning_when_nothing_is_ignored(settings):
     assert ignored_settings(config(*settings)) == []
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["model.recency_decay=0.5"], "model.recency_decay (0.5) is set but does nothing: "
+                                  "model.pooling is 'mean'"),
+    (["train.holdout_users=0.3"], "train.holdout_users (0.3) is set but does nothing: "
+                                  "train.split_by is 'time'"),
+    (["train.split_date=2024-05-01", "train.split_fraction=0.3"],
+     "train.split_fraction (0.3) is set but does nothing: train.split_date (2024-05-01)"),
+    (["ranking.enabled=false", "ranking.num_candidates=50", "ranking.members=2"],
+     "ranking.num_candidates, ranking.members are set but do nothing: ranking.enabled is "
+     "false"),
+])
+def test_a_setting_of_a_mode_not_chosen_is_named(settings, message):
+    [said] = ignored_settings(config(*settings))
+    assert said.startswith(message)
+
+
+def test_the_bundled_and_example_configs_set_nothing_unread():
+    from pathlib import Path
+
+    import tfrec
+
+    root = Path(tfrec.__file__).parent
+    paths = [*(root / "configs").glob("*.yaml"), *(root.parent / "examples").glob("*.yaml")]
+    assert len(paths) >= 2
+    for path in paths:
+        assert ignored_settings(load_run_config(str(path))) == [], path
+    assert ignored_settings(config("model.pooling=recency", "model.recency_decay=0.5")) == []

@@ -282,9 +282,45 @@ _WARNED: set[str] = set()  # each warning of `check_run_config` once per process
 
 
 def ignored_settings(config: RunConfig) -> list[str]:
-    """Warnings for the event-weight settings set away from their defaults under an
-    objective that does not read them: they weigh the skip-gram pairs, which only the
-    'skipgram' and 'both' objectives train on."""
+    """Warnings for settings set away from their defaults where the rest of the config
+    does not read them: the event weights under an objective without skip-gram pairs,
+    and the settings of a mode not chosen (`unread_settings`)."""
+    return _ignored_event_weights(config) + unread_settings(config)
+
+
+def unread_settings(config: RunConfig) -> list[str]:
+    """Settings changed from their defaults that the chosen modes never read."""
+    model, train, ranking = config.model, config.train, config.ranking
+    defaults = {"model": type(model)(), "train": type(train)(), "ranking": type(ranking)()}
+    out = []
+
+    def changed(section, name):
+        return getattr(config_of[section], name) != getattr(defaults[section], name)
+
+    config_of = {"model": model, "train": train, "ranking": ranking}
+    if model.pooling != "recency" and changed("model", "recency_decay"):
+        out.append(f"model.recency_decay ({model.recency_decay:g}) is set but does nothing: "
+                   f"model.pooling is {model.pooling!r} (it weighs the 'recency' pooling)")
+    if train.split_by != "user" and changed("train", "holdout_users"):
+        out.append(f"train.holdout_users ({train.holdout_users:g}) is set but does nothing: "
+                   f"train.split_by is {train.split_by!r} (it is the 'user' split's share)")
+    if train.split_by == "time" and train.split_date and changed("train", "split_fraction"):
+        out.append(f"train.split_fraction ({train.split_fraction:g}) is set but does nothing: "
+                   f"train.split_date ({train.split_date}) places the time split")
+    if not ranking.enabled:
+        unread = [f.name for f in dataclasses.fields(ranking)
+                  if f.name != "enabled" and changed("ranking", f.name)]
+        if unread:
+            out.append(f"ranking.{', ranking.'.join(unread)} {'is' if len(unread) == 1 else 'are'}"
+                       " set but do" + ("es" if len(unread) == 1 else "") + " nothing: "
+                       "ranking.enabled is false (the two-tower alone is trained)")
+    return out
+
+
+def _ignored_event_weights(config: RunConfig) -> list[str]:
+    """The event-weight settings set away from their defaults under an objective that
+    does not read them: they weigh the skip-gram pairs, which only the 'skipgram' and
+    'both' objectives train on."""
     if "pairs" in required_streams(config.model):
         return []
     pairs, defaults = config.data.pairs, PairConfig()
