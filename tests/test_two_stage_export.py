@@ -535,3 +535,13 @@ def test_a_reordering_budget_under_the_ranking_stages_depth_names_the_export_fla
     err = capsys.readouterr().err
     assert f"raise it to {N + 500} (--reorder)" in err and "--no-ranking-stage" in err
     assert "--set" not in err and not (tmp_path / "1").exists()
+
+
+def test_an_export_from_python_warns_of_no_unbuilt_layer(two_stage_run, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        export(two_stage_run, tmp_path / "m", IndexConfig(kind="brute_force", max_k=K))
+    said = [r.getMessage() for r in caplog.records if "Skipping full serialization" in
+            r.getMessage()]
+    assert said == []  # the ranking stage's layers were said to be "not built"

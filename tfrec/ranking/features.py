@@ -393,6 +393,7 @@ class CandidateFeatures(keras.layers.Layer):
         self.lexical_weights = self.add_weight(name="lexical_weights", shape=terms,
                                                dtype=tf.float32, trainable=False,
                                                initializer="zeros")
+        self.built = True  # every weight is made here (a SavedModel then keeps its config)
 
     @classmethod
     def from_tables(cls, tables: Tables, **kwargs) -> "CandidateFeatures":

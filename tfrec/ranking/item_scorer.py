@@ -58,6 +58,7 @@ class ItemItemScorer(keras.layers.Layer):
                                        dtype=tf.int32, trainable=False, initializer="zeros")
         self.weights_ = self.add_weight(name="weights", shape=(self.num_entries,),
                                         dtype=tf.float32, trainable=False, initializer="zeros")
+        self.built = True  # every weight is made here (a SavedModel then keeps its config)
 
     @classmethod
     def from_table(cls, table, **kwargs) -> "ItemItemScorer":
