@@ -403,7 +403,7 @@ class RecommenderModule(tf.Module):
         tf.debugging.assert_equal(
             tf.shape(texts)[0], tf.shape(item_ids)[0],
             message="embed_items: texts must hold one text per item id (the same batch "
-                    "size as item_ids; \"\" for an item known by its id)")
+                    "size as item_ids; an empty text for an item known by its id)")
         by_id, known = self._item_embeddings(item_ids)
         if self.item_encoder.use_text:
             by_text = self.item_encoder.encode_text(texts)
