@@ -134,6 +134,7 @@ def test_a_resume_refits_the_ranking_stage_with_new_settings_and_refuses_others(
     # run's config holds them.
     assert main(["-q", "train", "--run-dir", str(run), "--resume", "--set", "ranking.members=2",
                  "--set", "ranking.num_candidates=30"]) == 0
+    assert "the run had trained its 1 epoch: none to train in " in capsys.readouterr().out
     refit = json.loads((run / "ranking" / "stage.json").read_text())
     assert refit["ranker"]["members"] == 2 and refit["num_candidates"] == 30
     assert json.loads(stage)["ranker"]["members"] == 1

@@ -181,7 +181,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run folder: {result.run_dir}")
     last = result.history[-1] if result.history else {}
     ranking = (result.evaluation or {}).get("ranking")
-    print(f"trained {_epochs(len(result.history))} in {result.seconds:.0f}s"
+    total, now = len(result.history), result.epochs_now
+    trained = (f"trained {_epochs(total)}" if now is None or now == total else
+               f"the run had trained its {_epochs(total)}: none to train" if now == 0 else
+               f"trained {_epochs(total)} ({now} now)")
+    print(f"{trained} in {result.seconds:.0f}s"
           + (f", final loss {last['loss']:.4f} (mean over the last epoch's steps)"
              if "loss" in last else "")
           + (f"; the ranking stage in {ranking['seconds']:.0f}s" if ranking else ""))

@@ -66,6 +66,7 @@ class TrainResult:
     seconds: float
     data: object
     worker: distribute.Worker = dataclasses.field(default_factory=distribute.Worker)
+    epochs_now: int | None = None  # the epochs this call trained (a resume: the rest)
 
 
 def make_dataset(data: TrainingData, streams: Sequence[str], steps_per_epoch: int | None = None,
@@ -711,7 +712,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
             "unfinished": "stage 1 alone: the ranking stage has not finished (tfrec train "
                           "--resume fits it)", **evaluation})
     return TrainResult(run_dir, model, RunFolder(run_dir).read_history(), evaluation,
-                       time.perf_counter() - started, data, worker)
+                       time.perf_counter() - started, data, worker, len(session_history))
 
 
 def format_evaluation(evaluation: dict, k: int) -> str:
