@@ -149,18 +149,26 @@ def test_missing_ids_are_rejected_per_rule(write):
     assert rejections.total + len(events) == 4
 
 
-def test_malformed_line_lenient_counts_strict_fails(write):
+def test_malformed_line_lenient_counts_strict_fails(write, tmp_path):
     path = write("bad.csv", """
         user_id,item_id,timestamp
-        u1,a,2024-01-01
+        ,a,2024-01-01
         u1,b,2024-01-02,extra,fields
         u1,c,2024-01-03
     """)
     events, rejections = read_events(path)
-    assert events["item"].tolist() == ["a", "c"]
-    assert events["line"].tolist() == [2, 4]
+    assert events["item"].tolist() == ["c"]
+    assert events["line"].tolist() == [4]
     assert rejections.counts["events: malformed line"] == 1
     assert "line 3" in rejections.examples["events: malformed line"]
+    # The rejected rows keep a malformed line's text, and come in file order (the
+    # malformed line is set aside first, the missing user id's row after).
+    out = tmp_path / "rejected.csv"
+    assert rejections.write(out) == 2
+    rejected = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert rejected["_line"].tolist() == ["2", "3"]
+    assert rejected["_raw"].tolist() == ["", "u1,b,2024-01-02,extra,fields"]
+    assert rejected["item_id"].tolist() == ["a", ""]
     with pytest.raises(InputError, match=r"bad\.csv, line 3: malformed CSV: 5 fields where "
                                          r"the header has 3$"):
         read_events(path, strict=True)

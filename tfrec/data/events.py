@@ -76,6 +76,8 @@ class Rejections:
         """Writes every rejected row to a CSV file; returns how many."""
         frame = (pd.concat(self.rows, ignore_index=True) if self.rows
                  else pd.DataFrame(columns=["_file", "_line", "_reason"]))
+        if len(frame):  # in file order, whatever rule dropped them
+            frame = frame.sort_values(["_file", "_line"], kind="stable")
         frame.to_csv(path, index=False)
         return len(frame)
 
@@ -140,11 +142,12 @@ def _read_table(path: str | Path, what: str, rejections: Rejections, strict: boo
                     bad.append((int(match.group(1)), match.group(2)))
             dropped = sorted(bad + unterminated)
             if dropped:
+                numbers = [b[0] for b in dropped]
                 rejections.add(f"{what}: malformed line", len(dropped),
                                f"{path}, line {dropped[0][0]}: {dropped[0][1]}",
-                               pd.DataFrame({"_file": str(path),
-                                             "_line": [b[0] for b in dropped],
-                                             "_reason": [b[1] for b in dropped]}))
+                               pd.DataFrame({"_file": str(path), "_line": numbers,
+                                             "_reason": [b[1] for b in dropped],
+                                             "_raw": _raw_lines(path, numbers)}))
             # Data rows sit on lines 2.. (line 1 is the header), minus skipped ones.
             skipped = np.array(sorted(b[0] for b in bad), dtype=np.int64)
             lines = np.arange(2, len(frame) + 2 + len(skipped))
@@ -194,6 +197,25 @@ def _read_csv(source, sep: str, strict: bool) -> tuple[pd.DataFrame, list]:
 
 
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def _raw_lines(path: Path, numbers: list[int]) -> list[str]:
+    """The text of the file's lines `numbers` (1-based), for the rejected rows of lines
+    that did not parse as rows: nothing of them is lost ("" where unreadable)."""
+    wanted, found = set(numbers), {}
+    try:
+        with _OPENERS.get(path.suffix, open)(path, "rt", encoding="utf-8",
+                                             errors="replace", newline="") as file:
+            for number, line in enumerate(file, start=1):
+                if number in wanted:
+                    found[number] = line.rstrip("\r\n")
+                    if len(found) == len(wanted):
+                        break
+    except OSError:
+        pass
+    return [found.get(n, "") for n in numbers]
+
+
 UNTERMINATED_QUOTE = ('unterminated quote: the \" that opens a field on this line never '
                       'closes, so the rest of the file would be read as one value')
 
