@@ -80,3 +80,16 @@ def test_items_with_events_but_no_text_are_counted_and_warned_about(tmp_path, ca
     assert report["warm_items_without_text"] == 7
     assert "no item id of the events is in the items table (6 rows): ids are matched as exact " \
         "text ('00012' is not '12')" in " ".join(report["warnings"])
+
+
+def test_each_dropped_rule_shows_its_first_row_under_it(tmp_path, capsys):
+    events = baskets(20).astype(str)
+    events.loc[3, "user_id"] = ""
+    events.loc[5, "timestamp"] = "yesterday"
+    text = report_of(capsys, write_run(tmp_path, events), False).splitlines()
+    at = {rule: next(i for i, line in enumerate(text) if rule in line)
+          for rule in ("events: missing user id", "events: unparseable timestamp")}
+    for rule, i in at.items():
+        assert text[i + 1].strip().startswith("first:"), text[i: i + 2]
+    assert "missing user id" in text[at["events: missing user id"] + 1]
+    assert "'yesterday'" in text[at["events: unparseable timestamp"] + 1]

@@ -247,8 +247,8 @@ def format_report(report: dict) -> str:
     for rule, count in report["rows_dropped"].items():
         if count:
             lines.append(f"    {rule:<46}{n(count):>10}")
-    for rule, example in report["drop_examples"].items():
-        lines.append(f"      first: {example}")
+            if report["drop_examples"].get(rule):  # under its own rule
+                lines.append(f"      first: {report['drop_examples'][rule]}")
     row("events", n(report["events"]))
     row("users", n(report["users"]))
     sl = report["session_length"]
