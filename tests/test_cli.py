@@ -307,10 +307,26 @@ def test_ctrl_c_is_interrupted_even_when_a_library_turns_it_into_another_error(
                      for c in cli.SUBCOMMANDS)
 
     monkeypatch.setattr(cli, "SUBCOMMANDS", train_runs(cut_short))
-    assert cli.main(["-q", "train", "--run-dir", "x"]) == 130
+    # (pytest-xdist's workers ignore SIGINT: the default handler, as a terminal's process.)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert cli.main(["-q", "train", "--run-dir", "x"]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err == ("tfrec: interrupted (tfrec train --resume continues the "
                                        "run from its last checkpoint)\n")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+    # A job whose SIGINT is ignored (started in the background) keeps ignoring it.
+    seen = []
+    monkeypatch.setattr(cli, "SUBCOMMANDS", train_runs(
+        lambda args: seen.append(signal.getsignal(signal.SIGINT)) or 0))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert cli.main(["-q", "train", "--run-dir", "x"]) == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [signal.SIG_IGN]
 
     def fails(args):
         raise SystemError("a real bug")

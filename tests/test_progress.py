@@ -51,7 +51,8 @@ def fit_one_epoch(tmp_path, monkeypatch, steps_per_epoch):
     handler = logging.StreamHandler(out)
     log = logging.getLogger("tfrec.training")
     log.addHandler(handler)
-    level, log.level = log.level, logging.INFO
+    level = log.level
+    log.setLevel(logging.INFO)  # not `log.level =`: that leaves the loggers' cached levels
     try:
         model.fit(dataset, epochs=1, callbacks=callbacks, verbose=1)
     finally:

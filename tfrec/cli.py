@@ -675,8 +675,10 @@ def _noting_interrupts(interrupted: list):
         signal.default_int_handler(signum, frame)
 
     try:
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            raise ValueError("SIGINT is handled (or ignored, a background job's) elsewhere")
         previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: signals are not ours to handle
+    except ValueError:  # not the main thread, or not the default handler: left alone
         yield
         return
     try:
