@@ -367,6 +367,40 @@ def test_cold_start_figures(report, run_dir):
     assert 0.0 < cs["cold_share"]["top_k_slots"] < 0.5
     assert cs["cold_share"]["top_k_slots"] == pytest.approx(top_k_slots, abs=1e-6)
     assert "cold start: warm targets scored by their text alone" in format_report(result)
+    # The text-alone warning is printed exactly when the figures carry it.
+    assert ("warning" in cs) == (cs["warm_as_new"]["hr@10"] > cs["warm"]["hr@10"] + 0.02)
+    assert ("rank higher by their text alone" in format_report(result)) == ("warning" in cs)
+
+
+def test_text_embeddings_that_outrank_trained_ones_are_warned_about(monkeypatch):
+    import types
+
+    from tfrec.evaluate import analyses
+
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(30, 8)).astype(np.float32)
+    items[0] = 0.0
+    query = rng.normal(size=8).astype(np.float32)
+    # Every text-only embedding lies along the query: any item shown by its text wins.
+    monkeypatch.setattr(analyses, "text_embeddings", lambda model, texts: np.tile(
+        query * 10, (len(items), 1)))
+    cases = types.SimpleNamespace(cold=np.zeros(20, bool), targets=np.arange(1, 21),
+                                  queries=[[25]] * 20)
+    vocab = types.SimpleNamespace(text=np.array([""] * 30, dtype=object),
+                                  counts=np.ones(30, np.int64))
+    valid = np.ones(30, bool)
+    valid[0] = False
+    figures = analyses.cold_start_figures(
+        None, vocab, cases, np.full(20, 50), items, np.tile(query, (20, 1)), valid, 10)
+    assert figures["warm_as_new"]["hr@10"] == 1.0 and figures["warm"]["hr@10"] == 0.0
+    assert figures["warning"].startswith("warm targets rank higher by their text alone than "
+                                         "by their trained embedding (HR@10 1.0000 against "
+                                         "0.0000)")
+    monkeypatch.setattr(analyses, "text_embeddings", lambda model, texts: -np.tile(
+        query, (len(items), 1)))
+    figures = analyses.cold_start_figures(
+        None, vocab, cases, np.full(20, 50), items, np.tile(query, (20, 1)), valid, 10)
+    assert "warning" not in figures
 
 
 def test_cold_start_needs_a_text_tower():

@@ -35,6 +35,11 @@ def text_embeddings(model, texts: np.ndarray, batch_size: int = 65_536) -> np.nd
                            for i in range(0, len(texts), batch_size)])
 
 
+# How far the text-only HR@k may exceed the full embedding's before the report warns (a
+# text-only embedding knows less than a trained one, so it should not rank targets higher).
+TEXT_ALONE_MARGIN = 0.02
+
+
 def cold_start_figures(model, vocab, cases, ranks: np.ndarray, item_emb: np.ndarray,
                        query_emb: np.ndarray, valid: np.ndarray, k: int,
                        stage_top: np.ndarray | None = None) -> dict:
@@ -69,10 +74,19 @@ def cold_start_figures(model, vocab, cases, ranks: np.ndarray, item_emb: np.ndar
         filled = stage_top[stage_top > 0]
         share["both_stages_top_k_slots"] = float(cold_item[filled].mean()) if len(
             filled) else 0.0
-    return {**out, "warm_cases": int(warm.sum()),
-            "warm": {f"hr@{k}": hit_rate(as_is, k), f"ndcg@{k}": ndcg(as_is, k)},
-            "warm_as_new": {f"hr@{k}": hit_rate(as_new, k), f"ndcg@{k}": ndcg(as_new, k)},
-            "cold_share": share}
+    figures = {**out, "warm_cases": int(warm.sum()),
+               "warm": {f"hr@{k}": hit_rate(as_is, k), f"ndcg@{k}": ndcg(as_is, k)},
+               "warm_as_new": {f"hr@{k}": hit_rate(as_new, k), f"ndcg@{k}": ndcg(as_new, k)},
+               "cold_share": share}
+    alone, full = figures["warm_as_new"][f"hr@{k}"], figures["warm"][f"hr@{k}"]
+    if alone > full + TEXT_ALONE_MARGIN:
+        figures["warning"] = (
+            f"warm targets rank higher by their text alone than by their trained embedding "
+            f"(HR@{k} {alone:.4f} against {full:.4f}): a text-only embedding scores high for "
+            "any query (item text that says little about behaviour does this), so stage 1 "
+            "puts new items above their worth; the ranking stage's lists correct for it "
+            "(has_behaviour), stage 1 alone (export --no-ranking-stage) does not")
+    return figures
 
 
 def index_recall(items: np.ndarray, queries: np.ndarray, ks=(1, 5, 10, 20, 50)) -> dict:

@@ -110,6 +110,8 @@ def format_report(report: dict) -> str:
                      f"{cs['warm'][hr]:.4f}); cold items hold {cold_slots(share, k)} "
                      f"({share['targets']:.1%} of targets, "
                      f"{share['catalogue']:.1%} of the catalogue)")
+        if cs.get("warning"):
+            lines.append(f"  warning: {cs['warning']}")
     elif cs:
         lines.append(f"cold start: n/a ({cs['reason']})")
     for c in report["checks"]:
