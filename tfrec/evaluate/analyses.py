@@ -83,9 +83,9 @@ def cold_start_figures(model, vocab, cases, ranks: np.ndarray, item_emb: np.ndar
         figures["warning"] = (
             f"warm targets rank higher by their text alone than by their trained embedding "
             f"(HR@{k} {alone:.4f} against {full:.4f}): a text-only embedding scores high for "
-            "any query (item text that says little about behaviour does this), so stage 1 "
-            "puts new items above their worth; the ranking stage's lists correct for it "
-            "(has_behaviour), stage 1 alone (export --no-ranking-stage) does not")
+            "any query (item text that says little about behaviour does this), so the "
+            "two-tower puts new items above their worth; a ranker reading has_behaviour "
+            "corrects its lists, the two-tower alone does not")
     return figures
 
 
