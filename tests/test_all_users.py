@@ -147,6 +147,13 @@ class TestStandIn:
             base, tmp_path / "r.parquet", k=5, version=1, progress=False).path)
         assert table.replace_schema_metadata(None).equals(whole.slice(125, 125))
         assert all_users.recommend_batch(signature, [], 5).num_rows == 0
+        # A lone string (whose characters would each be a user), an id that is not a
+        # string and a k that is not an integer are refused before the signature runs.
+        for users, k, message in (("u1", 5, "user_ids must be a list of ids"),
+                                  ([752, 3], 5, r"user_ids\[0\] must be an id string"),
+                                  (["u1"], 2.5, "k must be an integer")):
+            with pytest.raises(ValueError, match=message):
+                all_users.recommend_batch(signature, users, k)
 
     def test_progress_callback_and_line(self, stand_in, tmp_path):
         import io

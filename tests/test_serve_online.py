@@ -72,7 +72,20 @@ def test_recommend_for_user_over_grpc_rest_client_and_command(shared, capsys):
                 (client.recommend, ([],), "sessions must be a non-empty list of sessions"),
                 (client.recommend, ("i1",), "non-empty list"),
                 (client.recommend, (["i1", "i2"],), "each session must be a list of item ids"),
-                (client.similar_items, ("i1",), "item_ids must be a list of ids")):
+                (client.similar_items, ("i1",), "item_ids must be a list of ids"),
+                # An id is a string as written: a nested list, None or a number is not
+                # looked up under its Python text.
+                (client.similar_items, ([["i1"]],), r"item_ids\[0\] must be an id string, "
+                                                    "got list"),
+                (client.item_texts, (["i1", None],), r"item_ids\[1\] must be an id string"),
+                (client.recommend_for_user, ([17850],), r"pass '17850'"),
+                (client.recommend, ([["i1", 3]],), r"sessions\[0\]\[1\] must be an id"),
+                (client.embed_items, (["i1", "i2"], ["one text"]), "1 texts for 2 item_ids"),
+                # k is an integer the signature's int32 holds.
+                (client.recommend, ([["i1"]], 3.7), "k must be an integer, got float"),
+                (client.similar_items, (["i1"], True), "k must be an integer, got bool"),
+                (client.recommend_for_user, (["u"], 2**40), "k must be from 1 to"),
+                (client.recommend_for_user, (["u"], 0), "k must be from 1 to")):
             with pytest.raises(ValueError, match=message):
                 call(*args)
         # An empty session is a session: the popular items.

@@ -50,7 +50,7 @@ from tfrec.errors import InputError
 from tfrec.exporter.layout import (ModelFolder, VersionFolder, remove_stale_temporaries,
                                    reporting_write_failures, temporary_path)
 from tfrec.progress import ProgressLine
-from tfrec.utils import ensure_folder
+from tfrec.utils import ensure_folder, id_list, top_k_count
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +197,8 @@ def recommend_batch(signature: Callable, user_ids: Sequence[str], k: int) -> pa.
 
     Args:
       signature: `load_user_recommender`'s result.
-      user_ids: [batch] user ids.
-      k: recommendations per user (checked by the signature: 1 to max_k).
+      user_ids: [batch] user ids (strings; a lone string or a number is refused).
+      k: recommendations per user (an integer; the signature checks it against max_k).
 
     Returns:
       A table of user_id, rank, item_id, score; empty slots ("" / -inf) left out.
@@ -206,9 +206,11 @@ def recommend_batch(signature: Callable, user_ids: Sequence[str], k: int) -> pa.
     """
     import tensorflow as tf
 
-    if not len(user_ids):
+    user_ids = id_list("user_ids", user_ids, allow_empty=True)
+    k = top_k_count(k)
+    if not user_ids:
         return SCHEMA.empty_table().replace_schema_metadata({"fallback_users": "0"})
-    out = signature(user_ids=tf.constant(list(user_ids), tf.string),
+    out = signature(user_ids=tf.constant(user_ids, tf.string),
                     k=tf.constant(k, tf.int32))
     items = out["item_ids"].numpy()
     scores = out["scores"].numpy().astype(np.float32, copy=False)

@@ -50,6 +50,48 @@ def utf8_bytes(values) -> np.ndarray:
     return out.reshape(values.shape)
 
 
+INT32_MAX = 2**31 - 1
+
+
+def id_list(name: str, values, allow_empty: bool = False) -> list:
+    """`values` as a list of ids (each a str or bytes, as written in the data).
+
+    Refused, naming `name`: a lone string (its characters would each be taken
+    as an id), a value that is not a list of ids, an id that is not a string
+    (a nested list, None, a number: an id is looked up as written, so 7 and
+    "007" differ), and an empty list unless `allow_empty`.
+    """
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{name} must be a list of ids, got the string {values!r:.80} "
+                         f"(one id is [{values!r:.40}])")
+    try:
+        values = list(values)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of ids, got {type(values).__name__} "
+                         f"{values!r:.80}") from None
+    for j, value in enumerate(values):
+        if not isinstance(value, (str, bytes)):  # numpy's str_ and bytes_ are both
+            hint = (f" (if {value!r} is the id as written, pass {str(value)!r})"
+                    if isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+                    else "")
+            raise ValueError(f"{name}[{j}] must be an id string, got {type(value).__name__} "
+                             f"{value!r:.80}{hint}")
+    if not values and not allow_empty:
+        raise ValueError(f"{name} is empty: give at least one id")
+    return values
+
+
+def top_k_count(k, name: str = "k") -> int:
+    """`k` (how many results) as an int: an integer of at least 1 that fits in int32 (the
+    signatures' dtype); a float, a bool or anything else is refused naming `name`."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {type(k).__name__} {k!r:.40}")
+    if not 1 <= int(k) <= INT32_MAX:
+        raise ValueError(f"{name} must be from 1 to {INT32_MAX:,} (the model's max_k "
+                         f"bounds it further), got {int(k):,}")
+    return int(k)
+
+
 def utf8_text(values) -> np.ndarray:
     """TensorFlow string values (bytes, any shape) as text, a str array of that shape
     (numpy's `astype(str)` of bytes decodes ASCII only)."""

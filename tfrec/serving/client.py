@@ -12,19 +12,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfrec.config import RecommendSettings
-from tfrec.utils import utf8_bytes
-
-
-def _id_list(name: str, values) -> list[str]:
-    """`values` as a list of id strings: a lone string (whose characters would each be
-    taken as an id) and an empty list are refused."""
-    if isinstance(values, (str, bytes)):
-        raise ValueError(f"{name} must be a list of ids, got the string {values!r:.80} "
-                         f"(one id is [{values!r:.40}])")
-    values = [str(v) for v in values]
-    if not values:
-        raise ValueError(f"{name} is empty: give at least one id")
-    return values
+from tfrec.utils import id_list, top_k_count, utf8_bytes
 
 
 class RecommenderClient:
@@ -71,10 +59,12 @@ class RecommenderClient:
             if isinstance(s, (str, bytes)):
                 raise ValueError(f"each session must be a list of item ids, got the string "
                                  f"{s!r:.80} (a session of one item is [{s!r:.40}])")
+        sessions = [id_list(f"sessions[{j}]", s, allow_empty=True)
+                    for j, s in enumerate(sessions)]
         width = max(len(s) for s in sessions)
-        batch = utf8_bytes(np.array([[str(i) for i in s] + [""] * (width - len(s))
-                                     for s in sessions], dtype=object))
-        out = self._predict("serving_default", {"item_ids": batch, "k": np.int32(k)})
+        batch = utf8_bytes(np.array([list(s) + [""] * (width - len(s)) for s in sessions],
+                                    dtype=object))
+        out = self._predict("serving_default", {"item_ids": batch, "k": np.int32(top_k_count(k))})
         results = [[(i.decode(), float(sc)) for i, sc in zip(ids, scores) if i]
                    for ids, scores in zip(out["item_ids"], out["scores"])]
         fallback = out.get("fallback", np.zeros(len(sessions), dtype=bool))
@@ -86,21 +76,30 @@ class RecommenderClient:
         items excluded; is the user known?). An unknown or empty user id gets the most
         popular items (scored by their share of the training events) and known False."""
         out = self._predict("recommend_for_user",
-                            {"user_ids": utf8_bytes(_id_list("user_ids", user_ids)),
-                             "k": np.int32(k)})
+                            {"user_ids": utf8_bytes(id_list("user_ids", user_ids)),
+                             "k": np.int32(top_k_count(k))})
         return [([(i.decode(), float(sc)) for i, sc in zip(ids, scores) if i], bool(known))
                 for ids, scores, known in zip(out["item_ids"], out["scores"], out["known"])]
 
     def similar_items(self, item_ids: list[str], k: int = RecommendSettings.k):
-        item_ids = _id_list("item_ids", item_ids)
+        """Per item: its top-k most similar items ((item id, score), itself excluded), or
+        None for an id not in the served catalogue (unknown to the export, or dropped
+        from it: `known_items` still says True for a dropped item, which a session may
+        hold, but it is no longer offered nor a starting point)."""
+        item_ids = id_list("item_ids", item_ids)
         out = self._predict("similar_items", {"item_ids": utf8_bytes(item_ids),
-                                              "k": np.int32(k)})
+                                              "k": np.int32(top_k_count(k))})
         return [[(i.decode(), float(sc)) for i, sc in zip(ids, scores)] if known else None
                 for ids, scores, known in zip(out["item_ids"], out["scores"], out["known"])]
 
     def embed_items(self, item_ids: list[str], texts: list[str] | None = None) -> np.ndarray:
-        item_ids = _id_list("item_ids", item_ids)
-        texts = texts or [""] * len(item_ids)
+        """[n, d] the item embeddings the export serves: a known id's own; an unknown
+        id's from its text in `texts` (one per id; "" for none)."""
+        item_ids = id_list("item_ids", item_ids)
+        texts = [""] * len(item_ids) if texts is None else id_list("texts", texts)
+        if len(texts) != len(item_ids):
+            raise ValueError(f"{len(texts)} texts for {len(item_ids)} item_ids: give one "
+                             "text per id")
         out = self._predict("embed_items", {"item_ids": utf8_bytes(item_ids),
                                             "texts": utf8_bytes(texts)})
         return out["embeddings"]
@@ -108,14 +107,14 @@ class RecommenderClient:
     def known_items(self, item_ids: list[str]) -> list[bool]:
         """Whether each id is an item the model knows (by its id; a query leaves the
         others out)."""
-        item_ids = _id_list("item_ids", item_ids)
+        item_ids = id_list("item_ids", item_ids)
         out = self._predict("embed_items", {"item_ids": utf8_bytes(item_ids),
                                             "texts": utf8_bytes([""] * len(item_ids))})
         return [bool(k) for k in out["known"]]
 
     def item_texts(self, item_ids: list[str]) -> list[str]:
         """The catalogue text of each item ("" for an unknown id)."""
-        item_ids = _id_list("item_ids", item_ids)
+        item_ids = id_list("item_ids", item_ids)
         out = self._predict("item_texts", {"item_ids": utf8_bytes(item_ids)})
         return [t.decode("utf-8") for t in out["texts"]]
 
