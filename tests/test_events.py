@@ -121,6 +121,31 @@ def test_unparseable_timestamp_strict_names_file_line_column(write):
                                      "'2024-13-45 99:00:00'")
 
 
+def test_strict_names_the_first_bad_row_in_file_order_whatever_its_rule(write):
+    # Line 3's timestamp comes before line 4's missing id, though ids are checked first.
+    path = write("t.csv", BAD_TIME.replace("u2,c,", "u2,,"))
+    with pytest.raises(InputError) as err:
+        read_events(path, strict=True)
+    assert "line 3, column 'timestamp'" in str(err.value)
+    path = write("items.csv", "item_id,text\na,red mug\na,red cup\n,blue\n")
+    with pytest.raises(InputError) as err:
+        read_items(path, strict=True)
+    assert "line 3, column 'text': item 'a' has text 'red cup'" in str(err.value)
+
+
+def test_items_without_an_id_beside_a_repeated_id_are_counted(write):
+    # A row without an id and an id given twice in one file (this raised IndexError).
+    items, rejections = read_items(write("items.csv", "item_id,text\na,cup\n,blue\nb,x\n"
+                                         "a,cup\nb,y\n"))
+    assert items["item"].tolist() == ["a", "b"] and items["text"].tolist() == ["cup", "x"]
+    assert rejections.counts["items: missing item id"] == 1
+    assert rejections.counts["items: repeated item id, same text (merged)"] == 1
+    assert rejections.counts["items: conflicting duplicate item id"] == 1
+    with pytest.raises(InputError, match="line 3, column 'item_id': missing item id"):
+        read_items(write("items.csv", "item_id,text\na,cup\n,blue\nb,x\nb,y\n"),
+                   strict=True)
+
+
 def test_unparseable_timestamp_lenient_is_counted_and_kept_aside(write, tmp_path):
     path = write("t.csv", BAD_TIME)
     events, rejections = read_events(path)

@@ -304,6 +304,20 @@ def _text(series: pd.Series) -> pd.Series:
     return series.mask(series == "")
 
 
+def _raise_first(table: _Table, checks) -> None:
+    """Strict reading: raises `InputError` at the first row, in file order, that any of
+    `checks` ((column, bad [n] bool, describe) each) flags; a row two rules flag is
+    named by the first of them."""
+    first = None
+    for column, bad, describe in checks:
+        rows = np.flatnonzero(bad)
+        if len(rows) and (first is None or rows[0] < first[0]):
+            first = (int(rows[0]), column, describe)
+    if first is not None:
+        row, column, describe = first
+        raise InputError(describe(row), column=column, **table.where(row))
+
+
 def _reject(table: _Table, bad: np.ndarray, rule: str, column: str, describe,
             rejections: Rejections, strict: bool) -> None:
     """Counts (or, when strict, raises on) the rows flagged in `bad`."""
@@ -440,6 +454,8 @@ def read_events(path: str | Path, schema: EventsSchema = EventsSchema(), strict:
                     + "; set data.events_schema.time_format" if pd.notna(raw_time.iloc[i])
                     else "missing timestamp")),
     ]
+    if strict:
+        _raise_first(table, [(column, bad, describe) for _, column, bad, describe in checks])
     for rule, column, bad, describe in checks:
         bad = bad & keep
         _reject(table, bad, rule, column, describe, rejections, strict)
@@ -487,29 +503,32 @@ def read_items(path: str | Path, schema: ItemsSchema = ItemsSchema(), strict: bo
     market = (_text(frame[schema.market_col]) if schema.market_col
               else pd.Series(pd.NA, index=frame.index, dtype="string"))
     missing = item.isna().to_numpy()
+    keep = ~missing
+    # Rows without an id group together (never compared: `keep` leaves them out).
+    first_pos = pd.Series(np.arange(len(frame))).groupby(item.to_numpy(), dropna=False
+                                                         ).transform("min")
+    first_pos = first_pos.to_numpy(dtype=np.int64)
+    repeated = keep & (first_pos != np.arange(len(frame)))
+    same = ((text.to_numpy() == text.to_numpy()[first_pos])
+            & (market.fillna("").to_numpy() == market.fillna("").to_numpy()[first_pos]))
+    duplicate, conflict = repeated & same, repeated & ~same
+
+    def describe(i: int) -> str:
+        j = int(first_pos[i])
+        return (f"item {item.iloc[i]!r} has text {text.iloc[i]!r} here but "
+                f"{text.iloc[j]!r} at line {int(table.lines[j])}"
+                if text.iloc[i] != text.iloc[j] else
+                f"item {item.iloc[i]!r} has market {market.iloc[i]!r} here but "
+                f"{market.iloc[j]!r} at line {int(table.lines[j])}")
+
+    if strict:
+        _raise_first(table, [(schema.item_col, missing, lambda i: "missing item id"),
+                             (schema.text_col, conflict, describe)])
     _reject(table, missing, "items: missing item id", schema.item_col,
             lambda i: "missing item id", rejections, strict)
-    keep = ~missing
-
-    first_pos = pd.Series(np.arange(len(frame))).groupby(item.to_numpy()).transform("min")
-    first_pos = first_pos.to_numpy()
-    repeated = keep & (first_pos != np.arange(len(frame)))
     if repeated.any():
-        same = ((text.to_numpy() == text.to_numpy()[first_pos])
-                & (market.fillna("").to_numpy() == market.fillna("").to_numpy()[first_pos]))
-        duplicate = repeated & same
-        conflict = repeated & ~same
         rejections.add("items: repeated item id, same text (merged)", int(duplicate.sum()))
         keep &= ~duplicate
-
-        def describe(i: int) -> str:
-            j = int(first_pos[i])
-            return (f"item {item.iloc[i]!r} has text {text.iloc[i]!r} here but "
-                    f"{text.iloc[j]!r} at line {int(table.lines[j])}"
-                    if text.iloc[i] != text.iloc[j] else
-                    f"item {item.iloc[i]!r} has market {market.iloc[i]!r} here but "
-                    f"{market.iloc[j]!r} at line {int(table.lines[j])}")
-
         _reject(table, conflict, "items: conflicting duplicate item id", schema.text_col,
                 describe, rejections, strict)
         keep &= ~conflict
