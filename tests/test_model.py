@@ -64,6 +64,38 @@ def trained(world):
     return fit(world)
 
 
+def test_a_batch_of_the_wrong_stream_or_dtype_is_named(world):
+    train, _, vocab, _ = world
+    sessions = sessionize(train, vocab, SessionConfig())
+    model = build_model(ModelConfig(embedding_dim=16, objective="retrieval", text=TEXT,
+                                    **PINNED), vocab, seed=1)
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    pairs = PairPipeline(sessions, vocab, PairConfig(batch_size=256, seed=1), workers=1)
+    with pytest.raises(ValueError, match=r"the batch lacks 'history', 'next_item', "
+                                         r"'candidate_probability', read by the RetrievalTask "
+                                         r"from the 'next_items' stream.*reads the streams "
+                                         r"next_items"):
+        model.fit(pairs.as_dataset().take(2), verbose=0)
+    batch = next(iter(NextItemPipeline(sessions, vocab, 20, batch_size=64, seed=1).as_dataset()))
+    floats = tf.data.Dataset.from_tensors({**batch, "next_item": tf.cast(batch["next_item"],
+                                                                         tf.float32)})
+    with pytest.raises(ValueError, match="feature 'next_item' holds item indices "
+                                         r"\(integers\), got float32"):
+        model.fit(floats, verbose=0)
+
+
+def test_item_embeddings_refuse_indices_outside_the_catalogue(trained):
+    model, _ = trained
+    size = model.item_encoder.num_items
+    assert model.item_embeddings([0, size - 1]).shape == (2, 32)
+    for index, message in (([1, size], f"item index {size} is outside the catalogue's "
+                                       f"0..{size - 1} \\(1 of 2 outside\\)"),
+                           ([-1], "item index -1 is outside"),
+                           ([1.5], "item indices must be integers, got float64")):
+        with pytest.raises(ValueError, match=message):
+            model.item_embeddings(index)
+
+
 def test_loss_falls(trained):
     _, history = trained
     assert history["loss"][-1] < 0.8 * history["loss"][0]

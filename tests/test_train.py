@@ -141,6 +141,22 @@ def test_a_resume_refits_the_ranking_stage_with_new_settings_and_refuses_others(
     ranking = json.loads((run / "config.json").read_text())["ranking"]
     assert ranking["members"] == 2 and ranking["num_candidates"] == 30
     assert (run / "history.jsonl").read_text() == history
+    # The same from Python: the config given to a resume is checked, not ignored.
+    import dataclasses
+
+    from tfrec.errors import InputError
+    from tfrec.ranking.two_stage import train
+    from tfrec.run_folder import RunFolder
+
+    saved = RunFolder(run).read_config()
+    wider = dataclasses.replace(saved, model=dataclasses.replace(saved.model, embedding_dim=8))
+    with pytest.raises(InputError, match="model.embedding_dim: 16 -> 8"):
+        train(wider, run, resume=True, verbose=0)
+    fewer = dataclasses.replace(saved, ranking=dataclasses.replace(saved.ranking, members=1))
+    train(fewer, run, resume=True, verbose=0)
+    assert json.loads((run / "ranking" / "stage.json").read_text())["ranker"]["members"] == 1
+    assert RunFolder(run).read_config().ranking.members == 1
+    assert (run / "history.jsonl").read_text() == history
 
 
 def test_bad_config_file(tmp_path, capsys):

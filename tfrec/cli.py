@@ -168,7 +168,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         strategy = changes.get("train.strategy", (None, strategy))[1]
         if any(key.startswith("ranking.") for key in changes):
             ranking = config.ranking
-    result = train(config, Path(run.run_dir), resume=run.resume,
+    # A resume without --config / --set continues with the run's saved config.
+    given = None if run.resume and not (args.config or args.set) else config
+    result = train(given, Path(run.run_dir), resume=run.resume,
                    epochs=epochs if run.resume else None,
                    strategy=strategy if run.resume else None, overwrite=run.overwrite,
                    ranking=ranking)

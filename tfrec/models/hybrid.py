@@ -66,6 +66,7 @@ class HybridModel(tfrs.Model):
         """The loss of one replica's batch: the tasks' weighted losses (each a
         batch mean divided by the replicas, so that the replicas' summed
         gradients are the global batch's mean), plus the text alignment."""
+        self._check_features(features)
         loss = tf.constant(0.0)
         alignment = None
         for task in self.tasks:
@@ -76,6 +77,29 @@ class HybridModel(tfrs.Model):
         if self.text_alignment > 0:
             loss += self.text_alignment * alignment / replicas()
         return loss
+
+    def _check_features(self, features) -> None:
+        """Refuses a batch that lacks a task's features or holds item indices that are not
+        integers, naming them and the model's streams (checked as `fit` traces a step,
+        not per batch)."""
+        if not isinstance(features, dict):
+            raise ValueError(f"a training batch must be a dict of features (the model reads "
+                             f"the streams {', '.join(self.streams)}), got "
+                             f"{type(features).__name__}")
+        for task in self.tasks:
+            missing = [name for name in task.feature_names if name not in features]
+            if missing:
+                raise ValueError(
+                    f"the batch lacks {', '.join(map(repr, missing))}, read by the "
+                    f"{type(task).__name__} from the {task.stream!r} stream (it has "
+                    f"{', '.join(map(repr, sorted(features))) or 'no features'}); the model "
+                    f"reads the streams {', '.join(self.streams)}: fit on "
+                    "`tfrec.training.make_dataset(data, model.streams)`")
+            for name in task.index_features:
+                dtype = tf.as_dtype(features[name].dtype)
+                if not dtype.is_integer:
+                    raise ValueError(f"feature {name!r} holds item indices (integers), got "
+                                     f"{dtype.name}")
 
     def enable_topk_metrics(self, ks: tuple[int, ...] = (1, 10, 50)) -> None:
         """Adds TFRS `FactorizedTopK` metrics to the retrieval task for `evaluate`.
@@ -97,7 +121,15 @@ class HybridModel(tfrs.Model):
         """[n, dim] embeddings of the given item indices (default: the whole catalogue)."""
         if item_index is None:
             item_index = np.arange(self.item_encoder.num_items, dtype=np.int32)
-        item_index = np.asarray(item_index, dtype=np.int32)
+        item_index = np.asarray(item_index)
+        if item_index.size and not np.issubdtype(item_index.dtype, np.integer):
+            raise ValueError(f"item indices must be integers, got {item_index.dtype}")
+        outside = (item_index < 0) | (item_index >= self.item_encoder.num_items)
+        if outside.any():
+            raise ValueError(f"item index {int(item_index[outside][0])} is outside the "
+                             f"catalogue's 0..{self.item_encoder.num_items - 1} "
+                             f"({int(outside.sum())} of {item_index.size} outside)")
+        item_index = item_index.astype(np.int32)
         parts = [self.item_encoder(tf.constant(item_index[i:i + batch_size])).numpy()
                  for i in range(0, len(item_index), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.embedding_dim), np.float32)

@@ -29,25 +29,34 @@ from tfrec import training
 logger = logging.getLogger(__name__)
 
 
-def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
+def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False,
           verbose: int | None = None, epochs: int | None = None,
           strategy: str | None = None, overwrite: bool = False,
           ranking: RankingConfig | None = None) -> training.TrainResult:
     """Trains a run: the two-tower, then (with `ranking.enabled`) the ranking stage.
 
     Arguments and errors are `tfrec.training.train`'s, and `ranking`: the ranking
-    stage's settings in place of the config's; with `resume`, those to refit it
-    with (checked by `tfrec.training.resume_changes`; the run's saved config takes
-    them once the stage is fit). The result's `evaluation` is both stages' held-out scores
-    (stage 1's under "stage1").
+    stage's settings in place of the config's. With `resume`, `config` (None: the
+    run's saved one) and `ranking` may change only what a resume can
+    (`tfrec.training.resume_changes`: the epochs, the strategy, the ranking stage's
+    settings, which refit the stage and which the run's saved config then takes);
+    any other difference from the saved config is refused, naming it. The result's
+    `evaluation` is both stages' held-out scores (stage 1's under "stage1").
     """
     run_dir = Path(run_dir)
     if resume:
         saved = RunFolder(run_dir).read_config()
-        config = saved
-        if ranking is not None and ranking != saved.ranking:
-            training.resume_changes(saved, dataclasses.replace(saved, ranking=ranking))
-            config = dataclasses.replace(saved, ranking=ranking)
+        given = saved if config is None else config
+        if ranking is not None:
+            given = dataclasses.replace(given, ranking=ranking)
+        changes = training.resume_changes(saved, given)
+        if epochs is None and "train.epochs" in changes:
+            epochs = given.train.epochs
+        if strategy is None and "train.strategy" in changes:
+            strategy = given.train.strategy
+        config = dataclasses.replace(saved, ranking=given.ranking)
+    elif config is None:
+        raise ValueError("a new run needs a config (None is for a resume: the run's own)")
     elif ranking is not None:
         config = dataclasses.replace(config, ranking=ranking)
     if not config.ranking.enabled:

@@ -27,8 +27,9 @@ def checked_temperature(task: str, temperature) -> float:
 class Task(keras.layers.Layer):
     """A loss over one training stream, computed with the model's towers.
 
-    Subclasses set `stream` (which stream of `STREAMS` feeds them) and
-    `feature_names` (the features of a batch they read), and implement
+    Subclasses set `stream` (which stream of `STREAMS` feeds them),
+    `feature_names` (the features of a batch they read) and `index_features`
+    (those of them that are item indices), and implement
     `call(features, item_encoder, query_tower, training)` returning
     `(loss, alignment)`: the loss of this replica's batch, scaled so that the
     replicas' sum is the global batch's mean, and the item encoder's
@@ -40,6 +41,8 @@ class Task(keras.layers.Layer):
 
     stream: ClassVar[str] = ""
     feature_names: ClassVar[tuple[str, ...]] = ()
+    # Those of `feature_names` that hold item indices (integers).
+    index_features: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, weight: float, **kwargs):
         super().__init__(**kwargs)

@@ -38,6 +38,7 @@ class RetrievalTask(Task):
 
     stream = NEXT_ITEMS
     feature_names = ("history", "next_item", "candidate_probability")
+    index_features = ("history", "next_item")
 
     def __init__(self, sampler: NegativeSampler | dict, temperature: float, weight: float,
                  **kwargs):

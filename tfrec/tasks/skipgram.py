@@ -30,6 +30,7 @@ class SkipGramTask(Task):
 
     stream = PAIRS
     feature_names = ("target", "context", "negatives", "weight")
+    index_features = ("target", "context", "negatives")
 
     def __init__(self, temperature: float, weight: float, **kwargs):
         super().__init__(weight, **kwargs)
