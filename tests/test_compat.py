@@ -74,3 +74,5 @@ def test_tensorflow_imported_first_is_a_clear_error():
     result = run_python("import tensorflow\nimport tfrec")
     assert result.returncode != 0
     assert "imported before tfrec without TF_USE_LEGACY_KERAS=1" in result.stderr
+    # The packages are right: no advice to reinstall them.
+    assert "pip install" not in result.stderr

@@ -195,6 +195,16 @@ def test_warmup_records_parse_and_run(exported):
     assert set(signatures) == {"serving_default", "recommend_for_user"}
 
 
+def test_no_warmup_sessions_no_warmup_requests(tmp_path):
+    from tfrec.exporter.saved_model import _write_warmup
+
+    path = tmp_path / "warmup"
+    assert _write_warmup(path, "shop", [], 5, ["u1", "u2"]) == 0
+    assert list(tf.data.TFRecordDataset(str(path))) == []
+    assert _write_warmup(path, "shop", [["a"]], 5, ["u1"]) == 2
+    assert len(list(tf.data.TFRecordDataset(str(path)))) == 2
+
+
 def test_killing_an_export_midway_leaves_no_version(run_dir, tmp_path):
     model_dir = tmp_path / "shop"
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
@@ -718,4 +728,11 @@ def test_a_catalogue_too_small_for_scann_is_searched_exactly():
 def test_bad_export_arguments_are_refused_naming_them(run_dir, tmp_path, arguments, named):
     with pytest.raises(InputError, match=named):
         export(run_dir, tmp_path / "m", IndexConfig(kind="brute_force"), **arguments)
+
+
+def test_an_index_config_that_is_not_one_is_named(run_dir, tmp_path):
+    with pytest.raises(TypeError, match=r"index_config must be a tfrec.IndexConfig \(e.g. "
+                                        r"IndexConfig\(kind='brute_force'\)\), got str"):
+        export(run_dir, tmp_path / "m", "brute_force")
+    assert not (tmp_path / "m").exists()
     assert not (tmp_path / "m").exists()

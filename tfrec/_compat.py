@@ -123,6 +123,8 @@ def check_stack(required: dict[str, tuple[str, str]] | None = None,
             f"Keras {keras_version or '3'}; import tfrec first or set TF_USE_LEGACY_KERAS=1 "
             "in the environment")
     if problems:
+        # Only the import order wrong: the packages are fine, reinstalling fixes nothing.
+        fix = ("" if not legacy_keras_in_time and len(problems) == 1
+               else f"\nFix the versions: {INSTALL_HINT}")
         raise IncompatibleStackError(
-            "tfrec cannot run with the installed packages:\n" + "\n".join(problems)
-            + f"\nFix: {INSTALL_HINT}")
+            "tfrec cannot run with the installed packages:\n" + "\n".join(problems) + fix)

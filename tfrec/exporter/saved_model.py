@@ -96,6 +96,8 @@ def _write_warmup(path: Path, model_name: str, sessions: list[list[str]], k: int
         return prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString()
 
+    if not len(sessions):  # no warm-up asked for (warmup_sessions 0): none for users either
+        user_ids = ()
     with tf.io.TFRecordWriter(str(path)) as writer:
         if len(user_ids):
             writer.write(record("recommend_for_user", {
@@ -391,7 +393,8 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
       serving_config_dir: a folder whose `models.config` (and `batching.config`) to
         add the model to, as `tfrec export` does with `serving_config/` (default
         None: no serving config is touched).
-      warmup_sessions: real sessions recorded as the version's warm-up requests.
+      warmup_sessions: real sessions recorded as the version's warm-up requests
+        (with a request for a few cached users; 0: no warm-up requests).
       recall_queries: queries the index's recall is measured on.
       ranking_stage: serve the run's ranking stage, if it has one, after the
         index (false: the index's top k, as a run without one; None: true).
@@ -407,6 +410,10 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
     from tfrec.run import check_run_data, load_run, prepare_training_data
 
     started = time.perf_counter()
+    if not isinstance(index_config, IndexConfig):
+        raise TypeError(f"index_config must be a tfrec.IndexConfig (e.g. "
+                        f"IndexConfig(kind='brute_force')), got {type(index_config).__name__} "
+                        f"{index_config!r:.60}")
     model_dir = Path(model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise InputError("model dir is a file, expected a folder", path=str(model_dir))
