@@ -84,6 +84,25 @@ def test_a_batch_of_the_wrong_stream_or_dtype_is_named(world):
         model.fit(floats, verbose=0)
 
 
+def test_texts_without_a_word_are_named_not_a_traceback(world):
+    from tfrec.errors import InputError
+
+    train, _, _, _ = world
+    items = generate_items(NUM_ITEMS, NUM_CLUSTERS, num_cold=NUM_COLD, seed=5)
+    for texts in ("", "🍵 !!! ☕"):
+        vocab = build_vocabulary(train, items.assign(text=texts))
+        with pytest.raises(InputError, match=r"no item text gives a word the text tower can "
+                                             r"learn \(256 items, (0|256) with text"):
+            build_model(ModelConfig(embedding_dim=16, text=TEXT, **PINNED), vocab, seed=1)
+    # A word in too few texts for model.text.min_token_count: named the same way.
+    import dataclasses
+
+    vocab = build_vocabulary(train, items.assign(text=[f"w{i}" for i in range(len(items))]))
+    with pytest.raises(InputError, match=r"model.text.min_token_count \(2\) items"):
+        build_model(ModelConfig(embedding_dim=16, **PINNED, text=dataclasses.replace(
+            TEXT, min_token_count=2)), vocab, seed=1)
+
+
 def test_item_embeddings_refuse_indices_outside_the_catalogue(trained):
     model, _ = trained
     size = model.item_encoder.num_items

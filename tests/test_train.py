@@ -94,6 +94,8 @@ def test_train_writes_a_complete_run_folder(tmp_path, data_files, capsys):
     (["model.fusion=concat", "model.text_share=1.5"], "text_share must be in (0, 1), got 1.5"),
     (["train.optimizer=lazyadam"], "optimizer must be 'adam', 'lazy_adam', 'adagrad' or "
                                    "'sgd', got 'lazyadam'"),
+    (["model.objective=skipgram", "data.pairs.num_negatives=0"],
+     "setting 'data.pairs.num_negatives': skip-gram pairs need at least one negative"),
 ])
 def test_bad_config_exits_2_naming_the_key_or_file(tmp_path, data_files, capsys, overrides,
                                                    expected):
@@ -105,6 +107,8 @@ def test_bad_config_exits_2_naming_the_key_or_file(tmp_path, data_files, capsys,
     err = capsys.readouterr().err
     assert expected in err, err
     assert "Traceback" not in err
+    # Nothing half-made is left: the same command can run again once the input is fixed.
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_resume_refits_the_ranking_stage_with_new_settings_and_refuses_others(

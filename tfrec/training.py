@@ -272,6 +272,13 @@ def check_run_config(config: RunConfig) -> RunConfig:
       InputError: naming the setting (e.g. `model.negatives`).
     """
     check_sampler_name(config.model.negatives)
+    pairs = config.data.pairs
+    if "pairs" in required_streams(config.model) and \
+            pairs.num_negatives + pairs.market_negatives < 1:
+        raise InputError("skip-gram pairs need at least one negative each: set "
+                         "data.pairs.num_negatives (or data.pairs.market_negatives) to 1 or "
+                         f"more, or a model.objective without pairs (it is "
+                         f"{config.model.objective!r})", key="data.pairs.num_negatives")
     for message in ignored_settings(config):
         if message not in _WARNED:
             _WARNED.add(message)
@@ -681,21 +688,33 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
         config = dataclasses.replace(config, ranking=dataclasses.replace(config.ranking,
                                                                          enabled=False))
     worker = distribute.cluster_worker(config.train.strategy)
+    # A new run's folder that this call makes is removed again if the run fails before it
+    # trains (bad data, say): the same command can then be run again as it was.
+    existed = run_dir.is_dir()
+    new_folder = (worker.is_chief and not resume
+                  and (not run_dir.exists() or existed and not any(run_dir.iterdir())))
     prepare_run_folder(run_dir, config, worker, resume, overwrite,
                        config_changed=epochs is not None or strategy is not None)
-    tf_strategy = distribute.create_strategy(config.train.strategy)
-    if worker.count > 1:
-        logger.info("worker %d of %d (%s %d)%s", worker.index, worker.count, worker.task_type,
-                    worker.task_index, ", the chief" if worker.is_chief else "")
-
-    logger.info("preparing data")
-    data = prepare_training_data(config)
-    for message in data_setting_warnings(event_type_counts(data.events),
-                                         len(data.vocab.market_names), config):
-        logger.warning("%s", message)
-    fit_data = data if stage1 is None else stage1(config, data)
-    log_data(fit_data)
-    model = build_compiled_model(config, fit_data, tf_strategy)
+    try:
+        tf_strategy = distribute.create_strategy(config.train.strategy)
+        if worker.count > 1:
+            logger.info("worker %d of %d (%s %d)%s", worker.index, worker.count,
+                        worker.task_type, worker.task_index,
+                        ", the chief" if worker.is_chief else "")
+        logger.info("preparing data")
+        data = prepare_training_data(config)
+        for message in data_setting_warnings(event_type_counts(data.events),
+                                             len(data.vocab.market_names), config):
+            logger.warning("%s", message)
+        fit_data = data if stage1 is None else stage1(config, data)
+        log_data(fit_data)
+        model = build_compiled_model(config, fit_data, tf_strategy)
+    except BaseException:
+        if new_folder:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if existed:  # it was there, empty: leave it so
+                run_dir.mkdir(parents=True, exist_ok=True)
+        raise
     session_history = fit(model, fit_data, config, run_dir, worker, resume, verbose)
     if not worker.is_chief:
         return TrainResult(run_dir, model, session_history, None,

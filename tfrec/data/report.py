@@ -165,7 +165,9 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0,
         warnings.append(warm_without_text_warning(report["warm_items_without_text"],
                                                   report["warm_items"]))
         listed = 0 if data.items is None else len(data.items)
-        if listed and report["warm_items_without_text"] == report["warm_items"]:
+        warm_ids = data.vocab.ids[1:data.vocab.num_warm + 1]
+        if listed and report["warm_items_without_text"] == report["warm_items"] and not np.isin(
+                warm_ids, data.items["item"].to_numpy(dtype=object)).any():
             warnings.append(f"no item id of the events is in the items table ({listed:,} "
                             f"rows): ids are matched as exact text ('00012' is not '12'); "
                             f"write them alike in both files")

@@ -13,6 +13,7 @@ import numpy as np
 
 from tfrec.config import ModelConfig
 from tfrec.data.vocab import ItemVocabulary
+from tfrec.errors import InputError
 from tfrec.models.hybrid import HybridModel
 from tfrec.tasks.base import Task
 from tfrec.tasks.retrieval import RetrievalTask
@@ -120,6 +121,14 @@ def build_model(config: ModelConfig, vocab: ItemVocabulary, seed: int | None = N
     else:
         tokens = (build_token_vocabulary(vocab.text[1:], text.max_tokens, text.min_token_count)
                   if config.use_text else [])
+        if config.use_text and not tokens:
+            with_text = int(sum(1 for t in vocab.text[1:] if isinstance(t, str) and t.strip()))
+            raise InputError(
+                f"no item text gives a word the text tower can learn ({vocab.size - 1:,} items, "
+                f"{with_text:,} with text; a word counts once it is in "
+                f"model.text.min_token_count ({text.min_token_count}) items' texts, and "
+                "punctuation or emoji alone are no words): give texts with words, lower "
+                "model.text.min_token_count, or set model.use_text: false", key="model.use_text")
 
     def make_item_encoder(name, seed=seed):
         encoder = build_item_encoder(config, vocab.size, num_warm + 1, tokens, seed, name)
