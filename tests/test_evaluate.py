@@ -538,3 +538,16 @@ def test_evaluate_an_exported_version_matches_its_run(versions, report, tmp_path
     assert exported["index_recall"]["recall"]["10"] > 0.5
     assert cli.main(["evaluate", "--saved-model", str(tmp_path)]) == 2
     assert "tfrec: error:" in capsys.readouterr().err
+
+
+def test_index_recall_of_a_catalogue_too_small_for_scann_is_exact_search():
+    from tfrec.evaluate.analyses import index_recall
+    from tfrec.index.ann import SCANN_MIN_ITEMS
+
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(SCANN_MIN_ITEMS - 3, 8)).astype(np.float32)  # row 0: padding
+    result = index_recall(items, items[1:4])
+    assert result["index"] == "brute_force" and result["parameters"] == {}
+    assert all(value == 1.0 for value in result["recall"].values())
+    assert index_recall(rng.normal(size=(40, 8)).astype(np.float32), items[1:4, :8]
+                        )["index"] == "scann"

@@ -14,7 +14,8 @@ import tensorflow as tf
 from tfrec.data.sessions import sessionize
 from tfrec.evaluate.exported import ExportedModel
 from tfrec.evaluate.methods import MAX_K
-from tfrec.index.ann import IndexConfig, build_index, recall_at_ks, scann_parameters
+from tfrec.index.ann import (SCANN_MIN_ITEMS, IndexConfig, build_index, recall_at_ks,
+                             scann_parameters)
 from tfrec.metrics import hit_rate, ndcg, rank_targets, target_ranks, top_k_items
 
 
@@ -90,14 +91,17 @@ def cold_start_figures(model, vocab, cases, ranks: np.ndarray, item_emb: np.ndar
 
 
 def index_recall(items: np.ndarray, queries: np.ndarray, ks=(1, 5, 10, 20, 50)) -> dict:
-    """ScaNN (the export's settings) against exact search on the case queries."""
+    """ScaNN (the export's settings) against exact search on the case queries; a catalogue
+    too small for ScaNN is searched exactly, as the export searches it."""
     embeddings, ids = items[1:], np.arange(1, len(items)).astype(str)
-    config = IndexConfig(kind="scann", max_k=max(ks))
+    kind = "scann" if len(embeddings) >= SCANN_MIN_ITEMS else "brute_force"
+    config = IndexConfig(kind=kind, max_k=max(ks))
     started = time.perf_counter()
     index = build_index(embeddings, ids, config)
     build = time.perf_counter() - started
     recall = recall_at_ks(index, queries, embeddings, ids, ks)
-    return {"index": "scann", "parameters": scann_parameters(len(embeddings), config),
+    return {"index": kind, "parameters": (scann_parameters(len(embeddings), config)
+                                          if kind == "scann" else {}),
             "queries": int(len(queries)), "build_seconds": round(build, 3),
             "recall": {str(k): v for k, v in recall.items()}}
 

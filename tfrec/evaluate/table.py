@@ -93,7 +93,8 @@ def format_report(report: dict) -> str:
             lines.append(tuning_line(m["label"], m["tuning"], k))
     lines += ranking_stage_lines(report)
     r = report["index_recall"]
-    kind = "the export's index" if r["index"] == "export" else "ScaNN"
+    kind = {"export": "the export's index", "brute_force": "exact search, the catalogue too "
+            "small for ScaNN"}.get(r["index"], "ScaNN")
     on = (f"{r['queries']:,} sessions, {r['measured']}" if r.get("measured")
           else f"{r['queries']:,} case queries")
     lines.append(f"index recall@10 ({kind} vs exact, {on}): "
