@@ -350,3 +350,15 @@ def test_an_export_from_the_run_names_the_changes_it_does_not_carry(
     assert meta["added_items"] == meta["dropped_items"] == 0
     # Version 4 changed nothing: the next export from the run has nothing to name.
     assert changes_not_carried(model_dir, 5) is None
+
+
+def test_drop_ids_files_from_editors_read_alike(tmp_path):
+    from tfrec.exporter.catalogue import read_drop_ids
+
+    for name, data in (("bom.txt", b"\xef\xbb\xbfi3\r\n# old\r\ni4\r\n"),
+                       ("plain.txt", b"i3\ni4\ni3\n")):
+        (tmp_path / name).write_bytes(data)
+        assert read_drop_ids(tmp_path / name) == ["i3", "i4"]
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1.txt.*not UTF-8 text"):
+        read_drop_ids(tmp_path / "latin1.txt")

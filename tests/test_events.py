@@ -146,6 +146,23 @@ def test_items_without_an_id_beside_a_repeated_id_are_counted(write):
                    strict=True)
 
 
+def test_ids_with_a_line_break_are_rejected_as_bad_rows(write):
+    # An export lists ids one per line: such an id would come back as two.
+    path = write("t.csv", 'user_id,item_id,timestamp\nu1,a,2024-01-01T10:00:00\n'
+                          '"new\nline",b,2024-01-01T10:01:00\nu1,"x\ry",2024-01-01T10:02:00\n')
+    events, rejections = read_events(path)
+    assert events["user"].tolist() == ["u1"]
+    assert rejections.counts["events: user id with a line break"] == 1
+    assert rejections.counts["events: item id with a line break"] == 1
+    assert "user id 'new\\nline' holds a line break" in \
+        rejections.examples["events: user id with a line break"]
+    with pytest.raises(InputError, match="holds a line break"):
+        read_events(path, strict=True)
+    items, rejections = read_items(write("items.csv", 'item_id,text\na,cup\n"x\ny",thing\n'))
+    assert items["item"].tolist() == ["a"]
+    assert rejections.counts["items: item id with a line break"] == 1
+
+
 def test_unparseable_timestamp_lenient_is_counted_and_kept_aside(write, tmp_path):
     path = write("t.csv", BAD_TIME)
     events, rejections = read_events(path)

@@ -304,6 +304,15 @@ def _text(series: pd.Series) -> pd.Series:
     return series.mask(series == "")
 
 
+# Exports list ids one per line (item_ids.txt, user_ids.txt), as TF Serving's assets do.
+LINE_BREAK_WHY = "an export lists ids one per line"
+
+
+def _line_breaks(ids: pd.Series) -> np.ndarray:
+    """[n] bool: which ids hold a line break (missing ids do not)."""
+    return ids.str.contains("[\r\n]", regex=True).fillna(False).to_numpy(dtype=bool)
+
+
 def _raise_first(table: _Table, checks) -> None:
     """Strict reading: raises `InputError` at the first row, in file order, that any of
     `checks` ((column, bad [n] bool, describe) each) flags; a row two rules flag is
@@ -447,6 +456,13 @@ def read_events(path: str | Path, schema: EventsSchema = EventsSchema(), strict:
          lambda i: "missing user id"),
         ("events: missing item id", schema.item_col, item.isna().to_numpy(),
          lambda i: "missing item id"),
+        # (Named in the report only when a row has one: they are rare.)
+        *[(f"events: {name} id with a line break", column, breaks,
+           lambda i, ids=ids, name=name: f"{name} id {ids.iloc[i]!r} holds a line break "
+                                         f"({LINE_BREAK_WHY})")
+          for name, column, ids in (("user", schema.user_col, user),
+                                    ("item", schema.item_col, item))
+          for breaks in [_line_breaks(ids)] if breaks.any()],
         ("events: unparseable timestamp", schema.time_col,
          time == np.iinfo(np.int64).min,
          lambda i: (f"cannot parse {raw_time.iloc[i]!r} as a timestamp"
@@ -503,7 +519,8 @@ def read_items(path: str | Path, schema: ItemsSchema = ItemsSchema(), strict: bo
     market = (_text(frame[schema.market_col]) if schema.market_col
               else pd.Series(pd.NA, index=frame.index, dtype="string"))
     missing = item.isna().to_numpy()
-    keep = ~missing
+    broken = _line_breaks(item)
+    keep = ~missing & ~broken
     # Rows without an id group together (never compared: `keep` leaves them out).
     first_pos = pd.Series(np.arange(len(frame))).groupby(item.to_numpy(), dropna=False
                                                          ).transform("min")
@@ -521,11 +538,18 @@ def read_items(path: str | Path, schema: ItemsSchema = ItemsSchema(), strict: bo
                 f"item {item.iloc[i]!r} has market {market.iloc[i]!r} here but "
                 f"{market.iloc[j]!r} at line {int(table.lines[j])}")
 
+    def describe_break(i: int) -> str:
+        return f"item id {item.iloc[i]!r} holds a line break ({LINE_BREAK_WHY})"
+
     if strict:
         _raise_first(table, [(schema.item_col, missing, lambda i: "missing item id"),
+                             (schema.item_col, broken, describe_break),
                              (schema.text_col, conflict, describe)])
     _reject(table, missing, "items: missing item id", schema.item_col,
             lambda i: "missing item id", rejections, strict)
+    if broken.any():
+        _reject(table, broken, "items: item id with a line break", schema.item_col,
+                describe_break, rejections, strict)
     if repeated.any():
         rejections.add("items: repeated item id, same text (merged)", int(duplicate.sum()))
         keep &= ~duplicate

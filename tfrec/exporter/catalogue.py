@@ -140,16 +140,21 @@ def read_new_items(path: str | Path, schema) -> pd.DataFrame:
 
 
 def read_drop_ids(path: str | Path) -> list[str]:
-    """The ids file of --drop-items: one item id per line (blank lines and # comments
-    skipped).
+    """The ids file of --drop-items: one item id per line, UTF-8 (blank lines and #
+    comments skipped; a byte-order mark and Windows line ends are fine).
 
     Raises:
-      InputError: a missing or empty file.
+      InputError: a missing or empty file, or one that is not UTF-8.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError("item ids file not found", path=str(path), key="export.drop_items")
-    ids = [line.strip() for line in path.read_text().splitlines()]
+    try:  # UTF-8, with or without the byte-order mark an editor may write first
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=str(path),
+                         key="export.drop_items") from None
+    ids = [line.strip() for line in text.splitlines()]
     ids = list(dict.fromkeys(i for i in ids if i and not i.startswith("#")))
     if not ids:
         raise InputError("the file names no item id", path=str(path), key="export.drop_items")
