@@ -100,9 +100,22 @@ def test_a_split_date_under_the_user_split_is_said_to_be_unused(caplog):
     assert "split_date" not in caplog.text
 
 
-@pytest.mark.parametrize("date", ["2024-02-30", "yesterday"])
+# Day-first or month-first text is not guessed (10/05/2024 was read as October the fifth,
+# 13/05/2024 as May the thirteenth).
+@pytest.mark.parametrize("date", ["2024-02-30", "yesterday", "10/05/2024", "13/05/2024"])
 def test_an_impossible_split_date_names_the_setting(date):
     with pytest.raises(InputError) as err:
         split_for_training(events_at([0, 86_400]), None, TrainConfig(split_date=date))
     assert err.value.key == "train.split_date" and f"cannot parse split date '{date}'" in str(
         err.value)
+
+
+def test_a_split_date_is_iso_8601_with_a_time_and_zone_if_given():
+    from tfrec.data.report import _moment
+    from tfrec.data.split import parse_split_date
+
+    noon = parse_split_date("2024-05-20T12:00")
+    assert noon == parse_split_date("2024-05-20T14:00+02:00") == \
+        parse_split_date("2024-05-20") + 12 * 3600
+    assert _moment(noon) == "2024-05-20 12:00:00"
+    assert _moment(parse_split_date("2024-05-20")) == "2024-05-20"

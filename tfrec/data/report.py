@@ -28,6 +28,12 @@ if TYPE_CHECKING:  # the run layer sits on the data layer; only its type is name
 logger = logging.getLogger(__name__)
 
 
+def _moment(seconds: int) -> str:
+    """A split's time as the report shows it: the date, and the time (UTC) unless midnight."""
+    stamp = pd.Timestamp(int(seconds), unit="s")
+    return str(stamp.date()) if stamp == stamp.normalize() else stamp.strftime("%Y-%m-%d %H:%M:%S")
+
+
 def split_counts(events: pd.DataFrame, sessions: Sessions, cut: int, split_date: str) -> dict:
     """Events, sessions and items on each side of a time split at `cut` (epoch seconds).
 
@@ -38,8 +44,7 @@ def split_counts(events: pd.DataFrame, sessions: Sessions, cut: int, split_date:
     first_seen = events.groupby("item", sort=False)["time"].min()
     starts = sessions.start_time
     return {
-        "split_date": str(pd.Timestamp(split_date).date()) if split_date
-        else str(pd.Timestamp(cut, unit="s").date()),
+        "split_date": _moment(cut),
         "events_before": int((time < cut).sum()),
         "events_after": int((time >= cut).sum()),
         "sessions_before": int((starts < cut).sum()),

@@ -36,12 +36,15 @@ logger = logging.getLogger(__name__)
 
 
 def parse_split_date(value: str, key: str = "train.split_date") -> int:
-    """YYYY-MM-DD (or any pandas timestamp text) -> epoch seconds."""
+    """YYYY-MM-DD, or another ISO 8601 date and time (a zone is converted to UTC, as the
+    events' times are) -> epoch seconds. Nothing else is guessed: 10/05/2024 would be
+    May or October by which number is over 12."""
     try:
-        return int(pd.Timestamp(value).value // 10**9)
+        stamp = pd.to_datetime(str(value), format="ISO8601", utc=True)
     except (ValueError, TypeError):
-        raise InputError(f"cannot parse split date {value!r} (use YYYY-MM-DD)",
-                         key=key) from None
+        raise InputError(f"cannot parse split date {value!r} (use YYYY-MM-DD, or an ISO 8601 "
+                         "date and time such as 2024-05-20T12:00)", key=key) from None
+    return int(stamp.tz_convert("UTC").tz_localize(None).value // 10**9)
 
 
 def fraction_cut(time: np.ndarray, fraction: float) -> int:
