@@ -359,8 +359,9 @@ class TrainConfig(Settings):
                 "kept-out user: one of their items hidden, the rest the query), for data "
                 "without meaningful time")
     split_date: str | None = setting(None, "with split_by 'time', train on events before this "
-                                           "date (YYYY-MM-DD) and evaluate on the sessions from "
-                                           "it on")
+                                           "date (YYYY-MM-DD, or an ISO 8601 date and time, "
+                                           "UTC unless it names a zone) and evaluate on the "
+                                           "sessions from it on")
     until: str | None = setting(
         None, "with split_by 'time', leave out every session from this date (YYYY-MM-DD) on, "
               "before the split: neither trained on nor held out. To choose settings on a "
