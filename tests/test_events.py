@@ -400,3 +400,14 @@ def test_text_times_without_a_format_are_iso_8601_never_a_guessed_day_order(writ
         u,d,2024-01-04
     """))
     assert events["time"].diff().tolist()[1:] == [30, -30, 21600]
+
+
+def test_a_column_named_twice_in_the_header_is_refused_when_read(write):
+    path = write("t.csv", "user_id,item_id,timestamp,item_id\nu1,a,2024-01-01,z\n")
+    with pytest.raises(InputError, match="column 'item_id': the header names column 'item_id' "
+                                         "more than once"):
+        read_events(path)
+    # A repeated column that no setting reads is left alone.
+    events, _ = read_events(write("t.csv", "user_id,item_id,timestamp,note,note\n"
+                                           "u1,a,2024-01-01,x,y\n"))
+    assert events["item"].tolist() == ["a"]

@@ -85,11 +85,13 @@ class Rejections:
 class _Table:
     """A raw table as read from disk, with the source line of every row."""
 
-    def __init__(self, path: Path, frame: pd.DataFrame, lines: np.ndarray, is_csv: bool):
+    def __init__(self, path: Path, frame: pd.DataFrame, lines: np.ndarray, is_csv: bool,
+                 repeated: tuple[str, ...] = ()):
         self.path = path
         self.frame = frame
         self.lines = lines
         self.is_csv = is_csv
+        self.repeated = repeated  # names the header holds more than once
 
     def where(self, position: int) -> dict:
         """InputError location kwargs for the row at `position`."""
@@ -100,6 +102,10 @@ class _Table:
     def require(self, column: str | None, setting: str) -> None:
         """Fails unless the table has `column`; `setting` is the config key naming the
         column (the error names it), or words saying what the table should be."""
+        if column is not None and column in self.repeated:
+            raise InputError(f"the header names column '{column}' more than once: which one "
+                             "is meant is unclear; rename the others", path=str(self.path),
+                             column=column)
         if column is not None and column not in self.frame.columns:
             key = setting if "." in setting and " " not in setting else None
             fix = f"set {setting} to the right one" if key else f"expected {setting}"
@@ -181,7 +187,15 @@ def _read_table(path: str | Path, what: str, rejections: Rejections, strict: boo
     rejections.rows_read[str(path)] = len(frame) + len(bad) + (
         len(unterminated) if is_csv else 0)
     frame.columns = [str(c) for c in frame.columns]
-    return _Table(path, frame, np.asarray(lines, dtype=np.int64), is_csv)
+    header = _header(path, sep) if is_csv else list(frame.columns)
+    repeated = tuple(sorted({c for c in header if header.count(c) > 1}))
+    return _Table(path, frame, np.asarray(lines, dtype=np.int64), is_csv, repeated)
+
+
+def _header(path: Path, sep: str) -> list[str]:
+    """The CSV's header names as written (pandas renames a repeated one 'x.1')."""
+    return [str(c) for c in pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str,
+                                        keep_default_na=False).iloc[0].tolist()]
 
 
 def _read_csv(source, sep: str, strict: bool) -> tuple[pd.DataFrame, list]:
