@@ -79,3 +79,9 @@ def test_train_config_builds_lazy_adam():
     assert float(optimizer.learning_rate.numpy()) == pytest.approx(0.02)
     with pytest.raises(InputError, match="unknown optimizer 'nadam'"):
         build_optimizer("nadam", 0.1)
+    for rate in (-1.0, 0, float("nan"), "0.1", True):
+        with pytest.raises(InputError, match="learning rate must be a number above 0"):
+            build_optimizer("adam", rate)
+    assert build_optimizer("sgd", np.float32(0.1)) is not None
+    decay = keras.optimizers.schedules.ExponentialDecay(0.1, 100, 0.9)
+    assert build_optimizer("adam", decay) is not None

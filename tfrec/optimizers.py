@@ -9,6 +9,8 @@ TF Addons' `LazyAdam` does: its cost depends on the batch, not the catalogue.
 
 from __future__ import annotations
 
+import numbers
+
 import tensorflow as tf
 import tf_keras as keras
 
@@ -68,6 +70,12 @@ def build_optimizer(name: Optimizer, learning_rate: float) -> keras.optimizers.O
     if name not in OPTIMIZERS:
         raise InputError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}",
                          key="train.optimizer")
+    schedule = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+    if not schedule and (isinstance(learning_rate, bool)
+                         or not isinstance(learning_rate, numbers.Real)
+                         or not 0 < float(learning_rate) < float("inf")):
+        raise InputError(f"learning rate must be a number above 0 (or a Keras learning-rate "
+                         f"schedule), got {learning_rate!r}", key="train.learning_rate")
     builders = {"adam": keras.optimizers.Adam, "lazy_adam": LazyAdam,
                 "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD}
     return builders[name](learning_rate)
