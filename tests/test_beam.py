@@ -7,6 +7,8 @@ import contextlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pathlib import Path
+
 import pytest
 
 from tfrec import all_users
@@ -48,6 +50,9 @@ def test_beam_pipeline_equals_local_job_row_for_row(shop, tmp_path):
 
     assert summary.state == "DONE" and summary.shards
     assert all(s.endswith(".parquet") and "-of-" in s for s in summary.shards)
+    # Beam's temporary folder is gone once the shards are in place.
+    assert sorted(p.name for p in (tmp_path / "beam").iterdir()) == sorted(
+        Path(s).name for s in summary.shards), list((tmp_path / "beam").iterdir())
     beam_rows = read_sorted(summary.shards)
     local_rows = read_sorted([local.path])
     assert beam_rows.schema.remove_metadata() == all_users.SCHEMA
