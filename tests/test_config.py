@@ -37,6 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
     ({"data": {"sessions": {"max_length": 1}}}, "data.sessions.max_length",
      "max_length must be an integer >= 2, got 1"),
     ({"train": {"steps_per_epoch": 0}}, "train.steps_per_epoch", "a positive integer"),
+    # A section with nothing under it (`events_schema:` in YAML), or not a mapping.
+    ({"data": {"events_schema": None}}, "data.events_schema", "the section is empty"),
+    ({"model": "big"}, "model", "expected a mapping of settings (name: value lines), got text "
+                                "'big'"),
 ])
 def test_bad_settings_name_the_full_key_and_the_file(data, key, reason):
     with pytest.raises(InputError) as err:

@@ -203,3 +203,17 @@ def test_set_epoch_starts_the_dataset_at_that_epoch(corpus):
             key = "target" if p is pairs else "next_item"
             np.testing.assert_array_equal(first[key].numpy(), expected[key])
         assert not np.array_equal(next(p.epoch(0))[key], expected[key])
+
+
+def test_no_session_of_two_events_names_the_sessions_settings():
+    from tfrec.data.sequences import NextItemPipeline
+    from tfrec.errors import InputError
+
+    events = pd.DataFrame({"user": ["u1", "u2", "u3"], "item": ["a", "b", "a"],
+                           "time": [0, 10, 20], "event": [pd.NA] * 3, "session": [pd.NA] * 3})
+    vocab = build_vocabulary(events)
+    sessions = sessionize(events, vocab, SessionConfig())
+    with pytest.raises(InputError, match="no session has two events") as err:
+        NextItemPipeline(sessions, vocab, 5, batch_size=4)
+    assert err.value.key == "data.sessions.gap_minutes"
+    assert "data.events_schema.session_col" in str(err.value)

@@ -119,3 +119,16 @@ def test_a_split_date_is_iso_8601_with_a_time_and_zone_if_given():
         parse_split_date("2024-05-20") + 12 * 3600
     assert _moment(noon) == "2024-05-20 12:00:00"
     assert _moment(parse_split_date("2024-05-20")) == "2024-05-20"
+
+
+def test_a_split_that_holds_out_no_case_is_warned_about():
+    from tfrec.data.split import Cases, Split
+    from tfrec.training import no_cases_warning
+
+    none = Cases([], np.zeros(0, np.int32), np.zeros(0, bool))
+    empty = pd.DataFrame()
+    assert "move train.split_date earlier" in no_cases_warning(Split(empty, empty, cut=5), none)
+    assert "holdout_users" in no_cases_warning(Split(empty, empty, per_user=True), none)
+    assert no_cases_warning(Split(empty, empty), none) is None  # a final model: no split
+    some = Cases([[1]], np.ones(1, np.int32), np.zeros(1, bool))
+    assert no_cases_warning(Split(empty, empty, cut=5), some) is None

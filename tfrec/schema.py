@@ -251,9 +251,16 @@ def from_dict(cls, data: Any, source: str | None = None, prefix: str | None = No
         the wrong type or out of range.
     """
     prefix = section_prefix(cls) if prefix is None else prefix
+    if data is None and prefix:  # `section:` with nothing under it (YAML reads None)
+        raise InputError("the section is empty: give its settings under it, or leave the "
+                         "section out for its defaults", path=source,
+                         key=prefix.rstrip(".") or None)
     if not isinstance(data, Mapping):
-        raise InputError(f"expected a mapping of settings, got {type(data).__name__}",
-                         path=source, key=prefix.rstrip(".") or None)
+        shown = {"str": "text", "list": "a list", "int": "a number", "float": "a number",
+                 "bool": "true/false", "NoneType": "nothing"}.get(type(data).__name__,
+                                                                  type(data).__name__)
+        raise InputError(f"expected a mapping of settings (name: value lines), got {shown} "
+                         f"{data!r:.60}", path=source, key=prefix.rstrip(".") or None)
     hints = type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}

@@ -514,6 +514,17 @@ def prepare_run_folder(run_dir: Path, config: RunConfig, worker: distribute.Work
             RunFolder(run_dir).write_config(config)
 
 
+def no_cases_warning(split, cases) -> str | None:
+    """The warning for a split that was asked for and holds out no case (None otherwise:
+    a final model holds out nothing by design)."""
+    if (split.cut is None and not split.per_user) or len(cases):
+        return None
+    return ("the split holds out no case (no later session, or held-out user, with two "
+            "distinct items): the run trains but has nothing to evaluate on; "
+            + ("raise train.holdout_users" if split.per_user else
+               "move train.split_date earlier or raise train.split_fraction"))
+
+
 def log_data(data: TrainingData) -> None:
     logger.info("training slice: %d events, %d sessions, %d items (%d warm, %d cold); "
                 "%d held-out cases (%d cold targets)", data.train_events,
@@ -708,6 +719,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
             logger.warning("%s", message)
         fit_data = data if stage1 is None else stage1(config, data)
         log_data(fit_data)
+        if no_cases_warning(data.split, data.cases):
+            logger.warning("%s", no_cases_warning(data.split, data.cases))
         model = build_compiled_model(config, fit_data, tf_strategy)
     except BaseException:
         if new_folder:

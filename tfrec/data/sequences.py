@@ -90,7 +90,11 @@ class NextItemPipeline:
             self.positions = np.flatnonzero(np.repeat(sessions.lengths >= 2, sessions.lengths))
             self._query = context_matrix
         if len(self.positions) == 0:
-            raise InputError("no session has two events: nothing to train retrieval on")
+            raise InputError("no session has two events: nothing to train retrieval on "
+                             "(a user's events split into sessions at gaps over "
+                             "data.sessions.gap_minutes, or by data.events_schema.session_col "
+                             "when set: check those, and that each event names its user)",
+                             key="data.sessions.gap_minutes")
         counts = np.bincount(self.items[self.positions], minlength=vocab.size)
         self.probability = (counts / counts.sum()).astype(np.float32)
         self.history_length = history_length
