@@ -411,3 +411,22 @@ def test_a_column_named_twice_in_the_header_is_refused_when_read(write):
     events, _ = read_events(write("t.csv", "user_id,item_id,timestamp,note,note\n"
                                            "u1,a,2024-01-01,x,y\n"))
     assert events["item"].tolist() == ["a"]
+
+
+def test_text_that_is_not_utf8_is_named_by_its_line_and_byte(write, tmp_path):
+    from tfrec.data.events import _first_bad_utf8
+
+    path = tmp_path / "latin.csv"
+    rows = ["user_id,item_id,timestamp"] + [f"u{i},é{i},2024-01-01" for i in range(3000)]
+    rows[2500] = "u2499,caf\xe9,2024-01-01"
+    body = "\n".join(rows)
+    path.write_bytes(body[:body.index("caf\xe9")].encode() + body[body.index("caf\xe9"):].encode(
+        "latin-1"))
+    with pytest.raises(InputError, match=r"latin.csv, line 2501: not UTF-8 text \(byte 10 of "
+                                         r"the line\)"):
+        read_events(path)
+    # Chunks that cut a two-byte character in two are not taken for bad text.
+    for size in (7, 64, 1 << 20):
+        assert _first_bad_utf8(path, size) == (2501, 10)
+    path.write_text("\n".join(rows[:2500]), encoding="utf-8")
+    assert _first_bad_utf8(path, 7) == (None, None)

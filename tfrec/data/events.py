@@ -174,8 +174,10 @@ def _read_table(path: str | Path, what: str, rejections: Rejections, strict: boo
         raise InputError(f"malformed CSV: {detail}", path=str(path),
                          line=int(match.group(1)) if match else None) from None
     except UnicodeDecodeError as err:
-        raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})",
-                         path=str(path)) from None
+        line, column = _first_bad_utf8(path)
+        where = f"byte {column} of the line" if line else f"{err.reason} at byte {err.start}"
+        raise InputError(f"not UTF-8 text ({where}): save the file as UTF-8", path=str(path),
+                         line=line) from None
     except (OSError, EOFError, zlib.error) as err:
         raise InputError(f"cannot read {what} file: {err}", path=str(path)) from None
     except Exception as err:  # pyarrow raises its own types for a broken Parquet file
@@ -211,6 +213,37 @@ def _read_csv(source, sep: str, strict: bool) -> tuple[pd.DataFrame, list]:
 
 
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def _first_bad_utf8(path: Path, chunk_size: int = 1 << 20) -> tuple[int | None, int | None]:
+    """(line, byte within it, both 1-based) of the file's first byte that is not UTF-8,
+    read in chunks ((None, None) if none is found or the file cannot be read): pandas
+    names a byte of its own buffer, not of the file."""
+    line, line_start, offset, pending = 1, 0, 0, b""
+    try:
+        with _OPENERS.get(path.suffix.lower(), open)(path, "rb") as file:
+            while True:
+                chunk = file.read(chunk_size)
+                data, at = pending + chunk, offset - len(pending)  # `data` starts at byte `at`
+                try:
+                    data.decode("utf-8")
+                    good, pending = len(data), b""
+                except UnicodeDecodeError as err:
+                    if chunk and err.end == len(data) and len(data) - err.start < 4:
+                        good, pending = err.start, data[err.start:]  # a character cut in two
+                    else:
+                        good, pending = err.start, None
+                newlines = data.count(b"\n", 0, good)
+                if newlines:
+                    line += newlines
+                    line_start = at + data.rfind(b"\n", 0, good) + 1
+                if pending is None:
+                    return line, at + good - line_start + 1
+                if not chunk:
+                    return None, None
+                offset += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        return None, None
 
 
 def _raw_lines(path: Path, numbers: list[int]) -> list[str]:
