@@ -112,6 +112,11 @@ def test_prepare_lists_event_types_and_warns_of_settings_the_data_cannot_honour(
     assert weights["click"] == 2 and weights["cart"] == 5 and "Click" not in weights
     assert main(["-q", "prepare", *args]) == 0
     assert "event types 2 click 4, purchase 1" in " ".join(capsys.readouterr().out.split())
+    # Events without a type beside typed ones are counted, not left out of the breakdown.
+    untyped = EVENTS.replace("10:05:00,click", "10:05:00,")
+    assert main(["-q", "prepare", *prepare_args(write, untyped, ITEMS), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["event_types"] == {"click": 3, "purchase": 1,
+                                                                  "(no type)": 1}
 
 
 def test_events_named_by_set_alone_are_split_by_the_latest_share(write, capsys):

@@ -193,9 +193,13 @@ def cmd_train(args: argparse.Namespace) -> int:
           + (f"; the ranking stage in {ranking['seconds']:.0f}s" if ranking else ""))
     if result.evaluation:
         k = config.train.eval_k
-        print(f"held-out hit rate ({len(result.data.cases):,} cases, all "
-              f"{result.data.vocab.size - 1:,} catalogue items ranked):")
+        cases, items = len(result.data.cases), result.data.vocab.size - 1
+        print(f"held-out hit rate ({cases:,} case{'' if cases == 1 else 's'}, all "
+              f"{items:,} catalogue item{'' if items == 1 else 's'} ranked):")
         print(format_evaluation(result.evaluation, k))
+        if items <= k:
+            print(f"  (the catalogue has {items:,} items, no more than k = {k}: every "
+                  f"target is in the top {k}, so HR@{k} says nothing; see NDCG@{k})")
     return 0
 
 

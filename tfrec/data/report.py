@@ -205,9 +205,14 @@ def held_out_warnings(held_out: dict, config: RunConfig) -> list[str]:
 
 
 def event_type_counts(events) -> dict:
-    """{event type: events} of the events read, most frequent first (none: no type)."""
-    counts = events["event"].dropna().value_counts()
-    return {str(k): int(v) for k, v in counts.items()}
+    """{event type: events} of the events read, most frequent first (none: no type);
+    events without a type beside typed ones are counted under "(no type)" (they weigh
+    `data.pairs.default_event_weight`)."""
+    counts = {str(k): int(v) for k, v in events["event"].dropna().value_counts().items()}
+    untyped = int(events["event"].isna().sum())
+    if counts and untyped:
+        counts["(no type)"] = untyped
+    return counts
 
 
 def data_setting_warnings(types: dict, markets: int, config: RunConfig) -> list[str]:
@@ -215,6 +220,7 @@ def data_setting_warnings(types: dict, markets: int, config: RunConfig) -> list[
     events do not hold, market negatives without markets."""
     pairs, defaults = config.data.pairs, PairConfig()
     warnings = []
+    types = {key: count for key, count in types.items() if key != "(no type)"}
     given = [key for key, value in pairs.event_weights.items()
              if value != defaults.event_weights.get(key, None)
              and key not in {t.lower() for t in config.data.sessions.conversion_types}]
