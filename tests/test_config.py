@@ -387,3 +387,14 @@ def test_dates_in_a_config_file_or_set_are_text_an_impossible_one_too(tmp_path):
     assert (config.train.split_date, config.train.until) == ("2024-02-31", "2024-03-01")
     config = load_run_config(str(path))
     assert config.train.split_date == "2024-02-30"  # refused later, naming the setting
+
+
+def test_recommend_items_are_one_csv_row():
+    from tfrec.config import RecommendSettings
+
+    def session(items):
+        return RecommendSettings(server="h:1", model="m", items=items).session
+
+    assert session("85123A,71053") == ["85123A", "71053"]
+    assert session(" a , b ,") == ["a", "b"]
+    assert session('"a,b",c') == ["a,b", "c"]  # an id holding a comma, quoted

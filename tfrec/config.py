@@ -833,7 +833,8 @@ class ServeConfig(Settings):
 class RecommendSettings(Settings):
     """`tfrec recommend`: ask a running server, or write every known user's list."""
 
-    items: str | None = setting(None, "the session: comma-separated item ids (a server call)",
+    items: str | None = setting(None, "the session: comma-separated item ids (a server call; "
+                                      "quote an id holding a comma: '\"a,b\",c')",
                                 group="what", flag="--items")
     user: str | None = setting(
         None, "a user of the export (a server call, signature recommend_for_user): the top k "
@@ -870,8 +871,12 @@ class RecommendSettings(Settings):
 
     @property
     def session(self) -> list[str]:
-        """The item ids of `items`."""
-        return [i.strip() for i in (self.items or "").split(",") if i.strip()]
+        """The item ids of `items`, read as one CSV row: an id holding a comma is quoted
+        ('"a,b",c')."""
+        import csv
+
+        row = next(csv.reader([self.items or ""], skipinitialspace=True), [])
+        return [i.strip() for i in row if i.strip()]
 
     def check(self):
         if self.all_users:
