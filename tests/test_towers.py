@@ -62,6 +62,11 @@ def test_token_vocabulary_is_learned_with_the_tokeniser_ops():
     assert len(vocabulary(TEXTS, max_tokens=3)) == 3
 
 
+def test_a_combining_mark_stays_in_its_word():
+    # Thai vowels and tones, and an accent written as a combining mark, are no word breaks.
+    assert vocabulary(["ถ้วยสีแดง", "cafe\u0301 au-lait"]) == ["au", "café", "lait", "ถ้วยสีแดง"]
+
+
 def test_tokeniser_ids(tokenizer):
     ids = tokenizer(tf.constant(TEXTS)).numpy()
     assert ids.shape == (5, 6) and ids.dtype == np.int32

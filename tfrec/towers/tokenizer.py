@@ -12,8 +12,9 @@ import tf_keras as keras
 
 PAD_ID = 0
 OOV_ID = 1
-# Everything but letters and digits separates tokens ("T-LIGHT" -> "t", "light").
-_SEPARATORS = r"[^\pL\pN]+"
+# Everything but letters, digits and combining marks separates tokens ("T-LIGHT" -> "t",
+# "light"); a mark (a Thai vowel or tone, a decomposed accent) is part of its word.
+_SEPARATORS = r"[^\pL\pM\pN]+"
 
 
 def _normalise_and_split(texts: tf.Tensor) -> tf.RaggedTensor:
@@ -27,7 +28,7 @@ class TextTokenizer(keras.layers.Layer):
     """Strings -> padded token ids.
 
     Text is case-folded (Unicode-aware), split on anything that is not a
-    letter or digit, and looked up in a fixed vocabulary: id 0 pads, id 1 is
+    letter, digit or combining mark, and looked up in a fixed vocabulary: id 0 pads, id 1 is
     an unknown token, known tokens start at 2.
 
     Args:
