@@ -48,6 +48,12 @@ def test_a_tiny_held_out_side_is_warned_about(tmp_path, capsys):
                for w in report["warnings"])
     text = report_of(capsys, args, json_out=False)
     assert "warning: the held-out side is tiny" in text and "held-out cases" in text
+    # No case at all is said so, not called noise.
+    from tfrec.config import RunConfig
+    from tfrec.data.report import held_out_warnings
+
+    [warning] = held_out_warnings({"events": 4, "share": 0.01, "cases": 0}, RunConfig())
+    assert warning.startswith("the held-out side has no case (4 events") and "noise" not in warning
 
 
 def test_a_held_out_tenth_of_the_events_passes_without_a_warning(tmp_path, capsys):

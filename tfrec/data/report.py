@@ -198,10 +198,14 @@ def held_out_warnings(held_out: dict, config: RunConfig) -> list[str]:
     t = config.train
     key = ("train.holdout_users" if t.split_by == "user"
            else "train.split_date" if t.split_date else "train.split_fraction")
+    if not cases:
+        return [f"the held-out side has no case ({held_out['events']:,} events, "
+                f"{share:.2%} of the events, but no session or user with two distinct items "
+                f"among them): nothing will be evaluated; hold out more with {key}"]
     return [f"the held-out side is tiny: {held_out['events']:,} events ({share:.2%} of the "
-            f"events), {cases:,} cases (fewer than {MIN_HELD_OUT_SHARE:.0%} of the events or "
-            f"{MIN_HELD_OUT_CASES} cases): HR@K and NDCG@K on it are noise; hold out more "
-            f"with {key}"]
+            f"events), {cases:,} case{'' if cases == 1 else 's'} (fewer than "
+            f"{MIN_HELD_OUT_SHARE:.0%} of the events or {MIN_HELD_OUT_CASES} cases): HR@K and "
+            f"NDCG@K on it are noise; hold out more with {key}"]
 
 
 def event_type_counts(events) -> dict:
