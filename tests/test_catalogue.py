@@ -3,6 +3,7 @@ training."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -362,3 +363,38 @@ def test_drop_ids_files_from_editors_read_alike(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"latin1.txt.*not UTF-8 text"):
         read_drop_ids(tmp_path / "latin1.txt")
+
+
+def test_a_job_starts_from_the_newest_complete_version(tmp_path):
+    from tfrec.exporter.layout import ALL_USERS_READS, ModelFolder
+
+    def version(number, skip=()):
+        root = tmp_path / "shop" / str(number)
+        for name in ("saved_model.pb", "variables/variables.index",
+                     "variables/variables.data-00000-of-00001",
+                     "assets.extra/tfrec_metadata.json", "assets.extra/embeddings/items.npy",
+                     "assets.extra/embeddings/item_ids.txt", "assets.extra/embeddings/users.npy",
+                     "assets.extra/embeddings/user_ids.txt",
+                     "assets.extra/embeddings/user_histories.npy"):
+            if name not in skip:
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).write_text("x")
+
+    version(1)
+    version(2, skip=("variables/variables.index",))  # being copied in
+    version(3, skip=("assets.extra/embeddings/user_histories.npy",))  # half its users
+    folder = ModelFolder(tmp_path / "shop")
+    assert folder.source_version(None, "export.from_version").path.name == "1"
+    with pytest.raises(InputError, match="version 3 is not complete: it lacks "
+                                         "assets.extra/embeddings/user_histories.npy"):
+        folder.source_version(3, "export.from_version")
+    # Every user's list reads no catalogue or user embeddings: version 3 will do.
+    assert folder.source_version(None, "recommend.version", ALL_USERS_READS).path.name == "3"
+    # An export older than cached users (none of their files) is complete.
+    version(4, skip=("assets.extra/embeddings/users.npy", "assets.extra/embeddings/user_ids.txt",
+                     "assets.extra/embeddings/user_histories.npy"))
+    assert folder.source_version(None, "export.from_version").path.name == "4"
+    for number in (1, 4):
+        shutil.rmtree(tmp_path / "shop" / str(number))
+    with pytest.raises(InputError, match="no complete version"):
+        folder.source_version(None, "export.from_version")

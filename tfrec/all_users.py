@@ -47,8 +47,9 @@ import pyarrow.parquet as pq
 
 from tfrec.config import RecommendSettings
 from tfrec.errors import InputError
-from tfrec.exporter.layout import (ModelFolder, VersionFolder, remove_stale_temporaries,
-                                   reporting_write_failures, temporary_path)
+from tfrec.exporter.layout import (ALL_USERS_READS, ModelFolder, VersionFolder,
+                                   remove_stale_temporaries, reporting_write_failures,
+                                   temporary_path)
 from tfrec.progress import ProgressLine
 from tfrec.utils import ensure_folder, id_list, top_k_count
 
@@ -98,10 +99,11 @@ class AllUsersSummary:
 
 
 def version_folder(model_dir: str | Path, version: int | None = None) -> Path:
-    """The exported version `model_dir/<version>/`; the newest one by default.
+    """The exported version `model_dir/<version>/`; the newest complete one by default.
 
     Raises:
-      InputError: no such folder, no versions in it, or no such version.
+      InputError: no such folder, no versions in it, no such version, or it is
+        incomplete.
     """
     model_dir = Path(model_dir)
     if not model_dir.exists():
@@ -114,13 +116,14 @@ def version_folder(model_dir: str | Path, version: int | None = None) -> Path:
         raise InputError("no exported versions in this model folder (numbered subfolders, as "
                          "tfrec export writes them)", path=str(model_dir),
                          key="recommend.model_dir")
-    if version is None:
-        version = versions[-1]
-    elif version not in versions:
+    if version is not None and version not in versions:
         raise InputError(f"version {version} does not exist; versions here: "
                          f"{', '.join(map(str, versions))}", path=str(model_dir),
                          key="recommend.version")
-    return model_dir / str(version)
+    # The newest complete version by default (one being copied in is passed over, as the
+    # server passes it over); a version asked for must be complete.
+    return ModelFolder(model_dir).source_version(version, "recommend.version",
+                                                 ALL_USERS_READS).path
 
 
 def check_k(version_dir: str | Path, k: int) -> int:

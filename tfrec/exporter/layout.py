@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -45,6 +46,8 @@ from pathlib import Path
 
 from tfrec.errors import InputError
 from tfrec.utils import Entry, Folder, json_ready
+
+logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-export-"
 # The metadata key of the index kind; exports before it was named wrote "index".
@@ -188,8 +191,76 @@ def reporting_write_failures(folder: Path, what: str) -> Iterator[None]:
                          path=str(folder)) from None
 
 
+# What a job that starts from a version reads of it, besides the SavedModel: an update
+# (`tfrec export --add-items / --drop-items / --update-users`) its metadata, catalogue and
+# cached users (an export older than cached users has none of their three files: all or
+# none), every user's list (`tfrec recommend --all-users`) its metadata (its user list
+# is checked by the job, which names an export without one).
+UPDATE_READS = (("metadata", "items", "item_ids"), ("users", "user_ids", "user_histories"))
+ALL_USERS_READS = (("metadata",), ())
+
+
+def source_missing(folder: "VersionFolder", reads=UPDATE_READS) -> list[str]:
+    """The files a job starting from `folder` needs that it lacks (relative paths; []
+    once it has them): the SavedModel's files and `reads` (the entries it needs, and
+    those it needs all or none of: one or two of them is a version half copied)."""
+    needed, together = reads
+    paths = [getattr(folder, name) for name in needed]
+    group = [getattr(folder, name) for name in together]
+    if any(path.exists() for path in group):
+        paths += group
+    return folder.missing(None) + [str(path.relative_to(folder.path)) for path in paths
+                                   if not path.is_file()]
+
+
 class ModelFolder(Folder):
     """A model's folder of numbered versions (TF Serving's `base_path`)."""
+
+    def source_version(self, number: int | None, key: str,
+                       reads=UPDATE_READS) -> "VersionFolder":
+        """The version a job starts from: `number`, or the newest complete one (a
+        version being copied in, or half copied, is passed over, as `tfrec serve` passes
+        it over).
+
+        Args:
+          number: the version asked for (None: the newest complete one).
+          key: the setting that names the version (in errors).
+          reads: what the job reads of the version (`source_missing`).
+
+        Raises:
+          InputError: no version, no such version, none complete, or `number`
+            incomplete.
+        """
+        versions = self.versions()
+        if not versions:
+            raise InputError("no exported version here (export the run first)",
+                             path=str(self.path), key=key)
+        if number is not None:
+            if number not in versions:
+                raise InputError(f"no version {number} (versions: "
+                                 f"{', '.join(map(str, versions))})", path=str(self.path),
+                                 key=key)
+            missing = source_missing(self.version(number), reads)
+            if missing:
+                raise InputError(f"version {number} is not complete: it lacks "
+                                 f"{', '.join(missing[:4])}"
+                                 + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""),
+                                 path=str(self.path / str(number)), key=key)
+            return self.version(number)
+        skipped = []
+        for candidate in reversed(versions):
+            missing = source_missing(self.version(candidate), reads)
+            if not missing:
+                if skipped:
+                    logger.warning("version%s %s of %s %s not complete (%s lacks %s): starting "
+                                   "from version %d", "s" if len(skipped) > 1 else "",
+                                   ", ".join(str(v) for v, _ in skipped), self.path,
+                                   "are" if len(skipped) > 1 else "is", skipped[0][0],
+                                   ", ".join(skipped[0][1][:3]), candidate)
+                return self.version(candidate)
+            skipped.append((candidate, missing))
+        raise InputError(f"no complete version (version {skipped[0][0]} lacks "
+                         f"{', '.join(skipped[0][1][:4])})", path=str(self.path), key=key)
 
     def versions(self) -> list[int]:
         """The version numbers on disk, oldest first (temporaries are not versions)."""

@@ -36,22 +36,12 @@ INHERITED = ("kind", "max_k", "max_session_items", "recall_floor")
 
 
 def previous_version(model_dir: Path, from_version: int | None) -> Path:
-    """The version folder to start from: `from_version`, or the newest.
+    """The version folder to start from: `from_version`, or the newest complete one.
 
     Raises:
-      InputError: no version, or not that one.
+      InputError: no version, not that one, or it is incomplete.
     """
-    versions = ModelFolder(model_dir).versions()
-    if not versions:
-        raise InputError("no exported version to start from (export the run first)",
-                         path=str(model_dir), key="export.from_version")
-    if from_version is None:
-        return model_dir / str(versions[-1])
-    if from_version not in versions:
-        raise InputError(f"no version {from_version} (versions: "
-                         f"{', '.join(map(str, versions))})", path=str(model_dir),
-                         key="export.from_version")
-    return model_dir / str(from_version)
+    return ModelFolder(model_dir).source_version(from_version, "export.from_version").path
 
 
 def load_version_model(metadata: dict, version_dir: Path, run_dir: str | Path | None = None):
