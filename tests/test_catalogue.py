@@ -235,6 +235,18 @@ def test_command_line_add_and_drop(versions, tmp_path, capsys):
     assert "new-d" in ids and "new-c" not in ids
     assert json.loads((model_dir / "4" / "assets.extra" / "tfrec_metadata.json").read_text()
                       )["index_kind"] == "brute_force"
+    assert "not on the newest" not in out
+    # Built on version 3 again: version 4's changes are not in version 5, and it says so.
+    drop.write_text("i9\n")
+    assert main(["-q", "export", "--model-dir", str(model_dir), "--drop-items", str(drop),
+                 "--from-version", "3", "--no-serving-config"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: built on version 3, not on the newest: what version 4 changed" in out
+    meta = json.loads((model_dir / "5" / "assets.extra" / "tfrec_metadata.json").read_text())
+    assert meta["versions_not_carried"]["from_version"] == 3
+    assert meta["versions_not_carried"]["versions"] == [4]
+    ids, _ = embeddings_of(model_dir / "5")
+    assert "new-d" not in ids and "i9" not in ids
 
 
 def test_an_update_of_an_older_export_reads_its_index_key(versions, tmp_path):

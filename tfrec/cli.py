@@ -355,6 +355,13 @@ def cmd_export(args: argparse.Namespace) -> int:
               "catalogue and users (dropped items are served again); apply them again with "
               f"--add-items / --drop-items / --update-users, or serve version "
               f"{not_carried['version']}")
+    skipped = meta.get("versions_not_carried")
+    if skipped:
+        print(f"  warning: built on version {skipped['from_version']}, not on the newest: what "
+              f"version{'s' if len(skipped['versions']) > 1 else ''} "
+              f"{', '.join(map(str, skipped['versions']))} changed without training (items "
+              "added or dropped, users refreshed) is not in this version; drop --from-version "
+              "to build on the newest")
     if meta.get("users_not_cached"):
         print(f"  {meta['users_not_cached']:,} users of the data have no cached embedding (no "
               "training event: recommend_for_user gives them the popular items); export a "

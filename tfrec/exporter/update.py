@@ -44,6 +44,32 @@ def previous_version(model_dir: Path, from_version: int | None) -> Path:
     return ModelFolder(model_dir).source_version(from_version, "export.from_version").path
 
 
+def skipped_versions(model_dir: Path, source: Path, version: int) -> dict | None:
+    """The versions between `source` and the new `version` that this update does not build
+    on (`--from-version` older than the newest): what they changed without training (items
+    added or dropped, users refreshed) is not in the new version. None when there are
+    none; otherwise {"from_version", "versions", "newest"} (the newest's changes), also
+    logged as a warning."""
+    newer = [v for v in ModelFolder(model_dir).versions() if int(source.name) < v < version]
+    if not newer:
+        return None
+    try:
+        metadata = ModelFolder(model_dir).version(newer[-1]).read_metadata(missing_ok=True)
+    except InputError:
+        metadata = {}
+    newest = {"version": newer[-1],
+              "added_items": int(metadata.get("added_items") or 0),
+              "dropped_items": int(metadata.get("dropped_items") or 0),
+              "users_refreshed": bool(metadata.get("users_update"))}
+    logger.warning("version %d starts from version %s, not from the newest (%d): what versions "
+                   "%s changed without training is not in it (version %d serves %d added and "
+                   "%d dropped items%s); start from the newest (no --from-version) to keep it",
+                   version, source.name, newer[-1], ", ".join(map(str, newer)), newer[-1],
+                   newest["added_items"], newest["dropped_items"],
+                   ", refreshed users" if newest["users_refreshed"] else "")
+    return {"from_version": int(source.name), "versions": newer, "newest": newest}
+
+
 def load_version_model(metadata: dict, version_dir: Path, run_dir: str | Path | None = None):
     """(config, vocab, model) of the run a version was exported from, at the checkpoint
     it was exported from (a run trained on since is not the model of the version).
@@ -189,6 +215,7 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
     if ranking_stage:
         index_config = ranking_index_config(index_config, stage.num_candidates)
     model_dir, version = prepare_version(model_dir, version)
+    skipped = skipped_versions(model_dir, source, version)
 
     previous = Catalogue.read(source, vocab)
     catalogue, change = next_catalogue(
@@ -232,6 +259,8 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
             "already_there": len(change.unchanged), "dropped": len(change.dropped)}
     if users_update is not None:
         new_metadata["users_update"] = users_update
+    if skipped:
+        new_metadata["versions_not_carried"] = skipped
     item_ids = np.asarray(vocab.ids).astype(str)
     warm = [[str(item_ids[i]) for i in h[h > 0]] for h in users.histories[:32]]
     return write_version(model_dir, version,
