@@ -551,3 +551,42 @@ def test_index_recall_of_a_catalogue_too_small_for_scann_is_exact_search():
     assert all(value == 1.0 for value in result["recall"].values())
     assert index_recall(rng.normal(size=(40, 8)).astype(np.float32), items[1:4, :8]
                         )["index"] == "scann"
+
+
+def test_an_unfinished_run_and_a_report_folder_that_is_a_file_are_refused(run_dir, tmp_path):
+    import shutil
+
+    from tfrec.errors import InputError
+
+    with pytest.raises(InputError, match="the report folder is a file"):
+        (tmp_path / "events.csv").write_text("x")
+        evaluate_run(run_dir, tmp_path / "events.csv", ())
+    # A run cut short (or still training): its checkpoint is not the run's model.
+    cut = tmp_path / "cut"
+    shutil.copytree(run_dir, cut)
+    history = (cut / "history.jsonl").read_text().splitlines()
+    (cut / "history.jsonl").write_text("".join(line + "\n" for line in history[:-1]))
+    with pytest.raises(InputError, match=rf"the run has finished {len(history) - 1} of its "
+                                         rf"{len(history)} epoch"):
+        evaluate_run(cut, tmp_path / "ev", ())
+
+
+def test_a_variant_is_reused_only_whole_and_as_a_two_tower(tmp_path):
+    import json
+    import types
+
+    from tfrec.config import RankingConfig, RunConfig
+    from tfrec.run_folder import RunFolder
+
+    config = RunConfig(ranking=RankingConfig(enabled=True))
+    run = types.SimpleNamespace(config=config, run_dir=tmp_path)
+    variant = methods.TextOff()._variant(run)
+    assert not variant.ranking.enabled and not variant.model.use_text
+    folder = RunFolder(tmp_path).variant("tfrec_text_off")
+    folder.checkpoints.mkdir(parents=True)
+    folder.config_file.write_text(json.dumps(variant.to_dict()))
+    epochs = variant.train.epochs
+    folder.history_file.write_text('{"epoch": 1}\n' * (epochs - 1))
+    assert not methods.TextOff()._reusable(run)  # an evaluate stopped while it trained
+    folder.history_file.write_text('{"epoch": 1}\n' * epochs)
+    assert methods.TextOff()._reusable(run)

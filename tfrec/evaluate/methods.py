@@ -246,17 +246,25 @@ class ModelVariant(Baseline):
         if train_config.strategy == "multi_worker":
             # A variant trains here, in this one process, not on the run's cluster.
             train_config = dataclasses.replace(train_config, strategy="default")
-        return dataclasses.replace(run.config, model=model_config, train=train_config)
+        # A variant is a two-tower alone (the config its folder saves says so).
+        ranking = dataclasses.replace(run.config.ranking, enabled=False)
+        return dataclasses.replace(run.config, model=model_config, train=train_config,
+                                   ranking=ranking)
 
     def _reusable(self, run: EvaluationRun) -> bool:
+        """Whether the variant's folder holds this variant, trained to its last epoch (one
+        cut short, by an evaluate stopped midway, is trained again)."""
         folder = RunFolder(run.run_dir).variant(self.name)
         if not folder.checkpoints.exists():
             return False
         try:
             saved = json.loads(folder.config_file.read_text())
+            history = folder.read_history()
         except (OSError, ValueError):
             return False
-        return saved == json.loads(json.dumps(self._variant(run).to_dict()))
+        variant = self._variant(run)
+        return (saved == json.loads(json.dumps(variant.to_dict()))
+                and len(history) >= variant.train.epochs)
 
     def describe(self, run: EvaluationRun) -> str:
         folder = RunFolder(run.run_dir).variant(self.name).path

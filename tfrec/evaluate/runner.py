@@ -148,7 +148,18 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         raise InputError("give a run folder with evaluate.run_dir or an exported version "
                          "with evaluate.saved_model", key="evaluate.run_dir")
     run_dir = Path(run_dir)
+    if out_dir and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError("the report folder is a file, expected a folder", path=str(out_dir),
+                         key="evaluate.out")
     config, run_vocab, model, checkpoint = load_run(run_dir)
+    trained = len(RunFolder(run_dir).read_history())
+    if trained < config.train.epochs:
+        epochs = config.train.epochs
+        raise InputError(f"the run has finished {trained} of its {epochs} "
+                         f"epoch{'' if epochs == 1 else 's'} (still training, or stopped): its "
+                         "checkpoint is not the run's model; finish it "
+                         f"with tfrec train --run-dir {run_dir} --resume",
+                         path=str(run_dir), key="evaluate.run_dir")
     run_model = model
     config = with_data_dir(config, data_dir)
     k = k or config.train.eval_k
