@@ -259,6 +259,15 @@ def test_check_bar_against_ease_the_text_off_variant_and_cold_hr_at_50():
     assert "beats every baseline on all cases" in names
     # At k = 50 the HR@50 cold check would repeat the HR@k one.
     assert not any("(HR@50)" in c["check"] for c in check_bar(methods, 50, None))
+    # Both stages over 20 candidates: at k = 30 their "hr@30" is their HR@20; no check at
+    # a K beyond the list is made (nor the cold HR@50 one).
+    short = {group: {**entry, "hr@30": 0.5, "ndcg@30": 0.2, "hr_curve": entry["hr_curve"][:20]}
+             for group, entry in methods["tfrec"].items()}
+    others = {name: {group: {**entry, "hr@30": 0.9, "ndcg@30": 0.3}
+                     for group, entry in m.items()} for name, m in methods.items()
+              if name != "tfrec"}
+    assert check_bar({"tfrec": short, **others}, 30, None) == []
+    assert check_bar({"tfrec": short, **others}, 10, None)  # within the list: checked
 
 
 def test_a_check_over_too_few_cases_is_neither_met_nor_missed():

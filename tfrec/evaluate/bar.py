@@ -11,13 +11,18 @@ MIN_CASES = 30
 
 
 def metric_value(method: dict, group: str, metric: str) -> float | None:
-    """A method's figure ("hr@10", "ndcg@10"; another HR@K from its hr_curve), or None."""
+    """A method's figure ("hr@10", "ndcg@10"; another HR@K from its hr_curve), or None;
+    None too at a K beyond a method's candidate list (its HR@K curve stops before K: the
+    two-stage rows' figures there are those at the list's end, not at K)."""
     entry = method[group]
+    curve = entry.get("hr_curve")
+    at = int(metric.split("@")[1]) if "@" in metric else 0
+    if curve is not None and len(curve) < min(at, MAX_K):
+        return None
     if metric in entry:
         return entry[metric]
-    curve = entry.get("hr_curve") or []
-    at = int(metric.split("@")[1]) if metric.startswith("hr@") else 0
-    return curve[at - 1] if 0 < at <= len(curve) else None
+    curve = curve or []
+    return curve[at - 1] if metric.startswith("hr@") and 0 < at <= len(curve) else None
 
 
 def check_bar(methods: dict, k: int, targets: dict | None) -> list[dict]:
