@@ -599,3 +599,21 @@ def test_a_variant_is_reused_only_whole_and_as_a_two_tower(tmp_path):
     assert not methods.TextOff()._reusable(run)  # an evaluate stopped while it trained
     folder.history_file.write_text('{"epoch": 1}\n' * epochs)
     assert methods.TextOff()._reusable(run)
+
+
+def test_an_export_of_another_run_is_warned_about(tmp_path, caplog):
+    import json
+    import logging
+
+    from tfrec.evaluate.runner import warn_if_another_run
+
+    version = tmp_path / "m" / "1"
+    (version / "assets.extra").mkdir(parents=True)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (version / "assets.extra" / "tfrec_metadata.json").write_text(
+        json.dumps({"run": str(tmp_path / "a")}))
+    assert warn_if_another_run(version, tmp_path / "a") is None
+    with caplog.at_level(logging.WARNING, logger="tfrec.evaluate.runner"):
+        message = warn_if_another_run(version, tmp_path / "b")
+    assert message and "was made from the run" in message and message in caplog.text

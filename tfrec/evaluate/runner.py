@@ -104,6 +104,24 @@ class Step:
         return time.perf_counter()
 
 
+def warn_if_another_run(saved_model: Path, run_dir: Path) -> str | None:
+    """A warning (logged, and returned) when the export names a run other than `run_dir`:
+    its embeddings are then scored on another run's cases, with the other run's ranking
+    stage, and may have trained on events this run holds out."""
+    try:
+        made_from = VersionFolder(saved_model).read_metadata(missing_ok=True).get("run")
+    except InputError:
+        return None
+    if not made_from or Path(made_from).resolve() == run_dir.resolve():
+        return None
+    message = (f"the export {saved_model} was made from the run {made_from}, not from "
+               f"{run_dir}: it is scored on this run's cases with this run's ranking stage, "
+               "and may have trained on events this run holds out (a final model's export "
+               "trained on all of them)")
+    logger.warning("%s", message)
+    return message
+
+
 def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                  baselines: tuple[str, ...] | None = None, k: int | None = None,
                  targets: dict | None = None,
@@ -144,6 +162,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     started = time.perf_counter()
     if saved_model is not None and run_dir is None:
         run_dir = run_of_export(Path(saved_model))
+    elif saved_model is not None:
+        warn_if_another_run(Path(saved_model), Path(run_dir))
     if run_dir is None:
         raise InputError("give a run folder with evaluate.run_dir or an exported version "
                          "with evaluate.saved_model", key="evaluate.run_dir")
