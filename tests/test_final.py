@@ -223,6 +223,14 @@ def test_update_users_on_bad_input_writes_nothing(production, tmp_path, capsys, 
                      "--no-serving-config"]) == 2
         assert str(given) in capsys.readouterr().err
     assert sorted(p.relative_to(base) for p in base.rglob("*")) == before
+    # Another run of the same data given as the version's run: its users would not share
+    # the version's space. Refused, naming it.
+    good = _update_file(tmp_path, [("u1", "i3", 1_800_000_000, "click")], "good.csv")
+    assert main(["export", "--model-dir", str(base), "--update-users", str(good),
+                 "--run", str(production["evaluated"]), "--no-serving-config"]) == 2
+    err = capsys.readouterr().err
+    assert "is not the model version 1 was exported from" in err and "(--run)" in err
+    assert sorted(p.relative_to(base) for p in base.rglob("*")) == before
 
 
 def test_a_running_server_picks_up_the_refreshed_users_with_no_failed_call(

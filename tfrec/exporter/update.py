@@ -92,7 +92,36 @@ def load_version_model(metadata: dict, version_dir: Path, run_dir: str | Path | 
                              "the run no longer has", path=str(run_dir), key="export.run")
         epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
         tf.train.Checkpoint(model=model, epoch=epoch).restore(str(path)).expect_partial()
+    check_same_model(version_dir, vocab, model, run_dir)
     return config, vocab, model
+
+
+# Trained items compared with the version's rows to tell that a run is the version's own.
+SAME_MODEL_ITEMS = 64
+
+
+def check_same_model(version_dir: Path, vocab, model, run_dir: Path) -> None:
+    """Refuses a run whose model is not the one the version was exported from: its
+    embeddings of up to `SAME_MODEL_ITEMS` trained items of the version's catalogue
+    differ from the version's rows (another run of the same data, say: its users' and
+    items' embeddings would not share a space with the version's)."""
+    folder = VersionFolder(version_dir)
+    if not (folder.items.exists() and folder.item_ids.exists()):
+        return
+    ids = np.array(folder.item_ids.read_text(encoding="utf-8").splitlines(), dtype=object)
+    index = vocab.lookup(ids)
+    rows = np.flatnonzero((index > 0) & (index <= vocab.num_warm))[:SAME_MODEL_ITEMS]
+    if not len(rows):
+        return
+    stored = np.load(folder.items, mmap_mode="r")
+    if len(stored) != len(ids):
+        return  # named by the catalogue's own read
+    now = model.item_embeddings(index[rows])
+    if not np.allclose(now, np.asarray(stored[rows]), atol=1e-4):
+        raise InputError(f"the run {run_dir} is not the model version {folder.path.name} was "
+                         f"exported from (its embeddings of the version's trained items "
+                         f"differ): give the version's own run (export.run), moved or not",
+                         path=str(run_dir), key="export.run")
 
 
 def read_users(version_dir: Path, dim: int, history_length: int) -> UserCache:
