@@ -345,3 +345,18 @@ def test_a_final_runs_ranking_stage_refits_on_resume(production, tmp_path):
           ranking=dataclasses.replace(saved.ranking, epochs=2))
     assert RunFolder(run).read_config().ranking.epochs == 2
     assert json.loads((run / "ranking" / "stage.json").read_text())["info"]["fit_cases"] > 0
+
+
+def test_events_not_newer_than_the_last_refresh_are_warned_about(caplog):
+    import logging
+
+    from tfrec.exporter.users import warn_if_seen_before
+
+    latest = pd.DataFrame({"user": ["u1", "u2"], "time": [1_700_000_000, 1_700_000_500]})
+    metadata = {"users_update": {"last_event": "2023-11-14T22:15:00+00:00"}}  # 1_700_000_100
+    with caplog.at_level(logging.WARNING, logger="tfrec.exporter.users"):
+        message = warn_if_seen_before(latest, metadata, "2")
+    assert message.startswith("1 of the events given are at or before 2023-11-14T22:15:00")
+    assert message in caplog.text
+    assert warn_if_seen_before(latest.iloc[1:], metadata, "2") is None
+    assert warn_if_seen_before(latest, {}, "1") is None  # never refreshed: nothing to compare

@@ -111,6 +111,24 @@ def read_user_events(path: str | Path, schema, layout: str = "events") -> pd.Dat
     return events[["user", "item", "time", "line"]].reset_index(drop=True)
 
 
+def warn_if_seen_before(latest: pd.DataFrame, metadata: dict, version: str) -> str | None:
+    """A warning (logged and returned) when events given are not newer than the last event
+    the version's users were refreshed with: given again (the same file twice, or logs that
+    overlap), they count twice in those users' histories."""
+    last = (metadata.get("users_update") or {}).get("last_event")
+    if not last or not len(latest):
+        return None
+    cut = int(pd.Timestamp(last).timestamp())
+    seen = int((latest["time"].to_numpy() <= cut).sum())
+    if not seen:
+        return None
+    message = (f"{seen:,} of the events given are at or before {last}, the last event version "
+               f"{version}'s users were refreshed with: events given before count twice in "
+               "those users' histories; give only events since then")
+    logger.warning("%s", message)
+    return message
+
+
 def latest_items(events: pd.DataFrame, vocab_lookup, length: int,
                  dedupe_consecutive: bool = True) -> tuple[pd.DataFrame, dict]:
     """Each user's latest `length` known items of `events`.
@@ -274,6 +292,7 @@ def update_users(model_dir: str | Path, events: str | Path | pd.DataFrame,
     new_items = (read_new_items(catalogue.add_items, config.data.items_schema)
                  if catalogue.add_items is not None else None)
     drop_ids = read_drop_ids(catalogue.drop_items) if catalogue.drop_items is not None else []
+    warn_if_seen_before(latest, metadata, source.name)
     cache = read_users(source, int(model.embedding_dim), length)
     before = len(cache.ids)
     cache, counts = refreshed_cache(cache, latest, model.query_embeddings, length)
