@@ -183,6 +183,10 @@ def test_parse_baselines_rejects_unknown_names():
     assert parse_baselines("popularity,tfidf_text") == ("popularity", "tfidf_text")
     with pytest.raises(InputError, match="unknown baseline.*word2vec"):
         parse_baselines("popularity,word2vec")
+    assert parse_baselines("ease, ease,popularity") == ("ease", "popularity")  # fitted once
+    for empty in ("", " , "):
+        with pytest.raises(InputError, match="no baseline named"):
+            parse_baselines(empty)
 
 
 class Oracle(methods.EmbeddingBaseline):

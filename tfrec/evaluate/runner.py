@@ -60,7 +60,10 @@ def parse_baselines(text: str | None) -> tuple[str, ...]:
         return baseline_names()
     if text == "none":
         return ()
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))  # once each
+    if not names:
+        raise InputError(f"no baseline named in {text!r}: give 'all', 'none' or names from "
+                         f"{', '.join(baseline_names())}", key="evaluate.baselines")
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise InputError(f"unknown baseline(s) {', '.join(unknown)}; choose from "
