@@ -140,15 +140,23 @@ def build(pipeline: beam.Pipeline, version_dir: str | Path, out: str, k: int,
       version_dir: the exported version (checked by the caller: `run`).
       out: the shards' prefix (PREFIX-SSSSS-of-NNNNN.parquet).
       k: recommendations per user (checked by the caller).
-      users: a file of user ids, one a line (default: the version's user list).
+      users: a file of user ids, one a line, each taken once, blank lines skipped
+        (default: the version's user list).
       batch_size: users per model call.
 
     Returns:
       The write's result (a PCollection of the written file names).
     """
     source = users if users is not None else str(VersionFolder(version_dir).user_ids)
-    return (pipeline
-            | "ReadUsers" >> beam.io.ReadFromText(source)
+    ids = pipeline | "ReadUsers" >> beam.io.ReadFromText(source)
+    if users is not None:
+        # A file of the caller's: each id once (a repeated id would give repeated rows),
+        # spaces around an id removed and blank lines skipped, as the data's ids are read.
+        ids = (ids
+               | "StripIds" >> beam.Map(str.strip)
+               | "SkipBlankLines" >> beam.Filter(bool)
+               | "EachIdOnce" >> beam.Distinct())
+    return (ids
             | "RecommendAllUsers" >> RecommendAllUsers(version_dir, k, batch_size)
             | "WriteParquet" >> WriteToParquetBatched(out, SCHEMA, codec="snappy",
                                                       file_name_suffix=SUFFIX))
@@ -165,7 +173,8 @@ def run(model_dir: str | Path, out: str, k: int = RecommendSettings.k, version: 
       k: recommendations per user, 1 to the export's max_k.
       version: the version to use (default: the newest).
       users: a file of user ids, one a line (default: the version's user list;
-        an id the export does not know gets the most popular items).
+        an id the export does not know gets the most popular items; each id
+        once, blank lines skipped).
       batch_size: users per model call.
       pipeline_args: Beam pipeline options (--runner, --direct_num_workers, ...).
 
