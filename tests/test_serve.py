@@ -253,7 +253,16 @@ def test_rest_row_format_batches_single_and_identical_rows(shared):
     code, rows = rest(shared, "/v1/models/shop:predict",
                       {"signature_name": "item_texts", "instances": ["i1", "i2"]})
     texts = local["item_texts"](item_ids=tf.constant(["i1", "i2"]))["texts"].numpy()
-    assert code == 200 and rows["predictions"] == [{"texts": t.decode()} for t in texts]
+    # One output: TF Serving answers with its values alone, not an object naming it.
+    assert code == 200 and rows["predictions"] == [t.decode() for t in texts], rows
+    code, columns = rest(shared, "/v1/models/shop:predict",
+                         {"signature_name": "item_texts", "inputs": ["i1", "i2"]})
+    assert code == 200 and columns == {"outputs": [t.decode() for t in texts]}, columns
+    code, columns = rest(shared, "/v1/models/shop:predict",
+                         {"inputs": {"item_ids": [session], "k": 3}})
+    assert code == 200 and columns["outputs"]["item_ids"] == expected, columns
+    code, err = rest(shared, "/v1/models/shop:predict", {"inputs": [session]})
+    assert code == 400 and "'inputs' holds bare values" in err["error"], err
     code, err = rest(shared, "/v1/models/shop:predict",
                      {"instances": [{"item_ids": session, "k": 3},
                                     {"item_ids": session, "k": 4}]})

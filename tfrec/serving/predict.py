@@ -112,6 +112,18 @@ def _cast(name: str, value: np.ndarray, expected: tf.DType) -> np.ndarray:
     return value
 
 
+def name_bare_values(arrays: dict, specs: dict, key: str) -> dict:
+    """Bare values (the key `UNNAMED`: REST's `key`, "instances" or "inputs", holding
+    values, not objects of named inputs) named as the one input of the signature."""
+    if UNNAMED not in arrays:
+        return dict(arrays)
+    if len(specs) != 1:
+        raise invalid(f"'{key}' holds bare values, which only a signature of one input "
+                      f"takes; this one has {len(specs)}: {', '.join(sorted(specs))}; send "
+                      "an object of named inputs")
+    return {next(iter(specs)): arrays[UNNAMED]}
+
+
 def from_rows(arrays: dict, specs: dict) -> dict:
     """REST's row format ("instances") as the signature's inputs, as TF Serving reads it.
 
@@ -124,13 +136,7 @@ def from_rows(arrays: dict, specs: dict) -> dict:
       ServingError(INVALID_ARGUMENT): bare values for a signature of several inputs, or a
         scalar input whose instances differ.
     """
-    if UNNAMED in arrays:
-        if len(specs) != 1:
-            raise invalid("'instances' lists bare values, which only a signature of one input "
-                          f"takes; this one has {len(specs)}: {', '.join(sorted(specs))}; send "
-                          "objects of named inputs")
-        arrays = {next(iter(specs)): arrays[UNNAMED]}
-    arrays = dict(arrays)
+    arrays = name_bare_values(arrays, specs, "instances")
     for name, spec in specs.items():
         value = arrays.get(name)
         if value is None or spec.shape.rank != 0:
@@ -173,8 +179,7 @@ def check_inputs(arrays: dict, function, limits: RequestLimits, served: Loaded |
         out of range or a session over the width the model reads.
     """
     _, specs = function.structured_input_signature
-    if rows:
-        arrays = from_rows(arrays, specs)
+    arrays = from_rows(arrays, specs) if rows else name_bare_values(arrays, specs, "inputs")
     unknown = sorted(set(arrays) - set(specs))
     if unknown:
         raise invalid(f"input name(s) {_listed(unknown)} not in the signature; "

@@ -303,8 +303,9 @@ def _arrays_from_json(body: dict, most: int | None = None) -> tuple[dict, bool]:
         return _arrays_from_rows(body["instances"], most), True
     if "inputs" in body:
         inputs = body["inputs"]
-        if not isinstance(inputs, dict):
-            raise _invalid("'inputs' must be an object of named inputs")
+        if not isinstance(inputs, dict) or _is_text(inputs):
+            # Bare values: the one input of a signature of one input, as TF Serving takes.
+            return {UNNAMED: _to_array("inputs", inputs, most)}, False
         return {name: _to_array(name, value, most) for name, value in inputs.items()}, False
     raise _invalid("the body needs 'instances' (row format) or 'inputs' (columnar)")
 
@@ -437,14 +438,21 @@ def _b64(name: str, value: dict) -> bytes:
 
 
 def _predictions(outputs: dict, rows: bool) -> dict:
+    """TF Serving's answer: a signature of one output is answered by its values alone
+    (no name), of several by an object per row ("predictions") or per output ("outputs")."""
     outputs = {k: np.asarray(v) for k, v in outputs.items()}
+    single = len(outputs) == 1
     if not rows:
+        if single:
+            return {"outputs": _jsonable(next(iter(outputs.values())))}
         return {"outputs": {k: _jsonable(v) for k, v in outputs.items()}}
     sizes = {k: (v.shape[0] if v.ndim else None) for k, v in outputs.items()}
     if len(set(sizes.values())) > 1 or None in sizes.values():
         raise _invalid(f"the outputs have no common batch size ({sizes}) to split into "
                        "'predictions'; ask with the columnar 'inputs' format")
     n = next(iter(sizes.values()), 0)
+    if single:
+        return {"predictions": _jsonable(next(iter(outputs.values())))}
     return {"predictions": [{k: _jsonable(v[i]) for k, v in outputs.items()}
                             for i in range(n)]}
 
