@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
     ({"data": {"sessions": {"max_length": 1}}}, "data.sessions.max_length",
      "max_length must be an integer >= 2, got 1"),
     ({"train": {"steps_per_epoch": 0}}, "train.steps_per_epoch", "a positive integer"),
+    # Evaluation's curves stop at 50 (`tfrec evaluate -k` takes no more).
+    ({"train": {"eval_k": 60}}, "train.eval_k", "an integer from 1 to 50, got 60"),
     # A section with nothing under it (`events_schema:` in YAML), or not a mapping.
     ({"data": {"events_schema": None}}, "data.events_schema", "the section is empty"),
     ({"model": "big"}, "model", "expected a mapping of settings (name: value lines), got text "

@@ -547,8 +547,9 @@ SUBCOMMANDS = (
         "Write the run's model as the next version under --model-dir (TF Serving layout), "
         "with text preprocessing, towers, a retrieval index over every catalogue item, "
         "warm-up records, cached embeddings and a projector folder; update "
-        "serving_config/models.config. With --add-items / --drop-items, the index settings "
-        "not given are the previous version's."),
+        "serving_config/models.config. With --add-items / --drop-items / --update-users, "
+        "the next version starts from the newest complete one (or --from-version), and the "
+        "index settings not given are its."),
     Subcommand(
         "serve", cmd_serve,
         "serve exported models over TF Serving's gRPC and REST APIs",

@@ -35,8 +35,8 @@ from tfrec.errors import InputError
 # The run layer and the command line read settings through these.
 from tfrec.schema import choices_text, from_dict, section_prefix  # noqa: F401
 from tfrec.schema import (INNER_SHARE, POSITIVE, SHARE, Settings, above, at_least, choices,
-                          each, expected_type, integer_at_least, is_number, is_optional,
-                          literal_values, plain, register_sections, section, setting,
+                          each, expected_type, integer_at_least, integer_between, is_number,
+                          is_optional, literal_values, plain, register_sections, section, setting,
                           strip_optional, type_hints, within)
 
 # The allowed values of every setting that names a choice, each defined once:
@@ -302,7 +302,8 @@ class DataConfig(Settings):
         "online_retail", "'online_retail' (the UCI Online Retail file), 'goodbooks' "
                          "(goodbooks-10k: books, ratings and to-read shelves; see "
                          "`tfrec.datasets.goodbooks`) or 'events' (an events table, plus an "
-                         "optional items table)")
+                         "items table of their texts: optional only with model.use_text: "
+                         "false)")
     events: str | None = setting(
         None, "events file (CSV, CSV.gz or Parquet); with layout 'online_retail' the Online "
               "Retail file, with 'goodbooks' the goodbooks-10k folder; null for those two: the "
@@ -311,8 +312,9 @@ class DataConfig(Settings):
                                       "config file: to that file's folder", path=True)
     data_dir: str | None = setting(
         None, "the data folder holding the public data sets (online_retail/, goodbooks_10k/); "
-              "null: $TFREC_DATA, else ../shared/data (see `tfrec.datasets`); relative in a "
-              "config file: to that file's folder",
+              "null: $TFREC_DATA, else ../shared/data from the working folder, then from the "
+              "repository root (see the README's Data section); relative in a config file: "
+              "to that file's folder",
         flag="--data-dir", path=True)
     goodbooks_to_read: bool = setting(True, "with layout 'goodbooks', also read the to-read "
                                             "shelves (as 'to_read' events), not only the "
@@ -341,7 +343,9 @@ class DataConfig(Settings):
 class TrainConfig(Settings):
     """Training and the held-out evaluation."""
 
-    epochs: int = setting(3, "passes over the training pairs", check=POSITIVE, flag="--epochs")
+    epochs: int = setting(3, "passes over the training data (the objective's batches: "
+                             "retrieval sessions, or skip-gram pairs)", check=POSITIVE,
+                          flag="--epochs")
     learning_rate: float = setting(0.005, "optimizer step size", check=above(0))
     optimizer: Optimizer = setting(
         "adam", "'adam', 'lazy_adam' (Adam that updates only the embedding rows a step "
@@ -379,7 +383,8 @@ class TrainConfig(Settings):
              "trains; they stay in the catalogue with their text), chosen with `eval_seed`: "
              "cold-start targets on purpose. Needs an items table (the hidden items' text)",
         check=SHARE)
-    eval_k: int = setting(10, "K of the hit rate (HR@K) and NDCG@K", check=POSITIVE)
+    eval_k: int = setting(10, "K of the hit rate (HR@K) and NDCG@K",
+                          check=integer_between(1, 50))
     eval_seed: int = setting(42, "seeds which item of each held-out session (or user) is "
                                  "hidden, and which users and items the user split keeps out")
     seed: int = setting(42, "seeds model initialisation")
@@ -440,15 +445,17 @@ class RankingConfig(Settings):
               "case also shown as new\"). The validation cases are unchanged")
     new_decoys: int = setting(
         5, "candidates without behaviour (besides its target) each training list of the "
-           "ranker holds at least: where fewer are, the warm non-targets a new item's "
-           "embedding would rank highest are shown as new. New items at serving are seldom "
+           "ranker holds at least: where fewer are, warm non-targets drawn at random "
+           "are shown as new. New items at serving are seldom "
            "the answer; in a catalogue whose items all have behaviour (a final model on "
            "every event) the ranker would otherwise meet new items only as targets shown "
            "as new, and put every item added later first. 0: none",
         check=integer_at_least(0))
     validation_share: float = setting(
-        0.2, "share of the ranker's cases held out to choose the candidate list's width and "
-             "the ranker's settings", check=within(0, 1, "[)"))
+        0.2, "share of the ranker's cases held out of its fit to measure it on (validation "
+             "HR@K in the run's ranking.json, a warning when the ranker is under the "
+             "table alone); choose N and the ranker's settings by it, never by the test "
+             "cases", check=within(0, 1, "[)"))
     num_candidates: int = setting(
         200, "N, the width of a query's candidate list: the item-item table's and the "
              "two-tower's top items, deduplicated (at least the k a request asks for)",
@@ -534,8 +541,10 @@ class TrainingSettings(Settings):
 
     run_dir: str = setting("runs/train", "the run folder", flag="--run-dir")
     resume: bool = setting(False, "continue the run in the run folder from its last "
-                                  "checkpoint, with its saved settings (--set may change "
-                                  "the ranking stage's, which is then refitted)",
+                                  "checkpoint, with its saved settings (--set / --config "
+                                  "may change only the epochs, the strategy and ranking.* "
+                                  "but enabled and ranker_share; the ranking stage is then "
+                                  "refitted)",
                            flag="--resume")
     overwrite: bool = setting(False, "replace an existing run folder", flag="--overwrite")
     final_from: str | None = setting(
@@ -568,7 +577,7 @@ class EvaluateSettings(Settings):
                "variants are trained once under RUN_DIR/baselines/ and reused)",
         checked_by="`tfrec.evaluate.runner.parse_baselines`", flag="--baselines")
     k: int | None = setting(None, "K of HR@K and NDCG@K (null: the run's train.eval_k)",
-                            check=POSITIVE, flag="-k")
+                            check=integer_between(1, 50), flag="-k")
     gensim_epochs: int = setting(10, "passes of the gensim item2vec baseline", check=POSITIVE,
                                  flag="--gensim-epochs")
     gensim_dim: int = setting(64, "vector size of the gensim item2vec baseline (its best on "
@@ -598,8 +607,8 @@ class ExportSettings(Settings):
     training."""
 
     run: str | None = setting(
-        None, "a tfrec train run folder (with add_items / drop_items: default the run the "
-              "version was exported from)", flag="--run")
+        None, "a tfrec train run folder (with add_items / drop_items / update_users: default "
+              "the run the version was exported from)", flag="--run")
     model_dir: str | None = setting(None, "the model's base path, e.g. saved_models/retail",
                                     required=True, flag="--model-dir")
     add_items: str | None = setting(

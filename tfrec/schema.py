@@ -48,6 +48,10 @@ def integer_at_least(low: int) -> Rule:
 POSITIVE = Rule("a positive integer", integer_at_least(1).test)
 
 
+def integer_between(low: int, high: int) -> Rule:
+    return Rule(f"an integer from {low} to {high}", lambda v: is_int(v) and low <= v <= high)
+
+
 def above(low: float) -> Rule:
     return Rule(f"> {low:g}", lambda v: is_number(v) and v > low)
 
