@@ -53,7 +53,9 @@ def test_prepare_reports_sessions_pairs_and_cold_items(write, tmp_path, capsys):
     code = main(["-q", "prepare", *prepare_args(write, EVENTS, ITEMS), "--out", str(out),
                  "--json"])
     assert code == 0
-    report = json.loads(capsys.readouterr().out.split("\nwrote ")[0])
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)  # stdout: the JSON alone, the files named on stderr
+    assert "wrote report" in printed.err
     assert report["events"] == 5 and report["users"] == 2 and report["sessions"] == 2
     assert report["converted_sessions"] == 1
     assert (report["items"], report["warm_items"], report["cold_items"]) == (4, 3, 1)
@@ -117,6 +119,20 @@ def test_prepare_lists_event_types_and_warns_of_settings_the_data_cannot_honour(
     assert main(["-q", "prepare", *prepare_args(write, untyped, ITEMS), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["event_types"] == {"click": 3, "purchase": 1,
                                                                   "(no type)": 1}
+
+
+def test_prepare_warns_of_conversion_types_the_events_do_not_hold(write, capsys):
+    # A typo (`purchased`) would leave every session unconverted without a word.
+    args = prepare_args(write, EVENTS, ITEMS, "data.sessions.conversion_types=[purchased]")
+    assert main(["-q", "prepare", *args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["converted_sessions"] == 0
+    assert report["warnings"] == [
+        "data.sessions.conversion_types names event types the events do not hold: purchased "
+        "(the types found: click, purchase); no session converts by them"]
+    args = prepare_args(write, EVENTS, ITEMS, "data.sessions.conversion_types=[Purchase]")
+    assert main(["-q", "prepare", *args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == []
 
 
 def test_events_named_by_set_alone_are_split_by_the_latest_share(write, capsys):

@@ -144,7 +144,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         print(format_report(report))
     if settings_.out:
         for what, path in write_outputs(data, report, settings_.out).items():
-            print(f"wrote {what}: {path}")
+            # With --json, stdout holds the JSON alone (for a pipe to a parser).
+            print(f"wrote {what}: {path}", file=sys.stderr if settings_.json else sys.stdout)
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tfrec.config import PairConfig, RunConfig
+from tfrec.config import DEFAULT_CONVERSION_TYPES, PairConfig, RunConfig
 from tfrec.data.pipeline import EpochStats
 from tfrec.data.sessions import Sessions, resolve_retrieval_context, session_order, sessionize
 from tfrec.data.vocab import build_vocabulary
@@ -220,8 +220,8 @@ def event_type_counts(events) -> dict:
 
 
 def data_setting_warnings(types: dict, markets: int, config: RunConfig) -> list[str]:
-    """Settings the data cannot honour, each named: event weights given for event types the
-    events do not hold, market negatives without markets."""
+    """Settings the data cannot honour, each named: event weights or conversion types given
+    for event types the events do not hold, market negatives without markets."""
     pairs, defaults = config.data.pairs, PairConfig()
     warnings = []
     types = {key: count for key, count in types.items() if key != "(no type)"}
@@ -234,6 +234,13 @@ def data_setting_warnings(types: dict, markets: int, config: RunConfig) -> list[
                  "the events have no event type: data.events_schema.event_col")
         warnings.append(f"data.pairs.event_weights names event types the events do not hold: "
                         f"{', '.join(absent)} ({found}); their weights apply to nothing")
+    conversions = [t.lower() for t in config.data.sessions.conversion_types]
+    if types and set(conversions) != {t.lower() for t in DEFAULT_CONVERSION_TYPES}:
+        absent = [key for key in conversions if key not in types]
+        if absent:
+            warnings.append(f"data.sessions.conversion_types names event types the events do "
+                            f"not hold: {', '.join(absent)} (the types found: "
+                            f"{', '.join(types)}); no session converts by them")
     if pairs.market_negatives and not markets:
         warnings.append(f"data.pairs.market_negatives is {pairs.market_negatives} but the items "
                         f"have no market (data.items_schema.market_col): those negatives are "
