@@ -104,3 +104,26 @@ def test_each_dropped_rule_shows_its_first_row_under_it(tmp_path, capsys):
         assert text[i + 1].strip().startswith("first:"), text[i: i + 2]
     assert "missing user id" in text[at["events: missing user id"] + 1]
     assert "'yesterday'" in text[at["events: unparseable timestamp"] + 1]
+
+
+def test_events_dated_1970_beside_real_ones_are_warned_and_the_range_shown(tmp_path, capsys):
+    # An ETL job writing 0 for a missing time: such rows parse, and trained silently.
+    events = baskets(100)
+    events["timestamp"] = (events["timestamp"] - pd.Timestamp(0)) // pd.Timedelta(seconds=1)
+    events.loc[[10, 11, 40], "timestamp"] = 0
+    args = write_run(tmp_path, events, split_fraction=0.2)
+    report = report_of(capsys, args)
+    assert report["time_range"]["first"] == "1970-01-01 00:00"
+    assert report["time_range"]["last"] == "2024-01-05 03:00"
+    assert report["time_range"]["outside_1980_2099"] == 3
+    [warning] = [w for w in report["warnings"] if "before 1980" in w]
+    assert warning.startswith("3 of 200 events (1.5%) are dated before 1980 or after 2099 "
+                              "(the first: line 12, 1970-01-01 00:00 UTC)")
+    text = report_of(capsys, args, json_out=False)
+    assert "1970-01-01 00:00 to 2024-01-05 03:00 UTC" in text
+    # Relative times (every event before 1980) are a log of its own: no warning.
+    events["timestamp"] = np.arange(len(events)) * 60
+    args = write_run(tmp_path, events, split_fraction=0.2)
+    report = report_of(capsys, args)
+    assert report["time_range"]["outside_1980_2099"] == 200
+    assert not [w for w in report["warnings"] if "before 1980" in w]

@@ -117,7 +117,7 @@ def test_a_split_date_is_iso_8601_with_a_time_and_zone_if_given():
     noon = parse_split_date("2024-05-20T12:00")
     assert noon == parse_split_date("2024-05-20T14:00+02:00") == \
         parse_split_date("2024-05-20") + 12 * 3600
-    assert _moment(noon) == "2024-05-20 12:00:00"
+    assert _moment(noon) == "2024-05-20 12:00:00 UTC"
     assert _moment(parse_split_date("2024-05-20")) == "2024-05-20"
 
 

@@ -31,7 +31,48 @@ logger = logging.getLogger(__name__)
 def _moment(seconds: int) -> str:
     """A split's time as the report shows it: the date, and the time (UTC) unless midnight."""
     stamp = pd.Timestamp(int(seconds), unit="s")
-    return str(stamp.date()) if stamp == stamp.normalize() else stamp.strftime("%Y-%m-%d %H:%M:%S")
+    return (str(stamp.date()) if stamp == stamp.normalize()
+            else stamp.strftime("%Y-%m-%d %H:%M:%S UTC"))
+
+
+# Events dated outside these (1980-01-01, 2100-01-01 UTC) are most likely not real times: a
+# missing time written as 0 (1970), or a few rows in another unit (the year 5138).
+PLAUSIBLE_TIMES = (315_532_800, 4_102_444_800)
+
+
+def _stamp(seconds: int) -> str:
+    """An event's time to the minute (UTC); any year numpy can hold, unlike pandas."""
+    return str(np.datetime64(int(seconds), "s").astype("datetime64[m]")).replace("T", " ")
+
+
+def time_range(events: pd.DataFrame) -> dict:
+    """The events' first and last time, and those dated outside `PLAUSIBLE_TIMES`."""
+    time = events["time"].to_numpy()
+    if not len(time):
+        return {}
+    low, high = PLAUSIBLE_TIMES
+    outside = (time < low) | (time >= high)
+    found = {"first": _stamp(time.min()), "last": _stamp(time.max()),
+             "outside_1980_2099": int(outside.sum())}
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        found["outside_example"] = {"line": int(events["line"].iloc[i]),
+                                    "time": _stamp(time[i])}
+    return found
+
+
+def time_range_warning(found: dict, events: int) -> str | None:
+    """Events dated outside 1980-2099 beside others inside it: most likely not real times.
+    (Every event outside it is a log of relative times, which trains as any other.)"""
+    count = found.get("outside_1980_2099", 0)
+    if not count or count == events:
+        return None
+    example = found["outside_example"]
+    return (f"{count:,} of {events:,} events ({count / events:.1%}) are dated before 1980 or "
+            f"after 2099 (the first: line {example['line']}, {example['time']} UTC): a "
+            "missing time written as 0, or some rows in another unit "
+            "(data.events_schema.time_unit)? They are trained on as dated, each in a "
+            "session of its own time; fix or drop those rows")
 
 
 def split_counts(events: pd.DataFrame, sessions: Sessions, cut: int, split_date: str) -> dict:
@@ -177,6 +218,10 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0,
                             f"rows): ids are matched as exact text ('00012' is not '12'); "
                             f"write them alike in both files")
     report["event_types"] = event_type_counts(data.events)
+    report["time_range"] = time_range(data.events)
+    outside = time_range_warning(report["time_range"], len(data.events))
+    if outside:
+        warnings.append(outside)
     warnings += data_setting_warnings(report["event_types"], report["markets"], config)
     report["warnings"] = warnings
     return report
@@ -273,7 +318,9 @@ def format_report(report: dict) -> str:
             lines.append(f"    {rule:<46}{n(count):>10}")
             if report["drop_examples"].get(rule):  # under its own rule
                 lines.append(f"      first: {report['drop_examples'][rule]}")
-    row("events", n(report["events"]))
+    span = report.get("time_range") or {}
+    row("events", n(report["events"]),
+        f"{span['first']} to {span['last']} UTC" if span else "")
     row("users", n(report["users"]))
     sl = report["session_length"]
     row("sessions", n(report["sessions"]),
