@@ -127,3 +127,14 @@ def test_events_dated_1970_beside_real_ones_are_warned_and_the_range_shown(tmp_p
     report = report_of(capsys, args)
     assert report["time_range"]["outside_1980_2099"] == 200
     assert not [w for w in report["warnings"] if "before 1980" in w]
+
+
+def test_a_split_that_leaves_no_two_event_session_is_named_not_the_sessions(tmp_path, capsys):
+    # The README's two-line example: one visit of two events, a tenth held out.
+    events = pd.DataFrame({"user_id": ["u1", "u1"], "item_id": ["a", "b"],
+                           "timestamp": ["2024-05-01T10:02:11", "2024-05-01T10:03:40"]})
+    args = write_run(tmp_path, events, split_fraction=0.1)
+    assert main(["-q", "prepare", *args]) == 2
+    err = capsys.readouterr().err
+    assert "setting 'train.split_fraction'" in err
+    assert "the split keeps 1 of the 2 events (1 session) for training" in err

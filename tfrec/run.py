@@ -314,9 +314,22 @@ def prepare_training_data(config: RunConfig) -> TrainingData:
             logger.info("retrieval context: %s (auto: %d of %d sessions of 2+ events have one "
                         "timestamp)", context, sessions.stats["unordered_sessions"],
                         sessions.stats["multi_event_sessions"])
-        next_items = NextItemPipeline(sessions, vocab, config.model.history_length,
-                                      config.train.retrieval_batch_size, config.data.pairs.seed,
-                                      context)
+        try:
+            next_items = NextItemPipeline(sessions, vocab, config.model.history_length,
+                                          config.train.retrieval_batch_size,
+                                          config.data.pairs.seed, context)
+        except InputError as err:
+            if len(train_events) < len(events):
+                # The split, not the sessions, may be what left nothing to train on.
+                kept = sessions.num_sessions
+                raise InputError(
+                    f"no session of the training slice has two events: the split keeps "
+                    f"{len(train_events):,} of the {len(events):,} events "
+                    f"({kept:,} session{'' if kept == 1 else 's'}) for training; hold out "
+                    "less (train.split_fraction, train.split_date, train.holdout_users) or "
+                    "give more events; " + err.reason,
+                    key="train.split_fraction") from None
+            raise
     cases = make_cases(test_events, vocab, config.train.eval_seed, config.data.sessions,
                        per_user=split.per_user)
     return TrainingData(vocab, sessions, pairs, next_items, cases, rejections,
