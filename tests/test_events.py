@@ -374,7 +374,15 @@ def test_update_users_events_are_read_in_the_runs_layout(write):
     with pytest.raises(InputError) as err:
         read_user_events(path, EventsSchema(), "events")
     assert "no column 'user_id'" in err.value.message
-    assert "columns user_id, item_id, timestamp (data.events_schema)" in err.value.message
+    assert "columns user_id, item_id, timestamp (ISO 8601 or epoch s)" in err.value.message
+    assert "set data.events_schema" not in err.value.message  # export takes no --set
+    # Only users, items and times are read: the run's event type column is not needed.
+    plain = write("plain.csv", """
+        user_id,item_id,timestamp
+        u1,a,2024-05-01T10:00:00
+        """)
+    typed = EventsSchema(event_col="action", session_col="visit")
+    assert read_user_events(plain, typed, "events")["item"].tolist() == ["a"]
 
 
 def test_text_times_without_a_format_are_iso_8601_never_a_guessed_day_order(write):

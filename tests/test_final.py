@@ -221,7 +221,14 @@ def test_update_users_on_bad_input_writes_nothing(production, tmp_path, capsys, 
     for given in (bad, tmp_path / "missing.csv"):
         assert main(["export", "--model-dir", str(base), "--update-users", str(given),
                      "--no-serving-config"]) == 2
-        assert str(given) in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert str(given) in err
+    # The run's layout is named for the file to follow; no setting export cannot take.
+    assert main(["export", "--model-dir", str(base), "--update-users", str(bad),
+                 "--no-serving-config"]) == 2
+    err = capsys.readouterr().err
+    assert "columns user_id, item_id, timestamp (ISO 8601 or epoch s)" in err, err
+    assert "write the file so" in err and "set data.events_schema" not in err, err
     assert sorted(p.relative_to(base) for p in base.rglob("*")) == before
     # Another run of the same data given as the version's run: its users would not share
     # the version's space. Refused, naming it.

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -95,8 +96,13 @@ def read_user_events(path: str | Path, schema, layout: str = "events") -> pd.Dat
     if layout == "online_retail":
         form = "the run's layout, UCI Online Retail"
     else:
+        # Only users, items and times are read: an event type or session column of the
+        # run's layout is not needed here.
+        schema = dataclasses.replace(schema, event_col=None, session_col=None)
+        when = (f"format {schema.time_format!r}" if schema.time_format else
+                f"ISO 8601 or epoch {schema.time_unit}")
         form = (f"the run's events layout: columns {schema.user_col}, {schema.item_col}, "
-                f"{schema.time_col} (data.events_schema)")
+                f"{schema.time_col} ({when})")
     try:
         if layout == "online_retail":
             from tfrec.datasets.online_retail import read_online_retail
@@ -105,7 +111,11 @@ def read_user_events(path: str | Path, schema, layout: str = "events") -> pd.Dat
         else:
             events, _ = read_events(path, schema, strict=True)
     except InputError as err:
-        raise InputError(f"{err.reason} (the events of --update-users are read in {form})",
+        # The run's settings are not changed by an export: the file must fit them.
+        reason = re.sub(r"; set data\.events_schema\.\w+( to the right one|: \w+)?$", "",
+                        err.reason)
+        raise InputError(f"{reason} (the events of --update-users are read in {form}, the "
+                         "run's data.events_schema: write the file so)",
                          path=err.path or str(path), line=getattr(err, "line", None),
                          key=KEY) from None
     return events[["user", "item", "time", "line"]].reset_index(drop=True)
