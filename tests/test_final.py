@@ -367,3 +367,11 @@ def test_events_not_newer_than_the_last_refresh_are_warned_about(caplog):
     assert message in caplog.text
     assert warn_if_seen_before(latest.iloc[1:], metadata, "2") is None
     assert warn_if_seen_before(latest, {}, "1") is None  # never refreshed: nothing to compare
+
+
+def test_evaluating_a_final_model_names_the_evaluated_run(production, capsys):
+    # Its export alone leads to the final run, which holds no case out: named at once.
+    assert main(["evaluate", "--saved-model", str(production["final_model"] / "1")]) == 2
+    err = capsys.readouterr().err
+    assert "the run is a final model" in err
+    assert f"--run {production['evaluated'].resolve()}" in err

@@ -174,6 +174,15 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     if out_dir and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise InputError("the report folder is a file, expected a folder", path=str(out_dir),
                          key="evaluate.out")
+    evaluated_as = RunFolder(run_dir).read_evaluated_as()
+    if evaluated_as is not None:
+        # A final model trained on every event: it has no held-out case to score.
+        evaluated = evaluated_as.get("run", "its evaluated run")
+        raise InputError(f"the run is a final model (tfrec train --final-from {evaluated}): it "
+                         "trained on every event and holds none out; evaluate the evaluated "
+                         f"run (--run {evaluated}), or score this export on its cases with "
+                         f"--run {evaluated} --saved-model EXPORT", path=str(run_dir),
+                         key="evaluate.run_dir")
     config, run_vocab, model, checkpoint = load_run(run_dir)
     trained = len(RunFolder(run_dir).read_history())
     if trained < config.train.epochs:
