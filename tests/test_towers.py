@@ -67,6 +67,18 @@ def test_a_combining_mark_stays_in_its_word():
     assert vocabulary(["ถ้วยสีแดง", "cafe\u0301 au-lait"]) == ["au", "café", "lait", "ถ้วยสีแดง"]
 
 
+def test_html_markup_is_no_word_and_chinese_and_japanese_split_by_character():
+    # A product feed's HTML: tags and entities spent the token budget as words.
+    assert vocabulary(['<div class="t"><b>Red Mug</b> &amp; &#39;saucer&#39;<br/></div>']) == [
+        "mug", "red", "saucer"]
+    # A comparison is not a tag.
+    assert vocabulary(["size < 5 and > 3"]) == ["3", "5", "and", "size"]
+    # Without spaces, a Japanese title was one token, shared with no other text.
+    vocab = vocabulary(["黒い陶器のマグカップ", "白い陶器"])
+    assert sorted(vocab[:3]) == sorted(["い", "陶", "器"])  # in both texts: first
+    assert set(vocab) == set("黒い陶器のマグカップ白")
+
+
 def test_tokeniser_ids(tokenizer):
     ids = tokenizer(tf.constant(TEXTS)).numpy()
     assert ids.shape == (5, 6) and ids.dtype == np.int32

@@ -15,21 +15,32 @@ OOV_ID = 1
 # Everything but letters, digits and combining marks separates tokens ("T-LIGHT" -> "t",
 # "light"); a mark (a Thai vowel or tone, a decomposed accent) is part of its word.
 _SEPARATORS = r"[^\pL\pM\pN]+"
+# HTML markup in a product text (a tag, a character entity) is not words of it: without
+# this `<b>Red Mug</b> &amp;` would give "b red mug b amp", spending the token budget.
+_MARKUP = (r"</?[A-Za-z][A-Za-z0-9]{0,20}(?:\s[^<>]{0,200})?/?>|<!--[^<>]{0,200}-->"
+           r"|&(?:[A-Za-z]{2,8}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
+# Chinese and Japanese write no spaces between words: each Han, Hiragana or Katakana
+# character is a token of its own (as BERT's tokeniser does), so that two texts sharing
+# words share tokens (a whole title would otherwise be one token, shared with nothing).
+_CJK = r"(\p{Han}|\p{Hiragana}|\p{Katakana})"
 
 
 def _normalise_and_split(texts: tf.Tensor) -> tf.RaggedTensor:
-    folded = tf_text.case_fold_utf8(texts)
+    unmarked = tf.strings.regex_replace(texts, _MARKUP, " ")
+    folded = tf_text.case_fold_utf8(unmarked)
     spaced = tf.strings.regex_replace(folded, _SEPARATORS, " ")
-    return tf_text.WhitespaceTokenizer().tokenize(spaced)
+    split = tf.strings.regex_replace(spaced, _CJK, r" \1 ")
+    return tf_text.WhitespaceTokenizer().tokenize(split)
 
 
 @keras.utils.register_keras_serializable(package="tfrec")
 class TextTokenizer(keras.layers.Layer):
     """Strings -> padded token ids.
 
-    Text is case-folded (Unicode-aware), split on anything that is not a
-    letter, digit or combining mark, and looked up in a fixed vocabulary: id 0 pads, id 1 is
-    an unknown token, known tokens start at 2.
+    Text is stripped of HTML markup (tags, character entities), case-folded
+    (Unicode-aware), split on anything that is not a letter, digit or combining
+    mark and around each Chinese or Japanese character, and looked up in a fixed
+    vocabulary: id 0 pads, id 1 is an unknown token, known tokens start at 2.
 
     Args:
       vocabulary: the tokens, in id order from 2 (see build_token_vocabulary).
