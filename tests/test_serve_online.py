@@ -43,6 +43,9 @@ def test_recommend_for_user_over_grpc_rest_client_and_command(shared, capsys):
     client = RecommenderClient(shared.target, "shop", timeout=30)
     try:
         served = client.recommend_for_user(asked, k=4)
+        # Spaces around an id are removed, as the data's ids were when the model trained.
+        [(_, known)] = client.recommend_for_user([f" {users[0]} "], k=4)
+        assert known
         with pytest.raises(grpc.RpcError) as err:
             client.recommend_for_user(users, k=21)
     finally:

@@ -53,8 +53,9 @@ def utf8_bytes(values) -> np.ndarray:
 INT32_MAX = 2**31 - 1
 
 
-def id_list(name: str, values, allow_empty: bool = False) -> list:
-    """`values` as a list of ids (each a str or bytes, as written in the data).
+def id_list(name: str, values, allow_empty: bool = False, strip: bool = True) -> list:
+    """`values` as a list of ids (each a str or bytes, as written in the data), spaces
+    around each removed as the data's ids are read (`strip`: False for other strings).
 
     Refused, naming `name`: a lone string (its characters would each be taken
     as an id), a value that is not a list of ids, an id that is not a string
@@ -78,7 +79,7 @@ def id_list(name: str, values, allow_empty: bool = False) -> list:
                              f"{value!r:.80}{hint}")
     if not values and not allow_empty:
         raise ValueError(f"{name} is empty: give at least one id")
-    return values
+    return [value.strip() for value in values] if strip else values
 
 
 def top_k_count(k, name: str = "k") -> int:

@@ -96,7 +96,7 @@ class RecommenderClient:
         """[n, d] the item embeddings the export serves: a known id's own; an unknown
         id's from its text in `texts` (one per id; "" for none)."""
         item_ids = id_list("item_ids", item_ids)
-        texts = [""] * len(item_ids) if texts is None else id_list("texts", texts)
+        texts = [""] * len(item_ids) if texts is None else id_list("texts", texts, strip=False)
         if len(texts) != len(item_ids):
             raise ValueError(f"{len(texts)} texts for {len(item_ids)} item_ids: give one "
                              "text per id")
