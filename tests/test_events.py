@@ -438,3 +438,14 @@ def test_text_that_is_not_utf8_is_named_by_its_line_and_byte(write, tmp_path):
         assert _first_bad_utf8(path, size) == (2501, 10)
     path.write_text("\n".join(rows[:2500]), encoding="utf-8")
     assert _first_bad_utf8(path, 7) == (None, None)
+
+
+def test_a_semicolon_separated_file_is_named_as_such(write):
+    path = write("e.csv", """
+        user_id;item_id;timestamp
+        u1;a;2024-05-01T10:00:00
+        """)
+    with pytest.raises(InputError) as err:
+        read_events(path)
+    assert "the header has one column holding ';': CSV files are read comma-separated" in str(
+        err.value.message)

@@ -109,6 +109,13 @@ class _Table:
         if column is not None and column not in self.frame.columns:
             key = setting if "." in setting and " " not in setting else None
             fix = f"set {setting} to the right one" if key else f"expected {setting}"
+            columns = [str(c) for c in self.frame.columns]
+            if self.is_csv and len(columns) == 1:
+                # One column whose name holds another separator: not a comma-separated file.
+                found = [sep for sep in (";", "\t", "|") if sep in columns[0]]
+                if found:
+                    fix = (f"the header has one column holding {found[0]!r}: CSV files are "
+                           "read comma-separated; write the file with commas")
             raise InputError(
                 f"no column '{column}' (columns are: {', '.join(map(str, self.frame.columns))}); "
                 f"{fix}", path=str(self.path), column=column, key=key)
