@@ -449,3 +449,22 @@ def test_a_semicolon_separated_file_is_named_as_such(write):
         read_events(path)
     assert "the header has one column holding ';': CSV files are read comma-separated" in str(
         err.value.message)
+
+
+def test_a_refresh_whose_first_item_repeats_the_cached_last_counts_it_once():
+    # Training merges an item repeated back to back; a refresh did not across its seam.
+    import pandas as pd
+
+    from tfrec.exporter.module import UserCache
+    from tfrec.exporter.users import merge_users
+
+    cache = UserCache(ids=np.array(["u1", "u2"], dtype=object),
+                      embeddings=np.zeros((2, 2), np.float32),
+                      histories=np.array([[0, 3, 5], [0, 0, 4]], np.int32))
+    latest = pd.DataFrame({"user": ["u1", "u1", "u2"], "item": [5, 7, 9],
+                           "time": [10, 11, 10], "line": [2, 3, 4]})
+    users, rows, histories = merge_users(cache, latest, 3)
+    assert users.tolist() == ["u1", "u2"] and rows.tolist() == [0, 1]
+    assert histories.tolist() == [[3, 5, 7], [0, 4, 9]]
+    _, _, kept = merge_users(cache, latest, 3, dedupe_consecutive=False)
+    assert kept.tolist() == [[5, 5, 7], [0, 4, 9]]

@@ -191,9 +191,12 @@ def _from_end(code: np.ndarray, groups: int) -> np.ndarray:
 
 
 def merge_users(cache: UserCache, latest: pd.DataFrame, length: int,
-                chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                chunk: int = 65_536, dedupe_consecutive: bool = True
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The new histories of the users in `latest` (`latest_items`' frame, in any order):
-    each one's cached items, then its latest items, the last `length` of them.
+    each one's cached items, then its latest items, the last `length` of them; with
+    `dedupe_consecutive` a latest first item equal to the cached last counts once, as
+    `latest_items` counts a repeat within the events.
 
     Returns:
       (user ids [u], sorted; rows [u] in the cache (-1: a new user); histories
@@ -215,6 +218,13 @@ def merge_users(cache: UserCache, latest: pd.DataFrame, length: int,
         known = rows[part] >= 0
         combined[known, :length] = cache.histories[rows[part][known]]
         combined[:, length:] = new[part]
+        if dedupe_consecutive:
+            given = new[part] != 0
+            first = np.argmax(given, axis=1)  # the first latest item's column
+            rows_ = np.arange(len(first))
+            repeat = (given.any(axis=1) & (combined[:, length - 1] != 0)
+                      & (new[part][rows_, first] == combined[:, length - 1]))
+            combined[rows_[repeat], length + first[repeat]] = 0
         # A stable sort of "is an item" puts the padding first and keeps the items' order:
         # the last `length` columns are the last `length` items.
         place = np.argsort(combined != 0, axis=1, kind="stable")[:, length:]
@@ -223,14 +233,15 @@ def merge_users(cache: UserCache, latest: pd.DataFrame, length: int,
 
 
 def refreshed_cache(cache: UserCache, latest: pd.DataFrame, embed,
-                    length: int) -> tuple[UserCache, dict]:
+                    length: int, dedupe_consecutive: bool = True) -> tuple[UserCache, dict]:
     """The cache with the users of `latest` recomputed (`merge_users`) and their
     embeddings `embed(histories)` (the query tower); new users appended.
 
     Returns:
       (the new cache, {"updated", "added", "users"}).
     """
-    users, rows, histories = merge_users(cache, latest, length)
+    users, rows, histories = merge_users(cache, latest, length,
+                                         dedupe_consecutive=dedupe_consecutive)
     embeddings = np.asarray(embed(histories), np.float32) if len(users) else np.zeros(
         (0, cache.embeddings.shape[1]), np.float32)
     known = rows >= 0
@@ -305,7 +316,8 @@ def update_users(model_dir: str | Path, events: str | Path | pd.DataFrame,
     warn_if_seen_before(latest, metadata, source.name)
     cache = read_users(source, int(model.embedding_dim), length)
     before = len(cache.ids)
-    cache, counts = refreshed_cache(cache, latest, model.query_embeddings, length)
+    cache, counts = refreshed_cache(cache, latest, model.query_embeddings, length,
+                                    config.data.sessions.dedupe_consecutive)
     change = UsersChange(**(latest_stats or {}), **counts)
     logger.info("users of version %s: %d; %d updated, %d added (%d events, %d skipped: "
                 "item unknown to the model): %d users", source.name, before, change.updated,
