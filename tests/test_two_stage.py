@@ -338,3 +338,18 @@ def test_a_ranker_on_few_cases_or_under_the_two_tower_is_warned_about():
         "hr_two_stage": 0.40, "hr_candidates_by_two_tower": 0.47, "k": 10}})
     assert "worse than the two-tower's scores do (HR@10 0.4000 against 0.4700)" in worse
     assert "--no-ranking-stage" in worse
+
+
+def test_an_export_of_stage_1_alone_warns_when_its_lists_fill_with_new_items(caplog):
+    from tfrec.exporter.saved_model import warn_if_new_items_flood
+
+    flood = {"new_item_slots": {"stage1": 0.898, "targets": 0.05, "both_stages": 0.061,
+                                "catalogue": 0.6, "k": 10}}
+    message = warn_if_new_items_flood(flood)
+    assert message.startswith("served by stage 1 alone, items without behaviour")
+    assert "89.8% of stage 1's held-out top-10 slots against 5.0% of the targets" in message
+    assert "held them to 6.1%: serve both stages" in message and message in caplog.text
+    # The bundled run's shares (6.9% against 6.4%), or no figures: nothing to say.
+    assert warn_if_new_items_flood({"new_item_slots": {"stage1": 0.069, "targets": 0.064,
+                                                       "k": 10}}) is None
+    assert warn_if_new_items_flood(None) is None and warn_if_new_items_flood({}) is None

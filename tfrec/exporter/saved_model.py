@@ -379,6 +379,25 @@ def write_version(model_dir: Path, version: int, contents: VersionContents,
     return ExportResult(final, version, metadata, module)
 
 
+def warn_if_new_items_flood(evaluation: dict | None) -> str | None:
+    """A warning (logged, and returned) for an export served by stage 1 alone when the run's
+    held-out lists showed stage 1 giving items without behaviour far more top-k slots than
+    their share of the targets (a text-only embedding scores high for any query when item
+    text says little about behaviour; the ranking stage corrects it, stage 1 alone not)."""
+    slots = (evaluation or {}).get("new_item_slots")
+    if not slots or slots.get("stage1", 0) <= max(3 * slots.get("targets", 0), 0.2):
+        return None
+    fix = (f"the ranking stage held them to {slots['both_stages']:.1%}: serve both stages "
+           "(without --no-ranking-stage)" if "both_stages" in slots else
+           "a ranking stage (ranking.enabled: true) learns how often users choose them")
+    message = (f"served by stage 1 alone, items without behaviour will fill many of the "
+               f"lists' top slots: they held {slots['stage1']:.1%} of stage 1's held-out "
+               f"top-{slots['k']} slots against {slots['targets']:.1%} of the targets (the "
+               f"run's eval.json); {fix}")
+    logger.warning("%s", message)
+    return message
+
+
 def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig = IndexConfig(),
            version: int | None = None, serving_config_dir: str | Path | None = None,
            warmup_sessions: int = 32, recall_queries: int = 1000,
@@ -432,6 +451,10 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
     stage = load_stage(run_dir, model, missing_ok=not ranking_stage)
     if stage is not None and ranking_stage:
         index_config = ranking_index_config(index_config, stage.num_candidates)
+    if stage is None or not ranking_stage:
+        from tfrec.run_folder import RunFolder
+
+        warn_if_new_items_flood(RunFolder(run_dir).read_eval())
 
     logger.info("embedding %d catalogue items", vocab.size - 1)
     item_vectors = model.item_embeddings()
