@@ -124,7 +124,7 @@ def test_recommend_for_user_over_grpc_rest_client_and_command(shared, capsys):
     assert "NOT_FOUND" in capsys.readouterr().err
 
 
-def test_an_added_items_version_is_picked_up_with_no_failed_call(versions, tmp_path):
+def test_an_added_items_version_is_picked_up_with_no_failed_call(versions, tmp_path, capsys):
     from tfrec.exporter import CatalogueUpdate, update_catalogue
 
     srv = start_server(versions, tmp_path)
@@ -142,6 +142,13 @@ def test_an_added_items_version_is_picked_up_with_no_failed_call(versions, tmp_p
             neighbours = client.similar_items(["new-lamp"], k=3)[0]
         finally:
             client.close()
+        # Alone as a session, an added item is named as one the model cannot read yet.
+        capsys.readouterr()
+        assert main(["-q", "recommend", "--server", srv.target, "--model", "shop",
+                     "--items", "new-lamp", "-k", "3"]) == 0
+        out = capsys.readouterr().out
+        assert "the session's items new-lamp are in the served catalogue but not in the " \
+               "model's vocabulary" in " ".join(out.split()), out
     finally:
         srv.stop()
     # The served neighbours of the new item score as its cached embedding says.

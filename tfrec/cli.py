@@ -446,7 +446,15 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     else:
         print("session: "
               f"{', '.join(f'{i} ({texts[i]})' if texts.get(i) else i for i in items)}")
-        if fallback:
+        added = [i for i in items if texts.get(i)] if fallback else []
+        if added:
+            # In the catalogue (it has a text) but not readable as a session: an item added
+            # after training (--add-items) is recommended, not yet read from a session.
+            print(f"  (the session's items {', '.join(added)} are in the served catalogue "
+                  "but not in the model's vocabulary: items added after training are "
+                  "recommended, not read as a session until the model is retrained; the "
+                  "most popular items, scored by their share of the training events)")
+        elif fallback:
             print("  (no item of the session is known to the model: the most popular items, "
                   "scored by their share of the training events)")
         elif unknown:
