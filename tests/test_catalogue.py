@@ -284,8 +284,11 @@ def test_an_update_of_an_older_export_reads_its_index_key(versions, tmp_path):
     ("missing", "items file not found", "--add-items"),
     ("version", "no version 9", "--from-version"),
     ("nothing", "give items to add or ids to drop", None),
+    # An item already there with its text: the next version would be this one again.
+    ("same", "nothing changes: every item given is in version 3 with the same text",
+     "--add-items"),
 ])
-def test_bad_input_is_refused_and_nothing_is_written(versions, tmp_path, capsys, setup,
+def test_bad_input_is_refused_and_nothing_is_written(versions, vocab, tmp_path, capsys, setup,
                                                      message, flag):
     base, _, _, after, _ = versions
     model_dir = tmp_path / "shop"
@@ -305,6 +308,9 @@ def test_bad_input_is_refused_and_nothing_is_written(versions, tmp_path, capsys,
     elif setup == "version":
         drop.write_text("i1\n")
         args = ["--drop-items", str(drop), "--from-version", "9"]
+    elif setup == "same":
+        items.write_text(f'item_id,text\n{NEW[0]},"{vocab.text[vocab.index_of("i1")]}"\n')
+        args = ["--add-items", str(items)]
     elif setup != "nothing":
         items.write_text(setup)
         args = ["--add-items", str(items)]

@@ -615,7 +615,8 @@ class ExportSettings(Settings):
         None, "build the next version from the newest (or from_version) without training: "
               "these items (CSV/Parquet in the run's items layout: id, text, optional market) "
               "embedded by the text tower alone and added to the index; an id already there "
-              "with the same text is left as it is, with another text it is an error",
+              "with the same text is left as it is (a file that changes nothing writes no "
+              "version), with another text it is an error",
         flag="--add-items")
     drop_items: str | None = setting(None, "build the next version without these items (a "
                                            "file of item ids, one a line): never recommended "

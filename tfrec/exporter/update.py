@@ -251,6 +251,15 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
         previous, vocab, new_items, drop_ids, item_embedder(model, vocab),
         items_path=None if update.add_items is None else str(update.add_items),
         drop_path=None if update.drop_items is None else str(update.drop_items))
+    if (not change.added and not change.restored and not change.dropped
+            and users_update is None and not index_settings):
+        # The next version would be this one again, under a new number.
+        given = " and ".join(str(p) for p in (update.add_items, update.drop_items)
+                             if p is not None)
+        raise InputError(f"nothing changes: every item given is in version {source.name} "
+                         f"with the same text ({len(change.unchanged):,} already there) and "
+                         "no item is dropped; no version written", path=given or None,
+                         key="export.add_items")
     logger.info("catalogue of version %s: %d items; %d added, %d restored, %d already there, "
                 "%d dropped: %d items", source.name, len(previous), len(change.added),
                 len(change.restored), len(change.unchanged), len(change.dropped),
