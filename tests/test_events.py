@@ -383,6 +383,9 @@ def test_update_users_events_are_read_in_the_runs_layout(write):
         """)
     typed = EventsSchema(event_col="action", session_col="visit")
     assert read_user_events(plain, typed, "events")["item"].tolist() == ["a"]
+    # A glob is the Beam job's (the local one reads one file): said so.
+    with pytest.raises(InputError, match="a glob of files is read by the Beam job"):
+        read_user_events(str(plain.parent / "logs-*.csv"), typed, "events")
 
 
 def test_text_times_without_a_format_are_iso_8601_never_a_guessed_day_order(write):

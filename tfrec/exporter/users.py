@@ -89,6 +89,10 @@ def read_user_events(path: str | Path, schema, layout: str = "events") -> pd.Dat
 
     path = Path(path)
     if not path.exists():
+        if any(c in str(path) for c in "*?["):
+            raise InputError("events file not found: a glob of files is read by the Beam job "
+                             "(--runner DirectRunner, or another runner); without --runner one "
+                             "file is read", path=str(path), key=KEY)
         raise InputError("events file not found", path=str(path), key=KEY)
     if path.is_dir():
         raise InputError("events path is a folder, expected a CSV or Parquet file",
