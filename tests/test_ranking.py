@@ -158,6 +158,26 @@ def lexical_dense(table: LexicalTable) -> np.ndarray:
     return dense
 
 
+def test_lexical_terms_are_the_text_towers_words_in_any_script():
+    from tfrec.ranking.lexical import tokenize
+
+    # Latin text as before; a word with an umlaut or accent stays whole (it was cut at each
+    # letter outside a-z), a decomposed accent and Thai marks are no breaks, markup no term.
+    assert tokenize("WHITE HANGING HEART T-LIGHT HOLDER 3") == [
+        "white", "hanging", "heart", "t", "light", "holder", "3"]
+    assert tokenize("Größe Äpfel cafe\u0301 Misérables") == [
+        "grösse", "äpfel", "café", "misérables"]
+    assert tokenize("ถ้วยสีแดง") == ["ถ้วยสีแดง"]
+    assert tokenize("<b>Red Mug</b> &amp; saucer") == ["red", "mug", "saucer"]
+    # Each Chinese or Japanese character alone; full-width forms read as their letters.
+    assert tokenize("黒い陶器のマグ") == ["黒", "い", "陶", "器", "の", "マ", "グ"]
+    assert tokenize("ＡＢＣ１２３") == ["abc123"] and tokenize(None) == []
+    # Two Japanese titles sharing words now share terms (they shared none).
+    table = LexicalTable.build(["", "黒い陶器", "白い陶器", "赤いマグ"], max_terms=4)
+    dense = lexical_dense(table)
+    assert dense[1] @ dense[2] > 0.3 and dense[1] @ dense[2] > dense[1] @ dense[3]
+
+
 def test_lexical_table_keeps_the_strongest_terms_and_scores_cosines():
     texts = ["", "red tea mug", "red red cup", "blue tea mug heart", "tea", "zebra"]
     table = LexicalTable.build(texts, max_terms=2)

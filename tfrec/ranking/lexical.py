@@ -17,18 +17,67 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import sys
+import unicodedata
 
 import numpy as np
 import tensorflow as tf
 
 from tfrec.errors import InputError
 
-_TOKEN = re.compile(r"[0-9a-z]+")
+# Chinese and Japanese characters (Han, Hiragana, Katakana): each a term of its own, as
+# the text tower's tokeniser splits them (`tfrec.towers.tokenizer`).
+_CJK = ((0x2E80, 0x2FDF), (0x3005, 0x3005), (0x3007, 0x3007), (0x3021, 0x3029),
+        (0x3038, 0x303B), (0x3040, 0x30FF), (0x31F0, 0x31FF), (0x3400, 0x4DBF),
+        (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0xFF66, 0xFF9F), (0x20000, 0x3134F))
+
+
+_ASCII_TOKEN = re.compile(r"[0-9a-z]+")
+
+
+def _char_class(ranges) -> str:
+    return "".join(re.escape(chr(a)) + (f"-{re.escape(chr(b))}" if b > a else "")
+                   for a, b in ranges)
+
+
+@functools.lru_cache(maxsize=None)
+def _token_pattern() -> re.Pattern:
+    """Terms as the text tower reads words: runs of letters, combining marks and digits
+    (any script; Python's `\\w` would cut a word at each Thai vowel or decomposed accent),
+    and each Chinese or Japanese character alone. Built once from Unicode's categories."""
+    cjk = np.zeros(sys.maxunicode + 1, bool)
+    for a, b in _CJK:
+        cjk[a:b + 1] = True
+    ranges, start = [], None
+    for code in range(sys.maxunicode + 2):
+        word = (code <= sys.maxunicode and not cjk[code]
+                and unicodedata.category(chr(code))[0] in "LMN")
+        if word and start is None:
+            start = code
+        elif not word and start is not None:
+            ranges.append((start, code - 1))
+            start = None
+    return re.compile(f"[{_char_class(_CJK)}]|[{_char_class(ranges)}]+")
 
 
 def tokenize(text) -> list[str]:
-    """Lower-cased alphanumeric runs (what TF-IDF counts)."""
-    return _TOKEN.findall(str(text).lower()) if isinstance(text, str) else []
+    """The terms TF-IDF counts: the text without HTML markup, case-folded (NFKC, as the
+    text tower's tokeniser), its words (letters, marks and digits of any script; each
+    Chinese or Japanese character alone)."""
+    if not isinstance(text, str):
+        return []
+    if "<" in text or "&" in text:
+        text = _markup().sub(" ", text)
+    if text.isascii():  # the same terms, faster
+        return _ASCII_TOKEN.findall(text.lower())
+    return _token_pattern().findall(unicodedata.normalize("NFKC", text).casefold())
+
+
+@functools.lru_cache(maxsize=None)
+def _markup() -> re.Pattern:
+    from tfrec.towers.tokenizer import MARKUP
+
+    return re.compile(MARKUP)
 
 
 @dataclasses.dataclass

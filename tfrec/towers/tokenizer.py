@@ -17,8 +17,8 @@ OOV_ID = 1
 _SEPARATORS = r"[^\pL\pM\pN]+"
 # HTML markup in a product text (a tag, a character entity) is not words of it: without
 # this `<b>Red Mug</b> &amp;` would give "b red mug b amp", spending the token budget.
-_MARKUP = (r"</?[A-Za-z][A-Za-z0-9]{0,20}(?:\s[^<>]{0,200})?/?>|<!--[^<>]{0,200}-->"
-           r"|&(?:[A-Za-z]{2,8}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
+MARKUP = (r"</?[A-Za-z][A-Za-z0-9]{0,20}(?:\s[^<>]{0,200})?/?>|<!--[^<>]{0,200}-->"
+          r"|&(?:[A-Za-z]{2,8}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
 # Chinese and Japanese write no spaces between words: each Han, Hiragana or Katakana
 # character is a token of its own (as BERT's tokeniser does), so that two texts sharing
 # words share tokens (a whole title would otherwise be one token, shared with nothing).
@@ -26,7 +26,7 @@ _CJK = r"(\p{Han}|\p{Hiragana}|\p{Katakana})"
 
 
 def _normalise_and_split(texts: tf.Tensor) -> tf.RaggedTensor:
-    unmarked = tf.strings.regex_replace(texts, _MARKUP, " ")
+    unmarked = tf.strings.regex_replace(texts, MARKUP, " ")
     folded = tf_text.case_fold_utf8(unmarked)
     spaced = tf.strings.regex_replace(folded, _SEPARATORS, " ")
     split = tf.strings.regex_replace(spaced, _CJK, r" \1 ")
