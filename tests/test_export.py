@@ -15,6 +15,7 @@ import tensorflow as tf
 from tfrec.cli import main
 from tfrec.errors import InputError
 from tfrec.exporter import export, load_saved_model
+from tfrec.exporter.layout import LAST_VERSION
 from tfrec.index import IndexConfig
 from tfrec.run import load_run
 
@@ -47,7 +48,8 @@ def test_versions_and_layout(exported, run_dir):
     base, scann, brute = exported
     vocab = load_run(run_dir)[1]
     assert (scann.version, brute.version) == (1, 2)
-    assert sorted(p.name for p in (base / "shop").iterdir()) == ["1", "2"]
+    # The folder's record of the highest version written, so that none is numbered twice.
+    assert sorted(p.name for p in (base / "shop").iterdir()) == [LAST_VERSION, "1", "2"]
     # The model folder given for a version: the error names a version folder to give.
     with pytest.raises(InputError, match=r"no saved_model\.pb\); it is a model folder: give a "
                                          r"version folder, e\.g\. .*shop/2$"):
@@ -224,7 +226,7 @@ def test_killing_an_export_midway_leaves_no_version(run_dir, tmp_path):
     # The next export cleans the dead export's leftovers and writes version 1.
     assert main(["-q", "export", "--run", str(run_dir), "--model-dir", str(model_dir),
                  "--no-serving-config"]) == 0
-    assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [LAST_VERSION, "1"]
 
 
 def test_bad_export_requests_exit_2(run_dir, tmp_path, capsys):
@@ -620,7 +622,32 @@ def test_model_folder_lists_versions_and_writes_one_whole_or_not_at_all(tmp_path
             version.path.mkdir()
             (version.path / "x").write_text("")
     assert sorted(p.name for p in folder.path.iterdir()) == [
-        f"{TMP_PREFIX}11-1", "10", "2", "7"]
+        LAST_VERSION, f"{TMP_PREFIX}11-1", "10", "2", "7"]
+
+
+def test_a_deleted_newest_versions_number_is_never_given_again(tmp_path):
+    import shutil
+
+    from tfrec.exporter.layout import ModelFolder
+    from tfrec.exporter.saved_model import prepare_version
+
+    folder = ModelFolder(tmp_path / "shop")
+    assert folder.next_version() == 1
+    folder.path.mkdir()
+    for number in (1, 2, 3):
+        with folder.writing(number) as version:
+            version.path.mkdir()
+    shutil.rmtree(folder.path / "3")  # an operator deletes a bad newest version
+    assert folder.versions() == [1, 2]
+    assert prepare_version(folder.path, None) == (folder.path, 4)
+    # A version copied in by hand above the record counts too.
+    (folder.path / "9").mkdir()
+    assert folder.next_version() == 10
+    # An explicit number may still name a free one below the record.
+    assert prepare_version(folder.path, 3) == (folder.path, 3)
+    # An unreadable record does not stop an export: the versions on disk decide.
+    (folder.path / LAST_VERSION).write_text("not a number")
+    assert folder.next_version() == 10
 
 
 def test_item_and_user_ids_beyond_ascii_train_export_and_serve(tmp_path):

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from tfrec.cli import main
+from tfrec.exporter.layout import LAST_VERSION
 
 LATE_USERS = ("late-1", "late-2")
 
@@ -313,7 +314,7 @@ def test_the_beam_pipeline_gives_the_local_jobs_version(production, tmp_path, ca
     assert main(["export", "--model-dir", str(beam), "--update-users", str(logs / "*.csv"),
                  "--runner", "DirectRunner", "--no-serving-config"]) == 2
     assert "cannot parse" in capsys.readouterr().err
-    assert sorted(p.name for p in beam.iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in beam.iterdir()) == [LAST_VERSION, "1", "2"]
 
 
 def test_an_added_item_does_not_top_every_list_of_a_final_model(production, tmp_path):

@@ -636,8 +636,9 @@ class ExportSettings(Settings):
     from_version: int | None = setting(None, "with add_items / drop_items / update_users: start "
                                              "from this version (null: the newest)",
                                        check=POSITIVE, flag="--from-version")
-    version: int | None = setting(None, "version number (null: the next one)", check=POSITIVE,
-                                  flag="--version")
+    version: int | None = setting(None, "version number (null: the next one, above every "
+                                        "version written to the folder, deleted ones too)",
+                                  check=POSITIVE, flag="--version")
     serving_config: str = setting("serving_config", "folder of models.config / "
                                                     "batching.config to update",
                                   flag="--serving-config")

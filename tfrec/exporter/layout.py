@@ -50,6 +50,10 @@ from tfrec.utils import Entry, Folder, json_ready
 logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-export-"
+# The highest version number ever written to a model folder: a deleted newest version's
+# number is not given to the next export (a server or a client that saw version N must
+# never meet a different model under the same number).
+LAST_VERSION = ".tfrec_last_version"
 # The metadata key of the index kind; exports before it was named wrote "index".
 INDEX_KIND = "index_kind"
 _OLD_INDEX_KIND = "index"
@@ -272,6 +276,33 @@ class ModelFolder(Folder):
     def version(self, number: int) -> VersionFolder:
         return VersionFolder(self.path / str(number))
 
+    def last_written(self) -> int:
+        """The highest version number ever written here (0: none recorded), from the
+        folder's record, so that a deleted newest version's number is not reused."""
+        try:
+            return int((self.path / LAST_VERSION).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def next_version(self) -> int:
+        """The number of the next version: one above every version on disk and every
+        version ever written here."""
+        versions = self.versions()
+        return max(versions[-1] if versions else 0, self.last_written()) + 1
+
+    def _record_written(self, number: int) -> None:
+        if number <= self.last_written():
+            return
+        record = self.path / LAST_VERSION
+        tmp = record.with_name(f"{record.name}.{os.getpid()}")
+        try:
+            tmp.write_text(f"{number}\n")
+            os.replace(tmp, record)
+        except OSError as err:  # the version is written: a lost record costs only this
+            tmp.unlink(missing_ok=True)
+            logger.warning("could not record version %d as written in %s (%s): a version "
+                           "number deleted later may be given again", number, record, err)
+
     def clean_stale_temporaries(self) -> list[Path]:
         """Removes the temporary folders of writes whose process is gone."""
         return remove_stale_temporaries(self.path, TMP_PREFIX + "*")
@@ -301,6 +332,7 @@ class ModelFolder(Folder):
                         raise InputError(f"version {number} was written by another export "
                                          "meanwhile; run again", path=str(final)) from None
                     raise
+                self._record_written(number)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

@@ -153,7 +153,7 @@ def prepare_version(model_dir: str | Path, version: int | None) -> tuple[Path, i
     folder.clean_stale_temporaries()
     versions = folder.versions()
     if version is None:
-        version = (versions[-1] + 1) if versions else 1
+        version = folder.next_version()
     elif version in versions:
         raise InputError(f"version {version} exists already; versions are never overwritten "
                          "(leave export.version unset to write the next one)",
