@@ -136,6 +136,38 @@ class TestStandIn:
         assert (summary.users, summary.fallback_users, summary.rows) == (3, 1, 9)
         assert list(rows_by_user(summary.path)) == ["u1", "ghost", "u2"]
 
+    def test_a_users_file_names_whom_to_recommend_for(self, stand_in, tmp_path, capsys):
+        base, module = stand_in
+        listed = tmp_path / "users.txt"
+        listed.write_text(f" {module.user_ids[4]}\n\n{module.user_ids[0]}\nghost\n"
+                          f"{module.user_ids[4]}\n")
+        summary = all_users.recommend_all_users(base, tmp_path / "r.parquet", k=4, version=1,
+                                                users=listed, progress=False)
+        got = rows_by_user(summary.path)
+        # In file order, stripped, each once; an unknown id gets the popular items.
+        assert list(got) == [module.user_ids[4], module.user_ids[0], "ghost"]
+        assert (summary.users, summary.fallback_users, summary.uncached_users) == (3, 1, 0)
+        expected = module.expected(4)
+        for user in module.user_ids[4], module.user_ids[0]:
+            assert [i for _, i, _ in got[user]] == [i for i, _ in expected[user]]
+        # The same through the command line, which a Beam runner needed before.
+        out = tmp_path / "cli.parquet"
+        assert main(["-q", "recommend", "--all-users", "--model-dir", str(base), "--version",
+                     "1", "-k", "4", "--users", str(listed), "--out", str(out)]) == 0
+        assert pq.read_table(out).equals(pq.read_table(summary.path))
+        assert "3 users x top 4" in capsys.readouterr().out
+        # A missing file, a folder, and bytes that are not text are named; nothing written.
+        (tmp_path / "binary.txt").write_bytes(b"u1\n\xff\xfe\n")
+        for path, message in ((tmp_path / "none.txt", "no such users file"),
+                              (tmp_path, "the users file is a folder"),
+                              (tmp_path / "binary.txt", "line 2 is not UTF-8")):
+            with pytest.raises(InputError, match=message) as err:
+                all_users.recommend_all_users(base, tmp_path / "bad.parquet", k=4,
+                                              users=path, progress=False)
+            assert err.value.key == "recommend.users"
+            assert not (tmp_path / "bad.parquet").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad.parquet")]
+
     def test_recommend_batch_matches_the_job(self, stand_in, tmp_path):
         base, _ = stand_in
         signature = all_users.load_user_recommender(base / "1")

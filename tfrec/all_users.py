@@ -158,17 +158,59 @@ def count_users(version_dir: str | Path) -> int:
     return count + (last != b"\n")
 
 
+def users_file(path: str | Path) -> Path:
+    """A file of user ids to recommend for (`recommend.users`), checked to be there.
+
+    Raises:
+      InputError: no such file, or a folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such users file" if not path.exists() else
+                         "the users file is a folder, expected a file of user ids, one a line",
+                         path=str(path), key="recommend.users")
+    return path
+
+
+def count_listed_users(path: str | Path) -> int:
+    """How many ids a users file lists (its non-blank lines; an id given twice counts
+    twice: the job answers it once)."""
+    with Path(path).open(encoding="utf-8", errors="replace") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def user_id_batches(version_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZE,
-                    ) -> Iterator[list[str]]:
-    """The export's known user ids, in file order, `batch_size` at a time (the file is
-    streamed, never read whole)."""
+                    users: str | Path | None = None) -> Iterator[list[str]]:
+    """User ids in file order, `batch_size` at a time (the file is streamed, never read
+    whole): the export's known users, or those of a `users` file (one id a line, spaces
+    around an id removed, blank lines skipped, each id taken once, as the Beam job takes
+    them).
+
+    Raises:
+      InputError: a batch size under 1; a users file that is missing or not UTF-8
+        (naming its line).
+    """
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}",
                          key="recommend.batch_size")
+    path = _user_ids_path(version_dir) if users is None else users_file(users)
+    seen: set[str] | None = None if users is None else set()
     batch: list[str] = []
-    with _user_ids_path(version_dir).open(encoding="utf-8") as f:
-        for line in f:
-            batch.append(line.rstrip("\n"))
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            if seen is None:
+                batch.append(raw.rstrip(b"\n").decode("utf-8"))
+            else:
+                try:
+                    user = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    raise InputError(f"line {number} is not UTF-8 text (a users file is "
+                                     "user ids, one a line)", path=str(path),
+                                     key="recommend.users") from None
+                if not user or user in seen:
+                    continue
+                seen.add(user)
+                batch.append(user)
             if len(batch) == batch_size:
                 yield batch
                 batch = []
@@ -261,8 +303,10 @@ def recommend_all_users(model_dir: str | Path, out: str | Path,
                         k: int = RecommendSettings.k,
                         version: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                         progress: bool | Callable[[int, int], None] = True,
-                        overwrite: bool = False) -> AllUsersSummary:
-    """Writes every known user's top-k (the export's user list) to a Parquet file.
+                        overwrite: bool = False,
+                        users: str | Path | None = None) -> AllUsersSummary:
+    """Writes every known user's top-k (the export's user list), or the top-k of the
+    users a file lists, to a Parquet file.
 
     Args:
       model_dir: the model's base path (numbered versions below it).
@@ -274,13 +318,17 @@ def recommend_all_users(model_dir: str | Path, out: str | Path,
         done, users in all) after each chunk; False: nothing.
       overwrite: replace an existing output (it stays as it was until the new
         one is complete).
+      users: a file of user ids, one a line, instead of the export's user list (spaces
+        around an id removed, blank lines skipped, each id once; an id the model does
+        not know gets the most popular items, counted in `fallback_users`).
 
     Returns:
       A `AllUsersSummary`.
 
     Raises:
       InputError: a missing model folder or version, k out of range, an
-        existing output (without `overwrite`), an export without the signature.
+        existing output (without `overwrite`), an export without the signature, a
+        missing users file.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -290,7 +338,9 @@ def recommend_all_users(model_dir: str | Path, out: str | Path,
                          key="recommend.batch_size")
     version_dir = version_folder(model_dir, version)
     k = check_k(version_dir, k)
-    total = count_users(version_dir)
+    listed = users  # `users` counts the users done below
+    total = count_users(version_dir) if listed is None else count_listed_users(
+        users_file(listed))
     ensure_folder(out.parent if str(out.parent) else Path("."), "output folder")
     remove_stale_temporaries(out.parent, f".{out.name}{TMP_MARK}*")
     logger.info("loading %s", version_dir)
@@ -304,7 +354,7 @@ def recommend_all_users(model_dir: str | Path, out: str | Path,
     with reporting_write_failures(folder, f"the recommendations {out.name}"):
         try:
             with _sigterm_as_interrupt(), pq.ParquetWriter(str(tmp), SCHEMA) as writer:
-                for batch in user_id_batches(version_dir, batch_size):
+                for batch in user_id_batches(version_dir, batch_size, listed):
                     table = recommend_batch(signature, batch, k)
                     fallback += int(table.schema.metadata[b"fallback_users"])
                     if len(table):
@@ -329,7 +379,7 @@ def recommend_all_users(model_dir: str | Path, out: str | Path,
     if fallback:
         logger.warning("%d of %d users were unknown to the model (answered with the most "
                        "popular items)", fallback, users)
-    uncached = uncached_users(version_dir)
+    uncached = uncached_users(version_dir) if listed is None else 0
     if uncached:
         logger.warning("%d users of the run's data are not in the output: the export has no "
                        "cached embedding for them (no training event; ids in %s). Export a "

@@ -471,7 +471,7 @@ def cmd_recommend_all_users(rc: RecommendSettings, args: argparse.Namespace) -> 
         return cmd_recommend_all_users_on_beam(rc, args.pipeline_args)
     summary = recommend_all_users(
         rc.model_dir, rc.out, k=rc.k, version=rc.version, progress=not args.quiet,
-        overwrite=rc.overwrite, batch_size=rc.batch_size)
+        overwrite=rc.overwrite, batch_size=rc.batch_size, users=rc.users)
     size = summary.path.stat().st_size / 2**20
     print(f"wrote {summary.path}: {summary.users:,} users x top {summary.k} from "
           f"{summary.version_dir}, {summary.rows:,} rows in {summary.row_groups:,} row groups "

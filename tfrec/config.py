@@ -877,8 +877,10 @@ class RecommendSettings(Settings):
               "DataflowRunner, FlinkRunner, ...; pip install 'tfrec[beam]'): `out` is then the "
               "prefix of Parquet shards, and the arguments tfrec does not know are Beam "
               "pipeline options", flag="--runner")
-    users: str | None = setting(None, "with runner: only these users (a file of user ids, one "
-                                      "a line)", flag="--users")
+    users: str | None = setting(None, "all_users: only these users (a file of user ids, one a "
+                                      "line; spaces around an id removed, blank lines skipped, "
+                                      "each id once; an id the model does not know gets the "
+                                      "most popular items)", flag="--users")
 
     @property
     def session(self) -> list[str]:
@@ -896,18 +898,14 @@ class RecommendSettings(Settings):
             if missing:
                 raise InputError(f"all_users needs {' and '.join(missing)}",
                                  key=self.key("all_users"))
-            if self.users is not None and self.runner is None:
-                raise InputError("users goes with recommend.runner (a Beam pipeline)",
-                                 key=self.key("users"))
             if self.runner is not None and self.overwrite:
                 raise InputError("a Beam pipeline never replaces output shards: remove them or "
                                  "choose another recommend.out prefix",
                                  key=self.key("overwrite"))
             return
-        for name in ("runner", "users"):
+        for name, what in (("runner", "all_users (a Beam pipeline)"), ("users", "all_users")):
             if getattr(self, name) is not None:
-                raise InputError(f"{name} is for all_users (a Beam pipeline)",
-                                 key=self.key(name))
+                raise InputError(f"{name} is for {what}", key=self.key(name))
         if self.model is None:
             raise InputError("asking a server needs the served model's name",
                              key=self.key("model"))
