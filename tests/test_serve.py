@@ -98,6 +98,12 @@ def test_metadata_lists_the_signatures(shared):
     assert {"serving_default", "similar_items", "embed_items", "embed_query"} <= set(
         defs.signature_def)
     assert set(defs.signature_def["serving_default"].inputs) == {"item_ids", "k"}
+    # The outputs' ranks are declared ([batch, k] lists, [batch] flags), as the README says.
+    for name in ("serving_default", "similar_items", "recommend_for_user"):
+        outputs = defs.signature_def[name].outputs
+        for output, rank in (("item_ids", 2), ("scores", 2)):
+            shape = outputs[output].tensor_shape
+            assert not shape.unknown_rank and len(shape.dim) == rank, (name, output)
 
 
 def test_new_version_is_picked_up_with_zero_failed_calls_and_corrupt_one_ignored(server):
@@ -147,6 +153,25 @@ def test_status_goes_loading_then_available_and_config_reloads(reloadable):
     request = predict_request(SESSIONS)
     request.model_spec.name = "shop2"
     assert stub_of(server).Predict(request, timeout=30).model_spec.version.value == 2
+    # A request without a config changes nothing, as TF Serving (it unloaded every model).
+    from tensorflow_serving.apis import model_management_pb2
+
+    reload_stub(server).HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(),
+                                                  timeout=60)
+    assert stub_of(server).Predict(request, timeout=30).model_spec.version.value == 2
+    assert "taking no action" in (server.base.parent / "server.log").read_text()
+    # A label for a version that is not served is refused, and the labels stay.
+    labelled = reload_request(("shop", server.base), ("shop2", server.base))
+    labelled.config.model_config_list.config[1].version_labels["canary"] = 7
+    with pytest.raises(grpc.RpcError) as err:
+        reload_stub(server).HandleReloadConfigRequest(labelled, timeout=120)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert ("Request to assign label to version 7 of model shop2, which is not currently "
+            "available for inference") in err.value.details()
+    request.model_spec.version_label = "canary"
+    with pytest.raises(grpc.RpcError) as err:
+        stub_of(server).Predict(request, timeout=30)
+    assert "Unrecognized servable version label" in err.value.details()
 
 
 @pytest.mark.parametrize("change, code", [
@@ -176,6 +201,21 @@ def test_bad_requests_get_their_status_code_and_the_server_keeps_answering(
         stub_of(server).Predict(request, timeout=30)
     assert err.value.code() == code, err.value.details()
     assert stub_of(server).Predict(predict_request(SESSIONS), timeout=30).outputs
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.output_filter.extend(["scores", "scores"]),
+     "duplicate output tensor alias: scores"),  # TF Serving's words
+    (lambda r: r.inputs["k"].int_val.append(4), "input 'k': malformed tensor: 2 values for "
+                                                "a shape of 1 values"),
+])
+def test_duplicate_filters_and_surplus_values_are_named(shared, change, message):
+    request = predict_request(SESSIONS)
+    change(request)
+    with pytest.raises(grpc.RpcError) as err:
+        stub_of(shared).Predict(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
 
 
 def test_unsupported_rpcs_are_unimplemented(shared):
@@ -350,6 +390,11 @@ def test_k_out_of_range_names_the_input_and_the_rule(shared, capsys):
     assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
                  "--items", "i1", "-k", "500"]) == 2
     assert "input 'k': must be between 1 and 20" in capsys.readouterr().err
+    # Beyond what a signature's int32 k holds: the setting's rule, no traceback.
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--items", "i1", "-k", "99999999999"]) == 2
+    err = capsys.readouterr().err
+    assert "setting 'recommend.k' (-k)" in err and "from 1 to 2147483647" in err, err
 
 
 def test_unknown_sessions_get_popular_items_flagged_over_grpc(shared):

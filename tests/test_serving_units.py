@@ -40,6 +40,7 @@ def test_model_config_policies_and_labels(tmp_path):
     ("model_config_list { nonsense: 1 }", "not a TF Serving model config"),
     ("model_config_list { config { name: 'a' base_path: '/x' } "
      "config { name: 'a' base_path: '/y' } }", "listed twice"),
+    ("custom_model_config { type_url: 'x' }", "custom_model_config is not supported"),
 ])
 def test_bad_model_configs(text, message):
     with pytest.raises(InputError, match=message):
@@ -399,6 +400,109 @@ def test_a_policy_or_label_naming_a_version_not_on_disk_is_named(tmp_path, caplo
     fake_version(base / "7")
     manager.sync()
     assert manager.find("m").number == 7 and manager.problems == {}
+
+
+def test_a_reload_may_label_only_an_available_version_unless_allowed(tmp_path, caplog):
+    import dataclasses
+    import logging
+
+    from tfrec.serving.config import ModelEntry
+    from tfrec.serving.errors import ServingError
+
+    manager, base = manager_over(tmp_path, [1, 2], FakeLoader(), policy="specific",
+                                 specific=(1,), labels={"stable": 1})
+    manager.sync()
+    entry = manager.entries["m"]
+    # Version 2 is on disk but not served (the policy wants 1 only): refused, as TF
+    # Serving, and the model keeps the labels it had; the versions part is applied.
+    with caplog.at_level(logging.ERROR, logger="tfrec.serving.versions"):
+        refused = manager.reload([dataclasses.replace(entry, specific=(1,),
+                                                      labels={"stable": 1, "canary": 2})])
+    assert refused == ["Request to assign label to version 2 of model m, which is not "
+                       "currently available for inference (label 'canary')"]
+    assert "keeps the labels it had" in caplog.text
+    assert manager.entries["m"].labels == {"stable": 1}
+    with pytest.raises(ServingError, match="Unrecognized servable version label"):
+        manager.find("m", label="canary")
+    # Serving both, the same labels apply; a label left as it was is not checked again.
+    assert manager.reload([dataclasses.replace(entry, specific=(1, 2),
+                                               labels={"stable": 1, "canary": 2})]) == []
+    assert manager.find("m", label="canary").number == 2
+    # A new model's labels are checked too; with the flag anything goes.
+    other = ModelEntry("n", base, labels={"x": 9})
+    assert len(manager.reload([manager.entries["m"], other])) == 1
+    assert manager.entries["n"].labels == {}
+    assert manager.reload([manager.entries["m"], other], labels_for_unavailable=True) == []
+    assert manager.entries["n"].labels == {"x": 9}
+
+
+def test_a_model_with_no_version_has_no_status_and_polling_once_is_allowed(tmp_path):
+    from tfrec.config import ServeConfig
+    from tfrec.serving.errors import ServingError
+
+    manager, base = manager_over(tmp_path, [], FakeLoader())
+    base.mkdir()
+    with pytest.raises(ServingError, match="Could not find any versions of model m") as err:
+        manager.status("m")  # before its first pass too: NOT_FOUND, not an empty list
+    assert err.value.code.name == "NOT_FOUND"
+    # --file_system_poll_wait_seconds 0: one pass at start, as TF Serving.
+    ServeConfig(model_config_file="x", file_system_poll_wait_seconds=0).check()
+    fake_version(base / "1")
+    manager.poll_seconds = 0
+    manager.start()
+    manager._thread.join(30)
+    assert not manager._thread.is_alive()
+    assert manager.find("m").number == 1
+    fake_version(base / "2")
+    time.sleep(0.1)
+    assert manager.find("m").number == 1  # not polled again ...
+    manager.reload(list(manager.entries.values()))
+    assert manager.find("m").number == 2  # ... until a reload
+
+
+def test_the_ports_open_once_the_first_loads_are_done(tmp_path, monkeypatch):
+    import socket
+
+    import grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    from serving_helpers import free_port
+    from tfrec.config import ServeConfig
+    from tfrec.serving import server as serving
+
+    fake_version(tmp_path / "m" / "1")
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list { config { name: "m" base_path: "%s" } }\n'
+                      % (tmp_path / "m"))
+    port, rest_port = free_port(), free_port()
+    monkeypatch.setattr(serving, "_tune_memory", lambda: None)  # this process's settings
+    server = serving.ModelServer(ServeConfig(model_config_file=str(config), port=port,
+                                             rest_api_port=rest_port))
+    gate, loader = threading.Event(), FakeLoader()
+    server.manager._loader = lambda *args: gate.wait(60) and loader(*args)
+    starting = threading.Thread(target=server.start)
+    starting.start()
+    try:
+        time.sleep(0.3)
+        assert server.wait_first_loads(0) == ["m"]  # loading ...
+        for closed in (port, rest_port):  # ... and refused, as TF Serving before its loads
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", closed), timeout=5).close()
+        gate.set()
+        starting.join(60)
+        assert not starting.is_alive() and server.port == port
+        socket.create_connection(("127.0.0.1", rest_port), timeout=5).close()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = "m"
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                request, timeout=30).model_version_status
+        assert [(s.version, s.HasField("status"), s.status.error_code) for s in status] == [
+            (1, True, 0)]  # an OK status present, as TF Serving gives it
+    finally:
+        gate.set()
+        starting.join(60)
+        server.stop(0)
 
 
 # -- request checks ----------------------------------------------------------------------

@@ -39,6 +39,9 @@ from tfrec.schema import (INNER_SHARE, POSITIVE, SHARE, Settings, above, at_leas
                           is_optional, literal_values, plain, register_sections, section, setting,
                           strip_optional, type_hints, within)
 
+# The largest k a signature takes (an int32).
+INT32_MAX = 2**31 - 1
+
 # The allowed values of every setting that names a choice, each defined once:
 # the type of its config field (checked from that type), imported by the
 # layers, the pipelines and the command line.
@@ -761,7 +764,8 @@ class ServeConfig(Settings):
     host: str = setting("127.0.0.1", "address to bind (the default is loopback only; 0.0.0.0 "
                                      "for all)", flag="--host")
     file_system_poll_wait_seconds: float = setting(
-        1.0, "how often base paths are polled for new versions (seconds)", check=above(0),
+        1.0, "how often base paths are polled for new versions (seconds; 0: once, at start, "
+             "as TF Serving: then only a reload looks again)", check=at_least(0),
         flag="--file_system_poll_wait_seconds")
     model_config_file_poll_wait_seconds: float = setting(
         0.0, "re-read the model config this often (seconds; 0: never)", check=at_least(0),
@@ -832,6 +836,11 @@ class ServeConfig(Settings):
         None, "comma-separated folders the reload RPC's base paths must be under (null: the "
               "folders holding the model config file's base paths at start)",
         flag="--model_roots")
+    allow_version_labels_for_unavailable_models: bool = setting(
+        False, "let a reload (the RPC, or the config file read again) give a version label to "
+               "a version not AVAILABLE (off: the reload RPC is refused FAILED_PRECONDITION "
+               "and a re-read config file keeps the labels it had, as TF Serving)",
+        flag="--allow_version_labels_for_unavailable_models")
     batching: BatchingParameters = section(BatchingParameters)
 
     def check(self):
@@ -857,7 +866,8 @@ class RecommendSettings(Settings):
     server: str = setting(f"localhost:{ServeConfig.port}", "host:port of the gRPC server",
                           flag="--server")
     model: str | None = setting(None, "the served model's name (server calls)", flag="--model")
-    k: int = setting(10, "how many recommendations (per user)", check=POSITIVE, flag="-k")
+    k: int = setting(10, "how many recommendations (per user; at most the export's max_k)",
+                     check=integer_between(1, INT32_MAX), flag="-k")
     timeout: float = setting(10.0, "seconds per server call", check=above(0), flag="--timeout")
     model_dir: str | None = setting(None, "all_users: the model's base path, e.g. "
                                           "saved_models/retail", flag="--model-dir")

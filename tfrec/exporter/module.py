@@ -354,9 +354,14 @@ class RecommenderModule(tf.Module):
         n = tf.shape(top_ids)[1]
         popular_ids = tf.broadcast_to(self.popular_ids[None, :n], tf.shape(top_ids))
         popular_scores = tf.broadcast_to(self.popular_scores[None, :n], tf.shape(top_scores))
-        return {"item_ids": tf.where(fallback[:, None], popular_ids, top_ids),
-                "scores": tf.where(fallback[:, None], popular_scores, top_scores),
-                "fallback": fallback}
+        out = {"item_ids": tf.where(fallback[:, None], popular_ids, top_ids),
+               "scores": tf.where(fallback[:, None], popular_scores, top_scores),
+               "fallback": fallback}
+        # The signatures' metadata declares the outputs' ranks ([batch, k], [batch]).
+        out["item_ids"].set_shape([None, None])
+        out["scores"].set_shape([None, None])
+        out["fallback"].set_shape([None])
+        return out
 
     def _check_session_width(self, item_ids):
         tf.debugging.assert_less_equal(

@@ -55,6 +55,9 @@ def parse_model_config(text: str, source: str | None = None,
         text_format.Parse(text, config)
     except text_format.ParseError as err:
         raise InputError(f"not a TF Serving model config: {err}", path=source) from None
+    if config.WhichOneof("config") == "custom_model_config":
+        raise InputError("custom_model_config is not supported: list the models in a "
+                         "model_config_list", path=source)
     entries = []
     seen = set()
     for model in config.model_config_list.config:

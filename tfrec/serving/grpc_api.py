@@ -142,13 +142,16 @@ class ModelServicer:
       manager: the version manager.
       roots: the folders a reloaded base path must be under.
       allow_reload: answer HandleReloadConfigRequest (else PERMISSION_DENIED).
+      labels_for_unavailable: a reload may label a version that is not AVAILABLE
+        (else FAILED_PRECONDITION, the model keeping its labels, as TF Serving).
     """
 
     def __init__(self, manager: ModelManager, roots: list[Path] = (),
-                 allow_reload: bool = False):
+                 allow_reload: bool = False, labels_for_unavailable: bool = False):
         self.manager = manager
         self.roots = list(roots)
         self.allow_reload = allow_reload
+        self.labels_for_unavailable = labels_for_unavailable
 
     def GetModelStatus(self, request, context):
         try:
@@ -159,6 +162,7 @@ class ModelServicer:
                 status = response.model_version_status.add()
                 status.version = version.number
                 status.state = _STATES[version.state]
+                status.status.SetInParent()  # error code OK, present for every version
                 if version.error:
                     status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
                     status.status.error_message = version.error
@@ -173,6 +177,12 @@ class ModelServicer:
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           "HandleReloadConfigRequest is off: start tfrec serve with "
                           "--allow_reload to enable it")
+        if request.config.WhichOneof("config") is None:
+            # As TF Serving: a request without a config changes nothing (an operator
+            # tool's empty request must not unload every model).
+            logger.info("HandleReloadConfigRequest from %s: no config in the request; "
+                        "taking no action", context.peer())
+            return model_management_pb2.ReloadConfigResponse()
         try:
             text = text_format.MessageToString(request.config)
             entries = parse_model_config(text, "ReloadConfigRequest")
@@ -186,5 +196,7 @@ class ModelServicer:
         logger.info("HandleReloadConfigRequest from %s: %s", context.peer(),
                     capped("; ".join(f"{e.name}: {e.base_path}" for e in entries)
                            or "no models"))
-        self.manager.reload(entries)
+        refused = self.manager.reload(entries, self.labels_for_unavailable)
+        if refused:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, capped("; ".join(refused)))
         return model_management_pb2.ReloadConfigResponse()

@@ -326,6 +326,11 @@ class Predictor:
             raise invalid(f"Serving signature name: \"{shown(signature)}\" not found in "
                           f"signature def (have: {', '.join(sorted(served.model.signatures))})")
         tensors = check_inputs(arrays, function, self.limits, served, cast, rows)
+        seen = set()
+        for alias in output_filter:
+            if alias in seen:  # TF Serving's answer
+                raise invalid(f"duplicate output tensor alias: {shown(alias)}")
+            seen.add(alias)
         unknown = [o for o in output_filter if o not in function.structured_outputs]
         if unknown:
             raise invalid(f"output_filter names unknown output(s): {_listed(unknown)}; "

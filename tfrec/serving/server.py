@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import errno
 import gc
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -125,22 +127,38 @@ class ModelServer:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(self.predictor, pace), self.server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.manager, self.model_roots, config.allow_reload), self.server)
-        self.host = host
-        wanted = f"{host}:{port}"
+            ModelServicer(self.manager, self.model_roots, config.allow_reload,
+                          config.allow_version_labels_for_unavailable_models), self.server)
+        self.host, self._config = host, config
+        self._max_body_bytes = min(max_message_bytes, config.max_request_bytes)
+        # The ports are bound once the models' first loads are done (`start`), as TF
+        # Serving opens its ports: until then a client's connection is refused, which it
+        # retries, and a readiness probe does not see a server with nothing loaded. A port
+        # in use is named here, before any model loads.
+        _check_free(host, port, config.key("port"), "(another tfrec serve?)")
+        if rest_port is not None and rest_port != 0:
+            _check_free(host, rest_port, config.key("rest_api_port"), "")
+        self.port = self.address = self.rest = None
+        self._stopped = threading.Event()
+        self._still_loading: list[str] = []
+
+    def _listen(self) -> None:
+        """Binds the gRPC port (and the REST one) and starts answering on them."""
+        config, host = self._config, self.host
+        wanted = f"{host}:{config.port}"
         try:
-            self.port = self.server.add_insecure_port(wanted)
+            port = self.server.add_insecure_port(wanted)
         except RuntimeError:  # newer grpcio raises where older returned 0
-            self.port = 0
-        if self.port == 0:
+            port = 0
+        if port == 0:
             raise InputError(f"cannot listen on {wanted}: the port is in use (another "
                              "tfrec serve?) or the address is not this host's",
                              key=config.key("port"))
+        self.port = port
         self.address = f"{host}:{self.port}"  # the port bound (--port 0: a free one)
-        self.rest = None
-        if rest_port is not None:
+        if config.rest_api_port is not None:
             try:
-                self.rest = RestServer(self.predictor, host, rest_port,
+                self.rest = RestServer(self.predictor, host, config.rest_api_port,
                                        read_timeout=config.rest_api_timeout_seconds,
                                        max_connections=config.rest_api_max_connections,
                                        max_connections_per_address=(
@@ -148,21 +166,37 @@ class ModelServer:
                                        header_timeout=config.rest_api_header_timeout_seconds,
                                        min_body_rate=config.rest_api_min_bytes_per_second,
                                        error_rate=config.max_errors_per_second,
-                                       max_body_bytes=min(max_message_bytes,
-                                                          config.max_request_bytes),
+                                       max_body_bytes=self._max_body_bytes,
                                        limits=self.predictor.limits)
             except OSError as err:
                 self.server.stop(0)
-                raise InputError(f"cannot listen on {host}:{rest_port}: {err.strerror}",
-                                 key=config.key("rest_api_port")) from None
-        self._stopped = threading.Event()
-
-    def start(self) -> None:
+                raise InputError(f"cannot listen on {host}:{config.rest_api_port}: "
+                                 f"{err.strerror}", key=config.key("rest_api_port")) from None
         self.server.start()
         if self.rest is not None:
             self.rest.start()
             logger.info("REST API on %s:%d", self.host, self.rest.port)
+
+    def start(self, first_load_wait: float = None) -> None:
+        """Loads the models, then opens the ports: once the first load attempt of every
+        model has finished (loaded or failed), or after `first_load_wait` seconds
+        (default `FIRST_LOAD_WAIT_SECONDS`; `still_loading` names the models then still
+        loading), or at once when the server is stopped meanwhile.
+
+        Raises:
+          InputError: a port taken since the server was made.
+        """
+        wait = FIRST_LOAD_WAIT_SECONDS if first_load_wait is None else first_load_wait
         self.manager.start()
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            self._still_loading = self.wait_first_loads(min(0.5, max(left, 0.0)))
+            if not self._still_loading or left <= 0 or self._stopped.is_set():
+                break
+        if self._stopped.is_set():
+            return
+        self._listen()
         if self.config_poll_seconds > 0:
             threading.Thread(target=self._watch_config, daemon=True,
                              name="config-watcher").start()
@@ -174,6 +208,11 @@ class ModelServer:
           the models still loading at `timeout`.
         """
         return self.manager.wait_first_sync(timeout)
+
+    @property
+    def still_loading(self) -> list[str]:
+        """The models whose first load was still running when the ports opened."""
+        return list(self._still_loading)
 
     def announcement(self, still_loading: list[str]) -> str:
         """What the server serves, once the first loads are done (or `still_loading`)."""
@@ -193,7 +232,8 @@ class ModelServer:
                 mtime = self.config_file.stat().st_mtime
                 if mtime != self._config_mtime:
                     self._config_mtime = mtime
-                    self.manager.reload(read_model_config(self.config_file))
+                    self.manager.reload(read_model_config(self.config_file),
+                                        self._config.allow_version_labels_for_unavailable_models)
                     logger.info("re-read %s", self.config_file)
             except (InputError, OSError) as err:  # a typo or a file mid-write: named, no trace
                 logger.error("could not re-read the model config (the models loaded keep "
@@ -216,8 +256,8 @@ class ModelServer:
         """Runs until SIGTERM or SIGINT, then stops gracefully (see `stop`).
 
         Once the first load attempt of every model has finished (or after
-        `FIRST_LOAD_WAIT_SECONDS`, naming the models still loading), says what it
-        serves: passed to `announce` if given, else logged.
+        `FIRST_LOAD_WAIT_SECONDS`, naming the models still loading) it opens its ports
+        and says what it serves: passed to `announce` if given, else logged.
         """
         done = threading.Event()
 
@@ -225,21 +265,34 @@ class ModelServer:
             logger.info("signal %d: finishing calls in flight (grace %.0f s) and stopping",
                         signum, self.grace)
             done.set()
+            self._stopped.set()  # a start still waiting for the first loads ends
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        logger.info("loading the models; the ports open once the first loads are done")
         self.start()
-        started = time.monotonic()
-        while not done.is_set():
-            left = FIRST_LOAD_WAIT_SECONDS - (time.monotonic() - started)
-            still_loading = self.wait_first_loads(min(0.5, max(left, 0.0)))
-            if not still_loading or left <= 0:
-                text = self.announcement(still_loading)
-                if announce is not None:
-                    announce(text)
-                else:
-                    logger.info("%s", text)
-                break
+        if not done.is_set():
+            text = self.announcement(self.still_loading)
+            if announce is not None:
+                announce(text)
+            else:
+                logger.info("%s", text)
         while not done.wait(0.5):
             pass
         self.stop()
+
+
+def _check_free(host: str, port: int, key: str, hint: str) -> None:
+    """Raises InputError naming `key` when host:port cannot be bound now (in use, or not
+    an address of this host). Port 0 (any free port) is always free."""
+    if not port:
+        return
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host.strip("[]"), port))
+    except OSError as err:
+        what = "the port is in use" if err.errno == errno.EADDRINUSE else err.strerror
+        raise InputError(f"cannot listen on {host}:{port}: {what}"
+                         + (f" {hint}" if hint else ""), key=key) from None

@@ -25,6 +25,9 @@ _NUMERIC = {
     types_pb2.DT_INT64: (np.dtype("<i8"), "int64_val"),
 }
 _ENUM = {np.dtype(dtype).newbyteorder("="): enum for enum, (dtype, _) in _NUMERIC.items()}
+# The TensorProto fields that list a number tensor's values one per element.
+_VALUE_FIELDS = ("float_val", "double_val", "int_val", "int64_val", "bool_val", "half_val",
+                 "uint32_val", "uint64_val")
 
 
 class MalformedTensor(ValueError):
@@ -72,6 +75,10 @@ def built_bytes(proto: tensor_pb2.TensorProto, count: int) -> tuple[int, int]:
         width = 0
     if not width:  # an unknown enum, or a type with no width (resource, variant)
         raise MalformedTensor(f"unsupported dtype {proto.dtype}")
+    if not proto.tensor_content:
+        given = max(len(getattr(proto, field)) for field in _VALUE_FIELDS)
+        if given > count:
+            raise MalformedTensor(f"{given:,} values for a shape of {count:,} values")
     return count * width, 0
 
 

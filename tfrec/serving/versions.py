@@ -160,7 +160,9 @@ class ModelManager:
         self._label_warned: set = set()  # (model, label, version) warned of, not served
         self._synced: set[str] = set()  # models whose first pass has finished
         self.poll_seconds = poll_seconds
-        self.settle_seconds = min(poll_seconds, SETTLE_MAX_SECONDS)
+        # Polling once (0) still gives a version seen for the first time a moment to show
+        # whether it is being written.
+        self.settle_seconds = min(poll_seconds or SETTLE_MAX_SECONDS, SETTLE_MAX_SECONDS)
         self._seen: dict[Path, tuple] = {}  # version folder -> its fingerprint at the last look
         self._signatures: dict[Path, tuple] = {}  # version folder -> (saved_model.pb stat, names)
         self._kept: set[tuple] = set()  # (model, version, base_path) warned about keeping
@@ -476,17 +478,32 @@ class ModelManager:
                 self.sync()
             except Exception:  # keep polling whatever one pass met
                 logger.exception("version poll failed")
+            if not self.poll_seconds:
+                logger.info("file system polled once (--file_system_poll_wait_seconds 0): new "
+                            "versions are looked for again only at a reload")
+                return
             if self._stop.wait(self.poll_seconds):
                 return
 
     def stop(self) -> None:
         self._stop.set()
 
-    def reload(self, entries: list[ModelEntry]) -> None:
-        """Replaces the model list (HandleReloadConfigRequest) and applies it."""
+    def reload(self, entries: list[ModelEntry], labels_for_unavailable: bool = False
+               ) -> list[str]:
+        """Replaces the model list (HandleReloadConfigRequest, the config file read again)
+        and applies it: the versions are loaded and unloaded, then the labels set.
+
+        As TF Serving, a label may name only a version that is AVAILABLE once the models
+        are applied, unless `labels_for_unavailable`: a model whose new labels break
+        that keeps the labels it had (none, for a model new to the list).
+
+        Returns:
+          what was refused, one line per label (empty: everything applied).
+        """
         with self._lock:
             names = {e.name for e in entries}
             dropped = [name for name in self.entries if name not in names]
+            before = {name: dict(e.labels) for name, e in self.entries.items()}
             for name in dropped:
                 del self.entries[name]
                 del self.versions[name]
@@ -495,8 +512,26 @@ class ModelManager:
                 self.entries[entry.name] = entry
                 self.versions.setdefault(entry.name, {})
         self.sync()
+        refused = []
+        if not labels_for_unavailable:
+            with self._lock:
+                for entry in entries:
+                    served = set(self._serving(entry.name))
+                    bad = [(label, number) for label, number in sorted(entry.labels.items())
+                           if number not in served and before.get(entry.name, {}).get(
+                               label) != number]
+                    if not bad:
+                        continue
+                    refused += [f"Request to assign label to version {number} of model "
+                                f"{entry.name}, which is not currently available for "
+                                f"inference (label {label!r})" for label, number in bad]
+                    self.entries[entry.name] = dataclasses.replace(
+                        entry, labels=before.get(entry.name, {}))
+            for line in refused:
+                logger.error("%s: the model keeps the labels it had", line)
         if dropped:
             settle_heap()  # the dropped models' versions are unloaded
+        return refused
 
     # -- lookups --------------------------------------------------------------------------
     def resolve(self, spec) -> Loaded:
@@ -563,6 +598,9 @@ class ModelManager:
                                    f"Could not find any versions of model {name}: {problem}",
                                    public=f"Could not find any versions of model {name}: no "
                                           "version found under the model's base path")
+            if not versions and number is None:  # as TF Serving: no version is not a status
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Could not find any versions of model {name}")
             if number is not None:
                 versions = [v for v in versions if v.number == number]
                 if not versions:
