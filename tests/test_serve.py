@@ -336,6 +336,21 @@ def test_recommend_command_prints_items_with_text(shared, capsys):
                  "--items", "nope", "-k", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "the most popular items" in out[1] and len(out) == 5
+    # A version label of the model config (the shared server's: stable -> 1).
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--items", "i1,i2", "-k", "3", "--version-label", "stable"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--items", "i1", "--version-label", "canary"]) == 2
+    assert "Unrecognized servable version label: canary" in capsys.readouterr().err
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--items", "i1", "--version-label", "stable", "--version", "1"]) == 2
+    assert "not both" in capsys.readouterr().err
+    client = RecommenderClient(shared.target, "shop", version_label="stable")
+    assert len(client.recommend([["i1", "i2"]], k=3)[0]) == 3
+    client.close()
+    with pytest.raises(ValueError, match="not both"):
+        RecommenderClient(shared.target, "shop", version=1, version_label="stable")
 
 
 # -- hostile input and operator mistakes -----------------------------------------------------

@@ -419,7 +419,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from tfrec.serving.client import RecommenderClient
 
     user, items = (rc.user.strip(), []) if rc.user is not None else (None, rc.session)
-    client = RecommenderClient(rc.server, rc.model, timeout=rc.timeout, version=rc.version)
+    client = RecommenderClient(rc.server, rc.model, timeout=rc.timeout, version=rc.version,
+                               version_label=rc.version_label)
     try:
         if user is not None:
             [(results, known)] = client.recommend_for_user([user], k=rc.k)

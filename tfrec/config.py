@@ -875,6 +875,10 @@ class RecommendSettings(Settings):
                                         "the exported version to read (null: the newest; a "
                                         "version the server does not serve is NOT_FOUND)",
                                   check=POSITIVE, flag="--version")
+    version_label: str | None = setting(None, "ask the server for the version this label "
+                                              "names (the model config's version_labels, e.g. "
+                                              "stable); not with version",
+                                        flag="--version-label")
     out: str | None = setting(None, "all_users: the Parquet file to write (written to a "
                                     "temporary file beside it and renamed when complete)",
                               flag="--out")
@@ -908,6 +912,10 @@ class RecommendSettings(Settings):
             if missing:
                 raise InputError(f"all_users needs {' and '.join(missing)}",
                                  key=self.key("all_users"))
+            if self.version_label is not None:
+                raise InputError("version_label names a version to a server; all_users reads "
+                                 "an exported version (recommend.version)",
+                                 key=self.key("version_label"))
             if self.runner is not None and self.overwrite:
                 raise InputError("a Beam pipeline never replaces output shards: remove them or "
                                  "choose another recommend.out prefix",
@@ -916,6 +924,9 @@ class RecommendSettings(Settings):
         for name, what in (("runner", "all_users (a Beam pipeline)"), ("users", "all_users")):
             if getattr(self, name) is not None:
                 raise InputError(f"{name} is for {what}", key=self.key(name))
+        if self.version_label is not None and self.version is not None:
+            raise InputError("give version or version_label, not both (a request names one)",
+                             key=self.key("version_label"))
         if self.model is None:
             raise InputError("asking a server needs the served model's name",
                              key=self.key("model"))

@@ -22,16 +22,21 @@ class RecommenderClient:
       target: "host:port" of the gRPC endpoint.
       model: the model name in the server's models.config.
       timeout: seconds per call.
-      version: serve a specific version instead of the newest.
+      version: ask for this version instead of the newest.
+      version_label: ask for the version this label names (the model config's
+        `version_labels`, e.g. "stable"); not with `version`.
     """
 
     def __init__(self, target: str, model: str, timeout: float = RecommendSettings.timeout,
-                 version: int | None = None):
+                 version: int | None = None, version_label: str | None = None):
+        if version is not None and version_label is not None:
+            raise ValueError("give version or version_label, not both (a request names one)")
         self.channel = grpc.insecure_channel(target)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model = model
         self.timeout = timeout
         self.version = version
+        self.version_label = version_label
 
     def _predict(self, signature: str, inputs: dict) -> dict:
         request = predict_pb2.PredictRequest()
@@ -39,6 +44,8 @@ class RecommenderClient:
         request.model_spec.signature_name = signature
         if self.version is not None:
             request.model_spec.version.value = self.version
+        elif self.version_label is not None:
+            request.model_spec.version_label = self.version_label
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         response = self.stub.Predict(request, timeout=self.timeout)
