@@ -43,6 +43,16 @@ ROOT = Path(__file__).resolve().parent.parent
     ({"data": {"events_schema": None}}, "data.events_schema", "the section is empty"),
     ({"model": "big"}, "model", "expected a mapping of settings (name: value lines), got text "
                                 "'big'"),
+    # Seeds: what numpy's and TensorFlow's generators take (a traceback mid-run before).
+    ({"data": {"pairs": {"seed": -5}}}, "data.pairs.seed", "an integer from 0 to 2147483647"),
+    ({"train": {"seed": 10**20}}, "train.seed", "an integer from 0 to 2147483647"),
+    ({"train": {"eval_seed": -1}}, "train.eval_seed", "an integer from 0 to 2147483647"),
+    # Two roles of a table's schema on one column.
+    ({"data": {"events_schema": {"event_col": "timestamp"}}}, "data.events_schema.event_col",
+     "data.events_schema.time_col and data.events_schema.event_col both name the column "
+     "'timestamp'"),
+    ({"data": {"items_schema": {"market_col": "text"}}}, "data.items_schema.market_col",
+     "both name the column 'text'"),
 ])
 def test_bad_settings_name_the_full_key_and_the_file(data, key, reason):
     with pytest.raises(InputError) as err:
@@ -389,6 +399,52 @@ def test_dates_in_a_config_file_or_set_are_text_an_impossible_one_too(tmp_path):
     assert (config.train.split_date, config.train.until) == ("2024-02-31", "2024-03-01")
     config = load_run_config(str(path))
     assert config.train.split_date == "2024-02-30"  # refused later, naming the setting
+
+
+def test_config_files_read_numbers_as_yaml_1_2_and_refuse_a_key_given_twice(tmp_path):
+    from tfrec.run import load_run_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  learning_rate: 1e-3\nmodel:\n  embedding_dim: 016\n")
+    run = load_run_config(str(path), ["train.seed=1_000"])
+    assert (run.train.learning_rate, run.model.embedding_dim, run.train.seed) == (
+        0.001, 16, 1000)  # YAML 1.1 read 1e-3 as text and 016 as octal 14
+    assert load_run_config(None, ["train.learning_rate=5E-3"]).train.learning_rate == 0.005
+    # A second `model:` section replaced the first one whole, silently.
+    path.write_text("model:\n  embedding_dim: 8\n  text: {filters: 8}\ntrain: {epochs: 1}\n"
+                    "model:\n  embedding_dim: 9\n")
+    with pytest.raises(InputError, match="the key 'model' is given twice") as err:
+        load_run_config(str(path))
+    assert (err.value.path, err.value.line) == (str(path), 5)
+    json_path = tmp_path / "run.json"
+    json_path.write_text('{"data": {"layout": "events", "layout": "goodbooks"}}')
+    with pytest.raises(InputError, match="the key 'layout' is given twice"):
+        load_run_config(str(json_path))
+    # A file holding one value is not an empty file; an empty section takes --set keys.
+    path.write_text("false\n")
+    with pytest.raises(InputError, match="expected a mapping of settings"):
+        load_run_config(str(path))
+    path.write_text("model:\n")
+    assert load_run_config(str(path), ["model.embedding_dim=32"]).model.embedding_dim == 32
+
+
+def test_a_flag_the_message_names_already_is_not_added_again():
+    message = cli.error_message(InputError(
+        "raise it (--reorder), lower index.max_session_items (--max-session-items), or "
+        "index.max_k", key="index.num_reordering_candidates"))
+    assert message == ("setting 'index.num_reordering_candidates' (--reorder): raise it "
+                       "(--reorder), lower index.max_session_items (--max-session-items), or "
+                       "index.max_k (--max-k)")
+
+
+def test_versions_are_what_tf_serving_can_address():
+    from tfrec.config import ExportSettings, RecommendSettings
+
+    for make in (lambda v: ExportSettings(model_dir="m", run="r", version=v),
+                 lambda v: RecommendSettings(model="m", items="i1", version=v)):
+        with pytest.raises(InputError, match="an integer from 1 to 9223372036854775807"):
+            make(2**63)
+        assert make(2**63 - 1).version == 2**63 - 1
 
 
 def test_recommend_items_are_one_csv_row():

@@ -58,6 +58,26 @@ def test_no_warning_when_nothing_is_ignored(settings):
     (["ranking.enabled=false", "ranking.num_candidates=50", "ranking.members=2"],
      "ranking.num_candidates, ranking.members are set but do nothing: ranking.enabled is "
      "false"),
+    (["train.split_by=user", "train.split_date=2011-01-01"],
+     "train.split_date (2011-01-01) is set but does nothing: train.split_by is 'user'"),
+    (["model.use_text=false", "model.text_share=0.3", "model.id_dropout=0.2"],
+     "model.text_share (0.3), model.id_dropout (0.2) are set but do nothing: model.use_text "
+     "is false"),
+    (["model.use_text=false", "model.text.filters=8"],
+     "model.text.filters is set but does nothing: model.use_text is false"),
+    (["model.fusion=sum", "model.text_share=0.3"],
+     "model.text_share (0.3) is set but does nothing: model.fusion is 'sum'"),
+    (["model.num_sampled=100"],
+     "model.num_sampled (100) is set but does nothing: model.negatives is 'in_batch'"),
+    (["model.retrieval_weight=2"],
+     "model.retrieval_weight (2) is set but does nothing: model.objective is 'retrieval'"),
+    (["ranking.estimator=ease", "ranking.neighbours=10"],
+     "ranking.neighbours (10) is set but does nothing: ranking.estimator is 'ease'"),
+    (["ranking.ease_lambda=7", "ranking.ease_lambdas=[1,2]"],
+     "ranking.ease_lambdas ([1, 2]) is set but does nothing: ranking.ease_lambda (7) is set"),
+    (["model.use_text=false", "train.cold_items=0.3"],
+     "train.cold_items (0.3) holds items out of training as new ones, but model.use_text is "
+     "false"),
 ])
 def test_a_setting_of_a_mode_not_chosen_is_named(settings, message):
     [said] = ignored_settings(config(*settings))
@@ -75,3 +95,8 @@ def test_the_bundled_and_example_configs_set_nothing_unread():
     for path in paths:
         assert ignored_settings(load_run_config(str(path))) == [], path
     assert ignored_settings(config("model.pooling=recency", "model.recency_decay=0.5")) == []
+    for read in (["model.negatives=mixed", "model.num_sampled=100"],
+                 ["model.objective=both", "model.retrieval_weight=2"],
+                 ["ranking.estimator=neighbourhood", "ranking.neighbours=10"],
+                 ["model.text_share=0.3"], ["model.use_text=false"]):
+        assert ignored_settings(config(*read)) == [], read

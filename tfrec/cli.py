@@ -610,10 +610,11 @@ def error_message(err: InputError) -> str:
     for setting in settings():
         if not setting.flag:
             continue
-        quoted = f"'{setting.key}'"
-        message = message.replace(quoted, f"{quoted} ({setting.flag})")
+        flagged = rf"(?! \({re.escape(setting.flag)}\))"  # not where the text names it
+        message = re.sub(rf"'{re.escape(setting.key)}'{flagged}",
+                         f"'{setting.key}' ({setting.flag})", message)
         if not setting.key.startswith(run_prefixes):  # a command's setting, anywhere
-            message = re.sub(rf"(?<![\w.']){re.escape(setting.key)}(?![\w.'])",
+            message = re.sub(rf"(?<![\w.']){re.escape(setting.key)}(?![\w.']){flagged}",
                              f"{setting.key} ({setting.flag})", message)
     return message
 

@@ -34,7 +34,7 @@ from typing import Any, Literal, Mapping
 from tfrec.errors import InputError
 # The run layer and the command line read settings through these.
 from tfrec.schema import choices_text, from_dict, section_prefix  # noqa: F401
-from tfrec.schema import (INNER_SHARE, POSITIVE, SHARE, Settings, above, at_least, choices,
+from tfrec.schema import (INNER_SHARE, POSITIVE, SEED, SHARE, Settings, above, at_least, choices,
                           each, expected_type, integer_at_least, integer_between, is_number,
                           is_optional, literal_values, plain, register_sections, section, setting,
                           strip_optional, type_hints, within)
@@ -94,6 +94,10 @@ class EventsSchema(Settings):
     time_unit: TimeUnit = setting("s", "unit of a numeric time column: seconds, milliseconds, "
                                        "microseconds or nanoseconds since 1970-01-01 UTC")
 
+    def check(self):
+        _distinct_columns(self, ("user_col", "item_col", "time_col", "event_col",
+                                 "session_col"))
+
 
 @dataclasses.dataclass(frozen=True)
 class ItemsSchema(Settings):
@@ -103,6 +107,24 @@ class ItemsSchema(Settings):
     text_col: str = setting("text", "column of the item text (title, description)")
     market_col: str | None = setting(None, "column of the item's market or category "
                                            "(for `data.pairs.market_negatives`)")
+
+    def check(self):
+        _distinct_columns(self, ("item_col", "text_col", "market_col"))
+
+
+def _distinct_columns(schema: Settings, names: tuple[str, ...]) -> None:
+    """Refuses two roles of a table's schema naming one column (a column read as both the
+    event type and the time, say, trains on nonsense or fails naming another setting)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        column = getattr(schema, name)
+        if column is None:
+            continue
+        if column in seen:
+            raise InputError(f"{schema.key(seen[column])} and {schema.key(name)} both name the "
+                             f"column {column!r}: each role needs a column of its own",
+                             key=schema.key(name))
+        seen[column] = name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +190,8 @@ class PairConfig(Settings):
                 "set in the CPU cache; batches mix pairs of one chunk (about chunk_events * "
                 "2 * window pairs), and chunks come in a random order each epoch",
         check=POSITIVE)
-    seed: int = setting(42, "seeds every random choice; the same seed gives the same batches")
+    seed: int = setting(42, "seeds every random choice; the same seed gives the same batches",
+                        check=SEED)
 
     def check(self):
         for key, value in self.event_weights.items():
@@ -389,8 +412,9 @@ class TrainConfig(Settings):
     eval_k: int = setting(10, "K of the hit rate (HR@K) and NDCG@K",
                           check=integer_between(1, 50))
     eval_seed: int = setting(42, "seeds which item of each held-out session (or user) is "
-                                 "hidden, and which users and items the user split keeps out")
-    seed: int = setting(42, "seeds model initialisation")
+                                 "hidden, and which users and items the user split keeps out",
+                             check=SEED)
+    seed: int = setting(42, "seeds model initialisation", check=SEED)
     strategy: Strategy = setting(
         "default", "'default' (no tf.distribute strategy), 'mirrored' (MirroredStrategy over "
                    "the local devices) or 'multi_worker' (MultiWorkerMirroredStrategy, one "
@@ -640,8 +664,9 @@ class ExportSettings(Settings):
                                              "from this version (null: the newest)",
                                        check=POSITIVE, flag="--from-version")
     version: int | None = setting(None, "version number (null: the next one, above every "
-                                        "version written to the folder, deleted ones too)",
-                                  check=POSITIVE, flag="--version")
+                                        "version written to the folder, deleted ones too; at "
+                                        "most 2^63 - 1, TF Serving's version type)",
+                                  check=integer_between(1, 2**63 - 1), flag="--version")
     serving_config: str = setting("serving_config", "folder of models.config / "
                                                     "batching.config to update",
                                   flag="--serving-config")
@@ -874,7 +899,7 @@ class RecommendSettings(Settings):
     version: int | None = setting(None, "the version to ask the server for, or with all_users "
                                         "the exported version to read (null: the newest; a "
                                         "version the server does not serve is NOT_FOUND)",
-                                  check=POSITIVE, flag="--version")
+                                  check=integer_between(1, 2**63 - 1), flag="--version")
     version_label: str | None = setting(None, "ask the server for the version this label "
                                               "names (the model config's version_labels, e.g. "
                                               "stable); not with version",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
+import typing
 from pathlib import Path
 
 import pandas as pd
@@ -36,15 +38,71 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "online_retail.ya
 
 # The run config file -----------------------------------------------------------------------
 
+class DuplicateKey(ValueError):
+    """A mapping of a config file gives one key twice (`line`: 1-based, or None)."""
+
+    def __init__(self, key, line: int | None = None):
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
 class _TextDates(yaml.SafeLoader):
-    """YAML's safe loader with dates left as text: the settings take dates as text, and
-    an impossible one (2024-02-30) is then the setting's error, not a parser crash."""
+    """YAML's safe loader with dates left as text (the settings take dates as text, and
+    an impossible one, 2024-02-30, is then the setting's error, not a parser crash),
+    numbers read as YAML 1.2 reads them (`1e-3` is a number, as in JSON, and `016` is
+    16, not YAML 1.1's octal 14), and a key given twice in one mapping refused (YAML
+    would keep the last silently: a second `model:` section dropped the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 _TextDates.yaml_implicit_resolvers = {
     first: [(tag, pattern) for tag, pattern in resolvers
-            if tag != "tag:yaml.org,2002:timestamp"]
+            if tag not in ("tag:yaml.org,2002:timestamp", _INT, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+# YAML 1.2's core schema (digits may be grouped with underscores, as YAML 1.1 allowed).
+_TextDates.add_implicit_resolver(
+    _INT, re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"))
+_TextDates.add_implicit_resolver(
+    _FLOAT, re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+                       r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+.0123456789"))
+
+
+def _yaml_int(loader, node):
+    text = loader.construct_scalar(node).replace("_", "")
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text)
+
+
+def _yaml_float(loader, node):
+    text = loader.construct_scalar(node).replace("_", "").lower()
+    if text.endswith("inf"):
+        return float("-inf") if text.startswith("-") else float("inf")
+    return float("nan") if text == ".nan" else float(text)
+
+
+_TextDates.add_constructor(_INT, _yaml_int)
+_TextDates.add_constructor(_FLOAT, _yaml_float)
+
+
+def _unique_pairs(pairs):
+    """json.loads' object hook refusing a key given twice."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise DuplicateKey(next(k for i, k in enumerate(keys) if k in keys[:i]))
+    return dict(pairs)
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] = (),
@@ -85,8 +143,13 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = (),
             raise InputError("config path is a folder, expected a YAML or JSON file",
                              path=source) from None
         try:
-            data = (json.loads(text) if source.endswith(".json")
-                    else yaml.load(text, Loader=_TextDates)) or {}
+            data = (json.loads(text, object_pairs_hook=_unique_pairs)
+                    if source.endswith(".json") else yaml.load(text, Loader=_TextDates))
+            data = {} if data is None else data  # an empty file: the defaults
+        except DuplicateKey as err:
+            raise InputError(f"the key {err.key!r} is given twice in one mapping (the second "
+                             "would replace the first, a section all of it): give it once",
+                             path=source, line=err.line) from None
         except (json.JSONDecodeError, yaml.YAMLError) as err:
             line = getattr(err, "lineno", None) or getattr(
                 getattr(err, "problem_mark", None), "line", -1) + 1 or None
@@ -94,6 +157,8 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = (),
                              f"{getattr(err, 'msg', None) or getattr(err, 'problem', err)}",
                              path=source, line=line) from None
         _absolute_paths(data, Path(path).resolve().parent)
+    if not isinstance(data, dict):
+        from_dict(RunConfig, data, source)  # names what the file holds instead of settings
     given = {}  # override key -> how it was given (None: a flag)
     for item, how in [*((o, f"--set {o}") for o in overrides), *((f, None) for f in flags)]:
         key, sep, raw = item.partition("=")
@@ -101,12 +166,14 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = (),
             raise InputError(f"--set expects section.key=value, got {item!r}")
         try:
             value = yaml.load(raw, Loader=_TextDates)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, DuplicateKey):
             value = raw
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or a section left empty (`model:`)
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise InputError(f"cannot set {key!r}: {part!r} is not a section", key=key)
         node[parts[-1]] = _absolute_path(key.strip(), value, Path.cwd())

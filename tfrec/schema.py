@@ -52,6 +52,10 @@ def integer_between(low: int, high: int) -> Rule:
     return Rule(f"an integer from {low} to {high}", lambda v: is_int(v) and low <= v <= high)
 
 
+# A seed: what every random generator the settings feed takes (numpy's, TensorFlow's).
+SEED = integer_between(0, 2**31 - 1)
+
+
 def above(low: float) -> Rule:
     return Rule(f"> {low:g}", lambda v: is_number(v) and v > low)
 

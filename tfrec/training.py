@@ -315,6 +315,53 @@ def unread_settings(config: RunConfig) -> list[str]:
     if train.split_by == "time" and train.split_date and changed("train", "split_fraction"):
         out.append(f"train.split_fraction ({train.split_fraction:g}) is set but does nothing: "
                    f"train.split_date ({train.split_date}) places the time split")
+    if train.split_by == "user" and changed("train", "split_date"):
+        out.append(f"train.split_date ({train.split_date}) is set but does nothing: "
+                   "train.split_by is 'user' (it places the 'time' split)")
+
+    def unread_group(section, names, reason):
+        given = [name for name in names if changed(section, name)]
+        if given:
+            listed = ", ".join(f"{section}.{name} ({_shown(getattr(config_of[section], name))})"
+                               for name in given)
+            out.append(f"{listed} {'is' if len(given) == 1 else 'are'} set but "
+                       f"do{'es' if len(given) == 1 else ''} nothing: {reason}")
+
+    if not model.use_text and train.cold_items > 0:
+        out.append(f"train.cold_items ({train.cold_items:g}) holds items out of training as "
+                   "new ones, but model.use_text is false: an item without behaviour is known "
+                   "by its text alone, so no held-out case of them can be hit (their hit rate "
+                   "is 0 by construction)")
+    if not model.use_text:
+        unread_group("model", ("text_share", "id_dropout", "text_gate", "text_alignment"),
+                     "model.use_text is false (no text path)")
+        text, text_defaults = model.text, type(model.text)()
+        given = [f.name for f in dataclasses.fields(text)
+                 if getattr(text, f.name) != getattr(text_defaults, f.name)]
+        if given:
+            out.append(f"model.text.{', model.text.'.join(given)} "
+                       f"{'is' if len(given) == 1 else 'are'} set but "
+                       f"do{'es' if len(given) == 1 else ''} nothing: model.use_text is false")
+    elif model.fusion != "concat" or not model.use_ids:
+        unread_group("model", ("text_share",),
+                     f"model.fusion is {model.fusion!r} (it splits the width under 'concat')"
+                     if model.fusion != "concat" else "model.use_ids is false (the text part "
+                                                      "is the whole width)")
+    if model.negatives in ("in_batch", "catalogue"):
+        unread_group("model", ("num_sampled",), f"model.negatives is {model.negatives!r} "
+                                                "(it sizes the 'sampled' and 'mixed' samplers)")
+    if model.objective != "both":
+        unread_group("model", ("retrieval_weight",),
+                     f"model.objective is {model.objective!r} (it weighs the retrieval loss "
+                     "beside the skip-gram one under 'both')")
+    if ranking.enabled:
+        if ranking.estimator == "ease":
+            unread_group("ranking", ("neighbours",), "ranking.estimator is 'ease' (it sizes the "
+                                                     "'neighbourhood' estimator)")
+        if ranking.ease_lambda is not None:
+            unread_group("ranking", ("ease_lambdas",), f"ranking.ease_lambda "
+                                                       f"({ranking.ease_lambda:g}) is set (the "
+                                                       "grid is searched without it)")
     if not ranking.enabled:
         unread = [f.name for f in dataclasses.fields(ranking)
                   if f.name != "enabled" and changed("ranking", f.name)]
@@ -323,6 +370,12 @@ def unread_settings(config: RunConfig) -> list[str]:
                        " set but do" + ("es" if len(unread) == 1 else "") + " nothing: "
                        "ranking.enabled is false (the two-tower alone is trained)")
     return out
+
+
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _ignored_event_weights(config: RunConfig) -> list[str]:

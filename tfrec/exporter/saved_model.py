@@ -12,6 +12,7 @@ sees half a model and an interrupted export leaves no version folder.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -398,6 +399,22 @@ def warn_if_new_items_flood(evaluation: dict | None) -> str | None:
     return message
 
 
+def _leaves_no_new_empty_folder(function):
+    """`function(run_dir, model_dir, ...)` that removes `model_dir` again when it made it
+    and failed before writing anything into it (a refused export leaves nothing)."""
+    @functools.wraps(function)
+    def wrapper(run_dir, model_dir, *args, **kwargs):
+        made = not Path(model_dir).exists()
+        try:
+            return function(run_dir, model_dir, *args, **kwargs)
+        except BaseException:
+            if made and Path(model_dir).is_dir() and not any(Path(model_dir).iterdir()):
+                Path(model_dir).rmdir()
+            raise
+    return wrapper
+
+
+@_leaves_no_new_empty_folder
 def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig = IndexConfig(),
            version: int | None = None, serving_config_dir: str | Path | None = None,
            warmup_sessions: int = 32, recall_queries: int = 1000,
