@@ -303,6 +303,8 @@ def test_the_library_names_only_keys_of_the_schema():
     ({"model": {"embedding_dimension": 3}}, "(did you mean model.embedding_dim?)"),
     ({"data": {"window": 3}}, "(did you mean data.pairs.window?)"),  # another data section's
     ({"modle": {}}, "(did you mean model?)"),
+    # The right name in the wrong section.
+    ({"ranking": {"split_fraction": 0.2}}, "(did you mean train.split_fraction?)"),
 ])
 def test_an_unknown_setting_suggests_the_closest_full_key(data, suggested):
     with pytest.raises(InputError) as err:

@@ -765,3 +765,23 @@ def test_an_index_config_that_is_not_one_is_named(run_dir, tmp_path):
         export(run_dir, tmp_path / "m", "brute_force")
     assert not (tmp_path / "m").exists()
     assert not (tmp_path / "m").exists()
+
+
+def test_index_settings_an_index_does_not_take_are_warned_of(caplog):
+    import logging
+
+    from tfrec.exporter.saved_model import _warn_of_index_settings_not_taken
+
+    with caplog.at_level(logging.WARNING, logger="tfrec.exporter.saved_model"):
+        _warn_of_index_settings_not_taken(
+            IndexConfig(kind="brute_force", num_leaves=40, num_reordering_candidates=500), 200)
+        _warn_of_index_settings_not_taken(IndexConfig(kind="scann", num_leaves=1000), 210)
+        _warn_of_index_settings_not_taken(
+            IndexConfig(kind="scann", num_leaves=4, num_leaves_to_search=9), 210)
+        _warn_of_index_settings_not_taken(IndexConfig(kind="scann", num_leaves=10,
+                                                      num_reordering_candidates=900), 210)
+    assert [r.getMessage() for r in caplog.records] == [
+        "index.num_leaves (--leaves 40), index.num_reordering_candidates (--reorder 500) set "
+        "but do nothing: index.kind is 'brute_force' (they tune ScaNN)",
+        "index.num_leaves (--leaves 1000) is cut to 210: the catalogue has 210 items",
+        "index.num_leaves_to_search (--leaves-to-search 9) is cut to 4: the index has 4 leaves"]

@@ -127,7 +127,11 @@ def test_a_split_that_holds_out_no_case_is_warned_about():
 
     none = Cases([], np.zeros(0, np.int32), np.zeros(0, bool))
     empty = pd.DataFrame()
-    assert "move train.split_date earlier" in no_cases_warning(Split(empty, empty, cut=5), none)
+    # A date places the split (train.split_fraction then does nothing): only it is named.
+    dated = no_cases_warning(Split(empty, empty, cut=5), none, "2030-01-01")
+    assert dated.endswith("move train.split_date earlier")
+    assert no_cases_warning(Split(empty, empty, cut=5), none).endswith(
+        "raise train.split_fraction")
     assert "holdout_users" in no_cases_warning(Split(empty, empty, per_user=True), none)
     assert no_cases_warning(Split(empty, empty), none) is None  # a final model: no split
     some = Cases([[1]], np.ones(1, np.int32), np.zeros(1, bool))

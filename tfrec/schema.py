@@ -300,6 +300,10 @@ def close_keys(cls, prefix: str, name: str) -> list[str]:
     close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(cls)], n=3)
     if close or not prefix:
         return [f"{prefix}{c}" for c in close]
+    elsewhere = sorted(f"{other_prefix}{name}" for other, other_prefix in _PREFIXES.items()
+                       if other_prefix and name in {f.name for f in dataclasses.fields(other)})
+    if elsewhere:  # the right name in the wrong section (ranking.split_fraction)
+        return elsewhere
     root = prefix.split(".")[0] + "."
     keys = {f"{other_prefix}{field.name}": field.name
             for other, other_prefix in _PREFIXES.items() if other_prefix.startswith(root)

@@ -567,15 +567,17 @@ def prepare_run_folder(run_dir: Path, config: RunConfig, worker: distribute.Work
             RunFolder(run_dir).write_config(config)
 
 
-def no_cases_warning(split, cases) -> str | None:
+def no_cases_warning(split, cases, split_date: str | None = None) -> str | None:
     """The warning for a split that was asked for and holds out no case (None otherwise:
-    a final model holds out nothing by design)."""
+    a final model holds out nothing by design); `split_date`: the config's, which places a
+    time split (train.split_fraction then does nothing)."""
     if (split.cut is None and not split.per_user) or len(cases):
         return None
     return ("the split holds out no case (no later session, or held-out user, with two "
             "distinct items): the run trains but has nothing to evaluate on; "
             + ("raise train.holdout_users" if split.per_user else
-               "move train.split_date earlier or raise train.split_fraction"))
+               "move train.split_date earlier" if split_date else
+               "raise train.split_fraction"))
 
 
 def log_data(data: TrainingData) -> None:
@@ -772,8 +774,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
             logger.warning("%s", message)
         fit_data = data if stage1 is None else stage1(config, data)
         log_data(fit_data)
-        if no_cases_warning(data.split, data.cases):
-            logger.warning("%s", no_cases_warning(data.split, data.cases))
+        warning = no_cases_warning(data.split, data.cases, config.train.split_date)
+        if warning:
+            logger.warning("%s", warning)
         model = build_compiled_model(config, fit_data, tf_strategy)
     except BaseException:
         if new_folder:

@@ -180,6 +180,32 @@ def check_history_fits(history_length: int, index_config: IndexConfig) -> None:
             "to drop them", key="index.max_session_items")
 
 
+_SCANN_SETTINGS = {"num_leaves": "--leaves", "num_leaves_to_search": "--leaves-to-search",
+                   "num_reordering_candidates": "--reorder"}
+
+
+def _warn_of_index_settings_not_taken(index_config: IndexConfig, num_items: int) -> None:
+    """Warns of ScaNN settings a brute-force index never reads, and of ScaNN's leaves cut
+    down by the catalogue's size (more leaves than items, more searched than there are)."""
+    given = {name: getattr(index_config, name) for name in _SCANN_SETTINGS
+             if getattr(index_config, name) is not None}
+    if index_config.kind != "scann":
+        if given:
+            logger.warning("%s set but do%s nothing: index.kind is %r (they tune ScaNN)",
+                           ", ".join(f"index.{n} ({_SCANN_SETTINGS[n]} {v})"
+                                     for n, v in given.items()),
+                           "es" if len(given) == 1 else "", index_config.kind)
+        return
+    used = scann_parameters(num_items, index_config)
+    for name, value in given.items():  # a reordering budget over the items is exact search
+        if name != "num_reordering_candidates" and used[name] < value:
+            logger.warning("index.%s (%s %d) is cut to %d: %s", name, _SCANN_SETTINGS[name],
+                           value, used[name],
+                           f"the catalogue has {num_items:,} items"
+                           if name != "num_leaves_to_search" else
+                           f"the index has {used['num_leaves']} leaves")
+
+
 def build_checked_index(catalogue: Catalogue, index_config: IndexConfig, queries: np.ndarray,
                         k: int):
     """The index over the catalogue, its recall@k against exact search measured on
@@ -191,6 +217,7 @@ def build_checked_index(catalogue: Catalogue, index_config: IndexConfig, queries
     Raises:
       InputError: ScaNN recall under `index_config.recall_floor`.
     """
+    _warn_of_index_settings_not_taken(index_config, len(catalogue.embeddings))
     index, index_config, recall, build_seconds = build_index_for_recall(
         catalogue.embeddings, catalogue.ids, index_config, queries, k, log=logger.info)
     logger.info("index recall@%d against brute force on %d queries: %.4f", k, len(queries),
