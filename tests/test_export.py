@@ -709,7 +709,8 @@ def test_item_and_user_ids_beyond_ascii_train_export_and_serve(tmp_path):
             return response
 
     client = RecommenderClient.__new__(RecommenderClient)
-    client.model, client.version, client.timeout, client.stub = "m", None, 1.0, Stub()
+    client.model, client.version, client.version_label = "m", None, None
+    client.timeout, client.stub = 1.0, Stub()
     assert client.recommend_for_user(["üser"], k=1) == [([("é1", 1.0)], True)]
     assert client.stub.inputs["user_ids"].tolist() == ["üser".encode("utf-8")]
     assert client.similar_items(["é1"], k=1) == [[("é1", 1.0)]]
