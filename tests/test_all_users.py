@@ -141,8 +141,11 @@ class TestStandIn:
         listed = tmp_path / "users.txt"
         listed.write_text(f" {module.user_ids[4]}\n\n{module.user_ids[0]}\nghost\n"
                           f"{module.user_ids[4]}\n")
+        seen = []
         summary = all_users.recommend_all_users(base, tmp_path / "r.parquet", k=4, version=1,
-                                                users=listed, progress=False)
+                                                users=listed,
+                                                progress=lambda d, t: seen.append((d, t)))
+        assert seen == [(3, 3)]  # the distinct ids, as the job takes them
         got = rows_by_user(summary.path)
         # In file order, stripped, each once; an unknown id gets the popular items.
         assert list(got) == [module.user_ids[4], module.user_ids[0], "ghost"]

@@ -551,6 +551,10 @@ def test_evaluate_an_exported_version_matches_its_run(versions, report, tmp_path
     assert exported["index_recall"]["recall"]["10"] > 0.5
     assert cli.main(["evaluate", "--saved-model", str(tmp_path)]) == 2
     assert "tfrec: error:" in capsys.readouterr().err
+    # A model folder for a version: named as such (it blamed metadata that is not there).
+    assert cli.main(["evaluate", "--saved-model", str(version.path.parent)]) == 2
+    assert (f"it is a model folder: give a version folder, e.g. {version.path}"
+            in capsys.readouterr().err)
 
 
 def test_index_recall_of_a_catalogue_too_small_for_scann_is_exact_search():

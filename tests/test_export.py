@@ -642,12 +642,16 @@ def test_a_deleted_newest_versions_number_is_never_given_again(tmp_path):
     shutil.rmtree(folder.path / "3")  # an operator deletes a bad newest version
     assert folder.versions() == [1, 2]
     assert prepare_version(folder.path, None) == (folder.path, 4)
-    # A version copied in by hand above the record counts too.
+    # A version copied in by hand above the record (or written by a release that kept no
+    # record) counts too, and is recorded once seen: deleted later, its number stays used.
     (folder.path / "9").mkdir()
+    assert folder.next_version() == 10
+    (folder.path / "9").rmdir()
     assert folder.next_version() == 10
     # An explicit number may still name a free one below the record.
     assert prepare_version(folder.path, 3) == (folder.path, 3)
     # An unreadable record does not stop an export: the versions on disk decide.
+    (folder.path / "9").mkdir()
     (folder.path / LAST_VERSION).write_text("not a number")
     assert folder.next_version() == 10
 

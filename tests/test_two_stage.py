@@ -165,13 +165,15 @@ def test_every_warm_fit_case_is_also_shown_as_new_in_a_weighted_copy(trained):
 def test_a_run_saved_before_new_copies_reads_as_fit_without_them(trained, tmp_path):
     run, _, _, _ = trained
     saved = json.loads((run / "config.json").read_text())
-    del saved["ranking"]["new_copies"]
+    del saved["ranking"]["new_copies"], saved["ranking"]["new_decoys"]
     folder = tmp_path / "old"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(saved))
     from tfrec.run_folder import RunFolder
-    assert RunFolder(folder).read_config().ranking.new_copies is False
-    assert RunFolder(run).read_config().ranking.new_copies is True
+    old = RunFolder(folder).read_config().ranking
+    assert (old.new_copies, old.new_decoys) == (False, 0)  # as those rankers were fit
+    new = RunFolder(run).read_config().ranking
+    assert new.new_copies is True and new.new_decoys == type(new)().new_decoys
 
 
 def test_a_ranking_stage_cut_short_leaves_an_eval_marked_stage_1_alone(

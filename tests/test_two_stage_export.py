@@ -545,3 +545,31 @@ def test_an_export_from_python_warns_of_no_unbuilt_layer(two_stage_run, tmp_path
     said = [r.getMessage() for r in caplog.records if "Skipping full serialization" in
             r.getMessage()]
     assert said == []  # the ranking stage's layers were said to be "not built"
+
+
+def test_an_update_refuses_a_ranking_stage_refitted_since_and_records_the_run_given(
+        two_stage_run, exports, tmp_path):
+    base = tmp_path / "m"
+    shutil.copytree(exports[0].parent, base)
+    assert VersionFolder(base / "1").read_metadata()["ranking_stage"]["fingerprint"]
+    moved = tmp_path / "moved_run"
+    shutil.copytree(two_stage_run, moved)
+    drop = tmp_path / "drop.txt"
+    drop.write_text("i3\n")
+    # The stage as a resume with new ranking settings leaves it (here: its description
+    # rewritten): a version built on version 1 would re-rank every list silently.
+    stage_json = moved / "ranking" / "stage.json"
+    original = stage_json.read_text()
+    stage_json.write_text(original + "\n")
+    with pytest.raises(InputError, match="the run's ranking stage is not the one version 1 "
+                                         "serves") as err:
+        update_catalogue(base, CatalogueUpdate(drop_items=drop), run_dir=moved)
+    assert err.value.key == "export.run"
+    assert sorted(p.name for p in base.iterdir() if p.name.isdigit()) == ["1"]
+    # The stage as exported: built, and the version records the run it was given (the
+    # next update finds the run where it is now).
+    stage_json.write_text(original)
+    result = update_catalogue(base, CatalogueUpdate(drop_items=drop), run_dir=moved)
+    assert result.metadata["run"] == str(moved.resolve())
+    assert (result.metadata["ranking_stage"]["fingerprint"]
+            == VersionFolder(base / "1").read_metadata()["ranking_stage"]["fingerprint"])

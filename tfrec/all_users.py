@@ -173,10 +173,10 @@ def users_file(path: str | Path) -> Path:
 
 
 def count_listed_users(path: str | Path) -> int:
-    """How many ids a users file lists (its non-blank lines; an id given twice counts
-    twice: the job answers it once)."""
+    """How many distinct ids a users file lists (spaces around an id removed, blank lines
+    skipped), as the job takes them."""
     with Path(path).open(encoding="utf-8", errors="replace") as f:
-        return sum(1 for line in f if line.strip())
+        return len({line.strip() for line in f} - {""})
 
 
 def user_id_batches(version_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -379,13 +379,9 @@ def recommend_all_users(model_dir: str | Path, out: str | Path,
     if fallback:
         logger.warning("%d of %d users were unknown to the model (answered with the most "
                        "popular items)", fallback, users)
+    # The users of the run's data left out (no cached embedding): in the summary, which
+    # the command line notes once (a warning here said it a second time).
     uncached = uncached_users(version_dir) if listed is None else 0
-    if uncached:
-        logger.warning("%d users of the run's data are not in the output: the export has no "
-                       "cached embedding for them (no training event; ids in %s). Export a "
-                       "final model (tfrec train --final-from) or refresh the users (tfrec "
-                       "export --update-users) to serve them", uncached,
-                       VersionFolder(version_dir).uncached_user_ids)
     return AllUsersSummary(out, version_dir, k, users, rows, groups, fallback,
                            time.perf_counter() - started, seconds, uncached)
 

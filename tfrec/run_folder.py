@@ -92,6 +92,9 @@ class RunFolder(Folder):
         if isinstance(ranking, dict) and "new_copies" not in ranking:
             # Saved before the setting existed: that run's ranker was fit without copies.
             ranking["new_copies"] = False
+        if isinstance(ranking, dict) and "new_decoys" not in ranking:
+            # Likewise without decoys (a final model or a resume refits as that run did).
+            ranking["new_decoys"] = 0
         return from_dict(RunConfig, saved, str(path))
 
     def write_config(self, config: RunConfig) -> None:

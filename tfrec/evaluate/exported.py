@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.errors import InputError
-from tfrec.exporter.layout import VersionFolder
+from tfrec.exporter.layout import ModelFolder, VersionFolder
 from tfrec.exporter.saved_model import load_saved_model
 from tfrec.index.ann import tied_hits
 from tfrec.metrics import top_k_items
@@ -116,8 +116,19 @@ class ExportedModel:
 
 
 def run_of_export(path: Path) -> Path:
-    """The run folder an exported version names in its metadata."""
+    """The run folder an exported version names in its metadata.
+
+    Raises:
+      InputError: a model folder (versions below it) given for a version, no run in the
+        metadata, or a run that is gone.
+    """
     meta = VersionFolder(path).metadata
+    if not VersionFolder(path).saved_model.exists():
+        versions = ModelFolder(path).versions() if Path(path).is_dir() else []
+        if versions:
+            raise InputError(f"it is a model folder: give a version folder, e.g. "
+                             f"{Path(path) / str(versions[-1])}", path=str(path),
+                             key="evaluate.saved_model")
     try:
         run = VersionFolder(path).read_metadata()["run"]
     except (InputError, KeyError):

@@ -286,8 +286,12 @@ class ModelFolder(Folder):
 
     def next_version(self) -> int:
         """The number of the next version: one above every version on disk and every
-        version ever written here."""
+        version ever written here. A version on disk above the record (copied in by hand,
+        or written by an earlier release, which kept no record) is recorded now, so that
+        its number is not given again once it is deleted."""
         versions = self.versions()
+        if versions and versions[-1] > self.last_written():
+            self._record_written(versions[-1])
         return max(versions[-1] if versions else 0, self.last_written()) + 1
 
     def _record_written(self, number: int) -> None:

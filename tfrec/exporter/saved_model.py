@@ -152,9 +152,10 @@ def prepare_version(model_dir: str | Path, version: int | None) -> tuple[Path, i
         raise InputError("model folder is not writable", path=str(model_dir))
     folder = ModelFolder(model_dir)
     folder.clean_stale_temporaries()
+    next_version = folder.next_version()  # records a newest version written by hand too
     versions = folder.versions()
     if version is None:
-        version = folder.next_version()
+        version = next_version
     elif version in versions:
         raise InputError(f"version {version} exists already; versions are never overwritten "
                          "(leave export.version unset to write the next one)",
@@ -303,9 +304,11 @@ def depth_recall(index, catalogue: Catalogue, queries: np.ndarray, stage,
     return {"k": depth, "recall": float(recall), "queries": int(len(queries))}
 
 
-def ranking_metadata(stage, enabled: bool, index_recall: dict | None = None) -> dict:
+def ranking_metadata(stage, enabled: bool, index_recall: dict | None = None,
+                     fingerprint: str | None = None) -> dict:
     """The stages' part of the version's metadata (the run's ranking stage, or none;
-    `index_recall`: `depth_recall`)."""
+    `index_recall`: `depth_recall`; `fingerprint`: `stage_fingerprint` of the run's stage,
+    which a version built from this one checks)."""
     if stage is None:
         return {"stages": ["two_tower"], "ranking_stage": None}
     from tfrec.ranking.features import FEATURES
@@ -314,6 +317,7 @@ def ranking_metadata(stage, enabled: bool, index_recall: dict | None = None) -> 
     return {"stages": ["two_tower", "ranker"] if enabled else ["two_tower"],
             "ranking_stage": {
                 "enabled": bool(enabled), "num_candidates": stage.num_candidates,
+                **({"fingerprint": fingerprint} if fingerprint else {}),
                 "index_recall": index_recall,
                 "table_share": stage.table_share, "new_slots": stage.new_slots,
                 "text_slots": stage.text_slots,
@@ -467,7 +471,7 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
         unwritable location, an existing version, recall under the floor, or
         a ranking stage's candidate list over the index's reordering budget.
     """
-    from tfrec.ranking.two_stage import load_stage
+    from tfrec.ranking.two_stage import load_stage, stage_fingerprint
 
     from tfrec.data.sequences import histories_from_lists
     from tfrec.run import check_run_data, load_run, prepare_training_data
@@ -539,7 +543,8 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
         "history_length": history_length, "embedding_dim": int(model.embedding_dim),
         **users_metadata(data), **evaluation_metadata(run_dir, config),
         **ranking_metadata(stage, ranking is not None,
-                           depth_recall(index, catalogue, queries, stage, ranking is not None)),
+                           depth_recall(index, catalogue, queries, stage, ranking is not None),
+                           stage_fingerprint(run_dir) if stage is not None else None),
     }
     warm = [[str(item_ids[i]) for i in s] for s in sessions[:warmup_sessions]]
     return write_version(model_dir, version,

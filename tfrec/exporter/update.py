@@ -27,7 +27,7 @@ from tfrec.exporter.saved_model import (ExportResult, VersionContents, build_che
                                         prepare_version, ranking_index_config,
                                         ranking_metadata, ranking_scorer, write_version)
 from tfrec.index.ann import IndexConfig
-from tfrec.ranking.two_stage import load_stage
+from tfrec.ranking.two_stage import check_stage_unchanged, load_stage, stage_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,11 @@ def update_catalogue(model_dir: str | Path, update: CatalogueUpdate,
     drop_ids = read_drop_ids(update.drop_items) if update.drop_items is not None else []
     if ranking_stage is None:
         ranking_stage = (metadata.get("ranking_stage") or {}).get("enabled", True)
-    stage = load_stage(Path(run_dir or metadata["run"]), model, missing_ok=not ranking_stage)
+    run = Path(run_dir or metadata["run"])
+    if ranking_stage:
+        check_stage_unchanged(metadata, run, source)
+    stage = load_stage(run, model, missing_ok=not ranking_stage)
+    metadata = {**metadata, "run": str(run.resolve())}  # --run: the run as it is now
     return write_updated_version(model_dir, source, metadata, model, vocab, new_items,
                                  drop_ids, update, index_settings, version, serving_config_dir,
                                  recall_queries, started, stage=stage,
@@ -284,7 +288,8 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
         **kept, **index_metadata(catalogue, index_config, recall, k, len(queries),
                                  build_seconds),
         **ranking_metadata(stage, ranking_stage,
-                           depth_recall(index, catalogue, queries, stage, ranking_stage)),
+                           depth_recall(index, catalogue, queries, stage, ranking_stage),
+                           stage_fingerprint(metadata["run"]) if stage is not None else None),
     }
     if update.add_items is not None or update.drop_items is not None:
         new_metadata["catalogue_update"] = {

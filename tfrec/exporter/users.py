@@ -130,15 +130,22 @@ def warn_if_seen_before(latest: pd.DataFrame, metadata: dict, version: str) -> s
     the version's users were refreshed with: given again (the same file twice, or logs that
     overlap), they count twice in those users' histories."""
     last = (metadata.get("users_update") or {}).get("last_event")
-    if not last or not len(latest):
+    trained = (metadata.get("users_data") or {}).get("last_session_start")
+    if not (last or trained) or not len(latest):
         return None
-    cut = int(pd.Timestamp(last).timestamp())
-    seen = int((latest["time"].to_numpy() <= cut).sum())
+    times = latest["time"].to_numpy()
+    if last:
+        seen = int((times <= int(pd.Timestamp(last).timestamp())).sum())
+        what = (f"at or before {last}, the last event version {version}'s users were "
+                "refreshed with")
+    else:  # the export's own users: built from the training sessions
+        seen = int((times < int(pd.Timestamp(trained).timestamp())).sum())
+        what = (f"before {trained}, when the last training session that version {version}'s "
+                "users were built from starts")
     if not seen:
         return None
-    message = (f"{seen:,} of the events given are at or before {last}, the last event version "
-               f"{version}'s users were refreshed with: events given before count twice in "
-               "those users' histories; give only events since then")
+    message = (f"{seen:,} of the events given are {what}: events the users were built from "
+               "count twice in their histories; give only events since then")
     logger.warning("%s", message)
     return message
 
@@ -293,7 +300,7 @@ def update_users(model_dir: str | Path, events: str | Path | pd.DataFrame,
         knows, a missing version or run, and `update_catalogue`'s errors. Nothing
         is written then.
     """
-    from tfrec.ranking.two_stage import load_stage
+    from tfrec.ranking.two_stage import check_stage_unchanged, load_stage
     from tfrec.exporter.catalogue import read_drop_ids, read_new_items
 
     started = time.perf_counter()
@@ -301,6 +308,12 @@ def update_users(model_dir: str | Path, events: str | Path | pd.DataFrame,
     source = previous_version(model_dir, from_version)
     metadata = VersionFolder(source).read_metadata()
     config, vocab, model = load_version_model(metadata, source, run_dir)
+    run = Path(run_dir or metadata["run"])
+    if ranking_stage is None:
+        ranking_stage = (metadata.get("ranking_stage") or {}).get("enabled", True)
+    if ranking_stage:
+        check_stage_unchanged(metadata, run, source)
+    metadata = {**metadata, "run": str(run.resolve())}  # --run: the run as it is now
     length = int(model.query_tower.history_length)
     if latest is None:
         frame = (read_user_events(events, config.data.events_schema, config.data.layout)
@@ -326,9 +339,7 @@ def update_users(model_dir: str | Path, events: str | Path | pd.DataFrame,
     logger.info("users of version %s: %d; %d updated, %d added (%d events, %d skipped: "
                 "item unknown to the model): %d users", source.name, before, change.updated,
                 change.added, change.events, change.unknown_item_events, len(cache.ids))
-    if ranking_stage is None:
-        ranking_stage = (metadata.get("ranking_stage") or {}).get("enabled", True)
-    stage = load_stage(Path(run_dir or metadata["run"]), model, missing_ok=not ranking_stage)
+    stage = load_stage(run, model, missing_ok=not ranking_stage)
     name = source_name if source_name is not None else (
         "events" if isinstance(events, pd.DataFrame) else str(events))
     users_update = {

@@ -13,6 +13,7 @@ Without it, this is `tfrec.training.train`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 
@@ -155,6 +156,52 @@ def _save_checkpoint(model, run_dir: Path, epoch: int) -> None:
     # Saved under the epoch's own number: it replaces that epoch's checkpoint.
     tf.train.CheckpointManager(checkpoint, str(RunFolder(run_dir).checkpoints),
                                max_to_keep=3).save(checkpoint_number=epoch)
+
+
+def stage_fingerprint(run_dir: str | Path) -> str | None:
+    """A digest of the run's ranking stage as saved (its description and the ranker's
+    weights; None: no stage): an export records it, so that a version built later from
+    that export can tell a stage refitted since (`tfrec train --resume`)."""
+    folder = RunFolder(run_dir).ranking
+    if not RankingStage.saved_in(folder):
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir()
+                       if p.name == "stage.json" or p.name.startswith("ranker.")):
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def check_stage_unchanged(metadata: dict, run_dir: str | Path, version_dir: Path) -> None:
+    """Refuses to build a version from `version_dir` (its `metadata`) with the run's
+    ranking stage when that stage is not the one the version serves: refitted since
+    (`tfrec train --resume` with new ranking settings), it would change every list the
+    version gives without a word. A version whose export recorded no digest (an earlier
+    release) is warned about instead.
+
+    Raises:
+      InputError: the stage's digest differs from the version's.
+    """
+    recorded = (metadata.get("ranking_stage") or {})
+    if not recorded.get("enabled"):
+        return
+    now = stage_fingerprint(run_dir)
+    if "fingerprint" not in recorded:
+        logger.warning("version %s records no digest of its ranking stage (an earlier "
+                       "release exported it): the run's ranking stage is taken as it is now; "
+                       "if it was refitted since (tfrec train --resume), export the run anew "
+                       "(tfrec export --run %s)", version_dir.name, run_dir)
+        return
+    if now != recorded["fingerprint"]:
+        raise InputError(
+            f"the run's ranking stage is not the one version {version_dir.name} serves (it "
+            "was refitted since that export, e.g. by tfrec train --resume): a version built "
+            "from it would re-rank every list without a word; export the run anew (tfrec "
+            f"export --run {run_dir}), or build on stage 1 alone (--no-ranking-stage)",
+            path=str(RunFolder(run_dir).ranking), key="export.run")
 
 
 def load_stage(run_dir: str | Path, model, missing_ok: bool = False) -> RankingStage | None:
