@@ -172,6 +172,11 @@ def test_lexical_terms_are_the_text_towers_words_in_any_script():
     # Each Chinese or Japanese character alone; full-width forms read as their letters.
     assert tokenize("黒い陶器のマグ") == ["黒", "い", "陶", "器", "の", "マ", "グ"]
     assert tokenize("ＡＢＣ１２３") == ["abc123"] and tokenize(None) == []
+    # Rule 1, the terms of stages saved before (a table keeps the rules it was built with).
+    assert tokenize("<b>Größe</b> 黒い", rules=1) == ["b", "gr", "e", "b"]
+    old = LexicalTable.build(["", "Größe mug"], max_terms=4, rules=1)
+    assert old.rules == 1 and old.vocabulary == ["gr", "e", "mug"]
+    assert (old.rows(["Größe"])[0] > 0).sum() == 2  # read as its terms were
     # Two Japanese titles sharing words now share terms (they shared none).
     table = LexicalTable.build(["", "黒い陶器", "白い陶器", "赤いマグ"], max_terms=4)
     dense = lexical_dense(table)

@@ -79,6 +79,34 @@ def test_html_markup_is_no_word_and_chinese_and_japanese_split_by_character():
     assert set(vocab) == set("黒い陶器のマグカップ白")
 
 
+def test_a_run_saved_before_the_markup_and_cjk_rules_reads_its_texts_as_it_learned_them(
+        tmp_path):
+    import json
+
+    from tfrec.config import RunConfig
+    from tfrec.run_folder import RunFolder
+    from tfrec.towers import TextTokenizer, build_token_vocabulary
+
+    text = "<b>傋佁</b> 仩位 mug"
+    old = build_token_vocabulary([text], 100, 1, rules=1)
+    assert set(old) == {"b", "傋佁", "仩位", "mug"}  # as earlier releases learned them
+    assert set(build_token_vocabulary([text], 100, 1)) == {"傋", "佁", "仩", "位", "mug"}
+    ids = TextTokenizer(old, 6, rules=1)(tf.constant(["仩位 傋佁 cup"])).numpy()[0]
+    assert ids.tolist() == [old.index("仩位") + 2, old.index("傋佁") + 2, 1, 0, 0, 0]
+    # The new rules on that vocabulary: every Chinese word unknown (what an added item
+    # of an old run got: any two such texts embedded alike).
+    assert TextTokenizer(old, 6)(tf.constant(["仩位 傋佁"])).numpy()[0].tolist()[:4] == [
+        1, 1, 1, 1]
+    with pytest.raises(ValueError, match="rules must be one of"):
+        TextTokenizer(old, 6, rules=3)
+    # A run's config saved before the setting reads as rule 1; a new run's as 2.
+    saved = RunConfig().to_dict()
+    del saved["model"]["text"]["tokenizer_rules"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert RunFolder(tmp_path).read_config().model.text.tokenizer_rules == 1
+    assert RunConfig().model.text.tokenizer_rules == 2
+
+
 def test_tokeniser_ids(tokenizer):
     ids = tokenizer(tf.constant(TEXTS)).numpy()
     assert ids.shape == (5, 6) and ids.dtype == np.int32

@@ -573,3 +573,17 @@ def test_an_update_refuses_a_ranking_stage_refitted_since_and_records_the_run_gi
     assert result.metadata["run"] == str(moved.resolve())
     assert (result.metadata["ranking_stage"]["fingerprint"]
             == VersionFolder(base / "1").read_metadata()["ranking_stage"]["fingerprint"])
+
+
+def test_a_saved_stage_keeps_its_tokeniser_rules_and_an_older_one_reads_as_the_first(
+        two_stage_run, stage, tmp_path):
+    from tfrec.ranking.stage import RankingStage
+
+    vocab, model, ranking = stage
+    assert ranking.tables.tfidf.rules == 2
+    older = tmp_path / "ranking"
+    shutil.copytree(two_stage_run / "ranking", older)
+    with np.load(older / "tables.npz") as z:
+        arrays = {name: z[name] for name in z.files if name != "lexical_rules"}
+    np.savez(older / "tables.npz", **arrays)  # as a stage saved before the rules were kept
+    assert RankingStage.load(older, model.item_embeddings()).tables.tfidf.rules == 1

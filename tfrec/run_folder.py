@@ -92,6 +92,12 @@ class RunFolder(Folder):
         if isinstance(ranking, dict) and "new_copies" not in ranking:
             # Saved before the setting existed: that run's ranker was fit without copies.
             ranking["new_copies"] = False
+        model = saved.get("model") if isinstance(saved, dict) else None
+        text = model.get("text") if isinstance(model, dict) else None
+        if isinstance(text, dict) and "tokenizer_rules" not in text:
+            # Its vocabularies were learned with the first rules (no markup stripped, no
+            # Chinese or Japanese character split).
+            text["tokenizer_rules"] = 1
         if isinstance(ranking, dict) and "new_decoys" not in ranking:
             # Likewise without decoys (a final model or a resume refits as that run did).
             ranking["new_decoys"] = 0

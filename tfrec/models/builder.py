@@ -71,6 +71,7 @@ def build_item_encoder(config: ModelConfig, num_items: int, num_id_items: int,
         _, text_dim = ItemEncoder.part_widths(config.embedding_dim, config.use_ids,
                                               config.use_text, config.fusion, config.text_share)
         tokenizer = TextTokenizer(list(text_vocabulary or []), text.sequence_length,
+                                  rules=text.tokenizer_rules,
                                   name="tokenizer")
         if text.char_ngrams:
             hasher = CharNgramHasher(text.char_ngrams, text.ngram_buckets, text.max_ngrams,
@@ -119,7 +120,8 @@ def build_model(config: ModelConfig, vocab: ItemVocabulary, seed: int | None = N
     if text_vocabulary is not None:
         tokens = list(text_vocabulary)
     else:
-        tokens = (build_token_vocabulary(vocab.text[1:], text.max_tokens, text.min_token_count)
+        tokens = (build_token_vocabulary(vocab.text[1:], text.max_tokens, text.min_token_count,
+                                         text.tokenizer_rules)
                   if config.use_text else [])
         if config.use_text and not tokens:
             with_text = int(sum(1 for t in vocab.text[1:] if isinstance(t, str) and t.strip()))

@@ -60,12 +60,15 @@ def _token_pattern() -> re.Pattern:
     return re.compile(f"[{_char_class(_CJK)}]|[{_char_class(ranges)}]+")
 
 
-def tokenize(text) -> list[str]:
+def tokenize(text, rules: int = 2) -> list[str]:
     """The terms TF-IDF counts: the text without HTML markup, case-folded (NFKC, as the
     text tower's tokeniser), its words (letters, marks and digits of any script; each
-    Chinese or Japanese character alone)."""
+    Chinese or Japanese character alone). `rules` 1: the terms of tables built before
+    (lower-cased runs of a-z and 0-9), as `model.text.tokenizer_rules` 1."""
     if not isinstance(text, str):
         return []
+    if rules == 1:
+        return _ASCII_TOKEN.findall(text.lower())
     if "<" in text or "&" in text:
         text = _markup().sub(" ", text)
     if text.isascii():  # the same terms, faster
@@ -89,25 +92,27 @@ class LexicalTable:
       weights: [V, T] float32 their weights (each row unit-length, or zeros).
       vocabulary: the term strings, id - 1 order.
       idf: [len(vocabulary) + 1] float32 smooth IDF of each term id (0 at 0).
+      rules: the `tokenize` rules its terms were read with (a new text's too).
     """
 
     terms: np.ndarray
     weights: np.ndarray
     vocabulary: list
     idf: np.ndarray
+    rules: int = 2
 
     @property
     def max_terms(self) -> int:
         return int(self.terms.shape[1])
 
     @classmethod
-    def build(cls, texts, max_terms: int) -> "LexicalTable":
+    def build(cls, texts, max_terms: int, rules: int = 2) -> "LexicalTable":
         """The table of `texts` (one per item index; None or "" for none), IDF as
-        scikit-learn's smooth IDF over them."""
+        scikit-learn's smooth IDF over them, terms read with `tokenize`'s `rules`."""
         if max_terms < 1:
             raise InputError(f"must be at least 1, got {max_terms}", key="ranking.text_terms")
         index: dict[str, int] = {}
-        tokens = [[index.setdefault(t, len(index) + 1) for t in tokenize(text)]
+        tokens = [[index.setdefault(t, len(index) + 1) for t in tokenize(text, rules)]
                   for text in texts]
         df = np.zeros(len(index) + 1, np.int64)
         for row in tokens:
@@ -119,7 +124,7 @@ class LexicalTable:
         for term, j in index.items():
             vocabulary[j - 1] = term
         table = cls(np.zeros((0, max_terms), np.int32), np.zeros((0, max_terms), np.float32),
-                    vocabulary, idf)
+                    vocabulary, idf, rules)
         table.terms, table.weights = table._rows_of_ids(tokens)
         return table
 
@@ -127,8 +132,8 @@ class LexicalTable:
         """([n, T] term ids, [n, T] weights) of new texts (terms outside the
         vocabulary are left out)."""
         index = {term: j + 1 for j, term in enumerate(self.vocabulary)}
-        return self._rows_of_ids([[index[t] for t in tokenize(text) if t in index]
-                                  for text in texts])
+        return self._rows_of_ids([[index[t] for t in tokenize(text, self.rules)
+                                   if t in index] for text in texts])
 
     def _rows_of_ids(self, tokens: list) -> tuple[np.ndarray, np.ndarray]:
         n, width = len(tokens), self.max_terms

@@ -262,6 +262,7 @@ class RankingStage:
                  lexical_terms=t.tfidf.terms, lexical_weights=t.tfidf.weights,
                  lexical_idf=t.tfidf.idf,
                  lexical_vocabulary=np.asarray(t.tfidf.vocabulary, dtype=str),
+                 lexical_rules=np.int32(t.tfidf.rules),
                  row_splits=t.table.row_splits, indices=t.table.indices,
                  weights=t.table.weights)
         # The weights only (not the optimizer's slots): what scoring needs.
@@ -303,7 +304,9 @@ class RankingStage:
                               info=meta.get("table_info", {}))
         lexical = LexicalTable(arrays["lexical_terms"], arrays["lexical_weights"],
                                [str(v) for v in arrays["lexical_vocabulary"]],
-                               arrays["lexical_idf"])
+                               arrays["lexical_idf"],
+                               # a stage saved before the rules were recorded: the first
+                               int(arrays["lexical_rules"]) if "lexical_rules" in arrays else 1)
         tables = F.Tables(np.asarray(item_embeddings, np.float32), table, arrays["counts"],
                           arrays["text"], lexical, arrays["i2v"])
         ranker = CandidateRanker.from_config(meta["ranker"])
@@ -392,7 +395,7 @@ def ranker_lists(config: RunConfig, data: TrainingData, stage1: TrainingData,
     size = vocab.size
     item_emb = model.item_embeddings()
     text_only, text, i2v = item_vectors(model, vocab)
-    lexical = LexicalTable.build(vocab.text, rk.text_terms)
+    lexical = LexicalTable.build(vocab.text, rk.text_terms, config.model.text.tokenizer_rules)
     logger.info("ranking stage: the item-item table of stage 1's sessions")
     tables_s1 = F.Tables(item_emb, _table(config, stage1.sessions, size),
                          event_counts(split.stage1, vocab), text, lexical, i2v)

@@ -25,12 +25,23 @@ MARKUP = (r"</?[A-Za-z][A-Za-z0-9]{0,20}(?:\s[^<>]{0,200})?/?>|<!--[^<>]{0,200}-
 _CJK = r"(\p{Han}|\p{Hiragana}|\p{Katakana})"
 
 
-def _normalise_and_split(texts: tf.Tensor) -> tf.RaggedTensor:
-    unmarked = tf.strings.regex_replace(texts, MARKUP, " ")
-    folded = tf_text.case_fold_utf8(unmarked)
+# The tokeniser's rules: 2 strips HTML markup and splits Chinese and Japanese characters;
+# 1 does neither (the rules of runs saved before 2: their token vocabularies were learned
+# so, and a new item's text must be read as they were).
+RULES = (1, 2)
+LATEST_RULES = 2
+
+
+def _normalise_and_split(texts: tf.Tensor, rules: int = LATEST_RULES) -> tf.RaggedTensor:
+    if rules not in RULES:
+        raise ValueError(f"tokeniser rules must be one of {RULES}, got {rules!r}")
+    if rules >= 2:
+        texts = tf.strings.regex_replace(texts, MARKUP, " ")
+    folded = tf_text.case_fold_utf8(texts)
     spaced = tf.strings.regex_replace(folded, _SEPARATORS, " ")
-    split = tf.strings.regex_replace(spaced, _CJK, r" \1 ")
-    return tf_text.WhitespaceTokenizer().tokenize(split)
+    if rules >= 2:
+        spaced = tf.strings.regex_replace(spaced, _CJK, r" \1 ")
+    return tf_text.WhitespaceTokenizer().tokenize(spaced)
 
 
 @keras.utils.register_keras_serializable(package="tfrec")
@@ -45,15 +56,21 @@ class TextTokenizer(keras.layers.Layer):
     Args:
       vocabulary: the tokens, in id order from 2 (see build_token_vocabulary).
       sequence_length: output width; longer texts are cut, shorter padded.
+      rules: `LATEST_RULES` as above; 1 neither strips markup nor splits Chinese or
+        Japanese characters (the rules a vocabulary learned before them needs).
 
     Call:
       texts: [batch] tf.string  ->  [batch, sequence_length] int32 ids.
     """
 
-    def __init__(self, vocabulary: list[str], sequence_length: int, **kwargs):
+    def __init__(self, vocabulary: list[str], sequence_length: int,
+                 rules: int = LATEST_RULES, **kwargs):
         super().__init__(**kwargs)
+        if rules not in RULES:
+            raise ValueError(f"tokeniser rules must be one of {RULES}, got {rules!r}")
         self.vocabulary = [str(t) for t in vocabulary]
         self.sequence_length = int(sequence_length)
+        self.rules = int(rules)
         self._lookup = keras.layers.StringLookup(
             vocabulary=self.vocabulary, mask_token="", num_oov_indices=1,
             output_mode="int", name="token_lookup")
@@ -65,7 +82,7 @@ class TextTokenizer(keras.layers.Layer):
 
     def call(self, texts):
         texts = tf.convert_to_tensor(texts, tf.string)
-        tokens = _normalise_and_split(texts)
+        tokens = _normalise_and_split(texts, self.rules)
         ids = tf.ragged.map_flat_values(self._lookup, tokens)
         ids = tf.cast(ids, tf.int32)
         return ids.to_tensor(default_value=PAD_ID,
@@ -73,11 +90,11 @@ class TextTokenizer(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "vocabulary": self.vocabulary,
-                "sequence_length": self.sequence_length}
+                "sequence_length": self.sequence_length, "rules": self.rules}
 
 
 def build_token_vocabulary(texts: Iterable[str], max_tokens: int,
-                           min_count: int) -> list[str]:
+                           min_count: int, rules: int = LATEST_RULES) -> list[str]:
     """Learns the token vocabulary from item texts with the tokeniser's own ops.
 
     Tokens are counted once per text, kept if in at least `min_count` texts,
@@ -86,7 +103,8 @@ def build_token_vocabulary(texts: Iterable[str], max_tokens: int,
     texts = np.asarray([t if isinstance(t, str) else "" for t in texts], dtype=object)
     counts: collections.Counter = collections.Counter()
     for start in range(0, len(texts), 65_536):
-        tokens = _normalise_and_split(tf.constant(texts[start:start + 65_536].astype(str)))
+        tokens = _normalise_and_split(tf.constant(texts[start:start + 65_536].astype(str)),
+                                      rules)
         for row in tokens.to_list():
             counts.update({t.decode("utf-8") for t in row})
     ranked = sorted((t for t, n in counts.items() if n >= min_count and t),
