@@ -233,10 +233,11 @@ class TextConfig(Settings):
                                  check=POSITIVE)
     max_ngrams: int = setting(128, "character n-grams kept per item text", check=POSITIVE)
     tokenizer_rules: int = setting(
-        2, "how texts become words (the text tower's tokens and the ranker's TF-IDF terms): 2 "
-           "strips HTML tags and entities and makes each Chinese or Japanese character a word; "
-           "1 does neither (a run saved before rule 2 reads as 1, so that a new item's text "
-           "is read as its vocabulary was learned)", check=integer_between(1, 2))
+        2, "how texts become words (the text tower's tokens and the ranker's TF-IDF terms): "
+           "the default, the current rules, strips HTML tags and entities and makes each "
+           "Chinese or Japanese character a word; 1, the first rules, does neither (a run saved "
+           "before the current rules reads as 1, so that a new item's text is read as its "
+           "vocabulary was learned)", check=integer_between(1, 2))
 
 
 @dataclasses.dataclass(frozen=True)
