@@ -99,11 +99,16 @@ def test_a_run_saved_before_the_markup_and_cjk_rules_reads_its_texts_as_it_learn
         1, 1, 1, 1]
     with pytest.raises(ValueError, match="rules must be one of"):
         TextTokenizer(old, 6, rules=3)
-    # A run's config saved before the setting reads as rule 1; a new run's as 2.
+    # A run's config saved before the setting: its vocabulary tells its rules (a word of
+    # several Chinese characters only the first rules make); a new run's says 2.
     saved = RunConfig().to_dict()
     del saved["model"]["text"]["tokenizer_rules"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert RunFolder(tmp_path).read_config().model.text.tokenizer_rules == 1
+    folder = RunFolder(tmp_path)
+    folder.text_vocab_file.write_text("".join(f"{t}\n" for t in old))
+    assert folder.read_config().model.text.tokenizer_rules == 1
+    folder.text_vocab_file.write_text("mug\n傋\n佁\n")
+    assert folder.read_config().model.text.tokenizer_rules == 2
     assert RunConfig().model.text.tokenizer_rules == 2
 
 

@@ -586,4 +586,8 @@ def test_a_saved_stage_keeps_its_tokeniser_rules_and_an_older_one_reads_as_the_f
     with np.load(older / "tables.npz") as z:
         arrays = {name: z[name] for name in z.files if name != "lexical_rules"}
     np.savez(older / "tables.npz", **arrays)  # as a stage saved before the rules were kept
+    # Its terms tell: ASCII only, the first rules'; a term beyond ASCII, the current ones'.
     assert RankingStage.load(older, model.item_embeddings()).tables.tfidf.rules == 1
+    arrays["lexical_vocabulary"] = np.append(arrays["lexical_vocabulary"], "größe")
+    np.savez(older / "tables.npz", **arrays)
+    assert RankingStage.load(older, model.item_embeddings()).tables.tfidf.rules == 2

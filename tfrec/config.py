@@ -236,8 +236,9 @@ class TextConfig(Settings):
         2, "how texts become words (the text tower's tokens and the ranker's TF-IDF terms): "
            "the default, the current rules, strips HTML tags and entities and makes each "
            "Chinese or Japanese character a word; 1, the first rules, does neither (a run saved "
-           "before the current rules reads as 1, so that a new item's text is read as its "
-           "vocabulary was learned)", check=integer_between(1, 2))
+           "before this setting reads as the rules its token vocabulary was learned with, so "
+           "that a new item's text is read as that vocabulary was)",
+        check=integer_between(1, 2))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ No TensorFlow here: the checkpoints are read by `tfrec.run.load_run`.
 from __future__ import annotations
 
 import json
+import re
 
 from tfrec.config import RunConfig, from_dict
 from tfrec.errors import InputError
@@ -42,6 +43,12 @@ class ReportFolder(Folder):
     plots = Entry("plots")
     vocab_file = Entry(VOCAB_FILE)
     rejected_rows_file = Entry("rejected_rows.csv")
+
+
+# Two Chinese or Japanese characters in a row (Han, Hiragana, Katakana): a token the
+# first tokeniser rules made and the current ones never make.
+_TWO_CJK = re.compile("[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+                      "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]{2}")
 
 
 class RunFolder(Folder):
@@ -95,13 +102,21 @@ class RunFolder(Folder):
         model = saved.get("model") if isinstance(saved, dict) else None
         text = model.get("text") if isinstance(model, dict) else None
         if isinstance(text, dict) and "tokenizer_rules" not in text:
-            # Its vocabularies were learned with the first rules (no markup stripped, no
-            # Chinese or Japanese character split).
-            text["tokenizer_rules"] = 1
+            # Saved before the setting: its vocabulary tells the rules it was learned with.
+            text["tokenizer_rules"] = self._inferred_tokenizer_rules()
         if isinstance(ranking, dict) and "new_decoys" not in ranking:
             # Likewise without decoys (a final model or a resume refits as that run did).
             ranking["new_decoys"] = 0
         return from_dict(RunConfig, saved, str(path))
+
+    def _inferred_tokenizer_rules(self) -> int:
+        """The tokeniser rules of a run saved before its config recorded them: the first
+        (1) when its token vocabulary holds a word of two or more Chinese or Japanese
+        characters, which the current rules (2) never make; else 2 (the release that
+        brought them recorded nothing either, and on texts without such characters, or
+        markup, the two read alike)."""
+        vocabulary = self.read_text_vocabulary() or []
+        return 1 if any(_TWO_CJK.search(token) for token in vocabulary) else 2
 
     def write_config(self, config: RunConfig) -> None:
         self.config_file.write_text(json.dumps(config.to_dict(), indent=2) + "\n")

@@ -179,6 +179,13 @@ def item_vectors(model, vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return text_only, _normalised(text), _normalised(i2v)
 
 
+def _inferred_lexical_rules(vocabulary) -> int:
+    """The `tokenize` rules of a stage saved before it recorded them: the current ones (2)
+    when a term is not ASCII (the first rules kept a-z and 0-9 only), else the first (on
+    ASCII texts the two differ only where markup is)."""
+    return 2 if any(not str(term).isascii() for term in vocabulary) else 1
+
+
 @dataclasses.dataclass
 class RankingStage:
     """A fitted ranking stage.
@@ -305,8 +312,8 @@ class RankingStage:
         lexical = LexicalTable(arrays["lexical_terms"], arrays["lexical_weights"],
                                [str(v) for v in arrays["lexical_vocabulary"]],
                                arrays["lexical_idf"],
-                               # a stage saved before the rules were recorded: the first
-                               int(arrays["lexical_rules"]) if "lexical_rules" in arrays else 1)
+                               int(arrays["lexical_rules"]) if "lexical_rules" in arrays
+                               else _inferred_lexical_rules(arrays["lexical_vocabulary"]))
         tables = F.Tables(np.asarray(item_embeddings, np.float32), table, arrays["counts"],
                           arrays["text"], lexical, arrays["i2v"])
         ranker = CandidateRanker.from_config(meta["ranker"])
