@@ -643,9 +643,12 @@ def test_a_deleted_newest_versions_number_is_never_given_again(tmp_path):
     assert folder.versions() == [1, 2]
     assert prepare_version(folder.path, None) == (folder.path, 4)
     # A version copied in by hand above the record (or written by a release that kept no
-    # record) counts too, and is recorded once seen: deleted later, its number stays used.
+    # record) counts too, and is recorded by the next write: deleted later, its number
+    # stays used.
     (folder.path / "9").mkdir()
     assert folder.next_version() == 10
+    with folder.writing(5) as version:
+        version.path.mkdir()
     (folder.path / "9").rmdir()
     assert folder.next_version() == 10
     # An explicit number may still name a free one below the record.

@@ -286,12 +286,8 @@ class ModelFolder(Folder):
 
     def next_version(self) -> int:
         """The number of the next version: one above every version on disk and every
-        version ever written here. A version on disk above the record (copied in by hand,
-        or written by an earlier release, which kept no record) is recorded now, so that
-        its number is not given again once it is deleted."""
+        version ever written here."""
         versions = self.versions()
-        if versions and versions[-1] > self.last_written():
-            self._record_written(versions[-1])
         return max(versions[-1] if versions else 0, self.last_written()) + 1
 
     def _record_written(self, number: int) -> None:
@@ -336,7 +332,9 @@ class ModelFolder(Folder):
                         raise InputError(f"version {number} was written by another export "
                                          "meanwhile; run again", path=str(final)) from None
                     raise
-                self._record_written(number)
+                # The highest on disk too: a version copied in by hand, or written by an
+                # earlier release (which kept no record), is not numbered again once deleted.
+                self._record_written(max([number, *self.versions()]))
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

@@ -152,10 +152,9 @@ def prepare_version(model_dir: str | Path, version: int | None) -> tuple[Path, i
         raise InputError("model folder is not writable", path=str(model_dir))
     folder = ModelFolder(model_dir)
     folder.clean_stale_temporaries()
-    next_version = folder.next_version()  # records a newest version written by hand too
     versions = folder.versions()
     if version is None:
-        version = next_version
+        version = folder.next_version()
     elif version in versions:
         raise InputError(f"version {version} exists already; versions are never overwritten "
                          "(leave export.version unset to write the next one)",
