@@ -168,6 +168,11 @@ def test_cli_errors_name_the_flag_or_how_to_set_the_setting():
     # an unknown key is not told how to set it
     assert cli.error_message(InputError("unknown setting", key="model.nope")) == (
         "setting 'model.nope': unknown setting")
+    # nor a value a config file gives (the message names the file); a data file's error is
+    assert cli.error_message(InputError("bad", key="model.text.filters", path="run.yaml")) == (
+        "run.yaml, setting 'model.text.filters': bad")
+    assert cli.error_message(InputError("bad", key="data.events", path="ev.csv")).endswith(
+        "(set it in the run config, or with --set data.events=VALUE)")
 
 
 @pytest.mark.parametrize("flag,value,message", [

@@ -604,9 +604,14 @@ def error_message(err: InputError) -> str:
     to set it."""
     message = err.message
     setting = setting_of(err.key) if err.key else None
-    if setting is not None and setting.how_to_set and "--set" not in message:
-        message += f" ({setting.how_to_set})"
     run_prefixes = tuple(f"{s}." for s in RUN_SECTIONS)
+    # An error about a value a config file gives names that file: where to set it is said.
+    in_config_file = (err.path is not None and err.key is not None
+                      and err.key.startswith(run_prefixes)
+                      and str(err.path).endswith((".yaml", ".yml", ".json")))
+    if (setting is not None and setting.how_to_set and "--set" not in message
+            and not in_config_file):
+        message += f" ({setting.how_to_set})"
     for setting in settings():
         if not setting.flag:
             continue
