@@ -112,3 +112,20 @@ def test_the_known_steps_are_the_steps_an_epoch_runs(tmp_path):
         data.next_items.set_epoch(0)
         assert steps == sum(1 for _ in make_dataset(data, ("next_items",), cap))
         assert steps > 7 if cap is None else steps == 7
+
+
+def test_the_pair_stream_may_follow_the_retrieval_stream(tmp_path):
+    """Streams zip in the model's task order: the pairs repeat after the next items."""
+    from tfrec.data.synthetic import event_files_settings, write_event_files
+    from tfrec.run import load_run_config, prepare_training_data
+    from tfrec.training import make_dataset
+
+    files = write_event_files(tmp_path, 3000, 60, num_users=300, num_clusters=4, seed=1)
+    config = load_run_config(None, [*event_files_settings(*files), "model.use_text=false",
+                                    "train.retrieval_batch_size=100",
+                                    "train.split_fraction=0.1"])
+    data = prepare_training_data(config)
+    steps = known_steps_per_epoch(data, ("next_items",))
+    elements = list(make_dataset(data, ("next_items", "pairs")))
+    assert len(elements) == steps > 1
+    assert {"history", "next_item", "target", "context", "negatives"} <= set(elements[0])

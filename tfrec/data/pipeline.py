@@ -197,7 +197,8 @@ class PairPipeline:
         batches = list(self.epoch(epoch))
         return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]} if batches else {}
 
-    def as_dataset(self, prefetch: int = 4, num_shards: int = 1, shard_index: int = 0):
+    def as_dataset(self, prefetch: int = 4, num_shards: int = 1, shard_index: int = 0,
+                   repeat: bool = False):
         """A `tf.data.Dataset` of batches for Keras `fit`.
 
         Each pass over the dataset (each Keras epoch) is the next epoch of
@@ -213,6 +214,8 @@ class PairPipeline:
             concatenated per element ([n * batch_size]), which
             `tf.distribute` splits back into one batch per step.
           shard_index: this worker, 0..n-1.
+          repeat: one endless stream of epochs instead of one epoch per pass
+          (a stream zipped after another, which sets the epoch's length).
         """
         import tensorflow as tf
 
@@ -236,6 +239,8 @@ class PairPipeline:
                 yield {k: v[None] for k, v in element.items()}
 
         blocks = tf.data.Dataset.from_generator(generate, output_signature=signature)
+        if repeat:
+            blocks = blocks.repeat()  # each pass of the generator is the next epoch
         return blocks.unbatch().prefetch(prefetch)
 
 
