@@ -71,10 +71,9 @@ def test_a_batch_of_the_wrong_stream_or_dtype_is_named(world):
                                     **PINNED), vocab, seed=1)
     model.compile(optimizer=keras.optimizers.Adam(0.01))
     pairs = PairPipeline(sessions, vocab, PairConfig(batch_size=256, seed=1), workers=1)
-    with pytest.raises(ValueError, match=r"the batch lacks 'history', 'next_item', "
-                                         r"'candidate_probability', read by the RetrievalTask "
-                                         r"from the 'next_items' stream.*reads the streams "
-                                         r"next_items"):
+    with pytest.raises(ValueError, match=r"the batch lacks 'history', 'next_item', read by "
+                                         r"the RetrievalTask from the 'next_items' stream.*"
+                                         r"reads the streams next_items"):
         model.fit(pairs.as_dataset().take(2), verbose=0)
     batch = next(iter(NextItemPipeline(sessions, vocab, 20, batch_size=64, seed=1).as_dataset()))
     floats = tf.data.Dataset.from_tensors({**batch, "next_item": tf.cast(batch["next_item"],
@@ -82,6 +81,123 @@ def test_a_batch_of_the_wrong_stream_or_dtype_is_named(world):
     with pytest.raises(ValueError, match="feature 'next_item' holds item indices "
                                          r"\(integers\), got float32"):
         model.fit(floats, verbose=0)
+
+
+def test_a_batch_is_read_as_the_tasks_document_it(world):
+    """Optional features may be left out, other integer and float widths are cast, and a
+    feature of the wrong rank, ragged, or outside the catalogue is named."""
+    train, _, vocab, _ = world
+    sessions = sessionize(train, vocab, SessionConfig())
+    model = build_model(ModelConfig(embedding_dim=16, objective="both", text=TEXT, **PINNED),
+                        vocab, seed=1)
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    pairs = next(iter(PairPipeline(sessions, vocab, PairConfig(batch_size=64, seed=1),
+                                   workers=1).as_dataset().batch(1).map(
+        lambda b: {k: v[0] for k, v in b.items()})))
+    nexts = next(iter(NextItemPipeline(sessions, vocab, 20, batch_size=64, seed=1).as_dataset()))
+
+    def fit_on(batch):
+        return model.fit(tf.data.Dataset.from_tensors(batch), verbose=0).history["loss"][-1]
+
+    good = {**pairs, **nexts}
+    without = {k: v for k, v in good.items() if k not in ("weight", "candidate_probability")}
+    assert np.isfinite(fit_on(without))
+    widths = {**good, "target": tf.cast(good["target"], tf.int64),
+              "history": tf.cast(good["history"], tf.int64),
+              "weight": tf.cast(tf.round(good["weight"]), tf.int32),
+              "candidate_probability": tf.cast(good["candidate_probability"], tf.float64)}
+    assert np.isfinite(fit_on(widths))
+    empty = {k: v[:0] for k, v in good.items()}
+    assert fit_on(empty) == 0.0
+    for bad, message in (
+            ({"negatives": good["negatives"][:, 0]},
+             r"feature 'negatives', read by the SkipGramTask from the 'pairs' stream, must be "
+             r"\[B, K\] \(rank 2\), got shape \[64\]"),
+            ({"history": good["history"][0]}, r"'history', .* must be \[B, N\] \(rank 2\)"),
+            ({"weight": tf.strings.as_string(good["weight"])},
+             "feature 'weight', read by the SkipGramTask .* holds numbers, got string")):
+        with pytest.raises(ValueError, match=message):
+            model._checked_features({**good, **bad})  # as fit traces a step
+    # A step traced for any shape checks the rank per batch.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"feature negatives, read by "
+                                                             r"the SkipGramTask .* must be "
+                                                             r"\[B, K\] \(rank 2\)"):
+        fit_on({**good, "negatives": good["negatives"][:, 0]})
+    with pytest.raises(ValueError, match="feature 'history', read by the RetrievalTask from "
+                                         "the 'next_items' stream, is a RaggedTensor: it must "
+                                         r"be a dense \[B, N\] tensor"):
+        model._checked_features({**good, "history": tf.RaggedTensor.from_tensor(
+            good["history"])})
+    size = vocab.size
+    for name, value in (("next_item", tf.tensor_scatter_nd_update(
+            good["next_item"], [[0]], [size])), ("target", tf.tensor_scatter_nd_update(
+                tf.cast(good["target"], tf.int64), [[0]], [2 ** 32 + 1])),
+                        ("context", -good["context"] - 1)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"feature {name}, read by the "
+                                                                 ".* holds (a negative|an) "
+                                                                 "item index"):
+            fit_on({**good, name: value})
+
+
+def test_histories_outside_the_catalogue_or_not_integers_are_refused(world):
+    _, _, vocab, _ = world
+    model = build_model(ModelConfig(embedding_dim=16, text=TEXT, **PINNED), vocab, seed=1)
+    one = np.array([[0, 1, 2, vocab.size]])
+    # The same message whichever path the batch takes (many rows go through the item
+    # vectors computed once, few through the tower).
+    for history in (one, np.repeat(one, 50, axis=0)):
+        with pytest.raises(ValueError, match=f"item index {vocab.size} is outside the "
+                                             f"catalogue's 0..{vocab.size - 1}"):
+            model.query_embeddings(history)
+    with pytest.raises(ValueError, match="histories hold item indices .integers., got float"):
+        model.query_embeddings([[1.9, 2.2]])
+    with pytest.raises(ValueError, match=r"histories must be \[n, N\]"):
+        model.query_embeddings([1, 2])
+    assert model.query_embeddings(np.zeros((0, 20), np.int64)).shape == (0, 16)
+
+
+def test_a_mixed_precision_policy_and_bad_settings_are_refused(world):
+    from tfrec.tasks import SkipGramTask
+
+    _, _, vocab, _ = world
+    config = ModelConfig(embedding_dim=16, text=TEXT, **PINNED)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with pytest.raises(ValueError, match="computes in float16 .the dtype policy "
+                                             "'mixed_float16'.: tfrec's towers and tasks "
+                                             "compute in float32"):
+            build_model(config, vocab, seed=1)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model = build_model(config, vocab, seed=1)
+    for weight in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="a task's weight must be a finite number >= 0"):
+            SkipGramTask(temperature=0.1, weight=weight)
+    with pytest.raises(ValueError, match="text_alignment must be a finite number >= 0"):
+        type(model)(model.item_encoder, model.query_tower, model.tasks, text_alignment=-1)
+    encoder = model.item_encoder
+    base = encoder.get_config()
+    for change, message in (({"id_dropout": 1.5}, r"id_dropout must be in \[0, 1\)"),
+                            ({"text_share": 2.0}, r"text_share must be in \(0, 1\)"),
+                            ({"num_id_items": vocab.size + 1}, "num_id_items must be 1 to "
+                                                               "num_items")):
+        with pytest.raises(ValueError, match=message):
+            type(encoder)(**{**base, **change})
+    small = {**base["text_encoder"], "config": {**base["text_encoder"]["config"],
+                                                "vocabulary_size": 3}}
+    with pytest.raises(ValueError, match="the text encoder's vocabulary_size is 3, the "
+                                         "tokenizer gives ids up to"):
+        type(encoder)(**{**base, "text_encoder": small})
+
+
+def test_a_tokenizer_refuses_a_single_text():
+    from tfrec.towers import TextTokenizer
+
+    tokenizer = TextTokenizer(["red", "mug"], sequence_length=4)
+    assert tokenizer(tf.constant(["red mug"])).numpy().tolist() == [[2, 3, 0, 0]]
+    with pytest.raises(ValueError, match=r"TextTokenizer reads a batch of texts, \[batch\] "
+                                         r"strings, got one text"):
+        tokenizer(tf.constant("red mug"))
 
 
 def test_texts_without_a_word_are_named_not_a_traceback(world):
@@ -165,8 +281,12 @@ def test_factorized_top_k_metrics_in_evaluate(world):
     model, _ = fit(world, objective="retrieval", epochs=1)
     sessions = sessionize(train, vocab, SessionConfig())
     dataset = NextItemPipeline(sessions, vocab, 20, batch_size=256, seed=3).as_dataset()
+    model.compile(optimizer=keras.optimizers.Adam(0.01), run_eagerly=True,
+                  steps_per_execution=2)
     model.enable_topk_metrics(ks=(1, 10))
-    result = model.evaluate(dataset.take(5), return_dict=True, verbose=0)
+    # compile's own settings stay.
+    assert model.run_eagerly and int(model._steps_per_execution.numpy()) == 2
+    result = model.evaluate(dataset.take(6), steps=6, return_dict=True, verbose=0)
     top1 = result["factorized_top_k/top_1_categorical_accuracy"]
     top10 = result["factorized_top_k/top_10_categorical_accuracy"]
     assert top1 <= top10 and top10 > 5 * 10 / (vocab.size - 1), result
@@ -311,6 +431,14 @@ def test_a_keras_file_reloads_the_trained_model_and_other_formats_are_refused(
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
+    assert loaded.name == model.name
+    # HDF5 weights go into a model not yet built (its towers are built first).
+    model.save_weights(tmp_path / "w.h5")
+    fresh = build_model(ModelConfig(embedding_dim=32, objective="skipgram", id_dropout=0.5,
+                                    text=TEXT, **PINNED), vocab, seed=9)
+    fresh.built = False  # as a model put together by hand, before its first call
+    fresh.load_weights(tmp_path / "w.h5")
+    np.testing.assert_array_equal(fresh.item_embeddings(), model.item_embeddings())
     # Every weight came back: the same item and query embeddings, text path included.
     np.testing.assert_array_equal(loaded.item_embeddings(), model.item_embeddings())
     history = np.arange(1, 21, dtype=np.int32)[None, :] % vocab.size

@@ -351,6 +351,11 @@ def test_list_weights_steer_the_fit_and_bad_ones_are_refused():
     for bad in (-first_only, np.zeros(n)):
         with pytest.raises(ValueError, match="weights"):
             fit_ranker(features, mask, labels, hidden_units=(4,), epochs=1, weights=bad)
+    from tfrec.ranking.ranker import CandidateRanker
+
+    for units in ((), (4, 0)):
+        with pytest.raises(ValueError, match="hidden_units must name at least one layer"):
+            CandidateRanker(3, units)
 
 
 def test_ranker_learns_a_planted_signal():

@@ -34,6 +34,11 @@ def test_catalogue_proposes_every_warm_item_once():
     assert c.ids.numpy().tolist() == list(range(1, 10))
     assert c.labels.numpy().tolist() == [2, 0, 2, 6]  # the positive's own column
     assert c.log_q is None and not c.remove_accidental_hits
+    # A positive it does not score (0, or an item without an id embedding) is named.
+    for positive, message in ((0, "a next_item is 0"),
+                              (10, "a next_item is an item without an id embedding")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"CatalogueSampler: {message}"):
+            CatalogueSampler().sample(tf.constant([3, positive]), 9)
 
 
 def test_uniform_draws_warm_items_evenly_and_shows_each_query_its_own_positive_only():

@@ -6,7 +6,9 @@ tasks, samplers and model (``tfrec.ItemEncoder``, ``tfrec.RetrievalTask``,
 ``tfrec.InBatchSampler``, ``tfrec.HybridModel``, ``tfrec.build_model`` ...)
 and the workflows (``tfrec.train``, ``tfrec.export``,
 ``tfrec.load_saved_model``). They are imported on first use, so
-``import tfrec`` itself does not import TensorFlow.
+``import tfrec`` itself does not import TensorFlow; ``tfrec.custom_objects()``
+imports every Keras class tfrec defines (so that Keras can load a model of
+one's own holding them).
 
 Importing tfrec sets ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported
 anywhere (TensorFlow Recommenders needs Keras 2, i.e. ``tf_keras``), then checks
@@ -93,7 +95,31 @@ _LAZY = {
     "load_saved_model": "tfrec.exporter.saved_model",
 }
 
-__all__ = ["InputError", "__version__", *_LAZY]
+# The modules that define tfrec's Keras-serialisable classes (`custom_objects`).
+_KERAS_MODULES = ("tfrec.towers.tokenizer", "tfrec.towers.text_encoder",
+                  "tfrec.towers.item_encoder", "tfrec.towers.query_tower",
+                  "tfrec.tasks.skipgram", "tfrec.tasks.retrieval", "tfrec.tasks.listwise",
+                  "tfrec.models.hybrid", "tfrec.optimizers", "tfrec.ranking.ranker",
+                  "tfrec.ranking.item_scorer", "tfrec.ranking.features")
+
+
+def custom_objects() -> dict:
+    """Every Keras class tfrec defines, by its registered name ("tfrec>ItemEncoder").
+
+    Calling it registers them with Keras, so that `tf_keras.models.load_model`
+    reads a model of one's own that holds tfrec layers (a `HybridModel` or a
+    `CandidateRanker` file loads without it); the dict is what Keras'
+    `custom_objects=` takes.
+    """
+    for module in _KERAS_MODULES:
+        importlib.import_module(module)
+    from tf_keras.utils import get_custom_objects
+
+    return {name: obj for name, obj in get_custom_objects().items()
+            if name.startswith("tfrec>")}
+
+
+__all__ = ["InputError", "__version__", "custom_objects", *_LAZY]
 
 if typing.TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from tfrec.config import (  # noqa: F401

@@ -9,6 +9,7 @@ the same item embeddings over a session. The losses are task layers
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +21,11 @@ from tfrec.tasks.base import Task, replicas
 from tfrec.tasks.retrieval import RetrievalTask
 from tfrec.towers.item_encoder import ItemEncoder
 from tfrec.towers.query_tower import QueryTower
+
+
+def _unquoted(message: str) -> str:
+    """A message for an assertion in the graph, which escapes quotes when it fails."""
+    return message.replace("'", "")
 
 
 @keras.utils.register_keras_serializable(package="tfrec")
@@ -44,6 +50,16 @@ class HybridModel(tfrs.Model):
         super().__init__(**kwargs)
         if not tasks:
             raise ValueError("a model needs at least one task")
+        if not math.isfinite(float(text_alignment)) or float(text_alignment) < 0:
+            raise ValueError(f"text_alignment must be a finite number >= 0, got "
+                             f"{text_alignment}")
+        for part in (item_encoder, query_tower, *tasks):
+            if part.compute_dtype != "float32":
+                raise ValueError(
+                    f"the {type(part).__name__} computes in {part.compute_dtype} (the dtype "
+                    f"policy {part.dtype_policy.name!r}): tfrec's towers and tasks compute in "
+                    "float32; build them under tf_keras.mixed_precision.set_global_policy("
+                    "'float32')")
         self.item_encoder = item_encoder
         # Checkpoints written before the rename name it "candidate_tower": keep
         # that path too, so earlier runs still restore.
@@ -66,7 +82,7 @@ class HybridModel(tfrs.Model):
         """The loss of one replica's batch: the tasks' weighted losses (each a
         batch mean divided by the replicas, so that the replicas' summed
         gradients are the global batch's mean), plus the text alignment."""
-        self._check_features(features)
+        features = self._checked_features(features)
         loss = tf.constant(0.0)
         alignment = None
         for task in self.tasks:
@@ -78,28 +94,72 @@ class HybridModel(tfrs.Model):
             loss += self.text_alignment * alignment / replicas()
         return loss
 
-    def _check_features(self, features) -> None:
-        """Refuses a batch that lacks a task's features or holds item indices that are not
-        integers, naming them and the model's streams (checked as `fit` traces a step,
-        not per batch)."""
+    def _checked_features(self, features) -> dict:
+        """The batch as the tasks read it: item indices as int32, numbers as float32.
+
+        Refuses a batch that lacks a task's features, or holds one of another rank,
+        ragged, or of the wrong kind, naming it and the model's streams (checked as
+        `fit` traces a step); item indices outside the catalogue stop the step with
+        an error naming the feature (checked per batch, in the graph).
+        """
         if not isinstance(features, dict):
             raise ValueError(f"a training batch must be a dict of features (the model reads "
                              f"the streams {', '.join(self.streams)}), got "
                              f"{type(features).__name__}")
+        checked = dict(features)
+        num_items = self.item_encoder.num_items
         for task in self.tasks:
-            missing = [name for name in task.feature_names if name not in features]
+            reader = f"the {type(task).__name__} from the {task.stream!r} stream"
+            missing = [name for name in task.feature_names
+                       if name not in features and name not in task.optional_features]
             if missing:
                 raise ValueError(
-                    f"the batch lacks {', '.join(map(repr, missing))}, read by the "
-                    f"{type(task).__name__} from the {task.stream!r} stream (it has "
-                    f"{', '.join(map(repr, sorted(features))) or 'no features'}); the model "
-                    f"reads the streams {', '.join(self.streams)}: fit on "
+                    f"the batch lacks {', '.join(map(repr, missing))}, read by {reader} (it "
+                    f"has {', '.join(map(repr, sorted(features))) or 'no features'}); the "
+                    f"model reads the streams {', '.join(self.streams)}: fit on "
                     "`tfrec.training.make_dataset(data, model.streams)`")
-            for name in task.index_features:
-                dtype = tf.as_dtype(features[name].dtype)
-                if not dtype.is_integer:
-                    raise ValueError(f"feature {name!r} holds item indices (integers), got "
-                                     f"{dtype.name}")
+            for name in task.feature_names:
+                if name not in features:
+                    continue
+                shape = task.feature_shapes.get(name, "")
+                value = features[name]
+                if isinstance(value, (tf.RaggedTensor, tf.SparseTensor)):
+                    raise ValueError(f"feature {name!r}, read by {reader}, is a "
+                                     f"{type(value).__name__}: it must be a dense {shape} "
+                                     "tensor (pad histories on the left with 0)")
+                value = tf.convert_to_tensor(value)
+                rank = shape.count(",") + 1 if shape else None
+                # Checks made per batch (in the graph); what reads the feature waits for them.
+                checks = []
+                if rank is not None:
+                    wrong = (f"feature {name!r}, read by {reader}, must be {shape} (rank "
+                             f"{rank})")
+                    if value.shape.rank is None:  # a step traced for any shape
+                        checks.append(tf.debugging.assert_rank(value, rank,
+                                                               message=_unquoted(wrong)))
+                    elif value.shape.rank != rank:
+                        raise ValueError(f"{wrong}, got shape {value.shape.as_list()}")
+                if name in task.index_features:
+                    if not value.dtype.is_integer:
+                        raise ValueError(f"feature {name!r} holds item indices (integers), got "
+                                         f"{value.dtype.name}")
+                    checks.append(tf.debugging.assert_non_negative(
+                        value, message=_unquoted(f"feature {name!r}, read by {reader}, holds "
+                                                 "a negative item index")))
+                    checks.append(tf.debugging.assert_less(
+                        value, tf.cast(num_items, value.dtype),
+                        message=_unquoted(f"feature {name!r}, read by {reader}, holds an item "
+                                          f"index outside the catalogue (0 to "
+                                          f"{num_items - 1})")))
+                    kind = tf.int32
+                else:
+                    if not (value.dtype.is_floating or value.dtype.is_integer):
+                        raise ValueError(f"feature {name!r}, read by {reader}, holds numbers, "
+                                         f"got {value.dtype.name}")
+                    kind = tf.float32
+                with tf.control_dependencies([c for c in checks if c is not None]):
+                    checked[name] = tf.identity(tf.cast(value, kind))
+        return checked
 
     def enable_topk_metrics(self, ks: tuple[int, ...] = (1, 10, 50)) -> None:
         """Adds TFRS `FactorizedTopK` metrics to the retrieval task for `evaluate`.
@@ -114,8 +174,10 @@ class HybridModel(tfrs.Model):
         for task in self.tasks:
             if isinstance(task, RetrievalTask):
                 task.factorized_metrics = [tfrs.metrics.FactorizedTopK(candidates=index, ks=ks)]
-        if self.optimizer is not None:
-            self.compile(optimizer=self.optimizer)  # retrace evaluate with the metric
+        # `evaluate` traces its step again, now with the metric; `compile`'s other
+        # settings (run_eagerly, steps_per_execution, ...) stay as they were.
+        self.test_function = None
+        self.reset_metrics()
 
     def item_embeddings(self, item_index=None, batch_size: int = 65_536) -> np.ndarray:
         """[n, dim] embeddings of the given item indices (default: the whole catalogue)."""
@@ -136,7 +198,21 @@ class HybridModel(tfrs.Model):
 
     def query_embeddings(self, history: np.ndarray, batch_size: int = 8192) -> np.ndarray:
         """[n, dim] query embeddings of [n, N] histories (0-padded on the left)."""
-        history = np.asarray(history, dtype=np.int32)
+        history = np.asarray(history)
+        if history.size == 0:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        if not np.issubdtype(history.dtype, np.integer):
+            raise ValueError(f"histories hold item indices (integers), got {history.dtype}")
+        if history.ndim != 2:
+            raise ValueError(f"histories must be [n, N] (0-padded on the left), got shape "
+                             f"{list(history.shape)}")
+        num_items = self.item_encoder.num_items
+        outside = (history < 0) | (history >= num_items)
+        if outside.any():
+            raise ValueError(f"item index {int(history[outside][0])} is outside the "
+                             f"catalogue's 0..{num_items - 1} ({int(outside.sum())} of "
+                             f"{history.size} history slots outside)")
+        history = history.astype(np.int32)
         query = self.query_tower
         if getattr(query.item_encoder, "use_text", False) and \
                 history.size > query.item_encoder.num_items:
@@ -179,6 +255,13 @@ class HybridModel(tfrs.Model):
         self.build_variables()
         return super().save(filepath, *args, **kwargs)
 
+    def load_weights(self, filepath, *args, **kwargs):
+        """Keras' `load_weights`, the towers built first: an HDF5 file's weights need
+        their variables to exist (a TensorFlow checkpoint's wait for them anyway)."""
+        if not self.built:
+            self.build_variables()
+        return super().load_weights(filepath, *args, **kwargs)
+
     def get_build_config(self):
         # The towers build on their first call, never through `build(input_shape)`: a
         # `.keras` file must still record that the loaded model is to be built.
@@ -195,7 +278,8 @@ class HybridModel(tfrs.Model):
         if shared:
             query_tower = {**query_tower, "config": {**query_tower["config"],
                                                      "item_encoder": None}}
-        return {"item_encoder": keras.layers.serialize(self.item_encoder),
+        return {"name": self.name,
+                "item_encoder": keras.layers.serialize(self.item_encoder),
                 "query_tower": query_tower,
                 "tasks": [keras.layers.serialize(task) for task in self.tasks],
                 "text_alignment": self.text_alignment}

@@ -56,6 +56,9 @@ class CandidateRanker(tfrs.models.Model):
         super().__init__(**kwargs)
         self.num_features = int(num_features)
         self.hidden_units = tuple(int(u) for u in hidden_units)
+        if not self.hidden_units or min(self.hidden_units) < 1:
+            raise ValueError(f"hidden_units must name at least one layer, each at least 1 "
+                             f"wide, got {list(hidden_units)}")
         self.seed = seed
         self.members = int(members)
         if self.members < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import tensorflow as tf
@@ -43,9 +44,15 @@ class Task(keras.layers.Layer):
     feature_names: ClassVar[tuple[str, ...]] = ()
     # Those of `feature_names` that hold item indices (integers).
     index_features: ClassVar[tuple[str, ...]] = ()
+    # Those of `feature_names` a batch may leave out.
+    optional_features: ClassVar[tuple[str, ...]] = ()
+    # Each feature's shape, as its documentation names it ("[B]", "[B, N]"): its rank.
+    feature_shapes: ClassVar[dict[str, str]] = {}
 
     def __init__(self, weight: float, **kwargs):
         super().__init__(**kwargs)
+        if not math.isfinite(float(weight)) or float(weight) < 0:
+            raise ValueError(f"a task's weight must be a finite number >= 0, got {weight}")
         self.weight = float(weight)
 
     def checkpoint_aliases(self) -> dict[str, tf.Variable]:

@@ -39,6 +39,8 @@ class RetrievalTask(Task):
     stream = NEXT_ITEMS
     feature_names = ("history", "next_item", "candidate_probability")
     index_features = ("history", "next_item")
+    optional_features = ("candidate_probability",)
+    feature_shapes = {"history": "[B, N]", "next_item": "[B]", "candidate_probability": "[B]"}
 
     def __init__(self, sampler: NegativeSampler | dict, temperature: float, weight: float,
                  **kwargs):
@@ -92,8 +94,13 @@ class RetrievalTask(Task):
                 visible, tf.logical_not(hit))
         if visible is not None:
             logits = tf.where(visible, logits, _HIDDEN)
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        return tf.reduce_mean(losses) / tf.cast(replicas(), tf.float32)
+        batch = tf.shape(logits)[0]
+        # An empty batch (an in-batch sampler then has no candidate either) costs 0.
+        losses = tf.cond(tf.shape(logits)[1] > 0,
+                         lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits),
+                         lambda: tf.zeros([batch]))
+        return (tf.reduce_sum(losses) / tf.cast(tf.maximum(batch, 1), tf.float32)
+                / tf.cast(replicas(), tf.float32))
 
     def get_config(self):
         return {**super().get_config(), "sampler": serialize_sampler(self.sampler),

@@ -99,8 +99,16 @@ class CatalogueSampler(NegativeSampler):
     name = "catalogue"
 
     def sample(self, positive_ids, num_warm, candidate_probability=None) -> SampledCandidates:
+        positive_ids = tf.cast(positive_ids, tf.int32)
+        tf.debugging.assert_greater(
+            positive_ids, 0, message="CatalogueSampler: a next_item is 0 (no item), not "
+                                     "among the warm items it scores")
+        tf.debugging.assert_less_equal(
+            positive_ids, tf.cast(num_warm, tf.int32),
+            message="CatalogueSampler: a next_item is an item without an id embedding (past "
+                    "num_id_items - 1), not among the warm items it scores")
         return SampledCandidates(ids=tf.range(1, num_warm + 1, dtype=tf.int32),
-                                 labels=tf.cast(positive_ids, tf.int32) - 1)
+                                 labels=positive_ids - 1)
 
 
 def _clip(probability):

@@ -31,6 +31,8 @@ class SkipGramTask(Task):
     stream = PAIRS
     feature_names = ("target", "context", "negatives", "weight")
     index_features = ("target", "context", "negatives")
+    optional_features = ("weight",)
+    feature_shapes = {"target": "[B]", "context": "[B]", "negatives": "[B, K]", "weight": "[B]"}
 
     def __init__(self, temperature: float, weight: float, **kwargs):
         super().__init__(weight, **kwargs)
@@ -54,7 +56,7 @@ class SkipGramTask(Task):
         # the whole [batch * (k + 2), dim] tensor, three of them summed; the
         # gradient of a split is one concat (this halved the backward pass).
         t, c, n = tf.split(emb, [batch, batch, batch * k])
-        n = tf.reshape(n, [batch, k, -1])
+        n = tf.reshape(n, [batch, k, tf.shape(emb)[1]])  # (-1 is unknown in an empty batch)
         pos = tf.reduce_sum(t * c, -1, keepdims=True)
         neg = tf.einsum("bd,bkd->bk", t, n)
         logits = tf.concat([pos, neg], 1) / self.temperature + self.logit_bias

@@ -74,6 +74,16 @@ class ItemEncoder(keras.layers.Layer):
         if not use_ids and not use_text:
             raise ValueError("an item encoder needs ids, text or both: use_ids and use_text "
                              "are both false")
+        if int(num_items) < 1 or not 1 <= int(num_id_items) <= int(num_items):
+            raise ValueError(f"num_id_items must be 1 to num_items ({num_items}): the items "
+                             f"with an id embedding are the catalogue's first ones, got "
+                             f"{num_id_items}")
+        if int(embedding_dim) < 1:
+            raise ValueError(f"embedding_dim must be at least 1, got {embedding_dim}")
+        if not 0.0 <= float(id_dropout) < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
+        if not 0.0 < float(text_share) < 1.0:
+            raise ValueError(f"text_share must be in (0, 1), got {text_share}")
         self.num_items = int(num_items)
         self.num_id_items = int(num_id_items)
         self._embedding_dim = int(embedding_dim)
@@ -107,6 +117,17 @@ class ItemEncoder(keras.layers.Layer):
                 raise ValueError(f"the text encoder's output_dim is "
                                  f"{self.text_encoder.output_dim}, the text part is "
                                  f"{self.text_dim} wide")
+            if self.text_encoder.vocabulary_size < self.tokenizer.vocabulary_size:
+                raise ValueError(f"the text encoder's vocabulary_size is "
+                                 f"{self.text_encoder.vocabulary_size}, the tokenizer gives ids "
+                                 f"up to {self.tokenizer.vocabulary_size - 1} (its "
+                                 f"{len(self.tokenizer.vocabulary)} words, padding and unknown): "
+                                 f"make it TextEncoder({self.tokenizer.vocabulary_size}, ...)")
+            if self.hasher is not None and (self.text_encoder.ngram_buckets or 0) < \
+                    self.hasher.num_buckets:
+                raise ValueError(f"the text encoder's ngram_buckets is "
+                                 f"{self.text_encoder.ngram_buckets}, the n-gram hasher gives "
+                                 f"ids up to {self.hasher.num_buckets - 1}")
             self.item_tokens = self.add_weight(
                 name="item_tokens", shape=(self.num_items, self.tokenizer.sequence_length),
                 dtype=tf.int32, initializer="zeros", trainable=False)

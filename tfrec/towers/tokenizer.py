@@ -81,7 +81,7 @@ class TextTokenizer(keras.layers.Layer):
         return len(self.vocabulary) + 2
 
     def call(self, texts):
-        texts = tf.convert_to_tensor(texts, tf.string)
+        texts = _text_batch(texts, type(self).__name__)
         tokens = _normalise_and_split(texts, self.rules)
         ids = tf.ragged.map_flat_values(self._lookup, tokens)
         ids = tf.cast(ids, tf.int32)
@@ -91,6 +91,15 @@ class TextTokenizer(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "vocabulary": self.vocabulary,
                 "sequence_length": self.sequence_length, "rules": self.rules}
+
+
+def _text_batch(texts, layer: str):
+    """`texts` as a [batch] string tensor; a single text is refused, naming the layer."""
+    texts = tf.convert_to_tensor(texts, tf.string)
+    if texts.shape.rank == 0:
+        raise ValueError(f"{layer} reads a batch of texts, [batch] strings, got one text "
+                         "(a scalar): pass a list, e.g. [text]")
+    return texts
 
 
 def build_token_vocabulary(texts: Iterable[str], max_tokens: int,
@@ -139,7 +148,7 @@ class CharNgramHasher(keras.layers.Layer):
         self.max_ngrams = int(max_ngrams)
 
     def call(self, texts):
-        texts = tf.convert_to_tensor(texts, tf.string)
+        texts = _text_batch(texts, type(self).__name__)
         words = _normalise_and_split(texts)  # [batch, (words)]
         marked = tf.strings.join(["<", words, ">"])
         chars = tf.strings.unicode_split(marked, "UTF-8")  # [batch, (words), (chars)]
