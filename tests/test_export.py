@@ -83,6 +83,48 @@ def test_serving_config_lists_the_model_once(exported):
     assert "max_batch_size" in (base / "serving" / "batching.config").read_text()
 
 
+def test_a_serving_config_the_export_cannot_update_is_refused_before_a_version(
+        run_dir, tmp_path):
+    """Another model folder of the same name would take the entry's place, and a folder
+    it cannot write in would fail after the version is written: both refused first."""
+    from tfrec.exporter.saved_model import write_serving_config
+
+    serving = tmp_path / "serving"
+    write_serving_config(serving, "shop", tmp_path / "prod" / "shop")
+    before = (serving / "models.config").read_text()
+    with pytest.raises(InputError, match=r"models.config: it serves a model named 'shop' "
+                                         r"from .*prod/shop; this export's model folder "
+                                         r".*staging/shop has the same name"):
+        export(run_dir, tmp_path / "staging" / "shop", IndexConfig(kind="brute_force"),
+               serving_config_dir=serving)
+    assert (serving / "models.config").read_text() == before
+    assert not (tmp_path / "staging").exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(InputError, match="serving config folder path exists and is not a "
+                                         "folder"):
+        export(run_dir, tmp_path / "m" / "shop", IndexConfig(kind="brute_force"),
+               serving_config_dir=a_file)
+    assert not (tmp_path / "m").exists()
+
+
+def test_exports_writing_one_serving_config_at_once_keep_every_entry(tmp_path):
+    """Each write is a locked read-change-rename: no entry lost, never a half file."""
+    from tfrec.exporter.saved_model import write_serving_config
+
+    code = ("import sys\nfrom tfrec.exporter.saved_model import write_serving_config\n"
+            "for i in range(40):\n"
+            "    write_serving_config(sys.argv[1], f'{sys.argv[2]}{i}', sys.argv[1] + '/m')\n")
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), name])
+               for name in ("a", "b")]
+    assert [w.wait(timeout=300) for w in writers] == [0, 0]
+    names = {line.split('"')[1] for line in (tmp_path / "models.config").read_text().splitlines()
+             if line.strip().startswith("name:")}
+    assert names == {f"{n}{i}" for n in "ab" for i in range(40)}
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    write_serving_config(tmp_path, "a0", tmp_path / "m")  # the same entry again: one
+
+
 def test_scann_reloaded_in_a_fresh_process_matches_in_memory(exported):
     _, scann, _ = exported
     in_memory = scann.module.recommend(tf.constant(SESSIONS), tf.constant(5))

@@ -11,7 +11,9 @@ sees half a model and an interrupted export leaves no version folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import logging
 import os
@@ -377,6 +379,10 @@ def write_version(model_dir: Path, version: int, contents: VersionContents,
     started = time.perf_counter() if started is None else started
     module, catalogue, users = contents.module, contents.catalogue, contents.users
     model_name = model_dir.resolve().name
+    if serving_config_dir is not None:
+        # Before the version exists: a refused serving config then leaves nothing behind
+        # (a version written, then exit 2, would be written again by a retry).
+        check_serving_config(serving_config_dir, model_name, model_dir)
     k = min(10, module.max_k)
     namespaces = ["TFText"] + (["Scann"] if contents.metadata[INDEX_KIND] == "scann" else [])
     options = tf.saved_model.SaveOptions(namespace_whitelist=namespaces)
@@ -490,6 +496,8 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
             raise InputError(f"{name} must be an integer of at least {least}, got {value!r}"
                              + (" (the index's recall is checked on these queries)"
                                 if name == "recall_queries" else ""), key=f"export.{name}")
+    if serving_config_dir is not None:  # before any work (`write_version` checks it again)
+        check_serving_config(serving_config_dir, model_dir.resolve().name, model_dir)
     config, vocab, model, checkpoint = load_run(run_dir)
     model_dir, version = prepare_version(model_dir, version)
     history_length = int(model.query_tower.history_length)
@@ -614,29 +622,93 @@ def evaluation_metadata(run_dir: str | Path, config) -> dict:
                                                          config.train.eval_k)}}
 
 
-def write_serving_config(folder: str | Path, model_name: str, model_dir: str | Path) -> Path:
-    """Adds or updates the model in `folder/models.config`; writes batching.config if absent."""
+def _read_serving_config(path: Path):
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    folder = ensure_folder(folder, "serving config folder")
-    path = folder / "models.config"
     config = model_server_config_pb2.ModelServerConfig()
     if path.exists():
         try:
             text_format.Parse(path.read_text(), config)
         except text_format.ParseError as err:
             raise InputError(f"not a TF Serving model config: {err}", path=str(path)) from None
-    entries = config.model_config_list.config
-    entry = next((c for c in entries if c.name == model_name), None) or entries.add()
-    entry.name = model_name
-    entry.base_path = str(Path(model_dir).resolve())
-    entry.model_platform = "tensorflow"
-    path.write_text(text_format.MessageToString(config))
-    batching = folder / "batching.config"
-    if not batching.exists():
-        batching.write_text(BatchingParameters().to_text())
+        except OSError as err:
+            raise InputError(f"cannot read the serving config: {err.strerror}",
+                             path=str(path)) from None
+    return config
+
+
+@contextlib.contextmanager
+def _serving_config_lock(folder: Path):
+    """Holds the serving config folder's lock: one read-change-write at a time, across
+    processes (two exports of different models into one folder keep both entries)."""
+    try:
+        handle = open(folder / ".models.config.lock", "a")
+    except OSError as err:
+        raise InputError(f"cannot write in the serving config folder: {err.strerror}",
+                         path=str(folder)) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_serving_config(folder: str | Path, model_name: str, model_dir: str | Path) -> None:
+    """Refuses, before a version is written, a serving config the export could not update:
+    a folder it cannot write in, a file that is not a model config, or an entry of the
+    same name serving another model folder (the export would move it to this one)."""
+    folder = ensure_folder(folder, "serving config folder")
+    path = folder / "models.config"
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError("cannot write the serving config (permission denied)",
+                         path=str(path if path.exists() else folder))
+    config = _read_serving_config(path)
+    target = Path(model_dir).resolve()
+    for entry in config.model_config_list.config:
+        if entry.name == model_name and entry.base_path and Path(entry.base_path) != target:
+            raise InputError(
+                f"it serves a model named {model_name!r} from {entry.base_path}; this export's "
+                f"model folder {target} has the same name, and would take its place: export "
+                "into that folder, give this one another name, or give another "
+                "--serving-config", path=str(path))
+
+
+def write_serving_config(folder: str | Path, model_name: str, model_dir: str | Path) -> Path:
+    """Adds or updates the model in `folder/models.config`; writes batching.config if absent.
+
+    The file is replaced whole (written beside it, then renamed): a server polling it
+    never reads half of it. An entry of the same name is pointed at `model_dir`
+    (`check_serving_config` refuses that beforehand when it is another folder).
+    """
+    from google.protobuf import text_format
+
+    folder = ensure_folder(folder, "serving config folder")
+    path = folder / "models.config"
+    with _serving_config_lock(folder):
+        config = _read_serving_config(path)
+        entries = config.model_config_list.config
+        entry = next((c for c in entries if c.name == model_name), None) or entries.add()
+        entry.name = model_name
+        entry.base_path = str(Path(model_dir).resolve())
+        entry.model_platform = "tensorflow"
+        _replace_file(path, text_format.MessageToString(config))
+        batching = folder / "batching.config"
+        if not batching.exists():
+            _replace_file(batching, BatchingParameters().to_text())
     return path
+
+
+def _replace_file(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise InputError(f"cannot write the serving config: {err.strerror}",
+                         path=str(path)) from None
 
 
 def load_saved_model(path: str | Path):
