@@ -139,8 +139,9 @@ class TestStandIn:
     def test_a_users_file_names_whom_to_recommend_for(self, stand_in, tmp_path, capsys):
         base, module = stand_in
         listed = tmp_path / "users.txt"
-        listed.write_text(f" {module.user_ids[4]}\n\n{module.user_ids[0]}\nghost\n"
-                          f"{module.user_ids[4]}\n")
+        # A byte-order mark and Windows line ends, as a file saved by Windows tools.
+        listed.write_text(f"\ufeff {module.user_ids[4]}\r\n\r\n{module.user_ids[0]}\r\n"
+                          f"ghost\r\n{module.user_ids[4]}\r\n", newline="")
         seen = []
         summary = all_users.recommend_all_users(base, tmp_path / "r.parquet", k=4, version=1,
                                                 users=listed,
@@ -310,8 +311,10 @@ class TestBadInput:
                 assert left == []
             else:
                 assert left == [f".recs.parquet{all_users.TMP_MARK}{proc.pid}"]
-        all_users.recommend_all_users(base, out, k=2, version=1, progress=False)
-        assert [p.name for p in tmp_path.iterdir()] == ["recs.parquet"]
+        # The next job removes it whatever its own --out (dated names differ each day).
+        all_users.recommend_all_users(base, tmp_path / "recs-2.parquet", k=2, version=1,
+                                      progress=False)
+        assert [p.name for p in tmp_path.iterdir()] == ["recs-2.parquet"]
 
 
 class TestCommand:

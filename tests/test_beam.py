@@ -69,8 +69,9 @@ def test_beam_pipeline_equals_local_job_row_for_row(shop, tmp_path):
 def test_beam_pipeline_users_file_flags_unknown_users(shop, tmp_path):
     known = VersionFolder(all_users.version_folder(shop)).user_ids.read_text().split()[:3]
     users = tmp_path / "users.txt"
-    # Each id once, spaces around it removed, blank lines skipped.
-    users.write_text("\n".join(known + ["nobody", "", f"  {known[0]} ", known[1]]) + "\n")
+    # Each id once, spaces around it (and a byte-order mark) removed, blank lines skipped.
+    users.write_text("\ufeff" + "\n".join(known + ["nobody", "", f"  {known[0]} ", known[1]])
+                     + "\n")
     summary = beam_all_users.run(shop, str(tmp_path / "recs"), k=5, users=str(users))
 
     rows = read_sorted(summary.shards)

@@ -176,15 +176,21 @@ def count_listed_users(path: str | Path) -> int:
     """How many distinct ids a users file lists (spaces around an id removed, blank lines
     skipped), as the job takes them."""
     with Path(path).open(encoding="utf-8", errors="replace") as f:
-        return len({line.strip() for line in f} - {""})
+        return len({clean_user_id(line) for line in f} - {""})
+
+
+def clean_user_id(line: str) -> str:
+    """A users file's line as the id it names: a byte-order mark (a file saved by
+    Windows tools starts with one) and spaces around the id removed."""
+    return line.lstrip("\ufeff").strip()
 
 
 def user_id_batches(version_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZE,
                     users: str | Path | None = None) -> Iterator[list[str]]:
     """User ids in file order, `batch_size` at a time (the file is streamed, never read
     whole): the export's known users, or those of a `users` file (one id a line, spaces
-    around an id removed, blank lines skipped, each id taken once, as the Beam job takes
-    them).
+    around an id and a byte-order mark removed, blank lines skipped, each id taken once,
+    as the Beam job takes them).
 
     Raises:
       InputError: a batch size under 1; a users file that is missing or not UTF-8
@@ -202,7 +208,7 @@ def user_id_batches(version_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZ
                 batch.append(raw.rstrip(b"\n").decode("utf-8"))
             else:
                 try:
-                    user = raw.decode("utf-8").strip()
+                    user = clean_user_id(raw.decode("utf-8"))
                 except UnicodeDecodeError:
                     raise InputError(f"line {number} is not UTF-8 text (a users file is "
                                      "user ids, one a line)", path=str(path),
@@ -341,8 +347,12 @@ def recommend_all_users(model_dir: str | Path, out: str | Path,
     listed = users  # `users` counts the users done below
     total = count_users(version_dir) if listed is None else count_listed_users(
         users_file(listed))
+    if listed is not None and total == 0:
+        logger.warning("the users file %s lists no user id (every line is blank): the "
+                       "output has no rows", listed)
     ensure_folder(out.parent if str(out.parent) else Path("."), "output folder")
-    remove_stale_temporaries(out.parent, f".{out.name}{TMP_MARK}*")
+    # Any job's in this folder whose process is gone, whatever its --out was.
+    remove_stale_temporaries(out.parent, f".*{TMP_MARK}*")
     logger.info("loading %s", version_dir)
     signature = load_user_recommender(version_dir)
     line = ProgressLine(total, "users") if progress is True else None

@@ -40,8 +40,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
-from tfrec.all_users import (DEFAULT_BATCH_SIZE, SCHEMA, check_k, load_user_recommender,
-                             recommend_batch, version_folder)
+from tfrec.all_users import (DEFAULT_BATCH_SIZE, SCHEMA, check_k, clean_user_id,
+                             load_user_recommender, recommend_batch, version_folder)
 from tfrec.config import RecommendSettings
 from tfrec.errors import InputError
 from tfrec.exporter.layout import VersionFolder
@@ -153,7 +153,7 @@ def build(pipeline: beam.Pipeline, version_dir: str | Path, out: str, k: int,
         # A file of the caller's: each id once (a repeated id would give repeated rows),
         # spaces around an id removed and blank lines skipped, as the data's ids are read.
         ids = (ids
-               | "StripIds" >> beam.Map(str.strip)
+               | "StripIds" >> beam.Map(clean_user_id)
                | "SkipBlankLines" >> beam.Filter(bool)
                | "EachIdOnce" >> beam.Distinct())
     return (ids
