@@ -51,8 +51,11 @@ def test_train_writes_a_complete_run_folder(tmp_path, data_files, capsys):
     config = write_config(tmp_path, data_files)
     run = tmp_path / "run"
     assert main(["-q", "train", "--config", str(config), "--run-dir", str(run)]) == 0
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
+    out = printed.out
     assert "held-out hit rate" in out and "HR@10" in out
+    # -q prints results only: no Keras progress, on either stream.
+    assert "Epoch" not in out + printed.err and "loss:" not in out + printed.err
     assert json.loads((run / "config.json").read_text())["model"]["embedding_dim"] == 16
     assert (run / "vocab.tsv").read_text().startswith("item\tcount")
     assert len((run / "text_vocab.txt").read_text().split()) > 10
@@ -115,8 +118,12 @@ def test_a_resume_refits_the_ranking_stage_with_new_settings_and_refuses_others(
         tmp_path, data_files, capsys):
     config = write_config(tmp_path, data_files, epochs=1)
     run = tmp_path / "run"
-    assert main(["-q", "train", "--config", str(config), "--run-dir", str(run),
+    assert main(["train", "--config", str(config), "--run-dir", str(run),
                  "--set", "ranking.members=1"]) == 0
+    # Keras' progress goes to stderr: stdout holds the results alone.
+    printed = capsys.readouterr()
+    assert "loss: " in printed.err and "loss: " not in printed.out
+    assert printed.out.startswith("run folder: ")
     saved, stage = (run / "config.json").read_text(), (run / "ranking" / "stage.json").read_text()
     history = (run / "history.jsonl").read_text()
     capsys.readouterr()

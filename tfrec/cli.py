@@ -171,10 +171,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             ranking = config.ranking
     # A resume without --config / --set continues with the run's saved config.
     given = None if run.resume and not (args.config or args.set) else config
-    result = train(given, Path(run.run_dir), resume=run.resume,
-                   epochs=epochs if run.resume else None,
-                   strategy=strategy if run.resume else None, overwrite=run.overwrite,
-                   ranking=ranking)
+    with _progress_off_stdout(args):
+        result = train(given, Path(run.run_dir), resume=run.resume,
+                       epochs=epochs if run.resume else None,
+                       strategy=strategy if run.resume else None, overwrite=run.overwrite,
+                       ranking=ranking)
     worker = result.worker
     if not worker.is_chief:
         print(f"worker {worker.index} of {worker.count} ({worker.task_type} "
@@ -202,6 +203,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"  (the catalogue has {items:,} items, no more than k = {k}: every "
                   f"target is in the top {k}, so HR@{k} says nothing; see NDCG@{k})")
     return 0
+
+
+@contextlib.contextmanager
+def _progress_off_stdout(args: argparse.Namespace):
+    """Keras prints training progress on stdout: moved to stderr, so that stdout holds the
+    command's results alone (`tfrec train > out`), and dropped under -q."""
+    with open(os.devnull, "w") if args.quiet else contextlib.nullcontext(sys.stderr) as sink:
+        with contextlib.redirect_stdout(sink):
+            yield
 
 
 def _epochs(count: int) -> str:
@@ -245,8 +255,9 @@ def cmd_train_final(args: argparse.Namespace, run: TrainingSettings) -> int:
                          f"{', '.join(given_settings)} cannot change them (train and "
                          "evaluate a run with the new settings first)",
                          key=TrainingSettings.key("final_from"))
-    result = train_final(run.final_from, Path(run.run_dir), overwrite=run.overwrite,
-                         resume=run.resume)
+    with _progress_off_stdout(args):
+        result = train_final(run.final_from, Path(run.run_dir), overwrite=run.overwrite,
+                             resume=run.resume)
     if not result.worker.is_chief:
         return 0
     evaluated_as = RunFolder(result.run_dir).read_evaluated_as()
@@ -378,11 +389,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tfrec.evaluate.table import format_report
 
     ev = command_config_of(args, EvaluateSettings)
-    report = evaluate_run(ev.run_dir, ev.out, parse_baselines(ev.baselines), k=ev.k,
-                          gensim_epochs=ev.gensim_epochs, gensim_dim=ev.gensim_dim,
-                          saved_model=ev.saved_model,
-                          max_item_item_catalogue=ev.max_item_item_catalogue,
-                          data_dir=ev.data_dir, ablations=not ev.no_ablations)
+    with _progress_off_stdout(args):  # a variant trained for a row prints Keras progress
+        report = evaluate_run(ev.run_dir, ev.out, parse_baselines(ev.baselines), k=ev.k,
+                              gensim_epochs=ev.gensim_epochs, gensim_dim=ev.gensim_dim,
+                              saved_model=ev.saved_model,
+                              max_item_item_catalogue=ev.max_item_item_catalogue,
+                              data_dir=ev.data_dir, ablations=not ev.no_ablations)
     print(format_report(report))
     out = ReportFolder(ev.out) if ev.out else RunFolder(report["run"]).evaluation
     print(f"report: {out.html_file}, {out.json_file}")
