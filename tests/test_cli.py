@@ -223,6 +223,9 @@ def test_lenient_mode_reports_rejected_rows_and_writes_them(write, tmp_path, cap
     text = capsys.readouterr().out
     assert "events: unparseable timestamp" in text and "line 7" in text
     assert "not a time" in (out / "rejected_rows.csv").read_text()
+    # The same folder for clean data: the earlier run's rejected rows are not left there.
+    assert main(["-q", "prepare", *prepare_args(write, EVENTS), "--out", str(out)]) == 0
+    assert not (out / "rejected_rows.csv").exists()
 
 
 def test_output_piped_into_a_reader_that_stops_early_ends_quietly(write, tmp_path):

@@ -417,6 +417,8 @@ def write_outputs(data: TrainingData, report: dict, out_dir: str | Path) -> dict
     if data.rejections.rows:
         data.rejections.write(out.rejected_rows_file)
         written["rejected rows"] = str(out.rejected_rows_file)
+    else:  # an earlier run's rejected rows are not this data's
+        out.rejected_rows_file.unlink(missing_ok=True)
     return written
 
 
