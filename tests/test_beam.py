@@ -114,4 +114,7 @@ def test_cli_runs_the_pipeline_with_beam_options(shop, tmp_path, capsys):
     assert "(--out)" in refused("--out", str(out), "--runner", "DirectRunner")
     assert "never replaces output shards" in refused("--runner", "DirectRunner", "--overwrite")
     assert "unrecognized arguments: --bogus" in refused("--bogus")  # no runner: no Beam options
+    err = refused("-k", "3", "--runner", "NoSuchRunner")
+    assert "setting 'recommend.runner' (--runner): Unexpected pipeline runner: NoSuchRunner " \
+           "(a Beam runner" in err and "Traceback" not in err
     assert not list(tmp_path.glob("y*"))

@@ -18,6 +18,24 @@ finally:
 from apache_beam.metrics.metric import MetricsFilter  # noqa: E402,I100
 
 
+def make_pipeline(pipeline_args, key: str):
+    """A `beam.Pipeline` of the given options; a runner Beam does not know is an
+    InputError naming `key` (Beam's own error is a ValueError from deep inside)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from tfrec.errors import InputError
+
+    options = PipelineOptions(list(pipeline_args))
+    try:
+        return beam.Pipeline(options=options), options
+    except ValueError as err:
+        if "runner" not in str(err).lower():
+            raise
+        raise InputError(str(err).split(". Valid values")[0] + " (a Beam runner, e.g. "
+                         "DirectRunner, DataflowRunner, FlinkRunner, SparkRunner)",
+                         key=key) from None
+
+
 def counter(result, namespace: str, name: str) -> int | None:
     """A finished pipeline's counter `name` of `namespace` (None: the runner keeps no
     metrics)."""
@@ -29,4 +47,4 @@ def counter(result, namespace: str, name: str) -> int | None:
     return sum(c.committed if c.committed is not None else c.attempted for c in counters)
 
 
-__all__ = ["beam", "counter"]
+__all__ = ["beam", "counter", "make_pipeline"]

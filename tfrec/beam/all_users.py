@@ -33,11 +33,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tfrec.beam._imports import beam, counter  # noqa: I100 (first: the missing-extra error)
+# First: the missing-extra error.
+from tfrec.beam._imports import beam, counter, make_pipeline  # noqa: I100
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
 from tfrec.all_users import (DEFAULT_BATCH_SIZE, SCHEMA, check_k, clean_user_id,
@@ -198,8 +198,7 @@ def run(model_dir: str | Path, out: str, k: int = RecommendSettings.k, version: 
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise InputError(f"output shards exist already ({existing[0]}{more}); choose another "
                          "prefix or remove them", path=out, key="recommend.out")
-    options = PipelineOptions(list(pipeline_args))
-    pipeline = beam.Pipeline(options=options)
+    pipeline, options = make_pipeline(pipeline_args, "recommend.runner")
     build(pipeline, version_dir, out, k, users, batch_size)
     logger.info("running the pipeline on %s", options.get_all_options()["runner"]
                 or "the DirectRunner")

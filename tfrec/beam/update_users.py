@@ -36,14 +36,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tfrec.beam._imports import beam, counter  # noqa: I100 (first: the missing-extra error)
+# First: the missing-extra error.
+from tfrec.beam._imports import beam, counter, make_pipeline  # noqa: I100
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 
 
 from tfrec.errors import InputError
@@ -193,8 +193,7 @@ def run(model_dir: str | Path, events: str, from_version: int | None = None,
     scratch = model_dir / f"{TMP_PREFIX}users-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
-        options = PipelineOptions(list(pipeline_args))
-        pipeline = beam.Pipeline(options=options)
+        pipeline, options = make_pipeline(pipeline_args, "export.runner")
         read = (pipeline
                 | "Files" >> beam.Create(list(enumerate(files)))
                 | "Spread" >> beam.Reshuffle()
