@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -340,6 +341,22 @@ def test_ctrl_c_is_interrupted_even_when_a_library_turns_it_into_another_error(
         signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err == ("tfrec: interrupted (tfrec train --resume continues the "
                                        "run from its last checkpoint)\n")
+
+    # SIGTERM (a scheduler's stop, `kill`): the same clean stop, exit 143, named.
+    def terminated(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises in here
+        return 0
+
+    monkeypatch.setattr(cli, "SUBCOMMANDS", train_runs(terminated))
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert cli.main(["-q", "train", "--run-dir", "x"]) == 143
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err == ("tfrec: terminated (SIGTERM) (tfrec train --resume "
+                                       "continues the run from its last checkpoint)\n")
 
     # A job whose SIGINT is ignored (started in the background) keeps ignoring it.
     seen = []

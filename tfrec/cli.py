@@ -697,36 +697,50 @@ def main(argv: list[str] | None = None) -> int:
         # Ctrl-C inside a library's C code can surface as another error (a SystemError
         # from a list operation the interrupt cut short): it was the interrupt.
         logger.debug("interrupted, surfacing as %r", err)
-        return _interrupted(args)
-    except KeyboardInterrupt:
-        return _interrupted(args)
+        return _interrupted(args, interrupted)
+    except KeyboardInterrupt as err:
+        if err.args == (f"signal {int(signal.SIGTERM)}",):  # a job's own SIGTERM handler
+            interrupted.append(signal.SIGTERM)
+        return _interrupted(args, interrupted)
 
 
-def _interrupted(args: argparse.Namespace) -> int:
+def _interrupted(args: argparse.Namespace, interrupted: list) -> int:
+    """Exit status 128 + the signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM (what a
+    scheduler or `kill` sends), each cleaned up the same way."""
     hint = (" (tfrec train --resume continues the run from its last checkpoint)"
             if args.command == "train" else "")
-    print(f"tfrec: interrupted{hint}", file=sys.stderr)
-    return 130
+    terminated = bool(interrupted) and interrupted[-1] == signal.SIGTERM
+    print(f"tfrec: {'terminated (SIGTERM)' if terminated else 'interrupted'}{hint}",
+          file=sys.stderr)
+    return 128 + int(signal.SIGTERM if terminated else signal.SIGINT)
 
 
 @contextlib.contextmanager
 def _noting_interrupts(interrupted: list):
-    """SIGINT raises KeyboardInterrupt as by default, and is noted in `interrupted`."""
+    """SIGINT raises KeyboardInterrupt as by default, and so does SIGTERM (by default it
+    would end the process on the spot, leaving what it was writing); each is noted in
+    `interrupted`. A command that handles a signal itself (`tfrec serve`) sets its own
+    handler meanwhile."""
     def handler(signum, frame):
         interrupted.append(signum)
-        signal.default_int_handler(signum, frame)
+        if signum == signal.SIGINT:
+            signal.default_int_handler(signum, frame)
+        raise KeyboardInterrupt(f"signal {int(signum)}")
 
-    try:
-        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            raise ValueError("SIGINT is handled (or ignored, a background job's) elsewhere")
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread, or not the default handler: left alone
-        yield
-        return
+    previous = {}
+    for sig, default in ((signal.SIGINT, signal.default_int_handler),
+                         (signal.SIGTERM, signal.SIG_DFL)):
+        try:
+            if signal.getsignal(sig) is not default:
+                continue  # handled (or ignored, a background job's SIGINT) elsewhere
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: left alone
+            continue
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 if __name__ == "__main__":
