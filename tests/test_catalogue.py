@@ -416,3 +416,17 @@ def test_a_job_starts_from_the_newest_complete_version(tmp_path):
         shutil.rmtree(tmp_path / "shop" / str(number))
     with pytest.raises(InputError, match="no complete version"):
         folder.source_version(None, "export.from_version")
+
+
+def test_evaluating_a_version_with_a_changed_catalogue_names_the_change(versions, run_dir,
+                                                                        capsys):
+    """The evaluation scores the run's catalogue: a version with added or dropped items is
+    refused, saying so (it blamed another run)."""
+    _, _, added, after, _ = versions
+    for version, counts in ((added, "3 items added and 0 dropped"),
+                            (after, "2 items added and 2 dropped")):
+        assert main(["-q", "evaluate", "--run", str(run_dir), "--saved-model",
+                     str(version.path), "--baselines", "popularity", "--no-ablations"]) == 2
+        err = capsys.readouterr().err
+        assert f"the version's catalogue is not the run's: {counts} since training" in err
+        assert "another run" not in err

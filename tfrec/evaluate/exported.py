@@ -31,12 +31,21 @@ class ExportedModel:
             raise InputError(f"the export has no cached item embeddings ({err.strerror})",
                              path=str(folder.embeddings)) from None
         index = vocab.lookup(np.asarray(ids, dtype=object))
+        self.metadata = folder.read_metadata()
         if (index == 0).any() or len(ids) != vocab.size - 1:
+            added = int(self.metadata.get("added_items") or 0)
+            dropped = int(self.metadata.get("dropped_items") or 0)
+            if added or dropped:
+                raise InputError(
+                    f"the version's catalogue is not the run's: {added:,} items added and "
+                    f"{dropped:,} dropped since training (tfrec export --add-items / "
+                    "--drop-items); the evaluation scores the run's catalogue, so evaluate "
+                    "a version exported from the run as it is (tfrec export --run)",
+                    path=str(self.path))
             raise InputError("the export's items differ from the run's vocabulary (exported "
                              "from another run?)", path=str(folder.item_ids))
         self.items = np.zeros((vocab.size, vectors.shape[1]), np.float32)
         self.items[index] = vectors
-        self.metadata = folder.read_metadata()
 
     @property
     def two_stage(self) -> bool:
