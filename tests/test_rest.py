@@ -365,6 +365,9 @@ def test_status_passes_version_and_label_through(make):
                    "/v1/models/nope": (404, None)}
     status, _, meta = call(server, "GET", "/v1/models/shop/labels/stable/metadata")
     assert status == 200 and meta["model_spec"]["version"] == "1"
+    # Percent-encoded, as a URL carries a name with a space or beyond ASCII: decoded.
+    status, _, body = call(server, "GET", "/v1/models/%73hop/labels/st%61ble")
+    assert status == 200 and [v["version"] for v in body["model_version_status"]] == ["1"]
 
 
 def test_predict_formats_and_keep_alive(make):

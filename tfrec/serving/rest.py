@@ -44,6 +44,7 @@ import socketserver
 import sys
 import threading
 import time
+import urllib.parse
 
 import grpc
 import numpy as np
@@ -882,7 +883,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not match:
             raise ServingError(grpc.StatusCode.NOT_FOUND,
                                f"Malformed request: {self.command} {path[:200]}")
-        name, label, verb = match["name"], match["label"], match["verb"]
+        # A name or label a client percent-encoded (a space, a letter beyond ASCII), as
+        # URLs carry them.
+        name, verb = urllib.parse.unquote(match["name"]), match["verb"]
+        label = None if match["label"] is None else urllib.parse.unquote(match["label"])
         version = int(match["version"]) if match["version"] else None
         if verb in (":classify", ":regress"):
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
