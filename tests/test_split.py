@@ -43,7 +43,8 @@ def test_a_shared_timestamp_stays_on_one_side_nearest_the_share():
 def test_every_event_at_one_time_has_nothing_to_train_on():
     with pytest.raises(InputError) as err:
         split_events(events_at([5, 5, 5]), split_fraction=0.1)
-    assert err.value.key == "train.split_fraction"
+    # No fraction helps: the split by user does.
+    assert err.value.key == "train.split_by"
 
 
 def test_until_leaves_out_whole_sessions_from_the_date_before_the_split():
@@ -136,3 +137,13 @@ def test_a_split_that_holds_out_no_case_is_warned_about():
     assert no_cases_warning(Split(empty, empty), none) is None  # a final model: no split
     some = Cases([[1]], np.ones(1, np.int32), np.zeros(1, bool))
     assert no_cases_warning(Split(empty, empty, cut=5), some) is None
+
+
+def test_data_without_timestamps_under_a_time_split_is_told_to_split_by_user():
+    """goodbooks-10k's layout has no times (every event at 0): the fraction cannot be
+    moved to make a time split work, and the message said to."""
+    with pytest.raises(InputError) as err:
+        split_events(events_at([0, 0, 0, 0]), None, 0.15)
+    assert err.value.key == "train.split_by"
+    assert "every event has the same time (1970-01-01 00:00:00: data without timestamps" in str(
+        err.value) and "train.split_by=user" in str(err.value)

@@ -110,6 +110,12 @@ def split_events(events: pd.DataFrame, split_date: str | None = None,
     start = session_start(events)
     train, test = events[start < cut], events[start >= cut]
     if len(train) == 0:
+        if len(time) and time.min() == time.max():
+            raise InputError(
+                f"every event has the same time ({pd.Timestamp(int(time[0]), unit='s')}: "
+                "data without timestamps, as goodbooks-10k's), so a split by time cannot "
+                "hold any out: split by user (train.split_by=user, as "
+                "tfrec/configs/goodbooks.yaml does)", key="train.split_by")
         if split_date is not None:
             raise InputError(f"no training events before the split ({split_date})",
                              key="train.split_date")
