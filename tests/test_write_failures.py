@@ -81,3 +81,18 @@ def test_a_write_failure_no_writer_named_is_still_one_line(tmp_path, monkeypatch
     assert code == 2
     assert capsys.readouterr().err == (f"tfrec: error: {tmp_path / 'x'}: cannot write: "
                                        "Disk quota exceeded\n")
+
+
+def test_a_write_failure_without_a_file_name_names_the_commands_folder(tmp_path, monkeypatch,
+                                                                       capsys):
+    """TensorFlow's writers fail without a file name: the command's own folder is named."""
+    from tfrec.ranking import two_stage
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(two_stage, "train", full)
+    code = main(["-q", "train", "--run-dir", str(tmp_path / "run")])
+    assert code == 2
+    assert capsys.readouterr().err == (f"tfrec: error: {tmp_path / 'run'}: cannot write: "
+                                       "No space left on device\n")

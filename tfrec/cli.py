@@ -684,8 +684,9 @@ def main(argv: list[str] | None = None) -> int:
         reason = write_failure(err)
         if reason is not None:  # a full disk where no writer named its folder
             where = getattr(err, "filename", None)
-            print(f"tfrec: error: {f'{os.path.dirname(where)}: ' if where else ''}cannot write: "
-                  f"{reason}", file=sys.stderr)
+            where = os.path.dirname(where) if where else _output_folder(args)
+            print(f"tfrec: error: {f'{where}: ' if where else ''}cannot write: {reason}",
+                  file=sys.stderr)
             return 2
         from tfrec.training import TrainingDiverged, WorkerLost
 
@@ -702,6 +703,17 @@ def main(argv: list[str] | None = None) -> int:
         if err.args == (f"signal {int(signal.SIGTERM)}",):  # a job's own SIGTERM handler
             interrupted.append(signal.SIGTERM)
         return _interrupted(args, interrupted)
+
+
+def _output_folder(args: argparse.Namespace) -> str | None:
+    """The folder the command writes in (its --out, else its run or model folder), to name
+    where a write failed when the error itself does not (TensorFlow's writers)."""
+    given = vars(args)
+    for suffix in (".out", ".run_dir", ".model_dir"):
+        for key, value in given.items():
+            if key.endswith(suffix) and value:
+                return str(value)
+    return None
 
 
 def _interrupted(args: argparse.Namespace, interrupted: list) -> int:
