@@ -635,7 +635,8 @@ def fit(model, data: TrainingData, config: RunConfig, run_dir: Path,
         if resume:
             latest = tf.train.latest_checkpoint(str(checkpoint_dir))
             if latest is None:
-                raise InputError("nothing to resume: the run has no finished epoch yet",
+                raise InputError("nothing to resume: the run has no finished epoch yet "
+                                 "(start it again with --overwrite: nothing trained is lost)",
                                  path=str(checkpoint_dir))
             checkpoint.restore(latest).expect_partial()
             initial_epoch = int(epoch_var.numpy())
