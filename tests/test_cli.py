@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tfrec.cli import main
+from tfrec.cli import build_parser, main
 
 EVENTS = """
     user_id,item_id,timestamp,event
@@ -244,6 +244,14 @@ def test_unknown_subcommand_and_help():
     result = run_cli("prepare", "--help")
     assert result.returncode == 0 and "--config" in result.stdout and "--set" in result.stdout
     assert "sections data, model, train, ranking" in " ".join(result.stdout.split())
+    # -q and --verbose also after the command, and said so in its help.
+    assert "-q, --quiet" in result.stdout and "--verbose" in result.stdout
+    parser = build_parser()
+    for argv, quiet, verbose in ((["train", "-q"], True, False), (["-q", "train"], True, False),
+                                 (["prepare", "--verbose"], False, True),
+                                 (["train"], False, False)):
+        args = parser.parse_args(argv)
+        assert (args.quiet, args.verbose) == (quiet, verbose), argv
 
 
 def test_flag_help_shows_zero_defaults_and_what_a_no_flag_does():

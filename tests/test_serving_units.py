@@ -679,3 +679,13 @@ def test_model_roots_and_the_paths_a_reload_may_take(tmp_path, monkeypatch):
     for base in (tmp_path / "srv-2", tmp_path / "srv" / ".." / "b", Path("/etc")):
         kind, message = outside_roots([ModelEntry("a", base)], roots)
         assert kind == "outside" and "--model_roots" in message, base
+
+
+def test_a_host_that_is_not_this_machines_is_named_not_the_port():
+    from tfrec.errors import InputError
+    from tfrec.serving.server import _check_free
+
+    for host in ("999.1.1.1", "192.0.2.1"):  # not an address at all; not this machine's
+        with pytest.raises(InputError, match=f"cannot listen on {host}: not an address") as err:
+            _check_free(host, 8500, "serve.port", "(another tfrec serve?)")
+        assert err.value.key == "serve.host" and "another tfrec serve" not in str(err.value)

@@ -605,6 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         description=command.description)
         if command.run_config:
             _add_run_config_arguments(command_parser)
+        # Also after the command (`tfrec train -q`); given only where given, so that
+        # `tfrec -q train` still holds.
+        command_parser.add_argument("-q", "--quiet", action="store_true",
+                                    default=argparse.SUPPRESS, help="only print results")
+        command_parser.add_argument("--verbose", action="store_true",
+                                    default=argparse.SUPPRESS,
+                                    help="also show TensorFlow's and ScaNN's own log lines")
         command_parser.set_defaults(func=command.run)
     for command, command_parser in sub.choices.items():
         add_setting_flags(command_parser, command)

@@ -282,6 +282,10 @@ class ModelServer:
         self.stop()
 
 
+def _host_key(port_key: str) -> str:
+    return port_key.rpartition(".")[0] + ".host"  # serve.port -> serve.host
+
+
 def _check_free(host: str, port: int, key: str, hint: str) -> None:
     """Raises InputError naming `key` when host:port cannot be bound now (in use, or not
     an address of this host). Port 0 (any free port) is always free."""
@@ -292,7 +296,13 @@ def _check_free(host: str, port: int, key: str, hint: str) -> None:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host.strip("[]"), port))
+    except socket.gaierror as err:  # the host, not the port
+        raise InputError(f"cannot listen on {host}: not an address or host name of this "
+                         f"machine ({err.strerror})", key=_host_key(key)) from None
     except OSError as err:
+        if err.errno == errno.EADDRNOTAVAIL:
+            raise InputError(f"cannot listen on {host}: not an address of this machine "
+                             f"({err.strerror})", key=_host_key(key)) from None
         what = "the port is in use" if err.errno == errno.EADDRINUSE else err.strerror
         raise InputError(f"cannot listen on {host}:{port}: {what}"
                          + (f" {hint}" if hint else ""), key=key) from None
