@@ -430,3 +430,18 @@ def test_evaluating_a_version_with_a_changed_catalogue_names_the_change(versions
         err = capsys.readouterr().err
         assert f"the version's catalogue is not the run's: {counts} since training" in err
         assert "another run" not in err
+
+
+def test_dropping_an_item_an_earlier_version_dropped_says_so(versions, tmp_path, capsys):
+    _, _, _, after, _ = versions
+    model_dir = tmp_path / "shop"
+    model_dir.mkdir()
+    (model_dir / "3").symlink_to(after.path)
+    ids = tmp_path / "again.txt"
+    ids.write_text("i7\nno-such-item\n")
+    assert main(["-q", "export", "--model-dir", str(model_dir), "--drop-items", str(ids),
+                 "--no-serving-config"]) == 2
+    err = capsys.readouterr().err
+    assert ("2 id(s) to drop are not in the catalogue (first: 'i7'); 1 of them trained items "
+            "an earlier version dropped already (first: 'i7')") in err
+    assert sorted(p.name for p in model_dir.iterdir()) == ["3"]

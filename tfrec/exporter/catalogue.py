@@ -204,8 +204,12 @@ def next_catalogue(previous: Catalogue, vocab, new_items: pd.DataFrame | None = 
     if drop_ids:
         unknown = [i for i, p in zip(drop_ids, rows.get_indexer(drop_ids)) if p < 0]
         if unknown:
+            # A trained item dropped by an earlier version is in the vocabulary still.
+            earlier = [i for i, v in zip(unknown, vocab.lookup(unknown)) if v > 0]
+            note = (f"; {len(earlier):,} of them trained items an earlier version dropped "
+                    f"already (first: {earlier[0]!r})" if earlier else "")
             raise InputError(f"{len(unknown):,} id(s) to drop are not in the catalogue "
-                             f"(first: {unknown[0]!r})", path=drop_path,
+                             f"(first: {unknown[0]!r}){note}", path=drop_path,
                              key="export.drop_items")
     position = rows.get_indexer(new_ids)
     present = position >= 0
