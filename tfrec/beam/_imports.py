@@ -3,6 +3,7 @@ missing, and reading a job's counters."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 try:
@@ -36,6 +37,37 @@ def make_pipeline(pipeline_args, key: str):
                          key=key) from None
 
 
+class _RaisedAnyway(logging.Filter):
+    """Drops Beam's own log of an error the job raises to its caller anyway (bad input,
+    Ctrl-C): the caller names it in one line; Beam's copy is a traceback before it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("apache_beam"):
+            return True
+        from tfrec.errors import InputError
+
+        kind = record.exc_info[0] if record.exc_info else None
+        if kind is not None and issubclass(kind, (InputError, KeyboardInterrupt)):
+            return False
+        text = record.getMessage()
+        return "tfrec.errors.InputError" not in text and "KeyboardInterrupt" not in text
+
+
+@contextlib.contextmanager
+def beam_errors_raised_not_logged():
+    """While a job runs: Beam's log lines about an InputError or an interrupt are left out
+    (the error still reaches the caller, which names it)."""
+    handlers = logging.getLogger().handlers
+    quiet = _RaisedAnyway()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
 def counter(result, namespace: str, name: str) -> int | None:
     """A finished pipeline's counter `name` of `namespace` (None: the runner keeps no
     metrics)."""
@@ -47,4 +79,4 @@ def counter(result, namespace: str, name: str) -> int | None:
     return sum(c.committed if c.committed is not None else c.attempted for c in counters)
 
 
-__all__ = ["beam", "counter", "make_pipeline"]
+__all__ = ["beam", "beam_errors_raised_not_logged", "counter", "make_pipeline"]

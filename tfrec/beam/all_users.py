@@ -34,7 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # First: the missing-extra error.
-from tfrec.beam._imports import beam, counter, make_pipeline  # noqa: I100
+from tfrec.beam._imports import (  # noqa: I100
+    beam, beam_errors_raised_not_logged, counter, make_pipeline)
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.metrics import Metrics
@@ -202,8 +203,9 @@ def run(model_dir: str | Path, out: str, k: int = RecommendSettings.k, version: 
     build(pipeline, version_dir, out, k, users, batch_size)
     logger.info("running the pipeline on %s", options.get_all_options()["runner"]
                 or "the DirectRunner")
-    result = pipeline.run()
-    state = result.wait_until_finish()
+    with beam_errors_raised_not_logged():
+        result = pipeline.run()
+        state = result.wait_until_finish()
     return BeamSummary(_existing_shards(out), version_dir, k,
                        *(counter(result, __name__, name) for name in COUNTERS), str(state),
                        time.perf_counter() - started)

@@ -37,7 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # First: the missing-extra error.
-from tfrec.beam._imports import beam, counter, make_pipeline  # noqa: I100
+from tfrec.beam._imports import (  # noqa: I100
+    beam, beam_errors_raised_not_logged, counter, make_pipeline)
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -211,8 +212,9 @@ def run(model_dir: str | Path, events: str, from_version: int | None = None,
                                                  shard_name_template=""))
         t = time.perf_counter()
         try:
-            result = pipeline.run()
-            state = result.wait_until_finish()
+            with beam_errors_raised_not_logged():
+                result = pipeline.run()
+                state = result.wait_until_finish()
         except Exception as err:  # a worker's InputError comes back wrapped by the runner
             message = str(err)
             if "InputError" in message or "tfrec.errors" in message:
