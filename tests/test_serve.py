@@ -329,6 +329,13 @@ def test_recommend_command_prints_items_with_text(shared, capsys):
     assert out[0].startswith("session: i1 (") and len(out) == 4
     rank, item, score, *text = out[1].split()
     assert rank == "1." and float(score) > 0 and text  # the item's catalogue text
+    # --json: the same list, one JSON object a program reads.
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--items", "i1,i2,nope", "-k", "3", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["session"] == ["i1", "i2", "nope"] and listed["unknown"] == ["nope"]
+    assert not listed["fallback"] and [e["rank"] for e in listed["items"]] == [1, 2, 3]
+    assert listed["items"][0]["item_id"] == item and listed["items"][0]["text"]
     assert main(["-q", "recommend", "--server", shared.target, "--model", "nope",
                  "--items", "i1"]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err

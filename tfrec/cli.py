@@ -451,6 +451,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                    grpc.StatusCode.NOT_FOUND) else 1
     finally:
         client.close()
+    if rc.json:
+        listed = [{"rank": rank, "item_id": item, "score": float(score),
+                   "text": texts.get(item, "")} for rank, (item, score) in enumerate(results, 1)]
+        print(json.dumps({**({"user": user} if user is not None else {"session": items}),
+                          "fallback": bool(fallback),
+                          **({} if user is not None or fallback else {"unknown": unknown}),
+                          "items": listed}, ensure_ascii=False))
+        return 0
     if user is not None:
         print(f"user: {user}")
         if fallback:

@@ -927,6 +927,9 @@ class RecommendSettings(Settings):
                                       "line; spaces around an id removed, blank lines skipped, "
                                       "each id once; an id the model does not know gets the "
                                       "most popular items)", flag="--users")
+    json: bool = setting(False, "print the list as one JSON object (the user or session, "
+                                "each item's id, score and text, and whether the popular "
+                                "items stood in) instead of a table", flag="--json")
 
     @property
     def session(self) -> list[str]:
@@ -952,6 +955,9 @@ class RecommendSettings(Settings):
                 raise InputError("a Beam pipeline never replaces output shards: remove them or "
                                  "choose another recommend.out prefix",
                                  key=self.key("overwrite"))
+            if self.json:
+                raise InputError("json prints one list; all_users writes Parquet",
+                                 key=self.key("json"))
             return
         for name, what in (("runner", "all_users (a Beam pipeline)"), ("users", "all_users")):
             if getattr(self, name) is not None:
