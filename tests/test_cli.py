@@ -239,8 +239,15 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly(write, tmp_pat
     assert proc.returncode == 141 and stderr == ""
 
 
-def test_unknown_subcommand_and_help():
+def test_unknown_subcommand_and_help(capsys):
     assert run_cli("nonsense").returncode == 2
+    # A flag the command does not know is named, not a required flag the line lacks.
+    for argv, named in ((["export", "--bogus"], "unrecognized arguments: --bogus"),
+                        (["serve", "--bogus"], "unrecognized arguments: --bogus"),
+                        (["export"], "the following arguments are required: --model-dir")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and named in capsys.readouterr().err
     result = run_cli("prepare", "--help")
     assert result.returncode == 0 and "--config" in result.stdout and "--set" in result.stdout
     assert "sections data, model, train, ranking" in " ".join(result.stdout.split())

@@ -597,10 +597,52 @@ SUBCOMMANDS = (
 )
 
 
+class _ParseError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
+class _Parser(argparse.ArgumentParser):
+    """While `raising` (as `main` parses), raises its errors for `main` to report: a flag
+    the command does not know is then named before a required one it lacks (argparse
+    checks what is required first). Otherwise argparse's own."""
+
+    raising = False
+
+    def error(self, message):
+        if _Parser.raising:
+            raise _ParseError(self, message)
+        super().error(message)
+
+
+def _unknown_flags(parser: argparse.ArgumentParser, argv) -> list[str]:
+    """The flags in `argv` no parser knows, read with nothing required."""
+    actions = [action for command in _subparsers(parser).choices.values()
+               for action in command._actions]
+    required = [action for action in actions if action.required]
+    groups = [group for command in _subparsers(parser).choices.values()
+              for group in command._mutually_exclusive_groups if group.required]
+    for item in required + groups:
+        item.required = False
+    try:
+        _, extras = parser.parse_known_args(argv)
+    except _ParseError:
+        return []
+    finally:
+        for item in required + groups:
+            item.required = True
+    return [arg for arg in extras if arg.startswith("-")]
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tfrec import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tfrec", description="Item embeddings from behaviour and text, served with ANN.")
     parser.add_argument("--version", action="version", version=f"tfrec {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print results")
@@ -666,7 +708,18 @@ def set_native_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, pipeline_args = parser.parse_known_args(argv)
+    given_argv = sys.argv[1:] if argv is None else list(argv)
+    _Parser.raising = True
+    try:
+        args, pipeline_args = parser.parse_known_args(given_argv)
+    except _ParseError as err:
+        unknown = _unknown_flags(parser, given_argv) if "required" in err.message else []
+        message = (f"unrecognized arguments: {' '.join(unknown)}"
+                   if unknown and "--runner" not in given_argv else err.message)
+        _Parser.raising = False
+        err.parser.error(message)
+    finally:
+        _Parser.raising = False
     if pipeline_args and getattr(args, "recommend.runner", None) is None and getattr(
             args, "export.runner", None) is None:  # only Beam takes more
         parser.error(f"unrecognized arguments: {' '.join(pipeline_args)}")
