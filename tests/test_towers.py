@@ -423,3 +423,16 @@ def test_a_query_from_precomputed_item_vectors_equals_the_tower(tokenizer, pooli
     got = tower.from_item_vectors(history, vectors).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert np.abs(expected[0] - expected[1]).max() > 1e-3  # distinct queries
+
+
+def test_int64_indices_past_int32_do_not_wrap_round_to_an_item():
+    from tfrec.towers import ItemEncoder
+
+    encoder = ItemEncoder(10, 10, embedding_dim=4, use_ids=True, use_text=False, fusion="sum",
+                          text_share=0.5, id_dropout=0.0, text_gate=False, normalize=False,
+                          seed=1)
+    wide = encoder(tf.constant([2 ** 32 + 1, 1, 12], tf.int64)).numpy()
+    outside = encoder(tf.constant([12], tf.int32)).numpy()[0]
+    # 2**32 + 1 reads as an index outside the catalogue (as 12 does), not as item 1.
+    np.testing.assert_array_equal(wide[0], outside)
+    assert not np.array_equal(wide[0], wide[1])

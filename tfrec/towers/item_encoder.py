@@ -206,6 +206,12 @@ class ItemEncoder(keras.layers.Layer):
           the model lacks ids or text.
         """
         use_both = self.use_ids and self.use_text
+        item_index = tf.convert_to_tensor(item_index)
+        if item_index.dtype.size > 4:
+            # Wider indices saturate before the cast (2**32 + 1 wrapped round to item 1):
+            # one past the catalogue reads as any index outside it does.
+            item_index = tf.clip_by_value(item_index, tf.cast(-1, item_index.dtype),
+                                          tf.cast(self.num_items, item_index.dtype))
         item_index = tf.cast(item_index, tf.int32)
         shape = tf.shape(item_index)
         flat = tf.reshape(item_index, [-1])
