@@ -109,20 +109,44 @@ def test_a_serving_config_the_export_cannot_update_is_refused_before_a_version(
 
 
 def test_exports_writing_one_serving_config_at_once_keep_every_entry(tmp_path):
-    """Each write is a locked read-change-rename: no entry lost, never a half file."""
+    """Each write is a locked read-change-rename: no entry lost, never a half file. The
+    writers start together (each waits for the other to be ready), so their loops overlap."""
     from tfrec.exporter.saved_model import write_serving_config
 
-    code = ("import sys\nfrom tfrec.exporter.saved_model import write_serving_config\n"
-            "for i in range(40):\n"
-            "    write_serving_config(sys.argv[1], f'{sys.argv[2]}{i}', sys.argv[1] + '/m')\n")
-    writers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), name])
+    folder = tmp_path / "serving"
+    folder.mkdir()
+    code = ("import sys, time, pathlib\n"
+            "from tfrec.exporter.saved_model import write_serving_config\n"
+            "folder, name = pathlib.Path(sys.argv[1]), sys.argv[2]\n"
+            "(folder.parent / f'ready-{name}').touch()\n"
+            "while not (folder.parent / 'go').exists():\n"
+            "    time.sleep(0.001)\n"
+            "for i in range(150):\n"
+            "    write_serving_config(folder, f'{name}{i}', folder.parent / 'm' / name)\n")
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(folder), name])
                for name in ("a", "b")]
+    deadline = time.time() + 240
+    while not all((tmp_path / f"ready-{n}").exists() for n in "ab") and time.time() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
     assert [w.wait(timeout=300) for w in writers] == [0, 0]
-    names = {line.split('"')[1] for line in (tmp_path / "models.config").read_text().splitlines()
+    names = {line.split('"')[1] for line in (folder / "models.config").read_text().splitlines()
              if line.strip().startswith("name:")}
-    assert names == {f"{n}{i}" for n in "ab" for i in range(40)}
-    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
-    write_serving_config(tmp_path, "a0", tmp_path / "m")  # the same entry again: one
+    assert names == {f"{n}{i}" for n in "ab" for i in range(150)}
+    assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+    # A linked config is written where it lies (the link kept), and an entry naming the
+    # model folder through a link is the same folder.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "models.config").symlink_to(shared / "models.config")
+    (tmp_path / "m").mkdir(exist_ok=True)
+    (tmp_path / "m-link").symlink_to(tmp_path / "m")
+    write_serving_config(linked, "m", tmp_path / "m-link")
+    write_serving_config(linked, "m", tmp_path / "m")
+    assert (linked / "models.config").is_symlink()
+    assert str(tmp_path / "m") in (shared / "models.config").read_text()
 
 
 def test_scann_reloaded_in_a_fresh_process_matches_in_memory(exported):

@@ -17,6 +17,7 @@ import fcntl
 import functools
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -641,33 +642,38 @@ def _read_serving_config(path: Path):
 @contextlib.contextmanager
 def _serving_config_lock(folder: Path):
     """Holds the serving config folder's lock: one read-change-write at a time, across
-    processes (two exports of different models into one folder keep both entries)."""
+    processes (two exports of different models into one folder keep both entries). The
+    lock file is opened for reading (another user's lock file locks as well)."""
+    lock = folder / ".models.config.lock"
     try:
-        handle = open(folder / ".models.config.lock", "a")
+        handle = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
     except OSError as err:
-        raise InputError(f"cannot write in the serving config folder: {err.strerror}",
-                         path=str(folder)) from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        raise InputError(f"cannot lock the serving config: {err.strerror}",
+                         path=str(lock)) from None
+    try:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as err:  # a file system without locks (NFS mounted nolock)
+            raise InputError(f"cannot lock the serving config: {err.strerror}",
+                             path=str(lock)) from None
+        yield
+    finally:
+        os.close(handle)  # (closing releases the lock)
 
 
-def check_serving_config(folder: str | Path, model_name: str, model_dir: str | Path) -> None:
-    """Refuses, before a version is written, a serving config the export could not update:
-    a folder it cannot write in, a file that is not a model config, or an entry of the
-    same name serving another model folder (the export would move it to this one)."""
-    folder = ensure_folder(folder, "serving config folder")
-    path = folder / "models.config"
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise InputError("cannot write the serving config (permission denied)",
-                         path=str(path if path.exists() else folder))
-    config = _read_serving_config(path)
-    target = Path(model_dir).resolve()
+def _same_folder(base_path: str, target: Path) -> bool:
+    """Does a config entry's base path name the folder `target` (through links, or
+    relative to this process's folder, as the server resolves it)?"""
+    try:
+        return os.path.samefile(base_path, target)
+    except OSError:  # one of them does not exist (yet)
+        return Path(base_path).resolve() == target.resolve()
+
+
+def _check_entry(config, path: Path, model_name: str, target: Path) -> None:
     for entry in config.model_config_list.config:
-        if entry.name == model_name and entry.base_path and Path(entry.base_path) != target:
+        if entry.name == model_name and entry.base_path and not _same_folder(entry.base_path,
+                                                                             target):
             raise InputError(
                 f"it serves a model named {model_name!r} from {entry.base_path}; this export's "
                 f"model folder {target} has the same name, and would take its place: export "
@@ -675,12 +681,28 @@ def check_serving_config(folder: str | Path, model_name: str, model_dir: str | P
                 "--serving-config", path=str(path))
 
 
+def check_serving_config(folder: str | Path, model_name: str, model_dir: str | Path) -> None:
+    """Refuses, before a version is written, a serving config the export could not update:
+    a folder it cannot write in or lock, a file that is not a model config, or an entry of
+    the same name serving another model folder (the export would move it to this one)."""
+    folder = ensure_folder(folder, "serving config folder")
+    path = folder / "models.config"
+    real = path.resolve()  # a linked config is written where it lies
+    if not os.access(real.parent, os.W_OK) or (real.exists() and not os.access(real, os.W_OK)):
+        raise InputError("cannot write the serving config (permission denied)",
+                         path=str(real if real.exists() else real.parent))
+    with _serving_config_lock(folder):
+        _check_entry(_read_serving_config(path), path, model_name, Path(model_dir).resolve())
+
+
 def write_serving_config(folder: str | Path, model_name: str, model_dir: str | Path) -> Path:
     """Adds or updates the model in `folder/models.config`; writes batching.config if absent.
 
-    The file is replaced whole (written beside it, then renamed): a server polling it
-    never reads half of it. An entry of the same name is pointed at `model_dir`
-    (`check_serving_config` refuses that beforehand when it is another folder).
+    The file is replaced whole (written beside it, then renamed, its mode and owner kept
+    where this process may keep them): a server polling it never reads half of it. A
+    linked file is written where the link points. An entry of the same name serving
+    another folder is refused (`check_serving_config` refuses it before a version is
+    written too).
     """
     from google.protobuf import text_format
 
@@ -688,12 +710,14 @@ def write_serving_config(folder: str | Path, model_name: str, model_dir: str | P
     path = folder / "models.config"
     with _serving_config_lock(folder):
         config = _read_serving_config(path)
+        target = Path(model_dir).resolve()
+        _check_entry(config, path, model_name, target)
         entries = config.model_config_list.config
         entry = next((c for c in entries if c.name == model_name), None) or entries.add()
         entry.name = model_name
-        entry.base_path = str(Path(model_dir).resolve())
+        entry.base_path = str(target)
         entry.model_platform = "tensorflow"
-        _replace_file(path, text_format.MessageToString(config))
+        _replace_file(path.resolve(), text_format.MessageToString(config))
         batching = folder / "batching.config"
         if not batching.exists():
             _replace_file(batching, BatchingParameters().to_text())
@@ -701,9 +725,29 @@ def write_serving_config(folder: str | Path, model_name: str, model_dir: str | P
 
 
 def _replace_file(path: Path, text: str) -> None:
+    """Writes `path` whole: a temporary beside it, synced, renamed over it with the old
+    file's mode and owner. Where the owner cannot be kept (another user's file), the file
+    is written in place instead, as a shared config must stay writable by its owner."""
+    try:
+        old = path.stat()
+    except FileNotFoundError:
+        old = None
+    except OSError as err:
+        raise InputError(f"cannot read the serving config: {err.strerror}",
+                         path=str(path)) from None
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        temporary.write_text(text)
+        if old is not None and old.st_uid != os.geteuid() and os.geteuid() != 0:
+            path.write_text(text)  # another user's file: kept theirs
+            return
+        with open(temporary, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if old is not None:
+            os.chmod(temporary, stat.S_IMODE(old.st_mode))
+            if old.st_uid != os.geteuid() or old.st_gid != os.getegid():
+                os.chown(temporary, old.st_uid, old.st_gid)
         os.replace(temporary, path)
     except OSError as err:
         temporary.unlink(missing_ok=True)
