@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -311,10 +313,21 @@ class TestBadInput:
                 assert left == []
             else:
                 assert left == [f".recs.parquet{all_users.TMP_MARK}{proc.pid}"]
-        # The next job removes it whatever its own --out (dated names differ each day).
+        # A job of another --out (dated names differ each day) leaves it while it may be a
+        # live job's on another machine sharing the folder, and removes it a day on.
+        left = tmp_path / f".recs.parquet{all_users.TMP_MARK}{proc.pid}"
         all_users.recommend_all_users(base, tmp_path / "recs-2.parquet", k=2, version=1,
                                       progress=False)
-        assert [p.name for p in tmp_path.iterdir()] == ["recs-2.parquet"]
+        assert left.exists()
+        os.utime(left, (time.time() - all_users.STALE_SECONDS - 60,) * 2)
+        all_users.recommend_all_users(base, tmp_path / "recs-3.parquet", k=2, version=1,
+                                      progress=False)
+        assert not left.exists()
+        # The next job of the same --out removes it at once.
+        left.write_bytes(b"partial")
+        all_users.recommend_all_users(base, out, k=2, version=1, progress=False)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "recs-2.parquet", "recs-3.parquet", "recs.parquet"]
 
 
 class TestCommand:

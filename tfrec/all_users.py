@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 SIGNATURE = "recommend_for_user"
 TMP_MARK = ".tmp-recs-"
+# A temporary of another output name, its process gone here, unchanged this long: stale.
+STALE_SECONDS = 24 * 3600
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()),
                     ("item_id", pa.string()), ("score", pa.float32())])
 DEFAULT_BATCH_SIZE = RecommendSettings.batch_size
@@ -351,8 +353,11 @@ def recommend_all_users(model_dir: str | Path, out: str | Path,
         logger.warning("the users file %s lists no user id (every line is blank): the "
                        "output has no rows", listed)
     ensure_folder(out.parent if str(out.parent) else Path("."), "output folder")
-    # Any job's in this folder whose process is gone, whatever its --out was.
-    remove_stale_temporaries(out.parent, f".*{TMP_MARK}*")
+    # A job's whose process is gone: of this --out at once; of another --out (a dated
+    # name) once it has not changed for a day, since a job on another machine sharing the
+    # folder has a process id this machine does not know.
+    remove_stale_temporaries(out.parent, f".{out.name}{TMP_MARK}*")
+    remove_stale_temporaries(out.parent, f".*{TMP_MARK}*", older_than=STALE_SECONDS)
     logger.info("loading %s", version_dir)
     signature = load_user_recommender(version_dir)
     line = ProgressLine(total, "users") if progress is True else None

@@ -41,6 +41,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -346,14 +347,22 @@ def temporary_path(final: Path, mark: str) -> Path:
     return final.parent / f".{final.name}{mark}{os.getpid()}"
 
 
-def remove_stale_temporaries(folder: Path, pattern: str) -> list[Path]:
+def remove_stale_temporaries(folder: Path, pattern: str,
+                             older_than: float | None = None) -> list[Path]:
     """Removes the files or folders in `folder` matching `pattern` whose name ends in
-    the id of a process that is gone (a writer killed outright). Returns them."""
+    the id of a process that is gone (a writer killed outright), and, with `older_than`,
+    that have not changed for that many seconds. Returns them."""
     removed = []
     for path in Path(folder).glob(pattern):
         pid = path.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or _alive(int(pid)):
             continue
+        if older_than is not None:
+            try:
+                if time.time() - path.stat().st_mtime < older_than:
+                    continue
+            except OSError:
+                continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
