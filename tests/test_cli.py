@@ -359,8 +359,12 @@ def test_ctrl_c_is_interrupted_even_when_a_library_turns_it_into_another_error(
 
     # SIGTERM (a scheduler's stop, `kill`): the same clean stop, exit 143, named.
     def terminated(args):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises in here
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises in here
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # a second one does not cut the clean-up
+            time.sleep(0.1)
         return 0
 
     monkeypatch.setattr(cli, "SUBCOMMANDS", train_runs(terminated))

@@ -353,9 +353,8 @@ def test_list_weights_steer_the_fit_and_bad_ones_are_refused():
             fit_ranker(features, mask, labels, hidden_units=(4,), epochs=1, weights=bad)
     from tfrec.ranking.ranker import CandidateRanker
 
-    for units in ((), (4, 0)):
-        with pytest.raises(ValueError, match="hidden_units must name at least one layer"):
-            CandidateRanker(3, units)
+    with pytest.raises(ValueError, match="hidden_units must each be at least 1 wide"):
+        CandidateRanker(3, (4, 0))
 
 
 def test_ranker_learns_a_planted_signal():
@@ -404,7 +403,8 @@ def test_ranker_masks_padding_and_round_trips_its_config():
                                         "seed": 1}).members == 1
 
 
-@pytest.mark.parametrize("hidden_units,members", [((8,), 1), ((8, 4), 3), ((6, 5, 4), 2)])
+@pytest.mark.parametrize("hidden_units,members", [((8,), 1), ((8, 4), 3), ((6, 5, 4), 2),
+                                                  ((), 3)])  # (): linear members
 def test_the_folded_ranker_scores_as_the_ranker_does(hidden_units, members):
     # The serving graph's ranker: normalisation folded in, members' first and last
     # layers merged, reading its columns of a wider feature vector.

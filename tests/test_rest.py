@@ -368,6 +368,8 @@ def test_status_passes_version_and_label_through(make):
     # Percent-encoded, as a URL carries a name with a space or beyond ASCII: decoded.
     status, _, body = call(server, "GET", "/v1/models/%73hop/labels/st%61ble")
     assert status == 200 and [v["version"] for v in body["model_version_status"]] == ["1"]
+    status, _, body = call(server, "GET", "/v1/models/sh%FFop")
+    assert status == 400 and "not percent-encoded UTF-8" in body["error"]
 
 
 def test_predict_formats_and_keep_alive(make):

@@ -336,6 +336,11 @@ def test_recommend_command_prints_items_with_text(shared, capsys):
     assert listed["session"] == ["i1", "i2", "nope"] and listed["unknown"] == ["nope"]
     assert not listed["fallback"] and [e["rank"] for e in listed["items"]] == [1, 2, 3]
     assert listed["items"][0]["item_id"] == item and listed["items"][0]["text"]
+    assert main(["-q", "recommend", "--server", shared.target, "--model", "shop",
+                 "--items", "nope", "-k", "2", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["fallback"] and listed["unknown"] == ["nope"] and len(listed["items"]) == 2
+    assert listed["added_after_training"] == []
     assert main(["-q", "recommend", "--server", shared.target, "--model", "nope",
                  "--items", "i1"]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err

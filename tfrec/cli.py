@@ -452,12 +452,18 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     finally:
         client.close()
     if rc.json:
+        from tfrec.utils import json_ready
+
         listed = [{"rank": rank, "item_id": item, "score": float(score),
                    "text": texts.get(item, "")} for rank, (item, score) in enumerate(results, 1)]
-        print(json.dumps({**({"user": user} if user is not None else {"session": items}),
-                          "fallback": bool(fallback),
-                          **({} if user is not None or fallback else {"unknown": unknown}),
-                          "items": listed}, ensure_ascii=False))
+        about = {"user": user} if user is not None else {
+            "session": items,
+            # The session's ids the model could not read: every one under the fallback,
+            # those in the served catalogue (added after training) named apart.
+            "unknown": list(items) if fallback else unknown,
+            "added_after_training": [i for i in items if texts.get(i)] if fallback else []}
+        print(json.dumps(json_ready({**about, "fallback": bool(fallback), "items": listed}),
+                         ensure_ascii=False, allow_nan=False))
         return 0
     if user is not None:
         print(f"user: {user}")
@@ -805,6 +811,9 @@ def _noting_interrupts(interrupted: list):
         interrupted.append(signum)
         if signum == signal.SIGINT:
             signal.default_int_handler(signum, frame)
+        # A second SIGTERM (a process group's, a supervisor's repeat) would cut the
+        # clean-up short: the command is stopping already (SIGKILL still ends it).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt(f"signal {int(signum)}")
 
     previous = {}

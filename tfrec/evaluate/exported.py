@@ -35,7 +35,10 @@ class ExportedModel:
         if (index == 0).any() or len(ids) != vocab.size - 1:
             added = int(self.metadata.get("added_items") or 0)
             dropped = int(self.metadata.get("dropped_items") or 0)
-            if added or dropped:
+            # The catalogue's change, not another run: the ids the run does not know are
+            # the added ones, and the run's ids missing are the dropped ones.
+            if (added or dropped) and int((index == 0).sum()) == added and \
+                    len(ids) - added == vocab.size - 1 - dropped:
                 raise InputError(
                     f"the version's catalogue is not the run's: {added:,} items added and "
                     f"{dropped:,} dropped since training (tfrec export --add-items / "

@@ -143,11 +143,12 @@ class HybridModel(tfrs.Model):
                     if not value.dtype.is_integer:
                         raise ValueError(f"feature {name!r} holds item indices (integers), got "
                                          f"{value.dtype.name}")
+                    wide = tf.cast(value, tf.int64)  # (num_items wraps in int8 or uint8)
                     checks.append(tf.debugging.assert_non_negative(
-                        value, message=_unquoted(f"feature {name!r}, read by {reader}, holds "
-                                                 "a negative item index")))
+                        wide, message=_unquoted(f"feature {name!r}, read by {reader}, holds "
+                                                "a negative item index")))
                     checks.append(tf.debugging.assert_less(
-                        value, tf.cast(num_items, value.dtype),
+                        wide, tf.constant(num_items, tf.int64),
                         message=_unquoted(f"feature {name!r}, read by {reader}, holds an item "
                                           f"index outside the catalogue (0 to "
                                           f"{num_items - 1})")))
@@ -199,7 +200,7 @@ class HybridModel(tfrs.Model):
     def query_embeddings(self, history: np.ndarray, batch_size: int = 8192) -> np.ndarray:
         """[n, dim] query embeddings of [n, N] histories (0-padded on the left)."""
         history = np.asarray(history)
-        if history.size == 0:
+        if len(history) == 0:
             return np.zeros((0, self.embedding_dim), np.float32)
         if not np.issubdtype(history.dtype, np.integer):
             raise ValueError(f"histories hold item indices (integers), got {history.dtype}")

@@ -56,9 +56,9 @@ class CandidateRanker(tfrs.models.Model):
         super().__init__(**kwargs)
         self.num_features = int(num_features)
         self.hidden_units = tuple(int(u) for u in hidden_units)
-        if not self.hidden_units or min(self.hidden_units) < 1:
-            raise ValueError(f"hidden_units must name at least one layer, each at least 1 "
-                             f"wide, got {list(hidden_units)}")
+        if self.hidden_units and min(self.hidden_units) < 1:
+            raise ValueError(f"hidden_units must each be at least 1 wide (none: a linear "
+                             f"ranker), got {list(hidden_units)}")
         self.seed = seed
         self.members = int(members)
         if self.members < 1:
@@ -182,6 +182,10 @@ class FoldedRanker(tf.Module):
         members = [[(np.asarray(layer.kernel, np.float64), np.asarray(layer.bias, np.float64))
                     for layer in scorer.layers] for scorer in ranker.scorers()]
         self.members = len(members)
+        self.linear = len(members[0]) == 1  # no hidden layer: the mean of linear scores
+        if self.linear:
+            members = [[(np.mean([m[0][0] for m in members], axis=0),
+                         np.mean([m[0][1] for m in members], axis=0))]]
         first = np.concatenate([m[0][0] for m in members], axis=1)
         kernel = np.zeros((self.width, first.shape[1]))
         kernel[columns] = scale[:, None] * first
@@ -201,6 +205,8 @@ class FoldedRanker(tf.Module):
     def __call__(self, features):
         shape = tf.shape(features)
         x = tf.reshape(tf.cast(features, tf.float32), [-1, self.width])
+        if self.linear:
+            return tf.reshape(tf.matmul(x, self.first[0]) + self.first[1], shape[:2])
         h = tf.nn.relu(tf.matmul(x, self.first[0]) + self.first[1])
         if self.middle[0]:
             parts = tf.split(h, self.members, axis=1)

@@ -885,8 +885,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                f"Malformed request: {self.command} {path[:200]}")
         # A name or label a client percent-encoded (a space, a letter beyond ASCII), as
         # URLs carry them.
-        name, verb = urllib.parse.unquote(match["name"]), match["verb"]
-        label = None if match["label"] is None else urllib.parse.unquote(match["label"])
+        name, verb = _decoded(match["name"]), match["verb"]
+        label = None if match["label"] is None else _decoded(match["label"])
         version = int(match["version"]) if match["version"] else None
         if verb in (":classify", ":regress"):
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
@@ -1076,3 +1076,13 @@ class RestServer:
         join_until = time.monotonic() + 1.0
         for thread in threads:
             thread.join(max(0.0, join_until - time.monotonic()))
+
+
+def _decoded(part: str) -> str:
+    """A percent-encoded path part as text; escapes that are not UTF-8 are refused."""
+    try:
+        return urllib.parse.unquote(part, errors="strict")
+    except UnicodeDecodeError:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"the path's {reprlib.repr(part)} is not percent-encoded UTF-8") \
+            from None
