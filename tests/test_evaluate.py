@@ -625,3 +625,29 @@ def test_an_export_of_another_run_is_warned_about(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="tfrec.evaluate.runner"):
         message = warn_if_another_run(version, tmp_path / "b")
     assert message and "was made from the run" in message and message in caplog.text
+
+
+def test_top_k_items_holds_one_chunk_of_scores_at_a_time():
+    """Each chunk's [chunk, V] partition is let go once its top k is taken (the top k's
+    slices held every chunk's whole partition: memory as queries x items)."""
+    import tracemalloc
+
+    from tfrec.metrics import top_k_items
+
+    rng = np.random.default_rng(0)
+    queries, items = rng.normal(size=(2000, 8)), rng.normal(size=(5000, 8))
+    valid = np.ones(5000, bool)
+    exclude = [[i % 5000] for i in range(2000)]
+    tracemalloc.start()
+    try:
+        top = top_k_items(queries, items, exclude, valid, 10, chunk=100)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # One chunk's scores and partition: 100 x 5,000 x 8 bytes twice, 8 MB; every chunk's
+    # partitions would be 80 MB.
+    assert peak < 30e6, peak
+    scores = queries @ items.T
+    scores[np.arange(2000), [e[0] for e in exclude]] = -np.inf
+    expected = np.sort(np.argsort(-scores, axis=1)[:, :10], axis=1)
+    np.testing.assert_array_equal(np.sort(top, axis=1), expected)

@@ -104,7 +104,8 @@ def top_k_items(query_emb: np.ndarray, item_emb: np.ndarray, exclude: list, vali
         scores[:, ~valid] = -np.inf
         for row, own in enumerate(exclude[start:start + chunk]):
             scores[row, own] = -np.inf
-        out.append(np.argpartition(-scores, k - 1, axis=1)[:, :k])
+        # A copy: the slice alone would hold the chunk's whole [chunk, V] partition.
+        out.append(np.argpartition(-scores, k - 1, axis=1)[:, :k].copy())
     return np.concatenate(out)
 
 
