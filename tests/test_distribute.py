@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -97,6 +98,9 @@ def test_cluster_worker_reads_tf_config():
     (tf_config({"worker": ["a:1", "b:1"]}, index=2), "task index 2 is out of range"),
     (tf_config({"worker": ["a:1"]}, task_type="chief"), "task type 'chief' is not a job"),
     (tf_config({"chief": ["a:1", "b:1"]}, task_type="chief"), "at most one chief"),
+    # Two tasks on one address wait for each other for ever.
+    (tf_config({"chief": ["a:1"], "worker": ["b:1", "a:1"]}, task_type="chief"),
+     "address a:1 is given to two tasks"),
 ])
 def test_bad_tf_config_is_a_clear_error(value, expected):
     environ = {} if value is None else {"TF_CONFIG": value}
@@ -409,3 +413,31 @@ def test_evaluate_trains_the_variants_of_a_multi_worker_run_in_one_process(tmp_p
     config = load_run_config(write_config(tmp_path, data_files, "multi_worker"))
     assert TextOff().fit(EvaluationRun(tmp_path, config, None, 10)).model == "model"
     assert trained[0].train.strategy == "default" and not trained[0].model.use_text
+
+
+def test_a_worker_waiting_for_its_cluster_stops_on_ctrl_c(tmp_path, data_files):
+    """TensorFlow waits for the other workers in C++, where Python's handlers never run:
+    Ctrl-C then ends the process (it was stopped by SIGKILL alone). (SIGTERM is
+    TensorFlow's own under multi_worker: its coordination service takes it as a notice
+    of preemption.)"""
+    config = write_config(tmp_path, data_files, "multi_worker")
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": addresses},
+                                                 "task": {"type": "worker", "index": 0}}))
+    proc = subprocess.Popen([sys.executable, "-m", "tfrec", "train", "--config", str(config),
+                             "--run-dir", str(tmp_path / "run")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            text=True)
+    try:
+        lines = []
+        for line in proc.stderr:  # the worker says what it waits for
+            lines.append(line)
+            if "waiting for every task of the cluster" in line:
+                break
+        assert proc.poll() is None, "".join(lines)
+        time.sleep(2)  # into TensorFlow's wait
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == -signal.SIGINT
+    finally:
+        proc.kill()
+        proc.wait()

@@ -17,14 +17,19 @@ run folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
+import signal
 from collections.abc import Mapping
 from typing import Any
 
 from tfrec.config import STRATEGIES, choices_text
 from tfrec.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 _TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                       '"task": {"type": "worker", "index": 0}}\'')
@@ -119,6 +124,11 @@ def parse_tf_config(spec: Any) -> Worker:
             raise _bad_tf_config(f"cluster job {job!r} must be a list of \"host:port\" "
                                  f"addresses, got {addresses!r}")
     chiefs, workers = cluster.get("chief", []), cluster.get("worker", [])
+    every = chiefs + workers
+    twice = sorted({a for a in every if every.count(a) > 1})
+    if twice:
+        raise _bad_tf_config(f"address {twice[0]} is given to two tasks (each task listens "
+                             "on its own address)")
     if len(chiefs) > 1:
         raise _bad_tf_config(f"a cluster has at most one chief, got {len(chiefs)}")
     task_type, task_index = task.get("type"), task.get("index", 0)
@@ -161,8 +171,14 @@ def create_strategy(strategy: str):
     # Ring all-reduce works on CPUs and GPUs alike (NCCL needs GPUs).
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    logger.info("multi_worker: waiting for every task of the cluster to start (TF_CONFIG); "
+                "Ctrl-C stops this one meanwhile")
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        # TensorFlow waits for the cluster in C++, where Python's signal handlers never
+        # run: meanwhile Ctrl-C ends the process (nothing is written yet). SIGTERM is
+        # TensorFlow's own from here on (its coordination service's preemption notice).
+        with _signals_end_the_process():
+            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except RuntimeError as err:
         if "startup" not in str(err) and "initialized" not in str(err):
             raise
@@ -170,6 +186,22 @@ def create_strategy(strategy: str):
             "train.strategy 'multi_worker' must be set up before TensorFlow runs any op in "
             "this process: run `tfrec train` (or call tfrec.training.train) in a fresh process"
         ) from err
+
+
+@contextlib.contextmanager
+def _signals_end_the_process():
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, signal.SIG_DFL)
+    except ValueError:  # not the main thread: left alone
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _is_address(address: str) -> bool:
