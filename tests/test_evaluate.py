@@ -551,6 +551,10 @@ def test_evaluate_an_exported_version_matches_its_run(versions, report, tmp_path
     assert exported["index_recall"]["recall"]["10"] > 0.5
     assert cli.main(["evaluate", "--saved-model", str(tmp_path)]) == 2
     assert "tfrec: error:" in capsys.readouterr().err
+    # A version that is not there: said so (it blamed the metadata).
+    assert cli.main(["evaluate", "--saved-model", str(version.path.parent / "7")]) == 2
+    err = capsys.readouterr().err
+    assert "not a SavedModel folder (no saved_model.pb)" in err and "metadata" not in err
     # A model folder for a version: named as such (it blamed metadata that is not there).
     assert cli.main(["evaluate", "--saved-model", str(version.path.parent)]) == 2
     assert (f"it is a model folder: give a version folder, e.g. {version.path}"

@@ -487,7 +487,8 @@ class RankingConfig(Settings):
         check=integer_at_least(0))
     validation_share: float = setting(
         0.2, "share of the ranker's cases held out of its fit to measure it on (validation "
-             "HR@K in the run's ranking.json, a warning when the ranker is under the "
+             "HR@K in the run's ranking/stage.json and eval.json, a warning when the ranker "
+             "is under the "
              "table alone); choose N and the ranker's settings by it, never by the test "
              "cases", check=within(0, 1, "[)"))
     num_candidates: int = setting(

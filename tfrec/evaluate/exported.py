@@ -141,6 +141,8 @@ def run_of_export(path: Path) -> Path:
             raise InputError(f"it is a model folder: give a version folder, e.g. "
                              f"{Path(path) / str(versions[-1])}", path=str(path),
                              key="evaluate.saved_model")
+        raise InputError(f"not a SavedModel folder (no {VersionFolder.saved_model.name})",
+                         path=str(path), key="evaluate.saved_model")
     try:
         run = VersionFolder(path).read_metadata()["run"]
     except (InputError, KeyError):

@@ -37,8 +37,9 @@ def train(config: RunConfig | None, run_dir: str | Path, resume: bool = False,
     """Trains a run: the two-tower, then (with `ranking.enabled`) the ranking stage.
 
     Arguments and errors are `tfrec.training.train`'s, and `ranking`: the ranking
-    stage's settings in place of the config's. With `resume`, `config` (None: the
-    run's saved one) and `ranking` may change only what a resume can
+    stage's settings in place of the config's; but with `resume` a given `config` is
+    not ignored: `config` (None: the run's saved one) and `ranking` may change only
+    what a resume can
     (`tfrec.training.resume_changes`: the epochs, the strategy, the ranking stage's
     settings, which refit the stage and which the run's saved config then takes);
     any other difference from the saved config is refused, naming it. The result's
