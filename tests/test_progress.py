@@ -93,8 +93,12 @@ def test_known_steps_per_epoch():
     assert known_steps_per_epoch(data, ("next_items",)) == 8  # the last batch short
     assert known_steps_per_epoch(data, ("next_items", "pairs"), steps_per_epoch=3) == 3
     assert known_steps_per_epoch(data, ("pairs", "next_items")) is None  # subsampled pairs
-    # 2 workers: 7 full batches, 3 each, one dataset element of 2 per step.
-    assert known_steps_per_epoch(data, ("next_items",), num_shards=2) == 1
+    # 2 workers: 7 full batches, 3 each, one dataset element of 2, which each worker steps
+    # through batch by batch (`tfrec.data.shard`): 2 steps (the bar counted 1).
+    assert known_steps_per_epoch(data, ("next_items",), num_shards=2) == 2
+    # A cap of 3 steps: rounded up to whole elements of 2, 4 steps (of 28 batches' 6).
+    assert known_steps_per_epoch(Stub(28 * 128, 128), ("next_items",), steps_per_epoch=3,
+                                 num_shards=2) == 4
 
 
 def test_the_known_steps_are_the_steps_an_epoch_runs(tmp_path):

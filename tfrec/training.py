@@ -133,12 +133,15 @@ def known_steps_per_epoch(data: TrainingData, streams: Sequence[str],
     if not streams or streams[0] != "next_items" or data.next_items is None:
         return None
     examples, batch = data.next_items.num_examples, data.next_items.batch_size
-    # One worker: every batch, the last one short. n workers: full batches only, each
-    # worker keeping every n-th, n of them per dataset element (`tfrec.data.shard`).
-    steps = -(-examples // batch) if num_shards == 1 else examples // batch // num_shards ** 2
+    if num_shards == 1:  # every batch, the last one short
+        steps = -(-examples // batch)
+        return min(steps, steps_per_epoch) if steps_per_epoch else steps
+    # n workers: full batches only, each worker keeping every n-th, n of them per dataset
+    # element, and stepping through the n of each element itself (`tfrec.data.shard`).
+    elements = examples // batch // num_shards ** 2
     if steps_per_epoch:
-        steps = min(steps, math.ceil(steps_per_epoch / num_shards))
-    return steps
+        elements = min(elements, math.ceil(steps_per_epoch / num_shards))
+    return elements * num_shards
 
 
 class RunProgress(keras.callbacks.ProgbarLogger):
