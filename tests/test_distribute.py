@@ -424,10 +424,13 @@ def test_a_worker_waiting_for_its_cluster_stops_on_ctrl_c(tmp_path, data_files):
     addresses = [f"127.0.0.1:{p}" for p in free_ports(2)]
     env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": addresses},
                                                  "task": {"type": "worker", "index": 0}}))
+    # (SIGINT as a terminal's process has it: a test runner's worker may ignore it, and a
+    # child inherits that.)
     proc = subprocess.Popen([sys.executable, "-m", "tfrec", "train", "--config", str(config),
                              "--run-dir", str(tmp_path / "run")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
         for line in proc.stderr:  # the worker says what it waits for
