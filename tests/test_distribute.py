@@ -418,8 +418,8 @@ def test_evaluate_trains_the_variants_of_a_multi_worker_run_in_one_process(tmp_p
 def test_a_worker_waiting_for_its_cluster_stops_on_ctrl_c(tmp_path, data_files):
     """TensorFlow waits for the other workers in C++, where Python's handlers never run:
     Ctrl-C then ends the process (it was stopped by SIGKILL alone). (SIGTERM is
-    TensorFlow's own under multi_worker: its coordination service takes it as a notice
-    of preemption.)"""
+    TensorFlow's while it waits: its coordination service takes it as a notice of
+    preemption.)"""
     config = write_config(tmp_path, data_files, "multi_worker")
     addresses = [f"127.0.0.1:{p}" for p in free_ports(2)]
     env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": addresses},

@@ -176,7 +176,8 @@ def create_strategy(strategy: str):
     try:
         # TensorFlow waits for the cluster in C++, where Python's signal handlers never
         # run: meanwhile Ctrl-C ends the process (nothing is written yet). SIGTERM is
-        # TensorFlow's own from here on (its coordination service's preemption notice).
+        # TensorFlow's meanwhile (its coordination service's preemption notice); the
+        # handlers put back afterwards take it back (a SIGTERM then stops training).
         with _signals_end_the_process():
             return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except RuntimeError as err:
