@@ -222,6 +222,24 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
         capsys.readouterr().err)
 
 
+def test_a_run_stopped_before_its_first_epoch_is_told_to_start_again(tmp_path, data_files,
+                                                                     capsys):
+    """A run that died before a checkpoint (a full disk, a kill) has nothing to resume:
+    both the plain command and --resume say to start it again with --overwrite."""
+    from tfrec.run_folder import RunFolder
+
+    config = write_config(tmp_path, data_files, epochs=1)
+    run = tmp_path / "run"
+    RunFolder(run).path.mkdir()
+    RunFolder(run).write_config(load_run_config(config))
+    (run / "checkpoints").mkdir()
+    assert main(["-q", "train", "--config", str(config), "--run-dir", str(run)]) == 2
+    assert ("run folder exists, with no finished epoch (a run stopped before its first): "
+            "start it again with training.overwrite (--overwrite)") in capsys.readouterr().err
+    assert main(["-q", "train", "--run-dir", str(run), "--resume"]) == 2
+    assert "start it again with --overwrite: nothing trained is lost" in capsys.readouterr().err
+
+
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         tmp_path, data_files, monkeypatch):
     import tensorflow as tf

@@ -556,6 +556,14 @@ def prepare_run_folder(run_dir: Path, config: RunConfig, worker: distribute.Work
                          key="training.run_dir")
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
+            folder = RunFolder(run_dir)
+            if folder.is_run() and not any(folder.checkpoints.glob("ckpt-*.index")):
+                # A run stopped before its first epoch: nothing trained to resume.
+                raise InputError("run folder exists, with no finished epoch (a run stopped "
+                                 "before its first): start it again with training.overwrite "
+                                 "(nothing trained is lost), or choose another "
+                                 "training.run_dir", path=str(run_dir),
+                                 key="training.run_dir")
             raise InputError("run folder exists and is not empty; resume it with training.resume, "
                              "replace it with training.overwrite, or choose another "
                              "training.run_dir", path=str(run_dir), key="training.run_dir")
