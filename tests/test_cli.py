@@ -358,6 +358,8 @@ def test_ctrl_c_is_interrupted_even_when_a_library_turns_it_into_another_error(
                                        "run from its last checkpoint)\n")
 
     # SIGTERM (a scheduler's stop, `kill`): the same clean stop, exit 143, named.
+    cleaned = []
+
     def terminated(args):
         try:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -365,12 +367,14 @@ def test_ctrl_c_is_interrupted_even_when_a_library_turns_it_into_another_error(
         finally:
             os.kill(os.getpid(), signal.SIGTERM)  # a second one does not cut the clean-up
             time.sleep(0.1)
+            cleaned.append(True)
         return 0
 
     monkeypatch.setattr(cli, "SUBCOMMANDS", train_runs(terminated))
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         assert cli.main(["-q", "train", "--run-dir", "x"]) == 143
+        assert cleaned == [True]
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -143,10 +143,17 @@ def test_exports_writing_one_serving_config_at_once_keep_every_entry(tmp_path):
     (linked / "models.config").symlink_to(shared / "models.config")
     (tmp_path / "m").mkdir(exist_ok=True)
     (tmp_path / "m-link").symlink_to(tmp_path / "m")
-    write_serving_config(linked, "m", tmp_path / "m-link")
     write_serving_config(linked, "m", tmp_path / "m")
     assert (linked / "models.config").is_symlink()
     assert str(tmp_path / "m") in (shared / "models.config").read_text()
+    assert (shared / ".models.config.lock").exists()  # the lock beside the file itself
+    # An entry naming the model folder through a link (an operator switches it) keeps
+    # its path.
+    config_file = shared / "models.config"
+    config_file.write_text(config_file.read_text().replace(str(tmp_path / "m"),
+                                                           str(tmp_path / "m-link")))
+    write_serving_config(linked, "m", tmp_path / "m")
+    assert str(tmp_path / "m-link") in (shared / "models.config").read_text()
 
 
 def test_scann_reloaded_in_a_fresh_process_matches_in_memory(exported):

@@ -234,8 +234,9 @@ def test_a_run_stopped_before_its_first_epoch_is_told_to_start_again(tmp_path, d
     RunFolder(run).write_config(load_run_config(config))
     (run / "checkpoints").mkdir()
     assert main(["-q", "train", "--config", str(config), "--run-dir", str(run)]) == 2
-    assert ("run folder exists, with no finished epoch (a run stopped before its first): "
-            "start it again with training.overwrite (--overwrite)") in capsys.readouterr().err
+    assert ("run folder exists, with no finished epoch (a run stopped before its first, or "
+            "one still in it): unless it is training now, start it again with "
+            "training.overwrite (--overwrite)") in capsys.readouterr().err
     assert main(["-q", "train", "--run-dir", str(run), "--resume"]) == 2
     assert "start it again with --overwrite: nothing trained is lost" in capsys.readouterr().err
 

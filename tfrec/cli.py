@@ -720,8 +720,9 @@ def main(argv: list[str] | None = None) -> int:
         args, pipeline_args = parser.parse_known_args(given_argv)
     except _ParseError as err:
         unknown = _unknown_flags(parser, given_argv) if "required" in err.message else []
+        runner = any(a == "--runner" or a.startswith("--runner=") for a in given_argv)
         message = (f"unrecognized arguments: {' '.join(unknown)}"
-                   if unknown and "--runner" not in given_argv else err.message)
+                   if unknown and not runner else err.message)
         _Parser.raising = False
         err.parser.error(message)
     finally:
@@ -809,11 +810,11 @@ def _noting_interrupts(interrupted: list):
     handler meanwhile."""
     def handler(signum, frame):
         interrupted.append(signum)
+        # A SIGTERM now (a process group's, a supervisor's repeat) would cut the clean-up
+        # short: the command is stopping already (SIGKILL still ends it).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if signum == signal.SIGINT:
             signal.default_int_handler(signum, frame)
-        # A second SIGTERM (a process group's, a supervisor's repeat) would cut the
-        # clean-up short: the command is stopping already (SIGKILL still ends it).
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt(f"signal {int(signum)}")
 
     previous = {}

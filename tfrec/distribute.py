@@ -171,8 +171,9 @@ def create_strategy(strategy: str):
     # Ring all-reduce works on CPUs and GPUs alike (NCCL needs GPUs).
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.RING)
-    logger.info("multi_worker: waiting for every task of the cluster to start (TF_CONFIG); "
-                "Ctrl-C stops this one meanwhile")
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    logger.info("multi_worker: waiting for every task of the cluster to start (TF_CONFIG)%s",
+                "" if ignored else "; Ctrl-C stops this one meanwhile")
     try:
         # TensorFlow waits for the cluster in C++, where Python's signal handlers never
         # run: meanwhile Ctrl-C ends the process (nothing is written yet). SIGTERM is
@@ -202,7 +203,10 @@ def _signals_end_the_process():
         yield
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            # A Python handler (tfrec's commands'): put back, taking SIGTERM back from
+            # TensorFlow. Otherwise TensorFlow's, installed meanwhile, stays.
+            if callable(handler):
+                signal.signal(sig, handler)
 
 
 def _is_address(address: str) -> bool:

@@ -557,10 +557,12 @@ def prepare_run_folder(run_dir: Path, config: RunConfig, worker: distribute.Work
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             folder = RunFolder(run_dir)
-            if folder.is_run() and not any(folder.checkpoints.glob("ckpt-*.index")):
+            if (folder.is_run() and not any(folder.checkpoints.glob("ckpt-*.index"))
+                    and not folder.history_file.exists() and not folder.eval_file.exists()):
                 # A run stopped before its first epoch: nothing trained to resume.
                 raise InputError("run folder exists, with no finished epoch (a run stopped "
-                                 "before its first): start it again with training.overwrite "
+                                 "before its first, or one still in it): unless it is "
+                                 "training now, start it again with training.overwrite "
                                  "(nothing trained is lost), or choose another "
                                  "training.run_dir", path=str(run_dir),
                                  key="training.run_dir")

@@ -642,11 +642,17 @@ def _read_serving_config(path: Path):
 @contextlib.contextmanager
 def _serving_config_lock(folder: Path):
     """Holds the serving config folder's lock: one read-change-write at a time, across
-    processes (two exports of different models into one folder keep both entries). The
-    lock file is opened for reading (another user's lock file locks as well)."""
+    processes (two exports of different models into one folder keep both entries). It
+    lies beside the config file itself (a linked config: beside its target, so that
+    folders linking one file share one lock)."""
     lock = folder / ".models.config.lock"
     try:
-        handle = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+        # Read-write where it may (NFS locks only a file open for writing); read-only
+        # where the lock file is another user's (a local lock works on that too).
+        try:
+            handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:
+            handle = os.open(lock, os.O_RDONLY)
     except OSError as err:
         raise InputError(f"cannot lock the serving config: {err.strerror}",
                          path=str(lock)) from None
@@ -662,8 +668,8 @@ def _serving_config_lock(folder: Path):
 
 
 def _same_folder(base_path: str, target: Path) -> bool:
-    """Does a config entry's base path name the folder `target` (through links, or
-    relative to this process's folder, as the server resolves it)?"""
+    """Does a config entry's base path name the folder `target` (through links; a
+    relative one read from this process's folder, as a server started here reads it)?"""
     try:
         return os.path.samefile(base_path, target)
     except OSError:  # one of them does not exist (yet)
@@ -691,16 +697,17 @@ def check_serving_config(folder: str | Path, model_name: str, model_dir: str | P
     if not os.access(real.parent, os.W_OK) or (real.exists() and not os.access(real, os.W_OK)):
         raise InputError("cannot write the serving config (permission denied)",
                          path=str(real if real.exists() else real.parent))
-    with _serving_config_lock(folder):
+    with _serving_config_lock(real.parent):
         _check_entry(_read_serving_config(path), path, model_name, Path(model_dir).resolve())
 
 
 def write_serving_config(folder: str | Path, model_name: str, model_dir: str | Path) -> Path:
     """Adds or updates the model in `folder/models.config`; writes batching.config if absent.
 
-    The file is replaced whole (written beside it, then renamed, its mode and owner kept
-    where this process may keep them): a server polling it never reads half of it. A
-    linked file is written where the link points. An entry of the same name serving
+    The file is replaced whole (written beside it, then renamed, its mode and owner
+    kept): a server polling it never reads half of it. Another user's file, whose owner
+    this process cannot keep, is written in place instead (as before locking). A linked
+    file is written where the link points. An entry of the same name serving
     another folder is refused (`check_serving_config` refuses it before a version is
     written too).
     """
@@ -708,14 +715,18 @@ def write_serving_config(folder: str | Path, model_name: str, model_dir: str | P
 
     folder = ensure_folder(folder, "serving config folder")
     path = folder / "models.config"
-    with _serving_config_lock(folder):
+    with _serving_config_lock(path.resolve().parent):
         config = _read_serving_config(path)
         target = Path(model_dir).resolve()
         _check_entry(config, path, model_name, target)
         entries = config.model_config_list.config
-        entry = next((c for c in entries if c.name == model_name), None) or entries.add()
-        entry.name = model_name
-        entry.base_path = str(target)
+        entry = next((c for c in entries if c.name == model_name), None)
+        if entry is None:
+            entry = entries.add()
+            entry.name = model_name
+            entry.base_path = str(target)
+        # (An entry of the model keeps its own base path: it names this folder, maybe
+        # through a link an operator switches.)
         entry.model_platform = "tensorflow"
         _replace_file(path.resolve(), text_format.MessageToString(config))
         batching = folder / "batching.config"

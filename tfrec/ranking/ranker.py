@@ -57,8 +57,8 @@ class CandidateRanker(tfrs.models.Model):
         self.num_features = int(num_features)
         self.hidden_units = tuple(int(u) for u in hidden_units)
         if self.hidden_units and min(self.hidden_units) < 1:
-            raise ValueError(f"hidden_units must each be at least 1 wide (none: a linear "
-                             f"ranker), got {list(hidden_units)}")
+            raise ValueError(f"hidden_units must each be at least 1 wide, got "
+                             f"{list(hidden_units)}")
         self.seed = seed
         self.members = int(members)
         if self.members < 1:
