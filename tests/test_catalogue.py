@@ -213,11 +213,17 @@ def test_a_scann_update_rebuilds_and_checks_the_index(shared_versions, tmp_path,
     assert meta["recall_queries"] == min(1000, first.metadata["users"])
 
 
-def test_command_line_add_and_drop(versions, tmp_path, capsys):
-    base, _, _, after, _ = versions
+def model_folder_of(version, tmp_path) -> Path:
+    """A model folder of its own whose newest version is `version` (linked as 3)."""
     model_dir = tmp_path / "shop"
     model_dir.mkdir()
-    (model_dir / "3").symlink_to(after.path)
+    (model_dir / "3").symlink_to(version.path)
+    return model_dir
+
+
+def test_command_line_add_and_drop(versions, tmp_path, capsys):
+    base, _, _, after, _ = versions
+    model_dir = model_folder_of(after, tmp_path)
     items = tmp_path / "more.csv"
     items.write_text("item_id,text,market\nnew-d,blue lamp,UK\nnew-a,x,UK\n")
     assert main(["-q", "export", "--model-dir", str(model_dir), "--add-items", str(items),
@@ -247,6 +253,13 @@ def test_command_line_add_and_drop(versions, tmp_path, capsys):
     assert meta["versions_not_carried"]["versions"] == [4]
     ids, _ = embeddings_of(model_dir / "5")
     assert "new-d" not in ids and "i9" not in ids
+    # An id an earlier version dropped already: said so, beside one never there.
+    drop.write_text("i9\nno-such-item\n")
+    assert main(["-q", "export", "--model-dir", str(model_dir), "--drop-items", str(drop),
+                 "--no-serving-config"]) == 2
+    assert ("2 id(s) to drop are not in the catalogue (first: 'i9'); 1 of them trained items "
+            "an earlier version dropped already (first: 'i9')") in capsys.readouterr().err
+    assert not (model_dir / "6").exists()
 
 
 def test_an_update_of_an_older_export_reads_its_index_key(versions, tmp_path):
@@ -430,18 +443,3 @@ def test_evaluating_a_version_with_a_changed_catalogue_names_the_change(versions
         err = capsys.readouterr().err
         assert f"the version's catalogue is not the run's: {counts} since training" in err
         assert "another run" not in err
-
-
-def test_dropping_an_item_an_earlier_version_dropped_says_so(versions, tmp_path, capsys):
-    _, _, _, after, _ = versions
-    model_dir = tmp_path / "shop"
-    model_dir.mkdir()
-    (model_dir / "3").symlink_to(after.path)
-    ids = tmp_path / "again.txt"
-    ids.write_text("i7\nno-such-item\n")
-    assert main(["-q", "export", "--model-dir", str(model_dir), "--drop-items", str(ids),
-                 "--no-serving-config"]) == 2
-    err = capsys.readouterr().err
-    assert ("2 id(s) to drop are not in the catalogue (first: 'i7'); 1 of them trained items "
-            "an earlier version dropped already (first: 'i7')") in err
-    assert sorted(p.name for p in model_dir.iterdir()) == ["3"]

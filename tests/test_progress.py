@@ -101,16 +101,21 @@ def test_known_steps_per_epoch():
                                  num_shards=2) == 4
 
 
-def test_the_known_steps_are_the_steps_an_epoch_runs(tmp_path):
+def retrieval_data(folder):
+    """The training data of a small generated click log, retrieval batches of 100."""
     from tfrec.data.synthetic import event_files_settings, write_event_files
     from tfrec.run import load_run_config, prepare_training_data
+
+    files = write_event_files(folder, 3000, 60, num_users=300, num_clusters=4, seed=1)
+    return prepare_training_data(load_run_config(None, [
+        *event_files_settings(*files), "model.use_text=false",
+        "train.retrieval_batch_size=100", "train.split_fraction=0.1"]))
+
+
+def test_the_known_steps_are_the_steps_an_epoch_runs(tmp_path):
     from tfrec.training import make_dataset
 
-    files = write_event_files(tmp_path, 3000, 60, num_users=300, num_clusters=4, seed=1)
-    config = load_run_config(None, [*event_files_settings(*files), "model.use_text=false",
-                                    "train.retrieval_batch_size=100",
-                                    "train.split_fraction=0.1"])
-    data = prepare_training_data(config)
+    data = retrieval_data(tmp_path)
     for cap in (None, 7):
         steps = known_steps_per_epoch(data, ("next_items",), cap)
         data.next_items.set_epoch(0)
@@ -120,15 +125,9 @@ def test_the_known_steps_are_the_steps_an_epoch_runs(tmp_path):
 
 def test_the_pair_stream_may_follow_the_retrieval_stream(tmp_path):
     """Streams zip in the model's task order: the pairs repeat after the next items."""
-    from tfrec.data.synthetic import event_files_settings, write_event_files
-    from tfrec.run import load_run_config, prepare_training_data
     from tfrec.training import make_dataset
 
-    files = write_event_files(tmp_path, 3000, 60, num_users=300, num_clusters=4, seed=1)
-    config = load_run_config(None, [*event_files_settings(*files), "model.use_text=false",
-                                    "train.retrieval_batch_size=100",
-                                    "train.split_fraction=0.1"])
-    data = prepare_training_data(config)
+    data = retrieval_data(tmp_path)
     steps = known_steps_per_epoch(data, ("next_items",))
     elements = list(make_dataset(data, ("next_items", "pairs")))
     assert len(elements) == steps > 1
