@@ -24,7 +24,7 @@ from tfrec.config import (RUN_SECTIONS, EvaluateSettings, ExportSettings, IndexC
                           TrainingSettings, section_prefix, setting_of, settings)
 from tfrec.errors import InputError
 from tfrec.run_folder import ReportFolder, RunFolder
-from tfrec.utils import VERBOSE_ENV
+from tfrec.utils import VERBOSE_ENV, swapped_signal_handlers
 
 logger = logging.getLogger("tfrec")
 
@@ -817,20 +817,12 @@ def _noting_interrupts(interrupted: list):
             signal.default_int_handler(signum, frame)
         raise KeyboardInterrupt(f"signal {int(signum)}")
 
-    previous = {}
-    for sig, default in ((signal.SIGINT, signal.default_int_handler),
-                         (signal.SIGTERM, signal.SIG_DFL)):
-        try:
-            if signal.getsignal(sig) is not default:
-                continue  # handled (or ignored, a background job's SIGINT) elsewhere
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: left alone
-            continue
-    try:
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    # Where the default is only: a handler set elsewhere (or a background job's ignored
+    # SIGINT) stays.
+    with swapped_signal_handlers(
+            lambda signum, current: handler if current is defaults[signum] else None):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 if __name__ == "__main__":

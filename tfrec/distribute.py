@@ -17,7 +17,6 @@ run folder.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -28,6 +27,7 @@ from typing import Any
 
 from tfrec.config import STRATEGIES, choices_text
 from tfrec.errors import InputError
+from tfrec.utils import swapped_signal_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -190,23 +190,13 @@ def create_strategy(strategy: str):
         ) from err
 
 
-@contextlib.contextmanager
 def _signals_end_the_process():
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                previous[sig] = signal.signal(sig, signal.SIG_DFL)
-    except ValueError:  # not the main thread: left alone
-        pass
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            # A Python handler (tfrec's commands'): put back, taking SIGTERM back from
-            # TensorFlow. Otherwise TensorFlow's, installed meanwhile, stays.
-            if callable(handler):
-                signal.signal(sig, handler)
+    """SIGINT and SIGTERM at the operating system's default (end the process) unless
+    ignored; afterwards a Python handler (tfrec's commands') is put back, taking SIGTERM
+    back from TensorFlow; otherwise TensorFlow's, installed meanwhile, stays."""
+    return swapped_signal_handlers(
+        lambda signum, current: None if current is signal.SIG_IGN else signal.SIG_DFL,
+        give_back=callable)
 
 
 def _is_address(address: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -152,3 +153,24 @@ class Entry:
 
     def __get__(self, folder: Folder | None, owner: type | None = None):
         return self if folder is None else folder.path / self.name
+
+
+@contextlib.contextmanager
+def swapped_signal_handlers(replace, give_back=lambda old: True):
+    """Meanwhile SIGINT and SIGTERM get the handlers `replace(signum, current)` returns
+    (None: left as it is); on exit each replaced one whose old handler `give_back(old)`
+    accepts is put back. Outside the main thread (no handlers there) nothing changes."""
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            handler = replace(signum, signal.getsignal(signum))
+            if handler is not None:
+                previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread
+            continue
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            if give_back(old):
+                signal.signal(signum, old)
