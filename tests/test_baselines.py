@@ -201,3 +201,71 @@ def test_hold_out_hides_one_item_of_each_held_row_and_fits_on_the_rest():
     assert [sorted(r) for r in cases.fit.tolil().rows] == [[2, 4], [1, 4]]
     for row, query, target in zip([0, 2], cases.queries, cases.targets):
         assert target not in query and sorted(query + [int(target)]) == sorted(lists[row])
+
+
+def texted(vocab, texts):
+    """The vocabulary with item texts (index 0 the OOV bucket, no text)."""
+    return ItemVocabulary(ids=vocab.ids, text=np.array([""] + texts, dtype=object),
+                          market=vocab.market, market_names=[], counts=vocab.counts)
+
+
+def clustered_with_text():
+    """`clustered_sessions`, items 1-10 'red ...', 11-20 'blue ...', cold item 21 'red jug'."""
+    sessions, vocab = clustered_sessions()
+    kinds = ["cup", "mug", "plate", "bowl", "jar", "pot", "tin", "box", "bag", "hat"]
+    return sessions, texted(vocab, [f"red {k}" for k in kinds] + [f"blue {k}" for k in kinds]
+                            + ["red jug"])
+
+
+def test_the_hybrid_scores_warm_items_as_ease_and_new_ones_by_their_text():
+    sessions, vocab = clustered_with_text()
+    queries = [[1, 2, 3], [11, 12], [4]]
+    hybrid = baselines.ease_tfidf(sessions, vocab, queries, lam=10.0, weight=0.5)
+    assert hybrid.tuning is None and hybrid.weight == 0.5
+    ease = baselines.ease(sessions, vocab, queries, lam=10.0)
+    text = baselines.tfidf(vocab, queries)
+    full = scores(hybrid) + hybrid.extra_scores(0, len(queries))
+    np.testing.assert_allclose(full[:, 1:21], scores(ease)[:, 1:21], atol=1e-6)
+    cosine = np.asarray((text.queries @ text.items.T).toarray())
+    np.testing.assert_allclose(full[:, 21], 0.5 * cosine[:, 21], atol=1e-6)
+    assert full[0, 21] > 0 and full[1, 21] == 0  # 'red jug' meets the red query only
+    # Ranked with the protocol's ties and exclusions, as one dense matrix would be.
+    targets = np.array([21, 13, 5])
+    valid = np.ones(vocab.size, bool)
+    valid[0] = False
+    ranks = target_ranks(hybrid.queries, hybrid.items, targets, queries, valid,
+                         extra_scores=hybrid.extra_scores)
+    assert ranks.tolist() == expected_ranks(full, targets, queries)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        target_ranks(hybrid.queries, hybrid.items, targets, queries, valid,
+                     target_embeddings=np.zeros((3, hybrid.items.shape[1])),
+                     extra_scores=hybrid.extra_scores)
+
+
+def test_the_new_item_weight_is_chosen_on_training_sessions_with_targets_shown_as_new():
+    sessions, vocab = clustered_with_text()
+    first = baselines.ease_tfidf(sessions, vocab, [[1, 2]], lam=10.0, k=3,
+                                 weights=(0.01, 0.1, 1.0, 10.0))
+    [tuning] = first.tuning
+    assert tuning["parameter"] == "new_item_weight" and tuning["validation_cases"] == 40
+    assert tuning["new_share"] == pytest.approx(1 / 21, abs=1e-4)  # item 21 of 21
+    s = tuning["new_share"]
+    for w in ("0.01", "0.1", "1.0", "10.0"):
+        assert tuning["hr@3"][w] == pytest.approx(
+            (1 - s) * tuning["hr@3 as is"][w] + s * tuning["hr@3 as new"][w], abs=1e-4)
+    # A target shown as new is found by its words only under a weight that counts.
+    assert tuning["hr@3 as new"]["10.0"] > tuning["hr@3 as new"]["0.01"]
+    assert tuning["hr@3"][str(tuning["chosen"])] == max(tuning["hr@3"].values())
+    assert first.weight == tuning["chosen"]
+    # The test cases play no part: other queries, the same choice and figures.
+    other = baselines.ease_tfidf(sessions, vocab, [[11], [3, 4, 5]], lam=10.0, k=3,
+                                 weights=(0.01, 0.1, 1.0, 10.0))
+    drop = {"seconds"}
+    assert ({k: v for k, v in other.tuning[0].items() if k not in drop}
+            == {k: v for k, v in tuning.items() if k not in drop})
+    # Both choices when λ is not given; the catalogue limit as EASE's.
+    both = baselines.ease_tfidf(sessions, vocab, [[1, 2]], k=3, lambdas=(1, 10),
+                                weights=(0.1, 1.0))
+    assert [t["parameter"] for t in both.tuning] == ["lambda", "new_item_weight"]
+    with pytest.raises(InputError, match="ease_tfidf: catalogue of 21 items"):
+        baselines.ease_tfidf(sessions, vocab, [[1]], lam=1.0, weight=1.0, max_items=20)

@@ -113,6 +113,14 @@ def test_cases_come_from_test_sessions_only_and_mark_cold_targets():
     # E and F were never sold before the split: cold.
     expected_cold = [vocab.ids[t] in ("E", "F") for t in cases.targets]
     assert cases.cold.tolist() == expected_cold
+    # Each case knows its user (the bar's intervals resample users, not cases).
+    from tfrec.data.sessions import sessionize
+
+    sessions = sessionize(test, vocab, SessionConfig())
+    users = [sessions.user_ids[u] for u in cases.users]
+    by_user = test.groupby("user")["item"].apply(set)
+    for user, query, target in zip(users, cases.queries, cases.targets):
+        assert {vocab.ids[i] for i in query} | {vocab.ids[target]} <= by_user[user]
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -308,14 +316,15 @@ def test_a_check_over_too_few_cases_is_neither_met_nor_missed():
 def report(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluation")
     result = evaluate_run(run_dir, out, ("popularity", "tfidf_text", "item2vec_gensim",
-                                         "ease", "itemknn", "tfrec_id_off"), gensim_epochs=3)
+                                         "ease", "itemknn", "ease_tfidf", "tfrec_id_off"),
+                          gensim_epochs=3)
     return out, result
 
 
 def test_report_has_every_method_on_the_same_cases(report):
     _, result = report
     assert set(result["methods"]) == {"tfrec", "popularity", "tfidf_text", "item2vec_gensim",
-                                      "ease", "itemknn", "tfrec_id_off"}
+                                      "ease", "itemknn", "ease_tfidf", "tfrec_id_off"}
     assert result["skipped"] == {}
     cases = result["protocol"]["cases"]
     for m in result["methods"].values():
@@ -328,6 +337,14 @@ def test_report_has_every_method_on_the_same_cases(report):
     assert result["methods"]["tfrec"]["all"]["hr@10"] > result["methods"]["popularity"]["all"][
         "hr@10"]
     assert result["index_recall"]["recall"]["10"] > 0.5
+    # Every comparison with a baseline holds its paired interval, users resampled.
+    compared = [c for c in result["checks"] if "best_baseline" in c]
+    assert compared
+    for check in compared:
+        low, high = check["noise"]["interval95"]
+        assert low <= check["noise"]["difference"] <= high
+        assert check["noise"]["difference"] == pytest.approx(check["model"] - check["baseline"])
+        assert 0 < check["noise"]["users"] <= result["protocol"]["cases"]
 
 
 def brute_force_cold_start(run_dir, k=10):
@@ -475,6 +492,15 @@ def test_report_lists_ease_and_itemknn_with_their_tuning(report):
     assert "<h2>Baseline settings</h2>" in page and "matches or beats EASE" in page
     printed = format_report(result)
     assert f"EASE: lambda {on_disk['methods']['ease']['tuning']['chosen']} chosen on" in printed
+    # The hybrid reuses EASE's λ and chooses its new items' weight; warm items score as
+    # EASE's, so its warm figures are EASE's but where a new item outranks the target.
+    hybrid = on_disk["methods"]["ease_tfidf"]
+    lam, weight = hybrid["tuning"]
+    assert lam == on_disk["methods"]["ease"]["tuning"]
+    assert weight["parameter"] == "new_item_weight" and weight["validation_cases"] > 0
+    assert hybrid["warm"]["hr@10"] <= on_disk["methods"]["ease"]["warm"]["hr@10"]
+    assert f"EASE, new items by TF-IDF: new_item_weight {weight['chosen']} chosen" in printed
+    assert "EASE, new items by TF-IDF: new_item_weight" in page
 
 
 def test_item_item_baselines_skipped_above_the_catalogue_limit(run_dir, tmp_path, caplog,

@@ -100,3 +100,21 @@ def test_the_bundled_and_example_configs_set_nothing_unread():
                  ["ranking.estimator=neighbourhood", "ranking.neighbours=10"],
                  ["model.text_share=0.3"], ["model.use_text=false"]):
         assert ignored_settings(config(*read)) == [], read
+
+
+def test_a_config_tfrec_derives_from_a_run_is_not_warned_about(caplog):
+    """The evaluation's text-off variant sets model.use_text false (and id_dropout 0): its
+    unread text settings are by design, not the user's."""
+    from tfrec.evaluate.methods import REGISTRY
+    from tfrec.training import settings_warnings_held
+
+    run = config("train.seed=3")
+    variant = REGISTRY["tfrec_text_off"]._variant(
+        type("Run", (), {"config": run})())
+    assert ignored_settings(variant)  # unread by design
+    with caplog.at_level(logging.WARNING, logger="tfrec.training"):
+        with settings_warnings_held():
+            check_run_config(variant)
+        assert not caplog.records
+        check_run_config(variant)  # outside, as for any config
+    assert any("does nothing" in r.getMessage() for r in caplog.records)

@@ -618,8 +618,8 @@ class EvaluateSettings(Settings):
     gensim_dim: int = setting(64, "vector size of the gensim item2vec baseline (its best on "
                                   "Online Retail)", check=POSITIVE, flag="--gensim-dim")
     max_item_item_catalogue: int = setting(
-        20_000, "run EASE and ItemKNN (an N x N matrix each, ~N^3 time) up to this many "
-                "catalogue items, skip them above", check=POSITIVE,
+        20_000, "run EASE, ItemKNN and their TF-IDF hybrid (an N x N matrix each, ~N^3 time) "
+                "up to this many catalogue items, skip them above", check=POSITIVE,
         flag="--max-item-item-catalogue")
     data_dir: str | None = setting(
         None, "the data folder (as data.data_dir) to read the run's data set from, used only "

@@ -36,7 +36,8 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
 
 def target_ranks(query_embeddings, item_embeddings, targets: np.ndarray, exclude: list,
                  valid: np.ndarray | None = None, chunk: int | None = None,
-                 tie_seed: int | None = 0, target_embeddings=None) -> np.ndarray:
+                 tie_seed: int | None = 0, target_embeddings=None,
+                 extra_scores=None) -> np.ndarray:
     """Rank of each target among all valid items by dot-product score.
 
     Args:
@@ -52,11 +53,16 @@ def target_ranks(query_embeddings, item_embeddings, targets: np.ndarray, exclude
       target_embeddings: [n, d] dense, optional: score each case's target
         with this row instead of its own item embedding (e.g. its text-only
         embedding: the target as if it were a brand-new item).
+      extra_scores: optional, (start, stop) -> [stop - start, num_items]
+        scores added to the dot products of cases start..stop - 1 (a method
+        scoring some items another way; not with `target_embeddings`).
 
     Returns:
       [n] int64 ranks (0 = first): how many valid, non-excluded items come
       before the target.
     """
+    if extra_scores is not None and target_embeddings is not None:
+        raise ValueError("extra_scores and target_embeddings cannot be combined")
     n, num_items = len(targets), item_embeddings.shape[0]
     if query_embeddings.shape[0] != n or len(exclude) != n:
         raise ValueError(f"{query_embeddings.shape[0]} queries and {len(exclude)} exclusion "
@@ -71,6 +77,8 @@ def target_ranks(query_embeddings, item_embeddings, targets: np.ndarray, exclude
         scores = query_embeddings[start:stop] @ item_embeddings.T
         scores = np.asarray(scores.toarray() if hasattr(scores, "toarray") else scores,
                             dtype=np.float64)
+        if extra_scores is not None:
+            scores += np.asarray(extra_scores(start, stop), np.float64)
         scores[:, ~valid] = -np.inf
         rows = np.concatenate([np.full(len(e), i) for i, e in
                                enumerate(exclude[start:stop])] + [np.zeros(0, int)])

@@ -11,6 +11,7 @@ folder that they delete, and skip the held-out evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -282,7 +283,7 @@ def check_run_config(config: RunConfig) -> RunConfig:
                          "data.pairs.num_negatives (or data.pairs.market_negatives) to 1 or "
                          f"more, or a model.objective without pairs (it is "
                          f"{config.model.objective!r})", key="data.pairs.num_negatives")
-    for message in ignored_settings(config):
+    for message in ignored_settings(config) if not _HELD else ():
         if message not in _WARNED:
             _WARNED.add(message)
             logger.warning("%s", message)
@@ -290,6 +291,19 @@ def check_run_config(config: RunConfig) -> RunConfig:
 
 
 _WARNED: set[str] = set()  # each warning of `check_run_config` once per process
+_HELD: list[bool] = []  # inside `settings_warnings_held`
+
+
+@contextlib.contextmanager
+def settings_warnings_held():
+    """No warning of unread settings inside: for a config tfrec derives from a run's (the
+    evaluation's text-off variant reads no text setting by design; the run's own config
+    was checked, and warned of, when it trained)."""
+    _HELD.append(True)
+    try:
+        yield
+    finally:
+        _HELD.pop()
 
 
 def ignored_settings(config: RunConfig) -> list[str]:

@@ -222,12 +222,17 @@ def split_for_training(events: pd.DataFrame, items: pd.DataFrame | None,
 
 @dataclasses.dataclass
 class Cases:
-    """Evaluation cases: queries (item index lists), held-out targets, cold flags."""
+    """Evaluation cases: queries (item index lists), held-out targets, cold flags.
+
+    `users` (optional): [n] int the user each case comes from (cases of one user
+    are not independent: `tfrec.evaluate.noise` resamples users, not cases).
+    """
 
     queries: list
     targets: np.ndarray
     cold: np.ndarray
     unknown_targets: int = 0
+    users: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -257,17 +262,19 @@ def make_cases(test_events: pd.DataFrame, vocab: ItemVocabulary,
                               market_names=[], counts=np.zeros(0))
     sessions = sessionize(test_events, extended, config)
     rng = np.random.default_rng(seed)
-    queries, targets = [], []
-    for a, b in zip(sessions.row_splits[:-1], sessions.row_splits[1:]):
+    queries, targets, users = [], [], []
+    for s, (a, b) in enumerate(zip(sessions.row_splits[:-1], sessions.row_splits[1:])):
         distinct = list(dict.fromkeys(sessions.items[a:b].tolist()))
         if len(distinct) < 2:
             continue
         held = int(rng.integers(len(distinct)))
         targets.append(distinct[held])
+        users.append(int(sessions.user[s]))
         queries.append([i for i in distinct[:held] + distinct[held + 1:] if i < vocab.size])
     targets = np.asarray(targets, dtype=np.int64)
     unknown = targets >= vocab.size
     keep = ~unknown
     cases_targets = targets[keep].astype(np.int32)
     return Cases(queries=[q for q, k in zip(queries, keep) if k], targets=cases_targets,
-                 cold=vocab.counts[cases_targets] == 0, unknown_targets=int(unknown.sum()))
+                 cold=vocab.counts[cases_targets] == 0, unknown_targets=int(unknown.sum()),
+                 users=np.asarray(users, np.int64)[keep])

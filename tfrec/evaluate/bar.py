@@ -25,7 +25,7 @@ def metric_value(method: dict, group: str, metric: str) -> float | None:
     return curve[at - 1] if metric.startswith("hr@") and 0 < at <= len(curve) else None
 
 
-def check_bar(methods: dict, k: int, targets: dict | None) -> list[dict]:
+def check_bar(methods: dict, k: int, targets: dict | None, paired=None) -> list[dict]:
     """The claims the full model must meet, each with the figures behind it.
 
     The claims compare the model with the baselines that ran; `targets` (HR@k per
@@ -38,6 +38,12 @@ def check_bar(methods: dict, k: int, targets: dict | None) -> list[dict]:
     A claim against a method that was not run (or a group without cases) is
     left out. A claim on a group of fewer than `MIN_CASES` cases is neither
     met nor missed: its "met" is None and "cases" says how many there were.
+
+    `paired` (optional): paired(model, baseline, group, metric) -> the
+    `noise.Interval` of their difference on the same cases; each comparison
+    then also holds it ("noise": the difference, its 95% interval with the
+    users resampled, and whether the interval is above, below or holds 0).
+    "met" stays the point estimates' comparison; the interval says how sure it is.
     """
     hr, nd = f"hr@{k}", f"ndcg@{k}"
     full = methods[MODEL]
@@ -52,9 +58,12 @@ def check_bar(methods: dict, k: int, targets: dict | None) -> list[dict]:
             return
         best = max(names, key=lambda n: metric_value(others[n], group, metric))
         baseline = metric_value(others[best], group, metric)
-        checks.append(_judged(full, group, {
-            "check": check, "metric": metric, "model": model, "best_baseline": best,
-            "baseline": baseline, "met": model > baseline if strict else model >= baseline}))
+        entry = {"check": check, "metric": metric, "model": model, "best_baseline": best,
+                 "baseline": baseline, "met": model > baseline if strict else model >= baseline}
+        interval = paired(MODEL, best, group, metric) if paired is not None else None
+        if interval is not None:
+            entry["noise"] = interval.as_dict()
+        checks.append(_judged(full, group, entry))
 
     baselines = [n for n in others if not is_model_row(n)]
     compare("beats every baseline on all cases", "all", hr, baselines, strict=True)
@@ -90,7 +99,22 @@ def _judged(full: dict, group: str, check: dict) -> dict:
 
 
 def verdict(check: dict) -> str:
-    """'met', 'NOT met' or 'too few cases (n)'."""
+    """'met', 'NOT met' or 'too few cases (n)'; ', within noise' after it when the
+    difference's 95% interval holds 0 (`check_bar`'s "noise")."""
     if check["met"] is None:
         return f"too few cases ({check['cases']})"
-    return "met" if check["met"] else "NOT met"
+    text = "met" if check["met"] else "NOT met"
+    if check.get("noise", {}).get("direction") == "within":
+        text += ", within noise"
+    return text
+
+
+def noise_text(check: dict) -> str:
+    """'difference +0.0139 (95% interval +0.0056 to +0.0222, 1,234 users resampled)',
+    or '' for a check without one."""
+    noise = check.get("noise")
+    if not noise:
+        return ""
+    low, high = noise["interval95"]
+    return (f"difference {noise['difference']:+.4f} (95% interval {low:+.4f} to "
+            f"{high:+.4f}, {noise['users']:,} users resampled)")

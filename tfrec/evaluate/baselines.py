@@ -18,6 +18,10 @@ many items equally gets no credit for the tie).
   the training sessions (never on the test cases). See `item_item`.
 - `itemknn`: cosine similarity between the item columns of the same
   matrix, each item's top-N neighbours kept (N chosen the same way).
+- `ease_tfidf`: the simple hybrid of the two: EASE's scores for items with
+  training events, a weight times `tfidf_text`'s cosine for the items
+  without (which EASE scores 0). λ is chosen as for `ease`, then the weight
+  on the same validation slice (`tune_new_item_weight`).
 
 EASE and ItemKNN need dense n x n matrices (float64 while fitting): up to
 `MAX_ITEM_ITEM_CATALOGUE` items. Items without training events score 0.
@@ -46,6 +50,8 @@ logger = logging.getLogger(__name__)
 MAX_ITEM_ITEM_CATALOGUE = EvaluateSettings.max_item_item_catalogue
 # EASE's λ: a 1-2-5 log grid.
 EASE_LAMBDAS = RankingConfig.ease_lambdas
+# The hybrid's weight of the TF-IDF cosine of items without training events: a 1-2-5 grid.
+NEW_ITEM_WEIGHTS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # ItemKNN's neighbours per item; 0 keeps every one.
 KNN_NEIGHBOURS = (3, 5, 10, 20, 50, 100, 200, 0)
 VALIDATION_SHARE, VALIDATION_MAX_CASES = item_item.VALIDATION_SHARE, item_item.VALIDATION_MAX_CASES
@@ -103,12 +109,7 @@ def tfidf(vocab, queries: list) -> Embeddings:
     norms = np.sqrt(matrix.multiply(matrix).sum(axis=1)).A.ravel()
     matrix = sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ matrix
     # Queries: the mean of their items' rows, as a sparse matrix product.
-    q_rows = np.repeat(np.arange(len(queries)), [len(q) for q in queries])
-    q_cols = np.concatenate([np.asarray(q, np.int64) for q in queries] + [np.zeros(0, np.int64)])
-    weights = np.concatenate([np.full(len(q), 1.0 / len(q), np.float32) for q in queries if q]
-                             + [np.zeros(0, np.float32)])
-    selector = sparse.csr_matrix((weights, (q_rows, q_cols)), shape=(len(queries), vocab.size))
-    query_matrix = (selector @ matrix).tocsr()
+    query_matrix = _mean_rows(matrix, queries)
     return Embeddings(matrix.astype(np.float32), query_matrix.astype(np.float32),
                       time.perf_counter() - started)
 
@@ -264,3 +265,163 @@ def itemknn(sessions, vocab, queries: list, neighbours: int | None = None,
     """
     return _item_item(item_item.cosine_weights, neighbours, grid, "neighbours", sessions,
                       vocab, queries, k, seed, max_items)
+
+
+@dataclasses.dataclass
+class Hybrid:
+    """`ease_tfidf`'s scorer: EASE's `items` / `queries` (as `ease`'s `Embeddings`) and the
+    TF-IDF part, `text_items` [num_items, terms] (the weighted rows of the items without
+    training events, zeros elsewhere) and `text_queries` [n, terms]; a case's scores are
+    the sum of both products."""
+
+    items: np.ndarray
+    queries: object
+    text_items: object
+    text_queries: object
+    weight: float
+    seconds: float = 0.0
+    tuning: dict | None = None
+
+    def extra_scores(self, start: int, stop: int) -> np.ndarray:
+        """The TF-IDF part of cases start..stop - 1 (`metrics.target_ranks`' extra_scores)."""
+        return (self.text_queries[start:stop] @ self.text_items.T).toarray()
+
+
+def _inactive(active: np.ndarray, num_items: int) -> np.ndarray:
+    new = np.ones(num_items, bool)
+    new[active] = False
+    new[0] = False
+    return new
+
+
+def tune_new_item_weight(baskets, lam: float, text_rows, new_share: float,
+                         k: int = TrainConfig.eval_k, seed: int = TrainConfig.seed,
+                         grid: tuple = NEW_ITEM_WEIGHTS) -> dict:
+    """Chooses `ease_tfidf`'s weight on the validation slice `tune` holds out.
+
+    EASE (λ `lam`) is fitted on the slice's other sessions; items without events
+    there are scored by the weighted TF-IDF cosine. Each validation case is
+    ranked as it is and again with its target shown as new (EASE's score of it
+    replaced by its weighted cosine): the weight's figure is HR@k over both,
+    the as-new copies weighing `new_share` (the catalogue's share of items
+    without training events: how often a target is new). A tie counts
+    against the target. The test cases are never seen.
+
+    Args:
+      text_rows: [num_items, terms] sparse L2-normalised TF-IDF rows.
+
+    Returns:
+      {"parameter", "chosen", "validation_cases", "fit_sessions", "new_share",
+      "hr@k": {weight: the figure}, "hr@k as is" and "hr@k as new": {weight: HR},
+      "seconds"}.
+    """
+    from scipy import sparse
+
+    started = time.perf_counter()
+    num_items = baskets.shape[1]
+    held = item_item.validation_slice(baskets, VALIDATION_SHARE, VALIDATION_MAX_CASES, seed)
+    if not len(held):
+        raise InputError("no training session has two distinct items: no validation cases "
+                         "to choose the new-item weight on")
+    active, gram = item_item.active_gram(held.fit)
+    items, queries = item_item.item_item_scorer(active, item_item.ease_weights(gram, lam),
+                                                held.queries, num_items)
+    new = _inactive(active, num_items)
+    text_items = (sparse.diags(new.astype(np.float64)) @ text_rows).tocsr()
+    text_queries = _mean_rows(text_rows, held.queries)
+    targets = np.asarray(held.targets, np.int64)
+    hits = {w: np.zeros(len(targets), bool) for w in grid}
+    hits_new = {w: np.zeros(len(targets), bool) for w in grid}
+    chunk = max(1, (1 << 22) // max(num_items, 1))
+    for start in range(0, len(targets), chunk):
+        stop = min(start + chunk, len(targets))
+        rows = np.arange(stop - start)
+        behaviour = np.asarray(queries[start:stop] @ items.T, np.float64)
+        text = np.asarray((text_queries[start:stop] @ text_items.T).toarray(), np.float64)
+        # The target's own cosine, as if it were new.
+        own_text = np.asarray(text_queries[start:stop].multiply(
+            text_rows[targets[start:stop]]).sum(axis=1)).ravel()
+        excluded = np.zeros((stop - start, num_items), bool)
+        excluded[:, 0] = True
+        for row, query in enumerate(held.queries[start:stop]):
+            excluded[row, query] = True
+        for w in grid:
+            scores = np.where(excluded, -np.inf, behaviour + w * text)
+            target = targets[start:stop]
+            own = scores[rows, target]
+            before = (scores >= own[:, None]).sum(axis=1) - 1
+            hits[w][start:stop] = before < k
+            # As new: its behaviour score gone; the others as they are.
+            as_new = scores.copy()
+            as_new[rows, target] = -np.inf
+            before = (as_new >= (w * own_text)[:, None]).sum(axis=1)
+            hits_new[w][start:stop] = before < k
+    warm = ~new[targets]  # a target without events in the fit is new in both rankings
+    figure = {w: (1 - new_share) * hits[w].mean() + new_share * hits_new[w][warm].mean()
+              if warm.any() else hits[w].mean() for w in grid}
+    chosen = max(grid, key=lambda w: (figure[w], -grid.index(w)))
+    return {"parameter": "new_item_weight", "chosen": chosen, "validation_cases": len(held),
+            "fit_sessions": int(held.fit.shape[0]), "new_share": round(float(new_share), 4),
+            # The figure the weight is chosen by, then its two parts.
+            f"hr@{k}": {str(w): float(figure[w]) for w in grid},
+            f"hr@{k} as is": {str(w): float(hits[w].mean()) for w in grid},
+            f"hr@{k} as new": {str(w): float(hits_new[w][warm].mean()) if warm.any() else None
+                               for w in grid},
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _mean_rows(rows, queries: list):
+    """[n, terms] sparse: the mean of each query's rows of `rows`."""
+    from scipy import sparse
+
+    q_rows = np.repeat(np.arange(len(queries)), [len(q) for q in queries])
+    q_cols = np.concatenate([np.asarray(q, np.int64) for q in queries] + [np.zeros(0, np.int64)])
+    weights = np.concatenate([np.full(len(q), 1.0 / len(q)) for q in queries if len(q)]
+                             + [np.zeros(0)])
+    selector = sparse.csr_matrix((weights, (q_rows, q_cols)), shape=(len(queries), rows.shape[0]))
+    return (selector @ rows).tocsr()
+
+
+def ease_tfidf(sessions, vocab, queries: list, lam: float | None = None,
+               weight: float | None = None, k: int = TrainConfig.eval_k,
+               seed: int = TrainConfig.seed, lambdas: tuple = EASE_LAMBDAS,
+               weights: tuple = NEW_ITEM_WEIGHTS,
+               max_items: int = MAX_ITEM_ITEM_CATALOGUE) -> Hybrid:
+    """EASE for the items with training events, `weight` x the TF-IDF cosine of the query's
+    mean TF-IDF row with the item's for the items without (EASE scores them 0).
+
+    Args:
+      lam: EASE's λ; None chooses it as `ease` does (`tune`).
+      weight: the TF-IDF part's weight; None chooses it from `weights` on the same
+        validation slice (`tune_new_item_weight`).
+      Otherwise as `ease`.
+
+    Returns:
+      The `Hybrid` scorer; its `tuning` lists the choices made (λ's and the
+      weight's, as `tune` and `tune_new_item_weight` give them; None when both
+      are given).
+    """
+    from scipy import sparse
+
+    reason = item_item_skip_reason(vocab.size - 1, max_items)
+    if reason:
+        raise InputError(reason.replace("skipped: ", "ease_tfidf: ", 1))
+    started = time.perf_counter()
+    baskets = item_item.basket_matrix(sessions, vocab.size)
+    text = tfidf(vocab, queries)
+    tuning = []
+    if lam is None:
+        tuning.append(tune(item_item.ease_weights, tuple(lambdas), baskets, k, seed, "lambda"))
+        lam = tuning[-1]["chosen"]
+    active, gram = item_item.active_gram(baskets)
+    new = _inactive(active, vocab.size)
+    if weight is None:
+        tuning.append(tune_new_item_weight(
+            baskets, lam, text.items.astype(np.float64), new.sum() / max(vocab.size - 1, 1),
+            k, seed, tuple(weights)))
+        weight = tuning[-1]["chosen"]
+    items, query_matrix = item_item.item_item_scorer(active, item_item.ease_weights(gram, lam),
+                                                     queries, vocab.size)
+    text_items = (sparse.diags(np.where(new, float(weight), 0.0)) @ text.items).tocsr()
+    return Hybrid(items, query_matrix, text_items.astype(np.float32), text.queries,
+                  float(weight), time.perf_counter() - started, tuning or None)

@@ -67,6 +67,8 @@ class EvaluationRun:
     k: int
     settings: BaselineSettings = dataclasses.field(default_factory=BaselineSettings)
     progress: Callable[[str], Any] = lambda text: None
+    # What one baseline's fit found that another may reuse (EASE's choice of λ).
+    shared: dict = dataclasses.field(default_factory=dict)
 
     @property
     def vocab(self):
@@ -226,10 +228,39 @@ class Ease(ItemItem):
     name, label = "ease", "EASE"
     fit_function = staticmethod(baselines_lib.ease)
 
+    def fit(self, run: EvaluationRun) -> Fitted:
+        fitted = super().fit(run)
+        run.shared["ease_tuning"] = fitted.tuning
+        return fitted
+
 
 class ItemKnn(ItemItem):
     name, label = "itemknn", "ItemKNN (cosine)"
     fit_function = staticmethod(baselines_lib.itemknn)
+
+
+class EaseTfidf(ItemItem):
+    """EASE, and items without training events by their text (`baselines.ease_tfidf`): the
+    hybrid a team could build from the two baselines."""
+
+    name, label = "ease_tfidf", "EASE, new items by TF-IDF"
+
+    def fit(self, run: EvaluationRun) -> Fitted:
+        # EASE's λ as the `ease` row chose it on the same slice, when it ran.
+        chosen = run.shared.get("ease_tuning")
+        hybrid = baselines_lib.ease_tfidf(
+            run.data.sessions, run.vocab, run.cases.queries,
+            lam=None if chosen is None else chosen["chosen"], k=run.k,
+            seed=run.config.train.seed, max_items=run.settings.max_item_item_catalogue)
+        tuning = ([chosen] if chosen else []) + (hybrid.tuning or [])
+        return Fitted(hybrid, tuning or None)
+
+    def rank(self, fitted: Fitted, run: EvaluationRun) -> np.ndarray:
+        valid = np.ones(run.vocab.size, dtype=bool)
+        valid[0] = False
+        hybrid = fitted.model
+        return target_ranks(hybrid.queries, hybrid.items, run.cases.targets,
+                            run.cases.queries, valid, extra_scores=hybrid.extra_scores)
 
 
 # Variants of the model ---------------------------------------------------------------------
@@ -281,7 +312,9 @@ class ModelVariant(Baseline):
             return Fitted(load_run(folder.path)[2])
         if folder.path.exists():
             shutil.rmtree(folder.path)
-        return Fitted(training.train(self._variant(run), folder.path, verbose=0).model)
+        # The variant reads fewer settings than the run by design: no warning of them.
+        with training.settings_warnings_held():
+            return Fitted(training.train(self._variant(run), folder.path, verbose=0).model)
 
     def rank(self, fitted: Fitted, run: EvaluationRun) -> np.ndarray:
         ranks, _, _ = rank_targets(fitted.model, run.cases.queries, run.cases.targets,
@@ -299,6 +332,6 @@ class IdOff(ModelVariant):
     overrides = {"use_ids": False, "id_dropout": 0.0}
 
 
-for _baseline in (Popularity(), Item2VecGensim(), TfidfText(), Ease(), ItemKnn(), TextOff(),
-                  IdOff()):
+for _baseline in (Popularity(), Item2VecGensim(), TfidfText(), Ease(), ItemKnn(), EaseTfidf(),
+                  TextOff(), IdOff()):
     register(_baseline)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from tfrec.evaluate.analyses import pca_2d
-from tfrec.evaluate.bar import verdict
+from tfrec.evaluate.bar import noise_text, verdict
 from tfrec.evaluate.methods import ABLATION_PREFIX, MAX_K, MODEL, STAGE1, label_of
 from tfrec.evaluate.table import (SOURCE_LABELS, cold_slots, format_report, list_width,
-                                  new_slots_clause)
+                                  new_slots_clause, tunings_of)
 from tfrec.run_folder import ReportFolder
 from tfrec.utils import ensure_folder, json_ready
 
@@ -251,10 +251,7 @@ def _tuning_html(report: dict) -> str:
     """Each tuned baseline's validation HR@k per value of its setting."""
     k = report["k"]
     parts = []
-    for m in report["methods"].values():
-        t = m.get("tuning")
-        if not t:
-            continue
+    for m, t in ((m, t) for m in report["methods"].values() for t in tunings_of(m)):
         values = "".join(f"<th>{html.escape(str(v))}</th>" for v in t[f"hr@{k}"])
         hrs = "".join(("<td class=\"chosen\">" if str(v) == str(t["chosen"]) else "<td>")
                       + f"{_num(hr)}</td>" for v, hr in t[f"hr@{k}"].items())
@@ -289,7 +286,8 @@ def render_html(report: dict, out_dir: Path) -> str:
         f"<li class=\"{_check_class(c)}\">{html.escape(verdict(c))}: "
         f"{html.escape(c['check'])}: {c['model']:.4f} vs "
         + (f"{c['baseline']:.4f} ({html.escape(label_of(c['best_baseline']))})"
-           if "baseline" in c else f"{c['target']}") + "</li>"
+           if "baseline" in c else f"{c['target']}")
+        + (f"; {html.escape(noise_text(c))}" if noise_text(c) else "") + "</li>"
         for c in report["checks"])
     figures = "".join(_img(out_dir, rel, title) for rel, title in zip(report["plots"], (
         f"HR@K, K = 1..{MAX_K}, per method", f"HR@{k} on warm and cold targets",

@@ -26,6 +26,7 @@ from tfrec.errors import InputError
 from tfrec.evaluate.analyses import (categories_of, cold_start_figures, conversion_ranks,
                                      index_recall)
 from tfrec.evaluate.bar import check_bar
+from tfrec.evaluate.noise import paired_interval, per_case
 from tfrec.evaluate.exported import ExportedModel, run_of_export
 from tfrec.exporter.layout import VersionFolder
 from tfrec.evaluate import stages as stages_lib
@@ -315,13 +316,27 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         "conversion": conversion,
         "cold_start": cold_start,
         **({"ranking_stage": ranking_stage} if ranking_stage is not None else {}),
-        "checks": check_bar(methods, k, targets),
+        "checks": check_bar(methods, k, targets, paired=_paired(results, cases)),
         "seconds": round(time.perf_counter() - started, 1),
     }
     step(f"writing the report to {out_dir}")
     codes, names = categories_of(vocab)
     write_report(report, out_dir, item_emb[1:], codes[1:], names, cold=vocab.counts[1:] == 0)
     return report
+
+
+def _paired(results: dict, cases):
+    """paired(a, b, group, metric) -> the `noise.Interval` of methods a - b on the group's
+    cases (users resampled when the cases know their users)."""
+    groups = {"all": np.ones(len(cases), bool), "warm": ~cases.cold, "cold": cases.cold}
+
+    def paired(a: str, b: str, group: str, metric: str):
+        mask = groups[group]
+        users = None if cases.users is None else cases.users[mask]
+        return paired_interval(per_case(results[a].ranks[mask], metric),
+                               per_case(results[b].ranks[mask], metric), users)
+
+    return paired
 
 
 def _stage_rows(stage, config, data, run_model, query_emb: np.ndarray, cases,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tfrec.evaluate.bar import verdict
+from tfrec.evaluate.bar import noise_text, verdict
 from tfrec.evaluate.methods import MAX_K, label_of
 
 SOURCE_LABELS = {"merged": "the merged list", "two_tower": "two-tower top N",
@@ -59,6 +59,12 @@ def ranking_stage_lines(report: dict) -> list[str]:
     return lines
 
 
+def tunings_of(method: dict) -> list[dict]:
+    """A method's choices of a setting (`tuning`: one, or a list of them)."""
+    tuning = method.get("tuning")
+    return [] if not tuning else tuning if isinstance(tuning, list) else [tuning]
+
+
 def tuning_line(label: str, tuning: dict, k: int) -> str:
     """'EASE: lambda 20 chosen on 1,324 validation cases ... (HR@10 by lambda: 1 0.3761, ...)'."""
     grid = ", ".join(f"{value} {hr:.4f}" for value, hr in tuning[f"hr@{k}"].items())
@@ -89,8 +95,8 @@ def format_report(report: dict) -> str:
     for skip in report.get("skipped", {}).values():
         lines.append(f"{skip['label']:<24}{skip['reason']}")
     for m in report["methods"].values():
-        if "tuning" in m:
-            lines.append(tuning_line(m["label"], m["tuning"], k))
+        for tuning in tunings_of(m):
+            lines.append(tuning_line(m["label"], tuning, k))
     lines += ranking_stage_lines(report)
     r = report["index_recall"]
     kind = {"export": "the export's index", "brute_force": "exact search, the catalogue too "
@@ -118,6 +124,7 @@ def format_report(report: dict) -> str:
     for c in report["checks"]:
         against = (f"{c['baseline']:.4f} ({label_of(c['best_baseline'])})"
                    if "baseline" in c else f"{c['target']}")
+        noise = noise_text(c)
         lines.append(f"  [{verdict(c)}] {c['check']}: "
-                     f"{c['model']:.4f} vs {against}")
+                     f"{c['model']:.4f} vs {against}" + (f"; {noise}" if noise else ""))
     return "\n".join(lines)
