@@ -387,3 +387,10 @@ def test_evaluating_a_final_model_names_the_evaluated_run(production, capsys):
     err = capsys.readouterr().err
     assert "the run is a final model" in err
     assert f"--run {production['evaluated'].resolve()}" in err
+    assert "--saved-model EXPORT" not in err  # (it once suggested the leaky route below)
+    # Nor on the evaluated run's cases: it trained on them.
+    assert main(["evaluate", "--run", str(production["evaluated"]), "--saved-model",
+                 str(production["final_model"] / "1"), "--baselines", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "the export is of a final model" in err and "held-out cases" in err
+    assert "evaluate.saved_model" in err or "--saved-model" in err

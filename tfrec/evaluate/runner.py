@@ -108,6 +108,24 @@ class Step:
         return time.perf_counter()
 
 
+def refuse_final_export(saved_model: Path, run_dir: Path) -> None:
+    """Refuses an export of a final model (`tfrec train --final-from`) scored on a run's
+    cases: it trained on every event, those cases included, so its figures would measure
+    nothing (they would read as a better model)."""
+    try:
+        meta = VersionFolder(saved_model).read_metadata(missing_ok=True)
+    except InputError:
+        return
+    evaluated = (meta.get("evaluated_as") or {}).get("run")
+    if evaluated:
+        raise InputError(
+            f"the export is of a final model (tfrec train --final-from {evaluated}): it "
+            f"trained on every event, the held-out cases of {run_dir} included, so its "
+            "figures would not measure it; evaluate the evaluated run "
+            f"(--run {evaluated}) or an export of that run", path=str(saved_model),
+            key="evaluate.saved_model")
+
+
 def warn_if_another_run(saved_model: Path, run_dir: Path) -> str | None:
     """A warning (logged, and returned) when the export names a run other than `run_dir`:
     its embeddings are then scored on another run's cases, with the other run's ranking
@@ -120,8 +138,7 @@ def warn_if_another_run(saved_model: Path, run_dir: Path) -> str | None:
         return None
     message = (f"the export {saved_model} was made from the run {made_from}, not from "
                f"{run_dir}: it is scored on this run's cases with this run's ranking stage, "
-               "and may have trained on events this run holds out (a final model's export "
-               "trained on all of them)")
+               "and may have trained on events this run holds out")
     logger.warning("%s", message)
     return message
 
@@ -181,9 +198,10 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         evaluated = evaluated_as.get("run", "its evaluated run")
         raise InputError(f"the run is a final model (tfrec train --final-from {evaluated}): it "
                          "trained on every event and holds none out; evaluate the evaluated "
-                         f"run (--run {evaluated}), or score this export on its cases with "
-                         f"--run {evaluated} --saved-model EXPORT", path=str(run_dir),
-                         key="evaluate.run_dir")
+                         f"run (--run {evaluated}, or an export of it with --saved-model)",
+                         path=str(run_dir), key="evaluate.run_dir")
+    if saved_model is not None:
+        refuse_final_export(Path(saved_model), run_dir)
     config, run_vocab, model, checkpoint = load_run(run_dir)
     trained = len(RunFolder(run_dir).read_history())
     if trained < config.train.epochs:
