@@ -495,12 +495,14 @@ def test_report_lists_ease_and_itemknn_with_their_tuning(report):
     # The hybrid reuses EASE's λ and chooses its new items' weight; warm items score as
     # EASE's, so its warm figures are EASE's but where a new item outranks the target.
     hybrid = on_disk["methods"]["ease_tfidf"]
-    lam, weight = hybrid["tuning"]
-    assert lam == on_disk["methods"]["ease"]["tuning"]
+    [weight] = hybrid["tuning"]
+    lam = on_disk["methods"]["ease"]["tuning"]["chosen"]
+    assert weight["lambda"] == lam
     assert weight["parameter"] == "new_item_weight" and weight["validation_cases"] > 0
     assert hybrid["warm"]["hr@10"] <= on_disk["methods"]["ease"]["warm"]["hr@10"]
-    assert f"EASE, new items by TF-IDF: new_item_weight {weight['chosen']} chosen" in printed
-    assert "EASE, new items by TF-IDF: new_item_weight" in page
+    assert (f"EASE + TF-IDF for new: new_item_weight {weight['chosen']} (with lambda {lam:g}) "
+            "chosen" in printed)
+    assert "EASE + TF-IDF for new: new_item_weight" in page
 
 
 def test_item_item_baselines_skipped_above_the_catalogue_limit(run_dir, tmp_path, caplog,

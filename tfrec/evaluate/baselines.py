@@ -311,7 +311,7 @@ def tune_new_item_weight(baskets, lam: float, text_rows, new_share: float,
       text_rows: [num_items, terms] sparse L2-normalised TF-IDF rows.
 
     Returns:
-      {"parameter", "chosen", "validation_cases", "fit_sessions", "new_share",
+      {"parameter", "chosen", "validation_cases", "fit_sessions", "lambda", "new_share",
       "hr@k": {weight: the figure}, "hr@k as is" and "hr@k as new": {weight: HR},
       "seconds"}.
     """
@@ -361,7 +361,8 @@ def tune_new_item_weight(baskets, lam: float, text_rows, new_share: float,
               if warm.any() else hits[w].mean() for w in grid}
     chosen = max(grid, key=lambda w: (figure[w], -grid.index(w)))
     return {"parameter": "new_item_weight", "chosen": chosen, "validation_cases": len(held),
-            "fit_sessions": int(held.fit.shape[0]), "new_share": round(float(new_share), 4),
+            "fit_sessions": int(held.fit.shape[0]), "lambda": lam,
+            "new_share": round(float(new_share), 4),
             # The figure the weight is chosen by, then its two parts.
             f"hr@{k}": {str(w): float(figure[w]) for w in grid},
             f"hr@{k} as is": {str(w): float(hits[w].mean()) for w in grid},
@@ -397,9 +398,9 @@ def ease_tfidf(sessions, vocab, queries: list, lam: float | None = None,
       Otherwise as `ease`.
 
     Returns:
-      The `Hybrid` scorer; its `tuning` lists the choices made (λ's and the
-      weight's, as `tune` and `tune_new_item_weight` give them; None when both
-      are given).
+      The `Hybrid` scorer; its `tuning` lists the choices it made (λ's when
+      `lam` is None, the weight's when `weight` is: as `tune` and
+      `tune_new_item_weight` give them; None when both are given).
     """
     from scipy import sparse
 

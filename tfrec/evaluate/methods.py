@@ -243,7 +243,7 @@ class EaseTfidf(ItemItem):
     """EASE, and items without training events by their text (`baselines.ease_tfidf`): the
     hybrid a team could build from the two baselines."""
 
-    name, label = "ease_tfidf", "EASE, new items by TF-IDF"
+    name, label = "ease_tfidf", "EASE + TF-IDF for new"
 
     def fit(self, run: EvaluationRun) -> Fitted:
         # EASE's λ as the `ease` row chose it on the same slice, when it ran.
@@ -252,8 +252,7 @@ class EaseTfidf(ItemItem):
             run.data.sessions, run.vocab, run.cases.queries,
             lam=None if chosen is None else chosen["chosen"], k=run.k,
             seed=run.config.train.seed, max_items=run.settings.max_item_item_catalogue)
-        tuning = ([chosen] if chosen else []) + (hybrid.tuning or [])
-        return Fitted(hybrid, tuning or None)
+        return Fitted(hybrid, hybrid.tuning)
 
     def rank(self, fitted: Fitted, run: EvaluationRun) -> np.ndarray:
         valid = np.ones(run.vocab.size, dtype=bool)

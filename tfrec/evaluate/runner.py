@@ -117,7 +117,9 @@ def refuse_final_export(saved_model: Path, run_dir: Path) -> None:
     except InputError:
         return
     evaluated = (meta.get("evaluated_as") or {}).get("run")
-    if evaluated:
+    # (`exporter.saved_model.evaluation_metadata`: every export names what it was
+    # evaluated as; a final model's says it trained on every event.)
+    if evaluated and str(meta.get("trained_on", "")).startswith("every event"):
         raise InputError(
             f"the export is of a final model (tfrec train --final-from {evaluated}): it "
             f"trained on every event, the held-out cases of {run_dir} included, so its "

@@ -68,7 +68,8 @@ def tunings_of(method: dict) -> list[dict]:
 def tuning_line(label: str, tuning: dict, k: int) -> str:
     """'EASE: lambda 20 chosen on 1,324 validation cases ... (HR@10 by lambda: 1 0.3761, ...)'."""
     grid = ", ".join(f"{value} {hr:.4f}" for value, hr in tuning[f"hr@{k}"].items())
-    return (f"{label}: {tuning['parameter']} {tuning['chosen']} chosen on "
+    given = f" (with lambda {tuning['lambda']:g})" if "lambda" in tuning else ""
+    return (f"{label}: {tuning['parameter']} {tuning['chosen']}{given} chosen on "
             f"{tuning['validation_cases']:,} validation cases held out of the training "
             f"sessions (HR@{k} by {tuning['parameter']}: {grid})")
 
