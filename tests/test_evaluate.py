@@ -186,6 +186,22 @@ def test_gensim_item2vec_learns_co_bought_items(tiny):
     assert not emb.items[vocab.index_of("I")].any()  # cold item: no vector
 
 
+def test_gensim_item2vec_gives_the_same_vectors_every_time():
+    """One training thread by default: with two, gensim's threads race and each run differs."""
+    from session_helpers import sessions_of
+    from test_baselines import vocabulary
+
+    rng = np.random.default_rng(0)
+    lists = [rng.choice(np.arange(1, 60), 4, replace=False).tolist() for _ in range(3000)]
+    vocab = vocabulary(60, [0] + [1] * 59)
+
+    def vectors():
+        return baselines.item2vec_gensim(sessions_of(lists), vocab, [[1]], dim=8,
+                                         epochs=3).items
+
+    np.testing.assert_array_equal(vectors(), vectors())
+
+
 def test_parse_baselines_rejects_unknown_names():
     assert parse_baselines("none") == ()
     assert parse_baselines("popularity,tfidf_text") == ("popularity", "tfidf_text")

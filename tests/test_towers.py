@@ -146,7 +146,7 @@ def test_get_config_round_trips(tokenizer):
     text = text_encoder(vocabulary_size=20, output_dim=8, token_dim=4, filters=3, widths=(1, 2))
     assert set(text.get_config()) - set(keras.layers.Layer().get_config()) == {
         "vocabulary_size", "output_dim", "token_dim", "filters", "widths", "mean_tokens",
-        "ngram_buckets"}
+        "ngram_buckets", "seed"}
     ids = tf.constant([[2, 3, 0], [4, 0, 0]])
     out = text(ids)
     clone = roundtrip(text)

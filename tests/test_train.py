@@ -385,3 +385,94 @@ def test_a_run_path_that_is_a_file_and_a_stream_the_data_lacks_are_named(tmp_pat
         make_dataset(data, ("pairs", "next_items"))
     with pytest.raises(ValueError, match="unknown training stream 'clicks'"):
         make_dataset(data, ("clicks",))
+
+
+def _weights(run: Path) -> dict:
+    """The last checkpoint's model variables, by name (the optimizer's slots left out)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(run / "checkpoints"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.startswith("model/") and "/.OPTIMIZER_SLOT/" not in name
+            and "optimizer" not in name}
+
+
+def test_a_seed_trains_one_model_and_a_resumed_run_ends_as_an_unstopped_one(
+        tmp_path, data_files):
+    """train.seed seeds every initialisation (the text tower's too), and the draws of
+    training (id dropout, history dropout) are keyed on the step, not the process."""
+    config = write_config(tmp_path, data_files, steps_per_epoch=15, seed=7)
+    common = ["--set", "ranking.enabled=false", "--set", "model.history_dropout=0.2"]
+
+    def train(name, *extra):
+        assert main(["-q", "train", "--config", str(config), "--run-dir",
+                     str(tmp_path / name), *common, *extra]) == 0
+        return _weights(tmp_path / name)
+
+    first, again = train("a"), train("b")
+    assert first.keys() == again.keys() and any("text_encoder" in n for n in first)
+    for name in first:
+        np.testing.assert_allclose(first[name], again[name], atol=1e-6, err_msg=name)
+    # One epoch, then resumed for the second: the model of the run never stopped.
+    train("c", "--epochs", "1")
+    assert main(["-q", "train", "--run-dir", str(tmp_path / "c"), "--resume",
+                 "--epochs", "2"]) == 0
+    resumed = _weights(tmp_path / "c")
+    for name in first:
+        np.testing.assert_allclose(resumed[name], first[name], atol=1e-6, err_msg=name)
+    # Another seed, another model.
+    other = train("d", "--set", "train.seed=8")
+    assert any(not np.allclose(other[n], first[n]) for n in first if "text_encoder" in n)
+
+
+def test_the_run_records_what_it_trained_with_and_evaluate_sees_changed_data(
+        tmp_path, data_files, caplog):
+    import logging
+    import shutil
+
+    import pandas as pd
+
+    from tfrec.data.split import cases_fingerprint
+    from tfrec.evaluate.runner import evaluate_run
+    from tfrec.evaluate.table import format_report
+    from tfrec.run import prepare_training_data
+    from tfrec.run_folder import RunFolder
+
+    config = write_config(tmp_path, data_files, steps_per_epoch=10, epochs=1)
+    run = tmp_path / "run"
+    assert main(["-q", "train", "--config", str(config), "--run-dir", str(run), "--set",
+                 "ranking.enabled=false"]) == 0
+    [record] = RunFolder(run).read_provenance()
+    import tfrec
+
+    assert record["tfrec"] == tfrec.__version__ and record["resumed"] is False
+    assert record["packages"]["tensorflow"].startswith("2.")
+    cases = prepare_training_data(RunFolder(run).read_config()).cases
+    assert record["data"]["cases"] == len(cases) > 0
+    assert record["data"]["cases_sha256"] == cases_fingerprint(cases)
+    assert "events.csv" in record["data"]["source"]
+    assert main(["-q", "train", "--run-dir", str(run), "--resume", "--epochs", "2"]) == 0
+    assert [r["resumed"] for r in RunFolder(run).read_provenance()] == [False, True]
+    report = evaluate_run(run, tmp_path / "ev", ())
+    assert report["protocol"]["data_matches_run"] is True
+    # The same run read over data whose last events name other items (held-out ones: the
+    # split, the training period and so the vocabulary are as they were): other cases.
+    events = pd.read_csv(data_files / "events.csv").sort_values("timestamp", kind="stable")
+    late = events.index[-300:]
+    events.loc[late, "item_id"] = np.roll(events.loc[late, "item_id"].to_numpy(), 7)
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    events.to_csv(changed / "events.csv", index=False)
+    shutil.copy(data_files / "items.csv", changed / "items.csv")
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    saved = json.loads((moved / "config.json").read_text())
+    saved["data"]["events"] = str(changed / "events.csv")
+    saved["data"]["items"] = str(changed / "items.csv")
+    (moved / "config.json").write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING, logger="tfrec.evaluate.runner"):
+        report = evaluate_run(moved, tmp_path / "ev2", ())
+    assert report["protocol"]["data_matches_run"] is False
+    assert any("other held-out cases than the run trained with" in r.getMessage()
+               for r in caplog.records)
+    assert "not the cases the run trained with" in format_report(report)

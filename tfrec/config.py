@@ -190,7 +190,9 @@ class PairConfig(Settings):
                 "set in the CPU cache; batches mix pairs of one chunk (about chunk_events * "
                 "2 * window pairs), and chunks come in a random order each epoch",
         check=POSITIVE)
-    seed: int = setting(42, "seeds every random choice; the same seed gives the same batches",
+    seed: int = setting(42, "seeds every random choice of the data pipelines: the order and "
+                            "make-up of the batches, the skip-gram pairs' and the retrieval "
+                            "batches' alike; the same seed gives the same batches",
                         check=SEED)
 
     def check(self):
@@ -421,7 +423,11 @@ class TrainConfig(Settings):
     eval_seed: int = setting(42, "seeds which item of each held-out session (or user) is "
                                  "hidden, and which users and items the user split keeps out",
                              check=SEED)
-    seed: int = setting(42, "seeds model initialisation", check=SEED)
+    seed: int = setting(42, "seeds the model's initialisation and the draws of training (id "
+                            "and history dropout, sampled negatives; keyed on the training "
+                            "step, so a resumed run draws as an unstopped one), the ranking "
+                            "stage's fit and the item-item baselines' validation slice; the "
+                            "batches' order is data.pairs.seed", check=SEED)
     strategy: Strategy = setting(
         "default", "'default' (no tf.distribute strategy), 'mirrored' (MirroredStrategy over "
                    "the local devices) or 'multi_worker' (MultiWorkerMirroredStrategy, one "

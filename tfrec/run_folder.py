@@ -64,6 +64,9 @@ class RunFolder(Folder):
     ranking = Entry("ranking", "The ranking stage (`tfrec.ranking.stage.RankingStage`).")
     evaluated_as_file = Entry("evaluated_as.json", "A final model's: the evaluated run whose "
                                                    "settings it trained on every event.")
+    provenance_file = Entry("provenance.json", "What each training of the run ran with: the "
+                                               "package versions, the data read and its "
+                                               "held-out cases' fingerprint.")
 
     @property
     def evaluation(self) -> ReportFolder:
@@ -154,6 +157,20 @@ class RunFolder(Folder):
     def read_eval(self) -> dict | None:
         """The held-out scores training wrote (None: the run has none)."""
         return json.loads(self.eval_file.read_text()) if self.eval_file.exists() else None
+
+    def add_provenance(self, record: dict) -> None:
+        """Appends a training's record to `provenance.json` ({"trainings": [...]})."""
+        trainings = self.read_provenance()
+        self.provenance_file.write_text(json.dumps(json_ready(
+            {"trainings": trainings + [record]}), indent=2) + "\n")
+
+    def read_provenance(self) -> list[dict]:
+        """The records of the run's trainings, oldest first ([]: none, or an unreadable
+        file)."""
+        try:
+            return list(json.loads(self.provenance_file.read_text())["trainings"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
 
     def write_evaluated_as(self, evaluated_as: dict) -> None:
         self.evaluated_as_file.write_text(json.dumps(json_ready(evaluated_as), indent=2) + "\n")

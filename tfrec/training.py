@@ -812,6 +812,8 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
             if existed:  # it was there, empty: leave it so
                 run_dir.mkdir(parents=True, exist_ok=True)
         raise
+    if worker.is_chief:
+        RunFolder(run_dir).add_provenance(provenance(data, resume))
     session_history = fit(model, fit_data, config, run_dir, worker, resume, verbose)
     if not worker.is_chief:
         return TrainResult(run_dir, model, session_history, None,
@@ -829,6 +831,36 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
                           "--resume fits it)", **evaluation})
     return TrainResult(run_dir, model, RunFolder(run_dir).read_history(), evaluation,
                        time.perf_counter() - started, data, worker, len(session_history))
+
+
+PROVENANCE_PACKAGES = ("tensorflow", "tf-keras", "tensorflow-recommenders", "tensorflow-text",
+                       "scann", "numpy", "pandas", "scipy")
+
+
+def provenance(data, resume: bool) -> dict:
+    """What a training runs with: when, the package versions, the data read (its source,
+    sizes and the held-out cases' fingerprint, which `tfrec evaluate` compares)."""
+    import datetime
+    import importlib.metadata
+    import platform
+
+    from tfrec import __version__
+    from tfrec.data.split import cases_fingerprint
+
+    packages = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
+            "resumed": bool(resume), "tfrec": __version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "packages": packages,
+            "data": {"source": data.source, "events": len(data.events),
+                     "train_events": data.train_events, "test_events": data.test_events,
+                     "cases": len(data.cases), "cases_sha256": cases_fingerprint(data.cases)}}
 
 
 def format_evaluation(evaluation: dict, k: int) -> str:

@@ -174,3 +174,9 @@ def swapped_signal_handlers(replace, give_back=lambda old: True):
         for signum, old in previous.items():
             if give_back(old):
                 signal.signal(signum, old)
+
+
+def derived_seed(seed: int | None, offset: int) -> int | None:
+    """A layer's own seed from a model's (`seed + offset`; None stays None): sub-layers
+    seeded alike with initialisers of one kind and shape would start equal."""
+    return None if seed is None else int(seed) + int(offset)

@@ -278,3 +278,16 @@ def make_cases(test_events: pd.DataFrame, vocab: ItemVocabulary,
     return Cases(queries=[q for q, k in zip(queries, keep) if k], targets=cases_targets,
                  cold=vocab.counts[cases_targets] == 0, unknown_targets=int(unknown.sum()),
                  users=np.asarray(users, np.int64)[keep])
+
+
+def cases_fingerprint(cases: Cases) -> str:
+    """A SHA-256 of the cases (each query's items and its target, in order): equal for the
+    same data, split and seed; another when the data read changed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(np.asarray(cases.targets, np.int64).tobytes())
+    digest.update(np.asarray([len(q) for q in cases.queries], np.int64).tobytes())
+    for query in cases.queries:
+        digest.update(np.asarray(query, np.int64).tobytes())
+    return digest.hexdigest()

@@ -125,7 +125,7 @@ def gensim_available() -> bool:
 def item2vec_gensim(sessions, vocab, queries: list, dim: int = EvaluateSettings.gensim_dim,
                     window: int | None = None, negatives: int = 5,
                     epochs: int = EvaluateSettings.gensim_epochs, sample: float = 1e-3,
-                    workers: int = 2, seed: int = TrainConfig.seed) -> Embeddings:
+                    workers: int = 1, seed: int = TrainConfig.seed) -> Embeddings:
     """gensim Word2Vec skip-gram over the training sessions (a basket is a sentence).
 
     Args:
@@ -133,6 +133,8 @@ def item2vec_gensim(sessions, vocab, queries: list, dim: int = EvaluateSettings.
         of items of a basket is a (target, context) pair (item2vec's set
         context).
       sample: gensim's down-sampling of frequent items (its default).
+      workers: gensim's training threads; one (the default) makes the vectors
+        the same on every run, more trains faster but differently each time.
     """
     if not gensim_available():
         raise InputError("the item2vec_gensim baseline needs gensim: "

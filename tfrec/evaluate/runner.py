@@ -25,6 +25,7 @@ from tfrec.config import EvaluateSettings
 from tfrec.errors import InputError
 from tfrec.evaluate.analyses import (categories_of, cold_start_figures, conversion_ranks,
                                      index_recall)
+from tfrec.data.split import cases_fingerprint
 from tfrec.evaluate.bar import check_bar
 from tfrec.evaluate.noise import paired_interval, per_case
 from tfrec.evaluate.exported import ExportedModel, run_of_export
@@ -106,6 +107,24 @@ class Step:
         self.done += 1
         logger.info("[%d/%d] %s", self.done, self.total, text)
         return time.perf_counter()
+
+
+def same_cases_as_trained(run_dir: Path, cases, source: str) -> bool | None:
+    """Whether the held-out cases read now are those the run's last training had
+    (`provenance.json`'s fingerprint; None: the run records none). Other cases mean
+    the data changed since (the vocabulary check sees only the item ids): logged."""
+    trainings = RunFolder(run_dir).read_provenance()
+    recorded = trainings[-1].get("data", {}).get("cases_sha256") if trainings else None
+    if recorded is None:
+        return None
+    if recorded == cases_fingerprint(cases):
+        return True
+    was = trainings[-1]["data"]
+    logger.warning("the data read now (%s) gives other held-out cases than the run trained "
+                   "with (%s cases then from %s, %s now): the data changed since, so these "
+                   "figures are not the run's own protocol", source, f"{was.get('cases'):,}",
+                   was.get("source"), f"{len(cases):,}")
+    return False
 
 
 def refuse_final_export(saved_model: Path, run_dir: Path) -> None:
@@ -239,6 +258,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     if len(cases) == 0:
         raise InputError("no evaluation cases: no held-out session has two distinct items "
                          "(set train.split_date or train.split_fraction)")
+    data_matches = same_cases_as_trained(run_dir, cases, data.source)
     vocab = data.vocab
     valid = np.ones(vocab.size, dtype=bool)
     valid[0] = False
@@ -325,6 +345,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                      "cold_items": config.train.cold_items,
                      "retrieval_context": data.retrieval_context,
                      "eval_seed": config.train.eval_seed, "cases": len(cases),
+                     "data_matches_run": data_matches,
                      "warm_cases": int((~cases.cold).sum()), "cold_cases": int(cases.cold.sum()),
                      "unknown_targets": cases.unknown_targets,
                      "candidates": int(vocab.size - 1), "train_events": data.train_events,

@@ -79,7 +79,10 @@ def format_report(report: dict) -> str:
     k = report["k"]
     p = report["protocol"]
     lines = [f"{p['cases']:,} cases ({p['warm_cases']:,} warm, {p['cold_cases']:,} cold "
-             f"targets), {p['candidates']:,} candidate items",
+             f"targets), {p['candidates']:,} candidate items"
+             + ("\nwarning: these are not the cases the run trained with (the data changed "
+                "since): not the run's own protocol" if p.get("data_matches_run") is False
+                else ""),
              f"{'method':<24}{'HR@' + str(k):>8}{'warm':>8}{'cold':>8}"
              f"{'NDCG@' + str(k):>9}{'warm':>8}{'cold':>8}{'time':>8}"]
     hr, nd = f"hr@{k}", f"ndcg@{k}"

@@ -80,7 +80,7 @@ def build_item_encoder(config: ModelConfig, num_items: int, num_id_items: int,
             tokenizer.vocabulary_size, text_dim, token_dim=text.token_dim,
             filters=text.filters, widths=text.widths, mean_tokens=text.mean_tokens,
             ngram_buckets=text.ngram_buckets if text.char_ngrams else None,
-            name="text_encoder")
+            seed=seed, name="text_encoder")
     return ItemEncoder(num_items, num_id_items, embedding_dim=config.embedding_dim,
                        use_ids=config.use_ids, use_text=config.use_text, fusion=config.fusion,
                        text_share=config.text_share, id_dropout=config.id_dropout,

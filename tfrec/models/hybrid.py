@@ -17,6 +17,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
+from tfrec import draws
 from tfrec.tasks.base import Task, replicas
 from tfrec.tasks.retrieval import RetrievalTask
 from tfrec.towers.item_encoder import ItemEncoder
@@ -77,6 +78,12 @@ class HybridModel(tfrs.Model):
     def streams(self) -> tuple[str, ...]:
         """The training streams the tasks read, in task order (the first sets an epoch)."""
         return tuple(dict.fromkeys(task.stream for task in self.tasks))
+
+    def train_step(self, inputs):
+        # The step's random draws keyed on the optimizer's step counter: a resumed run
+        # draws as the run that was never stopped (`tfrec.draws`).
+        with draws.training_step(self.optimizer.iterations):
+            return super().train_step(inputs)
 
     def compute_loss(self, features, training=False):
         """The loss of one replica's batch: the tasks' weighted losses (each a

@@ -21,6 +21,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from tfrec import draws
 from tfrec.errors import InputError
 
 
@@ -137,8 +138,7 @@ class DrawingSampler(NegativeSampler):
         """(positive_ids as int32, the batch size, [num_sampled] items drawn uniformly
         from 1..num_warm)."""
         positive_ids = tf.cast(positive_ids, tf.int32)
-        sampled = tf.random.uniform([self.num_sampled], 1, num_warm + 1, dtype=tf.int32,
-                                    seed=self.seed)
+        sampled = draws.uniform([self.num_sampled], self.seed, 1, num_warm + 1, dtype=tf.int32)
         return positive_ids, tf.shape(positive_ids)[0], sampled
 
     def get_config(self) -> dict:

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfrec import draws
 from tfrec.config import FUSIONS
 from tfrec.towers.text_encoder import TextEncoder
 from tfrec.towers.tokenizer import CharNgramHasher, TextTokenizer
@@ -235,7 +236,7 @@ class ItemEncoder(keras.layers.Layer):
             # Each distinct item of this call hides its id with probability
             # id_dropout, at every place it occurs in the call (e.g. in all the
             # histories of a batch); a separate call draws again.
-            drop = tf.random.uniform(tf.shape(unique), seed=self.seed) < self.id_dropout
+            drop = draws.uniform(tf.shape(unique), self.seed) < self.id_dropout
             keep_id = tf.logical_and(unique_has_id, tf.logical_not(drop))
         gated = text_u
         if use_both and self.text_gate:

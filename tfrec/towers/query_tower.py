@@ -8,8 +8,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfrec import draws
 from tfrec.config import POOLINGS
 from tfrec.towers.item_encoder import ItemEncoder
+from tfrec.utils import derived_seed
 
 PAD_ITEM = 0
 
@@ -66,10 +68,14 @@ class QueryTower(keras.layers.Layer):
         self.seed = seed
         self.mlp = None
         if self.query_layers:
+            glorot = [keras.initializers.GlorotUniform(seed=derived_seed(seed, 2000 + i))
+                      for i in range(len(self.query_layers) + 1)]
             self.mlp = keras.Sequential(
-                [keras.layers.Dense(w, activation="relu", name=f"hidden_{i}")
+                [keras.layers.Dense(w, activation="relu", kernel_initializer=glorot[i],
+                                    name=f"hidden_{i}")
                  for i, w in enumerate(self.query_layers)]
-                + [keras.layers.Dense(item_encoder.embedding_dim, name="projection")],
+                + [keras.layers.Dense(item_encoder.embedding_dim, kernel_initializer=glorot[-1],
+                                      name="projection")],
                 name="mlp")
         if pooling == "attention":
             self.attention_query = self.add_weight(
@@ -87,7 +93,7 @@ class QueryTower(keras.layers.Layer):
         history = tf.cast(history, tf.int32)[:, -self.history_length:]
         mask = tf.not_equal(history, PAD_ITEM)
         if training and self.history_dropout > 0:
-            keep = tf.random.uniform(tf.shape(history), seed=self.seed) >= self.history_dropout
+            keep = draws.uniform(tf.shape(history), self.seed) >= self.history_dropout
             # A history the draw would empty is kept whole.
             none_left = tf.logical_not(tf.reduce_any(tf.logical_and(keep, mask), -1))
             keep = tf.logical_or(keep, none_left[:, None])

@@ -8,6 +8,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfrec.towers.tokenizer import PAD_ID
+from tfrec.utils import derived_seed
 
 
 @keras.utils.register_keras_serializable(package="tfrec")
@@ -28,6 +29,8 @@ class TextEncoder(keras.layers.Layer):
       ngram_buckets: hash buckets of the character n-grams (see
         `tokenizer.CharNgramHasher`) whose own embedding's masked mean joins
         the features (subword evidence for unseen words); None: no n-grams.
+      seed: seeds every initialisation (Keras' default initialisers, each
+        sub-layer its own seed derived from this one); None: unseeded.
 
     Call:
       token_ids: [batch, length] int32 (0 pads), ngram_ids: [batch, max_ngrams]
@@ -37,7 +40,7 @@ class TextEncoder(keras.layers.Layer):
 
     def __init__(self, vocabulary_size: int, output_dim: int, *, token_dim: int, filters: int,
                  widths: Sequence[int], mean_tokens: bool, ngram_buckets: int | None,
-                 **kwargs):
+                 seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.vocabulary_size = int(vocabulary_size)
         self.output_dim = int(output_dim)
@@ -46,15 +49,27 @@ class TextEncoder(keras.layers.Layer):
         self.widths = tuple(int(w) for w in widths)
         self.mean_tokens = bool(mean_tokens)
         self.ngram_buckets = None if ngram_buckets is None else int(ngram_buckets)
+        self.seed = seed
+
+        def uniform(offset):  # Keras' Embedding default, seeded
+            return keras.initializers.RandomUniform(-0.05, 0.05, seed=derived_seed(seed, offset))
+
+        def glorot(offset):  # Keras' Conv1D / Dense default, seeded
+            return keras.initializers.GlorotUniform(seed=derived_seed(seed, offset))
+
         if self.ngram_buckets is not None:
-            self.ngram_embedding = keras.layers.Embedding(self.ngram_buckets, self.token_dim,
-                                                          name="ngram_embedding")
-        self.token_embedding = keras.layers.Embedding(self.vocabulary_size, self.token_dim,
-                                                      name="token_embedding")
+            self.ngram_embedding = keras.layers.Embedding(
+                self.ngram_buckets, self.token_dim, embeddings_initializer=uniform(1001),
+                name="ngram_embedding")
+        self.token_embedding = keras.layers.Embedding(
+            self.vocabulary_size, self.token_dim, embeddings_initializer=uniform(1002),
+            name="token_embedding")
         self.convolutions = [
             keras.layers.Conv1D(self.filters, w, padding="same", activation="relu",
-                                name=f"conv_{w}") for w in self.widths]
-        self.projection = keras.layers.Dense(self.output_dim, name="projection")
+                                kernel_initializer=glorot(1100 + j), name=f"conv_{w}")
+            for j, w in enumerate(self.widths)]
+        self.projection = keras.layers.Dense(self.output_dim, kernel_initializer=glorot(1003),
+                                             name="projection")
 
     def call(self, token_ids, ngram_ids=None):
         mask = tf.not_equal(token_ids, PAD_ID)
@@ -82,4 +97,5 @@ class TextEncoder(keras.layers.Layer):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size,
                 "output_dim": self.output_dim, "token_dim": self.token_dim,
                 "filters": self.filters, "widths": list(self.widths),
-                "mean_tokens": self.mean_tokens, "ngram_buckets": self.ngram_buckets}
+                "mean_tokens": self.mean_tokens, "ngram_buckets": self.ngram_buckets,
+                "seed": self.seed}
