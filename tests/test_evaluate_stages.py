@@ -279,3 +279,24 @@ def test_a_two_stage_export_is_also_scored_as_served(staged_run, staged_report, 
     assert recall["measured"].startswith("at export") and recall["recall"]["10"] == 1.0
     printed = format_report(result)
     assert "tfrec as served" in printed and "sessions, at export" in printed
+
+
+def test_an_export_whose_stage_was_refitted_since_is_refused(staged_run, tmp_path):
+    """The export's two-tower under a ranker fitted after it is a model that never existed."""
+    import dataclasses
+    import shutil
+
+    from tfrec.errors import InputError
+    from tfrec.exporter import export
+    from tfrec.index import IndexConfig
+    from tfrec.ranking.two_stage import train
+    from tfrec.run_folder import RunFolder
+
+    run = tmp_path / "run"
+    shutil.copytree(staged_run, run, ignore=shutil.ignore_patterns("evaluation"))
+    version = export(run, tmp_path / "models", IndexConfig(kind="brute_force"))
+    config = RunFolder(run).read_config()
+    train(None, run, resume=True, verbose=0,
+          ranking=dataclasses.replace(config.ranking, members=2))
+    with pytest.raises(InputError, match="not the one this export serves"):
+        evaluate_run(None, tmp_path / "ev", (), saved_model=version.path, ablations=False)

@@ -127,6 +127,23 @@ def same_cases_as_trained(run_dir: Path, cases, source: str) -> bool | None:
     return False
 
 
+def refuse_stage_changed_since(saved_model: Path, run_dir: Path) -> None:
+    """Refuses an export whose ranking stage is not the run's as it is now (the run was
+    retrained, or its stage refitted, since the export): its stage rows would score the
+    export's two-tower under another ranker, a model that never existed."""
+    from tfrec.ranking.two_stage import stage_fingerprint
+
+    meta = VersionFolder(saved_model).read_metadata(missing_ok=True)
+    recorded = (meta.get("ranking_stage") or {}).get("fingerprint")
+    if recorded and recorded != stage_fingerprint(run_dir):
+        raise InputError(
+            f"the run's ranking stage is not the one this export serves: {run_dir} was "
+            "retrained or its stage refitted (tfrec train --resume) since the export, so "
+            "the export's two-tower under the run's ranker is a model that never existed; "
+            f"evaluate the run itself (--run {run_dir}), or export it anew and evaluate "
+            "that version", path=str(saved_model), key="evaluate.saved_model")
+
+
 def refuse_final_export(saved_model: Path, run_dir: Path) -> None:
     """Refuses an export of a final model (`tfrec train --final-from`) scored on a run's
     cases: it trained on every event, those cases included, so its figures would measure
@@ -266,6 +283,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     skipped: dict[str, str] = {}
 
     exported = None
+    if saved_model is not None and stage is not None:
+        refuse_stage_changed_since(Path(saved_model), run_dir)
     if saved_model is not None:
         exported = ExportedModel(Path(saved_model), vocab)
         model, checkpoint = exported, str(Path(saved_model).resolve())

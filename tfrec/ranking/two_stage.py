@@ -151,7 +151,14 @@ def train_final(evaluated_run: str | Path, run_dir: str | Path, overwrite: bool 
 
 
 def _save_checkpoint(model, run_dir: Path, epoch: int) -> None:
-    """A checkpoint of the model as it is now, the run's latest (for `load_run`)."""
+    """A checkpoint of the model as it is now, the run's latest (for `load_run`), with the
+    optimizer's state (a resumed run trains on from its moments)."""
+    optimizer = model.optimizer
+    if optimizer is not None and not getattr(optimizer, "_built", False):
+        # A run resumed to refit its stage trained no step in this process: the optimizer
+        # has made none of its slots yet. Made now, they take the values the checkpoint
+        # restored into them (restore on creation); else they would be left out.
+        optimizer.build(model.trainable_variables)
     epoch_var = tf.Variable(epoch, dtype=tf.int64, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch_var)
     # Saved under the epoch's own number: it replaces that epoch's checkpoint.
