@@ -464,6 +464,12 @@ def test_the_run_records_what_it_trained_with_and_evaluate_sees_changed_data(
     import tfrec
 
     assert record["tfrec"] == tfrec.__version__ and record["resumed"] is False
+    import subprocess
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode == 0:  # a checkout: the commit the package ran from
+        assert record["tfrec_source"]["commit"] == head.stdout.strip()
     assert record["packages"]["tensorflow"].startswith("2.")
     cases = prepare_training_data(RunFolder(run).read_config()).cases
     assert record["data"]["cases"] == len(cases) > 0

@@ -837,6 +837,24 @@ PROVENANCE_PACKAGES = ("tensorflow", "tf-keras", "tensorflow-recommenders", "ten
                        "scann", "numpy", "pandas", "scipy")
 
 
+def source_revision() -> dict | None:
+    """The git commit of tfrec's source and whether it has uncommitted changes, when the
+    package runs from a git checkout (an editable install); None otherwise."""
+    import subprocess
+
+    folder = Path(__file__).resolve().parent
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
+                                  text=True, timeout=5, check=True).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        changed = bool(git("status", "--porcelain", "--untracked-files=no", "--", "."))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "uncommitted_changes": changed}
+
+
 def provenance(data, resume: bool) -> dict:
     """What a training runs with: when, the package versions, the data read (its source,
     sizes and the held-out cases' fingerprint, which `tfrec evaluate` compares)."""
@@ -855,7 +873,7 @@ def provenance(data, resume: bool) -> dict:
             packages[name] = None
     return {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
-            "resumed": bool(resume), "tfrec": __version__,
+            "resumed": bool(resume), "tfrec": __version__, "tfrec_source": source_revision(),
             "python": platform.python_version(), "platform": platform.platform(),
             "packages": packages,
             "data": {"source": data.source, "events": len(data.events),
