@@ -88,6 +88,7 @@ LAYERS = {
     "tfrec._compat": 0, "tfrec.schema": 0,
     # the data layer; the run and report folders' files; optimizers and strategies
     "tfrec.data": 1, "tfrec.run_folder": 1, "tfrec.optimizers": 1, "tfrec.distribute": 1,
+    "tfrec.draws": 1,
     # the public data sets' layouts (read through the data layer)
     "tfrec.datasets": 2,
     # layers and models

@@ -862,18 +862,18 @@ def provenance(data, resume: bool) -> dict:
     import importlib.metadata
     import platform
 
-    from tfrec import __version__
     from tfrec.data.split import cases_fingerprint
 
     packages = {}
-    for name in PROVENANCE_PACKAGES:
+    for name in ("tfrec",) + PROVENANCE_PACKAGES:
         try:
             packages[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             packages[name] = None
     return {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
-            "resumed": bool(resume), "tfrec": __version__, "tfrec_source": source_revision(),
+            "resumed": bool(resume), "tfrec": packages.pop("tfrec"),
+            "tfrec_source": source_revision(),
             "python": platform.python_version(), "platform": platform.platform(),
             "packages": packages,
             "data": {"source": data.source, "events": len(data.events),
