@@ -1,6 +1,7 @@
 """Training draws keyed on the step (`tfrec.draws`): a resumed run draws as an unstopped one."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfrec import draws
@@ -38,3 +39,15 @@ def test_integers_and_the_stateful_op_outside_a_step():
     assert draws.uniform([3], 5).shape == (3,)
     with draws.training_step(tf.constant(0)):
         assert draws.uniform([3], None).shape == (3,)
+
+
+def test_derived_seeds_of_neighbouring_layers_do_not_meet():
+    """The two item encoders of `query_items: separate` are seeded s and s + 1: their
+    sub-layers' seeds stay apart."""
+    from tfrec.utils import SEED_OFFSETS, derived_seed
+
+    first = {derived_seed(7, offset) for offset in range(SEED_OFFSETS)}
+    second = {derived_seed(8, offset) for offset in range(SEED_OFFSETS)}
+    assert not first & second and derived_seed(None, 3) is None
+    with pytest.raises(ValueError, match="offset"):
+        derived_seed(7, SEED_OFFSETS)

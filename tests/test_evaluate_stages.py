@@ -300,3 +300,7 @@ def test_an_export_whose_stage_was_refitted_since_is_refused(staged_run, tmp_pat
           ranking=dataclasses.replace(config.ranking, members=2))
     with pytest.raises(InputError, match="not the one this export serves"):
         evaluate_run(None, tmp_path / "ev", (), saved_model=version.path, ablations=False)
+    # Another run's export on this run's cases is scored, with a warning (not this check).
+    scored = evaluate_run(staged_run, tmp_path / "ev2", (), saved_model=version.path,
+                          ablations=False)
+    assert scored["methods"][MODEL]["all"]["cases"] > 0

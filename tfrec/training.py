@@ -848,6 +848,9 @@ def source_revision() -> dict | None:
             return subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
                                   text=True, timeout=5, check=True).stdout.strip()
 
+        # The package's own files tracked there (not a venv inside another project's
+        # checkout, which would name that project's commit).
+        git("ls-files", "--error-unmatch", "training.py")
         commit = git("rev-parse", "HEAD")
         changed = bool(git("status", "--porcelain", "--untracked-files=no", "--", "."))
     except (OSError, subprocess.SubprocessError):

@@ -176,7 +176,17 @@ def swapped_signal_handlers(replace, give_back=lambda old: True):
                 signal.signal(signum, old)
 
 
+# Offsets `derived_seed` takes: below this, so that layers whose own seeds differ by one
+# (the two item encoders of `query_items: separate`) derive disjoint seeds.
+SEED_OFFSETS = 1 << 12
+
+
 def derived_seed(seed: int | None, offset: int) -> int | None:
-    """A layer's own seed from a model's (`seed + offset`; None stays None): sub-layers
-    seeded alike with initialisers of one kind and shape would start equal."""
-    return None if seed is None else int(seed) + int(offset)
+    """A sub-layer's own seed from its layer's (`seed * SEED_OFFSETS + offset`; None stays
+    None): sub-layers seeded alike with initialisers of one kind would start equal, and a
+    seeded initialiser draws the same leading values for any shape."""
+    if seed is None:
+        return None
+    if not 0 <= offset < SEED_OFFSETS:
+        raise ValueError(f"a seed offset from 0 to {SEED_OFFSETS - 1}, got {offset}")
+    return int(seed) * SEED_OFFSETS + int(offset)

@@ -135,6 +135,9 @@ def refuse_stage_changed_since(saved_model: Path, run_dir: Path) -> None:
 
     meta = VersionFolder(saved_model).read_metadata(missing_ok=True)
     recorded = (meta.get("ranking_stage") or {}).get("fingerprint")
+    made_from = meta.get("run")
+    if not made_from or Path(made_from).resolve() != run_dir.resolve():
+        return  # another run's export: `warn_if_another_run` says so
     if recorded and recorded != stage_fingerprint(run_dir):
         raise InputError(
             f"the run's ranking stage is not the one this export serves: {run_dir} was "
