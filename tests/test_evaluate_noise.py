@@ -14,8 +14,9 @@ def test_per_case_values_are_the_metrics_case_by_case():
     assert per_case(ranks, "ndcg@10") == pytest.approx(
         [1.0, 1 / np.log2(5), 1 / np.log2(11), 0.0, 0.0])
     assert per_case(ranks, "hr@10").mean() == pytest.approx(0.6)
-    with pytest.raises(ValueError, match="unknown metric"):
-        per_case(ranks, "map@10")
+    for bad in ("map@10", "hr10", "hr@", "hr@x"):
+        with pytest.raises(ValueError, match="unknown metric"):
+            per_case(ranks, bad)
 
 
 def test_a_clear_gap_is_above_zero_and_equal_methods_hold_it():
@@ -38,16 +39,48 @@ def test_a_clear_gap_is_above_zero_and_equal_methods_hold_it():
 
 
 def test_cases_of_one_user_widen_the_interval():
-    """Ten users of 100 cases each, each user all hits or all misses for one method:
-    resampling cases treats 1,000 draws as independent, resampling users 10."""
-    a = np.repeat([1, 0, 1, 0, 1, 1, 0, 1, 0, 1], 100).astype(float)
-    b = np.full(1000, 0.5)
-    users = np.repeat(np.arange(10), 100)
+    """Thirty users of 100 cases each, each user all hits or all misses for one method:
+    resampling cases treats 3,000 draws as independent, resampling users 30."""
+    a = np.repeat(np.tile([1, 0, 1, 0, 1, 1, 0, 1, 0, 1], 3), 100).astype(float)
+    b = np.full(3000, 0.5)
+    users = np.repeat(np.arange(30), 100)
     by_case = paired_interval(a, b)
     by_user = paired_interval(a, b, users)
     assert by_user.difference == by_case.difference
-    assert by_user.users == 10
+    assert by_user.users == 30
     assert (by_user.high - by_user.low) > 3 * (by_case.high - by_case.low)
+
+
+def test_too_few_users_give_no_interval():
+    """One user's 60 cases: every draw has the same mean, a zero-width interval that
+    would read as certain; under MIN_USERS there is no interval at all."""
+    rng = np.random.default_rng(2)
+    a, b = (rng.random(60) < 0.5).astype(float), (rng.random(60) < 0.3).astype(float)
+    one = paired_interval(a, b, np.zeros(60))
+    assert one.users == 1 and one.low is None and one.high is None
+    assert one.difference == pytest.approx((a - b).mean())
+    assert one.direction == "unknown"
+    assert one.as_dict()["interval95"] is None
+    few = paired_interval(a, b, np.arange(60) % (noise.MIN_USERS - 1))
+    assert few.direction == "unknown"
+    enough = paired_interval(a, b, np.arange(60) % noise.MIN_USERS)
+    assert enough.low is not None and enough.low < enough.high
+
+
+def test_the_ratio_and_its_interval_come_from_the_same_draws():
+    rng = np.random.default_rng(3)
+    b = (rng.random(3000) < 0.3).astype(float)
+    a = np.maximum(b, rng.random(3000) < 0.05)
+    users = rng.integers(0, 900, 3000)
+    got = paired_interval(a, b, users)
+    assert got.ratio == pytest.approx(a.mean() / b.mean())
+    assert 1.0 < got.ratio_low < got.ratio < got.ratio_high
+    # The same draws: the ratio's bounds agree with the difference's in direction.
+    assert (got.low > 0) == (got.ratio_low > 1)
+    assert got.as_dict()["ratio_interval95"] == [got.ratio_low, got.ratio_high]
+    zero = paired_interval(a, np.zeros(3000), users)
+    assert zero.ratio is None and zero.ratio_low is None
+    assert zero.as_dict()["ratio_interval95"] is None
 
 
 def test_the_draws_are_seeded_and_do_not_depend_on_the_chunk(monkeypatch):
@@ -67,6 +100,13 @@ def test_bad_inputs_are_named():
         paired_interval(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="2 users for 3 cases"):
         paired_interval(np.zeros(3), np.zeros(3), np.zeros(2))
+    with pytest.raises(ValueError, match="finite: 1 are NaN"):
+        paired_interval(np.array([0.0, np.nan, 1.0]), np.zeros(3))
+    with pytest.raises(ValueError, match="finite: 2 are NaN"):
+        paired_interval(np.array([0.0, np.inf, 1.0]), np.array([-np.inf, 0, 0]))
+    for draws in (0, 1):
+        with pytest.raises(ValueError, match="draws must be at least 2"):
+            paired_interval(np.zeros(3), np.zeros(3), draws=draws)
 
 
 def test_the_bar_carries_each_comparisons_interval():
@@ -87,13 +127,90 @@ def test_the_bar_carries_each_comparisons_interval():
     every = checks["beats every baseline on all cases"]
     assert every["met"] is True
     assert every["noise"] == {"difference": 0.01, "interval95": [-0.004, 0.024],
-                              "users": 50, "direction": "within"}
+                              "ratio": None, "ratio_interval95": None,
+                              "users": 50, "direction": "within", "against": "ease"}
+    assert every["ratio"] == pytest.approx(0.32 / 0.31)
     assert verdict(every) == "met, within noise"
     assert noise_text(every) == ("difference +0.0100 (95% interval -0.0040 to +0.0240, "
-                                 "50 users resampled)")
+                                 "50 users resampled); 1.032x")
     warm = checks["matches or beats EASE on warm targets"]
     assert warm["met"] is False and verdict(warm) == "NOT met"
     # Without intervals the bar is as before.
     plain = check_bar(methods, 10, None)
     assert all("noise" not in c for c in plain)
     assert verdict(plain[0]) == "met" and noise_text(plain[0]) == ""
+
+
+def test_a_claim_over_several_baselines_holds_the_least_favourable_interval():
+    """The best-scoring baseline need not be the one the model is least surely ahead
+    of: the claim holds the interval of the lowest bound, naming its baseline."""
+    def method(a):
+        return {"all": {"hr@10": a, "cases": 500}, "warm": {"hr@10": a, "cases": 500},
+                "cold": {"hr@10": None, "cases": 0}}
+
+    methods = {"tfrec": method(0.34), "ease": method(0.33), "itemknn": method(0.32)}
+    intervals = {"ease": noise.Interval(0.01, 0.004, 0.016, 300, 1.03, 1.01, 1.05),
+                 "itemknn": noise.Interval(0.02, -0.01, 0.05, 300, 1.06, 0.97, 1.16)}
+
+    def paired(a, b, group, metric):
+        return intervals.get(b)
+
+    every = check_bar(methods, 10, None, paired=paired)[0]
+    assert every["best_baseline"] == "ease" and every["baseline"] == 0.33
+    assert every["noise"]["against"] == "itemknn"
+    assert every["noise"]["interval95"] == [-0.01, 0.05]
+    assert verdict(every) == "met, within noise"
+    # The ratio is to the best baseline; its interval only when the interval is its.
+    assert every["ratio"] == pytest.approx(0.34 / 0.33) and "ratio_interval95" not in every
+    assert noise_text(every) == ("difference against ItemKNN (cosine) +0.0200 (95% interval "
+                                 "-0.0100 to +0.0500, 300 users resampled); 1.030x")
+    intervals["itemknn"] = noise.Interval(0.02, 0.01, 0.03, 300, 1.06, 1.03, 1.09)
+    every = check_bar(methods, 10, None, paired=paired)[0]
+    assert every["noise"]["against"] == "ease" and verdict(every) == "met"
+    assert every["ratio_interval95"] == [1.01, 1.05]
+    assert noise_text(every).endswith("; 1.030x (95% interval 1.010x to 1.050x)")
+
+
+def test_absolute_targets_and_too_few_users_in_the_bar():
+    methods = {"tfrec": {"all": {"hr@10": 0.32, "cases": 100},
+                         "warm": {"hr@10": 0.33, "cases": 90},
+                         "cold": {"hr@10": None, "cases": 10}}}
+    asked = []
+
+    def paired(a, b, group, metric):
+        asked.append(b)
+        return noise.Interval(0.02, None, None, 12)
+
+    check, = check_bar(methods, 10, {"all": 0.3}, paired=paired)
+    assert asked == [0.3]
+    assert check["met"] is True and check["noise"]["direction"] == "unknown"
+    assert verdict(check) == "met, too few users to tell"
+    assert noise_text(check) == (f"difference +0.0200 (no interval: 12 users, fewer than "
+                                 f"{noise.MIN_USERS})")
+
+
+def test_the_models_other_rows_are_measured_against_it():
+    from tfrec.evaluate.runner import against_model
+    from tfrec.evaluate.table import vs_model_lines
+
+    def method(label):
+        return {"label": label, "all": {"hr@10": 0.3, "cases": 100},
+                "warm": {"hr@10": 0.3, "cases": 90}, "cold": {"hr@10": None, "cases": 0}}
+
+    methods = {"tfrec": method("tfrec, both stages"), "tfrec_stage1": method("stage 1"),
+               "tfrec_without_text": method("tfrec w/o text"), "ease": method("EASE")}
+    asked = []
+
+    def paired(a, b, group, metric):
+        asked.append((a, b, group, metric))
+        return noise.Interval(-0.01, -0.02, -0.001, 40)
+
+    against_model(methods, paired, 10)
+    assert "vs_model" not in methods["tfrec"] and "vs_model" not in methods["ease"]
+    vs = methods["tfrec_without_text"]["vs_model"]
+    assert set(vs) == {"all", "warm"}  # no cold cases
+    assert vs["all"]["hr@10"]["interval95"] == [-0.02, -0.001]
+    assert ("tfrec_without_text", "tfrec", "warm", "ndcg@10") in asked
+    lines = vs_model_lines({"k": 10, "methods": methods})
+    assert lines[1].strip().startswith("stage 1")
+    assert "-0.0100 (-0.0200 to -0.0010) / -0.0100 (-0.0200 to -0.0010) / -" in lines[2]

@@ -81,6 +81,17 @@ def test_the_report_has_both_stages_stage1_and_an_ablation_per_group(staged_repo
     page = (out / "report.html").read_text()
     assert "<h2>Ranking stage</h2>" in page and "tfrec w/o two_tower" in page
     assert "<h3>Candidate recall (HR@22)</h3>" in page
+    # The model's other rows against it: the paired difference is the rows' difference.
+    for name in (STAGE1, *ablations):
+        m = result["methods"][name]
+        vs = m["vs_model"]["all"]["hr@10"]
+        assert vs["difference"] == pytest.approx(
+            m["all"]["hr@10"] - result["methods"][MODEL]["all"]["hr@10"], abs=1e-12)
+        assert vs["users"] >= 1
+    assert "vs_model" not in result["methods"][MODEL]
+    assert "vs_model" not in result["methods"]["popularity"]
+    assert "against both stages (HR@10 difference" in printed
+    assert "Against both stages (HR@10 difference" in page
 
 
 def test_the_model_row_is_evaluate_stages_and_stage1_is_the_two_tower(staged_report, truth):

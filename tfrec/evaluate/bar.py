@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tfrec.evaluate.methods import MAX_K, MODEL, STAGE1, is_model_row, text_only_names
+from tfrec.evaluate.methods import (MAX_K, MODEL, STAGE1, is_model_row, label_of,
+                                    text_only_names)
+from tfrec.evaluate.noise import MIN_USERS
 
 # A check over fewer cases than this says "too few cases" instead of met or not:
 # below it one case moves a hit rate by more than the margins the bar is about
@@ -40,17 +42,30 @@ def check_bar(methods: dict, k: int, targets: dict | None, paired=None) -> list[
     met nor missed: its "met" is None and "cases" says how many there were.
 
     `paired` (optional): paired(model, baseline, group, metric) -> the
-    `noise.Interval` of their difference on the same cases; each comparison
-    then also holds it ("noise": the difference, its 95% interval with the
-    users resampled, and whether the interval is above, below or holds 0).
-    "met" stays the point estimates' comparison; the interval says how sure it is.
+    `noise.Interval` of their difference on the same cases (`baseline` a method's
+    name, or a number: a target); each comparison then also holds it ("noise":
+    the difference, its 95% interval with the users resampled, and whether the
+    interval is above, below or holds 0). A claim over several baselines holds
+    the least favourable of their intervals (the lowest bound; "against" names
+    its baseline), whichever scored best. "met" stays the point estimates'
+    comparison; the interval says how sure it is. The claim of beating every
+    baseline also gives the ratio to the best one, and its interval ("ratio").
     """
     hr, nd = f"hr@{k}", f"ndcg@{k}"
     full = methods[MODEL]
     others = {n: m for n, m in methods.items() if n != MODEL}
     checks = []
 
-    def compare(check, group, metric, names, strict=False):
+    def least_favourable(group, metric, names):
+        """The interval of the model against each of `names` of the lowest bound."""
+        found = [(n, paired(MODEL, n, group, metric)) for n in names]
+        found = [(n, i) for n, i in found if i is not None]
+        if not found:
+            return None, None
+        return min(found, key=lambda f: (f[1].low is not None, f[1].low or 0.0,
+                                         f[1].difference))
+
+    def compare(check, group, metric, names, strict=False, ratio=False):
         model = metric_value(full, group, metric)
         names = [n for n in names if n in others
                  and metric_value(others[n], group, metric) is not None]
@@ -60,13 +75,18 @@ def check_bar(methods: dict, k: int, targets: dict | None, paired=None) -> list[
         baseline = metric_value(others[best], group, metric)
         entry = {"check": check, "metric": metric, "model": model, "best_baseline": best,
                  "baseline": baseline, "met": model > baseline if strict else model >= baseline}
-        interval = paired(MODEL, best, group, metric) if paired is not None else None
-        if interval is not None:
-            entry["noise"] = interval.as_dict()
+        if ratio and baseline > 0:
+            entry["ratio"] = model / baseline
+        if paired is not None:
+            against, interval = least_favourable(group, metric, names)
+            if interval is not None:
+                entry["noise"] = {**interval.as_dict(), "against": against}
+                if ratio and against == best and interval.ratio_low is not None:
+                    entry["ratio_interval95"] = [interval.ratio_low, interval.ratio_high]
         checks.append(_judged(full, group, entry))
 
     baselines = [n for n in others if not is_model_row(n)]
-    compare("beats every baseline on all cases", "all", hr, baselines, strict=True)
+    compare("beats every baseline on all cases", "all", hr, baselines, strict=True, ratio=True)
     text_only = text_only_names()
     compare("matches or beats the best text-only method on cold targets", "cold", hr, text_only)
     if k != MAX_K:
@@ -82,9 +102,12 @@ def check_bar(methods: dict, k: int, targets: dict | None, paired=None) -> list[
     for group, target in (targets or {}).items():
         if full[group][hr] is None:  # a group without cases has nothing to check
             continue
-        checks.append(_judged(full, group, {
-            "check": f"HR@{k} on {group} targets >= {target}", "metric": hr,
-            "model": full[group][hr], "target": target, "met": full[group][hr] >= target}))
+        entry = {"check": f"HR@{k} on {group} targets >= {target}", "metric": hr,
+                 "model": full[group][hr], "target": target, "met": full[group][hr] >= target}
+        interval = paired(MODEL, float(target), group, hr) if paired is not None else None
+        if interval is not None:
+            entry["noise"] = interval.as_dict()
+        checks.append(_judged(full, group, entry))
     return checks
 
 
@@ -104,17 +127,36 @@ def verdict(check: dict) -> str:
     if check["met"] is None:
         return f"too few cases ({check['cases']})"
     text = "met" if check["met"] else "NOT met"
-    if check.get("noise", {}).get("direction") == "within":
+    direction = check.get("noise", {}).get("direction")
+    if direction == "within":
         text += ", within noise"
+    elif direction == "unknown":
+        text += ", too few users to tell"
     return text
 
 
 def noise_text(check: dict) -> str:
     """'difference +0.0139 (95% interval +0.0056 to +0.0222, 1,234 users resampled)',
-    or '' for a check without one."""
+    with the ratio's ('1.045x, 95% interval 1.018x to 1.072x') where the check has
+    one, the baseline the interval is against where it is not the best one, or ''
+    for a check without one."""
     noise = check.get("noise")
     if not noise:
         return ""
-    low, high = noise["interval95"]
-    return (f"difference {noise['difference']:+.4f} (95% interval {low:+.4f} to "
-            f"{high:+.4f}, {noise['users']:,} users resampled)")
+    users = f"{noise['users']:,} user{'s' if noise['users'] != 1 else ''}"
+    against = noise.get("against")
+    vs = (f" against {label_of(against)}" if against and against != check.get("best_baseline")
+          else "")
+    if noise["interval95"] is None:
+        text = (f"difference{vs} {noise['difference']:+.4f} (no interval: {users}, fewer "
+                f"than {MIN_USERS})")
+    else:
+        low, high = noise["interval95"]
+        text = (f"difference{vs} {noise['difference']:+.4f} (95% interval {low:+.4f} to "
+                f"{high:+.4f}, {users} resampled)")
+    if "ratio_interval95" in check:
+        low, high = check["ratio_interval95"]
+        text += f"; {check['ratio']:.3f}x (95% interval {low:.3f}x to {high:.3f}x)"
+    elif "ratio" in check:
+        text += f"; {check['ratio']:.3f}x"
+    return text

@@ -13,7 +13,7 @@ from tfrec.evaluate.analyses import pca_2d
 from tfrec.evaluate.bar import noise_text, verdict
 from tfrec.evaluate.methods import ABLATION_PREFIX, MAX_K, MODEL, STAGE1, label_of
 from tfrec.evaluate.table import (SOURCE_LABELS, cold_slots, format_report, list_width,
-                                  new_slots_clause, tunings_of)
+                                  new_slots_clause, tunings_of, vs_model_lines)
 from tfrec.run_folder import ReportFolder
 from tfrec.utils import ensure_folder, json_ready
 
@@ -244,7 +244,16 @@ def _ranking_stage_html(report: dict) -> str:
             + (f", and their HR@{k} is their HR@{width}" if k > width else "")
             + f". {ablations}</p><h3>Candidate recall (HR@{width})</h3>"
             "<table><tr><th>list</th><th>all</th><th>warm</th><th>cold</th></tr>"
-            f"{rows}</table>")
+            f"{rows}</table>" + _vs_model_html(report))
+
+
+def _vs_model_html(report: dict) -> str:
+    """The model's other rows against both stages (`vs_model_lines`), as a list."""
+    lines = vs_model_lines(report)
+    if not lines:
+        return ""
+    return (f"<h3>{html.escape(lines[0][0].upper() + lines[0][1:])}</h3><ul>"
+            + "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:]) + "</ul>")
 
 
 def _tuning_html(report: dict) -> str:

@@ -33,7 +33,7 @@ from tfrec.exporter.layout import VersionFolder
 from tfrec.evaluate import stages as stages_lib
 from tfrec.evaluate.methods import (MAX_K, MODEL, REGISTRY, SERVED, STAGE1, TWO_STAGE_LABEL,
                                     BaselineSettings, EvaluationRun, ablation_name,
-                                    baseline_names, label_of)
+                                    baseline_names, is_model_row, label_of)
 from tfrec.evaluate.report import write_report
 from tfrec.metrics import hit_rate, rank_targets, score_cases
 from tfrec.ranking import features as F
@@ -354,6 +354,8 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
                       **(res.extra or {}),
                       **scores_of(res.ranks, cases, k, res.list_width)}
                for name, res in results.items()}
+    paired = _paired(results, cases)
+    against_model(methods, paired, k)
     report = {
         "run": str(run_dir.resolve()), "checkpoint": checkpoint, "k": k,
         "protocol": {"data": config.data.layout,
@@ -379,7 +381,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
         "conversion": conversion,
         "cold_start": cold_start,
         **({"ranking_stage": ranking_stage} if ranking_stage is not None else {}),
-        "checks": check_bar(methods, k, targets, paired=_paired(results, cases)),
+        "checks": check_bar(methods, k, targets, paired=paired),
         "seconds": round(time.perf_counter() - started, 1),
     }
     step(f"writing the report to {out_dir}")
@@ -390,16 +392,32 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
 
 def _paired(results: dict, cases):
     """paired(a, b, group, metric) -> the `noise.Interval` of methods a - b on the group's
-    cases (users resampled when the cases know their users)."""
+    cases (users resampled when the cases know their users); b a method's name or a
+    number (a target every case is held to)."""
     groups = {"all": np.ones(len(cases), bool), "warm": ~cases.cold, "cold": cases.cold}
 
-    def paired(a: str, b: str, group: str, metric: str):
+    def paired(a: str, b, group: str, metric: str):
         mask = groups[group]
         users = None if cases.users is None else cases.users[mask]
-        return paired_interval(per_case(results[a].ranks[mask], metric),
-                               per_case(results[b].ranks[mask], metric), users)
+        mine = per_case(results[a].ranks[mask], metric)
+        other = (np.full(len(mine), float(b)) if isinstance(b, (int, float))
+                 else per_case(results[b].ranks[mask], metric))
+        return paired_interval(mine, other, users)
 
     return paired
+
+
+def against_model(methods: dict, paired, k: int) -> None:
+    """Each of the model's own other rows (stage 1 alone, the ablations) gets its
+    difference to the model, with the 95% interval (`paired`), per group, at HR@k
+    and NDCG@k ("vs_model"): what an ablation costs, and how sure that is."""
+    for name, method in methods.items():
+        if name == MODEL or not is_model_row(name):
+            continue
+        method["vs_model"] = {
+            group: {metric: interval.as_dict() for metric in (f"hr@{k}", f"ndcg@{k}")
+                    if (interval := paired(name, MODEL, group, metric)) is not None}
+            for group in ("all", "warm", "cold") if methods[MODEL][group].get("cases")}
 
 
 def _stage_rows(stage, config, data, run_model, query_emb: np.ndarray, cases,

@@ -59,6 +59,31 @@ def ranking_stage_lines(report: dict) -> list[str]:
     return lines
 
 
+def vs_model_lines(report: dict) -> list[str]:
+    """The model's other rows (stage 1 alone, the ablations) against both stages: the
+    HR@k difference on all / warm / cold targets, and its 95% interval ("vs_model")."""
+    k = report["k"]
+    rows = [(m["label"], m["vs_model"]) for m in report["methods"].values()
+            if m.get("vs_model")]
+    if not rows:
+        return []
+    lines = [f"against both stages (HR@{k} difference, 95% interval with the users "
+             "resampled), all / warm / cold targets:"]
+    for label, vs in rows:
+        parts = []
+        for group in ("all", "warm", "cold"):
+            noise = vs.get(group, {}).get(f"hr@{k}")
+            if noise is None:
+                parts.append("-")
+            elif noise["interval95"] is None:
+                parts.append(f"{noise['difference']:+.4f} (too few users)")
+            else:
+                low, high = noise["interval95"]
+                parts.append(f"{noise['difference']:+.4f} ({low:+.4f} to {high:+.4f})")
+        lines.append(f"  {label:<22}" + " / ".join(parts))
+    return lines
+
+
 def tunings_of(method: dict) -> list[dict]:
     """A method's choices of a setting (`tuning`: one, or a list of them)."""
     tuning = method.get("tuning")
@@ -102,6 +127,7 @@ def format_report(report: dict) -> str:
         for tuning in tunings_of(m):
             lines.append(tuning_line(m["label"], tuning, k))
     lines += ranking_stage_lines(report)
+    lines += vs_model_lines(report)
     r = report["index_recall"]
     kind = {"export": "the export's index", "brute_force": "exact search, the catalogue too "
             "small for ScaNN"}.get(r["index"], "ScaNN")
