@@ -168,9 +168,15 @@ def test_offline_gives_the_missing_file_message_with_url_and_place(
 
 def test_downloads_off_gives_todays_message(monkeypatch, server, online_retail_source, tmp_path):
     monkeypatch.setenv(download.DOWNLOAD_ENV, "0")
-    with pytest.raises(InputError, match="data file not found.*downloads are off"):
+    with pytest.raises(InputError, match="data file not found.*downloads are off") as err:
         datasets.online_retail_path()
     assert server.requests == []
+    # It says where the source goes when fetched by hand, under the name tfrec reads.
+    remote = sources.REMOTES["online_retail/online_retail.csv.gz"]
+    assert remote.source_name in str(err.value)
+    assert download.source_url(remote, "online_retail") in str(err.value)
+    folder = datasets.data_folder() / "online_retail"
+    assert f"put in {folder}, is checked and converted" in str(err.value)
 
 
 def test_goodbooks_fetches_each_missing_file_from_a_zip(server, monkeypatch, tmp_path):

@@ -273,6 +273,40 @@ def test_a_short_scann_search_still_gives_the_ranker_n_distinct_candidates(
         assert len(set(row)) == K and "" not in row
 
 
+def test_items_without_behaviour_the_index_misses_are_scored_exactly(
+        two_stage_run, stage, tmp_path, monkeypatch):
+    """An index that never returns the items without behaviour (an approximate search at
+    depth N misses some; here all): with `index.exact_new_items` (the default) they are
+    scored exactly beside it and the export serves the in-process stage's lists; with 0
+    the two-tower list lacks them and some lists differ."""
+    import tfrec.exporter.saved_model as saved_model
+    from tfrec.index.ann import build_index
+
+    def blind_index(catalogue, index_config, queries, k):
+        warm = np.asarray(catalogue.counts) > 0
+        config = dataclasses.replace(index_config, kind="brute_force")
+        return (build_index(catalogue.embeddings[warm], catalogue.ids[warm], config), config,
+                1.0, 0.0)
+
+    monkeypatch.setattr(saved_model, "build_checked_index", blind_index)
+    vocab, _, ranking = stage
+    cold = vocab.ids[1:][np.asarray(vocab.counts[1:]) == 0].astype(str)
+    assert 0 < len(cold) <= IndexConfig.exact_new_items
+    exact = export(two_stage_run, tmp_path / "exact", IndexConfig(kind="brute_force"))
+    blind = export(two_stage_run, tmp_path / "blind",
+                   IndexConfig(kind="brute_force", exact_new_items=0))
+    assert exact.metadata["exact_new_items"] == IndexConfig.exact_new_items
+    assert blind.metadata["exact_new_items"] == 0
+    sessions = sessions_of(vocab, 60, seed=4)
+    out, _ = assert_served_as_in_process(load_saved_model(exact.path), stage, sessions)
+    served = out["item_ids"].numpy().astype(str)
+    missed = load_saved_model(blind.path).signatures["serving_default"](
+        item_ids=padded(sessions), k=tf.constant(K))["item_ids"].numpy().astype(str)
+    assert (served != missed).any(axis=1).sum() >= 3
+    # The lists differ where the exact search brought a new item into the candidates.
+    assert np.isin(served, cold).sum() > np.isin(missed, cold).sum()
+
+
 def test_a_long_session_is_ranked_on_all_its_items_as_in_process(exports, stage):
     """Sessions of 55-80 items (the query tower reads the last 50): the ranking stage reads
     every item of the session, each once, as it was trained and evaluated; a repeated

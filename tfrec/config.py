@@ -743,6 +743,13 @@ class IndexConfig(Settings):
         500, "the widest session a request may send (the model reads its last "
              "history_length items and excludes all of them from the results; at least the "
              "model's history_length)", check=POSITIVE, flag="--max-session-items")
+    exact_new_items: int = setting(
+        5000, "with the ranking stage, the catalogue's items without behaviour are scored "
+              "exactly beside the index when there are at most this many (one product with "
+              "their embeddings a call), and join its top N: the two-tower's list is their "
+              "only source, and an approximate search at depth N misses some (make run's "
+              "model: 7 of 320 cold hits). 0: the index alone", check=integer_at_least(0),
+        flag="--exact-new-items")
 
     def check(self):
         needed = self.max_k + self.max_session_items

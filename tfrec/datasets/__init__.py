@@ -100,8 +100,16 @@ def _locate(dataset: DataSet, name: str, explicit: str | Path | None,
         return found / name  # (a missing file beside it is reported by the caller)
     looked = [folder / dataset.folder for folder in candidates]
     if found is None and not download.downloads_enabled():
-        raise missing_data_error(dataset, candidates[0] / dataset.folder / name, looked,
-                                 f" (downloads are off: {download.DOWNLOAD_ENV}=0)")
+        from tfrec.datasets.sources import REMOTES
+
+        folder = candidates[0] / dataset.folder
+        remotes = [REMOTES[f"{dataset.folder}/{file}"] for file in needed]
+        by_hand = ", ".join(f"{download.source_url(r, dataset.folder)} as {r.source_name}"
+                            for r in remotes)
+        raise missing_data_error(
+            dataset, folder / name, looked,
+            f" (downloads are off: {download.DOWNLOAD_ENV}=0; the source, downloaded elsewhere "
+            f"and put in {folder}, is checked and converted: {by_hand})")
     target = found or _download_folder(candidates) / dataset.folder
     from tfrec.datasets.sources import REMOTES
 

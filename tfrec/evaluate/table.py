@@ -31,6 +31,11 @@ def cold_slots(share: dict, k: int) -> str:
             f"{share['both_stages_top_k_slots']:.1%} of both stages'")
 
 
+def padded(label: str, width: int) -> str:
+    """`label` padded to `width`, or followed by a space where it is longer."""
+    return f"{label:<{width}}" if len(label) < width else label + " "
+
+
 def _share(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -80,7 +85,7 @@ def vs_model_lines(report: dict) -> list[str]:
             else:
                 low, high = noise["interval95"]
                 parts.append(f"{noise['difference']:+.4f} ({low:+.4f} to {high:+.4f})")
-        lines.append(f"  {label:<22}" + " / ".join(parts))
+        lines.append(f"  {padded(label, 22)}" + " / ".join(parts))
     return lines
 
 
@@ -116,10 +121,10 @@ def format_report(report: dict) -> str:
         return f"{'-':>{width}}" if value is None else f"{value:>{width}.4f}"
 
     for name, m in report["methods"].items():
-        lines.append(f"{m['label']:<24}" + "".join(cell(m[g][hr], 8) for g in
-                                                   ("all", "warm", "cold"))
-                     + cell(m["all"][nd], 9) + "".join(cell(m[g][nd], 8) for g in
-                                                       ("warm", "cold"))
+        lines.append(padded(m["label"], 24)
+                     + "".join(cell(m[g][hr], 8) for g in ("all", "warm", "cold"))
+                     + cell(m["all"][nd], 9)
+                     + "".join(cell(m[g][nd], 8) for g in ("warm", "cold"))
                      + f"{m['seconds']:>7.0f}s")
     for skip in report.get("skipped", {}).values():
         lines.append(f"{skip['label']:<24}{skip['reason']}")

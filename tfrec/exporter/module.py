@@ -11,6 +11,7 @@ text) and lacks dropped ones, with the same model.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,8 @@ import tensorflow as tf
 from tfrec.config import IndexConfig
 from tfrec.exporter.catalogue import Catalogue
 from tfrec.index.ann import search
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -123,6 +126,11 @@ class RecommenderModule(tf.Module):
         order: `catalogue_changes`), or None: stage 1 alone.
       item_vectors: [vocabulary, dim] the item encoder's output for every
         vocabulary index (`model.item_embeddings()`), if computed already.
+      exact_new_items: with a ranking stage, the catalogue's items without
+        behaviour (no training event: cold and added items) are scored exactly
+        beside the index when there are at most this many, and join the index's
+        top N (`_with_new_items`): the two-tower's list is the ranking stage's
+        only source of them, and an approximate search at depth N misses some.
 
     With a text tower, the query tower's item encodings of every vocabulary
     item are computed here once and kept (`query_item_vectors`): a request's
@@ -135,7 +143,7 @@ class RecommenderModule(tf.Module):
                  max_session_items: int = IndexConfig.max_session_items,
                  users: UserCache | None = None,
                  catalogue: Catalogue | None = None, ranking=None,
-                 item_vectors: np.ndarray | None = None):
+                 item_vectors: np.ndarray | None = None, exact_new_items: int = 0):
         super().__init__(name="tfrec")
         self.max_session_items = int(max_session_items)
         self.item_encoder = model.item_encoder
@@ -188,6 +196,9 @@ class RecommenderModule(tf.Module):
             # Serving index -> id: the vocabulary's, then the added items'.
             self.serving_ids = tf.constant(np.concatenate(
                 [np.asarray(item_ids[:1]).astype(str), vocab, ids[added]]))
+        self.new_items = None
+        if ranking is not None:
+            self._exact_new_items(model, catalogue, item_vectors, ids, exact_new_items)
         added_embeddings = (np.asarray(catalogue.embeddings)[added] if len(added)
                             else np.zeros((0, dim), np.float32))
         self.added_embeddings = tf.Variable(
@@ -212,6 +223,44 @@ class RecommenderModule(tf.Module):
             np.vstack([np.zeros((1, self.history_length), np.int32),
                        users.histories.astype(np.int32)]),
             trainable=False, name="user_histories")
+
+    def _exact_new_items(self, model, catalogue: Catalogue, item_vectors, ids: np.ndarray,
+                         limit: int) -> None:
+        """The catalogue's items without behaviour, for `_with_new_items`: their serving
+        indices and embeddings (the index's rows), when there are 1 to `limit` of them."""
+        new = np.flatnonzero(np.asarray(catalogue.counts) == 0)
+        if len(new) > limit:
+            logger.info("%d catalogue items without behaviour, over index.exact_new_items "
+                        "(%d): the index alone finds them for the ranking stage", len(new),
+                        limit)
+        if not len(new) or len(new) > limit:
+            return
+        if catalogue.embeddings is not None:
+            rows = np.asarray(catalogue.embeddings, np.float32)[new]
+        else:  # every catalogue item is the vocabulary's, in its order
+            vectors = item_vectors if item_vectors is not None else model.item_embeddings()
+            rows = np.asarray(vectors, np.float32)[1:][new]
+        added = self.added_table.lookup(tf.constant(ids[new])).numpy()
+        known = self.id_table.lookup(tf.constant(ids[new])).numpy()
+        self.new_items = tf.constant(np.where(added > 0, added + self.vocabulary_items, known)
+                                     .astype(np.int32))
+        self.new_item_embeddings = tf.Variable(rows, trainable=False,
+                                               name="new_item_embeddings")
+
+    def _with_new_items(self, queries, scores, found):
+        """The index's list (scores, serving indices [batch, width]) with the items
+        without behaviour it missed: each query's exact top `width` of them, those the
+        index returned left out, merged by score; the best `width` kept."""
+        if self.new_items is None:
+            return scores, found
+        width = tf.shape(scores)[1]
+        exact = tf.matmul(queries, self.new_item_embeddings, transpose_b=True)
+        top, at = tf.math.top_k(exact, k=tf.minimum(width, tf.shape(exact)[1]))
+        items = tf.gather(self.new_items, at)
+        listed = tf.reduce_any(tf.equal(items[:, :, None], found[:, None, :]), axis=-1)
+        top = tf.where(listed, float("-inf"), top)
+        best, at = tf.math.top_k(tf.concat([scores, top], 1), k=width)
+        return best, tf.gather(tf.concat([found, items], 1), at, batch_dims=1)
 
     def _history(self, item_ids):
         """[batch, length] string ids -> [batch, N] left-padded indices of the last N known."""
@@ -327,7 +376,7 @@ class RecommenderModule(tf.Module):
         k = self._check_k(k)
         known = exclude > 0
         scores, ids = self._search(queries, self.ranking.num_candidates, known)
-        found = self._serving_index(ids)
+        scores, found = self._with_new_items(queries, scores, self._serving_index(ids))
         clash = tf.reduce_any(tf.logical_and(tf.equal(found[:, :, None], exclude[:, None, :]),
                                              known[:, None, :]), axis=-1)
         valid = tf.logical_and(tf.logical_not(clash), tf.logical_not(tf.math.is_inf(scores)))

@@ -336,7 +336,8 @@ def index_metadata(catalogue: Catalogue, index_config: IndexConfig, recall: floa
             "index_parameters": (scann_parameters(len(catalogue), index_config)
                                  if index_config.kind == "scann" else {}),
             "max_k": index_config.max_k, "max_session_items": index_config.max_session_items,
-            "recall_floor": index_config.recall_floor, "items": len(catalogue),
+            "recall_floor": index_config.recall_floor,
+            "exact_new_items": index_config.exact_new_items, "items": len(catalogue),
             f"recall@{k}": round(float(recall), 6), "recall_queries": int(queries),
             "index_build_seconds": round(build_seconds, 3)}
 
@@ -535,7 +536,8 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
         ranking = ranking_scorer(stage, model, item_ids, catalogue)
     module = RecommenderModule(model, item_ids, index, index_config.max_k, vocab.text,
                                vocab.counts, index_config.max_session_items, users,
-                               ranking=ranking, item_vectors=item_vectors)
+                               ranking=ranking, item_vectors=item_vectors,
+                               exact_new_items=index_config.exact_new_items)
     uncached = uncached_users(data.events, user_ids)
     if len(uncached):
         logger.warning("%d users of the data have no training event, so no cached embedding "

@@ -32,7 +32,7 @@ from tfrec.ranking.two_stage import check_stage_unchanged, load_stage, stage_fin
 logger = logging.getLogger(__name__)
 
 # Index settings a version records and the next one inherits unless told otherwise.
-INHERITED = ("kind", "max_k", "max_session_items", "recall_floor")
+INHERITED = ("kind", "max_k", "max_session_items", "recall_floor", "exact_new_items")
 
 
 def previous_version(model_dir: Path, from_version: int | None) -> Path:
@@ -278,7 +278,8 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
     ranking = ranking_scorer(stage, model, vocab.ids, catalogue) if ranking_stage else None
     module = RecommenderModule(model, vocab.ids, index, index_config.max_k,
                                max_session_items=index_config.max_session_items, users=users,
-                               catalogue=catalogue, ranking=ranking)
+                               catalogue=catalogue, ranking=ranking,
+                               exact_new_items=index_config.exact_new_items)
     kept = {key: value for key, value in metadata.items()
             if key.startswith("users") or key in ("run", "checkpoint", "history_length",
                                                   "embedding_dim", "trained_on",

@@ -246,8 +246,8 @@ class HybridModel(tfrs.Model):
         self.built = True
 
     def save(self, filepath, *args, **kwargs):
-        """Keras' `save` to a `.keras` file (`keras.models.load_model` reloads it),
-        the towers built first.
+        """Keras' `save` to a `.keras` file (`tf_keras.models.load_model` reloads it,
+        not a separately installed Keras 3's), the towers built first.
 
         Raises:
           ValueError: any other format: the model has no forward pass for Keras'
@@ -257,9 +257,9 @@ class HybridModel(tfrs.Model):
         if not str(filepath).endswith(".keras") or kwargs.get("save_format") not in (
                 None, "keras"):
             raise ValueError(
-                f"{filepath}: a HybridModel saves to a .keras file (keras.models.load_model "
-                "reloads it) or its weights with save_weights; a SavedModel to serve is "
-                "made by tfrec.export (tfrec export)")
+                f"{filepath}: a HybridModel saves to a .keras file (tf_keras.models.load_model "
+                "reloads it, not Keras 3's keras.models.load_model) or its weights with "
+                "save_weights; a SavedModel to serve is made by tfrec.export (tfrec export)")
         self.build_variables()
         return super().save(filepath, *args, **kwargs)
 
