@@ -177,6 +177,11 @@ def test_downloads_off_gives_todays_message(monkeypatch, server, online_retail_s
     assert download.source_url(remote, "online_retail") in str(err.value)
     folder = datasets.data_folder() / "online_retail"
     assert f"put in {folder}, is checked and converted" in str(err.value)
+    # ... and so it is, downloads still off.
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / remote.source_name).write_bytes(BODY)
+    assert gzip.decompress(datasets.online_retail_path().read_bytes()) == BODY
+    assert server.requests == []
 
 
 def test_goodbooks_fetches_each_missing_file_from_a_zip(server, monkeypatch, tmp_path):

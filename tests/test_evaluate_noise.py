@@ -132,7 +132,7 @@ def test_the_bar_carries_each_comparisons_interval():
     assert every["ratio"] == pytest.approx(0.32 / 0.31)
     assert verdict(every) == "met, within noise"
     assert noise_text(every) == ("difference +0.0100 (95% interval -0.0040 to +0.0240, "
-                                 "50 users resampled); 1.032x")
+                                 "50 users resampled); 1.032x EASE")
     warm = checks["matches or beats EASE on warm targets"]
     assert warm["met"] is False and verdict(warm) == "NOT met"
     # Without intervals the bar is as before.
@@ -163,12 +163,12 @@ def test_a_claim_over_several_baselines_holds_the_least_favourable_interval():
     # The ratio is to the best baseline; its interval only when the interval is its.
     assert every["ratio"] == pytest.approx(0.34 / 0.33) and "ratio_interval95" not in every
     assert noise_text(every) == ("difference against ItemKNN (cosine) +0.0200 (95% interval "
-                                 "-0.0100 to +0.0500, 300 users resampled); 1.030x")
+                                 "-0.0100 to +0.0500, 300 users resampled); 1.030x EASE")
     intervals["itemknn"] = noise.Interval(0.02, 0.01, 0.03, 300, 1.06, 1.03, 1.09)
     every = check_bar(methods, 10, None, paired=paired)[0]
     assert every["noise"]["against"] == "ease" and verdict(every) == "met"
     assert every["ratio_interval95"] == [1.01, 1.05]
-    assert noise_text(every).endswith("; 1.030x (95% interval 1.010x to 1.050x)")
+    assert noise_text(every).endswith("; 1.030x EASE (95% interval 1.010x to 1.050x)")
 
 
 def test_absolute_targets_and_too_few_users_in_the_bar():
@@ -214,3 +214,36 @@ def test_the_models_other_rows_are_measured_against_it():
     lines = vs_model_lines({"k": 10, "methods": methods})
     assert lines[1].strip().startswith("stage 1")
     assert "-0.0100 (-0.0200 to -0.0010) / -0.0100 (-0.0200 to -0.0010) / -" in lines[2]
+
+
+def test_a_baseline_the_model_is_surely_behind_decides_a_claim_over_several():
+    """EASE wholly above the model, ItemKNN's interval wide: the claim is surely not met,
+    whatever the widest interval says."""
+    def method(a):
+        return {"all": {"hr@10": a, "cases": 500}, "warm": {"hr@10": a, "cases": 500},
+                "cold": {"hr@10": None, "cases": 0}}
+
+    methods = {"tfrec": method(0.30), "ease": method(0.33), "itemknn": method(0.29)}
+    intervals = {"ease": noise.Interval(-0.03, -0.04, -0.02, 300),
+                 "itemknn": noise.Interval(0.01, -0.05, 0.06, 300)}
+    every = check_bar(methods, 10, None, paired=lambda a, b, g, m: intervals[b])[0]
+    assert every["noise"]["against"] == "ease" and every["noise"]["direction"] == "below"
+    assert verdict(every) == "NOT met"
+
+
+def test_a_ratio_interval_keeps_the_draws_whose_baseline_has_no_hit():
+    """The baseline's two hits are one user's of 40: in about a third of the draws it
+    has none, an unbounded ratio at the top; they are kept, not dropped (which would
+    pull both bounds down)."""
+    users = np.repeat(np.arange(40), 5)
+    a = np.zeros(200)
+    a[::10] = 1  # 20 hits over 20 users
+    b = np.zeros(200)
+    b[:2] = 1  # user 0's two
+    got = paired_interval(a, b, users)
+    assert got.ratio == pytest.approx(10.0)
+    assert got.ratio_high is None and got.ratio_low is not None and got.ratio_low > 1
+    assert got.as_dict()["ratio_interval95"] == [got.ratio_low, None]
+    check = {"check": "c", "best_baseline": "ease", "ratio": got.ratio,
+             "ratio_interval95": [got.ratio_low, None], "noise": got.as_dict()}
+    assert noise_text(check).endswith("to no upper bound)")

@@ -273,6 +273,16 @@ def test_a_short_scann_search_still_gives_the_ranker_n_distinct_candidates(
         assert len(set(row)) == K and "" not in row
 
 
+def blind_index(catalogue, index_config, queries, k):
+    """`build_checked_index` of an index that never returns an item without behaviour."""
+    from tfrec.index.ann import build_index
+
+    warm = np.asarray(catalogue.counts) > 0
+    config = dataclasses.replace(index_config, kind="brute_force")
+    return (build_index(catalogue.embeddings[warm], catalogue.ids[warm], config), config,
+            1.0, 0.0)
+
+
 def test_items_without_behaviour_the_index_misses_are_scored_exactly(
         two_stage_run, stage, tmp_path, monkeypatch):
     """An index that never returns the items without behaviour (an approximate search at
@@ -280,13 +290,6 @@ def test_items_without_behaviour_the_index_misses_are_scored_exactly(
     scored exactly beside it and the export serves the in-process stage's lists; with 0
     the two-tower list lacks them and some lists differ."""
     import tfrec.exporter.saved_model as saved_model
-    from tfrec.index.ann import build_index
-
-    def blind_index(catalogue, index_config, queries, k):
-        warm = np.asarray(catalogue.counts) > 0
-        config = dataclasses.replace(index_config, kind="brute_force")
-        return (build_index(catalogue.embeddings[warm], catalogue.ids[warm], config), config,
-                1.0, 0.0)
 
     monkeypatch.setattr(saved_model, "build_checked_index", blind_index)
     vocab, _, ranking = stage
@@ -305,6 +308,32 @@ def test_items_without_behaviour_the_index_misses_are_scored_exactly(
     assert (served != missed).any(axis=1).sum() >= 3
     # The lists differ where the exact search brought a new item into the candidates.
     assert np.isin(served, cold).sum() > np.isin(missed, cold).sum()
+
+
+def test_new_items_are_scored_by_the_item_tower_when_the_query_tower_has_its_own(
+        tmp_path, monkeypatch):
+    """`model.query_items: separate`: the query tower's item encodings are its own; the
+    new items scored beside the index are the item tower's rows (the index's), and the
+    export serves the in-process stage's lists."""
+    import tfrec.exporter.saved_model as saved_model
+    from session_helpers import train_generated_run
+    from tfrec.ranking.two_stage import load_stage, train
+
+    run = train_generated_run(
+        tmp_path, train,
+        ["data.pairs.batch_size=512", "train.learning_rate=0.01", f"ranking.num_candidates={N}",
+         "ranking.epochs=2", "ranking.ease_lambda=10", "model.query_items=separate"],
+        num_events=6_000, num_items=80, num_users=500, num_cold=5, seed=7)
+    _, vocab, model, _ = load_run(run)
+    separate = (vocab, model, load_stage(run, model))
+    monkeypatch.setattr(saved_model, "build_checked_index", blind_index)
+    exported = export(run, tmp_path / "models", IndexConfig(kind="brute_force"))
+    loaded = load_saved_model(exported.path)
+    new = np.flatnonzero(np.asarray(vocab.counts[1:]) == 0)
+    assert len(new)
+    np.testing.assert_array_equal(loaded.new_item_embeddings.numpy(),
+                                  model.item_embeddings()[1:][new])
+    assert_served_as_in_process(loaded, separate, sessions_of(vocab, 50, seed=2))
 
 
 def test_a_long_session_is_ranked_on_all_its_items_as_in_process(exports, stage):

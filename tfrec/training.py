@@ -236,7 +236,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.epoch_var.assign(epoch + 1)
         path = self.manager.save(checkpoint_number=epoch + 1)
         line = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
-                "checkpoint": path, "time": time.time()}
+                "checkpoint": str(Path(path).resolve()), "time": time.time()}
         self.history.append(line)
         if not self.chief:
             return

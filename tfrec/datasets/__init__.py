@@ -99,20 +99,21 @@ def _locate(dataset: DataSet, name: str, explicit: str | Path | None,
                               or not download.downloads_enabled()):
         return found / name  # (a missing file beside it is reported by the caller)
     looked = [folder / dataset.folder for folder in candidates]
-    if found is None and not download.downloads_enabled():
-        from tfrec.datasets.sources import REMOTES
-
-        folder = candidates[0] / dataset.folder
-        remotes = [REMOTES[f"{dataset.folder}/{file}"] for file in needed]
-        by_hand = ", ".join(f"{download.source_url(r, dataset.folder)} as {r.source_name}"
-                            for r in remotes)
-        raise missing_data_error(
-            dataset, folder / name, looked,
-            f" (downloads are off: {download.DOWNLOAD_ENV}=0; the source, downloaded elsewhere "
-            f"and put in {folder}, is checked and converted: {by_hand})")
-    target = found or _download_folder(candidates) / dataset.folder
     from tfrec.datasets.sources import REMOTES
 
+    if found is None and not download.downloads_enabled():
+        # Downloads off: a source downloaded by hand is still checked and converted.
+        remotes = [REMOTES[f"{dataset.folder}/{file}"] for file in needed]
+        found = next((folder for folder in looked
+                      if all((folder / r.source_name).is_file() for r in remotes)), None)
+        if found is None:
+            by_hand = ", ".join(f"{download.source_url(r, dataset.folder)} as {r.source_name}"
+                                for r in remotes)
+            raise missing_data_error(
+                dataset, looked[0] / name, looked,
+                f" (downloads are off: {download.DOWNLOAD_ENV}=0; the source, downloaded "
+                f"elsewhere and put in {looked[0]}, is checked and converted: {by_hand})")
+    target = found or _download_folder(candidates) / dataset.folder
     for file in needed:
         if not (target / file).is_file():
             remote = REMOTES[f"{dataset.folder}/{file}"]

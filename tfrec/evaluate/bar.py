@@ -46,10 +46,12 @@ def check_bar(methods: dict, k: int, targets: dict | None, paired=None) -> list[
     name, or a number: a target); each comparison then also holds it ("noise":
     the difference, its 95% interval with the users resampled, and whether the
     interval is above, below or holds 0). A claim over several baselines holds
-    the least favourable of their intervals (the lowest bound; "against" names
-    its baseline), whichever scored best. "met" stays the point estimates'
-    comparison; the interval says how sure it is. The claim of beating every
-    baseline also gives the ratio to the best one, and its interval ("ratio").
+    the interval that decides it ("against" names its baseline), whichever
+    scored best: one wholly below 0 if any (the model surely behind that
+    baseline), else the one of the lowest bound (above 0 only if every one is).
+    "met" stays the point estimates' comparison; the interval says how sure it
+    is. The claim of beating every baseline also gives the ratio to the best
+    one, and its interval ("ratio").
     """
     hr, nd = f"hr@{k}", f"ndcg@{k}"
     full = methods[MODEL]
@@ -57,13 +59,20 @@ def check_bar(methods: dict, k: int, targets: dict | None, paired=None) -> list[
     checks = []
 
     def least_favourable(group, metric, names):
-        """The interval of the model against each of `names` of the lowest bound."""
+        """The model's interval against one of `names` that decides the claim: one wholly
+        below 0 (the lowest upper bound) if any, for the model is then surely behind a
+        baseline; else the lowest lower bound (above 0 only when every one is)."""
         found = [(n, paired(MODEL, n, group, metric)) for n in names]
         found = [(n, i) for n, i in found if i is not None]
         if not found:
             return None, None
-        return min(found, key=lambda f: (f[1].low is not None, f[1].low or 0.0,
-                                         f[1].difference))
+        bounded = [(n, i) for n, i in found if i.low is not None]
+        if len(bounded) < len(found):  # too few users: no interval for any
+            return found[0]
+        below = [(n, i) for n, i in bounded if i.high < 0]
+        if below:
+            return min(below, key=lambda f: (f[1].high, f[1].difference))
+        return min(bounded, key=lambda f: (f[1].low, f[1].difference))
 
     def compare(check, group, metric, names, strict=False, ratio=False):
         model = metric_value(full, group, metric)
@@ -154,9 +163,10 @@ def noise_text(check: dict) -> str:
         low, high = noise["interval95"]
         text = (f"difference{vs} {noise['difference']:+.4f} (95% interval {low:+.4f} to "
                 f"{high:+.4f}, {users} resampled)")
+    if "ratio" in check:
+        text += f"; {check['ratio']:.3f}x {label_of(check['best_baseline'])}"
     if "ratio_interval95" in check:
         low, high = check["ratio_interval95"]
-        text += f"; {check['ratio']:.3f}x (95% interval {low:.3f}x to {high:.3f}x)"
-    elif "ratio" in check:
-        text += f"; {check['ratio']:.3f}x"
+        top = "no upper bound" if high is None else f"{high:.3f}x"
+        text += f" (95% interval {low:.3f}x to {top})"
     return text

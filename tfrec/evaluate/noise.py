@@ -40,7 +40,8 @@ ANNOUNCE_ELEMENTS = 1 << 27
 class Interval:
     """A paired difference (a - b, means over the cases) and its 95% interval; the
     ratio of the means (a / b) and its interval from the same draws (None where b's
-    mean is 0). The bounds are None below `MIN_USERS` users."""
+    mean is 0; its upper bound None where the draws' ratios are unbounded: b without
+    a hit in over 2.5% of them). The bounds are None below `MIN_USERS` users."""
 
     difference: float
     low: float | None
@@ -140,8 +141,14 @@ def paired_interval(a: np.ndarray, b: np.ndarray, users: np.ndarray | None = Non
     low, high = np.nanpercentile(differences, [2.5, 97.5])
     ratio_low = ratio_high = None
     if ratio is not None:
-        ratios = ratios[np.isfinite(ratios)]
+        # A draw whose baseline has no hit but the model has is an infinite ratio, a real
+        # value at the top; 0 / 0 (no hit for either) is no ratio.
+        ratios = ratios[~np.isnan(ratios)]
+        infinite = np.isinf(ratios).any()
         if len(ratios) >= 2:
-            ratio_low, ratio_high = (float(v) for v in np.percentile(ratios, [2.5, 97.5]))
+            bottom, top = np.percentile(ratios, [2.5, 97.5],
+                                        method="nearest" if infinite else "linear")
+            if np.isfinite(bottom):
+                ratio_low, ratio_high = float(bottom), float(top) if np.isfinite(top) else None
     return Interval(float((a - b).mean()), float(low), float(high), count, ratio,
                     ratio_low, ratio_high)

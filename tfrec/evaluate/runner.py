@@ -357,7 +357,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
     paired = _paired(results, cases)
     against_model(methods, paired, k)
     report = {
-        "run": str(run_dir.resolve()), "checkpoint": checkpoint, "k": k,
+        "run": str(run_dir.resolve()), "checkpoint": str(Path(checkpoint).resolve()), "k": k,
         "protocol": {"data": config.data.layout,
                      "events": config.data.events or "data folder",
                      "split_by": config.train.split_by,

@@ -153,6 +153,7 @@ class RecommenderModule(tf.Module):
         self.history_length = int(model.query_tower.history_length)
         dim = int(model.embedding_dim)
         self.query_item_vectors = None
+        index_vectors = item_vectors  # the item tower's (the index's rows), not the query's
         encoder = model.query_tower.item_encoder
         self._shared_encoder = encoder is model.item_encoder
         if getattr(encoder, "use_text", False):
@@ -198,7 +199,7 @@ class RecommenderModule(tf.Module):
                 [np.asarray(item_ids[:1]).astype(str), vocab, ids[added]]))
         self.new_items = None
         if ranking is not None:
-            self._exact_new_items(model, catalogue, item_vectors, ids, exact_new_items)
+            self._exact_new_items(model, catalogue, index_vectors, ids, exact_new_items)
         added_embeddings = (np.asarray(catalogue.embeddings)[added] if len(added)
                             else np.zeros((0, dim), np.float32))
         self.added_embeddings = tf.Variable(
@@ -227,7 +228,8 @@ class RecommenderModule(tf.Module):
     def _exact_new_items(self, model, catalogue: Catalogue, item_vectors, ids: np.ndarray,
                          limit: int) -> None:
         """The catalogue's items without behaviour, for `_with_new_items`: their serving
-        indices and embeddings (the index's rows), when there are 1 to `limit` of them."""
+        indices and embeddings (the index's rows: the catalogue's, else `item_vectors`,
+        the item tower's output), when there are 1 to `limit` of them."""
         new = np.flatnonzero(np.asarray(catalogue.counts) == 0)
         if len(new) > limit:
             logger.info("%d catalogue items without behaviour, over index.exact_new_items "

@@ -547,7 +547,7 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
                        len(uncached))
     not_carried = changes_not_carried(model_dir, version)
     metadata = {
-        "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint,
+        "run": str(Path(run_dir).resolve()), "checkpoint": str(Path(checkpoint).resolve()),
         **({"changes_not_carried": not_carried} if not_carried else {}),
         **index_metadata(catalogue, index_config, recall, k, len(queries), build_seconds),
         "history_length": history_length, "embedding_dim": int(model.embedding_dim),
