@@ -247,6 +247,12 @@ def write_updated_version(model_dir: Path, source: Path, metadata: dict, model, 
     ranking_stage = bool(ranking_stage) and stage is not None
     if ranking_stage:
         index_config = ranking_index_config(index_config, stage.num_candidates)
+        given = index_settings or {}
+        if "exact_new_items" not in metadata and "exact_new_items" not in given:
+            logger.info("version %s predates index.exact_new_items: this one scores up to %d "
+                        "items without behaviour exactly beside the index (--exact-new-items "
+                        "0: the index alone, as before)", source.name,
+                        index_config.exact_new_items)
     model_dir, version = prepare_version(model_dir, version)
     skipped = skipped_versions(model_dir, source, version)
 
