@@ -6,9 +6,11 @@ import hashlib
 import http.server
 import logging
 import os
+import re
 import socket
 import threading
 import zipfile
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 import pytest
@@ -24,7 +26,8 @@ SHA = hashlib.sha256(BODY).hexdigest()
 
 
 class Server:
-    """A loopback HTTP server: routes[path] = (status, body, declared length or None)."""
+    """A loopback HTTP server: routes[path] = (status, body, declared length, None for
+    the body's own, -1 for none)."""
 
     def __init__(self):
         self.routes, self.requests = {}, []
@@ -35,7 +38,9 @@ class Server:
                 server.requests.append(self.path)
                 status, body, length = server.routes.get(self.path, (404, b"no such file", None))
                 self.send_response(status)
-                self.send_header("Content-Length", str(len(body) if length is None else length))
+                if length != -1:  # -1: no length declared (the body runs to the close)
+                    self.send_header("Content-Length",
+                                     str(len(body) if length is None else length))
                 self.end_headers()
                 self.wfile.write(body)
                 self.wfile.flush()
@@ -228,6 +233,53 @@ def test_a_zip_without_the_file_or_not_a_zip_leaves_nothing(server, tmp_path):
         assert leftovers(tmp_path / "data") == []
 
 
+def test_files_far_larger_than_the_published_one_are_refused_before_they_fill_the_disk(
+        server, tmp_path, monkeypatch):
+    """A zip bomb (a small zip of a huge member) and a download past the limit, declared
+    or streamed, stop at `max_bytes` with nothing left; fetch leaves the umask alone."""
+    monkeypatch.setattr(os, "umask", lambda *a: pytest.fail("os.umask called"))
+    zipped = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.csv", b"0" * 3_000_000)
+    assert zipped.stat().st_size < 10_000
+    remote = Remote(file="x.csv.gz", url=f"{server.url}/x.zip", sha256=None, member="x.csv",
+                    content="0" * 64, max_bytes=1_000_000)
+    server.routes["/x.zip"] = (200, zipped.read_bytes(), None)
+    with pytest.raises(InputError, match="'x.csv' in the zip downloaded from .* holds more "
+                                         "than 1,000,000 bytes"):
+        download.fetch(remote, "x", tmp_path / "data" / "x", progress=False)
+    assert leftovers(tmp_path / "data") == []
+    plain = Remote(file="y.csv.gz", url=f"{server.url}/y.csv", sha256="0" * 64, max_bytes=5_000)
+    for declared in (None, -1):  # its length declared, or none (read to the close)
+        server.routes["/y.csv"] = (200, b"1" * (5 << 20), declared)
+        with pytest.raises(InputError, match="file downloaded from .* holds more than 5,000"):
+            download.fetch(plain, "y", tmp_path / "data" / "y", progress=False)
+        assert leftovers(tmp_path / "data") == []
+    # Under the limit it is fetched and written with the usual mode (the umask applied
+    # by the kernel at creation, not read by changing it).
+    body = b"id\n" * 100
+    fine = Remote(file="z.csv.gz", url=f"{server.url}/z.csv",
+                  sha256=hashlib.sha256(body).hexdigest(), max_bytes=5_000)
+    server.routes["/z.csv"] = (200, body, None)
+    path = download.fetch(fine, "z", tmp_path / "data" / "z", progress=False)
+    assert gzip.decompress(path.read_bytes()) == body
+    umask = int(re.search(r"Umask:\s*([0-7]+)", Path("/proc/self/status").read_text())[1], 8)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_download_killed_outright_leaves_temporaries_the_next_one_removes(
+        server, online_retail_source, tmp_path):
+    folder = tmp_path / "data" / "online_retail"
+    folder.mkdir(parents=True)
+    dead = folder / ".online_retail.csv.part.0a1b2c-999999999"  # no such process
+    dead.write_bytes(b"half a download")
+    alive = folder / f".online_retail.csv.part.0a1b2c-{os.getpid()}"  # a download under way
+    alive.write_bytes(b"half")
+    server.routes[online_retail_source] = (200, BODY, None)
+    datasets.online_retail_path()
+    assert leftovers(folder) == [alive.name, "online_retail.csv.gz"]
+
+
 # ------------------------------------------------------------------ UCI's Excel workbook
 
 def _column(index):
@@ -280,6 +332,23 @@ C536379,D,Discount,-1.0,2010-12-01 08:26:00,27.5,14527.0,United Kingdom
 536414,22139,,56.0,2010-12-01 08:26:00,0.0,,United Kingdom
 536381,82567,"AIRLINE LOUNGE,METAL SIGN",2.0,2010-12-01 08:26:00,2.1,15311.0,United Kingdom
 """
+
+
+def test_a_cell_past_excels_last_column_is_refused_not_padded_to(tmp_path):
+    """A 1 kB workbook whose cell claims column ZZZZZ would make a row of 12 million cells."""
+    write_xlsx(tmp_path / "book.xlsx", [["a", "b"], ["c", "d"]])
+    with zipfile.ZipFile(tmp_path / "book.xlsx") as book:
+        parts = {name: book.read(name) for name in book.namelist()}
+    sheet = "xl/worksheets/sheet1.xml"
+    assert b'r="B2"' in parts[sheet]
+    parts[sheet] = parts[sheet].replace(b'r="B2"', b'r="ZZZZZ2"')
+    with zipfile.ZipFile(tmp_path / "bomb.xlsx", "w") as book:
+        for name, data in parts.items():
+            book.writestr(name, data)
+    with pytest.raises(InputError, match="'ZZZZZ2' lies past Excel's last column"):
+        list(sources.xlsx_rows(tmp_path / "bomb.xlsx"))
+    assert [len(row) for row in sources.xlsx_rows(tmp_path / "book.xlsx")] == [2, 2]
+    assert sources._column("XFD1") == 16383
 
 
 def test_online_retail_workbook_converts_to_the_csv_and_its_fingerprint(server, tmp_path):

@@ -133,7 +133,8 @@ def test_exports_writing_one_serving_config_at_once_keep_every_entry(tmp_path):
     names = {line.split('"')[1] for line in (folder / "models.config").read_text().splitlines()
              if line.strip().startswith("name:")}
     assert names == {f"{n}{i}" for n in "ab" for i in range(150)}
-    assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".models.config.lock", "batching.config", "models.config"]  # no temporary left
     # A linked config is written where it lies (the link kept), and an entry naming the
     # model folder through a link is the same folder.
     shared = tmp_path / "shared"
@@ -154,6 +155,35 @@ def test_exports_writing_one_serving_config_at_once_keep_every_entry(tmp_path):
                                                            str(tmp_path / "m-link")))
     write_serving_config(linked, "m", tmp_path / "m")
     assert str(tmp_path / "m-link") in (shared / "models.config").read_text()
+
+
+def test_a_link_planted_at_the_configs_temporary_name_is_never_written_through(
+        tmp_path, monkeypatch):
+    """Someone who can write in the serving folder plants a link where the next
+    temporary will be made: the writer refuses that name, leaves the link's target as
+    it was, and writes the config; a dead writer's temporary is swept."""
+    import secrets
+
+    from tfrec.exporter.saved_model import write_serving_config
+
+    folder = tmp_path / "serving"
+    folder.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("SECRET")
+    victim.chmod(0o600)
+    names = iter(["aaaa", "aaaa", "bbbb", "cccc", "dddd"])
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(names))
+    pid = os.getpid()
+    (folder / f".models.config.aaaa-{pid}").symlink_to(victim)
+    (folder / f".models.config.tmp-{pid}").symlink_to(victim)  # an earlier release's name
+    stale = folder / ".models.config.ffff-999999999"  # no such process
+    stale.write_text("half")
+    write_serving_config(folder, "m", tmp_path / "m")
+    assert victim.read_text() == "SECRET" and victim.stat().st_mode & 0o777 == 0o600
+    assert str(tmp_path / "m") in (folder / "models.config").read_text()
+    assert not (folder / "models.config").is_symlink()
+    assert not stale.exists()
+    assert (folder / f".models.config.aaaa-{pid}").is_symlink()  # left to its maker
 
 
 def test_scann_reloaded_in_a_fresh_process_matches_in_memory(exported):

@@ -41,6 +41,14 @@ def test_model_config_policies_and_labels(tmp_path):
     ("model_config_list { config { name: 'a' base_path: '/x' } "
      "config { name: 'a' base_path: '/y' } }", "listed twice"),
     ("custom_model_config { type_url: 'x' }", "custom_model_config is not supported"),
+    # A name or path that would write lines of its own into the server's log (a reload
+    # logs them): a line break, a terminal escape, in a label too.
+    ("model_config_list { config { name: 'a\\nWARNING forged' base_path: '/x' } }",
+     r"model name 'a\\nWARNING forged' holds a control character"),
+    ("model_config_list { config { name: 'a' base_path: '/x\\033[2K' } }",
+     "model base_path .* holds a control character"),
+    ("model_config_list { config { name: 'a' base_path: '/x' "
+     "version_labels { key: 'st\\rable' value: 1 } } }", "version label .* control"),
 ])
 def test_bad_model_configs(text, message):
     with pytest.raises(InputError, match=message):

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import secrets
+import shutil
+import time
 import signal
 import sys
 from pathlib import Path
@@ -190,3 +194,63 @@ def derived_seed(seed: int | None, offset: int) -> int | None:
     if not 0 <= offset < SEED_OFFSETS:
         raise ValueError(f"a seed offset from 0 to {SEED_OFFSETS - 1}, got {offset}")
     return int(seed) * SEED_OFFSETS + int(offset)
+
+
+def open_temporary(folder: str | Path, stem: str, mode: int = 0o600) -> tuple[Path, int]:
+    """Creates and opens (for writing) an empty file `.{stem}.<random>-<pid>` in `folder`,
+    to fill and then rename over its final name: (its path, its file descriptor).
+
+    The name cannot be guessed and the file is made new (`O_EXCL`; a link planted at the
+    name is refused, never followed), so nobody else can have made it or point it
+    elsewhere; `mode` less the process's umask is its mode. `remove_stale_temporaries(
+    folder, f".{stem}.*")` removes it once this process is gone.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        path = Path(folder) / f".{stem}.{secrets.token_hex(6)}-{os.getpid()}"
+        try:
+            return path, os.open(path, flags, mode)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
+
+
+def new_temporary(folder: str | Path, stem: str, mode: int = 0o600) -> Path:
+    """`open_temporary`'s file, closed: its path."""
+    path, handle = open_temporary(folder, stem, mode)
+    os.close(handle)
+    return path
+
+
+def remove_stale_temporaries(folder: Path, pattern: str,
+                             older_than: float | None = None) -> list[Path]:
+    """Removes the files or folders in `folder` matching `pattern` whose name ends in
+    the id of a process that is gone (a writer killed outright), and, with `older_than`,
+    that have not changed for that many seconds. Returns them."""
+    removed = []
+    for path in Path(folder).glob(pattern):
+        pid = path.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if older_than is not None:
+            try:
+                if time.time() - path.stat().st_mtime < older_than:
+                    continue
+            except OSError:
+                continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True

@@ -29,7 +29,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -39,11 +38,13 @@ from typing import Callable
 
 from tfrec.errors import InputError
 from tfrec.progress import ProgressLine
+from tfrec.utils import new_temporary, remove_stale_temporaries
 
 DOWNLOAD_ENV = "TFREC_DATA_DOWNLOAD"
 MIRROR_ENV = "TFREC_DATA_MIRROR"
 TIMEOUT = 60.0  # seconds without a byte before a download is given up
 CHUNK = 1 << 20
+PART = ".part"  # the temporaries' names: .<file>.part.<random>-<pid>
 
 
 def gunzip_sha256(path: Path) -> str:
@@ -87,6 +88,9 @@ class Remote:
         (None: `sha256` alone is checked).
       digest: computes `content` from the written file (default: the SHA-256
         of its uncompressed bytes).
+      max_bytes: the most the download, and the file taken out of a zip, may hold: a
+        few times the published file's size, so that a file that is not it (a zip
+        bomb, a mirror that never stops) is refused before it fills the disk.
     """
 
     file: str
@@ -96,6 +100,7 @@ class Remote:
     convert: Callable[[Path, Path], None] | None = None
     content: str | None = None
     digest: Callable[[Path], str] = gunzip_sha256
+    max_bytes: int = 1 << 30
 
     @property
     def source_name(self) -> str:
@@ -158,11 +163,13 @@ def fetch(remote: Remote, folder: str, target_dir: Path, progress: bool | None =
                          path=str(target_dir)) from None
     temps: list[Path] = []
 
-    def temp(name: str) -> Path:
-        handle, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target_dir)
-        os.close(handle)
-        temps.append(Path(path))
-        return Path(path)
+    def temp(name: str, mode: int = 0o600) -> Path:
+        path = new_temporary(target_dir, f"{name}{PART}", mode)
+        temps.append(path)
+        return path
+
+    # What a download killed outright left behind (its process gone).
+    remove_stale_temporaries(target_dir, f".*{PART}.*")
 
     try:
         if source is not None:
@@ -172,14 +179,14 @@ def fetch(remote: Remote, folder: str, target_dir: Path, progress: bool | None =
             if progress:
                 print(f"{remote.file} is not in the data folder: downloading it into "
                       f"{target_dir}", file=sys.stderr, flush=True)
-            _download(url, download, progress)
+            _download(url, download, progress, remote.max_bytes)
         if remote.sha256 is not None:
             _check(file_sha256(download), remote.sha256, url, target)
         source = download
         if remote.member is not None:
             source = temp(remote.member)
-            _extract(download, remote.member, source, url, target)
-        written = temp(remote.file)
+            _extract(download, remote.member, source, url, target, remote.max_bytes)
+        written = temp(remote.file, 0o666)  # the usual permissions (less the umask)
         if progress and remote.convert is not None:
             print(f"converting {remote.member or remote.source_name} to {remote.file}",
                   file=sys.stderr, flush=True)
@@ -192,9 +199,6 @@ def fetch(remote: Remote, folder: str, target_dir: Path, progress: bool | None =
                              "nothing was written", path=str(target)) from None
         if remote.content is not None:
             _check(remote.digest(written), remote.content, url, target)
-        umask = os.umask(0)  # mkstemp's file is private: give it the usual permissions
-        os.umask(umask)
-        os.chmod(written, 0o666 & ~umask)
         os.replace(written, target)
         temps.remove(written)
     except BaseException:
@@ -221,8 +225,15 @@ def _check(got: str, expected: str, url: str, target: Path) -> None:
                          "one; nothing was written", path=str(target))
 
 
-def _download(url: str, path: Path, progress: bool) -> None:
-    """Streams `url` into `path`, with a bytes/total progress line."""
+def _too_large(url: str, what: str, limit: int, final: Path) -> InputError:
+    return InputError(f"{what} from {url} holds more than {limit:,} bytes, far more than "
+                      "the published file: not that file; nothing was written",
+                      path=str(final))
+
+
+def _download(url: str, path: Path, progress: bool, limit: int = 1 << 62) -> None:
+    """Streams `url` into `path`, with a bytes/total progress line; more than `limit`
+    bytes is refused (InputError)."""
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "tfrec"})
     except ValueError as err:  # not a URL (a mirror set without its http:// or file://)
@@ -251,9 +262,13 @@ def _download(url: str, path: Path, progress: bool) -> None:
         done = 0
         try:
             with open(path, "wb") as out:
+                if total is not None and total > limit:
+                    raise _too_large(url, "the file downloaded", limit, path.parent)
                 for chunk in iter(lambda: response.read(CHUNK), b""):
                     out.write(chunk)
                     done += len(chunk)
+                    if done > limit:
+                        raise _too_large(url, "the file downloaded", limit, path.parent)
                     if line is not None:
                         line(done)
         except http.client.IncompleteRead as err:
@@ -270,8 +285,10 @@ def _download(url: str, path: Path, progress: bool) -> None:
                          path=str(path.parent))
 
 
-def _extract(archive: Path, member: str, target: Path, url: str, final: Path) -> None:
-    """Copies `member` (matched by its name, in any folder of the zip) out of `archive`."""
+def _extract(archive: Path, member: str, target: Path, url: str, final: Path,
+             limit: int = 1 << 62) -> None:
+    """Copies `member` (matched by its name, in any folder of the zip) out of `archive`;
+    more than `limit` bytes is refused (InputError)."""
     try:
         with zipfile.ZipFile(archive) as zipped:
             names = [name for name in zipped.namelist()
@@ -280,8 +297,16 @@ def _extract(archive: Path, member: str, target: Path, url: str, final: Path) ->
                 raise InputError(f"the zip downloaded from {url} holds no {member!r} (it holds "
                                  f"{', '.join(zipped.namelist()[:5])}); nothing was written",
                                  path=str(final))
+            what = f"{member!r} in the zip downloaded"
+            if zipped.getinfo(names[0]).file_size > limit:
+                raise _too_large(url, what, limit, final)
             with zipped.open(names[0]) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, CHUNK)
+                done = 0
+                for chunk in iter(lambda: src.read(CHUNK), b""):
+                    done += len(chunk)
+                    if done > limit:
+                        raise _too_large(url, what, limit, final)
+                    out.write(chunk)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as err:
         raise InputError(f"the file downloaded from {url} is not a readable zip ({err}); "
                          "nothing was written", path=str(final)) from None

@@ -91,13 +91,25 @@ def _shared_strings(book: zipfile.ZipFile) -> list[str]:
     return strings
 
 
-def _column(reference: str) -> int:
-    """'A7' -> 0, 'AB3' -> 27."""
+MAX_COLUMNS = 16384  # Excel's last column, XFD
+
+
+def _column(reference: str, path: str | Path | None = None) -> int:
+    """'A7' -> 0, 'AB3' -> 27.
+
+    Raises:
+      InputError: a column past Excel's last (XFD), which no workbook holds: the row
+        would be padded to it.
+    """
     index = 0
     for char in reference:
         if not char.isalpha():
             break
         index = index * 26 + ord(char.upper()) - 64
+        if index > MAX_COLUMNS:
+            raise InputError(f"cell {reference[:12]!r} lies past Excel's last column (XFD): "
+                             "not a workbook Excel writes",
+                             path=None if path is None else str(path))
     return index - 1
 
 
@@ -121,7 +133,7 @@ def xlsx_rows(path: str | Path) -> Iterator[list[tuple[str, str]]]:
                     continue
                 row: list[tuple[str, str]] = []
                 for cell in element.iter(f"{_SHEET}c"):
-                    at = _column(cell.get("r", "")) if cell.get("r") else len(row)
+                    at = _column(cell.get("r", ""), path) if cell.get("r") else len(row)
                     row.extend([("", "")] * (at - len(row)))
                     kind = cell.get("t", "n")
                     value = cell.find(f"{_SHEET}v")
@@ -184,20 +196,24 @@ REMOTES: dict[str, Remote] = {
         file="online_retail.csv.gz",
         url="https://archive.ics.uci.edu/static/public/352/online+retail.zip",
         sha256=None, member="Online Retail.xlsx", convert=online_retail_from_xlsx,
-        content=ONLINE_RETAIL_FINGERPRINT, digest=online_retail_fingerprint),
+        content=ONLINE_RETAIL_FINGERPRINT, digest=online_retail_fingerprint,
+        max_bytes=128 << 20),  # the zip and its workbook: 23 MB each
     "goodbooks_10k/books.csv.gz": Remote(
         file="books.csv.gz",
         url="https://raw.githubusercontent.com/zygmuntz/goodbooks-10k/"
             "fdb21c94e9e6e3340966a231c5bda91466e61ed6/books.csv",
-        sha256="4d21d0e0433128657c752e3a3d0405ac0ec11675d6c70c64cb0abf4ab1acb76a"),
+        sha256="4d21d0e0433128657c752e3a3d0405ac0ec11675d6c70c64cb0abf4ab1acb76a",
+        max_bytes=32 << 20),  # 3.3 MB
     "goodbooks_10k/ratings.csv.gz": Remote(
         file="ratings.csv.gz",
         url="https://github.com/divu0804/Ecomm-project/raw/HEAD/Data/ratings.csv.zip",
         sha256=None, member="ratings.csv",
-        content="c5d10afdaef938a5b9a7feb200dd5027d410a7d9ff1bf518340233b7f0f8455e"),
+        content="c5d10afdaef938a5b9a7feb200dd5027d410a7d9ff1bf518340233b7f0f8455e",
+        max_bytes=128 << 20),  # 12 MB
     "goodbooks_10k/to_read.csv.gz": Remote(
         file="to_read.csv.gz",
         url="https://github.com/divu0804/Ecomm-project/raw/HEAD/Data/to_read.csv.zip",
         sha256=None, member="to_read.csv",
-        content="84928f89c9c25760e87ffc4b74ef99a07172d5c8450794cdac72c7bad04155cf"),
+        content="84928f89c9c25760e87ffc4b74ef99a07172d5c8450794cdac72c7bad04155cf",
+        max_bytes=128 << 20),  # 9.4 MB
 }

@@ -41,12 +41,11 @@ import logging
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tfrec.errors import InputError
-from tfrec.utils import Entry, Folder, json_ready
+from tfrec.utils import Entry, Folder, json_ready, open_temporary, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -295,12 +294,17 @@ class ModelFolder(Folder):
         if number <= self.last_written():
             return
         record = self.path / LAST_VERSION
-        tmp = record.with_name(f"{record.name}.{os.getpid()}")
+        tmp = None
         try:
-            tmp.write_text(f"{number}\n")
+            stem = LAST_VERSION.lstrip(".")
+            remove_stale_temporaries(self.path, f".{stem}.*")
+            tmp, handle = open_temporary(self.path, stem, 0o666)
+            with open(handle, "w") as f:
+                f.write(f"{number}\n")
             os.replace(tmp, record)
         except OSError as err:  # the version is written: a lost record costs only this
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             logger.warning("could not record version %d as written in %s (%s): a version "
                            "number deleted later may be given again", number, record, err)
 
@@ -345,37 +349,3 @@ def temporary_path(final: Path, mark: str) -> Path:
     """A hidden temporary beside `final` that `remove_stale_temporaries(final.parent,
     f".{final.name}{mark}*")` removes once this process is gone."""
     return final.parent / f".{final.name}{mark}{os.getpid()}"
-
-
-def remove_stale_temporaries(folder: Path, pattern: str,
-                             older_than: float | None = None) -> list[Path]:
-    """Removes the files or folders in `folder` matching `pattern` whose name ends in
-    the id of a process that is gone (a writer killed outright), and, with `older_than`,
-    that have not changed for that many seconds. Returns them."""
-    removed = []
-    for path in Path(folder).glob(pattern):
-        pid = path.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        if older_than is not None:
-            try:
-                if time.time() - path.stat().st_mtime < older_than:
-                    continue
-            except OSError:
-                continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by another user
-        return True
-    return True

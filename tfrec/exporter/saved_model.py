@@ -32,7 +32,7 @@ from tfrec.exporter.layout import INDEX_KIND, ModelFolder, VersionFolder
 from tfrec.exporter.module import RecommenderModule, UserCache, catalogue_changes
 from tfrec.index.ann import (IndexConfig, build_index_for_recall, recall_at_ks,
                              scann_parameters)
-from tfrec.utils import ensure_folder, utf8_bytes
+from tfrec.utils import ensure_folder, open_temporary, remove_stale_temporaries, utf8_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -738,9 +738,10 @@ def write_serving_config(folder: str | Path, model_name: str, model_dir: str | P
 
 
 def _replace_file(path: Path, text: str) -> None:
-    """Writes `path` whole: a temporary beside it, synced, renamed over it with the old
-    file's mode and owner. Where the owner cannot be kept (another user's file), the file
-    is written in place instead, as a shared config must stay writable by its owner."""
+    """Writes `path` whole: a new temporary beside it (`new_temporary`: no link planted
+    at its name is followed), synced, renamed over it with the old file's mode and
+    owner. Where the owner cannot be kept (another user's file), the file is written in
+    place instead, as a shared config must stay writable by its owner."""
     try:
         old = path.stat()
     except FileNotFoundError:
@@ -748,22 +749,25 @@ def _replace_file(path: Path, text: str) -> None:
     except OSError as err:
         raise InputError(f"cannot read the serving config: {err.strerror}",
                          path=str(path)) from None
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = None
     try:
         if old is not None and old.st_uid != os.geteuid() and os.geteuid() != 0:
             path.write_text(text)  # another user's file: kept theirs
             return
-        with open(temporary, "w") as f:
+        remove_stale_temporaries(path.parent, f".{path.name}.*")
+        temporary, handle = open_temporary(path.parent, path.name, 0o666)
+        with open(handle, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        if old is not None:
-            os.chmod(temporary, stat.S_IMODE(old.st_mode))
-            if old.st_uid != os.geteuid() or old.st_gid != os.getegid():
-                os.chown(temporary, old.st_uid, old.st_gid)
+            if old is not None:  # on the open file: never through a link
+                os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode))
+                if old.st_uid != os.geteuid() or old.st_gid != os.getegid():
+                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
         os.replace(temporary, path)
     except OSError as err:
-        temporary.unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
         raise InputError(f"cannot write the serving config: {err.strerror}",
                          path=str(path)) from None
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import unicodedata
 from pathlib import Path
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfrec.errors import InputError
+from tfrec.serving.errors import shown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,10 @@ class ModelEntry:
         return available[-self.latest_n:] if available else []
 
 
+def _control_character(text: str) -> bool:
+    return any(unicodedata.category(char) == "Cc" for char in text)
+
+
 def parse_model_config(text: str, source: str | None = None,
                        relative_to: Path | None = None) -> list[ModelEntry]:
     """Parses a `model_config_list` text proto into ModelEntry objects.
@@ -63,6 +69,12 @@ def parse_model_config(text: str, source: str | None = None,
     for model in config.model_config_list.config:
         if not model.name or not model.base_path:
             raise InputError("every model needs a name and a base_path", path=source)
+        for what, value in (("name", model.name), ("base_path", model.base_path),
+                            *(("version label", label) for label in model.version_labels)):
+            if _control_character(value):
+                raise InputError(f"model {what} {shown(value)!r} holds a control "
+                                 "character (a line break, an escape): refused, as it would "
+                                 "forge the server's log lines", path=source)
         if model.name in seen:
             raise InputError(f"model {model.name!r} is listed twice", path=source)
         seen.add(model.name)
