@@ -196,18 +196,18 @@ def derived_seed(seed: int | None, offset: int) -> int | None:
     return int(seed) * SEED_OFFSETS + int(offset)
 
 
-def open_temporary(folder: str | Path, stem: str, mode: int = 0o600) -> tuple[Path, int]:
-    """Creates and opens (for writing) an empty file `.{stem}.<random>-<pid>` in `folder`,
+def open_temporary(folder: str | Path, prefix: str, mode: int = 0o600) -> tuple[Path, int]:
+    """Creates and opens (for writing) an empty file `{prefix}<random>-<pid>` in `folder`,
     to fill and then rename over its final name: (its path, its file descriptor).
 
     The name cannot be guessed and the file is made new (`O_EXCL`; a link planted at the
     name is refused, never followed), so nobody else can have made it or point it
     elsewhere; `mode` less the process's umask is its mode. `remove_stale_temporaries(
-    folder, f".{stem}.*")` removes it once this process is gone.
+    folder, f"{prefix}*")` removes it once this process is gone.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     for _ in range(100):
-        path = Path(folder) / f".{stem}.{secrets.token_hex(6)}-{os.getpid()}"
+        path = Path(folder) / f"{prefix}{secrets.token_hex(6)}-{os.getpid()}"
         try:
             return path, os.open(path, flags, mode)
         except FileExistsError:
@@ -215,9 +215,9 @@ def open_temporary(folder: str | Path, stem: str, mode: int = 0o600) -> tuple[Pa
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
 
 
-def new_temporary(folder: str | Path, stem: str, mode: int = 0o600) -> Path:
+def new_temporary(folder: str | Path, prefix: str, mode: int = 0o600) -> Path:
     """`open_temporary`'s file, closed: its path."""
-    path, handle = open_temporary(folder, stem, mode)
+    path, handle = open_temporary(folder, prefix, mode)
     os.close(handle)
     return path
 

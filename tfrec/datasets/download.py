@@ -164,7 +164,7 @@ def fetch(remote: Remote, folder: str, target_dir: Path, progress: bool | None =
     temps: list[Path] = []
 
     def temp(name: str, mode: int = 0o600) -> Path:
-        path = new_temporary(target_dir, f"{name}{PART}", mode)
+        path = new_temporary(target_dir, f".{name}{PART}.", mode)
         temps.append(path)
         return path
 

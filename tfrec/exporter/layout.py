@@ -296,9 +296,8 @@ class ModelFolder(Folder):
         record = self.path / LAST_VERSION
         tmp = None
         try:
-            stem = LAST_VERSION.lstrip(".")
-            remove_stale_temporaries(self.path, f".{stem}.*")
-            tmp, handle = open_temporary(self.path, stem, 0o666)
+            remove_stale_temporaries(self.path, f"{LAST_VERSION}.*")
+            tmp, handle = open_temporary(self.path, f"{LAST_VERSION}.", 0o666)
             with open(handle, "w") as f:
                 f.write(f"{number}\n")
             os.replace(tmp, record)
@@ -345,7 +344,9 @@ class ModelFolder(Folder):
                 raise
 
 
-def temporary_path(final: Path, mark: str) -> Path:
-    """A hidden temporary beside `final` that `remove_stale_temporaries(final.parent,
-    f".{final.name}{mark}*")` removes once this process is gone."""
-    return final.parent / f".{final.name}{mark}{os.getpid()}"
+def temporary_path(final: Path, mark: str) -> tuple[Path, int]:
+    """A hidden temporary file beside `final`, made new and opened for writing
+    (`open_temporary`): (its path, its file descriptor).
+    `remove_stale_temporaries(final.parent, f".{final.name}{mark}*")` removes it once
+    this process is gone."""
+    return open_temporary(final.parent, f".{final.name}{mark}", 0o666)

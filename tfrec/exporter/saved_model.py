@@ -755,7 +755,7 @@ def _replace_file(path: Path, text: str) -> None:
             path.write_text(text)  # another user's file: kept theirs
             return
         remove_stale_temporaries(path.parent, f".{path.name}.*")
-        temporary, handle = open_temporary(path.parent, path.name, 0o666)
+        temporary, handle = open_temporary(path.parent, f".{path.name}.", 0o666)
         with open(handle, "w") as f:
             f.write(text)
             f.flush()
