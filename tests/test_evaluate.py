@@ -199,7 +199,9 @@ def test_gensim_item2vec_gives_the_same_vectors_every_time():
         return baselines.item2vec_gensim(sessions_of(lists), vocab, [[1]], dim=8,
                                          epochs=3).items
 
-    np.testing.assert_array_equal(vectors(), vectors())
+    first = vectors()
+    assert np.linalg.norm(first[1:], axis=1).min() > 0.1  # trained vectors, not zeros
+    np.testing.assert_array_equal(first, vectors())
 
 
 def test_parse_baselines_rejects_unknown_names():
@@ -496,8 +498,9 @@ def test_report_lists_ease_and_itemknn_with_their_tuning(report):
         grid = baselines.EASE_LAMBDAS if name == "ease" else baselines.KNN_NEIGHBOURS
         assert list(tuning["hr@10"]) == [str("all" if v == 0 else v) for v in grid]
         assert tuning["hr@10"][str(tuning["chosen"])] == max(tuning["hr@10"].values())
-        # Items without training events score 0: no cold target is found.
-        assert method["cold"]["cases"] == 0 or method["cold"]["hr@10"] < 0.1
+        # (That items without training events score 0 is test_baselines' check: this
+        # report's held-out cases have no cold target.)
+        assert method["cold"]["cases"] == 0
     # Clustered sessions: the item-item methods find the basket's group.
     assert on_disk["methods"]["ease"]["warm"]["hr@10"] > on_disk["methods"]["popularity"][
         "warm"]["hr@10"]

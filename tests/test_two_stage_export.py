@@ -1,6 +1,7 @@
 """`tfrec export` of a run with a ranking stage: both stages in one signature call."""
 
 import dataclasses
+import logging
 import shutil
 
 import numpy as np
@@ -43,12 +44,35 @@ def stage(two_stage_run):
     return vocab, model, load_stage(two_stage_run, model)
 
 
+EXPORT_WARNINGS = []  # what the `exports` fixture's export from Python logged
+
+
+class _Records(logging.Handler):
+    def __init__(self, level):
+        super().__init__(level)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 @pytest.fixture(scope="module")
 def exports(two_stage_run, tmp_path_factory):
     """Brute-force exports: both stages; stage 2 off (through the command line); and the
     same run without its ranking stage (stage 1's code path)."""
     base = tmp_path_factory.mktemp("models")
-    on = export(two_stage_run, base / "on", IndexConfig(kind="brute_force"))
+    # The warnings of an export from Python (test_an_export_from_python_warns_of_no_...).
+    handler = _Records(logging.WARNING)
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        on = export(two_stage_run, base / "on", IndexConfig(kind="brute_force"))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    EXPORT_WARNINGS[:] = [r.getMessage() for r in handler.records]
     assert main(["-q", "export", "--run", str(two_stage_run), "--model-dir", str(base / "off"),
                  "--index", "brute_force", "--max-k", str(N), "--no-ranking-stage",
                  "--no-serving-config"]) == 0
@@ -600,13 +624,9 @@ def test_a_reordering_budget_under_the_ranking_stages_depth_names_the_export_fla
     assert "--set" not in err and not (tmp_path / "1").exists()
 
 
-def test_an_export_from_python_warns_of_no_unbuilt_layer(two_stage_run, tmp_path, caplog):
-    import logging
-
-    with caplog.at_level(logging.WARNING, logger="tensorflow"):
-        export(two_stage_run, tmp_path / "m", IndexConfig(kind="brute_force", max_k=K))
-    said = [r.getMessage() for r in caplog.records if "Skipping full serialization" in
-            r.getMessage()]
+def test_an_export_from_python_warns_of_no_unbuilt_layer(exports):
+    # The `exports` fixture's first export (from Python, both stages) recorded its warnings.
+    said = [m for m in EXPORT_WARNINGS if "Skipping full serialization" in m]
     assert said == []  # the ranking stage's layers were said to be "not built"
 
 
