@@ -296,8 +296,12 @@ def test_warmup_records_parse_and_run(exported):
         inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
         out = loaded.signatures[signatures[-1]](**inputs)
         first = inputs.get("item_ids", inputs.get("user_ids"))
-        assert out["item_ids"].shape[0] == first.shape[0]
-    assert set(signatures) == {"serving_default", "recommend_for_user"}
+        assert all(value.shape[0] == first.shape[0] for value in out.values())
+    # Every signature a client may call first is warmed up (its first call otherwise
+    # builds the index's searcher or the tokenizer while a client waits).
+    assert set(signatures) == {"serving_default", "recommend_for_user", "similar_items",
+                               "embed_query", "embed_items", "item_texts"}
+    assert set(signatures) <= set(loaded.signatures)
 
 
 def test_no_warmup_sessions_no_warmup_requests(tmp_path):

@@ -87,8 +87,20 @@ def users_metadata(data) -> dict:
                            "last_session_start": period[1] if period else None}}
 
 
+# The signatures a version's warm-up requests call, in order, when the export has them:
+# every signature a client may call first is traced and its kernels (the index's searcher,
+# the text tokenizer) made before the version serves.
+WARMUP_SIGNATURES = ("recommend_for_user", "serving_default", "similar_items", "embed_query",
+                     "embed_items", "item_texts")
+
+
 def _write_warmup(path: Path, model_name: str, sessions: list[list[str]], k: int,
-                  user_ids: list[str] = ()) -> int:
+                  user_ids: list[str] = (), signatures=("recommend_for_user",
+                                                        "serving_default")) -> int:
+    """Writes TF Serving's warm-up requests (`assets.extra/tf_serving_warmup_requests`):
+    `serving_default` over the sessions in batches of 8, and one request of each other
+    signature of `WARMUP_SIGNATURES` in `signatures`. Returns how many were written (none
+    without sessions)."""
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     def record(signature: str, inputs: dict) -> bytes:
@@ -100,26 +112,38 @@ def _write_warmup(path: Path, model_name: str, sessions: list[list[str]], k: int
         return prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString()
 
-    if not len(sessions):  # no warm-up asked for (warmup_sessions 0): none for users either
-        user_ids = ()
+    def padded(rows):
+        width = max(len(r) for r in rows)
+        return utf8_bytes(np.array([r + [""] * (width - len(r)) for r in rows], dtype=object))
+
+    sessions = [list(s) for s in sessions if len(s)]
+    items = list(dict.fromkeys(i for s in sessions for i in s))[:8]
+    requests = []
+    for signature in (name for name in WARMUP_SIGNATURES if name in signatures):
+        if not sessions:  # no warm-up asked for (warmup_sessions 0)
+            break
+        if signature == "recommend_for_user" and len(user_ids):
+            requests.append(record(signature, {"user_ids": utf8_bytes(list(user_ids)),
+                                               "k": np.int32(k)}))
+        elif signature == "serving_default":
+            requests += [record(signature, {"item_ids": padded(sessions[start:start + 8]),
+                                            "k": np.int32(k)})
+                         for start in range(0, len(sessions), 8)]
+        elif signature == "similar_items":
+            requests.append(record(signature, {"item_ids": utf8_bytes(items),
+                                               "k": np.int32(k)}))
+        elif signature == "embed_query":
+            requests.append(record(signature, {"item_ids": padded(sessions[:8])}))
+        elif signature == "embed_items":  # known ids, and a new one by its text
+            requests.append(record(signature, {
+                "item_ids": utf8_bytes(items + [""]),
+                "texts": utf8_bytes([""] * len(items) + ["an item known by its text"])}))
+        elif signature == "item_texts":
+            requests.append(record(signature, {"item_ids": utf8_bytes(items)}))
     with tf.io.TFRecordWriter(str(path)) as writer:
-        if len(user_ids):
-            writer.write(record("recommend_for_user", {
-                "user_ids": utf8_bytes(list(user_ids)),
-                "k": np.int32(k)}))
-        for start in range(0, len(sessions), 8):
-            rows = sessions[start:start + 8]
-            width = max(len(r) for r in rows)
-            batch = np.array([r + [""] * (width - len(r)) for r in rows], dtype=object)
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = "serving_default"
-            request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(utf8_bytes(batch)))
-            request.inputs["k"].CopyFrom(tf.make_tensor_proto(np.int32(k)))
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
-    return (len(sessions) + 7) // 8 + (1 if len(user_ids) else 0)
+        for request in requests:
+            writer.write(request)
+    return len(requests)
 
 
 def _write_projector(folder: Path, embeddings: np.ndarray, ids: np.ndarray, texts: np.ndarray,
@@ -402,7 +426,8 @@ def write_version(model_dir: Path, version: int, contents: VersionContents,
         projected = _write_projector(folder.projector, catalogue.embeddings, catalogue.ids,
                                      catalogue.texts, catalogue.counts)
         records = _write_warmup(folder.warmup, model_name, contents.warm_sessions, k,
-                                [str(u) for u in users.ids[:8]])
+                                [str(u) for u in users.ids[:8]],
+                                signatures=set(module.signatures()))
         metadata = {"model": model_name, "version": version, **contents.metadata,
                     "users": int(len(users.ids)),
                     "users_not_cached": int(len(contents.uncached_users)),
