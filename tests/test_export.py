@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import textwrap
 import sys
 import time
 from pathlib import Path
@@ -302,6 +303,41 @@ def test_warmup_records_parse_and_run(exported):
     assert set(signatures) == {"serving_default", "recommend_for_user", "similar_items",
                                "embed_query", "embed_items", "item_texts"}
     assert set(signatures) <= set(loaded.signatures)
+
+
+def test_a_released_scann_version_gives_its_searchers_thread_back(exported):
+    """A loaded SavedModel's ScaNN searcher outlives the model (TensorFlow's loader names
+    it, so nothing deletes it): a thread and the index's memory each load. With
+    `release_saved_model` before the model is dropped the process's threads stay flat;
+    without it they grow by one a load (which shows that the count can tell)."""
+    _, scann, _ = exported
+    code = textwrap.dedent(f"""
+        import gc, os, sys
+        import tfrec
+        import tensorflow as tf
+        from tfrec.exporter.saved_model import release_saved_model
+
+        def threads():
+            return len(os.listdir("/proc/self/task"))
+
+        counts = []
+        for release in (True, True, True, False, False, False):
+            m = tfrec.load_saved_model({str(scann.path)!r})
+            m.signatures["serving_default"](item_ids=tf.constant([["", ""]]), k=tf.constant(3))
+            m.signatures["similar_items"](item_ids=tf.constant([""]), k=tf.constant(3))
+            if release:
+                assert release_saved_model(m)
+            del m
+            gc.collect()
+            counts.append(threads())
+        print(counts)
+        """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts[0] == counts[1] == counts[2], counts  # released: flat
+    assert counts[3] < counts[4] < counts[5], counts  # kept: one more a load
 
 
 def test_no_warmup_sessions_no_warmup_requests(tmp_path):

@@ -161,6 +161,44 @@ def test_a_call_keeps_its_model_when_the_version_is_unloaded(tmp_path):
     assert manager.find("m").number == 1
 
 
+def test_an_unloaded_versions_index_is_freed_once_no_call_holds_it(tmp_path):
+    """TensorFlow keeps a dropped SavedModel's ScaNN searcher (its memory, a thread): the
+    manager frees it (`release_saved_model`) once the version is unloaded and the last
+    call holding it is done, never before."""
+    import dataclasses
+    import gc
+
+    released = []
+
+    class Model:
+        def __init__(self, number):
+            self.number = number
+
+        def release_index(self):
+            released.append(self.number)
+
+    class IndexLoader(FakeLoader):
+        def __call__(self, name, number, path):
+            return dataclasses.replace(super().__call__(name, number, path),
+                                       model=Model(number))
+
+    manager, base = manager_over(tmp_path, [1], IndexLoader())
+    manager.sync()
+    held = manager.find("m")  # a call in flight on version 1
+    fake_version(base / "2")
+    manager.sync()
+    assert manager.find("m").number == 2
+    time.sleep(0.2)
+    gc.collect()
+    assert released == []  # unloaded, but a call still holds it
+    del held
+    deadline = time.monotonic() + 10
+    while not released and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert released == [1]
+    assert manager.find("m").number == 2 and released == [1]  # the served one is kept
+
+
 def test_a_version_change_collects_the_old_model_and_freezes_the_new(tmp_path):
     # A loaded model is many Python objects: they are moved out of the cyclic collector's
     # reach (gc.freeze) once loaded, and an unloaded model's cycles are still collected.

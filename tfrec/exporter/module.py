@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfrec.config import IndexConfig
 from tfrec.exporter.catalogue import Catalogue
-from tfrec.index.ann import search
+from tfrec.index.ann import release_searchers, search
 
 logger = logging.getLogger(__name__)
 
@@ -493,6 +493,16 @@ class RecommenderModule(tf.Module):
             out = self._two_stage(queries, self._distinct_items(history), history, k,
                                   tf.logical_not(known))
         return {"item_ids": out["item_ids"], "scores": out["scores"], "known": known}
+
+    @tf.function(autograph=False, input_signature=[])
+    def release_index(self):
+        """Deletes the ScaNN index's searcher (the next search makes it anew); a
+        brute-force index has none. Not a signature: call it on a loaded version before
+        dropping it (`tfrec.exporter.release_saved_model`, which `tfrec serve` calls once
+        a version it unloaded has no call left), since TensorFlow never frees a loaded
+        SavedModel's searcher itself."""
+        release_searchers(self.index)
+        return tf.constant(True)
 
     def signatures(self) -> dict:
         return {"serving_default": self.recommend, "similar_items": self.similar_items,

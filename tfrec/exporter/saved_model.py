@@ -797,6 +797,24 @@ def _replace_file(path: Path, text: str) -> None:
                          path=str(path)) from None
 
 
+def release_saved_model(model) -> bool:
+    """Frees what a loaded version's ScaNN index holds (its searcher: the index's memory
+    and a thread), which TensorFlow keeps after the model is dropped; call it when no
+    call of the model is left. An export from before `release_index` is released through
+    its ScaNN layer's state. Returns whether there was anything to release (a
+    brute-force export: no)."""
+    release = getattr(model, "release_index", None)
+    if release is not None:
+        release()
+        return True
+    index = getattr(model, "index", None)
+    state = getattr(index, "_serialized_searcher", None)
+    if state is None or not hasattr(state, "recreate_handle"):
+        return False
+    tf.raw_ops.DestroyResourceOp(resource=state.recreate_handle(), ignore_lookup_error=True)
+    return True
+
+
 def load_saved_model(path: str | Path):
     """Loads an exported version; registers the ScaNN and tensorflow-text ops first."""
     import scann  # noqa: F401  (Scann>... ops)

@@ -20,6 +20,22 @@ from tfrec.utils import quiet_native_stderr, utf8_text
 SCANN_MIN_ITEMS = 16
 
 
+def release_searchers(*layers) -> None:
+    """Deletes the searchers of the ScaNN layers given (anything else is passed over); the
+    next search makes its layer's anew.
+
+    A loaded SavedModel's ScaNN layer makes its searcher under a name the loader gives it
+    (TensorFlow's loader names every resource op of a load), so TensorFlow never deletes
+    it: the SavedModel dropped, the searcher keeps its memory and a thread. Called from
+    the loaded model (`release_index`), this deletes that searcher.
+    """
+    for layer in layers:
+        state = getattr(layer, "_serialized_searcher", None)
+        if isinstance(layer, tfrs.layers.factorized_top_k.ScaNN) and state is not None:
+            tf.raw_ops.DestroyResourceOp(resource=state.recreate_handle(),
+                                         ignore_lookup_error=True)
+
+
 def scann_parameters(num_items: int, config: IndexConfig) -> dict:
     """ScaNN tree and reordering settings for a catalogue of num_items."""
     leaves = config.num_leaves or int(min(2000, max(1, round(math.sqrt(num_items)))))
@@ -54,8 +70,18 @@ def build_index(embeddings: np.ndarray, identifiers: np.ndarray, config: IndexCo
     layer = tfrs.layers.factorized_top_k.ScaNN(k=k, name="scann", **params)
     layer.num_items = len(embeddings)
     layer.num_leaves = params["num_leaves"]  # what `search` widens to
-    with quiet_native_stderr():  # ScaNN logs its tree training (absl, C++) to stderr
-        return layer.index(candidates, ids)
+    # The searcher TFRS builds to serialise is a resource it never deletes: kept here to be.
+    built, build = [], layer._build_searcher
+    layer._build_searcher = lambda candidates: built.append(build(candidates)) or built[-1]
+    try:
+        with quiet_native_stderr():  # ScaNN logs its tree training (absl, C++) to stderr
+            layer.index(candidates, ids)
+    finally:
+        layer._build_searcher = build
+        for searcher in built:
+            tf.raw_ops.DestroyResourceOp(resource=searcher.searcher_handle,
+                                         ignore_lookup_error=True)
+    return layer
 
 
 def search(index, queries, k):

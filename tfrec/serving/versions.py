@@ -28,6 +28,7 @@ import gc
 import logging
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import grpc
@@ -37,7 +38,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from tfrec.config import ServeConfig
 from tfrec.exporter.layout import ModelFolder, VersionFolder
-from tfrec.exporter.saved_model import load_saved_model
+from tfrec.exporter.saved_model import load_saved_model, release_saved_model
 from tfrec.serving.config import ModelEntry
 from tfrec.serving.errors import ServingError, shown
 
@@ -102,10 +103,14 @@ class _Failure:
     error: str
 
 
-def _signature_defs(path: Path):
+def _saved_model(path: Path):
     proto = saved_model_pb2.SavedModel()
     proto.ParseFromString(VersionFolder(path).saved_model.read_bytes())
-    return proto.meta_graphs[0].signature_def
+    return proto
+
+
+def _signature_defs(path: Path):
+    return _saved_model(path).meta_graphs[0].signature_def
 
 
 def _signature_names(path: Path) -> list[str] | None:
@@ -425,6 +430,10 @@ class ModelManager:
             logger.warning("%s version %d failed to load (attempt %d, retry when its files "
                            "change or in %.0f s): %s", name, number, attempts, wait, message)
             return False
+        # Once unloaded and no call holds it, its index's searcher is freed (TensorFlow
+        # keeps a dropped SavedModel's: its memory and a thread, each version loaded).
+        weakref.finalize(loaded, _release_when_dropped, loaded.model,
+                         f"{name} version {number}").atexit = False
         with self._lock:
             self._failures.pop(path, None)
             if name in self.versions:
@@ -632,6 +641,30 @@ def settle_heap() -> tuple[float, int]:
     gc.collect()
     gc.freeze()
     return time.perf_counter() - start, gc.get_freeze_count()
+
+
+def _release_when_dropped(model, what: str) -> None:
+    """A loaded version's finalizer: it runs in whichever thread dropped the version last
+    (a call's, the poller's), so the release runs in a thread of its own."""
+    threading.Thread(target=_release, args=([model], what), daemon=True,
+                     name="index-release").start()
+
+
+def _release(holder: list, what: str) -> None:
+    """Frees the index of a version no call holds any more (`release_saved_model`), then
+    the model itself: it outlived the pass that unloaded it, whose collection has moved
+    it out of the collector's reach (`settle_heap`), so it is collected here."""
+    model = holder.pop()
+    try:
+        released = release_saved_model(model)
+    except Exception as err:  # never fatal: the index only stays in memory
+        logger.warning("could not free the index of %s: %s", what, err)
+        released = False
+    del model
+    seconds, _ = settle_heap()
+    if released:
+        logger.info("freed the index of %s (the heap settled in %.0f ms)", what,
+                    seconds * 1000)
 
 
 def _load_version(name: str, number: int, path: Path) -> Loaded:
