@@ -20,6 +20,7 @@ _LAZY = {
     "VersionFolder": "tfrec.exporter.layout",
     "export": "tfrec.exporter.saved_model",
     "load_saved_model": "tfrec.exporter.saved_model",
+    "release_saved_model": "tfrec.exporter.saved_model",
     "update_catalogue": "tfrec.exporter.update",
 }
 
@@ -29,7 +30,8 @@ if typing.TYPE_CHECKING:
     from tfrec.exporter.catalogue import Catalogue  # noqa: F401
     from tfrec.exporter.layout import ModelFolder, VersionFolder  # noqa: F401
     from tfrec.exporter.module import RecommenderModule, UserCache  # noqa: F401
-    from tfrec.exporter.saved_model import ExportResult, export, load_saved_model  # noqa: F401
+    from tfrec.exporter.saved_model import (ExportResult, export, load_saved_model,  # noqa: F401
+                                            release_saved_model)
     from tfrec.exporter.update import CatalogueUpdate, update_catalogue  # noqa: F401
 
 
