@@ -316,3 +316,30 @@ def test_an_export_whose_stage_was_refitted_since_is_refused(staged_run, tmp_pat
     scored = evaluate_run(staged_run, tmp_path / "ev2", (), saved_model=version.path,
                           ablations=False)
     assert scored["methods"][MODEL]["all"]["cases"] > 0
+
+
+def test_a_scann_export_is_scored_one_session_a_request():
+    """ScaNN answers a query alone and in a batch by different paths (a session's list
+    can differ a little): an export is scored as clients call it, one session a request;
+    a brute-force export, whose answers never depend on the batch, in batches."""
+    import types
+
+    import tensorflow as tf
+
+    from tfrec.evaluate.exported import ExportedModel
+
+    calls = []
+
+    def serving_default(item_ids, k):
+        calls.append(int(item_ids.shape[0]))
+        return {"item_ids": tf.constant([["b", "a"]] * int(item_ids.shape[0]))}
+
+    model = ExportedModel.__new__(ExportedModel)
+    model.module = types.SimpleNamespace(signatures={"serving_default": serving_default})
+    model.vocab = types.SimpleNamespace(ids=np.array(["", "a", "b", "c"], dtype=object))
+    for kind, sizes in (("scann", [1, 1, 1]), ("brute_force", [3])):
+        calls.clear()
+        model.metadata = {"index_kind": kind, "max_k": 2}
+        ranks, width = model.served_ranks([[2], [1], [1, 2]], np.array([1, 2, 3]), 5)
+        assert calls == sizes and width == 2
+        assert ranks.tolist() == [1, 0, 2]  # "a" second, "b" first, "c" a miss

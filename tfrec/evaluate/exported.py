@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.errors import InputError
-from tfrec.exporter.layout import ModelFolder, VersionFolder
+from tfrec.exporter.layout import INDEX_KIND, ModelFolder, VersionFolder
 from tfrec.exporter.saved_model import load_saved_model
 from tfrec.index.ann import tied_hits
 from tfrec.metrics import top_k_items
@@ -78,11 +78,19 @@ class ExportedModel:
             "embeddings"].numpy() for i in range(0, len(history), batch_size)])
 
     def served_ranks(self, queries: list, targets: np.ndarray, k: int,
-                     batch_size: int = 512) -> tuple[np.ndarray, int]:
+                     batch_size: int | None = None) -> tuple[np.ndarray, int]:
         """(ranks [n], width): each target's place in `serving_default`'s top `width`
         for its case's query items as one session (`width` at the ranks of a miss), width
         = k cut to the export's max_k. A query longer than the export's
-        max_session_items sends its last ones."""
+        max_session_items sends its last ones.
+
+        A ScaNN export answers a session a little differently alone and beside others
+        (ScaNN searches one query and a batch of them by different paths, each
+        deterministic): its cases are sent one request each, as a client sends a
+        session (`batch_size` default 1). A brute-force export's answers do not depend
+        on the batch: 512 sessions a request."""
+        if batch_size is None:
+            batch_size = 1 if self.metadata.get(INDEX_KIND, "scann") == "scann" else 512
         function = self.module.signatures["serving_default"]
         width = int(min(k, self.metadata.get("max_k", k)))
         longest = int(self.metadata.get("max_session_items", 500))
