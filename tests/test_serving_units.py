@@ -290,6 +290,18 @@ def test_reload_to_a_missing_path_and_back_serves_again(tmp_path):
     assert manager.find("m").number == 1 and manager.status("m")[0].detail == ""
 
 
+def test_a_model_dropped_from_the_config_is_logged_as_unloaded(tmp_path, caplog):
+    import logging
+
+    manager, base = manager_over(tmp_path, [1], FakeLoader())
+    manager.sync()
+    with caplog.at_level(logging.INFO, logger="tfrec.serving.versions"):
+        manager.reload([])
+    assert f"unloaded m version 1 ({base / '1'}): the model left the config" in caplog.text
+    with pytest.raises(Exception, match="Servable not found"):
+        manager.find("m")
+
+
 def test_a_version_is_loaded_once_complete_and_stable(tmp_path):
     loader = FakeLoader()
     manager, base = manager_over(tmp_path, [1], loader)

@@ -515,7 +515,10 @@ class ModelManager:
             before = {name: dict(e.labels) for name, e in self.entries.items()}
             for name in dropped:
                 del self.entries[name]
-                del self.versions[name]
+                for number, version in sorted(self.versions.pop(name).items()):
+                    if version.state == AVAILABLE:
+                        logger.info("unloaded %s version %d (%s): the model left the config",
+                                    name, number, version.path)
                 self.problems.pop(name, None)
             for entry in entries:
                 self.entries[entry.name] = entry
