@@ -269,15 +269,23 @@ def test_files_far_larger_than_the_published_one_are_refused_before_they_fill_th
 
 def test_a_download_killed_outright_leaves_temporaries_the_next_one_removes(
         server, online_retail_source, tmp_path):
+    import time
+
     folder = tmp_path / "data" / "online_retail"
     folder.mkdir(parents=True)
-    dead = folder / ".online_retail.csv.part.0a1b2c-999999999"  # no such process
+    dead = folder / ".online_retail.csv.part.0a1b2c3d4e5f-999999999"  # no such process
     dead.write_bytes(b"half a download")
-    alive = folder / f".online_retail.csv.part.0a1b2c-{os.getpid()}"  # a download under way
+    hour_ago = time.time() - download.STALE_SECONDS - 60
+    os.utime(dead, (hour_ago, hour_ago))
+    alive = folder / f".online_retail.csv.part.0a1b2c3d4e5f-{os.getpid()}"  # under way here
     alive.write_bytes(b"half")
+    # Another machine's download under way (a shared data folder): a process id this
+    # machine does not know, but written a moment ago.
+    elsewhere = folder / ".online_retail.csv.part.ffffffffffff-999999998"
+    elsewhere.write_bytes(b"half")
     server.routes[online_retail_source] = (200, BODY, None)
     datasets.online_retail_path()
-    assert leftovers(folder) == [alive.name, "online_retail.csv.gz"]
+    assert leftovers(folder) == sorted([alive.name, elsewhere.name, "online_retail.csv.gz"])
 
 
 # ------------------------------------------------------------------ UCI's Excel workbook

@@ -177,7 +177,7 @@ def test_a_link_planted_at_the_configs_temporary_name_is_never_written_through(
     pid = os.getpid()
     (folder / f".models.config.aaaa-{pid}").symlink_to(victim)
     (folder / f".models.config.tmp-{pid}").symlink_to(victim)  # an earlier release's name
-    stale = folder / ".models.config.ffff-999999999"  # no such process
+    stale = folder / ".models.config.0123456789ab-999999999"  # no such process
     stale.write_text("half")
     write_serving_config(folder, "m", tmp_path / "m")
     assert victim.read_text() == "SECRET" and victim.stat().st_mode & 0o777 == 0o600
@@ -185,6 +185,11 @@ def test_a_link_planted_at_the_configs_temporary_name_is_never_written_through(
     assert not (folder / "models.config").is_symlink()
     assert not stale.exists()
     assert (folder / f".models.config.aaaa-{pid}").is_symlink()  # left to its maker
+    # Only names of the temporaries' shape are swept: an operator's backup is not one.
+    backup = folder / ".models.config.bak-20240101"
+    backup.write_text("kept")
+    write_serving_config(folder, "m2", tmp_path / "m2")
+    assert backup.read_text() == "kept"
 
 
 def test_scann_reloaded_in_a_fresh_process_matches_in_memory(exported):
@@ -310,7 +315,7 @@ def test_a_released_scann_version_gives_its_searchers_thread_back(exported):
     it, so nothing deletes it): a thread and the index's memory each load. With
     `release_saved_model` before the model is dropped the process's threads stay flat;
     without it they grow by one a load (which shows that the count can tell)."""
-    _, scann, _ = exported
+    _, scann, brute = exported
     code = textwrap.dedent(f"""
         import gc, os, sys
         import tfrec
@@ -330,6 +335,8 @@ def test_a_released_scann_version_gives_its_searchers_thread_back(exported):
             del m
             gc.collect()
             counts.append(threads())
+        # A brute-force export has no searcher: nothing released.
+        assert not release_saved_model(tfrec.load_saved_model({str(brute.path)!r}))
         print(counts)
         """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -2,6 +2,7 @@
 
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,14 @@ def test_a_call_keeps_its_model_when_the_version_is_unloaded(tmp_path):
     assert manager.find("m").number == 1
 
 
+def join_releases():
+    """Waits for the index-release threads (their heap collection would otherwise run
+    into the next test's)."""
+    for thread in threading.enumerate():
+        if thread.name == "index-release":
+            thread.join(timeout=30)
+
+
 def test_an_unloaded_versions_index_is_freed_once_no_call_holds_it(tmp_path):
     """TensorFlow keeps a dropped SavedModel's ScaNN searcher (its memory, a thread): the
     manager frees it (`release_saved_model`) once the version is unloaded and the last
@@ -173,9 +182,11 @@ def test_an_unloaded_versions_index_is_freed_once_no_call_holds_it(tmp_path):
     class Model:
         def __init__(self, number):
             self.number = number
+            self.index = types.SimpleNamespace(_serialized_searcher=object())  # ScaNN's
 
         def release_index(self):
             released.append(self.number)
+            return True
 
     class IndexLoader(FakeLoader):
         def __call__(self, name, number, path):
@@ -197,6 +208,78 @@ def test_an_unloaded_versions_index_is_freed_once_no_call_holds_it(tmp_path):
         time.sleep(0.01)
     assert released == [1]
     assert manager.find("m").number == 2 and released == [1]  # the served one is kept
+    join_releases()
+
+
+def test_a_load_that_fails_after_the_model_is_loaded_frees_its_index(tmp_path, monkeypatch):
+    """The warm-up builds the searcher: a load failing there (a cut warm-up file), retried
+    again and again, must not keep one each time."""
+    import tfrec.serving.versions as versions
+
+    released = []
+
+    class Model:
+        index = types.SimpleNamespace(_serialized_searcher=object())
+
+        def release_index(self):
+            released.append(True)
+            return True
+
+    def cut_warm_up(model, path):
+        raise ValueError("a warm-up record cut short")
+
+    monkeypatch.setattr(versions, "load_saved_model", lambda path: Model())
+    monkeypatch.setattr(versions, "_signature_defs", lambda path: {})
+    monkeypatch.setattr(versions, "_warm_up", cut_warm_up)
+    version = fake_version(tmp_path / "m" / "1")
+    with pytest.raises(ValueError, match="cut short"):
+        versions._load_version("m", 1, version)
+    assert released == [True]
+
+
+def test_settling_twice_at_once_still_collects_the_dropped_model():
+    """A collection that finds another under way returns at once; had its freeze run
+    anyway, the unloaded model it was to collect would stay for good."""
+    import gc
+    import threading
+    import weakref
+
+    import tfrec.serving.versions as versions
+
+    class Slow:  # garbage whose finalizer lets other threads run, as TensorFlow's do
+        def __init__(self):
+            self.me = self
+
+        def __del__(self):
+            time.sleep(0.3)
+
+    class Model:
+        def __init__(self):
+            self.me = self  # a cycle: only the collector frees it
+            self.index = types.SimpleNamespace(_serialized_searcher=object())
+
+        def release_index(self):
+            return True
+
+    try:
+        gc.freeze()
+        model = Model()
+        ref = weakref.ref(model)
+        gc.unfreeze()
+        Slow()
+        first = threading.Thread(target=versions.settle_heap)
+        first.start()
+        time.sleep(0.1)  # the first collection is running Slow's finalizer
+        versions._release_when_dropped(model, "m version 1")
+        del model
+        first.join()
+        deadline = time.monotonic() + 10
+        while ref() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ref() is None
+    finally:
+        join_releases()
+        gc.unfreeze()
 
 
 def test_a_version_change_collects_the_old_model_and_freezes_the_new(tmp_path):

@@ -362,11 +362,11 @@ def recommend_all_users(model_dir: str | Path, out: str | Path,
     signature = load_user_recommender(version_dir)
     line = ProgressLine(total, "users") if progress is True else None
     report = line or progress or None
-    tmp, handle = temporary_path(out, TMP_MARK)
     users = rows = groups = fallback = 0
     t = time.perf_counter()
     folder = out.parent if str(out.parent) else Path(".")
     with reporting_write_failures(folder, f"the recommendations {out.name}"):
+        tmp, handle = temporary_path(out, TMP_MARK)
         try:
             with (_sigterm_as_interrupt(), open(handle, "wb") as sink,
                   pq.ParquetWriter(sink, SCHEMA) as writer):

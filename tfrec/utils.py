@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import secrets
 import shutil
@@ -203,7 +204,7 @@ def open_temporary(folder: str | Path, prefix: str, mode: int = 0o600) -> tuple[
     The name cannot be guessed and the file is made new (`O_EXCL`; a link planted at the
     name is refused, never followed), so nobody else can have made it or point it
     elsewhere; `mode` less the process's umask is its mode. `remove_stale_temporaries(
-    folder, f"{prefix}*")` removes it once this process is gone.
+    folder, temporaries(prefix))` removes it once this process is gone.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     for _ in range(100):
@@ -213,6 +214,13 @@ def open_temporary(folder: str | Path, prefix: str, mode: int = 0o600) -> tuple[
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
+
+
+def temporaries(prefix: str) -> str:
+    """The glob pattern of `open_temporary(folder, prefix)`'s names (the prefix taken
+    as it is, the random part and the process id as they are made), for
+    `remove_stale_temporaries`."""
+    return glob.escape(prefix) + "[0-9a-f]" * 12 + "-[0-9]*"
 
 
 def new_temporary(folder: str | Path, prefix: str, mode: int = 0o600) -> Path:

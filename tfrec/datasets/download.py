@@ -38,13 +38,14 @@ from typing import Callable
 
 from tfrec.errors import InputError
 from tfrec.progress import ProgressLine
-from tfrec.utils import new_temporary, remove_stale_temporaries
+from tfrec.utils import new_temporary, remove_stale_temporaries, temporaries
 
 DOWNLOAD_ENV = "TFREC_DATA_DOWNLOAD"
 MIRROR_ENV = "TFREC_DATA_MIRROR"
 TIMEOUT = 60.0  # seconds without a byte before a download is given up
 CHUNK = 1 << 20
 PART = ".part"  # the temporaries' names: .<file>.part.<random>-<pid>
+STALE_SECONDS = 3600  # a download's temporary unchanged this long is a dead one's
 
 
 def gunzip_sha256(path: Path) -> str:
@@ -168,8 +169,10 @@ def fetch(remote: Remote, folder: str, target_dir: Path, progress: bool | None =
         temps.append(path)
         return path
 
-    # What a download killed outright left behind (its process gone).
-    remove_stale_temporaries(target_dir, f".*{PART}.*")
+    # What a download killed outright left behind: its process gone, and unchanged for
+    # an hour (a shared data folder may hold another machine's download under way, whose
+    # process this machine does not know).
+    remove_stale_temporaries(target_dir, ".*" + temporaries(f"{PART}."), older_than=STALE_SECONDS)
 
     try:
         if source is not None:

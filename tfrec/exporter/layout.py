@@ -45,7 +45,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tfrec.errors import InputError
-from tfrec.utils import Entry, Folder, json_ready, open_temporary, remove_stale_temporaries
+from tfrec.utils import (Entry, Folder, json_ready, open_temporary, remove_stale_temporaries,
+                         temporaries)
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ class ModelFolder(Folder):
         record = self.path / LAST_VERSION
         tmp = None
         try:
-            remove_stale_temporaries(self.path, f"{LAST_VERSION}.*")
+            remove_stale_temporaries(self.path, temporaries(f"{LAST_VERSION}."))
             tmp, handle = open_temporary(self.path, f"{LAST_VERSION}.", 0o666)
             with open(handle, "w") as f:
                 f.write(f"{number}\n")

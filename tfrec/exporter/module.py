@@ -500,9 +500,8 @@ class RecommenderModule(tf.Module):
         brute-force index has none. Not a signature: call it on a loaded version before
         dropping it (`tfrec.exporter.release_saved_model`, which `tfrec serve` calls once
         a version it unloaded has no call left), since TensorFlow never frees a loaded
-        SavedModel's searcher itself."""
-        release_searchers(self.index)
-        return tf.constant(True)
+        SavedModel's searcher itself. Returns whether there was one."""
+        return tf.constant(release_searchers(self.index))
 
     def signatures(self) -> dict:
         return {"serving_default": self.recommend, "similar_items": self.similar_items,

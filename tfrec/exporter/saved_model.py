@@ -32,7 +32,8 @@ from tfrec.exporter.layout import INDEX_KIND, ModelFolder, VersionFolder
 from tfrec.exporter.module import RecommenderModule, UserCache, catalogue_changes
 from tfrec.index.ann import (IndexConfig, build_index_for_recall, recall_at_ks,
                              scann_parameters)
-from tfrec.utils import ensure_folder, open_temporary, remove_stale_temporaries, utf8_bytes
+from tfrec.utils import (ensure_folder, open_temporary, remove_stale_temporaries,
+                         temporaries, utf8_bytes)
 
 logger = logging.getLogger(__name__)
 
@@ -779,7 +780,7 @@ def _replace_file(path: Path, text: str) -> None:
         if old is not None and old.st_uid != os.geteuid() and os.geteuid() != 0:
             path.write_text(text)  # another user's file: kept theirs
             return
-        remove_stale_temporaries(path.parent, f".{path.name}.*")
+        remove_stale_temporaries(path.parent, temporaries(f".{path.name}."))
         temporary, handle = open_temporary(path.parent, f".{path.name}.", 0o666)
         with open(handle, "w") as f:
             f.write(text)
@@ -805,8 +806,7 @@ def release_saved_model(model) -> bool:
     brute-force export: no)."""
     release = getattr(model, "release_index", None)
     if release is not None:
-        release()
-        return True
+        return bool(release())
     index = getattr(model, "index", None)
     state = getattr(index, "_serialized_searcher", None)
     if state is None or not hasattr(state, "recreate_handle"):

@@ -20,20 +20,24 @@ from tfrec.utils import quiet_native_stderr, utf8_text
 SCANN_MIN_ITEMS = 16
 
 
-def release_searchers(*layers) -> None:
+def release_searchers(*layers) -> bool:
     """Deletes the searchers of the ScaNN layers given (anything else is passed over); the
     next search makes its layer's anew.
 
     A loaded SavedModel's ScaNN layer makes its searcher under a name the loader gives it
     (TensorFlow's loader names every resource op of a load), so TensorFlow never deletes
     it: the SavedModel dropped, the searcher keeps its memory and a thread. Called from
-    the loaded model (`release_index`), this deletes that searcher.
+    the loaded model (`release_index`), this deletes that searcher. Returns whether any
+    layer had one.
     """
+    released = False
     for layer in layers:
         state = getattr(layer, "_serialized_searcher", None)
         if isinstance(layer, tfrs.layers.factorized_top_k.ScaNN) and state is not None:
             tf.raw_ops.DestroyResourceOp(resource=state.recreate_handle(),
                                          ignore_lookup_error=True)
+            released = True
+    return released
 
 
 def scann_parameters(num_items: int, config: IndexConfig) -> dict:

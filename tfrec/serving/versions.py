@@ -432,8 +432,9 @@ class ModelManager:
             return False
         # Once unloaded and no call holds it, its index's searcher is freed (TensorFlow
         # keeps a dropped SavedModel's: its memory and a thread, each version loaded).
-        weakref.finalize(loaded, _release_when_dropped, loaded.model,
-                         f"{name} version {number}").atexit = False
+        if has_searcher(loaded.model):
+            weakref.finalize(loaded, _release_when_dropped, loaded.model,
+                             f"{name} version {number}").atexit = False
         with self._lock:
             self._failures.pop(path, None)
             if name in self.versions:
@@ -640,10 +641,17 @@ def settle_heap() -> tuple[float, int]:
     that an unloaded version's cycles are collected. Returns (seconds, objects frozen).
     """
     start = time.perf_counter()
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    return time.perf_counter() - start, gc.get_freeze_count()
+    # One pass at a time (the poller, a reload, an index's release): a collection that
+    # finds another under way returns at once, and its freeze would then keep what it
+    # was to collect (an unloaded model) out of every later collection's reach.
+    with _SETTLING:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        return time.perf_counter() - start, gc.get_freeze_count()
+
+
+_SETTLING = threading.Lock()
 
 
 def _release_when_dropped(model, what: str) -> None:
@@ -653,10 +661,15 @@ def _release_when_dropped(model, what: str) -> None:
                      name="index-release").start()
 
 
-def _release(holder: list, what: str) -> None:
+def has_searcher(model) -> bool:
+    """Does a loaded version's index hold a ScaNN searcher (a brute-force one: no)?"""
+    return getattr(getattr(model, "index", None), "_serialized_searcher", None) is not None
+
+
+def _release(holder: list, what: str, settle: bool = True) -> None:
     """Frees the index of a version no call holds any more (`release_saved_model`), then
     the model itself: it outlived the pass that unloaded it, whose collection has moved
-    it out of the collector's reach (`settle_heap`), so it is collected here."""
+    it out of the collector's reach (`settle_heap`), so it is collected here (`settle`)."""
     model = holder.pop()
     try:
         released = release_saved_model(model)
@@ -664,18 +677,22 @@ def _release(holder: list, what: str) -> None:
         logger.warning("could not free the index of %s: %s", what, err)
         released = False
     del model
-    seconds, _ = settle_heap()
+    seconds = settle_heap()[0] if settle else None
     if released:
-        logger.info("freed the index of %s (the heap settled in %.0f ms)", what,
-                    seconds * 1000)
+        logger.info("freed the index of %s%s", what, "" if seconds is None else
+                    f" (the heap settled in {seconds * 1000:.0f} ms)")
 
 
 def _load_version(name: str, number: int, path: Path) -> Loaded:
     """Loads a version folder, reads its signatures and metadata, replays its warm-up."""
     model = load_saved_model(path)
-    defs = _signature_defs(path)
-    metadata = VersionFolder(path).read_metadata(missing_ok=True)
-    _warm_up(model, path)
+    try:
+        defs = _signature_defs(path)
+        metadata = VersionFolder(path).read_metadata(missing_ok=True)
+        _warm_up(model, path)
+    except BaseException:  # a failed load (retried later) must not keep what it built
+        _release([model], f"{name} version {number} (failed to load)", settle=False)
+        raise
     return Loaded(name, number, path, model, defs, metadata)
 
 
