@@ -211,6 +211,42 @@ def test_an_unloaded_versions_index_is_freed_once_no_call_holds_it(tmp_path):
     join_releases()
 
 
+def test_an_unload_with_no_call_left_frees_the_index_in_the_same_pass(tmp_path, monkeypatch):
+    """Unloaded by the poller's pass with no call holding it, a version's index is freed
+    before that pass's heap collection: one collection an unload, no release thread."""
+    import dataclasses
+
+    import tfrec.serving.versions as versions
+
+    released, settled = [], []
+
+    class Model:
+        def __init__(self, number):
+            self.number = number
+            self.index = types.SimpleNamespace(_serialized_searcher=object())
+
+        def release_index(self):
+            released.append((self.number, len(settled)))
+            return True
+
+    class IndexLoader(FakeLoader):
+        def __call__(self, name, number, path):
+            return dataclasses.replace(super().__call__(name, number, path),
+                                       model=Model(number))
+
+    real = versions.settle_heap
+    monkeypatch.setattr(versions, "settle_heap", lambda: settled.append(1) or real())
+    manager, base = manager_over(tmp_path, [1], IndexLoader())
+    manager.sync()
+    assert settled == [1]
+    fake_version(base / "2")
+    manager.sync()  # version 2 loads, version 1 is unloaded and freed, then one collection
+    assert released == [(1, 1)] and settled == [1, 1]
+    assert not [t for t in threading.enumerate() if t.name == "index-release"]
+    manager.reload([])  # a model leaving the config: freed, then the reload's collection
+    assert released == [(1, 1), (2, 2)] and settled == [1, 1, 1]
+
+
 def test_a_load_that_fails_after_the_model_is_loaded_frees_its_index(tmp_path, monkeypatch):
     """The warm-up builds the searcher: a load failing there (a cut warm-up file), retried
     again and again, must not keep one each time."""

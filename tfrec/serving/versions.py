@@ -23,6 +23,7 @@ they started with.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -198,23 +199,8 @@ class ModelManager:
                 return
             changed = 0
             try:
-                on_disk, problem = _versions_on_disk(entry.base_path)
-                if not problem and entry.policy == "specific" and not set(
-                        entry.specific) & set(on_disk):
-                    problem = (f"its version policy names version "
-                               f"{', '.join(map(str, sorted(entry.specific)))} and its "
-                               f"base_path {entry.base_path} holds version "
-                               f"{', '.join(map(str, on_disk))}")
-                complete, waiting = self._complete_versions(name, entry, on_disk)
-                wanted = entry.wanted(complete)
-                for number in wanted:
-                    path = entry.base_path / str(number)
-                    if self._should_load(name, number, path):
-                        changed += self._load(name, number, path)
-                changed += self._unload_unwanted(name, on_disk, wanted, entry, waiting,
-                                                 problem)
-                self._note_problem(name, entry.base_path, problem)
-                self._note_labels(name, entry)
+                with _releases_in_this_pass():
+                    changed = self._apply_policy(name, entry)
                 if changed:
                     seconds, frozen = settle_heap()
                     logger.info("%s: the heap settled in %.0f ms (%d objects out of the "
@@ -223,6 +209,28 @@ class ModelManager:
                 with self._synced_cond:
                     self._synced.add(name)
                     self._synced_cond.notify_all()
+
+    def _apply_policy(self, name: str, entry: ModelEntry) -> int:
+        """Loads the wanted versions, unloads the rest; returns how many changed."""
+        changed = 0
+        on_disk, problem = _versions_on_disk(entry.base_path)
+        if not problem and entry.policy == "specific" and not set(
+                entry.specific) & set(on_disk):
+            problem = (f"its version policy names version "
+                       f"{', '.join(map(str, sorted(entry.specific)))} and its "
+                       f"base_path {entry.base_path} holds version "
+                       f"{', '.join(map(str, on_disk))}")
+        complete, waiting = self._complete_versions(name, entry, on_disk)
+        wanted = entry.wanted(complete)
+        for number in wanted:
+            path = entry.base_path / str(number)
+            if self._should_load(name, number, path):
+                changed += self._load(name, number, path)
+        changed += self._unload_unwanted(name, on_disk, wanted, entry, waiting,
+                                         problem)
+        self._note_problem(name, entry.base_path, problem)
+        self._note_labels(name, entry)
+        return changed
 
     # -- completeness -----------------------------------------------------------------------
     def _complete_versions(self, name: str, entry: ModelEntry,
@@ -510,6 +518,14 @@ class ModelManager:
         Returns:
           what was refused, one line per label (empty: everything applied).
         """
+        with _releases_in_this_pass() as released:
+            refused, dropped = self._reload(entries, labels_for_unavailable)
+        if dropped or released:
+            settle_heap()  # the dropped models' versions are unloaded
+        return refused
+
+    def _reload(self, entries: list[ModelEntry], labels_for_unavailable: bool
+                ) -> tuple[list[str], list[str]]:
         with self._lock:
             names = {e.name for e in entries}
             dropped = [name for name in self.entries if name not in names]
@@ -542,9 +558,7 @@ class ModelManager:
                         entry, labels=before.get(entry.name, {}))
             for line in refused:
                 logger.error("%s: the model keeps the labels it had", line)
-        if dropped:
-            settle_heap()  # the dropped models' versions are unloaded
-        return refused
+        return refused, dropped
 
     # -- lookups --------------------------------------------------------------------------
     def resolve(self, spec) -> Loaded:
@@ -654,9 +668,40 @@ def settle_heap() -> tuple[float, int]:
 _SETTLING = threading.Lock()
 
 
+_PASS = threading.local()  # .pending: the models a pass of this thread frees (or None)
+
+
+@contextlib.contextmanager
+def _releases_in_this_pass():
+    """Within it, a version dropped by this thread (an unload of the poller's pass, a
+    reload) has its index freed at the end, before the pass's own heap collection: one
+    collection an unload, not a second one in a release thread. Yields the list of those
+    freed (filled at the end); nested, the outermost frees them."""
+    if getattr(_PASS, "pending", None) is not None:
+        yield []
+        return
+    _PASS.pending = pending = []
+    released = []
+    try:
+        yield released
+    finally:
+        _PASS.pending = None
+        while pending:
+            model, what = pending.pop()
+            _release([model], what, settle=False)
+            released.append(what)
+            del model
+
+
 def _release_when_dropped(model, what: str) -> None:
-    """A loaded version's finalizer: it runs in whichever thread dropped the version last
-    (a call's, the poller's), so the release runs in a thread of its own."""
+    """A loaded version's finalizer: it runs in whichever thread dropped the version last.
+    In a pass of the manager's (`_releases_in_this_pass`) the pass frees it; in another
+    thread (a call's, done after the version was unloaded) a thread of its own does, and
+    collects the model after."""
+    pending = getattr(_PASS, "pending", None)
+    if pending is not None:
+        pending.append((model, what))
+        return
     threading.Thread(target=_release, args=([model], what), daemon=True,
                      name="index-release").start()
 
