@@ -433,6 +433,21 @@ def test_index_searches_more_leaves_until_recall_meets_the_floor():
     assert used.num_leaves_to_search == 1 and recall < 0.99
 
 
+def test_a_scann_index_built_twice_answers_alike():
+    # ScaNN's default tree starts its centres from an unseeded source (TFRS's layer
+    # builds so): the same embeddings gave two indexes with 10-16% of the slots alike.
+    from tfrec.index.ann import build_index
+
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(3000, 16)).astype(np.float32)
+    ids = np.array([f"i{n}" for n in range(len(items))])
+    queries = tf.constant(rng.normal(size=(100, 16)).astype(np.float32))
+    config = IndexConfig(kind="scann", max_k=50, num_leaves=60, num_leaves_to_search=6)
+    answers = [build_index(items, ids, config)(queries, k=50) for _ in range(2)]
+    np.testing.assert_array_equal(answers[0][1].numpy(), answers[1][1].numpy())
+    np.testing.assert_array_equal(answers[0][0].numpy(), answers[1][0].numpy())
+
+
 def test_recall_counts_an_item_tied_with_the_kth_as_a_hit():
     """Exact search scores recall 1.0 whichever of tied items it keeps: items with equal
     scores (duplicated vectors) at the k-th place are equally right answers."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import uuid
 
 import numpy as np
 import scann  # noqa: F401  (registers the Scann ops)
@@ -18,6 +19,9 @@ from tfrec.utils import quiet_native_stderr, utf8_text
 
 # ScaNN's asymmetric hashing trains 16 centres per block on the catalogue's items.
 SCANN_MIN_ITEMS = 16
+# TFRS's `ScaNN` layer defaults, which `seeded_searcher_builder` builds with.
+SCANN_TRAINING_ITERATIONS = 12
+SCANN_DIMENSIONS_PER_BLOCK = 2
 
 
 def release_searchers(*layers) -> bool:
@@ -57,6 +61,29 @@ def scann_parameters(num_items: int, config: IndexConfig) -> dict:
             "num_reordering_candidates": min(reorder, num_items)}
 
 
+def seeded_searcher_builder(name: str, k: int, params: dict):
+    """candidates -> a ScaNN searcher: TFRS's `ScaNN` layer's build (dot products, the
+    tree, asymmetric hashing of 2 dimensions a block, exact reordering) with the tree's
+    centres started by ScaNN's seeded k-means++ instead of its random initialisation,
+    which draws from an unseeded source: the same embeddings then always give the same
+    index (an export made twice answers alike). On 1M generated items: 9.6-9.9 s to build
+    against 6.5-6.6 s, recall@10 0.9999 against 0.9976-0.9987 (`bench/index_build.py`)."""
+
+    def build(candidates):
+        builder = scann_ops.builder(db=candidates, num_neighbors=k,
+                                    distance_measure="dot_product")
+        builder = builder.tree(num_leaves=params["num_leaves"],
+                               num_leaves_to_search=params["num_leaves_to_search"],
+                               training_iterations=SCANN_TRAINING_ITERATIONS,
+                               random_init=False)
+        builder = builder.score_ah(dimensions_per_block=SCANN_DIMENSIONS_PER_BLOCK)
+        builder = builder.reorder(params["num_reordering_candidates"])
+        # A name of its own, as TFRS gives it: no two searchers share one.
+        return builder.build(shared_name=f"{name}/{uuid.uuid4()}")
+
+    return build
+
+
 def build_index(embeddings: np.ndarray, identifiers: np.ndarray, config: IndexConfig):
     """A TFRS top-k layer indexed over `embeddings` (rows named by `identifiers`).
 
@@ -76,7 +103,8 @@ def build_index(embeddings: np.ndarray, identifiers: np.ndarray, config: IndexCo
     layer.num_leaves = params["num_leaves"]  # what `search` widens to
     # The searcher TFRS builds to serialise is a resource it never deletes: kept here to be.
     built, build = [], layer._build_searcher
-    layer._build_searcher = lambda candidates: built.append(build(candidates)) or built[-1]
+    seeded = seeded_searcher_builder(layer.name, k, params)
+    layer._build_searcher = lambda candidates: built.append(seeded(candidates)) or built[-1]
     try:
         with quiet_native_stderr():  # ScaNN logs its tree training (absl, C++) to stderr
             layer.index(candidates, ids)
