@@ -391,9 +391,31 @@ def test_drop_ids_files_from_editors_read_alike(tmp_path):
                        ("plain.txt", b"i3\ni4\ni3\n")):
         (tmp_path / name).write_bytes(data)
         assert read_drop_ids(tmp_path / name) == ["i3", "i4"]
+    # A comment is "#" then a space (or nothing): an id that starts with "#" is an id.
+    (tmp_path / "hash.txt").write_bytes(b"#\n# note\n#\ttab\n#42\ni3\n")
+    assert read_drop_ids(tmp_path / "hash.txt") == ["#42", "i3"]
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"latin1.txt.*not UTF-8 text"):
         read_drop_ids(tmp_path / "latin1.txt")
+
+
+def test_id_lists_split_at_newlines_only_and_a_short_user_list_is_refused(tmp_path):
+    # A user id of an earlier release holding U+2028 (str.splitlines splits there): read
+    # back as one id, not two (every later user was served the next one's embedding).
+    from tfrec.exporter.layout import VersionFolder
+    from tfrec.exporter.update import read_users
+    from tfrec.utils import read_id_lines
+
+    folder = VersionFolder(tmp_path)
+    folder.user_ids.parent.mkdir(parents=True, exist_ok=True)
+    folder.user_ids.write_text("u\u2028x\nu\x85y\nz\n", encoding="utf-8")
+    assert read_id_lines(folder.user_ids) == ["u\u2028x", "u\x85y", "z"]
+    np.save(folder.users, np.zeros((3, 4), np.float32))
+    np.save(folder.user_histories, np.zeros((3, 5), np.int32))
+    assert read_users(tmp_path, 4, 5).ids.tolist() == ["u\u2028x", "u\x85y", "z"]
+    np.save(folder.users, np.zeros((2, 4), np.float32))
+    with pytest.raises(InputError, match="lists 3 users but users.npy has 2 rows"):
+        read_users(tmp_path, 4, 5)
 
 
 def test_a_job_starts_from_the_newest_complete_version(tmp_path):

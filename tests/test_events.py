@@ -163,6 +163,38 @@ def test_ids_with_a_line_break_are_rejected_as_bad_rows(write):
     assert rejections.counts["items: item id with a line break"] == 1
 
 
+def test_ids_with_any_line_separator_or_the_reserved_id_are_rejected(write):
+    # str.splitlines also ends a line at U+2028, U+0085, \f, \v, ...: such an id was kept,
+    # and a later version's user list split it in two (every later user shifted).
+    events, rejections = read_events(write("t.csv", (
+        "user_id,item_id,timestamp\nu1,a,2024-01-01T10:00:00\n"
+        "u\u2028x,b,2024-01-01T10:01:00\nu1,c\x85d,2024-01-01T10:02:00\n"
+        "u1,e\x0cf,2024-01-01T10:03:00\nu1,[OOV],2024-01-01T10:04:00\n")))
+    assert events["item"].tolist() == ["a"]
+    assert rejections.counts["events: user id with a line break"] == 1
+    assert rejections.counts["events: item id with a line break"] == 2
+    assert rejections.counts["events: reserved item id"] == 1
+    assert "'[OOV]' is reserved" in rejections.examples["events: reserved item id"]
+    items, rejections = read_items(write("items.csv", "item_id,text\na,cup\nb\u2029c,x\n"
+                                                      "[OOV],thing\n"))
+    assert items["item"].tolist() == ["a"]
+    assert rejections.counts["items: item id with a line break"] == 1
+    with pytest.raises(InputError, match=r"line 3, column 'item_id': item id '\[OOV\]' is "
+                                         r"reserved"):
+        read_items(write("items.csv", "item_id,text\na,cup\n[OOV],thing\n"), strict=True)
+
+
+def test_float_ids_past_int64_are_read_as_their_text(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "events.parquet"
+    pd.DataFrame({"user_id": [1.7e19, float("nan"), 12.0], "item_id": ["a", "b", "c"],
+                  "timestamp": ["2024-01-01T10:00:00"] * 3}).to_parquet(path)
+    events, rejections = read_events(path)
+    assert events["user"].tolist() == [str(1.7e19), "12.0"]
+    assert rejections.counts["events: missing user id"] == 1
+
+
 def test_unparseable_timestamp_lenient_is_counted_and_kept_aside(write, tmp_path):
     path = write("t.csv", BAD_TIME)
     events, rejections = read_events(path)

@@ -433,6 +433,19 @@ def test_index_searches_more_leaves_until_recall_meets_the_floor():
     assert used.num_leaves_to_search == 1 and recall < 0.99
 
 
+def test_the_projector_rows_keep_their_columns_whatever_the_ids(tmp_path):
+    # An id holding a tab or a line separator split its row into more columns or rows.
+    from tfrec.exporter.saved_model import _write_projector
+
+    ids = np.array(["tab\tid", "line\u2028sep", "plain"], dtype=object)
+    texts = np.array(["a\tb", "c\nd", ""], dtype=object)
+    _write_projector(tmp_path, np.ones((3, 2), np.float32), ids, texts, np.array([3, 2, 1]))
+    rows = (tmp_path / "metadata.tsv").read_text(encoding="utf-8").split("\n")[:-1]
+    assert [r.split("\t") for r in rows] == [["item", "text", "events"],
+                                             ["tab id", "a b", "3"], ["line sep", "c d", "2"],
+                                             ["plain", "", "1"]]
+
+
 def test_a_scann_index_built_twice_answers_alike():
     # ScaNN's default tree starts its centres from an unseeded source (TFRS's layer
     # builds so): the same embeddings gave two indexes with 10-16% of the slots alike.

@@ -332,6 +332,35 @@ def test_an_interrupted_save_leaves_the_previous_stage_whole(trained, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ranking"]
 
 
+def test_a_damaged_stage_is_refused_naming_its_file(trained, tmp_path):
+    import shutil
+
+    from tfrec.errors import InputError
+
+    run, _, _, _ = trained
+    _, _, model, _ = load_run(run)
+    damages = {"stage.json": b"{not json", "tables.npz": b"cut short",
+               "ranker.index": b"\x00"}
+    for name, content in damages.items():
+        folder = tmp_path / name / "ranking"
+        shutil.copytree(run / "ranking", folder)
+        (folder / name).write_bytes(content)
+        with pytest.raises(InputError) as caught:
+            stage_lib.RankingStage.load(folder, model.item_embeddings())
+        message = str(caught.value)
+        assert f"ranking stage is damaged ({name}:" in message, message
+        assert f"tfrec train --run-dir {folder.parent} --resume" in message
+    folder = tmp_path / "missing" / "ranking"
+    shutil.copytree(run / "ranking", folder)
+    (folder / "tables.npz").unlink()
+    with pytest.raises(InputError, match=r"damaged \(tables.npz: "):
+        stage_lib.RankingStage.load(folder, model.item_embeddings())
+    # Stage 1 alone wanted (tfrec export --no-ranking-stage): warned about, not needed.
+    with pytest.raises(InputError, match="damaged"):
+        two_stage.load_stage(folder.parent, model)
+    assert two_stage.load_stage(folder.parent, model, missing_ok=True) is None
+
+
 def test_a_ranker_on_few_cases_or_under_the_two_tower_is_warned_about():
     good = {"ranker_cases": 3000, "validation": {"hr_two_stage": 0.34,
                                                  "hr_candidates_by_two_tower": 0.22, "k": 10}}

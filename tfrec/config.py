@@ -660,8 +660,9 @@ class ExportSettings(Settings):
               "version), with another text it is an error",
         flag="--add-items")
     drop_items: str | None = setting(None, "build the next version without these items (a "
-                                           "file of item ids, one a line): never recommended "
-                                           "again", flag="--drop-items")
+                                           "file of item ids, one a line; '# ' starts a "
+                                           "comment line): never recommended again",
+                                     flag="--drop-items")
     update_users: str | None = setting(
         None, "build the next version from the newest (or from_version) without training: "
               "each user of these events (CSV/Parquet in the run's events layout) gets its "

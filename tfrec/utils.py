@@ -88,6 +88,17 @@ def id_list(name: str, values, allow_empty: bool = False, strip: bool = True) ->
     return [value.strip() for value in values] if strip else values
 
 
+def read_id_lines(path: str | Path) -> list[str]:
+    """The ids an export listed one per line in `path` (item_ids.txt, user_ids.txt): the
+    text split at each "\\n" alone, as it was written. (`str.splitlines` also splits at
+    U+2028, U+0085 and other separators, which an id from an earlier release may hold:
+    the list would then be longer than its embeddings, every later id shifted.)"""
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def top_k_count(k, name: str = "k") -> int:
     """`k` (how many results) as an int: an integer of at least 1 that fits in int32 (the
     signatures' dtype); a float, a bool or anything else is refused naming `name`."""

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from tfrec.config import EventsSchema, ItemsSchema
+from tfrec.data.vocab import OOV_TOKEN
 from tfrec.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -351,20 +352,31 @@ def _text(series: pd.Series) -> pd.Series:
         if pd.api.types.is_float_dtype(series):
             # Parquet ids stored as floats (e.g. 17850.0) read back as "17850".
             whole = series.dropna()
-            if len(whole) and (whole == np.round(whole)).all():
+            # (Past int64's range a float is left as its own text: the cast would fail.)
+            if (len(whole) and (whole == np.round(whole)).all()
+                    and (whole.abs() < 2.0 ** 63).all()):
                 series = series.astype("Int64")
         series = series.astype("string")
     series = series.astype("string").str.strip()
     return series.mask(series == "")
 
 
-# Exports list ids one per line (item_ids.txt, user_ids.txt), as TF Serving's assets do.
-LINE_BREAK_WHY = "an export lists ids one per line"
+# Exports list ids one per line (item_ids.txt, user_ids.txt), as TF Serving's assets do:
+# an id holds none of the characters that end a line for Python's `str.splitlines`.
+LINE_ENDS = "[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]"
+LINE_BREAK_WHY = ("an export lists ids one per line; \\n, \\r, \\v, \\f, U+001C-U+001E, "
+                  "U+0085, U+2028 and U+2029 all end a line")
+RESERVED_WHY = "the item vocabulary's slot for unknown items: rename the item"
 
 
 def _line_breaks(ids: pd.Series) -> np.ndarray:
     """[n] bool: which ids hold a line break (missing ids do not)."""
-    return ids.str.contains("[\r\n]", regex=True).fillna(False).to_numpy(dtype=bool)
+    return ids.str.contains(LINE_ENDS, regex=True).fillna(False).to_numpy(dtype=bool)
+
+
+def _reserved(ids: pd.Series) -> np.ndarray:
+    """[n] bool: which item ids are the vocabulary's reserved unknown-item id."""
+    return (ids == OOV_TOKEN).fillna(False).to_numpy(dtype=bool)
 
 
 def _raise_first(table: _Table, checks) -> None:
@@ -517,6 +529,9 @@ def read_events(path: str | Path, schema: EventsSchema = EventsSchema(), strict:
           for name, column, ids in (("user", schema.user_col, user),
                                     ("item", schema.item_col, item))
           for breaks in [_line_breaks(ids)] if breaks.any()],
+        *[("events: reserved item id", schema.item_col, reserved,
+           lambda i: f"item id {OOV_TOKEN!r} is reserved ({RESERVED_WHY})")
+          for reserved in [_reserved(item)] if reserved.any()],
         ("events: unparseable timestamp", schema.time_col,
          time == np.iinfo(np.int64).min,
          lambda i: (f"cannot parse {raw_time.iloc[i]!r} as a timestamp"
@@ -574,7 +589,8 @@ def read_items(path: str | Path, schema: ItemsSchema = ItemsSchema(), strict: bo
               else pd.Series(pd.NA, index=frame.index, dtype="string"))
     missing = item.isna().to_numpy()
     broken = _line_breaks(item)
-    keep = ~missing & ~broken
+    reserved = _reserved(item)
+    keep = ~missing & ~broken & ~reserved
     # Rows without an id group together (never compared: `keep` leaves them out).
     first_pos = pd.Series(np.arange(len(frame))).groupby(item.to_numpy(), dropna=False
                                                          ).transform("min")
@@ -595,15 +611,22 @@ def read_items(path: str | Path, schema: ItemsSchema = ItemsSchema(), strict: bo
     def describe_break(i: int) -> str:
         return f"item id {item.iloc[i]!r} holds a line break ({LINE_BREAK_WHY})"
 
+    def describe_reserved(i: int) -> str:
+        return f"item id {OOV_TOKEN!r} is reserved ({RESERVED_WHY})"
+
     if strict:
         _raise_first(table, [(schema.item_col, missing, lambda i: "missing item id"),
                              (schema.item_col, broken, describe_break),
+                             (schema.item_col, reserved, describe_reserved),
                              (schema.text_col, conflict, describe)])
     _reject(table, missing, "items: missing item id", schema.item_col,
             lambda i: "missing item id", rejections, strict)
     if broken.any():
         _reject(table, broken, "items: item id with a line break", schema.item_col,
                 describe_break, rejections, strict)
+    if reserved.any():
+        _reject(table, reserved, "items: reserved item id", schema.item_col,
+                describe_reserved, rejections, strict)
     if repeated.any():
         rejections.add("items: repeated item id, same text (merged)", int(duplicate.sum()))
         keep &= ~duplicate

@@ -12,7 +12,7 @@ from tfrec.exporter.layout import INDEX_KIND, ModelFolder, VersionFolder
 from tfrec.exporter.saved_model import load_saved_model
 from tfrec.index.ann import tied_hits
 from tfrec.metrics import top_k_items
-from tfrec.utils import utf8_text
+from tfrec.utils import read_id_lines, utf8_text
 
 
 class ExportedModel:
@@ -26,7 +26,7 @@ class ExportedModel:
         folder = VersionFolder(self.path)
         try:
             vectors = np.load(folder.items)
-            ids = folder.item_ids.read_text(encoding="utf-8").splitlines()
+            ids = read_id_lines(folder.item_ids)
         except OSError as err:
             raise InputError(f"the export has no cached item embeddings ({err.strerror})",
                              path=str(folder.embeddings)) from None

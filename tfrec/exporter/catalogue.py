@@ -27,6 +27,7 @@ import pandas as pd
 
 from tfrec.errors import InputError
 from tfrec.exporter.layout import VersionFolder
+from tfrec.utils import read_id_lines
 
 
 @dataclasses.dataclass
@@ -68,7 +69,7 @@ class Catalogue:
             if not path.exists():
                 raise InputError(f"the version has no catalogue file {path.name}",
                                  path=str(path))
-        ids = np.array(folder.item_ids.read_text(encoding="utf-8").splitlines(), dtype=object)
+        ids = np.array(read_id_lines(folder.item_ids), dtype=object)
         # Mapped, not read: the next catalogue copies the rows it keeps once.
         embeddings = np.load(folder.items, mmap_mode="r")
         if len(embeddings) != len(ids):
@@ -140,8 +141,9 @@ def read_new_items(path: str | Path, schema) -> pd.DataFrame:
 
 
 def read_drop_ids(path: str | Path) -> list[str]:
-    """The ids file of --drop-items: one item id per line, UTF-8 (blank lines and #
-    comments skipped; a byte-order mark and Windows line ends are fine).
+    """The ids file of --drop-items: one item id per line, UTF-8 (blank lines and comment
+    lines, "#" then a space or nothing, skipped: an id such as "#42" is an id; a
+    byte-order mark and Windows line ends are fine).
 
     Raises:
       InputError: a missing or empty file, or one that is not UTF-8.
@@ -155,10 +157,15 @@ def read_drop_ids(path: str | Path) -> list[str]:
         raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=str(path),
                          key="export.drop_items") from None
     ids = [line.strip() for line in text.splitlines()]
-    ids = list(dict.fromkeys(i for i in ids if i and not i.startswith("#")))
+    ids = list(dict.fromkeys(i for i in ids if i and not _comment(i)))
     if not ids:
         raise InputError("the file names no item id", path=str(path), key="export.drop_items")
     return ids
+
+
+def _comment(line: str) -> bool:
+    """A --drop-items line that is a comment: "#" alone or followed by whitespace."""
+    return line == "#" or (line.startswith("#") and line[1].isspace())
 
 
 @dataclasses.dataclass

@@ -105,8 +105,9 @@ class RecommenderModule(tf.Module):
     query embedding (the excluded items left out) and the item-item table's
     top N for the query's items, merged, scored by the ranker
     (`tfrec.ranking.serving.TwoStageScorer`); scores are then the ranker's.
-    The query's items are the session's last history_length known items
-    (recommend), the user's cached history (recommend_for_user), or the item
+    The ranking stage's query items are all the session's distinct items
+    (recommend; the query embedding alone reads its last history_length known
+    items), the user's cached history (recommend_for_user), or the item
     itself (similar_items, whose query embedding is the item's own, as stage 1
     alone uses). k is at most N.
 

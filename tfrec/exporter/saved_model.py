@@ -157,8 +157,9 @@ def _write_projector(folder: Path, embeddings: np.ndarray, ids: np.ndarray, text
     with (folder / "metadata.tsv").open("w", encoding="utf-8") as f:
         f.write("item\ttext\tevents\n")
         for i in top:
-            text = str(texts[i]).replace("\t", " ").replace("\n", " ")
-            f.write(f"{ids[i]}\t{text}\t{int(counts[i])}\n")
+            item, text = (" ".join(str(v).replace("\t", " ").splitlines())
+                          for v in (ids[i], texts[i]))
+            f.write(f"{item}\t{text}\t{int(counts[i])}\n")
     (folder / "projector_config.pbtxt").write_text(
         'embeddings {\n  tensor_name: "items"\n  tensor_path: "vectors.tsv"\n'
         '  metadata_path: "metadata.tsv"\n}\n')
@@ -501,8 +502,13 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
 
     Raises:
       InputError: no finished checkpoint, a model dir that is a file, an
-        unwritable location, an existing version, recall under the floor, or
-        a ranking stage's candidate list over the index's reordering budget.
+        unwritable location, an existing version, recall under the floor, a
+        ranking stage's candidate list over the index's reordering budget,
+        max_session_items under the model's history_length, a run whose ranking
+        stage was never finished or is damaged (unless ranking_stage is False),
+        a recall_queries, warmup_sessions or version that is not a whole number
+        in range.
+      TypeError: index_config not an IndexConfig.
     """
     from tfrec.ranking.two_stage import load_stage, stage_fingerprint
 

@@ -28,6 +28,7 @@ from tfrec.exporter.saved_model import (ExportResult, VersionContents, build_che
                                         ranking_metadata, ranking_scorer, write_version)
 from tfrec.index.ann import IndexConfig
 from tfrec.ranking.two_stage import check_stage_unchanged, load_stage, stage_fingerprint
+from tfrec.utils import read_id_lines
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def check_same_model(version_dir: Path, vocab, model, run_dir: Path) -> None:
     folder = VersionFolder(version_dir)
     if not (folder.items.exists() and folder.item_ids.exists()):
         return
-    ids = np.array(folder.item_ids.read_text(encoding="utf-8").splitlines(), dtype=object)
+    ids = np.array(read_id_lines(folder.item_ids), dtype=object)
     index = vocab.lookup(ids)
     rows = np.flatnonzero((index > 0) & (index <= vocab.num_warm))[:SAME_MODEL_ITEMS]
     if not len(rows):
@@ -133,9 +134,15 @@ def read_users(version_dir: Path, dim: int, history_length: int) -> UserCache:
                        "export the run again to cache them", version_dir,
                        folder.user_histories.name)
         return UserCache.empty(history_length, dim)
-    ids = folder.user_ids.read_text(encoding="utf-8").splitlines()
-    return UserCache(np.array(ids, dtype=object), np.load(folder.users),
-                     np.load(folder.user_histories))
+    ids = read_id_lines(folder.user_ids)
+    embeddings, histories = np.load(folder.users), np.load(folder.user_histories)
+    if not len(ids) == len(embeddings) == len(histories):
+        raise InputError(f"{folder.user_ids.name} lists {len(ids):,} users but "
+                         f"{folder.users.name} has {len(embeddings):,} rows and "
+                         f"{folder.user_histories.name} {len(histories):,}: the version's "
+                         "user cache is damaged; export the run again (tfrec export --run)",
+                         path=str(folder.user_ids))
+    return UserCache(np.array(ids, dtype=object), embeddings, histories)
 
 
 def item_embedder(model, vocab):
@@ -187,8 +194,8 @@ def update_catalogue(model_dir: str | Path, update: CatalogueUpdate,
       from_version: the version to start from.
       run_dir: the run it was exported from (default: the one its metadata names).
       index_settings: IndexConfig fields to change (default: the previous
-        version's kind, max_k, max_session_items and recall floor; the ScaNN
-        tree sized for the new catalogue).
+        version's kind, max_k, max_session_items, recall floor and
+        exact_new_items; the ScaNN tree sized for the new catalogue).
       version: the version to write (default: the next one).
       serving_config_dir: update models.config there.
       recall_queries: cached user embeddings the recall is measured on.
@@ -325,7 +332,7 @@ def read_uncached_users(version_dir: Path, cached_ids: np.ndarray) -> np.ndarray
     path = VersionFolder(version_dir).uncached_user_ids
     if not path.exists():
         return np.zeros(0, dtype=object)
-    ids = np.array(path.read_text(encoding="utf-8").splitlines(), dtype=object)
+    ids = np.array(read_id_lines(path), dtype=object)
     if not len(ids):
         return ids
     cached = pd.Index(np.asarray(cached_ids).astype(str))

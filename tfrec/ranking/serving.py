@@ -10,9 +10,10 @@ signature returns the top k of the ranker's scores.
 The merge is the numpy one's twin: the j-th item of a source has the key
 (j + 1) / share, so the order in which the 2N slots of the two lists are
 merged depends on N and the share alone and is computed once (`merge_order`);
-a slot is dropped when its item came earlier from the other source (one
-[N, N] comparison per query, the only duplicates two lists of distinct items
-can have), and the first N slots left are the candidates.
+a slot is dropped when its item came earlier from the other source (each
+list's items looked up in the other's by a sort and a binary search: the only
+duplicates two lists of distinct items can have), and the first N slots left
+are the candidates.
 
 The tables are in the version's serving index space: the run vocabulary's
 indices (0 = padding / unknown) followed by the items the catalogue added
@@ -161,7 +162,7 @@ class TwoStageScorer(tf.Module):
 
         Args:
           query_items: [B, L] the query's items (0-padded).
-          exclude: [B, m] items never to return (0: none).
+          exclude: [B, E] items never to return (0: none).
           cands, mask: [B, N] the merged list (its items are not picked again).
           tt_ids, tt_valid, tt_order: the two-tower's list as `merge` read it.
           table_count: [B, 1] the table's list's length.
@@ -220,7 +221,7 @@ class TwoStageScorer(tf.Module):
 
     def table_list(self, query_items, exclude, sums=None):
         """(items [B, N] int32, valid [B, N] bool): the item-item table's top N items of
-        positive summed weight for each query, none of `exclude` [B, m] (0: none) nor
+        positive summed weight for each query, none of `exclude` [B, E] (0: none) nor
         of the query's items, valid ones first. `sums`: the table's
         `sums(query_items)`, if computed already."""
         n = self.num_candidates
@@ -349,9 +350,10 @@ class TwoStageScorer(tf.Module):
           query_items: [B, L] int the query's items in the serving index
             space (0-padded; what the features and the table read).
           query_embeddings: [B, d] the stage-1 query embeddings.
-          tt_ids, tt_valid: [B, M >= N] the index's results in its order (serving
-            indices), valid where not one of the query's items to exclude.
-          exclude: [B, m] int items never to return (0: none).
+          tt_ids, tt_valid: [B, M] the index's results in its order (serving
+            indices), valid where not one of the query's items to exclude (M under
+            N, a tiny catalogue, is padded to N).
+          exclude: [B, E] int items never to return, any width (0: none).
 
         Returns:
           (candidates [B, N + m] int32, mask [B, N + m] bool, scores [B, N + m] float32

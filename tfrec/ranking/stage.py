@@ -9,7 +9,7 @@ the table and the counts are refitted on the whole training period for the
 held-out cases and the export. The result, a `RankingStage`, holds those
 whole-period tables and the fitted ranker, and ranks candidates in numpy
 (evaluation) and in the exported graph (`tfrec.exporter`, through
-`CandidateFeatures` and `CandidateRanker`).
+`CandidateFeatures` and `FoldedRanker`, the fitted `CandidateRanker` folded).
 
 In the run folder (`RunFolder.ranking`)::
 
@@ -21,12 +21,14 @@ In the run folder (`RunFolder.ranking`)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -294,17 +296,27 @@ class RankingStage:
         """The stage saved in `folder`, with the two-tower's item embeddings.
 
         Raises:
-          InputError: the folder holds no (or an unreadable) ranking stage.
+          InputError: the folder holds no ranking stage, one of another format, or
+            one whose files are damaged (named, with how to refit it).
         """
         folder = Path(folder)
         meta_file = folder / "stage.json"
         if not meta_file.exists():
             raise InputError("the run has no ranking stage (train with ranking.enabled: true)",
                              path=str(folder))
-        meta = json.loads(meta_file.read_text())
+        with _damaged_stage(folder, meta_file):
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
         if meta.get("format") != FORMAT:
             raise InputError(f"ranking stage format {meta.get('format')} is not {FORMAT}: "
                              "retrain the run", path=str(meta_file))
+        with _damaged_stage(folder, folder / "tables.npz"):
+            return cls._load(folder, meta, item_embeddings)
+
+    @classmethod
+    def _load(cls, folder: Path, meta: dict, item_embeddings: np.ndarray) -> "RankingStage":
+        """`load` once stage.json is read: the tables and the ranker."""
         with np.load(folder / "tables.npz") as z:
             arrays = {name: z[name] for name in z.files}
         table = ItemItemTable(arrays["row_splits"], arrays["indices"], arrays["weights"],
@@ -319,15 +331,33 @@ class RankingStage:
         ranker = CandidateRanker.from_config(meta["ranker"])
         width = ranker.num_features
         ranker({"features": tf.zeros([1, 1, width]), "candidate_mask": tf.ones([1, 1], tf.bool)})
-        tf.train.Checkpoint(ranker=tf.train.Checkpoint(
-            normalization=ranker.normalization, scorer=ranker.scorer,
-            members=ranker.extra_members)).read(
-            str(folder / "ranker")).assert_consumed()
+        with _damaged_stage(folder, folder / "ranker.index"):
+            tf.train.Checkpoint(ranker=tf.train.Checkpoint(
+                normalization=ranker.normalization, scorer=ranker.scorer,
+                members=ranker.extra_members)).read(
+                str(folder / "ranker")).assert_consumed()
         # The normalisation's mean and variance are computed from its restored state.
         ranker.normalization.finalize_state()
         return cls(tables, ranker, int(meta["num_candidates"]), float(meta["table_share"]),
                    tuple(meta["columns"]), meta.get("info", {}), int(meta.get("new_slots", 0)),
                    int(meta.get("text_slots", 0)))
+
+
+@contextlib.contextmanager
+def _damaged_stage(folder: Path, path: Path):
+    """Turns an error reading the saved stage's file `path` (missing, cut short, not what
+    it should hold) into an `InputError` naming it and how to make the stage anew."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AssertionError, zipfile.BadZipFile,
+            tf.errors.OpError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"the run's ranking stage is damaged ({path.name}: {detail[:300]}): refit it with "
+            f"tfrec train --run-dir {folder.parent} --resume, or use stage 1 alone "
+            "(tfrec export --no-ranking-stage)", path=str(path)) from e
 
 
 def _table(config: RunConfig, sessions, size: int, lambdas: tuple | None = None) -> ItemItemTable:
@@ -352,12 +382,13 @@ def lambdas_near(table: ItemItemTable, grid: tuple) -> tuple | None:
 
 @dataclasses.dataclass
 class RankerLists:
-    """The ranker's training lists (each a ranker case's N candidates).
+    """The ranker's training lists (each a ranker case's N + m candidates, m the
+    ranking.text_slots).
 
     Attributes:
-      candidates, mask: [n, N] item indices (0-padded) and which are listed.
-      features: [n, N, len(FEATURES)] their features (stage 1's tables).
-      labels: [n, N] 1 at the case's target (a target shown as new and
+      candidates, mask: [n, N + m] item indices (0-padded) and which are listed.
+      features: [n, N + m, len(FEATURES)] their features (stage 1's tables).
+      labels: [n, N + m] 1 at the case's target (a target shown as new and
         left out of its list has none).
       targets: [n] the cases' targets.
       fit_rows, validation_rows: the cases the ranker fits on and the

@@ -215,9 +215,14 @@ def check_stage_unchanged(metadata: dict, run_dir: str | Path, version_dir: Path
 def load_stage(run_dir: str | Path, model, missing_ok: bool = False) -> RankingStage | None:
     """The run's ranking stage (None when it has none).
 
+    With `missing_ok` (stage 1 alone wanted; the stage would be read for the
+    version's metadata only) a stage that cannot be read is warned about and
+    None returned, so that stage 1 can still be exported.
+
     Raises:
       InputError: the run was to have one (`ranking.enabled`) and its training
-        stopped before it was saved (not with `missing_ok`: stage 1 alone wanted).
+        stopped before it was saved, or its files are damaged (not with
+        `missing_ok`).
     """
     run = RunFolder(run_dir)
     folder = run.ranking
@@ -230,4 +235,11 @@ def load_stage(run_dir: str | Path, model, missing_ok: bool = False) -> RankingS
                 "--resume, or use stage 1 alone (tfrec export --no-ranking-stage)",
                 path=str(folder))
         return None
-    return RankingStage.load(folder, model.item_embeddings())
+    try:
+        return RankingStage.load(folder, model.item_embeddings())
+    except InputError as e:
+        if not missing_ok:
+            raise
+        logger.warning("%s; stage 1 is served alone, and the version's metadata records no "
+                       "ranking stage", e)
+        return None

@@ -13,7 +13,8 @@ when its files change, or after a back-off.
 
 A version folder is loaded once complete (`VersionFolder.missing`: the files an
 export writes are all there) and stable (its files' sizes and times unchanged
-between two looks, a poll apart); until then it is reported as START. An export
+between two looks: a poll apart, or at most a second apart for a folder seen for
+the first time); until then it is reported as START. An export
 renames a whole version into place; a version copied by hand is waited for.
 
 A call holds the `Loaded` version it was given for its whole life: unloading
