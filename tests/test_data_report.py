@@ -84,8 +84,11 @@ def test_items_with_events_but_no_text_are_counted_and_warned_about(tmp_path, ca
     padded = items.assign(item_id=[f"00{i}" for i in range(6)])
     report = report_of(capsys, write_run(tmp_path, events, padded, split_fraction=0.0))
     assert report["warm_items_without_text"] == 7
-    assert "no item id of the events is in the items table (6 rows): ids are matched as exact " \
-        "text ('00012' is not '12')" in " ".join(report["warnings"])
+    [mismatch] = [w for w in report["warnings"] if "no item id of the events" in w]
+    assert mismatch.startswith("no item id of the events is in the items table (6 rows; "
+                               "events: 'i")
+    assert "items table: '000', '001', ...): ids are matched as exact text ('00012' is not " \
+        "'12')" in mismatch
     # Every id in the table, with empty texts: the texts are named, not the ids.
     listed = pd.DataFrame({"item_id": [f"i{i}" for i in range(7)], "text": [""] * 7})
     report = report_of(capsys, write_run(tmp_path, events, listed, split_fraction=0.0))

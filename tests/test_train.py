@@ -479,6 +479,28 @@ def test_a_seed_trains_one_model_and_a_resumed_run_ends_as_an_unstopped_one(
     assert any(not np.allclose(other[n], first[n]) for n in first if "text_encoder" in n)
 
 
+def test_train_warns_when_no_event_item_is_in_the_items_table(tmp_path, data_files, caplog):
+    # Ids written otherwise in the items file ("00012" against "12"): it trained quietly on
+    # items with events and no text beside items with text and no events.
+    import logging
+
+    import pandas as pd
+
+    items = pd.read_csv(data_files / "items.csv", dtype=str)
+    items["item_id"] = "0" + items["item_id"]
+    items.to_csv(tmp_path / "items.csv", index=False)
+    config = json.loads(write_config(tmp_path, data_files, epochs=1,
+                                     steps_per_epoch=2).read_text())
+    config["data"]["items"] = str(tmp_path / "items.csv")
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="tfrec.training"):
+        assert main(["-q", "train", "--config", str(tmp_path / "run.json"), "--run-dir",
+                     str(tmp_path / "run"), "--set", "ranking.enabled=false"]) == 0
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "no item id of the events is in the items table" in warned
+    assert "items with events" in warned and "have no text" in warned
+
+
 def test_the_run_records_what_it_trained_with_and_evaluate_sees_changed_data(
         tmp_path, data_files, caplog):
     import logging

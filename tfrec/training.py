@@ -28,7 +28,7 @@ import tf_keras as keras
 
 import tfrec.distribute as distribute
 from tfrec.config import PairConfig, RunConfig, from_dict
-from tfrec.data.report import data_setting_warnings, event_type_counts
+from tfrec.data.report import data_setting_warnings, event_type_counts, text_warnings
 from tfrec.errors import InputError
 from tfrec.metrics import evaluate_model
 from tfrec.models import build_model, required_streams
@@ -797,8 +797,9 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
                         ", the chief" if worker.is_chief else "")
         logger.info("preparing data")
         data = prepare_training_data(config)
-        for message in data_setting_warnings(event_type_counts(data.events),
-                                             len(data.vocab.market_names), config):
+        for message in (data_setting_warnings(event_type_counts(data.events),
+                                              len(data.vocab.market_names), config)
+                        + text_warnings(data, config)):
             logger.warning("%s", message)
         fit_data = data if stage1 is None else stage1(config, data)
         log_data(fit_data)

@@ -207,16 +207,7 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0,
                               "cases": len(data.cases),
                               "cold_cases": int(np.sum(data.cases.cold))}
         warnings += held_out_warnings(report["held_out"], config)
-    if report["warm_items_without_text"] and config.model.use_text:
-        warnings.append(warm_without_text_warning(report["warm_items_without_text"],
-                                                  report["warm_items"]))
-        listed = 0 if data.items is None else len(data.items)
-        warm_ids = data.vocab.ids[1:data.vocab.num_warm + 1]
-        if listed and report["warm_items_without_text"] == report["warm_items"] and not np.isin(
-                warm_ids, data.items["item"].to_numpy(dtype=object)).any():
-            warnings.append(f"no item id of the events is in the items table ({listed:,} "
-                            f"rows): ids are matched as exact text ('00012' is not '12'); "
-                            f"write them alike in both files")
+    warnings += text_warnings(data, config)
     report["event_types"] = event_type_counts(data.events)
     report["time_range"] = time_range(data.events)
     outside = time_range_warning(report["time_range"], len(data.events))
@@ -290,6 +281,29 @@ def data_setting_warnings(types: dict, markets: int, config: RunConfig) -> list[
         warnings.append(f"data.pairs.market_negatives is {pairs.market_negatives} but the items "
                         f"have no market (data.items_schema.market_col): those negatives are "
                         f"drawn from the whole catalogue, as the others")
+    return warnings
+
+
+def text_warnings(data: TrainingData, config: RunConfig) -> list[str]:
+    """With the text tower on: items with events but no text (`warm_without_text_warning`),
+    and no event's item id in the items table at all (ids written differently in the two
+    files: the events' items then have no text and the table's no events). `tfrec
+    prepare` reports them, `tfrec train` logs them."""
+    vocab = data.vocab
+    count = int(((vocab.counts[1:] > 0) & (vocab.text[1:] == "")).sum())
+    if not (count and config.model.use_text):
+        return []
+    warm = vocab.num_warm
+    warnings = [warm_without_text_warning(count, warm)]
+    listed = 0 if data.items is None else len(data.items)
+    if listed and count == warm and not np.isin(
+            vocab.ids[1:warm + 1], data.items["item"].to_numpy(dtype=object)).any():
+        examples = ", ".join(repr(str(i)) for i in vocab.ids[1:3])
+        listed_examples = ", ".join(repr(str(i)) for i in data.items["item"].iloc[:2])
+        warnings.append(f"no item id of the events is in the items table ({listed:,} rows; "
+                        f"events: {examples}, ...; items table: {listed_examples}, ...): ids "
+                        "are matched as exact text ('00012' is not '12'); write them alike "
+                        "in both files")
     return warnings
 
 
