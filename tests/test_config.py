@@ -463,3 +463,7 @@ def test_recommend_items_are_one_csv_row():
     assert session("85123A,71053") == ["85123A", "71053"]
     assert session(" a , b ,") == ["a", "b"]
     assert session('"a,b",c') == ["a,b", "c"]  # an id holding a comma, quoted
+    # A quote that never closes was read to the end ('"a,b' gave the id a,b).
+    with pytest.raises(InputError, match=r"recommend.items.*cannot be read as one CSV row "
+                                         r"\(unexpected end of data"):
+        session('"a,b')

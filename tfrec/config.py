@@ -952,10 +952,17 @@ class RecommendSettings(Settings):
         ('"a,b",c')."""
         import csv
 
-        row = next(csv.reader([self.items or ""], skipinitialspace=True), [])
+        try:
+            row = next(csv.reader([self.items or ""], skipinitialspace=True, strict=True), [])
+        except csv.Error as err:
+            raise InputError(f"the item ids {self.items!r} cannot be read as one CSV row "
+                             f"({err}: a quote opens and never closes); quote an id holding "
+                             "a comma whole ('\"a,b\",c')", key=self.key("items")) from None
         return [i.strip() for i in row if i.strip()]
 
     def check(self):
+        if self.items is not None:
+            self.session  # a malformed list is refused here, before anything starts
         if self.all_users:
             missing = [self.key(name) for name in ("model_dir", "out")
                        if getattr(self, name) is None]
