@@ -74,6 +74,7 @@ from tensorflow_serving.apis import (  # noqa: E402
     get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
 from tfrec.exporter.layout import ModelFolder, VersionFolder  # noqa: E402
+from tfrec.utils import read_id_lines  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO / "saved_models" / "retail"
@@ -550,8 +551,7 @@ def hostile_child(spec: dict) -> None:
     from the good clients, their Python work (building, sending, reading) does not make
     the good clients wait for this bench's interpreter: what is measured is the server."""
     model_dir = Path(spec["model_dir"])
-    ids = [line.strip() for line in VersionFolder(model_dir).item_ids.read_text()
-           .splitlines() if line.strip()]
+    ids = read_id_lines(VersionFolder(model_dir).item_ids)
     heavy = heavy_cases(spec["name"])
     if spec["heavy"] is None:
         cases = hostile_cases(spec["name"], spec["version"], ids, random.Random(0)) + heavy
@@ -862,8 +862,7 @@ def main(argv=None) -> int:
         else:
             model_dir = args.model_dir
         version_dir = latest_version(model_dir)
-        ids = [line.strip() for line in VersionFolder(version_dir).item_ids.read_text()
-               .splitlines() if line.strip()]
+        ids = read_id_lines(VersionFolder(version_dir).item_ids)
         name = "generated" if args.generated else model_dir.resolve().name
         print(f"model: {model_dir} version {version_dir.name} ({len(ids):,} item ids), "
               f"served as {name!r}", flush=True)

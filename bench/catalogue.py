@@ -54,10 +54,11 @@ def retail_items(version_dir: Path, count: int, out: Path, seed: int = 0) -> Non
     import pandas as pd
 
     from tfrec.exporter.layout import VersionFolder
+    from tfrec.utils import read_id_lines
     from tfrec.run import load_run
 
     version = VersionFolder(version_dir)
-    ids = version.item_ids.read_text().split()
+    ids = read_id_lines(version.item_ids)
     meta = version.read_metadata()
     vocab = load_run(meta["run"])[1]
     texts = [str(t) for t in vocab.text[vocab.lookup(ids)] if str(t).strip()]

@@ -23,6 +23,7 @@ import tensorflow as tf  # noqa: I100
 
 from tfrec.exporter import load_saved_model  # noqa: I100
 from tfrec.exporter.layout import VersionFolder
+from tfrec.utils import read_id_lines
 
 
 def main(argv=None) -> int:
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     paths = [Path(p) for p in args.versions]
     calls = {str(p): load_saved_model(p).signatures["serving_default"] for p in paths}
-    ids = VersionFolder(paths[0]).item_ids.read_text().split()
+    ids = read_id_lines(VersionFolder(paths[0]).item_ids)
     rng = np.random.default_rng(0)
     sessions = [[ids[i] for i in rng.integers(0, len(ids), 3)] for _ in range(2000)]
     k = tf.constant(args.k)

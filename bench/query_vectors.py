@@ -26,6 +26,7 @@ import tensorflow as tf  # noqa: I100
 
 from tfrec.exporter import load_saved_model  # noqa: I100
 from tfrec.exporter.layout import VersionFolder
+from tfrec.utils import read_id_lines
 from tfrec.exporter.module import RecommenderModule
 from tfrec.exporter.saved_model import export
 from tfrec.index import IndexConfig
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
         old = export(args.run, work / "encoded", IndexConfig(kind=args.index))
     finally:
         RecommenderModule.__init__ = init
-    ids = VersionFolder(new.path).item_ids.read_text().split()
+    ids = read_id_lines(VersionFolder(new.path).item_ids)
     rng = np.random.default_rng(0)
     sessions = [[ids[i] for i in rng.integers(0, len(ids), 3)] for _ in range(2000)]
     k = tf.constant(10)

@@ -65,6 +65,7 @@ import tensorflow as tf  # noqa: E402
 from tfrec.config import ServeConfig  # noqa: E402
 from tfrec.exporter.layout import VersionFolder  # noqa: E402
 from tfrec.exporter.saved_model import load_saved_model  # noqa: E402
+from tfrec.utils import read_id_lines  # noqa: E402
 
 
 def free_port() -> int:
@@ -74,7 +75,7 @@ def free_port() -> int:
 
 
 def sessions_from(model_dir: Path, count: int, seed: int = 0) -> list[list[str]]:
-    ids = VersionFolder(model_dir).item_ids.read_text().split()
+    ids = read_id_lines(VersionFolder(model_dir).item_ids)
     rng = np.random.default_rng(seed)
     return [[ids[i] for i in rng.integers(0, len(ids), 3)] for _ in range(count)]
 

@@ -464,6 +464,7 @@ def test_recommend_items_are_one_csv_row():
     assert session(" a , b ,") == ["a", "b"]
     assert session('"a,b",c') == ["a,b", "c"]  # an id holding a comma, quoted
     # A quote that never closes was read to the end ('"a,b' gave the id a,b).
-    with pytest.raises(InputError, match=r"recommend.items.*cannot be read as one CSV row "
-                                         r"\(unexpected end of data"):
+    with pytest.raises(InputError, match=r"recommend.items.*cannot be read as one CSV row: "
+                                         r"a quote opens and never closes"):
         session('"a,b')
+    assert session('"a,b" , c') == ["a,b", "c"]  # a space after a closing quote reads

@@ -339,10 +339,13 @@ def test_a_damaged_stage_is_refused_naming_its_file(trained, tmp_path):
 
     run, _, _, _ = trained
     _, _, model, _ = load_run(run)
-    damages = {"stage.json": b"{not json", "tables.npz": b"cut short",
-               "ranker.index": b"\x00"}
-    for name, content in damages.items():
-        folder = tmp_path / name / "ranking"
+    meta = json.loads((run / "ranking" / "stage.json").read_text())
+    del meta["ranker"]
+    damages = [("stage.json", b"{not json"), ("tables.npz", b"cut short"),
+               ("tables.npz", b""), ("ranker.index", b"\x00"),
+               ("stage.json", json.dumps(meta).encode())]
+    for number, (name, content) in enumerate(damages):
+        folder = tmp_path / str(number) / "ranking"
         shutil.copytree(run / "ranking", folder)
         (folder / name).write_bytes(content)
         with pytest.raises(InputError) as caught:

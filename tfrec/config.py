@@ -952,12 +952,17 @@ class RecommendSettings(Settings):
         ('"a,b",c')."""
         import csv
 
+        text = self.items or ""
         try:
-            row = next(csv.reader([self.items or ""], skipinitialspace=True, strict=True), [])
+            next(csv.reader([text], skipinitialspace=True, strict=True), [])
         except csv.Error as err:
-            raise InputError(f"the item ids {self.items!r} cannot be read as one CSV row "
-                             f"({err}: a quote opens and never closes); quote an id holding "
-                             "a comma whole ('\"a,b\",c')", key=self.key("items")) from None
+            # Only a quote that never closes is refused (it would swallow the rest of the
+            # list); a space after a closing quote ('"a,b" , c') reads as before.
+            if "unexpected end of data" in str(err):
+                raise InputError(f"the item ids {text!r} cannot be read as one CSV row: a "
+                                 "quote opens and never closes; quote an id holding a comma "
+                                 "whole ('\"a,b\",c')", key=self.key("items")) from None
+        row = next(csv.reader([text], skipinitialspace=True), [])
         return [i.strip() for i in row if i.strip()]
 
     def check(self):

@@ -293,11 +293,14 @@ def load_run(run_dir: str | Path):
 
 
 def check_run_data(data_vocab: ItemVocabulary, run_vocab: ItemVocabulary,
-                   run_dir: str | Path) -> None:
+                   run_dir: str | Path, rejections=None) -> None:
     """Refuses data whose item vocabulary is not the one the run trained on.
 
     Item indices are positions in the vocabulary: with other data, every
     lookup (queries, cached user embeddings, cases) would name other items.
+    `rejections`: the data's read (its rows left out), to say when rows an
+    earlier release kept are refused now (ids holding a line separator, the
+    reserved item id).
 
     Raises:
       InputError: the vocabularies differ.
@@ -305,11 +308,19 @@ def check_run_data(data_vocab: ItemVocabulary, run_vocab: ItemVocabulary,
     if list(data_vocab.ids) != list(run_vocab.ids):
         path = RunFolder(run_dir).vocab_file
         changed = len(set(map(str, data_vocab.ids)) ^ set(map(str, run_vocab.ids)))
+        refused = {rule: count for rule, count in
+                   (rejections.counts.items() if rejections is not None else ())
+                   if count and ("id with a line break" in rule or "reserved item id" in rule)}
+        why = ("retrain, or point the config at the original data" if not refused else
+               "this release leaves out rows whose ids hold a line separator or are the "
+               "reserved item id, which earlier releases kept ("
+               + "; ".join(f"{rule}: {count:,}, e.g. {rejections.examples.get(rule, '')}"
+                           for rule, count in refused.items())
+               + "): rename those ids in the data and retrain")
         raise InputError(
             "the run's data has changed since training: its item vocabulary differs from "
             f"{path.name} ({data_vocab.size - 1:,} items now, {run_vocab.size - 1:,} trained; "
-            f"{changed:,} ids in one but not the other); retrain, or point the config at the "
-            "original data", path=str(path))
+            f"{changed:,} ids in one but not the other); {why}", path=str(path))
 
 
 # The data a run trains on ------------------------------------------------------------------

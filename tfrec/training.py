@@ -799,7 +799,7 @@ def train(config: RunConfig, run_dir: str | Path, resume: bool = False,
         data = prepare_training_data(config)
         for message in (data_setting_warnings(event_type_counts(data.events),
                                               len(data.vocab.market_names), config)
-                        + text_warnings(data, config)):
+                        + text_warnings(data.vocab, data.items, config)):
             logger.warning("%s", message)
         fit_data = data if stage1 is None else stage1(config, data)
         log_data(fit_data)

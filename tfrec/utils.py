@@ -93,7 +93,8 @@ def read_id_lines(path: str | Path) -> list[str]:
     text split at each "\\n" alone, as it was written. (`str.splitlines` also splits at
     U+2028, U+0085 and other separators, which an id from an earlier release may hold:
     the list would then be longer than its embeddings, every later id shifted.)"""
-    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    # Bytes decoded, not read_text: its universal newlines would also split at a lone "\r".
+    lines = Path(path).read_bytes().decode("utf-8").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return lines

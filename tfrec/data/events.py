@@ -350,12 +350,15 @@ def _text(series: pd.Series) -> pd.Series:
     """Column as stripped strings, empty and missing values as <NA>."""
     if not (pd.api.types.is_string_dtype(series) or series.dtype == object):
         if pd.api.types.is_float_dtype(series):
-            # Parquet ids stored as floats (e.g. 17850.0) read back as "17850".
-            whole = series.dropna()
-            # (Past int64's range a float is left as its own text: the cast would fail.)
-            if (len(whole) and (whole == np.round(whole)).all()
-                    and (whole.abs() < 2.0 ** 63).all()):
-                series = series.astype("Int64")
+            # Parquet ids stored as floats (e.g. 17850.0) read back as "17850", value by
+            # value: a whole float of any size as its integer, any other as its float text.
+            values = series.to_numpy(dtype="float64", na_value=np.nan)
+            whole = np.isfinite(values) & (np.floor(values) == values)
+            text = series.astype("string")
+            if whole.any():
+                text = text.copy()
+                text[whole] = [str(int(v)) for v in values[whole]]
+            series = text
         series = series.astype("string")
     series = series.astype("string").str.strip()
     return series.mask(series == "")

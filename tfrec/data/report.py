@@ -207,7 +207,7 @@ def data_report(data: TrainingData, config: RunConfig, epoch: int = 0,
                               "cases": len(data.cases),
                               "cold_cases": int(np.sum(data.cases.cold))}
         warnings += held_out_warnings(report["held_out"], config)
-    warnings += text_warnings(data, config)
+    warnings += text_warnings(vocab, data.items, config)
     report["event_types"] = event_type_counts(data.events)
     report["time_range"] = time_range(data.events)
     outside = time_range_warning(report["time_range"], len(data.events))
@@ -284,22 +284,23 @@ def data_setting_warnings(types: dict, markets: int, config: RunConfig) -> list[
     return warnings
 
 
-def text_warnings(data: TrainingData, config: RunConfig) -> list[str]:
+def text_warnings(vocab, items, config: RunConfig) -> list[str]:
     """With the text tower on: items with events but no text (`warm_without_text_warning`),
     and no event's item id in the items table at all (ids written differently in the two
-    files: the events' items then have no text and the table's no events). `tfrec
-    prepare` reports them, `tfrec train` logs them."""
-    vocab = data.vocab
+    files: the events' items then have no text and the table's no events); `vocab`'s
+    counts say which items have events, `items` is the items table (None: none). `tfrec
+    prepare` reports them over every event, `tfrec train` logs them over its training
+    slice."""
     count = int(((vocab.counts[1:] > 0) & (vocab.text[1:] == "")).sum())
     if not (count and config.model.use_text):
         return []
     warm = vocab.num_warm
     warnings = [warm_without_text_warning(count, warm)]
-    listed = 0 if data.items is None else len(data.items)
+    listed = 0 if items is None else len(items)
     if listed and count == warm and not np.isin(
-            vocab.ids[1:warm + 1], data.items["item"].to_numpy(dtype=object)).any():
+            vocab.ids[1:warm + 1], items["item"].to_numpy(dtype=object)).any():
         examples = ", ".join(repr(str(i)) for i in vocab.ids[1:3])
-        listed_examples = ", ".join(repr(str(i)) for i in data.items["item"].iloc[:2])
+        listed_examples = ", ".join(repr(str(i)) for i in items["item"].iloc[:2])
         warnings.append(f"no item id of the events is in the items table ({listed:,} rows; "
                         f"events: {examples}, ...; items table: {listed_examples}, ...): ids "
                         "are matched as exact text ('00012' is not '12'); write them alike "

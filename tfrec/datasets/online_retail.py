@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfrec.data.events import Rejections, _read_table, _reject, _text, parse_times
+from tfrec.data.events import Rejections, _line_breaks, _read_table, _reject, _text, parse_times
 from tfrec.datasets import online_retail_path
 from tfrec.errors import InputError
 
@@ -61,6 +61,7 @@ def read_online_retail(path: str | Path | None = None, strict: bool = False
          invoice.str.startswith("C").fillna(False).to_numpy(dtype=bool)),
         ("online_retail: quantity <= 0", ~(quantity > 0).fillna(False).to_numpy(dtype=bool)),
         ("online_retail: missing customer id", customer.isna().to_numpy()),
+        ("events: user id with a line break", _line_breaks(customer)),
         ("online_retail: missing description", description.isna().to_numpy()),
         ("online_retail: non-product stock code",
          ~code.str.fullmatch(PRODUCT_CODE).fillna(False).to_numpy(dtype=bool)),

@@ -273,7 +273,7 @@ def evaluate_run(run_dir: str | Path | None, out_dir: str | Path | None = None,
 
     step("preparing the held-out cases (the run's data and split)")
     data = prepare_training_data(config)
-    check_run_data(data.vocab, run_vocab, run_dir)
+    check_run_data(data.vocab, run_vocab, run_dir, data.rejections)
     cases = data.cases
     if len(cases) == 0:
         raise InputError("no evaluation cases: no held-out session has two distinct items "

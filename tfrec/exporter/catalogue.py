@@ -215,6 +215,10 @@ def next_catalogue(previous: Catalogue, vocab, new_items: pd.DataFrame | None = 
             earlier = [i for i, v in zip(unknown, vocab.lookup(unknown)) if v > 0]
             note = (f"; {len(earlier):,} of them trained items an earlier version dropped "
                     f"already (first: {earlier[0]!r})" if earlier else "")
+            hashed = [i for i in unknown if i.startswith("#")]
+            if hashed:
+                note += (f"; {hashed[0]!r} starts with '#' but is not a comment: a comment "
+                         "line is '#' then a space")
             raise InputError(f"{len(unknown):,} id(s) to drop are not in the catalogue "
                              f"(first: {unknown[0]!r}){note}", path=drop_path,
                              key="export.drop_items")

@@ -552,7 +552,7 @@ def export(run_dir: str | Path, model_dir: str | Path, index_config: IndexConfig
 
     logger.info("re-reading the training data for real query sessions")
     data = prepare_training_data(config)
-    check_run_data(data.vocab, vocab, run_dir)
+    check_run_data(data.vocab, vocab, run_dir, data.rejections)
     sessions = sample_sessions(data, max(recall_queries, warmup_sessions))
     queries = model.query_embeddings(histories_from_lists(sessions[:recall_queries],
                                                           history_length))

@@ -29,6 +29,7 @@ import os
 import shutil
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -311,24 +312,23 @@ class RankingStage:
         if meta.get("format") != FORMAT:
             raise InputError(f"ranking stage format {meta.get('format')} is not {FORMAT}: "
                              "retrain the run", path=str(meta_file))
+        with _damaged_stage(folder, meta_file):
+            settings = (int(meta["num_candidates"]), float(meta["table_share"]),
+                        tuple(int(c) for c in meta["columns"]), meta.get("info", {}),
+                        int(meta.get("new_slots", 0)), int(meta.get("text_slots", 0)))
+            ranker = CandidateRanker.from_config(meta["ranker"])
         with _damaged_stage(folder, folder / "tables.npz"):
-            return cls._load(folder, meta, item_embeddings)
-
-    @classmethod
-    def _load(cls, folder: Path, meta: dict, item_embeddings: np.ndarray) -> "RankingStage":
-        """`load` once stage.json is read: the tables and the ranker."""
-        with np.load(folder / "tables.npz") as z:
-            arrays = {name: z[name] for name in z.files}
-        table = ItemItemTable(arrays["row_splits"], arrays["indices"], arrays["weights"],
-                              info=meta.get("table_info", {}))
-        lexical = LexicalTable(arrays["lexical_terms"], arrays["lexical_weights"],
-                               [str(v) for v in arrays["lexical_vocabulary"]],
-                               arrays["lexical_idf"],
-                               int(arrays["lexical_rules"]) if "lexical_rules" in arrays
-                               else _inferred_lexical_rules(arrays["lexical_vocabulary"]))
-        tables = F.Tables(np.asarray(item_embeddings, np.float32), table, arrays["counts"],
-                          arrays["text"], lexical, arrays["i2v"])
-        ranker = CandidateRanker.from_config(meta["ranker"])
+            with np.load(folder / "tables.npz") as z:
+                arrays = {name: z[name] for name in z.files}
+            table = ItemItemTable(arrays["row_splits"], arrays["indices"], arrays["weights"],
+                                  info=meta.get("table_info", {}))
+            lexical = LexicalTable(arrays["lexical_terms"], arrays["lexical_weights"],
+                                   [str(v) for v in arrays["lexical_vocabulary"]],
+                                   arrays["lexical_idf"],
+                                   int(arrays["lexical_rules"]) if "lexical_rules" in arrays
+                                   else _inferred_lexical_rules(arrays["lexical_vocabulary"]))
+            tables = F.Tables(np.asarray(item_embeddings, np.float32), table, arrays["counts"],
+                              arrays["text"], lexical, arrays["i2v"])
         width = ranker.num_features
         ranker({"features": tf.zeros([1, 1, width]), "candidate_mask": tf.ones([1, 1], tf.bool)})
         with _damaged_stage(folder, folder / "ranker.index"):
@@ -338,9 +338,7 @@ class RankingStage:
                 str(folder / "ranker")).assert_consumed()
         # The normalisation's mean and variance are computed from its restored state.
         ranker.normalization.finalize_state()
-        return cls(tables, ranker, int(meta["num_candidates"]), float(meta["table_share"]),
-                   tuple(meta["columns"]), meta.get("info", {}), int(meta.get("new_slots", 0)),
-                   int(meta.get("text_slots", 0)))
+        return cls(tables, ranker, *settings)
 
 
 @contextlib.contextmanager
@@ -351,8 +349,8 @@ def _damaged_stage(folder: Path, path: Path):
         yield
     except InputError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, AssertionError, zipfile.BadZipFile,
-            tf.errors.OpError) as e:
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AssertionError,
+            zipfile.BadZipFile, zlib.error, tf.errors.OpError) as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(
             f"the run's ranking stage is damaged ({path.name}: {detail[:300]}): refit it with "
