@@ -660,6 +660,42 @@ def test_a_variant_is_reused_only_whole_and_as_a_two_tower(tmp_path):
     assert methods.TextOff()._reusable(run)
 
 
+def test_two_evaluates_at_once_train_a_variant_once(tmp_path, monkeypatch):
+    # Both saw no trained variant and trained it into one folder side by side.
+    import json
+    import threading
+    import time
+    import types
+
+    import tfrec.run
+    import tfrec.training
+    from tfrec.config import RunConfig
+    from tfrec.run_folder import RunFolder
+
+    run = types.SimpleNamespace(config=RunConfig(), run_dir=tmp_path)
+    folder = RunFolder(tmp_path).variant("tfrec_text_off")
+    calls = []
+
+    def train(config, path, verbose=None):
+        calls.append(path)
+        time.sleep(0.5)
+        folder.checkpoints.mkdir(parents=True)
+        folder.config_file.write_text(json.dumps(config.to_dict()))
+        folder.history_file.write_text('{"epoch": 1}\n' * config.train.epochs)
+        return types.SimpleNamespace(model="trained")
+
+    monkeypatch.setattr(tfrec.training, "train", train)
+    monkeypatch.setattr(tfrec.run, "load_run", lambda path: (None, None, "reused", None))
+    models = []
+    threads = [threading.Thread(target=lambda: models.append(methods.TextOff().fit(run).model))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and sorted(models) == ["reused", "trained"]
+
+
 def test_an_export_of_another_run_is_warned_about(tmp_path, caplog):
     import json
     import logging

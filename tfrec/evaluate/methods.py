@@ -9,8 +9,12 @@ turn; adding a baseline is one class here, registered with `register`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import logging
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +26,8 @@ from tfrec.config import EvaluateSettings
 from tfrec.evaluate import baselines as baselines_lib
 from tfrec.metrics import rank_targets, target_ranks
 from tfrec.run_folder import RunFolder
+
+logger = logging.getLogger(__name__)
 
 MODEL = "tfrec"
 MODEL_LABEL = "tfrec (full model)"
@@ -307,13 +313,36 @@ class ModelVariant(Baseline):
         from tfrec.run import load_run
 
         folder = RunFolder(run.run_dir).variant(self.name)
-        if self._reusable(run):
-            return Fitted(load_run(folder.path)[2])
-        if folder.path.exists():
-            shutil.rmtree(folder.path)
-        # The variant reads fewer settings than the run by design: no warning of them.
-        with training.settings_warnings_held():
-            return Fitted(training.train(self._variant(run), folder.path, verbose=0).model)
+        # Two evaluates of one run at once train the variant once: the second waits, then
+        # reuses it (they trained it into one folder side by side, each epoch twice).
+        with self._held(folder.path):
+            if self._reusable(run):
+                return Fitted(load_run(folder.path)[2])
+            if folder.path.exists():
+                shutil.rmtree(folder.path)
+            # The variant reads fewer settings than the run by design: no warning of them.
+            with training.settings_warnings_held():
+                return Fitted(training.train(self._variant(run), folder.path,
+                                             verbose=0).model)
+
+    @contextlib.contextmanager
+    def _held(self, path: Path):
+        """The variant's folder locked for this process (a lock file beside it); another
+        evaluate training it is waited for, and said so."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.info("%s: another tfrec evaluate is training it in %s: waiting for it",
+                            self.label, path)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:  # a file system without locks: as before, unguarded
+                pass
+            yield
+        finally:
+            os.close(handle)
 
     def rank(self, fitted: Fitted, run: EvaluationRun) -> np.ndarray:
         ranks, _, _ = rank_targets(fitted.model, run.cases.queries, run.cases.targets,
