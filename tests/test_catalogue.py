@@ -394,6 +394,9 @@ def test_drop_ids_files_from_editors_read_alike(tmp_path):
     # A comment is "#" then a space (or nothing): an id that starts with "#" is an id.
     (tmp_path / "hash.txt").write_bytes(b"#\n# note\n#\ttab\n#42\ni3\n")
     assert read_drop_ids(tmp_path / "hash.txt") == ["#42", "i3"]
+    # An earlier release's id holding U+0085 or U+2028 is one id; old Mac line ends split.
+    (tmp_path / "odd.txt").write_bytes("it\x85em\r\ni\u2028j\ri4".encode())
+    assert read_drop_ids(tmp_path / "odd.txt") == ["it\x85em", "i\u2028j", "i4"]
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"latin1.txt.*not UTF-8 text"):
         read_drop_ids(tmp_path / "latin1.txt")

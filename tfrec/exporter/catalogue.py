@@ -20,6 +20,7 @@ in the catalogue.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,9 @@ def read_drop_ids(path: str | Path) -> list[str]:
     except UnicodeDecodeError as err:
         raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=str(path),
                          key="export.drop_items") from None
-    ids = [line.strip() for line in text.splitlines()]
+    # Split at \r\n, \r and \n alone, not at every separator str.splitlines knows: an id
+    # of an earlier release's export may hold U+0085 or U+2028, and is dropped whole.
+    ids = [line.strip() for line in re.split(r"\r\n|\r|\n", text)]
     ids = list(dict.fromkeys(i for i in ids if i and not _comment(i)))
     if not ids:
         raise InputError("the file names no item id", path=str(path), key="export.drop_items")
