@@ -373,6 +373,9 @@ def test_events_not_newer_than_the_last_refresh_are_warned_about(caplog):
     assert message in caplog.text
     assert warn_if_seen_before(latest.iloc[1:], metadata, "2") is None
     assert warn_if_seen_before(latest, {}, "1") is None  # nothing to compare with
+    # A user the version does not hold has no history to count an event twice in.
+    assert warn_if_seen_before(latest, metadata, "2", np.array(["u2"], dtype=object)) is None
+    assert warn_if_seen_before(latest, metadata, "2", np.array(["u1"], dtype=object))
     # Never refreshed: the export's users were built from the training sessions.
     trained = {"users_data": {"last_session_start": "2023-11-14T22:15:00+00:00"}}
     message = warn_if_seen_before(latest, trained, "1")

@@ -125,12 +125,18 @@ def read_user_events(path: str | Path, schema, layout: str = "events") -> pd.Dat
     return events[["user", "item", "time", "line"]].reset_index(drop=True)
 
 
-def warn_if_seen_before(latest: pd.DataFrame, metadata: dict, version: str) -> str | None:
+def warn_if_seen_before(latest: pd.DataFrame, metadata: dict, version: str,
+                        cached_ids=None) -> str | None:
     """A warning (logged and returned) when events given are not newer than the last event
     the version's users were refreshed with: given again (the same file twice, or logs that
-    overlap), they count twice in those users' histories."""
+    overlap), they count twice in those users' histories. `cached_ids`: the version's
+    users (None: every user given is taken as one); a user it does not hold has no
+    history to count an event twice in."""
     last = (metadata.get("users_update") or {}).get("last_event")
     trained = (metadata.get("users_data") or {}).get("last_session_start")
+    if cached_ids is not None and len(latest):
+        latest = latest[pd.Index(np.asarray(cached_ids, dtype=object)).get_indexer(
+            latest["user"].to_numpy(dtype=object)) >= 0]
     if not (last or trained) or not len(latest):
         return None
     times = latest["time"].to_numpy()
@@ -330,8 +336,8 @@ def update_users(model_dir: str | Path, events: str | Path | pd.DataFrame,
     new_items = (read_new_items(catalogue.add_items, config.data.items_schema)
                  if catalogue.add_items is not None else None)
     drop_ids = read_drop_ids(catalogue.drop_items) if catalogue.drop_items is not None else []
-    warn_if_seen_before(latest, metadata, source.name)
     cache = read_users(source, int(model.embedding_dim), length)
+    warn_if_seen_before(latest, metadata, source.name, cache.ids)
     before = len(cache.ids)
     cache, counts = refreshed_cache(cache, latest, model.query_embeddings, length,
                                     config.data.sessions.dedupe_consecutive)
